@@ -1,0 +1,25 @@
+# Quick start: `make demo` runs the main job on built-in defaults, `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# The CPU build of torch lies on this machine's disk; a bare `torch` would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,logging,plots]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/adaspec reproduce --task gsm8k --preset demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -x
+
+clean:
+	rm -rf $(VENV) runs
