@@ -1,0 +1,319 @@
+"""Per-token divergences between the target's and the draft's next-token distributions.
+
+Every function here is a pure function of logits that returns one float32 value per token (shape
+`logits.shape[:-1]`); masking, selection and reduction live in `selection.py`. Convention: the first
+argument is the target (teacher) p, the second the draft (student) q; both logits are divided by the
+temperature before the softmax.
+
+- `fkl`: forward KL(p || q) = sum p log(p/q)   (DistillSpec / AdaSPEC default)
+- `rkl`: reverse KL(q || p) = sum q log(q/p)
+- `tvd`: total variation 0.5 * sum |p - q|    (1 - TVD is the speculative acceptance probability)
+- `jsd`: generalised JSD of GKD (Agarwal et al. 2024) exactly as TRL's `GKDTrainer.generalized_jsd_loss`:
+  with the mixture m = beta * p + (1 - beta) * q,
+  JSD_beta = beta * KL(p || m) + (1 - beta) * KL(q || m).
+  Like TRL, beta = 0 is special-cased to forward KL(p || q) and beta = 1 to reverse KL(q || p). (The
+  formula itself tends to 0 at both ends, so the function is discontinuous there, on purpose: beta
+  picks a direction, 0.5 is the symmetric JSD bounded by log 2.)
+
+Memory: logits of real vocabularies are huge ([tokens x 50k+]) and usually bf16. `per_token_divergence`
+works on chunks of rows, casting one chunk at a time to fp32, and its backward is a custom autograd
+Function that recomputes each chunk and writes the analytic gradient straight into a draft-dtype buffer,
+so no more than a chunk of [tokens x vocab] is ever materialised in fp32, forward or backward. Rows whose
+upstream gradient is zero (tokens not selected by AdaSPEC, padding) are skipped in the backward.
+
+Gradients with respect to the draft logits z (q = softmax(z / T)), for L = D(p, q): with G = dL/dq,
+dL/dz = q * (G - <q, G>) / T, and q * G is
+  fkl: -p          rkl: q log(q/p)          tvd: 0.5 q sign(q - p)          jsd: (1 - beta) q log(q/m)
+(`rkl`'s "+1" term cancels against <q, G>). The target never receives a gradient.
+
+Sparse (cached-teacher) versions compare (K+1)-bucket distributions: the target's top-K probabilities plus
+a tail bucket holding the rest, against the draft's probabilities at the same K ids plus the draft's mass
+elsewhere. With K = V they equal the exact divergences.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from adaspec.errors import AdaspecError
+
+KINDS = ("fkl", "rkl", "tvd", "jsd")
+
+# Floor on the tail buckets of the sparse divergences: a cache whose top-K covers (numerically) all of
+# the mass leaves a tail of rounding noise, and KL against an exact zero would be infinite.
+TAIL_EPS = 1e-8
+
+
+def _check(kind: str, beta: float, temperature: float, chunk_tokens: int) -> str:
+    """Validate arguments and resolve jsd's beta endpoints to the KL they mean (TRL's convention)."""
+    if kind not in KINDS:
+        raise AdaspecError(f"unknown divergence {kind!r}; choose one of: {', '.join(KINDS)}")
+    if not 0.0 <= beta <= 1.0:
+        raise AdaspecError(f"jsd beta must be in [0, 1], got {beta}")
+    if not temperature > 0:
+        raise AdaspecError(f"temperature must be > 0, got {temperature}")
+    if chunk_tokens < 1:
+        raise AdaspecError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    if kind == "jsd" and beta == 0.0:
+        return "fkl"
+    if kind == "jsd" and beta == 1.0:
+        return "rkl"
+    return kind
+
+
+def _logp(logits: Tensor, temperature: float) -> Tensor:
+    x = logits.float()
+    if temperature != 1.0:
+        x = x / temperature
+    return F.log_softmax(x, dim=-1)
+
+
+def _plogratio(lp: Tensor, lq: Tensor) -> Tensor:
+    """Elementwise p * (log p - log q), 0 where p == 0 (also when log q is -inf there)."""
+    p = lp.exp()
+    out = (lp - lq).mul_(p)
+    return out.masked_fill_(p == 0, 0.0)
+
+
+def _mixture_logp(lp: Tensor, lq: Tensor, beta: float) -> Tensor:
+    return torch.logaddexp(lp + math.log(beta), lq + math.log1p(-beta))
+
+
+def _rows(kind: str, lp: Tensor, lq: Tensor, beta: float) -> Tensor:
+    """Divergence per row from fp32 log-probabilities [n, V] (dense) or [n, K+1] (buckets)."""
+    if kind == "fkl":
+        out = _plogratio(lp, lq).sum(-1)
+    elif kind == "rkl":
+        out = _plogratio(lq, lp).sum(-1)
+    elif kind == "tvd":
+        return (lp.exp() - lq.exp()).abs_().sum(-1).mul_(0.5)
+    else:
+        lm = _mixture_logp(lp, lq, beta)
+        out = beta * _plogratio(lp, lm).sum(-1) + (1.0 - beta) * _plogratio(lq, lm).sum(-1)
+    # exact math is >= 0; only rounding makes identical distributions come out at -1e-9
+    return out.clamp_(min=0.0)
+
+
+def _qgrad(kind: str, lp: Tensor, lq: Tensor, q: Tensor, beta: float) -> Tensor:
+    """q * dL/dq elementwise (see the module docstring); 0 wherever q == 0."""
+    if kind == "fkl":
+        return -lp.exp()
+    if kind == "rkl":
+        return _plogratio(lq, lp)
+    if kind == "tvd":
+        return torch.sign(q - lp.exp()).mul_(q).mul_(0.5)
+    return _plogratio(lq, _mixture_logp(lp, lq, beta)).mul_(1.0 - beta)
+
+
+def _dense_grad(kind: str, lp: Tensor, lq: Tensor, beta: float, temperature: float) -> Tensor:
+    """dL/dz for each row, in fp32."""
+    q = lq.exp()
+    if kind == "fkl":
+        return q.sub_(lp.exp()).div_(temperature)
+    qg = _qgrad(kind, lp, lq, q, beta)
+    s = qg.sum(-1, keepdim=True)
+    return qg.sub_(q.mul_(s)).div_(temperature)
+
+
+def _rows_of(x: Tensor, idx: Tensor) -> Tensor:
+    """Rows `idx` of x viewed as [-1, x.shape[-1]], without copying all of x when x is a strided slice
+    such as `logits[:, :-1]` (which cannot be viewed flat)."""
+    try:
+        return x.view(-1, x.shape[-1]).index_select(0, idx)
+    except RuntimeError:
+        return x[torch.unravel_index(idx, x.shape[:-1])]
+
+
+def _row_chunks(n: int, chunk: int, device: torch.device):
+    for start in range(0, n, chunk):
+        yield torch.arange(start, min(start + chunk, n), device=device)
+
+
+def _nonzero_row_chunks(grad_out: Tensor, chunk: int):
+    rows = torch.nonzero(grad_out.reshape(-1), as_tuple=True)[0]
+    for start in range(0, rows.numel(), chunk):
+        yield rows[start:start + chunk]
+
+
+class _DenseDivergence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, target: Tensor, draft: Tensor, kind: str, beta: float, temperature: float,
+                chunk: int) -> Tensor:
+        n = target.numel() // target.shape[-1]
+        out = torch.empty(n, dtype=torch.float32, device=draft.device)
+        for idx in _row_chunks(n, chunk, draft.device):
+            lp = _logp(_rows_of(target, idx), temperature)
+            lq = _logp(_rows_of(draft, idx), temperature)
+            out[idx] = _rows(kind, lp, lq, beta)
+        ctx.save_for_backward(target, draft)
+        ctx.args = (kind, beta, temperature, chunk)
+        return out.view(draft.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        target, draft = ctx.saved_tensors
+        kind, beta, temperature, chunk = ctx.args
+        grad = torch.zeros_like(draft, memory_format=torch.contiguous_format)
+        flat = grad.view(-1, draft.shape[-1])
+        g_out = grad_out.reshape(-1).float()
+        for idx in _nonzero_row_chunks(g_out, chunk):
+            lp = _logp(_rows_of(target, idx), temperature)
+            lq = _logp(_rows_of(draft, idx), temperature)
+            g = _dense_grad(kind, lp, lq, beta, temperature).mul_(g_out[idx, None])
+            flat.index_copy_(0, idx, g.to(draft.dtype))
+        return None, grad, None, None, None, None
+
+
+def per_token_divergence(kind: str, target_logits: Tensor, draft_logits: Tensor, temperature: float = 1.0,
+                         beta: float = 0.5, chunk_tokens: int = 2048) -> Tensor:
+    """Divergence `kind` between target and draft next-token distributions at every position.
+
+    Inputs [..., V] of any float dtype; returns float32 [...], differentiable w.r.t. `draft_logits`
+    only. At most `chunk_tokens` rows x V are held in fp32 at a time, in the backward too.
+    """
+    kind = _check(kind, beta, temperature, chunk_tokens)
+    if target_logits.shape != draft_logits.shape:
+        raise AdaspecError(f"target and draft logits differ in shape: {tuple(target_logits.shape)} vs "
+                           f"{tuple(draft_logits.shape)}")
+    if draft_logits.dim() == 0 or draft_logits.shape[-1] == 0:
+        raise AdaspecError("logits need a non-empty vocabulary dimension")
+    return _DenseDivergence.apply(target_logits.detach(), draft_logits, kind, float(beta),
+                                  float(temperature), int(chunk_tokens))
+
+
+def forward_kl(target_logits: Tensor, draft_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """KL(p || q) per token, p = target, q = draft."""
+    return per_token_divergence("fkl", target_logits, draft_logits, temperature)
+
+
+def reverse_kl(target_logits: Tensor, draft_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """KL(q || p) per token, p = target, q = draft."""
+    return per_token_divergence("rkl", target_logits, draft_logits, temperature)
+
+
+def total_variation(target_logits: Tensor, draft_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """0.5 * sum |p - q| per token."""
+    return per_token_divergence("tvd", target_logits, draft_logits, temperature)
+
+
+def jsd(target_logits: Tensor, draft_logits: Tensor, beta: float = 0.5, temperature: float = 1.0) -> Tensor:
+    """Generalised JSD per token, TRL's convention: beta*KL(p||m) + (1-beta)*KL(q||m), m = beta*p +
+    (1-beta)*q; beta = 0 gives KL(p||q), beta = 1 gives KL(q||p)."""
+    return per_token_divergence("jsd", target_logits, draft_logits, temperature, beta=beta)
+
+
+DIVERGENCES: dict[str, Callable[..., Tensor]] = {
+    "fkl": forward_kl,
+    "rkl": reverse_kl,
+    "tvd": total_variation,
+    "jsd": jsd,
+}
+
+
+# ---- sparse (top-K + tail) versions for cached teachers ----
+
+def topk_teacher(target_logits: Tensor, k: int, temperature: float = 1.0,
+                 chunk_tokens: int = 2048) -> tuple[Tensor, Tensor]:
+    """The target's top-k token ids (int64) and their log-probabilities (float32) at `temperature`, per
+    position: what a teacher cache stores for `sparse_divergence`."""
+    vocab = target_logits.shape[-1]
+    if not 1 <= k <= vocab:
+        raise AdaspecError(f"top-k must be in [1, vocab size {vocab}], got {k}")
+    _check("fkl", 0.5, temperature, chunk_tokens)
+    lead = target_logits.shape[:-1]
+    n = target_logits.numel() // vocab
+    ids = torch.empty(n, k, dtype=torch.long, device=target_logits.device)
+    logprobs = torch.empty(n, k, dtype=torch.float32, device=target_logits.device)
+    with torch.no_grad():
+        for idx in _row_chunks(n, chunk_tokens, target_logits.device):
+            values, top = _logp(_rows_of(target_logits, idx), temperature).topk(k, dim=-1)
+            ids[idx], logprobs[idx] = top, values
+    return ids.view(*lead, k), logprobs.view(*lead, k)
+
+
+def _buckets(ids: Tensor, lp_top: Tensor, lq: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(K+1)-bucket log-probabilities of target and draft, plus the draft's exact log tail and whether its
+    tail is above the floor (so takes part in the gradient)."""
+    lq_top = lq.gather(-1, ids)
+    # the draft's tail from its own logits (not 1 - sum): exact even when the tail is tiny
+    lq_tail = lq.scatter(-1, ids, float("-inf")).logsumexp(-1)
+    p_tail = (-torch.expm1(lp_top.logsumexp(-1))).clamp(min=TAIL_EPS)
+    q_live = lq_tail.exp() >= TAIL_EPS
+    lq_tail_floored = lq_tail.clamp(min=math.log(TAIL_EPS))
+    lp_hat = torch.cat([lp_top, p_tail.log().unsqueeze(-1)], dim=-1)
+    lq_hat = torch.cat([lq_top, lq_tail_floored.unsqueeze(-1)], dim=-1)
+    return lp_hat, lq_hat, lq_tail, q_live
+
+
+def _sparse_grad(kind: str, ids: Tensor, lp_top: Tensor, lq: Tensor, beta: float,
+                 temperature: float) -> Tensor:
+    """dL/dz for bucketed L: j in the top-K gets (qG_k - q_j S)/T, j in the tail (q_j/q_tail qG_tail -
+    q_j S)/T, S = sum_b qG_b; the tail bucket drops out while the draft's tail is below the floor (where
+    the clamp has zero derivative)."""
+    lp_hat, lq_hat, lq_tail, q_live = _buckets(ids, lp_top, lq)
+    q_hat = lq_hat.exp()
+    qg = _qgrad(kind, lp_hat, lq_hat, q_hat, beta)
+    qg[..., -1] = torch.where(q_live, qg[..., -1], 0.0)
+    s = qg.sum(-1, keepdim=True)
+    # tail entries: q_j / q_tail * qG_tail, with q_j / q_tail = exp(lq_j - lq_tail) (no 0/0)
+    tail_ratio = torch.where(q_live.unsqueeze(-1), (lq - lq_tail.unsqueeze(-1)).exp_(), 0.0)
+    q = lq.exp_()
+    grad = tail_ratio.mul_(qg[..., -1:]).sub_(q * s)
+    top = qg[..., :-1] - q_hat[..., :-1] * s
+    return grad.scatter_(-1, ids, top).div_(temperature)
+
+
+class _SparseDivergence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ids: Tensor, lp_top: Tensor, draft: Tensor, kind: str, beta: float,
+                temperature: float, chunk: int) -> Tensor:
+        n = draft.numel() // draft.shape[-1]
+        out = torch.empty(n, dtype=torch.float32, device=draft.device)
+        flat_ids = ids.reshape(n, -1)
+        flat_lp = lp_top.reshape(n, -1)
+        for idx in _row_chunks(n, chunk, draft.device):
+            lq = _logp(_rows_of(draft, idx), temperature)
+            lp_hat, lq_hat, _, _ = _buckets(flat_ids[idx], flat_lp[idx].float(), lq)
+            out[idx] = _rows(kind, lp_hat, lq_hat, beta)
+        ctx.save_for_backward(flat_ids, flat_lp, draft)
+        ctx.args = (kind, beta, temperature, chunk)
+        return out.view(draft.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        flat_ids, flat_lp, draft = ctx.saved_tensors
+        kind, beta, temperature, chunk = ctx.args
+        grad = torch.zeros_like(draft, memory_format=torch.contiguous_format)
+        flat = grad.view(-1, draft.shape[-1])
+        g_out = grad_out.reshape(-1).float()
+        for idx in _nonzero_row_chunks(g_out, chunk):
+            lq = _logp(_rows_of(draft, idx), temperature)
+            g = _sparse_grad(kind, flat_ids[idx], flat_lp[idx].float(), lq, beta, temperature)
+            flat.index_copy_(0, idx, g.mul_(g_out[idx, None]).to(draft.dtype))
+        return None, None, grad, None, None, None, None
+
+
+def sparse_divergence(kind: str, topk_ids: Tensor, topk_logprobs: Tensor, draft_logits: Tensor,
+                      temperature: float = 1.0, beta: float = 0.5, chunk_tokens: int = 2048) -> Tensor:
+    """Divergence `kind` between the target's cached top-K (+ tail) distribution and the draft's.
+
+    `topk_ids` [..., K] int64 and `topk_logprobs` [..., K] are the target's top-K token ids and
+    log-probabilities, already at the wanted temperature (as `topk_teacher` builds them); `draft_logits`
+    [..., V] are divided by `temperature` here. The draft's distribution is collapsed onto the same K+1
+    buckets: q at the K ids, and the draft's remaining mass. Tails are floored at TAIL_EPS. K = V gives
+    the exact divergence. Returns float32 [...], differentiable w.r.t. `draft_logits`.
+    """
+    kind = _check(kind, beta, temperature, chunk_tokens)
+    lead, vocab = draft_logits.shape[:-1], draft_logits.shape[-1]
+    if topk_ids.shape != topk_logprobs.shape or topk_ids.shape[:-1] != lead:
+        raise AdaspecError(f"cached top-k ids {tuple(topk_ids.shape)} / log-probs "
+                           f"{tuple(topk_logprobs.shape)} do not match draft logits {tuple(draft_logits.shape)}")
+    if not 1 <= topk_ids.shape[-1] <= vocab:
+        raise AdaspecError(f"cached top-k width {topk_ids.shape[-1]} must be in [1, vocab size {vocab}]")
+    return _SparseDivergence.apply(topk_ids.detach().long(), topk_logprobs.detach(), draft_logits, kind,
+                                   float(beta), float(temperature), int(chunk_tokens))
