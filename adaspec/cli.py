@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                  "speculative decoding of one prompt, streaming text and printing acceptance stats"),
     "train-target": ("adaspec.train", "TrainTargetOptions", "run_train_target",
                      "fine-tune (or build and train) the target model on a task"),
-    "distill": ("adaspec.train", "DistillOptions", "run_distill",
+    "distill": ("adaspec.distill", "DistillOptions", "run_distill",
                 "distil a draft from the target: plain KD (reference / DistillSpec) or AdaSPEC selective KD"),
     "cache": ("adaspec.cache", "CacheOptions", "run_cache",
               "store the target's top-K distribution and the reference's divergence per response token"),
@@ -80,10 +80,14 @@ def options_from_args(cls: type, ns: argparse.Namespace) -> Any:
     return cls(**{k: v for k, v in vars(ns).items() if k in names})
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported (torch and transformers are slow to import)."""
     parser = argparse.ArgumentParser(prog="adaspec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, cls_name, _fn, summary) in COMMANDS.items():
+        if name != command:
+            sub.add_parser(name, help=summary)
+            continue
         cls = getattr(importlib.import_module(module), cls_name)
         p = sub.add_parser(name, help=summary, description=(cls.__doc__ or summary).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((a for a in argv if a in COMMANDS), None))
     ns = parser.parse_args(argv)
     module, cls_name, fn_name, _ = COMMANDS[ns.command]
     mod = importlib.import_module(module)

@@ -33,6 +33,9 @@ PRESETS: dict[str, tuple[str, int, int, int, int]] = {
     "tiny-neox": ("gpt_neox", 32, 2, 4, 256),
     "tiny-llama": ("llama", 32, 2, 4, 256),
     "tiny-gpt2": ("gpt2", 32, 2, 4, 256),
+    # the `demo` reproduction preset (1k vocabulary: ~1.1M target, ~0.09M draft)
+    "neox-demo-target": ("gpt_neox", 128, 4, 4, 512),
+    "neox-demo-draft": ("gpt_neox", 32, 2, 2, 512),
     # CPU-scale experiments (parameter counts at a 4k vocabulary)
     "neox-draft-xs": ("gpt_neox", 64, 2, 4, 1024),  # ~0.6M
     "neox-draft-s": ("gpt_neox", 128, 2, 4, 1024),  # ~1.4M
@@ -57,7 +60,9 @@ def preset_config(preset: str, vocab_size: int, bos_token_id: int = 0, eos_token
         return LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                            num_key_value_heads=heads, intermediate_size=4 * hidden,
                            max_position_embeddings=ctx, tie_word_embeddings=False, **common)
-    return GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=ctx, **common)
+    # dropout off: distillation runs must be reproducible and single- vs multi-process comparable
+    return GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=ctx, resid_pdrop=0.0,
+                      embd_pdrop=0.0, attn_pdrop=0.0, **common)
 
 
 def build_model(preset: str, vocab_size: int, seed: int = 0, bos_token_id: int = 0,

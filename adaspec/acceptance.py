@@ -1,0 +1,127 @@
+"""Analytic acceptance: how often a draft would be accepted, from parallel forwards instead of decoding.
+
+On the target's own continuation x of a prompt, position t is accepted under greedy SD when
+argmax q_t = argmax p_t, and under sampling SD with probability Σ_v min(p_t(v), q_t(v)) = 1 − TVD(p_t, q_t)
+(Leviathan et al., 2023). Averaging over response positions gives α without running the sequential
+decoder, so many drafts can be compared at the cost of one parallel forward each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+
+@dataclass
+class Continuations:
+    """Prompts with the target's greedy continuations, kept as token ids."""
+
+    sequences: list[list[int]]
+    prompt_lengths: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.sequences) != len(self.prompt_lengths):
+            raise ValueError("one prompt length per sequence")
+
+    def to_json(self) -> dict:
+        return {"sequences": self.sequences, "prompt_lengths": self.prompt_lengths}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Continuations":
+        return cls(obj["sequences"], obj["prompt_lengths"])
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def greedy_continuations(target: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int,
+                         eos_token_id: int | None, pad_token_id: int = 0,
+                         batch_size: int = 16) -> Continuations:
+    """The target's greedy continuations (batched, left-padded), cut after the first EOS."""
+    device = next(target.parameters()).device
+    sequences: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        ids, mask = _left_pad(chunk, pad_token_id)
+        out = target.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                              max_new_tokens=max_new_tokens, do_sample=False,
+                              eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        for prompt, row in zip(chunk, out[:, ids.shape[1]:].tolist()):
+            if eos_token_id is not None and eos_token_id in row:
+                row = row[: row.index(eos_token_id) + 1]
+            sequences.append(list(prompt) + row)
+    return Continuations(sequences, [len(p) for p in prompts])
+
+
+def _right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def analytic_alpha(target: PreTrainedModel, draft: PreTrainedModel, data: Continuations,
+                   batch_size: int = 16, temperature: float = 1.0) -> dict[str, float]:
+    """Mean greedy and sampling acceptance over the continuation positions of `data`.
+
+    Returns alpha_greedy (top-1 agreement), alpha_sampling (mean Σ min(p, q) at `temperature`) and
+    n_tokens, the number of scored positions (every generated token, EOS included).
+    """
+    device = next(target.parameters()).device
+    vocab = min(target.get_output_embeddings().weight.shape[0], draft.get_output_embeddings().weight.shape[0])
+    agree = overlap = 0.0
+    n = 0
+    for start in range(0, len(data.sequences), batch_size):
+        seqs = data.sequences[start:start + batch_size]
+        plens = data.prompt_lengths[start:start + batch_size]
+        ids, mask = _right_pad(seqs, 0)
+        ids, mask = ids.to(device), mask.to(device)
+        # logits at t predict token t+1: score positions plen-1 .. len-2
+        score = torch.zeros_like(mask, dtype=torch.bool)
+        for i, (s, p) in enumerate(zip(seqs, plens)):
+            score[i, p - 1: len(s) - 1] = True
+        if not score.any():
+            continue
+        p_logits = target(input_ids=ids, attention_mask=mask).logits[..., :vocab][score].float()
+        q_logits = draft(input_ids=ids, attention_mask=mask).logits[..., :vocab][score].float()
+        agree += (p_logits.argmax(-1) == q_logits.argmax(-1)).sum().item()
+        p = torch.softmax(p_logits / temperature, -1)
+        q = torch.softmax(q_logits / temperature, -1)
+        overlap += torch.minimum(p, q).sum(-1).sum().item()
+        n += int(score.sum())
+    if n == 0:
+        return {"alpha_greedy": float("nan"), "alpha_sampling": float("nan"), "n_tokens": 0}
+    return {"alpha_greedy": agree / n, "alpha_sampling": overlap / n, "n_tokens": n}
+
+
+@torch.inference_mode()
+def greedy_agreement(draft: PreTrainedModel, data: Continuations, batch_size: int = 16) -> float:
+    """Greedy α without a target forward: on greedy continuations the target's argmax is the next token."""
+    device = next(draft.parameters()).device
+    agree, n = 0, 0
+    for start in range(0, len(data.sequences), batch_size):
+        seqs = data.sequences[start:start + batch_size]
+        plens = data.prompt_lengths[start:start + batch_size]
+        ids, mask = _right_pad(seqs, 0)
+        ids, mask = ids.to(device), mask.to(device)
+        score = torch.zeros_like(mask, dtype=torch.bool)
+        for i, (s, p) in enumerate(zip(seqs, plens)):
+            score[i, p - 1: len(s) - 1] = True
+        pred = draft(input_ids=ids, attention_mask=mask).logits.argmax(-1)
+        agree += int((pred[:, :-1] == ids[:, 1:])[score[:, :-1]].sum())
+        n += int(score.sum())
+    return agree / n if n else float("nan")
