@@ -37,7 +37,9 @@ PRESETS: dict[str, tuple[str, int, int, int, int]] = {
     "neox-demo-target": ("gpt_neox", 128, 4, 4, 512),
     "neox-demo-draft": ("gpt_neox", 32, 2, 2, 512),
     # CPU-scale experiments (parameter counts at a 4k vocabulary)
+    "neox-draft-xxs": ("gpt_neox", 32, 2, 2, 1024),  # ~0.16M at a 2k vocabulary
     "neox-draft-xs": ("gpt_neox", 64, 2, 4, 1024),  # ~0.6M
+    "neox-target-s": ("gpt_neox", 192, 4, 6, 1024),  # ~2.6M at a 2k vocabulary
     "neox-draft-s": ("gpt_neox", 128, 2, 4, 1024),  # ~1.4M
     "neox-target-m": ("gpt_neox", 256, 6, 8, 1024),  # ~6.8M
     "neox-target-l": ("gpt_neox", 384, 8, 8, 1024),  # ~17M

@@ -1,0 +1,220 @@
+"""results/<task>/: results.json, report.md and plots from a reproduction's evaluations.
+
+Every number here is read from the evaluation and training summaries the pipeline wrote; nothing is
+typed in by hand. α in the tables is the empirical greedy acceptance from real speculative decoding,
+over the tokens the target checked: accepted / (accepted + rejected), rejected = one per step that
+ended on a rejection (the paper's α). α_drafted = accepted / drafted is also given; it depends on γ.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+MAIN = ("distillspec", "adaspec")
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return math.nan, math.nan
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _pm(xs: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    mean, std = _mean_std(xs)
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean * scale:.{digits}f}" + (f" ± {std * scale:.{digits}f}" if len(xs) > 1 else "")
+
+
+def _per_seed(evals: dict[int, dict], name: str, *path: str) -> list[float]:
+    out = []
+    for seed in sorted(evals):
+        node: Any = evals[seed]["drafts"].get(name)
+        if node is None:
+            continue
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            out.append(float(node))
+    return out
+
+
+def collect(command: str, task: str, preset_name: str, preset: Any, evals: dict[int, dict],
+            summaries: dict[str, dict], speed: dict | None) -> dict:
+    seeds = sorted(evals)
+    first = evals[seeds[0]]
+    names = [n for n in first["drafts"]]
+    res: dict[str, Any] = {
+        "task": task,
+        "command": command,
+        "preset": preset_name,
+        "preset_settings": dict(preset.__dict__),
+        "seeds": seeds,
+        "params": {"target": first["target"]["params"], "draft": first["drafts"]["distillspec"]["params"]},
+        "val_loss": {"target": first["target"]["response_loss"],
+                     **{n: _mean_std(_per_seed(evals, n, "response_loss"))[0] for n in names}},
+        "target_quality": {"metric": first["target"]["quality_metric"], "value": first["target"]["quality"]},
+    }
+    for key, path in (("alpha_greedy", ("alpha_tested",)), ("alpha_drafted", ("alpha",)),
+                      ("alpha_analytic_greedy", ("analytic", "alpha_greedy")),
+                      ("alpha_analytic_sampling", ("analytic", "alpha_sampling")), ("tau", ("tau",)),
+                      ("c", ("c",)), ("measured_speedup", ("measured_speedup",)),
+                      ("theoretical_speedup", ("theoretical_speedup",))):
+        per = {n: _per_seed(evals, n, *path) for n in names}
+        res[key] = {n: _mean_std(v)[0] for n, v in per.items()}
+        res[key + "_seeds"] = per
+        res[key + "_std"] = {n: _mean_std(v)[1] for n, v in per.items()}
+    res["position_acceptance"] = {n: first["drafts"][n]["position_acceptance"] for n in names}
+    res["training"] = {n: {str(s): v.get("history", []) for s, v in by_seed.items()}
+                       for n, by_seed in summaries.items()}
+    res["ablations"] = {n: {"alpha_greedy": res["alpha_greedy"][n],
+                            "alpha_analytic_greedy": res["alpha_analytic_greedy"][n]}
+                        for n in names if n.startswith("adaspec_")}
+    if speed:
+        res["speed"] = speed
+    return res
+
+
+def _plots(res: dict, outdir: Path) -> list[str]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    files = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in MAIN:
+        for seed, hist in res["training"].get(name, {}).items():
+            if hist:
+                ax.plot([h["step"] for h in hist], [h["alpha_greedy"] for h in hist], marker="o",
+                        label=f"{name} seed {seed}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation greedy α (top-1 agreement)")
+    ax.set_title(f"{res['task']}: training curves")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(outdir / "training_curves.png", dpi=110)
+    files.append("training_curves.png")
+    plt.close(fig)
+
+    names = list(res["alpha_greedy"])
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 4))
+    ax.bar(range(len(names)), [res["alpha_greedy"][n] for n in names],
+           yerr=[res["alpha_greedy_std"][n] for n in names], capsize=4)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("empirical greedy α")
+    ax.set_title(f"{res['task']}: acceptance per draft")
+    fig.tight_layout()
+    fig.savefig(outdir / "alpha.png", dpi=110)
+    files.append("alpha.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n in names:
+        pa = res["position_acceptance"].get(n) or []
+        ax.plot(range(1, len(pa) + 1), pa, marker="o", label=n)
+    ax.set_xlabel("draft position")
+    ax.set_ylabel("P(accepted | drafted)")
+    ax.set_title(f"{res['task']}: per-position acceptance (seed {res['seeds'][0]})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(outdir / "position_acceptance.png", dpi=110)
+    files.append("position_acceptance.png")
+    plt.close(fig)
+    return files
+
+
+def _fmt(x: Any, spec: str = ".3f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def render(res: dict, plots: list[str]) -> str:
+    seeds = res["alpha_greedy_seeds"]
+    lines = [f"# AdaSPEC reproduction at CPU scale: {res['task']}", "",
+             "Produced by:", "", "```", res["command"], "```", "",
+             f"Preset `{res['preset']}`: target {res['params']['target']:,} parameters, draft "
+             f"{res['params']['draft']:,} ({res['params']['target'] / res['params']['draft']:.1f}×), "
+             f"seeds {res['seeds']}. Target quality on the test prompts: "
+             f"{res['target_quality']['metric']} = {_fmt(res['target_quality']['value'])}.", "",
+             "## Acceptance (greedy speculative decoding on the test split)", "",
+             "| draft | α (%) | α drafted (%) | analytic greedy α (%) | analytic sampling α (%) | τ | "
+             "response CE |", "|---|---|---|---|---|---|---|"]
+    for n in res["alpha_greedy"]:
+        lines.append(f"| {n} | {_pm(seeds[n])} | {_pm(res['alpha_drafted_seeds'][n])} | "
+                     f"{_pm(res['alpha_analytic_greedy_seeds'][n])} | {_pm(res['alpha_analytic_sampling_seeds'][n])} "
+                     f"| {_fmt(res['tau'][n], '.2f')} | {_fmt(res['val_loss'][n])} |")
+    lines += ["", f"Target response cross-entropy: {_fmt(res['val_loss']['target'])} (lower than every draft's "
+              "means the capacity gap is real).", "",
+              "α = accepted / (accepted + rejected) over the tokens the target checked; α drafted = "
+              "accepted / drafted (γ-dependent); analytic α from parallel forwards on the target's greedy "
+              "continuations (top-1 agreement and Σ min(p, q)); mean ± std over seeds.", ""]
+    d, a = res["alpha_greedy"].get("distillspec"), res["alpha_greedy"].get("adaspec")
+    if d is not None and a is not None and not math.isnan(d) and not math.isnan(a):
+        lines += [f"AdaSPEC − DistillSpec: {100 * (a - d):+.1f} points of greedy α.", ""]
+    lines += ["## Speed (measured on this machine, greedy)", "",
+              "| draft | c | measured speed-up | theoretical S |", "|---|---|---|---|"]
+    for n in res["alpha_greedy"]:
+        lines.append(f"| {n} | {_fmt(res['c'][n])} | {_fmt(res['measured_speedup'][n], '.2f')}× | "
+                     f"{_fmt(res['theoretical_speedup'][n], '.2f')}× |")
+    if res.get("speed"):
+        lines += ["", "`benchmarks/decode.py` on the first seed's drafts (tokens/s, medians):", "",
+                  "```", json.dumps({n: v.get("summary", v) for n, v in res["speed"].items()}, indent=1)[:4000],
+                  "```"]
+    if res["ablations"]:
+        lines += ["", "## Ablations (first seed)", "", "| run | α (%) | analytic greedy α (%) |", "|---|---|---|"]
+        for n in ("distillspec", "adaspec", *res["ablations"]):
+            lines.append(f"| {n} | {_fmt(100 * res['alpha_greedy'][n], '.1f')} | "
+                         f"{_fmt(100 * res['alpha_analytic_greedy'][n], '.1f')} |")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(command: str, task: str, preset_name: str, preset: Any, evals: dict[int, dict],
+                  summaries: dict[str, dict], speed: dict | None, outdir: Path) -> dict:
+    outdir.mkdir(parents=True, exist_ok=True)
+    res = collect(command, task, preset_name, preset, evals, summaries, speed)
+    plots = _plots(res, outdir)
+    notes = outdir / "notes.md"
+    body = render(res, plots)
+    if notes.exists():  # the investigation of a result is written by a person and kept across reruns
+        body += "\n" + notes.read_text()
+    (outdir / "report.md").write_text(body)
+    (outdir / "results.json").write_text(json.dumps(res, indent=1, default=str))
+    return res
+
+
+def readme_table(results_dir: Path) -> str:
+    """The README's main table, one row per task with committed results."""
+    rows = ["| task | preset | target / draft params | target quality | DistillSpec α (%) | AdaSPEC α (%) | "
+            "Δ (points) | seeds | command |", "|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(results_dir.glob("*/results.json")):
+        r = json.loads(path.read_text())
+        d, a = r["alpha_greedy_seeds"]["distillspec"], r["alpha_greedy_seeds"]["adaspec"]
+        delta = 100 * (_mean_std(a)[0] - _mean_std(d)[0])
+        q = r["target_quality"]
+        rows.append(f"| {r['task']} | {r['preset']} | {r['params']['target'] / 1e6:.2f}M / "
+                    f"{r['params']['draft'] / 1e6:.2f}M | {q['metric']} {_fmt(q['value'])} | {_pm(d)} | {_pm(a)} | "
+                    f"{delta:+.1f} | {len(r['seeds'])} | `{r['command']}` |")
+    return "\n".join(rows)
+
+
+def update_readme(readme: Path, results_dir: Path) -> None:
+    """Rewrite the README's results table between its markers from results/*/results.json."""
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{readme_table(results_dir)}\n{end}{tail}")
+
+
+if __name__ == "__main__":
+    root = Path(__file__).resolve().parent.parent
+    update_readme(root / "README.md", root / "results")

@@ -1,0 +1,254 @@
+"""`adaspec reproduce`: the AdaSPEC paper's pipeline, from nothing, at a scale this machine can run.
+
+Stages (each skipped when its output is complete, so a killed run resumes where it stopped):
+  1. target       tokenizer trained on the task, target built from a preset and trained (once, reused)
+  2. draft_init   the small model's starting point: briefly trained on the task (the paper starts from a
+                  pretrained Pythia-31M); reference and every draft start from this same checkpoint
+  3. cache        the target's top-K distribution per response token (`adaspec cache`)
+  4. distillspec  FKL on all tokens (DistillSpec); it is also the reference model of stage 6, which is
+                  what the paper's reference is: the draft's initialisation distilled with forward KL
+  5. cache_ref    the same cache plus the reference's per-token divergence L_ref
+  6. adaspec      selective KD, k = 0.4, top tokens by Δ, matched token budget (epochs / k)
+  7. ablations    (--ablations) selection bottom / random and k ∈ {0.2, 0.6, 0.8, 1.0} on seed 0
+  8. eval         empirical greedy α from real speculative decoding on the test split, analytic α,
+                  speed, target quality; results/<task>/{results.json, report.md, *.png}
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adaspec import data as data_lib
+from adaspec.errors import AdaspecError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes and budgets of one reproduction scale."""
+
+    vocab_size: int
+    target: str
+    draft: str
+    max_length: int
+    train_limit: int | None
+    target_epochs: float
+    target_lr: float
+    draft_init_epochs: float
+    distill_epochs: float
+    distill_lr: float
+    batch_size: int
+    eval_prompts: int
+    eval_max_new_tokens: int
+    gamma: int
+    top_k: int
+    seeds: tuple[int, ...]
+
+
+PRESETS: dict[str, Preset] = {
+    # `make demo`: the whole pipeline in about 15 minutes on 2 CPU cores
+    "demo": Preset(vocab_size=1024, target="neox-demo-target", draft="neox-demo-draft", max_length=192,
+                   train_limit=1200, target_epochs=2.0, target_lr=2e-3, draft_init_epochs=0.5,
+                   distill_epochs=1.0, distill_lr=2e-3, batch_size=16, eval_prompts=20,
+                   eval_max_new_tokens=64, gamma=3, top_k=64, seeds=(0,)),
+    # the committed results: ~16x parameter gap, full training split
+    "small": Preset(vocab_size=2048, target="neox-target-s", draft="neox-draft-xxs", max_length=256,
+                    train_limit=None, target_epochs=1.0, target_lr=2e-3, draft_init_epochs=0.25,
+                    distill_epochs=1.0, distill_lr=2e-3, batch_size=16, eval_prompts=50,
+                    eval_max_new_tokens=96, gamma=3, top_k=64, seeds=(0, 1, 2)),
+}
+
+ABLATIONS: dict[str, dict] = {
+    "adaspec_bottom": {"selection": "bottom"},
+    "adaspec_random": {"selection": "random"},
+    **{f"adaspec_k{k}": {"k": k} for k in (0.2, 0.6, 0.8, 1.0)},
+}
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(kw_only=True)
+class ReproduceOptions:
+    """Run the whole paper pipeline on one task and write results/<task>/."""
+
+    task: str = field(default="gsm8k", metadata=_help(f"task ({', '.join(data_lib.TASKS)})"))
+    preset: str = field(default="demo", metadata=_help(f"scale ({', '.join(PRESETS)})"))
+    seeds: list[int] | None = field(default=None, metadata=_help("distillation seeds (default: the preset's)"))
+    ablations: bool = field(default=False, metadata=_help(
+        "also train the selection (bottom/random) and k ablations on the first seed"))
+    runs_dir: str = field(default="runs", metadata=_help("where models and caches go (resumable)"))
+    results_dir: str = field(default="results", metadata=_help("where report.md/results.json/plots go"))
+    use_cache: bool = field(default=True, metadata=_help(
+        "distil from offline target/reference caches (no target forward during draft training)"))
+    speed_benchmark: bool = field(default=True, metadata=_help("time target-only vs speculative decoding"))
+    progress: bool = field(default=True, metadata=_help("show progress bars"))
+
+    def __post_init__(self) -> None:
+        if self.task not in data_lib.TASKS:
+            raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
+        if self.preset not in PRESETS:
+            raise AdaspecError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+
+
+def _done(path: Path) -> bool:
+    return (path / "train_summary.json").exists()
+
+
+def _log(msg: str) -> None:
+    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Pipeline:
+    def __init__(self, opts: ReproduceOptions) -> None:
+        self.opts = opts
+        self.p = PRESETS[opts.preset]
+        self.root = Path(opts.runs_dir) / opts.task / opts.preset
+        self.seeds = list(opts.seeds) if opts.seeds else list(self.p.seeds)
+
+    def _common(self, output: Path, seed: int = 0) -> dict:
+        return dict(output=str(output), task=self.opts.task, limit=self.p.train_limit,
+                    max_length=self.p.max_length, batch_size=self.p.batch_size, seed=seed,
+                    progress=self.opts.progress, val_every=0, save_every=100)
+
+    def target(self) -> Path:
+        from adaspec.train import TrainTargetOptions, run_train_target
+        out = self.root / "target"
+        if not _done(out):
+            _log(f"training the target ({self.p.target}) -> {out}")
+            run_train_target(TrainTargetOptions(**self._common(out), preset=self.p.target,
+                                                vocab_size=self.p.vocab_size, epochs=self.p.target_epochs,
+                                                lr=self.p.target_lr, train_on_prompt=True))
+        return out
+
+    def draft_init(self, target: Path) -> Path:
+        from adaspec.train import TrainTargetOptions, run_train_target
+        out = self.root / "draft_init"
+        if not _done(out):
+            _log(f"training the initial draft ({self.p.draft}) -> {out}")
+            run_train_target(TrainTargetOptions(**self._common(out), preset=self.p.draft, tokenizer=str(target),
+                                                epochs=self.p.draft_init_epochs, lr=self.p.distill_lr,
+                                                train_on_prompt=True))
+        return out
+
+    def cache(self, target: Path, ref: Path | None, out: Path) -> Path | None:
+        if not self.opts.use_cache:
+            return None
+        from adaspec.cache import CacheOptions, run_cache
+        if not (out / "manifest.json").exists() or not json.loads((out / "manifest.json").read_text()).get(
+                "complete", True):
+            _log(f"caching the target's top-{self.p.top_k}" + (" and L_ref" if ref else "") + f" -> {out}")
+        run_cache(CacheOptions(target=str(target), ref=str(ref) if ref else None, task=self.opts.task,
+                               limit=self.p.train_limit, max_length=self.p.max_length, top_k=self.p.top_k,
+                               output=str(out), progress=self.opts.progress))
+        return out
+
+    def distill(self, name: str, target: Path, init: Path, seed: int, cache: Path | None,
+                ref: Path | None = None, **overrides: object) -> Path:
+        from adaspec.distill import DistillOptions, run_distill
+        out = self.root / f"seed{seed}" / name
+        if not _done(out):
+            _log(f"distilling {name} (seed {seed}) -> {out}")
+            method = "adaspec" if ref is not None else "kd"
+            kwargs = dict(self._common(out, seed), target=str(target), draft_init=str(init), method=method,
+                          epochs=self.p.distill_epochs, lr=self.p.distill_lr,
+                          teacher_cache=str(cache) if cache else None,
+                          val_every=max(1, self._steps_per_epoch() // 4), val_examples=48)
+            if ref is not None:
+                kwargs.update(ref=str(ref), k=0.4, match_token_budget=True)
+            kwargs.update(overrides)
+            run_distill(DistillOptions(**kwargs))
+        return out
+
+    def _steps_per_epoch(self) -> int:
+        n = len(data_lib.load_task(self.opts.task, "train", limit=self.p.train_limit))
+        return max(1, n // self.p.batch_size)
+
+    def run(self) -> dict:
+        target = self.target()
+        init = self.draft_init(target)
+        cache = self.cache(target, None, self.root / "cache")
+        drafts: dict[str, dict[int, Path]] = {"distillspec": {}, "adaspec": {}}
+        for seed in self.seeds:
+            ds = self.distill("distillspec", target, init, seed, cache)
+            ref_cache = self.cache(target, ds, self.root / f"seed{seed}" / "cache_ref")
+            drafts["distillspec"][seed] = ds
+            drafts["adaspec"][seed] = self.distill("adaspec", target, init, seed, ref_cache, ref=ds)
+            if self.opts.ablations and seed == self.seeds[0]:
+                for name, overrides in ABLATIONS.items():
+                    drafts.setdefault(name, {})[seed] = self.distill(name, target, init, seed, ref_cache,
+                                                                     ref=ds, **overrides)
+        return self.evaluate(target, init, drafts)
+
+    def evaluate(self, target_dir: Path, init: Path, drafts: dict[str, dict[int, Path]]) -> dict:
+        """One `evaluate` call per seed over all of that seed's drafts (the target-alone runs are shared)."""
+        from adaspec.evaluate import evaluate
+        from adaspec.models import load_model, load_tokenizer
+        from adaspec.report import write_results
+        tokenizer = load_tokenizer(target_dir)
+        target = load_model(target_dir)
+        evals: dict[int, dict] = {}
+        for seed in self.seeds:
+            cached = self.root / f"seed{seed}" / f"eval_{self.opts.task}.json"
+            paths = {name: by_seed[seed] for name, by_seed in drafts.items() if seed in by_seed}
+            if seed == self.seeds[0]:
+                paths = {"draft_init": init, **paths}
+            if cached.exists() and set(json.loads(cached.read_text())["drafts"]) == set(paths):
+                evals[seed] = json.loads(cached.read_text())
+                continue
+            _log(f"evaluating seed {seed}: {', '.join(paths)}")
+            evals[seed] = evaluate(target, {n: load_model(p) for n, p in paths.items()}, tokenizer,
+                                   task=self.opts.task, split="test", n_prompts=self.p.eval_prompts,
+                                   gamma=self.p.gamma, temperature=0.0, max_new_tokens=self.p.eval_max_new_tokens,
+                                   seed=seed, cache_dir=str(target_dir / "eval_cache"), log=_log)
+            cached.write_text(json.dumps(evals[seed], indent=1))
+        summaries = {name: {s: json.loads((p / "train_summary.json").read_text()) for s, p in by_seed.items()}
+                     for name, by_seed in drafts.items()}
+        summaries["target"] = {0: json.loads((target_dir / "train_summary.json").read_text())}
+        summaries["draft_init"] = {0: json.loads((init / "train_summary.json").read_text())}
+        speed = self.speed_benchmark(target_dir, drafts)
+        return write_results(command_line(self.opts), self.opts.task, self.opts.preset, self.p, evals,
+                             summaries, speed, Path(self.opts.results_dir) / self.opts.task)
+
+    def speed_benchmark(self, target_dir: Path, drafts: dict[str, dict[int, Path]]) -> dict | None:
+        """benchmarks/decode.py on the first seed's drafts: target alone, ours, HF assisted generation."""
+        script = Path(__file__).resolve().parent.parent / "benchmarks" / "decode.py"
+        if not self.opts.speed_benchmark or not script.exists():
+            return None
+        seed = self.seeds[0]
+        out: dict[str, dict] = {}
+        for name in ("distillspec", "adaspec"):
+            path = self.root / f"seed{seed}" / f"speed_{name}.json"
+            if not path.exists():
+                _log(f"speed benchmark: {name}")
+                cmd = [sys.executable, str(script), "--target", str(target_dir), "--draft", str(drafts[name][seed]),
+                       "--prompts-task", self.opts.task, "--n-prompts", str(min(self.p.eval_prompts, 10)),
+                       "--max-new-tokens", str(self.p.eval_max_new_tokens), "--gamma", str(self.p.gamma),
+                       "--repeats", "3", "--out", str(path)]
+                subprocess.run(cmd, check=True)
+            out[name] = json.loads(path.read_text())
+        return out
+
+
+def command_line(opts: ReproduceOptions) -> str:
+    parts = ["adaspec", "reproduce", "--task", opts.task, "--preset", opts.preset]
+    if opts.seeds:
+        parts += ["--seeds", *map(str, opts.seeds)]
+    if opts.ablations:
+        parts.append("--ablations")
+    if not opts.use_cache:
+        parts.append("--no-use-cache")
+    return shlex.join(parts)
+
+
+def run_reproduce(opts: ReproduceOptions) -> None:
+    t0 = time.perf_counter()
+    results = Pipeline(opts).run()
+    _log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; "
+         f"greedy α: " + ", ".join(f"{k} {v:.3f}" for k, v in results["alpha_greedy"].items()))
