@@ -217,6 +217,8 @@ class SpecStats:
             f"{self.draft_forwards} draft forwards",
             f"alpha (accepted/drafted): {f(self.alpha)} ({self.accepted}/{self.drafted}); "
             f"tau (tokens/verification): {f(self.tau)}; mean gamma: {f(self.mean_gamma, '.2f')}",
+            f"alpha over tested tokens (accepted/(accepted+rejections), alpha_geometric): "
+            f"{f(self.alpha_geometric)} ({self.accepted}/{self.accepted + self.rejections})",
             f"acceptance by draft position: {pos or 'n/a'}",
             f"c (draft/target forward time): {f(self.c)}; theoretical speed-up S: {f(self.theoretical_speedup)}",
             f"time: prefill {self.prefill_time_s:.3f}s, decode {self.decode_time_s:.3f}s "
