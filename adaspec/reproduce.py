@@ -189,7 +189,7 @@ class Pipeline:
     def evaluate(self, target_dir: Path, init: Path, drafts: dict[str, dict[int, Path]]) -> dict:
         """One `evaluate` call per seed over all of that seed's drafts (the target-alone runs are shared)."""
         from adaspec.evaluate import evaluate
-        from adaspec.models import load_model, load_tokenizer
+        from adaspec.models import load_model, load_tokenizer, model_fingerprint
         from adaspec.report import write_results
         tokenizer = load_tokenizer(target_dir)
         target = load_model(target_dir)
@@ -206,7 +206,8 @@ class Pipeline:
             evals[seed] = evaluate(target, {n: load_model(p) for n, p in paths.items()}, tokenizer,
                                    task=self.opts.task, split="test", n_prompts=self.p.eval_prompts,
                                    gamma=self.p.gamma, temperature=0.0, max_new_tokens=self.p.eval_max_new_tokens,
-                                   seed=seed, cache_dir=str(target_dir / "eval_cache"), log=_log)
+                                   seed=seed, cache_dir=str(target_dir / "eval_cache"),
+                                   target_fingerprint=model_fingerprint(target_dir), log=_log)
             cached.write_text(json.dumps(evals[seed], indent=1))
         summaries = {name: {s: json.loads((p / "train_summary.json").read_text()) for s, p in by_seed.items()}
                      for name, by_seed in drafts.items()}
