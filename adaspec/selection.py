@@ -95,11 +95,15 @@ def select_tokens(delta: Tensor, mask: Tensor, k: float, mode: str = "top", per_
     return selected.view(mask.shape)
 
 
-def reduce_loss(per_token: Tensor, mask: Tensor, selected: Tensor, normalize: str = "response") -> Tensor:
+def reduce_loss(per_token: Tensor, mask: Tensor, selected: Tensor, normalize: str = "response",
+                num_items: int | Tensor | None = None) -> Tensor:
     """Scalar loss from per-token values: sum over selected tokens divided by the number of response
     tokens ("response", the official AdaSPEC normalisation) or by the number kept ("kept"). With no
     response tokens it is 0, still connected to the graph. Values at unselected positions never reach the
-    result (NaN/inf there are harmless)."""
+    result (NaN/inf there are harmless).
+
+    `num_items` replaces the "response" denominator, e.g. by the response-token count of a whole
+    gradient-accumulation step (the Trainer's `num_items_in_batch` in the official code)."""
     if normalize not in NORMALIZE:
         raise AdaspecError(f"unknown normalisation {normalize!r}; choose one of: {', '.join(NORMALIZE)}")
     if not per_token.shape == mask.shape == selected.shape:
@@ -108,17 +112,22 @@ def reduce_loss(per_token: Tensor, mask: Tensor, selected: Tensor, normalize: st
     mask = mask.bool()
     selected = selected.bool() & mask
     total = torch.where(selected, per_token, torch.zeros((), dtype=per_token.dtype, device=per_token.device))
-    count = (mask if normalize == "response" else selected).sum().clamp(min=1)
+    if normalize == "response" and num_items is not None:
+        count = torch.as_tensor(num_items, device=per_token.device).clamp(min=1)
+    else:
+        count = (mask if normalize == "response" else selected).sum().clamp(min=1)
     return total.sum() / count
 
 
 def adaspec_loss(draft_div: Tensor, ref_div: Tensor | None, mask: Tensor, k: float, mode: str = "top",
                  per_sequence: bool = False, normalize: str = "response",
-                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                 generator: torch.Generator | None = None,
+                 num_items: int | Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(loss, selected): the selective distillation loss on the draft's per-token divergence.
 
     Delta = draft_div - ref_div is computed without gradient; the loss is `reduce_loss(draft_div, ...)`
-    over the selected tokens. `ref_div` may be None only for mode "all" (plain KD / DistillSpec).
+    over the selected tokens (`num_items` as there). `ref_div` may be None only for mode "all" (plain KD /
+    DistillSpec).
     """
     _check_mode(mode)
     if mode == "all":
@@ -133,4 +142,4 @@ def adaspec_loss(draft_div: Tensor, ref_div: Tensor | None, mask: Tensor, k: flo
         with torch.no_grad():
             delta = draft_div.detach().float() - ref_div.detach().float()
     selected = select_tokens(delta, mask, k, mode, per_sequence, generator)
-    return reduce_loss(draft_div, mask, selected, normalize), selected
+    return reduce_loss(draft_div, mask, selected, normalize, num_items), selected

@@ -182,6 +182,20 @@ def test_strided_slice_inputs():
     torch.testing.assert_close(d.grad.double(), d64.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_default_chunk_bounds_elements(monkeypatch):
+    import adaspec.losses as losses
+
+    t, d0 = logits_pair((3, 7, 50), seed=15)
+    d = d0.clone().requires_grad_()
+    expect = per_token_divergence("rkl", t, d0, chunk_tokens=1)
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 120)  # 2 rows of 50 per chunk
+    assert losses._chunk_rows(None, 50) == 2 and losses._chunk_rows(None, 500) == 1
+    out = per_token_divergence("rkl", t, d)
+    torch.testing.assert_close(out, expect)
+    out.sum().backward()
+    assert torch.isfinite(d.grad).all()
+
+
 def test_empty_and_bad_arguments():
     assert per_token_divergence("fkl", torch.zeros(0, 5), torch.zeros(0, 5)).shape == (0,)
     t, d = logits_pair((2, 5))

@@ -138,6 +138,9 @@ def test_normalisations():
     # the selected-but-unmasked position 0 is dropped: kept = {2, 4, 6}
     assert reduce_loss(per_token, mask, selected, "response").item() == pytest.approx(12 / 5)
     assert reduce_loss(per_token, mask, selected, "kept").item() == pytest.approx(12 / 3)
+    # a denominator counted over a whole gradient-accumulation step, as the official num_items_in_batch
+    assert reduce_loss(per_token, mask, selected, "response", num_items=10).item() == pytest.approx(1.2)
+    assert reduce_loss(per_token, mask, selected, "kept", num_items=10).item() == pytest.approx(4.0)
     with pytest.raises(AdaspecError, match="normalisation"):
         reduce_loss(per_token, mask, selected, "tokens")
 
