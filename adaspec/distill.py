@@ -25,7 +25,8 @@ from adaspec import losses, selection
 from adaspec.acceptance import Continuations, greedy_agreement, greedy_continuations
 from adaspec.errors import AdaspecError
 from adaspec.models import PRESETS, build_model, check_vocab_compatible, count_params, load_model, load_tokenizer
-from adaspec.train import TrainOptions, _help, encode, load_split, make_accelerator, shifted_mask, train_loop
+from adaspec.train import (TrainOptions, _help, encode, load_checkpoint, load_split, make_accelerator, shifted_mask,
+                           train_loop)
 
 
 @dataclass(kw_only=True)
@@ -126,19 +127,37 @@ def _json_cached(path: Path, make: Callable[[], Continuations]) -> Continuations
         return Continuations.from_json(json.loads(path.read_text()))
     value = make()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value.to_json()))
+    # written whole or not at all: a kill mid-write must not leave a file the next run cannot parse
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value.to_json()))
+    tmp.replace(path)
     return value
+
+
+def _load(path: str) -> PreTrainedModel:
+    # models.load_model looked up here at call time (tests wrap it to count forwards)
+    return load_checkpoint(path, load=load_model)
+
+
+def _saved_tokenizer(path: str) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved beside a checkpoint, or None for weights saved without one (then only the
+    vocabulary sizes are compared; AutoTokenizer would invent an empty tokenizer from the config)."""
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    if Path(path).is_dir() and not any((Path(path) / n).exists() for n in names):
+        return None
+    return load_tokenizer(path)
 
 
 def run_distill(opts: DistillOptions) -> None:
     accelerator = make_accelerator(opts)
     device = accelerator.device
     torch.manual_seed(opts.seed)
+    # the model first: a missing directory is then reported as such, not as a bad hub id for a tokenizer
+    target = _frozen(_load(opts.target), device)
     tokenizer: PreTrainedTokenizerBase = load_tokenizer(opts.target)
-    target = _frozen(load_model(opts.target), device)
     if opts.draft_init:
-        draft = load_model(opts.draft_init)
-        check_vocab_compatible(target, draft, tokenizer, load_tokenizer(opts.draft_init))
+        draft = _load(opts.draft_init)
+        check_vocab_compatible(target, draft, tokenizer, _saved_tokenizer(opts.draft_init))
     else:
         draft = build_model(opts.preset, len(tokenizer), seed=opts.init_seed,
                             bos_token_id=tokenizer.bos_token_id or 0, eos_token_id=tokenizer.eos_token_id or 0)
@@ -146,8 +165,8 @@ def run_distill(opts: DistillOptions) -> None:
     draft.to(device)
     ref = None
     if opts.method == "adaspec" and opts.ref and not opts.teacher_cache:
-        ref = _frozen(load_model(opts.ref), device)
-        check_vocab_compatible(target, ref, tokenizer, load_tokenizer(opts.ref), names=("target", "reference"))
+        ref = _frozen(_load(opts.ref), device)
+        check_vocab_compatible(target, ref, tokenizer, _saved_tokenizer(opts.ref), names=("target", "reference"))
     vocab = min(target.get_output_embeddings().weight.shape[0], draft.get_output_embeddings().weight.shape[0])
     eos = tokenizer.eos_token_id
     out = Path(opts.output)
@@ -162,13 +181,16 @@ def run_distill(opts: DistillOptions) -> None:
                 seqs += [it["input_ids"] for it in made]
             return Continuations(seqs, [it["prompt_length"] for it in items])
 
-        made = _json_cached(out / "target_responses.json", target_responses)
+        # the main process writes the file, the others then read it (no two writers, no half-read file)
+        with accelerator.main_process_first():
+            made = _json_cached(out / "target_responses.json", target_responses)
         items = [{**it, "input_ids": seq, "labels": [-100] * it["prompt_length"] + seq[it["prompt_length"]:]}
                  for it, seq in zip(items, made.sequences)]
     val_examples = load_split(opts, "validation", opts.val_examples)
     val_prompts = [it["input_ids"][: it["prompt_length"]] for it in encode(val_examples, tokenizer, opts.max_length)]
-    val = _json_cached(out / "val_continuations.json", lambda: greedy_continuations(
-        target, val_prompts, opts.val_max_new_tokens, eos))
+    with accelerator.main_process_first():
+        val = _json_cached(out / "val_continuations.json", lambda: greedy_continuations(
+            target, val_prompts, opts.val_max_new_tokens, eos))
 
     cache = None
     if opts.teacher_cache:
@@ -182,9 +204,14 @@ def run_distill(opts: DistillOptions) -> None:
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
     selective = opts.method == "adaspec" and opts.selection != "all"
-    sel_gen = torch.Generator().manual_seed(opts.seed + 1)
+    sel_gen = torch.Generator()
+    sel_step = [-1]
 
     def token_loss(model: torch.nn.Module, batch: dict, step: int):
+        if step != sel_step[0]:
+            # random selection seeded per step, so a resumed run draws what the uninterrupted one drew
+            sel_step[0] = step
+            sel_gen.manual_seed((opts.seed + 1) * 1_000_003 + step)
         mask = shifted_mask(batch)
         q_logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1, :vocab]
         if cache is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -143,9 +144,11 @@ def _atomic_save(accelerator: Accelerator, model: torch.nn.Module, path: Path,
             (tmp / name).write_text(json.dumps(obj, indent=1))
         else:
             torch.save(obj, tmp / name)
+    # at every instant `path` or `path.old` is a finished save (a kill between the renames leaves only
+    # `.old`, which resume falls back to, and which is not deleted until the new save is in place)
     old = path.with_name(path.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
     if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
         path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
@@ -182,18 +185,20 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
 
     step, best, history = 0, None, []
     last = out / "last"
-    if opts.resume and (last / "trainer_state.pt").exists():
-        state = torch.load(last / "trainer_state.pt", weights_only=True)
-        from safetensors.torch import load_file
-        weights = {}
-        for f in sorted(last.glob("*.safetensors")):
-            weights.update(load_file(str(f)))
-        accelerator.unwrap_model(model).load_state_dict(weights, strict=False)
+    saved = next((d for d in (last, out / "last.old") if (d / "trainer_state.json").exists()), None)
+    if opts.resume and saved is not None:
+        state = torch.load(saved / "trainer_state.pt", weights_only=True)
+        # through from_pretrained: saved names can differ from module names (transformers 5 saves GPT-NeoX's
+        # lm_head as embed_out), and a raw load_state_dict(strict=False) silently skipped such weights
+        unwrapped = accelerator.unwrap_model(model)
+        restored = type(unwrapped).from_pretrained(str(saved), dtype=next(unwrapped.parameters()).dtype)
+        unwrapped.load_state_dict(restored.state_dict())
+        del restored
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        meta = json.loads((last / "trainer_state.json").read_text())
+        meta = json.loads((saved / "trainer_state.json").read_text())
         step, best, history = meta["step"], meta["best"], meta["history"]
-        accelerator.print(f"resumed from {last} at step {step}/{total}")
+        accelerator.print(f"resumed from {saved} at step {step}/{total}")
 
     writer = None
     if accelerator.is_main_process:
@@ -259,12 +264,20 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
                 if normalize == "response":
                     loss = (per_token * kept).sum() * world / max(n_global, 1.0)
                 else:
-                    loss = (per_token * kept).sum() / kept.sum().clamp(min=1) / len(batches)
+                    # the kept tokens of the whole global micro-batch, for the same reason
+                    n_kept = accelerator.reduce(kept.sum().detach().float(), reduction="sum").clamp(min=1)
+                    loss = (per_token * kept).sum() * world / n_kept / len(batches)
                 accelerator.backward(loss)
-            logs["loss"] += loss.item() / world if normalize == "response" else loss.item()
+            logs["loss"] += loss.item() / world
             for k, v in extra.items():
                 logs[k] = logs.get(k, 0.0) + v / len(batches)
             tokens_seen += int(batch["attention_mask"].sum())
+        if world > 1:
+            # log the global batch, not the main process's shard: loss shares add up, the rest is averaged
+            keys = sorted(logs)
+            vals = accelerator.reduce(torch.tensor([logs[k] for k in keys], device=accelerator.device),
+                                      reduction="sum").tolist()
+            logs = {k: v if k == "loss" else v / world for k, v in zip(keys, vals)}
         if opts.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), opts.grad_clip)
         optimizer.step()
@@ -305,7 +318,10 @@ class _nullcontext:
 
 
 def make_accelerator(opts: TrainOptions) -> Accelerator:
-    return Accelerator(mixed_precision=opts.precision)
+    # accelerate only starts a CPU process group (gloo) when told it runs on CPU (`accelerate launch --cpu`);
+    # under plain `torchrun` without a GPU every process would otherwise train alone on its shard
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(mixed_precision=opts.precision, cpu=cpu)
 
 
 @dataclass(kw_only=True)
@@ -333,6 +349,16 @@ class TrainTargetOptions(TrainOptions):
             raise AdaspecError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.vocab_size < 300:
             raise AdaspecError(f"--vocab-size must be >= 300 (byte-level BPE needs 256 bytes), got {self.vocab_size}")
+
+
+def load_checkpoint(path: str, trust_remote_code: bool = False,
+                    load: Callable[..., PreTrainedModel] = load_model) -> PreTrainedModel:
+    """`load` (models.load_model), with a corrupt weights file reported as one line, not a traceback."""
+    from safetensors import SafetensorError
+    try:
+        return load(path, trust_remote_code=trust_remote_code)
+    except SafetensorError as exc:
+        raise AdaspecError(f"could not load model from {path}: corrupt safetensors file ({exc})") from exc
 
 
 def prepare_tokenizer(opts: TrainTargetOptions) -> PreTrainedTokenizerBase:
@@ -368,12 +394,12 @@ def validation_loss(model: PreTrainedModel, items: list[dict], pad_id: int, batc
 def run_train_target(opts: TrainTargetOptions) -> None:
     accelerator = make_accelerator(opts)
     torch.manual_seed(opts.seed)
+    # the model before its tokenizer: a missing directory is then reported as such, not as a bad hub id
+    model = load_checkpoint(opts.model, trust_remote_code=opts.trust_remote_code) if opts.model else None
     tokenizer = prepare_tokenizer(opts)
     items = encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
     val_items = encode(load_split(opts, "validation", opts.val_examples), tokenizer, opts.max_length)
-    if opts.model:
-        model = load_model(opts.model, trust_remote_code=opts.trust_remote_code)
-    else:
+    if model is None:
         model = build_model(opts.preset, len(tokenizer), seed=opts.init_seed,
                             bos_token_id=tokenizer.bos_token_id or 0, eos_token_id=tokenizer.eos_token_id or 0)
     model.to(accelerator.device)
@@ -381,7 +407,7 @@ def run_train_target(opts: TrainTargetOptions) -> None:
         for item in items:
             item["labels"] = [t if i > 0 else -100 for i, t in enumerate(item["input_ids"])]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    accelerator.print(f"target: {count_params(model):,} parameters, {len(items)} training examples")
+    accelerator.print(f"model: {count_params(model):,} parameters, {len(items)} training examples")
 
     def validate(m: PreTrainedModel) -> dict[str, float]:
         return {"val_loss": validation_loss(m, val_items, pad_id)}
