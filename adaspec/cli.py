@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     module, cls_name, fn_name, _ = COMMANDS[ns.command]
     mod = importlib.import_module(module)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # per-file load/save bars drown our own progress output
     try:
         options = options_from_args(getattr(mod, cls_name), ns)
         fn: Callable[[Any], Any] = getattr(mod, fn_name)

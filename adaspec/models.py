@@ -25,6 +25,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from safetensors import SafetensorError
+
 from adaspec.errors import AdaspecError
 
 # name -> (architecture, hidden size, layers, heads, context). Intermediate size is 4x hidden.
@@ -92,7 +94,7 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None,
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AdaspecError(f"could not load model from {path}: {first}") from exc
     if device is not None:
