@@ -37,7 +37,8 @@ def model_dirs(tmp_path_factory):
             p.add_(torch.randn_like(p) * 0.1 * p.abs().mean())
     save_model(target, root / "target", tok)
     save_model(draft, root / "draft", tok)
-    save_model(build_model("tiny-neox", len(WORDS) + 3, seed=2), root / "other", word_tokenizer(WORDS + ["a", "b", "c"]))
+    other = build_model("tiny-neox", len(WORDS) + 3, seed=2)
+    save_model(other, root / "other", word_tokenizer(WORDS + ["a", "b", "c"]))
     return root
 
 
