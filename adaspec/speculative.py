@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec.errors import AdaspecError
 from adaspec.metrics import SpecStats, optimal_gamma
@@ -264,7 +264,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel,
                          eos_token_id: int | Iterable[int] | None = None,
                          generator: torch.Generator | None = None, seed: int | None = None,
                          adaptive_gamma: bool = False, gamma_max: int | None = None,
-                         tokenizer=None, on_tokens: OnTokens | None = None) -> tuple[torch.Tensor, SpecStats]:
+                         tokenizer: PreTrainedTokenizerBase | None = None,
+                         on_tokens: OnTokens | None = None) -> tuple[torch.Tensor, SpecStats]:
     """Generate up to `max_new_tokens` after one prompt with speculative decoding.
 
     Returns the full sequence (prompt + generated, shape [1, n], on the target's device) and the stats.
@@ -381,8 +382,8 @@ class GenerateOptions:
         "help": "choose gamma per step from the running acceptance rate and measured draft/target cost"})
     gamma_max: int = field(default=8, metadata={"help": "largest gamma the adaptive choice may use"})
     seed: int | None = field(default=None, metadata={"help": "random seed for sampling"})
-    device: str | None = field(default=None, metadata={"help": "torch device, e.g. cpu or cuda (default: "
-                                                                "cuda when available)"})
+    device: str | None = field(default=None, metadata={"help": "torch device, e.g. cpu or cuda; unset: cuda "
+                                                                "when available, else cpu"})
     stop_at_eos: bool = field(default=True, metadata={"help": "stop at the tokenizer's end-of-sequence token"})
     json: bool = field(default=False, metadata={"help": "print one JSON object (text and stats) instead of "
                                                         "streaming"})
@@ -405,7 +406,7 @@ class _TextStream:
     """Prints decoded text as tokens arrive. The prompt is decoded with the new tokens so word boundaries
     come out right; text ending in an incomplete UTF-8 sequence is held back until it completes."""
 
-    def __init__(self, tokenizer, prompt_ids: list[int]):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_ids: list[int]):
         self.tokenizer, self.ids = tokenizer, list(prompt_ids)
         self.printed = self._decode()
         self._write(self.printed)
