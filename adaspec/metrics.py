@@ -178,8 +178,9 @@ class SpecStats:
 
     @property
     def theoretical_speedup(self) -> float:
-        """S from the measured α, the mean draft length and the measured c (nan when undefined)."""
-        alpha, gamma, c = self.alpha, self.mean_gamma, self.c
+        """S from the per-token α (alpha_geometric: the α of Leviathan et al.'s formula), the mean draft
+        length and the measured c (nan when undefined)."""
+        alpha, gamma, c = self.alpha_geometric, self.mean_gamma, self.c
         if any(math.isnan(x) for x in (alpha, gamma, c)):
             return math.nan
         return theoretical_speedup(alpha, gamma, c)

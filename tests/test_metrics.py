@@ -28,7 +28,7 @@ def test_derived_rates_from_counters():
     assert s.tokens_per_s == pytest.approx(9 / 4.0)
     assert s.decode_tokens_per_s == pytest.approx(9 / 3.5)
     assert s.position_acceptance == pytest.approx([0.75, 2 / 3, 0.5, 0.0])
-    assert s.theoretical_speedup == pytest.approx(theoretical_speedup(0.6, 2.5, 0.2))
+    assert s.theoretical_speedup == pytest.approx(theoretical_speedup(6 / 9, 2.5, 0.2))
     assert s.speedup_from_tau == pytest.approx(2.25 / (2.5 * 0.2 + 1))
 
 
