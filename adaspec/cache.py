@@ -463,6 +463,7 @@ def run_cache(opts: CacheOptions) -> dict:
         raise AdaspecError(f"--output {out} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict] = {}
+    earlier_seconds = 0.0
     if (out / MANIFEST).exists():
         try:
             old = json.loads((out / MANIFEST).read_text())
@@ -474,6 +475,7 @@ def run_cache(opts: CacheOptions) -> dict:
             raise AdaspecError(f"{out} holds a cache for other settings ({'; '.join(diff[:3]) or 'format'}); "
                                f"use another --output or delete it")
         done = {rec["file"]: rec for rec in old.get("shards", [])}
+        earlier_seconds = float(old.get("build_seconds") or 0.0)
     elif any(out.glob("shard-*.safetensors")):
         raise AdaspecError(f"{out} holds shards but no {MANIFEST}; use another --output or delete it")
 
@@ -516,7 +518,10 @@ def run_cache(opts: CacheOptions) -> dict:
     for stray in out.glob("*.tmp"):
         stray.unlink()
     manifest["complete"] = True
-    manifest["build_seconds"] = round(time.perf_counter() - t0, 3)
+    # a finished cache opened again keeps its build time; a resumed one adds this run's
+    now = time.perf_counter() - t0
+    manifest["build_seconds"] = round(earlier_seconds if kept == len(ranges) and earlier_seconds else
+                                      earlier_seconds + now, 3)
     manifest["size_bytes"] = sum(f.stat().st_size for f in out.glob("shard-*.safetensors"))
     _write_json(out / MANIFEST, manifest)
     print(f"cache {out}: {len(items)} examples, {settings['data']['response_tokens']} response tokens, "
