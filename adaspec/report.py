@@ -204,15 +204,52 @@ def readme_table(results_dir: Path) -> str:
     return "\n".join(rows)
 
 
-def update_readme(readme: Path, results_dir: Path) -> None:
-    """Rewrite the README's results table between its markers from results/*/results.json."""
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
-    text = readme.read_text()
+def benchmark_tables(bench_dir: Path) -> str:
+    """The README's benchmark tables, from results/benchmarks/*.json."""
+    out = []
+    path = bench_dir / "distill_throughput.json"
+    if path.exists():
+        b = json.loads(path.read_text())
+        v, a = b["variants"], b["alpha"]
+        out += [f"Distillation throughput (`{b['command']}`; {b['settings']['limit']} GSM8K examples, "
+                f"{v['cached']['steps']} steps, AdaSPEC k={b['settings']['k']}, top-{b['settings']['top_k']} cache, "
+                "1 thread, tokens per CPU-second):", "",
+                "| variant | tokens/s | peak RSS (MiB) | greedy α on target continuations | "
+                "greedy α on dataset responses | sampling α on dataset responses |", "|---|---|---|---|---|---|"]
+        for name, label in (("onthefly", "(a) target + reference forward every step"),
+                            ("cached", "(b) teacher cache")):
+            out.append(f"| {label} | {v[name]['tokens_per_cpu_s']:,.0f} | {v[name]['peak_rss_mib']:.0f} | "
+                       f"{100 * a[name]['alpha_greedy']:.2f} | {100 * a[name]['alpha_greedy_reference_text']:.2f} | "
+                       f"{100 * a[name]['alpha_sampling_reference_text']:.2f} |")
+        amort = b["throughput_ratio_cpu_with_build_amortised_over_epochs"]
+        out += ["", f"Throughput ratio (b)/(a): {b['throughput_ratio_cpu']:.2f}×; with the cache build "
+                f"({b['cache']['build_seconds']:.1f} s, {b['cache']['size_mib']:.1f} MiB) amortised over 1 / 3 / 10 "
+                f"epochs: {amort['1']:.2f} / {amort['3']:.2f} / {amort['10']:.2f}×. A cached step costs "
+                f"{b['cached_cost_vs_draft_alone_cpu']:.2f}× a plain cross-entropy step of the draft alone.", ""]
+    path = bench_dir / "loss_memory.json"
+    if path.exists():
+        b = json.loads(path.read_text())
+        out += [f"Loss memory (`{b['command']}`; {b['kind']} forward + backward, {b['input_dtype']} logits of "
+                f"{' × '.join(map(str, b['shape']))}, CPU):", "", "| variant | peak growth (MiB) | median s |",
+                "|---|---|---|"]
+        out += [f"| {r['variant']} | {r['peak_growth_mib']:.0f} | {r['median_s']:.2f} |" for r in b["results"]]
+    return "\n".join(out)
+
+
+def _replace_block(text: str, name: str, body: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start not in text or end not in text:
-        raise SystemExit(f"{readme} has no {start} ... {end} block")
+        raise SystemExit(f"README has no {start} ... {end} block")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{readme_table(results_dir)}\n{end}{tail}")
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def update_readme(readme: Path, results_dir: Path) -> None:
+    """Rewrite the README's generated blocks from results/*/results.json and results/benchmarks/*.json."""
+    text = _replace_block(readme.read_text(), "results", readme_table(results_dir))
+    text = _replace_block(text, "benchmarks", benchmark_tables(results_dir / "benchmarks"))
+    readme.write_text(text)
 
 
 if __name__ == "__main__":
