@@ -163,9 +163,19 @@ def render(res: dict, plots: list[str]) -> str:
         lines.append(f"| {n} | {_fmt(res['c'][n])} | {_fmt(res['measured_speedup'][n], '.2f')}× | "
                      f"{_fmt(res['theoretical_speedup'][n], '.2f')}× |")
     if res.get("speed"):
-        lines += ["", "`benchmarks/decode.py` on the first seed's drafts (tokens/s, medians):", "",
-                  "```", json.dumps({n: v.get("summary", v) for n, v in res["speed"].items()}, indent=1)[:4000],
-                  "```"]
+        lines += ["", "`benchmarks/decode.py` on the first seed's drafts, greedy, same prompts, medians over repeats "
+                  "(the exact command is in each speed_*.json under runs/):", "",
+                  "| draft | method | tokens/s | vs target alone | α drafted | α | τ | c | S | measured / S | "
+                  "outputs ≠ target |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for draft, bench in res["speed"].items():
+            for method, e in bench["methods"].items():
+                lines.append(f"| {draft} | {method} | {e['tokens_per_s']:.1f} | {e['speedup_vs_target_only']:.2f}× | "
+                             f"{_fmt(e.get('alpha'))} | {_fmt(e.get('alpha_geometric'))} | {_fmt(e.get('tau'), '.2f')} | "
+                             f"{_fmt(e.get('c'))} | {_fmt(e.get('theoretical_speedup'), '.2f')} | "
+                             f"{_fmt(e.get('measured_over_S'), '.2f')} | {len(e['mismatched_prompts'])} |")
+            sd = bench["methods"].get("sd", {})
+            if sd.get("speedup_vs_hf_assisted") is not None:
+                lines.append(f"| {draft} | sd / hf_assisted | {sd['speedup_vs_hf_assisted']:.2f}× | | | | | | | | |")
     if res["ablations"]:
         lines += ["", "## Ablations (first seed)", "", "| run | α (%) | analytic greedy α (%) |", "|---|---|---|"]
         for n in ("distillspec", "adaspec", *res["ablations"]):
