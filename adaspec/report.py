@@ -163,8 +163,12 @@ def render(res: dict, plots: list[str]) -> str:
         lines.append(f"| {n} | {_fmt(res['c'][n])} | {_fmt(res['measured_speedup'][n], '.2f')}× | "
                      f"{_fmt(res['theoretical_speedup'][n], '.2f')}× |")
     if res.get("speed"):
-        lines += ["", "`benchmarks/decode.py` on the first seed's drafts, greedy, same prompts, medians over repeats "
-                  "(the exact command is in each speed_*.json under runs/):", "",
+        cfg = next(iter(res["speed"].values()))["config"]
+        lines += ["", "`benchmarks/decode.py` on the first seed's drafts, run by the command above as "
+                  f"`python benchmarks/decode.py --target <target> --draft <draft> --prompts-task {res['task']} "
+                  f"--n-prompts {cfg['n_prompts']} --max-new-tokens {cfg['max_new_tokens']} --gamma {cfg['gamma']} "
+                  f"--repeats {cfg['repeats']}` (greedy, same prompts, medians over repeats, "
+                  f"{cfg['threads']} thread(s)):", "",
                   "| draft | method | tokens/s | vs target alone | α drafted | α | τ | c | S | measured / S | "
                   "outputs ≠ target |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for draft, bench in res["speed"].items():
