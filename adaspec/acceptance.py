@@ -9,6 +9,7 @@ decoder, so many drafts can be compared at the cost of one parallel forward each
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from transformers import PreTrainedModel
@@ -73,6 +74,24 @@ def _right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
     return ids, mask
 
 
+def _scored_batches(data: Continuations, batch_size: int, device: torch.device
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Right-padded (ids, attention mask, scored positions) batches of the continuations.
+
+    Logits at t predict token t+1, so the scored positions of a sequence are plen-1 .. len-2: every
+    continuation token is predicted once.
+    """
+    for start in range(0, len(data.sequences), batch_size):
+        seqs = data.sequences[start:start + batch_size]
+        plens = data.prompt_lengths[start:start + batch_size]
+        ids, mask = _right_pad(seqs, 0)
+        score = torch.zeros_like(mask, dtype=torch.bool)
+        for i, (s, p) in enumerate(zip(seqs, plens)):
+            score[i, p - 1: len(s) - 1] = True
+        if score.any():
+            yield ids.to(device), mask.to(device), score.to(device)
+
+
 @torch.inference_mode()
 def analytic_alpha(target: PreTrainedModel, draft: PreTrainedModel, data: Continuations,
                    batch_size: int = 16, temperature: float = 1.0) -> dict[str, float]:
@@ -85,17 +104,7 @@ def analytic_alpha(target: PreTrainedModel, draft: PreTrainedModel, data: Contin
     vocab = min(target.get_output_embeddings().weight.shape[0], draft.get_output_embeddings().weight.shape[0])
     agree = overlap = 0.0
     n = 0
-    for start in range(0, len(data.sequences), batch_size):
-        seqs = data.sequences[start:start + batch_size]
-        plens = data.prompt_lengths[start:start + batch_size]
-        ids, mask = _right_pad(seqs, 0)
-        ids, mask = ids.to(device), mask.to(device)
-        # logits at t predict token t+1: score positions plen-1 .. len-2
-        score = torch.zeros_like(mask, dtype=torch.bool)
-        for i, (s, p) in enumerate(zip(seqs, plens)):
-            score[i, p - 1: len(s) - 1] = True
-        if not score.any():
-            continue
+    for ids, mask, score in _scored_batches(data, batch_size, device):
         p_logits = target(input_ids=ids, attention_mask=mask).logits[..., :vocab][score].float()
         q_logits = draft(input_ids=ids, attention_mask=mask).logits[..., :vocab][score].float()
         agree += (p_logits.argmax(-1) == q_logits.argmax(-1)).sum().item()
@@ -113,14 +122,7 @@ def greedy_agreement(draft: PreTrainedModel, data: Continuations, batch_size: in
     """Greedy α without a target forward: on greedy continuations the target's argmax is the next token."""
     device = next(draft.parameters()).device
     agree, n = 0, 0
-    for start in range(0, len(data.sequences), batch_size):
-        seqs = data.sequences[start:start + batch_size]
-        plens = data.prompt_lengths[start:start + batch_size]
-        ids, mask = _right_pad(seqs, 0)
-        ids, mask = ids.to(device), mask.to(device)
-        score = torch.zeros_like(mask, dtype=torch.bool)
-        for i, (s, p) in enumerate(zip(seqs, plens)):
-            score[i, p - 1: len(s) - 1] = True
+    for ids, mask, score in _scored_batches(data, batch_size, device):
         pred = draft(input_ids=ids, attention_mask=mask).logits.argmax(-1)
         agree += int((pred[:, :-1] == ids[:, 1:])[score[:, :-1]].sum())
         n += int(score.sum())

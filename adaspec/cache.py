@@ -44,6 +44,7 @@ from adaspec import data as data_lib
 from adaspec import losses
 from adaspec.errors import AdaspecError
 from adaspec.models import check_vocab_compatible, load_model, load_tokenizer, model_fingerprint, output_vocab_size
+from adaspec.train import DataOptions, encode, load_split
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -56,7 +57,7 @@ def _help(text: str, **extra: Any) -> dict:
 
 
 @dataclass(kw_only=True)
-class CacheOptions:
+class CacheOptions(DataOptions):
     """Store the target's top-K next-token distribution (and the reference's divergence) per response token.
 
     The data flags are those of `adaspec distill`: give the same ones, so the cache covers exactly the
@@ -67,14 +68,6 @@ class CacheOptions:
     ref: str | None = field(default=None, metadata=_help(
         "reference model directory: also store its per-token divergence L_ref (needed by --method adaspec)"))
     output: str = field(metadata=_help("cache directory (an interrupted build there is resumed)"))
-    task: str | None = field(default="gsm8k", metadata=_help(f"built-in task ({', '.join(data_lib.TASKS)})"))
-    data: str | None = field(default=None, metadata=_help(
-        "a JSONL file of your own (or hub:<dataset> when online) instead of --task"))
-    prompt_field: str = field(default="prompt", metadata=_help("prompt field of --data records"))
-    response_field: str = field(default="response", metadata=_help("response field of --data records"))
-    data_dir: str | None = field(default=None, metadata=_help("folder of the built-in task data"))
-    limit: int | None = field(default=None, metadata=_help("use only the first N training examples"))
-    max_length: int = field(default=256, metadata=_help("truncate prompt+response to this many tokens"))
     batch_size: int = field(default=16, metadata=_help("examples per target/reference forward"))
     top_k: int = field(default=64, metadata=_help("target token ids and log-probabilities kept per token"))
     divergence: Literal["fkl", "rkl", "tvd", "jsd"] = field(default="fkl", metadata=_help(
@@ -86,17 +79,10 @@ class CacheOptions:
     progress: bool = field(default=True, metadata=_help("show a progress bar"))
 
     def __post_init__(self) -> None:
-        if self.task is None and self.data is None:
-            raise AdaspecError("give --task or --data")
-        if self.task is not None and self.data is None and self.task not in data_lib.TASKS:
-            raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
+        super().__post_init__()
         for name in ("batch_size", "top_k", "shard_size"):
             if getattr(self, name) < 1:
                 raise AdaspecError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.max_length < 2:
-            raise AdaspecError(f"--max-length must be >= 2 (a prompt and a response token), got {self.max_length}")
-        if self.limit is not None and self.limit < 1:
-            raise AdaspecError(f"--limit must be >= 1, got {self.limit}")
         if not self.temperature > 0:
             raise AdaspecError(f"--temperature must be > 0, got {self.temperature}")
         if not 0 <= self.beta <= 1:
@@ -437,8 +423,6 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def run_cache(opts: CacheOptions) -> dict:
     """Build (or finish) the cache; returns its manifest."""
-    from adaspec.train import encode, load_split
-
     t0 = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(opts.target)

@@ -74,7 +74,7 @@ def collect(command: str, task: str, preset_name: str, preset: Any, evals: dict[
                        for n, by_seed in summaries.items()}
     res["ablations"] = {n: {"alpha_greedy": res["alpha_greedy"][n],
                             "alpha_analytic_greedy": res["alpha_analytic_greedy"][n]}
-                        for n in names if n.startswith("adaspec_")}
+                        for n in names if n.startswith(("adaspec_", "distillspec_"))}
     if speed:
         res["speed"] = speed
     return res

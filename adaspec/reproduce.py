@@ -9,7 +9,8 @@ Stages (each skipped when its output is complete, so a killed run resumes where 
                   what the paper's reference is: the draft's initialisation distilled with forward KL
   5. cache_ref    the same cache plus the reference's per-token divergence L_ref
   6. adaspec      selective KD, k = 0.4, top tokens by Δ, matched token budget (epochs / k)
-  7. ablations    (--ablations) selection bottom / random and k ∈ {0.2, 0.6, 0.8, 1.0} on seed 0
+  7. ablations    (--ablations, first seed) selection bottom / random, k ∈ {0.2, 0.6, 0.8, 1.0}, and
+                  DistillSpec trained as many steps as AdaSPEC (separates selection from training longer)
   8. eval         empirical greedy α from real speculative decoding on the test split, analytic α,
                   speed, target quality; results/<task>/{results.json, report.md, *.png}
 """
@@ -63,10 +64,13 @@ PRESETS: dict[str, Preset] = {
                     eval_max_new_tokens=96, gamma=3, top_k=64, seeds=(0, 1, 2)),
 }
 
+# AdaSPEC variants, each against the seed's reference; the last is plain KD for as many steps as AdaSPEC
+# takes at k = 0.4 with the matched token budget, to separate "selective" from "trained longer"
 ABLATIONS: dict[str, dict] = {
     "adaspec_bottom": {"selection": "bottom"},
     "adaspec_random": {"selection": "random"},
     **{f"adaspec_k{k}": {"k": k} for k in (0.2, 0.6, 0.8, 1.0)},
+    "distillspec_long": {"method": "kd", "epochs_scale": 1 / 0.4},
 }
 
 
@@ -162,6 +166,10 @@ class Pipeline:
                           val_every=max(1, self._steps_per_epoch() // 4), val_examples=48)
             if ref is not None:
                 kwargs.update(ref=str(ref), k=0.4, match_token_budget=True)
+            overrides = dict(overrides)
+            kwargs["epochs"] = kwargs["epochs"] * float(overrides.pop("epochs_scale", 1.0))
+            if overrides.get("method") == "kd":
+                kwargs.update(ref=None, match_token_budget=False)
             kwargs.update(overrides)
             run_distill(DistillOptions(**kwargs))
         return out
@@ -182,8 +190,9 @@ class Pipeline:
             drafts["adaspec"][seed] = self.distill("adaspec", target, init, seed, ref_cache, ref=ds)
             if self.opts.ablations and seed == self.seeds[0]:
                 for name, overrides in ABLATIONS.items():
-                    drafts.setdefault(name, {})[seed] = self.distill(name, target, init, seed, ref_cache,
-                                                                     ref=ds, **overrides)
+                    kd = overrides.get("method") == "kd"
+                    drafts.setdefault(name, {})[seed] = self.distill(
+                        name, target, init, seed, cache if kd else ref_cache, ref=None if kd else ds, **overrides)
         return self.evaluate(target, init, drafts)
 
     def evaluate(self, target_dir: Path, init: Path, drafts: dict[str, dict[int, Path]]) -> dict:

@@ -38,10 +38,9 @@ def _help(text: str, **extra: Any) -> dict:
 
 
 @dataclass(kw_only=True)
-class TrainOptions:
-    """Options every training recipe shares."""
+class DataOptions:
+    """Which examples a command encodes; `distill` and `cache` must agree on them, so they share this."""
 
-    output: str = field(metadata=_help("output directory: the final/best model, last/ for resume, logs/"))
     task: str | None = field(default="gsm8k", metadata=_help(f"built-in task ({', '.join(data_lib.TASKS)})"))
     data: str | None = field(default=None, metadata=_help(
         "a JSONL file of your own (or hub:<dataset> when online) instead of --task"))
@@ -50,6 +49,23 @@ class TrainOptions:
     data_dir: str | None = field(default=None, metadata=_help("folder of the built-in task data"))
     limit: int | None = field(default=None, metadata=_help("use only the first N training examples"))
     max_length: int = field(default=256, metadata=_help("truncate prompt+response to this many tokens"))
+
+    def __post_init__(self) -> None:
+        if self.task is None and self.data is None:
+            raise AdaspecError("give --task or --data")
+        if self.task is not None and self.data is None and self.task not in data_lib.TASKS:
+            raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
+        if self.max_length < 2:
+            raise AdaspecError(f"--max-length must be >= 2 (a prompt and a response token), got {self.max_length}")
+        if self.limit is not None and self.limit < 1:
+            raise AdaspecError(f"--limit must be >= 1, got {self.limit}")
+
+
+@dataclass(kw_only=True)
+class TrainOptions(DataOptions):
+    """Options every training recipe shares."""
+
+    output: str = field(metadata=_help("output directory: the final/best model, last/ for resume, logs/"))
     batch_size: int = field(default=16, metadata=_help("global micro-batch size, split across processes"))
     grad_accum: int = field(default=1, metadata=_help("micro-batches per optimizer step"))
     epochs: float = field(default=1.0, metadata=_help("passes over the training data"))
@@ -68,11 +84,8 @@ class TrainOptions:
     progress: bool = field(default=True, metadata=_help("show a progress bar"))
 
     def __post_init__(self) -> None:
-        if self.task is None and self.data is None:
-            raise AdaspecError("give --task or --data")
-        if self.task is not None and self.data is None and self.task not in data_lib.TASKS:
-            raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
-        for name in ("max_length", "batch_size", "grad_accum", "save_every", "val_examples"):
+        super().__post_init__()
+        for name in ("batch_size", "grad_accum", "save_every", "val_examples"):
             if getattr(self, name) < 1:
                 raise AdaspecError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.epochs <= 0:
@@ -85,7 +98,7 @@ class TrainOptions:
             raise AdaspecError(f"--val-every must be >= 0, got {self.val_every}")
 
 
-def load_split(opts: TrainOptions, split: str, limit: int | None = None) -> list[data_lib.Example]:
+def load_split(opts: DataOptions, split: str, limit: int | None = None) -> list[data_lib.Example]:
     examples = data_lib.load_examples(task=None if opts.data else opts.task, data_path=opts.data,
                                       split=split, prompt_field=opts.prompt_field,
                                       response_field=opts.response_field, limit=limit,

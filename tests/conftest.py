@@ -15,6 +15,17 @@ import pytest
 TINY_VOCAB = 320
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny models on a shared 2-core machine: thread hand-offs cost more than the matmuls
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from adaspec import data

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+
+from helpers import max_diff, run, scalars, summary
 
 from adaspec import cli, distill, models
 from adaspec.acceptance import greedy_continuations
@@ -24,41 +25,6 @@ FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8"
 # 32 examples in global micro-batches of 8; Adam moves each weight by ~lr a step, so 3 steps move them by
 # ~3e-3, far above the 1e-5 tolerance of the comparisons and far above round-off amplified by Adam (~lr * 1e-3)
 BASE = ["--limit", "32", "--batch-size", "8", "--max-steps", "3", "--lr", "1e-3", "--warmup-steps", "0", *FAST]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models on a shared 2-core machine: thread hand-offs cost more than the matmuls
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def run(*args) -> int:
-    return cli.main([str(a) for a in args])
-
-
-def scalars(out: Path, tag: str) -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(out / "logs"))
-    acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)]
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path / "model.safetensors"))
-
-
-def max_diff(a: Path, b: Path) -> float:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
-
-
-def summary(out: Path) -> dict:
-    return json.loads((out / "train_summary.json").read_text())
 
 
 @pytest.fixture(scope="module")

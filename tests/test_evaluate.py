@@ -9,15 +9,6 @@ from adaspec.errors import AdaspecError
 from adaspec.evaluate import EvalOptions, command_line, evaluate, format_table, run_eval, unique_names
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models on a shared 2-core machine: thread hand-offs cost more than the matmuls
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def tok():
     texts = [e.prompt + e.response for e in data.load_task("gsm8k", "train", limit=200)]

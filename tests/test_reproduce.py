@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from adaspec import reproduce
 from adaspec.cli import main
@@ -18,19 +17,11 @@ TINY = reproduce.Preset(vocab_size=300, target="tiny-neox", draft="tiny-gpt2", m
                         seeds=(0, 1))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threading overhead dominates on a loaded 2-core machine
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_pipeline_runs_resumes_and_writes_results(tmp_path, monkeypatch):
     monkeypatch.setitem(reproduce.PRESETS, "tiny", TINY)
     runs, results = tmp_path / "runs", tmp_path / "results"
     argv = ["reproduce", "--task", "gsm8k", "--preset", "tiny", "--runs-dir", str(runs), "--results-dir",
-            str(results), "--no-speed-benchmark", "--no-progress"]
+            str(results), "--no-speed-benchmark", "--no-progress", "--ablations"]
     assert main(argv) == 0
     out = results / "gsm8k"
     res = json.loads((out / "results.json").read_text())
@@ -40,6 +31,9 @@ def test_pipeline_runs_resumes_and_writes_results(tmp_path, monkeypatch):
         assert len(res["alpha_greedy_seeds"][name]) == 2
         assert 0.0 <= res["alpha_greedy"][name] <= 1.0
     assert "target" in res["val_loss"] and "draft_init" in res["alpha_greedy"]
+    assert set(res["ablations"]) == set(reproduce.ABLATIONS)
+    long_cfg = json.loads((runs / "gsm8k" / "tiny" / "seed0" / "distillspec_long" / "run_config.json").read_text())
+    assert long_cfg["method"] == "kd" and long_cfg["epochs"] == pytest.approx(TINY.distill_epochs / 0.4)
     report = (out / "report.md").read_text()
     assert res["command"] in report and "DistillSpec" in report
     assert {p.name for p in out.glob("*.png")} == {"training_curves.png", "alpha.png", "position_acceptance.png"}

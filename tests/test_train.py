@@ -9,36 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+
+from helpers import run, scalars, summary, weights
 
 from adaspec import cli, train
 
 FAST = ["--max-length", "64", "--val-examples", "4", "--no-progress"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models on a shared 2-core machine: thread hand-offs cost more than the matmuls
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def run(*args) -> int:
-    return cli.main([str(a) for a in args])
-
-
-def scalars(out: Path, tag: str) -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(out / "logs"))
-    acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)]
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path / "model.safetensors"))
 
 
 def assert_same_weights(a: Path, b: Path, atol: float = 1e-6) -> None:
@@ -46,10 +22,6 @@ def assert_same_weights(a: Path, b: Path, atol: float = 1e-6) -> None:
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=atol, rtol=0, msg=f"{k} differs")
-
-
-def summary(out: Path) -> dict:
-    return json.loads((out / "train_summary.json").read_text())
 
 
 # ------------------------------------------------------------------------------------------ smoke tests
