@@ -185,6 +185,14 @@ def render(res: dict, plots: list[str]) -> str:
         for n in ("distillspec", "adaspec", *res["ablations"]):
             lines.append(f"| {n} | {_fmt(100 * res['alpha_greedy'][n], '.1f')} | "
                          f"{_fmt(100 * res['alpha_analytic_greedy'][n], '.1f')} |")
+    for name, extra in res.get("extra_evaluations", {}).items():
+        lines += ["", f"## Extra evaluation: {name}", "", "```", extra["command"], "```", "",
+                  "| draft | α (%) | α drafted (%) | analytic greedy α (%) | response CE | measured speed-up |",
+                  "|---|---|---|---|---|---|"]
+        for d, e in extra["drafts"].items():
+            lines.append(f"| {d} | {_fmt(100 * e['alpha_tested'], '.1f')} | {_fmt(100 * e['alpha'], '.1f')} | "
+                         f"{_fmt(100 * e['analytic']['alpha_greedy'], '.1f')} | {_fmt(e['response_loss'])} | "
+                         f"{_fmt(e['measured_speedup'], '.2f')}× |")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -193,6 +201,14 @@ def write_results(command: str, task: str, preset_name: str, preset: Any, evals:
                   summaries: dict[str, dict], speed: dict | None, outdir: Path) -> dict:
     outdir.mkdir(parents=True, exist_ok=True)
     res = collect(command, task, preset_name, preset, evals, summaries, speed)
+    # `adaspec eval --json results/<task>/ablation_<name>.json ...` runs beside the pipeline
+    keep = ("alpha_tested", "alpha", "analytic", "response_loss", "measured_speedup", "theoretical_speedup", "tau")
+    res["extra_evaluations"] = {}
+    for path in sorted(outdir.glob("ablation_*.json")):
+        extra = json.loads(path.read_text())
+        res["extra_evaluations"][path.stem] = {
+            "command": extra["command"],
+            "drafts": {d: {k: e[k] for k in keep} for d, e in extra["drafts"].items()}}
     plots = _plots(res, outdir)
     notes = outdir / "notes.md"
     body = render(res, plots)
