@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/adaspec reproduce --task gsm8k --preset demo
+	# results go under runs/ so the demo never overwrites the committed results/ of the larger preset
+	$(BIN)/adaspec reproduce --task gsm8k --preset demo --results-dir runs/results
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -x
