@@ -45,23 +45,32 @@ def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
 
 
 @torch.inference_mode()
-def greedy_continuations(target: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int,
-                         eos_token_id: int | None, pad_token_id: int = 0,
-                         batch_size: int = 16) -> Continuations:
-    """The target's greedy continuations (batched, left-padded), cut after the first EOS."""
-    device = next(target.parameters()).device
+def generate_continuations(model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int,
+                           eos_token_id: int | None, pad_token_id: int = 0, batch_size: int = 16,
+                           temperature: float = 0.0) -> Continuations:
+    """The model's continuations (batched, left-padded, greedy at temperature 0), cut after the first EOS."""
+    device = next(model.parameters()).device
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
+        else {"do_sample": False}
     sequences: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         ids, mask = _left_pad(chunk, pad_token_id)
-        out = target.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                              max_new_tokens=max_new_tokens, do_sample=False,
-                              eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                             max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                             pad_token_id=pad_token_id, **sampling)
         for prompt, row in zip(chunk, out[:, ids.shape[1]:].tolist()):
             if eos_token_id is not None and eos_token_id in row:
                 row = row[: row.index(eos_token_id) + 1]
             sequences.append(list(prompt) + row)
     return Continuations(sequences, [len(p) for p in prompts])
+
+
+def greedy_continuations(target: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int,
+                         eos_token_id: int | None, pad_token_id: int = 0,
+                         batch_size: int = 16) -> Continuations:
+    """The target's greedy continuations: what greedy speculative decoding must reproduce."""
+    return generate_continuations(target, prompts, max_new_tokens, eos_token_id, pad_token_id, batch_size)
 
 
 def _right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import losses, selection
-from adaspec.acceptance import Continuations, greedy_agreement, greedy_continuations
+from adaspec.acceptance import Continuations, generate_continuations, greedy_agreement, greedy_continuations
 from adaspec.errors import AdaspecError
 from adaspec.models import PRESETS, build_model, check_vocab_compatible, count_params, load_model, load_tokenizer
 from adaspec.train import (TrainOptions, _help, encode, load_checkpoint, load_split, make_accelerator, shifted_mask,
@@ -95,31 +95,13 @@ def generate_items(model: PreTrainedModel, items: list[dict], max_new_tokens: in
     room = max(1, min(max_new_tokens, max_length - max(len(p) for p in prompts)))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if temperature > 0:
-            gen = _sample_continuations(model, prompts, room, temperature, eos_token_id)
-        else:
-            gen = greedy_continuations(model, prompts, room, eos_token_id, batch_size=len(prompts))
+        gen = generate_continuations(model, prompts, room, eos_token_id, batch_size=len(prompts),
+                                     temperature=temperature)
     model.train(was_training)
     out = []
     for it, seq, p in zip(items, gen.sequences, prompts):
         out.append({**it, "input_ids": seq, "labels": [-100] * len(p) + seq[len(p):]})
     return out
-
-
-def _sample_continuations(model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int,
-                          temperature: float, eos_token_id: int | None) -> Continuations:
-    from adaspec.acceptance import _left_pad
-    device = next(model.parameters()).device
-    ids, mask = _left_pad(prompts, 0)
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                         temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                         eos_token_id=eos_token_id, pad_token_id=0)
-    seqs = []
-    for p, row in zip(prompts, out[:, ids.shape[1]:].tolist()):
-        if eos_token_id is not None and eos_token_id in row:
-            row = row[: row.index(eos_token_id) + 1]
-        seqs.append(list(p) + row)
-    return Continuations(seqs, [len(p) for p in prompts])
 
 
 def _json_cached(path: Path, make: Callable[[], Continuations]) -> Continuations:

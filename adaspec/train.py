@@ -13,6 +13,7 @@ interval and never a finished save.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -271,7 +272,7 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
         logs: dict[str, float] = {"loss": 0.0}
         for j, batch in enumerate(batches):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            ctx = accelerator.no_sync(model) if j < len(batches) - 1 else _nullcontext()
+            ctx = accelerator.no_sync(model) if j < len(batches) - 1 else contextlib.nullcontext()
             with ctx, accelerator.autocast():
                 per_token, kept, extra = token_loss(model, batch, step)
                 if normalize == "response":
@@ -320,14 +321,6 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
     if accelerator.is_main_process:
         _publish(out / "best", out)
     return LoopResult(step, best, history)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def make_accelerator(opts: TrainOptions) -> Accelerator:

@@ -35,3 +35,12 @@ def max_diff(a: Path, b: Path) -> float:
 
 def summary(out: Path) -> dict:
     return json.loads((out / "train_summary.json").read_text())
+
+
+def cli_error(capsys, *args) -> str:
+    """Run a command that must fail; its stderr must be one line naming the command."""
+    assert run(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"adaspec {args[0]}: error: "), err
+    assert len(err.splitlines()) == 1, err
+    return err

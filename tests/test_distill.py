@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import max_diff, run, scalars, summary
+from helpers import cli_error, max_diff, run, scalars, summary
 
 from adaspec import distill, models
 from adaspec.acceptance import greedy_continuations
@@ -261,14 +261,6 @@ def test_two_processes_adaspec_per_sequence_match_one(root, adaspec_per_sequence
 
 # ------------------------------------------------------------------------------------------------ errors
 
-def _error(capsys, *args) -> str:
-    assert run(*args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"adaspec {args[0]}: error: "), err
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
 @pytest.fixture(scope="module")
 def bad_models(root, tiny_tokenizer) -> dict[str, Path]:
     from adaspec import data
@@ -284,11 +276,11 @@ def bad_models(root, tiny_tokenizer) -> dict[str, Path]:
 
 def test_vocab_mismatch_is_refused(capsys, tmp_path, target_dir, tiny_draft_dir, bad_models):
     common = ["distill", "--target", target_dir, "--output", tmp_path / "o", *BASE]
-    err = _error(capsys, *common, "--draft-init", bad_models["small"])
+    err = cli_error(capsys, *common, "--draft-init", bad_models["small"])
     assert "vocabulary sizes" in err and "target and draft" in err
-    err = _error(capsys, *common, "--draft-init", bad_models["other"])
+    err = cli_error(capsys, *common, "--draft-init", bad_models["other"])
     assert "tokenizers have different vocabularies" in err
-    err = _error(capsys, *common, "--draft-init", tiny_draft_dir, "--method", "adaspec", "--ref", bad_models["small"])
+    err = cli_error(capsys, *common, "--draft-init", tiny_draft_dir, "--method", "adaspec", "--ref", bad_models["small"])
     assert "target and reference" in err
 
 
@@ -308,7 +300,7 @@ def test_draft_saved_without_tokenizer_is_accepted(tmp_path, target_dir, tiny_to
 ])
 def test_bad_options_are_refused(capsys, tmp_path, target_dir, extra, needle):
     extra = [str(target_dir) if a == "REF" else str(tmp_path) if a == "CACHE" else a for a in extra]
-    err = _error(capsys, "distill", "--target", target_dir, "--output", tmp_path / "o", *extra)
+    err = cli_error(capsys, "distill", "--target", target_dir, "--output", tmp_path / "o", *extra)
     assert needle in err
     assert not (tmp_path / "o").exists()  # refused before anything ran
 
@@ -316,20 +308,20 @@ def test_bad_options_are_refused(capsys, tmp_path, target_dir, extra, needle):
 def test_empty_data_is_refused(capsys, tmp_path, target_dir):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    err = _error(capsys, "distill", "--target", target_dir, "--data", empty, "--output", tmp_path / "o", *BASE)
+    err = cli_error(capsys, "distill", "--target", target_dir, "--data", empty, "--output", tmp_path / "o", *BASE)
     assert "empty.jsonl" in err and "no examples" in err
     (tmp_path / "gsm8k").mkdir()
     (tmp_path / "gsm8k" / "train.jsonl").write_text("")
-    err = _error(capsys, "distill", "--target", target_dir, "--data-dir", tmp_path, "--output",
+    err = cli_error(capsys, "distill", "--target", target_dir, "--data-dir", tmp_path, "--output",
                  tmp_path / "o", *BASE)
     assert "gsm8k" in err and "no examples" in err
 
 
 def test_bad_paths_are_refused(capsys, tmp_path, target_dir, tiny_draft_dir):
     missing = tmp_path / "no_such_target"
-    err = _error(capsys, "distill", "--target", missing, "--output", tmp_path / "o", *BASE)
+    err = cli_error(capsys, "distill", "--target", missing, "--output", tmp_path / "o", *BASE)
     assert str(missing) in err and "not found" in err
-    err = _error(capsys, "distill", "--target", target_dir, "--method", "adaspec", "--ref",
+    err = cli_error(capsys, "distill", "--target", target_dir, "--method", "adaspec", "--ref",
                  tmp_path / "no_such_ref", "--output", tmp_path / "o", *BASE)
     assert "no_such_ref" in err
 
@@ -341,6 +333,6 @@ def test_corrupt_checkpoint_is_refused(capsys, tmp_path, target_dir, tiny_draft_
         blob = (corrupt / "model.safetensors").read_bytes()
         (corrupt / "model.safetensors").write_bytes(blob[: len(blob) // 3])
         target, draft = (corrupt, tiny_draft_dir) if name == "target" else (target_dir, corrupt)
-        err = _error(capsys, "distill", "--target", target, "--draft-init", draft, "--output", tmp_path / "o",
+        err = cli_error(capsys, "distill", "--target", target, "--draft-init", draft, "--output", tmp_path / "o",
                      *BASE)
         assert str(corrupt) in err and "corrupt" in err

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import run, scalars, summary, weights
+from helpers import cli_error, run, scalars, summary, weights
 
 from adaspec import train
 
@@ -174,23 +174,15 @@ def test_kill_while_writing_a_save_keeps_the_previous_one(tmp_path, tiny_target_
 
 # ------------------------------------------------------------------------------------------------ errors
 
-def _error(capsys, *args) -> str:
-    assert run(*args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"adaspec {args[0]}: error: "), err
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
 def test_vocab_size_below_minimum_is_refused(capsys, tmp_path):
-    err = _error(capsys, "train-target", "--preset", "tiny-neox", "--vocab-size", 299, "--output", tmp_path / "o")
+    err = cli_error(capsys, "train-target", "--preset", "tiny-neox", "--vocab-size", 299, "--output", tmp_path / "o")
     assert "--vocab-size" in err and "300" in err
 
 
 def test_empty_data_is_refused(capsys, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    err = _error(capsys, "train-target", "--preset", "tiny-neox", "--vocab-size", 300, "--data", empty,
+    err = cli_error(capsys, "train-target", "--preset", "tiny-neox", "--vocab-size", 300, "--data", empty,
                  "--output", tmp_path / "o", *FAST)
     assert "empty" in err and "empty.jsonl" in err
 
@@ -198,24 +190,24 @@ def test_empty_data_is_refused(capsys, tmp_path):
 def test_empty_task_split_is_refused(capsys, tmp_path, tiny_target_dir):
     (tmp_path / "gsm8k").mkdir()
     (tmp_path / "gsm8k" / "train.jsonl").write_text("")
-    err = _error(capsys, "train-target", "--model", tiny_target_dir, "--data-dir", tmp_path,
+    err = cli_error(capsys, "train-target", "--model", tiny_target_dir, "--data-dir", tmp_path,
                  "--output", tmp_path / "o", *FAST)
     assert "no examples" in err
 
 
 def test_missing_and_corrupt_model_are_refused(capsys, tmp_path, tiny_target_dir):
-    err = _error(capsys, "train-target", "--model", tmp_path / "nope", "--output", tmp_path / "o", *FAST)
+    err = cli_error(capsys, "train-target", "--model", tmp_path / "nope", "--output", tmp_path / "o", *FAST)
     assert "nope" in err and "not found" in err
     corrupt = tmp_path / "corrupt"
     shutil.copytree(tiny_target_dir, corrupt)
     blob = (corrupt / "model.safetensors").read_bytes()
     (corrupt / "model.safetensors").write_bytes(blob[: len(blob) // 2])
-    err = _error(capsys, "train-target", "--model", corrupt, "--output", tmp_path / "o", "--limit", 16,
+    err = cli_error(capsys, "train-target", "--model", corrupt, "--output", tmp_path / "o", "--limit", 16,
                  "--batch-size", 8, *FAST)
     assert "corrupt" in err and str(corrupt) in err
 
 
 def test_batch_larger_than_data_is_refused(capsys, tmp_path, tiny_target_dir):
-    err = _error(capsys, "train-target", "--model", tiny_target_dir, "--limit", 4, "--batch-size", 8,
+    err = cli_error(capsys, "train-target", "--model", tiny_target_dir, "--limit", 4, "--batch-size", 8,
                  "--output", tmp_path / "o", *FAST)
     assert "fewer than one batch" in err
