@@ -22,7 +22,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from adaspec import data as data_lib
@@ -49,6 +49,16 @@ class Preset:
     gamma: int
     top_k: int
     seeds: tuple[int, ...]
+    # a task with fewer training examples gets proportionally more epochs in every training stage, so each
+    # stage sees at least this many examples (0: epochs as written); the target keeps its best validation
+    # checkpoint, so the extra epochs cannot leave an overfitted target
+    min_train_examples: int = 0
+
+    def for_task(self, n_train: int) -> "Preset":
+        """This preset with its epochs scaled for a training split of `n_train` examples."""
+        scale = max(1.0, self.min_train_examples / max(1, n_train))
+        return replace(self, target_epochs=self.target_epochs * scale,
+                       draft_init_epochs=self.draft_init_epochs * scale, distill_epochs=self.distill_epochs * scale)
 
 
 PRESETS: dict[str, Preset] = {
@@ -61,7 +71,7 @@ PRESETS: dict[str, Preset] = {
     "small": Preset(vocab_size=2048, target="neox-target-s", draft="neox-draft-xxs", max_length=256,
                     train_limit=None, target_epochs=1.0, target_lr=2e-3, draft_init_epochs=0.25,
                     distill_epochs=1.0, distill_lr=2e-3, batch_size=16, eval_prompts=50,
-                    eval_max_new_tokens=96, gamma=3, top_k=64, seeds=(0, 1, 2)),
+                    eval_max_new_tokens=96, gamma=3, top_k=64, seeds=(0, 1, 2), min_train_examples=7000),
 }
 
 # AdaSPEC variants, each against the seed's reference; the last is plain KD for as many steps as AdaSPEC
@@ -112,7 +122,8 @@ def _log(msg: str) -> None:
 class Pipeline:
     def __init__(self, opts: ReproduceOptions) -> None:
         self.opts = opts
-        self.p = PRESETS[opts.preset]
+        n_train = len(data_lib.load_task(opts.task, "train", limit=PRESETS[opts.preset].train_limit))
+        self.p = PRESETS[opts.preset].for_task(n_train)
         self.root = Path(opts.runs_dir) / opts.task / opts.preset
         self.seeds = list(opts.seeds) if opts.seeds else list(self.p.seeds)
 
@@ -126,9 +137,11 @@ class Pipeline:
         out = self.root / "target"
         if not _done(out):
             _log(f"training the target ({self.p.target}) -> {out}")
-            run_train_target(TrainTargetOptions(**self._common(out), preset=self.p.target,
-                                                vocab_size=self.p.vocab_size, epochs=self.p.target_epochs,
-                                                lr=self.p.target_lr, train_on_prompt=True))
+            total = self._steps_per_epoch() * self.p.target_epochs
+            run_train_target(TrainTargetOptions(**{**self._common(out), "val_every": max(1, int(total) // 8)},
+                                                preset=self.p.target, vocab_size=self.p.vocab_size,
+                                                epochs=self.p.target_epochs, lr=self.p.target_lr,
+                                                train_on_prompt=True))
         return out
 
     def draft_init(self, target: Path) -> Path:
@@ -163,7 +176,8 @@ class Pipeline:
             kwargs = dict(self._common(out, seed), target=str(target), draft_init=str(init), method=method,
                           epochs=self.p.distill_epochs, lr=self.p.distill_lr,
                           teacher_cache=str(cache) if cache else None,
-                          val_every=max(1, self._steps_per_epoch() // 4), val_examples=48)
+                          val_every=max(1, int(self._steps_per_epoch() * self.p.distill_epochs) // 4),
+                          val_examples=48)
             if ref is not None:
                 kwargs.update(ref=str(ref), k=0.4, match_token_budget=True)
             overrides = dict(overrides)

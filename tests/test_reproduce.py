@@ -54,6 +54,7 @@ def test_pipeline_runs_resumes_and_writes_results(tmp_path, monkeypatch):
     update_readme(readme, results)
     assert "| gsm8k | tiny |" in readme.read_text()
     assert readme_table(results).count("\n") == 2
+    assert "| 57.6 / 61.0, +3.4 |" in readme_table(results)  # the paper's GSM8K numbers beside ours
 
 
 def test_options_are_checked():
@@ -68,3 +69,12 @@ def test_presets_keep_the_capacity_gap():
     for name, p in reproduce.PRESETS.items():
         ratio = count_params(build_model(p.target, p.vocab_size)) / count_params(build_model(p.draft, p.vocab_size))
         assert ratio >= 10, f"preset {name}: target only {ratio:.1f}x the draft"
+
+
+def test_small_tasks_get_more_epochs_but_never_fewer():
+    p = reproduce.Preset(**{**TINY.__dict__, "min_train_examples": 100})
+    scaled = p.for_task(25)
+    assert (scaled.target_epochs, scaled.draft_init_epochs, scaled.distill_epochs) == (4.0, 2.0, 2.0)
+    assert p.for_task(1000) == p and TINY.for_task(1) == TINY
+    # GSM8K's training split is large enough that the committed preset trains it as written
+    assert reproduce.PRESETS["small"].for_task(7173) == reproduce.PRESETS["small"]
