@@ -231,8 +231,9 @@ def readme_table(results_dir: Path) -> str:
     """The README's main table, one row per task with committed results, beside the paper's numbers."""
     rows = ["| task | preset | target / draft params | test response CE target / DistillSpec | target quality | "
             "DistillSpec α (%) | AdaSPEC α (%) | Δ (points) | paper: DistillSpec / AdaSPEC α (%), Δ | "
-            "first seed: AdaSPEC / KD at equal steps / random 40% α (%) | seeds | command |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "first seed: AdaSPEC / KD at equal steps / random 40% α (%) | first seed, 4× those steps: KD / AdaSPEC α (%) | "
+            "seeds | command |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(results_dir.glob("*/results.json")):
         r = json.loads(path.read_text())
         d, a = r["alpha_greedy_seeds"]["distillspec"], r["alpha_greedy_seeds"]["adaspec"]
@@ -241,18 +242,20 @@ def readme_table(results_dir: Path) -> str:
         rows.append(f"| {r['task']} | {r['preset']} | {r['params']['target'] / 1e6:.2f}M / "
                     f"{r['params']['draft'] / 1e6:.2f}M | {ce['target']:.2f} / {ce['distillspec']:.2f} | "
                     f"{q['metric']} {_fmt(q['value'])} | {_pm(d)} | {_pm(a)} | {delta:+.1f} | {_paper(r['task'])} | "
-                    f"{_controls(r)} | {len(r['seeds'])} | `{r['command']}` |")
+                    f"{_controls(r)} | {_controls(r, ('distillspec_long4', 'adaspec_long4'), first=False)} | "
+                    f"{len(r['seeds'])} | `{r['command']}` |")
     return "\n".join(rows)
 
 
-def _controls(r: dict) -> str:
-    """The first seed's AdaSPEC beside the two controls that separate selection from training longer."""
+def _controls(r: dict, names: tuple[str, ...] = ("distillspec_long", "adaspec_random"), first: bool = True) -> str:
+    """First-seed α of the ablations that separate selection from training longer (AdaSPEC's first)."""
     abl = r.get("ablations") or {}
-    if not {"distillspec_long", "adaspec_random"} <= set(abl):
+    if not set(names) <= set(abl):
         return "n/a"
-    first = r["alpha_greedy_seeds"]["adaspec"][0]
-    return " / ".join(f"{100 * v:.1f}" for v in (first, abl["distillspec_long"]["alpha_greedy"],
-                                                  abl["adaspec_random"]["alpha_greedy"]))
+    values = [abl[n]["alpha_greedy"] for n in names]
+    if first:
+        values.insert(0, r["alpha_greedy_seeds"]["adaspec"][0])
+    return " / ".join(f"{100 * v:.1f}" for v in values)
 
 
 def _paper(task: str) -> str:

@@ -10,7 +10,8 @@ Stages (each skipped when its output is complete, so a killed run resumes where 
   5. cache_ref    the same cache plus the reference's per-token divergence L_ref
   6. adaspec      selective KD, k = 0.4, top tokens by Δ, matched token budget (epochs / k)
   7. ablations    (--ablations, first seed) selection bottom / random, k ∈ {0.2, 0.6, 0.8, 1.0}, and
-                  DistillSpec trained as many steps as AdaSPEC (separates selection from training longer)
+                  DistillSpec trained as many steps as AdaSPEC (separates selection from training longer),
+                  then both at 4x those steps
   8. eval         empirical greedy α from real speculative decoding on the test split, analytic α,
                   speed, target quality; results/<task>/{results.json, report.md, *.png}
 """
@@ -74,13 +75,17 @@ PRESETS: dict[str, Preset] = {
                     eval_max_new_tokens=96, gamma=3, top_k=64, seeds=(0, 1, 2), min_train_examples=7000),
 }
 
-# AdaSPEC variants, each against the seed's reference; the last is plain KD for as many steps as AdaSPEC
-# takes at k = 0.4 with the matched token budget, to separate "selective" from "trained longer"
+# AdaSPEC variants, each against the seed's reference, and plain KD for as many steps as AdaSPEC takes at
+# k = 0.4 with the matched token budget, to separate "selective" from "trained longer"; the *_long4 pair
+# repeats that equal-steps comparison at 4x the steps, nearer convergence, where the paper's capacity
+# argument says dropping hard tokens should matter most
 ABLATIONS: dict[str, dict] = {
     "distillspec_long": {"method": "kd", "epochs_scale": 1 / 0.4},
     "adaspec_bottom": {"selection": "bottom"},
     "adaspec_random": {"selection": "random"},
     **{f"adaspec_k{k}": {"k": k} for k in (1.0, 0.8, 0.6, 0.2)},
+    "distillspec_long4": {"method": "kd", "epochs_scale": 4 / 0.4},
+    "adaspec_long4": {"epochs_scale": 4.0},
 }
 
 

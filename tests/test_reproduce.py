@@ -34,6 +34,12 @@ def test_pipeline_runs_resumes_and_writes_results(tmp_path, monkeypatch):
     assert set(res["ablations"]) == set(reproduce.ABLATIONS)
     long_cfg = json.loads((runs / "gsm8k" / "tiny" / "seed0" / "distillspec_long" / "run_config.json").read_text())
     assert long_cfg["method"] == "kd" and long_cfg["epochs"] == pytest.approx(TINY.distill_epochs / 0.4)
+    seed0 = runs / "gsm8k" / "tiny" / "seed0"
+    steps = {n: json.loads((seed0 / n / "train_summary.json").read_text())["steps"]
+             for n in ("distillspec", "adaspec", "distillspec_long", "distillspec_long4", "adaspec_long4")}
+    # the equal-steps controls: KD as long as AdaSPEC, and both at 4x that
+    assert steps["distillspec_long"] == steps["adaspec"] > steps["distillspec"]
+    assert steps["distillspec_long4"] == steps["adaspec_long4"] >= 3 * steps["adaspec"]
     report = (out / "report.md").read_text()
     assert res["command"] in report and "DistillSpec" in report
     assert {p.name for p in out.glob("*.png")} == {"training_curves.png", "alpha.png", "position_acceptance.png"}
