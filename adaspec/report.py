@@ -135,13 +135,16 @@ def _fmt(x: Any, spec: str = ".3f") -> str:
 
 
 def render(res: dict, plots: list[str]) -> str:
-    seeds = res["alpha_greedy_seeds"]
+    seeds, ps = res["alpha_greedy_seeds"], res.get("preset_settings", {})
     lines = [f"# AdaSPEC reproduction at CPU scale: {res['task']}", "",
              "Produced by:", "", "```", res["command"], "```", "",
              f"Preset `{res['preset']}`: target {res['params']['target']:,} parameters, draft "
              f"{res['params']['draft']:,} ({res['params']['target'] / res['params']['draft']:.1f}×), "
              f"seeds {res['seeds']}. Target quality on the test prompts: "
              f"{res['target_quality']['metric']} = {_fmt(res['target_quality']['value'])}.", "",
+             f"Epochs on this task's training split: target {ps.get('target_epochs', 0):.3g}, initial draft "
+             f"{ps.get('draft_init_epochs', 0):.3g}, DistillSpec {ps.get('distill_epochs', 0):.3g} (AdaSPEC: that / k). "
+             "A task with fewer training examples than the preset's minimum gets proportionally more epochs.", "",
              "## Acceptance (greedy speculative decoding on the test split)", "",
              "| draft | α (%) | α drafted (%) | analytic greedy α (%) | analytic sampling α (%) | τ | "
              "response CE |", "|---|---|---|---|---|---|---|"]
