@@ -147,13 +147,13 @@ def render(res: dict, plots: list[str]) -> str:
              "A task with fewer training examples than the preset's minimum gets proportionally more epochs.", "",
              "## Acceptance (greedy speculative decoding on the test split)", "",
              "| draft | α (%) | α drafted (%) | analytic greedy α (%) | analytic sampling α (%) | τ | "
-             "response CE |", "|---|---|---|---|---|---|---|"]
+             "response CE, test | response CE, validation |", "|---|---|---|---|---|---|---|---|"]
+    val = res.get("validation_ce") or {}
     for n in res["alpha_greedy"]:
         lines.append(f"| {n} | {_pm(seeds[n])} | {_pm(res['alpha_drafted_seeds'][n])} | "
                      f"{_pm(res['alpha_analytic_greedy_seeds'][n])} | {_pm(res['alpha_analytic_sampling_seeds'][n])} "
-                     f"| {_fmt(res['tau'][n], '.2f')} | {_fmt(res['val_loss'][n])} |")
-    lines += ["", f"Target response cross-entropy: {_fmt(res['val_loss']['target'])} (lower than every draft's "
-              "means the capacity gap is real).", "",
+                     f"| {_fmt(res['tau'][n], '.2f')} | {_fmt(res['val_loss'][n])} | {_fmt(val.get(n))} |")
+    lines += ["", _capacity_gap(res), "",
               "α = accepted / (accepted + rejected) over the tokens the target checked; α drafted = "
               "accepted / drafted (γ-dependent); analytic α from parallel forwards on the target's greedy "
               "continuations (top-1 agreement and Σ min(p, q)); mean ± std over seeds.", ""]
@@ -200,10 +200,23 @@ def render(res: dict, plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _capacity_gap(res: dict) -> str:
+    """Whether the target's response cross-entropy is below every draft's, on the training distribution."""
+    split, ce = ("validation", res["validation_ce"]) if res.get("validation_ce") else ("test", res["val_loss"])
+    worse = [n for n, v in ce.items() if n != "target" and not ce["target"] < v]
+    verdict = ("below every draft's: the capacity gap is real" if not worse else
+               f"not below that of {', '.join(worse)}")
+    return f"Target response cross-entropy on the {split} split: {_fmt(ce['target'])}, {verdict}."
+
+
 def write_results(command: str, task: str, preset_name: str, preset: Any, evals: dict[int, dict],
-                  summaries: dict[str, dict], speed: dict | None, outdir: Path) -> dict:
+                  summaries: dict[str, dict], speed: dict | None, outdir: Path,
+                  validation_ce: dict[str, list[float]] | None = None) -> dict:
     outdir.mkdir(parents=True, exist_ok=True)
     res = collect(command, task, preset_name, preset, evals, summaries, speed)
+    if validation_ce is not None:
+        # mean over seeds, as val_loss (which is measured on the test split's reference responses)
+        res["validation_ce"] = {n: _mean_std(v)[0] for n, v in validation_ce.items()}
     # `adaspec eval --json results/<task>/ablation_<name>.json ...` runs beside the pipeline
     keep = ("alpha_tested", "alpha", "analytic", "response_loss", "measured_speedup", "theoretical_speedup", "tau")
     res["extra_evaluations"] = {}
@@ -232,7 +245,7 @@ PAPER_ALPHA: dict[str, tuple[float, float]] = {
 
 def readme_table(results_dir: Path) -> str:
     """The README's main table, one row per task with committed results, beside the paper's numbers."""
-    rows = ["| task | preset | target / draft params | test response CE target / DistillSpec | target quality | "
+    rows = ["| task | preset | target / draft params | response CE target / DistillSpec (split) | target quality | "
             "DistillSpec α (%) | AdaSPEC α (%) | Δ (points) | paper: DistillSpec / AdaSPEC α (%), Δ | "
             "first seed: AdaSPEC / KD at equal steps / random 40% α (%) | first seed, 4× those steps: KD / AdaSPEC α (%) | "
             "seeds | command |",
@@ -241,9 +254,10 @@ def readme_table(results_dir: Path) -> str:
         r = json.loads(path.read_text())
         d, a = r["alpha_greedy_seeds"]["distillspec"], r["alpha_greedy_seeds"]["adaspec"]
         delta = 100 * (_mean_std(a)[0] - _mean_std(d)[0])
-        q, ce = r["target_quality"], r["val_loss"]
+        q = r["target_quality"]
+        split, ce = ("validation", r["validation_ce"]) if r.get("validation_ce") else ("test", r["val_loss"])
         rows.append(f"| {r['task']} | {r['preset']} | {r['params']['target'] / 1e6:.2f}M / "
-                    f"{r['params']['draft'] / 1e6:.2f}M | {ce['target']:.2f} / {ce['distillspec']:.2f} | "
+                    f"{r['params']['draft'] / 1e6:.2f}M | {ce['target']:.2f} / {ce['distillspec']:.2f} ({split}) | "
                     f"{q['metric']} {_fmt(q['value'])} | {_pm(d)} | {_pm(a)} | {delta:+.1f} | {_paper(r['task'])} | "
                     f"{_controls(r)} | {_controls(r, ('distillspec_long4', 'adaspec_long4'), first=False)} | "
                     f"{len(r['seeds'])} | `{r['command']}` |")

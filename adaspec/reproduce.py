@@ -245,8 +245,37 @@ class Pipeline:
         summaries["target"] = {0: json.loads((target_dir / "train_summary.json").read_text())}
         summaries["draft_init"] = {0: json.loads((init / "train_summary.json").read_text())}
         speed = self.speed_benchmark(target_dir, drafts)
+        val_ce = self.validation_ce(target_dir, init, drafts, tokenizer)
         return write_results(command_line(self.opts), self.opts.task, self.opts.preset, self.p, evals,
-                             summaries, speed, Path(self.opts.results_dir) / self.opts.task)
+                             summaries, speed, Path(self.opts.results_dir) / self.opts.task, val_ce)
+
+    def validation_ce(self, target_dir: Path, init: Path, drafts: dict[str, dict[int, Path]],
+                      tokenizer: object) -> dict[str, list[float]]:
+        """Response cross-entropy on the validation split, per model and seed.
+
+        The validation split comes from the training distribution, so it shows the capacity gap even where
+        the test responses do not (CNN/DM's test responses are the original highlights, its training and
+        validation responses GPT-4 summaries).
+        """
+        from adaspec.models import load_model
+        from adaspec.train import validation_loss
+        path = self.root / "validation_ce.json"
+        done = json.loads(path.read_text()) if path.exists() else {}
+        models = {"target": target_dir, "draft_init": init,
+                  **{f"{name}/seed{s}": p for name, by_seed in drafts.items() for s, p in by_seed.items()}}
+        missing = [k for k in models if k not in done]
+        if missing:
+            _log(f"validation cross-entropy: {len(missing)} model(s)")
+            examples = data_lib.load_task(self.opts.task, "validation", limit=self.p.eval_prompts)
+            items = data_lib.encode_examples(examples, tokenizer, self.p.max_length)
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            for key in missing:
+                done[key] = validation_loss(load_model(models[key]), items, pad)
+            path.write_text(json.dumps(done, indent=1))
+        out = {"target": [done["target"]], "draft_init": [done["draft_init"]]}
+        for name, by_seed in drafts.items():
+            out[name] = [done[f"{name}/seed{s}"] for s in sorted(by_seed)]
+        return out
 
     def speed_benchmark(self, target_dir: Path, drafts: dict[str, dict[int, Path]]) -> dict | None:
         """benchmarks/decode.py on the first seed's drafts: target alone, ours, HF assisted generation."""

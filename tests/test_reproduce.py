@@ -31,6 +31,10 @@ def test_pipeline_runs_resumes_and_writes_results(tmp_path, monkeypatch):
         assert len(res["alpha_greedy_seeds"][name]) == 2
         assert 0.0 <= res["alpha_greedy"][name] <= 1.0
     assert "target" in res["val_loss"] and "draft_init" in res["alpha_greedy"]
+    # the capacity gap is judged on the validation split (the training distribution), for every model
+    assert set(res["validation_ce"]) == {"target", "draft_init", "distillspec", "adaspec", *reproduce.ABLATIONS}
+    assert "response CE, validation" in (out / "report.md").read_text()
+    assert "Target response cross-entropy on the validation split" in (out / "report.md").read_text()
     assert set(res["ablations"]) == set(reproduce.ABLATIONS)
     long_cfg = json.loads((runs / "gsm8k" / "tiny" / "seed0" / "distillspec_long" / "run_config.json").read_text())
     assert long_cfg["method"] == "kd" and long_cfg["epochs"] == pytest.approx(TINY.distill_epochs / 0.4)
