@@ -10,8 +10,8 @@ Stages (each skipped when its output is complete, so a killed run resumes where 
   5. cache_ref    the same cache plus the reference's per-token divergence L_ref
   6. adaspec      selective KD, k = 0.4, top tokens by Δ, matched token budget (epochs / k)
   7. ablations    (--ablations, first seed) selection bottom / random, k ∈ {0.2, 0.6, 0.8, 1.0}, and
-                  DistillSpec trained as many steps as AdaSPEC (separates selection from training longer),
-                  then both at 4x those steps
+                  DistillSpec trained as many steps as AdaSPEC (separates selection from training longer);
+                  (--long-ablations) DistillSpec and AdaSPEC both at 4x those steps
   8. eval         empirical greedy α from real speculative decoding on the test split, analytic α,
                   speed, target quality; results/<task>/{results.json, report.md, *.png}
 """
@@ -76,14 +76,16 @@ PRESETS: dict[str, Preset] = {
 }
 
 # AdaSPEC variants, each against the seed's reference, and plain KD for as many steps as AdaSPEC takes at
-# k = 0.4 with the matched token budget, to separate "selective" from "trained longer"; the *_long4 pair
-# repeats that equal-steps comparison at 4x the steps, nearer convergence, where the paper's capacity
-# argument says dropping hard tokens should matter most
+# k = 0.4 with the matched token budget, to separate "selective" from "trained longer"
 ABLATIONS: dict[str, dict] = {
     "distillspec_long": {"method": "kd", "epochs_scale": 1 / 0.4},
     "adaspec_bottom": {"selection": "bottom"},
     "adaspec_random": {"selection": "random"},
     **{f"adaspec_k{k}": {"k": k} for k in (1.0, 0.8, 0.6, 0.2)},
+}
+# the equal-steps comparison again at 4x AdaSPEC's steps, nearer convergence, where the paper's capacity
+# argument says dropping hard tokens should matter most
+LONG_ABLATIONS: dict[str, dict] = {
     "distillspec_long4": {"method": "kd", "epochs_scale": 4 / 0.4},
     "adaspec_long4": {"epochs_scale": 4.0},
 }
@@ -102,6 +104,8 @@ class ReproduceOptions:
     seeds: list[int] | None = field(default=None, metadata=_help("distillation seeds (default: the preset's)"))
     ablations: bool = field(default=False, metadata=_help(
         "also train the selection (bottom/random) and k ablations on the first seed"))
+    long_ablations: bool = field(default=False, metadata=_help(
+        "also train DistillSpec and AdaSPEC at 4x AdaSPEC's steps on the first seed (equal steps, near convergence)"))
     runs_dir: str = field(default="runs", metadata=_help("where models and caches go (resumable)"))
     results_dir: str = field(default="results", metadata=_help("where report.md/results.json/plots go"))
     use_cache: bool = field(default=True, metadata=_help(
@@ -207,8 +211,10 @@ class Pipeline:
             ref_cache = self.cache(target, ds, self.root / f"seed{seed}" / "cache_ref")
             drafts["distillspec"][seed] = ds
             drafts["adaspec"][seed] = self.distill("adaspec", target, init, seed, ref_cache, ref=ds)
-            if self.opts.ablations and seed == self.seeds[0]:
-                for name, overrides in ABLATIONS.items():
+            extra = {**(ABLATIONS if self.opts.ablations else {}),
+                     **(LONG_ABLATIONS if self.opts.long_ablations else {})}
+            if seed == self.seeds[0]:
+                for name, overrides in extra.items():
                     kd = overrides.get("method") == "kd"
                     drafts.setdefault(name, {})[seed] = self.distill(
                         name, target, init, seed, cache if kd else ref_cache, ref=None if kd else ds, **overrides)
@@ -303,6 +309,8 @@ def command_line(opts: ReproduceOptions) -> str:
         parts += ["--seeds", *map(str, opts.seeds)]
     if opts.ablations:
         parts.append("--ablations")
+    if opts.long_ablations:
+        parts.append("--long-ablations")
     if not opts.use_cache:
         parts.append("--no-use-cache")
     return shlex.join(parts)

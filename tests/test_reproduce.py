@@ -21,7 +21,7 @@ def test_pipeline_runs_resumes_and_writes_results(tmp_path, monkeypatch):
     monkeypatch.setitem(reproduce.PRESETS, "tiny", TINY)
     runs, results = tmp_path / "runs", tmp_path / "results"
     argv = ["reproduce", "--task", "gsm8k", "--preset", "tiny", "--runs-dir", str(runs), "--results-dir",
-            str(results), "--no-speed-benchmark", "--no-progress", "--ablations"]
+            str(results), "--no-speed-benchmark", "--no-progress", "--ablations", "--long-ablations"]
     assert main(argv) == 0
     out = results / "gsm8k"
     res = json.loads((out / "results.json").read_text())
@@ -32,10 +32,11 @@ def test_pipeline_runs_resumes_and_writes_results(tmp_path, monkeypatch):
         assert 0.0 <= res["alpha_greedy"][name] <= 1.0
     assert "target" in res["val_loss"] and "draft_init" in res["alpha_greedy"]
     # the capacity gap is judged on the validation split (the training distribution), for every model
-    assert set(res["validation_ce"]) == {"target", "draft_init", "distillspec", "adaspec", *reproduce.ABLATIONS}
+    assert set(res["validation_ce"]) == {"target", "draft_init", "distillspec", "adaspec", *reproduce.ABLATIONS,
+                                         *reproduce.LONG_ABLATIONS}
     assert "response CE, validation" in (out / "report.md").read_text()
     assert "Target response cross-entropy on the validation split" in (out / "report.md").read_text()
-    assert set(res["ablations"]) == set(reproduce.ABLATIONS)
+    assert set(res["ablations"]) == set(reproduce.ABLATIONS) | set(reproduce.LONG_ABLATIONS)
     long_cfg = json.loads((runs / "gsm8k" / "tiny" / "seed0" / "distillspec_long" / "run_config.json").read_text())
     assert long_cfg["method"] == "kd" and long_cfg["epochs"] == pytest.approx(TINY.distill_epochs / 0.4)
     seed0 = runs / "gsm8k" / "tiny" / "seed0"
