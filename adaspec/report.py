@@ -208,9 +208,14 @@ def render(res: dict, plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _gap_ce(res: dict) -> tuple[str, dict[str, float]]:
+    """The response cross-entropies that show the capacity gap: the validation split's where recorded."""
+    return ("validation", res["validation_ce"]) if res.get("validation_ce") else ("test", res["val_loss"])
+
+
 def _capacity_gap(res: dict) -> str:
     """Whether the target's response cross-entropy is below every draft's, on the training distribution."""
-    split, ce = ("validation", res["validation_ce"]) if res.get("validation_ce") else ("test", res["val_loss"])
+    split, ce = _gap_ce(res)
     worse = [n for n, v in ce.items() if n != "target" and not ce["target"] < v]
     verdict = ("below every draft's: the capacity gap is real" if not worse else
                f"not below that of {', '.join(worse)}")
@@ -263,7 +268,7 @@ def readme_table(results_dir: Path) -> str:
         d, a = r["alpha_greedy_seeds"]["distillspec"], r["alpha_greedy_seeds"]["adaspec"]
         delta = 100 * (_mean_std(a)[0] - _mean_std(d)[0])
         q = r["target_quality"]
-        split, ce = ("validation", r["validation_ce"]) if r.get("validation_ce") else ("test", r["val_loss"])
+        split, ce = _gap_ce(r)
         rows.append(f"| {r['task']} | {r['preset']} | {r['params']['target'] / 1e6:.2f}M / "
                     f"{r['params']['draft'] / 1e6:.2f}M | {ce['target']:.2f} / {ce['distillspec']:.2f} ({split}) | "
                     f"{q['metric']} {_fmt(q['value'])} | {_pm(d)} | {_pm(a)} | {delta:+.1f} | {_paper(r['task'])} | "

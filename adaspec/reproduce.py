@@ -131,8 +131,8 @@ def _log(msg: str) -> None:
 class Pipeline:
     def __init__(self, opts: ReproduceOptions) -> None:
         self.opts = opts
-        n_train = len(data_lib.load_task(opts.task, "train", limit=PRESETS[opts.preset].train_limit))
-        self.p = PRESETS[opts.preset].for_task(n_train)
+        self.n_train = len(data_lib.load_task(opts.task, "train", limit=PRESETS[opts.preset].train_limit))
+        self.p = PRESETS[opts.preset].for_task(self.n_train)
         self.root = Path(opts.runs_dir) / opts.task / opts.preset
         self.seeds = list(opts.seeds) if opts.seeds else list(self.p.seeds)
 
@@ -198,21 +198,20 @@ class Pipeline:
         return out
 
     def _steps_per_epoch(self) -> int:
-        n = len(data_lib.load_task(self.opts.task, "train", limit=self.p.train_limit))
-        return max(1, n // self.p.batch_size)
+        return max(1, self.n_train // self.p.batch_size)
 
     def run(self) -> dict:
         target = self.target()
         init = self.draft_init(target)
         cache = self.cache(target, None, self.root / "cache")
         drafts: dict[str, dict[int, Path]] = {"distillspec": {}, "adaspec": {}}
+        extra = {**(ABLATIONS if self.opts.ablations else {}),
+                 **(LONG_ABLATIONS if self.opts.long_ablations else {})}
         for seed in self.seeds:
             ds = self.distill("distillspec", target, init, seed, cache)
             ref_cache = self.cache(target, ds, self.root / f"seed{seed}" / "cache_ref")
             drafts["distillspec"][seed] = ds
             drafts["adaspec"][seed] = self.distill("adaspec", target, init, seed, ref_cache, ref=ds)
-            extra = {**(ABLATIONS if self.opts.ablations else {}),
-                     **(LONG_ABLATIONS if self.opts.long_ablations else {})}
             if seed == self.seeds[0]:
                 for name, overrides in extra.items():
                     kd = overrides.get("method") == "kd"
