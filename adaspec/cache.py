@@ -466,7 +466,7 @@ def run_cache(opts: CacheOptions) -> dict:
     ranges = _shard_ranges(len(items), opts.shard_size)
     manifest = {**settings, "complete": False, "shards": [], "command": " ".join(sys.argv),
                 "options": asdict(opts)}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = data_lib.pad_id(tokenizer)
     bar = None
     if opts.progress:
         from tqdm.auto import tqdm

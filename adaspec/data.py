@@ -404,6 +404,14 @@ def encode_examples(examples: Iterable[Example], tokenizer: Any, max_length: int
     return kept
 
 
+def pad_id(tokenizer: Any) -> int:
+    """The id to pad batches with: the tokenizer's pad, else its EOS, else 0 (masks make any id safe)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
 def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch: input_ids with `pad_token_id`, labels with -100, attention_mask 1 on real tokens.
 

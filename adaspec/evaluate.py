@@ -159,13 +159,15 @@ def cached_continuations(target: PreTrainedModel, prompts: list[list[int]], max_
 def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
              task: str, split: str = "test", n_prompts: int = 32, gamma: int = 5, temperature: float = 0.0,
              max_new_tokens: int = 128, seed: int = 0, *, top_p: float = 1.0, adaptive_gamma: bool = False,
-             cache_dir: str | os.PathLike | None = None, target_fingerprint: str | None = None,
-             loss_examples: int = 64, data_dir: str | os.PathLike | None = None, warmup: bool = True,
+             context: int | None = None, cache_dir: str | os.PathLike | None = None,
+             target_fingerprint: str | None = None, loss_examples: int = 64, data_dir: str | os.PathLike | None = None, warmup: bool = True,
              log: Log | None = None) -> dict[str, Any]:
     """Evaluate each draft against `target` on the first `n_prompts` prompts of a task split.
 
-    Models must already sit on one device and share `tokenizer`'s ids. Prompts longer than the smallest
-    context minus `max_new_tokens` are cut from the left. `cache_dir` (None: no cache) holds the target's
+    Models must already sit on one device and share `tokenizer`'s ids. `context` caps the positions a
+    prompt and its continuation may use (None: the smallest model context; pass the training length so
+    no draft is measured at positions it never trained on); prompts longer than that context minus
+    `max_new_tokens` are cut from the left, and the reference responses for the loss are encoded to it. `cache_dir` (None: no cache) holds the target's
     greedy continuations; `target_fingerprint` names the target there (default: a hash of its weights).
     Returns a JSON-ready dict (undefined values are None):
     - "config": the settings, the context, the max prompt length and how many prompts were cut, versions.
@@ -186,20 +188,21 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel], tokeni
     if task not in data_lib.TASKS:
         raise AdaspecError(f"unknown task {task!r}; choose one of: {', '.join(data_lib.TASKS)}")
     for name, value in (("n_prompts", n_prompts), ("gamma", gamma), ("max_new_tokens", max_new_tokens),
-                        ("loss_examples", loss_examples)):
+                        ("loss_examples", loss_examples), ("context", 1 if context is None else context)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise AdaspecError(f"{name} must be an integer >= 1, got {value!r}")
     _sampling_checks(temperature, top_p)
     for name, draft in drafts.items():
         check_vocab_compatible(target, draft, tokenizer, tokenizer, names=("target", f"draft {name!r}"))
     contexts = [c for c in (context_length(m) for m in [target, *drafts.values()]) if c is not None]
+    contexts += [context] if context is not None else []
     context = min(contexts) if contexts else None
     if context is not None and context <= max_new_tokens:
         raise AdaspecError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the "
                            f"{context}-position context")
     max_prompt = context - max_new_tokens if context is not None else None
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
+    pad = data_lib.pad_id(tokenizer)
 
     examples = data_lib.load_task(task, split, data_dir, limit=n_prompts)
     full = [data_lib.encode_prompt(ex, tokenizer) for ex in examples]
@@ -410,6 +413,9 @@ class EvalOptions:
     temperature: float = field(default=0.0, metadata=_help("sampling temperature; 0 = greedy"))
     top_p: float = field(default=1.0, metadata=_help("nucleus sampling mass in (0, 1] (the analytic α ignores it)"))
     max_new_tokens: int = field(default=128, metadata=_help("tokens generated per prompt"))
+    context: int | None = field(default=None, metadata=_help(
+        "positions a prompt plus its continuation may use (unset: the smallest model context); set it to the "
+        "training --max-length so drafts are not measured at positions they never trained on"))
     adaptive_gamma: bool = field(default=False, metadata=_help(
         "choose gamma per step in [1, --gamma] from the running acceptance rate and measured cost"))
     seed: int = field(default=0, metadata=_help("sampling seed (prompt i uses seed + i)"))
@@ -431,6 +437,8 @@ class EvalOptions:
             raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
         if self.split not in data_lib.SPLITS:
             raise AdaspecError(f"unknown split {self.split!r}; choose one of {', '.join(data_lib.SPLITS)}")
+        if self.context is not None and self.context <= self.max_new_tokens:
+            raise AdaspecError(f"--context ({self.context}) must exceed --max-new-tokens ({self.max_new_tokens})")
         for name in ("n_prompts", "gamma", "max_new_tokens", "loss_examples"):
             if getattr(self, name) < 1:
                 raise AdaspecError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -489,8 +497,9 @@ def run_eval(opts: EvalOptions) -> int:
                                        str(Path.home() / ".cache" / "adaspec" / "eval"))
     result = evaluate(target, drafts, tokenizer, opts.task, opts.split, opts.n_prompts, opts.gamma,
                       opts.temperature, opts.max_new_tokens, opts.seed, top_p=opts.top_p,
-                      adaptive_gamma=opts.adaptive_gamma, cache_dir=cache_dir, target_fingerprint=fingerprint,
-                      loss_examples=opts.loss_examples, data_dir=opts.data_dir, log=log)
+                      adaptive_gamma=opts.adaptive_gamma, context=opts.context, cache_dir=cache_dir,
+                      target_fingerprint=fingerprint, loss_examples=opts.loss_examples, data_dir=opts.data_dir,
+                      log=log)
     result = {"command": command_line(opts), "argv": sys.argv, **result}
     result["target"]["path"] = opts.target
     for name, path in zip(drafts, paths):

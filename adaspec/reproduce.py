@@ -233,6 +233,8 @@ class Pipeline:
             if seed == self.seeds[0]:
                 paths = {"draft_init": init, **paths}
             old = json.loads(cached.read_text()) if cached.exists() else {"drafts": {}}
+            if not self._within_training_length(old):
+                old = {"drafts": {}}  # measured before evaluation kept to the training length: redo it all
             missing = {n: p for n, p in paths.items() if n not in old["drafts"]}
             if missing:
                 # only the drafts not yet measured; each is timed against the target alone in its own call
@@ -240,7 +242,7 @@ class Pipeline:
                 new = evaluate(target, {n: load_model(p) for n, p in missing.items()}, tokenizer,
                                task=self.opts.task, split="test", n_prompts=self.p.eval_prompts,
                                gamma=self.p.gamma, temperature=0.0, max_new_tokens=self.p.eval_max_new_tokens,
-                               seed=seed, cache_dir=str(target_dir / "eval_cache"),
+                               seed=seed, context=self.p.max_length, cache_dir=str(target_dir / "eval_cache"),
                                target_fingerprint=model_fingerprint(target_dir), log=_log)
                 old = {**new, "drafts": {**old["drafts"], **new["drafts"]}}
                 cached.write_text(json.dumps(old, indent=1))
@@ -253,6 +255,11 @@ class Pipeline:
         val_ce = self.validation_ce(target_dir, init, drafts, tokenizer)
         return write_results(command_line(self.opts), self.opts.task, self.opts.preset, self.p, evals,
                              summaries, speed, Path(self.opts.results_dir) / self.opts.task, val_ce)
+
+    def _within_training_length(self, measured: dict) -> bool:
+        """Whether a stored evaluation kept prompt + continuation within the training length."""
+        context = measured.get("config", {}).get("context")
+        return context is not None and context <= self.p.max_length
 
     def validation_ce(self, target_dir: Path, init: Path, drafts: dict[str, dict[int, Path]],
                       tokenizer: object) -> dict[str, list[float]]:
@@ -273,7 +280,7 @@ class Pipeline:
             _log(f"validation cross-entropy: {len(missing)} model(s)")
             examples = data_lib.load_task(self.opts.task, "validation", limit=self.p.eval_prompts)
             items = data_lib.encode_examples(examples, tokenizer, self.p.max_length)
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            pad = data_lib.pad_id(tokenizer)
             for key in missing:
                 done[key] = validation_loss(load_model(models[key]), items, pad)
             path.write_text(json.dumps(done, indent=1))
@@ -291,12 +298,12 @@ class Pipeline:
         out: dict[str, dict] = {}
         for name in ("distillspec", "adaspec"):
             path = self.root / f"seed{seed}" / f"speed_{name}.json"
-            if not path.exists():
+            if not path.exists() or not self._within_training_length(json.loads(path.read_text())):
                 _log(f"speed benchmark: {name}")
                 cmd = [sys.executable, str(script), "--target", str(target_dir), "--draft", str(drafts[name][seed]),
                        "--prompts-task", self.opts.task, "--n-prompts", str(min(self.p.eval_prompts, 10)),
                        "--max-new-tokens", str(self.p.eval_max_new_tokens), "--gamma", str(self.p.gamma),
-                       "--repeats", "3", "--out", str(path)]
+                       "--context", str(self.p.max_length), "--repeats", "3", "--out", str(path)]
                 subprocess.run(cmd, check=True)
             out[name] = json.loads(path.read_text())
         return out

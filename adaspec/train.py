@@ -186,7 +186,7 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
     world, rank = accelerator.num_processes, accelerator.process_index
     if opts.batch_size % world:
         raise AdaspecError(f"--batch-size {opts.batch_size} is not divisible by {world} processes")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = data_lib.pad_id(tokenizer)
     per_epoch = len(items) // opts.batch_size
     if per_epoch == 0:
         raise AdaspecError(f"{len(items)} examples are fewer than one batch of {opts.batch_size}")
@@ -412,7 +412,7 @@ def run_train_target(opts: TrainTargetOptions) -> None:
     if opts.train_on_prompt:
         for item in items:
             item["labels"] = [t if i > 0 else -100 for i, t in enumerate(item["input_ids"])]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = data_lib.pad_id(tokenizer)
     accelerator.print(f"model: {count_params(model):,} parameters, {len(items)} training examples")
 
     def validate(m: PreTrainedModel) -> dict[str, float]:

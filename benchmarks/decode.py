@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts-file", default=None, help="one prompt per line (\\n escapes newlines)")
     p.add_argument("--n-prompts", type=int, default=20)
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--context", type=int, default=None,
+                   help="positions prompt + continuation may use (default: the models' context); "
+                        "give the training length to keep drafts on positions they trained on")
     p.add_argument("--gamma", type=int, default=3)
     p.add_argument("--gamma-max", type=int, default=8, help="upper bound of the adaptive γ")
     p.add_argument("--repeats", type=int, default=3)
@@ -194,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     eos = None if args.ignore_eos else tokenizer.eos_token_id
     if eos is None:  # keep transformers from falling back to the config's EOS
         target.generation_config.eos_token_id = draft.generation_config.eos_token_id = None
-    context = min(target.config.max_position_embeddings, draft.config.max_position_embeddings)
+    context = min(target.config.max_position_embeddings, draft.config.max_position_embeddings,
+                  args.context or sys.maxsize)
+    if context <= args.max_new_tokens:
+        sys.exit(f"--max-new-tokens ({args.max_new_tokens}) leaves no room for a prompt in {context} positions")
     prompts = [ids.to(device) for ids in load_prompts(args, tokenizer, context)]
     runs = methods(target, draft, args, eos)
     names = args.methods or list(runs)
@@ -260,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "config": {"target": args.target, "draft": args.draft, "target_params": count_params(target),
                    "draft_params": count_params(draft), "device": str(device), "threads": torch.get_num_threads(),
-                   "n_prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "gamma": args.gamma,
+                   "n_prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "context": context,
+                   "gamma": args.gamma,
                    "gamma_max": args.gamma_max, "repeats": args.repeats, "stop_at_eos": eos is not None,
                    "prompts": args.prompts_file or f"{args.prompts_task}:test",
                    "torch": torch.__version__, "transformers": transformers.__version__,

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from adaspec.data import (EOS_TOKEN, GSM8K_QUESTION_PROMPT, IGNORE_INDEX, SPLITS, TASKS, Example, collate,
-                          encode_example, encode_examples, encode_prompt, load_examples, load_jsonl, load_task,
+                          encode_example, encode_examples, encode_prompt, load_examples, load_jsonl, load_task, pad_id,
                           task_texts, train_tokenizer, truncate_article)
 from adaspec.errors import AdaspecError
 
@@ -223,3 +223,10 @@ def test_tokenizer_round_trip_save_load_deterministic(tok, tmp_path):
     assert next(task_texts("xsum", "test")).startswith("Summarize")
     with pytest.raises(AdaspecError, match="vocab_size"):
         train_tokenizer(["x"], vocab_size=100)
+
+
+def test_pad_id_falls_back_to_eos_then_zero():
+    from types import SimpleNamespace as NS
+    assert pad_id(NS(pad_token_id=3, eos_token_id=1)) == 3
+    assert pad_id(NS(pad_token_id=None, eos_token_id=1)) == 1
+    assert pad_id(NS(pad_token_id=None, eos_token_id=None)) == 0

@@ -176,6 +176,25 @@ def test_sampling_and_left_truncated_prompts(tok, pair):
         evaluate(target, {"d": draft}, tok, "gsm8k", n_prompts=1, max_new_tokens=256)
 
 
+def test_context_caps_prompts_below_the_model_context(tok, pair):
+    # a training length below the models' context: prompts are cut to it, not to the config's 256
+    target, draft = pair
+    r = evaluate(target, {"d": draft}, tok, "gsm8k", n_prompts=2, gamma=3, max_new_tokens=8, loss_examples=2,
+                 context=24, warmup=False)
+    cfg = r["config"]
+    assert cfg["context"] == 24 and cfg["max_prompt_length"] == 16 and cfg["prompts_truncated"] == 2
+    assert all(row["prompt_tokens"] == 16 for row in r["target"]["per_prompt"])
+    assert all(row["prompt_tokens"] + row["generated_tokens"] <= 24 for row in r["target"]["per_prompt"])
+    wide = evaluate(target, {"d": draft}, tok, "gsm8k", n_prompts=1, max_new_tokens=8, loss_examples=1,
+                    context=10_000, warmup=False)
+    assert wide["config"]["context"] == 256  # never beyond what the models hold
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(AdaspecError, match="context must be an integer >= 1"):
+            evaluate(target, {"d": draft}, tok, "gsm8k", n_prompts=1, context=bad)
+    with pytest.raises(AdaspecError, match="no room for a prompt"):
+        evaluate(target, {"d": draft}, tok, "gsm8k", n_prompts=1, max_new_tokens=8, context=8)
+
+
 def _opts(dirs, **kw):
     base = dict(target=str(dirs / "target"), draft=[str(dirs / "noisy")], n_prompts=1, max_new_tokens=4,
                 loss_examples=1)
@@ -195,7 +214,8 @@ def test_clear_errors(dirs, tok, tmp_path, capsys):
         run_eval(_opts(dirs, draft=[str(tmp_path / "other")]))
     for bad, match in (({"n_prompts": 0}, "--n-prompts must be >= 1"), ({"gamma": 0}, "--gamma"),
                        ({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"),
-                       ({"draft": []}, "at least one --draft"), ({"task": "nope"}, "unknown task")):
+                       ({"draft": []}, "at least one --draft"), ({"task": "nope"}, "unknown task"),
+                       ({"context": 4}, r"--context \(4\) must exceed --max-new-tokens \(4\)")):
         with pytest.raises(AdaspecError, match=match):
             _opts(dirs, **bad)
     with pytest.raises(AdaspecError, match="n_prompts must be an integer >= 1"):

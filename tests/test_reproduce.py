@@ -54,6 +54,17 @@ def test_pipeline_runs_resumes_and_writes_results(tmp_path, monkeypatch):
     assert main(argv) == 0
     assert stamps == {p: p.stat().st_mtime for p in runs.rglob("model.safetensors")}
 
+    # evaluation keeps prompt + continuation within the training length; one measured before that is redone
+    eval_file = runs / "gsm8k" / "tiny" / "seed0" / "eval_gsm8k.json"
+    measured = json.loads(eval_file.read_text())
+    assert measured["config"]["context"] == TINY.max_length
+    assert measured["config"]["max_prompt_length"] == TINY.max_length - TINY.eval_max_new_tokens
+    measured["config"]["context"] = 1024
+    eval_file.write_text(json.dumps(measured))
+    assert main(argv) == 0
+    assert json.loads(eval_file.read_text())["config"]["context"] == TINY.max_length
+    assert stamps == {p: p.stat().st_mtime for p in runs.rglob("model.safetensors")}
+
     # adaspec starts from the same initial draft as the reference/DistillSpec draft
     cfg = json.loads((runs / "gsm8k" / "tiny" / "seed0" / "adaspec" / "run_config.json").read_text())
     assert cfg["draft_init"].endswith("draft_init") and cfg["ref"].endswith("distillspec")
