@@ -77,8 +77,13 @@ def _read_jsonl(path: Path, limit: int | None = None) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise AdaspecError(f"data file not found: {path}")
     records: list[tuple[int, dict]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise AdaspecError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                   f"{exc.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -100,7 +105,20 @@ def _get(record: dict, name: str, where: str, kind: type | tuple = str) -> Any:
     if not isinstance(value, kind):
         raise AdaspecError(f"{where}: field {name!r} must be a {getattr(kind, '__name__', kind)}, "
                            f"got {type(value).__name__}")
+    if isinstance(value, str):
+        check_text(value, f"{where}: field {name!r}")
     return value
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse text no tokenizer can encode: lone surrogates, from a JSON escape such as "\\ud800" or from
+    bytes that were not UTF-8 (Python keeps those as surrogates, e.g. in command-line arguments)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = ord(text[exc.start])
+        detail = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"lone surrogate U+{char:04X}"
+        raise AdaspecError(f"{what} is not valid UTF-8 text ({detail} at character {exc.start + 1})") from None
 
 
 def _check_limit(limit: int | None) -> None:

@@ -3,3 +3,10 @@
 
 class AdaspecError(ValueError):
     """Bad input or state the user can fix: the message names the problem in one line."""
+
+
+def warn(message: str) -> None:
+    """A one-line notice on stderr: the command goes on, but the user should know."""
+    import sys
+
+    print(f"adaspec: warning: {message}", file=sys.stderr, flush=True)

@@ -20,3 +20,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
     """`atomic_write_text` of `obj` as JSON."""
     atomic_write_text(path, json.dumps(obj, indent=indent, default=str))
+
+
+def user_cache_dir() -> Path:
+    """adaspec's own cache folder: $XDG_CACHE_HOME/adaspec, else ~/.cache/adaspec (model folders are never
+    written to: they may be read-only hub caches, and a model should not change by being measured)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "adaspec"

@@ -8,6 +8,7 @@ never runs remote code unless asked to.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from transformers import (
 )
 
 from safetensors import SafetensorError
+from transformers.utils import logging as hf_logging
 
-from adaspec.errors import AdaspecError
+from adaspec.errors import AdaspecError, warn
 
 # name -> (architecture, hidden size, layers, heads, context). Intermediate size is 4x hidden.
 PRESETS: dict[str, tuple[str, int, int, int, int]] = {
@@ -89,16 +91,33 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None,
             raise AdaspecError(f"{path} is not a model directory (no config.json)")
         if not any(local.glob("*.safetensors")):
             raise AdaspecError(f"{path} has no .safetensors weights (only safetensors checkpoints are loaded)")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its MISSING/UNEXPECTED table: refused below in one line instead
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+            output_loading_info=True)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AdaspecError(f"could not load model from {path}: {first}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    _check_loading_info(path, info)
     if device is not None:
         model.to(device)
     model.eval()
     return model
+
+
+def _check_loading_info(path: str | os.PathLike, info: dict) -> None:
+    """A checkpoint must hold exactly the model's weights: a missing one would run with random values."""
+    problems = [(what, sorted(keys)) for what, keys in (
+        ("missing", info.get("missing_keys") or ()), ("unexpected", info.get("unexpected_keys") or ()),
+        ("wrongly shaped", [k[0] for k in info.get("mismatched_keys") or ()])) if keys]
+    if problems:
+        parts = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                 for what, keys in problems]
+        raise AdaspecError(f"{path} does not match its config.json: weights " + "; ".join(parts))
 
 
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -140,25 +159,70 @@ def shared_vocab(*models: PreTrainedModel) -> int:
     return min(output_vocab_size(m) for m in models)
 
 
+def input_vocab_size(model: PreTrainedModel) -> int:
+    """Rows of the model's input embedding."""
+    return int(model.get_input_embeddings().weight.shape[0])
+
+
+def _merges(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The tokenizer model's rules beyond its vocabulary (BPE merges, Unigram scores), or None when the
+    tokenizer has no fast backend to read them from."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str()).get("model", {})
+    if isinstance(spec.get("vocab"), dict):  # compared through get_vocab()
+        spec = {k: v for k, v in spec.items() if k != "vocab"}
+    return json.dumps(spec, sort_keys=True)
+
+
+def _same_tokenizer(a: str, b: str, ta: PreTrainedTokenizerBase, tb: PreTrainedTokenizerBase) -> None:
+    va, vb = ta.get_vocab(), tb.get_vocab()
+    if va != vb:
+        if len(va) == len(vb):
+            differ = sum(vb.get(tok) != i for tok, i in va.items())
+            raise AdaspecError(f"{a} and {b} tokenizers have different vocabularies ({len(va)} tokens each, "
+                               f"{differ} of them with other ids)")
+        raise AdaspecError(f"{a} and {b} tokenizers have different vocabularies ({len(va)} vs {len(vb)} tokens)")
+    ma, mb = _merges(ta), _merges(tb)
+    if ma is not None and mb is not None and ma != mb:
+        raise AdaspecError(f"{a} and {b} tokenizers have the same {len(va)}-token vocabulary but different "
+                           f"merges, so they split text into different ids")
+
+
 def check_vocab_compatible(target: PreTrainedModel, draft: PreTrainedModel,
                            target_tokenizer: PreTrainedTokenizerBase | None = None,
                            draft_tokenizer: PreTrainedTokenizerBase | None = None,
-                           names: tuple[str, str] = ("target", "draft")) -> None:
-    """Raise if the two models cannot share token ids.
+                           names: tuple[str, str] = ("target", "draft"), quiet: bool = False) -> None:
+    """Raise unless the two models share token ids: the one vocabulary rule of every command.
 
-    Tokenizers, when given, must map the same strings to the same ids. Output sizes may differ only by
-    padding rows beyond the tokenizer's vocabulary (Pythia pads its embedding to a multiple of 128).
+    With both tokenizers (pass the same object for a model built from the other's tokenizer): the same
+    vocabulary and the same merges, and every embedding at least as large as the tokenizer (rows beyond
+    it are padding: Pythia pads to a multiple of 128). With one missing (weights saved without tokenizer
+    files): the models' embedding and output sizes must be equal, and a warning says the merges could not
+    be checked (`quiet`: library calls that were given no tokenizer at all).
     """
     a, b = names
+    sizes = {(a, "output"): output_vocab_size(target), (a, "input"): input_vocab_size(target),
+             (b, "output"): output_vocab_size(draft), (b, "input"): input_vocab_size(draft)}
     if target_tokenizer is not None and draft_tokenizer is not None:
-        if target_tokenizer.get_vocab() != draft_tokenizer.get_vocab():
-            raise AdaspecError(f"{a} and {b} tokenizers have different vocabularies "
-                               f"({len(target_tokenizer)} vs {len(draft_tokenizer)} tokens)")
-    vt, vd = output_vocab_size(target), output_vocab_size(draft)
-    if vt != vd:
-        used = len(target_tokenizer) if target_tokenizer is not None else None
-        if used is None or used > min(vt, vd):
-            raise AdaspecError(f"{a} and {b} have different vocabulary sizes ({vt} vs {vd})")
+        if target_tokenizer is not draft_tokenizer:
+            _same_tokenizer(a, b, target_tokenizer, draft_tokenizer)
+        n = len(target_tokenizer)
+        for (who, kind), size in sizes.items():
+            if size < n:
+                raise AdaspecError(f"{who}'s {kind} embedding has {size} rows, fewer than the tokenizer's "
+                                   f"{n} tokens")
+        return
+    for kind in ("output", "input"):
+        if sizes[(a, kind)] != sizes[(b, kind)]:
+            raise AdaspecError(f"{a} and {b} have different vocabulary sizes ({kind} embedding "
+                               f"{sizes[(a, kind)]} vs {sizes[(b, kind)]} rows)")
+    if quiet:
+        return
+    missing = b if draft_tokenizer is None else a
+    warn(f"{missing} has no tokenizer files: its vocabulary size matches ({sizes[(b, 'output')]}), but its "
+         f"merges could not be checked")
 
 
 def count_params(model: torch.nn.Module, non_embedding: bool = False) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +14,33 @@ from adaspec.errors import AdaspecError
 def helptext(text: str, **extra: Any) -> dict:
     """Field metadata: the flag's --help text (adaspec.cli builds the flag from the field)."""
     return {"help": text, **extra}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_finite(opts: Any) -> None:
+    """Every float option must be a finite number (argparse's float() accepts nan and inf)."""
+    for f in dataclasses.fields(opts):
+        value = getattr(opts, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise AdaspecError(f"{flag(f.name)} must be a finite number, got {value}")
+
+
+def check_range(opts: Any, name: str, low: float | None = None, high: float | None = None,
+                low_open: bool = False) -> None:
+    """`opts.<name>` in [low, high] ((low, high] with `low_open`); None bounds are unchecked."""
+    value = getattr(opts, name)
+    if value is None:
+        return
+    too_low = low is not None and (value <= low if low_open else value < low)
+    if too_low or (high is not None and value > high):
+        if high is None:
+            want = f"{'>' if low_open else '>='} {low}"
+        else:
+            want = f"in {'(' if low_open else '['}{low}, {high}]"
+        raise AdaspecError(f"{flag(name)} must be {want}, got {value}")
 
 
 @dataclass(kw_only=True)
@@ -28,6 +57,7 @@ class DataOptions:
     max_length: int = field(default=256, metadata=helptext("truncate prompt+response to this many tokens"))
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.task is None and self.data is None:
             raise AdaspecError("give --task or --data")
         if self.task is not None and self.data is None and self.task not in data_lib.TASKS:

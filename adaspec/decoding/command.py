@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from adaspec.data import check_text
 from adaspec.decoding.generate import speculative_generate
 from adaspec.decoding.sampling import check_sampling
 from adaspec.errors import AdaspecError
 from adaspec.models import check_vocab_compatible, load_model, load_tokenizer, saved_tokenizer
+from adaspec.options import check_finite
 
 @dataclass
 class GenerateOptions:
@@ -44,19 +46,21 @@ class GenerateOptions:
             raise AdaspecError(f"--gamma-max ({self.gamma_max}) must be >= --gamma ({self.gamma})")
         if self.max_new_tokens < 1:
             raise AdaspecError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        check_finite(self)
         check_sampling(self.temperature, self.top_p)
         if not self.prompt:
             raise AdaspecError("--prompt is empty")
+        check_text(self.prompt, "--prompt")
 
 
 class _TextStream:
     """Prints decoded text as tokens arrive. The prompt is decoded with the new tokens so word boundaries
-    come out right; text ending in an incomplete UTF-8 sequence is held back until it completes."""
+    come out right; text ending in an incomplete UTF-8 sequence is held back until it completes. The prompt
+    is printed with the first new tokens, so an error raised before decoding starts is printed alone."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_ids: list[int]):
         self.tokenizer, self.ids = tokenizer, list(prompt_ids)
-        self.printed = self._decode()
-        self._write(self.printed)
+        self.printed = ""
 
     def _decode(self) -> str:
         return self.tokenizer.decode(self.ids, skip_special_tokens=True)
@@ -72,6 +76,12 @@ class _TextStream:
         if not text.endswith("\ufffd") and text.startswith(self.printed):
             self._write(text[len(self.printed):])
             self.printed = text
+
+    def close(self) -> None:
+        """Print what is still held back (a prompt with no new tokens, a final incomplete character)."""
+        text = self._decode()
+        self._write(text[len(self.printed):] if text.startswith(self.printed) else "")
+        self.printed = text
 
 
 def run_generate(opts: GenerateOptions) -> int:
@@ -94,6 +104,7 @@ def run_generate(opts: GenerateOptions) -> int:
         print(json.dumps({"prompt": opts.prompt, "text": tokenizer.decode(generated, skip_special_tokens=True),
                           "tokens": generated, "stats": stats.to_dict()}))
     else:
+        stream.close()
         print("\n")
         print(stats.format())
     return 0

@@ -137,7 +137,7 @@ def _as_drafter(draft: PreTrainedModel | Drafter, target: PreTrainedModel,
                 tokenizer: PreTrainedTokenizerBase | None, vocab: int) -> tuple[Drafter, dict[str, PreTrainedModel]]:
     """A drafter for `draft` and the models whose context bounds the prompt."""
     if isinstance(draft, PreTrainedModel):
-        check_vocab_compatible(target, draft, tokenizer, tokenizer)
+        check_vocab_compatible(target, draft, tokenizer, tokenizer, quiet=tokenizer is None)
         return LMDrafter(draft, vocab), {"target": target, "draft": draft}
     if not isinstance(draft, Drafter):
         raise AdaspecError(f"draft must be a causal LM or a Drafter, got {type(draft).__name__}")

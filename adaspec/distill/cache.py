@@ -43,6 +43,7 @@ from adaspec.io import atomic_write_json
 from adaspec.models import (check_vocab_compatible, load_model, load_tokenizer, model_fingerprint, saved_tokenizer,
                             shared_vocab)
 from adaspec.options import DataOptions, helptext, load_split
+from adaspec.safety import guarded_output
 
 
 @dataclass(kw_only=True)
@@ -162,6 +163,12 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def run_cache(opts: CacheOptions) -> dict:
     """Build (or finish) the cache; returns its manifest."""
+    roles = {"target": opts.target, "reference": opts.ref, "--data": opts.data, "--data-dir": opts.data_dir}
+    with guarded_output(opts.output, roles):
+        return _run_cache(opts)
+
+
+def _run_cache(opts: CacheOptions) -> dict:
     t0 = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(opts.target)
@@ -181,9 +188,6 @@ def run_cache(opts: CacheOptions) -> dict:
     settings["cache_key"] = key
 
     out = Path(opts.output)
-    if out.exists() and not out.is_dir():
-        raise AdaspecError(f"--output {out} is a file, not a directory")
-    out.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict] = {}
     earlier_seconds = 0.0
     if (out / MANIFEST).exists():

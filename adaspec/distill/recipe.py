@@ -12,6 +12,7 @@ or a mixture.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -19,11 +20,12 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
+from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
 from adaspec.distill import selection
-from adaspec.distill.cache_store import TeacherCache
+from adaspec.distill.cache_store import TeacherCache, items_fingerprint
 from adaspec.distill.teacher import Teacher, shifted_logits
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.acceptance import (Continuations, generate_continuations, greedy_agreement,
@@ -31,10 +33,11 @@ from adaspec.evaluation.acceptance import (Continuations, generate_continuations
 from adaspec.io import atomic_write_json
 from adaspec.models import (PRESETS, build_model, check_vocab_compatible, count_params, load_model, load_tokenizer,
                             saved_tokenizer, shared_vocab)
-from adaspec.options import helptext, load_split
+from adaspec.options import check_range, helptext, load_split
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
 from adaspec.training.options import TrainOptions
+from adaspec.training.run_fingerprint import Run, cache_fingerprint, open_run, path_fingerprint
 
 
 @dataclass(kw_only=True)
@@ -70,6 +73,8 @@ class DistillOptions(TrainOptions):
     teacher_cache: str | None = field(default=None, metadata=helptext(
         "cache from `adaspec cache`: no target/reference forward during training"))
     val_max_new_tokens: int = field(default=96, metadata=helptext("length of the target continuations for α"))
+    top_k: int | None = field(default=None, metadata=helptext(
+        "with --teacher-cache: refuse a cache holding fewer than this many target probabilities per token"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,10 +83,14 @@ class DistillOptions(TrainOptions):
             raise AdaspecError("--method adaspec needs --ref (the reference model) or a --teacher-cache with L_ref")
         if self.draft_init is None and self.preset not in PRESETS:
             raise AdaspecError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        if self.temperature <= 0 or self.gen_temperature < 0:
-            raise AdaspecError("--temperature must be > 0 and --gen-temperature >= 0")
-        if not 0 <= self.beta <= 1 or not 0 <= self.mix_ratio <= 1:
-            raise AdaspecError("--beta and --mix-ratio must be in [0, 1]")
+        check_range(self, "temperature", 0, low_open=True)
+        check_range(self, "gen_temperature", 0)
+        check_range(self, "beta", 0, 1)
+        check_range(self, "mix_ratio", 0, 1)
+        for name in ("gen_max_new_tokens", "val_max_new_tokens", "top_k"):
+            check_range(self, name, 1)
+        if self.top_k is not None and self.teacher_cache is None:
+            raise AdaspecError("--top-k is the least K a --teacher-cache must hold; give --teacher-cache too")
         if self.teacher_cache and self.data_source in ("draft", "mix"):
             raise AdaspecError("on-policy responses (--data-source draft/mix) are generated during training "
                                "and cannot come from a --teacher-cache")
@@ -122,8 +131,20 @@ def _load(path: str) -> PreTrainedModel:
     return load_checkpoint(path, load=load_model)
 
 
+# options naming an input: their fingerprint (not their path) defines the run
+RUN_INPUTS = {"target": path_fingerprint, "ref": path_fingerprint, "draft_init": path_fingerprint,
+              "teacher_cache": cache_fingerprint}
+
+
 def run_distill(opts: DistillOptions, on_step: OnStep | None = None) -> None:
     accelerator = make_accelerator(opts)
+    roles = {"target": opts.target, "reference": opts.ref, "draft initialisation": opts.draft_init,
+             "teacher cache": opts.teacher_cache, "--data": opts.data, "--data-dir": opts.data_dir}
+    with open_run(opts, RUN_INPUTS, roles, accelerator.is_main_process, accelerator.wait_for_everyone) as run:
+        _distill(opts, accelerator, run, on_step)
+
+
+def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: OnStep | None) -> None:
     device = accelerator.device
     torch.manual_seed(opts.seed)
     # the model first: a missing directory is then reported as such, not as a bad hub id for a tokenizer
@@ -131,11 +152,12 @@ def run_distill(opts: DistillOptions, on_step: OnStep | None = None) -> None:
     tokenizer: PreTrainedTokenizerBase = load_tokenizer(opts.target)
     if opts.draft_init:
         draft = _load(opts.draft_init)
-        check_vocab_compatible(target, draft, tokenizer, saved_tokenizer(opts.draft_init))
+        check_vocab_compatible(target, draft, tokenizer, saved_tokenizer(opts.draft_init),
+                               names=("target", f"draft {opts.draft_init}"))
     else:
         draft = build_model(opts.preset, len(tokenizer), seed=opts.init_seed,
                             bos_token_id=tokenizer.bos_token_id or 0, eos_token_id=tokenizer.eos_token_id or 0)
-        check_vocab_compatible(target, draft, names=("target", "draft"))
+        check_vocab_compatible(target, draft, tokenizer, tokenizer)
     draft.to(device)
     ref = None
     if opts.method == "adaspec" and opts.ref and not opts.teacher_cache:
@@ -157,14 +179,19 @@ def run_distill(opts: DistillOptions, on_step: OnStep | None = None) -> None:
 
         # the main process writes the file, the others then read it (no two writers, no half-read file)
         with accelerator.main_process_first():
-            made = _json_cached(out / "target_responses.json", target_responses)
+            made = _json_cached(run.cache_name(
+                "target_responses", target=run.fingerprint["target"], items=items_fingerprint(items),
+                batch_size=opts.batch_size, seed=opts.seed, max_new_tokens=opts.gen_max_new_tokens,
+                max_length=opts.max_length, temperature=opts.gen_temperature), target_responses)
         items = [data_lib.with_response(it, seq) for it, seq in zip(items, made.sequences)]
     val_examples = load_split(opts, "validation", opts.val_examples)
     val_prompts = [it["input_ids"][: it["prompt_length"]]
                    for it in data_lib.encode(val_examples, tokenizer, opts.max_length)]
     with accelerator.main_process_first():
-        val = _json_cached(out / "val_continuations.json", lambda: greedy_continuations(
-            target, val_prompts, opts.val_max_new_tokens, eos))
+        val = _json_cached(run.cache_name(
+            "val_continuations", target=run.fingerprint["target"], max_new_tokens=opts.val_max_new_tokens,
+            eos=eos, prompts=hashlib.sha256(json.dumps(val_prompts).encode()).hexdigest()),
+            lambda: greedy_continuations(target, val_prompts, opts.val_max_new_tokens, eos))
 
     cache = None
     if opts.teacher_cache:
@@ -173,6 +200,11 @@ def run_distill(opts: DistillOptions, on_step: OnStep | None = None) -> None:
                                   vocab=vocab)
         if opts.method == "adaspec" and not cache.has_ref:
             raise AdaspecError(f"{opts.teacher_cache} holds no reference divergence; rebuild it with --ref")
+        if opts.top_k is not None and cache.top_k < opts.top_k:
+            raise AdaspecError(f"{opts.teacher_cache} holds the target's top-{cache.top_k} per token, fewer "
+                               f"than --top-k {opts.top_k}; rebuild it with adaspec cache --top-k {opts.top_k}")
+        accelerator.print(f"teacher cache {opts.teacher_cache}: the target's top-{cache.top_k} per token"
+                          + (" and L_ref" if cache.has_ref else ""))
         target = None
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     teacher = Teacher(opts.divergence, opts.temperature, opts.beta, vocab, target=target, ref=ref, cache=cache)

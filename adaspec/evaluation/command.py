@@ -17,10 +17,11 @@ from adaspec.decoding.sampling import check_sampling
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.evaluate import EvalSettings, evaluate
 from adaspec.evaluation.table import format_table
-from adaspec.io import atomic_write_json
+from adaspec.io import atomic_write_json, user_cache_dir
 from adaspec.models import (check_vocab_compatible, load_model, load_tokenizer, model_fingerprint,
                             saved_tokenizer)
-from adaspec.options import helptext
+from adaspec.options import check_finite, helptext
+from adaspec.safety import check_output
 
 
 def unique_names(paths: list[str]) -> list[str]:
@@ -70,7 +71,8 @@ class EvalOptions:
     json: str | None = field(default=None, metadata=helptext(
         "write every counter and derived value, per draft, and the command line to this JSON file"))
     cache_dir: str | None = field(default=None, metadata=helptext(
-        "folder for the target's greedy continuations; unset: <target>/eval_cache"))
+        "folder for the target's greedy continuations (named by the target's fingerprint); unset: "
+        "$XDG_CACHE_HOME/adaspec/eval, else ~/.cache/adaspec/eval"))
     cache: bool = field(default=True, metadata=helptext("reuse/store the target's continuations on disk"))
     data_dir: str | None = field(default=None, metadata=helptext("folder of the built-in task data"))
     device: str | None = field(default=None, metadata=helptext("torch device; unset: cuda when available"))
@@ -88,6 +90,7 @@ class EvalOptions:
         for name in ("n_prompts", "gamma", "max_new_tokens", "loss_examples"):
             if getattr(self, name) < 1:
                 raise AdaspecError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_finite(self)
         check_sampling(self.temperature, self.top_p)
 
     @property
@@ -123,6 +126,9 @@ def run_eval(opts: EvalOptions) -> int:
         if _is_local(path) and not Path(path).is_dir():
             role = "target" if path == opts.target else "draft"
             raise AdaspecError(f"{role} model directory not found: {path}")
+    if opts.json:
+        check_output(opts.json, {"target": opts.target, **{f"draft {p}": p for p in paths}}, flag="--json",
+                     kind="file")
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     log = lambda msg: print(f"[eval] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     target = load_model(opts.target, trust_remote_code=opts.trust_remote_code, device=device)
@@ -130,15 +136,14 @@ def run_eval(opts: EvalOptions) -> int:
     drafts: dict[str, PreTrainedModel] = {}
     for name, path in zip(unique_names(paths), paths):
         draft = load_model(path, trust_remote_code=opts.trust_remote_code, device=device)
-        draft_tokenizer = saved_tokenizer(path, opts.trust_remote_code) if _is_local(path) else None
+        draft_tokenizer = saved_tokenizer(path, opts.trust_remote_code)
         check_vocab_compatible(target, draft, tokenizer, draft_tokenizer, names=("target", f"draft {path}"))
         drafts[name] = draft
     local = _is_local(opts.target)
     fingerprint = model_fingerprint(opts.target) if local else None
     cache_dir = None
     if opts.cache:
-        cache_dir = opts.cache_dir or (str(Path(opts.target) / "eval_cache") if local else
-                                       str(Path.home() / ".cache" / "adaspec" / "eval"))
+        cache_dir = opts.cache_dir or str(user_cache_dir() / "eval")
     settings = EvalSettings(opts.task, opts.split, opts.n_prompts, opts.gamma, opts.temperature,
                             opts.max_new_tokens, opts.seed, top_p=opts.top_p, adaptive_gamma=opts.adaptive_gamma,
                             context=opts.context, loss_examples=opts.loss_examples, data_dir=opts.data_dir)
@@ -150,6 +155,7 @@ def run_eval(opts: EvalOptions) -> int:
         result["drafts"][name]["path"] = path
     print(format_table(result))
     if opts.json:
+        replaced = Path(opts.json).exists()
         atomic_write_json(opts.json, result)
-        log(f"wrote {opts.json}")
+        log(f"wrote {opts.json}" + (" (replacing the file that was there)" if replaced else ""))
     return 0

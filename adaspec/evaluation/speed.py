@@ -30,7 +30,7 @@ from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.decoding.target import Clock, cache_kwarg
 from adaspec.io import atomic_write_json
 from adaspec.metrics import SpecStats
-from adaspec.models import check_vocab_compatible, count_params, load_model, load_tokenizer
+from adaspec.models import check_vocab_compatible, count_params, load_model, load_tokenizer, saved_tokenizer
 
 
 def load_prompts(args, tokenizer, context: int) -> list[torch.Tensor]:
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     target = load_model(args.target, device=device)
     draft = load_model(args.draft, device=device)
     tokenizer = load_tokenizer(args.target)
-    check_vocab_compatible(target, draft, tokenizer, tokenizer)
+    check_vocab_compatible(target, draft, tokenizer, saved_tokenizer(args.draft))
     eos = None if args.ignore_eos else tokenizer.eos_token_id
     if eos is None:  # keep transformers from falling back to the config's EOS
         target.generation_config.eos_token_id = draft.generation_config.eos_token_id = None

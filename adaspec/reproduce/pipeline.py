@@ -30,6 +30,7 @@ from adaspec import data as data_lib
 from adaspec.errors import AdaspecError
 from adaspec.io import atomic_write_json
 from adaspec.options import helptext
+from adaspec.safety import check_output, guarded_output
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ class Pipeline:
             method = "adaspec" if ref is not None else "kd"
             kwargs = dict(self._common(out, seed), target=str(target), draft_init=str(init), method=method,
                           epochs=self.p.distill_epochs, lr=self.p.distill_lr,
-                          teacher_cache=str(cache) if cache else None,
+                          teacher_cache=str(cache) if cache else None, top_k=self.p.top_k if cache else None,
                           val_every=max(1, int(self._steps_per_epoch() * self.p.distill_epochs) // 4),
                           val_examples=48)
             if ref is not None:
@@ -242,7 +243,7 @@ class Pipeline:
                 settings = EvalSettings(self.opts.task, "test", self.p.eval_prompts, self.p.gamma, 0.0,
                                         self.p.eval_max_new_tokens, seed, context=self.p.max_length)
                 new = evaluate(target, {n: load_model(p) for n, p in missing.items()}, tokenizer, settings,
-                               cache_dir=str(target_dir / "eval_cache"),
+                               cache_dir=str(self.root / "eval_cache"),
                                target_fingerprint=model_fingerprint(target_dir), log=_log).to_json()
                 old = {**new, "drafts": {**old["drafts"], **new["drafts"]}}
                 atomic_write_json(cached, old)
@@ -324,6 +325,10 @@ def command_line(opts: ReproduceOptions) -> str:
 
 def run_reproduce(opts: ReproduceOptions) -> None:
     t0 = time.perf_counter()
-    results = Pipeline(opts).run()
+    check_output(opts.runs_dir, {}, flag="--runs-dir")
+    check_output(opts.results_dir, {}, flag="--results-dir")
+    pipeline = Pipeline(opts)
+    with guarded_output(pipeline.root, {}, flag="--runs-dir"):
+        results = pipeline.run()
     _log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; "
          f"greedy α: " + ", ".join(f"{k} {v:.3f}" for k, v in results["alpha_greedy"].items()))

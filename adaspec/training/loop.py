@@ -184,7 +184,16 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
         atomic_write_json(out / "run_config.json", config or asdict(opts))
     log = _Log(accelerator, opts, out, total, state.step)
 
+    def check_finite_weights(where: str) -> None:
+        # a non-finite model must never replace a good checkpoint
+        bad = next((n for n, p in accelerator.unwrap_model(model).named_parameters()
+                    if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise AdaspecError(f"step {state.step}: weight {bad} is not finite; {where} kept as it was "
+                               f"(lower --lr or set --grad-clip)")
+
     def save_last() -> None:
+        check_finite_weights(f"{out / 'last'}")
         atomic_save(accelerator, model, out / "last", {
             "trainer_state.pt": {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
             "trainer_state.json": {"step": state.step, "best": state.best, "history": state.history,
@@ -201,6 +210,7 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
         improved = state.best is None or (value > state.best if higher_is_better else value < state.best)
         if improved:
             state.best = value
+            check_finite_weights(f"{out / 'best'}")
             atomic_save(accelerator, model, out / "best", {"metrics.json": metrics}, tokenizer)
         accelerator.print(f"step {state.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                                             if k != "step") + (" (best)" if improved else ""))
@@ -214,8 +224,14 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
             on_step(state.step, batches)
         logs, tokens = _accumulate(accelerator, model, batches, token_loss, state.step, normalize)
         tokens_seen += tokens
-        if opts.grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), opts.grad_clip)
+        # inf does not clip, it only measures: a non-finite norm stops the run before the step applies it.
+        # fp16's loss scaler overflows on purpose and skips those steps itself; DeepSpeed returns no norm
+        norm = accelerator.clip_grad_norm_(model.parameters(), opts.grad_clip if opts.grad_clip > 0 else math.inf)
+        norm = float(norm) if norm is not None and opts.precision != "fp16" else 0.0
+        if not (math.isfinite(logs["loss"]) and math.isfinite(norm)):
+            what = f"loss {logs['loss']}" if not math.isfinite(logs["loss"]) else f"gradient norm {norm}"
+            raise AdaspecError(f"step {state.step + 1}: the {what} is not finite; stopped before applying it, "
+                               f"checkpoints in {out} kept as they were (lower --lr or set --grad-clip)")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from adaspec.errors import AdaspecError
-from adaspec.options import DataOptions, helptext
+from adaspec.options import DataOptions, check_range, helptext
 
 
 @dataclass(kw_only=True)
@@ -30,17 +30,17 @@ class TrainOptions(DataOptions):
     val_examples: int = field(default=64, metadata=helptext("validation examples"))
     resume: bool = field(default=True, metadata=helptext("continue from <output>/last if present"))
     progress: bool = field(default=True, metadata=helptext("show a progress bar"))
+    overwrite: bool = field(default=False, metadata=helptext(
+        "--output holds a run with other settings or inputs: delete that run's checkpoints, logs and cached "
+        "continuations and start over"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("batch_size", "grad_accum", "save_every", "val_examples"):
             if getattr(self, name) < 1:
                 raise AdaspecError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.epochs <= 0:
-            raise AdaspecError(f"--epochs must be > 0, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise AdaspecError(f"--max-steps must be >= 1, got {self.max_steps}")
-        if self.lr <= 0:
-            raise AdaspecError(f"--lr must be > 0, got {self.lr}")
-        if self.val_every < 0:
-            raise AdaspecError(f"--val-every must be >= 0, got {self.val_every}")
+        check_range(self, "epochs", 0, low_open=True)
+        check_range(self, "max_steps", 1)
+        check_range(self, "lr", 0, low_open=True)
+        for name in ("val_every", "warmup_steps", "weight_decay", "grad_clip"):
+            check_range(self, name, 0)

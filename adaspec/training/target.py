@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
@@ -18,6 +19,7 @@ from adaspec.options import helptext, load_split
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
 from adaspec.training.options import TrainOptions
+from adaspec.training.run_fingerprint import open_run, path_fingerprint
 
 
 @dataclass(kw_only=True)
@@ -78,8 +80,19 @@ def validation_loss(model: PreTrainedModel, items: list[dict], pad_id: int, batc
     return total / max(n, 1)
 
 
+# options naming an input: their fingerprint (not their path) defines the run
+RUN_INPUTS = {"model": path_fingerprint, "tokenizer": path_fingerprint}
+
+
 def run_train_target(opts: TrainTargetOptions, on_step: OnStep | None = None) -> None:
     accelerator = make_accelerator(opts)
+    roles = {"--model": opts.model, "--tokenizer": opts.tokenizer, "--data": opts.data,
+             "--data-dir": opts.data_dir}
+    with open_run(opts, RUN_INPUTS, roles, accelerator.is_main_process, accelerator.wait_for_everyone):
+        _train_target(opts, accelerator, on_step)
+
+
+def _train_target(opts: TrainTargetOptions, accelerator: Accelerator, on_step: OnStep | None) -> None:
     torch.manual_seed(opts.seed)
     # the model before its tokenizer: a missing directory is then reported as such, not as a bad hub id
     model = load_checkpoint(opts.model, trust_remote_code=opts.trust_remote_code) if opts.model else None

@@ -188,9 +188,9 @@ def test_empty_data_is_refused(capsys, tmp_path):
 
 
 def test_empty_task_split_is_refused(capsys, tmp_path, tiny_target_dir):
-    (tmp_path / "gsm8k").mkdir()
-    (tmp_path / "gsm8k" / "train.jsonl").write_text("")
-    err = cli_error(capsys, "train-target", "--model", tiny_target_dir, "--data-dir", tmp_path,
+    (tmp_path / "data" / "gsm8k").mkdir(parents=True)
+    (tmp_path / "data" / "gsm8k" / "train.jsonl").write_text("")
+    err = cli_error(capsys, "train-target", "--model", tiny_target_dir, "--data-dir", tmp_path / "data",
                  "--output", tmp_path / "o", *FAST)
     assert "no examples" in err
 
