@@ -147,7 +147,8 @@ def test_data_source_target_trains_on_target_continuations(tmp_path, target_dir,
     assert run("distill", "--target", target_dir, "--draft-init", tiny_draft_dir, "--data-source", "target",
                "--gen-temperature", "0", "--gen-max-new-tokens", "6", *BASE, "--max-steps", "2",
                "--output", out) == 0
-    made = json.loads((out / "target_responses.json").read_text())
+    (cached,) = out.glob("target_responses-*.json")  # named by the target and settings that made it
+    made = json.loads(cached.read_text())
     assert len(made["sequences"]) == 32
     from adaspec.data import encode
     from adaspec.options import load_split
@@ -304,9 +305,9 @@ def test_empty_data_is_refused(capsys, tmp_path, target_dir):
     empty.write_text("\n")
     err = cli_error(capsys, "distill", "--target", target_dir, "--data", empty, "--output", tmp_path / "o", *BASE)
     assert "empty.jsonl" in err and "no examples" in err
-    (tmp_path / "gsm8k").mkdir()
-    (tmp_path / "gsm8k" / "train.jsonl").write_text("")
-    err = cli_error(capsys, "distill", "--target", target_dir, "--data-dir", tmp_path, "--output",
+    (tmp_path / "data" / "gsm8k").mkdir(parents=True)
+    (tmp_path / "data" / "gsm8k" / "train.jsonl").write_text("")
+    err = cli_error(capsys, "distill", "--target", target_dir, "--data-dir", tmp_path / "data", "--output",
                  tmp_path / "o", *BASE)
     assert "gsm8k" in err and "no examples" in err
 

@@ -53,7 +53,8 @@ def dirs(tmp_path_factory, tok, pair):
     return root
 
 
-def test_cli_end_to_end_writes_json(dirs, tmp_path, capsys):
+def test_cli_end_to_end_writes_json(dirs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     out = tmp_path / "eval.json"
     rc = cli.main(["eval", "--target", str(dirs / "target"), "--draft", str(dirs / "noisy"), str(dirs / "random"),
                    "--task", "gsm8k", "--n-prompts", "3", "--max-new-tokens", "16", "--gamma", "3",
@@ -70,7 +71,9 @@ def test_cli_end_to_end_writes_json(dirs, tmp_path, capsys):
     assert cfg["n_prompts"] == 3 and cfg["gamma"] == 3 and cfg["max_prompt_length"] == 256 - 16
     assert tgt["quality_metric"] == "accuracy" and 0.0 <= tgt["quality"] <= 1.0
     assert len(tgt["per_prompt"]) == 3 and tgt["continuations"]["from_cache"] is False
-    assert tgt["continuations"]["cache_file"].startswith(str(dirs / "target" / "eval_cache"))
+    # the model folder is never written to: the cache lives in the user's cache folder
+    assert tgt["continuations"]["cache_file"].startswith(str(tmp_path / "xdg" / "adaspec" / "eval"))
+    assert not (dirs / "target" / "eval_cache").exists()
     assert tgt["stats"]["emitted"] == sum(r["generated_tokens"] for r in tgt["per_prompt"])
     assert math.isfinite(tgt["response_loss"]) and tgt["fingerprint"] == models.model_fingerprint(dirs / "target")
     assert list(result["drafts"]) == ["noisy", "random"]
