@@ -230,3 +230,44 @@ def test_pad_id_falls_back_to_eos_then_zero():
     assert pad_id(NS(pad_token_id=3, eos_token_id=1)) == 3
     assert pad_id(NS(pad_token_id=None, eos_token_id=1)) == 1
     assert pad_id(NS(pad_token_id=None, eos_token_id=None)) == 0
+
+
+# ------------------------------------------------------------------------------------ non-UTF-8 input
+
+def _latin1(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "a", "response": "b"}\n{"prompt": "caf\xe9", "response": "b"}\n')
+    return path
+
+
+def test_non_utf8_data_names_file_line_and_byte(tmp_path):
+    with pytest.raises(AdaspecError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9 at column 16\)"):
+        load_jsonl(_latin1(tmp_path))
+    binary = tmp_path / "image.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(AdaspecError, match=r"image.png:1: not UTF-8 text \(byte 0x89 at column 1\)"):
+        load_jsonl(binary)
+    surrogate = tmp_path / "surrogate.jsonl"
+    surrogate.write_text('{"prompt": "x\\ud800", "response": "b"}\n')
+    with pytest.raises(AdaspecError, match=r"surrogate.jsonl:1: field 'prompt' is not valid UTF-8 text "
+                                           r"\(lone surrogate U\+D800 at character 2\)"):
+        load_jsonl(surrogate)
+
+
+@pytest.mark.parametrize("command", ["distill", "cache", "train-target"])
+def test_non_utf8_data_through_every_command_is_one_line(capsys, tmp_path, tiny_target_dir, command):
+    from helpers import cli_error
+
+    model = ["--model" if command == "train-target" else "--target", tiny_target_dir]
+    err = cli_error(capsys, command, *model, "--data", _latin1(tmp_path), "--output", tmp_path / "o",
+                    "--no-progress")
+    assert "latin1.jsonl:2: not UTF-8 text" in err
+
+
+def test_non_utf8_prompt_is_one_line(capsys, tiny_target_dir):
+    from helpers import cli_error
+
+    # bytes that are not UTF-8 reach Python's argv as surrogate escapes
+    err = cli_error(capsys, "generate", "--target", tiny_target_dir, "--draft", tiny_target_dir,
+                    "--prompt", b"caf\xe9".decode("utf-8", "surrogateescape"))
+    assert "--prompt is not valid UTF-8 text (byte 0xe9 at character 4)" in err

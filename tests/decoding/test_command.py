@@ -107,3 +107,18 @@ def test_options_check_ranges_from_python():
         GenerateOptions(target="t", draft="d", prompt="p", gamma=6, gamma_max=4, adaptive_gamma=True)
     with pytest.raises(AdaspecError, match="--prompt is empty"):
         GenerateOptions(target="t", draft="d", prompt="")
+
+
+def test_context_length_error_is_printed_alone(model_dirs, capsys):
+    assert main(["generate", "--target", str(model_dirs / "target"), "--draft", str(model_dirs / "draft"),
+                 "--prompt", " ".join(["w1"] * 300), "--max-new-tokens", "8"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # the prompt is not echoed before the error
+    assert len(err.strip().splitlines()) == 1
+    assert "exceeds the target model's context of 256 positions" in err
+
+
+def test_generate_streams_the_prompt_even_without_new_text(model_dirs, capsys):
+    assert main(["generate", "--target", str(model_dirs / "target"), "--draft", str(model_dirs / "draft"),
+                 "--prompt", "w1 w2", "--max-new-tokens", "1"]) == 0
+    assert capsys.readouterr().out.startswith("w1 w2")

@@ -343,3 +343,11 @@ def test_distill_refuses_cache_without_reference(env, tmp_path):
     run_cache(_opts(env, out, ref=None))
     with pytest.raises(AdaspecError, match="no reference divergence"):
         distill.run_distill(_distill_opts(env, tmp_path / "d", teacher_cache=str(out), ref=None))
+
+
+def test_distill_prints_the_cache_k_and_refuses_fewer_than_top_k(env, built, tmp_path, capsys):
+    from adaspec.distill import recipe as distill
+    with pytest.raises(AdaspecError, match="holds the target's top-16 per token, fewer than --top-k 32"):
+        distill.run_distill(_distill_opts(env, tmp_path / "d", teacher_cache=str(built), top_k=32))
+    distill.run_distill(_distill_opts(env, tmp_path / "ok", teacher_cache=str(built), top_k=16, max_steps=1))
+    assert "the target's top-16 per token and L_ref" in capsys.readouterr().out

@@ -1,0 +1,78 @@
+"""Numeric options are range-checked where they are declared; a non-finite loss stops training in one line
+and never replaces a good checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import cli_error, options_from
+
+from adaspec.distill import recipe as distill
+from adaspec.errors import AdaspecError
+
+FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
+        "--no-progress", "--limit", "16", "--batch-size", "8", "--warmup-steps", "0"]
+
+
+@pytest.mark.parametrize("command,flag,value,message", [
+    ("distill", "--lr", "inf", "--lr must be a finite number"),
+    ("distill", "--lr", "nan", "--lr must be a finite number"),
+    ("distill", "--lr", "-1", "--lr must be > 0"),
+    ("distill", "--weight-decay", "nan", "--weight-decay must be a finite number"),
+    ("distill", "--weight-decay", "-0.1", "--weight-decay must be >= 0"),
+    ("distill", "--warmup-steps", "-5", "--warmup-steps must be >= 0"),
+    ("distill", "--grad-clip", "nan", "--grad-clip must be a finite number"),
+    ("distill", "--grad-clip", "-1", "--grad-clip must be >= 0"),
+    ("distill", "--epochs", "inf", "--epochs must be a finite number"),
+    ("distill", "--epochs", "0", "--epochs must be > 0"),
+    ("distill", "--temperature", "inf", "--temperature must be a finite number"),
+    ("distill", "--gen-temperature", "-1", "--gen-temperature must be >= 0"),
+    ("distill", "--beta", "nan", "--beta must be a finite number"),
+    ("distill", "--mix-ratio", "1.5", "--mix-ratio must be in [0, 1]"),
+    ("distill", "--k", "nan", "--k must be a finite number"),
+    ("distill", "--val-max-new-tokens", "0", "--val-max-new-tokens must be >= 1"),
+    ("train-target", "--lr", "inf", "--lr must be a finite number"),
+    ("cache", "--temperature", "inf", "--temperature must be a finite number"),
+    ("eval", "--temperature", "nan", "--temperature must be a finite number"),
+    ("eval", "--top-p", "nan", "--top-p must be a finite number"),
+    ("generate", "--temperature", "inf", "--temperature must be a finite number"),
+])
+def test_bad_numbers_are_refused_in_one_line(capsys, tmp_path, command, flag, value, message):
+    needs = {"distill": ["--target", "t", "--output", tmp_path / "o"],
+             "train-target": ["--output", tmp_path / "o"],
+             "cache": ["--target", "t", "--output", tmp_path / "o"],
+             "eval": ["--target", "t", "--draft", "d"],
+             "generate": ["--target", "t", "--draft", "d", "--prompt", "p"]}[command]
+    err = cli_error(capsys, command, *needs, f"{flag}={value}")
+    assert message in err
+
+
+def test_top_k_needs_a_teacher_cache(tmp_path):
+    with pytest.raises(AdaspecError, match="--top-k .* give --teacher-cache"):
+        options_from(["distill", "--target", "t", "--output", tmp_path, "--top-k", "8"])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_target_dir, monkeypatch):
+    out = tmp_path / "o"
+    opts = options_from(["distill", "--target", tiny_target_dir, *FAST, "--max-steps", "4", "--save-every", "1",
+                         "--output", out])
+    draft_params: list[torch.nn.Parameter] = []
+    real_train_loop = distill.train_loop
+
+    def train_loop(opts, accelerator, model, *args, **kwargs):
+        draft_params.extend(model.parameters())
+        return real_train_loop(opts, accelerator, model, *args, **kwargs)
+
+    def poison(step: int, batches: list[dict]) -> None:
+        if step == 2:  # after two good saves, the draft's weights turn NaN
+            for p in draft_params:
+                p.data.fill_(float("nan"))
+
+    monkeypatch.setattr(distill, "train_loop", train_loop)
+    with pytest.raises(AdaspecError, match=r"step 3: the loss nan is not finite; stopped before applying it"):
+        distill.run_distill(opts, on_step=poison)
+    weights = load_file(str(out / "last" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert '"step": 2' in (out / "last" / "trainer_state.json").read_text()
