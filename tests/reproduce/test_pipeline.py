@@ -100,3 +100,23 @@ def test_small_tasks_get_more_epochs_but_never_fewer():
     assert p.for_task(1000) == p and TINY.for_task(1) == TINY
     # GSM8K's training split is large enough that the committed preset trains it as written
     assert reproduce.PRESETS["small"].for_task(7173) == reproduce.PRESETS["small"]
+
+
+def test_runs_dir_that_is_a_file_or_in_use_is_refused(tmp_path, capsys):
+    import os
+    import socket
+
+    from helpers import cli_error
+    from adaspec.safety import LOCK_NAME
+
+    f = tmp_path / "runs"
+    f.write_text("mine")
+    err = cli_error(capsys, "reproduce", "--runs-dir", f, "--results-dir", tmp_path / "r", "--no-progress")
+    assert "--runs-dir" in err and "is an existing file" in err
+    root = tmp_path / "runs2" / "gsm8k" / "demo"
+    root.mkdir(parents=True)
+    # this test's own process is alive: a second pipeline on the same runs folder is refused
+    (root / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    err = cli_error(capsys, "reproduce", "--runs-dir", tmp_path / "runs2", "--results-dir", tmp_path / "r",
+                    "--no-progress")
+    assert "in use by process" in err

@@ -40,11 +40,13 @@ FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8"
     ("generate", "--temperature", "inf", "--temperature must be a finite number"),
 ])
 def test_bad_numbers_are_refused_in_one_line(capsys, tmp_path, command, flag, value, message):
-    needs = {"distill": ["--target", "t", "--output", tmp_path / "o"],
-             "train-target": ["--output", tmp_path / "o"],
-             "cache": ["--target", "t", "--output", tmp_path / "o"],
-             "eval": ["--target", "t", "--draft", "d"],
-             "generate": ["--target", "t", "--draft", "d", "--prompt", "p"]}[command]
+    # missing local folders, not hub ids: without the range check the command fails fast, offline
+    t, d = tmp_path / "no_target", tmp_path / "no_draft"
+    needs = {"distill": ["--target", t, "--output", tmp_path / "o"],
+             "train-target": ["--output", tmp_path / "o", "--data", tmp_path / "no.jsonl"],
+             "cache": ["--target", t, "--output", tmp_path / "o"],
+             "eval": ["--target", t, "--draft", d],
+             "generate": ["--target", t, "--draft", d, "--prompt", "p"]}[command]
     err = cli_error(capsys, command, *needs, f"{flag}={value}")
     assert message in err
 
