@@ -31,8 +31,8 @@ class TrainOptions(DataOptions):
     resume: bool = field(default=True, metadata=helptext("continue from <output>/last if present"))
     progress: bool = field(default=True, metadata=helptext("show a progress bar"))
     overwrite: bool = field(default=False, metadata=helptext(
-        "--output holds a run with other settings or inputs: delete that run's checkpoints, logs and cached "
-        "continuations and start over"))
+        "delete the run already in --output (its checkpoints, logs and cached continuations; nothing else) "
+        "and start over, e.g. when it was made with other settings or inputs"))
 
     def __post_init__(self) -> None:
         super().__post_init__()

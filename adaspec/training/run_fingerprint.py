@@ -120,8 +120,8 @@ def _has_run(out: Path) -> bool:
 
 
 def check_fingerprint(out: Path, fingerprint: dict, overwrite: bool) -> None:
-    """Refuse an output holding another run (or a model made without a fingerprint) unless `overwrite`;
-    with it, clear that run. Read-only when the fingerprint matches."""
+    """Refuse an output holding another run (or a model made without a fingerprint); `overwrite` clears
+    whatever run is there instead. Read-only when the fingerprint matches."""
     path = out / FINGERPRINT
     old = None
     if path.exists():
@@ -129,10 +129,12 @@ def check_fingerprint(out: Path, fingerprint: dict, overwrite: bool) -> None:
             old = json.loads(path.read_text())
         except ValueError:
             old = {"unreadable": True}
-    if old == fingerprint or not _has_run(out):
+    if not _has_run(out):
         return
     if overwrite:
         clear_run(out)
+        return
+    if old == fingerprint:
         return
     if old is not None:
         diff = differences(old, fingerprint)

@@ -118,6 +118,10 @@ def test_rerun_with_other_settings_is_refused_until_overwrite(capsys, tmp_path, 
                                                  tiny_tokenizer.eos_token_id).sequences
     assert json.loads((out / FINGERPRINT).read_text())["target"].startswith(models.model_fingerprint(other))
     assert summary(out)["steps"] == 2
+    # --overwrite with the same settings starts over too: the run is trained again from step 0
+    (out / "keep.txt").write_text("not a run file")
+    assert run(*other_base, "--overwrite", "--output", out) == 0
+    assert "resumed" not in capsys.readouterr().out and (out / "keep.txt").exists()
 
 
 def test_folder_with_a_model_but_no_fingerprint_is_refused(capsys, tmp_path, tiny_target_dir, tiny_draft_dir):
