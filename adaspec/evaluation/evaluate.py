@@ -41,7 +41,7 @@ from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.decoding.sampling import check_sampling
 from adaspec.decoding.target import context_length
 from adaspec.errors import AdaspecError
-from adaspec.evaluation import acceptance, quality
+from adaspec.evaluation import acceptance, quality, sandbox
 from adaspec.evaluation.continuations import cached_continuations, weights_fingerprint
 from adaspec.metrics import SpecStats, theoretical_speedup
 from adaspec.models import check_vocab_compatible, count_params
@@ -314,4 +314,6 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel], tokeni
              "loss_examples": len(loss_items), "loss_tokens": loss_tokens,
              "device": str(next(target.parameters()).device), "torch": torch.__version__,
              "transformers": transformers.__version__}
+    if s.data is None and s.task == "mbpp":  # which protections the generated code ran under
+        facts["sandbox"] = sandbox.isolation().as_dict()
     return EvalResult(s, target_result, results, facts)

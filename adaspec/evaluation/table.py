@@ -24,6 +24,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"target: {tgt['params']:,} params; {tgt['quality_metric']} {_fmt(tgt['quality'])}; "
         f"response CE/token {_fmt(tgt['response_loss'])}; alone {_fmt(tgt['tokens_per_s'], '.1f')} tokens/s",
     ]
+    missing = [layer for layer, held in (cfg.get("sandbox") or {}).items() if not held]
+    if missing:
+        lines.append(f"(MBPP code ran without: {', '.join(missing)}; see README, MBPP's code sandbox)")
     if cfg["prompts_truncated"]:
         lines.append(f"({cfg['prompts_truncated']} prompts cut from the left to {cfg['max_prompt_length']} tokens)")
     rows: list[tuple[str, list[str]]] = [

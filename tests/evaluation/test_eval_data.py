@@ -37,6 +37,8 @@ def test_eval_reads_the_users_jsonl(setup, tmp_path, capsys):
     assert result["config"]["n_prompts"] == 3 and result["config"]["loss_examples"] == 4
     assert all(r["quality"] is None for r in result["target"]["per_prompt"])
     assert result["drafts"]["draft"]["stats"]["drafted"] > 0
+    resolved = json.loads((tmp_path / "eval.options.json").read_text())  # beside --json, for --config
+    assert resolved["command"] == "eval" and resolved["data"] == str(path) and resolved["n_prompts"] == 3
 
 
 def test_eval_data_names_a_missing_field(setup, tmp_path, capsys):

@@ -151,3 +151,18 @@ def test_fallback_without_namespaces_is_recorded(monkeypatch):
     assert not run_candidate("import os\nos._exit(0)", ["assert True"]).passed
     assert not passes("import subprocess\nsubprocess.run(['/bin/true'])")
 
+
+
+def test_eval_table_names_missing_layers():
+    from adaspec.evaluation.table import format_table
+
+    drafts = {"d": {"params": 1, "response_loss": 1.0, "alpha": 0.5, "alpha_drafted": 0.4, "tau": 1.5,
+                    "position_acceptance": [], "c": 0.1, "measured_speedup": 1.0, "measured_speedup_pooled": 1.0,
+                    "theoretical_speedup": 1.0, "analytic": {"alpha_greedy": 0.5, "alpha_sampling": 0.5,
+                                                             "sampling_temperature": 1.0}, "same_as_target": 1}}
+    cfg = {"task": "mbpp", "split": "test", "n_prompts": 1, "max_new_tokens": 4, "gamma": 2, "adaptive_gamma": False,
+           "temperature": 0.0, "top_p": 1.0, "prompts_truncated": 0,
+           "sandbox": {"network_isolated": False, "processes_contained": True}}
+    target = {"params": 1, "quality_metric": "pass@1", "quality": 0.0, "response_loss": 1.0, "tokens_per_s": 1.0}
+    table = format_table({"config": cfg, "target": target, "drafts": drafts})
+    assert "MBPP code ran without: network_isolated" in table
