@@ -3,7 +3,9 @@
 Layers, each used where the OS offers it (`isolation()` says which ones this machine gets):
 - namespaces (`unshare --net --pid --mount`): no network at all, every process of the run dies with it, and
   /tmp, /etc, /run, home folders and the caller's folder are replaced by empty private tmpfs;
-- a different uid (65534, when adaspec runs as root): the candidate cannot write the caller's files;
+- a different uid (65534, when adaspec runs as root): the candidate cannot write the caller's files; run
+  by another user, the candidate gets a nested user namespace instead, in which the hiding mounts are
+  locked (it cannot unmount them);
 - resource limits: CPU time, address space, file size, no core files, and no new processes or threads;
 - a fresh empty working directory, deleted afterwards (a private tmpfs, or a temporary folder);
 - the verdict: exit status 0, the harness reached the line after the last assert (a per-run nonce), and a
@@ -75,7 +77,7 @@ def isolation() -> Isolation:
     in_namespaces = _unshare_prefix() is not None
     root = os.geteuid() == 0
     return Isolation(network_isolated=in_namespaces, processes_contained=in_namespaces,
-                     filesystem_isolated=in_namespaces and root, separate_uid=root)
+                     filesystem_isolated=in_namespaces, separate_uid=root)
 
 
 def _hidden_folders() -> list[str]:
@@ -95,7 +97,8 @@ def run_candidate(code: str, tests: list[str], setup: str = "", timeout: float =
         request = {"code": code, "setup": setup, "tests": list(tests), "workdir": workdir,
                    "hide": _hidden_folders(), "timeout": timeout, "cpu_seconds": max(1, int(timeout) + 1),
                    "memory_bytes": memory_mb * 2**20, "file_bytes": file_mb * 2**20,
-                   "forbid_processes": forbid_processes, "drop_uid": iso.separate_uid}
+                   "forbid_processes": forbid_processes, "drop_uid": iso.separate_uid,
+                   "namespaces": iso.network_isolated}
         payload = json.dumps(request).encode()
         message = len(payload).to_bytes(8, "big") + payload + token.encode() + b"\n"
         try:

@@ -23,6 +23,7 @@ PRELOAD = ("array", "bisect", "cmath", "collections", "copy", "datetime", "decim
            "statistics", "string", "struct", "subprocess", "typing")
 NOBODY = 65534
 _MS_NOSUID, _MS_NODEV = 2, 4
+_CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
 
 
 def _read_exact(fd: int, n: int) -> bytes:
@@ -48,7 +49,7 @@ def _hide(paths: list, libc) -> list:
 
 def _isolate_filesystem(request: dict) -> str | None:
     """In our own mount namespace: hide folders, give the candidate a fresh tmpfs home; its path or None."""
-    if os.getpid() != 1 or not request["drop_uid"]:
+    if os.getpid() != 1 or not request["namespaces"]:
         return None
     libc = ctypes.CDLL(None, use_errno=True)
     if not _hide(["/tmp"], libc):
@@ -56,8 +57,20 @@ def _isolate_filesystem(request: dict) -> str | None:
     _hide(request["hide"], libc)
     workdir = "/tmp/work"
     os.mkdir(workdir, 0o700)
-    os.chown(workdir, NOBODY, NOBODY)
+    if request["drop_uid"]:
+        os.chown(workdir, NOBODY, NOBODY)
     return workdir
+
+
+def _lock_mounts() -> None:
+    """Without root: a nested user and mount namespace, so the candidate's capabilities there cannot
+    unmount the folders hidden above (inherited mounts are locked); it keeps its own uid, mapped to itself."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare")
+    for name, text in (("setgroups", "deny"), ("uid_map", "0 0 1"), ("gid_map", "0 0 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
 
 
 def _limit(request: dict) -> None:
@@ -84,6 +97,8 @@ def _candidate(request: dict, workdir: str, nonce: bytes, done_w: int) -> None:
             os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)
+        elif request["namespaces"]:
+            _lock_mounts()
         os.chdir(workdir)
         _limit(request)
         scope = {"__name__": "__main__", "__builtins__": builtins}
