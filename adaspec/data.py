@@ -155,7 +155,8 @@ def load_hub(name: str, split: str, prompt_field: str = "prompt", response_field
     except Exception as exc:  # offline, unknown name, bad split: all mean the same to the user
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise AdaspecError(f"could not load hub dataset {name!r} split {split!r}: {detail}") from exc
-    for needed in (prompt_field, response_field):
+    conversations = prompt_field not in ds.column_names and any(c in ds.column_names for c in chat.CHAT_FIELDS)
+    for needed in () if conversations else (prompt_field, response_field):
         if needed not in ds.column_names:
             raise AdaspecError(f"hub dataset {name!r} has no column {needed!r} "
                                f"(columns: {', '.join(ds.column_names)})")
@@ -164,6 +165,9 @@ def load_hub(name: str, split: str, prompt_field: str = "prompt", response_field
         if limit is not None and i >= limit:
             break
         where = f"hub:{name}[{split}] row {i}"
+        if conversations:
+            examples.append(chat_example(chat.messages_of(record, where)))
+            continue
         meta = {k: v for k, v in record.items() if k not in (prompt_field, response_field)}
         examples.append(Example(_get(record, prompt_field, where), _get(record, response_field, where), meta))
     if not examples:

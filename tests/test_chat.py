@@ -77,3 +77,17 @@ def test_refusals(tok, chat_file, tmp_path):
     with pytest.raises(AdaspecError, match=r"messages\[0\] needs a role"):
         data.load_jsonl(bad)
     assert chat.messages_of({"prompt": "x"}, "here") is None
+
+
+def test_hub_chat_datasets(monkeypatch):
+    import sys
+    import types
+
+    class FakeDataset(list):
+        column_names = ["conversations", "id"]
+
+    fake = types.SimpleNamespace(load_dataset=lambda name, config, split: FakeDataset(
+        [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}], "id": 1}]))
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    (example,) = data.load_hub("someone/chats", "train")
+    assert example.meta["messages"][1] == {"role": "assistant", "content": "Hello!"}
