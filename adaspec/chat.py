@@ -85,3 +85,18 @@ def token_spans(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[li
     """`spans`, each piece tokenised on its own (so no token straddles an assistant turn's edge)."""
     return [(list(tokenizer(text, add_special_tokens=False)["input_ids"]), trained)
             for text, trained in spans(tokenizer, messages)]
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: int,
+                ignore_index: int) -> dict[str, list[int]]:
+    """The rendering's ids, labels on the assistant turns only (the template places BOS/EOS); past
+    `max_length` cut from the left, keeping the last turns."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for ids, trained in token_spans(tokenizer, messages):
+        input_ids += ids
+        labels += ids if trained else [ignore_index] * len(ids)
+    input_ids, labels = input_ids[-max_length:], labels[-max_length:]
+    if labels:
+        labels[0] = ignore_index  # the first position is predicted from nothing
+    return {"input_ids": input_ids, "labels": labels}

@@ -19,7 +19,8 @@ Tokenisation: an encoded example is prompt ids, then response ids, then EOS; lab
 prompt and the token ids on the response (EOS included). Prompt and response are tokenised separately,
 so `encode_prompt` gives exactly the ids a model is trained to continue. A BOS token is prepended only
 when the tokenizer has one that differs from EOS (Llama style); GPT-2/Pythia-style tokenizers, whose BOS
-is their EOS, and our own trained tokenizer get no BOS.
+is their EOS, and our own trained tokenizer get no BOS. Chat examples (`meta["messages"]`) are laid out by
+the tokenizer's chat template instead, labels on assistant turns only (adaspec/chat.py).
 """
 
 from __future__ import annotations
@@ -405,27 +406,14 @@ def encode_example(example: Example, tokenizer: Any, max_length: int,
     return _encode_all([example], tokenizer, max_length, min_response_tokens)[0]
 
 
-def _encode_chat(example: Example, tokenizer: Any, max_length: int) -> dict[str, list[int]]:
-    """The chat template's rendering, labels on assistant turns only (the template places BOS/EOS);
-    past `max_length` cut from the left, keeping the last turns."""
-    input_ids: list[int] = []
-    labels: list[int] = []
-    for ids, trained in chat.token_spans(tokenizer, example.meta["messages"]):
-        input_ids += ids
-        labels += ids if trained else [IGNORE_INDEX] * len(ids)
-    input_ids, labels = input_ids[-max_length:], labels[-max_length:]
-    if labels:
-        labels[0] = IGNORE_INDEX  # the first position is predicted from nothing
-    return {"input_ids": input_ids, "labels": labels}
-
-
 def _encode_all(examples: list[Example], tokenizer: Any, max_length: int,
                 min_response_tokens: int | None) -> list[dict[str, list[int]]]:
     eos, head = _eos_id(tokenizer), len(_prefix(tokenizer))
     plain = [ex for ex in examples if "messages" not in ex.meta]
     prompts = iter(_tokenize(tokenizer, [ex.prompt for ex in plain]))
     responses = iter(_tokenize(tokenizer, [ex.response for ex in plain]))
-    return [_encode_chat(ex, tokenizer, max_length) if "messages" in ex.meta else
+    return [chat.encode_chat(tokenizer, ex.meta["messages"], max_length, IGNORE_INDEX)
+            if "messages" in ex.meta else
             _assemble(_prompt_ids(tokenizer, next(prompts)), next(responses) + [eos], max_length, head,
                       min_response_tokens)
             for ex in examples]

@@ -159,7 +159,8 @@ class EvalResult:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (undefined values become None): config, target, drafts."""
         s = self.settings
-        config = {"task": s.task, "data": s.data, "split": s.split, "n_prompts_requested": s.n_prompts, "gamma": s.gamma,
+        config = {"task": s.task, "data": s.data, "split": s.split, "n_prompts_requested": s.n_prompts,
+                  "gamma": s.gamma,
                   "adaptive_gamma": s.adaptive_gamma, "temperature": s.temperature, "top_p": s.top_p,
                   "max_new_tokens": s.max_new_tokens, "seed": s.seed, **self.facts}
         return _clean({"config": config, "target": self.target.to_json(),

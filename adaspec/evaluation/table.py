@@ -17,8 +17,9 @@ def format_table(result: dict[str, Any]) -> str:
     cfg, tgt, drafts = result["config"], result["target"], result["drafts"]
     names = list(drafts)
     gamma = cfg["gamma"]
+    source = f"data {cfg['data']}" if cfg.get("data") else f"task {cfg['task']}"
     lines = [
-        f"{'data ' + str(cfg['data']) if cfg.get('data') else 'task ' + str(cfg['task'])} ({cfg['split']}), {cfg['n_prompts']} prompts, max {cfg['max_new_tokens']} new tokens, "
+        f"{source} ({cfg['split']}), {cfg['n_prompts']} prompts, max {cfg['max_new_tokens']} new tokens, "
         f"gamma {gamma}{' (adaptive max)' if cfg['adaptive_gamma'] else ''}, "
         f"temperature {cfg['temperature']}" + (f", top-p {cfg['top_p']}" if cfg["top_p"] < 1 else ""),
         f"target: {tgt['params']:,} params; {tgt['quality_metric']} {_fmt(tgt['quality'])}; "

@@ -4,7 +4,7 @@ import json
 
 from helpers import run, summary
 
-from adaspec import config, data, models
+from adaspec import config, models
 
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|endoftext|>\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")

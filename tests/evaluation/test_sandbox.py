@@ -37,7 +37,8 @@ def test_cannot_write_outside_its_folder(tmp_path):
         assert not passes(code)
     assert not any(t.exists() for t in targets)
     # writing inside its own folder works and the folder starts empty
-    assert passes("import os\nassert os.listdir('.') == []\nopen('ok', 'w').write('x')", ["assert open('ok').read() == 'x'"])
+    assert passes("import os\nassert os.listdir('.') == []\nopen('ok', 'w').write('x')",
+                  ["assert open('ok').read() == 'x'"])
 
 
 @needs_uid
