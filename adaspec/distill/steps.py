@@ -41,9 +41,10 @@ def step_masks(response: Tensor, steps: int) -> list[Tensor]:
 def multi_step_loss(divs: list[Tensor], response: Tensor, weights: list[float], k: float = 1.0,
                     mode: str = "all", ref_divs: list[Tensor] | None = None, per_sequence: bool = False,
                     generator: torch.Generator | None = None) -> tuple[Tensor, list[Tensor]]:
-    """(per-token loss [B, T-1], kept mask per step): Σ_j w_j · L_j summed over step j's kept tokens and
-    placed at the position that made the prediction, so the training loop's `reduce_loss` over the
-    response mask divides the weighted sum by the number of response tokens, as for a draft model."""
+    """(per-token loss [B, T-1], kept mask per step): Σ_j w_j · L_j over step j's kept tokens, each placed at
+    the shifted position of the token it predicts (t + j: where `response` marks that token), so the
+    training loop's `reduce_loss` over the response mask keeps every scored prediction and divides the
+    weighted sum by the number of response tokens, as for a draft model."""
     masks = step_masks(response, len(divs))
     total = torch.zeros(response.shape, dtype=divs[0].dtype, device=divs[0].device)
     kept = []
@@ -52,5 +53,5 @@ def multi_step_loss(divs: list[Tensor], response: Tensor, weights: list[float], 
         sel = delta_selection(div, ref, mask, k, mode, per_sequence, generator)
         kept.append(sel)
         contribution = torch.where(sel, div, torch.zeros((), dtype=div.dtype, device=div.device)) * weights[j]
-        total = total + torch.nn.functional.pad(contribution, (0, response.shape[1] - div.shape[1]))
+        total = total + torch.nn.functional.pad(contribution, (response.shape[1] - div.shape[1], 0))
     return total, kept

@@ -34,8 +34,11 @@ def test_weighted_sum_and_per_step_top_k():
     total, kept = multi_step_loss(divs, response, [1.0, 0.8])
     naive = torch.zeros(b, t - 1)
     for j, w in enumerate([1.0, 0.8]):
-        naive[:, : t - 1 - j] += w * divs[j] * response[:, j:]
+        for pos in range(t - 1 - j):  # step j at pos predicts the token that response[:, pos + j] marks
+            naive[:, pos + j] += w * divs[j][:, pos] * response[:, pos + j]
     assert torch.allclose(total, naive, atol=1e-6)
+    # nothing scored is lost to the loop's reduction over the response mask
+    assert torch.allclose((total * response).sum(), naive.sum(), atol=1e-5)
     _, top = multi_step_loss(divs, response, [1.0, 0.8], k=0.4, mode="top", ref_divs=ref)
     for j, sel in enumerate(top):
         n = int(response[:, j:].sum())
