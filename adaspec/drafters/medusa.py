@@ -10,8 +10,8 @@ Every block is its own module. The reference repository builds a head's blocks a
 `[ResBlock(hidden_size)] * medusa_num_layers` (FasterDecoding/Medusa, medusa/model/medusa_model.py line
 114 at e2a5d20c048a9b0a4092e6933c34313687422518), a list of ONE module repeated, so its n > 1 "layers"
 share weights; here they do not. W is zero-initialised as there, and so is b (the reference leaves
-PyTorch's default bias), so that each block starts as the exact identity and an untrained head i
-proposes the target's own next-token argmax. The output layer is either the head's own Linear,
+PyTorch's default bias), so that each block starts as the exact identity: an untrained head with the
+copied output layer gives exactly the target's own logits from the same state. The output layer is either the head's own Linear,
 initialised from the target's head (default), or the target's frozen head shared by all heads.
 
 Decoding: a top-1 chain x_1..x_γ with x_i from head i on h_{n-2}, the state that produced the last
@@ -91,8 +91,8 @@ class MedusaHeads(nn.Module):
 
 def build_medusa(target: PreTrainedModel, heads: int = 4, layers: int = 1, bias: bool = True,
                  shared_head: bool = False) -> MedusaHeads:
-    """Medusa heads for `target`: identity blocks and output layers copied from the target's head, so an
-    untrained head proposes the target's own next-token prediction."""
+    """Medusa heads for `target`: identity blocks, and output layers copied from the target's head (unless
+    `shared_head`), so training starts from the target's own next-token distribution."""
     head = target.get_output_embeddings()
     cfg = MedusaConfig(heads, layers, int(target.config.hidden_size), output_vocab_size(target), bias,
                        shared_head)
