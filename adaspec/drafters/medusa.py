@@ -11,8 +11,9 @@ Every block is its own module. The reference repository builds a head's blocks a
 114 at e2a5d20c048a9b0a4092e6933c34313687422518), a list of ONE module repeated, so its n > 1 "layers"
 share weights; here they do not. W is zero-initialised as there, and so is b (the reference leaves
 PyTorch's default bias), so that each block starts as the exact identity: an untrained head with the
-copied output layer gives exactly the target's own logits from the same state. The output layer is either the head's own Linear,
-initialised from the target's head (default), or the target's frozen head shared by all heads.
+copied output layer gives exactly the target's own logits from the same state. The output layer is
+either the head's own Linear, initialised from the target's head (default), or the target's frozen
+head shared by all heads.
 
 Decoding: a top-1 chain x_1..x_γ with x_i from head i on h_{n-2}, the state that produced the last
 accepted token seq[n-1]; γ <= K. Under sampling x_i is drawn from head i's own distribution, which is the
@@ -85,7 +86,8 @@ class MedusaHeads(nn.Module):
 
     def forward(self, parts: TargetParts, hidden: Tensor) -> list[Tensor]:
         """Training forward: hidden [B, T, H] (final normed target states) -> K logits [B, T, V]; head i
-        (1-based) at position t predicts token t+1+i, as MTP depth i does (adaspec.drafters.multi_token_loss)."""
+        (1-based) at position t predicts token t+1+i, as MTP depth i does
+        (adaspec.drafters.multi_token_loss)."""
         return [self.head_logits(parts, hidden, i) for i in range(self.cfg.heads)]
 
 

@@ -40,8 +40,8 @@ def depth_token_losses(depth_logits: list[Tensor], target_logits: Tensor, labels
 
 def weighted_depth_loss(token_losses: list[tuple[Tensor, Tensor]], weights: list[float] | None = None,
                         lam: float = 1.0) -> tuple[Tensor, list[Tensor]]:
-    """Σ_k w_k · mean-over-masked-tokens loss_k, and the per-depth means. Default w_k = λ / D: DeepSeek-V3's
-    single λ on the mean over depths."""
+    """Σ_k w_k · (mean over masked tokens of loss_k), and the per-depth means. Default w_k = λ / D:
+    DeepSeek-V3's single λ on the mean over depths."""
     d = len(token_losses)
     weights = [lam / d] * d if weights is None else list(weights)
     if len(weights) != d:
