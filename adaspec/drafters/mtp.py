@@ -16,8 +16,8 @@ and the v1 model runner passes that output as `target_hidden_states`), and what 
 served by vLLM therefore sees at inference the features it was trained on.
 
 Block_k is one Llama-style decoder layer (RMSNorm, multi-head attention with rotary, SiLU-gated MLP) with
-its own KV cache over the positions of depth k. Positions are those of h (i), like vLLM; a constant shift
-(the token's i + k, as some trainers use) gives the same attention since rotary scores are relative.
+its own KV cache over the positions of depth k. Positions are those of h (i), as in vLLM's first MTP
+step; a constant shift (the token's i + k) gives the same attention, since rotary scores are relative.
 
 Decoding (DeepSeek's scheme, exact with respect to training): after a verification step the engine holds
 seq[:n] and the target's features of positions 0..n-2. Every module runs at the last position P = n-2:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from feature_helpers import PRESETS, V
+from feature_helpers import PRESETS, V, final_hidden
 from scipy.stats import chisquare
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from adaspec import AdaspecError
 from adaspec.decoding.generate import speculative_generate
+from adaspec.decoding.target import FINAL, CachedLM
 from adaspec.drafters.medusa import MedusaDrafter, build_medusa
 from adaspec.drafters.mtp import MTPDrafter, build_mtp
 from adaspec.models import build_model
@@ -26,6 +27,16 @@ def drafters(target):
 def hf_greedy(target, ids, max_new_tokens: int) -> torch.Tensor:
     return target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                            max_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=0)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_engine_features_are_the_final_normed_states(preset):
+    """What the heads read while decoding (the engine's layer -1) is what the tests and training feed them
+    (transformers' last hidden_states)."""
+    target = build_model(preset, V, seed=1)
+    ids = [5, 1, 9, 9, 2, 7]
+    _, hidden = CachedLM(target, V, "target", (FINAL,)).forward(torch.tensor(ids))
+    torch.testing.assert_close(hidden[0], final_hidden(target, ids), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
