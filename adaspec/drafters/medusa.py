@@ -117,6 +117,14 @@ class MedusaDrafter:
         self.max_gamma: int | None = heads.cfg.heads
         self.last: Tensor | None = None  # the target's features of position n-2, [H]
 
+    @classmethod
+    def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> "MedusaDrafter":
+        """The drafter of heads saved by adaspec.export.medusa.save_medusa, on the target's device."""
+        from adaspec.export.medusa import load_medusa
+
+        p = next(target.parameters())
+        return cls(load_medusa(path, device=p.device).to(p.dtype), target, vocab)
+
     def prefill(self, prompt: Tensor, hidden: Tensor | None) -> None:
         self.last = None
         self.accept(prompt.numel(), hidden)

@@ -121,6 +121,14 @@ class MTPDrafter:
         self.max_gamma: int | None = heads.cfg.depth
         self._reset()
 
+    @classmethod
+    def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> "MTPDrafter":
+        """The drafter of modules saved by adaspec.export.mtp.save_mtp, on the target's device."""
+        from adaspec.export.mtp import load_mtp
+
+        p = next(target.parameters())
+        return cls(load_mtp(path, device=p.device).to(p.dtype), target, vocab)
+
     def _reset(self) -> None:
         d = self.heads.cfg.depth
         self.h0: Tensor | None = None  # the target's features of positions 0..n-2, [n-1, H]

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from adaspec.drafters.common import target_parts
-from adaspec.drafters.medusa import build_medusa
+from adaspec.drafters.medusa import MedusaDrafter, build_medusa
 from adaspec.export.medusa import load_medusa, save_medusa
 from adaspec.models import build_model
 
@@ -98,3 +98,4 @@ def test_export_matches_vllm_spec_and_loads_back(tmp_path, layers, bias, shared)
         for a, b, c in zip(ours, vllm_forward(tensors, config, hidden), loaded(parts, hidden)):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
             assert torch.equal(a, c)
+    assert MedusaDrafter.load(str(tmp_path), target).max_gamma == 3

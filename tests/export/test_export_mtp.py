@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from adaspec import AdaspecError
 from adaspec.drafters.common import DecoderBlock, target_parts
-from adaspec.drafters.mtp import build_mtp
+from adaspec.drafters.mtp import MTPDrafter, build_mtp
 from adaspec.export.mtp import export_mtp_deepseek, load_mtp, save_mtp
 from adaspec.models import build_model
 
@@ -31,6 +31,7 @@ def test_adaspec_checkpoint_round_trip(tmp_path, preset):
         hidden = target(ids, output_hidden_states=True).hidden_states[-1]
         for a, b in zip(heads(parts, hidden, ids), loaded(parts, hidden, ids)):
             assert torch.equal(a, b)
+    assert MTPDrafter.load(str(tmp_path), target).max_gamma == 3
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(AdaspecError, match="not an adaspec MTP checkpoint"):
         load_mtp(tmp_path)
