@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from feature_helpers import PRESETS, V, final_hidden
+from .feature_helpers import PRESETS, V, final_hidden
 from scipy.stats import chisquare
 from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -116,3 +116,11 @@ def test_sampling_matches_target_distribution(name):
     assert _chi2_pvalue(counts, exact) > 1e-3
     uniform = torch.full_like(exact, 1 / vocab ** 3)
     assert _chi2_pvalue(counts, 0.5 * exact + 0.5 * uniform) < 1e-6  # the test can tell distributions apart
+
+
+def test_registered_and_satisfy_the_protocol():
+    from adaspec.drafters import DRAFTERS, Drafter
+
+    target = build_model("tiny-gpt2", V, seed=1)
+    for name, drafter in drafters(target).items():
+        assert DRAFTERS[name] is type(drafter) and isinstance(drafter, Drafter)

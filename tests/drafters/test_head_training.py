@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from feature_helpers import V
+from .feature_helpers import V
 
 from adaspec.decoding.generate import speculative_generate
 from adaspec.drafters.common import target_parts

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from feature_helpers import PRESETS, V, drive, final_hidden
+from .feature_helpers import PRESETS, V, drive, final_hidden
 
 from adaspec import AdaspecError
 from adaspec.drafters.common import target_parts
