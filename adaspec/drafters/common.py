@@ -155,7 +155,11 @@ class TargetParts:
 
     def logits(self, h: Tensor) -> Tensor:
         """The target's own output distribution read off a hidden state (final norm, head, vocab fit)."""
-        return fit_vocab(self.head(self.norm(h)), self.vocab)
+        return self.logits_of_normed(self.norm(h.to(next(self.norm.parameters()).dtype)))
+
+    def logits_of_normed(self, h: Tensor) -> Tensor:
+        """The target's head (vocab fit) on an already normed state, in the head's dtype."""
+        return fit_vocab(self.head(h.to(next(self.head.parameters()).dtype)), self.vocab)
 
 
 def target_parts(model: PreTrainedModel, vocab: int | None = None) -> TargetParts:
@@ -172,3 +176,20 @@ def block_config(model: PreTrainedModel) -> BlockConfig:
     inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden
     eps = getattr(c, "rms_norm_eps", None) or 1e-6
     return BlockConfig(hidden=hidden, heads=heads, intermediate=int(inter), eps=float(eps))
+
+
+def final_features(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor | None = None
+                   ) -> tuple[Tensor, Tensor]:
+    """One target forward over a batch: (final normed hidden states [B, T, H], logits [B, T, V_own]),
+    the features the heads read at decoding time (hooked, not every layer's output_hidden_states)."""
+    captured: list[Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: tuple, out: Tensor | tuple) -> None:
+        captured.append(out[0] if isinstance(out, tuple) else out)
+
+    handle = final_norm(model).register_forward_hook(hook)
+    try:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    finally:
+        handle.remove()
+    return captured[-1], logits

@@ -77,11 +77,25 @@ class MedusaHeads(nn.Module):
         self.lm_heads = None if cfg.shared_head else nn.ModuleList(
             nn.Linear(cfg.hidden, cfg.vocab, bias=False) for _ in range(cfg.heads))
 
+    # the training loop's checkpoint calls (adaspec.training.checkpoint), as for a transformers model;
+    # heads sharing the target's head are saved without it (adaspec.export.medusa.save_medusa adds it)
+    def save_pretrained(self, path: str, state_dict: dict | None = None, **_: object) -> None:
+        from adaspec.export.medusa import save_medusa
+
+        save_medusa(self, path, state_dict=state_dict)
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: torch.dtype | None = None) -> "MedusaHeads":
+        from adaspec.export.medusa import load_medusa
+
+        heads = load_medusa(path)
+        return heads if dtype is None else heads.to(dtype)
+
     def head_logits(self, parts: TargetParts, hidden: Tensor, i: int) -> Tensor:
         """Head i (0-based) on hidden states [..., H]: logits [..., parts.vocab]."""
         x = self.blocks[i](hidden)
         if self.lm_heads is None:
-            return fit_vocab(parts.head(x), parts.vocab)
+            return parts.logits_of_normed(x)
         return fit_vocab(self.lm_heads[i](x), parts.vocab)
 
     def forward(self, parts: TargetParts, hidden: Tensor) -> list[Tensor]:

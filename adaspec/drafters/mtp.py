@@ -90,6 +90,19 @@ class MTPHeads(nn.Module):
         self.cfg = cfg
         self.mtp = nn.ModuleList(MTPModule(cfg) for _ in range(cfg.depth))
 
+    # the training loop's checkpoint calls (adaspec.training.checkpoint), as for a transformers model
+    def save_pretrained(self, path: str, state_dict: dict | None = None, **_: object) -> None:
+        from adaspec.export.mtp import save_mtp
+
+        save_mtp(self, path, state_dict)
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: torch.dtype | None = None) -> "MTPHeads":
+        from adaspec.export.mtp import load_mtp
+
+        heads = load_mtp(path)
+        return heads if dtype is None else heads.to(dtype)
+
     def forward(self, parts: TargetParts, hidden: Tensor, input_ids: Tensor) -> list[Tensor]:
         """Training forward. hidden [B, T, H] = the target's final normed states, input_ids [B, T].
 
@@ -103,7 +116,7 @@ class MTPHeads(nn.Module):
                                f"{tuple(input_ids.shape)}")
         if t <= self.cfg.depth:
             raise AdaspecError(f"sequences of {t} tokens are too short for {self.cfg.depth} MTP depths")
-        embedded = parts.embed(input_ids)
+        embedded = parts.embed(input_ids).to(hidden.dtype)
         out, prev = [], hidden
         for k, module in enumerate(self.mtp, start=1):
             prev = module(prev[:, : t - k], embedded[:, k:])

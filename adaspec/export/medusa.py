@@ -36,15 +36,16 @@ def vllm_config(cfg: MedusaConfig) -> dict:
     }
 
 
-def save_medusa(heads: MedusaHeads, path: str | os.PathLike, target: PreTrainedModel | None = None) -> None:
-    """Write config.json and model.safetensors. Heads that share the target's head need `target`: vLLM
-    loads that head from the draft checkpoint (`lm_heads.0.weight`)."""
+def save_medusa(heads: MedusaHeads, path: str | os.PathLike, target: PreTrainedModel | None = None,
+                state_dict: dict | None = None) -> None:
+    """Write config.json and model.safetensors (`state_dict`: the weights to write, default the heads').
+    vLLM loads a shared head from the draft checkpoint (`lm_heads.0.weight`): heads sharing the target's
+    head get it from `target`; without one (training checkpoints) adaspec still loads them, vLLM not."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in heads.state_dict().items()}
-    if heads.cfg.shared_head:
-        if target is None:
-            raise AdaspecError("Medusa heads sharing the target's output head need the target to export it")
+    state = heads.state_dict() if state_dict is None else state_dict
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    if heads.cfg.shared_head and target is not None:
         tensors["lm_heads.0.weight"] = target.get_output_embeddings().weight.detach().contiguous().cpu()
     save_file(tensors, str(out / WEIGHTS))
     (out / "config.json").write_text(json.dumps(vllm_config(heads.cfg), indent=2) + "\n")

@@ -43,10 +43,12 @@ def _cpu(t: torch.Tensor) -> torch.Tensor:
     return t.detach().contiguous().cpu()
 
 
-def save_mtp(heads: MTPHeads, path: str | os.PathLike) -> None:
+def save_mtp(heads: MTPHeads, path: str | os.PathLike, state_dict: dict | None = None) -> None:
+    """Write config.json and model.safetensors (`state_dict`: the weights to write, default the modules')."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: _cpu(v) for k, v in heads.state_dict().items()}, str(out / WEIGHTS))
+    state = heads.state_dict() if state_dict is None else state_dict
+    save_file({k: _cpu(v) for k, v in state.items()}, str(out / WEIGHTS))
     meta = {"adaspec": {"kind": "mtp", **heads.cfg.to_dict()}}
     (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 

@@ -147,5 +147,5 @@ def test_depth_losses_match_naive_reference():
         torch.testing.assert_close(total, torch.tensor(0.3 * sum(naive) / d))
         total, _ = weighted_depth_loss(losses, weights=[1.0, 0.5, 0.0])
         torch.testing.assert_close(total, torch.tensor(naive[0] + 0.5 * naive[1]))
-    with pytest.raises(AdaspecError, match="2 depth weights for 3 MTP depths"):
+    with pytest.raises(AdaspecError, match="2 depth weights for 3 depths"):
         weighted_depth_loss(losses, weights=[1.0, 1.0])
