@@ -1,4 +1,4 @@
-"""The `train-head` recipe: MTP modules or Medusa heads added to a frozen target, trained with the shared loop.
+"""The `train-head` recipe: MTP modules or Medusa heads on a frozen target, trained with the shared loop.
 
 Per depth k (MTP module k, Medusa head k), position i predicts token i+k+1; its loss is a divergence to
 the target's own distribution for that token (self-distillation, the default) or cross-entropy on the data
@@ -64,7 +64,7 @@ class HeadOptions(TrainOptions):
     init_seed: int = field(default=0, metadata=helptext("seed of freshly built heads"))
     method: Literal["kd", "adaspec"] = field(default="kd", metadata=helptext(
         "kd: every response token at every depth; adaspec: per-depth selective KD against --ref"))
-    ref: str | None = field(default=None, metadata=helptext("reference heads checkpoint (required by adaspec)"))
+    ref: str | None = field(default=None, metadata=helptext("reference heads (required by --method adaspec)"))
     k: float = field(default=0.4, metadata=helptext("fraction of response tokens AdaSPEC keeps per depth"))
     selection: Literal["top", "bottom", "random", "all"] = field(default="top", metadata=helptext(
         "which tokens by Δ: top (AdaSPEC), bottom, random, all (= plain KD)"))
@@ -77,7 +77,7 @@ class HeadOptions(TrainOptions):
     data_source: Literal["dataset", "target"] = field(default="dataset", metadata=helptext(
         "responses: the dataset's or the target's own continuations (self-distillation data)"))
     gen_max_new_tokens: int = field(default=128, metadata=helptext("length of target-generated responses"))
-    gen_temperature: float = field(default=0.0, metadata=helptext("sampling temperature of generated responses"))
+    gen_temperature: float = field(default=0.0, metadata=helptext("temperature of generated responses"))
     val_max_new_tokens: int = field(default=96, metadata=helptext("length of the target continuations"))
 
     def __post_init__(self) -> None:
@@ -97,24 +97,25 @@ class HeadOptions(TrainOptions):
         depth_weights(self.depth, self.depth_weights, self.lam)
 
 
-def _load_heads(kind: str, path: str, target: PreTrainedModel, what: str) -> MTPHeads | MedusaHeads:
-    """A saved checkpoint of `kind` that fits the target (its loader refuses another kind)."""
+def _load_heads(kind: str, path: str, depth: int, target: PreTrainedModel, what: str
+                ) -> MTPHeads | MedusaHeads:
+    """A saved checkpoint of `kind` and `depth` that fits the target (its loader refuses another kind)."""
     heads = load_mtp(path) if kind == "mtp" else load_medusa(path)
+    saved = heads.cfg.depth if isinstance(heads, MTPHeads) else heads.cfg.heads
+    if saved != depth:
+        raise AdaspecError(f"{what} has {saved} depths, --depth is {depth}")
     hidden = int(target.config.hidden_size)
     if heads.cfg.hidden != hidden:
         raise AdaspecError(f"{what} was built for hidden size {heads.cfg.hidden}, the target has {hidden}")
     if isinstance(heads, MedusaHeads) and heads.cfg.vocab != output_vocab_size(target):
-        raise AdaspecError(f"{what} has {heads.cfg.vocab} output rows, the target {output_vocab_size(target)}")
+        rows = output_vocab_size(target)
+        raise AdaspecError(f"{what} has {heads.cfg.vocab} output rows, the target has {rows}")
     return heads
 
 
 def _build(opts: HeadOptions, target: PreTrainedModel) -> nn.Module:
     if opts.init:
-        heads = _load_heads(opts.kind, opts.init, target, f"--init {opts.init}")
-        depth = heads.cfg.depth if opts.kind == "mtp" else heads.cfg.heads
-        if depth != opts.depth:
-            raise AdaspecError(f"--init {opts.init} has {depth} depths, --depth is {opts.depth}")
-        return heads
+        return _load_heads(opts.kind, opts.init, int(opts.depth), target, f"--init {opts.init}")
     if opts.kind == "mtp":
         return build_mtp(target, opts.depth, seed=opts.init_seed)
     with torch.random.fork_rng(devices=[]):
@@ -132,7 +133,8 @@ def run_train_head(opts: HeadOptions, on_step: OnStep | None = None) -> None:
     heads = _build(opts, target).float().train().to(device)
     ref = None
     if opts.method == "adaspec":
-        ref = _load_heads(opts.kind, opts.ref, target, f"--ref {opts.ref}").float().to(device).eval()  # type: ignore[arg-type]
+        ref = _load_heads(opts.kind, str(opts.ref), int(opts.depth), target, f"--ref {opts.ref}")
+        ref = ref.float().to(device).eval()
         ref.requires_grad_(False)
     parts = target_parts(target)
     mtp = opts.kind == "mtp"
@@ -197,7 +199,8 @@ def run_train_head(opts: HeadOptions, on_step: OnStep | None = None) -> None:
     accelerator.print(f"{opts.kind} heads: {count_params(heads):,} parameters, {opts.depth} depths; "
                       f"{opts.method}" + (f" k={opts.k} {opts.selection}" if mode != "all" else "")
                       + f"; {len(items)} examples, {opts.epochs:g} epochs")
-    result = train_loop(opts, accelerator, heads, tokenizer, items, token_loss, validate,  # type: ignore[arg-type]
+    # the loop saves and restores through save_pretrained / from_pretrained, which the heads provide
+    result = train_loop(opts, accelerator, heads, tokenizer, items, token_loss, validate,  # type: ignore
                         best_key="accept_length", higher_is_better=True, epochs=opts.epochs,
                         on_step=on_step)
     if accelerator.is_main_process:

@@ -24,7 +24,8 @@ from adaspec.training import heads as recipe
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
         "--no-progress"]
-BASE = ["--limit", "32", "--batch-size", "8", "--max-steps", "3", "--lr", "1e-3", "--warmup-steps", "0", *FAST]
+BASE = ["--limit", "32", "--batch-size", "8", "--max-steps", "3", "--lr", "1e-3", "--warmup-steps", "0",
+        *FAST]
 
 
 def max_diff(a: Path, b: Path) -> float:
@@ -52,7 +53,8 @@ def target_dir(root, tiny_target_dir, tiny_tokenizer) -> Path:
 @pytest.fixture(scope="module")
 def mtp_kd(root, target_dir) -> Path:
     out = root / "mtp_kd"
-    assert run("train-head", "--target", target_dir, "--kind", "mtp", "--depth", "2", *BASE, "--output", out) == 0
+    assert run("train-head", "--target", target_dir, "--kind", "mtp", "--depth", "2", *BASE,
+               "--output", out) == 0
     return out
 
 
@@ -121,7 +123,8 @@ def test_two_processes_match_one(root, mtp_kd, target_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "adaspec.cli", "train-head", "--target", str(target_dir), "--depth", "2", *BASE, "--output", str(out)]
+           "adaspec.cli", "train-head", "--target", str(target_dir), "--depth", "2", *BASE,
+           "--output", str(out)]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("mtp heads: ") == 1, proc.stdout
@@ -142,7 +145,10 @@ def test_bad_options_are_refused(capsys, tmp_path, target_dir, extra, needle):
     assert needle in err
 
 
-def test_reference_of_another_kind_is_refused(capsys, tmp_path, mtp_kd, target_dir):
+def test_reference_of_another_kind_or_depth_is_refused(capsys, tmp_path, mtp_kd, target_dir):
     err = cli_error(capsys, "train-head", "--target", target_dir, "--kind", "medusa", "--depth", "2",
                     "--method", "adaspec", "--ref", mtp_kd, *BASE, "--output", tmp_path / "x")
     assert "holds no Medusa heads" in err
+    err = cli_error(capsys, "train-head", "--target", target_dir, "--depth", "3", "--method", "adaspec",
+                    "--ref", mtp_kd, *BASE, "--output", tmp_path / "y")
+    assert "has 2 depths, --depth is 3" in err
