@@ -31,7 +31,7 @@ from transformers import PreTrainedModel
 
 from adaspec.decoding.sampling import logits_to_probs, sample
 from adaspec.decoding.target import FINAL, fit_vocab
-from adaspec.drafters.common import TargetParts, target_parts
+from adaspec.drafters.target_parts import TargetParts, target_parts
 from adaspec.errors import AdaspecError
 from adaspec.models import output_vocab_size
 

@@ -37,8 +37,9 @@ from transformers import PreTrainedModel
 
 from adaspec.decoding.sampling import logits_to_probs, sample
 from adaspec.decoding.target import FINAL
-from adaspec.drafters.common import BlockConfig, DecoderBlock, KVCache, RMSNorm, TargetParts, block_config, \
-    target_parts
+from adaspec.drafters.block import BlockConfig, DecoderBlock, KVCache, block_config
+from adaspec.drafters.common import RMSNorm
+from adaspec.drafters.target_parts import TargetParts, target_parts
 from adaspec.errors import AdaspecError
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from adaspec.drafters.common import final_features
+from adaspec.drafters.target_parts import final_features
 from adaspec.evaluation.acceptance import Continuations
 
 HeadForward = Callable[[Tensor, Tensor], list[Tensor]]  # (hidden [B,T,H], ids [B,T]) -> per-depth logits

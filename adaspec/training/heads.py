@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from adaspec import data as data_lib
 from adaspec.distill import selection
 from adaspec.distill.recipe import _json_cached, generate_items  # the distill recipe's data helpers
-from adaspec.drafters.common import final_features, target_parts
+from adaspec.drafters.target_parts import final_features, target_parts
 from adaspec.drafters.medusa import MedusaHeads, build_medusa
 from adaspec.drafters.mtp import MTPHeads, build_mtp
 from adaspec.drafters.multi_token_loss import depth_token_losses, depth_weights, spread_over_positions

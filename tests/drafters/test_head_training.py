@@ -9,7 +9,7 @@ import torch
 from .feature_helpers import V
 
 from adaspec.decoding.generate import speculative_generate
-from adaspec.drafters.common import target_parts
+from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.medusa import MedusaDrafter, build_medusa
 from adaspec.drafters.mtp import MTPDrafter, build_mtp
 from adaspec.drafters.multi_token_loss import depth_token_losses, weighted_depth_loss

@@ -8,7 +8,7 @@ import torch
 from .feature_helpers import PRESETS, V, drive, final_hidden
 
 from adaspec import AdaspecError
-from adaspec.drafters.common import target_parts
+from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.mtp import MTPDrafter, build_mtp
 from adaspec.drafters.multi_token_loss import depth_token_losses, weighted_depth_loss
 from adaspec.models import build_model

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from adaspec.decoding.generate import speculative_generate
-from adaspec.drafters.common import target_parts
+from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.medusa import MedusaDrafter, build_medusa
 from adaspec.evaluation.acceptance import Continuations
 from adaspec.evaluation.head_acceptance import head_acceptance, leading_correct

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adaspec.drafters.common import target_parts
+from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.medusa import MedusaDrafter, build_medusa
 from adaspec.export.medusa import load_medusa, save_medusa
 from adaspec.models import build_model

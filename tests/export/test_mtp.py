@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from adaspec import AdaspecError
-from adaspec.drafters.common import DecoderBlock, target_parts
+from adaspec.drafters.block import DecoderBlock
+from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.mtp import MTPDrafter, build_mtp
 from adaspec.export.mtp import export_mtp_deepseek, load_mtp, save_mtp
 from adaspec.models import build_model
