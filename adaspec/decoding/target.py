@@ -3,8 +3,8 @@ states of chosen layers from the same forward), roll back.
 
 The target of speculative decoding and a separate draft LM both run through `CachedLM`. Drafters that
 read the target's features (EAGLE, MTP, Medusa heads) ask for layers by index: i in [0, L) is the output
-of decoder layer i (transformers' `hidden_states[i + 1]`), `FINAL` (-1) the final normed state that the
-output head sees. Only those modules are hooked, so no copy of the other layers is ever kept.
+of decoder layer i (transformers' `hidden_states[i + 1]` for i < L − 1; of the last layer transformers only
+reports the normed state), `FINAL` (-1) the final normed state that the output head sees. Only those modules are hooked, so no copy of the other layers is ever kept.
 """
 
 from __future__ import annotations
