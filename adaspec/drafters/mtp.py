@@ -125,8 +125,35 @@ class MTPHeads(nn.Module):
         return out
 
 
+class _Rows:
+    """Final hidden states of consecutive positions start..end-1 of one depth, [end - start, H]."""
+
+    def __init__(self) -> None:
+        self.start, self.rows = 0, None
+
+    @property
+    def end(self) -> int:
+        return self.start + (0 if self.rows is None else self.rows.shape[0])
+
+    def extend(self, rows: Tensor) -> None:
+        self.rows = rows if self.rows is None else torch.cat([self.rows, rows])
+
+    def since(self, position: int) -> Tensor | None:
+        return None if self.rows is None else self.rows[position - self.start:]
+
+    def drop_before(self, position: int) -> None:
+        if self.rows is not None and position > self.start:
+            self.rows = self.rows[position - self.start:]
+            self.start = position
+
+
 class MTPDrafter:
-    """Chains the MTP modules after each verification (see the module docstring); γ <= D."""
+    """Chains the MTP modules after each verification (see the module docstring); γ <= D.
+
+    State: module j's KV cache over its final positions 0..len-1, and the final input states of module j
+    (the target's features for j = 0, module j-1's outputs after) from position len on: earlier ones are
+    in the cache already, so the kept rows stay a few per depth however long the sequence grows.
+    """
 
     hidden_layers: tuple[int, ...] = (FINAL,)
 
@@ -145,15 +172,12 @@ class MTPDrafter:
 
     def _reset(self) -> None:
         d = self.heads.cfg.depth
-        self.h0: Tensor | None = None  # the target's features of positions 0..n-2, [n-1, H]
         self.caches = [KVCache() for _ in range(d)]
-        self.outs: list[Tensor | None] = [None] * d  # h^k of each module's final positions
+        self.inputs = [_Rows() for _ in range(d)]  # inputs[0]: the target's features, ends at n-1
 
     def _append_hidden(self, hidden: Tensor | None) -> None:
-        if hidden is None or hidden.shape[1] == 0:
-            return
-        rows = hidden[0]
-        self.h0 = rows if self.h0 is None else torch.cat([self.h0, rows])
+        if hidden is not None and hidden.shape[1] > 0:
+            self.inputs[0].extend(hidden[0])
 
     def prefill(self, prompt: Tensor, hidden: Tensor | None) -> None:
         self._reset()
@@ -161,9 +185,9 @@ class MTPDrafter:
 
     def accept(self, n: int, hidden: Tensor | None) -> None:
         self._append_hidden(hidden)
-        have = 0 if self.h0 is None else self.h0.shape[0]
-        if have != n - 1:
-            raise AdaspecError(f"MTP drafter holds target features of {have} positions, expected {n - 1}")
+        if self.inputs[0].end != n - 1:
+            raise AdaspecError(f"MTP drafter holds target features of {self.inputs[0].end} positions, "
+                               f"expected {n - 1}")
 
     def propose(self, seq: Tensor, n: int, gamma: int, temperature: float, top_p: float,
                 generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
@@ -171,25 +195,21 @@ class MTPDrafter:
             raise AdaspecError(f"MTP with {self.heads.cfg.depth} modules proposes at most "
                                f"{self.heads.cfg.depth} tokens per step; got gamma {gamma}")
         device = seq.device
-        if self.h0 is None:  # a one-token prompt: no target features yet, the target alone takes the step
+        if self.inputs[0].end == 0:  # a one-token prompt: no target features yet, the target takes the step
             empty = torch.zeros(0, dtype=torch.long, device=device)
             return empty, (None if temperature == 0 else torch.zeros(0, self.parts.vocab, device=device))
         last = n - 2  # every module runs at the last position with target features
         tokens = seq[:n]
-        embed_dtype = self.h0.dtype
-        proposals, probs, new_outs = [], [], []
-        for j in range(gamma):  # module k = j + 1
+        proposals, probs = [], []
+        fresh: Tensor | None = None  # the previous module's outputs at its non-final positions
+        for j in range(gamma):  # module k = j + 1 reads t_{i+k}
             module, cache = self.heads.mtp[j], self.caches[j]
             start = len(cache)
-            if j == 0:
-                prev = self.h0[start: last + 1]
-            else:
-                done = self.outs[j - 1]
-                prev = torch.cat(([done[start:]] if done is not None else []) + [new_outs[j - 1]])
+            done = self.inputs[j].since(start)
+            prev = torch.cat([x for x in (done, fresh) if x is not None])
             toks = tokens[start + j + 1: last + j + 2]
-            embedded = self.parts.embed(toks.to(self.parts.embed.weight.device)).to(embed_dtype)
+            embedded = self.parts.embed(toks.to(self.parts.embed.weight.device)).to(prev.dtype)
             out = module(prev[None], embedded[None], start, cache)[0]
-            new_outs.append(out)
             logits = self.parts.logits(out[-1:]).float()[0]
             if temperature == 0:
                 x = logits.argmax(-1, keepdim=True)
@@ -199,17 +219,14 @@ class MTPDrafter:
                 probs.append(q)
             proposals.append(x.to(device))
             tokens = torch.cat([tokens, proposals[-1]])
-        self._commit(n, new_outs)
+            # keep only the positions whose input token is accepted (i <= n-1-k); the rest is redone
+            final = max(n - 1 - j, start)
+            cache.crop(final)
+            self.inputs[j].drop_before(final)
+            if j + 1 < len(self.inputs):
+                self.inputs[j + 1].extend(out[: final - start])
+            fresh = out[final - start:]
         return torch.cat(proposals), (torch.stack(probs) if probs else None)
-
-    def _commit(self, n: int, new_outs: list[Tensor]) -> None:
-        """Keep of each module only the positions whose input token is accepted: i <= n-1-k."""
-        for j, out in enumerate(new_outs):
-            final = max(n - 1 - j, 0)
-            done = self.outs[j]
-            merged = out if done is None else torch.cat([done, out])
-            self.outs[j] = merged[:final]
-            self.caches[j].crop(final)
 
 
 def build_mtp(target: PreTrainedModel, depth: int = 3, seed: int = 0) -> MTPHeads:
