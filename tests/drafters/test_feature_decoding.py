@@ -68,7 +68,7 @@ def _tiny_llama(vocab: int):
                          tie_word_embeddings=False)
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(8)
+        model.get_output_embeddings().weight.mul_(20)  # peaky, so distributions are told apart
     return model
 
 
@@ -97,7 +97,7 @@ def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name", ["mtp", "medusa"])
 def test_sampling_matches_target_distribution(name):
-    vocab, samples, temperature = 8, 700, 1.0
+    vocab, samples, temperature = 8, 600, 1.0
     target = _tiny_llama(vocab)
     drafter = drafters(target)[name]
     prompt = [3, 5]
@@ -114,8 +114,8 @@ def test_sampling_matches_target_distribution(name):
         totals = stats if totals is None else totals + stats
     assert all(h > 20 for h in totals.accept_hist), totals.accept_hist  # rejections, partial, full
     assert _chi2_pvalue(counts, exact) > 1e-3
-    uniform = torch.full_like(exact, 1 / vocab ** 3)
-    assert _chi2_pvalue(counts, 0.5 * exact + 0.5 * uniform) < 1e-6  # the test can tell distributions apart
+    # the test tells the target's distribution from a slightly hotter one
+    assert _chi2_pvalue(counts, _exact_joint(target, prompt, vocab, 1.3 * temperature)) < 1e-4
 
 
 def test_registered_and_satisfy_the_protocol():

@@ -118,6 +118,7 @@ def test_resume_random_selection(tmp_path, mtp_kd, target_dir, capsys):
     assert max_diff(resumed / "last", straight / "last") < 1e-6
 
 
+@pytest.mark.slow  # ~25 s here: two interpreters starting torch and transformers
 def test_two_processes_match_one(root, mtp_kd, target_dir):
     out = root / "mtp_kd_ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
