@@ -129,7 +129,8 @@ class _Rows:
     """Final hidden states of consecutive positions start..end-1 of one depth, [end - start, H]."""
 
     def __init__(self) -> None:
-        self.start, self.rows = 0, None
+        self.start = 0
+        self.rows: Tensor | None = None
 
     @property
     def end(self) -> int:
@@ -139,6 +140,8 @@ class _Rows:
         self.rows = rows if self.rows is None else torch.cat([self.rows, rows])
 
     def since(self, position: int) -> Tensor | None:
+        if position < self.start:
+            raise ValueError(f"rows before position {self.start} were dropped; asked from {position}")
         return None if self.rows is None else self.rows[position - self.start:]
 
     def drop_before(self, position: int) -> None:
