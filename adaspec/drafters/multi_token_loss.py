@@ -1,16 +1,18 @@
 """Training losses of multi-token heads (MTP depths, Medusa heads), per depth.
 
-Head/depth k at position i predicts token i+k+1 (k = 1 for the token after the target's own next one).
-Its teacher is the target's own distribution at position i+k, which predicts the same token
-(self-distillation), or the data token itself (cross-entropy). Masks follow the project's label
-convention: a token with label -100 (prompt, padding) is never a training target.
+Head/depth k at position i predicts token i+k+1 (k = 1 for the token after the target's own next one):
+step k of adaspec.distill.steps, whose step 0 is the target's own next token. Its teacher is the target's
+own distribution at position i+k, which predicts the same token (self-distillation), or the data token
+itself (cross-entropy). Masks follow the project's label convention: a token with label -100 (prompt,
+padding) is never a training target.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from adaspec.distill.losses import per_token_divergence
+from adaspec.data import response_mask
+from adaspec.distill.steps import step_divergences, step_masks
 from adaspec.errors import AdaspecError
 
 
@@ -24,24 +26,26 @@ def depth_token_losses(depth_logits: list[Tensor], target_logits: Tensor, labels
     position i+k, which predicts the same token (self-distillation); `temperature` and `beta` (JSD) as
     there.
     """
+    # depth k is step k at the same position; dropping step 0 from the frame = starting it one position on
+    masks = step_masks(response_mask(labels)[:, 1:], len(depth_logits))
+    if kind != "ce":
+        return list(zip(step_divergences(kind, target_logits[:, 1:], depth_logits, temperature, beta), masks))
     t = labels.shape[1]
     out = []
-    for k, logits in enumerate(depth_logits, start=1):
-        logits = logits[:, : t - k - 1]
-        gold = labels[:, k + 1:]
-        mask = gold != -100
-        if kind == "ce":
-            loss = nn.functional.cross_entropy(logits.float().transpose(1, 2), gold.clamp_min(0),
-                                               reduction="none")
-        else:
-            loss = per_token_divergence(kind, target_logits[:, k: t - 1], logits, temperature, beta)
+    for k, (logits, mask) in enumerate(zip(depth_logits, masks), start=1):
+        loss = nn.functional.cross_entropy(logits[:, : t - k - 1].float().transpose(1, 2),
+                                           labels[:, k + 1:].clamp_min(0), reduction="none")
         out.append((loss, mask))
     return out
 
 
 def spread_over_positions(token_losses: list[Tensor], weights: list[float]) -> Tensor:
     """Σ_k w_k · loss_k placed at the position that scores the same token in the training loop's layout
-    ([B, T-1], position p scores token p+1, adaspec.data.response_mask): depth k's entry i goes to p = i+k."""
+    ([B, T-1], position p scores token p+1, adaspec.data.response_mask): depth k's entry i goes to p = i+k.
+
+    Not at the predicting position i (as adaspec.distill.steps.multi_step_loss places them): the loop's
+    reduce_loss multiplies by the response mask at the placed position, which at i is whether token i+1 is
+    a response token, and would drop depth k's predictions of the first k response tokens."""
     first = token_losses[0]
     out = first.new_zeros(first.shape[0], first.shape[1] + 1)
     for k, (loss, w) in enumerate(zip(token_losses, weights), start=1):

@@ -1,5 +1,4 @@
-"""The target's frozen pieces a multi-token head reuses (embedding, final norm, output head) and one batched
-forward that returns the features the heads read when decoding."""
+"""The target's frozen pieces a multi-token head reuses: token embedding, final norm, output head."""
 
 from __future__ import annotations
 
@@ -34,19 +33,3 @@ def target_parts(model: PreTrainedModel, vocab: int | None = None) -> TargetPart
     vocab = output_vocab_size(model) if vocab is None else vocab
     return TargetParts(model.get_input_embeddings(), final_norm(model), model.get_output_embeddings(), vocab)
 
-
-def final_features(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor | None = None
-                   ) -> tuple[Tensor, Tensor]:
-    """One target forward over a batch: (final normed hidden states [B, T, H], logits [B, T, V_own]),
-    the features the heads read at decoding time (hooked, not every layer's output_hidden_states)."""
-    captured: list[Tensor] = []
-
-    def hook(_module: nn.Module, _inputs: tuple, out: Tensor | tuple) -> None:
-        captured.append(out[0] if isinstance(out, tuple) else out)
-
-    handle = final_norm(model).register_forward_hook(hook)
-    try:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    finally:
-        handle.remove()
-    return captured[-1], logits

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from adaspec.drafters.target_parts import final_features
+from adaspec.decoding.target import FINAL, features
 from adaspec.evaluation.acceptance import Continuations
 
 HeadForward = Callable[[Tensor, Tensor], list[Tensor]]  # (hidden [B,T,H], ids [B,T]) -> per-depth logits
@@ -59,8 +59,8 @@ def head_acceptance(forward: HeadForward, target: PreTrainedModel, data: Continu
         seqs, plens = data.sequences[s:s + batch_size], data.prompt_lengths[s:s + batch_size]
         ids, mask = _right_pad(seqs)
         ids, mask = ids.to(device), mask.to(device)
-        hidden, _ = final_features(target, ids, mask)
-        lengths_all.append(leading_correct(forward(hidden, ids), ids, [len(x) for x in seqs], plens).cpu())
+        _, hidden = features(target, {"input_ids": ids, "attention_mask": mask}, (FINAL,))
+        lengths_all.append(leading_correct(forward(hidden[0], ids), ids, [len(x) for x in seqs], plens).cpu())
     accepted = torch.cat(lengths_all) if lengths_all else torch.zeros(0, dtype=torch.long)
     n = accepted.numel()
     out = {"accept_length": float(accepted.float().mean()) if n else float("nan"), "n_steps": float(n)}

@@ -26,9 +26,10 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
+from adaspec.decoding.target import FINAL, features
 from adaspec.distill import selection
 from adaspec.distill.recipe import _json_cached, generate_items  # the distill recipe's data helpers
-from adaspec.drafters.target_parts import final_features, target_parts
+from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.medusa import MedusaHeads, build_medusa
 from adaspec.drafters.mtp import MTPHeads, build_mtp
 from adaspec.drafters.multi_token_loss import depth_token_losses, depth_weights, spread_over_positions
@@ -174,8 +175,8 @@ def run_train_head(opts: HeadOptions, on_step: OnStep | None = None) -> None:
             sel_gen.manual_seed((opts.seed + 1) * 1_000_003 + step)
         ids, labels = batch["input_ids"], batch["labels"]
         with torch.no_grad():
-            hidden, teacher = final_features(target, ids, batch["attention_mask"])
-            hidden = hidden.float()
+            teacher, hidden = features(target, batch, (FINAL,))
+            hidden = hidden[0].float()
         per_depth = depth_token_losses(forward(model, hidden, ids), teacher, labels, opts.loss,
                                        opts.temperature, opts.beta)
         ref_depth = [None] * len(per_depth)

@@ -10,7 +10,8 @@ from .feature_helpers import PRESETS, V, drive, final_hidden
 from adaspec import AdaspecError
 from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.mtp import MTPDrafter, build_mtp
-from adaspec.drafters.multi_token_loss import depth_token_losses, weighted_depth_loss
+from adaspec.data import response_mask
+from adaspec.drafters.multi_token_loss import depth_token_losses, spread_over_positions, weighted_depth_loss
 from adaspec.models import build_model
 
 
@@ -147,5 +148,10 @@ def test_depth_losses_match_naive_reference():
         torch.testing.assert_close(total, torch.tensor(0.3 * sum(naive) / d))
         total, _ = weighted_depth_loss(losses, weights=[1.0, 0.5, 0.0])
         torch.testing.assert_close(total, torch.tensor(naive[0] + 0.5 * naive[1]))
+        # in the loop's layout nothing scored is lost to its response mask (the first response tokens too)
+        spread = spread_over_positions([loss * mask for loss, mask in losses], [1.0, 0.5, 0.25])
+        assert spread.shape == (b, t - 1)
+        want = sum(w * (loss * mask).sum() for w, (loss, mask) in zip([1.0, 0.5, 0.25], losses))
+        torch.testing.assert_close((spread * response_mask(labels)).sum(), want)
     with pytest.raises(AdaspecError, match="2 depth weights for 3 depths"):
         weighted_depth_loss(losses, weights=[1.0, 1.0])
