@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from helpers import cli_error, options_from, run, scalars, summary
 
-from adaspec import models
+from adaspec import AdaspecError, models
 from adaspec.decoding.generate import speculative_generate
 from adaspec.drafters.medusa import MedusaDrafter
 from adaspec.drafters.mtp import MTPDrafter
@@ -73,10 +73,16 @@ def test_mtp_run_outputs_and_decodes_losslessly(mtp_kd, target_dir):
     assert torch.equal(out, expected)
 
 
-def test_medusa_shared_head_export_is_complete(root, target_dir):
+@pytest.fixture(scope="module")
+def medusa_shared(root, target_dir) -> Path:
     out = root / "medusa_shared"
     assert run("train-head", "--target", target_dir, "--kind", "medusa", "--depth", "2", "--shared-head",
                *BASE, "--output", out) == 0
+    return out
+
+
+def test_medusa_shared_head_export_is_complete(medusa_shared, target_dir):
+    out = medusa_shared
     config = json.loads((out / "config.json").read_text())
     assert config["original_lm_head"] is True and config["num_heads"] == 2
     tensors = load_file(str(out / "model.safetensors"))
@@ -153,3 +159,13 @@ def test_reference_of_another_kind_or_depth_is_refused(capsys, tmp_path, mtp_kd,
     err = cli_error(capsys, "train-head", "--target", target_dir, "--depth", "3", "--method", "adaspec",
                     "--ref", mtp_kd, *BASE, "--output", tmp_path / "y")
     assert "has 2 depths, --depth is 3" in err
+
+
+def test_head_drafter_loads_by_its_saved_kind(mtp_kd, medusa_shared, target_dir):
+    from adaspec.drafters.loading import load_head_drafter
+
+    target = models.load_model(target_dir)
+    assert isinstance(load_head_drafter(mtp_kd, target), MTPDrafter)
+    assert isinstance(load_head_drafter(medusa_shared, target), MedusaDrafter)
+    with pytest.raises(AdaspecError, match="holds no adaspec heads"):
+        load_head_drafter(target_dir, target)
