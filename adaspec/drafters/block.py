@@ -37,7 +37,7 @@ def block_config(model: PreTrainedModel) -> BlockConfig:
     hidden = int(c.hidden_size)
     inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden
     eps = getattr(c, "rms_norm_eps", None) or 1e-6
-    return BlockConfig(hidden=hidden, heads=int(c.num_attention_heads), intermediate=int(inter), eps=float(eps))
+    return BlockConfig(hidden, int(c.num_attention_heads), int(inter), float(eps))
 
 
 class KVCache:
