@@ -11,6 +11,7 @@ from adaspec import AdaspecError
 from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.mtp import MTPDrafter, build_mtp
 from adaspec.data import response_mask
+from adaspec.decoding.sampling import logits_to_probs
 from adaspec.drafters.multi_token_loss import depth_token_losses, spread_over_positions, weighted_depth_loss
 from adaspec.models import build_model
 
@@ -56,9 +57,10 @@ def test_module_k_reads_the_token_at_offset_k():
             assert torch.equal(heads(parts, hidden, later)[k - 1][:, : i + 1], base[k - 1][:, : i + 1])
 
 
-def reference_q(heads, target, seq: list[int], gamma: int, proposals: list[int]) -> torch.Tensor:
+def reference_q(heads, target, seq: list[int], gamma: int, proposals: list[int], temperature: float = 1.0,
+                top_p: float = 1.0) -> torch.Tensor:
     """No-cache recomputation of the chain at the last featured position n-2 (full causal attention over
-    every depth's positions, tokens from seq + the proposals), softmax of each depth's logits."""
+    every depth's positions, tokens from seq + the proposals), each depth's sampling distribution."""
     parts = target_parts(target)
     n = len(seq)
     ext = torch.tensor([seq + proposals])
@@ -67,7 +69,7 @@ def reference_q(heads, target, seq: list[int], gamma: int, proposals: list[int])
     with torch.no_grad():
         for k in range(1, gamma + 1):
             prev = heads.mtp[k - 1](prev, parts.embed(ext[:, k: n - 1 + k]))
-            out.append(torch.softmax(parts.logits(prev[0, -1]).float(), -1))
+            out.append(logits_to_probs(parts.logits(prev[0, -1]).float(), temperature, top_p))
     return torch.stack(out)
 
 
@@ -82,6 +84,19 @@ def test_cached_drafting_matches_no_cache_reference(target, gamma):
     for seq, proposals, q in rounds:
         assert q.shape == (gamma, V) and len(proposals) == gamma
         torch.testing.assert_close(q, reference_q(heads, target, seq, gamma, proposals), atol=1e-5, rtol=1e-4)
+
+
+def test_cached_drafting_with_temperature_and_top_p():
+    target = build_model("tiny-llama", V, seed=1)
+    heads = build_mtp(target, depth=3, seed=7)
+    rounds = []
+    with torch.no_grad():
+        drive(MTPDrafter(heads, target), target, [3, 9, 1, 4], steps=6, gamma=3, seed=9, temperature=0.7,
+              top_p=0.9, check=lambda seq, proposals, q: rounds.append((seq, proposals, q)))
+    for seq, proposals, q in rounds:
+        assert all(float(q[i, x]) > 0 for i, x in enumerate(proposals))  # drawn inside the nucleus
+        want = reference_q(heads, target, seq, 3, proposals, 0.7, 0.9)
+        torch.testing.assert_close(q, want, atol=1e-5, rtol=1e-4)
 
 
 def test_varying_gamma_and_lagging_modules(target):
