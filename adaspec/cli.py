@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                      "fine-tune (or build and train) the target model on a task"),
     "distill": ("adaspec.distill.recipe", "DistillOptions", "run_distill",
                 "distil a draft from the target: plain KD (reference / DistillSpec) or AdaSPEC selective KD"),
+    "train-head": ("adaspec.training.heads", "HeadOptions", "run_train_head",
+                   "train MTP modules or Medusa heads on a frozen target (self-distillation / AdaSPEC)"),
     "cache": ("adaspec.distill.cache", "CacheOptions", "run_cache",
               "store the target's top-K distribution and the reference's divergence per response token"),
     "eval": ("adaspec.evaluation.command", "EvalOptions", "run_eval",

@@ -2,7 +2,9 @@
 
 from adaspec.drafters.base import Drafter
 from adaspec.drafters.lm import LMDrafter
+from adaspec.drafters.medusa import MedusaDrafter
+from adaspec.drafters.mtp import MTPDrafter
 
-DRAFTERS: dict[str, type] = {"lm": LMDrafter}
+DRAFTERS: dict[str, type] = {"lm": LMDrafter, "mtp": MTPDrafter, "medusa": MedusaDrafter}
 
-__all__ = ["DRAFTERS", "Drafter", "LMDrafter"]
+__all__ = ["DRAFTERS", "Drafter", "LMDrafter", "MTPDrafter", "MedusaDrafter"]
