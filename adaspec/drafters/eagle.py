@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from adaspec.drafters.common import GatedMLP, RMSNorm, apply_rope, repeat_kv
+from adaspec.drafters.draft_vocab import vocab_maps
 from adaspec.errors import AdaspecError
 
 FINAL = -1  # adaspec.decoding.target.FINAL: the final normed hidden state
@@ -294,8 +295,6 @@ class EagleHead(nn.Module):
 
     def set_draft_vocab(self, token_ids: Tensor) -> None:
         """Use the given target ids (strictly increasing) as the draft vocabulary, in that order."""
-        from adaspec.drafters.draft_vocab import vocab_maps
-
         d2t, t2d = vocab_maps(token_ids, self.config.vocab_size)
         if d2t.numel() != self.config.draft_vocab_size:
             raise AdaspecError(f"{d2t.numel()} draft tokens given for a head with a {self.config.draft_vocab_size}-"
