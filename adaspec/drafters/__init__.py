@@ -1,8 +1,9 @@
 """Drafters: whatever proposes tokens for the target to verify. `DRAFTERS` maps `--drafter` names to classes."""
 
 from adaspec.drafters.base import Drafter
+from adaspec.drafters.eagle_drafter import EagleDrafter
 from adaspec.drafters.lm import LMDrafter
 
-DRAFTERS: dict[str, type] = {"lm": LMDrafter}
+DRAFTERS: dict[str, type] = {"lm": LMDrafter, "eagle": EagleDrafter}
 
-__all__ = ["DRAFTERS", "Drafter", "LMDrafter"]
+__all__ = ["DRAFTERS", "Drafter", "EagleDrafter", "LMDrafter"]

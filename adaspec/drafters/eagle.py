@@ -30,11 +30,11 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from adaspec.decoding.target import FINAL
 from adaspec.drafters.common import GatedMLP, RMSNorm, apply_rope, repeat_kv
 from adaspec.drafters.draft_vocab import vocab_maps
 from adaspec.errors import AdaspecError
 
-FINAL = -1  # adaspec.decoding.target.FINAL: the final normed hidden state
 VARIANTS = ("eagle3", "eagle1")
 
 Attend = Callable[[Tensor, Tensor, Tensor], Tensor]  # (q, k, v) [B, heads, T, d] -> output [B, heads, T, d]
