@@ -23,10 +23,13 @@ Layer ids follow adaspec.decoding.target: i = output of decoder layer i, -1 = fi
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
@@ -36,6 +39,7 @@ from adaspec.drafters.draft_vocab import vocab_maps
 from adaspec.errors import AdaspecError
 
 VARIANTS = ("eagle3", "eagle1")
+CHECKPOINT_KEY = "adaspec_eagle_head"  # config.json of a head checkpoint (the export formats are adaspec.export)
 
 Attend = Callable[[Tensor, Tensor, Tensor], Tensor]  # (q, k, v) [B, heads, T, d] -> output [B, heads, T, d]
 
@@ -248,9 +252,10 @@ class EagleHead(nn.Module):
         super().__init__()
         self.config = cfg
         h = cfg.hidden_size
-        # A frozen copy of the target's input embeddings (from_target fills it): never trained.
+        # A frozen copy of the target's input embeddings (from_target fills it); trained only when the head
+        # is narrower than the target, where the references cannot share it either
         self.embed_tokens = nn.Embedding(cfg.vocab_size, h)
-        self.embed_tokens.weight.requires_grad_(False)
+        self.embed_tokens.weight.requires_grad_(h != cfg.target_hidden_size)
         if cfg.variant == "eagle3":
             self.fc = nn.Linear(len(cfg.hidden_layers) * cfg.target_hidden_size, h, bias=False)
             self.midlayer = EagleLayer(cfg, fused=True)
@@ -281,8 +286,6 @@ class EagleHead(nn.Module):
         with torch.no_grad():
             if emb.shape[1] == cfg.hidden_size:
                 head.embed_tokens.weight.copy_(emb[: cfg.vocab_size])
-            else:  # the references train the embedding when head and target widths differ
-                head.embed_tokens.weight.requires_grad_(True)
             if cfg.variant == "eagle1":
                 head.lm_head.weight.copy_(target.get_output_embeddings().weight[: cfg.vocab_size])
         if draft_tokens is not None:
@@ -322,3 +325,37 @@ class EagleHead(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """Logits over the draft vocabulary from the layer's output."""
         return self.lm_head(self.norm(hidden) if self.config.variant == "eagle3" else hidden)
+
+    def forward(self, target_hidden: Tensor, input_ids: Tensor, steps: int,
+                attention_mask: Tensor | None = None):
+        """The training forward: adaspec.drafters.eagle_ttt.unroll (a module call, so DDP wraps it)."""
+        from adaspec.drafters.eagle_ttt import unroll  # eagle_ttt builds on this module
+
+        return unroll(self, target_hidden, input_ids, steps, attention_mask)
+
+    # ---- checkpoints (what the training loop saves and resumes; `adaspec.export` writes the server formats) ----
+
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, Tensor] | None = None,
+                        safe_serialization: bool = True) -> None:
+        """config.json (the head config) and model.safetensors (every tensor, frozen copies included)."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({CHECKPOINT_KEY: self.config.to_dict()}, indent=1) + "\n")
+        state = state_dict if state_dict is not None else self.state_dict()
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / "model.safetensors"),
+                  metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None) -> EagleHead:
+        root = Path(path)
+        config_file = root / "config.json"
+        if not config_file.is_file() or not (root / "model.safetensors").is_file():
+            raise AdaspecError(f"{path} is not an EAGLE head checkpoint (needs config.json and model.safetensors)")
+        config = json.loads(config_file.read_text())
+        if CHECKPOINT_KEY not in config:
+            raise AdaspecError(f"{path} is not an adaspec EAGLE head checkpoint (no {CHECKPOINT_KEY!r} in config.json)")
+        head = cls(EagleConfig.from_dict(config[CHECKPOINT_KEY]))
+        head.load_state_dict(load_file(str(root / "model.safetensors")))
+        if dtype is not None:
+            head.to(dtype)
+        return head.eval()

@@ -1,0 +1,84 @@
+"""`adaspec train-head --kind eagle` through the shared loop, and `adaspec export` of the trained head."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from helpers import cli_error, run, scalars, summary
+
+from adaspec.drafters.eagle import EagleHead
+from adaspec.drafters.eagle_ttt import unroll
+from adaspec.export import load_exported
+from adaspec.models import load_model
+from adaspec.training.head import unshift
+
+FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "12", "--no-progress",
+        "--limit", "32", "--batch-size", "8", "--ttt-steps", "3"]
+
+
+def test_unshift_adds_each_step_at_its_target_position():
+    x = torch.arange(2 * 1 * 4, dtype=torch.float32).view(2, 1, 4)  # step 0: 0..3, step 1: 4..7
+    assert unshift(x).tolist() == [[0.0, 1 + 4, 2 + 5, 3 + 6]]
+
+
+def test_train_head_kd_learns_and_resumes(tmp_path, tiny_target_dir):
+    out = tmp_path / "head"
+    assert run("train-head", "--target", tiny_target_dir, "--max-steps", 3, "--lr", 3e-3, "--warmup-steps", 0,
+               "--output", out, *FAST) == 0
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 3
+    assert run("train-head", "--target", tiny_target_dir, "--max-steps", 24, "--lr", 3e-3, "--warmup-steps", 0,
+               "--output", out, *FAST) == 0  # resumes from last/ at step 3
+    s = summary(out)
+    assert s["steps"] == 24 and 0 <= s["best_agreement"] <= 1
+    losses = [v for _, v in scalars(out, "train/loss")]
+    assert sum(losses[-4:]) < sum(losses[:4])
+    head = EagleHead.from_pretrained(out)
+    target = load_model(tiny_target_dir)
+    assert head.config.hidden_layers == (0, 0, 0)  # a 2-layer target: the clamped default
+    assert torch.equal(head.embed_tokens.weight, target.get_input_embeddings().weight)  # frozen copy
+    assert "agreement_step1" in s["history"][-1]
+
+
+def test_train_head_adaspec_selection_and_reduced_vocabulary(tmp_path, tiny_target_dir):
+    ref = tmp_path / "ref"
+    common = ["--target", tiny_target_dir, "--draft-vocab", 100, "--max-steps", 2, *FAST]
+    assert run("train-head", *common, "--output", ref) == 0
+    out = tmp_path / "adaspec"
+    assert run("train-head", *common, "--method", "adaspec", "--ref", ref, "--k", 0.5, "--output", out) == 0
+    kept = [v for _, v in scalars(out, "train/kept_fraction")]
+    assert all(0.45 < v < 0.55 for v in kept), kept
+    head = EagleHead.from_pretrained(out)
+    assert head.config.draft_vocab_size == 100 and int(head.t2d.sum()) == 100
+    assert torch.equal(head.d2t, EagleHead.from_pretrained(ref).d2t)
+
+
+def test_train_head_eagle1_then_export(tmp_path, tiny_target_dir, capsys):
+    out = tmp_path / "head"
+    assert run("train-head", "--target", tiny_target_dir, "--variant", "eagle1", "--feature-weight", 1.0,
+               "--max-steps", 2, "--output", out, *FAST) == 0
+    assert scalars(out, "train/feature_loss")
+    exported = tmp_path / "served"
+    assert run("export", "--head", out, "--output", exported, "--dtype", "float32") == 0
+    config = json.loads((exported / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLMEagle"]
+    target = load_model(tiny_target_dir)
+    head, back = EagleHead.from_pretrained(out), load_exported(exported, target=target)
+    feats, ids = torch.randn(1, 6, 32), torch.randint(0, 320, (1, 6))
+    with torch.no_grad():
+        assert torch.equal(unroll(back, feats, ids, 2).logits, unroll(head, feats, ids, 2).logits)
+
+
+def test_train_head_errors(tmp_path, tiny_target_dir, capsys):
+    assert "needs --ref" in cli_error(capsys, "train-head", "--target", tiny_target_dir, "--method", "adaspec",
+                                      "--output", tmp_path / "x")
+    assert "eagle1 only" in cli_error(capsys, "train-head", "--target", tiny_target_dir, "--feature-weight", 1,
+                                      "--output", tmp_path / "x")
+    assert "out of range" in cli_error(capsys, "train-head", "--target", tiny_target_dir, "--aux-layers", "0,1,2",
+                                       "--output", tmp_path / "x", *FAST)
+    out = tmp_path / "head"
+    assert run("train-head", "--target", tiny_target_dir, "--max-steps", 1, "--output", out, *FAST) == 0
+    assert "too shallow" in cli_error(capsys, "export", "--head", out, "--output", tmp_path / "e")
+    assert "not an EAGLE head checkpoint" in cli_error(capsys, "export", "--head", tmp_path / "none",
+                                                      "--output", tmp_path / "e")
