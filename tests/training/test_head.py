@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
 
-from helpers import cli_error, run, scalars, summary
+from helpers import cli_error, run, scalars, summary, weights
 
 from adaspec.drafters.eagle import EagleHead
 from adaspec.drafters.eagle_ttt import unroll
@@ -14,6 +19,7 @@ from adaspec.export import load_exported
 from adaspec.models import load_model
 from adaspec.training.head import unshift
 
+REPO = Path(__file__).resolve().parents[2]
 FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "12", "--no-progress",
         "--limit", "32", "--batch-size", "8", "--ttt-steps", "3"]
 
@@ -82,3 +88,29 @@ def test_train_head_errors(tmp_path, tiny_target_dir, capsys):
     assert "too shallow" in cli_error(capsys, "export", "--head", out, "--output", tmp_path / "e")
     assert "not an EAGLE head checkpoint" in cli_error(capsys, "export", "--head", tmp_path / "none",
                                                       "--output", tmp_path / "e")
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, tiny_target_dir):
+    """--batch-size is the global micro-batch: 2 processes x 4 sequences = 1 process x 8, same gradient."""
+    args = ["--target", tiny_target_dir, "--max-steps", 3, "--lr", 3e-3, "--val-every", 0, *FAST]
+    single = tmp_path / "single"
+    assert run("train-head", *args, "--output", single) == 0
+    multi = tmp_path / "multi"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "adaspec.cli", "train-head", *map(str, args), "--output", str(multi)]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("head: ") == 1, proc.stdout  # one process group, not two runs
+    assert summary(multi)["steps"] == summary(single)["steps"] == 3
+    wm, ws = weights(multi), weights(single)
+    assert wm.keys() == ws.keys()
+    for k in wm:
+        if wm[k].is_floating_point():
+            torch.testing.assert_close(wm[k], ws[k], atol=1e-5, rtol=0, msg=k)
+        else:
+            assert torch.equal(wm[k], ws[k]), k
+    for (s1, a), (s2, b) in zip(scalars(multi, "train/loss"), scalars(single, "train/loss")):
+        assert s1 == s2 and a == pytest.approx(b, rel=1e-4)
