@@ -131,7 +131,13 @@ def save_model(model: PreTrainedModel, path: str | os.PathLike,
 
 
 def output_vocab_size(model: PreTrainedModel) -> int:
+    """Rows of the model's output head (can exceed its tokenizer's vocabulary by padding)."""
     return int(model.get_output_embeddings().weight.shape[0])
+
+
+def shared_vocab(*models: PreTrainedModel) -> int:
+    """The ids every model scores: logits are compared over the first `shared_vocab` entries."""
+    return min(output_vocab_size(m) for m in models)
 
 
 def check_vocab_compatible(target: PreTrainedModel, draft: PreTrainedModel,

@@ -36,7 +36,7 @@ def verify_chain(target_probs: Tensor, proposals: Tensor, draft_probs: Tensor | 
     accepted = ok.long().cumprod(0).sum()
     # On the first rejection (position i) resample from norm(max(0, p_i − q_i)); after all γ accepted, the
     # bonus token comes from p_γ (its q row is zero). A zero residual (p = q) falls back to p itself.
-    q_padded = torch.cat([draft_probs, torch.zeros_like(draft_probs[:1])])
+    q_padded = torch.cat([draft_probs, draft_probs.new_zeros(1, draft_probs.shape[-1])])
     residual = (target_probs - q_padded).clamp_min(0).index_select(0, accepted.view(1))[0]
     mass = residual.sum()
     row = target_probs.index_select(0, accepted.view(1))[0]

@@ -37,9 +37,11 @@ from adaspec.distill import losses
 from adaspec.distill.cache_store import (FORMAT_VERSION, MANIFEST, SHARD_NAME, check_shard, items_fingerprint,
                                          read_shard, response_positions, row_arrays, sha256_file, shard_ranges,
                                          vocab_fingerprint, write_shard)
+from adaspec.distill.teacher import shifted_logits
 from adaspec.errors import AdaspecError
 from adaspec.io import atomic_write_json
-from adaspec.models import check_vocab_compatible, load_model, load_tokenizer, model_fingerprint, output_vocab_size, saved_tokenizer
+from adaspec.models import (check_vocab_compatible, load_model, load_tokenizer, model_fingerprint, saved_tokenizer,
+                            shared_vocab)
 from adaspec.options import DataOptions, helptext, load_split
 
 
@@ -88,11 +90,11 @@ def teacher_rows(target: torch.nn.Module, ref: torch.nn.Module | None, batch: di
     response mask (`data.response_mask`): exactly the positions `TeacherCache.batch` fills.
     """
     mask = data_lib.response_mask(batch["labels"])
-    p_logits = target(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1, :vocab]
+    p_logits = shifted_logits(target, batch, vocab)
     ids, lps = losses.topk_teacher(p_logits[mask], k, temperature)
     ref_div = None
     if ref is not None:
-        r_logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1, :vocab]
+        r_logits = shifted_logits(ref, batch, vocab)
         ref_div = losses.sparse_divergence(divergence, ids, lps, r_logits[mask], temperature=temperature, beta=beta)
     return ids, lps, ref_div
 
@@ -164,12 +166,11 @@ def run_cache(opts: CacheOptions) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(opts.target)
     target = load_model(opts.target, device=device)
-    vocab = output_vocab_size(target)
     ref = None
     if opts.ref:
         ref = load_model(opts.ref, device=device)
         check_vocab_compatible(target, ref, tokenizer, saved_tokenizer(opts.ref), names=("target", "reference"))
-        vocab = min(vocab, output_vocab_size(ref))
+    vocab = shared_vocab(target, *([ref] if ref is not None else []))
     if opts.top_k > vocab:
         raise AdaspecError(f"--top-k {opts.top_k} exceeds the vocabulary ({vocab})")
     items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)

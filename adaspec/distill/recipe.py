@@ -24,12 +24,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from adaspec import data as data_lib
 from adaspec.distill import selection
 from adaspec.distill.cache_store import TeacherCache
-from adaspec.distill.teacher import Teacher
+from adaspec.distill.teacher import Teacher, shifted_logits
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.acceptance import (Continuations, generate_continuations, greedy_agreement,
                                            greedy_continuations)
 from adaspec.io import atomic_write_json
-from adaspec.models import PRESETS, build_model, check_vocab_compatible, count_params, load_model, load_tokenizer, saved_tokenizer
+from adaspec.models import (PRESETS, build_model, check_vocab_compatible, count_params, load_model, load_tokenizer,
+                            saved_tokenizer, shared_vocab)
 from adaspec.options import helptext, load_split
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
@@ -140,7 +141,7 @@ def run_distill(opts: DistillOptions, on_step: OnStep | None = None) -> None:
     if opts.method == "adaspec" and opts.ref and not opts.teacher_cache:
         ref = _frozen(_load(opts.ref), device)
         check_vocab_compatible(target, ref, tokenizer, saved_tokenizer(opts.ref), names=("target", "reference"))
-    vocab = min(target.get_output_embeddings().weight.shape[0], draft.get_output_embeddings().weight.shape[0])
+    vocab = shared_vocab(target, draft)
     eos = tokenizer.eos_token_id
     out = Path(opts.output)
 
@@ -187,7 +188,7 @@ def run_distill(opts: DistillOptions, on_step: OnStep | None = None) -> None:
             sel_step[0] = step
             sel_gen.manual_seed((opts.seed + 1) * 1_000_003 + step)
         mask = data_lib.response_mask(batch["labels"])
-        q_logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1, :vocab]
+        q_logits = shifted_logits(model, batch, vocab)
         div, ref_div = teacher.divergences(q_logits, batch, with_ref=selective)
         kept = selection.delta_selection(div, ref_div, mask, opts.k, mode, opts.per_sequence, sel_gen)
         n_resp = int(mask.sum())

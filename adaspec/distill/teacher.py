@@ -10,7 +10,8 @@ from adaspec.distill import losses
 from adaspec.distill.cache_store import TeacherCache
 
 
-def _logits(model: torch.nn.Module, batch: dict, vocab: int) -> Tensor:
+def shifted_logits(model: torch.nn.Module, batch: dict, vocab: int) -> Tensor:
+    """[B, T-1, vocab] logits aligned with `data.response_mask`: position t scores token t+1."""
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1, :vocab]
 
 
@@ -33,12 +34,12 @@ class Teacher:
                                            temperature=self.temperature, beta=self.beta)
             return div, c.get("ref_div") if with_ref else None
         with torch.no_grad():
-            p_logits = _logits(self.target, batch, self.vocab)
+            p_logits = shifted_logits(self.target, batch, self.vocab)
         div = losses.per_token_divergence(self.divergence, p_logits, q_logits, temperature=self.temperature,
                                           beta=self.beta)
         ref_div = None
         if with_ref:
             with torch.no_grad():
-                ref_div = losses.per_token_divergence(self.divergence, p_logits, _logits(self.ref, batch, self.vocab),
+                ref_div = losses.per_token_divergence(self.divergence, p_logits, shifted_logits(self.ref, batch, self.vocab),
                                                       temperature=self.temperature, beta=self.beta)
         return div, ref_div

@@ -14,6 +14,9 @@ from typing import Iterator
 import torch
 from transformers import PreTrainedModel
 
+from adaspec import data as data_lib
+from adaspec.models import shared_vocab
+
 
 @dataclass
 class Continuations:
@@ -73,32 +76,19 @@ def greedy_continuations(target: PreTrainedModel, prompts: list[list[int]], max_
     return generate_continuations(target, prompts, max_new_tokens, eos_token_id, pad_token_id, batch_size)
 
 
-def _right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
 def _scored_batches(data: Continuations, batch_size: int, device: torch.device
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Right-padded (ids, attention mask, scored positions) batches of the continuations.
+    """Right-padded (ids, attention mask, scored positions [B, T]) batches of the continuations.
 
-    Logits at t predict token t+1, so the scored positions of a sequence are plen-1 .. len-2: every
-    continuation token is predicted once.
-    """
+    The scored positions are `data.response_mask` of the continuation tokens (logits at t predict token
+    t+1: positions plen-1 .. len-2, so every continuation token is predicted once)."""
     for start in range(0, len(data.sequences), batch_size):
-        seqs = data.sequences[start:start + batch_size]
-        plens = data.prompt_lengths[start:start + batch_size]
-        ids, mask = _right_pad(seqs, 0)
-        score = torch.zeros_like(mask, dtype=torch.bool)
-        for i, (s, p) in enumerate(zip(seqs, plens)):
-            score[i, p - 1: len(s) - 1] = True
+        items = [{"input_ids": seq, "prompt_length": p} for seq, p in
+                 zip(data.sequences[start:start + batch_size], data.prompt_lengths[start:start + batch_size])]
+        batch = data_lib.collate([data_lib.with_response(it, it["input_ids"]) for it in items], 0)
+        score = torch.nn.functional.pad(data_lib.response_mask(batch["labels"]), (0, 1), value=False)
         if score.any():
-            yield ids.to(device), mask.to(device), score.to(device)
+            yield batch["input_ids"].to(device), batch["attention_mask"].to(device), score.to(device)
 
 
 @torch.inference_mode()
@@ -110,7 +100,7 @@ def analytic_alpha(target: PreTrainedModel, draft: PreTrainedModel, data: Contin
     n_tokens, the number of scored positions (every generated token, EOS included).
     """
     device = next(target.parameters()).device
-    vocab = min(target.get_output_embeddings().weight.shape[0], draft.get_output_embeddings().weight.shape[0])
+    vocab = shared_vocab(target, draft)
     agree = overlap = 0.0
     n = 0
     for ids, mask, score in _scored_batches(data, batch_size, device):
