@@ -24,7 +24,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
-from adaspec.decoding.target import hidden_modules
+from adaspec.decoding.target import features
 from adaspec.distill import losses, selection
 from adaspec.drafters.draft_vocab import frequent_tokens
 from adaspec.drafters.eagle import EagleConfig, EagleHead
@@ -97,22 +97,10 @@ class TrainHeadOptions(TrainOptions):
 @torch.no_grad()
 def target_signal(target: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor,
                   layers: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """The frozen target's logits [B, T, V] and the hidden states of `layers` concatenated [B, T, layers*H]
-    from one forward (forward hooks on those modules only)."""
-    captured: list[Tensor | None] = [None] * len(layers)
-
-    def keeper(j: int):
-        def hook(_module, _inputs, out) -> None:
-            captured[j] = out[0] if isinstance(out, tuple) else out
-        return hook
-
-    handles = [m.register_forward_hook(keeper(j)) for j, m in enumerate(hidden_modules(target, layers))]
-    try:
-        logits = target(input_ids=input_ids, attention_mask=attention_mask).logits
-    finally:
-        for h in handles:
-            h.remove()
-    return logits, torch.cat(captured, dim=-1)  # type: ignore[arg-type]
+    """The frozen target's logits [B, T, V] and the head's layers concatenated [B, T, layers * H], from one
+    forward (adaspec.decoding.target.features: hooks on those modules only)."""
+    logits, hidden = features(target, {"input_ids": input_ids, "attention_mask": attention_mask}, layers)
+    return logits, torch.cat(list(hidden), dim=-1)
 
 
 def unshift(x: Tensor) -> Tensor:
@@ -125,7 +113,15 @@ def unshift(x: Tensor) -> Tensor:
 
 
 class HeadLoss:
-    """The recipe's per-token loss: unrolled divergences, AdaSPEC selection per step, folded per position."""
+    """The recipe's per-token loss: unrolled divergences, AdaSPEC selection per step, folded per position.
+
+    The alignment is adaspec.distill.steps' (step j at t predicts token t+1+j, scored where
+    response[:, t+j]). The fold is done here rather than by `steps.multi_step_loss` because (1) the unroll
+    has no prediction at index 0 (no feature before token 0), which needs a per-step validity mask, and (2)
+    step j's term is placed at the target position t+j, where the loop's response mask keeps it (placed at
+    the predicting position t, a prompt position for the first response tokens, `reduce_loss` drops it).
+    tests/training/test_head.py checks the two hold the same weighted terms.
+    """
 
     def __init__(self, opts: TrainHeadOptions, target: PreTrainedModel, ref: EagleHead | None, vocab: int):
         self.opts, self.target, self.ref, self.vocab = opts, target, ref, vocab

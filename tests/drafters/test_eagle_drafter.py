@@ -70,6 +70,11 @@ def test_prompt_of_one_token_drafts_nothing_first():
     out, stats = speculative_generate(target, EagleDrafter(make_head(target)), ids, max_new_tokens=12, gamma=3)
     assert torch.equal(out, hf_greedy(target, ids, 12))
     assert stats.gamma_hist[0] == 1  # the first step had no target feature to draft from
+    with torch.no_grad():
+        ref, _ = reference_generate(target, make_head(target), ids, 12, 3, 1.0, 1.0, torch.Generator().manual_seed(2))
+    out, stats = speculative_generate(target, EagleDrafter(make_head(target)), ids, max_new_tokens=12, gamma=3,
+                                      temperature=1.0, seed=2)
+    assert torch.equal(out, ref) and stats.gamma_hist[0] == 1
 
 
 # ---- no-cache reference: recompute the target and the head from scratch, same rule, same draws ----

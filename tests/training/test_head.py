@@ -114,3 +114,30 @@ def test_two_processes_match_one(tmp_path, tiny_target_dir):
             assert torch.equal(wm[k], ws[k]), k
     for (s1, a), (s2, b) in zip(scalars(multi, "train/loss"), scalars(single, "train/loss")):
         assert s1 == s2 and a == pytest.approx(b, rel=1e-4)
+
+
+def test_head_loss_agrees_with_the_shared_multi_step_loss(tiny_target_dir):
+    from adaspec.distill.steps import multi_step_loss, step_divergences
+    from adaspec.drafters.draft_vocab import restrict_to_draft
+    from adaspec.drafters.eagle_ttt import step_weights
+    from adaspec.training.head import HeadLoss, TrainHeadOptions, target_signal
+
+    target = load_model(tiny_target_dir)
+    head = EagleHead.from_target(target)
+    opts = TrainHeadOptions(target=str(tiny_target_dir), output="unused", ttt_steps=3)
+    ids = torch.randint(0, 320, (2, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :5] = -100  # prompts of 5 tokens: index 0 (no prediction in the unroll) is never scored
+    labels[1, 10:] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    per_token, kept, _ = HeadLoss(opts, target, None, 320)(head, batch, 0)
+    logits, feats = target_signal(target, ids, batch["attention_mask"], head.config.hidden_layers)
+    step_logits = list(unroll(head, feats, ids, 3).logits)
+    divs = step_divergences("fkl", restrict_to_draft(logits, head.d2t), step_logits)
+    response = labels[:, 1:] != -100
+    shared, _ = multi_step_loss(divs, response, step_weights(3).tolist())
+    # the same weighted terms: the shared function places step j at the predicting position t, this recipe
+    # at the target position t + j, which is where the loop's response mask keeps them
+    torch.testing.assert_close(per_token.sum(), shared.sum())
+    assert float(per_token.detach()[~response].abs().sum()) == 0.0
+    assert torch.equal(kept, response)
