@@ -100,8 +100,12 @@ def unroll(head: EagleHead, target_hidden: Tensor, input_ids: Tensor, steps: int
         hidden = head.step(tokens[j], hidden, positions + j, attend)
         outputs.append(hidden)
         logits.append(head.logits(hidden))
-    pad = lambda x: torch.nn.functional.pad(x, (0, 0, 1, 0))  # noqa: E731 - index 0 has no pair
-    return Unrolled(torch.stack([pad(x) for x in logits]), torch.stack([pad(x) for x in outputs]))
+    return Unrolled(_from_index_1(logits), _from_index_1(outputs))
+
+
+def _from_index_1(per_step: list[Tensor]) -> Tensor:
+    """Stack per-step [B, T-1, X] head outputs as [steps, B, T, X], zeros at index 0 (no pair there)."""
+    return torch.nn.functional.pad(torch.stack(per_step), (0, 0, 1, 0))
 
 
 def unrolled_logits(head: EagleHead, target_hidden: Tensor, input_ids: Tensor, steps: int,
