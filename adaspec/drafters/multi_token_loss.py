@@ -39,20 +39,6 @@ def depth_token_losses(depth_logits: list[Tensor], target_logits: Tensor, labels
     return out
 
 
-def spread_over_positions(token_losses: list[Tensor], weights: list[float]) -> Tensor:
-    """Σ_k w_k · loss_k placed at the position that scores the same token in the training loop's layout
-    ([B, T-1], position p scores token p+1, adaspec.data.response_mask): depth k's entry i goes to p = i+k.
-
-    Not at the predicting position i (as adaspec.distill.steps.multi_step_loss places them): the loop's
-    reduce_loss multiplies by the response mask at the placed position, which at i is whether token i+1 is
-    a response token, and would drop depth k's predictions of the first k response tokens."""
-    first = token_losses[0]
-    out = first.new_zeros(first.shape[0], first.shape[1] + 1)
-    for k, (loss, w) in enumerate(zip(token_losses, weights), start=1):
-        out[:, k:] = out[:, k:] + w * loss
-    return out
-
-
 def depth_weights(depth: int, weights: list[float] | None = None, lam: float = 1.0) -> list[float]:
     """The weight of every depth: `weights` as given, else λ / D each (DeepSeek-V3: λ on the mean)."""
     if weights is None:

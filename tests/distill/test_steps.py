@@ -6,7 +6,7 @@ import torch
 
 from adaspec.distill import losses
 from adaspec.distill.selection import num_kept
-from adaspec.distill.steps import multi_step_loss, step_divergences
+from adaspec.distill.steps import multi_step_loss, place_by_predicted_token, step_divergences
 
 
 def test_step_alignment_matches_a_naive_loop():
@@ -43,3 +43,9 @@ def test_weighted_sum_and_per_step_top_k():
     for j, sel in enumerate(top):
         n = int(response[:, j:].sum())
         assert int(sel.sum()) == num_kept(0.4, n) and not (sel & ~response[:, j:]).any()
+
+
+def test_place_by_predicted_token_shifts_each_step():
+    x = [torch.tensor([[0.0, 1.0, 2.0, 3.0]]), torch.tensor([[4.0, 5.0, 6.0]])]
+    assert place_by_predicted_token(x, [1.0, 1.0], 4).tolist() == [[0.0, 1 + 4, 2 + 5, 3 + 6]]
+    assert place_by_predicted_token(x, [1.0, 0.5], 4, first=1).tolist() == [[0.0, 0.0, 1 + 2, 2 + 2.5]]

@@ -12,7 +12,8 @@ from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.mtp import MTPDrafter, build_mtp
 from adaspec.data import response_mask
 from adaspec.decoding.sampling import logits_to_probs
-from adaspec.drafters.multi_token_loss import depth_token_losses, spread_over_positions, weighted_depth_loss
+from adaspec.distill.steps import place_by_predicted_token
+from adaspec.drafters.multi_token_loss import depth_token_losses, weighted_depth_loss
 from adaspec.models import build_model
 
 
@@ -164,7 +165,7 @@ def test_depth_losses_match_naive_reference():
         total, _ = weighted_depth_loss(losses, weights=[1.0, 0.5, 0.0])
         torch.testing.assert_close(total, torch.tensor(naive[0] + 0.5 * naive[1]))
         # in the loop's layout nothing scored is lost to its response mask (the first response tokens too)
-        spread = spread_over_positions([loss * mask for loss, mask in losses], [1.0, 0.5, 0.25])
+        spread = place_by_predicted_token([loss * mask for loss, mask in losses], [1.0, 0.5, 0.25], t - 1, first=1)
         assert spread.shape == (b, t - 1)
         want = sum(w * (loss * mask).sum() for w, (loss, mask) in zip([1.0, 0.5, 0.25], losses))
         torch.testing.assert_close((spread * response_mask(labels)).sum(), want)

@@ -19,7 +19,7 @@ from adaspec import AdaspecError, models
 from adaspec.decoding.generate import speculative_generate
 from adaspec.drafters.medusa import MedusaDrafter
 from adaspec.drafters.mtp import MTPDrafter
-from adaspec.training import heads as recipe
+from adaspec.training import head_options as recipe
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",

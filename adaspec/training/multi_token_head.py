@@ -17,9 +17,7 @@ validation prompts (adaspec.evaluation.head_acceptance): mean accepted length of
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -28,11 +26,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from adaspec import data as data_lib
 from adaspec.decoding.target import FINAL, features
 from adaspec.distill import selection
-from adaspec.distill.recipe import _json_cached, generate_items  # the distill recipe's data helpers
+from adaspec.distill.recipe import generate_items, json_cached
+from adaspec.distill.steps import place_by_predicted_token
 from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.medusa import MedusaHeads, build_medusa
 from adaspec.drafters.mtp import MTPHeads, build_mtp
-from adaspec.drafters.multi_token_loss import depth_token_losses, depth_weights, spread_over_positions
+from adaspec.drafters.multi_token_loss import depth_token_losses, depth_weights
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.acceptance import Continuations, greedy_continuations
 from adaspec.evaluation.head_acceptance import head_acceptance
@@ -40,63 +39,10 @@ from adaspec.export.medusa import load_medusa, save_medusa
 from adaspec.export.mtp import load_mtp
 from adaspec.io import atomic_write_json
 from adaspec.models import count_params, load_model, load_tokenizer, output_vocab_size
-from adaspec.options import helptext, load_split
+from adaspec.options import load_split
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
-from adaspec.training.options import TrainOptions
-
-DEFAULT_DEPTH = {"mtp": 3, "medusa": 4}
-
-
-@dataclass(kw_only=True)
-class HeadOptions(TrainOptions):
-    """Train MTP modules (DeepSeek-V3 layout) or Medusa heads on a frozen target: self-distillation per
-    depth, or AdaSPEC selection per depth against a reference head."""
-
-    target: str = field(metadata=helptext("target model directory (its tokenizer is used); stays frozen"))
-    kind: Literal["mtp", "medusa"] = field(default="mtp", metadata=helptext(
-        "mtp: sequential modules reading the proposed tokens; medusa: parallel heads on one hidden state"))
-    depth: int | None = field(default=None, metadata=helptext(
-        "MTP modules / Medusa heads = most tokens proposed per step (default: 3 for mtp, 4 for medusa)"))
-    medusa_layers: int = field(default=1, metadata=helptext("residual blocks per Medusa head"))
-    shared_head: bool = field(default=False, metadata=helptext(
-        "Medusa: use the target's frozen output head instead of one trained copy per head"))
-    init: str | None = field(default=None, metadata=helptext("initial heads checkpoint (default: fresh)"))
-    init_seed: int = field(default=0, metadata=helptext("seed of freshly built heads"))
-    method: Literal["kd", "adaspec"] = field(default="kd", metadata=helptext(
-        "kd: every response token at every depth; adaspec: per-depth selective KD against --ref"))
-    ref: str | None = field(default=None, metadata=helptext("reference heads (required by --method adaspec)"))
-    k: float = field(default=0.4, metadata=helptext("fraction of response tokens AdaSPEC keeps per depth"))
-    selection: Literal["top", "bottom", "random", "all"] = field(default="top", metadata=helptext(
-        "which tokens by Δ: top (AdaSPEC), bottom, random, all (= plain KD)"))
-    loss: Literal["fkl", "rkl", "tvd", "jsd", "ce"] = field(default="fkl", metadata=helptext(
-        "per-token loss: a divergence to the target's own distribution, or ce on the data token"))
-    beta: float = field(default=0.5, metadata=helptext("JSD mixture weight"))
-    temperature: float = field(default=1.0, metadata=helptext("distillation temperature"))
-    lam: float = field(default=1.0, metadata=helptext("λ: every depth weighs λ / D unless --depth-weights"))
-    depth_weights: list[float] | None = field(default=None, metadata=helptext("one weight per depth"))
-    data_source: Literal["dataset", "target"] = field(default="dataset", metadata=helptext(
-        "responses: the dataset's or the target's own continuations (self-distillation data)"))
-    gen_max_new_tokens: int = field(default=128, metadata=helptext("length of target-generated responses"))
-    gen_temperature: float = field(default=0.0, metadata=helptext("temperature of generated responses"))
-    val_max_new_tokens: int = field(default=96, metadata=helptext("length of the target continuations"))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        selection.check_k(self.k)
-        if self.depth is None:
-            self.depth = DEFAULT_DEPTH[self.kind]
-        if self.depth < 1 or self.medusa_layers < 0:
-            raise AdaspecError(f"--depth must be >= 1 and --medusa-layers >= 0, got {self.depth} and "
-                               f"{self.medusa_layers}")
-        if self.method == "adaspec" and self.ref is None:
-            raise AdaspecError("--method adaspec needs --ref (reference heads trained with --method kd)")
-        if self.temperature <= 0 or self.gen_temperature < 0:
-            raise AdaspecError("--temperature must be > 0 and --gen-temperature >= 0")
-        if not 0 <= self.beta <= 1:
-            raise AdaspecError("--beta must be in [0, 1]")
-        depth_weights(self.depth, self.depth_weights, self.lam)
-
+from adaspec.training.head_options import TrainHeadOptions
 
 def _load_heads(kind: str, path: str, depth: int, target: PreTrainedModel, what: str
                 ) -> MTPHeads | MedusaHeads:
@@ -114,7 +60,7 @@ def _load_heads(kind: str, path: str, depth: int, target: PreTrainedModel, what:
     return heads
 
 
-def _build(opts: HeadOptions, target: PreTrainedModel) -> nn.Module:
+def _build(opts: TrainHeadOptions, target: PreTrainedModel) -> nn.Module:
     if opts.init:
         return _load_heads(opts.kind, opts.init, int(opts.depth), target, f"--init {opts.init}")
     if opts.kind == "mtp":
@@ -124,7 +70,7 @@ def _build(opts: HeadOptions, target: PreTrainedModel) -> nn.Module:
         return build_medusa(target, opts.depth, opts.medusa_layers, shared_head=opts.shared_head)
 
 
-def run_train_head(opts: HeadOptions, on_step: OnStep | None = None) -> None:
+def run_multi_token_head(opts: TrainHeadOptions, on_step: OnStep | None = None) -> None:
     accelerator = make_accelerator(opts)
     device = accelerator.device
     torch.manual_seed(opts.seed)
@@ -156,12 +102,12 @@ def run_train_head(opts: HeadOptions, on_step: OnStep | None = None) -> None:
             return Continuations(seqs, [it["prompt_length"] for it in items])
 
         with accelerator.main_process_first():
-            made = _json_cached(out / "target_responses.json", target_responses)
+            made = json_cached(out / "target_responses.json", target_responses)
         items = [data_lib.with_response(it, seq) for it, seq in zip(items, made.sequences)]
     val_prompts = [it["input_ids"][: it["prompt_length"]] for it in data_lib.encode(
         load_split(opts, "validation", opts.val_examples), tokenizer, opts.max_length)]
     with accelerator.main_process_first():
-        val = _json_cached(out / "val_continuations.json", lambda: greedy_continuations(
+        val = json_cached(out / "val_continuations.json", lambda: greedy_continuations(
             target, val_prompts, opts.val_max_new_tokens, eos))
 
     weights = depth_weights(opts.depth, opts.depth_weights, opts.lam)  # type: ignore[arg-type]
@@ -192,7 +138,8 @@ def run_train_head(opts: HeadOptions, on_step: OnStep | None = None) -> None:
             logs[f"loss_depth{k}"] = float((loss.detach() * mask).sum()) / n
             logs[f"kept_depth{k}"] = float(kept.sum()) / n
         # the selection is inside the per-token values; the loop keeps every response token
-        return spread_over_positions(selected, weights), data_lib.response_mask(labels), logs
+        response = data_lib.response_mask(labels)
+        return place_by_predicted_token(selected, weights, response.shape[1], first=1), response, logs
 
     def validate(model: nn.Module) -> dict[str, float]:
         return head_acceptance(lambda h, ids: forward(model, h, ids), target, val, opts.depth)  # type: ignore
