@@ -1,0 +1,110 @@
+"""The target's forward over a token tree on its KV cache, and the cache compaction after verification.
+
+One forward feeds the root (the last accepted token) and the N nodes after the `seen` cached tokens, with
+a 4-D additive attention mask (every fed token sees the whole cached prefix, then the root and its own
+ancestors) and position ids seen + depth. Afterwards the cache holds the prefix, the root and all N
+nodes; `compact_cache` keeps the prefix, the root and the accepted path only, by moving the accepted
+nodes' key/value rows into place and cropping (nothing is recomputed).
+
+Custom masks: in transformers 5.x a model whose modeling file builds its mask with
+`masking_utils.create_causal_mask` returns a 4-D `attention_mask` as given (`_preprocess_mask_arguments`
+exits early on ndim 4); the eager and SDPA attention functions add a float mask to the scores. Llama,
+GPT-NeoX and GPT-2 all do this. Flash-attention kernels take no arbitrary mask, flex attention needs a
+BlockMask, and families with their own mask code (or no attention) may ignore it, so those are refused.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, masking_utils
+
+from adaspec.decoding.tree import Tree
+from adaspec.errors import AdaspecError
+
+_MASKABLE_ATTENTION = ("eager", "sdpa")
+
+
+def check_tree_attention(model: PreTrainedModel) -> None:
+    """AdaspecError unless the model's attention takes a custom 4-D mask (see the module doc)."""
+    kind = getattr(model.config, "model_type", type(model).__name__)
+    module = sys.modules.get(type(model).__module__)
+    if getattr(module, "create_causal_mask", None) is not masking_utils.create_causal_mask:
+        raise AdaspecError(f"{kind} models cannot verify token trees: their attention does not take a custom "
+                           "4-D mask (use chains, i.e. no tree)")
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl not in _MASKABLE_ATTENTION:
+        raise AdaspecError(f"the {kind} model uses attention implementation {impl!r}, which takes no tree mask: "
+                           "load it with attn_implementation='sdpa' or 'eager' to verify token trees")
+
+
+def tree_mask(tree: Tree, seen: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[1, 1, N+1, seen+N+1] additive mask: 0 where a fed token may look, the dtype's minimum elsewhere."""
+    allowed = torch.cat([torch.ones(tree.size + 1, seen, dtype=torch.bool), tree.attention_mask().cpu()], dim=1)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask.to(device)[None, None]
+
+
+def _cache_kwarg(model: PreTrainedModel) -> str:
+    # transformers 5.24 renames `past_key_values` to `cache` (the old name goes in 5.40)
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def tree_forward(model: PreTrainedModel, cache: Any, seen: int, root: torch.Tensor, tree: Tree,
+                 vocab: int | None = None) -> torch.Tensor:
+    """Float32 logits [N+1, V] of root and nodes; the cache (holding `seen` tokens) grows by N+1.
+
+    Row 0 is the target's distribution after the root, row i+1 after node i. `vocab`, when given, trims
+    or pads (with -inf) the model's output rows to the target vocabulary, as CachedLM does.
+    """
+    check_tree_attention(model)
+    if cache.get_seq_length() != seen:
+        raise AdaspecError(f"the KV cache holds {cache.get_seq_length()} tokens, expected {seen}")
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    ids = torch.cat([root.reshape(1).to(device), tree.tokens.to(device)]).unsqueeze(0)
+    positions = tree.position_ids(seen).to(device).unsqueeze(0)
+    mask = tree_mask(tree, seen, dtype if dtype.is_floating_point else torch.float32, device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                **{_cache_kwarg(model): cache})
+    logits = out.logits[0].float()
+    if vocab is not None and logits.shape[-1] != vocab:
+        if logits.shape[-1] > vocab:
+            logits = logits[:, :vocab]
+        else:
+            logits = torch.nn.functional.pad(logits, (0, vocab - logits.shape[-1]), value=-math.inf)
+    return logits
+
+
+def compact_cache(cache: Any, seen: int, tree_size: int, path: torch.Tensor) -> int:
+    """After `tree_forward` from `seen` cached tokens: keep prefix + root + the accepted `path` (node ids,
+    root-to-node order) in place, drop the other nodes; returns the new cache length seen + 1 + len(path).
+
+    Works on a cache with `layers` holding `keys` / `values` [batch, heads, length, head_dim] (transformers
+    5.x DynamicCache) whose layers are all full-attention.
+    """
+    length = seen + 1 + tree_size
+    if cache.get_seq_length() != length:
+        raise AdaspecError(f"the KV cache holds {cache.get_seq_length()} tokens, expected {length} after the tree")
+    layers = getattr(cache, "layers", None)
+    if layers is None or any(getattr(layer, "is_sliding", False) or not hasattr(layer, "keys") for layer in layers):
+        raise AdaspecError(f"cannot compact a {type(cache).__name__} after a token tree: only full-attention "
+                           "DynamicCache layers (keys / values per layer) are supported")
+    k = path.shape[0]
+    base = seen + 1
+    rows = path.to(torch.long) + base
+    if k and not bool((rows == torch.arange(base, base + k, device=rows.device)).all()):
+        for layer in layers:
+            if layer.keys is None:  # an unused layer (KV sharing) holds nothing to move
+                continue
+            idx = rows.to(layer.keys.device)
+            layer.keys[..., base:base + k, :] = layer.keys.index_select(-2, idx)
+            layer.values[..., base:base + k, :] = layer.values.index_select(-2, idx)
+    new_length = base + k
+    if new_length < length:
+        cache.crop(new_length - length)  # negative: tokens to remove (4.x and 5.x)
+    return new_length
