@@ -34,8 +34,8 @@ def check_tree_attention(model: PreTrainedModel) -> None:
     kind = getattr(model.config, "model_type", type(model).__name__)
     module = sys.modules.get(type(model).__module__)
     if getattr(module, "create_causal_mask", None) is not masking_utils.create_causal_mask:
-        raise AdaspecError(f"{kind} models cannot verify token trees: their attention does not take a custom "
-                           "4-D mask (use chains, i.e. no tree)")
+        raise AdaspecError(f"{kind} models cannot verify token trees: the model does not take a custom 4-D "
+                           "attention mask (use chains instead)")
     impl = getattr(model.config, "_attn_implementation", None)
     if impl not in _MASKABLE_ATTENTION:
         raise AdaspecError(f"the {kind} model uses attention implementation {impl!r}, which takes no tree mask: "
