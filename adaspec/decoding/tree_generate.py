@@ -1,0 +1,132 @@
+"""Speculative decoding with token trees: a drafter-agnostic loop, and a draft-LM tree proposer.
+
+One step, with seq[:n] accepted and the target cache holding seq[:n-1] (the chain engine's invariant):
+the proposer hangs a tree below seq[n-1]; the target runs ONE forward over [seq[n-1], nodes] with the
+tree mask; `verify_tree` picks the accepted root-to-node path and the distribution of the next token;
+the cache is compacted to seq[:n-1] + seq[n-1] + the path, which is the new seq[:n'-1] (n' = n + k + 1),
+so the invariant holds again with nothing recomputed.
+
+`ProposeTree(seq, n, temperature, top_p, generator) -> (tree, draft rows or None)`: a tree below
+seq[n-1]; the draft rows [N, V] are the distributions the nodes were sampled from, None when the
+children are chosen deterministically (top-k), which the verification rule treats as such (lossless at
+any temperature, see tree_verify). The lead connects this to the Drafter protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from adaspec.decoding.tree import EAGLE_DEPTH, EAGLE_TOP_K, EAGLE_TOTAL_TOKENS, Tree, build_dynamic_tree
+from adaspec.decoding.tree_target import _cache_kwarg, check_tree_attention, compact_cache, tree_forward
+from adaspec.decoding.tree_verify import verify_tree
+from adaspec.errors import AdaspecError
+from adaspec.metrics import SpecStats
+from adaspec.models import output_vocab_size
+from adaspec.speculative import (_check_sampling, _Clock, _eos_set, _generator, _prompt, _truncate,
+                                 logits_to_probs, sample)
+
+ProposeTree = Callable[[torch.Tensor, int, float, float, "torch.Generator | None"], tuple[Tree, "torch.Tensor | None"]]
+
+
+class _Prefix:
+    """A model's KV cache of a prefix of seq, caught up on demand (`seen` tokens cached)."""
+
+    def __init__(self, model: PreTrainedModel):
+        self.model, self.seen = model, 0
+        self.cache = DynamicCache(config=model.config)
+        self.device = next(model.parameters()).device
+        self._cache_arg = _cache_kwarg(model)
+
+    def catch_up(self, seq: torch.Tensor, length: int) -> None:
+        """Make the cache hold exactly seq[:length] (crop what is beyond, feed what is missing)."""
+        if self.seen > length:
+            self.cache.crop(length - self.seen)
+            self.seen = length
+        if self.seen < length:
+            self.model(input_ids=seq[self.seen:length].to(self.device).unsqueeze(0), use_cache=True,
+                       **{self._cache_arg: self.cache})
+            self.seen = length
+
+
+class LMTreeProposer:
+    """Top-k trees from a separate draft LM, EAGLE-2 style (`build_dynamic_tree`): each depth's frontier
+    is expanded by one tree-masked forward of the draft over the tree so far, on its cache of seq[:n-1],
+    which is cropped back after every forward (re-drafting; following the tree with the draft's cache
+    is the alternative the benchmark is to weigh). Children are top-k, so no draft rows are returned."""
+
+    def __init__(self, draft: PreTrainedModel, vocab: int, top_k: int = EAGLE_TOP_K, depth: int = EAGLE_DEPTH,
+                 total_tokens: int = EAGLE_TOTAL_TOKENS):
+        check_tree_attention(draft)
+        self.prefix, self.vocab = _Prefix(draft), vocab
+        self.top_k, self.depth, self.total_tokens = top_k, depth, total_tokens
+
+    def __call__(self, seq: torch.Tensor, n: int, temperature: float, top_p: float,
+                 generator: torch.Generator | None) -> tuple[Tree, None]:
+        self.prefix.catch_up(seq, n - 1)
+        root = seq[n - 1]
+        t = 1.0 if temperature == 0 else temperature
+
+        def expand(nodes: torch.Tensor, tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = tree_forward(self.prefix.model, self.prefix.cache, n - 1, root, tree, self.vocab)
+            self.prefix.cache.crop(-(tree.size + 1))
+            logp = torch.log(logits_to_probs(logits[nodes.to(logits.device) + 1], t, top_p))
+            values, tokens = logp.topk(self.top_k, dim=-1)
+            return tokens, values
+
+        return build_dynamic_tree(expand, self.top_k, self.depth, self.total_tokens), None
+
+
+@torch.inference_mode()
+def tree_speculative_generate(target: PreTrainedModel, propose: ProposeTree, input_ids: torch.Tensor,
+                              max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+                              eos_token_id: int | Iterable[int] | None = None,
+                              generator: torch.Generator | None = None, seed: int | None = None
+                              ) -> tuple[torch.Tensor, SpecStats]:
+    """Generate after one prompt with tree verification; returns (sequence [1, n], stats).
+
+    Greedy (temperature 0) output is the target's greedy decoding; otherwise the target's
+    temperature / top-p distribution exactly. Stats count one step per tree, `drafted` = tree nodes.
+    """
+    _check_sampling(temperature, top_p)
+    check_tree_attention(target)
+    prompt = _prompt(input_ids, max_new_tokens, {"target": target})
+    vocab = output_vocab_size(target)
+    tgt = _Prefix(target)
+    generator = _generator(generator, seed, tgt.device)
+    eos, clock = _eos_set(eos_token_id), _Clock(tgt.device)
+    stats = SpecStats(sequences=1)
+    n, total = prompt.numel(), prompt.numel() + max_new_tokens
+    seq = torch.empty(total, dtype=torch.long, device=tgt.device)
+    seq[:n] = prompt.to(tgt.device)
+    t0 = clock()
+    tgt.catch_up(seq, n - 1)
+    t1 = clock()
+    stats.prefill_time_s = t1 - t0
+    while n < total:
+        s0 = clock()
+        tree, draft_rows = propose(seq, n, temperature, top_p, generator)
+        if tree.size == 0:
+            raise AdaspecError("the tree proposer returned an empty tree")
+        s1 = clock()
+        logits = tree_forward(target, tgt.cache, n - 1, seq[n - 1], tree, vocab)
+        probs = logits_to_probs(logits, temperature, top_p)
+        uniforms = None if temperature == 0 else torch.rand(tree.size, generator=generator, device=probs.device)
+        path, nxt = verify_tree(probs, tree, draft_rows, uniforms)
+        token = nxt.argmax(-1, keepdim=True) if temperature == 0 else sample(nxt, generator)
+        tgt.seen = compact_cache(tgt.cache, n - 1, tree.size, path)
+        s2 = clock()
+        k = path.numel()
+        new, stop = _truncate(torch.cat([tree.tokens[path].to(token.device), token]).tolist()[: total - n], eos)
+        m = len(new)
+        seq[n:n + m] = torch.tensor(new, dtype=torch.long, device=seq.device)
+        stats.record_step(tree.size, k, m)
+        stats.draft_time_s += s1 - s0
+        stats.target_time_s += s2 - s1
+        n += m
+        if stop:
+            break
+    stats.decode_time_s = clock() - t1
+    return seq[:n].unsqueeze(0), stats

@@ -1,0 +1,70 @@
+"""The tree decoding loop: greedy output is the target's greedy decoding, on three model families."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from adaspec.decoding.tree_generate import LMTreeProposer, tree_speculative_generate
+from adaspec.models import build_model
+from adaspec.speculative import target_only_generate
+
+VOCAB = 40
+
+
+def _target(family: str, seed: int = 0):
+    """A tiny model with larger weights than the default init, whose greedy output is not one repeated token."""
+    model = build_model(family, VOCAB, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(0.4 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _noisy_copy(model, scale: float, seed: int):
+    """A draft that agrees with the target often but not always."""
+    draft = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(scale * p.std().nan_to_num(0.0) * torch.randn(p.shape, generator=g))
+    return draft
+
+
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-neox", "tiny-gpt2"])
+@pytest.mark.parametrize("top_k, depth, total", [(3, 3, 8), (2, 4, 6), (1, 3, 3)])
+def test_greedy_tree_decoding_is_the_targets_greedy_decoding(family, top_k, depth, total):
+    target = _target(family)
+    draft = _noisy_copy(target, 0.1, seed=1)
+    prompt = torch.tensor([[1, 5, 9, 2]])
+    expected, _ = target_only_generate(target, prompt, max_new_tokens=24)
+    proposer = LMTreeProposer(draft, VOCAB, top_k=top_k, depth=depth, total_tokens=total)
+    seq, stats = tree_speculative_generate(target, proposer, prompt, max_new_tokens=24)
+    assert seq.tolist() == expected.tolist()
+    assert stats.emitted == 24 and stats.steps < 24  # more than one token per target forward
+    assert sum(1 for c in stats.accept_hist if c) >= 2  # paths of several lengths were accepted
+
+
+def test_eos_and_one_token_prompts():
+    target = _target("tiny-llama")
+    expected, _ = target_only_generate(target, torch.tensor([[3]]), max_new_tokens=12)
+    eos = expected[0, 5].item()
+    proposer = LMTreeProposer(_noisy_copy(target, 0.3, seed=2), VOCAB, top_k=2, depth=3, total_tokens=6)
+    seq, _ = tree_speculative_generate(target, proposer, torch.tensor([[3]]), max_new_tokens=12, eos_token_id=eos)
+    first = expected[0, 1:].tolist().index(eos) + 1
+    assert seq.tolist() == expected[:, : first + 1].tolist()
+
+
+def test_sampling_runs_with_top_k_trees():
+    target = _target("tiny-neox")
+    proposer = LMTreeProposer(_noisy_copy(target, 0.3, seed=3), VOCAB, top_k=3, depth=2, total_tokens=6)
+    seq, stats = tree_speculative_generate(target, proposer, torch.tensor([[1, 2]]), max_new_tokens=16,
+                                           temperature=0.8, top_p=0.9, seed=0)
+    again, _ = tree_speculative_generate(target, proposer, torch.tensor([[1, 2]]), max_new_tokens=16,
+                                         temperature=0.8, top_p=0.9, seed=0)
+    assert seq.shape == (1, 18) and stats.emitted == 16
+    assert torch.equal(seq, again)  # seeded runs repeat
