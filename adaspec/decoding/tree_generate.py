@@ -20,7 +20,8 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from adaspec.decoding.tree import EAGLE_DEPTH, EAGLE_TOP_K, EAGLE_TOTAL_TOKENS, Tree, build_dynamic_tree
-from adaspec.decoding.tree_target import _cache_kwarg, check_tree_attention, compact_cache, tree_forward
+from adaspec.decoding.tree_target import (_cache_kwarg, check_tree_attention, compact_cache, masked_forward,
+                                          tree_forward)
 from adaspec.decoding.tree_verify import verify_tree
 from adaspec.errors import AdaspecError
 from adaspec.metrics import SpecStats
@@ -52,10 +53,14 @@ class _Prefix:
 
 
 class LMTreeProposer:
-    """Top-k trees from a separate draft LM, EAGLE-2 style (`build_dynamic_tree`): each depth's frontier
-    is expanded by one tree-masked forward of the draft over the tree so far, on its cache of seq[:n-1],
-    which is cropped back after every forward (re-drafting; following the tree with the draft's cache
-    is the alternative the benchmark is to weigh). Children are top-k, so no draft rows are returned."""
+    """Top-k trees from a separate draft LM, EAGLE-2 style (`build_dynamic_tree`).
+
+    Within a step the draft's cache follows the tree: round 1 feeds the root, each later round feeds only
+    the new frontier nodes, each seeing the prefix, the root and its ancestors (fed in earlier rounds),
+    so a tree of depth D costs D draft forwards of at most top_k tokens. Afterwards the cache is cropped
+    back to seq[:n-1] and the next step re-feeds the accepted tokens (keeping the accepted path's rows
+    instead is the alternative the benchmark is to weigh). Children are top-k: no draft rows returned.
+    """
 
     def __init__(self, draft: PreTrainedModel, vocab: int, top_k: int = EAGLE_TOP_K, depth: int = EAGLE_DEPTH,
                  total_tokens: int = EAGLE_TOTAL_TOKENS):
@@ -66,17 +71,32 @@ class LMTreeProposer:
     def __call__(self, seq: torch.Tensor, n: int, temperature: float, top_p: float,
                  generator: torch.Generator | None) -> tuple[Tree, None]:
         self.prefix.catch_up(seq, n - 1)
-        root = seq[n - 1]
+        model, cache, base = self.prefix.model, self.prefix.cache, n - 1
         t = 1.0 if temperature == 0 else temperature
+        slots: dict[int, int] = {-1: base}  # node id (-1 = root) -> its row in the draft cache
 
         def expand(nodes: torch.Tensor, tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = tree_forward(self.prefix.model, self.prefix.cache, n - 1, root, tree, self.vocab)
-            self.prefix.cache.crop(-(tree.size + 1))
-            logp = torch.log(logits_to_probs(logits[nodes.to(logits.device) + 1], t, top_p))
-            values, tokens = logp.topk(self.top_k, dim=-1)
-            return tokens, values
+            ids = nodes.tolist()
+            cached = cache.get_seq_length()
+            visible = torch.zeros(len(ids), cached + len(ids), dtype=torch.bool)
+            visible[:, :base] = True
+            if ids == [-1]:
+                tokens, positions = seq[base:n], torch.tensor([base])
+            else:
+                ancestors = tree.ancestors()
+                visible[:, base] = True
+                for row, node in enumerate(ids):
+                    visible[row, [slots[a] for a in ancestors[node][:-1]]] = True
+                tokens, positions = tree.tokens[nodes], tree.depths[nodes] + base
+            visible[torch.arange(len(ids)), cached + torch.arange(len(ids))] = True
+            slots.update({node: cached + row for row, node in enumerate(ids)})
+            logits = masked_forward(model, cache, tokens, positions, visible, self.vocab)
+            values, children = torch.log(logits_to_probs(logits, t, top_p)).topk(self.top_k, dim=-1)
+            return children, values
 
-        return build_dynamic_tree(expand, self.top_k, self.depth, self.total_tokens), None
+        tree = build_dynamic_tree(expand, self.top_k, self.depth, self.total_tokens)
+        cache.crop(base - cache.get_seq_length())
+        return tree, None
 
 
 @torch.inference_mode()

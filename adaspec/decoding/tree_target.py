@@ -42,10 +42,9 @@ def check_tree_attention(model: PreTrainedModel) -> None:
                            "load it with attn_implementation='sdpa' or 'eager' to verify token trees")
 
 
-def tree_mask(tree: Tree, seen: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """[1, 1, N+1, seen+N+1] additive mask: 0 where a fed token may look, the dtype's minimum elsewhere."""
-    allowed = torch.cat([torch.ones(tree.size + 1, seen, dtype=torch.bool), tree.attention_mask().cpu()], dim=1)
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+def additive_mask(visible: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[1, 1, T, K] additive mask from a [T, K] bool `visible`: 0 where visible, the dtype's minimum elsewhere."""
+    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible.cpu(), torch.finfo(dtype).min)
     return mask.to(device)[None, None]
 
 
@@ -54,22 +53,20 @@ def _cache_kwarg(model: PreTrainedModel) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def tree_forward(model: PreTrainedModel, cache: Any, seen: int, root: torch.Tensor, tree: Tree,
-                 vocab: int | None = None) -> torch.Tensor:
-    """Float32 logits [N+1, V] of root and nodes; the cache (holding `seen` tokens) grows by N+1.
-
-    Row 0 is the target's distribution after the root, row i+1 after node i. `vocab`, when given, trims
-    or pads (with -inf) the model's output rows to the target vocabulary, as CachedLM does.
-    """
+def masked_forward(model: PreTrainedModel, cache: Any, tokens: torch.Tensor, positions: torch.Tensor,
+                   visible: torch.Tensor, vocab: int | None = None) -> torch.Tensor:
+    """Feed `tokens` [T] at `positions` [T] after the cached ones, token t seeing the cache slots and fed
+    tokens where visible[t] ([T, cached + T] bool) is True; float32 logits [T, V]. The cache grows by T.
+    `vocab`, when given, trims or pads (with -inf) the output rows to the target vocabulary."""
     check_tree_attention(model)
-    if cache.get_seq_length() != seen:
-        raise AdaspecError(f"the KV cache holds {cache.get_seq_length()} tokens, expected {seen}")
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    ids = torch.cat([root.reshape(1).to(device), tree.tokens.to(device)]).unsqueeze(0)
-    positions = tree.position_ids(seen).to(device).unsqueeze(0)
-    mask = tree_mask(tree, seen, dtype if dtype.is_floating_point else torch.float32, device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+    cached = cache.get_seq_length()
+    if visible.shape != (tokens.shape[0], cached + tokens.shape[0]):
+        raise AdaspecError(f"visibility must be [{tokens.shape[0]}, {cached + tokens.shape[0]}] for "
+                           f"{tokens.shape[0]} tokens after {cached} cached, got {tuple(visible.shape)}")
+    param = next(model.parameters())
+    dtype = param.dtype if param.dtype.is_floating_point else torch.float32
+    out = model(input_ids=tokens.to(param.device).unsqueeze(0), position_ids=positions.to(param.device).unsqueeze(0),
+                attention_mask=additive_mask(visible, dtype, param.device), use_cache=True,
                 **{_cache_kwarg(model): cache})
     logits = out.logits[0].float()
     if vocab is not None and logits.shape[-1] != vocab:
@@ -78,6 +75,19 @@ def tree_forward(model: PreTrainedModel, cache: Any, seen: int, root: torch.Tens
         else:
             logits = torch.nn.functional.pad(logits, (0, vocab - logits.shape[-1]), value=-math.inf)
     return logits
+
+
+def tree_forward(model: PreTrainedModel, cache: Any, seen: int, root: torch.Tensor, tree: Tree,
+                 vocab: int | None = None) -> torch.Tensor:
+    """Float32 logits [N+1, V] of root and nodes; the cache (holding `seen` tokens) grows by N+1.
+
+    Row 0 is the model's distribution after the root, row i+1 after node i (see `masked_forward` for vocab).
+    """
+    if cache.get_seq_length() != seen:
+        raise AdaspecError(f"the KV cache holds {cache.get_seq_length()} tokens, expected {seen}")
+    tokens = torch.cat([root.reshape(1).to(tree.tokens.device), tree.tokens])
+    visible = torch.cat([torch.ones(tree.size + 1, seen, dtype=torch.bool), tree.attention_mask().cpu()], dim=1)
+    return masked_forward(model, cache, tokens, tree.position_ids(seen), visible, vocab)
 
 
 def compact_cache(cache: Any, seen: int, tree_size: int, path: torch.Tensor) -> int:

@@ -37,7 +37,10 @@ Three ways of choosing the children, one rule:
 - Children drawn from q without replacement: q_j = q with x_1..x_{j-1} removed, renormalised.
 A chain (width 1) with q_j the draft's distribution is exactly the chain rule of verify_chain: accept
 x_j iff u_j q_j(x_j) < p_j(x_j), residual norm(max(0, p_k - q_k)), and p_k itself after all are accepted.
-Greedy (uniforms None): follow the child whose token is the target's argmax; one-hot of the argmax next.
+Greedy (uniforms None): follow the child whose token is the target's argmax, then return the target's
+row there (one-hot when greedy), as verify_chain does. verify_chain treats draft_probs None as greedy
+while verify_tree with uniforms given treats it as deterministic candidates: on one-hot target rows the
+two coincide (the argmax child is accepted surely, any other surely rejected).
 """
 
 from __future__ import annotations
@@ -63,8 +66,7 @@ def verify_tree(target_probs: torch.Tensor, tree: Tree, draft_probs: torch.Tenso
     tokens = tree.tokens.tolist()
     if uniforms is None:
         path, node = _greedy(target_probs, children, tokens)
-        row = target_probs[node + 1]
-        return _ids(path, target_probs), torch.nn.functional.one_hot(row.argmax(), row.shape[0]).to(row.dtype)
+        return _ids(path, target_probs), target_probs[node + 1]
     if draft_probs is None:
         return _deterministic(target_probs, tree, children, tokens, uniforms)
     return _sampled(target_probs, children, tokens, draft_probs, uniforms)

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from adaspec.decoding.tree import Tree, build_dynamic_tree
 from adaspec.decoding.tree_generate import LMTreeProposer, tree_speculative_generate
 from adaspec.models import build_model
 from adaspec.speculative import target_only_generate
@@ -33,6 +34,28 @@ def _noisy_copy(model, scale: float, seed: int):
         for p in draft.parameters():
             p.add_(scale * p.std().nan_to_num(0.0) * torch.randn(p.shape, generator=g))
     return draft
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-neox", "tiny-gpt2"])
+def test_the_draft_proposer_builds_the_drafts_top_k_tree(family):
+    draft = _target(family, seed=4)
+    seq = torch.tensor([1, 5, 9, 2, 7, 7, 3])
+
+    def expand(nodes: torch.Tensor, tree: Tree):  # every path through a full forward, no cache
+        paths = tree.ancestors()
+        rows = [draft(input_ids=torch.cat([seq, tree.tokens[paths[i]] if i >= 0 else seq[:0]])[None]).logits[0, -1]
+                for i in nodes.tolist()]
+        values, tokens = torch.log_softmax(torch.stack(rows).float(), -1).topk(3, dim=-1)
+        return tokens, values
+
+    expected = build_dynamic_tree(expand, top_k=3, depth=4, total_tokens=12)
+    proposer = LMTreeProposer(draft, VOCAB, top_k=3, depth=4, total_tokens=12)
+    for n in (4, 7, 5):  # the draft cache catches up, and rolls back, between calls
+        tree, rows = proposer(seq, n, 0.0, 1.0, None)
+        if n == 7:
+            assert rows is None and proposer.prefix.seen == n - 1
+            assert torch.equal(tree.tokens, expected.tokens) and torch.equal(tree.parents, expected.parents)
 
 
 @pytest.mark.parametrize("family", ["tiny-llama", "tiny-neox", "tiny-gpt2"])

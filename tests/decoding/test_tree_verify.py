@@ -20,9 +20,12 @@ SAMPLES = 10_000
 
 # ---- the chain rule, as adaspec.speculative applies it (the reference a width-1 tree must reproduce) ----
 
-def _chain_rule(p: torch.Tensor, proposals: torch.Tensor, q: torch.Tensor, u: torch.Tensor):
+def _chain_rule(p: torch.Tensor, proposals: torch.Tensor, q: torch.Tensor | None, u: torch.Tensor | None):
     gamma = proposals.shape[0]
     idx = proposals.view(-1, 1)
+    if q is None:
+        k = (proposals == p[:gamma].argmax(-1)).long().cumprod(0).sum()
+        return k, p[k]
     ok = u * q.gather(1, idx).view(-1) < p[:gamma].gather(1, idx).view(-1)
     k = ok.long().cumprod(0).sum()
     residual = (p - torch.cat([q, torch.zeros_like(q[:1])])).clamp_min(0)[k]
@@ -63,6 +66,13 @@ def test_a_chain_gives_exactly_the_chain_rule(top_p):
         assert path.tolist() == list(range(int(k)))
         assert torch.equal(ours, residual)
         outcomes.add(int(k) == gamma)
+        # greedy: one-hot target rows, no draft rows; deterministic candidates on one-hot rows agree
+        hard = torch.nn.functional.one_hot(p.argmax(-1), V).float()
+        k, residual = chain_rule(hard, proposals, None, None)
+        for draws in (None, u):
+            path, ours = verify_tree(hard, Tree.chain(proposals), None, draws)
+            assert path.tolist() == list(range(int(k)))
+            assert torch.equal(ours, residual)
     assert outcomes == {True, False}
 
 
