@@ -91,3 +91,42 @@ def test_sampling_runs_with_top_k_trees():
                                          temperature=0.8, top_p=0.9, seed=0)
     assert seq.shape == (1, 18) and stats.emitted == 16
     assert torch.equal(seq, again)  # seeded runs repeat
+
+
+@pytest.mark.slow
+@torch.inference_mode()
+def test_sampled_tree_decoding_follows_the_target_end_to_end():
+    """Chi-square on the first two tokens of the whole loop (tree proposer, masked forward, verification,
+    compaction, next step) against the target's exact joint distribution, on a 6-token vocabulary."""
+    from scipy import stats
+
+    vocab, runs = 6, 10_000
+    target = build_model("tiny-llama", vocab, seed=0)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for p in target.parameters():
+            if p.dim() >= 2:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    proposer = LMTreeProposer(_noisy_copy(target, 0.3, seed=1), vocab, top_k=3, depth=2, total_tokens=6)
+    prompt = torch.tensor([1, 4, 2])
+    temperature, top_p = 0.9, 0.9
+    from adaspec.speculative import logits_to_probs
+
+    first = logits_to_probs(target(input_ids=prompt[None]).logits[0, -1], temperature, top_p)
+    seconds = torch.stack([logits_to_probs(target(input_ids=torch.cat([prompt, torch.tensor([a])])[None]).logits[0, -1],
+                                           temperature, top_p) for a in range(vocab)])
+    joint = (first[:, None] * seconds).flatten().double()
+    counts = torch.zeros(vocab * vocab, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    accepted = 0
+    for _ in range(runs):
+        seq, run_stats = tree_speculative_generate(target, proposer, prompt[None], max_new_tokens=2,
+                                           temperature=temperature, top_p=top_p, generator=gen)
+        counts[seq[0, 3] * vocab + seq[0, 4]] += 1
+        accepted += run_stats.accept_hist[0] < run_stats.steps  # some tree node accepted in this run
+    assert accepted > 0.3 * runs  # the tree, not just the target's own sample, produced many tokens
+    assert counts[joint == 0].sum() == 0
+    keep = joint > 0
+    expected = joint[keep] / joint[keep].sum() * runs
+    assert expected.min() >= 5
+    assert stats.chisquare(counts[keep].numpy(), expected.numpy()).pvalue > 1e-3
