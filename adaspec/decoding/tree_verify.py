@@ -29,7 +29,8 @@ Three ways of choosing the children, one rule:
   so acceptance has probability min(1, p_j(x_j)) = p_j(x_j) and max(0, p_j - q_j) is p_j with x_j
   removed. Hence p_j = p with the already rejected siblings removed and renormalised:
   accept c_j iff u_j * (1 - sum_{i<j} p(x_i)) < p(x_j), and after all J are rejected sample from p with
-  every child removed, renormalised. (Siblings must be distinct tokens, as top-k gives them.)
+  every child removed, renormalised. (Top-k siblings are distinct; a repeated token, which a static
+  tree with repeated candidates could have, is rejected outright: its mass is already removed.)
   Using the draft's softmax q as q_j here (the chain rule min(1, p/q)) is wrong: the children were
   not drawn from q, and the output is biased (the tests show a chi-square test rejecting it).
 - Children drawn i.i.d. from the draft's q at the parent (SpecInfer's multi-draft recursive rejection
@@ -94,13 +95,16 @@ def _deterministic(target_probs: torch.Tensor, tree: Tree, children: list[list[i
     u = uniforms.tolist()
     path, node = [], -1
     while True:
-        removed = 0.0  # target mass of the siblings rejected so far at this node
+        removed, gone = 0.0, set()  # target mass and tokens of the siblings rejected so far at this node
         accepted = None
         for c in children[node + 1]:
+            if tokens[c] in gone:  # a repeated candidate has probability 0 once its first copy is rejected
+                continue
             if u[c] * (1.0 - removed) < own[c]:
                 accepted = c
                 break
             removed += own[c]
+            gone.add(tokens[c])
         if accepted is None:
             break
         path.append(accepted)

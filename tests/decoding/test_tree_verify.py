@@ -202,6 +202,7 @@ CASES = {  # name -> (tree depth, target top-p, how the tree is drawn, verified 
     "top-k": (3, 1.0, "top-k", False),
     "top-k, top-p": (3, 0.7, "top-k", False),
     "static, top-p": (2, 0.8, "static", False),
+    "static, repeated candidates": (2, 1.0, "repeated", False),
     "sampled iid": (2, 1.0, "iid", True),
     "sampled iid, top-p": (2, 0.7, "iid", True),
     "sampled without replacement": (2, 1.0, "without", True),
@@ -219,7 +220,11 @@ def test_tree_sampling_follows_the_target(case):
         first = lang.q[()].topk(3).indices
         candidates = torch.stack([first, lang.q[(int(first[0]),)].topk(3).indices])
         fixed = Tree.from_paths([[0], [1], [2], [0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [2, 0]], candidates)
-    if kind in ("top-k", "static"):
+    elif kind == "repeated":  # candidate lists with a token twice: its second copy must never be accepted
+        first = lang.q[()].topk(2).indices
+        candidates = torch.stack([first[[0, 0, 1]], lang.q[(int(first[0]),)].topk(2).indices[[0, 1, 0]]])
+        fixed = Tree.from_paths([[0], [1], [2], [0, 0], [0, 1], [0, 2], [1, 0], [2, 0], [2, 1]], candidates)
+    if kind in ("top-k", "static", "repeated"):
         rows = lang.rows(lang.p, fixed)
         draw = lambda: (fixed, rows, None)  # noqa: E731
     else:
@@ -232,7 +237,7 @@ def test_tree_sampling_follows_the_target(case):
     pvalue = _chi2_pvalue(counts, lang.first_two())
     print(f"{case}: chi-square p = {pvalue:.3g}, {seen}")
     assert pvalue > 1e-3
-    assert min(seen.values()) > 0.03  # the tree's second level and later siblings are really exercised
+    assert min(seen.values()) > 0.01  # the tree's second level and later siblings are really exercised
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.7])
