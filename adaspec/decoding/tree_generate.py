@@ -55,11 +55,12 @@ class _Prefix:
 class LMTreeProposer:
     """Top-k trees from a separate draft LM, EAGLE-2 style (`build_dynamic_tree`).
 
-    Within a step the draft's cache follows the tree: round 1 feeds the root, each later round feeds only
-    the new frontier nodes, each seeing the prefix, the root and its ancestors (fed in earlier rounds),
-    so a tree of depth D costs D draft forwards of at most top_k tokens. Afterwards the cache is cropped
-    back to seq[:n-1] and the next step re-feeds the accepted tokens (keeping the accepted path's rows
-    instead is the alternative the benchmark is to weigh). Children are top-k: no draft rows returned.
+    The draft's cache follows the tree within a step: round 1 feeds the tokens accepted since the last
+    step (the root last) and takes the root's children; each later round feeds only the new frontier
+    nodes, each seeing the prefix, the root and its ancestors (fed in earlier rounds). A tree of depth D
+    thus costs D draft forwards, as a chain of γ = D does. Afterwards the cache is cropped back to
+    seq[:n] (the accepted path is re-fed next step; keeping its rows instead is the alternative the
+    benchmark is to weigh). Children are top-k: no draft rows are returned.
     """
 
     def __init__(self, draft: PreTrainedModel, vocab: int, top_k: int = EAGLE_TOP_K, depth: int = EAGLE_DEPTH,
@@ -70,7 +71,7 @@ class LMTreeProposer:
 
     def __call__(self, seq: torch.Tensor, n: int, temperature: float, top_p: float,
                  generator: torch.Generator | None) -> tuple[Tree, None]:
-        self.prefix.catch_up(seq, n - 1)
+        self.prefix.catch_up(seq, min(self.prefix.seen, n - 1))  # round 1 feeds at least the root
         model, cache, base = self.prefix.model, self.prefix.cache, n - 1
         t = 1.0 if temperature == 0 else temperature
         slots: dict[int, int] = {-1: base}  # node id (-1 = root) -> its row in the draft cache
@@ -78,24 +79,28 @@ class LMTreeProposer:
         def expand(nodes: torch.Tensor, tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
             ids = nodes.tolist()
             cached = cache.get_seq_length()
-            visible = torch.zeros(len(ids), cached + len(ids), dtype=torch.bool)
-            visible[:, :base] = True
             if ids == [-1]:
-                tokens, positions = seq[base:n], torch.tensor([base])
+                tokens = seq[cached:n]
+                positions = torch.arange(cached, n)
+                visible = torch.ones(len(tokens), n, dtype=torch.bool).tril(cached)
+                keep = slice(-1, None)
             else:
+                tokens, positions = tree.tokens[nodes], tree.depths[nodes] + base
+                visible = torch.zeros(len(ids), cached + len(ids), dtype=torch.bool)
+                visible[:, :n] = True
                 ancestors = tree.ancestors()
-                visible[:, base] = True
                 for row, node in enumerate(ids):
                     visible[row, [slots[a] for a in ancestors[node][:-1]]] = True
-                tokens, positions = tree.tokens[nodes], tree.depths[nodes] + base
-            visible[torch.arange(len(ids)), cached + torch.arange(len(ids))] = True
-            slots.update({node: cached + row for row, node in enumerate(ids)})
-            logits = masked_forward(model, cache, tokens, positions, visible, self.vocab)
+                    visible[row, cached + row] = True
+                    slots[node] = cached + row
+                keep = slice(None)
+            logits = masked_forward(model, cache, tokens, positions, visible, self.vocab)[keep]
             values, children = torch.log(logits_to_probs(logits, t, top_p)).topk(self.top_k, dim=-1)
             return children, values
 
         tree = build_dynamic_tree(expand, self.top_k, self.depth, self.total_tokens)
-        cache.crop(base - cache.get_seq_length())
+        cache.crop(n - cache.get_seq_length())
+        self.prefix.seen = n
         return tree, None
 
 

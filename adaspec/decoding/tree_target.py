@@ -15,6 +15,7 @@ BlockMask, and families with their own mask code (or no attention) may ignore it
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import sys
@@ -48,9 +49,15 @@ def additive_mask(visible: torch.Tensor, dtype: torch.dtype, device: torch.devic
     return mask.to(device)[None, None]
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg_of(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 def _cache_kwarg(model: PreTrainedModel) -> str:
-    # transformers 5.24 renames `past_key_values` to `cache` (the old name goes in 5.40)
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    # transformers 5.24 renames `past_key_values` to `cache` (the old name goes in 5.40); looked up once
+    # per class, as inspect.signature costs about as much as a tiny model's forward
+    return _cache_kwarg_of(type(model))
 
 
 def masked_forward(model: PreTrainedModel, cache: Any, tokens: torch.Tensor, positions: torch.Tensor,
