@@ -20,8 +20,8 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from adaspec.decoding.tree import EAGLE_DEPTH, EAGLE_TOP_K, EAGLE_TOTAL_TOKENS, Tree, build_dynamic_tree
-from adaspec.decoding.tree_target import (_cache_kwarg, check_tree_attention, compact_cache, masked_forward,
-                                          tree_forward)
+from adaspec.decoding.tree_target import (_cache_kwarg, check_tree_attention, compact_cache, fit_vocab,
+                                          masked_forward, tree_forward)
 from adaspec.decoding.tree_verify import verify_tree
 from adaspec.errors import AdaspecError
 from adaspec.metrics import SpecStats
@@ -39,7 +39,7 @@ class _Prefix:
         self.model, self.seen = model, 0
         self.cache = DynamicCache(config=model.config)
         self.device = next(model.parameters()).device
-        self._cache_arg = _cache_kwarg(model)
+        self.cache_arg = _cache_kwarg(model)
 
     def catch_up(self, seq: torch.Tensor, length: int) -> None:
         """Make the cache hold exactly seq[:length] (crop what is beyond, feed what is missing)."""
@@ -48,7 +48,7 @@ class _Prefix:
             self.seen = length
         if self.seen < length:
             self.model(input_ids=seq[self.seen:length].to(self.device).unsqueeze(0), use_cache=True,
-                       **{self._cache_arg: self.cache})
+                       **{self.cache_arg: self.cache})
             self.seen = length
 
 
@@ -79,11 +79,10 @@ class LMTreeProposer:
         def expand(nodes: torch.Tensor, tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
             ids = nodes.tolist()
             cached = cache.get_seq_length()
-            if ids == [-1]:
-                tokens = seq[cached:n]
-                positions = torch.arange(cached, n)
-                visible = torch.ones(len(tokens), n, dtype=torch.bool).tril(cached)
-                keep = slice(-1, None)
+            if ids == [-1]:  # a plain causal forward (the model's own fast mask path), as a chain's draft
+                out = model(input_ids=seq[cached:n].to(self.prefix.device).unsqueeze(0), use_cache=True,
+                            **{self.prefix.cache_arg: cache})
+                logits = fit_vocab(out.logits[0, -1:].float(), self.vocab)
             else:
                 tokens, positions = tree.tokens[nodes], tree.depths[nodes] + base
                 visible = torch.zeros(len(ids), cached + len(ids), dtype=torch.bool)
@@ -93,8 +92,7 @@ class LMTreeProposer:
                     visible[row, [slots[a] for a in ancestors[node][:-1]]] = True
                     visible[row, cached + row] = True
                     slots[node] = cached + row
-                keep = slice(None)
-            logits = masked_forward(model, cache, tokens, positions, visible, self.vocab)[keep]
+                logits = masked_forward(model, cache, tokens, positions, visible, self.vocab)
             values, children = torch.log(logits_to_probs(logits, t, top_p)).topk(self.top_k, dim=-1)
             return children, values
 

@@ -76,11 +76,16 @@ def masked_forward(model: PreTrainedModel, cache: Any, tokens: torch.Tensor, pos
                 attention_mask=additive_mask(visible, dtype, param.device), use_cache=True,
                 **{_cache_kwarg(model): cache})
     logits = out.logits[0].float()
-    if vocab is not None and logits.shape[-1] != vocab:
-        if logits.shape[-1] > vocab:
-            logits = logits[:, :vocab]
-        else:
-            logits = torch.nn.functional.pad(logits, (0, vocab - logits.shape[-1]), value=-math.inf)
+    return logits if vocab is None else fit_vocab(logits, vocab)
+
+
+def fit_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Logits over exactly `vocab` ids: padded output rows dropped, missing ones at -inf (as CachedLM)."""
+    own = logits.shape[-1]
+    if own > vocab:
+        return logits[..., :vocab]
+    if own < vocab:
+        return torch.nn.functional.pad(logits, (0, vocab - own), value=-math.inf)
     return logits
 
 
