@@ -66,6 +66,9 @@ def masked_forward(model: PreTrainedModel, cache: Any, tokens: torch.Tensor, pos
     tokens where visible[t] ([T, cached + T] bool) is True; float32 logits [T, V]. The cache grows by T.
     `vocab`, when given, trims or pads (with -inf) the output rows to the target vocabulary."""
     check_tree_attention(model)
+    if any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", ())):
+        raise AdaspecError(f"the {model.config.model_type} model has sliding-window attention layers, which a "
+                           "tree mask over the whole prefix would overrule: use chains instead")
     cached = cache.get_seq_length()
     if visible.shape != (tokens.shape[0], cached + tokens.shape[0]):
         raise AdaspecError(f"visibility must be [{tokens.shape[0]}, {cached + tokens.shape[0]}] for "

@@ -102,3 +102,16 @@ def test_forward_checks_the_cache_length(model):
     tree_forward(model, cache, prefix.numel(), root, tree)
     with pytest.raises(AdaspecError, match="after the tree"):
         compact_cache(cache, prefix.numel(), tree.size - 1, torch.tensor([0]))
+
+
+@torch.inference_mode()
+def test_sliding_window_layers_are_refused():
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    model = AutoModelForCausalLM.from_config(MistralConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, sliding_window=4))
+    cache = DynamicCache(config=model.config)
+    model(input_ids=torch.tensor([[1, 2, 3]]), cache=cache, use_cache=True)
+    with pytest.raises(AdaspecError, match="sliding-window"):
+        tree_forward(model, cache, 3, torch.tensor(4), Tree.chain(torch.tensor([5])))
