@@ -33,23 +33,36 @@ ProposeTree = Callable[[torch.Tensor, int, float, float, "torch.Generator | None
 
 
 class _Prefix:
-    """A model's KV cache of a prefix of seq, caught up on demand (`seen` tokens cached)."""
+    """A model's KV cache of a prefix of seq; `tokens` are the ids it holds, so that a call with another
+    sequence (a new prompt, a rolled-back step) keeps only the common prefix."""
 
     def __init__(self, model: PreTrainedModel):
-        self.model, self.seen = model, 0
+        self.model = model
         self.cache = DynamicCache(config=model.config)
         self.device = next(model.parameters()).device
         self.cache_arg = _cache_kwarg(model)
+        self.tokens = torch.empty(0, dtype=torch.long, device=self.device)
+
+    @property
+    def seen(self) -> int:
+        return self.tokens.numel()
+
+    def keep_common(self, seq: torch.Tensor, length: int) -> None:
+        """Crop the cache to its longest prefix that equals seq[:length]."""
+        m = min(self.seen, length)
+        differs = (self.tokens[:m] != seq[:m].to(self.device)).nonzero()
+        same = int(differs[0]) if differs.numel() else m
+        if same < self.seen:
+            self.cache.crop(same - self.seen)
+            self.tokens = self.tokens[:same]
 
     def catch_up(self, seq: torch.Tensor, length: int) -> None:
-        """Make the cache hold exactly seq[:length] (crop what is beyond, feed what is missing)."""
-        if self.seen > length:
-            self.cache.crop(length - self.seen)
-            self.seen = length
+        """Make the cache hold exactly seq[:length]."""
+        self.keep_common(seq, length)
         if self.seen < length:
             self.model(input_ids=seq[self.seen:length].to(self.device).unsqueeze(0), use_cache=True,
                        **{self.cache_arg: self.cache})
-            self.seen = length
+            self.tokens = seq[:length].to(self.device).clone()
 
 
 class LMTreeProposer:
@@ -71,7 +84,7 @@ class LMTreeProposer:
 
     def __call__(self, seq: torch.Tensor, n: int, temperature: float, top_p: float,
                  generator: torch.Generator | None) -> tuple[Tree, None]:
-        self.prefix.catch_up(seq, min(self.prefix.seen, n - 1))  # round 1 feeds at least the root
+        self.prefix.keep_common(seq, n - 1)  # round 1 feeds the rest, the root last
         model, cache, base = self.prefix.model, self.prefix.cache, n - 1
         t = 1.0 if temperature == 0 else temperature
         slots: dict[int, int] = {-1: base}  # node id (-1 = root) -> its row in the draft cache
@@ -98,7 +111,7 @@ class LMTreeProposer:
 
         tree = build_dynamic_tree(expand, self.top_k, self.depth, self.total_tokens)
         cache.crop(n - cache.get_seq_length())
-        self.prefix.seen = n
+        self.prefix.tokens = seq[:n].to(self.prefix.device).clone()
         return tree, None
 
 
@@ -117,15 +130,17 @@ def tree_speculative_generate(target: PreTrainedModel, propose: ProposeTree, inp
     check_tree_attention(target)
     prompt = _prompt(input_ids, max_new_tokens, {"target": target})
     vocab = output_vocab_size(target)
-    tgt = _Prefix(target)
-    generator = _generator(generator, seed, tgt.device)
-    eos, clock = _eos_set(eos_token_id), _Clock(tgt.device)
+    device = next(target.parameters()).device
+    cache = DynamicCache(config=target.config)
+    generator = _generator(generator, seed, device)
+    eos, clock = _eos_set(eos_token_id), _Clock(device)
     stats = SpecStats(sequences=1)
     n, total = prompt.numel(), prompt.numel() + max_new_tokens
-    seq = torch.empty(total, dtype=torch.long, device=tgt.device)
-    seq[:n] = prompt.to(tgt.device)
+    seq = torch.empty(total, dtype=torch.long, device=device)
+    seq[:n] = prompt.to(device)
     t0 = clock()
-    tgt.catch_up(seq, n - 1)
+    if n > 1:  # the cache gets the prompt but its last token, the first tree's root
+        target(input_ids=seq[None, : n - 1], use_cache=True, **{_cache_kwarg(target): cache})
     t1 = clock()
     stats.prefill_time_s = t1 - t0
     while n < total:
@@ -134,12 +149,12 @@ def tree_speculative_generate(target: PreTrainedModel, propose: ProposeTree, inp
         if tree.size == 0:
             raise AdaspecError("the tree proposer returned an empty tree")
         s1 = clock()
-        logits = tree_forward(target, tgt.cache, n - 1, seq[n - 1], tree, vocab)
+        logits = tree_forward(target, cache, n - 1, seq[n - 1], tree, vocab)
         probs = logits_to_probs(logits, temperature, top_p)
         uniforms = None if temperature == 0 else torch.rand(tree.size, generator=generator, device=probs.device)
         path, nxt = verify_tree(probs, tree, draft_rows, uniforms)
         token = nxt.argmax(-1, keepdim=True) if temperature == 0 else sample(nxt, generator)
-        tgt.seen = compact_cache(tgt.cache, n - 1, tree.size, path)
+        compact_cache(cache, n - 1, tree.size, path)
         s2 = clock()
         k = path.numel()
         new, stop = _truncate(torch.cat([tree.tokens[path].to(token.device), token]).tolist()[: total - n], eos)

@@ -51,9 +51,10 @@ def test_the_draft_proposer_builds_the_drafts_top_k_tree(family):
 
     expected = build_dynamic_tree(expand, top_k=3, depth=4, total_tokens=12)
     proposer = LMTreeProposer(draft, VOCAB, top_k=3, depth=4, total_tokens=12)
-    for n in (4, 7, 5):  # the draft cache catches up, and rolls back, between calls
-        tree, rows = proposer(seq, n, 0.0, 1.0, None)
-        if n == 7:
+    other = torch.tensor([1, 5, 8, 8, 8, 8, 8])
+    for s, n in ((seq, 4), (other, 7), (seq, 7), (seq, 5)):  # catch up, another sequence, roll back
+        tree, rows = proposer(s, n, 0.0, 1.0, None)
+        if s is seq and n == 7:
             assert rows is None and proposer.prefix.seen == n
             assert torch.equal(tree.tokens, expected.tokens) and torch.equal(tree.parents, expected.parents)
 
