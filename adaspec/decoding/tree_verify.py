@@ -91,7 +91,8 @@ def _greedy(target_probs: torch.Tensor, children: list[list[int]], tokens: list[
 def _deterministic(target_probs: torch.Tensor, tree: Tree, children: list[list[int]], tokens: list[int],
                    uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # p(x_c) at c's parent for every node c, in one gather; the walk is then scalar work on the host.
-    own = target_probs[tree.parents + 1, tree.tokens].tolist()
+    dev = target_probs.device
+    own = target_probs[tree.parents.to(dev) + 1, tree.tokens.to(dev)].tolist()
     u = uniforms.tolist()
     path, node = [], -1
     while True:
@@ -100,7 +101,7 @@ def _deterministic(target_probs: torch.Tensor, tree: Tree, children: list[list[i
         for c in children[node + 1]:
             if tokens[c] in gone:  # a repeated candidate has probability 0 once its first copy is rejected
                 continue
-            if u[c] * (1.0 - removed) < own[c]:
+            if own[c] > 0 and u[c] * max(1.0 - removed, 0.0) < own[c]:  # rounding can push removed past 1
                 accepted = c
                 break
             removed += own[c]
