@@ -105,7 +105,7 @@ class LMTreeProposer:
                     visible[row, [slots[a] for a in ancestors[node][:-1]]] = True
                     visible[row, cached + row] = True
                     slots[node] = cached + row
-                logits = masked_forward(model, cache, tokens, positions, visible, self.vocab)
+                logits, _ = masked_forward(model, cache, tokens, positions, visible, self.vocab)
             values, children = torch.log(logits_to_probs(logits, t, top_p)).topk(self.top_k, dim=-1)
             return children, values
 
@@ -149,7 +149,7 @@ def tree_speculative_generate(target: PreTrainedModel, propose: ProposeTree, inp
         if tree.size == 0:
             raise AdaspecError("the tree proposer returned an empty tree")
         s1 = clock()
-        logits = tree_forward(target, cache, n - 1, seq[n - 1], tree, vocab)
+        logits, _ = tree_forward(target, cache, n - 1, seq[n - 1], tree, vocab)
         probs = logits_to_probs(logits, temperature, top_p)
         uniforms = None if temperature == 0 else torch.rand(tree.size, generator=generator, device=probs.device)
         path, nxt = verify_tree(probs, tree, draft_rows, uniforms)

@@ -19,9 +19,10 @@ import functools
 import inspect
 import math
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel, masking_utils
 
 from adaspec.decoding.tree import Tree
@@ -61,10 +62,15 @@ def _cache_kwarg(model: PreTrainedModel) -> str:
 
 
 def masked_forward(model: PreTrainedModel, cache: Any, tokens: torch.Tensor, positions: torch.Tensor,
-                   visible: torch.Tensor, vocab: int | None = None) -> torch.Tensor:
+                   visible: torch.Tensor, vocab: int | None = None, capture: Sequence[nn.Module] = ()
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Feed `tokens` [T] at `positions` [T] after the cached ones, token t seeing the cache slots and fed
-    tokens where visible[t] ([T, cached + T] bool) is True; float32 logits [T, V]. The cache grows by T.
-    `vocab`, when given, trims or pads (with -inf) the output rows to the target vocabulary."""
+    tokens where visible[t] ([T, cached + T] bool) is True. The cache grows by T.
+
+    Returns float32 logits [T, V] and, as CachedLM.forward does, the outputs of the `capture` modules
+    (e.g. decoder layers, for feature drafters) at every fed position, [len(capture), T, H], or None.
+    `vocab`, when given, trims or pads (with -inf) the output rows to the target vocabulary.
+    """
     check_tree_attention(model)
     if any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", ())):
         raise AdaspecError(f"the {model.config.model_type} model has sliding-window attention layers, which a "
@@ -75,11 +81,41 @@ def masked_forward(model: PreTrainedModel, cache: Any, tokens: torch.Tensor, pos
                            f"{tokens.shape[0]} tokens after {cached} cached, got {tuple(visible.shape)}")
     param = next(model.parameters())
     dtype = param.dtype if param.dtype.is_floating_point else torch.float32
-    out = model(input_ids=tokens.to(param.device).unsqueeze(0), position_ids=positions.to(param.device).unsqueeze(0),
-                attention_mask=additive_mask(visible, dtype, param.device), use_cache=True,
-                **{_cache_kwarg(model): cache})
+    captured: list[torch.Tensor | None] = [None] * len(capture)
+
+    def keeper(j: int):
+        def hook(_module: nn.Module, _inputs: tuple, out: torch.Tensor | tuple) -> None:
+            captured[j] = out[0] if isinstance(out, tuple) else out
+        return hook
+
+    handles = [m.register_forward_hook(keeper(j)) for j, m in enumerate(capture)]
+    try:
+        out = model(input_ids=tokens.to(param.device).unsqueeze(0),
+                    position_ids=positions.to(param.device).unsqueeze(0),
+                    attention_mask=additive_mask(visible, dtype, param.device), use_cache=True,
+                    **{_cache_kwarg(model): cache})
+    finally:
+        for h in handles:
+            h.remove()
     logits = out.logits[0].float()
-    return logits if vocab is None else fit_vocab(logits, vocab)
+    hidden = torch.stack([h[0] for h in captured]) if captured else None  # type: ignore[index]
+    return (logits if vocab is None else fit_vocab(logits, vocab)), hidden
+
+
+def tree_forward(model: PreTrainedModel, cache: Any, seen: int, root: torch.Tensor, tree: Tree,
+                 vocab: int | None = None, capture: Sequence[nn.Module] = ()
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(float32 logits [N+1, V], captured hidden states [len(capture), N+1, H] or None) of root and nodes;
+    the cache (holding `seen` tokens) grows by N+1.
+
+    Row 0 is the model's distribution after the root, row i+1 after node i (see `masked_forward`). The
+    accepted path's hidden rows are hidden[:, [0] + (path + 1)], in the order compact_cache keeps them.
+    """
+    if cache.get_seq_length() != seen:
+        raise AdaspecError(f"the KV cache holds {cache.get_seq_length()} tokens, expected {seen}")
+    tokens = torch.cat([root.reshape(1).to(tree.tokens.device), tree.tokens])
+    visible = torch.cat([torch.ones(tree.size + 1, seen, dtype=torch.bool), tree.attention_mask().cpu()], dim=1)
+    return masked_forward(model, cache, tokens, tree.position_ids(seen), visible, vocab, capture)
 
 
 def fit_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -90,19 +126,6 @@ def fit_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
     if own < vocab:
         return torch.nn.functional.pad(logits, (0, vocab - own), value=-math.inf)
     return logits
-
-
-def tree_forward(model: PreTrainedModel, cache: Any, seen: int, root: torch.Tensor, tree: Tree,
-                 vocab: int | None = None) -> torch.Tensor:
-    """Float32 logits [N+1, V] of root and nodes; the cache (holding `seen` tokens) grows by N+1.
-
-    Row 0 is the model's distribution after the root, row i+1 after node i (see `masked_forward` for vocab).
-    """
-    if cache.get_seq_length() != seen:
-        raise AdaspecError(f"the KV cache holds {cache.get_seq_length()} tokens, expected {seen}")
-    tokens = torch.cat([root.reshape(1).to(tree.tokens.device), tree.tokens])
-    visible = torch.cat([torch.ones(tree.size + 1, seen, dtype=torch.bool), tree.attention_mask().cpu()], dim=1)
-    return masked_forward(model, cache, tokens, tree.position_ids(seen), visible, vocab)
 
 
 def compact_cache(cache: Any, seen: int, tree_size: int, path: torch.Tensor) -> int:

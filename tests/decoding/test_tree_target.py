@@ -38,13 +38,38 @@ def _setup(model, prefix_len: int = 6, seed: int = 0):
 @torch.inference_mode()
 def test_tree_logits_equal_chain_forwards_on_every_path(model):
     prefix, root, tree, cache = _setup(model)
-    logits = tree_forward(model, cache, prefix.numel(), root, tree)
+    logits, _ = tree_forward(model, cache, prefix.numel(), root, tree)
     assert logits.shape == (tree.size + 1, VOCAB)
     assert cache.get_seq_length() == prefix.numel() + 1 + tree.size
     for leaf in tree.leaves():
         path = tree.ancestors()[leaf]
         chain = _forward(model, torch.cat([prefix, root.view(1), tree.tokens[path]]))[prefix.numel():]
         torch.testing.assert_close(logits[[0] + [i + 1 for i in path]], chain, atol=1e-5, rtol=1e-5)
+
+
+def _layers(model):
+    base = model.base_model
+    return base.layers if hasattr(base, "layers") else base.h
+
+
+@torch.inference_mode()
+def test_captured_hidden_states_equal_a_chain_forwards(model):
+    prefix, root, tree, cache = _setup(model, seed=3)
+    modules = [_layers(model)[0], _layers(model)[-1]]
+    logits, hidden = tree_forward(model, cache, prefix.numel(), root, tree, capture=modules)
+    assert hidden.shape == (2, tree.size + 1, model.config.hidden_size)
+    path = tree.ancestors()[tree.leaves()[-1]]
+    rows = [0] + [i + 1 for i in path]
+    kept: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: kept.append(out[0] if isinstance(out, tuple) else out))
+               for m in modules]
+    _forward(model, torch.cat([prefix, root.view(1), tree.tokens[path]]))
+    for h in handles:
+        h.remove()
+    chain = torch.stack([k[0, prefix.numel():] for k in kept])
+    torch.testing.assert_close(hidden[:, rows], chain, atol=1e-5, rtol=1e-5)
+    _, none = tree_forward(model, DynamicCache(config=model.config), 0, root, tree)
+    assert none is None
 
 
 @torch.inference_mode()
@@ -70,7 +95,7 @@ def test_eager_attention_takes_the_tree_mask_too():
     model = build_model("tiny-llama", VOCAB, seed=2)
     model.config._attn_implementation = "eager"
     prefix, root, tree, cache = _setup(model, seed=2)
-    logits = tree_forward(model, cache, prefix.numel(), root, tree)
+    logits, _ = tree_forward(model, cache, prefix.numel(), root, tree)
     path = tree.ancestors()[tree.leaves()[-1]]
     chain = _forward(model, torch.cat([prefix, root.view(1), tree.tokens[path]]))[prefix.numel():]
     torch.testing.assert_close(logits[[0] + [i + 1 for i in path]], chain, atol=1e-5, rtol=1e-5)
