@@ -117,8 +117,14 @@ class Tree:
         n = self.size
         mask = torch.zeros(n + 1, n + 1, dtype=torch.bool)
         mask[:, 0] = True
-        for i, path in enumerate(self.ancestors()):
-            mask[i + 1, [j + 1 for j in path]] = True
+        rows = torch.arange(1, n + 1)
+        up = torch.arange(n)  # walk every node up to the root together: one step per depth
+        parents = self.parents.cpu()
+        while up.numel():
+            mask[rows, up + 1] = True
+            up = parents[up]
+            alive = up >= 0
+            rows, up = rows[alive], up[alive]
         return mask.to(self.tokens.device)
 
     def position_ids(self, prefix_length: int) -> torch.Tensor:

@@ -113,3 +113,13 @@ def test_dynamic_tree_rejects_bad_settings():
         build_dynamic_tree(_expand_from(8, 2, []), top_k=2, depth=0)
     with pytest.raises(AdaspecError, match="expand returned"):
         build_dynamic_tree(_expand_from(8, 3, []), top_k=2, depth=2)
+
+
+def test_mask_of_a_large_dynamic_tree_matches_its_ancestor_lists():
+    tree = build_dynamic_tree(_expand_from(30, 4, []), top_k=4, depth=6, total_tokens=40)
+    expected = torch.zeros(tree.size + 1, tree.size + 1, dtype=torch.bool)
+    expected[:, 0] = True
+    for i, path in enumerate(tree.ancestors()):
+        expected[i + 1, [j + 1 for j in path]] = True
+    assert torch.equal(tree.attention_mask(), expected)
+    assert tree.depth == 6
