@@ -27,7 +27,7 @@ from adaspec.decoding.tree import Tree
 from adaspec.decoding.tree_generate import LMTreeProposer, tree_speculative_generate
 from adaspec.decoding.tree_target import tree_forward
 from adaspec.models import load_model, load_tokenizer, output_vocab_size
-from adaspec.speculative import speculative_generate, target_only_generate
+from adaspec.decoding.generate import speculative_generate, target_only_generate
 
 
 def verification_costs(target, ids: torch.Tensor, sizes: list[int], reps: int = 20) -> dict[int, float]:

@@ -19,15 +19,15 @@ from typing import Callable, Iterable
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from adaspec.decoding.generate import _eos_set, _prompt, _truncate
+from adaspec.decoding.sampling import check_sampling, logits_to_probs, make_generator, sample
+from adaspec.decoding.target import Clock, fit_vocab
 from adaspec.decoding.tree import EAGLE_DEPTH, EAGLE_TOP_K, EAGLE_TOTAL_TOKENS, Tree, build_dynamic_tree
-from adaspec.decoding.tree_target import (_cache_kwarg, check_tree_attention, compact_cache, fit_vocab,
-                                          masked_forward, tree_forward)
+from adaspec.decoding.tree_target import _cache_arg, check_tree_attention, compact_cache, masked_forward, tree_forward
 from adaspec.decoding.tree_verify import verify_tree
 from adaspec.errors import AdaspecError
 from adaspec.metrics import SpecStats
 from adaspec.models import output_vocab_size
-from adaspec.speculative import (_check_sampling, _Clock, _eos_set, _generator, _prompt, _truncate,
-                                 logits_to_probs, sample)
 
 ProposeTree = Callable[[torch.Tensor, int, float, float, "torch.Generator | None"], tuple[Tree, "torch.Tensor | None"]]
 
@@ -40,7 +40,7 @@ class _Prefix:
         self.model = model
         self.cache = DynamicCache(config=model.config)
         self.device = next(model.parameters()).device
-        self.cache_arg = _cache_kwarg(model)
+        self.cache_arg = _cache_arg(model)
         self.tokens = torch.empty(0, dtype=torch.long, device=self.device)
 
     @property
@@ -126,21 +126,21 @@ def tree_speculative_generate(target: PreTrainedModel, propose: ProposeTree, inp
     Greedy (temperature 0) output is the target's greedy decoding; otherwise the target's
     temperature / top-p distribution exactly. Stats count one step per tree, `drafted` = tree nodes.
     """
-    _check_sampling(temperature, top_p)
+    check_sampling(temperature, top_p)
     check_tree_attention(target)
     prompt = _prompt(input_ids, max_new_tokens, {"target": target})
     vocab = output_vocab_size(target)
     device = next(target.parameters()).device
     cache = DynamicCache(config=target.config)
-    generator = _generator(generator, seed, device)
-    eos, clock = _eos_set(eos_token_id), _Clock(device)
+    generator = make_generator(generator, seed, device)
+    eos, clock = _eos_set(eos_token_id), Clock(device)
     stats = SpecStats(sequences=1)
     n, total = prompt.numel(), prompt.numel() + max_new_tokens
     seq = torch.empty(total, dtype=torch.long, device=device)
     seq[:n] = prompt.to(device)
     t0 = clock()
     if n > 1:  # the cache gets the prompt but its last token, the first tree's root
-        target(input_ids=seq[None, : n - 1], use_cache=True, **{_cache_kwarg(target): cache})
+        target(input_ids=seq[None, : n - 1], use_cache=True, **{_cache_arg(target): cache})
     t1 = clock()
     stats.prefill_time_s = t1 - t0
     while n < total:

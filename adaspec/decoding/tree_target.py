@@ -15,9 +15,6 @@ BlockMask, and families with their own mask code (or no attention) may ignore it
 
 from __future__ import annotations
 
-import functools
-import inspect
-import math
 import sys
 from typing import Any, Sequence
 
@@ -25,6 +22,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, masking_utils
 
+from adaspec.decoding.target import cache_kwarg, fit_vocab
+from adaspec.decoding.target import capture as hooked
 from adaspec.decoding.tree import Tree
 from adaspec.errors import AdaspecError
 
@@ -50,15 +49,16 @@ def additive_mask(visible: torch.Tensor, dtype: torch.dtype, device: torch.devic
     return mask.to(device)[None, None]
 
 
-@functools.lru_cache(maxsize=None)
-def _cache_kwarg_of(model_class: type) -> str:
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+_CACHE_ARGS: dict[type, str] = {}
 
 
-def _cache_kwarg(model: PreTrainedModel) -> str:
-    # transformers 5.24 renames `past_key_values` to `cache` (the old name goes in 5.40); looked up once
-    # per class, as inspect.signature costs about as much as a tiny model's forward
-    return _cache_kwarg_of(type(model))
+def _cache_arg(model: PreTrainedModel) -> str:
+    # cache_kwarg once per model class: inspect.signature costs about as much as a tiny model's forward,
+    # and the tree proposer makes several forwards per step
+    name = _CACHE_ARGS.get(type(model))
+    if name is None:
+        name = _CACHE_ARGS[type(model)] = cache_kwarg(model)
+    return name
 
 
 def masked_forward(model: PreTrainedModel, cache: Any, tokens: torch.Tensor, positions: torch.Tensor,
@@ -81,24 +81,13 @@ def masked_forward(model: PreTrainedModel, cache: Any, tokens: torch.Tensor, pos
                            f"{tokens.shape[0]} tokens after {cached} cached, got {tuple(visible.shape)}")
     param = next(model.parameters())
     dtype = param.dtype if param.dtype.is_floating_point else torch.float32
-    captured: list[torch.Tensor | None] = [None] * len(capture)
-
-    def keeper(j: int):
-        def hook(_module: nn.Module, _inputs: tuple, out: torch.Tensor | tuple) -> None:
-            captured[j] = out[0] if isinstance(out, tuple) else out
-        return hook
-
-    handles = [m.register_forward_hook(keeper(j)) for j, m in enumerate(capture)]
-    try:
+    with hooked(list(capture)) as captured:
         out = model(input_ids=tokens.to(param.device).unsqueeze(0),
                     position_ids=positions.to(param.device).unsqueeze(0),
                     attention_mask=additive_mask(visible, dtype, param.device), use_cache=True,
-                    **{_cache_kwarg(model): cache})
-    finally:
-        for h in handles:
-            h.remove()
+                    **{_cache_arg(model): cache})
     logits = out.logits[0].float()
-    hidden = torch.stack([h[0] for h in captured]) if captured else None  # type: ignore[index]
+    hidden = torch.stack([h[0] for h in captured]) if captured else None
     return (logits if vocab is None else fit_vocab(logits, vocab)), hidden
 
 
@@ -116,16 +105,6 @@ def tree_forward(model: PreTrainedModel, cache: Any, seen: int, root: torch.Tens
     tokens = torch.cat([root.reshape(1).to(tree.tokens.device), tree.tokens])
     visible = torch.cat([torch.ones(tree.size + 1, seen, dtype=torch.bool), tree.attention_mask().cpu()], dim=1)
     return masked_forward(model, cache, tokens, tree.position_ids(seen), visible, vocab, capture)
-
-
-def fit_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Logits over exactly `vocab` ids: padded output rows dropped, missing ones at -inf (as CachedLM)."""
-    own = logits.shape[-1]
-    if own > vocab:
-        return logits[..., :vocab]
-    if own < vocab:
-        return torch.nn.functional.pad(logits, (0, vocab - own), value=-math.inf)
-    return logits
 
 
 def compact_cache(cache: Any, seen: int, tree_size: int, path: torch.Tensor) -> int:

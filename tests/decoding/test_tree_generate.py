@@ -10,7 +10,7 @@ import torch
 from adaspec.decoding.tree import Tree, build_dynamic_tree
 from adaspec.decoding.tree_generate import LMTreeProposer, tree_speculative_generate
 from adaspec.models import build_model
-from adaspec.speculative import target_only_generate
+from adaspec.decoding.generate import target_only_generate
 
 VOCAB = 40
 
@@ -111,7 +111,7 @@ def test_sampled_tree_decoding_follows_the_target_end_to_end():
     proposer = LMTreeProposer(_noisy_copy(target, 0.3, seed=1), vocab, top_k=3, depth=2, total_tokens=6)
     prompt = torch.tensor([1, 4, 2])
     temperature, top_p = 0.9, 0.9
-    from adaspec.speculative import logits_to_probs
+    from adaspec.decoding.sampling import logits_to_probs
 
     first = logits_to_probs(target(input_ids=prompt[None]).logits[0, -1], temperature, top_p)
     seconds = torch.stack([logits_to_probs(target(input_ids=torch.cat([prompt, torch.tensor([a])])[None]).logits[0, -1],

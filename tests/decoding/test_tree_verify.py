@@ -9,36 +9,14 @@ import pytest
 import torch
 from scipy import stats
 
+from adaspec.decoding.sampling import logits_to_probs
 from adaspec.decoding.tree import Tree, build_dynamic_tree
 from adaspec.decoding.tree_verify import verify_tree
+from adaspec.decoding.verify import verify_chain
 from adaspec.errors import AdaspecError
-from adaspec.speculative import logits_to_probs
 
 V = 8  # toy vocabulary: V * V outcomes for the first two tokens
 SAMPLES = 10_000
-
-
-# ---- the chain rule, as adaspec.speculative applies it (the reference a width-1 tree must reproduce) ----
-
-def _chain_rule(p: torch.Tensor, proposals: torch.Tensor, q: torch.Tensor | None, u: torch.Tensor | None):
-    gamma = proposals.shape[0]
-    idx = proposals.view(-1, 1)
-    if q is None:
-        k = (proposals == p[:gamma].argmax(-1)).long().cumprod(0).sum()
-        return k, p[k]
-    ok = u * q.gather(1, idx).view(-1) < p[:gamma].gather(1, idx).view(-1)
-    k = ok.long().cumprod(0).sum()
-    residual = (p - torch.cat([q, torch.zeros_like(q[:1])])).clamp_min(0)[k]
-    mass = residual.sum()
-    return k, residual / mass if mass > 0 else p[k]
-
-
-def _verify_chain():
-    try:
-        from adaspec.decoding.verify import verify_chain
-    except ImportError:
-        return _chain_rule
-    return verify_chain
 
 
 def _random_probs(g: torch.Generator, rows: int, vocab: int, top_p: float = 1.0) -> torch.Tensor:
@@ -46,29 +24,28 @@ def _random_probs(g: torch.Generator, rows: int, vocab: int, top_p: float = 1.0)
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.6])
-def test_a_chain_gives_exactly_the_chain_rule(top_p):
+def test_a_chain_gives_exactly_verify_chain(top_p):
     g = torch.Generator().manual_seed(0)
-    chain_rule = _verify_chain()
     outcomes = set()
     for trial in range(300):
         gamma = 1 + trial % 5
         p, q = _random_probs(g, gamma + 1, V, top_p), _random_probs(g, gamma, V, top_p)
         proposals = torch.multinomial(q, 1, generator=g).view(-1)
         u = torch.rand(gamma, generator=g)
-        k, residual = chain_rule(p, proposals, q, u)
+        k, residual = verify_chain(p, proposals, q, u)
         path, ours = verify_tree(p, Tree.chain(proposals), q, u)
         assert path.tolist() == list(range(int(k)))
         assert torch.equal(ours, residual)
         # deterministic candidates: the chain rule with point-mass proposals
         onehot = torch.nn.functional.one_hot(proposals, V).float()
-        k, residual = chain_rule(p, proposals, onehot, u)
+        k, residual = verify_chain(p, proposals, onehot, u)
         path, ours = verify_tree(p, Tree.chain(proposals), None, u)
         assert path.tolist() == list(range(int(k)))
         assert torch.equal(ours, residual)
         outcomes.add(int(k) == gamma)
         # greedy: one-hot target rows, no draft rows; deterministic candidates on one-hot rows agree
         hard = torch.nn.functional.one_hot(p.argmax(-1), V).float()
-        k, residual = chain_rule(hard, proposals, None, None)
+        k, residual = verify_chain(hard, proposals, None, None)
         for draws in (None, u):
             path, ours = verify_tree(hard, Tree.chain(proposals), None, draws)
             assert path.tolist() == list(range(int(k)))
