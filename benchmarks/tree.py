@@ -2,10 +2,10 @@
 
 Methods: `target_only` (KV-cached loop, the baseline), `chain-γ` (adaspec speculative decoding with a
 fixed γ) and `tree-k,d,t` (tree_speculative_generate with the draft-LM proposer: top-k k, depth d, t
-tokens). Each repeat runs every method on every prompt in a rotating order; tokens/s is the median over
-repeats. Reports τ (tokens per target forward, bonus included), the ratio to target-only, the cost of a
-target forward over n tokens relative to one (measured on the first prompt's cache), and checks every
-output against target-only greedy decoding.
+tokens). Timing is adaspec.evaluation.speed.timed_rounds (every method on every prompt per repeat, in a
+rotating order); tokens/s is the median over repeats. Reports τ (tokens per target forward, bonus
+included), the ratio to target-only, the cost of a target forward over n tokens relative to one
+(measured on the first prompt's cache), and checks every output against target-only greedy decoding.
 
     python benchmarks/tree.py --target DIR --draft DIR [--n-prompts 10] [--max-new-tokens 128]
         [--chains 2 3 4 5 6] [--trees 2,3,4 3,3,8 4,4,16 10,7,60] [--repeats 3] [--out results/benchmarks/tree.json]
@@ -14,20 +14,24 @@ output against target-only greedy decoding.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 from transformers import DynamicCache
 
-from adaspec import data
-from adaspec.decoding.tree import Tree
-from adaspec.decoding.tree_generate import LMTreeProposer, tree_speculative_generate
-from adaspec.decoding.tree_target import tree_forward
-from adaspec.models import load_model, load_tokenizer, output_vocab_size
-from adaspec.decoding.generate import speculative_generate, target_only_generate
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adaspec import data  # noqa: E402
+from adaspec.decoding.generate import speculative_generate, target_only_generate  # noqa: E402
+from adaspec.decoding.tree import Tree  # noqa: E402
+from adaspec.decoding.tree_generate import LMTreeProposer, tree_speculative_generate  # noqa: E402
+from adaspec.decoding.tree_target import tree_forward  # noqa: E402
+from adaspec.evaluation.speed import timed_rounds  # noqa: E402
+from adaspec.io import atomic_write_json  # noqa: E402
+from adaspec.models import load_model, load_tokenizer, output_vocab_size  # noqa: E402
 
 
 def verification_costs(target, ids: torch.Tensor, sizes: list[int], reps: int = 20) -> dict[int, float]:
@@ -79,47 +83,24 @@ def main(argv: list[str] | None = None) -> int:
         runs[f"tree-{spec}"] = (lambda pr: lambda ids: tree_speculative_generate(
             target, pr, ids, args.max_new_tokens, eos_token_id=eos))(proposer)
     names = list(runs)
-    tokens_per_s = {name: [] for name in names}
-    counters = {name: {"emitted": 0, "steps": 0, "accepted": 0, "drafted": 0} for name in names}
-    reference: dict[int, list[int]] = {}
-    mismatches = {name: 0 for name in names}
     with torch.inference_mode():
-        for rep in range(args.repeats):
-            order = names[rep % len(names):] + names[: rep % len(names)]
-            elapsed = {name: 0.0 for name in names}
-            emitted = {name: 0 for name in names}
-            for i, ids in enumerate(prompts):
-                for name in order:
-                    t0 = time.perf_counter()
-                    seq, stats = runs[name](ids)
-                    elapsed[name] += time.perf_counter() - t0
-                    new = seq[0, ids.shape[1]:].tolist()
-                    emitted[name] += len(new)
-                    if name == "target_only":
-                        reference.setdefault(i, new)
-                    elif rep == 0:
-                        for key in counters[name]:
-                            counters[name][key] += getattr(stats, key)
-                    if i in reference and new != reference[i]:
-                        mismatches[name] += 1
-            for name in names:
-                tokens_per_s[name].append(emitted[name] / elapsed[name])
+        rounds = timed_rounds(runs, names, prompts, args.repeats, next(target.parameters()).device)
         costs = verification_costs(target, prompts[0], [1, 2, 4, 8, 16, 32, 61])
-    base = statistics.median(tokens_per_s["target_only"])
+    speed = {n: statistics.median(k / t for k, t in zip(rounds.tokens[n], rounds.times[n])) for n in names}
     report = {"args": vars(args), "verification_cost_vs_1": costs, "methods": {}}
     print(f"{'method':<14}{'tok/s':>9}{'vs target':>11}{'tau':>7}{'accepted/drafted':>18}{'mismatches':>12}")
     for name in names:
-        c = counters[name]
-        speed = statistics.median(tokens_per_s[name])
-        tau = c["emitted"] / c["steps"] if c["steps"] else float("nan")
-        acc = c["accepted"] / c["drafted"] if c["drafted"] else float("nan")
-        report["methods"][name] = {"tokens_per_s": speed, "vs_target": speed / base, "tau": tau,
-                                   "accepted_per_drafted": acc, "mismatches": mismatches[name],
-                                   "tokens_per_s_repeats": tokens_per_s[name], **c}
-        print(f"{name:<14}{speed:>9.1f}{speed / base:>10.2f}x{tau:>7.2f}{acc:>18.3f}{mismatches[name]:>12}")
+        st = rounds.stats[name]
+        mismatches = sum(a != b for a, b in zip(rounds.outputs[name], rounds.outputs["target_only"]))
+        tau = st.emitted / st.steps if st.steps else float("nan")
+        acc = st.accepted / st.drafted if st.drafted else float("nan")
+        report["methods"][name] = {"tokens_per_s": speed[name], "vs_target": speed[name] / speed["target_only"],
+                                   "tau": tau, "accepted_per_drafted": acc, "mismatches": mismatches,
+                                   "stats": st.to_dict()}
+        print(f"{name:<14}{speed[name]:>9.1f}{speed[name] / speed['target_only']:>10.2f}x{tau:>7.2f}{acc:>18.3f}"
+              f"{mismatches:>12}")
     print("target forward cost of n tokens / 1 token:", {n: round(v, 2) for n, v in costs.items()})
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    atomic_write_json(args.out, report)
     return 0
 
 
