@@ -13,8 +13,8 @@ At an accepted node u (first the root) with target distribution p = p(. | path t
 c_1, c_2, ... are tried in order. Round j has a current target p_j (p_1 = p) and child c_j with token
 x_j ~ q_j. Accept c_j with probability min(1, p_j(x_j) / q_j(x_j)); then continue at c_j. Otherwise
 p_{j+1} = norm(max(0, p_j - q_j)) and go to the next child; after the last child is rejected, sample the
-next token from p_{J+1}. Claim: the token emitted at u (an accepted child's token or the final sample)
-has distribution p_j whatever happens later. Round j emits y by acceptance with probability
+next token from p_{J+1}. Claim: from round j on, the token emitted at u (an accepted child's token or
+the final sample) has distribution p_j; for j = 1 that is p. Round j emits y by acceptance with probability
 sum_x q_j(x) [x = y] min(1, p_j(y)/q_j(y)) = min(p_j(y), q_j(y)), and rejects with probability
 beta = 1 - sum_y min(p_j(y), q_j(y)) = sum_y max(0, p_j(y) - q_j(y)); if every later round emits exactly
 p_{j+1} = max(0, p_j - q_j) / beta, whatever x_j was, the total is min(p_j, q_j) + max(0, p_j - q_j) = p_j.
@@ -27,8 +27,9 @@ target exactly (the deeper nodes only decide how many tokens one forward yields,
 Three ways of choosing the children, one rule:
 - Deterministic candidates (top-k of a draft, Medusa heads, static trees): q_j is a point mass on x_j,
   so acceptance has probability min(1, p_j(x_j)) = p_j(x_j) and max(0, p_j - q_j) is p_j with x_j
-  removed. Hence p_j = p with the already rejected siblings removed and renormalised:
-  accept c_j iff u_j * (1 - sum_{i<j} p(x_i)) < p(x_j), and after all J are rejected sample from p with
+  removed. Hence p_j = p with the already rejected siblings removed and renormalised,
+  p_j(x_j) = p(x_j) / (1 - sum_{i<j} p(x_i)), so c_j is accepted iff u_j (1 - sum_{i<j} p(x_i)) < p(x_j)
+  (one gather of p at every node's token, then scalar work); after all J are rejected, sample from p with
   every child removed, renormalised. (Top-k siblings are distinct; a repeated token, which a static
   tree with repeated candidates could have, is rejected outright: its mass is already removed.)
   Using the draft's softmax q as q_j here (the chain rule min(1, p/q)) is wrong: the children were
