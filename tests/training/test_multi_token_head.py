@@ -93,20 +93,20 @@ def test_medusa_shared_head_export_is_complete(medusa_shared, target_dir):
 
 def test_adaspec_keeps_fraction_k_per_depth_and_all_is_kd(root, mtp_kd, target_dir):
     out = root / "mtp_adaspec"
-    assert run("train-head", "--target", target_dir, "--depth", "2", "--method", "adaspec", "--ref", mtp_kd,
+    assert run("train-head", "--target", target_dir, "--kind", "mtp", "--depth", "2", "--method", "adaspec", "--ref", mtp_kd,
                "--k", "0.4", *BASE, "--output", out) == 0
     for depth in (1, 2):
         kept = [v for _, v in scalars(out, f"train/kept_depth{depth}")]
         assert all(0.3 < v < 0.5 for v in kept), kept
     everything = root / "mtp_adaspec_all"
-    assert run("train-head", "--target", target_dir, "--depth", "2", "--method", "adaspec", "--ref", mtp_kd,
+    assert run("train-head", "--target", target_dir, "--kind", "mtp", "--depth", "2", "--method", "adaspec", "--ref", mtp_kd,
                "--selection", "all", *BASE, "--output", everything) == 0
     assert max_diff(everything, mtp_kd) == 0.0
     assert max_diff(out, mtp_kd) > 1e-5
 
 
 def test_resume_random_selection(tmp_path, mtp_kd, target_dir, capsys):
-    args = ["train-head", "--target", target_dir, "--depth", "2", "--method", "adaspec", "--ref", mtp_kd,
+    args = ["train-head", "--target", target_dir, "--kind", "mtp", "--depth", "2", "--method", "adaspec", "--ref", mtp_kd,
             "--selection", "random", "--k", "0.5", *BASE, "--max-steps", "4", "--save-every", "2"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run(*args, "--output", straight) == 0
@@ -130,7 +130,7 @@ def test_two_processes_match_one(root, mtp_kd, target_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "adaspec.cli", "train-head", "--target", str(target_dir), "--depth", "2", *BASE,
+           "adaspec.cli", "train-head", "--target", str(target_dir), "--kind", "mtp", "--depth", "2", *BASE,
            "--output", str(out)]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -147,7 +147,7 @@ def test_two_processes_match_one(root, mtp_kd, target_dir):
     (["--depth", "0"], "--depth must be >= 1"),
 ])
 def test_bad_options_are_refused(capsys, tmp_path, target_dir, extra, needle):
-    err = cli_error(capsys, "train-head", "--target", target_dir, "--depth", "2", *BASE, *extra,
+    err = cli_error(capsys, "train-head", "--target", target_dir, "--kind", "mtp", "--depth", "2", *BASE, *extra,
                     "--output", tmp_path / "x")
     assert needle in err
 
@@ -156,7 +156,7 @@ def test_reference_of_another_kind_or_depth_is_refused(capsys, tmp_path, mtp_kd,
     err = cli_error(capsys, "train-head", "--target", target_dir, "--kind", "medusa", "--depth", "2",
                     "--method", "adaspec", "--ref", mtp_kd, *BASE, "--output", tmp_path / "x")
     assert "holds no Medusa heads" in err
-    err = cli_error(capsys, "train-head", "--target", target_dir, "--depth", "3", "--method", "adaspec",
+    err = cli_error(capsys, "train-head", "--target", target_dir, "--kind", "mtp", "--depth", "3", "--method", "adaspec",
                     "--ref", mtp_kd, *BASE, "--output", tmp_path / "y")
     assert "has 2 depths, --depth is 3" in err
 
