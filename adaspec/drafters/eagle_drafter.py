@@ -13,10 +13,19 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from transformers import PreTrainedModel
 
 from adaspec.decoding.sampling import logits_to_probs, sample
 from adaspec.drafters.draft_vocab import to_target_space
 from adaspec.drafters.eagle import EagleHead, HeadCache
+from adaspec.errors import AdaspecError
+from adaspec.models import output_vocab_size
+
+
+def load_target_check(head_vocab: int, target_vocab: int, path: str) -> None:
+    if head_vocab != target_vocab:
+        raise AdaspecError(f"the head in {path} was trained for a {head_vocab}-token vocabulary, the target "
+                           f"has {target_vocab}")
 
 
 class EagleDrafter:
@@ -27,6 +36,14 @@ class EagleDrafter:
         self.hidden_layers: tuple[int, ...] = head.config.hidden_layers
         self.device = head.fc.weight.device
         self.cache, self.real, self.pending = HeadCache(), 0, None
+
+    @classmethod
+    def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> "EagleDrafter":
+        """The drafter of a head saved by `train-head --kind eagle`, on the target's device and dtype."""
+        p = next(target.parameters())
+        head = EagleHead.from_pretrained(path).to(device=p.device, dtype=p.dtype)
+        load_target_check(head.config.vocab_size, vocab or output_vocab_size(target), path)
+        return cls(head)
 
     def _project(self, hidden: Tensor) -> Tensor:
         """[layers, m, H_target] target features -> [m, H] the layer reads (layers concatenated in order)."""

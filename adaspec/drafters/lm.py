@@ -25,6 +25,17 @@ class LMDrafter:
         self.model, self.vocab = model, vocab
         self.lm = CachedLM(model, vocab, "draft")
 
+    @classmethod
+    def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> "LMDrafter":
+        """A draft model directory, checked against the target's tokenizer and sizes (models.check_vocab_compatible)."""
+        from adaspec.models import check_vocab_compatible, load_model, output_vocab_size, saved_tokenizer
+
+        draft = load_model(path, device=next(target.parameters()).device)
+        target_dir = getattr(target, "name_or_path", None)
+        check_vocab_compatible(target, draft, saved_tokenizer(target_dir) if target_dir else None,
+                               saved_tokenizer(path))
+        return cls(draft, vocab or output_vocab_size(target))
+
     def prefill(self, prompt: Tensor, hidden: Tensor | None) -> None:
         self.lm = CachedLM(self.model, self.vocab, "draft")
         if prompt.numel() > 1:  # the prompt's last token is fed by the first proposal step

@@ -162,10 +162,10 @@ def test_reference_of_another_kind_or_depth_is_refused(capsys, tmp_path, mtp_kd,
 
 
 def test_head_drafter_loads_by_its_saved_kind(mtp_kd, medusa_shared, target_dir):
-    from adaspec.drafters.loading import load_head_drafter
+    from adaspec.drafters.loading import load_drafter
 
     target = models.load_model(target_dir)
-    assert isinstance(load_head_drafter(mtp_kd, target), MTPDrafter)
-    assert isinstance(load_head_drafter(medusa_shared, target), MedusaDrafter)
+    assert isinstance(load_drafter("mtp", mtp_kd, target), MTPDrafter)
+    assert isinstance(load_drafter("medusa", medusa_shared, target), MedusaDrafter)
     with pytest.raises(AdaspecError, match="holds no adaspec heads"):
-        load_head_drafter(target_dir, target)
+        load_drafter("mtp", target_dir, target)
