@@ -269,6 +269,15 @@ class LeanLM:
         h = torch.addmm(bi, F.layer_norm(x, (H,), n2, b2, eps2), wi)
         return x + torch.addmm(bd, act(h), wd)
 
+    def _run_layers(self, x: Tensor, cos: Tensor | None, sin: Tensor | None, s: int, e: int,
+                    mask: Tensor | None, causal: bool) -> tuple[Tensor, list[Tensor]]:
+        hidden = []
+        for layer in range(self.num_layers):
+            x = self._block(layer, x, cos, sin, s, e, mask, causal)
+            if self._capture[layer]:
+                hidden.append(x)
+        return x, hidden
+
     def _final_norm(self, x: Tensor) -> Tensor:
         weight, bias, eps = self._norm
         if self.family == "llama":
@@ -319,11 +328,7 @@ class LeanLM:
                 causal = True
             else:  # new token i sees the prefix and new tokens 0..i
                 mask = self._arange[:e] <= self._arange[s:e, None]
-        hidden = []
-        for layer in range(self.num_layers):
-            x = self._block(layer, x, cos, sin, s, e, mask, causal)
-            if self._capture[layer]:
-                hidden.append(x)
+        x, hidden = self._run_layers(x, cos, sin, s, e, mask, causal)
         self.seen = e
         if self._final_hidden:
             x = self._final_norm(x)

@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig
+from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig
 
 from adaspec import AdaspecError
 from adaspec.decoding.lean import LeanLM, cached_lm, lean_supported
@@ -133,6 +133,24 @@ def test_llama_variants_match_hf(extra):
     torch.manual_seed(0)
     m = AutoModelForCausalLM.from_config(config).eval()
     assert lean_supported(m) is None
+    ids = tokens(21, seed=8)
+    lm = LeanLM(m, V, "t")
+    a, _ = lm.forward(ids[:13], keep=13)
+    b, _ = lm.forward(ids[13:], keep=8)
+    assert close(torch.cat([a, b]), hf_logits(m, ids))
+
+
+@pytest.mark.parametrize("config", [
+    GPTNeoXConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  use_parallel_residual=False, rotary_pct=1.0, attention_bias=False),
+    GPTNeoXConfig(vocab_size=V, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  rotary_pct=0.5, hidden_act="gelu_new"),
+    GPT2Config(vocab_size=V, n_embd=32, n_layer=3, n_head=4, n_inner=48, scale_attn_by_inverse_layer_idx=True,
+               activation_function="relu"),
+], ids=["neox-sequential-full-rotary", "neox-half-rotary-gelu-new", "gpt2-layer-scaled-relu"])
+def test_neox_and_gpt2_variants_match_hf(config):
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(config).eval()
     ids = tokens(21, seed=8)
     lm = LeanLM(m, V, "t")
     a, _ = lm.forward(ids[:13], keep=13)
