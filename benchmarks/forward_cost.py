@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import os
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -36,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/benchmarks/forward_cost.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.compile:  # a cold inductor cache: the compile time a first run pays
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="adaspec_inductor_")
+    load_before = os.getloadavg()
     results = measure_forward_cost(args.presets, vocab=args.vocab, prefix=args.prefix, sizes=args.sizes,
                                    repeats=args.repeats, compiled=args.compile, device=args.device)
     print(format_table(results))
@@ -45,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         "settings": vars(args),
         "machine": {"torch": torch.__version__, "transformers": transformers.__version__,
                     "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
-                    "device": args.device},
+                    "device": args.device, "cpus": os.cpu_count(),
+                    # shared machine: other users' load is why absolute ms drift between runs
+                    "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]]},
         "presets": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -104,7 +104,11 @@ class LeanLM:
                                    "decoder layers; -1 = the final normed state)")
         self._capture = tuple(i in self.hidden_layers for i in range(self.num_layers))
         self._final_hidden = -1 in self.hidden_layers
-        self._limit = max_length if max_length is not None else self._position_limit
+        # stack() order: forward captures depth order (layers ascending, then -1)
+        depth = sorted(set(self.hidden_layers), key=lambda i: self.num_layers if i == -1 else i)
+        self._order = [depth.index(i) for i in self.hidden_layers]
+        limits = [n for n in (max_length, self._position_limit) if n is not None]
+        self._limit = min(limits) if limits else None
         self._capacity = 0
         self._reserve(min(self._limit or _FIRST_CAPACITY, _FIRST_CAPACITY))
 
@@ -345,12 +349,7 @@ class LeanLM:
                 logits = F.pad(logits, (0, self.vocab - self.own_vocab), value=-math.inf)
         if not self.hidden_layers:
             return logits, None
-        return logits, torch.stack(self._in_request_order(hidden))
-
-    def _in_request_order(self, hidden: list[Tensor]) -> list[Tensor]:
-        """`hidden` holds the captured layers in depth order (-1 last); reorder to `hidden_layers`."""
-        depth = sorted(set(self.hidden_layers), key=lambda i: self.num_layers if i == -1 else i)
-        return [hidden[depth.index(i)] for i in self.hidden_layers]
+        return logits, torch.stack([hidden[j] for j in self._order])
 
     def crop(self, length: int) -> None:
         """Roll the cache back to its first `length` tokens (rows past `seen` are simply overwritten)."""
