@@ -88,7 +88,8 @@ def measure_forward_cost(presets: Sequence[str], vocab: int = 2048, prefix: int 
                          sizes: Sequence[int] = (1, 4, 16), repeats: int = 60, warmup: int = 5,
                          compiled: bool = False, device: str = "cpu", seed: int = 0) -> dict:
     """Median ms of one cached forward of each size in `sizes` after `prefix` cached tokens, per preset
-    and method; also each method's ratio to HF and, for `compiled`, the compile time per size."""
+    and method (wall clock, and on CPU also this thread's CPU time); each method's ratio to HF and, for
+    `compiled`, the compile time per size."""
     out: dict = {}
     dev = torch.device(device)
     now = _clock(dev)
@@ -112,6 +113,7 @@ def measure_forward_cost(presets: Sequence[str], vocab: int = 2048, prefix: int 
                 methods["compiled"].forward(ids[prefix:prefix + n], keep=n)
                 compile_s[str(n)] = now() - t0
         times: dict[str, dict[int, list[float]]] = {m: {n: [] for n in sizes} for m in methods}
+        cpu: dict[str, dict[int, list[float]]] = {m: {n: [] for n in sizes} for m in methods}
         names = list(methods)
         for r in range(warmup + repeats):
             for n in sizes:  # methods innermost, so a burst of load on the machine hits them alike
@@ -119,17 +121,21 @@ def measure_forward_cost(presets: Sequence[str], vocab: int = 2048, prefix: int 
                     name = names[(r + j) % len(names)]
                     lm = methods[name]
                     lm.crop(prefix)
-                    t0 = now()
+                    t0, c0 = now(), time.thread_time()
                     lm.forward(ids[prefix:prefix + n], keep=n)
                     if r >= warmup:
                         times[name][n].append(now() - t0)
-        ms = {m: {str(n): 1e3 * statistics.median(v) for n, v in per.items()} for m, per in times.items()}
+                        cpu[name][n].append(time.thread_time() - c0)
+        ms = _medians_ms(times)
         out[preset] = {
             "params": count_params(model),
             "ms": ms,
-            "vs_hf": {m: {n: ms["hf"][n] / ms[m][n] for n in ms[m]} for m in ms if m != "hf"},
+            "vs_hf": _ratios(ms),
             "verify_cost_vs_one": {m: {n: ms[m][n] / ms[m][str(sizes[0])] for n in ms[m]} for m in ms},
         }
+        if dev.type == "cpu":  # CPU time of this thread: what the forward costs, without other users' load
+            out[preset]["cpu_ms"] = _medians_ms(cpu)
+            out[preset]["cpu_vs_hf"] = _ratios(out[preset]["cpu_ms"])
         if compiled:
             out[preset]["compile_s"] = compile_s
             ref, _ = LeanLM(model, vocab, preset).forward(ids[: prefix + 4], keep=4)
@@ -139,14 +145,24 @@ def measure_forward_cost(presets: Sequence[str], vocab: int = 2048, prefix: int 
     return out
 
 
+def _medians_ms(times: dict[str, dict[int, list[float]]]) -> dict[str, dict[str, float]]:
+    return {m: {str(n): 1e3 * statistics.median(v) for n, v in per.items()} for m, per in times.items()}
+
+
+def _ratios(ms: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {m: {n: ms["hf"][n] / ms[m][n] for n in ms[m]} for m in ms if m != "hf"}
+
+
 def format_table(results: dict) -> str:
-    """One line per preset and method: median ms per size and the ratio to HF."""
+    """One line per preset, method and clock: median ms per size and the ratio to HF."""
     lines = []
     for preset, r in results.items():
-        for method, per in r["ms"].items():
-            cells = "  ".join(f"{n:>2} tok {v:7.3f} ms" for n, v in per.items())
-            ratio = "" if method == "hf" else "   vs hf " + " ".join(f"{x:.2f}x" for x in r["vs_hf"][method].values())
-            lines.append(f"{preset:18s} {r['params'] / 1e6:5.2f}M {method:9s} {cells}{ratio}")
+        for clock, key in (("wall", "ms"), ("cpu", "cpu_ms")):
+            for method, per in r.get(key, {}).items():
+                cells = "  ".join(f"{n:>2} tok {v:7.3f} ms" for n, v in per.items())
+                ratios = r["vs_hf" if key == "ms" else "cpu_vs_hf"].get(method)
+                ratio = "   vs hf " + " ".join(f"{x:.2f}x" for x in ratios.values()) if ratios else ""
+                lines.append(f"{preset:18s} {r['params'] / 1e6:5.2f}M {clock:4s} {method:9s} {cells}{ratio}")
         if "compile_s" in r:
             lines.append(f"{preset:18s} compile s per size: "
                          + ", ".join(f"{n}: {s:.1f}" for n, s in r["compile_s"].items())
