@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # lazy, so `import adaspec` stays cheap and a half-built package still imports
     if name == "speculative_generate":
-        from adaspec.speculative import speculative_generate
+        from adaspec.decoding.generate import speculative_generate
         return speculative_generate
     if name == "SpecStats":
         from adaspec.metrics import SpecStats

@@ -19,17 +19,17 @@ from adaspec.errors import AdaspecError
 
 # command -> (module, options dataclass, function taking the options)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "generate": ("adaspec.speculative", "GenerateOptions", "run_generate",
+    "generate": ("adaspec.decoding.command", "GenerateOptions", "run_generate",
                  "speculative decoding of one prompt, streaming text and printing acceptance stats"),
-    "train-target": ("adaspec.train", "TrainTargetOptions", "run_train_target",
+    "train-target": ("adaspec.training.target", "TrainTargetOptions", "run_train_target",
                      "fine-tune (or build and train) the target model on a task"),
-    "distill": ("adaspec.distill", "DistillOptions", "run_distill",
+    "distill": ("adaspec.distill.recipe", "DistillOptions", "run_distill",
                 "distil a draft from the target: plain KD (reference / DistillSpec) or AdaSPEC selective KD"),
-    "cache": ("adaspec.cache", "CacheOptions", "run_cache",
+    "cache": ("adaspec.distill.cache", "CacheOptions", "run_cache",
               "store the target's top-K distribution and the reference's divergence per response token"),
-    "eval": ("adaspec.evaluate", "EvalOptions", "run_eval",
+    "eval": ("adaspec.evaluation.command", "EvalOptions", "run_eval",
              "measure a draft: empirical and analytic acceptance, speed-up and the target's task quality"),
-    "reproduce": ("adaspec.reproduce", "ReproduceOptions", "run_reproduce",
+    "reproduce": ("adaspec.reproduce.pipeline", "ReproduceOptions", "run_reproduce",
                   "run the whole paper pipeline at CPU scale and write results/<task>/"),
 }
 

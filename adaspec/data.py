@@ -1,8 +1,9 @@
 """Tasks, prompt formats, tokenisation with label masking, batching, and tokenizer training.
 
-The five tasks of the AdaSPEC paper are read from JSON Lines files in the repository's `data/` folder
-(override with the environment variable ADASPEC_DATA or a `data_dir` argument), so nothing needs the
-network. Every task has deterministic "train", "validation" and "test" splits; `data/README.md` gives
+The five tasks of the AdaSPEC paper are read from JSON Lines files shipped inside the package
+(`adaspec/taskdata/`, also reachable as `data/` at the repository root; override with the environment
+variable ADASPEC_DATA or a `data_dir` argument), so nothing needs the network and an installed wheel has
+them too. Every task has deterministic "train", "validation" and "test" splits; `data/README.md` gives
 their sources and sizes:
 
 - gsm8k: train.jsonl minus its last 300 records (validation = those 300); test = test.jsonl.
@@ -66,9 +67,9 @@ class Example:
 # ---------------------------------------------------------------------------------------------- reading
 
 def default_data_dir() -> Path:
-    """The data folder: $ADASPEC_DATA if set, else `data/` at the repository root."""
+    """The data folder: $ADASPEC_DATA if set, else the package's own `taskdata/`."""
     env = os.environ.get("ADASPEC_DATA")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
+    return Path(env) if env else Path(__file__).resolve().parent / "taskdata"
 
 
 def _read_jsonl(path: Path, limit: int | None = None) -> list[tuple[int, dict]]:
@@ -402,6 +403,29 @@ def encode_examples(examples: Iterable[Example], tokenizer: Any, max_length: int
         warnings.warn(f"dropped {len(encoded) - len(kept)} of {len(encoded)} examples with no response "
                       f"tokens left at max_length={max_length}", stacklevel=2)
     return kept
+
+
+def encode(examples: list[Example], tokenizer: Any, max_length: int) -> list[dict]:
+    """`encode_examples`, each item numbered (`index`) with its `prompt_length`; an error if none is left."""
+    items = encode_examples(examples, tokenizer, max_length)
+    if not items:
+        raise AdaspecError("no example has a response token left after truncation; raise --max-length")
+    for i, item in enumerate(items):
+        item["index"] = i
+        item["prompt_length"] = next(j for j, lab in enumerate(item["labels"]) if lab != IGNORE_INDEX)
+    return items
+
+
+def with_response(item: dict, sequence: list[int]) -> dict:
+    """`item` with its tokens replaced by `sequence` (the same prompt, another response) and labels to match."""
+    p = item["prompt_length"]
+    return {**item, "input_ids": sequence, "labels": [IGNORE_INDEX] * p + list(sequence[p:])}
+
+
+def response_mask(labels: torch.Tensor) -> torch.Tensor:
+    """[B, T-1] True where the logits at position t score a response token (labels[t+1] is not ignored):
+    the positions every loss, selection, cache row and analytic α is computed on."""
+    return labels[..., 1:] != IGNORE_INDEX
 
 
 def pad_id(tokenizer: Any) -> int:

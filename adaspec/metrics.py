@@ -4,8 +4,11 @@
 theoretical speed-up are properties computed from those counters, so stats merged over many prompts give
 the pooled rates (sum of accepted / sum of drafted), never an average of per-prompt ratios.
 
-Conventions (docs/design.md):
-- α = accepted / drafted.
+Conventions (README):
+- α = accepted / (accepted + rejected): the per-token acceptance of the draft tokens the target judged
+  (each step rejects at most one; tokens drafted after it were never judged). The paper's α, the one
+  Leviathan et al.'s formula and the analytic α use.
+- α drafted = accepted / drafted (vLLM's rate; lower, and γ-dependent).
 - τ = tokens emitted per target verification forward, the bonus/correction token included (vLLM,
   Spec-Bench); the prefill forward is counted separately.
 - c = time of one draft forward / time of one target verification forward, as measured in the run.
@@ -134,15 +137,14 @@ class SpecStats:
 
     @property
     def alpha(self) -> float:
-        """α = accepted / drafted."""
-        return _ratio(self.accepted, self.drafted)
+        """α = accepted / (accepted + rejected): the per-token acceptance probability of judged draft tokens,
+        the α for which the expected tokens per step is (1 − α^{γ+1}) / (1 − α)."""
+        return _ratio(self.accepted, self.accepted + self.rejections)
 
     @property
-    def alpha_geometric(self) -> float:
-        """Per-token acceptance probability under the i.i.d. model of Leviathan et al.: accepted /
-        (accepted + rejections). Draft tokens after a rejection were never judged, so they are not counted;
-        this is the α for which the expected tokens per step is (1 − α^{γ+1}) / (1 − α)."""
-        return _ratio(self.accepted, self.accepted + self.rejections)
+    def alpha_drafted(self) -> float:
+        """α drafted = accepted / drafted (counts tokens drafted after a rejection as rejected)."""
+        return _ratio(self.accepted, self.drafted)
 
     @property
     def tau(self) -> float:
@@ -178,9 +180,9 @@ class SpecStats:
 
     @property
     def theoretical_speedup(self) -> float:
-        """S from the per-token α (alpha_geometric: the α of Leviathan et al.'s formula), the mean draft
-        length and the measured c (nan when undefined)."""
-        alpha, gamma, c = self.alpha_geometric, self.mean_gamma, self.c
+        """S from the per-token α (the α of Leviathan et al.'s formula), the mean draft length and the
+        measured c (nan when undefined)."""
+        alpha, gamma, c = self.alpha, self.mean_gamma, self.c
         if any(math.isnan(x) for x in (alpha, gamma, c)):
             return math.nan
         return theoretical_speedup(alpha, gamma, c)
@@ -202,7 +204,7 @@ class SpecStats:
             return x
 
         out: dict[str, Any] = dataclasses.asdict(self)
-        for name in ("alpha", "alpha_geometric", "tau", "mean_gamma", "c", "tokens_per_s",
+        for name in ("alpha", "alpha_drafted", "tau", "mean_gamma", "c", "tokens_per_s",
                      "decode_tokens_per_s", "theoretical_speedup", "speedup_from_tau", "position_acceptance"):
             out[name] = clean(getattr(self, name))
         return out
@@ -216,10 +218,10 @@ class SpecStats:
         return "\n".join([
             f"tokens: {self.emitted} in {self.steps} steps, {self.target_forwards} target forwards, "
             f"{self.draft_forwards} draft forwards",
-            f"alpha (accepted/drafted): {f(self.alpha)} ({self.accepted}/{self.drafted}); "
+            f"alpha (accepted/(accepted+rejected)): {f(self.alpha)} ({self.accepted}/"
+            f"{self.accepted + self.rejections}); alpha drafted (accepted/drafted): {f(self.alpha_drafted)} "
+            f"({self.accepted}/{self.drafted})",
             f"tau (tokens/verification): {f(self.tau)}; mean gamma: {f(self.mean_gamma, '.2f')}",
-            f"alpha over tested tokens (accepted/(accepted+rejections), alpha_geometric): "
-            f"{f(self.alpha_geometric)} ({self.accepted}/{self.accepted + self.rejections})",
             f"acceptance by draft position: {pos or 'n/a'}",
             f"c (draft/target forward time): {f(self.c)}; theoretical speed-up S: {f(self.theoretical_speedup)}",
             f"time: prefill {self.prefill_time_s:.3f}s, decode {self.decode_time_s:.3f}s "

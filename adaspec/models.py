@@ -8,7 +8,6 @@ never runs remote code unless asked to.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -110,6 +109,18 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> 
         raise AdaspecError(f"could not load tokenizer from {path}: {str(exc).splitlines()[0]}") from exc
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def saved_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved beside a checkpoint, or None for a local folder of weights saved without one
+    (then only vocabulary sizes can be compared; AutoTokenizer would invent an empty tokenizer)."""
+    local = Path(path)
+    if local.is_dir() and not any((local / n).exists() for n in TOKENIZER_FILES):
+        return None
+    return load_tokenizer(path, trust_remote_code)
+
+
 def save_model(model: PreTrainedModel, path: str | os.PathLike,
                tokenizer: PreTrainedTokenizerBase | None = None) -> None:
     """Save as a plain safetensors checkpoint that `AutoModelForCausalLM.from_pretrained` loads."""
@@ -120,7 +131,13 @@ def save_model(model: PreTrainedModel, path: str | os.PathLike,
 
 
 def output_vocab_size(model: PreTrainedModel) -> int:
+    """Rows of the model's output head (can exceed its tokenizer's vocabulary by padding)."""
     return int(model.get_output_embeddings().weight.shape[0])
+
+
+def shared_vocab(*models: PreTrainedModel) -> int:
+    """The ids every model scores: logits are compared over the first `shared_vocab` entries."""
+    return min(output_vocab_size(m) for m in models)
 
 
 def check_vocab_compatible(target: PreTrainedModel, draft: PreTrainedModel,
@@ -164,8 +181,3 @@ def model_fingerprint(path: str | os.PathLike) -> str:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()[:16]
-
-
-def read_json(path: str | os.PathLike) -> dict:
-    with open(path) as fh:
-        return json.load(fh)

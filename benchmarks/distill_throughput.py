@@ -51,8 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adaspec import data as data_lib  # noqa: E402
-from adaspec import losses  # noqa: E402
-from adaspec.acceptance import Continuations, analytic_alpha, greedy_continuations  # noqa: E402
+from adaspec.distill import losses  # noqa: E402
+from adaspec.evaluation.acceptance import Continuations, analytic_alpha, greedy_continuations  # noqa: E402
 from adaspec.models import load_model, load_tokenizer  # noqa: E402
 
 
@@ -79,39 +79,30 @@ def _child(spec_path: str) -> None:
     result: dict = {"threads": torch.get_num_threads()}
     t0, c0 = time.perf_counter(), time.process_time()
     if spec["kind"] == "cache":
-        from adaspec.cache import CacheOptions, run_cache
+        from adaspec.distill.cache import CacheOptions, run_cache
         manifest = run_cache(CacheOptions(**spec["options"]))
         result.update(build_seconds=manifest["build_seconds"], build_cpu_seconds=time.process_time() - c0,
                       size_bytes=manifest["size_bytes"])
     else:
-        from adaspec import distill, train
-        from adaspec.train import shifted_mask
-
-        # "sft" is the draft trained alone (cross-entropy on the same data): the cost floor of any recipe
-        recipe = train if spec["kind"] == "sft" else distill
+        from adaspec.distill.recipe import DistillOptions, run_distill
+        from adaspec.training.target import TrainTargetOptions, run_train_target
 
         starts: list[float] = []
         cpu: list[float] = []
         tokens: list[int] = []
         response: list[int] = []
-        real_loop = recipe.train_loop
 
-        def timed_loop(*args, **kw):
-            token_loss = args[5]
+        def timed(step: int, batches: list[dict]) -> None:
+            starts.append(time.perf_counter())
+            cpu.append(time.process_time())
+            tokens.append(sum(int(b["attention_mask"].sum()) for b in batches))
+            response.append(sum(int(data_lib.response_mask(b["labels"]).sum()) for b in batches))
 
-            def timed(model, batch, step):
-                starts.append(time.perf_counter())
-                cpu.append(time.process_time())
-                tokens.append(int(batch["attention_mask"].sum()))
-                response.append(int(shifted_mask(batch).sum()))
-                return token_loss(model, batch, step)
-            return real_loop(*args[:5], timed, *args[6:], **kw)
-
-        recipe.train_loop = timed_loop
+        # "sft" is the draft trained alone (cross-entropy on the same data): the cost floor of any recipe
         if spec["kind"] == "sft":
-            train.run_train_target(train.TrainTargetOptions(**spec["options"]))
+            run_train_target(TrainTargetOptions(**spec["options"]), on_step=timed)
         else:
-            distill.run_distill(distill.DistillOptions(**spec["options"]))
+            run_distill(DistillOptions(**spec["options"]), on_step=timed)
         # interval i..i+1 is step i's forward, backward and optimizer step; the first is warm-up
         span, cpu_span, n = starts[-1] - starts[1], cpu[-1] - cpu[1], sum(tokens[1:-1])
         result.update(steps=len(starts), train_seconds=starts[-1] - starts[0],
@@ -141,7 +132,7 @@ def _spawn(work: Path, name: str, kind: str, options: dict, threads: int) -> dic
 
 def _setup(args: argparse.Namespace, work: Path) -> tuple[str, str, float | None]:
     """A briefly trained target and reference (reused from an earlier run with the same settings)."""
-    from adaspec.train import TrainTargetOptions, run_train_target
+    from adaspec.training.target import TrainTargetOptions, run_train_target
 
     settings = {k: getattr(args, k) for k in ("task", "max_length", "target_steps", "ref_steps", "seed",
                                                "setup_limit")}
@@ -172,12 +163,12 @@ def _val_sets(args: argparse.Namespace, target_dir: str) -> tuple[Continuations,
     A briefly trained target's greedy continuations are repetitive, so α on them says little; α on the
     reference responses (argmax agreement and Σ min(p, q) at the same positions) tells the drafts apart.
     """
-    from adaspec.train import encode, load_split
+    from adaspec.options import load_split
 
     ns = argparse.Namespace(task=args.task, data=None, prompt_field="prompt", response_field="response",
                             data_dir=None)
     tok = load_tokenizer(target_dir)
-    items = encode(load_split(ns, "validation", args.val_examples), tok, args.max_length)
+    items = data_lib.encode(load_split(ns, "validation", args.val_examples), tok, args.max_length)
     prompts = [it["input_ids"][: it["prompt_length"]] for it in items]
     continuations = greedy_continuations(load_model(target_dir), prompts, args.val_max_new_tokens, tok.eos_token_id)
     reference = Continuations([it["input_ids"] for it in items], [it["prompt_length"] for it in items])
@@ -188,12 +179,12 @@ def _topk_error(args: argparse.Namespace, target_dir: str, drafts: dict[str, str
     """Mean |cached - exact| per-token divergence to the target on training tokens, per model and K.
 
     For the reference it is the error of the cached L_ref; for a draft, of its training loss."""
-    from adaspec.train import encode, load_split, shifted_mask
+    from adaspec.options import load_split
 
     ns = argparse.Namespace(task=args.task, data=None, prompt_field="prompt", response_field="response",
                             data_dir=None)
     tok = load_tokenizer(target_dir)
-    items = encode(load_split(ns, "train", 32), tok, args.max_length)
+    items = data_lib.encode(load_split(ns, "train", 32), tok, args.max_length)
     target = load_model(target_dir)
     report = {"divergence": args.divergence, "examples": len(items)}
     for name, path in drafts.items():
@@ -203,7 +194,7 @@ def _topk_error(args: argparse.Namespace, target_dir: str, drafts: dict[str, str
         with torch.inference_mode():
             for s in range(0, len(items), 16):
                 batch = data_lib.collate(items[s:s + 16], tok.pad_token_id or 0)
-                mask = shifted_mask(batch)
+                mask = data_lib.response_mask(batch["labels"])
                 x = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 p, q = target(**x).logits[:, :-1][mask], draft(**x).logits[:, :-1][mask]
                 exact = losses.per_token_divergence(args.divergence, p, q)

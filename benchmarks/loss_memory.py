@@ -33,7 +33,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adaspec.losses import _chunk_rows, per_token_divergence  # noqa: E402
+from adaspec.distill.losses import _chunk_rows, per_token_divergence  # noqa: E402
 
 
 def _status_kb(field: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -13,6 +14,14 @@ from adaspec import cli
 
 def run(*args) -> int:
     return cli.main([str(a) for a in args])
+
+
+def options_from(args: list, *more) -> object:
+    """The options dataclass a command line builds (to call a recipe's run function directly)."""
+    words = [str(a) for a in [*args, *more]]
+    module, cls_name, _fn, _ = cli.COMMANDS[words[0]]
+    cls = getattr(importlib.import_module(module), cls_name)
+    return cli.options_from_args(cls, cli.build_parser(words[0]).parse_args(words))
 
 
 def scalars(out: Path, tag: str) -> list[tuple[int, float]]:

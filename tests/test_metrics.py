@@ -20,8 +20,8 @@ def hand_made() -> SpecStats:
 
 def test_derived_rates_from_counters():
     s = hand_made()
-    assert s.alpha == pytest.approx(0.6)
-    assert s.alpha_geometric == pytest.approx(6 / 9)
+    assert s.alpha_drafted == pytest.approx(0.6)
+    assert s.alpha == pytest.approx(6 / 9)
     assert s.tau == pytest.approx(9 / 4)
     assert s.mean_gamma == pytest.approx(2.5)
     assert s.c == pytest.approx((1.0 / 10) / (2.0 / 4))  # 0.2
@@ -34,9 +34,9 @@ def test_derived_rates_from_counters():
 
 def test_empty_stats_give_undefined_rates_and_json_nulls():
     s = SpecStats()
-    assert math.isnan(s.alpha) and math.isnan(s.tau) and math.isnan(s.c) and math.isnan(s.theoretical_speedup)
+    assert math.isnan(s.alpha) and math.isnan(s.alpha_drafted) and math.isnan(s.tau) and math.isnan(s.c) and math.isnan(s.theoretical_speedup)
     d = s.to_dict()
-    assert d["alpha"] is None and d["tau"] is None and d["c"] is None
+    assert d["alpha"] is None and d["alpha_drafted"] is None and d["tau"] is None and d["c"] is None
     json.dumps(d, allow_nan=False)
     assert "n/a" in s.format()
 
@@ -51,8 +51,8 @@ def test_record_step_counts():
     assert s.accept_hist == [1, 1, 0, 1]
     assert s.gamma_hist == [0, 0, 1, 2]
     assert s.position_drafted == [3, 3, 2] and s.position_accepted == [2, 1, 1]
-    assert s.alpha == pytest.approx(0.5) and s.tau == pytest.approx(7 / 3)
-    assert s.alpha_geometric == pytest.approx(4 / 6)
+    assert s.alpha_drafted == pytest.approx(0.5) and s.tau == pytest.approx(7 / 3)
+    assert s.alpha == pytest.approx(4 / 6)
 
 
 def test_merge_adds_counters_and_pools_rates():
@@ -64,7 +64,7 @@ def test_merge_adds_counters_and_pools_rates():
     assert (m.drafted, m.accepted, m.emitted, m.steps, m.sequences, m.gamma) == (16, 12, 17, 6, 2, 6)
     assert m.accept_hist == [1, 1, 1, 3]
     assert m.position_drafted == [6, 5, 4, 1] and m.position_accepted == [5, 4, 3, 0]
-    assert m.alpha == pytest.approx(12 / 16)  # pooled, not the mean of 0.6 and 1.0
+    assert m.alpha_drafted == pytest.approx(12 / 16)  # pooled, not the mean of 0.6 and 1.0
     assert m.draft_time_s == pytest.approx(1.5)
     assert a.drafted == 10 and b.drafted == 6  # inputs unchanged
     assert sum([a, b]).to_dict() == m.to_dict()
@@ -112,8 +112,8 @@ def test_formula_argument_errors():
 def test_to_dict_has_raw_and_derived():
     d = hand_made().to_dict()
     for key in ("drafted", "accepted", "emitted", "steps", "target_forwards", "draft_forwards", "accept_hist",
-                "position_drafted", "position_accepted", "gamma", "alpha", "tau", "c", "tokens_per_s",
+                "position_drafted", "position_accepted", "gamma", "alpha", "alpha_drafted", "tau", "c", "tokens_per_s",
                 "theoretical_speedup", "position_acceptance"):
         assert key in d
-    assert d["alpha"] == pytest.approx(0.6)
+    assert d["alpha_drafted"] == pytest.approx(0.6)
     assert json.loads(json.dumps(d)) == d

@@ -1,0 +1,99 @@
+"""`adaspec generate`: speculative decoding of one prompt, streaming the text, then the acceptance stats."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from adaspec.decoding.generate import speculative_generate
+from adaspec.decoding.sampling import check_sampling
+from adaspec.errors import AdaspecError
+from adaspec.models import check_vocab_compatible, load_model, load_tokenizer, saved_tokenizer
+
+@dataclass
+class GenerateOptions:
+    """Speculative decoding of one prompt: streams the text, then prints acceptance and speed statistics."""
+
+    target: str = field(metadata={"help": "target model directory or hub id (its tokenizer is used)"})
+    draft: str = field(metadata={"help": "draft model directory or hub id (same vocabulary as the target)"})
+    prompt: str = field(metadata={"help": "prompt text"})
+    gamma: int = field(default=5, metadata={"help": "draft tokens per step (the first step's when adaptive)"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0 = greedy"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass in (0, 1]"})
+    max_new_tokens: int = field(default=128, metadata={"help": "maximum number of generated tokens"})
+    adaptive_gamma: bool = field(default=False, metadata={
+        "help": "choose gamma per step from the running acceptance rate and measured draft/target cost"})
+    gamma_max: int = field(default=8, metadata={"help": "largest gamma the adaptive choice may use"})
+    seed: int | None = field(default=None, metadata={"help": "random seed for sampling"})
+    device: str | None = field(default=None, metadata={"help": "torch device, e.g. cpu or cuda; unset: cuda "
+                                                                "when available, else cpu"})
+    stop_at_eos: bool = field(default=True, metadata={"help": "stop at the tokenizer's end-of-sequence token"})
+    json: bool = field(default=False, metadata={"help": "print one JSON object (text and stats) instead of "
+                                                        "streaming"})
+
+    def __post_init__(self) -> None:
+        if self.gamma < 1:
+            raise AdaspecError(f"--gamma must be >= 1, got {self.gamma}")
+        if self.gamma_max < 1:
+            raise AdaspecError(f"--gamma-max must be >= 1, got {self.gamma_max}")
+        if self.adaptive_gamma and self.gamma_max < self.gamma:
+            raise AdaspecError(f"--gamma-max ({self.gamma_max}) must be >= --gamma ({self.gamma})")
+        if self.max_new_tokens < 1:
+            raise AdaspecError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        check_sampling(self.temperature, self.top_p)
+        if not self.prompt:
+            raise AdaspecError("--prompt is empty")
+
+
+class _TextStream:
+    """Prints decoded text as tokens arrive. The prompt is decoded with the new tokens so word boundaries
+    come out right; text ending in an incomplete UTF-8 sequence is held back until it completes."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_ids: list[int]):
+        self.tokenizer, self.ids = tokenizer, list(prompt_ids)
+        self.printed = self._decode()
+        self._write(self.printed)
+
+    def _decode(self) -> str:
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+
+    @staticmethod
+    def _write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def __call__(self, tokens: list[int]) -> None:
+        self.ids.extend(tokens)
+        text = self._decode()
+        if not text.endswith("\ufffd") and text.startswith(self.printed):
+            self._write(text[len(self.printed):])
+            self.printed = text
+
+
+def run_generate(opts: GenerateOptions) -> int:
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    target = load_model(opts.target, device=device)
+    draft = load_model(opts.draft, device=device)
+    tokenizer = load_tokenizer(opts.target)
+    check_vocab_compatible(target, draft, tokenizer, saved_tokenizer(opts.draft))
+    input_ids = tokenizer(opts.prompt, return_tensors="pt").input_ids
+    if input_ids.numel() == 0 and tokenizer.bos_token_id is not None:
+        input_ids = torch.tensor([[tokenizer.bos_token_id]])
+    stream = None if opts.json else _TextStream(tokenizer, input_ids[0].tolist())
+    seq, stats = speculative_generate(
+        target, draft, input_ids, max_new_tokens=opts.max_new_tokens, gamma=opts.gamma,
+        temperature=opts.temperature, top_p=opts.top_p,
+        eos_token_id=tokenizer.eos_token_id if opts.stop_at_eos else None, seed=opts.seed,
+        adaptive_gamma=opts.adaptive_gamma, gamma_max=opts.gamma_max, tokenizer=tokenizer, on_tokens=stream)
+    generated = seq[0, input_ids.shape[1]:].tolist()
+    if opts.json:
+        print(json.dumps({"prompt": opts.prompt, "text": tokenizer.decode(generated, skip_special_tokens=True),
+                          "tokens": generated, "stats": stats.to_dict()}))
+    else:
+        print("\n")
+        print(stats.format())
+    return 0

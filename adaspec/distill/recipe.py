@@ -1,0 +1,224 @@
+"""The `distill` recipe: knowledge distillation of a draft from the target.
+
+--method kd        every response token (DistillSpec; also how the AdaSPEC reference model is made)
+--method adaspec   AdaSPEC (Hu et al., 2025): per token Δ = L(p_target‖q_draft) − L(p_target‖q_ref); train the
+                   draft only on the top-k fraction of tokens by Δ, the tokens it can still learn.
+
+Teacher signal comes from the target on the fly (the exact path, the default) or from an offline cache
+(`adaspec cache`): then neither the target nor the reference runs during training. Training responses
+come from the dataset (as in the paper), from the target, from the draft itself (on-policy, DistillSpec),
+or a mixture.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from adaspec import data as data_lib
+from adaspec.distill import selection
+from adaspec.distill.cache_store import TeacherCache
+from adaspec.distill.teacher import Teacher, shifted_logits
+from adaspec.errors import AdaspecError
+from adaspec.evaluation.acceptance import (Continuations, generate_continuations, greedy_agreement,
+                                           greedy_continuations)
+from adaspec.io import atomic_write_json
+from adaspec.models import (PRESETS, build_model, check_vocab_compatible, count_params, load_model, load_tokenizer,
+                            saved_tokenizer, shared_vocab)
+from adaspec.options import helptext, load_split
+from adaspec.training.checkpoint import load_checkpoint
+from adaspec.training.loop import OnStep, make_accelerator, train_loop
+from adaspec.training.options import TrainOptions
+
+
+@dataclass(kw_only=True)
+class DistillOptions(TrainOptions):
+    """Distil a draft model from a target: plain KD (DistillSpec, reference model) or AdaSPEC."""
+
+    target: str = field(metadata=helptext("target model directory (its tokenizer is used)"))
+    method: Literal["kd", "adaspec"] = field(default="kd", metadata=helptext(
+        "kd: all response tokens; adaspec: selective KD against --ref"))
+    ref: str | None = field(default=None, metadata=helptext("reference model directory (required by adaspec)"))
+    draft_init: str | None = field(default=None, metadata=helptext(
+        "initial draft checkpoint (default: build --preset with --init-seed)"))
+    preset: str = field(default="neox-draft-xs", metadata=helptext(f"draft architecture ({', '.join(PRESETS)})"))
+    init_seed: int = field(default=0, metadata=helptext("seed of a draft built from --preset"))
+    k: float = field(default=0.4, metadata=helptext("fraction of response tokens AdaSPEC trains on, in (0, 1]"))
+    selection: Literal["top", "bottom", "random", "all"] = field(default="top", metadata=helptext(
+        "which tokens by Δ: top (AdaSPEC), bottom, random, all (= plain KD)"))
+    per_sequence: bool = field(default=False, metadata=helptext(
+        "select the top-k within each sequence instead of over the micro-batch (paper)"))
+    normalize: Literal["response", "kept"] = field(default="response", metadata=helptext(
+        "loss = sum over kept tokens / response tokens (official code) or / kept tokens"))
+    divergence: Literal["fkl", "rkl", "tvd", "jsd"] = field(default="fkl", metadata=helptext(
+        "per-token divergence between target and draft"))
+    beta: float = field(default=0.5, metadata=helptext("JSD mixture weight"))
+    temperature: float = field(default=1.0, metadata=helptext("distillation temperature"))
+    data_source: Literal["dataset", "target", "draft", "mix"] = field(default="dataset", metadata=helptext(
+        "responses: dataset (paper), target-generated, draft-generated on-policy, or a mix"))
+    mix_ratio: float = field(default=0.5, metadata=helptext("with --data-source mix: share of on-policy batches"))
+    gen_max_new_tokens: int = field(default=128, metadata=helptext("length of generated responses"))
+    gen_temperature: float = field(default=1.0, metadata=helptext("sampling temperature of generated responses"))
+    match_token_budget: bool = field(default=False, metadata=helptext(
+        "train adaspec for epochs/k so it sees as many selected tokens as KD sees tokens (paper)"))
+    teacher_cache: str | None = field(default=None, metadata=helptext(
+        "cache from `adaspec cache`: no target/reference forward during training"))
+    val_max_new_tokens: int = field(default=96, metadata=helptext("length of the target continuations for α"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        selection.check_k(self.k)
+        if self.method == "adaspec" and self.ref is None and self.teacher_cache is None:
+            raise AdaspecError("--method adaspec needs --ref (the reference model) or a --teacher-cache with L_ref")
+        if self.draft_init is None and self.preset not in PRESETS:
+            raise AdaspecError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.temperature <= 0 or self.gen_temperature < 0:
+            raise AdaspecError("--temperature must be > 0 and --gen-temperature >= 0")
+        if not 0 <= self.beta <= 1 or not 0 <= self.mix_ratio <= 1:
+            raise AdaspecError("--beta and --mix-ratio must be in [0, 1]")
+        if self.teacher_cache and self.data_source in ("draft", "mix"):
+            raise AdaspecError("on-policy responses (--data-source draft/mix) are generated during training "
+                               "and cannot come from a --teacher-cache")
+
+
+def _frozen(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def generate_items(model: PreTrainedModel, items: list[dict], max_new_tokens: int, max_length: int,
+                   temperature: float, eos_token_id: int | None, seed: int) -> list[dict]:
+    """Replace the responses of `items` by the model's own continuations of their prompts."""
+    was_training = model.training
+    model.eval()
+    prompts = [it["input_ids"][: it["prompt_length"]] for it in items]
+    room = max(1, min(max_new_tokens, max_length - max(len(p) for p in prompts)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gen = generate_continuations(model, prompts, room, eos_token_id, batch_size=len(prompts),
+                                     temperature=temperature)
+    model.train(was_training)
+    return [data_lib.with_response(it, seq) for it, seq in zip(items, gen.sequences)]
+
+
+def _json_cached(path: Path, make: Callable[[], Continuations]) -> Continuations:
+    if path.exists():
+        return Continuations.from_json(json.loads(path.read_text()))
+    value = make()
+    atomic_write_json(path, value.to_json(), indent=None)
+    return value
+
+
+def _load(path: str) -> PreTrainedModel:
+    # models.load_model looked up here at call time (tests wrap it to count forwards)
+    return load_checkpoint(path, load=load_model)
+
+
+def run_distill(opts: DistillOptions, on_step: OnStep | None = None) -> None:
+    accelerator = make_accelerator(opts)
+    device = accelerator.device
+    torch.manual_seed(opts.seed)
+    # the model first: a missing directory is then reported as such, not as a bad hub id for a tokenizer
+    target = _frozen(_load(opts.target), device)
+    tokenizer: PreTrainedTokenizerBase = load_tokenizer(opts.target)
+    if opts.draft_init:
+        draft = _load(opts.draft_init)
+        check_vocab_compatible(target, draft, tokenizer, saved_tokenizer(opts.draft_init))
+    else:
+        draft = build_model(opts.preset, len(tokenizer), seed=opts.init_seed,
+                            bos_token_id=tokenizer.bos_token_id or 0, eos_token_id=tokenizer.eos_token_id or 0)
+        check_vocab_compatible(target, draft, names=("target", "draft"))
+    draft.to(device)
+    ref = None
+    if opts.method == "adaspec" and opts.ref and not opts.teacher_cache:
+        ref = _frozen(_load(opts.ref), device)
+        check_vocab_compatible(target, ref, tokenizer, saved_tokenizer(opts.ref), names=("target", "reference"))
+    vocab = shared_vocab(target, draft)
+    eos = tokenizer.eos_token_id
+    out = Path(opts.output)
+
+    items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
+    if opts.data_source == "target":
+        def target_responses() -> Continuations:
+            seqs: list[list[int]] = []
+            for s in range(0, len(items), opts.batch_size):
+                made = generate_items(target, items[s:s + opts.batch_size], opts.gen_max_new_tokens,
+                                      opts.max_length, opts.gen_temperature, eos, opts.seed + s)
+                seqs += [it["input_ids"] for it in made]
+            return Continuations(seqs, [it["prompt_length"] for it in items])
+
+        # the main process writes the file, the others then read it (no two writers, no half-read file)
+        with accelerator.main_process_first():
+            made = _json_cached(out / "target_responses.json", target_responses)
+        items = [data_lib.with_response(it, seq) for it, seq in zip(items, made.sequences)]
+    val_examples = load_split(opts, "validation", opts.val_examples)
+    val_prompts = [it["input_ids"][: it["prompt_length"]]
+                   for it in data_lib.encode(val_examples, tokenizer, opts.max_length)]
+    with accelerator.main_process_first():
+        val = _json_cached(out / "val_continuations.json", lambda: greedy_continuations(
+            target, val_prompts, opts.val_max_new_tokens, eos))
+
+    cache = None
+    if opts.teacher_cache:
+        cache = TeacherCache.open(opts.teacher_cache, target_path=opts.target, ref_path=opts.ref, items=items,
+                                  divergence=opts.divergence, temperature=opts.temperature, beta=opts.beta,
+                                  vocab=vocab)
+        if opts.method == "adaspec" and not cache.has_ref:
+            raise AdaspecError(f"{opts.teacher_cache} holds no reference divergence; rebuild it with --ref")
+        target = None
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    teacher = Teacher(opts.divergence, opts.temperature, opts.beta, vocab, target=target, ref=ref, cache=cache)
+
+    mode = opts.selection if opts.method == "adaspec" else "all"
+    selective = mode != "all"
+    sel_gen = torch.Generator()
+    sel_step = [-1]
+
+    def token_loss(model: torch.nn.Module, batch: dict, step: int):
+        if step != sel_step[0]:
+            # random selection seeded per step, so a resumed run draws what the uninterrupted one drew
+            sel_step[0] = step
+            sel_gen.manual_seed((opts.seed + 1) * 1_000_003 + step)
+        mask = data_lib.response_mask(batch["labels"])
+        q_logits = shifted_logits(model, batch, vocab)
+        div, ref_div = teacher.divergences(q_logits, batch, with_ref=selective)
+        kept = selection.delta_selection(div, ref_div, mask, opts.k, mode, opts.per_sequence, sel_gen)
+        n_resp = int(mask.sum())
+        logs = {"kept_fraction": float(kept.sum()) / max(n_resp, 1),
+                "divergence": float((div.detach() * mask).sum()) / max(n_resp, 1)}
+        return div, kept, logs
+
+    on_policy = opts.data_source in ("draft", "mix")
+
+    def prepare_items(chosen: list[dict], micro: int, model: PreTrainedModel) -> list[dict]:
+        if not on_policy or (opts.data_source == "mix" and random.Random(opts.seed * 7919 + micro).random()
+                             >= opts.mix_ratio):
+            return chosen
+        return generate_items(model, chosen, opts.gen_max_new_tokens, opts.max_length, opts.gen_temperature,
+                              eos, opts.seed * 100003 + micro)
+
+    def validate(model: PreTrainedModel) -> dict[str, float]:
+        return {"greedy_agreement": greedy_agreement(model, val)}
+
+    epochs = opts.epochs / opts.k if (opts.match_token_budget and selective) else opts.epochs
+    accelerator.print(f"draft: {count_params(draft):,} parameters; {opts.method}"
+                      + (f" k={opts.k} {opts.selection}" if selective else "")
+                      + f"; {len(items)} examples, {epochs:g} epochs")
+    result = train_loop(opts, accelerator, draft, tokenizer, items, token_loss, validate,
+                        best_key="greedy_agreement", higher_is_better=True, epochs=epochs,
+                        normalize=opts.normalize, prepare_items=prepare_items if on_policy else None,
+                        on_step=on_step)
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(opts.output)
+        summary = {"params": count_params(draft), "steps": result.steps, "best_greedy_agreement": result.best_metric,
+                   "epochs": epochs, "history": result.history}
+        atomic_write_json(out / "train_summary.json", summary)
+

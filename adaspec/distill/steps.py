@@ -1,0 +1,56 @@
+"""Distillation of multi-step heads (EAGLE's training-time test, MTP depths, Medusa heads) with the same
+divergences and AdaSPEC selection as a draft model.
+
+Step j's logits at position t predict token t + 1 + j (step 0 is the next token). Its teacher is the
+target's own distribution for that token, the target's logits at position t + j, and it is scored where
+that token is a response token: `data.response_mask(labels)[:, t + j]`. Each step keeps its own top-k by
+Δ_j = L(head, step j) − L(reference head, step j), so selection is per depth as the issue asks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from adaspec.distill import losses
+from adaspec.distill.selection import delta_selection
+
+
+def step_divergences(kind: str, target_logits: Tensor, step_logits: list[Tensor], temperature: float = 1.0,
+                     beta: float = 0.5) -> list[Tensor]:
+    """Per step j: the divergence [B, T-1-j] of step j's predictions from the target's (see the module doc).
+
+    target_logits [B, T, V] are the target's logits at every position; step_logits[j] [B, T', V] with
+    T' >= T - 1 - j (extra trailing positions are ignored)."""
+    t = target_logits.shape[1]
+    out = []
+    for j, q in enumerate(step_logits):
+        width = t - 1 - j
+        if width <= 0:
+            break
+        out.append(losses.per_token_divergence(kind, target_logits[:, j:j + width], q[:, :width],
+                                               temperature=temperature, beta=beta))
+    return out
+
+
+def step_masks(response: Tensor, steps: int) -> list[Tensor]:
+    """Per step j: where step j is scored, [B, T-1-j], from the response mask [B, T-1]."""
+    return [response[:, j:] for j in range(min(steps, response.shape[1]))]
+
+
+def multi_step_loss(divs: list[Tensor], response: Tensor, weights: list[float], k: float = 1.0,
+                    mode: str = "all", ref_divs: list[Tensor] | None = None, per_sequence: bool = False,
+                    generator: torch.Generator | None = None) -> tuple[Tensor, list[Tensor]]:
+    """(per-token loss [B, T-1], kept mask per step): Σ_j w_j · L_j summed over step j's kept tokens and
+    placed at the position that made the prediction, so the training loop's `reduce_loss` over the
+    response mask divides the weighted sum by the number of response tokens, as for a draft model."""
+    masks = step_masks(response, len(divs))
+    total = torch.zeros(response.shape, dtype=divs[0].dtype, device=divs[0].device)
+    kept = []
+    for j, (div, mask) in enumerate(zip(divs, masks)):
+        ref = ref_divs[j] if ref_divs is not None else None
+        sel = delta_selection(div, ref, mask, k, mode, per_sequence, generator)
+        kept.append(sel)
+        contribution = torch.where(sel, div, torch.zeros((), dtype=div.dtype, device=div.device)) * weights[j]
+        total = total + torch.nn.functional.pad(contribution, (0, response.shape[1] - div.shape[1]))
+    return total, kept

@@ -1,0 +1,45 @@
+"""The teacher signal of distillation: per-token divergences of a drafter from the target, and of the
+reference model, computed from live frozen models or read from an offline cache (`adaspec cache`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from adaspec.distill import losses
+from adaspec.distill.cache_store import TeacherCache
+
+
+def shifted_logits(model: torch.nn.Module, batch: dict, vocab: int) -> Tensor:
+    """[B, T-1, vocab] logits aligned with `data.response_mask`: position t scores token t+1."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1, :vocab]
+
+
+class Teacher:
+    """Divergences L(p_target ‖ q) per shifted position; with a cache no target/reference forward runs."""
+
+    def __init__(self, divergence: str, temperature: float, beta: float, vocab: int,
+                 target: torch.nn.Module | None = None, ref: torch.nn.Module | None = None,
+                 cache: TeacherCache | None = None):
+        if (target is None) == (cache is None):
+            raise ValueError("a teacher needs exactly one of a live target and a cache")
+        self.divergence, self.temperature, self.beta, self.vocab = divergence, temperature, beta, vocab
+        self.target, self.ref, self.cache = target, ref, cache
+
+    def divergences(self, q_logits: Tensor, batch: dict, with_ref: bool) -> tuple[Tensor, Tensor | None]:
+        """(L(p‖q) [B, T-1] with gradient to q_logits, the reference's L(p‖q_ref) or None)."""
+        if self.cache is not None:
+            c = self.cache.batch(batch["index"].tolist(), batch["input_ids"].shape[1], q_logits.device)
+            div = losses.sparse_divergence(self.divergence, c["topk_ids"], c["topk_logprobs"], q_logits,
+                                           temperature=self.temperature, beta=self.beta)
+            return div, c.get("ref_div") if with_ref else None
+        with torch.no_grad():
+            p_logits = shifted_logits(self.target, batch, self.vocab)
+        div = losses.per_token_divergence(self.divergence, p_logits, q_logits, temperature=self.temperature,
+                                          beta=self.beta)
+        ref_div = None
+        if with_ref:
+            with torch.no_grad():
+                ref_div = losses.per_token_divergence(self.divergence, p_logits, shifted_logits(self.ref, batch, self.vocab),
+                                                      temperature=self.temperature, beta=self.beta)
+        return div, ref_div

@@ -1,0 +1,35 @@
+"""What the speculative-decoding engine needs from a drafter, whatever proposes the tokens.
+
+The engine keeps the accepted tokens `seq[:n]` and the target's KV cache over `seq[:n-1]`. A step asks
+the drafter for γ proposals after `seq[:n]`, verifies them in one target forward (which also returns the
+hidden states of the layers the drafter listed in `hidden_layers`), and tells the drafter what was kept.
+A separate draft LM needs nothing from the target; feature heads (EAGLE, MTP, Medusa) read its hidden
+states, so they never run a second target forward.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    hidden_layers: tuple[int, ...]  # target layers read (adaspec.decoding.target indices); () for a draft LM
+    max_gamma: int | None  # most proposals per step (MTP: its depth D); None = unbounded
+
+    def prefill(self, prompt: Tensor, hidden: Tensor | None) -> None:
+        """Start a sequence: `prompt` [n]; `hidden` the target's features of prompt[:n-1], [layers, n-1, H]
+        (None when no layers were asked for or n == 1)."""
+
+    def propose(self, seq: Tensor, n: int, gamma: int, temperature: float, top_p: float,
+                generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+        """Up to γ proposals continuing seq[:n], as target token ids [g] (g <= γ), and, when temperature > 0,
+        the distributions they were sampled from [g, V] (zero outside a reduced draft vocabulary)."""
+
+    def accept(self, n: int, hidden: Tensor | None) -> None:
+        """The engine kept seq[:n]; roll state back to a prefix of it. `hidden`: the target's features of the
+        m positions this step verified and kept, n-1-m .. n-2, as [layers, m, H] (None without layers)."""
+

@@ -1,0 +1,155 @@
+"""`adaspec eval`: drafts measured against a target, side by side (adaspec.evaluation.evaluate)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import PreTrainedModel
+
+from adaspec import data as data_lib
+from adaspec.decoding.sampling import check_sampling
+from adaspec.errors import AdaspecError
+from adaspec.evaluation.evaluate import EvalSettings, evaluate
+from adaspec.evaluation.table import format_table
+from adaspec.io import atomic_write_json
+from adaspec.models import (check_vocab_compatible, load_model, load_tokenizer, model_fingerprint,
+                            saved_tokenizer)
+from adaspec.options import helptext
+
+
+def unique_names(paths: list[str]) -> list[str]:
+    """Shortest path suffixes that tell the drafts apart ("kd/final", "adaspec/final")."""
+    parts = [Path(p).resolve().parts if Path(p).exists() else Path(p).parts for p in paths]
+    names = []
+    for i, p in enumerate(parts):
+        for k in range(1, len(p) + 1):
+            name = "/".join(p[-k:])
+            if all("/".join(q[-k:]) != name for j, q in enumerate(parts) if j != i) or k == len(p):
+                break
+        names.append(name)
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):  # the same path given twice
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            names[i] = f"{name}#{seen[name]}"
+    return names
+
+
+@dataclass(kw_only=True)
+class EvalOptions:
+    """Measure drafts against a target: empirical α (accepted/drafted and over judged tokens), τ, c and
+    speed-up from real speculative decoding; analytic α from parallel forwards on the target's cached
+    greedy continuations; the target's task quality and every model's response cross-entropy.
+    Several --draft directories are compared side by side."""
+
+    target: str = field(metadata=helptext("target model directory or hub id (its tokenizer is used)"))
+    draft: list[str] = field(metadata=helptext("draft model directories; several are compared side by side"))
+    compare: list[str] | None = field(default=None, metadata=helptext(
+        "more drafts to compare side by side (appended to --draft)"))
+    task: str = field(default="gsm8k", metadata=helptext(f"task ({', '.join(data_lib.TASKS)})"))
+    split: Literal["train", "validation", "test"] = field(default="test", metadata=helptext("task split"))
+    n_prompts: int = field(default=32, metadata=helptext("evaluate the first N prompts of the split"))
+    gamma: int = field(default=5, metadata=helptext("draft tokens per speculative step (the max when adaptive)"))
+    temperature: float = field(default=0.0, metadata=helptext("sampling temperature; 0 = greedy"))
+    top_p: float = field(default=1.0, metadata=helptext("nucleus sampling mass in (0, 1] (the analytic α ignores it)"))
+    max_new_tokens: int = field(default=128, metadata=helptext("tokens generated per prompt"))
+    context: int | None = field(default=None, metadata=helptext(
+        "positions a prompt plus its continuation may use (unset: the smallest model context); set it to the "
+        "training --max-length so drafts are not measured at positions they never trained on"))
+    adaptive_gamma: bool = field(default=False, metadata=helptext(
+        "choose gamma per step in [1, --gamma] from the running acceptance rate and measured cost"))
+    seed: int = field(default=0, metadata=helptext("sampling seed (prompt i uses seed + i)"))
+    loss_examples: int = field(default=64, metadata=helptext(
+        "examples of the split whose reference responses score each model's cross-entropy"))
+    json: str | None = field(default=None, metadata=helptext(
+        "write every counter and derived value, per draft, and the command line to this JSON file"))
+    cache_dir: str | None = field(default=None, metadata=helptext(
+        "folder for the target's greedy continuations; unset: <target>/eval_cache"))
+    cache: bool = field(default=True, metadata=helptext("reuse/store the target's continuations on disk"))
+    data_dir: str | None = field(default=None, metadata=helptext("folder of the built-in task data"))
+    device: str | None = field(default=None, metadata=helptext("torch device; unset: cuda when available"))
+    trust_remote_code: bool = field(default=False, metadata=helptext("allow a hub model's own code to run"))
+
+    def __post_init__(self) -> None:
+        if not self.draft:
+            raise AdaspecError("give at least one --draft")
+        if self.task not in data_lib.TASKS:
+            raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
+        if self.split not in data_lib.SPLITS:
+            raise AdaspecError(f"unknown split {self.split!r}; choose one of {', '.join(data_lib.SPLITS)}")
+        if self.context is not None and self.context <= self.max_new_tokens:
+            raise AdaspecError(f"--context ({self.context}) must exceed --max-new-tokens ({self.max_new_tokens})")
+        for name in ("n_prompts", "gamma", "max_new_tokens", "loss_examples"):
+            if getattr(self, name) < 1:
+                raise AdaspecError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_sampling(self.temperature, self.top_p)
+
+    @property
+    def draft_paths(self) -> list[str]:
+        return list(self.draft) + list(self.compare or [])
+
+
+def command_line(opts: EvalOptions) -> str:
+    """The `adaspec eval` command that reproduces `opts` (options left at their defaults are omitted)."""
+    words = ["adaspec", "eval"]
+    for f in dataclasses.fields(opts):
+        value = getattr(opts, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING
+        if value == default or value is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            words += [flag, *map(str, value)]
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
+def _is_local(path: str) -> bool:
+    return Path(path).exists() or path.startswith((".", "/", "~"))
+
+
+def run_eval(opts: EvalOptions) -> int:
+    paths = opts.draft_paths
+    for path in [opts.target, *paths]:  # fail before loading anything large
+        if _is_local(path) and not Path(path).is_dir():
+            role = "target" if path == opts.target else "draft"
+            raise AdaspecError(f"{role} model directory not found: {path}")
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    log = lambda msg: print(f"[eval] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    target = load_model(opts.target, trust_remote_code=opts.trust_remote_code, device=device)
+    tokenizer = load_tokenizer(opts.target, trust_remote_code=opts.trust_remote_code)
+    drafts: dict[str, PreTrainedModel] = {}
+    for name, path in zip(unique_names(paths), paths):
+        draft = load_model(path, trust_remote_code=opts.trust_remote_code, device=device)
+        draft_tokenizer = saved_tokenizer(path, opts.trust_remote_code) if _is_local(path) else None
+        check_vocab_compatible(target, draft, tokenizer, draft_tokenizer, names=("target", f"draft {path}"))
+        drafts[name] = draft
+    local = _is_local(opts.target)
+    fingerprint = model_fingerprint(opts.target) if local else None
+    cache_dir = None
+    if opts.cache:
+        cache_dir = opts.cache_dir or (str(Path(opts.target) / "eval_cache") if local else
+                                       str(Path.home() / ".cache" / "adaspec" / "eval"))
+    settings = EvalSettings(opts.task, opts.split, opts.n_prompts, opts.gamma, opts.temperature,
+                            opts.max_new_tokens, opts.seed, top_p=opts.top_p, adaptive_gamma=opts.adaptive_gamma,
+                            context=opts.context, loss_examples=opts.loss_examples, data_dir=opts.data_dir)
+    result = evaluate(target, drafts, tokenizer, settings, cache_dir=cache_dir, target_fingerprint=fingerprint,
+                      log=log).to_json()
+    result = {"command": command_line(opts), "argv": sys.argv, **result}
+    result["target"]["path"] = opts.target
+    for name, path in zip(drafts, paths):
+        result["drafts"][name]["path"] = path
+    print(format_table(result))
+    if opts.json:
+        atomic_write_json(opts.json, result)
+        log(f"wrote {opts.json}")
+    return 0

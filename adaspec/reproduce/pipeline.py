@@ -1,0 +1,329 @@
+"""`adaspec reproduce`: the AdaSPEC paper's pipeline, from nothing, at a scale this machine can run.
+
+Stages (each skipped when its output is complete, so a killed run resumes where it stopped):
+  1. target       tokenizer trained on the task, target built from a preset and trained (once, reused)
+  2. draft_init   the small model's starting point: briefly trained on the task (the paper starts from a
+                  pretrained Pythia-31M); reference and every draft start from this same checkpoint
+  3. cache        the target's top-K distribution per response token (`adaspec cache`)
+  4. distillspec  FKL on all tokens (DistillSpec); it is also the reference model of stage 6, which is
+                  what the paper's reference is: the draft's initialisation distilled with forward KL
+  5. cache_ref    the same cache plus the reference's per-token divergence L_ref
+  6. adaspec      selective KD, k = 0.4, top tokens by Δ, matched token budget (epochs / k)
+  7. ablations    (--ablations, first seed) selection bottom / random, k ∈ {0.2, 0.6, 0.8, 1.0}, and
+                  DistillSpec trained as many steps as AdaSPEC (separates selection from training longer);
+                  (--long-ablations) DistillSpec and AdaSPEC both at 4x those steps
+  8. eval         empirical greedy α from real speculative decoding on the test split, analytic α,
+                  speed, target quality; results/<task>/{results.json, report.md, *.png}
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from adaspec import data as data_lib
+from adaspec.errors import AdaspecError
+from adaspec.io import atomic_write_json
+from adaspec.options import helptext
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes and budgets of one reproduction scale."""
+
+    vocab_size: int
+    target: str
+    draft: str
+    max_length: int
+    train_limit: int | None
+    target_epochs: float
+    target_lr: float
+    draft_init_epochs: float
+    distill_epochs: float
+    distill_lr: float
+    batch_size: int
+    eval_prompts: int
+    eval_max_new_tokens: int
+    gamma: int
+    top_k: int
+    seeds: tuple[int, ...]
+    # a task with fewer training examples gets proportionally more epochs in every training stage, so each
+    # stage sees at least this many examples (0: epochs as written); the target keeps its best validation
+    # checkpoint, so the extra epochs cannot leave an overfitted target
+    min_train_examples: int = 0
+
+    def for_task(self, n_train: int) -> "Preset":
+        """This preset with its epochs scaled for a training split of `n_train` examples."""
+        scale = max(1.0, self.min_train_examples / max(1, n_train))
+        return replace(self, target_epochs=self.target_epochs * scale,
+                       draft_init_epochs=self.draft_init_epochs * scale, distill_epochs=self.distill_epochs * scale)
+
+
+# the committed results: ~16x parameter gap, full training split
+_SMALL = Preset(vocab_size=2048, target="neox-target-s", draft="neox-draft-xxs", max_length=256,
+                train_limit=None, target_epochs=1.0, target_lr=2e-3, draft_init_epochs=0.25,
+                distill_epochs=1.0, distill_lr=2e-3, batch_size=16, eval_prompts=50,
+                eval_max_new_tokens=96, gamma=3, top_k=64, seeds=(0, 1, 2), min_train_examples=7000)
+
+PRESETS: dict[str, Preset] = {
+    # `make demo`: the whole pipeline in about 5 minutes on 2 CPU cores. Smaller models than `small` on the
+    # same data and epochs: a demo that also cut the data (1,200 examples) left both drafts at their first
+    # checkpoint with identical α, which demonstrates nothing
+    "demo": replace(_SMALL, vocab_size=1024, target="neox-demo-target", draft="neox-demo-draft",
+                    eval_prompts=30, eval_max_new_tokens=64, seeds=(0,)),
+    "small": _SMALL,
+}
+
+# AdaSPEC variants, each against the seed's reference, and plain KD for as many steps as AdaSPEC takes at
+# k = 0.4 with the matched token budget, to separate "selective" from "trained longer"
+ABLATIONS: dict[str, dict] = {
+    "distillspec_long": {"method": "kd", "epochs_scale": 1 / 0.4},
+    "adaspec_bottom": {"selection": "bottom"},
+    "adaspec_random": {"selection": "random"},
+    **{f"adaspec_k{k}": {"k": k} for k in (1.0, 0.8, 0.6, 0.2)},
+}
+# the equal-steps comparison again at 4x AdaSPEC's steps, nearer convergence, where the paper's capacity
+# argument says dropping hard tokens should matter most
+LONG_ABLATIONS: dict[str, dict] = {
+    "distillspec_long4": {"method": "kd", "epochs_scale": 4 / 0.4},
+    "adaspec_long4": {"epochs_scale": 4.0},
+}
+
+
+@dataclass(kw_only=True)
+class ReproduceOptions:
+    """Run the whole paper pipeline on one task and write results/<task>/."""
+
+    task: str = field(default="gsm8k", metadata=helptext(f"task ({', '.join(data_lib.TASKS)})"))
+    preset: str = field(default="demo", metadata=helptext(f"scale ({', '.join(PRESETS)})"))
+    seeds: list[int] | None = field(default=None, metadata=helptext("distillation seeds (default: the preset's)"))
+    ablations: bool = field(default=False, metadata=helptext(
+        "also train the selection (bottom/random) and k ablations on the first seed"))
+    long_ablations: bool = field(default=False, metadata=helptext(
+        "also train DistillSpec and AdaSPEC at 4x AdaSPEC's steps on the first seed (equal steps, near convergence)"))
+    runs_dir: str = field(default="runs", metadata=helptext("where models and caches go (resumable)"))
+    results_dir: str = field(default="results", metadata=helptext("where report.md/results.json/plots go"))
+    use_cache: bool = field(default=True, metadata=helptext(
+        "distil from offline target/reference caches (no target forward during draft training)"))
+    speed_benchmark: bool = field(default=True, metadata=helptext("time target-only vs speculative decoding"))
+    progress: bool = field(default=True, metadata=helptext("show progress bars"))
+
+    def __post_init__(self) -> None:
+        if self.task not in data_lib.TASKS:
+            raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
+        if self.preset not in PRESETS:
+            raise AdaspecError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+
+
+def _done(path: Path) -> bool:
+    return (path / "train_summary.json").exists()
+
+
+def _log(msg: str) -> None:
+    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Pipeline:
+    def __init__(self, opts: ReproduceOptions) -> None:
+        self.opts = opts
+        self.n_train = len(data_lib.load_task(opts.task, "train", limit=PRESETS[opts.preset].train_limit))
+        self.p = PRESETS[opts.preset].for_task(self.n_train)
+        self.root = Path(opts.runs_dir) / opts.task / opts.preset
+        self.seeds = list(opts.seeds) if opts.seeds else list(self.p.seeds)
+
+    def _common(self, output: Path, seed: int = 0) -> dict:
+        return dict(output=str(output), task=self.opts.task, limit=self.p.train_limit,
+                    max_length=self.p.max_length, batch_size=self.p.batch_size, seed=seed,
+                    progress=self.opts.progress, val_every=0, save_every=100)
+
+    def target(self) -> Path:
+        from adaspec.training.target import TrainTargetOptions, run_train_target
+        out = self.root / "target"
+        if not _done(out):
+            _log(f"training the target ({self.p.target}) -> {out}")
+            total = self._steps_per_epoch() * self.p.target_epochs
+            run_train_target(TrainTargetOptions(**{**self._common(out), "val_every": max(1, int(total) // 8)},
+                                                preset=self.p.target, vocab_size=self.p.vocab_size,
+                                                epochs=self.p.target_epochs, lr=self.p.target_lr,
+                                                train_on_prompt=True))
+        return out
+
+    def draft_init(self, target: Path) -> Path:
+        from adaspec.training.target import TrainTargetOptions, run_train_target
+        out = self.root / "draft_init"
+        if not _done(out):
+            _log(f"training the initial draft ({self.p.draft}) -> {out}")
+            run_train_target(TrainTargetOptions(**self._common(out), preset=self.p.draft, tokenizer=str(target),
+                                                epochs=self.p.draft_init_epochs, lr=self.p.distill_lr,
+                                                train_on_prompt=True))
+        return out
+
+    def cache(self, target: Path, ref: Path | None, out: Path) -> Path | None:
+        if not self.opts.use_cache:
+            return None
+        from adaspec.distill.cache import CacheOptions, run_cache
+        if not (out / "manifest.json").exists() or not json.loads((out / "manifest.json").read_text()).get(
+                "complete", True):
+            _log(f"caching the target's top-{self.p.top_k}" + (" and L_ref" if ref else "") + f" -> {out}")
+        run_cache(CacheOptions(target=str(target), ref=str(ref) if ref else None, task=self.opts.task,
+                               limit=self.p.train_limit, max_length=self.p.max_length, top_k=self.p.top_k,
+                               output=str(out), progress=self.opts.progress))
+        return out
+
+    def distill(self, name: str, target: Path, init: Path, seed: int, cache: Path | None,
+                ref: Path | None = None, **overrides: object) -> Path:
+        from adaspec.distill.recipe import DistillOptions, run_distill
+        out = self.root / f"seed{seed}" / name
+        if not _done(out):
+            _log(f"distilling {name} (seed {seed}) -> {out}")
+            method = "adaspec" if ref is not None else "kd"
+            kwargs = dict(self._common(out, seed), target=str(target), draft_init=str(init), method=method,
+                          epochs=self.p.distill_epochs, lr=self.p.distill_lr,
+                          teacher_cache=str(cache) if cache else None,
+                          val_every=max(1, int(self._steps_per_epoch() * self.p.distill_epochs) // 4),
+                          val_examples=48)
+            if ref is not None:
+                kwargs.update(ref=str(ref), k=0.4, match_token_budget=True)
+            overrides = dict(overrides)
+            kwargs["epochs"] = kwargs["epochs"] * float(overrides.pop("epochs_scale", 1.0))
+            if overrides.get("method") == "kd":
+                kwargs.update(ref=None, match_token_budget=False)
+            kwargs.update(overrides)
+            run_distill(DistillOptions(**kwargs))
+        return out
+
+    def _steps_per_epoch(self) -> int:
+        return max(1, self.n_train // self.p.batch_size)
+
+    def run(self) -> dict:
+        target = self.target()
+        init = self.draft_init(target)
+        cache = self.cache(target, None, self.root / "cache")
+        drafts: dict[str, dict[int, Path]] = {"distillspec": {}, "adaspec": {}}
+        extra = {**(ABLATIONS if self.opts.ablations else {}),
+                 **(LONG_ABLATIONS if self.opts.long_ablations else {})}
+        for seed in self.seeds:
+            ds = self.distill("distillspec", target, init, seed, cache)
+            ref_cache = self.cache(target, ds, self.root / f"seed{seed}" / "cache_ref")
+            drafts["distillspec"][seed] = ds
+            drafts["adaspec"][seed] = self.distill("adaspec", target, init, seed, ref_cache, ref=ds)
+            if seed == self.seeds[0]:
+                for name, overrides in extra.items():
+                    kd = overrides.get("method") == "kd"
+                    drafts.setdefault(name, {})[seed] = self.distill(
+                        name, target, init, seed, cache if kd else ref_cache, ref=None if kd else ds, **overrides)
+        return self.evaluate(target, init, drafts)
+
+    def evaluate(self, target_dir: Path, init: Path, drafts: dict[str, dict[int, Path]]) -> dict:
+        """One `evaluate` call per seed over all of that seed's drafts (the target-alone runs are shared)."""
+        from adaspec.evaluation.evaluate import EvalSettings, evaluate
+        from adaspec.models import load_model, load_tokenizer, model_fingerprint
+        from adaspec.reproduce.report import write_results
+        tokenizer = load_tokenizer(target_dir)
+        target = load_model(target_dir)
+        evals: dict[int, dict] = {}
+        for seed in self.seeds:
+            cached = self.root / f"seed{seed}" / f"eval_{self.opts.task}.json"
+            paths = {name: by_seed[seed] for name, by_seed in drafts.items() if seed in by_seed}
+            if seed == self.seeds[0]:
+                paths = {"draft_init": init, **paths}
+            old = json.loads(cached.read_text()) if cached.exists() else {"drafts": {}}
+            if not self._within_training_length(old):
+                old = {"drafts": {}}  # measured before evaluation kept to the training length: redo it all
+            missing = {n: p for n, p in paths.items() if n not in old["drafts"]}
+            if missing:
+                # only the drafts not yet measured; each is timed against the target alone in its own call
+                _log(f"evaluating seed {seed}: {', '.join(missing)}")
+                settings = EvalSettings(self.opts.task, "test", self.p.eval_prompts, self.p.gamma, 0.0,
+                                        self.p.eval_max_new_tokens, seed, context=self.p.max_length)
+                new = evaluate(target, {n: load_model(p) for n, p in missing.items()}, tokenizer, settings,
+                               cache_dir=str(target_dir / "eval_cache"),
+                               target_fingerprint=model_fingerprint(target_dir), log=_log).to_json()
+                old = {**new, "drafts": {**old["drafts"], **new["drafts"]}}
+                atomic_write_json(cached, old)
+            evals[seed] = {**old, "drafts": {n: old["drafts"][n] for n in paths}}
+        summaries = {name: {s: json.loads((p / "train_summary.json").read_text()) for s, p in by_seed.items()}
+                     for name, by_seed in drafts.items()}
+        summaries["target"] = {0: json.loads((target_dir / "train_summary.json").read_text())}
+        summaries["draft_init"] = {0: json.loads((init / "train_summary.json").read_text())}
+        speed = self.speed_benchmark(target_dir, drafts)
+        val_ce = self.validation_ce(target_dir, init, drafts, tokenizer)
+        return write_results(command_line(self.opts), self.opts.task, self.opts.preset, self.p, evals,
+                             summaries, speed, Path(self.opts.results_dir) / self.opts.task, val_ce)
+
+    def _within_training_length(self, measured: dict) -> bool:
+        """Whether a stored evaluation kept prompt + continuation within the training length."""
+        context = measured.get("config", {}).get("context")
+        return context is not None and context <= self.p.max_length
+
+    def validation_ce(self, target_dir: Path, init: Path, drafts: dict[str, dict[int, Path]],
+                      tokenizer: object) -> dict[str, list[float]]:
+        """Response cross-entropy on the validation split, per model and seed.
+
+        The validation split comes from the training distribution, so it shows the capacity gap even where
+        the test responses do not (CNN/DM's test responses are the original highlights, its training and
+        validation responses GPT-4 summaries).
+        """
+        from adaspec.models import load_model
+        from adaspec.training.target import validation_loss
+        path = self.root / "validation_ce.json"
+        done = json.loads(path.read_text()) if path.exists() else {}
+        models = {"target": target_dir, "draft_init": init,
+                  **{f"{name}/seed{s}": p for name, by_seed in drafts.items() for s, p in by_seed.items()}}
+        missing = [k for k in models if k not in done]
+        if missing:
+            _log(f"validation cross-entropy: {len(missing)} model(s)")
+            examples = data_lib.load_task(self.opts.task, "validation", limit=self.p.eval_prompts)
+            items = data_lib.encode_examples(examples, tokenizer, self.p.max_length)
+            pad = data_lib.pad_id(tokenizer)
+            for key in missing:
+                done[key] = validation_loss(load_model(models[key]), items, pad)
+            atomic_write_json(path, done)
+        out = {"target": [done["target"]], "draft_init": [done["draft_init"]]}
+        for name, by_seed in drafts.items():
+            out[name] = [done[f"{name}/seed{s}"] for s in sorted(by_seed)]
+        return out
+
+    def speed_benchmark(self, target_dir: Path, drafts: dict[str, dict[int, Path]]) -> dict | None:
+        """The decode benchmark (adaspec.evaluation.speed, in a fresh process) on the first seed's drafts:
+        target alone, ours, HF assisted generation."""
+        if not self.opts.speed_benchmark:
+            return None
+        seed = self.seeds[0]
+        out: dict[str, dict] = {}
+        for name in ("distillspec", "adaspec"):
+            path = self.root / f"seed{seed}" / f"speed_{name}.json"
+            if not path.exists() or not self._within_training_length(json.loads(path.read_text())):
+                _log(f"speed benchmark: {name}")
+                cmd = [sys.executable, "-m", "adaspec.evaluation.speed", "--target", str(target_dir), "--draft", str(drafts[name][seed]),
+                       "--prompts-task", self.opts.task, "--n-prompts", str(min(self.p.eval_prompts, 10)),
+                       "--max-new-tokens", str(self.p.eval_max_new_tokens), "--gamma", str(self.p.gamma),
+                       "--context", str(self.p.max_length), "--repeats", "3", "--out", str(path)]
+                subprocess.run(cmd, check=True)
+            out[name] = json.loads(path.read_text())
+        return out
+
+
+def command_line(opts: ReproduceOptions) -> str:
+    parts = ["adaspec", "reproduce", "--task", opts.task, "--preset", opts.preset]
+    if opts.seeds:
+        parts += ["--seeds", *map(str, opts.seeds)]
+    if opts.ablations:
+        parts.append("--ablations")
+    if opts.long_ablations:
+        parts.append("--long-ablations")
+    if not opts.use_cache:
+        parts.append("--no-use-cache")
+    return shlex.join(parts)
+
+
+def run_reproduce(opts: ReproduceOptions) -> None:
+    t0 = time.perf_counter()
+    results = Pipeline(opts).run()
+    _log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; "
+         f"greedy α: " + ", ".join(f"{k} {v:.3f}" for k, v in results["alpha_greedy"].items()))

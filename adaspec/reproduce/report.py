@@ -1,0 +1,375 @@
+"""results/<task>/: results.json, report.md and plots from a reproduction's evaluations.
+
+Every number here is read from the evaluation and training summaries the pipeline wrote; nothing is
+typed in by hand. α in the tables is the empirical greedy acceptance from real speculative decoding,
+over the tokens the target checked: accepted / (accepted + rejected), rejected = one per step that
+ended on a rejection (the paper's α). α_drafted = accepted / drafted is also given; it depends on γ.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from adaspec.io import atomic_write_json, atomic_write_text
+
+MAIN = ("distillspec", "adaspec")
+
+
+def current_names(entry: dict) -> dict:
+    """A draft's evaluation or speed entry with today's names. Files written before the rename used
+    "alpha" for accepted/drafted and "alpha_tested" / "alpha_geometric" for the per-token α; committed
+    results and resumable runs still hold such files, so they are translated here, in one place."""
+    old = next((k for k in ("alpha_tested", "alpha_geometric") if k in entry), None)
+    if old is None:
+        return entry
+    out = {k: v for k, v in entry.items() if k != old}
+    out["alpha"], out["alpha_drafted"] = entry[old], entry.get("alpha")
+    return out
+
+
+def agreement(record: dict) -> float:
+    """The validation metric of a training history record or summary (top-1 agreement with the target's
+    greedy continuations; "alpha_greedy" in files written before it had its own name)."""
+    for key in ("greedy_agreement", "best_greedy_agreement", "alpha_greedy", "best_alpha_greedy"):
+        if key in record:
+            return float(record[key])
+    raise KeyError("greedy_agreement")
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return math.nan, math.nan
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _pm(xs: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    mean, std = _mean_std(xs)
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean * scale:.{digits}f}" + (f" ± {std * scale:.{digits}f}" if len(xs) > 1 else "")
+
+
+def _per_seed(evals: dict[int, dict], name: str, *path: str) -> list[float]:
+    out = []
+    for seed in sorted(evals):
+        node: Any = evals[seed]["drafts"].get(name)
+        if node is None:
+            continue
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            out.append(float(node))
+    return out
+
+
+def collect(command: str, task: str, preset_name: str, preset: Any, evals: dict[int, dict],
+            summaries: dict[str, dict], speed: dict | None) -> dict:
+    evals = {seed: {**e, "drafts": {n: current_names(d) for n, d in e["drafts"].items()}}
+             for seed, e in evals.items()}
+    seeds = sorted(evals)
+    first = evals[seeds[0]]
+    names = [n for n in first["drafts"]]
+    res: dict[str, Any] = {
+        "task": task,
+        "command": command,
+        "preset": preset_name,
+        "preset_settings": dict(preset.__dict__),
+        "seeds": seeds,
+        "params": {"target": first["target"]["params"], "draft": first["drafts"]["distillspec"]["params"]},
+        "val_loss": {"target": first["target"]["response_loss"],
+                     **{n: _mean_std(_per_seed(evals, n, "response_loss"))[0] for n in names}},
+        "target_quality": {"metric": first["target"]["quality_metric"], "value": first["target"]["quality"]},
+    }
+    for key, path in (("alpha_greedy", ("alpha",)), ("alpha_drafted", ("alpha_drafted",)),
+                      ("alpha_analytic_greedy", ("analytic", "alpha_greedy")),
+                      ("alpha_analytic_sampling", ("analytic", "alpha_sampling")), ("tau", ("tau",)),
+                      ("c", ("c",)), ("measured_speedup", ("measured_speedup",)),
+                      ("theoretical_speedup", ("theoretical_speedup",))):
+        per = {n: _per_seed(evals, n, *path) for n in names}
+        res[key] = {n: _mean_std(v)[0] for n, v in per.items()}
+        res[key + "_seeds"] = per
+        res[key + "_std"] = {n: _mean_std(v)[1] for n, v in per.items()}
+    res["position_acceptance"] = {n: first["drafts"][n]["position_acceptance"] for n in names}
+    res["training"] = {n: {str(s): v.get("history", []) for s, v in by_seed.items()}
+                       for n, by_seed in summaries.items()}
+    res["ablations"] = {n: {"alpha_greedy": res["alpha_greedy"][n],
+                            "alpha_analytic_greedy": res["alpha_analytic_greedy"][n]}
+                        for n in names if n.startswith(("adaspec_", "distillspec_"))}
+    if speed:
+        res["speed"] = speed
+    return res
+
+
+def _plots(res: dict, outdir: Path) -> list[str]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    files = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in MAIN:
+        for seed, hist in res["training"].get(name, {}).items():
+            if hist:
+                ax.plot([h["step"] for h in hist], [agreement(h) for h in hist], marker="o",
+                        label=f"{name} seed {seed}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation greedy α (top-1 agreement)")
+    ax.set_title(f"{res['task']}: training curves")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(outdir / "training_curves.png", dpi=110)
+    files.append("training_curves.png")
+    plt.close(fig)
+
+    names = list(res["alpha_greedy"])
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 4))
+    ax.bar(range(len(names)), [res["alpha_greedy"][n] for n in names],
+           yerr=[res["alpha_greedy_std"][n] for n in names], capsize=4)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("empirical greedy α")
+    ax.set_title(f"{res['task']}: acceptance per draft")
+    fig.tight_layout()
+    fig.savefig(outdir / "alpha.png", dpi=110)
+    files.append("alpha.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n in names:
+        pa = res["position_acceptance"].get(n) or []
+        ax.plot(range(1, len(pa) + 1), pa, marker="o", label=n)
+    ax.set_xlabel("draft position")
+    ax.set_ylabel("P(accepted | drafted)")
+    ax.set_title(f"{res['task']}: per-position acceptance (seed {res['seeds'][0]})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(outdir / "position_acceptance.png", dpi=110)
+    files.append("position_acceptance.png")
+    plt.close(fig)
+    return files
+
+
+def _fmt(x: Any, spec: str = ".3f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def render(res: dict, plots: list[str]) -> str:
+    seeds, ps = res["alpha_greedy_seeds"], res.get("preset_settings", {})
+    lines = [f"# AdaSPEC reproduction at CPU scale: {res['task']}", "",
+             "Produced by:", "", "```", res["command"], "```", "",
+             f"Preset `{res['preset']}`: target {res['params']['target']:,} parameters, draft "
+             f"{res['params']['draft']:,} ({res['params']['target'] / res['params']['draft']:.1f}×), "
+             f"seeds {res['seeds']}. Target quality on the test prompts: "
+             f"{res['target_quality']['metric']} = {_fmt(res['target_quality']['value'])}.", "",
+             f"Epochs on this task's training split: target {ps.get('target_epochs', 0):.3g}, initial draft "
+             f"{ps.get('draft_init_epochs', 0):.3g}, DistillSpec {ps.get('distill_epochs', 0):.3g} (AdaSPEC: that / k). "
+             "A task with fewer training examples than the preset's minimum gets proportionally more epochs.", "",
+             "## Acceptance (greedy speculative decoding on the test split)", "",
+             "| draft | α (%) | α drafted (%) | analytic greedy α (%) | analytic sampling α (%) | τ | "
+             "response CE, test | response CE, validation |", "|---|---|---|---|---|---|---|---|"]
+    val = res.get("validation_ce") or {}
+    for n in res["alpha_greedy"]:
+        lines.append(f"| {n} | {_pm(seeds[n])} | {_pm(res['alpha_drafted_seeds'][n])} | "
+                     f"{_pm(res['alpha_analytic_greedy_seeds'][n])} | {_pm(res['alpha_analytic_sampling_seeds'][n])} "
+                     f"| {_fmt(res['tau'][n], '.2f')} | {_fmt(res['val_loss'][n])} | {_fmt(val.get(n))} |")
+    lines += ["", _capacity_gap(res), "",
+              "α = accepted / (accepted + rejected) over the tokens the target checked; α drafted = "
+              "accepted / drafted (γ-dependent); analytic α from parallel forwards on the target's greedy "
+              "continuations (top-1 agreement and Σ min(p, q)); mean ± std over seeds.", ""]
+    d, a = res["alpha_greedy"].get("distillspec"), res["alpha_greedy"].get("adaspec")
+    if d is not None and a is not None and not math.isnan(d) and not math.isnan(a):
+        lines += [f"AdaSPEC − DistillSpec: {100 * (a - d):+.1f} points of greedy α.", ""]
+    lines += ["## Speed (measured on this machine, greedy)", "",
+              "| draft | c | measured speed-up | theoretical S |", "|---|---|---|---|"]
+    for n in res["alpha_greedy"]:
+        lines.append(f"| {n} | {_fmt(res['c'][n])} | {_fmt(res['measured_speedup'][n], '.2f')}× | "
+                     f"{_fmt(res['theoretical_speedup'][n], '.2f')}× |")
+    if res.get("speed"):
+        cfg = next(iter(res["speed"].values()))["config"]
+        lines += ["", "`benchmarks/decode.py` on the first seed's drafts, run by the command above as "
+                  f"`python benchmarks/decode.py --target <target> --draft <draft> --prompts-task {res['task']} "
+                  f"--n-prompts {cfg['n_prompts']} --max-new-tokens {cfg['max_new_tokens']} --gamma {cfg['gamma']} "
+                  f"--repeats {cfg['repeats']}` (greedy, same prompts, medians over repeats, "
+                  f"{cfg['threads']} thread(s)):", "",
+                  "| draft | method | tokens/s | vs target alone | α drafted | α | τ | c | S | measured / S | "
+                  "outputs ≠ target |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for draft, bench in res["speed"].items():
+            for method, e in bench["methods"].items():
+                e = current_names(e)
+                lines.append(f"| {draft} | {method} | {e['tokens_per_s']:.1f} | {e['speedup_vs_target_only']:.2f}× | "
+                             f"{_fmt(e.get('alpha_drafted'))} | {_fmt(e.get('alpha'))} | {_fmt(e.get('tau'), '.2f')} | "
+                             f"{_fmt(e.get('c'))} | {_fmt(e.get('theoretical_speedup'), '.2f')} | "
+                             f"{_fmt(e.get('measured_over_S'), '.2f')} | {len(e['mismatched_prompts'])} |")
+            sd = bench["methods"].get("sd", {})
+            if sd.get("speedup_vs_hf_assisted") is not None:
+                lines.append(f"| {draft} | sd / hf_assisted | {sd['speedup_vs_hf_assisted']:.2f}× | | | | | | | | |")
+    if res["ablations"]:
+        lines += ["", "## Ablations (first seed)", "",
+                  "The validation α is the training-time metric: top-1 agreement with the target on its greedy "
+                  "continuations of validation prompts (the training distribution), best over the run; the other "
+                  "columns are measured on the test prompts.", "",
+                  "| run | optimizer steps | α (%) | analytic greedy α (%) | best validation α (%) |",
+                  "|---|---|---|---|---|"]
+        for n in ("distillspec", "adaspec", *res["ablations"]):  # the first seed's value for every run
+            hist = res["training"].get(n, {}).get(str(res["seeds"][0]), [])
+            best = 100 * max(agreement(h) for h in hist) if hist else None
+            lines.append(f"| {n} | {hist[-1]['step'] if hist else 'n/a'} | "
+                         f"{_fmt(100 * res['alpha_greedy_seeds'][n][0], '.1f')} | "
+                         f"{_fmt(100 * res['alpha_analytic_greedy_seeds'][n][0], '.1f')} | {_fmt(best, '.1f')} |")
+    for name, extra in res.get("extra_evaluations", {}).items():
+        lines += ["", f"## Extra evaluation: {name}", "", "```", extra["command"], "```", "",
+                  "| draft | α (%) | α drafted (%) | analytic greedy α (%) | response CE | measured speed-up |",
+                  "|---|---|---|---|---|---|"]
+        for d, e in extra["drafts"].items():
+            e = current_names(e)
+            lines.append(f"| {d} | {_fmt(100 * e['alpha'], '.1f')} | {_fmt(100 * e['alpha_drafted'], '.1f')} | "
+                         f"{_fmt(100 * e['analytic']['alpha_greedy'], '.1f')} | {_fmt(e['response_loss'])} | "
+                         f"{_fmt(e['measured_speedup'], '.2f')}× |")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _gap_ce(res: dict) -> tuple[str, dict[str, float]]:
+    """The response cross-entropies that show the capacity gap: the validation split's where recorded."""
+    return ("validation", res["validation_ce"]) if res.get("validation_ce") else ("test", res["val_loss"])
+
+
+def _capacity_gap(res: dict) -> str:
+    """Whether the target's response cross-entropy is below every draft's, on the training distribution."""
+    split, ce = _gap_ce(res)
+    worse = [n for n, v in ce.items() if n != "target" and not ce["target"] < v]
+    verdict = ("below every draft's: the capacity gap is real" if not worse else
+               f"not below that of {', '.join(worse)}")
+    return f"Target response cross-entropy on the {split} split: {_fmt(ce['target'])}, {verdict}."
+
+
+def write_results(command: str, task: str, preset_name: str, preset: Any, evals: dict[int, dict],
+                  summaries: dict[str, dict], speed: dict | None, outdir: Path,
+                  validation_ce: dict[str, list[float]] | None = None) -> dict:
+    outdir.mkdir(parents=True, exist_ok=True)
+    res = collect(command, task, preset_name, preset, evals, summaries, speed)
+    if validation_ce is not None:
+        # mean over seeds, as val_loss (which is measured on the test split's reference responses)
+        res["validation_ce"] = {n: _mean_std(v)[0] for n, v in validation_ce.items()}
+    # `adaspec eval --json results/<task>/ablation_<name>.json ...` runs beside the pipeline
+    keep = ("alpha", "alpha_drafted", "analytic", "response_loss", "measured_speedup", "theoretical_speedup", "tau")
+    res["extra_evaluations"] = {}
+    for path in sorted(outdir.glob("ablation_*.json")):
+        extra = json.loads(path.read_text())
+        res["extra_evaluations"][path.stem] = {
+            "command": extra["command"],
+            "drafts": {d: {k: current_names(e)[k] for k in keep} for d, e in extra["drafts"].items()}}
+    plots = _plots(res, outdir)
+    notes = outdir / "notes.md"
+    body = render(res, plots)
+    if notes.exists():  # the investigation of a result is written by a person and kept across reruns
+        body += "\n" + notes.read_text()
+    atomic_write_text(outdir / "report.md", body)
+    atomic_write_json(outdir / "results.json", res)
+    return res
+
+
+# The paper's main table, 3-epoch column, Pythia-31M -> Pythia-1.4B, greedy α in % (DistillSpec, AdaSPEC), as
+# published in the authors' repository README (github.com/yuezhouhu/adaspec, "Main Results"); quoted, not measured
+PAPER_ALPHA: dict[str, tuple[float, float]] = {
+    "gsm8k": (57.58, 61.02), "alpaca": (44.34, 47.25), "mbpp": (46.88, 47.73),
+    "cnn_dailymail": (73.05, 74.22), "xsum": (47.24, 49.11),
+}
+
+
+def readme_table(results_dir: Path) -> str:
+    """The README's main table, one row per task with committed results, beside the paper's numbers."""
+    rows = ["| task | preset | target / draft params | response CE target / DistillSpec (split) | target quality | "
+            "DistillSpec α (%) | AdaSPEC α (%) | Δ (points) | paper: DistillSpec / AdaSPEC α (%), Δ | "
+            "first seed: AdaSPEC / KD at equal steps / random 40% α (%) | first seed, 4× those steps: KD / AdaSPEC α (%) | "
+            "seeds | command |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(results_dir.glob("*/results.json")):
+        r = json.loads(path.read_text())
+        d, a = r["alpha_greedy_seeds"]["distillspec"], r["alpha_greedy_seeds"]["adaspec"]
+        delta = 100 * (_mean_std(a)[0] - _mean_std(d)[0])
+        q = r["target_quality"]
+        split, ce = _gap_ce(r)
+        rows.append(f"| {r['task']} | {r['preset']} | {r['params']['target'] / 1e6:.2f}M / "
+                    f"{r['params']['draft'] / 1e6:.2f}M | {ce['target']:.2f} / {ce['distillspec']:.2f} ({split}) | "
+                    f"{q['metric']} {_fmt(q['value'])} | {_pm(d)} | {_pm(a)} | {delta:+.1f} | {_paper(r['task'])} | "
+                    f"{_controls(r)} | {_controls(r, ('distillspec_long4', 'adaspec_long4'), first=False)} | "
+                    f"{len(r['seeds'])} | `{r['command']}` |")
+    return "\n".join(rows)
+
+
+def _controls(r: dict, names: tuple[str, ...] = ("distillspec_long", "adaspec_random"), first: bool = True) -> str:
+    """First-seed α of the ablations that separate selection from training longer (AdaSPEC's first)."""
+    abl = r.get("ablations") or {}
+    if not set(names) <= set(abl):
+        return "n/a"
+    values = [abl[n]["alpha_greedy"] for n in names]
+    if first:
+        values.insert(0, r["alpha_greedy_seeds"]["adaspec"][0])
+    return " / ".join(f"{100 * v:.1f}" for v in values)
+
+
+def _paper(task: str) -> str:
+    if task not in PAPER_ALPHA:
+        return "n/a"
+    d, a = PAPER_ALPHA[task]
+    return f"{d:.1f} / {a:.1f}, {a - d:+.1f}"
+
+
+def benchmark_tables(bench_dir: Path) -> str:
+    """The README's benchmark tables, from results/benchmarks/*.json."""
+    out = []
+    path = bench_dir / "distill_throughput.json"
+    if path.exists():
+        b = json.loads(path.read_text())
+        v, a = b["variants"], b["alpha"]
+        out += [f"Distillation throughput (`{b['command']}`; {b['settings']['limit']} GSM8K examples, "
+                f"{v['cached']['steps']} steps, AdaSPEC k={b['settings']['k']}, top-{b['settings']['top_k']} cache, "
+                "1 thread, tokens per CPU-second):", "",
+                "| variant | tokens/s | peak RSS (MiB) | greedy α on target continuations | "
+                "greedy α on dataset responses | sampling α on dataset responses |", "|---|---|---|---|---|---|"]
+        for name, label in (("onthefly", "(a) target + reference forward every step"),
+                            ("cached", "(b) teacher cache")):
+            out.append(f"| {label} | {v[name]['tokens_per_cpu_s']:,.0f} | {v[name]['peak_rss_mib']:.0f} | "
+                       f"{100 * a[name]['alpha_greedy']:.2f} | {100 * a[name]['alpha_greedy_reference_text']:.2f} | "
+                       f"{100 * a[name]['alpha_sampling_reference_text']:.2f} |")
+        amort = b["throughput_ratio_cpu_with_build_amortised_over_epochs"]
+        out += ["", f"Throughput ratio (b)/(a): {b['throughput_ratio_cpu']:.2f}×; with the cache build "
+                f"({b['cache']['build_seconds']:.1f} s, {b['cache']['size_mib']:.1f} MiB) amortised over 1 / 3 / 10 "
+                f"epochs: {amort['1']:.2f} / {amort['3']:.2f} / {amort['10']:.2f}×. A cached step costs "
+                f"{b['cached_cost_vs_draft_alone_cpu']:.2f}× a plain cross-entropy step of the draft alone.", ""]
+    path = bench_dir / "loss_memory.json"
+    if path.exists():
+        b = json.loads(path.read_text())
+        out += [f"Loss memory (`{b['command']}`; {b['kind']} forward + backward, {b['input_dtype']} logits of "
+                f"{' × '.join(map(str, b['shape']))}, CPU):", "", "| variant | peak growth (MiB) | median s |",
+                "|---|---|---|"]
+        out += [f"| {r['variant']} | {r['peak_growth_mib']:.0f} | {r['median_s']:.2f} |" for r in b["results"]]
+    return "\n".join(out)
+
+
+def _replace_block(text: str, name: str, body: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"README has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def update_readme(readme: Path, results_dir: Path) -> None:
+    """Rewrite the README's generated blocks from results/*/results.json and results/benchmarks/*.json."""
+    text = _replace_block(readme.read_text(), "results", readme_table(results_dir))
+    text = _replace_block(text, "benchmarks", benchmark_tables(results_dir / "benchmarks"))
+    atomic_write_text(readme, text)
+
+
+if __name__ == "__main__":
+    root = Path(__file__).resolve().parent.parent
+    update_readme(root / "README.md", root / "results")

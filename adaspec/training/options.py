@@ -1,0 +1,46 @@
+"""Options every training recipe shares (train-target, distill, and the head recipes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from adaspec.errors import AdaspecError
+from adaspec.options import DataOptions, helptext
+
+
+@dataclass(kw_only=True)
+class TrainOptions(DataOptions):
+    """Options every training recipe shares."""
+
+    output: str = field(metadata=helptext("output directory: the final/best model, last/ for resume, logs/"))
+    batch_size: int = field(default=16, metadata=helptext("global micro-batch size, split across processes"))
+    grad_accum: int = field(default=1, metadata=helptext("micro-batches per optimizer step"))
+    epochs: float = field(default=1.0, metadata=helptext("passes over the training data"))
+    max_steps: int | None = field(default=None, metadata=helptext("stop after this many optimizer steps"))
+    lr: float = field(default=1e-3, metadata=helptext("peak learning rate (AdamW, cosine decay)"))
+    warmup_steps: int = field(default=20, metadata=helptext("linear warm-up steps"))
+    weight_decay: float = field(default=0.0, metadata=helptext("AdamW weight decay"))
+    grad_clip: float = field(default=1.0, metadata=helptext("clip the gradient norm to this (0: off)"))
+    seed: int = field(default=0, metadata=helptext("seed of data order and sampling"))
+    precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata=helptext(
+        "mixed precision (bf16/fp16 on GPU)"))
+    save_every: int = field(default=200, metadata=helptext("write last/ every N steps"))
+    val_every: int = field(default=100, metadata=helptext("validate every N steps (0: only at the end)"))
+    val_examples: int = field(default=64, metadata=helptext("validation examples"))
+    resume: bool = field(default=True, metadata=helptext("continue from <output>/last if present"))
+    progress: bool = field(default=True, metadata=helptext("show a progress bar"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("batch_size", "grad_accum", "save_every", "val_examples"):
+            if getattr(self, name) < 1:
+                raise AdaspecError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.epochs <= 0:
+            raise AdaspecError(f"--epochs must be > 0, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise AdaspecError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.lr <= 0:
+            raise AdaspecError(f"--lr must be > 0, got {self.lr}")
+        if self.val_every < 0:
+            raise AdaspecError(f"--val-every must be >= 0, got {self.val_every}")

@@ -1,0 +1,108 @@
+"""The `train-target` recipe: SFT of the target (or build one from a preset and train it from scratch)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from adaspec import data as data_lib
+from adaspec.errors import AdaspecError
+from adaspec.io import atomic_write_json
+from adaspec.models import PRESETS, build_model, count_params, load_tokenizer
+from adaspec.options import helptext, load_split
+from adaspec.training.checkpoint import load_checkpoint
+from adaspec.training.loop import OnStep, make_accelerator, train_loop
+from adaspec.training.options import TrainOptions
+
+
+@dataclass(kw_only=True)
+class TrainTargetOptions(TrainOptions):
+    """Fine-tune a target model on a task (or build one from a preset and train it from scratch).
+
+    With no --model, a tokenizer is trained on the task's training text (or taken from --tokenizer) and a
+    model is built from --preset: the offline path used by tests and the CPU-scale reproduction.
+    """
+
+    model: str | None = field(default=None, metadata=helptext("pretrained model directory or hub id to fine-tune"))
+    preset: str = field(default="neox-target-m", metadata=helptext(
+        f"architecture to build when --model is absent ({', '.join(PRESETS)})"))
+    tokenizer: str | None = field(default=None, metadata=helptext(
+        "tokenizer directory (default: the model's, or train one from the task data)"))
+    vocab_size: int = field(default=4096, metadata=helptext("vocabulary of a tokenizer trained here"))
+    init_seed: int = field(default=0, metadata=helptext("seed of a model built from --preset"))
+    train_on_prompt: bool = field(default=False, metadata=helptext(
+        "also train on prompt tokens (language modelling from scratch needs the extra text)"))
+    trust_remote_code: bool = field(default=False, metadata=helptext("allow a hub model's own code to run"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model is None and self.preset not in PRESETS:
+            raise AdaspecError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.vocab_size < 300:
+            raise AdaspecError(f"--vocab-size must be >= 300 (byte-level BPE needs 256 bytes), got {self.vocab_size}")
+
+
+def prepare_tokenizer(opts: TrainTargetOptions) -> PreTrainedTokenizerBase:
+    if opts.tokenizer:
+        return load_tokenizer(opts.tokenizer)
+    if opts.model:
+        return load_tokenizer(opts.model, trust_remote_code=opts.trust_remote_code)
+    texts = (f"{e.prompt}{e.response}" for e in load_split(opts, "train"))
+    return data_lib.train_tokenizer(texts, opts.vocab_size)
+
+
+def cross_entropy_loss(model: torch.nn.Module, batch: dict, step: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Per-token cross-entropy on the response positions (a TokenLoss for the training loop)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    per_token = F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none")
+    return per_token, data_lib.response_mask(batch["labels"]), {}
+
+
+@torch.inference_mode()
+def validation_loss(model: PreTrainedModel, items: list[dict], pad_id: int, batch_size: int = 16) -> float:
+    """Mean cross-entropy per response token."""
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    for start in range(0, len(items), batch_size):
+        batch = {k: v.to(device) for k, v in data_lib.collate(items[start:start + batch_size], pad_id).items()}
+        per_token, mask, _ = cross_entropy_loss(model, batch, 0)
+        total += float((per_token * mask).sum())
+        n += int(mask.sum())
+    return total / max(n, 1)
+
+
+def run_train_target(opts: TrainTargetOptions, on_step: OnStep | None = None) -> None:
+    accelerator = make_accelerator(opts)
+    torch.manual_seed(opts.seed)
+    # the model before its tokenizer: a missing directory is then reported as such, not as a bad hub id
+    model = load_checkpoint(opts.model, trust_remote_code=opts.trust_remote_code) if opts.model else None
+    tokenizer = prepare_tokenizer(opts)
+    items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
+    val_items = data_lib.encode(load_split(opts, "validation", opts.val_examples), tokenizer, opts.max_length)
+    if model is None:
+        model = build_model(opts.preset, len(tokenizer), seed=opts.init_seed,
+                            bos_token_id=tokenizer.bos_token_id or 0, eos_token_id=tokenizer.eos_token_id or 0)
+    model.to(accelerator.device)
+    if opts.train_on_prompt:
+        for item in items:
+            item["labels"] = [t if i > 0 else data_lib.IGNORE_INDEX for i, t in enumerate(item["input_ids"])]
+    pad_id = data_lib.pad_id(tokenizer)
+    accelerator.print(f"model: {count_params(model):,} parameters, {len(items)} training examples")
+
+    def validate(m: PreTrainedModel) -> dict[str, float]:
+        return {"val_loss": validation_loss(m, val_items, pad_id)}
+
+    result = train_loop(opts, accelerator, model, tokenizer, items, cross_entropy_loss, validate,
+                        best_key="val_loss", higher_is_better=False, epochs=opts.epochs, on_step=on_step)
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(opts.output)
+        summary = {"params": count_params(model), "steps": result.steps, "best_val_loss": result.best_metric}
+        atomic_write_json(Path(opts.output, "train_summary.json"), summary)
+        accelerator.print(json.dumps(summary))

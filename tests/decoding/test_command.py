@@ -1,0 +1,109 @@
+"""Smoke test of `adaspec generate` on tiny saved models with a word-level tokenizer."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from adaspec import AdaspecError
+from adaspec.cli import main
+from adaspec.models import build_model, save_model
+from adaspec.decoding.command import GenerateOptions
+
+torch.set_num_threads(1)
+
+WORDS = ["<eos>", "<unk>"] + [f"w{i}" for i in range(46)]
+
+
+def word_tokenizer(words=WORDS) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    tok = word_tokenizer()
+    target = build_model("tiny-neox", len(WORDS), seed=1)
+    draft = copy.deepcopy(target)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn_like(p) * 0.1 * p.abs().mean())
+    save_model(target, root / "target", tok)
+    save_model(draft, root / "draft", tok)
+    other = build_model("tiny-neox", len(WORDS) + 3, seed=2)
+    save_model(other, root / "other", word_tokenizer(WORDS + ["a", "b", "c"]))
+    return root
+
+
+def test_generate_streams_text_and_prints_stats(model_dirs, capsys):
+    code = main(["generate", "--target", str(model_dirs / "target"), "--draft", str(model_dirs / "draft"),
+                 "--prompt", "w1 w2 w3", "--gamma", "3", "--max-new-tokens", "12", "--no-stop-at-eos"])
+    out = capsys.readouterr().out
+    assert code == 0
+    target = build_model("tiny-neox", len(WORDS), seed=1)
+    ids = torch.tensor([[WORDS.index(w) for w in ("w1", "w2", "w3")]])
+    expected = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                               eos_token_id=None, pad_token_id=0)[0]
+    assert len(expected) == 3 + 12
+    # the prompt, then the streamed continuation, on one line (special tokens are not printed)
+    assert out.splitlines()[0] == " ".join(WORDS[t] for t in expected.tolist() if t > 1)
+    assert "alpha drafted (accepted/drafted)" in out and "tokens/s" in out
+
+
+def test_generate_json_matches_library_greedy(model_dirs, capsys):
+    code = main(["generate", "--target", str(model_dirs / "target"), "--draft", str(model_dirs / "draft"),
+                 "--prompt", "w5 w6", "--max-new-tokens", "10", "--adaptive-gamma", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    target = build_model("tiny-neox", len(WORDS), seed=1)
+    ids = torch.tensor([[WORDS.index("w5"), WORDS.index("w6")]])
+    expected = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=10,
+                               eos_token_id=0, pad_token_id=0)[0, 2:].tolist()
+    assert result["tokens"] == expected
+    assert result["text"] == " ".join(WORDS[t] for t in expected if t > 1)  # <eos>, <unk> are special
+    stats = result["stats"]
+    assert stats["emitted"] == len(expected) and 0 <= stats["alpha_drafted"] <= 1 and stats["tau"] >= 1
+
+
+def test_generate_sampling_with_seed_is_reproducible(model_dirs, capsys):
+    args = ["generate", "--target", str(model_dirs / "target"), "--draft", str(model_dirs / "draft"),
+            "--prompt", "w7", "--temperature", "1.0", "--top-p", "0.9", "--seed", "3", "--json",
+            "--max-new-tokens", "8"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)["tokens"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == first
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--gamma", "0"], "--gamma must be >= 1"),
+    (["--temperature", "-1"], "temperature must be"),
+    (["--top-p", "0"], "top_p must be in"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+])
+def test_generate_rejects_bad_options(model_dirs, capsys, flags, message):
+    code = main(["generate", "--target", str(model_dirs / "target"), "--draft", str(model_dirs / "draft"),
+                 "--prompt", "w1"] + flags)
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_generate_rejects_mismatched_vocabularies(model_dirs, capsys):
+    code = main(["generate", "--target", str(model_dirs / "target"), "--draft", str(model_dirs / "other"),
+                 "--prompt", "w1"])
+    assert code == 2
+    assert "different vocabularies" in capsys.readouterr().err
+
+
+def test_options_check_ranges_from_python():
+    with pytest.raises(AdaspecError, match="--gamma-max"):
+        GenerateOptions(target="t", draft="d", prompt="p", gamma=6, gamma_max=4, adaptive_gamma=True)
+    with pytest.raises(AdaspecError, match="--prompt is empty"):
+        GenerateOptions(target="t", draft="d", prompt="")

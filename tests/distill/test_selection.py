@@ -1,0 +1,207 @@
+import math
+
+import pytest
+import torch
+
+from adaspec.errors import AdaspecError
+from adaspec.distill.selection import adaspec_loss, check_k, num_kept, reduce_loss, select_tokens
+
+
+def batch(rows=4, cols=13, seed=0, prompt=3):
+    g = torch.Generator().manual_seed(seed)
+    delta = torch.randn(rows, cols, generator=g)
+    mask = torch.ones(rows, cols, dtype=torch.bool)
+    mask[:, :prompt] = False  # prompt
+    mask[1, -4:] = False  # padding
+    return delta, mask, g
+
+
+@pytest.mark.parametrize("k", [0.05, 0.1, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0])
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 10, 33, 100, 257])
+@pytest.mark.parametrize("mode", ["top", "bottom", "random"])
+def test_kept_fraction_is_k(k, n, mode):
+    delta = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    mask = torch.ones(n, dtype=torch.bool)
+    kept = int(select_tokens(delta, mask, k, mode, generator=torch.Generator().manual_seed(0)).sum())
+    assert kept == num_kept(k, n)
+    assert 1 <= kept <= n
+    assert abs(kept - k * n) <= 0.5 or kept == 1
+
+
+def test_num_kept_rounding():
+    assert num_kept(0.4, 10) == 4
+    assert num_kept(0.25, 10) == 3  # 2.5 rounds half up
+    assert num_kept(0.01, 10) == 1  # at least one token
+    assert num_kept(1.0, 7) == 7
+    assert num_kept(0.5, 0) == 0
+
+
+@pytest.mark.parametrize("k", [0.1, 0.3, 0.4, 0.6, 0.77])
+def test_top_and_bottom_complement(k):
+    delta, mask, _ = batch(seed=1)
+    delta[0, 5] = delta[2, 7] = delta[3, 9] = 0.123  # ties must not break the complement
+    n = int(mask.sum())
+    assert k * n % 1 != 0.5
+    top = select_tokens(delta, mask, k, "top")
+    bottom = select_tokens(delta, mask, 1 - k, "bottom")
+    assert not (top & bottom).any()
+    assert torch.equal(top | bottom, mask)
+
+
+def test_top_picks_largest_delta_and_bottom_smallest():
+    delta, mask, _ = batch(seed=2)
+    sel = select_tokens(delta, mask, 0.3, "top")
+    assert delta[sel].min() >= delta[mask & ~sel].max()
+    sel = select_tokens(delta, mask, 0.3, "bottom")
+    assert delta[sel].max() <= delta[mask & ~sel].min()
+
+
+def test_masked_tokens_never_selected():
+    delta, mask, _ = batch(seed=3)
+    delta[~mask] = 1e9  # tempting prompt/padding positions
+    for mode in ("top", "bottom", "random", "all"):
+        for per_sequence in (False, True):
+            sel = select_tokens(delta, mask, 0.5, mode, per_sequence, torch.Generator().manual_seed(0))
+            assert sel.shape == mask.shape and sel.dtype == torch.bool
+            assert not (sel & ~mask).any()
+    assert torch.equal(select_tokens(delta, mask, 0.5, "all"), mask)
+
+
+def test_per_sequence_keeps_fraction_per_row():
+    delta, mask, _ = batch(rows=5, cols=20, seed=4)
+    mask[4] = False  # a row with no response tokens
+    delta[0] += 100.0  # globally row 0 would take everything
+    sel = select_tokens(delta, mask, 0.4, "top", per_sequence=True)
+    for r in range(5):
+        assert int(sel[r].sum()) == num_kept(0.4, int(mask[r].sum()))
+        if mask[r].any():
+            assert delta[r][sel[r]].min() >= delta[r][mask[r] & ~sel[r]].max()
+    glob = select_tokens(delta, mask, 0.4, "top")
+    assert int(glob.sum()) == num_kept(0.4, int(mask.sum()))
+    assert int(glob[0].sum()) == int(mask[0].sum())
+
+
+def test_random_is_seeded():
+    delta, mask, _ = batch(seed=5)
+    a = select_tokens(delta, mask, 0.4, "random", generator=torch.Generator().manual_seed(7))
+    b = select_tokens(delta, mask, 0.4, "random", generator=torch.Generator().manual_seed(7))
+    c = select_tokens(delta, mask, 0.4, "random", generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert int(a.sum()) == num_kept(0.4, int(mask.sum()))
+    # random ignores delta: the same seed gives the same positions for other deltas
+    d = select_tokens(-delta, mask, 0.4, "random", generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, d)
+
+
+def test_deterministic_tie_break():
+    delta = torch.zeros(2, 6)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    sel = select_tokens(delta, mask, 0.25, "top")
+    assert sel.view(-1).nonzero().view(-1).tolist() == [0, 1, 2]
+    sel = select_tokens(delta, mask, 0.25, "bottom")
+    assert sel.view(-1).nonzero().view(-1).tolist() == [9, 10, 11]
+
+
+def test_nan_delta_is_not_preferred():
+    delta, mask, _ = batch(seed=6)
+    delta[0, 5] = float("nan")
+    assert not select_tokens(delta, mask, 0.5, "top")[0, 5]
+
+
+@pytest.mark.parametrize("n", [5, 10, 37, 100])
+@pytest.mark.parametrize("k", [0.1, 0.25, 0.4, 0.5, 0.9])
+def test_relation_to_official_quantile_rule(n, k):
+    # official: delta >= torch.quantile(delta, 1 - k) over the flattened response tokens
+    delta = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    official = delta >= torch.quantile(delta, 1 - k)
+    assert int(official.sum()) == 1 + math.floor(k * (n - 1) + 1e-9)
+    ours = select_tokens(delta, torch.ones(n, dtype=torch.bool), k, "top")
+    assert abs(int(ours.sum()) - int(official.sum())) <= 1
+    assert torch.equal(ours & official, ours) or torch.equal(ours & official, official)
+
+
+def test_all_equals_plain_kd_loss():
+    g = torch.Generator().manual_seed(9)
+    per_token = torch.rand(3, 8, generator=g)
+    mask = torch.rand(3, 8, generator=g) > 0.3
+    plain = (per_token * mask).sum() / mask.sum()
+    for normalize in ("response", "kept"):
+        loss, sel = adaspec_loss(per_token, None, mask, k=0.123, mode="all", normalize=normalize)
+        torch.testing.assert_close(loss, plain)
+        assert torch.equal(sel, mask)
+
+
+def test_normalisations():
+    per_token = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    mask = torch.tensor([[False, True, True, True], [True, True, False, False]])
+    selected = torch.tensor([[True, True, False, True], [False, True, False, False]])
+    # the selected-but-unmasked position 0 is dropped: kept = {2, 4, 6}
+    assert reduce_loss(per_token, mask, selected, "response").item() == pytest.approx(12 / 5)
+    assert reduce_loss(per_token, mask, selected, "kept").item() == pytest.approx(12 / 3)
+    # a denominator counted over a whole gradient-accumulation step, as the official num_items_in_batch
+    assert reduce_loss(per_token, mask, selected, "response", num_items=10).item() == pytest.approx(1.2)
+    assert reduce_loss(per_token, mask, selected, "kept", num_items=10).item() == pytest.approx(4.0)
+    with pytest.raises(AdaspecError, match="normalisation"):
+        reduce_loss(per_token, mask, selected, "tokens")
+
+
+def test_zero_response_tokens_gives_zero_with_graph():
+    x = torch.randn(2, 5, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    for normalize in ("response", "kept"):
+        per_token = torch.where(x < 0, float("inf"), x * 2)  # inf at masked positions is harmless
+        loss, sel = adaspec_loss(per_token, per_token.detach(), mask, 0.5, normalize=normalize)
+        assert loss.item() == 0.0 and not sel.any()
+        assert loss.requires_grad
+        loss.backward()
+        assert torch.equal(x.grad, torch.zeros_like(x))
+        x.grad = None
+
+
+def test_gradient_only_through_selected_tokens():
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(3, 9, generator=g, requires_grad=True)
+    draft_div = x.exp()
+    ref_div = torch.rand(3, 9, generator=g, requires_grad=True)
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[:, :2] = False
+    draft_div = torch.where(mask, draft_div, float("nan"))  # garbage at prompt positions must not leak
+    loss, sel = adaspec_loss(draft_div, ref_div, mask, 0.4)
+    loss.backward()
+    assert ref_div.grad is None  # Delta is computed without gradient
+    assert torch.isfinite(x.grad).all()
+    assert (x.grad[~sel] == 0).all() and (x.grad[sel] != 0).all()
+    torch.testing.assert_close(x.grad[sel], x.detach().exp()[sel] / mask.sum())
+
+
+def test_adaspec_loss_selects_by_delta():
+    g = torch.Generator().manual_seed(11)
+    draft_div = torch.rand(2, 10, generator=g)
+    ref_div = torch.rand(2, 10, generator=g)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    loss, sel = adaspec_loss(draft_div, ref_div, mask, 0.4, mode="top")
+    assert torch.equal(sel, select_tokens(draft_div - ref_div, mask, 0.4, "top"))
+    torch.testing.assert_close(loss, draft_div[sel].sum() / 20)
+    loss_kept, _ = adaspec_loss(draft_div, ref_div, mask, 0.4, normalize="kept")
+    torch.testing.assert_close(loss_kept, draft_div[sel].mean())
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.01, 2, float("nan"), float("inf")])
+def test_check_k_errors(bad):
+    with pytest.raises(AdaspecError, match=r"k must be in \(0, 1\], got"):
+        check_k(bad)
+    delta, mask, _ = batch()
+    with pytest.raises(AdaspecError, match="k must be"):
+        select_tokens(delta, mask, bad, "top")
+
+
+def test_argument_errors():
+    check_k(1)
+    check_k(0.5)
+    delta, mask, _ = batch()
+    with pytest.raises(AdaspecError, match="unknown selection mode"):
+        select_tokens(delta, mask, 0.5, "largest")
+    with pytest.raises(AdaspecError, match="differ in shape"):
+        select_tokens(delta[:, 1:], mask, 0.5)
+    with pytest.raises(AdaspecError, match="reference"):
+        adaspec_loss(delta, None, mask, 0.5, mode="top")
