@@ -19,7 +19,6 @@ plus the new tokens `tree_mask` allows; `keep_path` then moves the kept tokens' 
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Callable, Sequence
 
@@ -29,6 +28,7 @@ from torch import Tensor
 from transformers import GPT2LMHeadModel, GPTNeoXForCausalLM, LlamaForCausalLM, PreTrainedModel
 from transformers.activations import GELUActivation, SiLUActivation
 
+from adaspec.decoding.target import FINAL, CachedLM, fit_vocab
 from adaspec.errors import AdaspecError
 from adaspec.models import output_vocab_size
 
@@ -99,13 +99,13 @@ class LeanLM:
         self.num_layers = len(self._layers)
         self.hidden_layers = tuple(int(i) for i in hidden_layers)
         for i in self.hidden_layers:
-            if not (i == -1 or 0 <= i < self.num_layers):
-                raise AdaspecError(f"hidden layer {i} does not exist in the {name} model ({self.num_layers} "
-                                   "decoder layers; -1 = the final normed state)")
+            if not (i == FINAL or 0 <= i < self.num_layers):
+                raise AdaspecError(f"hidden layer {i} is out of range for a {self.num_layers}-layer {name} model "
+                                   f"(use 0..{self.num_layers - 1}, or {FINAL} for the final normed state)")
         self._capture = tuple(i in self.hidden_layers for i in range(self.num_layers))
-        self._final_hidden = -1 in self.hidden_layers
-        # stack() order: forward captures depth order (layers ascending, then -1)
-        depth = sorted(set(self.hidden_layers), key=lambda i: self.num_layers if i == -1 else i)
+        self._final_hidden = FINAL in self.hidden_layers
+        # stack() order: forward captures depth order (layers ascending, then FINAL)
+        depth = sorted(set(self.hidden_layers), key=lambda i: self.num_layers if i == FINAL else i)
         self._order = [depth.index(i) for i in self.hidden_layers]
         limits = [n for n in (max_length, self._position_limit) if n is not None]
         self._limit = min(limits) if limits else None
@@ -342,11 +342,8 @@ class LeanLM:
             last = self._final_norm(x[-keep:])
         weight, bias = self._head
         logits = F.linear(last, weight, bias).float()
-        if self.own_vocab != self.vocab:  # padded output rows: the draft never proposes what the target lacks
-            if self.own_vocab > self.vocab:
-                logits = logits[:, : self.vocab]
-            else:
-                logits = F.pad(logits, (0, self.vocab - self.own_vocab), value=-math.inf)
+        if self.own_vocab != self.vocab:
+            logits = fit_vocab(logits, self.vocab)
         if not self.hidden_layers:
             return logits, None
         return logits, torch.stack([hidden[j] for j in self._order])
@@ -373,7 +370,7 @@ class LeanLM:
 
 
 def cached_lm(model: PreTrainedModel, vocab: int, name: str, hidden_layers: Sequence[int] = (),
-              lean: bool | None = None):
+              lean: bool | None = None) -> LeanLM | CachedLM:
     """The model with its KV cache: `LeanLM` when supported (lean=None: automatically; True: required,
     AdaspecError otherwise), else the HF path with a one-line notice on stderr naming the reason."""
     reason = lean_supported(model) if lean is not False else None
@@ -383,36 +380,4 @@ def cached_lm(model: PreTrainedModel, vocab: int, name: str, hidden_layers: Sequ
         raise AdaspecError(f"the {name} model cannot use the lean decode path: {reason}")
     if reason is not None:
         print(f"adaspec: {name} model on the transformers decode path ({reason})", file=sys.stderr)
-    return _hf_cached_lm(model, vocab, name, tuple(hidden_layers))
-
-
-def _hf_cached_lm(model: PreTrainedModel, vocab: int, name: str, hidden_layers: tuple[int, ...]):
-    try:
-        from adaspec.decoding.target import CachedLM
-    except ImportError:  # before the decoding/ refactor lands on main
-        return _LegacyCachedLM(model, vocab, name, hidden_layers)
-    return CachedLM(model, vocab, name, hidden_layers)
-
-
-class _LegacyCachedLM:
-    """adaspec.speculative._CachedLM behind the CachedLM surface (logits, hidden); hidden states are not
-    captured on this path. Goes away when adaspec.decoding.target lands."""
-
-    def __init__(self, model: PreTrainedModel, vocab: int, name: str, hidden_layers: tuple[int, ...]):
-        from adaspec.speculative import _CachedLM
-
-        if hidden_layers:
-            raise AdaspecError(f"the {name} model's hidden states need adaspec.decoding.target (not on main yet)")
-        self._lm = _CachedLM(model, vocab, name)
-        self.device = self._lm.device
-
-    @property
-    def seen(self) -> int:
-        return self._lm.seen
-
-    @torch.inference_mode()
-    def forward(self, tokens: Tensor, keep: int = 1) -> tuple[Tensor, None]:
-        return self._lm.forward(tokens, keep), None
-
-    def crop(self, length: int) -> None:
-        self._lm.crop(length)
+    return CachedLM(model, vocab, name, tuple(hidden_layers))

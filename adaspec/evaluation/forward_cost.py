@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from adaspec.decoding.lean import LeanLM, _hf_cached_lm
+from adaspec.decoding.lean import LeanLM
+from adaspec.decoding.target import CachedLM
 from adaspec.errors import AdaspecError
 from adaspec.models import build_model, count_params
 
@@ -96,7 +97,7 @@ def measure_forward_cost(presets: Sequence[str], vocab: int = 2048, prefix: int 
     for preset in presets:
         model = build_model(preset, vocab, seed=seed).to(dev)
         capacity = prefix + max(sizes)
-        methods = {"hf": _hf_cached_lm(model, vocab, preset, ()),
+        methods = {"hf": CachedLM(model, vocab, preset),
                    "lean": LeanLM(model, vocab, preset)}
         if compiled:
             torch._dynamo.reset()  # each preset compiles from scratch (and stays under the recompile limit)

@@ -12,7 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig
 
+import adaspec.decoding.generate as generate
+import adaspec.drafters.lm as lm_drafter
 from adaspec import AdaspecError
+from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.decoding.lean import LeanLM, cached_lm, lean_supported
 from adaspec.models import build_model
 
@@ -92,7 +95,7 @@ def test_hidden_states_match_hf(model):
     assert close(hidden[1], ref.hidden_states[1][0])  # 0: output of decoder layer 0
     # HF's hidden_states[L] is the normed state, so the last layer's raw output comes from a hook
     assert close(hidden[2], captured[0][0])
-    with pytest.raises(AdaspecError, match="hidden layer 5"):
+    with pytest.raises(AdaspecError, match="hidden layer 5 is out of range"):
         LeanLM(model, V, "t", hidden_layers=(5,))
 
 
@@ -314,3 +317,27 @@ def test_greedy_speculative_decoding_on_lean_models_equals_target_greedy(target_
     for d in (draft, other):
         ours = greedy_speculative(LeanLM(target, V, "target"), LeanLM(d, V, "draft"), prompt, 40, gamma=3)
         assert ours == ref
+
+
+def test_the_engine_on_lean_target_and_draft_gives_the_target_greedy_output(monkeypatch):
+    made = []
+
+    def lean_factory(model, vocab, name, hidden_layers=()):
+        made.append(cached_lm(model, vocab, name, hidden_layers))
+        return made[-1]
+
+    monkeypatch.setattr(generate, "CachedLM", lean_factory)
+    monkeypatch.setattr(lm_drafter, "CachedLM", lean_factory)
+    target = build_model("tiny-llama", V, seed=7)
+    draft = copy.deepcopy(target)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.3 * p.abs().mean())
+    prompt = tokens(6, seed=19)[None]
+    with torch.no_grad():
+        ref = target.generate(prompt, do_sample=False, max_new_tokens=40, min_new_tokens=40, pad_token_id=0)
+    seq, stats = speculative_generate(target, draft, prompt, max_new_tokens=40, gamma=4)
+    assert seq.tolist() == ref.tolist() and 0 < stats.alpha < 1
+    assert target_only_generate(target, prompt, max_new_tokens=40)[0].tolist() == ref.tolist()
+    assert made and all(isinstance(m, LeanLM) for m in made)
