@@ -275,6 +275,7 @@ class LeanLM:
 
     def _run_layers(self, x: Tensor, cos: Tensor | None, sin: Tensor | None, s: int, e: int,
                     mask: Tensor | None, causal: bool) -> tuple[Tensor, list[Tensor]]:
+        """All decoder layers; also the outputs of the layers in `hidden_layers`, in depth order."""
         hidden = []
         for layer in range(self.num_layers):
             x = self._block(layer, x, cos, sin, s, e, mask, causal)
@@ -304,25 +305,21 @@ class LeanLM:
         s, T = self.seen, tokens.shape[0]
         e = s + T
         self._reserve(e)
-        if positions is None:
-            cos, sin = (self._cos[s:e], self._sin[s:e]) if self._rotary is not None else (None, None)
-            x = F.embedding(tokens, self._embed)
+        x, cos, sin = F.embedding(tokens, self._embed), None, None
+        if positions is None:  # a chain: slices of the tables, no gather
+            if self._rotary is not None:
+                cos, sin = self._cos[s:e, None], self._sin[s:e, None]
             if self._positions is not None:
                 x = x + self._positions[s:e]
         else:
             positions = positions.to(self.device)
             if self._rotary is not None:
-                cos, sin = self._cos.index_select(0, positions), self._sin.index_select(0, positions)
-            else:
-                cos = sin = None
-            x = F.embedding(tokens, self._embed)
+                cos, sin = self._cos[positions, None], self._sin[positions, None]
             if self._positions is not None:
-                if self._position_limit is not None and int(positions.max()) >= self._position_limit:
+                if int(positions.max()) >= self._position_limit:
                     raise AdaspecError(f"position {int(positions.max())} is beyond the {self.name} model's "
                                        f"{self._position_limit} learned positions")
                 x = x + F.embedding(positions, self._positions)
-        if cos is not None:
-            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         causal, mask = False, None
         if tree_mask is not None:
             mask = torch.ones(T, e, dtype=torch.bool, device=self.device)

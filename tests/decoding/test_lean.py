@@ -34,7 +34,7 @@ def hf_logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and float((a - b).abs().max()) < TOL
+    return a.shape == b.shape and float((a.detach() - b.detach()).abs().max()) < TOL
 
 
 @pytest.fixture(scope="module", params=PRESETS)
