@@ -109,7 +109,7 @@ def generate_items(model: PreTrainedModel, items: list[dict], max_new_tokens: in
     return [data_lib.with_response(it, seq) for it, seq in zip(items, gen.sequences)]
 
 
-def _json_cached(path: Path, make: Callable[[], Continuations]) -> Continuations:
+def json_cached(path: Path, make: Callable[[], Continuations]) -> Continuations:
     if path.exists():
         return Continuations.from_json(json.loads(path.read_text()))
     value = make()
@@ -157,13 +157,13 @@ def run_distill(opts: DistillOptions, on_step: OnStep | None = None) -> None:
 
         # the main process writes the file, the others then read it (no two writers, no half-read file)
         with accelerator.main_process_first():
-            made = _json_cached(out / "target_responses.json", target_responses)
+            made = json_cached(out / "target_responses.json", target_responses)
         items = [data_lib.with_response(it, seq) for it, seq in zip(items, made.sequences)]
     val_examples = load_split(opts, "validation", opts.val_examples)
     val_prompts = [it["input_ids"][: it["prompt_length"]]
                    for it in data_lib.encode(val_examples, tokenizer, opts.max_length)]
     with accelerator.main_process_first():
-        val = _json_cached(out / "val_continuations.json", lambda: greedy_continuations(
+        val = json_cached(out / "val_continuations.json", lambda: greedy_continuations(
             target, val_prompts, opts.val_max_new_tokens, eos))
 
     cache = None

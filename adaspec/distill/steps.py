@@ -38,19 +38,32 @@ def step_masks(response: Tensor, steps: int) -> list[Tensor]:
     return [response[:, j:] for j in range(min(steps, response.shape[1]))]
 
 
+def place_by_predicted_token(values: list[Tensor], weights: list[float], width: int, first: int = 0) -> Tensor:
+    """Σ_j w_j · values[j] shifted right by first + j, into [B, width] (what falls past `width` is dropped).
+
+    Step j's value at position t belongs to the token step j predicts, which the training loop's layout
+    (position p scores token p + 1) holds at p = t + j: placed there, the loop's reduction over the
+    response mask keeps every scored prediction. `first` is 1 for frames that start at depth 1 (MTP)."""
+    out = values[0].new_zeros(values[0].shape[0], width)
+    for j, (v, w) in enumerate(zip(values, weights)):
+        shift = first + j
+        n = min(v.shape[1], width - shift)
+        if n > 0:
+            out[:, shift:shift + n] = out[:, shift:shift + n] + w * v[:, :n]
+    return out
+
+
 def multi_step_loss(divs: list[Tensor], response: Tensor, weights: list[float], k: float = 1.0,
                     mode: str = "all", ref_divs: list[Tensor] | None = None, per_sequence: bool = False,
                     generator: torch.Generator | None = None) -> tuple[Tensor, list[Tensor]]:
-    """(per-token loss [B, T-1], kept mask per step): Σ_j w_j · L_j summed over step j's kept tokens and
-    placed at the position that made the prediction, so the training loop's `reduce_loss` over the
-    response mask divides the weighted sum by the number of response tokens, as for a draft model."""
-    masks = step_masks(response, len(divs))
-    total = torch.zeros(response.shape, dtype=divs[0].dtype, device=divs[0].device)
-    kept = []
-    for j, (div, mask) in enumerate(zip(divs, masks)):
+    """(per-token loss [B, T-1], kept mask per step): Σ_j w_j · L_j over step j's kept tokens, each placed at
+    the shifted position of the token it predicts (t + j: where `response` marks that token), so the
+    training loop's `reduce_loss` over the response mask keeps every scored prediction and divides the
+    weighted sum by the number of response tokens, as for a draft model."""
+    kept, contributions = [], []
+    for j, (div, mask) in enumerate(zip(divs, step_masks(response, len(divs)))):
         ref = ref_divs[j] if ref_divs is not None else None
         sel = delta_selection(div, ref, mask, k, mode, per_sequence, generator)
         kept.append(sel)
-        contribution = torch.where(sel, div, torch.zeros((), dtype=div.dtype, device=div.device)) * weights[j]
-        total = total + torch.nn.functional.pad(contribution, (0, response.shape[1] - div.shape[1]))
-    return total, kept
+        contributions.append(torch.where(sel, div, torch.zeros((), dtype=div.dtype, device=div.device)))
+    return place_by_predicted_token(contributions, weights, response.shape[1]), kept

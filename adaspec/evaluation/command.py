@@ -53,6 +53,11 @@ class EvalOptions:
     compare: list[str] | None = field(default=None, metadata=helptext(
         "more drafts to compare side by side (appended to --draft)"))
     task: str = field(default="gsm8k", metadata=helptext(f"task ({', '.join(data_lib.TASKS)})"))
+    data: str | None = field(default=None, metadata=helptext(
+        "a JSONL file of your own (or a folder of <split>.jsonl, or hub:<dataset>) instead of --task; "
+        "it has no task score (quality metric none)"))
+    prompt_field: str = field(default="prompt", metadata=helptext("prompt field of --data records"))
+    response_field: str = field(default="response", metadata=helptext("response field of --data records"))
     split: Literal["train", "validation", "test"] = field(default="test", metadata=helptext("task split"))
     n_prompts: int = field(default=32, metadata=helptext("evaluate the first N prompts of the split"))
     gamma: int = field(default=5, metadata=helptext("draft tokens per speculative step (the max when adaptive)"))
@@ -79,7 +84,7 @@ class EvalOptions:
     def __post_init__(self) -> None:
         if not self.draft:
             raise AdaspecError("give at least one --draft")
-        if self.task not in data_lib.TASKS:
+        if self.data is None and self.task not in data_lib.TASKS:
             raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
         if self.split not in data_lib.SPLITS:
             raise AdaspecError(f"unknown split {self.split!r}; choose one of {', '.join(data_lib.SPLITS)}")
@@ -139,9 +144,10 @@ def run_eval(opts: EvalOptions) -> int:
     if opts.cache:
         cache_dir = opts.cache_dir or (str(Path(opts.target) / "eval_cache") if local else
                                        str(Path.home() / ".cache" / "adaspec" / "eval"))
-    settings = EvalSettings(opts.task, opts.split, opts.n_prompts, opts.gamma, opts.temperature,
+    settings = EvalSettings(None if opts.data else opts.task, opts.split, opts.n_prompts, opts.gamma, opts.temperature,
                             opts.max_new_tokens, opts.seed, top_p=opts.top_p, adaptive_gamma=opts.adaptive_gamma,
-                            context=opts.context, loss_examples=opts.loss_examples, data_dir=opts.data_dir)
+                            context=opts.context, loss_examples=opts.loss_examples, data_dir=opts.data_dir,
+                            data=opts.data, prompt_field=opts.prompt_field, response_field=opts.response_field)
     result = evaluate(target, drafts, tokenizer, settings, cache_dir=cache_dir, target_fingerprint=fingerprint,
                       log=log).to_json()
     result = {"command": command_line(opts), "argv": sys.argv, **result}

@@ -41,7 +41,7 @@ from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.decoding.sampling import check_sampling
 from adaspec.decoding.target import context_length
 from adaspec.errors import AdaspecError
-from adaspec.evaluation import acceptance, quality
+from adaspec.evaluation import acceptance, quality, sandbox
 from adaspec.evaluation.continuations import cached_continuations, weights_fingerprint
 from adaspec.metrics import SpecStats, theoretical_speedup
 from adaspec.models import check_vocab_compatible, count_params
@@ -59,10 +59,12 @@ class EvalSettings:
     `context` caps the positions a prompt and its continuation may use (None: the smallest model context;
     pass the training length so no draft is measured at positions it never trained on); prompts longer
     than that context minus `max_new_tokens` are cut from the left, and the reference responses for the
-    loss are encoded to it. Prompt i samples with seed `seed + i`.
+    loss are encoded to it. Prompt i samples with seed `seed + i`. `data` (a JSONL file, a folder of
+    `<split>.jsonl` or hub:<name>, read with `prompt_field` / `response_field`) replaces `task`; such data
+    has no task score (quality metric "none").
     """
 
-    task: str
+    task: str | None
     split: str = "test"
     n_prompts: int = 32
     gamma: int = 5
@@ -75,9 +77,12 @@ class EvalSettings:
     loss_examples: int = 64
     data_dir: str | os.PathLike | None = None
     warmup: bool = True
+    data: str | None = None
+    prompt_field: str = "prompt"
+    response_field: str = "response"
 
     def __post_init__(self) -> None:
-        if self.task not in data_lib.TASKS:
+        if self.data is None and self.task not in data_lib.TASKS:
             raise AdaspecError(f"unknown task {self.task!r}; choose one of: {', '.join(data_lib.TASKS)}")
         for name in ("n_prompts", "gamma", "max_new_tokens", "loss_examples", "context"):
             value = getattr(self, name)
@@ -86,6 +91,19 @@ class EvalSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise AdaspecError(f"{name} must be an integer >= 1, got {value!r}")
         check_sampling(self.temperature, self.top_p)
+
+    @property
+    def quality_metric(self) -> str:
+        return "none" if self.data is not None else quality.QUALITY_METRIC[self.task]
+
+    def examples(self, limit: int) -> list[data_lib.Example]:
+        """The first `limit` examples of the split of the task or of the user's data."""
+        return data_lib.load_examples(task=None if self.data else self.task, data_path=self.data,
+                                      split=self.split, prompt_field=self.prompt_field,
+                                      response_field=self.response_field, limit=limit, data_dir=self.data_dir)
+
+    def score(self, text: str, example: data_lib.Example) -> float:
+        return math.nan if self.data is not None else quality.score(self.task, text, example)
 
 
 @dataclass
@@ -141,7 +159,8 @@ class EvalResult:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (undefined values become None): config, target, drafts."""
         s = self.settings
-        config = {"task": s.task, "split": s.split, "n_prompts_requested": s.n_prompts, "gamma": s.gamma,
+        config = {"task": s.task, "data": s.data, "split": s.split, "n_prompts_requested": s.n_prompts,
+                  "gamma": s.gamma,
                   "adaptive_gamma": s.adaptive_gamma, "temperature": s.temperature, "top_p": s.top_p,
                   "max_new_tokens": s.max_new_tokens, "seed": s.seed, **self.facts}
         return _clean({"config": config, "target": self.target.to_json(),
@@ -231,7 +250,7 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel], tokeni
         check_vocab_compatible(target, draft, tokenizer, tokenizer, names=("target", f"draft {name!r}"))
     context = _context(s, [target, *drafts.values()])
     max_prompt = context - s.max_new_tokens if context is not None else None
-    examples = data_lib.load_task(s.task, s.split, s.data_dir, limit=s.n_prompts)
+    examples = s.examples(s.n_prompts)
     full = [data_lib.encode_prompt(ex, tokenizer) for ex in examples]
     prompts = [data_lib.encode_prompt(ex, tokenizer, max_prompt) for ex in examples]
     decoder = _Decoder(target, tokenizer, s)
@@ -254,7 +273,7 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel], tokeni
         text = tokenizer.decode(out, skip_special_tokens=True)
         base_rows.append({"index": i, "prompt_tokens": len(ids), "prompt_truncated": len(full[i]) > len(ids),
                           "generated_tokens": len(out), "time_s": seconds,
-                          "quality": quality.score(s.task, text, ex), "text": text})
+                          "quality": s.score(text, ex), "text": text})
         for name, draft in drafts.items():
             d_out, d_stats, d_seconds = decoder.spec(draft, ids, i, s.max_new_tokens)
             draft_stats[name] += d_stats
@@ -270,21 +289,20 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel], tokeni
     fingerprint = target_fingerprint or (weights_fingerprint(target) if cache_dir is not None else None)
     conts, cache_info = cached_continuations(
         target, prompts, s.max_new_tokens, eos, pad, cache_dir,
-        {"target": fingerprint, "task": s.task, "split": s.split, "n_prompts": len(prompts),
+        {"target": fingerprint, "task": s.task, "data": s.data, "split": s.split, "n_prompts": len(prompts),
          "max_prompt_length": max_prompt}, log)
     analytic_temperature = s.temperature if s.temperature > 0 else 1.0
     analytic = {name: {**acceptance.analytic_alpha(target, draft, conts, temperature=analytic_temperature),
                        "sampling_temperature": analytic_temperature} for name, draft in drafts.items()}
 
     # ---- response cross-entropy on the split's reference responses
-    loss_items = data_lib.encode(data_lib.load_task(s.task, s.split, s.data_dir, limit=s.loss_examples),
-                                 tokenizer, context or FALLBACK_CONTEXT)
+    loss_items = data_lib.encode(s.examples(s.loss_examples), tokenizer, context or FALLBACK_CONTEXT)
     loss_tokens = sum(sum(lab != data_lib.IGNORE_INDEX for lab in it["labels"][1:]) for it in loss_items)
     base_time = sum(r["time_s"] for r in base_rows)
     base_tokens = sum(r["generated_tokens"] for r in base_rows)
     target_result = TargetResult(
         fingerprint=fingerprint, params=count_params(target), response_loss=validation_loss(target, loss_items, pad),
-        quality_metric=quality.QUALITY_METRIC[s.task], quality=statistics.fmean(r["quality"] for r in base_rows),
+        quality_metric=s.quality_metric, quality=statistics.fmean(r["quality"] for r in base_rows),
         tokens_per_s=base_tokens / base_time if base_time > 0 else math.nan,
         median_s_per_token=_median([r["time_s"] / max(r["generated_tokens"], 1) for r in base_rows]),
         continuations={**cache_info, "n_tokens": sum(len(q) for q in conts.sequences) - sum(conts.prompt_lengths)},
@@ -297,4 +315,6 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel], tokeni
              "loss_examples": len(loss_items), "loss_tokens": loss_tokens,
              "device": str(next(target.parameters()).device), "torch": torch.__version__,
              "transformers": transformers.__version__}
+    if s.data is None and s.task == "mbpp":  # which protections the generated code ran under
+        facts["sandbox"] = sandbox.isolation().as_dict()
     return EvalResult(s, target_result, results, facts)
