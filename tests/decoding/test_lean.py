@@ -341,3 +341,31 @@ def test_the_engine_on_lean_target_and_draft_gives_the_target_greedy_output(monk
     assert seq.tolist() == ref.tolist() and 0 < stats.alpha < 1
     assert target_only_generate(target, prompt, max_new_tokens=40)[0].tolist() == ref.tolist()
     assert made and all(isinstance(m, LeanLM) for m in made)
+
+
+def test_tree_step_matches_mains_hf_tree_forward_and_compaction(model):
+    """The lead's tree path (decoding.tree_target on the HF model) and LeanLM agree: logits of root and
+    nodes, and after compaction (compact_cache vs keep_path) the next forward."""
+    from transformers import DynamicCache
+
+    from adaspec.decoding.target import cache_kwarg
+    from adaspec.decoding.tree import Tree
+    from adaspec.decoding.tree_target import compact_cache, tree_forward
+
+    prefix, nxt = tokens(9, seed=20), tokens(2, seed=21)
+    tree = Tree(tokens(6, seed=22), torch.tensor([-1, -1, 0, 0, 1, 3]), torch.tensor([1, 1, 2, 2, 2, 3]))
+    root, path = prefix[-1:], torch.tensor([0, 3, 5])
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(prefix[None, :-1], use_cache=True, **{cache_kwarg(model): cache})
+        ref, _ = tree_forward(model, cache, 8, root, tree, vocab=V)
+        length = compact_cache(cache, 8, tree.size, path)
+        ref_next = model(nxt[None], use_cache=True, **{cache_kwarg(model): cache}).logits[0]
+    lm = LeanLM(model, V, "t")
+    lm.forward(prefix[:-1])
+    logits, _ = lm.forward(torch.cat([root, tree.tokens]), keep=tree.size + 1, positions=tree.position_ids(8),
+                           tree_mask=tree.attention_mask())
+    assert close(logits, ref)
+    lm.keep_path(9, path)
+    assert lm.seen == length
+    assert close(lm.forward(nxt, keep=2)[0], ref_next)
