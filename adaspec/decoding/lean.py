@@ -366,6 +366,9 @@ class LeanLM:
         self.seen = start + m
 
 
+_NOTICED: set[tuple[str, str]] = set()
+
+
 def cached_lm(model: PreTrainedModel, vocab: int, name: str, hidden_layers: Sequence[int] = (),
               lean: bool | None = None) -> LeanLM | CachedLM:
     """The model with its KV cache: `LeanLM` when supported (lean=None: automatically; True: required,
@@ -375,6 +378,7 @@ def cached_lm(model: PreTrainedModel, vocab: int, name: str, hidden_layers: Sequ
         return LeanLM(model, vocab, name, hidden_layers)
     if lean is True:
         raise AdaspecError(f"the {name} model cannot use the lean decode path: {reason}")
-    if reason is not None:
+    if reason is not None and (name, reason) not in _NOTICED:  # once per model role and reason, not per call
+        _NOTICED.add((name, reason))
         print(f"adaspec: {name} model on the transformers decode path ({reason})", file=sys.stderr)
     return CachedLM(model, vocab, name, tuple(hidden_layers))

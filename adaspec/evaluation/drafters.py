@@ -26,6 +26,8 @@ from transformers import PreTrainedModel
 
 from adaspec import data
 from adaspec.decoding.generate import speculative_generate, target_only_generate
+from adaspec.decoding.lean import LeanLM, lean_supported
+from adaspec.decoding.target import Clock
 from adaspec.drafters.base import Drafter
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.speed import Run, forward_ms, timed_rounds
@@ -99,6 +101,23 @@ def rows(rounds: Any, names: list[str], verify_ratio: float) -> list[dict[str, A
     return out
 
 
+@torch.inference_mode()
+def verify_cost(target: PreTrainedModel, ids: torch.Tensor, n: int, reps: int = 30) -> float:
+    """Time of one cached forward of `n` tokens over one of 1 token, on the decode path the runs use."""
+    if lean_supported(target) is not None:
+        return forward_ms(target, ids, n, reps) / forward_ms(target, ids, 1, reps)
+    lm = LeanLM(target, target.get_output_embeddings().weight.shape[0], "target")
+    lm.forward(ids[0])
+    clock, times = Clock(ids.device), {1: [], n: []}
+    for _ in range(reps):
+        for k in (1, n):
+            t0 = clock()
+            lm.forward(ids[0, -k:] if ids.shape[1] >= k else ids[0, :1].repeat(k), keep=k)
+            times[k].append(clock() - t0)
+            lm.crop(lm.seen - k)
+    return statistics.median(times[n]) / statistics.median(times[1])
+
+
 def _prompts(task: str, tokenizer: Any, n: int, room: int, device: torch.device) -> list[torch.Tensor]:
     examples = data.load_task(task, "test", limit=n)
     return [torch.tensor([data.encode_prompt(ex, tokenizer, room)], device=device) for ex in examples]
@@ -118,7 +137,7 @@ def benchmark(target: PreTrainedModel, tokenizer: Any, drafters: dict[str, PreTr
     for task in tasks:
         prompts = _prompts(task, tokenizer, n_prompts, room, device)
         if verify_ratio is None:
-            verify_ratio = forward_ms(target, prompts[0], gamma + 1) / forward_ms(target, prompts[0], 1)
+            verify_ratio = verify_cost(target, prompts[0], gamma + 1)
         for temperature in temperatures:
             runs = build_runs(target, drafters, gamma, temperature, max_new_tokens, eos, seed)
             names = list(runs)
@@ -128,7 +147,8 @@ def benchmark(target: PreTrainedModel, tokenizer: Any, drafters: dict[str, PreTr
                 all_rows.append({"prompts": f"{task}:test", "temperature": temperature, **row})
     return {"target_params": count_params(target), "gamma": gamma, "n_prompts": n_prompts,
             "max_new_tokens": max_new_tokens, "repeats": repeats, "context": context,
-            "verify_cost_ratio": verify_ratio, "decode_path": "hf", "threads": torch.get_num_threads(),
+            "verify_cost_ratio": verify_ratio, "decode_path": lean_supported(target) or "lean",
+            "threads": torch.get_num_threads(),
             "device": str(device), "torch": torch.__version__, "transformers": transformers.__version__,
             "machine": platform.processor() or platform.machine(), "rows": all_rows}
 
