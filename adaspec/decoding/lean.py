@@ -367,6 +367,7 @@ class LeanLM:
 
 
 _NOTICED: set[tuple[str, str]] = set()
+LEAN: dict[str, bool | None] = {"auto": None, "lean": True, "hf": False}  # --decode-path -> cached_lm(lean=)
 
 
 def cached_lm(model: PreTrainedModel, vocab: int, name: str, hidden_layers: Sequence[int] = (),

@@ -29,6 +29,7 @@ from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.decoding.lean import LeanLM, lean_supported
 from adaspec.decoding.target import Clock
 from adaspec.drafters.base import Drafter
+from adaspec.drafters.loading import load_drafter
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.speed import Run, forward_ms, timed_rounds
 from adaspec.io import atomic_write_json
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", required=True, help="target model directory")
     p.add_argument("--draft", nargs="*", default=[], help="draft models as NAME=DIR (e.g. distillspec=runs/...)")
+    p.add_argument("--head", nargs="*", default=[], help="heads as KIND=DIR or KIND:NAME=DIR, KIND one of "
+                   "eagle, mtp, medusa (e.g. eagle=runs/heads/eagle)")
     p.add_argument("--tasks", nargs="+", default=["gsm8k"], help="tasks whose test prompts are decoded")
     p.add_argument("--n-prompts", type=int, default=10)
     p.add_argument("--max-new-tokens", type=int, default=96)
@@ -226,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             model = load_model(path, device=device)
             check_vocab_compatible(target, model, tokenizer, saved_tokenizer(path), names=("target", name))
             drafters[name] = model
+        for spec, path in _named(args.head, "--head").items():
+            kind, _, name = spec.partition(":")
+            drafters[name or kind] = load_drafter(kind, path, target)
         result = benchmark(target, tokenizer, drafters, args.tasks, args.n_prompts, args.max_new_tokens,
                            args.gamma, args.temperatures, args.repeats, args.context)
     except AdaspecError as exc:

@@ -40,6 +40,7 @@ from adaspec import data as data_lib
 from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.decoding.sampling import check_sampling
 from adaspec.decoding.target import context_length
+from adaspec.drafters.base import Drafter
 from adaspec.errors import AdaspecError
 from adaspec.evaluation import acceptance, quality, sandbox
 from adaspec.evaluation.continuations import cached_continuations, weights_fingerprint
@@ -77,6 +78,7 @@ class EvalSettings:
     loss_examples: int = 64
     data_dir: str | os.PathLike | None = None
     warmup: bool = True
+    lean: bool | None = None  # decode path of the target alone and every draft (adaspec.decoding.lean)
     data: str | None = None
     prompt_field: str = "prompt"
     response_field: str = "response"
@@ -199,24 +201,24 @@ class _Decoder:
     def __init__(self, target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, s: EvalSettings):
         self.target, self.tokenizer, self.s = target, tokenizer, s
 
-    def spec(self, draft: PreTrainedModel, ids: list[int], i: int, n_new: int) -> tuple[list[int], SpecStats, float]:
+    def spec(self, draft: PreTrainedModel | Drafter, ids: list[int], i: int, n_new: int) -> tuple[list[int], SpecStats, float]:
         s, t0 = self.s, time.perf_counter()
         seq, stats = speculative_generate(self.target, draft, torch.tensor([ids]), max_new_tokens=n_new,
                                           gamma=s.gamma, temperature=s.temperature, top_p=s.top_p,
                                           eos_token_id=self.tokenizer.eos_token_id, seed=s.seed + i,
                                           adaptive_gamma=s.adaptive_gamma, gamma_max=s.gamma,
-                                          tokenizer=self.tokenizer)
+                                          tokenizer=self.tokenizer, lean=s.lean)
         return seq[0, len(ids):].tolist(), stats, time.perf_counter() - t0
 
     def alone(self, ids: list[int], i: int, n_new: int) -> tuple[list[int], SpecStats, float]:
         s, t0 = self.s, time.perf_counter()
         seq, stats = target_only_generate(self.target, torch.tensor([ids]), max_new_tokens=n_new,
                                           eos_token_id=self.tokenizer.eos_token_id, temperature=s.temperature,
-                                          top_p=s.top_p, seed=s.seed + i)
+                                          top_p=s.top_p, seed=s.seed + i, lean=s.lean)
         return seq[0, len(ids):].tolist(), stats, time.perf_counter() - t0
 
 
-def _draft_result(draft: PreTrainedModel, stats: SpecStats, rows: list[dict], base_rows: list[dict],
+def _draft_result(draft: PreTrainedModel | Drafter, stats: SpecStats, rows: list[dict], base_rows: list[dict],
                   loss: float, analytic: dict, s: EvalSettings) -> DraftResult:
     base_time = sum(r["time_s"] for r in base_rows)
     base_tokens = sum(r["generated_tokens"] for r in base_rows)
@@ -228,7 +230,7 @@ def _draft_result(draft: PreTrainedModel, stats: SpecStats, rows: list[dict], ba
     if not any(math.isnan(x) for x in (stats.alpha, stats.c, s_gamma)):
         s_theory = theoretical_speedup(stats.alpha, s_gamma, stats.c)
     return DraftResult(
-        params=count_params(draft), response_loss=loss, stats=stats,
+        params=drafter_params(draft), response_loss=loss, stats=stats,
         measured_speedup=_median([r["speedup"] for r in rows]),
         measured_speedup_pooled=((base_time / max(base_tokens, 1)) / (sd_time / max(sd_tokens, 1))
                                  if sd_time > 0 else math.nan),
@@ -237,18 +239,34 @@ def _draft_result(draft: PreTrainedModel, stats: SpecStats, rows: list[dict], ba
 
 
 
-def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
+def _models(drafts: dict[str, PreTrainedModel | Drafter]) -> dict[str, PreTrainedModel]:
+    """The drafts that are separate causal LMs (the ones with a response loss and an analytic α)."""
+    return {n: d for n, d in drafts.items() if isinstance(d, PreTrainedModel)}
+
+
+def drafter_params(draft: PreTrainedModel | Drafter) -> int:
+    """Parameters of a draft model, or of the modules a head drafter holds (the frozen target's excluded)."""
+    if isinstance(draft, torch.nn.Module):
+        return count_params(draft)
+    modules = [m for m in vars(draft).values() if isinstance(m, torch.nn.Module)]
+    return sum(count_params(m) for m in modules)
+
+
+def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel | Drafter], tokenizer: PreTrainedTokenizerBase,
              settings: EvalSettings, *, cache_dir: str | os.PathLike | None = None,
              target_fingerprint: str | None = None, log: Log | None = None) -> EvalResult:
     """Evaluate each draft against `target` (see the module docstring); models already on one device,
-    sharing `tokenizer`'s ids. `cache_dir` (None: no cache) holds the target's greedy continuations;
-    `target_fingerprint` names the target there (default: a hash of its weights)."""
+    sharing `tokenizer`'s ids. A draft is a causal LM or any Drafter (a head): heads get the empirical
+    measurements only (their analytic α and response loss are reported as undefined). `cache_dir` (None: no
+    cache) holds the target's greedy continuations; `target_fingerprint` names the target there (default: a
+    hash of its weights)."""
     if not drafts:
         raise AdaspecError("no draft to evaluate")
     s = settings
-    for name, draft in drafts.items():
+    lms = _models(drafts)
+    for name, draft in lms.items():
         check_vocab_compatible(target, draft, tokenizer, tokenizer, names=("target", f"draft {name!r}"))
-    context = _context(s, [target, *drafts.values()])
+    context = _context(s, [target, *lms.values()])
     max_prompt = context - s.max_new_tokens if context is not None else None
     examples = s.examples(s.n_prompts)
     full = [data_lib.encode_prompt(ex, tokenizer) for ex in examples]
@@ -292,7 +310,9 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel], tokeni
         {"target": fingerprint, "task": s.task, "data": s.data, "split": s.split, "n_prompts": len(prompts),
          "max_prompt_length": max_prompt}, log)
     analytic_temperature = s.temperature if s.temperature > 0 else 1.0
-    analytic = {name: {**acceptance.analytic_alpha(target, draft, conts, temperature=analytic_temperature),
+    undefined = {"alpha_greedy": math.nan, "alpha_sampling": math.nan, "n_tokens": 0}
+    analytic = {name: {**(acceptance.analytic_alpha(target, draft, conts, temperature=analytic_temperature)
+                          if name in lms else undefined),
                        "sampling_temperature": analytic_temperature} for name, draft in drafts.items()}
 
     # ---- response cross-entropy on the split's reference responses
@@ -308,7 +328,8 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel], tokeni
         continuations={**cache_info, "n_tokens": sum(len(q) for q in conts.sequences) - sum(conts.prompt_lengths)},
         stats=base_stats, per_prompt=base_rows)
     results = {name: _draft_result(draft, draft_stats[name], draft_rows[name], base_rows,
-                                   validation_loss(draft, loss_items, pad), analytic[name], s)
+                                   validation_loss(draft, loss_items, pad) if name in lms else math.nan,
+                                   analytic[name], s)
                for name, draft in drafts.items()}
     facts = {"n_prompts": len(prompts), "context": context, "max_prompt_length": max_prompt,
              "prompts_truncated": sum(r["prompt_truncated"] for r in base_rows),
