@@ -150,7 +150,7 @@ def benchmark(target: PreTrainedModel, tokenizer: Any, drafters: dict[str, PreTr
             "max_new_tokens": max_new_tokens, "repeats": repeats, "context": context,
             "verify_cost_ratio": verify_ratio, "decode_path": lean_supported(target) or "lean",
             "threads": torch.get_num_threads(),
-            "device": str(device), "torch": torch.__version__, "transformers": transformers.__version__,
+            "device": str(device), "dtype": str(next(target.parameters()).dtype), "torch": torch.__version__, "transformers": transformers.__version__,
             "machine": platform.processor() or platform.machine(), "rows": all_rows}
 
 
@@ -216,17 +216,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--context", type=int, default=256, help="positions prompt + continuation may use")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="weights' dtype (bfloat16 on a GPU)")
     p.add_argument("--pair", default="small", help="name of the model pair, for the output file")
     p.add_argument("--out", default=None, help="JSON path (default results/benchmarks/drafters_<pair>.json)")
     args = p.parse_args(argv)
     try:
         torch.set_num_threads(args.threads)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        target = load_model(args.target, device=device)
+        dtype = getattr(torch, args.dtype)
+        target = load_model(args.target, device=device, dtype=dtype)
         tokenizer = load_tokenizer(args.target)
         drafters: dict[str, PreTrainedModel | Drafter] = {}
         for name, path in _named(args.draft, "--draft").items():
-            model = load_model(path, device=device)
+            model = load_model(path, device=device, dtype=dtype)
             check_vocab_compatible(target, model, tokenizer, saved_tokenizer(path), names=("target", name))
             drafters[name] = model
         for spec, path in _named(args.head, "--head").items():
