@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
+from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
@@ -122,6 +123,24 @@ def _load(path: str) -> PreTrainedModel:
     return load_checkpoint(path, load=load_model)
 
 
+def target_response_items(target: PreTrainedModel, items: list[dict], opts: TrainOptions, out: Path,
+                          accelerator: Accelerator, eos: int | None) -> list[dict]:
+    """`items` with the target's own continuations of their prompts as responses (generated once, kept in
+    <out>/target_responses.json). `opts` carries gen_max_new_tokens, gen_temperature, max_length, seed."""
+    def target_responses() -> Continuations:
+        seqs: list[list[int]] = []
+        for s in range(0, len(items), opts.batch_size):
+            made = generate_items(target, items[s:s + opts.batch_size], opts.gen_max_new_tokens,
+                                  opts.max_length, opts.gen_temperature, eos, opts.seed + s)
+            seqs += [it["input_ids"] for it in made]
+        return Continuations(seqs, [it["prompt_length"] for it in items])
+
+    # the main process writes the file, the others then read it (no two writers, no half-read file)
+    with accelerator.main_process_first():
+        made = json_cached(out / "target_responses.json", target_responses)
+    return [data_lib.with_response(it, seq) for it, seq in zip(items, made.sequences)]
+
+
 def run_distill(opts: DistillOptions, on_step: OnStep | None = None) -> None:
     accelerator = make_accelerator(opts)
     device = accelerator.device
@@ -147,18 +166,7 @@ def run_distill(opts: DistillOptions, on_step: OnStep | None = None) -> None:
 
     items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
     if opts.data_source == "target":
-        def target_responses() -> Continuations:
-            seqs: list[list[int]] = []
-            for s in range(0, len(items), opts.batch_size):
-                made = generate_items(target, items[s:s + opts.batch_size], opts.gen_max_new_tokens,
-                                      opts.max_length, opts.gen_temperature, eos, opts.seed + s)
-                seqs += [it["input_ids"] for it in made]
-            return Continuations(seqs, [it["prompt_length"] for it in items])
-
-        # the main process writes the file, the others then read it (no two writers, no half-read file)
-        with accelerator.main_process_first():
-            made = json_cached(out / "target_responses.json", target_responses)
-        items = [data_lib.with_response(it, seq) for it, seq in zip(items, made.sequences)]
+        items = target_response_items(target, items, opts, out, accelerator, eos)
     val_examples = load_split(opts, "validation", opts.val_examples)
     val_prompts = [it["input_ids"][: it["prompt_length"]]
                    for it in data_lib.encode(val_examples, tokenizer, opts.max_length)]

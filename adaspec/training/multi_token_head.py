@@ -26,14 +26,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from adaspec import data as data_lib
 from adaspec.decoding.target import FINAL, features
 from adaspec.distill import selection
-from adaspec.distill.recipe import generate_items, json_cached
+from adaspec.distill.recipe import json_cached, target_response_items
 from adaspec.distill.steps import place_by_predicted_token
 from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.medusa import MedusaHeads, build_medusa
 from adaspec.drafters.mtp import MTPHeads, build_mtp
 from adaspec.drafters.multi_token_loss import depth_token_losses, depth_weights
 from adaspec.errors import AdaspecError
-from adaspec.evaluation.acceptance import Continuations, greedy_continuations
+from adaspec.evaluation.acceptance import greedy_continuations
 from adaspec.evaluation.head_acceptance import head_acceptance
 from adaspec.export.medusa import load_medusa, save_medusa
 from adaspec.export.mtp import load_mtp
@@ -93,17 +93,7 @@ def run_multi_token_head(opts: TrainHeadOptions, on_step: OnStep | None = None) 
     eos = tokenizer.eos_token_id
     items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
     if opts.data_source == "target":
-        def target_responses() -> Continuations:
-            seqs: list[list[int]] = []
-            for s in range(0, len(items), opts.batch_size):
-                made = generate_items(target, items[s:s + opts.batch_size], opts.gen_max_new_tokens,
-                                      opts.max_length, opts.gen_temperature, eos, opts.seed + s)
-                seqs += [it["input_ids"] for it in made]
-            return Continuations(seqs, [it["prompt_length"] for it in items])
-
-        with accelerator.main_process_first():
-            made = json_cached(out / "target_responses.json", target_responses)
-        items = [data_lib.with_response(it, seq) for it, seq in zip(items, made.sequences)]
+        items = target_response_items(target, items, opts, out, accelerator, eos)
     val_prompts = [it["input_ids"][: it["prompt_length"]] for it in data_lib.encode(
         load_split(opts, "validation", opts.val_examples), tokenizer, opts.max_length)]
     with accelerator.main_process_first():
