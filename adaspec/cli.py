@@ -2,7 +2,8 @@
 
 Flags are generated from the dataclass fields (the field's `help` metadata is the flag's help text and its
 default is written once, in the dataclass). Range checks live in each dataclass's `__post_init__`, so the
-same checks apply from Python and from the command line.
+same checks apply from Python and from the command line. `--config FILE` sets options from a JSON/YAML file
+(flags override it) and each run writes its resolved options beside its output (adaspec.config).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import types
 import typing
 from typing import Any, Callable
 
+from adaspec import config as config_lib
 from adaspec.errors import AdaspecError
 
 # command -> (module, options dataclass, function taking the options)
@@ -25,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                      "fine-tune (or build and train) the target model on a task"),
     "distill": ("adaspec.distill.recipe", "DistillOptions", "run_distill",
                 "distil a draft from the target: plain KD (reference / DistillSpec) or AdaSPEC selective KD"),
+    "train-head": ("adaspec.training.head_options", "TrainHeadOptions", "run_train_head",
+                   "train an EAGLE feature head, MTP modules or Medusa heads on a frozen target (KD or AdaSPEC)"),
+    "export": ("adaspec.export.command", "ExportOptions", "run_export",
+               "write a trained head in the layout vLLM / SGLang load (EAGLE-3 or EAGLE-1)"),
     "cache": ("adaspec.distill.cache", "CacheOptions", "run_cache",
               "store the target's top-K distribution and the reference's divergence per response token"),
     "eval": ("adaspec.evaluation.command", "EvalOptions", "run_eval",
@@ -80,8 +86,17 @@ def options_from_args(cls: type, ns: argparse.Namespace) -> Any:
     return cls(**{k: v for k, v in vars(ns).items() if k in names})
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only `command`'s module is imported (torch and transformers are slow to import)."""
+def _apply_config(parser: argparse.ArgumentParser, values: dict[str, Any]) -> None:
+    """Config values become the flags' defaults (so flags still override) and satisfy required flags."""
+    for action in parser._actions:
+        if action.dest in values:
+            action.default = values[action.dest]
+            action.required = False
+
+
+def build_parser(command: str | None = None, config: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported (torch and transformers are slow to import).
+    `config`: option values from a --config file, used as that command's defaults."""
     parser = argparse.ArgumentParser(prog="adaspec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, cls_name, _fn, summary) in COMMANDS.items():
@@ -92,26 +107,52 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=(cls.__doc__ or summary).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         add_dataclass_arguments(p, cls)
+        p.add_argument("--config", metavar="FILE", help="read options from a JSON or YAML file (flags override "
+                       "it); each run writes its resolved options beside its output, readable back by --config")
+        _apply_config(p, config or {})
     return parser
+
+
+def _config_path(argv: list[str]) -> str | None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    return known.config
+
+
+def parse_options(argv: list[str]) -> tuple[str, Any]:
+    """(command, its options) from a command line, a --config file under the flags; AdaspecError on a bad
+    config or bad values (argparse exits on bad flags)."""
+    command = next((a for a in argv if a in COMMANDS), None)
+    config_values = None
+    if command is not None and (config_file := _config_path(argv)) is not None:
+        module, cls_name, _, _ = COMMANDS[command]
+        config_values = config_lib.load_config(config_file, command,
+                                               getattr(importlib.import_module(module), cls_name))
+    ns = build_parser(command, config_values).parse_args(argv)
+    module, cls_name, _, _ = COMMANDS[ns.command]
+    return ns.command, options_from_args(getattr(importlib.import_module(module), cls_name), ns)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(next((a for a in argv if a in COMMANDS), None))
-    ns = parser.parse_args(argv)
-    module, cls_name, fn_name, _ = COMMANDS[ns.command]
+    command = next((a for a in argv if a in COMMANDS), None)
+    if command is None:
+        build_parser().parse_args(argv)  # no command: argparse prints usage or help and exits
+    module, _, fn_name, _ = COMMANDS[command]
     mod = importlib.import_module(module)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # per-file load/save bars drown our own progress output
     try:
-        options = options_from_args(getattr(mod, cls_name), ns)
+        command, options = parse_options(argv)
         fn: Callable[[Any], Any] = getattr(mod, fn_name)
         result = fn(options)
+        config_lib.write_resolved(command, options)
     except AdaspecError as exc:
-        print(f"adaspec {ns.command}: error: {exc}", file=sys.stderr)
+        print(f"adaspec {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"adaspec {ns.command}: interrupted (checkpoints already written are kept)", file=sys.stderr)
+        print(f"adaspec {command}: interrupted (checkpoints already written are kept)", file=sys.stderr)
         return 130
     return int(result) if isinstance(result, int) else 0
 

@@ -19,7 +19,8 @@ Tokenisation: an encoded example is prompt ids, then response ids, then EOS; lab
 prompt and the token ids on the response (EOS included). Prompt and response are tokenised separately,
 so `encode_prompt` gives exactly the ids a model is trained to continue. A BOS token is prepended only
 when the tokenizer has one that differs from EOS (Llama style); GPT-2/Pythia-style tokenizers, whose BOS
-is their EOS, and our own trained tokenizer get no BOS.
+is their EOS, and our own trained tokenizer get no BOS. Chat examples (`meta["messages"]`) are laid out by
+the tokenizer's chat template instead, labels on assistant turns only (adaspec/chat.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 
 import torch
 
+from adaspec import chat
 from adaspec.errors import AdaspecError
 
 TASKS = ("gsm8k", "alpaca", "mbpp", "cnn_dailymail", "xsum")
@@ -130,13 +132,18 @@ def load_jsonl(path: str | os.PathLike, prompt_field: str = "prompt", response_f
                limit: int | None = None) -> list[Example]:
     """A user's own JSON Lines data: one object a line with a prompt and a response field.
 
-    The record's other fields go to `Example.meta`. Reads at most `limit` records.
+    The record's other fields go to `Example.meta`. A record without the prompt field but with a chat
+    (`messages` or `conversations`, see adaspec.chat) is a chat example. Reads at most `limit` records.
     """
     _check_limit(limit)
     path = Path(path)
     examples = []
     for lineno, record in _read_jsonl(path, limit):
         where = f"{path}:{lineno}"
+        messages = chat.messages_of(record, where) if prompt_field not in record else None
+        if messages is not None:
+            examples.append(chat_example(messages))
+            continue
         prompt = _get(record, prompt_field, where)
         response = _get(record, response_field, where)
         meta = {k: v for k, v in record.items() if k not in (prompt_field, response_field)}
@@ -144,6 +151,13 @@ def load_jsonl(path: str | os.PathLike, prompt_field: str = "prompt", response_f
     if not examples:
         raise AdaspecError(f"{path}: no examples (the file is empty)")
     return examples
+
+
+def chat_example(messages: list[dict[str, str]]) -> Example:
+    """A conversation as an Example: `meta["messages"]` drives encoding; prompt/response are its plain text
+    before / of the last assistant turn (for tokenizer training, display and reference-based scores)."""
+    last = chat.last_assistant(messages)
+    return Example(chat.plain_text(messages[:last]), messages[last]["content"], {"messages": messages})
 
 
 def load_hub(name: str, split: str, prompt_field: str = "prompt", response_field: str = "response",
@@ -160,7 +174,8 @@ def load_hub(name: str, split: str, prompt_field: str = "prompt", response_field
     except Exception as exc:  # offline, unknown name, bad split: all mean the same to the user
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise AdaspecError(f"could not load hub dataset {name!r} split {split!r}: {detail}") from exc
-    for needed in (prompt_field, response_field):
+    conversations = prompt_field not in ds.column_names and any(c in ds.column_names for c in chat.CHAT_FIELDS)
+    for needed in () if conversations else (prompt_field, response_field):
         if needed not in ds.column_names:
             raise AdaspecError(f"hub dataset {name!r} has no column {needed!r} "
                                f"(columns: {', '.join(ds.column_names)})")
@@ -169,6 +184,9 @@ def load_hub(name: str, split: str, prompt_field: str = "prompt", response_field
         if limit is not None and i >= limit:
             break
         where = f"hub:{name}[{split}] row {i}"
+        if conversations:
+            examples.append(chat_example(chat.messages_of(record, where)))
+            continue
         meta = {k: v for k, v in record.items() if k not in (prompt_field, response_field)}
         examples.append(Example(_get(record, prompt_field, where), _get(record, response_field, where), meta))
     if not examples:
@@ -383,7 +401,12 @@ def _check_max_length(max_length: int) -> None:
 
 
 def encode_prompt(example: Example, tokenizer: Any, max_length: int | None = None) -> list[int]:
-    """The prompt ids exactly as `encode_example` lays them out; cut from the left to `max_length`."""
+    """The prompt ids exactly as `encode_example` lays them out; cut from the left to `max_length`.
+
+    A chat example's prompt is its conversation before the last assistant turn, in the chat template."""
+    if "messages" in example.meta:
+        ids = _tokenize(tokenizer, [chat.prompt_text(tokenizer, example.meta["messages"])])[0] or [_eos_id(tokenizer)]
+        return ids[len(ids) - max_length:] if max_length is not None and len(ids) > max_length else ids
     ids = _prompt_ids(tokenizer, _tokenize(tokenizer, [example.prompt])[0])
     return _cut_left(ids, max_length, len(_prefix(tokenizer))) if max_length is not None else ids
 
@@ -404,10 +427,14 @@ def encode_example(example: Example, tokenizer: Any, max_length: int,
 def _encode_all(examples: list[Example], tokenizer: Any, max_length: int,
                 min_response_tokens: int | None) -> list[dict[str, list[int]]]:
     eos, head = _eos_id(tokenizer), len(_prefix(tokenizer))
-    prompts = _tokenize(tokenizer, [ex.prompt for ex in examples])
-    responses = _tokenize(tokenizer, [ex.response for ex in examples])
-    return [_assemble(_prompt_ids(tokenizer, p), r + [eos], max_length, head, min_response_tokens)
-            for p, r in zip(prompts, responses)]
+    plain = [ex for ex in examples if "messages" not in ex.meta]
+    prompts = iter(_tokenize(tokenizer, [ex.prompt for ex in plain]))
+    responses = iter(_tokenize(tokenizer, [ex.response for ex in plain]))
+    return [chat.encode_chat(tokenizer, ex.meta["messages"], max_length, IGNORE_INDEX)
+            if "messages" in ex.meta else
+            _assemble(_prompt_ids(tokenizer, next(prompts)), next(responses) + [eos], max_length, head,
+                      min_response_tokens)
+            for ex in examples]
 
 
 def encode_examples(examples: Iterable[Example], tokenizer: Any, max_length: int,

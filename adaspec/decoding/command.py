@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from adaspec.data import check_text
 from adaspec.decoding.generate import speculative_generate
+from adaspec.decoding.lean import LEAN
+from adaspec.drafters.loading import load_drafter
 from adaspec.decoding.sampling import check_sampling
 from adaspec.errors import AdaspecError
 from adaspec.models import check_vocab_compatible, load_model, load_tokenizer, saved_tokenizer
@@ -21,8 +24,15 @@ class GenerateOptions:
     """Speculative decoding of one prompt: streams the text, then prints acceptance and speed statistics."""
 
     target: str = field(metadata={"help": "target model directory or hub id (its tokenizer is used)"})
-    draft: str = field(metadata={"help": "draft model directory or hub id (same vocabulary as the target)"})
     prompt: str = field(metadata={"help": "prompt text"})
+    draft: str | None = field(default=None, metadata={
+        "help": "draft model directory or hub id (same vocabulary as the target), with --drafter lm"})
+    drafter: Literal["lm", "eagle", "mtp", "medusa"] = field(default="lm", metadata={
+        "help": "what proposes the tokens: a draft model (lm) or a head trained by train-head"})
+    head: str | None = field(default=None, metadata={"help": "head directory, with --drafter eagle|mtp|medusa"})
+    decode_path: Literal["auto", "lean", "hf"] = field(default="auto", metadata={
+        "help": "lean: adaspec's minimal forward (Llama, GPT-NeoX, GPT-2); hf: transformers'; auto: lean when "
+                "the family supports it"})
     gamma: int = field(default=5, metadata={"help": "draft tokens per step (the first step's when adaptive)"})
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0 = greedy"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass in (0, 1]"})
@@ -51,6 +61,10 @@ class GenerateOptions:
         if not self.prompt:
             raise AdaspecError("--prompt is empty")
         check_text(self.prompt, "--prompt")
+        if self.drafter == "lm" and (self.draft is None or self.head is not None):
+            raise AdaspecError("--drafter lm needs --draft DIR (and no --head)")
+        if self.drafter != "lm" and (self.head is None or self.draft is not None):
+            raise AdaspecError(f"--drafter {self.drafter} needs --head DIR (and no --draft)")
 
 
 class _TextStream:
@@ -87,9 +101,12 @@ class _TextStream:
 def run_generate(opts: GenerateOptions) -> int:
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     target = load_model(opts.target, device=device)
-    draft = load_model(opts.draft, device=device)
     tokenizer = load_tokenizer(opts.target)
-    check_vocab_compatible(target, draft, tokenizer, saved_tokenizer(opts.draft))
+    if opts.drafter == "lm":
+        draft = load_model(opts.draft, device=device)
+        check_vocab_compatible(target, draft, tokenizer, saved_tokenizer(opts.draft))
+    else:
+        draft = load_drafter(opts.drafter, opts.head, target)
     input_ids = tokenizer(opts.prompt, return_tensors="pt").input_ids
     if input_ids.numel() == 0 and tokenizer.bos_token_id is not None:
         input_ids = torch.tensor([[tokenizer.bos_token_id]])
@@ -98,7 +115,8 @@ def run_generate(opts: GenerateOptions) -> int:
         target, draft, input_ids, max_new_tokens=opts.max_new_tokens, gamma=opts.gamma,
         temperature=opts.temperature, top_p=opts.top_p,
         eos_token_id=tokenizer.eos_token_id if opts.stop_at_eos else None, seed=opts.seed,
-        adaptive_gamma=opts.adaptive_gamma, gamma_max=opts.gamma_max, tokenizer=tokenizer, on_tokens=stream)
+        adaptive_gamma=opts.adaptive_gamma, gamma_max=opts.gamma_max, tokenizer=tokenizer, on_tokens=stream,
+        lean=LEAN[opts.decode_path])
     generated = seq[0, input_ids.shape[1]:].tolist()
     if opts.json:
         print(json.dumps({"prompt": opts.prompt, "text": tokenizer.decode(generated, skip_special_tokens=True),

@@ -25,6 +25,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec.decoding.sampling import check_sampling, logits_to_probs, make_generator, sample
+from adaspec.decoding.lean import LeanLM, cached_lm
 from adaspec.decoding.target import CachedLM, Clock, context_length
 from adaspec.decoding.verify import verify_chain
 from adaspec.drafters.base import Drafter
@@ -46,7 +47,7 @@ class Step:
     target_s: float
 
 
-def speculative_decode(target: CachedLM, drafter: Drafter, seq: torch.Tensor, n: int, gamma: int,
+def speculative_decode(target: CachedLM | LeanLM, drafter: Drafter, seq: torch.Tensor, n: int, gamma: int,
                        temperature: float, top_p: float, generator: torch.Generator | None,
                        clock: Clock) -> Step:
     """Propose up to `gamma` tokens after seq[:n] and verify them in one target forward (no rollback here)."""
@@ -134,11 +135,12 @@ class AdaptiveGamma:
 
 
 def _as_drafter(draft: PreTrainedModel | Drafter, target: PreTrainedModel,
-                tokenizer: PreTrainedTokenizerBase | None, vocab: int) -> tuple[Drafter, dict[str, PreTrainedModel]]:
+                tokenizer: PreTrainedTokenizerBase | None, vocab: int, lean: bool | None
+                ) -> tuple[Drafter, dict[str, PreTrainedModel]]:
     """A drafter for `draft` and the models whose context bounds the prompt."""
     if isinstance(draft, PreTrainedModel):
         check_vocab_compatible(target, draft, tokenizer, tokenizer, quiet=tokenizer is None)
-        return LMDrafter(draft, vocab), {"target": target, "draft": draft}
+        return LMDrafter(draft, vocab, lean), {"target": target, "draft": draft}
     if not isinstance(draft, Drafter):
         raise AdaspecError(f"draft must be a causal LM or a Drafter, got {type(draft).__name__}")
     return draft, {"target": target}
@@ -156,7 +158,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Draft
                          generator: torch.Generator | None = None, seed: int | None = None,
                          adaptive_gamma: bool = False, gamma_max: int | None = None,
                          tokenizer: PreTrainedTokenizerBase | None = None,
-                         on_tokens: OnTokens | None = None) -> tuple[torch.Tensor, SpecStats]:
+                         on_tokens: OnTokens | None = None, lean: bool | None = None
+                         ) -> tuple[torch.Tensor, SpecStats]:
     """Generate up to `max_new_tokens` after one prompt with speculative decoding.
 
     `draft` is a draft causal LM (sharing the target's token ids) or any `Drafter` (adaspec.drafters).
@@ -167,6 +170,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Draft
     `adaptive_gamma`, `gamma` is the first step's draft length and later steps choose γ in
     [1, gamma_max] (default max(gamma, 8)) from the running α and measured c. `tokenizer`, when given,
     lets the output sizes differ by padding rows beyond it. `on_tokens` receives each step's new tokens.
+    `lean`: the target and a draft model run on the lean decode path (adaspec.decoding.lean) where their
+    family supports it (None: automatically; True: required; False: the transformers path).
     """
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
         raise AdaspecError(f"gamma must be an integer >= 1, got {gamma!r}")
@@ -175,13 +180,13 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Draft
         raise AdaspecError(f"gamma_max ({gamma_max}) must be >= gamma ({gamma})")
     check_sampling(temperature, top_p)
     vocab = output_vocab_size(target)
-    drafter, bounded = _as_drafter(draft, target, tokenizer, vocab)
+    drafter, bounded = _as_drafter(draft, target, tokenizer, vocab, lean)
     limit = drafter.max_gamma
     if limit is not None and max(gamma, gamma_max if adaptive_gamma else 0) > limit:
         raise AdaspecError(f"this drafter proposes at most {limit} tokens per step; got gamma "
                            f"{max(gamma, gamma_max if adaptive_gamma else 0)}")
     prompt = _prompt(input_ids, max_new_tokens, bounded)
-    tgt = CachedLM(target, vocab, "target", drafter.hidden_layers)
+    tgt = cached_lm(target, vocab, "target", drafter.hidden_layers, lean=lean)
     generator = make_generator(generator, seed, tgt.device)
     eos, clock = _eos_set(eos_token_id), Clock(tgt.device)
     stats = SpecStats(gamma=gamma_max if adaptive_gamma else gamma, sequences=1)
@@ -226,12 +231,14 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Draft
 def target_only_generate(target: PreTrainedModel, input_ids: torch.Tensor, max_new_tokens: int = 128,
                          eos_token_id: int | Iterable[int] | None = None, temperature: float = 0.0,
                          top_p: float = 1.0, generator: torch.Generator | None = None, seed: int | None = None,
-                         on_tokens: OnTokens | None = None) -> tuple[torch.Tensor, SpecStats]:
-    """Plain KV-cached autoregressive decoding with the same structure and clock as speculative_generate
-    (the baseline of benchmarks): one target forward per token; stats count steps and forwards."""
+                         on_tokens: OnTokens | None = None, lean: bool | None = None
+                         ) -> tuple[torch.Tensor, SpecStats]:
+    """Plain KV-cached autoregressive decoding with the same structure, clock and decode path (`lean` as in
+    speculative_generate) as speculative_generate: the baseline of benchmarks, one target forward per
+    token; stats count steps and forwards."""
     check_sampling(temperature, top_p)
     prompt = _prompt(input_ids, max_new_tokens, {"target": target})
-    tgt = CachedLM(target, output_vocab_size(target), "target")
+    tgt = cached_lm(target, output_vocab_size(target), "target", lean=lean)
     generator = make_generator(generator, seed, tgt.device)
     eos, clock = _eos_set(eos_token_id), Clock(tgt.device)
     sync_each_token = bool(eos) or on_tokens is not None

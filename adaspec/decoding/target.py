@@ -9,9 +9,11 @@ reports the normed state), `FINAL` (-1) the final normed state that the output h
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import time
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -89,6 +91,35 @@ def fit_vocab(logits: Tensor, vocab: int) -> Tensor:
     return logits
 
 
+@contextlib.contextmanager
+def capture(modules: list[nn.Module]) -> Iterator[list[Tensor]]:
+    """Forward hooks on `modules` for one forward: the list fills with each module's output, in the order
+    of `modules` (not of execution); the hooks are removed on exit."""
+    captured: list[Tensor] = []
+    slots: list[Tensor | None] = [None] * len(modules)
+
+    def keeper(j: int):
+        def hook(_module: nn.Module, _inputs: tuple, out: Tensor | tuple) -> None:
+            slots[j] = out[0] if isinstance(out, tuple) else out
+        return hook
+
+    handles = [m.register_forward_hook(keeper(j)) for j, m in enumerate(modules)]
+    try:
+        yield captured
+        captured.extend(x for x in slots if x is not None)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def features(model: PreTrainedModel, batch: dict[str, Tensor], layers: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """(logits [B, T, V], hidden states [len(layers), B, T, H]) of full sequences, from one forward: what a
+    feature head trains on."""
+    with capture(hidden_modules(model, layers)) as captured:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return logits, torch.stack(captured)
+
+
 class CachedLM:
     """A causal LM plus its DynamicCache; `seen` counts the tokens in the cache."""
 
@@ -111,23 +142,12 @@ class CachedLM:
         (None when no layers were requested)."""
         tokens = tokens.to(self.device).unsqueeze(0)
         kwargs = {"logits_to_keep": keep} if self._keep_arg else {}
-        captured: list[Tensor | None] = [None] * len(self._hooked)
-
-        def keeper(j: int):
-            def hook(_module: nn.Module, _inputs: tuple, out: Tensor | tuple) -> None:
-                captured[j] = out[0] if isinstance(out, tuple) else out
-            return hook
-
-        handles = [m.register_forward_hook(keeper(j)) for j, m in enumerate(self._hooked)]
-        try:
+        with capture(self._hooked) as captured:
             logits = self.model(input_ids=tokens, use_cache=True, **{self._cache_arg: self.cache},
                                 **kwargs).logits
-        finally:
-            for h in handles:
-                h.remove()
         self.seen += tokens.shape[1]
         logits = fit_vocab(logits[0, -keep:].float(), self.vocab)
-        hidden = torch.stack([h[0] for h in captured]) if captured else None  # type: ignore[index]
+        hidden = torch.stack([h[0] for h in captured]) if captured else None
         return logits, hidden
 
     def crop(self, length: int) -> None:

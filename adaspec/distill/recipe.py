@@ -118,7 +118,7 @@ def generate_items(model: PreTrainedModel, items: list[dict], max_new_tokens: in
     return [data_lib.with_response(it, seq) for it, seq in zip(items, gen.sequences)]
 
 
-def _json_cached(path: Path, make: Callable[[], Continuations]) -> Continuations:
+def json_cached(path: Path, make: Callable[[], Continuations]) -> Continuations:
     if path.exists():
         return Continuations.from_json(json.loads(path.read_text()))
     value = make()
@@ -129,6 +129,38 @@ def _json_cached(path: Path, make: Callable[[], Continuations]) -> Continuations
 def _load(path: str) -> PreTrainedModel:
     # models.load_model looked up here at call time (tests wrap it to count forwards)
     return load_checkpoint(path, load=load_model)
+
+
+def target_response_items(target: PreTrainedModel, items: list[dict], opts: TrainOptions, run: Run,
+                          accelerator: Accelerator, eos: int | None) -> list[dict]:
+    """`items` with the target's own continuations of their prompts as responses (generated once, kept in
+    <output>/target_responses-<key>.json, named by the target and settings that made them). `opts` carries
+    gen_max_new_tokens, gen_temperature, max_length, seed."""
+    def target_responses() -> Continuations:
+        seqs: list[list[int]] = []
+        for s in range(0, len(items), opts.batch_size):
+            made = generate_items(target, items[s:s + opts.batch_size], opts.gen_max_new_tokens,
+                                  opts.max_length, opts.gen_temperature, eos, opts.seed + s)
+            seqs += [it["input_ids"] for it in made]
+        return Continuations(seqs, [it["prompt_length"] for it in items])
+
+    path = run.cache_name("target_responses", target=run.fingerprint["target"], items=items_fingerprint(items),
+                          batch_size=opts.batch_size, seed=opts.seed, max_new_tokens=opts.gen_max_new_tokens,
+                          max_length=opts.max_length, temperature=opts.gen_temperature)
+    # the main process writes the file, the others then read it (no two writers, no half-read file)
+    with accelerator.main_process_first():
+        made = json_cached(path, target_responses)
+    return [data_lib.with_response(it, seq) for it, seq in zip(items, made.sequences)]
+
+
+def val_continuations(target: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int, eos: int | None,
+                      run: Run, accelerator: Accelerator) -> Continuations:
+    """The target's greedy continuations of the validation prompts, cached in the output folder under a
+    name keyed by the target's fingerprint and the prompts (a different target never reuses them)."""
+    path = run.cache_name("val_continuations", target=run.fingerprint["target"], max_new_tokens=max_new_tokens,
+                          eos=eos, prompts=hashlib.sha256(json.dumps(prompts).encode()).hexdigest())
+    with accelerator.main_process_first():
+        return json_cached(path, lambda: greedy_continuations(target, prompts, max_new_tokens, eos))
 
 
 # options naming an input: their fingerprint (not their path) defines the run
@@ -169,29 +201,11 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
 
     items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
     if opts.data_source == "target":
-        def target_responses() -> Continuations:
-            seqs: list[list[int]] = []
-            for s in range(0, len(items), opts.batch_size):
-                made = generate_items(target, items[s:s + opts.batch_size], opts.gen_max_new_tokens,
-                                      opts.max_length, opts.gen_temperature, eos, opts.seed + s)
-                seqs += [it["input_ids"] for it in made]
-            return Continuations(seqs, [it["prompt_length"] for it in items])
-
-        # the main process writes the file, the others then read it (no two writers, no half-read file)
-        with accelerator.main_process_first():
-            made = _json_cached(run.cache_name(
-                "target_responses", target=run.fingerprint["target"], items=items_fingerprint(items),
-                batch_size=opts.batch_size, seed=opts.seed, max_new_tokens=opts.gen_max_new_tokens,
-                max_length=opts.max_length, temperature=opts.gen_temperature), target_responses)
-        items = [data_lib.with_response(it, seq) for it, seq in zip(items, made.sequences)]
+        items = target_response_items(target, items, opts, run, accelerator, eos)
     val_examples = load_split(opts, "validation", opts.val_examples)
     val_prompts = [it["input_ids"][: it["prompt_length"]]
                    for it in data_lib.encode(val_examples, tokenizer, opts.max_length)]
-    with accelerator.main_process_first():
-        val = _json_cached(run.cache_name(
-            "val_continuations", target=run.fingerprint["target"], max_new_tokens=opts.val_max_new_tokens,
-            eos=eos, prompts=hashlib.sha256(json.dumps(val_prompts).encode()).hexdigest()),
-            lambda: greedy_continuations(target, val_prompts, opts.val_max_new_tokens, eos))
+    val = val_continuations(target, val_prompts, opts.val_max_new_tokens, eos, run, accelerator)
 
     cache = None
     if opts.teacher_cache:

@@ -7,12 +7,13 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from adaspec.decoding.sampling import logits_to_probs, sample
-from adaspec.decoding.target import CachedLM
+from adaspec.decoding.lean import cached_lm
 
 
 class LMDrafter:
     """Drafts autoregressively from its own KV cache.
 
+    Runs on the lean decode path where the draft's family supports it (adaspec.decoding.lean).
     Cache invariant: the draft holds a prefix seq[:k] of the accepted tokens, k < n; it catches up on
     seq[k:n] (the correction or bonus token, and after a fully accepted step the last proposal it never
     fed) in its first forward of the next step, so nothing accepted is recomputed.
@@ -21,12 +22,23 @@ class LMDrafter:
     hidden_layers: tuple[int, ...] = ()
     max_gamma: int | None = None
 
-    def __init__(self, model: PreTrainedModel, vocab: int):
+    def __init__(self, model: PreTrainedModel, vocab: int, lean: bool | None = None):
         self.model, self.vocab = model, vocab
-        self.lm = CachedLM(model, vocab, "draft")
+        self.lm = cached_lm(model, vocab, "draft", lean=lean)
+
+    @classmethod
+    def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> "LMDrafter":
+        """A draft model directory, checked against the target's tokenizer and sizes (models.check_vocab_compatible)."""
+        from adaspec.models import check_vocab_compatible, load_model, output_vocab_size, saved_tokenizer
+
+        draft = load_model(path, device=next(target.parameters()).device)
+        target_dir = getattr(target, "name_or_path", None)
+        check_vocab_compatible(target, draft, saved_tokenizer(target_dir) if target_dir else None,
+                               saved_tokenizer(path))
+        return cls(draft, vocab or output_vocab_size(target))
 
     def prefill(self, prompt: Tensor, hidden: Tensor | None) -> None:
-        self.lm = CachedLM(self.model, self.vocab, "draft")
+        self.lm.crop(0)  # the same preallocated cache serves every sequence
         if prompt.numel() > 1:  # the prompt's last token is fed by the first proposal step
             self.lm.forward(prompt[:-1])
 

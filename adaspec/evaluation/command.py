@@ -13,7 +13,10 @@ import torch
 from transformers import PreTrainedModel
 
 from adaspec import data as data_lib
+from adaspec.decoding.lean import LEAN
 from adaspec.decoding.sampling import check_sampling
+from adaspec.drafters.base import Drafter
+from adaspec.drafters.loading import load_drafter
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.evaluate import EvalSettings, evaluate
 from adaspec.evaluation.table import format_table
@@ -50,10 +53,21 @@ class EvalOptions:
     Several --draft directories are compared side by side."""
 
     target: str = field(metadata=helptext("target model directory or hub id (its tokenizer is used)"))
-    draft: list[str] = field(metadata=helptext("draft model directories; several are compared side by side"))
+    draft: list[str] | None = field(default=None, metadata=helptext(
+        "draft model directories; several are compared side by side"))
+    head: list[str] | None = field(default=None, metadata=helptext(
+        "heads trained by train-head, as KIND=DIR (KIND: eagle, mtp, medusa), measured beside the drafts"))
+    decode_path: Literal["auto", "lean", "hf"] = field(default="auto", metadata=helptext(
+        "lean: adaspec's minimal forward (Llama, GPT-NeoX, GPT-2); hf: transformers'; auto: lean where the "
+        "family supports it. The target alone and every draft use the same path"))
     compare: list[str] | None = field(default=None, metadata=helptext(
         "more drafts to compare side by side (appended to --draft)"))
     task: str = field(default="gsm8k", metadata=helptext(f"task ({', '.join(data_lib.TASKS)})"))
+    data: str | None = field(default=None, metadata=helptext(
+        "a JSONL file of your own (or a folder of <split>.jsonl, or hub:<dataset>) instead of --task; "
+        "it has no task score (quality metric none)"))
+    prompt_field: str = field(default="prompt", metadata=helptext("prompt field of --data records"))
+    response_field: str = field(default="response", metadata=helptext("response field of --data records"))
     split: Literal["train", "validation", "test"] = field(default="test", metadata=helptext("task split"))
     n_prompts: int = field(default=32, metadata=helptext("evaluate the first N prompts of the split"))
     gamma: int = field(default=5, metadata=helptext("draft tokens per speculative step (the max when adaptive)"))
@@ -79,9 +93,13 @@ class EvalOptions:
     trust_remote_code: bool = field(default=False, metadata=helptext("allow a hub model's own code to run"))
 
     def __post_init__(self) -> None:
-        if not self.draft:
-            raise AdaspecError("give at least one --draft")
-        if self.task not in data_lib.TASKS:
+        if not self.draft and not self.head:
+            raise AdaspecError("give at least one --draft or --head")
+        for spec in self.head or []:
+            kind, sep, path = spec.partition("=")
+            if not sep or kind not in ("eagle", "mtp", "medusa") or not path:
+                raise AdaspecError(f"--head must be KIND=DIR with KIND eagle, mtp or medusa, got {spec!r}")
+        if self.data is None and self.task not in data_lib.TASKS:
             raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
         if self.split not in data_lib.SPLITS:
             raise AdaspecError(f"unknown split {self.split!r}; choose one of {', '.join(data_lib.SPLITS)}")
@@ -95,7 +113,7 @@ class EvalOptions:
 
     @property
     def draft_paths(self) -> list[str]:
-        return list(self.draft) + list(self.compare or [])
+        return list(self.draft or []) + list(self.compare or [])
 
 
 def command_line(opts: EvalOptions) -> str:
@@ -127,31 +145,37 @@ def run_eval(opts: EvalOptions) -> int:
             role = "target" if path == opts.target else "draft"
             raise AdaspecError(f"{role} model directory not found: {path}")
     if opts.json:
-        check_output(opts.json, {"target": opts.target, **{f"draft {p}": p for p in paths}}, flag="--json",
-                     kind="file")
+        check_output(opts.json, {"target": opts.target, "--data": opts.data, **{f"draft {p}": p for p in paths},
+                                 **{f"head {h}": h.partition("=")[2] for h in opts.head or []}},
+                     flag="--json", kind="file")
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     log = lambda msg: print(f"[eval] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     target = load_model(opts.target, trust_remote_code=opts.trust_remote_code, device=device)
     tokenizer = load_tokenizer(opts.target, trust_remote_code=opts.trust_remote_code)
-    drafts: dict[str, PreTrainedModel] = {}
+    drafts: dict[str, PreTrainedModel | Drafter] = {}
     for name, path in zip(unique_names(paths), paths):
         draft = load_model(path, trust_remote_code=opts.trust_remote_code, device=device)
         draft_tokenizer = saved_tokenizer(path, opts.trust_remote_code)
         check_vocab_compatible(target, draft, tokenizer, draft_tokenizer, names=("target", f"draft {path}"))
         drafts[name] = draft
+    for spec in opts.head or []:
+        kind, _, path = spec.partition("=")
+        drafts[f"{kind}:{Path(path).name}"] = load_drafter(kind, path, target)
     local = _is_local(opts.target)
     fingerprint = model_fingerprint(opts.target) if local else None
     cache_dir = None
     if opts.cache:
         cache_dir = opts.cache_dir or str(user_cache_dir() / "eval")
-    settings = EvalSettings(opts.task, opts.split, opts.n_prompts, opts.gamma, opts.temperature,
+    settings = EvalSettings(None if opts.data else opts.task, opts.split, opts.n_prompts, opts.gamma, opts.temperature,
                             opts.max_new_tokens, opts.seed, top_p=opts.top_p, adaptive_gamma=opts.adaptive_gamma,
-                            context=opts.context, loss_examples=opts.loss_examples, data_dir=opts.data_dir)
+                            context=opts.context, loss_examples=opts.loss_examples, data_dir=opts.data_dir,
+                            data=opts.data, prompt_field=opts.prompt_field, response_field=opts.response_field,
+                            lean=LEAN[opts.decode_path])
     result = evaluate(target, drafts, tokenizer, settings, cache_dir=cache_dir, target_fingerprint=fingerprint,
                       log=log).to_json()
     result = {"command": command_line(opts), "argv": sys.argv, **result}
     result["target"]["path"] = opts.target
-    for name, path in zip(drafts, paths):
+    for name, path in zip(drafts, paths + [h.partition("=")[2] for h in opts.head or []]):
         result["drafts"][name]["path"] = path
     print(format_table(result))
     if opts.json:

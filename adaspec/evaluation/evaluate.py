@@ -40,8 +40,9 @@ from adaspec import data as data_lib
 from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.decoding.sampling import check_sampling
 from adaspec.decoding.target import context_length
+from adaspec.drafters.base import Drafter
 from adaspec.errors import AdaspecError
-from adaspec.evaluation import acceptance, quality
+from adaspec.evaluation import acceptance, quality, sandbox
 from adaspec.evaluation.continuations import cached_continuations, weights_fingerprint
 from adaspec.metrics import SpecStats, theoretical_speedup
 from adaspec.models import check_vocab_compatible, count_params
@@ -59,10 +60,12 @@ class EvalSettings:
     `context` caps the positions a prompt and its continuation may use (None: the smallest model context;
     pass the training length so no draft is measured at positions it never trained on); prompts longer
     than that context minus `max_new_tokens` are cut from the left, and the reference responses for the
-    loss are encoded to it. Prompt i samples with seed `seed + i`.
+    loss are encoded to it. Prompt i samples with seed `seed + i`. `data` (a JSONL file, a folder of
+    `<split>.jsonl` or hub:<name>, read with `prompt_field` / `response_field`) replaces `task`; such data
+    has no task score (quality metric "none").
     """
 
-    task: str
+    task: str | None
     split: str = "test"
     n_prompts: int = 32
     gamma: int = 5
@@ -75,9 +78,13 @@ class EvalSettings:
     loss_examples: int = 64
     data_dir: str | os.PathLike | None = None
     warmup: bool = True
+    lean: bool | None = None  # decode path of the target alone and every draft (adaspec.decoding.lean)
+    data: str | None = None
+    prompt_field: str = "prompt"
+    response_field: str = "response"
 
     def __post_init__(self) -> None:
-        if self.task not in data_lib.TASKS:
+        if self.data is None and self.task not in data_lib.TASKS:
             raise AdaspecError(f"unknown task {self.task!r}; choose one of: {', '.join(data_lib.TASKS)}")
         for name in ("n_prompts", "gamma", "max_new_tokens", "loss_examples", "context"):
             value = getattr(self, name)
@@ -86,6 +93,19 @@ class EvalSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise AdaspecError(f"{name} must be an integer >= 1, got {value!r}")
         check_sampling(self.temperature, self.top_p)
+
+    @property
+    def quality_metric(self) -> str:
+        return "none" if self.data is not None else quality.QUALITY_METRIC[self.task]
+
+    def examples(self, limit: int) -> list[data_lib.Example]:
+        """The first `limit` examples of the split of the task or of the user's data."""
+        return data_lib.load_examples(task=None if self.data else self.task, data_path=self.data,
+                                      split=self.split, prompt_field=self.prompt_field,
+                                      response_field=self.response_field, limit=limit, data_dir=self.data_dir)
+
+    def score(self, text: str, example: data_lib.Example) -> float:
+        return math.nan if self.data is not None else quality.score(self.task, text, example)
 
 
 @dataclass
@@ -141,7 +161,8 @@ class EvalResult:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (undefined values become None): config, target, drafts."""
         s = self.settings
-        config = {"task": s.task, "split": s.split, "n_prompts_requested": s.n_prompts, "gamma": s.gamma,
+        config = {"task": s.task, "data": s.data, "split": s.split, "n_prompts_requested": s.n_prompts,
+                  "gamma": s.gamma,
                   "adaptive_gamma": s.adaptive_gamma, "temperature": s.temperature, "top_p": s.top_p,
                   "max_new_tokens": s.max_new_tokens, "seed": s.seed, **self.facts}
         return _clean({"config": config, "target": self.target.to_json(),
@@ -180,24 +201,24 @@ class _Decoder:
     def __init__(self, target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, s: EvalSettings):
         self.target, self.tokenizer, self.s = target, tokenizer, s
 
-    def spec(self, draft: PreTrainedModel, ids: list[int], i: int, n_new: int) -> tuple[list[int], SpecStats, float]:
+    def spec(self, draft: PreTrainedModel | Drafter, ids: list[int], i: int, n_new: int) -> tuple[list[int], SpecStats, float]:
         s, t0 = self.s, time.perf_counter()
         seq, stats = speculative_generate(self.target, draft, torch.tensor([ids]), max_new_tokens=n_new,
                                           gamma=s.gamma, temperature=s.temperature, top_p=s.top_p,
                                           eos_token_id=self.tokenizer.eos_token_id, seed=s.seed + i,
                                           adaptive_gamma=s.adaptive_gamma, gamma_max=s.gamma,
-                                          tokenizer=self.tokenizer)
+                                          tokenizer=self.tokenizer, lean=s.lean)
         return seq[0, len(ids):].tolist(), stats, time.perf_counter() - t0
 
     def alone(self, ids: list[int], i: int, n_new: int) -> tuple[list[int], SpecStats, float]:
         s, t0 = self.s, time.perf_counter()
         seq, stats = target_only_generate(self.target, torch.tensor([ids]), max_new_tokens=n_new,
                                           eos_token_id=self.tokenizer.eos_token_id, temperature=s.temperature,
-                                          top_p=s.top_p, seed=s.seed + i)
+                                          top_p=s.top_p, seed=s.seed + i, lean=s.lean)
         return seq[0, len(ids):].tolist(), stats, time.perf_counter() - t0
 
 
-def _draft_result(draft: PreTrainedModel, stats: SpecStats, rows: list[dict], base_rows: list[dict],
+def _draft_result(draft: PreTrainedModel | Drafter, stats: SpecStats, rows: list[dict], base_rows: list[dict],
                   loss: float, analytic: dict, s: EvalSettings) -> DraftResult:
     base_time = sum(r["time_s"] for r in base_rows)
     base_tokens = sum(r["generated_tokens"] for r in base_rows)
@@ -209,7 +230,7 @@ def _draft_result(draft: PreTrainedModel, stats: SpecStats, rows: list[dict], ba
     if not any(math.isnan(x) for x in (stats.alpha, stats.c, s_gamma)):
         s_theory = theoretical_speedup(stats.alpha, s_gamma, stats.c)
     return DraftResult(
-        params=count_params(draft), response_loss=loss, stats=stats,
+        params=drafter_params(draft), response_loss=loss, stats=stats,
         measured_speedup=_median([r["speedup"] for r in rows]),
         measured_speedup_pooled=((base_time / max(base_tokens, 1)) / (sd_time / max(sd_tokens, 1))
                                  if sd_time > 0 else math.nan),
@@ -218,20 +239,36 @@ def _draft_result(draft: PreTrainedModel, stats: SpecStats, rows: list[dict], ba
 
 
 
-def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
+def _models(drafts: dict[str, PreTrainedModel | Drafter]) -> dict[str, PreTrainedModel]:
+    """The drafts that are separate causal LMs (the ones with a response loss and an analytic α)."""
+    return {n: d for n, d in drafts.items() if isinstance(d, PreTrainedModel)}
+
+
+def drafter_params(draft: PreTrainedModel | Drafter) -> int:
+    """Parameters of a draft model, or of the modules a head drafter holds (the frozen target's excluded)."""
+    if isinstance(draft, torch.nn.Module):
+        return count_params(draft)
+    modules = [m for m in vars(draft).values() if isinstance(m, torch.nn.Module)]
+    return sum(count_params(m) for m in modules)
+
+
+def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel | Drafter], tokenizer: PreTrainedTokenizerBase,
              settings: EvalSettings, *, cache_dir: str | os.PathLike | None = None,
              target_fingerprint: str | None = None, log: Log | None = None) -> EvalResult:
     """Evaluate each draft against `target` (see the module docstring); models already on one device,
-    sharing `tokenizer`'s ids. `cache_dir` (None: no cache) holds the target's greedy continuations;
-    `target_fingerprint` names the target there (default: a hash of its weights)."""
+    sharing `tokenizer`'s ids. A draft is a causal LM or any Drafter (a head): heads get the empirical
+    measurements only (their analytic α and response loss are reported as undefined). `cache_dir` (None: no
+    cache) holds the target's greedy continuations; `target_fingerprint` names the target there (default: a
+    hash of its weights)."""
     if not drafts:
         raise AdaspecError("no draft to evaluate")
     s = settings
-    for name, draft in drafts.items():
+    lms = _models(drafts)
+    for name, draft in lms.items():
         check_vocab_compatible(target, draft, tokenizer, tokenizer, names=("target", f"draft {name!r}"))
-    context = _context(s, [target, *drafts.values()])
+    context = _context(s, [target, *lms.values()])
     max_prompt = context - s.max_new_tokens if context is not None else None
-    examples = data_lib.load_task(s.task, s.split, s.data_dir, limit=s.n_prompts)
+    examples = s.examples(s.n_prompts)
     full = [data_lib.encode_prompt(ex, tokenizer) for ex in examples]
     prompts = [data_lib.encode_prompt(ex, tokenizer, max_prompt) for ex in examples]
     decoder = _Decoder(target, tokenizer, s)
@@ -254,7 +291,7 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel], tokeni
         text = tokenizer.decode(out, skip_special_tokens=True)
         base_rows.append({"index": i, "prompt_tokens": len(ids), "prompt_truncated": len(full[i]) > len(ids),
                           "generated_tokens": len(out), "time_s": seconds,
-                          "quality": quality.score(s.task, text, ex), "text": text})
+                          "quality": s.score(text, ex), "text": text})
         for name, draft in drafts.items():
             d_out, d_stats, d_seconds = decoder.spec(draft, ids, i, s.max_new_tokens)
             draft_stats[name] += d_stats
@@ -270,31 +307,35 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel], tokeni
     fingerprint = target_fingerprint or (weights_fingerprint(target) if cache_dir is not None else None)
     conts, cache_info = cached_continuations(
         target, prompts, s.max_new_tokens, eos, pad, cache_dir,
-        {"target": fingerprint, "task": s.task, "split": s.split, "n_prompts": len(prompts),
+        {"target": fingerprint, "task": s.task, "data": s.data, "split": s.split, "n_prompts": len(prompts),
          "max_prompt_length": max_prompt}, log)
     analytic_temperature = s.temperature if s.temperature > 0 else 1.0
-    analytic = {name: {**acceptance.analytic_alpha(target, draft, conts, temperature=analytic_temperature),
+    undefined = {"alpha_greedy": math.nan, "alpha_sampling": math.nan, "n_tokens": 0}
+    analytic = {name: {**(acceptance.analytic_alpha(target, draft, conts, temperature=analytic_temperature)
+                          if name in lms else undefined),
                        "sampling_temperature": analytic_temperature} for name, draft in drafts.items()}
 
     # ---- response cross-entropy on the split's reference responses
-    loss_items = data_lib.encode(data_lib.load_task(s.task, s.split, s.data_dir, limit=s.loss_examples),
-                                 tokenizer, context or FALLBACK_CONTEXT)
+    loss_items = data_lib.encode(s.examples(s.loss_examples), tokenizer, context or FALLBACK_CONTEXT)
     loss_tokens = sum(sum(lab != data_lib.IGNORE_INDEX for lab in it["labels"][1:]) for it in loss_items)
     base_time = sum(r["time_s"] for r in base_rows)
     base_tokens = sum(r["generated_tokens"] for r in base_rows)
     target_result = TargetResult(
         fingerprint=fingerprint, params=count_params(target), response_loss=validation_loss(target, loss_items, pad),
-        quality_metric=quality.QUALITY_METRIC[s.task], quality=statistics.fmean(r["quality"] for r in base_rows),
+        quality_metric=s.quality_metric, quality=statistics.fmean(r["quality"] for r in base_rows),
         tokens_per_s=base_tokens / base_time if base_time > 0 else math.nan,
         median_s_per_token=_median([r["time_s"] / max(r["generated_tokens"], 1) for r in base_rows]),
         continuations={**cache_info, "n_tokens": sum(len(q) for q in conts.sequences) - sum(conts.prompt_lengths)},
         stats=base_stats, per_prompt=base_rows)
     results = {name: _draft_result(draft, draft_stats[name], draft_rows[name], base_rows,
-                                   validation_loss(draft, loss_items, pad), analytic[name], s)
+                                   validation_loss(draft, loss_items, pad) if name in lms else math.nan,
+                                   analytic[name], s)
                for name, draft in drafts.items()}
     facts = {"n_prompts": len(prompts), "context": context, "max_prompt_length": max_prompt,
              "prompts_truncated": sum(r["prompt_truncated"] for r in base_rows),
              "loss_examples": len(loss_items), "loss_tokens": loss_tokens,
              "device": str(next(target.parameters()).device), "torch": torch.__version__,
              "transformers": transformers.__version__}
+    if s.data is None and s.task == "mbpp":  # which protections the generated code ran under
+        facts["sandbox"] = sandbox.isolation().as_dict()
     return EvalResult(s, target_result, results, facts)

@@ -1,22 +1,18 @@
 """Task quality of generated text: shows that a target model does its task, not just that drafts match it.
 
-GSM8K: final-answer accuracy; MBPP: pass@1 of the generated code against the task's asserts, run in a
-sandboxed subprocess; CNN/DailyMail and XSum: ROUGE-L F1; Alpaca: unigram overlap F1 with the reference
+GSM8K: final-answer accuracy; MBPP: pass@1 of the generated code against the task's asserts, run in
+adaspec.evaluation.sandbox; CNN/DailyMail and XSum: ROUGE-L F1; Alpaca: unigram overlap F1 with the reference
 output (a cheap stand-in for the paper's judge-based scores).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
-import subprocess
-import sys
-import tempfile
 from collections import Counter
 from typing import Any
 
 from adaspec.errors import AdaspecError
+from adaspec.evaluation import sandbox
 
 QUALITY_METRIC: dict[str, str] = {
     "gsm8k": "accuracy",
@@ -99,78 +95,17 @@ def overlap_f1(prediction: str, reference: str) -> float:
     return _f1(common, len(pred), len(ref))
 
 
-# Runs inside the child before the candidate code: blocks sockets (best effort, code could undo it).
-_PREAMBLE = """\
-import socket as _adaspec_socket
-def _adaspec_no_network(*args, **kwargs):
-    raise OSError("network access is disabled while testing generated code")
-for _adaspec_name in ("socket", "create_connection", "create_server", "getaddrinfo", "socketpair", "fromfd"):
-    setattr(_adaspec_socket, _adaspec_name, _adaspec_no_network)
-_adaspec_open = open
-"""
-
-
-def _limit_resources(cpu_seconds: int, memory_bytes: int) -> None:
-    import resource
-
-    for limit, value in ((resource.RLIMIT_CPU, cpu_seconds), (resource.RLIMIT_AS, memory_bytes),
-                         (resource.RLIMIT_FSIZE, 16 * 2**20), (resource.RLIMIT_CORE, 0)):
-        try:
-            resource.setrlimit(limit, (value, value))
-        except (ValueError, OSError):
-            pass
-
-
 def mbpp_pass(code: str, test_list: list[str], test_setup_code: str = "", timeout: float = 5.0,
               memory_mb: int = 1024) -> bool:
     """Whether `code` passes every assert of `test_list`; never raises on bad code.
 
-    The code runs in a fresh `python -I` process in an empty temporary folder, with a minimal
-    environment, sockets disabled, CPU/memory/file-size limits and a wall-clock `timeout`. It passes only
-    if the process also reaches a line after the last assert (so an early `exit()` counts as failure).
+    The code runs in adaspec.evaluation.sandbox (its own namespaces, uid, limits and empty folder where the
+    OS allows; `sandbox.isolation()` says which). It passes only if the process exits 0 after the last assert.
     """
     if not test_list:
         raise AdaspecError("mbpp_pass needs at least one test")
-    nonce = secrets.token_hex(16)
-    script = "\n".join([_PREAMBLE, code, "", test_setup_code or "", *test_list, "",
-                        f"with _adaspec_open('adaspec_passed', 'w') as _f:\n    _f.write({nonce!r})\n"])
-    with tempfile.TemporaryDirectory(prefix="adaspec_mbpp_") as tmp:
-        path = os.path.join(tmp, "candidate.py")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(script)
-        preexec = None
-        if sys.platform != "win32":
-            cpu, memory = int(timeout) + 1, memory_mb * 2**20
-            preexec = lambda: _limit_resources(cpu, memory)  # noqa: E731
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
-        try:
-            proc = subprocess.Popen([sys.executable, "-I", path], cwd=tmp, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    preexec_fn=preexec, start_new_session=True)
-        except OSError:
-            return False
-        try:
-            returncode = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            returncode = None
-        finally:
-            _kill_group(proc)
-        if returncode != 0:
-            return False
-        try:
-            with open(os.path.join(tmp, "adaspec_passed"), encoding="utf-8") as f:
-                return f.read() == nonce
-        except OSError:
-            return False
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill the child's whole session (it may have forked), then reap it."""
-    try:
-        os.killpg(proc.pid, 9)
-    except (OSError, AttributeError):
-        proc.kill()
-    proc.wait()
+    return sandbox.run_candidate(code, test_list, setup=test_setup_code or "", timeout=timeout,
+                                 memory_mb=memory_mb).passed
 
 
 def score(task: str, generated_text: str, example: Any) -> float:

@@ -20,6 +20,8 @@ import platform
 import pstats
 import statistics
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import transformers
@@ -74,23 +76,71 @@ def methods(target, draft, args, eos):
 
 
 @torch.inference_mode()
+def forward_ms(model: torch.nn.Module, ids: torch.Tensor, n: int, reps: int = 30) -> float:
+    """Median milliseconds of one cached forward of `n` tokens after the prompt `ids` [1, T]."""
+    clock = Clock(ids.device)
+    cache = DynamicCache(config=model.config)
+    arg = cache_kwarg(model)
+    model(input_ids=ids, use_cache=True, logits_to_keep=1, **{arg: cache})
+    step = ids[:, -n:] if ids.shape[1] >= n else ids[:, :1].repeat(1, n)
+    times = []
+    for _ in range(reps):
+        t0 = clock()
+        model(input_ids=step, use_cache=True, logits_to_keep=n, **{arg: cache})
+        times.append(clock() - t0)
+        cache.crop(-n)
+    return 1e3 * statistics.median(times)
+
+
 def forward_costs(target, draft, ids: torch.Tensor, gamma: int, reps: int = 30) -> dict[str, float]:
     """Milliseconds of one cached forward: target on 1 and on γ+1 tokens, draft on 1 token."""
-    out, clock = {}, Clock(ids.device)
-    for name, model, k in (("target_1", target, 1), (f"target_{gamma + 1}", target, gamma + 1),
-                           ("draft_1", draft, 1)):
-        cache = DynamicCache(config=model.config)
-        arg = cache_kwarg(model)
-        model(input_ids=ids, use_cache=True, logits_to_keep=1, **{arg: cache})
-        step = ids[:, -k:] if ids.shape[1] >= k else ids[:, :1].repeat(1, k)
-        times = []
-        for _ in range(reps):
-            t0 = clock()
-            model(input_ids=step, use_cache=True, logits_to_keep=k, **{arg: cache})
-            times.append(clock() - t0)
-            cache.crop(-k)
-        out[name + "_ms"] = 1e3 * statistics.median(times)
-    return out
+    return {"target_1_ms": forward_ms(target, ids, 1, reps),
+            f"target_{gamma + 1}_ms": forward_ms(target, ids, gamma + 1, reps),
+            "draft_1_ms": forward_ms(draft, ids, 1, reps)}
+
+
+@dataclass
+class Rounds:
+    """Per method: seconds and tokens of each repeat (over all prompts), merged stats, first outputs."""
+
+    times: dict[str, list[float]]
+    tokens: dict[str, list[int]]
+    stats: dict[str, SpecStats]
+    outputs: dict[str, list[list[int]]]
+
+
+Run = Callable[[torch.Tensor], tuple[torch.Tensor, "SpecStats | None"]]
+
+
+def timed_rounds(runs: dict[str, Run], names: list[str], prompts: list[torch.Tensor], repeats: int,
+                 device: torch.device, log: Callable[[str], None] | None = None) -> Rounds:
+    """Every method on every prompt, `repeats` times, the methods in a rotating order each repeat so drift
+    and cache effects hit all alike; one untimed warm-up call each first (allocator, lazy init)."""
+    for name in names:
+        runs[name](prompts[0][:, :8])
+    clock = Clock(device)
+    rounds = Rounds({n: [] for n in names}, {n: [] for n in names}, {n: SpecStats() for n in names},
+                    {n: [] for n in names})
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        total_t, total_n = {n: 0.0 for n in names}, {n: 0 for n in names}
+        for ids in prompts:
+            for name in order:
+                t0 = clock()
+                out, st = runs[name](ids)
+                total_t[name] += clock() - t0
+                generated = out[0, ids.shape[1]:].tolist()
+                total_n[name] += len(generated)
+                if st is not None:
+                    rounds.stats[name] = rounds.stats[name] + st
+                if r == 0:
+                    rounds.outputs[name].append(generated)
+        for name in names:
+            rounds.times[name].append(total_t[name])
+            rounds.tokens[name].append(total_n[name])
+        (log or (lambda m: print(m, flush=True)))(f"repeat {r + 1}/{repeats}: " + ", ".join(
+            f"{n} {total_n[n] / total_t[n]:.1f} tok/s" for n in names))
+    return rounds
 
 
 def profile_sd(target, draft, prompts, args, eos) -> str:
@@ -146,35 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     if "target_only" not in names:
         names.insert(0, "target_only")
 
-    # warm-up (allocator, lazy init), not timed
-    for name in names:
-        runs[name](prompts[0][:, :8])
-
-    clock = Clock(device)
-    times: dict[str, list[float]] = {n: [] for n in names}  # per repeat: total seconds over all prompts
-    tokens = {n: [] for n in names}
-    stats = {n: SpecStats() for n in names}
-    outputs: dict[str, list[list[int]]] = {n: [] for n in names}
-    for r in range(args.repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
-        total_t, total_n = {n: 0.0 for n in names}, {n: 0 for n in names}
-        for i, ids in enumerate(prompts):
-            for name in order:
-                t0 = clock()
-                out, st = runs[name](ids)
-                total_t[name] += clock() - t0
-                generated = out[0, ids.shape[1]:].tolist()
-                total_n[name] += len(generated)
-                if st is not None:
-                    stats[name] = stats[name] + st
-                if r == 0:
-                    outputs[name].append(generated)
-        for name in names:
-            times[name].append(total_t[name])
-            tokens[name].append(total_n[name])
-        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(
-            f"{n} {total_n[n] / total_t[n]:.1f} tok/s" for n in names), flush=True)
-
+    rounds = timed_rounds(runs, names, prompts, args.repeats, device)
+    times, tokens, stats, outputs = rounds.times, rounds.tokens, rounds.stats, rounds.outputs
     reference = outputs["target_only"]
     results = {}
     for name in names:

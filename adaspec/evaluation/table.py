@@ -17,13 +17,17 @@ def format_table(result: dict[str, Any]) -> str:
     cfg, tgt, drafts = result["config"], result["target"], result["drafts"]
     names = list(drafts)
     gamma = cfg["gamma"]
+    source = f"data {cfg['data']}" if cfg.get("data") else f"task {cfg['task']}"
     lines = [
-        f"task {cfg['task']} ({cfg['split']}), {cfg['n_prompts']} prompts, max {cfg['max_new_tokens']} new tokens, "
+        f"{source} ({cfg['split']}), {cfg['n_prompts']} prompts, max {cfg['max_new_tokens']} new tokens, "
         f"gamma {gamma}{' (adaptive max)' if cfg['adaptive_gamma'] else ''}, "
         f"temperature {cfg['temperature']}" + (f", top-p {cfg['top_p']}" if cfg["top_p"] < 1 else ""),
         f"target: {tgt['params']:,} params; {tgt['quality_metric']} {_fmt(tgt['quality'])}; "
         f"response CE/token {_fmt(tgt['response_loss'])}; alone {_fmt(tgt['tokens_per_s'], '.1f')} tokens/s",
     ]
+    missing = [layer for layer, held in (cfg.get("sandbox") or {}).items() if not held]
+    if missing:
+        lines.append(f"(MBPP code ran without: {', '.join(missing)}; see README, MBPP's code sandbox)")
     if cfg["prompts_truncated"]:
         lines.append(f"({cfg['prompts_truncated']} prompts cut from the left to {cfg['max_prompt_length']} tokens)")
     rows: list[tuple[str, list[str]]] = [

@@ -351,6 +351,15 @@ def benchmark_tables(bench_dir: Path) -> str:
                 f"{' × '.join(map(str, b['shape']))}, CPU):", "", "| variant | peak growth (MiB) | median s |",
                 "|---|---|---|"]
         out += [f"| {r['variant']} | {r['peak_growth_mib']:.0f} | {r['median_s']:.2f} |" for r in b["results"]]
+    for path in sorted(bench_dir.glob("drafters_*.json")):
+        from adaspec.evaluation.drafters import format_rows
+
+        b = json.loads(path.read_text())
+        out += ["", f"Every drafter, pair `{b['pair']}` (target {b['target_params'] / 1e6:.2f}M parameters, decode "
+                f"path {b['decode_path']}, γ = {b['gamma']}, {b['n_prompts']} prompts × {b['max_new_tokens']} tokens, "
+                f"{b['repeats']} repeats, {b['threads']} thread(s); verifying γ+1 tokens costs "
+                f"{b['verify_cost_ratio']:.2f}× one target forward): `{b['command']}`", "", format_rows(b),
+                "", f"![drafters {b['pair']}]({path.with_suffix('.png').relative_to(bench_dir.parent.parent)})"]
     return "\n".join(out)
 
 
@@ -371,5 +380,5 @@ def update_readme(readme: Path, results_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout: adaspec/reproduce/report.py
     update_readme(root / "README.md", root / "results")

@@ -109,6 +109,25 @@ def test_options_check_ranges_from_python():
         GenerateOptions(target="t", draft="d", prompt="")
 
 
+def test_generate_with_a_head_drafter_gives_the_target_greedy_text(model_dirs, capsys, tmp_path):
+    from adaspec.drafters.mtp import build_mtp
+    from adaspec.export.mtp import save_mtp
+    from adaspec.models import load_model
+
+    target = load_model(model_dirs / "target")
+    save_mtp(build_mtp(target, depth=2), tmp_path / "mtp")
+    common = ["generate", "--target", str(model_dirs / "target"), "--prompt", "w1 w2 w3", "--gamma", "2",
+              "--max-new-tokens", "10", "--no-stop-at-eos", "--json"]
+    assert main([*common, "--draft", str(model_dirs / "draft")]) == 0
+    with_draft = json.loads(capsys.readouterr().out)
+    assert main([*common, "--drafter", "mtp", "--head", str(tmp_path / "mtp"), "--decode-path", "hf"]) == 0
+    with_head = json.loads(capsys.readouterr().out)
+    assert with_head["tokens"] == with_draft["tokens"]
+    for bad in (["--drafter", "mtp"], ["--drafter", "mtp", "--head", str(tmp_path), "--draft", "x"]):
+        assert main(["generate", "--target", str(model_dirs / "target"), "--prompt", "w1", *bad]) == 2
+    assert "needs --head DIR" in capsys.readouterr().err
+
+
 def test_context_length_error_is_printed_alone(model_dirs, capsys):
     assert main(["generate", "--target", str(model_dirs / "target"), "--draft", str(model_dirs / "draft"),
                  "--prompt", " ".join(["w1"] * 300), "--max-new-tokens", "8"]) == 2

@@ -59,3 +59,15 @@ def test_fit_vocab_pads_and_slices():
     assert fit_vocab(x, 3).shape == (2, 3)
     padded = fit_vocab(x, 7)
     assert padded.shape == (2, 7) and torch.isinf(padded[:, 5:]).all()
+
+
+def test_features_of_full_sequences_match_the_cached_path():
+    from adaspec.decoding.target import features
+
+    model = build_model("tiny-llama", VOCAB, seed=4)
+    ids = torch.randint(VOCAB, (2, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits, hidden = features(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, (0, FINAL))
+        _, cached = CachedLM(model, VOCAB, "t", (0, FINAL)).forward(ids[1], keep=9)
+    assert logits.shape == (2, 9, VOCAB) and hidden.shape == (2, 2, 9, 32)
+    assert torch.allclose(hidden[:, 1], cached, atol=1e-5)

@@ -247,3 +247,22 @@ def test_names_and_command_line(dirs):
     line = command_line(opts)
     assert line.startswith("adaspec eval --target ") and "--compare" in line and "--no-cache" in line
     assert "--temperature 0.5" in line and "--gamma" not in line
+
+
+def test_eval_measures_a_head_beside_a_draft(dirs, tmp_path, capsys):
+    from adaspec.drafters.medusa import build_medusa
+    from adaspec.export.medusa import save_medusa
+
+    target = models.load_model(dirs / "target")
+    save_medusa(build_medusa(target, 2, 1), tmp_path / "medusa", target)
+    out = tmp_path / "eval.json"
+    rc = cli.main(["eval", "--target", str(dirs / "target"), "--draft", str(dirs / "noisy"), "--head",
+                   f"medusa={tmp_path / 'medusa'}", "--n-prompts", "2", "--max-new-tokens", "8", "--gamma", "2",
+                   "--loss-examples", "2", "--no-cache", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    head = result["drafts"]["medusa:medusa"]
+    assert head["same_as_target"] == 2 and head["params"] > 0 and head["path"] == str(tmp_path / "medusa")
+    assert head["analytic"]["alpha_greedy"] is None and head["response_loss"] is None  # defined for LMs only
+    assert result["drafts"]["noisy"]["analytic"]["alpha_greedy"] is not None
+    assert "medusa:medusa" in capsys.readouterr().out

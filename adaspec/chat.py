@@ -1,0 +1,102 @@
+"""Chat records (OpenAI `messages` with role/content, ShareGPT `conversations` with from/value).
+
+They are laid out by the target tokenizer's own chat template; only the assistant turns are trained on and
+scored (labels), and the prompt of a chat example is everything before its last assistant turn, ending
+with the template's generation prompt. The template is rendered once per turn boundary, so each turn's
+tokens are exactly the ones the full conversation renders to (a template that rewrites earlier turns when
+later ones are added is refused).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adaspec.errors import AdaspecError
+
+ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
+         "chatgpt": "assistant", "model": "assistant", "tool": "tool"}
+CHAT_FIELDS = ("messages", "conversations")
+
+
+def messages_of(record: dict, where: str) -> list[dict[str, str]] | None:
+    """The record's conversation as role/content dicts, or None when it has no `messages`/`conversations`."""
+    key = next((k for k in CHAT_FIELDS if k in record), None)
+    if key is None:
+        return None
+    turns = record[key]
+    if not isinstance(turns, list) or not turns:
+        raise AdaspecError(f"{where}: field {key!r} must be a non-empty list of turns")
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise AdaspecError(f"{where}: {key}[{i}] must be an object, got {type(turn).__name__}")
+        role, content = (turn.get("role"), turn.get("content")) if "role" in turn else (turn.get("from"),
+                                                                                       turn.get("value"))
+        if role not in ROLES or not isinstance(content, str):
+            raise AdaspecError(f"{where}: {key}[{i}] needs a role ({', '.join(ROLES)}) and a text content "
+                               "(role/content or from/value)")
+        messages.append({"role": ROLES[role], "content": content})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise AdaspecError(f"{where}: the conversation has no assistant turn to train on")
+    return messages
+
+
+def last_assistant(messages: list[dict[str, str]]) -> int:
+    return max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+
+
+def plain_text(messages: list[dict[str, str]]) -> str:
+    """A template-free reading of the turns (for tokenizer training and display)."""
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise AdaspecError("chat data (records with messages) needs a target tokenizer with a chat template")
+    if not messages:
+        return ""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """Everything before the last assistant turn, with the template's generation prompt."""
+    return _render(tokenizer, messages[:last_assistant(messages)], generation_prompt=True)
+
+
+def spans(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+    """The rendered conversation as consecutive (text, is_assistant) pieces; their join is the full rendering."""
+    full = _render(tokenizer, messages, generation_prompt=False)
+    pieces, done = [], 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:i], generation_prompt=True)
+        through = _render(tokenizer, messages[:i + 1], generation_prompt=False)
+        if not (through.startswith(before) and full.startswith(through) and len(before) >= done):
+            raise AdaspecError("the chat template renders earlier turns differently once later ones are added; "
+                               "adaspec cannot tell which tokens belong to the assistant")
+        pieces += [(full[done:len(before)], False), (full[len(before):len(through)], True)]
+        done = len(through)
+    pieces.append((full[done:], False))
+    return [(text, trained) for text, trained in pieces if text]
+
+
+def token_spans(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[list[int], bool]]:
+    """`spans`, each piece tokenised on its own (so no token straddles an assistant turn's edge)."""
+    return [(list(tokenizer(text, add_special_tokens=False)["input_ids"]), trained)
+            for text, trained in spans(tokenizer, messages)]
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: int,
+                ignore_index: int) -> dict[str, list[int]]:
+    """The rendering's ids, labels on the assistant turns only (the template places BOS/EOS); past
+    `max_length` cut from the left, keeping the last turns."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for ids, trained in token_spans(tokenizer, messages):
+        input_ids += ids
+        labels += ids if trained else [ignore_index] * len(ids)
+    input_ids, labels = input_ids[-max_length:], labels[-max_length:]
+    if labels:
+        labels[0] = ignore_index  # the first position is predicted from nothing
+    return {"input_ids": input_ids, "labels": labels}

@@ -1,0 +1,191 @@
+"""Token trees for speculative decoding: several candidate continuations verified in one target forward.
+
+A `Tree` hangs below the root, the last accepted token seq[n-1]. Node i (0-based) has a token, a parent
+(-1 = the root) and a depth (1 = child of the root). Nodes are in topological order (a parent comes
+before its children) and the children of one node are in the order verification tries them (most
+probable first). Index 0 of the [N+1]-sized arrays below (mask, target rows) is the root, index i+1 is
+node i.
+
+Two builders:
+- `Tree.from_paths`: a static sparse tree (Medusa): each path is a list of top-k ranks, one per depth, e.g.
+  [[0], [0, 0], [1], [0, 1]]; node [r_1..r_d] carries candidates[d-1][r_d], the r_d-th candidate of the
+  depth-d head (Medusa heads propose per depth, independently of the parent).
+- `build_dynamic_tree`: EAGLE-2's dynamic tree (Li et al. 2024): expand the current frontier's top-k
+  children, keep the top-k of them by cumulative draft log-probability as the next frontier, stop at a
+  depth, then keep the best `total_tokens` nodes overall. The reference defaults (top-k 10, depth 7, 60
+  tokens: EAGLE's eagle/model/ea_model.py `from_pretrained`) are sized for a GPU, where verifying 60
+  tokens costs about as much as verifying one; on a CPU the cost grows with the number of tokens, so the
+  CPU default is to be chosen by the tree benchmark (issue 16), not assumed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from adaspec.errors import AdaspecError
+
+# EAGLE's reference settings (GPU); see the module docstring for the CPU default.
+EAGLE_TOP_K, EAGLE_DEPTH, EAGLE_TOTAL_TOKENS = 10, 7, 60
+
+# expand(nodes, tree) -> (tokens [F, k] long, log-probs [F, k]): the draft's top-k children of each
+# frontier node (-1 = the root), most probable first; `tree` holds every node created so far.
+Expand = Callable[[torch.Tensor, "Tree"], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Tree:
+    tokens: torch.Tensor  # [N] long
+    parents: torch.Tensor  # [N] long, -1 = child of the root
+    depths: torch.Tensor  # [N] long, 1 = child of the root
+
+    def __post_init__(self) -> None:
+        n = self.tokens.shape[0]
+        if self.tokens.dim() != 1 or self.parents.shape != (n,) or self.depths.shape != (n,):
+            raise AdaspecError(f"tree tensors must all be 1-D of one length, got tokens {tuple(self.tokens.shape)}"
+                               f", parents {tuple(self.parents.shape)}, depths {tuple(self.depths.shape)}")
+        parents, depths = self.parents.tolist(), self.depths.tolist()
+        for i, (p, d) in enumerate(zip(parents, depths)):
+            if not -1 <= p < i:
+                raise AdaspecError(f"tree node {i} has parent {p}: nodes must come after their parent")
+            if d != (1 if p < 0 else depths[p] + 1):
+                raise AdaspecError(f"tree node {i} has depth {d}, but its parent {p} is at depth "
+                                   f"{0 if p < 0 else depths[p]}")
+
+    @property
+    def size(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def depth(self) -> int:
+        return int(self.depths.max()) if self.size else 0
+
+    @classmethod
+    def chain(cls, tokens: torch.Tensor) -> Tree:
+        """A chain of proposals: the tree of width 1."""
+        n = tokens.shape[0]
+        return cls(tokens.long(), torch.arange(-1, n - 1), torch.arange(1, n + 1))
+
+    @classmethod
+    def from_paths(cls, paths: Sequence[Sequence[int]], candidates: torch.Tensor) -> Tree:
+        """A static tree from Medusa-style rank paths and per-depth candidates [D, k] (token ids).
+
+        Every prefix of a path must itself be a path. Nodes are ordered by (depth, path), so a parent
+        comes first and siblings are tried by rank.
+        """
+        paths = sorted({tuple(int(r) for r in p) for p in paths}, key=lambda p: (len(p), p))
+        index = {p: i for i, p in enumerate(paths)}
+        parents, depths, tokens = [], [], []
+        for p in paths:
+            if not p:
+                raise AdaspecError("tree paths must not be empty (the root is implicit)")
+            if len(p) > candidates.shape[0] or max(p) >= candidates.shape[1] or min(p) < 0:
+                raise AdaspecError(f"tree path {list(p)} needs candidates beyond the "
+                                   f"{candidates.shape[0]} x {candidates.shape[1]} given")
+            if len(p) > 1 and p[:-1] not in index:
+                raise AdaspecError(f"tree path {list(p)} has no parent path {list(p[:-1])}")
+            parents.append(index[p[:-1]] if len(p) > 1 else -1)
+            depths.append(len(p))
+            tokens.append(candidates[len(p) - 1, p[-1]])
+        device = candidates.device
+        return cls(torch.stack(tokens).long() if tokens else torch.empty(0, dtype=torch.long, device=device),
+                   torch.tensor(parents, dtype=torch.long, device=device),
+                   torch.tensor(depths, dtype=torch.long, device=device))
+
+    def ancestors(self) -> list[list[int]]:
+        """For each node, the node ids on its root-to-node path, itself last."""
+        out: list[list[int]] = []
+        for i, p in enumerate(self.parents.tolist()):
+            out.append((out[p] if p >= 0 else []) + [i])
+        return out
+
+    def children(self) -> list[list[int]]:
+        """children()[0] = the root's children, children()[i+1] = node i's, in verification order."""
+        out: list[list[int]] = [[] for _ in range(self.size + 1)]
+        for i, p in enumerate(self.parents.tolist()):
+            out[p + 1].append(i)
+        return out
+
+    def leaves(self) -> list[int]:
+        has_child = set(self.parents.tolist())
+        return [i for i in range(self.size) if i not in has_child]
+
+    def attention_mask(self) -> torch.Tensor:
+        """[N+1, N+1] bool, root first: entry (a, b) is True when b is a itself or one of its ancestors."""
+        n = self.size
+        mask = torch.zeros(n + 1, n + 1, dtype=torch.bool)
+        mask[:, 0] = True
+        rows = torch.arange(1, n + 1)
+        up = torch.arange(n)  # walk every node up to the root together: one step per depth
+        parents = self.parents.cpu()
+        while up.numel():
+            mask[rows, up + 1] = True
+            up = parents[up]
+            alive = up >= 0
+            rows, up = rows[alive], up[alive]
+        return mask.to(self.tokens.device)
+
+    def position_ids(self, prefix_length: int) -> torch.Tensor:
+        """[N+1] positions of root and nodes when the cache holds `prefix_length` tokens before the root."""
+        depths = torch.cat([self.depths.new_zeros(1), self.depths])
+        return depths + prefix_length
+
+
+def build_dynamic_tree(expand: Expand, top_k: int = EAGLE_TOP_K, depth: int = EAGLE_DEPTH,
+                       total_tokens: int = EAGLE_TOTAL_TOKENS) -> Tree:
+    """EAGLE-2's dynamic tree: `depth` rounds of expansion of a top-k frontier, then the best nodes.
+
+    Round 1 expands the root into its top_k children, which form the frontier. Each later round expands
+    every frontier node into its top_k children and keeps the top_k of those k*k candidates, by
+    cumulative draft log-probability (the sum along the path), as the next frontier. All candidates ever
+    created are then ranked by cumulative log-probability and the best `total_tokens` kept. A child's
+    score never exceeds its parent's (log-probabilities are <= 0) and ties are broken towards lower depth
+    and earlier creation, so the kept set contains every kept node's ancestors. Kept nodes stay in
+    creation order: depth by depth, siblings by draft probability.
+    """
+    for name, value in (("top_k", top_k), ("depth", depth), ("total_tokens", total_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AdaspecError(f"tree {name} must be an integer >= 1, got {value!r}")
+    tokens: list[torch.Tensor] = []
+    parents: list[torch.Tensor] = []
+    depths: list[torch.Tensor] = []
+    scores: list[torch.Tensor] = []
+    frontier = torch.full((1,), -1, dtype=torch.long)
+    frontier_scores = torch.zeros(1)
+    created = 0
+    for d in range(1, depth + 1):
+        partial = _tree_of(tokens, parents, depths)
+        child_tokens, child_logp = expand(frontier, partial)
+        k = child_tokens.shape[1]
+        if child_tokens.shape != child_logp.shape or child_tokens.shape[0] != frontier.shape[0] or k > top_k:
+            raise AdaspecError(f"tree expand returned tokens {tuple(child_tokens.shape)} and log-probs "
+                               f"{tuple(child_logp.shape)} for {frontier.shape[0]} nodes (top_k {top_k})")
+        device = child_tokens.device
+        cum = (frontier_scores.to(device).unsqueeze(1) + child_logp.float().clamp_max(0.0)).flatten()
+        tokens.append(child_tokens.flatten().long())
+        parents.append(frontier.to(device).repeat_interleave(k))
+        depths.append(torch.full((cum.shape[0],), d, dtype=torch.long, device=device))
+        scores.append(cum)
+        best = cum.topk(min(top_k, cum.shape[0])).indices.sort().values  # stays in creation order
+        frontier, frontier_scores = best + created, cum[best]
+        created += cum.shape[0]
+    all_scores = torch.cat(scores)
+    all_depths = torch.cat(depths)
+    # Rank by (score desc, depth asc, creation asc): a stable sort on score of the creation-ordered nodes
+    # (which are depth-major) gives exactly that, so ancestors precede descendants in the ranking.
+    order = torch.sort(all_scores, descending=True, stable=True).indices
+    keep = order[:total_tokens].sort().values
+    new_index = torch.full((created,), -1, dtype=torch.long, device=keep.device)
+    new_index[keep] = torch.arange(keep.shape[0], device=keep.device)
+    old_parents = torch.cat(parents)[keep]
+    kept_parents = torch.where(old_parents < 0, old_parents, new_index[old_parents.clamp_min(0)])
+    return Tree(torch.cat(tokens)[keep], kept_parents, all_depths[keep])
+
+
+def _tree_of(tokens: list[torch.Tensor], parents: list[torch.Tensor], depths: list[torch.Tensor]) -> Tree:
+    if not tokens:
+        empty = torch.empty(0, dtype=torch.long)
+        return Tree(empty, empty, empty)
+    return Tree(torch.cat(tokens), torch.cat(parents), torch.cat(depths))

@@ -1,0 +1,67 @@
+"""Llama-style building blocks shared by the feature-head drafters (EAGLE, MTP, Medusa).
+
+Written out rather than borrowed from transformers' Llama modules so the heads do not depend on a config
+object or on how a transformers release names its internals; the math is the Llama one that vLLM and
+SGLang implement, so exported weights mean the same thing there.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """Llama's RMSNorm: x / rms(x) * weight, computed in float32 and cast back."""
+
+    def __init__(self, size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class GatedMLP(nn.Module):
+    """Llama's MLP: down(silu(gate(x)) * up(x)), no biases."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([-b, a], dim=-1)
+
+
+def apply_rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
+    """Llama (NeoX-style, rotate-half) rotary embedding over the full head dim.
+
+    x [B, heads, T, head_dim]; positions [T] or [B, T] (integer positions, may exceed T with a cache).
+    """
+    head_dim = x.shape[-1]
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=x.device, dtype=torch.float32) / head_dim)
+    angles = positions.to(x.device, torch.float32)[..., None] * inv_freq  # [..., T, head_dim / 2]
+    angles = torch.cat([angles, angles], dim=-1)
+    if angles.dim() == 3:  # per-batch positions: broadcast over heads
+        angles = angles[:, None]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+def repeat_kv(x: Tensor, groups: int) -> Tensor:
+    """[B, kv_heads, T, d] -> [B, kv_heads * groups, T, d] for grouped-query attention."""
+    if groups == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, groups, t, d).reshape(b, h * groups, t, d)

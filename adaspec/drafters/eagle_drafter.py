@@ -1,0 +1,97 @@
+"""The EAGLE head as a chain drafter of the speculative-decoding engine (adaspec.drafters.base.Drafter).
+
+State between steps, with seq[:n] accepted: the head's KV cache holds its pairs (h_p, seq[p+1]) built from
+REAL target features for p < `real`, and `pending` holds the projected target features of positions
+real..n-2 that arrived with the last verification. A step first runs the pending pairs (one forward: the
+features the target just produced for the accepted tokens), whose last output gives proposal 1; each
+further proposal is one single-pair forward fed the head's own output and the proposal before. Accepting
+crops the cache back to the real pairs, because the draft pairs were built on the head's own features,
+not the target's (as the EAGLE reference re-runs them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from adaspec.decoding.sampling import logits_to_probs, sample
+from adaspec.drafters.draft_vocab import to_target_space
+from adaspec.drafters.eagle import EagleHead, HeadCache
+from adaspec.errors import AdaspecError
+from adaspec.models import output_vocab_size
+
+
+def load_target_check(head_vocab: int, target_vocab: int, path: str) -> None:
+    if head_vocab != target_vocab:
+        raise AdaspecError(f"the head in {path} was trained for a {head_vocab}-token vocabulary, the target "
+                           f"has {target_vocab}")
+
+
+class EagleDrafter:
+    max_gamma: int | None = None
+
+    def __init__(self, head: EagleHead):
+        self.head = head.eval()
+        self.hidden_layers: tuple[int, ...] = head.config.hidden_layers
+        self.device = head.fc.weight.device
+        self.cache, self.real, self.pending = HeadCache(), 0, None
+
+    @classmethod
+    def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> "EagleDrafter":
+        """The drafter of a head saved by `train-head --kind eagle`, on the target's device and dtype."""
+        p = next(target.parameters())
+        head = EagleHead.from_pretrained(path).to(device=p.device, dtype=p.dtype)
+        load_target_check(head.config.vocab_size, vocab or output_vocab_size(target), path)
+        return cls(head)
+
+    def _project(self, hidden: Tensor) -> Tensor:
+        """[layers, m, H_target] target features -> [m, H] the layer reads (layers concatenated in order)."""
+        m = hidden.shape[1]
+        return self.head.project(hidden.to(self.device).permute(1, 0, 2).reshape(m, -1))
+
+    def _take(self, hidden: Tensor | None) -> None:
+        if hidden is None or hidden.shape[1] == 0:
+            return
+        new = self._project(hidden)
+        self.pending = new if self.pending is None else torch.cat([self.pending, new])
+
+    @torch.no_grad()
+    def prefill(self, prompt: Tensor, hidden: Tensor | None) -> None:
+        self.cache, self.real, self.pending = HeadCache(), 0, None
+        self._take(hidden)
+
+    @torch.no_grad()
+    def propose(self, seq: Tensor, n: int, gamma: int, temperature: float, top_p: float,
+                generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+        vocab = self.head.config.vocab_size
+        m = 0 if self.pending is None else self.pending.shape[0]
+        if self.real + m != n - 1:
+            raise RuntimeError(f"EAGLE drafter out of step: {self.real} cached + {m} pending features for "
+                               f"{n} accepted tokens")
+        if n == 1:  # no target feature exists before the first verification: nothing to draft from
+            return (torch.empty(0, dtype=torch.long, device=self.device),
+                    None if temperature == 0 else torch.zeros(0, vocab, device=self.device))
+        tokens = seq[self.real + 1:n].to(self.device)[None]
+        positions = torch.arange(self.real, n - 1, device=self.device)
+        hidden = self.head.step(tokens, self.pending[None], positions, self.cache.attend)[:, -1:]
+        self.real, self.pending = n - 1, None
+        proposals, draft_probs = [], []
+        for i in range(gamma):
+            logits = self.head.logits(hidden)[0, -1].float()
+            if temperature == 0:
+                token = self.head.draft_to_target(logits.argmax(-1, keepdim=True))
+            else:
+                q = to_target_space(logits_to_probs(logits, temperature, top_p), self.head.d2t, vocab)
+                token = sample(q, generator)
+                draft_probs.append(q)
+            proposals.append(token)
+            if i + 1 < gamma:
+                pos = torch.tensor([self.cache.length], device=self.device)
+                hidden = self.head.step(token[None], hidden, pos, self.cache.attend)
+        return torch.cat(proposals), torch.stack(draft_probs) if draft_probs else None
+
+    @torch.no_grad()
+    def accept(self, n: int, hidden: Tensor | None) -> None:
+        self.cache.crop(self.real)
+        self._take(hidden)

@@ -1,0 +1,257 @@
+"""One benchmark of every drafter, side by side: the same prompts, one run, the methods in a rotating order,
+medians over repeats (`benchmarks/drafters.py` is the command line).
+
+Rows per prompt set and temperature: the target alone (adaspec's loop, the baseline every ratio is taken
+against), the target alone through transformers' `generate`, adaspec speculative decoding with each
+drafter (draft models and heads, chain of γ), transformers' assisted generation with the first draft model
+and its prompt-lookup decoding as the peers. Per row: tokens/s, ratio to the target alone, α, τ, c,
+the measured cost of verifying γ+1 tokens relative to one target forward, the speed-up predicted from the
+run's own measured forward costs (τ · t₁ / (draft time + verification time per step)) and measured /
+predicted (what the loop around the forwards costs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import PreTrainedModel
+
+from adaspec import data
+from adaspec.decoding.generate import speculative_generate, target_only_generate
+from adaspec.decoding.lean import LeanLM, lean_supported
+from adaspec.decoding.target import Clock
+from adaspec.drafters.base import Drafter
+from adaspec.drafters.loading import load_drafter
+from adaspec.errors import AdaspecError
+from adaspec.evaluation.speed import Run, forward_ms, timed_rounds
+from adaspec.io import atomic_write_json
+from adaspec.metrics import SpecStats
+from adaspec.models import check_vocab_compatible, count_params, load_model, load_tokenizer, saved_tokenizer
+
+BASELINE = "target"
+
+
+def build_runs(target: PreTrainedModel, drafters: dict[str, PreTrainedModel | Drafter], gamma: int,
+               temperature: float, max_new_tokens: int, eos: int | None, seed: int = 0) -> dict[str, Run]:
+    """name -> function(ids) returning (output ids [1, n], SpecStats or None)."""
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
+        else {"do_sample": False}
+
+    def hf(ids: torch.Tensor, **kw: Any) -> tuple[torch.Tensor, None]:
+        out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                              eos_token_id=eos, pad_token_id=eos or 0, **sampling, **kw)
+        return out, None
+
+    def sd(drafter: PreTrainedModel | Drafter) -> Run:
+        return lambda ids: speculative_generate(target, drafter, ids, max_new_tokens, gamma=gamma,
+                                                temperature=temperature, eos_token_id=eos, seed=seed)
+
+    runs: dict[str, Run] = {
+        BASELINE: lambda ids: target_only_generate(target, ids, max_new_tokens, eos_token_id=eos,
+                                                   temperature=temperature, seed=seed),
+        "hf_generate": hf,
+    }
+    runs.update({f"sd_{name}": sd(d) for name, d in drafters.items()})
+    assistant = next((d for d in drafters.values() if isinstance(d, PreTrainedModel)), None)
+    if assistant is not None:
+        # assisted generation drafting exactly γ tokens per step, like adaspec's chain
+        assistant.generation_config.num_assistant_tokens = gamma
+        assistant.generation_config.num_assistant_tokens_schedule = "constant"
+        assistant.generation_config.assistant_confidence_threshold = 0.0
+        runs["hf_assisted"] = lambda ids: hf(ids, assistant_model=assistant)
+    if temperature == 0:  # transformers' prompt lookup is greedy only
+        runs["hf_prompt_lookup"] = lambda ids: hf(ids, prompt_lookup_num_tokens=gamma)
+    return runs
+
+
+def _rate(x: float) -> float | None:
+    return None if x is None or x != x else float(x)
+
+
+def rows(rounds: Any, names: list[str], verify_ratio: float) -> list[dict[str, Any]]:
+    """One row per method from the timed rounds (ratios per repeat, then the median)."""
+    base_tps = [n / t for n, t in zip(rounds.tokens[BASELINE], rounds.times[BASELINE])]
+    base: SpecStats = rounds.stats[BASELINE]
+    t1 = base.decode_time_s / max(base.emitted, 1)  # target-alone seconds per token
+    reference = rounds.outputs[BASELINE]
+    out = []
+    for name in names:
+        tps = [n / t for n, t in zip(rounds.tokens[name], rounds.times[name])]
+        row: dict[str, Any] = {
+            "method": name, "tokens_per_s": statistics.median(tps),
+            "vs_target": statistics.median(a / b for a, b in zip(tps, base_tps)),
+            "alpha": None, "alpha_drafted": None, "tau": None, "c": None, "verify_cost_ratio": None,
+            "predicted_speedup": None, "measured_over_predicted": None,
+            "outputs_differing": sum(a != b for a, b in zip(rounds.outputs[name], reference))}
+        s: SpecStats = rounds.stats[name]
+        if name.startswith("sd_") and s.steps:
+            step_s = (s.draft_time_s + s.target_time_s) / s.steps
+            predicted = s.tau * t1 / step_s if step_s > 0 else float("nan")
+            row.update(alpha=_rate(s.alpha), alpha_drafted=_rate(s.alpha_drafted), tau=_rate(s.tau), c=_rate(s.c),
+                       verify_cost_ratio=verify_ratio, predicted_speedup=_rate(predicted),
+                       measured_over_predicted=_rate(row["vs_target"] / predicted))
+        out.append(row)
+    return out
+
+
+@torch.inference_mode()
+def verify_cost(target: PreTrainedModel, ids: torch.Tensor, n: int, reps: int = 30) -> float:
+    """Time of one cached forward of `n` tokens over one of 1 token, on the decode path the runs use."""
+    if lean_supported(target) is not None:
+        return forward_ms(target, ids, n, reps) / forward_ms(target, ids, 1, reps)
+    lm = LeanLM(target, target.get_output_embeddings().weight.shape[0], "target")
+    lm.forward(ids[0])
+    clock, times = Clock(ids.device), {1: [], n: []}
+    for _ in range(reps):
+        for k in (1, n):
+            t0 = clock()
+            lm.forward(ids[0, -k:] if ids.shape[1] >= k else ids[0, :1].repeat(k), keep=k)
+            times[k].append(clock() - t0)
+            lm.crop(lm.seen - k)
+    return statistics.median(times[n]) / statistics.median(times[1])
+
+
+def _prompts(task: str, tokenizer: Any, n: int, room: int, device: torch.device) -> list[torch.Tensor]:
+    examples = data.load_task(task, "test", limit=n)
+    return [torch.tensor([data.encode_prompt(ex, tokenizer, room)], device=device) for ex in examples]
+
+
+def benchmark(target: PreTrainedModel, tokenizer: Any, drafters: dict[str, PreTrainedModel | Drafter],
+              tasks: list[str], n_prompts: int, max_new_tokens: int, gamma: int, temperatures: list[float],
+              repeats: int, context: int, seed: int = 0) -> dict[str, Any]:
+    """Every method on every task's test prompts at every temperature; a JSON-ready result."""
+    device = next(target.parameters()).device
+    eos = tokenizer.eos_token_id
+    room = context - max_new_tokens
+    if room < 1:
+        raise AdaspecError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in {context} positions")
+    verify_ratio = None
+    all_rows: list[dict[str, Any]] = []
+    for task in tasks:
+        prompts = _prompts(task, tokenizer, n_prompts, room, device)
+        if verify_ratio is None:
+            verify_ratio = verify_cost(target, prompts[0], gamma + 1)
+        for temperature in temperatures:
+            runs = build_runs(target, drafters, gamma, temperature, max_new_tokens, eos, seed)
+            names = list(runs)
+            print(f"--- {task}, temperature {temperature}: {', '.join(names)}", flush=True)
+            rounds = timed_rounds(runs, names, prompts, repeats, device)
+            for row in rows(rounds, names, verify_ratio):
+                all_rows.append({"prompts": f"{task}:test", "temperature": temperature, **row})
+    return {"target_params": count_params(target), "gamma": gamma, "n_prompts": n_prompts,
+            "max_new_tokens": max_new_tokens, "repeats": repeats, "context": context,
+            "verify_cost_ratio": verify_ratio, "decode_path": lean_supported(target) or "lean",
+            "threads": torch.get_num_threads(),
+            "device": str(device), "dtype": str(next(target.parameters()).dtype), "torch": torch.__version__, "transformers": transformers.__version__,
+            "machine": platform.processor() or platform.machine(), "rows": all_rows}
+
+
+def format_rows(result: dict[str, Any]) -> str:
+    """The terminal / README table of a result."""
+    def f(x: Any, spec: str = ".2f") -> str:
+        return "-" if x is None else format(x, spec)
+
+    lines = ["| prompts | T | method | tokens/s | vs target | α | τ | c | predicted | measured / predicted |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['prompts']} | {r['temperature']:g} | {r['method']} | {r['tokens_per_s']:.1f} | "
+                     f"{r['vs_target']:.2f}× | {f(r['alpha'])} | {f(r['tau'])} | {f(r['c'], '.3f')} | "
+                     f"{f(r['predicted_speedup'])} | {f(r['measured_over_predicted'])} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Tokens/s per method (greedy, first prompt set) and τ against the cost per step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = result["rows"][0]["prompts"]
+    rows_ = [r for r in result["rows"] if r["prompts"] == first and r["temperature"] == 0]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.barh([r["method"] for r in rows_], [r["tokens_per_s"] for r in rows_])
+    a.set_xlabel("tokens/s (greedy)")
+    a.set_title(f"{first}, target {result['target_params'] / 1e6:.1f}M params")
+    for r in rows_:
+        if r["tau"] is not None and r["tokens_per_s"]:
+            cost = r["tau"] / r["tokens_per_s"] * 1e3  # ms per step
+            b.scatter(cost, r["tau"])
+            b.annotate(r["method"], (cost, r["tau"]), fontsize=8)
+    b.set_xlabel("ms per speculative step")
+    b.set_ylabel("τ (tokens per target forward)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _named(values: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise AdaspecError(f"{what} must be NAME=DIR, got {v!r}")
+        out[name] = path
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--target", required=True, help="target model directory")
+    p.add_argument("--draft", nargs="*", default=[], help="draft models as NAME=DIR (e.g. distillspec=runs/...)")
+    p.add_argument("--head", nargs="*", default=[], help="heads as KIND=DIR or KIND:NAME=DIR, KIND one of "
+                   "eagle, mtp, medusa (e.g. eagle=runs/heads/eagle)")
+    p.add_argument("--tasks", nargs="+", default=["gsm8k"], help="tasks whose test prompts are decoded")
+    p.add_argument("--n-prompts", type=int, default=10)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--gamma", type=int, default=3)
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--context", type=int, default=256, help="positions prompt + continuation may use")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="weights' dtype (bfloat16 on a GPU)")
+    p.add_argument("--pair", default="small", help="name of the model pair, for the output file")
+    p.add_argument("--out", default=None, help="JSON path (default results/benchmarks/drafters_<pair>.json)")
+    args = p.parse_args(argv)
+    try:
+        torch.set_num_threads(args.threads)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = getattr(torch, args.dtype)
+        target = load_model(args.target, device=device, dtype=dtype)
+        tokenizer = load_tokenizer(args.target)
+        drafters: dict[str, PreTrainedModel | Drafter] = {}
+        for name, path in _named(args.draft, "--draft").items():
+            model = load_model(path, device=device, dtype=dtype)
+            check_vocab_compatible(target, model, tokenizer, saved_tokenizer(path), names=("target", name))
+            drafters[name] = model
+        for spec, path in _named(args.head, "--head").items():
+            kind, _, name = spec.partition(":")
+            drafters[name or kind] = load_drafter(kind, path, target)
+        result = benchmark(target, tokenizer, drafters, args.tasks, args.n_prompts, args.max_new_tokens,
+                           args.gamma, args.temperatures, args.repeats, args.context)
+    except AdaspecError as exc:
+        print(f"benchmarks/drafters.py: error: {exc}", file=sys.stderr)
+        return 2
+    result = {"pair": args.pair, "command": shlex.join(["python", "benchmarks/drafters.py", *(argv or sys.argv[1:])]),
+              **result}
+    out = Path(args.out or f"results/benchmarks/drafters_{args.pair}.json")
+    atomic_write_json(out, result)
+    print(format_rows(result))
+    try:
+        plot(result, out.with_suffix(".png"))
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

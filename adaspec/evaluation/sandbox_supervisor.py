@@ -1,0 +1,160 @@
+"""The process adaspec starts to run one untrusted candidate (see adaspec/evaluation/sandbox.py).
+
+Run as a script (`python -I -S sandbox_supervisor.py`), standard library only, possibly as PID 1 of fresh
+network, PID and mount namespaces. Protocol on stdin: an 8-byte length, a JSON request of that length, then
+the pass token. The candidate is forked *before* the token is read, so the token never enters its memory;
+the verdict (token, exit status, whether the harness finished) goes to stdout, which the candidate cannot
+reach: its own stdin, stdout and stderr are /dev/null and it runs as another uid or non-dumpable.
+"""
+
+import builtins
+import ctypes
+import json
+import os
+import resource
+import secrets
+import signal
+import sys
+import time
+
+# Imported before the privileges are dropped: the interpreter's library may not be readable by `nobody`.
+PRELOAD = ("array", "bisect", "cmath", "collections", "copy", "datetime", "decimal", "fractions", "functools",
+           "encodings.idna", "heapq", "importlib", "itertools", "json", "math", "operator", "random", "re", "socket",
+           "statistics", "string", "struct", "subprocess", "typing")
+NOBODY = 65534
+_MS_NOSUID, _MS_NODEV = 2, 4
+_CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = os.read(fd, n - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _hide(paths: list, libc) -> list:
+    """Mount an empty private tmpfs over each existing folder; returns the ones hidden."""
+    hidden = []
+    for path in paths:
+        if os.path.isdir(path) and not os.path.islink(path) and os.path.realpath(path) != "/":
+            if libc.mount(b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"size=16m,mode=755") == 0:
+                hidden.append(path)
+    return hidden
+
+
+def _isolate_filesystem(request: dict) -> str | None:
+    """In our own mount namespace: hide folders, give the candidate a fresh tmpfs home; its path or None."""
+    if os.getpid() != 1 or not request["namespaces"]:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not _hide(["/tmp"], libc):
+        return None
+    _hide(request["hide"], libc)
+    workdir = "/tmp/work"
+    os.mkdir(workdir, 0o700)
+    if request["drop_uid"]:
+        os.chown(workdir, NOBODY, NOBODY)
+    return workdir
+
+
+def _lock_mounts() -> None:
+    """Without root: a nested user and mount namespace, so the candidate's capabilities there cannot
+    unmount the folders hidden above (inherited mounts are locked); it keeps its own uid, mapped to itself."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare")
+    for name, text in (("setgroups", "deny"), ("uid_map", "0 0 1"), ("gid_map", "0 0 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+def _limit(request: dict) -> None:
+    cpu = request["cpu_seconds"]
+    for limit, soft, hard in ((resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_CORE, 0, 0),
+                              (resource.RLIMIT_AS, request["memory_bytes"], request["memory_bytes"]),
+                              (resource.RLIMIT_FSIZE, request["file_bytes"], request["file_bytes"])):
+        resource.setrlimit(limit, (soft, hard))
+    if request["forbid_processes"]:
+        # set after setuid, so exec still works; 0 means any fork or thread of this uid fails
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+
+
+def _candidate(request: dict, workdir: str, nonce: bytes, done_w: int) -> None:
+    """The forked child: drop privileges, then run code, setup and asserts; never returns."""
+    status = 1
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, done_w)
+        os.closerange(done_w + 1, 1 << 16)
+        if request["drop_uid"]:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+        elif request["namespaces"]:
+            _lock_mounts()
+        os.chdir(workdir)
+        _limit(request)
+        scope = {"__name__": "__main__", "__builtins__": builtins}
+        for source in [request["code"], request["setup"], *request["tests"]]:
+            exec(compile(source, "<candidate>", "exec"), scope)
+        os.write(done_w, nonce)
+        status = 0
+    except BaseException:  # noqa: BLE001 -- any failure of untrusted code is a fail, never a crash here
+        status = 1
+    os._exit(status)
+
+
+def _wait(pid: int, timeout: float) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.002)
+    return None
+
+
+def main() -> None:
+    for name in PRELOAD:
+        __import__(name)
+    size = int.from_bytes(_read_exact(0, 8), "big")
+    request = json.loads(_read_exact(0, size))
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: a same-uid candidate cannot read us
+    workdir = _isolate_filesystem(request) or request["workdir"]
+    if request["drop_uid"] and workdir == request["workdir"]:
+        os.chown(workdir, NOBODY, NOBODY)
+    nonce = secrets.token_hex(16).encode()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(done_r)
+        _candidate(request, workdir, nonce, done_w)
+    os.close(done_w)
+    token = os.read(0, 256).decode().strip()  # only now: the candidate's memory never held it
+    code = _wait(pid, request["timeout"])
+    if code is None:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    if os.getpid() == 1:
+        try:
+            os.kill(-1, signal.SIGKILL)  # everything left in our PID namespace
+        except ProcessLookupError:
+            pass
+    os.set_blocking(done_r, False)
+    try:
+        finished = os.read(done_r, 64) == nonce
+    except BlockingIOError:
+        finished = False
+    sys.stdout.write(json.dumps({"token": token, "exit": code, "finished": finished}) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""`adaspec train-head`: one command, one options dataclass, for every head family on a frozen target.
+
+--kind eagle         an EAGLE-3 / EAGLE-1 feature head, training-time-test unroll (adaspec.training.eagle_head)
+--kind mtp|medusa    DeepSeek-style MTP modules or Medusa heads, one loss per depth
+                     (adaspec.training.multi_token_head)
+Both run on the shared training loop with the divergences of adaspec.distill.losses and AdaSPEC's per-step
+(per-depth) selection against a reference head trained with --method kd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from adaspec.distill import selection
+from adaspec.errors import AdaspecError
+from adaspec.options import helptext
+from adaspec.training.loop import OnStep
+from adaspec.training.options import TrainOptions
+from adaspec.training.run_fingerprint import Run, open_run, path_fingerprint
+
+DEFAULT_DEPTH = {"mtp": 3, "medusa": 4}
+
+
+@dataclass(kw_only=True)
+class TrainHeadOptions(TrainOptions):
+    """Train a drafter head on a frozen target: plain KD, or AdaSPEC selection per step against a KD head."""
+
+    target: str = field(metadata=helptext("target model directory (its tokenizer is used); stays frozen"))
+    kind: Literal["eagle", "mtp", "medusa"] = field(default="eagle", metadata=helptext(
+        "eagle: one layer on fused target features; mtp: sequential modules; medusa: parallel heads"))
+    method: Literal["kd", "adaspec"] = field(default="kd", metadata=helptext(
+        "kd: every response token at every step; adaspec: per-step selective KD against --ref"))
+    ref: str | None = field(default=None, metadata=helptext("reference head directory (required by adaspec)"))
+    k: float = field(default=0.4, metadata=helptext("fraction of response tokens kept per step"))
+    selection: Literal["top", "bottom", "random", "all"] = field(default="top", metadata=helptext(
+        "which tokens by Δ: top (AdaSPEC), bottom, random, all (= plain KD)"))
+    loss: Literal["fkl", "rkl", "tvd", "jsd", "ce"] = field(default="fkl", metadata=helptext(
+        "per-token loss: a divergence to the target's own distribution, or ce on the data token (mtp/medusa)"))
+    beta: float = field(default=0.5, metadata=helptext("JSD mixture weight"))
+    temperature: float = field(default=1.0, metadata=helptext("distillation temperature"))
+    init_seed: int = field(default=0, metadata=helptext("seed of the head's initial weights"))
+    val_max_new_tokens: int = field(default=96, metadata=helptext("length of the target continuations scored"))
+    # --kind eagle
+    variant: Literal["eagle3", "eagle1"] = field(default="eagle3", metadata=helptext(
+        "eagle: eagle3 fuses three target layers; eagle1 reads the final normed state only"))
+    aux_layers: str | None = field(default=None, metadata=helptext(
+        "eagle3: target layers, e.g. 1,5,9 (default: the reference's low/middle/high)"))
+    draft_vocab: int = field(default=0, metadata=helptext(
+        "eagle: draft vocabulary of the N most frequent response tokens (0: the full vocabulary)"))
+    ttt_steps: int = field(default=7, metadata=helptext("eagle: training-time-test unroll steps per position"))
+    step_decay: float = field(default=0.8, metadata=helptext("eagle: weight of unroll step j is decay**j"))
+    feature_weight: float = field(default=0.0, metadata=helptext(
+        "eagle1: feature-regression (smooth-L1) weight; the reference uses 10x the token loss's weight"))
+    # --kind mtp / medusa
+    depth: int | None = field(default=None, metadata=helptext(
+        "mtp/medusa: modules or heads = most tokens proposed per step (default: 3 for mtp, 4 for medusa)"))
+    medusa_layers: int = field(default=1, metadata=helptext("medusa: residual blocks per head"))
+    shared_head: bool = field(default=False, metadata=helptext(
+        "medusa: use the target's frozen output head instead of one trained copy per head"))
+    init: str | None = field(default=None, metadata=helptext("mtp/medusa: initial heads checkpoint"))
+    lam: float = field(default=1.0, metadata=helptext("mtp/medusa: every depth weighs λ / D unless --depth-weights"))
+    depth_weights: list[float] | None = field(default=None, metadata=helptext("mtp/medusa: one weight per depth"))
+    data_source: Literal["dataset", "target"] = field(default="dataset", metadata=helptext(
+        "mtp/medusa responses: the dataset's or the target's own continuations"))
+    gen_max_new_tokens: int = field(default=128, metadata=helptext("length of target-generated responses"))
+    gen_temperature: float = field(default=0.0, metadata=helptext("temperature of generated responses"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        selection.check_k(self.k)
+        if self.method == "adaspec" and self.ref is None:
+            raise AdaspecError("--method adaspec needs --ref (a head trained with --method kd)")
+        if self.temperature <= 0 or self.gen_temperature < 0:
+            raise AdaspecError("--temperature must be > 0 and --gen-temperature >= 0")
+        if not 0 <= self.beta <= 1:
+            raise AdaspecError("--beta must be in [0, 1]")
+        if self.kind == "eagle":
+            self._check_eagle()
+        else:
+            self._check_multi_token()
+
+    def _check_eagle(self) -> None:
+        if self.loss == "ce":
+            raise AdaspecError("--loss ce is for --kind mtp/medusa; an EAGLE head distils a divergence")
+        if self.ttt_steps < 1:
+            raise AdaspecError(f"--ttt-steps must be >= 1, got {self.ttt_steps}")
+        if not 0 < self.step_decay <= 1:
+            raise AdaspecError(f"--step-decay must be in (0, 1], got {self.step_decay}")
+        if self.draft_vocab < 0:
+            raise AdaspecError(f"--draft-vocab must be >= 0, got {self.draft_vocab}")
+        if self.feature_weight < 0 or (self.feature_weight > 0 and self.variant != "eagle1"):
+            raise AdaspecError("--feature-weight must be >= 0 and applies to --variant eagle1 only")
+
+    def _check_multi_token(self) -> None:
+        from adaspec.drafters.multi_token_loss import depth_weights
+
+        if self.depth is None:
+            self.depth = DEFAULT_DEPTH[self.kind]
+        if self.depth < 1 or self.medusa_layers < 0:
+            raise AdaspecError(f"--depth must be >= 1 and --medusa-layers >= 0, got {self.depth} and "
+                               f"{self.medusa_layers}")
+        depth_weights(self.depth, self.depth_weights, self.lam)
+
+    def aux_layer_ids(self) -> tuple[int, ...] | None:
+        if self.aux_layers is None:
+            return None
+        try:
+            return tuple(int(x) for x in self.aux_layers.split(","))
+        except ValueError:
+            raise AdaspecError(f"--aux-layers must be comma-separated layer ids, got {self.aux_layers!r}") from None
+
+
+# options naming an input: their fingerprint (not their path) defines the run
+HEAD_INPUTS = {"target": path_fingerprint, "ref": path_fingerprint, "init": path_fingerprint}
+
+
+@contextlib.contextmanager
+def head_run(opts: TrainHeadOptions, accelerator: Any) -> Iterator[Run]:
+    """`run_fingerprint.open_run` for a head: output checks against its inputs, lock, fingerprint."""
+    roles = {"target": opts.target, "reference": opts.ref, "--init": opts.init, "--data": opts.data,
+             "--data-dir": opts.data_dir}
+    with open_run(opts, HEAD_INPUTS, roles, accelerator.is_main_process, accelerator.wait_for_everyone) as run:
+        yield run
+
+
+def run_train_head(opts: TrainHeadOptions, on_step: OnStep | None = None) -> None:
+    """The recipe of the head family."""
+    if opts.kind == "eagle":
+        from adaspec.training.eagle_head import run_eagle_head
+        return run_eagle_head(opts, on_step)
+    from adaspec.training.multi_token_head import run_multi_token_head
+    return run_multi_token_head(opts, on_step)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every drafter family on the `make demo` pair (runs/gsm8k/demo): trains an EAGLE-3 head, MTP modules and
+# Medusa heads with plain KD on the demo target (each resumable: rerun to continue), then benchmarks them
+# beside the DistillSpec and AdaSPEC draft models: results/benchmarks/drafters_demo.json and .png.
+#   bash benchmarks/demo_drafters.sh        (after `make demo`; STEPS=400 by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+RUN=runs/gsm8k/demo
+STEPS=${STEPS:-400}
+COMMON=(--target "$RUN/target" --task gsm8k --max-length 256 --batch-size 16 --max-steps "$STEPS" --lr 2e-3
+        --val-every 100 --val-examples 16 --val-max-new-tokens 64 --no-progress)
+export OMP_NUM_THREADS=1
+"$BIN/adaspec" train-head --kind eagle --ttt-steps 4 "${COMMON[@]}" --output "$RUN/heads/eagle"
+"$BIN/adaspec" train-head --kind mtp --depth 3 "${COMMON[@]}" --output "$RUN/heads/mtp"
+"$BIN/adaspec" train-head --kind medusa --depth 3 "${COMMON[@]}" --output "$RUN/heads/medusa"
+"$BIN/python" benchmarks/drafters.py --target "$RUN/target" --pair demo \
+    --draft distillspec="$RUN/seed0/distillspec" adaspec="$RUN/seed0/adaspec" \
+    --head eagle="$RUN/heads/eagle" mtp="$RUN/heads/mtp" medusa="$RUN/heads/medusa" \
+    --tasks gsm8k cnn_dailymail mbpp --n-prompts 10 --max-new-tokens 96 --gamma 3 --temperatures 0 1 --repeats 3

@@ -1,0 +1,93 @@
+"""Chat records are laid out by the tokenizer's chat template; only assistant turns carry labels."""
+
+import json
+
+import pytest
+
+from adaspec import chat, data
+from adaspec.errors import AdaspecError
+
+TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|endoftext|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Add 2 and 3"},
+                {"role": "assistant", "content": "It is 5."}]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    t = data.train_tokenizer([m["content"] for m in CONVERSATION] * 20 + ["<|user|> <|assistant|>"], 300)
+    t.chat_template = TEMPLATE
+    return t
+
+
+@pytest.fixture()
+def chat_file(tmp_path):
+    sharegpt = [{"from": {"user": "human", "assistant": "gpt"}.get(m["role"], m["role"]), "value": m["content"]}
+                for m in CONVERSATION]
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": CONVERSATION}) + "\n" + json.dumps({"conversations": sharegpt}) + "\n"
+                    + json.dumps({"prompt": "plain", "response": "record"}) + "\n")
+    return path
+
+
+def test_openai_and_sharegpt_records_read_alike(chat_file):
+    openai, sharegpt, plain = data.load_jsonl(chat_file)
+    assert openai.meta["messages"] == sharegpt.meta["messages"] == CONVERSATION
+    assert openai.response == "It is 5." and "user: Add 2 and 3" in openai.prompt
+    assert "messages" not in plain.meta and plain.prompt == "plain"
+
+
+def test_only_assistant_turns_are_labelled(tok, chat_file):
+    example = data.load_jsonl(chat_file)[0]
+    item = data.encode_example(example, tok, max_length=512)
+    full = tok.apply_chat_template(CONVERSATION, tokenize=False)
+    assert tok.decode(item["input_ids"]) == full
+    labelled = tok.decode([t for t, lab in zip(item["input_ids"], item["labels"]) if lab != data.IGNORE_INDEX])
+    assert labelled == "Hello!<|endoftext|>\nIt is 5.<|endoftext|>\n"
+    # the evaluation prompt: everything before the last assistant turn, ending with the generation prompt
+    prompt = tok.decode(data.encode_prompt(example, tok))
+    assert prompt == tok.apply_chat_template(CONVERSATION[:-1], tokenize=False, add_generation_prompt=True)
+    assert full.startswith(prompt) and prompt.endswith("<|assistant|>\n")
+
+
+def test_mixed_data_encodes_in_order_and_truncates_from_the_left(tok, chat_file):
+    items = data.encode(data.load_jsonl(chat_file), tok, max_length=512)
+    assert [it["index"] for it in items] == [0, 1, 2] and items[0] == {**items[1], "index": 0}
+    assert tok.decode(items[2]["input_ids"]) == "plainrecord<|endoftext|>"
+    short = data.encode_example(data.load_jsonl(chat_file)[0], tok, max_length=12)
+    assert len(short["input_ids"]) == 12 and tok.decode(short["input_ids"]).endswith("It is 5.<|endoftext|>\n")
+    assert short["labels"][0] == data.IGNORE_INDEX
+
+
+def test_refusals(tok, chat_file, tmp_path):
+    example = data.load_jsonl(chat_file)[0]
+    plain_tok = data.train_tokenizer(["a b c"] * 5, 260)
+    with pytest.raises(AdaspecError, match="chat template"):
+        data.encode_example(example, plain_tok, 64)
+    tok2 = data.train_tokenizer(["x"] * 5, 260)
+    tok2.chat_template = "{{ messages|length }}" + TEMPLATE
+    with pytest.raises(AdaspecError, match="renders earlier turns differently"):
+        data.encode_example(example, tok2, 64)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "only a question"}]}) + "\n")
+    with pytest.raises(AdaspecError, match="no assistant turn"):
+        data.load_jsonl(bad)
+    bad.write_text(json.dumps({"messages": [{"role": "wizard", "content": "x"}]}) + "\n")
+    with pytest.raises(AdaspecError, match=r"messages\[0\] needs a role"):
+        data.load_jsonl(bad)
+    assert chat.messages_of({"prompt": "x"}, "here") is None
+
+
+def test_hub_chat_datasets(monkeypatch):
+    import sys
+    import types
+
+    class FakeDataset(list):
+        column_names = ["conversations", "id"]
+
+    fake = types.SimpleNamespace(load_dataset=lambda name, config, split: FakeDataset(
+        [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}], "id": 1}]))
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    (example,) = data.load_hub("someone/chats", "train")
+    assert example.meta["messages"][1] == {"role": "assistant", "content": "Hello!"}

@@ -1,0 +1,137 @@
+"""`adaspec train-head --kind eagle` through the shared loop, and `adaspec export` of the trained head."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import cli_error, run, scalars, summary, weights
+
+from adaspec.drafters.eagle import EagleHead
+from adaspec.drafters.eagle_ttt import unroll
+from adaspec.export import load_exported
+from adaspec.models import load_model
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "12", "--no-progress",
+        "--limit", "32", "--batch-size", "8", "--ttt-steps", "3"]
+
+
+def test_train_head_kd_learns_and_resumes(tmp_path, tiny_target_dir):
+    out = tmp_path / "head"
+    assert run("train-head", "--target", tiny_target_dir, "--max-steps", 3, "--lr", 3e-3, "--warmup-steps", 0,
+               "--output", out, *FAST) == 0
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 3
+    assert run("train-head", "--target", tiny_target_dir, "--max-steps", 24, "--lr", 3e-3, "--warmup-steps", 0,
+               "--output", out, *FAST) == 0  # resumes from last/ at step 3
+    s = summary(out)
+    assert s["steps"] == 24 and 0 <= s["best_agreement"] <= 1
+    losses = [v for _, v in scalars(out, "train/loss")]
+    assert sum(losses[-4:]) < sum(losses[:4])
+    head = EagleHead.from_pretrained(out)
+    target = load_model(tiny_target_dir)
+    assert head.config.hidden_layers == (0, 0, 0)  # a 2-layer target: the clamped default
+    assert torch.equal(head.embed_tokens.weight, target.get_input_embeddings().weight)  # frozen copy
+    assert "agreement_step1" in s["history"][-1]
+
+
+def test_train_head_adaspec_selection_and_reduced_vocabulary(tmp_path, tiny_target_dir):
+    ref = tmp_path / "ref"
+    common = ["--target", tiny_target_dir, "--draft-vocab", 100, "--max-steps", 2, *FAST]
+    assert run("train-head", *common, "--output", ref) == 0
+    out = tmp_path / "adaspec"
+    assert run("train-head", *common, "--method", "adaspec", "--ref", ref, "--k", 0.5, "--output", out) == 0
+    kept = [v for _, v in scalars(out, "train/kept_fraction")]
+    assert all(0.45 < v < 0.55 for v in kept), kept
+    head = EagleHead.from_pretrained(out)
+    assert head.config.draft_vocab_size == 100 and int(head.t2d.sum()) == 100
+    assert torch.equal(head.d2t, EagleHead.from_pretrained(ref).d2t)
+
+
+def test_train_head_eagle1_then_export(tmp_path, tiny_target_dir, capsys):
+    out = tmp_path / "head"
+    assert run("train-head", "--target", tiny_target_dir, "--variant", "eagle1", "--feature-weight", 1.0,
+               "--max-steps", 2, "--output", out, *FAST) == 0
+    assert scalars(out, "train/feature_loss")
+    exported = tmp_path / "served"
+    assert run("export", "--head", out, "--output", exported, "--dtype", "float32") == 0
+    config = json.loads((exported / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLMEagle"]
+    target = load_model(tiny_target_dir)
+    head, back = EagleHead.from_pretrained(out), load_exported(exported, target=target)
+    feats, ids = torch.randn(1, 6, 32), torch.randint(0, 320, (1, 6))
+    with torch.no_grad():
+        assert torch.equal(unroll(back, feats, ids, 2).logits, unroll(head, feats, ids, 2).logits)
+
+
+def test_train_head_errors(tmp_path, tiny_target_dir, capsys):
+    assert "needs --ref" in cli_error(capsys, "train-head", "--target", tiny_target_dir, "--method", "adaspec",
+                                      "--output", tmp_path / "x")
+    assert "eagle1 only" in cli_error(capsys, "train-head", "--target", tiny_target_dir, "--feature-weight", 1,
+                                      "--output", tmp_path / "x")
+    assert "out of range" in cli_error(capsys, "train-head", "--target", tiny_target_dir, "--aux-layers", "0,1,2",
+                                       "--output", tmp_path / "x", *FAST)
+    out = tmp_path / "head"
+    assert run("train-head", "--target", tiny_target_dir, "--max-steps", 1, "--output", out, *FAST) == 0
+    assert "too shallow" in cli_error(capsys, "export", "--head", out, "--output", tmp_path / "e")
+    assert "not an EAGLE head checkpoint" in cli_error(capsys, "export", "--head", tmp_path / "none",
+                                                      "--output", tmp_path / "e")
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, tiny_target_dir):
+    """--batch-size is the global micro-batch: 2 processes x 4 sequences = 1 process x 8, same gradient."""
+    args = ["--target", tiny_target_dir, "--max-steps", 3, "--lr", 3e-3, "--val-every", 0, *FAST]
+    single = tmp_path / "single"
+    assert run("train-head", *args, "--output", single) == 0
+    multi = tmp_path / "multi"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "adaspec.cli", "train-head", *map(str, args), "--output", str(multi)]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("head: ") == 1, proc.stdout  # one process group, not two runs
+    assert summary(multi)["steps"] == summary(single)["steps"] == 3
+    wm, ws = weights(multi), weights(single)
+    assert wm.keys() == ws.keys()
+    for k in wm:
+        if wm[k].is_floating_point():
+            torch.testing.assert_close(wm[k], ws[k], atol=1e-5, rtol=0, msg=k)
+        else:
+            assert torch.equal(wm[k], ws[k]), k
+    for (s1, a), (s2, b) in zip(scalars(multi, "train/loss"), scalars(single, "train/loss")):
+        assert s1 == s2 and a == pytest.approx(b, rel=1e-4)
+
+
+def test_head_loss_agrees_with_the_shared_multi_step_loss(tiny_target_dir):
+    from adaspec.distill.steps import multi_step_loss, step_divergences
+    from adaspec.drafters.draft_vocab import restrict_to_draft
+    from adaspec.drafters.eagle_ttt import step_weights
+    from adaspec.training.eagle_head import HeadLoss, target_signal
+    from adaspec.training.head_options import TrainHeadOptions
+
+    target = load_model(tiny_target_dir)
+    head = EagleHead.from_target(target)
+    opts = TrainHeadOptions(target=str(tiny_target_dir), output="unused", ttt_steps=3)
+    ids = torch.randint(0, 320, (2, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :5] = -100  # prompts of 5 tokens: index 0 (no prediction in the unroll) is never scored
+    labels[1, 10:] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    per_token, kept, _ = HeadLoss(opts, target, None, 320)(head, batch, 0)
+    logits, feats = target_signal(target, ids, batch["attention_mask"], head.config.hidden_layers)
+    step_logits = list(unroll(head, feats, ids, 3).logits)
+    divs = step_divergences("fkl", restrict_to_draft(logits, head.d2t), step_logits)
+    response = labels[:, 1:] != -100
+    shared, _ = multi_step_loss(divs, response, step_weights(3).tolist())
+    # the same weighted terms at the same positions (step j's value at t placed at t + j)
+    torch.testing.assert_close(per_token.sum(), shared.sum())
+    assert float(per_token.detach()[~response].abs().sum()) == 0.0
+    assert torch.equal(kept, response)
