@@ -84,3 +84,13 @@ def test_lock_of_another_host_is_refused(tmp_path):
     with pytest.raises(AdaspecError, match="on elsewhere"):
         with output_lock(tmp_path):
             pass
+
+
+def test_export_and_train_head_never_write_over_their_inputs(capsys, tmp_path):
+    from helpers import cli_error
+
+    head = tmp_path / "head"
+    head.mkdir()
+    assert "is the --head" in cli_error(capsys, "export", "--head", head, "--output", head)
+    assert "lies inside the target" in cli_error(capsys, "train-head", "--target", head, "--output", head / "x")
+    assert list(head.iterdir()) == []

@@ -11,6 +11,7 @@ from adaspec.drafters.eagle import EagleHead
 from adaspec.errors import AdaspecError
 from adaspec.export.eagle import export_eagle1, export_eagle3
 from adaspec.options import helptext
+from adaspec.safety import guarded_output
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -28,6 +29,11 @@ class ExportOptions:
 
 
 def run_export(opts: ExportOptions) -> int:
+    with guarded_output(opts.output, {"--head": opts.head}):
+        return _export(opts)
+
+
+def _export(opts: ExportOptions) -> int:
     head = EagleHead.from_pretrained(opts.head)
     fmt = opts.format or head.config.variant
     if fmt != head.config.variant:
