@@ -24,8 +24,9 @@ def check_finite(opts: Any) -> None:
     """Every float option must be a finite number (argparse's float() accepts nan and inf)."""
     for f in dataclasses.fields(opts):
         value = getattr(opts, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise AdaspecError(f"{flag(f.name)} must be a finite number, got {value}")
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise AdaspecError(f"{flag(f.name)} must be a finite number, got {v}")
 
 
 def check_range(opts: Any, name: str, low: float | None = None, high: float | None = None,

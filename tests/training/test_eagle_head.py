@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import cli_error, run, scalars, summary, weights
+from helpers import cli_error, options_from, run, scalars, summary, weights
 
 from adaspec.drafters.eagle import EagleHead
 from adaspec.drafters.eagle_ttt import unroll
@@ -24,12 +24,20 @@ FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "12
 
 
 def test_train_head_kd_learns_and_resumes(tmp_path, tiny_target_dir):
+    from adaspec.training.head_options import run_train_head
+
     out = tmp_path / "head"
-    assert run("train-head", "--target", tiny_target_dir, "--max-steps", 3, "--lr", 3e-3, "--warmup-steps", 0,
-               "--output", out, *FAST) == 0
+    args = ["train-head", "--target", tiny_target_dir, "--max-steps", 24, "--lr", 3e-3, "--warmup-steps", 0,
+            "--save-every", 3, *FAST]
+
+    def stop_at_step_3(step: int, batches: list) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_train_head(options_from(args, "--output", out), on_step=stop_at_step_3)
     assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 3
-    assert run("train-head", "--target", tiny_target_dir, "--max-steps", 24, "--lr", 3e-3, "--warmup-steps", 0,
-               "--output", out, *FAST) == 0  # resumes from last/ at step 3
+    assert run(*args, "--output", out) == 0  # the same run again: resumes from last/ at step 3
     s = summary(out)
     assert s["steps"] == 24 and 0 <= s["best_agreement"] <= 1
     losses = [v for _, v in scalars(out, "train/loss")]

@@ -34,6 +34,8 @@ FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8"
     ("distill", "--k", "nan", "--k must be a finite number"),
     ("distill", "--val-max-new-tokens", "0", "--val-max-new-tokens must be >= 1"),
     ("train-target", "--lr", "inf", "--lr must be a finite number"),
+    ("train-head", "--step-decay", "nan", "--step-decay must be a finite number"),
+    ("train-head", "--lam", "inf", "--lam must be a finite number"),
     ("cache", "--temperature", "inf", "--temperature must be a finite number"),
     ("eval", "--temperature", "nan", "--temperature must be a finite number"),
     ("eval", "--top-p", "nan", "--top-p must be a finite number"),
@@ -44,6 +46,7 @@ def test_bad_numbers_are_refused_in_one_line(capsys, tmp_path, command, flag, va
     t, d = tmp_path / "no_target", tmp_path / "no_draft"
     needs = {"distill": ["--target", t, "--output", tmp_path / "o"],
              "train-target": ["--output", tmp_path / "o", "--data", tmp_path / "no.jsonl"],
+             "train-head": ["--target", t, "--output", tmp_path / "o"],
              "cache": ["--target", t, "--output", tmp_path / "o"],
              "eval": ["--target", t, "--draft", d],
              "generate": ["--target", t, "--draft", d, "--prompt", "p"]}[command]
