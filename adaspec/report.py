@@ -284,9 +284,34 @@ def write_official(command: str, task: str, preset_name: str, preset: Any, evals
     path = outdir / "results.json"
     res = json.loads(path.read_text()) if path.exists() else {"task": task, "preset": preset_name}
     res[OFFICIAL] = block
+    _official_plot(block, task, outdir)
     plots = sorted(p.name for p in outdir.glob("*.png"))
     _write(res, plots, outdir)
     return block
+
+
+def _official_plot(block: dict, task: str, outdir: Path) -> None:
+    """Validation α against optimizer steps, every official-protocol run (first seed)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    seed = str(block["seeds"][0])
+    for name, by_seed in block["training"].items():
+        hist = by_seed.get(seed) or []
+        if hist:
+            ax.plot([h["step"] for h in hist], [h["alpha_greedy"] for h in hist], marker="o",
+                    label=OFFICIAL_LABELS.get(name, name), lw=2 if name in OFFICIAL_LABELS else 1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation greedy α (top-1 agreement)")
+    ax.set_title(f"{task}: the authors' protocol, equal steps (seed {seed})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(outdir / "official_training_curves.png", dpi=110)
+    plt.close(fig)
 
 
 OFFICIAL_LABELS = {"distillspec": "DistillSpec (KD, every token)", "adaspec": "AdaSPEC (top 40% by Δ)",

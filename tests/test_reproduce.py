@@ -236,7 +236,7 @@ def test_official_block_merges_and_survives_the_other_protocol(tmp_path):
     assert block["global_batch"] == {"distillspec": 16, "adaspec": 40, "kd_big_batch": 40, "random_big_batch": 40}
     report = (out / "report.md").read_text()
     assert "The authors' protocol" in report and "| 40 | 2.5 | 7 | 60.0 |" in report
-    assert report.endswith("hand-written reading\n")
+    assert report.endswith("hand-written reading\n") and "official_training_curves.png" in report
     # the adaspec protocol rewritten (its own command rerun) keeps the official block
     write_results("adaspec reproduce x", "gsm8k", "small", TINY, _evals(names, 0.5), summaries, None, out,
                   {"target": [2.0], **{n: [3.0] for n in names}})
