@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -35,7 +35,7 @@ from adaspec.models import (PRESETS, build_model, check_vocab_compatible, count_
                             saved_tokenizer, shared_vocab)
 from adaspec.options import check_range, helptext, load_split
 from adaspec.training.checkpoint import load_checkpoint
-from adaspec.training.loop import OnStep, make_accelerator, train_loop
+from adaspec.training.loop import OnStep, make_accelerator, planned_steps, train_loop
 from adaspec.training.options import TrainOptions
 from adaspec.training.run_fingerprint import Run, cache_fingerprint, open_run, path_fingerprint
 
@@ -57,6 +57,9 @@ class DistillOptions(TrainOptions):
         "which tokens by Δ: top (AdaSPEC), bottom, random, all (= plain KD)"))
     per_sequence: bool = field(default=False, metadata=helptext(
         "select the top-k within each sequence instead of over the micro-batch (paper)"))
+    selection_group: int | None = field(default=None, metadata=helptext(
+        "select the top-k within each group of N consecutive sequences of a process's micro-batch (default: "
+        "the whole micro-batch; the authors' 8 processes x 5 sequences are --selection-group 5 on one)"))
     normalize: Literal["response", "kept"] = field(default="response", metadata=helptext(
         "loss = sum over kept tokens / response tokens (official code) or / kept tokens"))
     divergence: Literal["fkl", "rkl", "tvd", "jsd"] = field(default="fkl", metadata=helptext(
@@ -69,7 +72,12 @@ class DistillOptions(TrainOptions):
     gen_max_new_tokens: int = field(default=128, metadata=helptext("length of generated responses"))
     gen_temperature: float = field(default=1.0, metadata=helptext("sampling temperature of generated responses"))
     match_token_budget: bool = field(default=False, metadata=helptext(
-        "train adaspec for epochs/k so it sees as many selected tokens as KD sees tokens (paper)"))
+        "give this run at --k as many trained tokens as KD on every token at --batch-size and --epochs "
+        "(with --method kd: KD shaped like that AdaSPEC run, the equal-steps control); see --budget-by"))
+    budget_by: Literal["batch", "epochs"] = field(default="batch", metadata=helptext(
+        "how --match-token-budget matches: batch = batch/k and epochs/k at KD's optimizer steps (the authors' "
+        "scripts: 16 -> 40 sequences, 3 -> 7.5 epochs); epochs = epochs/k at KD's batch, 1/k the steps "
+        "(adaspec's protocol, the committed main table)"))
     teacher_cache: str | None = field(default=None, metadata=helptext(
         "cache from `adaspec cache`: no target/reference forward during training"))
     val_max_new_tokens: int = field(default=96, metadata=helptext("length of the target continuations for α"))
@@ -79,6 +87,8 @@ class DistillOptions(TrainOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         selection.check_k(self.k)
+        if self.selection_group is not None and (self.selection_group < 1 or self.per_sequence):
+            raise AdaspecError("--selection-group must be >= 1 and cannot be combined with --per-sequence")
         if self.method == "adaspec" and self.ref is None and self.teacher_cache is None:
             raise AdaspecError("--method adaspec needs --ref (the reference model) or a --teacher-cache with L_ref")
         if self.draft_init is None and self.preset not in PRESETS:
@@ -94,6 +104,22 @@ class DistillOptions(TrainOptions):
         if self.teacher_cache and self.data_source in ("draft", "mix"):
             raise AdaspecError("on-policy responses (--data-source draft/mix) are generated during training "
                                "and cannot come from a --teacher-cache")
+
+
+def matched_budget(n_items: int, batch_size: int, grad_accum: int, epochs: float, k: float,
+                   by: Literal["batch", "epochs"]) -> tuple[int, float, int | None]:
+    """(global batch, epochs, optimizer steps or None) of a run at fraction k that trains on as many tokens
+    as KD on every token at `batch_size` and `epochs`.
+
+    "epochs": epochs / k at the same batch, so 1/k times KD's steps. "batch": batch / k (rounded) and
+    epochs / k, at exactly KD's optimizer steps (the authors' scripts, yuezhouhu/adaspec branches
+    gsm8k-target-pythia-1.4b-{ref,draft}-pythia-31m-3epoch: 8 x 2 sequences for 3 epochs against 8 x 5
+    for 7.5, about 1,401 steps each). The steps are fixed rather than left to epochs / k, which differs
+    from KD's count by the incomplete batches each epoch drops.
+    """
+    if by == "epochs":
+        return batch_size, epochs / k, None
+    return max(1, round(batch_size / k)), epochs / k, planned_steps(n_items, batch_size, grad_accum, epochs)
 
 
 def _frozen(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
@@ -236,7 +262,8 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
         mask = data_lib.response_mask(batch["labels"])
         q_logits = shifted_logits(model, batch, vocab)
         div, ref_div = teacher.divergences(q_logits, batch, with_ref=selective)
-        kept = selection.delta_selection(div, ref_div, mask, opts.k, mode, opts.per_sequence, sel_gen)
+        kept = selection.delta_selection(div, ref_div, mask, opts.k, mode, opts.per_sequence, sel_gen,
+                                         opts.selection_group)
         n_resp = int(mask.sum())
         logs = {"kept_fraction": float(kept.sum()) / max(n_resp, 1),
                 "divergence": float((div.detach() * mask).sum()) / max(n_resp, 1)}
@@ -254,10 +281,14 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
     def validate(model: PreTrainedModel) -> dict[str, float]:
         return {"greedy_agreement": greedy_agreement(model, val)}
 
-    epochs = opts.epochs / opts.k if (opts.match_token_budget and selective) else opts.epochs
+    epochs = opts.epochs
+    if opts.match_token_budget:
+        batch_size, epochs, steps = matched_budget(len(items), opts.batch_size, opts.grad_accum, opts.epochs,
+                                                   opts.k, opts.budget_by)
+        opts = replace(opts, batch_size=batch_size, epochs=epochs, max_steps=opts.max_steps or steps)
     accelerator.print(f"draft: {count_params(draft):,} parameters; {opts.method}"
                       + (f" k={opts.k} {opts.selection}" if selective else "")
-                      + f"; {len(items)} examples, {epochs:g} epochs")
+                      + f"; {len(items)} examples, {epochs:g} epochs, global batch {opts.batch_size}")
     result = train_loop(opts, accelerator, draft, tokenizer, items, token_loss, validate,
                         best_key="greedy_agreement", higher_is_better=True, epochs=epochs,
                         normalize=opts.normalize, prepare_items=prepare_items if on_policy else None,
@@ -265,6 +296,6 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
     if accelerator.is_main_process:
         tokenizer.save_pretrained(opts.output)
         summary = {"params": count_params(draft), "steps": result.steps, "best_greedy_agreement": result.best_metric,
-                   "epochs": epochs, "history": result.history}
+                   "epochs": epochs, "batch_size": opts.batch_size, "history": result.history}
         atomic_write_json(out / "train_summary.json", summary)
 

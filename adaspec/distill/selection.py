@@ -70,28 +70,36 @@ def _pick(values: Tensor, k: float, mode: str, generator: torch.Generator | None
 
 
 def select_tokens(delta: Tensor, mask: Tensor, k: float, mode: str = "top", per_sequence: bool = False,
-                  generator: torch.Generator | None = None) -> Tensor:
+                  generator: torch.Generator | None = None, group: int | None = None) -> Tensor:
     """Boolean tensor shaped like `mask`, True on the response tokens kept for the loss.
 
     `delta` holds the per-token score (Delta = L_draft - L_ref), `mask` marks response tokens (others
-    are never selected). Groups are all of the micro-batch's response tokens, or each row (leading
-    dimension) with `per_sequence=True`; each group keeps `num_kept(k, n)` of its n response tokens.
+    are never selected). Groups are all of the micro-batch's response tokens, or each run of `group`
+    consecutive rows (leading dimension; the last run may be shorter), or each row with `per_sequence=True`
+    (= group 1); each group keeps `num_kept(k, n)` of its n response tokens. `group` lets one process mimic
+    the official code on several: there each process takes the quantile over its own micro-batch.
     """
     _check_mode(mode)
     if mode != "all":
         check_k(k)
     if delta.shape != mask.shape:
         raise AdaspecError(f"delta {tuple(delta.shape)} and mask {tuple(mask.shape)} differ in shape")
+    if group is not None and (per_sequence or group < 1):
+        raise AdaspecError(f"selection group must be >= 1 and not combined with per-sequence, got {group}")
     delta = delta.detach()
     mask = mask.bool()
-    rows = mask.shape[0] if per_sequence and mask.dim() >= 2 else 1
-    flat_mask = mask.reshape(rows, -1)
-    flat_delta = delta.reshape(rows, -1)
+    n_rows = mask.shape[0] if mask.dim() >= 2 else 1
+    size = 1 if per_sequence else (group or n_rows)
+    flat_mask = mask.reshape(n_rows, -1)
+    flat_delta = delta.reshape(n_rows, -1)
     selected = torch.zeros_like(flat_mask)
-    for r in range(rows):
-        positions = flat_mask[r].nonzero().squeeze(1)
-        keep = _pick(flat_delta[r, positions], k, mode, generator)
-        selected[r, positions[keep]] = True
+    for start in range(0, n_rows, size):
+        rows = slice(start, start + size)
+        positions = flat_mask[rows].reshape(-1).nonzero().squeeze(1)
+        keep = _pick(flat_delta[rows].reshape(-1)[positions], k, mode, generator)
+        chosen = torch.zeros(flat_mask[rows].numel(), dtype=torch.bool, device=mask.device)
+        chosen[positions[keep]] = True
+        selected[rows] = chosen.view(-1, flat_mask.shape[1])
     return selected.view(mask.shape)
 
 
@@ -122,10 +130,11 @@ def reduce_loss(per_token: Tensor, mask: Tensor, selected: Tensor, normalize: st
 
 
 def delta_selection(draft_div: Tensor, ref_div: Tensor | None, mask: Tensor, k: float, mode: str = "top",
-                    per_sequence: bool = False, generator: torch.Generator | None = None) -> Tensor:
-    """The response tokens AdaSPEC trains on: `select_tokens` by Delta = draft_div - ref_div (no gradient).
-
-    `ref_div` may be None only for mode "all" (plain KD / DistillSpec), which keeps every response token."""
+                    per_sequence: bool = False, generator: torch.Generator | None = None,
+                    group: int | None = None) -> Tensor:
+    """The response tokens AdaSPEC trains on: `select_tokens` by Delta = draft_div - ref_div (no gradient),
+    `group` as there. `ref_div` may be None only for mode "all" (plain KD / DistillSpec), which keeps every
+    response token."""
     _check_mode(mode)
     if mode == "all":
         delta = torch.zeros_like(draft_div, dtype=torch.float32)
@@ -138,18 +147,18 @@ def delta_selection(draft_div: Tensor, ref_div: Tensor | None, mask: Tensor, k: 
                                f"divergences differ in shape")
         with torch.no_grad():
             delta = draft_div.detach().float() - ref_div.detach().float()
-    return select_tokens(delta, mask, k, mode, per_sequence, generator)
+    return select_tokens(delta, mask, k, mode, per_sequence, generator, group)
 
 
 def adaspec_loss(draft_div: Tensor, ref_div: Tensor | None, mask: Tensor, k: float, mode: str = "top",
                  per_sequence: bool = False, normalize: str = "response",
                  generator: torch.Generator | None = None,
-                 num_items: int | Tensor | None = None) -> tuple[Tensor, Tensor]:
+                 num_items: int | Tensor | None = None, group: int | None = None) -> tuple[Tensor, Tensor]:
     """(loss, selected): the selective distillation loss on the draft's per-token divergence.
 
     Delta = draft_div - ref_div is computed without gradient; the loss is `reduce_loss(draft_div, ...)`
-    over the selected tokens (`num_items` as there). `ref_div` may be None only for mode "all" (plain KD /
-    DistillSpec).
+    over the selected tokens (`num_items` as there, `group` as in `select_tokens`). `ref_div` may be None
+    only for mode "all" (plain KD / DistillSpec).
     """
-    selected = delta_selection(draft_div, ref_div, mask, k, mode, per_sequence, generator)
+    selected = delta_selection(draft_div, ref_div, mask, k, mode, per_sequence, generator, group)
     return reduce_loss(draft_div, mask, selected, normalize, num_items), selected

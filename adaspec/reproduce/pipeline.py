@@ -14,6 +14,12 @@ Stages (each skipped when its output is complete, so a killed run resumes where 
                   (--long-ablations) DistillSpec and AdaSPEC both at 4x those steps
   8. eval         empirical greedy α from real speculative decoding on the test split, analytic α,
                   speed, target quality; results/<task>/{results.json, report.md, *.png}
+
+`--protocol official` runs stages 4 to 8 as the authors' scripts do (constant lr 3e-4, weight decay 0.1,
+AdaSPEC at batch / k and epochs / k, so at DistillSpec's optimizer steps, its quantile over groups of 5
+sequences as on their 8 processes x 5), with the controls at those equal steps, in runs/<task>/<preset>/
+official/ beside the shared target, initial draft and cache; results go to results.json's
+"official_protocol" (no speed benchmark: the architectures, hence the speed per α, are the same).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from adaspec import data as data_lib
 from adaspec.errors import AdaspecError
@@ -96,6 +103,24 @@ LONG_ABLATIONS: dict[str, dict] = {
 }
 
 
+# The authors' optimiser settings (yuezhouhu/adaspec, run_train.sh of branches
+# gsm8k-target-pythia-1.4b-{ref,draft}-pythia-31m-3epoch; Trainer defaults: no warm-up, grad-norm clip 1);
+# the preset keeps its batch (small: 16 = their 8 processes x 2) and DistillSpec epochs
+OFFICIAL_SETTINGS: dict = {"lr": 3e-4, "weight_decay": 0.1, "schedule": "constant", "warmup_steps": 0}
+# their AdaSPEC run: per-device batch 5, the Δ-quantile taken on each device's micro-batch
+OFFICIAL_GROUP = 5
+# controls at DistillSpec's optimizer steps: every seed for the two that separate selection from the larger
+# batch, the first seed for the rest
+OFFICIAL_CONTROLS: dict[str, dict] = {
+    "kd_big_batch": {"method": "kd", "k": 0.4, "match_token_budget": True},
+    "random_big_batch": {"selection": "random"},
+}
+OFFICIAL_ABLATIONS: dict[str, dict] = {
+    "adaspec_bottom": {"selection": "bottom"},
+    **{f"adaspec_k{k}": {"k": k} for k in (0.2, 0.6, 0.8, 1.0)},
+}
+
+
 @dataclass(kw_only=True)
 class ReproduceOptions:
     """Run the whole paper pipeline on one task and write results/<task>/."""
@@ -107,6 +132,10 @@ class ReproduceOptions:
         "also train the selection (bottom/random) and k ablations on the first seed"))
     long_ablations: bool = field(default=False, metadata=helptext(
         "also train DistillSpec and AdaSPEC at 4x AdaSPEC's steps on the first seed (equal steps, near convergence)"))
+    protocol: Literal["adaspec", "official"] = field(default="adaspec", metadata=helptext(
+        "adaspec: cosine lr, AdaSPEC for epochs/k at DistillSpec's batch (2.5x its steps; the committed main "
+        "table); official: the authors' scripts, AdaSPEC at batch/k and epochs/k (equal steps), constant lr "
+        "3e-4, weight decay 0.1, with the equal-steps controls (--ablations adds bottom and k)"))
     runs_dir: str = field(default="runs", metadata=helptext("where models and caches go (resumable)"))
     results_dir: str = field(default="results", metadata=helptext("where report.md/results.json/plots go"))
     use_cache: bool = field(default=True, metadata=helptext(
@@ -119,6 +148,9 @@ class ReproduceOptions:
             raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
         if self.preset not in PRESETS:
             raise AdaspecError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.protocol == "official" and self.long_ablations:
+            raise AdaspecError("--long-ablations belongs to --protocol adaspec (the official runs are all at "
+                               "equal steps already)")
 
 
 def _done(path: Path) -> bool:
@@ -135,6 +167,9 @@ class Pipeline:
         self.n_train = len(data_lib.load_task(opts.task, "train", limit=PRESETS[opts.preset].train_limit))
         self.p = PRESETS[opts.preset].for_task(self.n_train)
         self.root = Path(opts.runs_dir) / opts.task / opts.preset
+        self.official = opts.protocol == "official"
+        # the target, initial draft and target cache are shared; everything distilled is per protocol
+        self.runs = self.root / "official" if self.official else self.root
         self.seeds = list(opts.seeds) if opts.seeds else list(self.p.seeds)
 
     def _common(self, output: Path, seed: int = 0) -> dict:
@@ -179,7 +214,7 @@ class Pipeline:
     def distill(self, name: str, target: Path, init: Path, seed: int, cache: Path | None,
                 ref: Path | None = None, **overrides: object) -> Path:
         from adaspec.distill.recipe import DistillOptions, run_distill
-        out = self.root / f"seed{seed}" / name
+        out = self.runs / f"seed{seed}" / name
         if not _done(out):
             _log(f"distilling {name} (seed {seed}) -> {out}")
             method = "adaspec" if ref is not None else "kd"
@@ -188,8 +223,14 @@ class Pipeline:
                           teacher_cache=str(cache) if cache else None, top_k=self.p.top_k if cache else None,
                           val_every=max(1, int(self._steps_per_epoch() * self.p.distill_epochs) // 4),
                           val_examples=48)
+            if self.official:
+                kwargs.update(OFFICIAL_SETTINGS, budget_by="batch")
+            else:
+                kwargs.update(budget_by="epochs")
             if ref is not None:
                 kwargs.update(ref=str(ref), k=0.4, match_token_budget=True)
+                if self.official:
+                    kwargs.update(selection_group=OFFICIAL_GROUP)
             overrides = dict(overrides)
             kwargs["epochs"] = kwargs["epochs"] * float(overrides.pop("epochs_scale", 1.0))
             if overrides.get("method") == "kd":
@@ -208,28 +249,30 @@ class Pipeline:
         drafts: dict[str, dict[int, Path]] = {"distillspec": {}, "adaspec": {}}
         extra = {**(ABLATIONS if self.opts.ablations else {}),
                  **(LONG_ABLATIONS if self.opts.long_ablations else {})}
+        if self.official:
+            extra = OFFICIAL_ABLATIONS if self.opts.ablations else {}
         for seed in self.seeds:
             ds = self.distill("distillspec", target, init, seed, cache)
-            ref_cache = self.cache(target, ds, self.root / f"seed{seed}" / "cache_ref")
+            ref_cache = self.cache(target, ds, self.runs / f"seed{seed}" / "cache_ref")
             drafts["distillspec"][seed] = ds
             drafts["adaspec"][seed] = self.distill("adaspec", target, init, seed, ref_cache, ref=ds)
-            if seed == self.seeds[0]:
-                for name, overrides in extra.items():
-                    kd = overrides.get("method") == "kd"
-                    drafts.setdefault(name, {})[seed] = self.distill(
-                        name, target, init, seed, cache if kd else ref_cache, ref=None if kd else ds, **overrides)
+            runs = {**(OFFICIAL_CONTROLS if self.official else {}), **(extra if seed == self.seeds[0] else {})}
+            for name, overrides in runs.items():
+                kd = overrides.get("method") == "kd"
+                drafts.setdefault(name, {})[seed] = self.distill(
+                    name, target, init, seed, cache if kd else ref_cache, ref=None if kd else ds, **overrides)
         return self.evaluate(target, init, drafts)
 
     def evaluate(self, target_dir: Path, init: Path, drafts: dict[str, dict[int, Path]]) -> dict:
         """One `evaluate` call per seed over all of that seed's drafts (the target-alone runs are shared)."""
         from adaspec.evaluation.evaluate import EvalSettings, evaluate
         from adaspec.models import load_model, load_tokenizer, model_fingerprint
-        from adaspec.reproduce.report import write_results
+        from adaspec.reproduce.report import write_official, write_results
         tokenizer = load_tokenizer(target_dir)
         target = load_model(target_dir)
         evals: dict[int, dict] = {}
         for seed in self.seeds:
-            cached = self.root / f"seed{seed}" / f"eval_{self.opts.task}.json"
+            cached = self.runs / f"seed{seed}" / f"eval_{self.opts.task}.json"
             paths = {name: by_seed[seed] for name, by_seed in drafts.items() if seed in by_seed}
             if seed == self.seeds[0]:
                 paths = {"draft_init": init, **paths}
@@ -252,8 +295,12 @@ class Pipeline:
                      for name, by_seed in drafts.items()}
         summaries["target"] = {0: json.loads((target_dir / "train_summary.json").read_text())}
         summaries["draft_init"] = {0: json.loads((init / "train_summary.json").read_text())}
-        speed = self.speed_benchmark(target_dir, drafts)
         val_ce = self.validation_ce(target_dir, init, drafts, tokenizer)
+        if self.official:
+            return write_official(command_line(self.opts), self.opts.task, self.opts.preset, self.p, evals,
+                                  summaries, Path(self.opts.results_dir) / self.opts.task, val_ce,
+                                  {**OFFICIAL_SETTINGS, "selection_group": OFFICIAL_GROUP})
+        speed = self.speed_benchmark(target_dir, drafts)
         return write_results(command_line(self.opts), self.opts.task, self.opts.preset, self.p, evals,
                              summaries, speed, Path(self.opts.results_dir) / self.opts.task, val_ce)
 
@@ -272,7 +319,7 @@ class Pipeline:
         """
         from adaspec.models import load_model
         from adaspec.training.target import validation_loss
-        path = self.root / "validation_ce.json"
+        path = self.runs / "validation_ce.json"
         done = json.loads(path.read_text()) if path.exists() else {}
         models = {"target": target_dir, "draft_init": init,
                   **{f"{name}/seed{s}": p for name, by_seed in drafts.items() for s, p in by_seed.items()}}
@@ -318,6 +365,8 @@ def command_line(opts: ReproduceOptions) -> str:
         parts.append("--ablations")
     if opts.long_ablations:
         parts.append("--long-ablations")
+    if opts.protocol != "adaspec":
+        parts += ["--protocol", opts.protocol]
     if not opts.use_cache:
         parts.append("--no-use-cache")
     return shlex.join(parts)

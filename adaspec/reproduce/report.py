@@ -265,14 +265,109 @@ def write_results(command: str, task: str, preset_name: str, preset: Any, evals:
         res["extra_evaluations"][path.stem] = {
             "command": extra["command"],
             "drafts": {d: {k: current_names(e)[k] for k in keep} for d, e in extra["drafts"].items()}}
+    previous = outdir / "results.json"
+    if previous.exists():  # the other protocol's results, written by their own command, stay
+        official = json.loads(previous.read_text()).get(OFFICIAL)
+        if official is not None:
+            res[OFFICIAL] = official
     plots = _plots(res, outdir)
+    _write(res, plots, outdir)
+    return res
+
+
+def _write(res: dict, plots: list[str], outdir: Path) -> None:
     notes = outdir / "notes.md"
-    body = render(res, plots)
+    body = render(res, plots) if "alpha_greedy" in res else f"# AdaSPEC reproduction at CPU scale: {res['task']}\n"
+    if res.get(OFFICIAL):
+        body += render_official(res[OFFICIAL])
     if notes.exists():  # the investigation of a result is written by a person and kept across reruns
         body += "\n" + notes.read_text()
     atomic_write_text(outdir / "report.md", body)
     atomic_write_json(outdir / "results.json", res)
-    return res
+
+
+OFFICIAL = "official_protocol"
+
+
+def write_official(command: str, task: str, preset_name: str, preset: Any, evals: dict[int, dict],
+                   summaries: dict[str, dict], outdir: Path, validation_ce: dict[str, list[float]],
+                   settings: dict) -> dict:
+    """Merge the official-protocol runs into results/<task>/results.json under "official_protocol" (every
+    other key of the file is kept) and re-render report.md; returns the block."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    full = collect(command, task, preset_name, preset, evals, summaries, None)
+    runs = [n for n in full["alpha_greedy"] if n != "draft_init"]
+    first = str(full["seeds"][0])
+    block: dict[str, Any] = {"command": command, "settings": settings, "seeds": full["seeds"]}
+    for key in ("alpha_greedy", "alpha_drafted", "alpha_analytic_greedy"):
+        for suffix in ("", "_seeds", "_std"):
+            block[key + suffix] = full[key + suffix]
+    block["validation_ce"] = {n: _mean_std(v)[0] for n, v in validation_ce.items()}
+    shape = {n: summaries[n].get(int(first), next(iter(summaries[n].values()))) for n in runs}
+    block["optimizer_steps"] = {n: s["steps"] for n, s in shape.items()}
+    block["global_batch"] = {n: s.get("batch_size") for n, s in shape.items()}
+    block["epochs"] = {n: s.get("epochs") for n, s in shape.items()}
+    block["training"] = {n: full["training"][n] for n in runs}
+    path = outdir / "results.json"
+    res = json.loads(path.read_text()) if path.exists() else {"task": task, "preset": preset_name}
+    res[OFFICIAL] = block
+    _official_plot(block, task, outdir)
+    plots = sorted(p.name for p in outdir.glob("*.png"))
+    _write(res, plots, outdir)
+    return block
+
+
+def _official_plot(block: dict, task: str, outdir: Path) -> None:
+    """Validation α against optimizer steps, every official-protocol run (first seed)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    seed = str(block["seeds"][0])
+    for name, by_seed in block["training"].items():
+        hist = by_seed.get(seed) or []
+        if hist:
+            ax.plot([h["step"] for h in hist], [agreement(h) for h in hist], marker="o",
+                    label=OFFICIAL_LABELS.get(name, name), lw=2 if name in OFFICIAL_LABELS else 1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation greedy α (top-1 agreement)")
+    ax.set_title(f"{task}: the authors' protocol, equal steps (seed {seed})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(outdir / "official_training_curves.png", dpi=110)
+    plt.close(fig)
+
+
+OFFICIAL_LABELS = {"distillspec": "DistillSpec (KD, every token)", "adaspec": "AdaSPEC (top 40% by Δ)",
+                   "kd_big_batch": "KD at AdaSPEC's batch (every token)",
+                   "random_big_batch": "random 40% at AdaSPEC's batch"}
+
+
+def render_official(block: dict) -> str:
+    s = block["settings"]
+    lines = ["", "## The authors' protocol (equal optimizer steps)", "", "Produced by:", "", "```",
+             block["command"], "```", "",
+             f"As the authors' scripts: constant lr {s['lr']:g} (no warm-up), weight decay {s['weight_decay']:g}; "
+             "AdaSPEC and its variants at k train at global batch / k for epochs / k, so at DistillSpec's "
+             f"optimizer steps, with the Δ-quantile taken within each group of {s['selection_group']} sequences "
+             "(their per-device micro-batch on 8 processes). Same target, initial draft and teacher cache as above. "
+             "Greedy α on the test split, mean ± std over seeds (first seed only where one value).", "",
+             "| run | global batch | epochs | optimizer steps | α (%) | α drafted (%) | analytic greedy α (%) | "
+             "response CE, validation |", "|---|---|---|---|---|---|---|---|"]
+    for n, values in block["alpha_greedy_seeds"].items():
+        lines.append(f"| {OFFICIAL_LABELS.get(n, n)} | {_fmt(block['global_batch'].get(n), 'd')} | "
+                     f"{_fmt(block['epochs'].get(n), '.3g')} | {_fmt(block['optimizer_steps'].get(n), 'd')} | "
+                     f"{_pm(values)} | {_pm(block['alpha_drafted_seeds'][n])} | "
+                     f"{_pm(block['alpha_analytic_greedy_seeds'][n])} | {_fmt(block['validation_ce'].get(n))} |")
+    a = block["alpha_greedy"]
+    diffs = [f"AdaSPEC − {OFFICIAL_LABELS[n].split(' (')[0]}: {100 * (a['adaspec'] - a[n]):+.1f}"
+             for n in ("distillspec", "kd_big_batch", "random_big_batch") if n in a and "adaspec" in a]
+    if diffs:
+        lines += ["", "; ".join(diffs) + " points of greedy α (means over seeds)."]
+    return "\n".join(lines) + "\n"
 
 
 # The paper's main table, 3-epoch column, Pythia-31M -> Pythia-1.4B, greedy α in % (DistillSpec, AdaSPEC), as
@@ -290,8 +385,13 @@ def readme_table(results_dir: Path) -> str:
             "first seed: AdaSPEC / KD at equal steps / random 40% α (%) | first seed, 4× those steps: KD / AdaSPEC α (%) | "
             "seeds | command |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    official = []
     for path in sorted(results_dir.glob("*/results.json")):
         r = json.loads(path.read_text())
+        if r.get(OFFICIAL):
+            official.append(_official_row(r))
+        if "alpha_greedy_seeds" not in r:
+            continue
         d, a = r["alpha_greedy_seeds"]["distillspec"], r["alpha_greedy_seeds"]["adaspec"]
         delta = 100 * (_mean_std(a)[0] - _mean_std(d)[0])
         q = r["target_quality"]
@@ -301,7 +401,26 @@ def readme_table(results_dir: Path) -> str:
                     f"{q['metric']} {_fmt(q['value'])} | {_pm(d)} | {_pm(a)} | {delta:+.1f} | {_paper(r['task'])} | "
                     f"{_controls(r)} | {_controls(r, ('distillspec_long4', 'adaspec_long4'), first=False)} | "
                     f"{len(r['seeds'])} | `{r['command']}` |")
+    if official:
+        rows += ["", "Under the authors' protocol (equal optimizer steps: AdaSPEC at 2.5× DistillSpec's batch for "
+                 "2.5× its epochs; constant lr 3e-4, weight decay 0.1; same target and initial draft):", "",
+                 "| task | DistillSpec α (%) | AdaSPEC α (%) | Δ (points) | paper: DistillSpec / AdaSPEC α (%), Δ | "
+                 "KD at AdaSPEC's batch α (%) | random 40% at AdaSPEC's batch α (%) | optimizer steps, each | "
+                 "global batch KD / AdaSPEC | seeds | command |", "|---|---|---|---|---|---|---|---|---|---|---|",
+                 *official]
     return "\n".join(rows)
+
+
+def _official_row(r: dict) -> str:
+    o = r[OFFICIAL]
+    seeds = o["alpha_greedy_seeds"]
+    d, a = seeds["distillspec"], seeds["adaspec"]
+    steps = sorted({o["optimizer_steps"][n] for n in ("distillspec", "adaspec", "kd_big_batch", "random_big_batch")
+                    if n in o["optimizer_steps"]})
+    return (f"| {r['task']} | {_pm(d)} | {_pm(a)} | {100 * (_mean_std(a)[0] - _mean_std(d)[0]):+.1f} | "
+            f"{_paper(r['task'])} | {_pm(seeds.get('kd_big_batch', []))} | {_pm(seeds.get('random_big_batch', []))} | "
+            f"{' / '.join(map(str, steps))} | {o['global_batch']['distillspec']} / {o['global_batch']['adaspec']} | "
+            f"{len(o['seeds'])} | `{o['command']}` |")
 
 
 def _controls(r: dict, names: tuple[str, ...] = ("distillspec_long", "adaspec_random"), first: bool = True) -> str:

@@ -21,7 +21,8 @@ from typing import Callable, Literal
 
 import torch
 from accelerate import Accelerator
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
+from transformers import (PreTrainedModel, PreTrainedTokenizerBase, get_constant_schedule_with_warmup,
+                          get_cosine_schedule_with_warmup)
 from transformers.utils import logging as hf_logging
 
 from adaspec import data as data_lib
@@ -41,6 +42,12 @@ def micro_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[
     """The epoch's global micro-batches (incomplete last one dropped), the same on every process."""
     order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
     return [order[i:i + batch_size] for i in range(0, n_items - batch_size + 1, batch_size)]
+
+
+def planned_steps(n_items: int, batch_size: int, grad_accum: int, epochs: float) -> int:
+    """Optimizer steps of `epochs` passes over `n_items` in global micro-batches of `batch_size` (the
+    incomplete last micro-batch dropped), `grad_accum` micro-batches a step."""
+    return max(1, math.ceil(epochs * max(1, (n_items // batch_size) // grad_accum)))
 
 
 def make_accelerator(opts: TrainOptions) -> Accelerator:
@@ -168,10 +175,14 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
     per_epoch = len(items) // opts.batch_size
     if per_epoch == 0:
         raise AdaspecError(f"{len(items)} examples are fewer than one batch of {opts.batch_size}")
-    total = opts.max_steps or max(1, math.ceil(epochs * max(1, per_epoch // opts.grad_accum)))
+    total = opts.max_steps or planned_steps(len(items), opts.batch_size, opts.grad_accum, epochs)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, min(opts.warmup_steps, total // 2), total)
+    warmup = min(opts.warmup_steps, total // 2)
+    if opts.schedule == "constant":
+        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
+    else:
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = _State()
     saved = resumable(out)

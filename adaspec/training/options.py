@@ -18,7 +18,9 @@ class TrainOptions(DataOptions):
     grad_accum: int = field(default=1, metadata=helptext("micro-batches per optimizer step"))
     epochs: float = field(default=1.0, metadata=helptext("passes over the training data"))
     max_steps: int | None = field(default=None, metadata=helptext("stop after this many optimizer steps"))
-    lr: float = field(default=1e-3, metadata=helptext("peak learning rate (AdamW, cosine decay)"))
+    lr: float = field(default=1e-3, metadata=helptext("peak learning rate (AdamW)"))
+    schedule: Literal["cosine", "constant"] = field(default="cosine", metadata=helptext(
+        "after the warm-up: cosine decay to 0, or constant (the AdaSPEC authors' scripts)"))
     warmup_steps: int = field(default=20, metadata=helptext("linear warm-up steps"))
     weight_decay: float = field(default=0.0, metadata=helptext("AdamW weight decay"))
     grad_clip: float = field(default=1.0, metadata=helptext("clip the gradient norm to this (0: off)"))

@@ -18,6 +18,7 @@ from helpers import cli_error, max_diff, options_from, run, scalars, summary
 from adaspec import models
 from adaspec.distill import recipe as distill
 from adaspec.evaluation.acceptance import greedy_continuations
+from adaspec.training import loop as train
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
@@ -177,15 +178,38 @@ def test_data_source_draft_and_mix(tmp_path, kd_run, target_dir, tiny_draft_dir)
     assert summary(outs["draft"])["steps"] == 3
 
 
+def test_matched_budget_arithmetic():
+    # the authors' GSM8K runs: 7,473 examples, 8 processes x 2 for 3 epochs (KD) against 8 x 5 for 7.5 (AdaSPEC)
+    assert distill.matched_budget(7473, 16, 1, 3.0, 0.4, "batch") == (40, 7.5, 1401)
+    assert train.planned_steps(7473, 16, 1, 3.0) == 1401  # the reference run's steps (checkpoint-1404 there)
+    assert train.planned_steps(7473, 40, 1, 7.5) == 1395  # epochs / k alone would drop the incomplete batches
+    assert distill.matched_budget(7173, 16, 1, 1.0, 0.4, "batch") == (40, 2.5, train.planned_steps(7173, 16, 1, 1.0))
+    assert distill.matched_budget(100, 16, 2, 1.0, 0.5, "batch") == (32, 2.0, 3)
+    # adaspec's own protocol: epochs / k at KD's batch, 1/k the steps
+    assert distill.matched_budget(7173, 16, 1, 1.0, 0.4, "epochs") == (16, 2.5, None)
+
+
 def test_match_token_budget(tmp_path, target_dir, tiny_draft_dir):
-    common = ["distill", "--target", target_dir, "--draft-init", tiny_draft_dir, "--limit", "16",
-              "--batch-size", "8", "--epochs", "1", "--match-token-budget", *FAST]
-    ada, kd = tmp_path / "ada", tmp_path / "kd"
-    assert run(*common, "--method", "adaspec", "--ref", target_dir, "--k", "0.4", "--output", ada) == 0
-    assert run(*common, "--method", "kd", "--output", kd) == 0
-    # 2 batches an epoch; adaspec trains 1 / 0.4 = 2.5 epochs so it sees as many trained tokens as KD
-    assert summary(ada)["epochs"] == pytest.approx(2.5) and summary(ada)["steps"] == 5
-    assert summary(kd)["epochs"] == 1.0 and summary(kd)["steps"] == 2
+    common = ["distill", "--target", target_dir, "--draft-init", tiny_draft_dir, "--limit", "40",
+              "--batch-size", "8", "--epochs", "1", "--k", "0.5", *FAST]
+    runs = {"kd": ["--method", "kd"],
+            "by_batch": ["--method", "adaspec", "--match-token-budget", "--selection-group", "3"],
+            "kd_big": ["--method", "kd", "--match-token-budget"],
+            "by_epochs": ["--method", "adaspec", "--match-token-budget", "--budget-by", "epochs"]}
+    for name, extra in runs.items():
+        ref = ["--ref", target_dir] if "adaspec" in extra else []
+        assert run(*common, *extra, *ref, "--output", tmp_path / name) == 0
+    s = {name: summary(tmp_path / name) for name in runs}
+    # KD: 5 batches of 8. The authors' matching: batch 8 / 0.5 = 16 for 1 / 0.5 = 2 epochs, at KD's 5 steps
+    # (2 epochs of 40 // 16 = 2 batches would be 4); KD shaped the same way trains every token of those batches
+    assert (s["kd"]["batch_size"], s["kd"]["epochs"], s["kd"]["steps"]) == (8, 1.0, 5)
+    for name in ("by_batch", "kd_big"):
+        assert (s[name]["batch_size"], s[name]["epochs"], s[name]["steps"]) == (16, 2.0, 5)
+    # adaspec's own protocol (the committed main table): epochs / k at the same batch, 1 / k the steps
+    assert (s["by_epochs"]["batch_size"], s["by_epochs"]["epochs"], s["by_epochs"]["steps"]) == (8, 2.0, 10)
+    kept = [v for _, v in scalars(tmp_path / "by_batch", "train/kept_fraction")]
+    assert len(kept) == 5 and all(abs(v - 0.5) < 0.05 for v in kept)
+    assert [v for _, v in scalars(tmp_path / "kd_big", "train/kept_fraction")] == [1.0] * 5
 
 
 def test_resume_adaspec_random_selection(tmp_path, target_dir, tiny_draft_dir, capsys):

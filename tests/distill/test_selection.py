@@ -205,3 +205,36 @@ def test_argument_errors():
         select_tokens(delta[:, 1:], mask, 0.5)
     with pytest.raises(AdaspecError, match="reference"):
         adaspec_loss(delta, None, mask, 0.5, mode="top")
+
+
+@pytest.mark.parametrize("group", [1, 2, 3, 5, 7, 40])
+@pytest.mark.parametrize("mode", ["top", "bottom"])
+@pytest.mark.parametrize("k", [0.2, 0.4, 0.75])
+def test_group_selection_is_per_group_select_tokens(group, mode, k):
+    """Groups of `group` consecutive rows, as the official code's quantile over each device's micro-batch."""
+    delta, mask, _ = batch(rows=7, cols=11, seed=group)
+    mask[4] = False  # a row with no response token
+    sel = select_tokens(delta, mask, k, mode, group=group)
+    for start in range(0, 7, group):
+        rows = slice(start, start + group)
+        n = int(mask[rows].sum())
+        assert int(sel[rows].sum()) == num_kept(k, n)
+        assert torch.equal(sel[rows], select_tokens(delta[rows], mask[rows], k, mode))
+    assert not (sel & ~mask).any()
+
+
+def test_group_defaults_and_limits():
+    delta, mask, _ = batch(rows=6, cols=9)
+    whole = select_tokens(delta, mask, 0.4)
+    assert torch.equal(select_tokens(delta, mask, 0.4, group=6), whole)
+    assert torch.equal(select_tokens(delta, mask, 0.4, group=100), whole)
+    assert torch.equal(select_tokens(delta, mask, 0.4, group=1), select_tokens(delta, mask, 0.4, per_sequence=True))
+    # random selection draws per group from the generator: reproducible from the seed
+    a = select_tokens(delta, mask, 0.4, "random", generator=torch.Generator().manual_seed(3), group=2)
+    b = select_tokens(delta, mask, 0.4, "random", generator=torch.Generator().manual_seed(3), group=2)
+    assert torch.equal(a, b) and int(a[:2].sum()) == num_kept(0.4, int(mask[:2].sum()))
+    loss, sel = adaspec_loss(delta, torch.zeros_like(delta), mask, 0.4, group=2)
+    assert torch.equal(sel, select_tokens(delta, mask, 0.4, group=2))
+    for bad in (dict(group=0), dict(group=2, per_sequence=True)):
+        with pytest.raises(AdaspecError, match="selection group"):
+            select_tokens(delta, mask, 0.4, **bad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,146 @@ def test_runs_dir_that_is_a_file_or_in_use_is_refused(tmp_path, capsys):
     err = cli_error(capsys, "reproduce", "--runs-dir", tmp_path / "runs2", "--results-dir", tmp_path / "r",
                     "--no-progress")
     assert "in use by process" in err
+
+
+@pytest.mark.slow
+def test_official_protocol_at_equal_steps_merges_into_results(tmp_path, monkeypatch):
+    """--protocol official: the authors' optimiser and batch shapes, every run at DistillSpec's optimizer
+    steps, in its own run folder; its block joins results.json without touching the other protocol's keys."""
+    from dataclasses import replace
+
+    monkeypatch.setitem(reproduce.PRESETS, "tiny", replace(TINY, train_limit=48, seeds=(0,)))
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    argv = ["reproduce", "--task", "gsm8k", "--preset", "tiny", "--runs-dir", str(runs), "--results-dir",
+            str(results), "--no-speed-benchmark", "--no-progress"]
+    assert main(argv) == 0
+    path = results / "gsm8k" / "results.json"
+    before = json.loads(path.read_text())
+    assert main([*argv, "--protocol", "official", "--ablations"]) == 0
+    after = json.loads(path.read_text())
+    block = after.pop("official_protocol")
+    assert after == before  # every key of the adaspec protocol kept as it was
+    assert block["command"].endswith("--ablations --protocol official")
+    names = {"distillspec", "adaspec", "kd_big_batch", "random_big_batch", "adaspec_bottom",
+             *(f"adaspec_k{k}" for k in (0.2, 0.6, 0.8, 1.0))}
+    assert set(block["alpha_greedy"]) == names | {"draft_init"}
+    assert set(block["optimizer_steps"]) == names and len(set(block["optimizer_steps"].values())) == 1
+    assert block["global_batch"] == {"distillspec": 8, "adaspec": 20, "kd_big_batch": 20, "random_big_batch": 20,
+                                     "adaspec_bottom": 20, "adaspec_k0.2": 40, "adaspec_k0.6": 13,
+                                     "adaspec_k0.8": 10, "adaspec_k1.0": 8}
+    official = runs / "gsm8k" / "tiny" / "official" / "seed0"
+    cfg = json.loads((official / "adaspec" / "run_config.json").read_text())
+    assert (cfg["lr"], cfg["weight_decay"], cfg["schedule"], cfg["warmup_steps"]) == (3e-4, 0.1, "constant", 0)
+    assert (cfg["budget_by"], cfg["selection_group"], cfg["batch_size"]) == ("batch", 5, 20)
+    assert cfg["draft_init"] == str(runs / "gsm8k" / "tiny" / "draft_init")  # shared with the other protocol
+    assert "The authors' protocol" in (results / "gsm8k" / "report.md").read_text()
+    old_cfg = json.loads((runs / "gsm8k" / "tiny" / "seed0" / "adaspec" / "run_config.json").read_text())
+    assert (old_cfg["budget_by"], old_cfg["schedule"], old_cfg["batch_size"]) == ("epochs", "cosine", 8)
+
+    # the adaspec protocol's command, rerun, keeps the official block
+    assert main(argv) == 0
+    assert json.loads(path.read_text())["official_protocol"] == block
+    table = readme_table(results)
+    assert "Under the authors' protocol" in table and "--protocol official` |" in table
+    with pytest.raises(AdaspecError, match="long-ablations"):
+        reproduce.ReproduceOptions(protocol="official", long_ablations=True)
+
+
+def _planned_runs(tmp_path, monkeypatch, *flags: str, protocol: str = "adaspec") -> dict:
+    """The DistillOptions each distillation stage of `reproduce` would run (nothing trained or evaluated)."""
+    from adaspec.distill import recipe as distill
+
+    made: dict = {}
+
+    def fake_distill(opts):
+        out = Path(opts.output)
+        made[str(out.relative_to(tmp_path / "runs" / "gsm8k" / "small"))] = opts
+        out.mkdir(parents=True)
+        (out / "train_summary.json").write_text("{}")
+
+    monkeypatch.setattr(distill, "run_distill", fake_distill)
+    monkeypatch.setattr(reproduce.Pipeline, "target", lambda self: self.root / "target")
+    monkeypatch.setattr(reproduce.Pipeline, "draft_init", lambda self, target: self.root / "draft_init")
+    monkeypatch.setattr(reproduce.Pipeline, "cache", lambda self, target, ref, out: out)
+    monkeypatch.setattr(reproduce.Pipeline, "evaluate", lambda self, target, init, drafts: drafts)
+    drafts = reproduce.Pipeline(reproduce.ReproduceOptions(
+        task="gsm8k", preset="small", runs_dir=str(tmp_path / "runs"), protocol=protocol,
+        **{f: True for f in flags})).run()
+    assert {str(p.relative_to(tmp_path / "runs" / "gsm8k" / "small")) for by in drafts.values()
+            for p in by.values()} == set(made)
+    return made
+
+
+def test_adaspec_protocol_runs_as_before(tmp_path, monkeypatch):
+    """The committed results' command still trains exactly what it trained: epochs / k at KD's batch."""
+    made = _planned_runs(tmp_path, monkeypatch, "ablations", "long_ablations")
+    assert set(made) == {f"seed{s}/{n}" for s in (0, 1, 2) for n in ("distillspec", "adaspec")} | {
+        f"seed0/{n}" for n in (*reproduce.ABLATIONS, *reproduce.LONG_ABLATIONS)}
+    for name, o in made.items():
+        assert (o.lr, o.weight_decay, o.schedule, o.warmup_steps, o.batch_size) == (2e-3, 0.0, "cosine", 20, 16)
+        assert o.selection_group is None and o.max_steps is None
+        kd = name.endswith(("distillspec", "distillspec_long", "distillspec_long4"))
+        assert o.method == ("kd" if kd else "adaspec") and o.match_token_budget == (not kd)
+        if not kd:
+            assert o.budget_by == "epochs" and o.ref.endswith("distillspec")
+    assert made["seed0/distillspec_long"].epochs == pytest.approx(2.5)
+    assert made["seed0/adaspec_long4"].epochs == pytest.approx(4.0) and made["seed1/adaspec"].k == 0.4
+
+
+def test_official_protocol_runs(tmp_path, monkeypatch):
+    made = _planned_runs(tmp_path, monkeypatch, "ablations", protocol="official")
+    per_seed = ("distillspec", "adaspec", "kd_big_batch", "random_big_batch")
+    assert set(made) == {f"official/seed{s}/{n}" for s in (0, 1, 2) for n in per_seed} | {
+        f"official/seed0/{n}" for n in reproduce.OFFICIAL_ABLATIONS}
+    for name, o in made.items():
+        assert (o.lr, o.weight_decay, o.schedule, o.warmup_steps, o.batch_size) == (3e-4, 0.1, "constant", 0, 16)
+        assert o.epochs == 1.0 and o.budget_by == "batch" and o.draft_init.endswith("small/draft_init")
+        kd = name.endswith(("distillspec", "kd_big_batch"))
+        assert o.method == ("kd" if kd else "adaspec") and o.selection_group == (None if kd else 5)
+        assert o.match_token_budget == (not name.endswith("distillspec"))
+    assert made["official/seed2/kd_big_batch"].k == 0.4 and made["official/seed0/adaspec_k0.2"].k == 0.2
+    assert made["official/seed1/random_big_batch"].selection == "random"
+    assert made["official/seed0/adaspec"].teacher_cache.endswith("official/seed0/cache_ref")
+
+
+def _evals(names: list[str], alpha: float) -> dict:
+    draft = {"alpha_tested": alpha, "alpha": alpha / 2, "analytic": {"alpha_greedy": alpha, "alpha_sampling": alpha},
+             "tau": 2.0, "c": 0.1, "measured_speedup": 1.5, "theoretical_speedup": 1.6, "params": 10,
+             "response_loss": 3.0, "position_acceptance": [alpha]}
+    return {0: {"target": {"params": 100, "response_loss": 2.0, "quality_metric": "accuracy", "quality": 0.1},
+                "drafts": {n: draft for n in names}}}
+
+
+def test_official_block_merges_and_survives_the_other_protocol(tmp_path):
+    from adaspec.reproduce.report import write_official, write_results
+
+    out = tmp_path / "gsm8k"
+    names = ["distillspec", "adaspec"]
+    summaries = {n: {0: {"steps": 5, "epochs": 1.0, "batch_size": 16, "history": []}} for n in names}
+    main_res = write_results("adaspec reproduce x", "gsm8k", "small", TINY, _evals(names, 0.5), summaries, None,
+                             out, {"target": [2.0], **{n: [3.0] for n in names}})
+    (out / "notes.md").write_text("hand-written reading\n")
+    before = json.loads((out / "results.json").read_text())
+    before["unknown_key"] = 1
+    (out / "results.json").write_text(json.dumps(before))
+    official = [*names, "kd_big_batch", "random_big_batch"]
+    summaries = {n: {0: {"steps": 7, "epochs": 1.0 if n == "distillspec" else 2.5,
+                         "batch_size": 16 if n == "distillspec" else 40, "history": []}} for n in official}
+    block = write_official("adaspec reproduce y --protocol official", "gsm8k", "small", TINY,
+                           _evals(official, 0.6), summaries, out, {n: [3.0] for n in official}, {
+                               "lr": 3e-4, "weight_decay": 0.1, "schedule": "constant", "selection_group": 5})
+    merged = json.loads((out / "results.json").read_text())
+    assert merged.pop("official_protocol") == block and merged == before
+    assert block["alpha_greedy"]["kd_big_batch"] == 0.6 and block["alpha_greedy_seeds"]["adaspec"] == [0.6]
+    assert block["optimizer_steps"] == dict.fromkeys(official, 7)
+    assert block["global_batch"] == {"distillspec": 16, "adaspec": 40, "kd_big_batch": 40, "random_big_batch": 40}
+    report = (out / "report.md").read_text()
+    assert "The authors' protocol" in report and "| 40 | 2.5 | 7 | 60.0 |" in report
+    assert report.endswith("hand-written reading\n") and "official_training_curves.png" in report
+    # the adaspec protocol rewritten (its own command rerun) keeps the official block
+    write_results("adaspec reproduce x", "gsm8k", "small", TINY, _evals(names, 0.5), summaries, None, out,
+                  {"target": [2.0], **{n: [3.0] for n in names}})
+    assert json.loads((out / "results.json").read_text())["official_protocol"] == block
+    assert main_res["alpha_greedy"]["adaspec"] == 0.5
+    table = readme_table(tmp_path)
+    assert "| gsm8k | 60.0 | 60.0 | +0.0 | 57.6 / 61.0, +3.4 | 60.0 | 60.0 | 7 | 16 / 40 | 1 |" in table

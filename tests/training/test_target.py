@@ -74,6 +74,16 @@ def test_train_target_loss_decreases(tmp_path, tiny_target_dir):
     assert lrs[1] == pytest.approx(1e-2) and lrs[-1] < 1e-4  # warm-up then cosine decay to 0
 
 
+def test_constant_schedule(tmp_path, tiny_target_dir):
+    """--schedule constant (the AdaSPEC authors'): linear warm-up, then the peak lr to the last step."""
+    out = tmp_path / "constant"
+    assert run("train-target", "--model", tiny_target_dir, "--limit", 8, "--batch-size", 4, "--max-steps", 6,
+               "--lr", "3e-4", "--warmup-steps", 2, "--schedule", "constant", "--val-every", 0, "--output", out,
+               *FAST) == 0
+    lrs = [v for _, v in scalars(out, "train/lr")]
+    assert lrs[0] == pytest.approx(1.5e-4) and lrs[1:] == pytest.approx([3e-4] * 5)
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 RESUME_ARGS = ["--limit", 16, "--batch-size", 8, "--max-steps", 6, "--save-every", 2, "--val-every", 0,
