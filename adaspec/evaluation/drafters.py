@@ -89,13 +89,14 @@ def rows(rounds: Any, names: list[str], verify_ratio: float) -> list[dict[str, A
             "method": name, "tokens_per_s": statistics.median(tps),
             "vs_target": statistics.median(a / b for a, b in zip(tps, base_tps)),
             "alpha": None, "alpha_drafted": None, "tau": None, "c": None, "verify_cost_ratio": None,
-            "predicted_speedup": None, "measured_over_predicted": None,
+            "predicted_speedup": None, "measured_over_predicted": None, "position_acceptance": None,
             "outputs_differing": sum(a != b for a, b in zip(rounds.outputs[name], reference))}
         s: SpecStats = rounds.stats[name]
         if name.startswith("sd_") and s.steps:
             step_s = (s.draft_time_s + s.target_time_s) / s.steps
             predicted = s.tau * t1 / step_s if step_s > 0 else float("nan")
             row.update(alpha=_rate(s.alpha), alpha_drafted=_rate(s.alpha_drafted), tau=_rate(s.tau), c=_rate(s.c),
+                       position_acceptance=[_rate(a) for a in s.position_acceptance],
                        verify_cost_ratio=verify_ratio, predicted_speedup=_rate(predicted),
                        measured_over_predicted=_rate(row["vs_target"] / predicted))
         out.append(row)

@@ -23,6 +23,7 @@ def test_benchmark_rows_schema_and_lossless_greedy(tiny_target_dir, tiny_draft_d
             assert r["outputs_differing"] == 0, r  # greedy: every method reproduces the target alone
     sd = next(r for r in result["rows"] if r["method"] == "sd_draft" and r["temperature"] == 0)
     assert 0 <= sd["alpha"] <= 1 and sd["tau"] >= 1 and sd["predicted_speedup"] > 0
+    assert len(sd["position_acceptance"]) == 2  # acceptance at draft positions 1 and 2 (γ = 2)
     assert result["target_params"] > 0 and result["verify_cost_ratio"] > 0
     assert "sd_draft" in format_rows(result)
     assert torch.get_num_threads() >= 1
