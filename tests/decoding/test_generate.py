@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
+from sampling_check import chi2_pvalue, exact_joint, tiny_neox
 from scipy.stats import chisquare
-from transformers import AutoModelForCausalLM, GPTNeoXConfig
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 import adaspec.decoding.generate as spec
@@ -176,62 +176,18 @@ def test_kv_rollback_matches_no_cache_reference_sampling():
 
 # ---- sampling is lossless ----
 
-def _tiny_neox(seed: int, vocab: int):
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=32, max_position_embeddings=16, rotary_pct=0.25,
-                           tie_word_embeddings=False)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(20)
-    return model
-
-
-def _exact_joint(model, prompt: list[int], vocab: int, temperature: float, top_p: float) -> torch.Tensor:
-    """P(x1, x2, x3 | prompt) under the model's temperature/top-p sampling, via transformers' warpers."""
-    pairs = torch.cartesian_prod(torch.arange(vocab), torch.arange(vocab))
-    batch = torch.cat([torch.tensor(prompt).expand(len(pairs), -1), pairs], dim=1)
-    with torch.no_grad():
-        logits = model(batch).logits[:, -3:].float()
-    warp = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
-    probs = []
-    for pos in range(3):
-        scores = logits[:, pos]
-        for w in warp:
-            scores = w(batch, scores)
-        probs.append(torch.softmax(scores, -1))
-    p1 = probs[0][0]  # same for every row
-    p2 = probs[1].view(vocab, vocab, vocab)[:, 0]  # [x1, x2], independent of the x2 in the batch row
-    p3 = probs[2].view(vocab, vocab, vocab)  # [x1, x2, x3]
-    return (p1[:, None, None] * p2[:, :, None] * p3).double()
-
-
-def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    n = counts.sum()
-    expected = probs.flatten() * n
-    observed = counts.flatten().double()
-    if observed[expected == 0].sum() > 0:
-        return 0.0  # a sample the distribution cannot produce
-    big = expected >= 5  # pool the rare cells so the chi-square approximation holds
-    obs, exp = observed[big], expected[big]
-    if expected[~big].sum() > 0:
-        obs = torch.cat([obs, observed[~big].sum().view(1)])
-        exp = torch.cat([exp, expected[~big].sum().view(1)])
-    return float(chisquare(obs.numpy(), exp.numpy() * (obs.sum() / exp.sum()).item()).pvalue)
-
-
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.8, 0.8)])
 def test_sampling_matches_target_distribution(temperature, top_p):
     vocab, samples = 8, 1000
-    target = _tiny_neox(1, vocab)
-    other = _tiny_neox(2, vocab)
+    target = tiny_neox(1, vocab)
+    other = tiny_neox(2, vocab)
     draft = copy.deepcopy(target)
     with torch.no_grad():  # 50/50 blend: strongly different distributions, yet some acceptances
         for pd, po in zip(draft.parameters(), other.parameters()):
             pd.mul_(0.5).add_(0.5 * po)
     prompt = [3]
-    exact = _exact_joint(target, prompt, vocab, temperature, top_p)
-    draft_exact = _exact_joint(draft, prompt, vocab, temperature, top_p)
+    exact = exact_joint(target, prompt, vocab, temperature, top_p)
+    draft_exact = exact_joint(draft, prompt, vocab, temperature, top_p)
     assert (exact - draft_exact).abs().sum() > 0.5  # the draft really is a different distribution
     counts = torch.zeros(vocab, vocab, vocab)
     gen = torch.Generator().manual_seed(121)
@@ -245,8 +201,8 @@ def test_sampling_matches_target_distribution(temperature, top_p):
         totals = stats if totals is None else totals + stats
     # every path of the rule was taken: rejections, partial and full acceptance (bonus token)
     assert all(h > 30 for h in totals.accept_hist), totals.accept_hist
-    assert _chi2_pvalue(counts, exact) > 1e-3
-    assert _chi2_pvalue(counts, draft_exact) < 1e-6  # the test can tell the two apart
+    assert chi2_pvalue(counts, exact) > 1e-3
+    assert chi2_pvalue(counts, draft_exact) < 1e-6  # the test can tell the two apart
     if top_p < 1:
         assert counts[exact == 0].sum() == 0  # nothing outside the target's nucleus
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scipy.stats import chisquare
-from transformers import AutoModelForCausalLM, GPTNeoXConfig
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+from sampling_check import chi2_pvalue, exact_joint, tiny_neox
 
 from adaspec.decoding.generate import speculative_generate
 from adaspec.decoding.sampling import logits_to_probs, sample
@@ -165,57 +163,13 @@ def test_head_cache_matches_no_cache_reference_sampling():
 
 # ---- sampling is lossless ----
 
-def _tiny_neox(seed: int, vocab: int):
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=32, max_position_embeddings=16, rotary_pct=0.25,
-                           tie_word_embeddings=False)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(20)
-    return model
-
-
-def _exact_joint(model, prompt: list[int], vocab: int, temperature: float, top_p: float) -> torch.Tensor:
-    """P(x1, x2, x3 | prompt) under the model's temperature/top-p sampling, via transformers' warpers."""
-    pairs = torch.cartesian_prod(torch.arange(vocab), torch.arange(vocab))
-    batch = torch.cat([torch.tensor(prompt).expand(len(pairs), -1), pairs], dim=1)
-    with torch.no_grad():
-        logits = model(batch).logits[:, -3:].float()
-    warp = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
-    probs = []
-    for pos in range(3):
-        scores = logits[:, pos]
-        for w in warp:
-            scores = w(batch, scores)
-        probs.append(torch.softmax(scores, -1))
-    p1 = probs[0][0]
-    p2 = probs[1].view(vocab, vocab, vocab)[:, 0]
-    p3 = probs[2].view(vocab, vocab, vocab)
-    return (p1[:, None, None] * p2[:, :, None] * p3).double()
-
-
-def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    n = counts.sum()
-    expected = probs.flatten() * n
-    observed = counts.flatten().double()
-    if observed[expected == 0].sum() > 0:
-        return 0.0
-    big = expected >= 5
-    obs, exp = observed[big], expected[big]
-    if expected[~big].sum() > 0:
-        obs = torch.cat([obs, observed[~big].sum().view(1)])
-        exp = torch.cat([exp, expected[~big].sum().view(1)])
-    return float(chisquare(obs.numpy(), exp.numpy() * (obs.sum() / exp.sum()).item()).pvalue)
-
-
 @pytest.mark.parametrize("temperature,top_p,draft_vocab", [(1.0, 1.0, None), (0.8, 0.8, 6)])
 def test_sampling_matches_target_distribution(temperature, top_p, draft_vocab):
     vocab, samples = 8, 600  # fewer than the draft-LM test: the engine's rule is tested there
-    target = _tiny_neox(1, vocab)
+    target = tiny_neox(1, vocab)
     drafter = EagleDrafter(make_head(target, "eagle3", draft_vocab, seed=5))
     prompt = [3, 1]
-    exact = _exact_joint(target, prompt, vocab, temperature, top_p)
+    exact = exact_joint(target, prompt, vocab, temperature, top_p)
     counts = torch.zeros(vocab, vocab, vocab)
     gen = torch.Generator().manual_seed(121)
     ids = torch.tensor([prompt])
@@ -228,6 +182,6 @@ def test_sampling_matches_target_distribution(temperature, top_p, draft_vocab):
         totals = stats if totals is None else totals + stats
     # every path of the rule was taken: rejections, partial and full acceptance (bonus token)
     assert all(h > 20 for h in totals.accept_hist), totals.accept_hist
-    assert _chi2_pvalue(counts, exact) > 1e-3
+    assert chi2_pvalue(counts, exact) > 1e-3
     if top_p < 1:
         assert counts[exact == 0].sum() == 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sampling_check import chi2_pvalue, exact_joint
 from .feature_helpers import PRESETS, V, final_hidden
-from scipy.stats import chisquare
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from adaspec import AdaspecError
@@ -72,36 +72,13 @@ def _tiny_llama(vocab: int):
     return model
 
 
-def _exact_joint(model, prompt: list[int], vocab: int, temperature: float) -> torch.Tensor:
-    """P(x1, x2, x3 | prompt) under the model's temperature sampling."""
-    pairs = torch.cartesian_prod(torch.arange(vocab), torch.arange(vocab))
-    batch = torch.cat([torch.tensor(prompt).expand(len(pairs), -1), pairs], dim=1)
-    with torch.no_grad():
-        probs = torch.softmax(model(batch).logits[:, -3:].float() / temperature, -1)
-    p1 = probs[0, 0]
-    p2 = probs[:, 1].view(vocab, vocab, vocab)[:, 0]
-    p3 = probs[:, 2].view(vocab, vocab, vocab)
-    return (p1[:, None, None] * p2[:, :, None] * p3).double()
-
-
-def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    expected = probs.flatten() * counts.sum()
-    observed = counts.flatten().double()
-    if observed[expected == 0].sum() > 0:
-        return 0.0
-    big = expected >= 5
-    obs = torch.cat([observed[big], observed[~big].sum().view(1)])
-    exp = torch.cat([expected[big], expected[~big].sum().view(1)])
-    return float(chisquare(obs.numpy(), exp.numpy() * (obs.sum() / exp.sum()).item()).pvalue)
-
-
 @pytest.mark.parametrize("name", ["mtp", "medusa"])
 def test_sampling_matches_target_distribution(name):
     vocab, samples, temperature = 8, 600, 1.0
     target = _tiny_llama(vocab)
     drafter = drafters(target)[name]
     prompt = [3, 5]
-    exact = _exact_joint(target, prompt, vocab, temperature)
+    exact = exact_joint(target, prompt, vocab, temperature)
     counts = torch.zeros(vocab, vocab, vocab)
     gen = torch.Generator().manual_seed(7)
     ids = torch.tensor([prompt])
@@ -113,9 +90,9 @@ def test_sampling_matches_target_distribution(name):
         counts[x1, x2, x3] += 1
         totals = stats if totals is None else totals + stats
     assert all(h > 20 for h in totals.accept_hist), totals.accept_hist  # rejections, partial, full
-    assert _chi2_pvalue(counts, exact) > 1e-3
+    assert chi2_pvalue(counts, exact) > 1e-3
     # the test tells the target's distribution from a slightly hotter one
-    assert _chi2_pvalue(counts, _exact_joint(target, prompt, vocab, 1.3 * temperature)) < 1e-4
+    assert chi2_pvalue(counts, exact_joint(target, prompt, vocab, 1.3 * temperature)) < 1e-4
 
 
 def test_registered_and_satisfy_the_protocol():
