@@ -20,6 +20,7 @@ AdaSPEC at batch / k and epochs / k, so at DistillSpec's optimizer steps, its qu
 sequences as on their 8 processes x 5), with the controls at those equal steps, in runs/<task>/<preset>/
 official/ beside the shared target, initial draft and cache; results go to results.json's
 "official_protocol" (no speed benchmark: the architectures, hence the speed per α, are the same).
+`--variants` adds the acceptance-aligned variants (OFFICIAL_VARIANTS, docs/variants.md) there, every seed.
 """
 
 from __future__ import annotations
@@ -119,6 +120,16 @@ OFFICIAL_ABLATIONS: dict[str, dict] = {
     "adaspec_bottom": {"selection": "bottom"},
     **{f"adaspec_k{k}": {"k": k} for k in (0.2, 0.6, 0.8, 1.0)},
 }
+# issue 13 part 3, every seed (--variants): acceptance-aligned rules at DistillSpec's optimizer steps. The LK
+# losses train every token at AdaSPEC's batch, so kd_big_batch is their control (only the loss differs); the
+# others are AdaSPEC with one change each (docs/variants.md)
+OFFICIAL_VARIANTS: dict[str, dict] = {
+    "lk": {"method": "kd", "k": 0.4, "match_token_budget": True, "divergence": "lk"},
+    "lk_kl": {"method": "kd", "k": 0.4, "match_token_budget": True, "divergence": "lk_kl"},
+    "adaspec_tvd": {"delta_divergence": "tvd"},
+    "adaspec_soft": {"selection": "soft"},
+    "adaspec_ksched": {"k_schedule": "linear"},
+}
 
 
 @dataclass(kw_only=True)
@@ -136,6 +147,9 @@ class ReproduceOptions:
         "adaspec: cosine lr, AdaSPEC for epochs/k at DistillSpec's batch (2.5x its steps; the committed main "
         "table); official: the authors' scripts, AdaSPEC at batch/k and epochs/k (equal steps), constant lr "
         "3e-4, weight decay 0.1, with the equal-steps controls (--ablations adds bottom and k)"))
+    variants: bool = field(default=False, metadata=helptext(
+        "with --protocol official: also train the acceptance-aligned variants (LK losses, Δ in TVD, soft "
+        "selection, k schedule) on every seed"))
     runs_dir: str = field(default="runs", metadata=helptext("where models and caches go (resumable)"))
     results_dir: str = field(default="results", metadata=helptext("where report.md/results.json/plots go"))
     use_cache: bool = field(default=True, metadata=helptext(
@@ -148,6 +162,8 @@ class ReproduceOptions:
             raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
         if self.preset not in PRESETS:
             raise AdaspecError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.variants and self.protocol != "official":
+            raise AdaspecError("--variants belongs to --protocol official (they are compared at equal steps)")
         if self.protocol == "official" and self.long_ablations:
             raise AdaspecError("--long-ablations belongs to --protocol adaspec (the official runs are all at "
                                "equal steps already)")
@@ -199,17 +215,30 @@ class Pipeline:
                                                 train_on_prompt=True))
         return out
 
-    def cache(self, target: Path, ref: Path | None, out: Path) -> Path | None:
+    def cache(self, target: Path, ref: Path | None, out: Path, divergence: str = "fkl") -> Path | None:
+        """The target's top-K (and with `ref` its L_ref, in `divergence`) at `out`, built unless complete."""
         if not self.opts.use_cache:
             return None
         from adaspec.distill.cache import CacheOptions, run_cache
         if not (out / "manifest.json").exists() or not json.loads((out / "manifest.json").read_text()).get(
                 "complete", True):
-            _log(f"caching the target's top-{self.p.top_k}" + (" and L_ref" if ref else "") + f" -> {out}")
+            _log(f"caching the target's top-{self.p.top_k}" + (f" and L_ref ({divergence})" if ref else "")
+                 + f" -> {out}")
         run_cache(CacheOptions(target=str(target), ref=str(ref) if ref else None, task=self.opts.task,
                                limit=self.p.train_limit, max_length=self.p.max_length, top_k=self.p.top_k,
-                               output=str(out), progress=self.opts.progress))
+                               divergence=divergence, output=str(out), progress=self.opts.progress))
         return out
+
+    def _run_cache(self, overrides: dict, seed: int, target: Path, ref: Path, cache: Path | None,
+                   ref_cache: Path | None) -> Path | None:
+        """The cache a run reads: the target's alone for KD, else one whose L_ref is in the run's Δ divergence
+        (a variant measuring Δ in another divergence gets its own, cache_ref_<divergence>)."""
+        if overrides.get("method") == "kd":
+            return cache
+        kind = overrides.get("delta_divergence")
+        if kind is None or kind == "fkl":
+            return ref_cache
+        return self.cache(target, ref, self.runs / f"seed{seed}" / f"cache_ref_{kind}", divergence=kind)
 
     def distill(self, name: str, target: Path, init: Path, seed: int, cache: Path | None,
                 ref: Path | None = None, **overrides: object) -> Path:
@@ -256,11 +285,13 @@ class Pipeline:
             ref_cache = self.cache(target, ds, self.runs / f"seed{seed}" / "cache_ref")
             drafts["distillspec"][seed] = ds
             drafts["adaspec"][seed] = self.distill("adaspec", target, init, seed, ref_cache, ref=ds)
-            runs = {**(OFFICIAL_CONTROLS if self.official else {}), **(extra if seed == self.seeds[0] else {})}
+            runs = {**(OFFICIAL_CONTROLS if self.official else {}),
+                    **(OFFICIAL_VARIANTS if self.opts.variants else {}), **(extra if seed == self.seeds[0] else {})}
             for name, overrides in runs.items():
                 kd = overrides.get("method") == "kd"
                 drafts.setdefault(name, {})[seed] = self.distill(
-                    name, target, init, seed, cache if kd else ref_cache, ref=None if kd else ds, **overrides)
+                    name, target, init, seed, self._run_cache(overrides, seed, target, ds, cache, ref_cache),
+                    ref=None if kd else ds, **overrides)
         return self.evaluate(target, init, drafts)
 
     def evaluate(self, target_dir: Path, init: Path, drafts: dict[str, dict[int, Path]]) -> dict:
@@ -367,6 +398,8 @@ def command_line(opts: ReproduceOptions) -> str:
         parts.append("--long-ablations")
     if opts.protocol != "adaspec":
         parts += ["--protocol", opts.protocol]
+    if opts.variants:
+        parts.append("--variants")
     if not opts.use_cache:
         parts.append("--no-use-cache")
     return shlex.join(parts)

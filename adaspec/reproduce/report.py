@@ -308,6 +308,8 @@ def write_official(command: str, task: str, preset_name: str, preset: Any, evals
     block["global_batch"] = {n: s.get("batch_size") for n, s in shape.items()}
     block["epochs"] = {n: s.get("epochs") for n, s in shape.items()}
     block["training"] = {n: full["training"][n] for n in runs}
+    if any(n in VARIANT_LABELS for n in runs):
+        block["variants_vs_kd"] = variant_verdicts(block)
     path = outdir / "results.json"
     res = json.loads(path.read_text()) if path.exists() else {"task": task, "preset": preset_name}
     res[OFFICIAL] = block
@@ -367,7 +369,79 @@ def render_official(block: dict) -> str:
              for n in ("distillspec", "kd_big_batch", "random_big_batch") if n in a and "adaspec" in a]
     if diffs:
         lines += ["", "; ".join(diffs) + " points of greedy α (means over seeds)."]
+    lines += render_variants(block)
     return "\n".join(lines) + "\n"
+
+
+# the acceptance-aligned variants (issue 13 part 3, `reproduce --variants`, docs/variants.md)
+VARIANT_LABELS = {"lk": "LK: -log α, every token at AdaSPEC's batch",
+                  "lk_kl": "LK-KL: λ·KL + (1 - λ)·TVD, every token at AdaSPEC's batch",
+                  "adaspec_tvd": "AdaSPEC, Δ in TVD", "adaspec_soft": "AdaSPEC, soft selection by Δ's rank",
+                  "adaspec_ksched": "AdaSPEC, k from 1 down to 0.4"}
+OFFICIAL_LABELS.update(VARIANT_LABELS)
+# the goal: beat plain KD at equal optimizer steps by this much greedy α, beyond the seed spread
+VARIANT_MARGIN = 0.01
+
+
+def variant_verdicts(block: dict) -> dict[str, dict]:
+    """Each variant's greedy α against plain KD at equal steps: the better (by mean) of DistillSpec and KD at
+    AdaSPEC's batch. `beats` when the mean gain is at least VARIANT_MARGIN and larger than the seed spread,
+    the sum of the two runs' standard deviations over seeds."""
+    seeds = block["alpha_greedy_seeds"]
+    kds = [n for n in ("distillspec", "kd_big_batch") if seeds.get(n)]
+    if not kds:
+        return {}
+    kd = max(kds, key=lambda n: _mean_std(seeds[n])[0])
+    kd_mean, kd_std = _mean_std(seeds[kd])
+    out = {}
+    for name in VARIANT_LABELS:
+        if not seeds.get(name):
+            continue
+        mean, std = _mean_std(seeds[name])
+        gain, spread = mean - kd_mean, std + kd_std
+        out[name] = {"kd": kd, "gain": gain, "spread": spread, "seeds": len(seeds[name]),
+                     "beats": bool(gain >= VARIANT_MARGIN and gain > spread)}
+    return out
+
+
+def render_variants(block: dict) -> list[str]:
+    """The report's lines on the variants (none when the block has none)."""
+    verdicts = block.get("variants_vs_kd") or {}
+    if not verdicts:
+        return []
+    kd = OFFICIAL_LABELS[next(iter(verdicts.values()))["kd"]].split(" (")[0]
+    lines = ["", f"Acceptance-aligned variants against plain KD at equal steps ({kd}, the better KD run): gain in "
+             f"points of greedy α, seed spread = sum of the two standard deviations; beats = gain ≥ "
+             f"{100 * VARIANT_MARGIN:g} and > spread.", "", "| variant | gain | spread | beats KD |", "|---|---|---|---|"]
+    for name, v in verdicts.items():
+        lines.append(f"| {VARIANT_LABELS[name]} | {100 * v['gain']:+.1f} | {100 * v['spread']:.1f} | "
+                     f"{'yes' if v['beats'] else 'no'} |")
+    return lines
+
+
+def variants_table(results_dir: Path) -> list[str]:
+    """The README's variants table: per task, each variant's gain over plain KD at equal steps; empty when no
+    task has variants."""
+    rows, wins = [], {n: 0 for n in VARIANT_LABELS}
+    for path in sorted(results_dir.glob("*/results.json")):
+        verdicts = (json.loads(path.read_text()).get(OFFICIAL) or {}).get("variants_vs_kd")
+        if not verdicts:
+            continue
+        cells = []
+        for name in VARIANT_LABELS:
+            v = verdicts.get(name)
+            cells.append("n/a" if v is None else f"{100 * v['gain']:+.1f} (± {100 * v['spread']:.1f})"
+                         + (" ✓" if v["beats"] else ""))
+            wins[name] += bool(v and v["beats"])
+        rows.append(f"| {path.parent.name} | {' | '.join(cells)} |")
+    if not rows:
+        return []
+    head = " | ".join(VARIANT_LABELS[n] for n in VARIANT_LABELS)
+    return ["", "Acceptance-aligned variants under the authors' protocol: gain over plain KD at equal optimizer steps "
+            "(the better of DistillSpec and KD at AdaSPEC's batch) in points of greedy α, mean over seeds (± the "
+            f"sum of both seed standard deviations); ✓ = a gain of ≥ {100 * VARIANT_MARGIN:g} point beyond that "
+            "spread:", "", f"| task | {head} |", "|---|" + "---|" * len(VARIANT_LABELS), *rows, "",
+            "Tasks won: " + ", ".join(f"{n} {wins[n]} of {len(rows)}" for n in VARIANT_LABELS) + "."]
 
 
 # The paper's main table, 3-epoch column, Pythia-31M -> Pythia-1.4B, greedy α in % (DistillSpec, AdaSPEC), as
@@ -408,6 +482,7 @@ def readme_table(results_dir: Path) -> str:
                  "KD at AdaSPEC's batch α (%) | random 40% at AdaSPEC's batch α (%) | optimizer steps, each | "
                  "global batch KD / AdaSPEC | seeds | command |", "|---|---|---|---|---|---|---|---|---|---|---|",
                  *official]
+    rows += variants_table(results_dir)
     return "\n".join(rows)
 
 

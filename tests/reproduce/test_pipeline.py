@@ -166,6 +166,23 @@ def test_official_protocol_at_equal_steps_merges_into_results(tmp_path, monkeypa
         reproduce.ReproduceOptions(protocol="official", long_ablations=True)
 
 
+@pytest.mark.slow
+def test_official_variants_train_and_report(tmp_path, monkeypatch):
+    """--variants end to end: every variant trains at equal steps, Δ in TVD from its own cache, all judged."""
+    from dataclasses import replace
+
+    monkeypatch.setitem(reproduce.PRESETS, "tiny", replace(TINY, train_limit=48, seeds=(0,)))
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    assert main(["reproduce", "--task", "gsm8k", "--preset", "tiny", "--runs-dir", str(runs), "--results-dir",
+                 str(results), "--no-speed-benchmark", "--no-progress", "--protocol", "official", "--variants"]) == 0
+    block = json.loads((results / "gsm8k" / "results.json").read_text())["official_protocol"]
+    assert set(block["variants_vs_kd"]) == set(reproduce.OFFICIAL_VARIANTS)
+    assert len(set(block["optimizer_steps"].values())) == 1
+    seed0 = runs / "gsm8k" / "tiny" / "official" / "seed0"
+    assert json.loads((seed0 / "cache_ref_tvd" / "manifest.json").read_text())["divergence"] == "tvd"
+    assert "Acceptance-aligned variants" in (results / "gsm8k" / "report.md").read_text()
+
+
 def _planned_runs(tmp_path, monkeypatch, *flags: str, protocol: str = "adaspec") -> dict:
     """The DistillOptions each distillation stage of `reproduce` would run (nothing trained or evaluated)."""
     from adaspec.distill import recipe as distill
@@ -181,7 +198,7 @@ def _planned_runs(tmp_path, monkeypatch, *flags: str, protocol: str = "adaspec")
     monkeypatch.setattr(distill, "run_distill", fake_distill)
     monkeypatch.setattr(reproduce.Pipeline, "target", lambda self: self.root / "target")
     monkeypatch.setattr(reproduce.Pipeline, "draft_init", lambda self, target: self.root / "draft_init")
-    monkeypatch.setattr(reproduce.Pipeline, "cache", lambda self, target, ref, out: out)
+    monkeypatch.setattr(reproduce.Pipeline, "cache", lambda self, target, ref, out, divergence="fkl": out)
     monkeypatch.setattr(reproduce.Pipeline, "evaluate", lambda self, target, init, drafts: drafts)
     drafts = reproduce.Pipeline(reproduce.ReproduceOptions(
         task="gsm8k", preset="small", runs_dir=str(tmp_path / "runs"), protocol=protocol,
@@ -221,6 +238,32 @@ def test_official_protocol_runs(tmp_path, monkeypatch):
     assert made["official/seed2/kd_big_batch"].k == 0.4 and made["official/seed0/adaspec_k0.2"].k == 0.2
     assert made["official/seed1/random_big_batch"].selection == "random"
     assert made["official/seed0/adaspec"].teacher_cache.endswith("official/seed0/cache_ref")
+
+
+def test_official_variants_run_every_seed_at_equal_steps(tmp_path, monkeypatch):
+    made = _planned_runs(tmp_path, monkeypatch, "variants", protocol="official")
+    per_seed = ("distillspec", "adaspec", "kd_big_batch", "random_big_batch", *reproduce.OFFICIAL_VARIANTS)
+    assert set(made) == {f"official/seed{s}/{n}" for s in (0, 1, 2) for n in per_seed}
+    for seed in (0, 1, 2):
+        runs = {n: made[f"official/seed{seed}/{n}"] for n in per_seed}
+        control = runs["kd_big_batch"]
+        for name in ("lk", "lk_kl"):  # KD at AdaSPEC's batch with only the loss changed
+            o = runs[name]
+            assert (o.method, o.divergence, o.ref, o.teacher_cache) == ("kd", name, None, control.teacher_cache)
+            assert (o.k, o.match_token_budget, o.budget_by, o.selection_group) == (0.4, True, "batch", None)
+        adaspec = runs["adaspec"]
+        for name, field, value in (("adaspec_tvd", "delta_divergence", "tvd"), ("adaspec_soft", "selection", "soft"),
+                                   ("adaspec_ksched", "k_schedule", "linear")):
+            o = runs[name]
+            assert getattr(o, field) == value and o.ref == adaspec.ref and o.selection_group == 5
+            assert (o.k, o.match_token_budget, o.lr, o.schedule) == (0.4, True, 3e-4, "constant")
+        # Δ in TVD reads a cache whose L_ref is TVD; the others AdaSPEC's
+        assert runs["adaspec_tvd"].teacher_cache.endswith(f"official/seed{seed}/cache_ref_tvd")
+        assert runs["adaspec_soft"].teacher_cache == adaspec.teacher_cache
+    with pytest.raises(AdaspecError, match="--variants belongs to --protocol official"):
+        reproduce.ReproduceOptions(variants=True)
+    assert reproduce.command_line(reproduce.ReproduceOptions(protocol="official", variants=True)).endswith(
+        "--protocol official --variants")
 
 
 def _evals(names: list[str], alpha: float) -> dict:
@@ -264,3 +307,34 @@ def test_official_block_merges_and_survives_the_other_protocol(tmp_path):
     assert main_res["alpha_greedy"]["adaspec"] == 0.5
     table = readme_table(tmp_path)
     assert "| gsm8k | 60.0 | 60.0 | +0.0 | 57.6 / 61.0, +3.4 | 60.0 | 60.0 | 7 | 16 / 40 | 1 |" in table
+
+
+def test_variants_are_judged_against_the_better_kd_and_tabled(tmp_path):
+    from adaspec.reproduce.report import variant_verdicts, write_official
+
+    names = ["distillspec", "adaspec", "kd_big_batch", "random_big_batch", *reproduce.OFFICIAL_VARIANTS]
+    alphas = {"distillspec": [0.50, 0.52, 0.51], "kd_big_batch": [0.55, 0.56, 0.54], "adaspec": [0.5, 0.5, 0.5],
+              "random_big_batch": [0.5, 0.5, 0.5], "lk": [0.575, 0.58, 0.57], "lk_kl": [0.56, 0.57, 0.55],
+              "adaspec_tvd": [0.60, 0.50, 0.55], "adaspec_soft": [0.54, 0.55, 0.53], "adaspec_ksched": [0.5, 0.5, 0.5]}
+    evals = {s: {**_evals(names, 0.5)[0], "drafts": {n: {**_evals([n], alphas[n][s])[0]["drafts"][n]} for n in names}}
+             for s in range(3)}
+    summaries = {n: {s: {"steps": 7, "epochs": 2.5, "batch_size": 40, "history": []} for s in range(3)} for n in names}
+    for task in ("gsm8k", "xsum"):
+        block = write_official("adaspec reproduce y --protocol official --variants", task, "small", TINY, evals,
+                               summaries, tmp_path / task, {n: [3.0] for n in names},
+                               {"lr": 3e-4, "weight_decay": 0.1, "schedule": "constant", "selection_group": 5})
+    v = block["variants_vs_kd"]
+    assert v == variant_verdicts(block) and set(v) == set(reproduce.OFFICIAL_VARIANTS)
+    assert {x["kd"] for x in v.values()} == {"kd_big_batch"}  # the better KD run by mean α
+    assert v["lk"]["gain"] == pytest.approx(0.025) and v["lk"]["spread"] == pytest.approx(0.015)
+    # lk: +2.5 > 1.5 spread; lk_kl +1.0 < spread 2.0; tvd +0.5 in a wide spread; soft and ksched lose
+    assert {n: x["beats"] for n, x in v.items()} == {"lk": True, "lk_kl": False, "adaspec_tvd": False,
+                                                    "adaspec_soft": False, "adaspec_ksched": False}
+    report = (tmp_path / "xsum" / "report.md").read_text()
+    assert "| LK: -log α, every token at AdaSPEC's batch | +2.5 | 1.5 | yes |" in report
+    table = readme_table(tmp_path)
+    assert "| xsum | +2.5 (± 1.5) ✓ | +1.0 (± 2.0) |" in table
+    assert "Tasks won: lk 2 of 2, lk_kl 0 of 2" in table
+    # a block without variants renders no variants lines
+    plain = {n: alphas[n] for n in ("distillspec", "adaspec", "kd_big_batch")}
+    assert variant_verdicts({"alpha_greedy_seeds": plain}) == {}
