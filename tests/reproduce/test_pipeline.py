@@ -183,25 +183,29 @@ def test_official_variants_train_and_report(tmp_path, monkeypatch):
     assert "Acceptance-aligned variants" in (results / "gsm8k" / "report.md").read_text()
 
 
-def _planned_runs(tmp_path, monkeypatch, *flags: str, protocol: str = "adaspec") -> dict:
-    """The DistillOptions each distillation stage of `reproduce` would run (nothing trained or evaluated)."""
+def _planned_runs(tmp_path, monkeypatch, *flags: str, protocol: str = "adaspec", heads: list[str] | None = None
+                  ) -> dict:
+    """The DistillOptions (and TrainHeadOptions) each distillation (head) stage of `reproduce` would run,
+    by run folder (nothing trained or evaluated)."""
     from adaspec.distill import recipe as distill
+    from adaspec.training import head_options
 
     made: dict = {}
 
-    def fake_distill(opts):
+    def fake_run(opts):
         out = Path(opts.output)
         made[str(out.relative_to(tmp_path / "runs" / "gsm8k" / "small"))] = opts
         out.mkdir(parents=True)
         (out / "train_summary.json").write_text("{}")
 
-    monkeypatch.setattr(distill, "run_distill", fake_distill)
+    monkeypatch.setattr(distill, "run_distill", fake_run)
+    monkeypatch.setattr(head_options, "run_train_head", fake_run)
     monkeypatch.setattr(reproduce.Pipeline, "target", lambda self: self.root / "target")
     monkeypatch.setattr(reproduce.Pipeline, "draft_init", lambda self, target: self.root / "draft_init")
     monkeypatch.setattr(reproduce.Pipeline, "cache", lambda self, target, ref, out, divergence="fkl": out)
     monkeypatch.setattr(reproduce.Pipeline, "evaluate", lambda self, target, init, drafts: drafts)
     drafts = reproduce.Pipeline(reproduce.ReproduceOptions(
-        task="gsm8k", preset="small", runs_dir=str(tmp_path / "runs"), protocol=protocol,
+        task="gsm8k", preset="small", runs_dir=str(tmp_path / "runs"), protocol=protocol, heads=heads,
         **{f: True for f in flags})).run()
     assert {str(p.relative_to(tmp_path / "runs" / "gsm8k" / "small")) for by in drafts.values()
             for p in by.values()} == set(made)
@@ -338,3 +342,98 @@ def test_variants_are_judged_against_the_better_kd_and_tabled(tmp_path):
     # a block without variants renders no variants lines
     plain = {n: alphas[n] for n in ("distillspec", "adaspec", "kd_big_batch")}
     assert variant_verdicts({"alpha_greedy_seeds": plain}) == {}
+
+
+def test_heads_train_resume_and_join_the_results(tmp_path, monkeypatch):
+    """--heads: per-seed heads on the frozen target after the drafts, each stage resumable, evaluated in the
+    seed's evaluation beside the drafts; adding head kinds later trains and measures only the new ones."""
+    from dataclasses import replace
+
+    monkeypatch.setitem(reproduce.PRESETS, "tiny", replace(TINY, train_limit=16, head_epochs=1.0, head_ttt_steps=2))
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    argv = ["reproduce", "--task", "gsm8k", "--preset", "tiny", "--runs-dir", str(runs), "--results-dir",
+            str(results), "--no-speed-benchmark", "--no-progress"]
+    assert main([*argv, "--heads", "eagle"]) == 0
+    root = runs / "gsm8k" / "tiny"
+    assert sorted(p.name for p in (root / "seed0" / "heads").iterdir()) == ["eagle", "eagle1", "eagle_adaspec"]
+    assert sorted(p.name for p in (root / "seed1" / "heads").iterdir()) == ["eagle", "eagle_adaspec"]
+    eval0 = json.loads((root / "seed0" / "eval_gsm8k.json").read_text())
+    stamps = {p: p.stat().st_mtime for p in runs.rglob("model.safetensors")}
+
+    assert main([*argv, "--heads", "medusa", "mtp", "eagle"]) == 0
+    # nothing trained before is trained again; the new heads are measured alone, the old entries kept
+    assert all(p.stat().st_mtime == t for p, t in stamps.items())
+    assert sorted(p.name for p in (root / "seed1" / "heads").iterdir()) == [
+        "eagle", "eagle_adaspec", "medusa", "mtp", "mtp_adaspec"]
+    after = json.loads((root / "seed0" / "eval_gsm8k.json").read_text())
+    assert after["drafts"]["eagle"] == eval0["drafts"]["eagle"]
+    assert after["drafts"]["adaspec"] == eval0["drafts"]["adaspec"]
+
+    cfg = json.loads((root / "seed1" / "heads" / "mtp_adaspec" / "run_config.json").read_text())
+    assert (cfg["kind"], cfg["method"], cfg["k"], cfg["match_token_budget"], cfg["budget_by"]) == (
+        "mtp", "adaspec", 0.4, True, "epochs")
+    assert cfg["ref"] == str(root / "seed1" / "heads" / "mtp") and cfg["depth"] == TINY.gamma
+    cfg = json.loads((root / "seed0" / "heads" / "eagle1" / "run_config.json").read_text())
+    assert (cfg["variant"], cfg["method"], cfg["ttt_steps"], cfg["init_seed"]) == ("eagle1", "kd", 2, 0)
+    steps = {n: json.loads((root / "seed0" / "heads" / n / "train_summary.json").read_text())["steps"]
+             for n in ("eagle", "eagle_adaspec", "mtp", "mtp_adaspec", "medusa")}
+    # epochs / k at the KD head's batch: 2.5x its steps, as the AdaSPEC draft
+    assert steps["eagle"] == steps["mtp"] == steps["medusa"] == 2
+    assert steps["eagle_adaspec"] == steps["mtp_adaspec"] == 5
+
+    res = json.loads((results / "gsm8k" / "results.json").read_text())
+    heads = ("eagle", "eagle_adaspec", "eagle1", "mtp", "mtp_adaspec", "medusa")
+    assert res["command"].endswith("--heads eagle mtp medusa")
+    assert list(res["heads"]) == list(heads)
+    assert res["heads"]["eagle_adaspec"]["ref"] == "eagle" and res["heads"]["medusa"]["params"] > 0
+    for name in heads:
+        assert len(res["alpha_greedy_seeds"][name]) == (1 if name == "eagle1" else 2)
+        assert 0 <= res["alpha_greedy"][name] <= 1 and name in res["alpha_greedy_std"]
+        assert all(0 <= a <= 1 for a in res["alpha_analytic_greedy_seeds"][name])  # heads have an analytic α
+        assert len(res["position_acceptance"][name]) == TINY.gamma
+        assert name not in res["validation_ce"] and name not in res["val_loss"]  # no language model
+    report = (results / "gsm8k" / "report.md").read_text()
+    assert "## Drafter heads on the frozen target" in report and "| mtp_adaspec | MTP modules, AdaSPEC |" in report
+    assert "AdaSPEC − KD, greedy α points" in report and "EAGLE-3 − EAGLE-1 (seed 0)" in report
+    table = readme_table(results)
+    assert "| EAGLE-3 KD | EAGLE-3 AdaSPEC | EAGLE-1 KD | MTP KD | MTP AdaSPEC | Medusa KD |" in table
+    assert table.count("| gsm8k | tiny |") == 2  # the main row and the heads row
+
+
+def test_head_options_are_checked(capsys):
+    from helpers import cli_error
+
+    for bad in (["nope"], [], ["eagle", "lm"]):
+        with pytest.raises(AdaspecError, match="--heads takes eagle, mtp, medusa"):
+            reproduce.ReproduceOptions(heads=bad)
+    assert reproduce.ReproduceOptions(heads=["medusa", "eagle", "medusa"]).heads == ["eagle", "medusa"]
+    err = cli_error(capsys, "reproduce", "--heads", "eagle3", "--no-progress")
+    assert "--heads takes eagle, mtp, medusa" in err
+    opts = reproduce.ReproduceOptions(heads=["mtp"], seeds=[1])
+    assert reproduce.command_line(opts).endswith("--seeds 1 --heads mtp")
+
+
+@pytest.mark.parametrize("protocol", ["adaspec", "official"])
+def test_head_runs_follow_the_drafts_protocol(tmp_path, monkeypatch, protocol):
+    made = _planned_runs(tmp_path, monkeypatch, protocol=protocol, heads=["eagle", "mtp", "medusa"])
+    made = {name: o for name, o in made.items() if "/heads/" in name}
+    small = reproduce.PRESETS["small"]
+    base = "official/" if protocol == "official" else ""
+    per_seed = ("eagle", "eagle_adaspec", "mtp", "mtp_adaspec", "medusa")
+    assert set(made) == {f"{base}seed{s}/heads/{n}" for s in (0, 1, 2) for n in per_seed} | {
+        f"{base}seed0/heads/eagle1"}
+    for name, o in made.items():
+        seed = int(name.split("seed")[1][0])
+        head = name.rsplit("/", 1)[1]
+        assert o.target.endswith("small/target") and o.seed == o.init_seed == seed
+        assert o.epochs == small.head_epochs and o.batch_size == small.batch_size
+        assert (o.lr, o.schedule) == ((3e-4, "constant") if protocol == "official" else (small.distill_lr, "cosine"))
+        assert o.budget_by == ("batch" if protocol == "official" else "epochs")
+        if o.kind == "eagle":
+            assert o.ttt_steps == small.head_ttt_steps and o.variant == ("eagle1" if head == "eagle1" else "eagle3")
+        else:
+            assert o.depth == small.gamma
+        adaspec = head.endswith("_adaspec")
+        assert o.method == ("adaspec" if adaspec else "kd") and o.match_token_budget == adaspec
+        if adaspec:
+            assert o.k == 0.4 and o.ref.endswith(f"{base}seed{seed}/heads/{head.split('_')[0]}")
