@@ -131,8 +131,11 @@ def unrolled_targets(head: EagleHead, target_logits: Tensor | TopK, steps: int) 
     [steps, B, T, K] over the draft vocabulary (`draft_vocab.restrict_topk_to_draft`)."""
     if isinstance(target_logits, Tensor):
         return shift_steps(restrict_to_draft(target_logits, head.d2t), steps)
-    ids, lps = restrict_topk_to_draft(target_logits.ids, target_logits.logprobs, head.t2d)
-    return TopK(shift_steps(ids, steps), shift_steps(lps, steps), sink=True)
+    reduced = not bool(head.t2d.all())  # the full vocabulary needs no mapping (nor a sink column)
+    ids, lps = target_logits.ids, target_logits.logprobs
+    if reduced:
+        ids, lps = restrict_topk_to_draft(ids, lps, head.t2d)
+    return TopK(shift_steps(ids, steps), shift_steps(lps, steps), sink=reduced)
 
 
 def step_weights(steps: int, decay: float = 0.8, device: torch.device | str | None = None) -> Tensor:
