@@ -2,9 +2,8 @@
 
 Per batch the frozen target runs once (logits + the head's hidden layers, hooked), or with --teacher-cache
 its hidden states and top-K distributions are read from `adaspec cache` (adaspec.training.target_signal);
-the head is unrolled
-`--ttt-steps` times (adaspec.drafters.eagle_ttt, SpecForge's training-time test) and step j's per-token
-divergence against the target's distribution renormalised over the draft vocabulary is weighted
+the head is unrolled `--ttt-steps` times (adaspec.drafters.eagle_ttt, SpecForge's training-time test) and
+step j's per-token divergence against the target's distribution renormalised over the draft vocabulary is weighted
 `--step-decay`**j. `--method adaspec --ref REF_HEAD` keeps, per unroll step, the top-k fraction of
 response tokens by Δ = L(head) − L(reference head) (the reference being a head trained with plain KD);
 `--selection bottom/random/all` are the ablations.
