@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 from torch import Tensor, nn
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
 from adaspec.errors import AdaspecError
 from adaspec.models import output_vocab_size
@@ -53,16 +53,25 @@ def final_norm(model: PreTrainedModel) -> nn.Module:
 def hidden_modules(model: PreTrainedModel, layers: tuple[int, ...]) -> list[nn.Module]:
     """The module whose output is each requested hidden state (see the module docstring for indices)."""
     stack = decoder_layers(model)
-    out = []
+    check_layer_ids(layers, len(stack))
+    return [final_norm(model) if i == FINAL else stack[i] for i in layers]
+
+
+def config_dims(config: PretrainedConfig) -> tuple[int, int]:
+    """(decoder layers, hidden size) from a model config (Llama/NeoX names, or GPT-2's n_layer/n_embd)."""
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    if not isinstance(layers, int) or not isinstance(hidden, int):
+        raise AdaspecError(f"cannot read the layer count and hidden size of a {type(config).__name__}")
+    return layers, hidden
+
+
+def check_layer_ids(layers: tuple[int, ...], num_layers: int) -> None:
+    """Refuse a hidden-layer id that is neither a decoder layer of an L-layer model nor FINAL."""
     for i in layers:
-        if i == FINAL:
-            out.append(final_norm(model))
-        elif 0 <= i < len(stack):
-            out.append(stack[i])
-        else:
-            raise AdaspecError(f"hidden layer {i} is out of range for a {len(stack)}-layer target "
-                               f"(use 0..{len(stack) - 1}, or {FINAL} for the final normed state)")
-    return out
+        if i != FINAL and not 0 <= i < num_layers:
+            raise AdaspecError(f"hidden layer {i} is out of range for a {num_layers}-layer target "
+                               f"(use 0..{num_layers - 1}, or {FINAL} for the final normed state)")
 
 
 def context_length(model: PreTrainedModel) -> int | None:

@@ -14,6 +14,11 @@ RESPONSE token (the shifted positions t with labels[t+1] != -100, where the logi
 `adaspec distill --teacher-cache DIR` then reads p and L_ref from here, so no target or reference forward
 runs during training, for DistillSpec (kd) and AdaSPEC drafts alike.
 
+With --hidden-layers the cache also holds the target's hidden states of those layers at every token, from
+the same forward (adaspec.distill.hidden_states), so `adaspec train-head --teacher-cache DIR` trains EAGLE,
+MTP and Medusa heads on p and those states with no target forward; their size is estimated, and refused
+over --max-hidden-gb, before any model is loaded.
+
 The format (shard schema, manifest, reader) is adaspec.distill.cache_store. Shards are written atomically
 and recorded with their sha256 in the manifest as they finish, so an interrupted build resumes where it
 stopped.
@@ -33,10 +38,12 @@ import numpy as np
 import torch
 
 from adaspec import data as data_lib
+from adaspec.decoding.target import features
 from adaspec.distill import losses
-from adaspec.distill.cache_store import (FORMAT_VERSION, MANIFEST, SHARD_NAME, check_shard, items_fingerprint,
-                                         read_shard, response_positions, row_arrays, sha256_file, shard_ranges,
-                                         vocab_fingerprint, write_shard)
+from adaspec.distill.cache_store import (FORMAT_VERSION, MANIFEST, ROW_ARRAYS, SHARD_NAME, check_shard,
+                                         items_fingerprint, read_shard, response_positions, row_arrays, sha256_file,
+                                         shard_ranges, vocab_fingerprint, write_shard)
+from adaspec.distill.hidden_states import hidden_settings
 from adaspec.distill.teacher import shifted_logits
 from adaspec.errors import AdaspecError
 from adaspec.io import atomic_write_json
@@ -67,6 +74,13 @@ class CacheOptions(DataOptions):
         "distillation temperature of the stored log-probabilities; must match distill's --temperature"))
     beta: float = field(default=0.5, metadata=helptext("JSD mixture weight of L_ref (with --divergence jsd)"))
     shard_size: int = field(default=512, metadata=helptext("examples per shard file (the unit of resume)"))
+    hidden_layers: str | None = field(default=None, metadata=helptext(
+        "also store the target's hidden states of these layers at every token, for train-head --teacher-cache: "
+        "eagle3 (the EAGLE-3 default layers), final (final normed state: eagle1, mtp, medusa) or layer ids, "
+        "comma-separated (e.g. eagle3,final or 1,2,-1)"))
+    max_hidden_gb: float = field(default=8.0, metadata=helptext(
+        "refuse --hidden-layers when the hidden states would exceed this many GB (estimated first: token "
+        "positions x layers x hidden size x 2 bytes)"))
     progress: bool = field(default=True, metadata=helptext("show a progress bar"))
 
     def __post_init__(self) -> None:
@@ -78,27 +92,36 @@ class CacheOptions(DataOptions):
             raise AdaspecError(f"--temperature must be > 0, got {self.temperature}")
         if not 0 <= self.beta <= 1:
             raise AdaspecError(f"--beta must be in [0, 1], got {self.beta}")
+        if not self.max_hidden_gb > 0:
+            raise AdaspecError(f"--max-hidden-gb must be > 0, got {self.max_hidden_gb}")
 
 
 # ------------------------------------------------------------------------------------------ building
 
 @torch.inference_mode()
 def teacher_rows(target: torch.nn.Module, ref: torch.nn.Module | None, batch: dict[str, torch.Tensor], k: int,
-                 divergence: str, temperature: float, beta: float, vocab: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Top-k ids/log-probs of the target (and L_ref) at the response positions of a right-padded batch.
+                 divergence: str, temperature: float, beta: float, vocab: int, layers: tuple[int, ...] = ()
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Top-k ids/log-probs of the target (and L_ref) at the response positions of a right-padded batch,
+    and the target's hidden states of `layers` at every position, from the same forward.
 
-    Returns (ids [R, k], logprobs [R, k], ref_div [R] or None), rows in row-major order of the shifted
-    response mask (`data.response_mask`): exactly the positions `TeacherCache.batch` fills.
+    Returns (ids [R, k], logprobs [R, k], ref_div [R] or None, hidden [B, T, layers, H] or None), rows in
+    row-major order of the shifted response mask (`data.response_mask`): exactly the positions
+    `TeacherCache.batch` fills.
     """
     mask = data_lib.response_mask(batch["labels"])
-    p_logits = shifted_logits(target, batch, vocab)
+    hidden = None
+    if layers:
+        logits, states = features(target, batch, layers)
+        p_logits, hidden = logits[:, :-1, :vocab], states.permute(1, 2, 0, 3)
+    else:
+        p_logits = shifted_logits(target, batch, vocab)
     ids, lps = losses.topk_teacher(p_logits[mask], k, temperature)
     ref_div = None
     if ref is not None:
         r_logits = shifted_logits(ref, batch, vocab)
         ref_div = losses.sparse_divergence(divergence, ids, lps, r_logits[mask], temperature=temperature, beta=beta)
-    return ids, lps, ref_div
+    return ids, lps, ref_div, hidden
 
 
 def _build_shard(target: torch.nn.Module, ref: torch.nn.Module | None, items: list[dict], opts: CacheOptions,
@@ -109,13 +132,19 @@ def _build_shard(target: torch.nn.Module, ref: torch.nn.Module | None, items: li
     n_rows = int(offsets[-1])
     specs = row_arrays(settings)
     out = {name: np.zeros((n_rows, *spec.width(settings)), dtype=spec.dtype) for name, spec in specs.items()}
+    layers = tuple(settings["hidden"]["layers"]) if "hidden" in settings else ()
+    if layers:
+        pos_offsets = np.concatenate([[0], np.cumsum([len(it["input_ids"]) for it in items])]).astype(np.int64)
+        spec = ROW_ARRAYS["hidden"]
+        out["hidden"] = np.zeros((int(pos_offsets[-1]), *spec.width(settings)), dtype=spec.dtype)
+        out["position_offsets"] = pos_offsets
     # batches of similar length waste less compute on padding; right padding leaves earlier positions alone
     order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))
     for s in range(0, len(order), opts.batch_size):
         chosen = order[s:s + opts.batch_size]
         batch = {k: v.to(device) for k, v in data_lib.collate([items[i] for i in chosen], pad_id).items()}
-        top_ids, top_lps, rdiv = teacher_rows(target, ref, batch, opts.top_k, opts.divergence,
-                                              opts.temperature, opts.beta, settings["vocab_size"])
+        top_ids, top_lps, rdiv, hidden = teacher_rows(target, ref, batch, opts.top_k, opts.divergence,
+                                                      opts.temperature, opts.beta, settings["vocab_size"], layers)
         made = {"topk_ids": top_ids, "topk_logprobs": top_lps, "ref_div": rdiv}
         made = {name: made[name].cpu().numpy() for name in specs}
         r = 0
@@ -124,6 +153,13 @@ def _build_shard(target: torch.nn.Module, ref: torch.nn.Module | None, items: li
             for name in specs:
                 out[name][lo:hi] = made[name][r:r + hi - lo]
             r += hi - lo
+        if hidden is not None:
+            states = hidden.to(torch.float16).cpu().numpy()
+            if not np.isfinite(states).all():
+                raise AdaspecError("the target's hidden states exceed the fp16 range of the cache; cache other "
+                                   "--hidden-layers or train the head live (without --teacher-cache)")
+            for b, i in enumerate(chosen):
+                out["hidden"][pos_offsets[i]:pos_offsets[i + 1]] = states[b, : len(items[i]["input_ids"])]
         if bar is not None:
             bar.update(len(chosen))
     out["positions"] = np.concatenate(positions) if positions else np.zeros(0, np.int32)
@@ -131,9 +167,11 @@ def _build_shard(target: torch.nn.Module, ref: torch.nn.Module | None, items: li
     return out
 
 
-def cache_settings(opts: CacheOptions, items: list[dict], tokenizer: Any, vocab: int) -> dict:
-    """Everything a cache depends on; resuming into a directory requires all of it to be equal."""
-    return {
+def cache_settings(opts: CacheOptions, items: list[dict], tokenizer: Any, vocab: int,
+                   hidden: dict | None = None) -> dict:
+    """Everything a cache depends on; resuming into a directory requires all of it to be equal. `hidden`
+    (`hidden_states.hidden_settings`) is recorded only when given, so caches without it keep their key."""
+    settings = {
         "format": FORMAT_VERSION,
         "target": {"path": str(opts.target), "fingerprint": model_fingerprint(opts.target)},
         "ref": {"path": str(opts.ref), "fingerprint": model_fingerprint(opts.ref)} if opts.ref else None,
@@ -149,6 +187,7 @@ def cache_settings(opts: CacheOptions, items: list[dict], tokenizer: Any, vocab:
                  "max_length": opts.max_length, "n_items": len(items), "items_fingerprint": items_fingerprint(items),
                  "response_tokens": int(sum(len(response_positions(it["labels"])) for it in items))},
     }
+    return settings | ({"hidden": hidden} if hidden is not None else {})
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -173,6 +212,10 @@ def _run_cache(opts: CacheOptions) -> dict:
     t0 = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(opts.target)
+    items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
+    # the size estimate comes first: an oversized cache is refused before any weight is loaded
+    hidden = hidden_settings(opts.hidden_layers, opts.target, items, opts.max_hidden_gb) if opts.hidden_layers \
+        else None
     target = load_model(opts.target, device=device)
     ref = None
     if opts.ref:
@@ -181,8 +224,7 @@ def _run_cache(opts: CacheOptions) -> dict:
     vocab = shared_vocab(target, *([ref] if ref is not None else []))
     if opts.top_k > vocab:
         raise AdaspecError(f"--top-k {opts.top_k} exceeds the vocabulary ({vocab})")
-    items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
-    settings = cache_settings(opts, items, tokenizer, vocab)
+    settings = cache_settings(opts, items, tokenizer, vocab, hidden)
     key = hashlib.sha256(json.dumps({k: v for k, v in settings.items() if k not in ("target", "ref")} | {
         "target": settings["target"]["fingerprint"],
         "ref": settings["ref"] and settings["ref"]["fingerprint"]}, sort_keys=True).encode()).hexdigest()[:16]
@@ -197,8 +239,9 @@ def _run_cache(opts: CacheOptions) -> dict:
         except json.JSONDecodeError:
             raise AdaspecError(f"{out / MANIFEST} is unreadable; delete {out} to rebuild the cache") from None
         if old.get("cache_key") != key:
-            diff = _differences({k: v for k, v in old.items() if k in settings and k != "cache_key"},
-                                {k: v for k, v in settings.items() if k != "cache_key"})
+            compared = (set(settings) | {"hidden"}) - {"cache_key"}  # "hidden" may be on one side only
+            diff = _differences({k: v for k, v in old.items() if k in compared},
+                                {k: v for k, v in settings.items() if k in compared})
             raise AdaspecError(f"{out} holds a cache for other settings ({'; '.join(diff[:3]) or 'format'}); "
                                f"use another --output or delete it")
         done = {rec["file"]: rec for rec in old.get("shards", [])}
@@ -219,15 +262,17 @@ def _run_cache(opts: CacheOptions) -> dict:
         name = SHARD_NAME.format(n)
         path = out / name
         rows = int(sum(len(response_positions(it["labels"])) for it in items[first:first + count]))
+        record = {"file": name, "first": first, "count": count, "rows": rows}
+        if hidden is not None:
+            record["positions"] = int(sum(len(it["input_ids"]) for it in items[first:first + count]))
         if path.exists():
             try:
                 arrays, meta = read_shard(path)
-                check_shard(arrays, meta, path, settings, first, count, rows)
+                check_shard(arrays, meta, path, settings, first, count, rows, record.get("positions"))
                 digest = sha256_file(path)
                 if name in done and done[name]["sha256"] != digest:
                     raise AdaspecError(f"corrupt cache shard {path}: checksum differs from the manifest")
-                manifest["shards"].append({"file": name, "first": first, "count": count, "rows": rows,
-                                           "sha256": digest})
+                manifest["shards"].append({**record, "sha256": digest})
                 kept += 1
                 if bar is not None:
                     bar.update(count)
@@ -237,8 +282,7 @@ def _run_cache(opts: CacheOptions) -> dict:
                 redone += 1
         tensors = _build_shard(target, ref, items[first:first + count], opts, settings, pad_id, device, bar)
         write_shard(path, tensors, {"cache_key": key, "first": str(first), "count": str(count)})
-        manifest["shards"].append({"file": name, "first": first, "count": count, "rows": rows,
-                                   "sha256": sha256_file(path)})
+        manifest["shards"].append({**record, "sha256": sha256_file(path)})
         atomic_write_json(out / MANIFEST, manifest)
     if bar is not None:
         bar.close()
@@ -252,6 +296,8 @@ def _run_cache(opts: CacheOptions) -> dict:
     manifest["size_bytes"] = sum(f.stat().st_size for f in out.glob("shard-*.safetensors"))
     atomic_write_json(out / MANIFEST, manifest)
     print(f"cache {out}: {len(items)} examples, {settings['data']['response_tokens']} response tokens, "
-          f"top-{opts.top_k}{' + L_ref' if ref is not None else ''}, {manifest['size_bytes'] / 2**20:.1f} MiB"
+          f"top-{opts.top_k}{' + L_ref' if ref is not None else ''}"
+          + (f" + hidden states of layers {hidden['layers']}" if hidden is not None else "")
+          + f", {manifest['size_bytes'] / 2**20:.1f} MiB"
           f" ({kept} shards kept, {redone} redone) in {manifest['build_seconds']:.1f}s")
     return manifest

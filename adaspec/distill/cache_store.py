@@ -5,11 +5,14 @@ holds one row per RESPONSE token of its examples (the shifted positions t with l
 no one, where the logits at t predict token t+1), back to back: the per-row arrays of `ROW_ARRAYS`
 (declared once below; adding a per-token field is one entry there), `positions` int32 [R] (the shifted
 position of each row in its item) and `row_offsets` int64 [n + 1] (item i's rows are
-row_offsets[i]:row_offsets[i+1]). The manifest records model fingerprints, the tokenizer's vocabulary
-hash, a fingerprint of the encoded items (every item's input_ids and labels), K, the divergence
-(the quantity `ref_div` holds: the reference's per-token divergence in it), temperature, beta and the data
-settings; `TeacherCache.open` refuses a cache whose fingerprints or settings differ from the run's, and one
-whose L_ref is in another divergence than the run's Δ. Shards are memory-mapped when read.
+row_offsets[i]:row_offsets[i+1]). Arrays declared `per="position"` (the target's hidden states, when the
+cache was built with --hidden-layers) hold one row per token of every example instead, prompt included,
+indexed by `position_offsets` int64 [n + 1]. The manifest records model fingerprints, the tokenizer's
+vocabulary hash, a fingerprint of the encoded items (every item's input_ids and labels), K, the divergence
+(the quantity `ref_div` holds: the reference's per-token divergence in it), temperature, beta, the data
+settings and, with hidden states, their layers, width and dtype; `TeacherCache.open` refuses a cache whose
+fingerprints or settings differ from the run's, and one whose L_ref is in another divergence than the run's
+Δ. Shards are memory-mapped when read.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -32,30 +35,39 @@ from adaspec.models import load_tokenizer, model_fingerprint
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_NAME = "shard-{:05d}.safetensors"
-_DTYPES = {"I32": np.int32, "I64": np.int64, "F32": np.float32}
+_DTYPES = {"I32": np.int32, "I64": np.int64, "F32": np.float32, "F16": np.float16}
 
 
 @dataclass(frozen=True)
 class RowArray:
-    """One per-response-token array of a shard."""
+    """One array of a shard: a row per response token (the default) or per token position."""
 
     dtype: type  # stored dtype
-    batch_dtype: torch.dtype  # dtype of `TeacherCache.batch`'s tensor
+    batch_dtype: torch.dtype  # dtype of the tensor `TeacherCache.batch` / `.hidden` returns
     width: Callable[[dict], tuple[int, ...]]  # trailing shape per row, from the manifest's settings
     present: Callable[[dict], bool] = lambda manifest: True
+    per: Literal["response", "position"] = "response"
+
+
+def _has_hidden(m: dict) -> bool:
+    return m.get("hidden") is not None
 
 
 ROW_ARRAYS: dict[str, RowArray] = {
     "topk_ids": RowArray(np.int32, torch.int64, lambda m: (int(m["top_k"]),)),
     "topk_logprobs": RowArray(np.float32, torch.float32, lambda m: (int(m["top_k"]),)),
     "ref_div": RowArray(np.float32, torch.float32, lambda m: (), lambda m: m["ref"] is not None),
+    # the target's hidden states [layers, H] of every token (adaspec.distill.hidden_states)
+    "hidden": RowArray(np.float16, torch.float32, lambda m: (len(m["hidden"]["layers"]), int(m["hidden"]["size"])),
+                       _has_hidden, per="position"),
 }
-INDEX_ARRAYS = ("positions", "row_offsets")
+INDEX_ARRAYS = {"response": ("positions", "row_offsets"), "position": ("position_offsets",)}
+OFFSETS = {"response": "row_offsets", "position": "position_offsets"}  # item i's rows: offsets[i]:offsets[i+1]
 
 
-def row_arrays(settings: dict) -> dict[str, RowArray]:
-    """The per-row arrays a cache with these settings stores."""
-    return {name: spec for name, spec in ROW_ARRAYS.items() if spec.present(settings)}
+def row_arrays(settings: dict, per: str = "response") -> dict[str, RowArray]:
+    """The arrays with a row per `per` (response token or token position) a cache with these settings stores."""
+    return {name: spec for name, spec in ROW_ARRAYS.items() if spec.per == per and spec.present(settings)}
 
 
 # ------------------------------------------------------------------------------------------ fingerprints
@@ -124,7 +136,7 @@ def read_shard(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 
 def check_shard(arrays: dict[str, np.ndarray], meta: dict[str, str], path: Path, settings: dict, first: int,
-                count: int, rows: int | None = None) -> None:
+                count: int, rows: int | None = None, positions: int | None = None) -> None:
     """Raise AdaspecError unless the shard is the one expected at this place of a cache with `settings`."""
     def bad(why: str) -> AdaspecError:
         return AdaspecError(f"corrupt cache shard {path}: {why}; delete it and rerun `adaspec cache` to redo it")
@@ -133,19 +145,30 @@ def check_shard(arrays: dict[str, np.ndarray], meta: dict[str, str], path: Path,
         raise bad("it was written for other settings")
     if (int(meta.get("first", -1)), int(meta.get("count", -1))) != (first, count):
         raise bad(f"it holds examples {meta.get('first')}+{meta.get('count')}, expected {first}+{count}")
-    specs = row_arrays(settings)
-    missing = [n for n in [*specs, *INDEX_ARRAYS] if n not in arrays]
+    _check_rows(bad, arrays, settings, "response", count, rows)
+    _check_rows(bad, arrays, settings, "position", count, positions)
+
+
+def _check_rows(bad: Callable[[str], AdaspecError], arrays: dict[str, np.ndarray], settings: dict, per: str,
+                count: int, expected: int | None) -> None:
+    specs = row_arrays(settings, per)
+    if not specs and per == "position":
+        return
+    offsets_name = OFFSETS[per]
+    missing = [n for n in [*specs, *INDEX_ARRAYS[per]] if n not in arrays]
     if missing:
         raise bad(f"missing {', '.join(missing)}")
-    offsets = arrays["row_offsets"]
-    n_rows = arrays["positions"].shape[0]
-    if offsets.shape != (count + 1,) or offsets[0] != 0 or offsets[-1] != n_rows or np.any(np.diff(offsets) < 0):
-        raise bad("row offsets are inconsistent")
+    offsets = arrays[offsets_name]
+    if offsets.shape != (count + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
+        raise bad(f"{offsets_name} are inconsistent")
+    n_rows = arrays["positions"].shape[0] if per == "response" else int(offsets[-1])
+    if offsets[-1] != n_rows:
+        raise bad(f"{offsets_name} are inconsistent")
     for name, spec in specs.items():
         if arrays[name].shape != (n_rows, *spec.width(settings)):
             raise bad(f"{name} is {list(arrays[name].shape)}, not [{n_rows}, {', '.join(map(str, spec.width(settings)))}]")
-    if rows is not None and rows != n_rows:
-        raise bad(f"it has {n_rows} rows, expected {rows}")
+    if expected is not None and expected != n_rows:
+        raise bad(f"it has {n_rows} {'rows' if per == 'response' else 'positions'}, expected {expected}")
 
 
 def write_shard(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> None:
@@ -159,7 +182,8 @@ def write_shard(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, str]
 # ------------------------------------------------------------------------------------------ reading
 
 class TeacherCache:
-    """A finished cache, memory-mapped; `batch` lays its rows out like the training batch's logits."""
+    """A finished cache, memory-mapped; `batch` lays its rows out like the training batch's logits, `hidden`
+    its hidden states like the target's features."""
 
     def __init__(self, path: Path, manifest: dict, shards: list[dict[str, np.ndarray]]) -> None:
         self.path = path
@@ -168,23 +192,25 @@ class TeacherCache:
         self.has_ref: bool = manifest["ref"] is not None
         self.vocab_size: int = int(manifest["vocab_size"])
         self.n_items: int = int(manifest["data"]["n_items"])
+        hidden = manifest.get("hidden")
+        self.hidden_layers: tuple[int, ...] | None = tuple(hidden["layers"]) if hidden else None
         self._shards = shards
-        self._where: list[tuple[int, int, int]] = []  # item -> (shard, first row, end row)
-        for s, arrays in enumerate(shards):
-            offsets = arrays["row_offsets"]
-            self._where += [(s, int(offsets[i]), int(offsets[i + 1])) for i in range(len(offsets) - 1)]
+        # per item: (shard, first row, end row) of its response rows, and of its positions
+        self._where = {per: _item_rows(shards, OFFSETS[per]) for per in ("response", "position")[: 1 + bool(hidden)]}
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, target_path: str | os.PathLike, ref_path: str | os.PathLike | None,
-             items: list[dict], divergence: str | None, temperature: float, beta: float | None = None,
-             vocab: int | None = None, top_k: int | None = None, verify: bool = True) -> "TeacherCache":
+             items: list[dict], divergence: str | None, temperature: float | None, beta: float | None = None,
+             vocab: int | None = None, top_k: int | None = None, hidden_layers: tuple[int, ...] | None = None,
+             hidden_size: int | None = None, verify: bool = True) -> "TeacherCache":
         """Open the cache at `path` for a run on `items` with this target (and reference), or refuse.
 
         Refuses, with one line naming the difference, a cache made for another target, tokenizer,
-        reference (when `ref_path` is given), data, temperature, beta (jsd), output vocabulary or K (when
-        given), and a cache whose L_ref is measured in another divergence than `divergence`, the one the
-        run's Δ uses (None: the run reads no L_ref; the target's top-K does not depend on it). `verify`
-        checks every shard against the sha256 in the manifest.
+        reference (when `ref_path` is given), data, temperature (when given), beta (jsd), output vocabulary
+        or K (when given); a cache whose L_ref is measured in another divergence than `divergence`, the one
+        the run's Δ uses (None: the run reads no L_ref; the target's top-K does not depend on it); and, when
+        `hidden_layers` are asked for, a cache without hidden states, without one of those layers, or of
+        another hidden size. `verify` checks every shard against the sha256 in the manifest.
         """
         root = Path(path)
         if not root.is_dir():
@@ -200,14 +226,15 @@ class TeacherCache:
             raise AdaspecError(f"{root} has cache format {found}, this adaspec reads {FORMAT_VERSION}")
         try:
             return cls._checked(root, manifest, target_path, ref_path, items, divergence, temperature, beta,
-                                vocab, top_k, verify)
+                                vocab, top_k, hidden_layers, hidden_size, verify)
         except (KeyError, TypeError) as exc:
             raise AdaspecError(f"{root / MANIFEST} is malformed (bad or missing field {exc})") from None
 
     @classmethod
     def _checked(cls, root: Path, manifest: dict, target_path: str | os.PathLike,
-                 ref_path: str | os.PathLike | None, items: list[dict], divergence: str | None, temperature: float,
-                 beta: float | None, vocab: int | None, top_k: int | None, verify: bool) -> "TeacherCache":
+                 ref_path: str | os.PathLike | None, items: list[dict], divergence: str | None,
+                 temperature: float | None, beta: float | None, vocab: int | None, top_k: int | None,
+                 hidden_layers: tuple[int, ...] | None, hidden_size: int | None, verify: bool) -> "TeacherCache":
         n_shards = len(shard_ranges(manifest["data"]["n_items"], manifest["shard_size"]))
         if not manifest.get("complete"):
             raise AdaspecError(f"teacher cache {root} is incomplete ({len(manifest.get('shards', []))} of "
@@ -236,7 +263,7 @@ class TeacherCache:
                          f"{len(items)} examples {ifp}; use the same --task/--data/--limit/--max-length")
         if divergence is not None and manifest["ref"] is not None and manifest["divergence"] != divergence:
             raise refuse("divergence of L_ref", manifest["divergence"], divergence)
-        if float(manifest["temperature"]) != float(temperature):
+        if temperature is not None and float(manifest["temperature"]) != float(temperature):
             raise refuse("temperature", manifest["temperature"], temperature)
         if beta is not None and divergence == "jsd" and manifest["ref"] is not None \
                 and float(manifest["beta"]) != float(beta):
@@ -245,6 +272,18 @@ class TeacherCache:
             raise refuse("output vocabulary size", manifest["vocab_size"], vocab)
         if top_k is not None and int(manifest["top_k"]) != int(top_k):
             raise refuse("top-k", manifest["top_k"], top_k)
+        if hidden_layers is not None:
+            cached = manifest.get("hidden")
+            if cached is None:
+                raise AdaspecError(f"teacher cache {root} holds no target hidden states; rebuild it with "
+                                   f"`adaspec cache --hidden-layers ...` (e.g. {','.join(map(str, hidden_layers))})")
+            absent = [i for i in dict.fromkeys(hidden_layers) if i not in cached["layers"]]
+            if absent:
+                wanted = ",".join(map(str, dict.fromkeys(hidden_layers)))
+                raise AdaspecError(f"teacher cache {root} holds the hidden states of layers {cached['layers']}, "
+                                   f"not {absent}; rebuild it with `adaspec cache --hidden-layers {wanted}`")
+            if hidden_size is not None and int(cached["size"]) != int(hidden_size):
+                raise refuse("hidden size", cached["size"], hidden_size)
 
         shards = []
         ranges = shard_ranges(d["n_items"], manifest["shard_size"])
@@ -259,7 +298,7 @@ class TeacherCache:
                 raise AdaspecError(f"corrupt cache shard {shard}: checksum differs from the manifest; rerun "
                                    f"`adaspec cache` with --output {root} to redo it")
             arrays, meta = read_shard(shard)
-            check_shard(arrays, meta, shard, manifest, first, count, rec["rows"])
+            check_shard(arrays, meta, shard, manifest, first, count, rec["rows"], rec.get("positions"))
             shards.append(arrays)
         return cls(root, manifest, shards)
 
@@ -276,9 +315,7 @@ class TeacherCache:
         out = {name: np.zeros((len(indices), cols, *spec.width(self.manifest)), dtype=spec.dtype)
                for name, spec in specs.items()}
         for row, index in enumerate(indices):
-            if not 0 <= index < self.n_items:
-                raise AdaspecError(f"item {index} is not in the teacher cache ({self.n_items} items)")
-            s, lo, hi = self._where[index]
+            s, lo, hi = self._rows_of(index, "response")
             arrays = self._shards[s]
             pos = arrays["positions"][lo:hi]
             if hi > lo and int(pos[-1]) >= width - 1:
@@ -286,6 +323,36 @@ class TeacherCache:
             for name in specs:
                 out[name][row, pos] = arrays[name][lo:hi]
         return {name: torch.from_numpy(a).to(specs[name].batch_dtype).to(device) for name, a in out.items()}
+
+    def hidden(self, indices: list[int], width: int, layers: tuple[int, ...],
+               device: torch.device | str = "cpu") -> torch.Tensor:
+        """The target's hidden states of `layers` (in that order; each one the cache holds) for items
+        `indices` of a right-padded batch `width` tokens wide: float32 [len(layers), B, width, H], laid out
+        as `decoding.target.features` returns them; padding positions hold 0."""
+        if self.hidden_layers is None:
+            raise AdaspecError(f"teacher cache {self.path} holds no target hidden states")
+        pick = [self.hidden_layers.index(i) for i in layers]
+        spec = ROW_ARRAYS["hidden"]
+        out = np.zeros((len(indices), width, len(pick), spec.width(self.manifest)[1]), dtype=spec.dtype)
+        for row, index in enumerate(indices):
+            s, lo, hi = self._rows_of(index, "position")
+            if hi - lo > width:
+                raise AdaspecError(f"item {index} has {hi - lo} tokens, more than the batch width {width}")
+            out[row, : hi - lo] = self._shards[s]["hidden"][lo:hi][:, pick]
+        return torch.from_numpy(out).to(device=device, dtype=spec.batch_dtype).permute(2, 0, 1, 3)
+
+    def _rows_of(self, index: int, per: str) -> tuple[int, int, int]:
+        if not 0 <= index < self.n_items:
+            raise AdaspecError(f"item {index} is not in the teacher cache ({self.n_items} items)")
+        return self._where[per][index]
+
+
+def _item_rows(shards: list[dict[str, np.ndarray]], offsets_name: str) -> list[tuple[int, int, int]]:
+    out = []
+    for s, arrays in enumerate(shards):
+        o = arrays[offsets_name]
+        out += [(s, int(o[i]), int(o[i + 1])) for i in range(len(o) - 1)]
+    return out
 
 
 def shard_ranges(n_items: int, shard_size: int) -> list[tuple[int, int]]:

@@ -12,24 +12,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adaspec.distill import losses
 from adaspec.distill.selection import delta_selection
+from adaspec.distill.teacher import TopK, divergence
 
 
-def step_divergences(kind: str, target_logits: Tensor, step_logits: list[Tensor], temperature: float = 1.0,
+def step_divergences(kind: str, target_logits: Tensor | TopK, step_logits: list[Tensor], temperature: float = 1.0,
                      beta: float = 0.5) -> list[Tensor]:
     """Per step j: the divergence [B, T-1-j] of step j's predictions from the target's (see the module doc).
 
-    target_logits [B, T, V] are the target's logits at every position; step_logits[j] [B, T', V] with
-    T' >= T - 1 - j (extra trailing positions are ignored)."""
+    target_logits [B, T, V] are the target's logits at every position (or its cached top-K there,
+    `teacher.TopK`); step_logits[j] [B, T', V] with T' >= T - 1 - j (extra trailing positions are ignored)."""
     t = target_logits.shape[1]
     out = []
     for j, q in enumerate(step_logits):
         width = t - 1 - j
         if width <= 0:
             break
-        out.append(losses.per_token_divergence(kind, target_logits[:, j:j + width], q[:, :width],
-                                               temperature=temperature, beta=beta))
+        out.append(divergence(kind, target_logits[:, j:j + width], q[:, :width], temperature=temperature, beta=beta))
     return out
 
 

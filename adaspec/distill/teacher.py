@@ -3,11 +3,46 @@ reference model, computed from live frozen models or read from an offline cache 
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from adaspec.distill import losses
 from adaspec.distill.cache_store import TeacherCache
+
+
+@dataclass(frozen=True)
+class TopK:
+    """A cached teacher in place of the target's logits [..., V]: its top-K ids [..., K] and log-probabilities
+    [..., K] at the distillation temperature (the rest is a tail bucket, `losses.sparse_divergence`).
+    Indexing the leading dims indexes both, as for logits. With `sink`, id V (one past the drafter's
+    vocabulary) marks entries with no drafter token (log-probability -inf): `divergence` scores the
+    drafter with an extra column of probability 0 there."""
+
+    ids: Tensor
+    logprobs: Tensor
+    sink: bool = False
+
+    def __getitem__(self, key: Any) -> "TopK":
+        return TopK(self.ids[key], self.logprobs[key], self.sink)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.ids.shape
+
+
+def divergence(kind: str, teacher: Tensor | TopK, q_logits: Tensor, temperature: float = 1.0,
+               beta: float = 0.5) -> Tensor:
+    """Per-token divergence `kind` of the drafter's logits from a teacher given as logits (exact,
+    `losses.per_token_divergence`) or as a cached `TopK` (`losses.sparse_divergence`)."""
+    if isinstance(teacher, Tensor):
+        return losses.per_token_divergence(kind, teacher, q_logits, temperature=temperature, beta=beta)
+    if teacher.sink:
+        q_logits = torch.nn.functional.pad(q_logits, (0, 1), value=-math.inf)
+    return losses.sparse_divergence(kind, teacher.ids, teacher.logprobs, q_logits, temperature=temperature, beta=beta)
 
 
 def shifted_logits(model: torch.nn.Module, batch: dict, vocab: int) -> Tensor:

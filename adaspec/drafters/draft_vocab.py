@@ -70,3 +70,26 @@ def to_target_space(draft_values: Tensor, d2t: Tensor, vocab_size: int) -> Tenso
 def restrict_to_draft(target_values: Tensor, d2t: Tensor) -> Tensor:
     """[..., vocab_size] target-space values (e.g. the target's logits) -> [..., N] on the draft vocabulary."""
     return target_values.index_select(-1, draft_ids(d2t))
+
+
+def restrict_topk_to_draft(ids: Tensor, logprobs: Tensor, t2d: Tensor,
+                           floor: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """A cached top-K teacher (target ids [..., K], log-probabilities [..., K]) as a distribution over the
+    draft vocabulary `t2d` (bool mask over target ids, N of them set): the sparse counterpart of
+    `restrict_to_draft` followed by a softmax.
+
+    Returns draft ids [..., K'], with N (a sink one past the draft vocabulary) for the ids outside it, and
+    log-probabilities renormalised by the mass left once the top-K mass outside the draft vocabulary is
+    removed (floored at `floor`), -inf at the sink. The tail (1 - the top-K mass) is unknown; it is taken to
+    lie inside the draft vocabulary, so with K = V this is exactly the target's distribution renormalised
+    over the draft vocabulary (SpecForge's `target_p`). K' = min(K, N + 1): the ids inside come first
+    (in their order), so only sink entries are dropped."""
+    t2d = t2d.to(ids.device)
+    n = int(t2d.sum())
+    inside = t2d[ids]
+    order = torch.sort((~inside).to(torch.uint8), dim=-1, stable=True).indices[..., : min(ids.shape[-1], n + 1)]
+    outside_mass = torch.where(inside, 0.0, logprobs.exp()).sum(-1, keepdim=True)
+    kept = (1.0 - outside_mass).clamp(min=floor).log()
+    ids, logprobs, inside = ids.gather(-1, order), logprobs.gather(-1, order), inside.gather(-1, order)
+    draft = torch.where(inside, torch.cumsum(t2d.long(), 0)[ids] - 1, n)
+    return draft, torch.where(inside, logprobs - kept, -torch.inf)

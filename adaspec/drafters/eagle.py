@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from adaspec.decoding.target import FINAL
+from adaspec.decoding.target import FINAL, config_dims
 from adaspec.drafters.common import GatedMLP, RMSNorm, apply_rope, repeat_kv
 from adaspec.drafters.draft_vocab import vocab_maps
 from adaspec.drafters.head_checkpoint import load_strict, read_config_entry, read_weights
@@ -137,13 +137,12 @@ class EagleConfig:
     def for_target(cls, target: PreTrainedModel, variant: str = "eagle3", **overrides: Any) -> EagleConfig:
         """A head config shaped like the target's own layers (the references' choice); any field can be overridden."""
         c = target.config
-        hidden = int(getattr(c, "hidden_size", None) or c.n_embd)
+        layers, hidden = config_dims(c)
         heads = int(getattr(c, "num_attention_heads", None) or c.n_head)
         inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden
         rope = getattr(c, "rope_parameters", None) or {}
         theta = rope.get("rope_theta") if isinstance(rope, dict) else None
         ctx = getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None) or 2048
-        layers = int(getattr(c, "num_hidden_layers", None) or c.n_layer)
         extra = {k: getattr(c, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
                  if isinstance(getattr(c, k, None), int)}
         values: dict[str, Any] = dict(

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from adaspec.drafters.common import repeat_kv
-from adaspec.drafters.draft_vocab import restrict_to_draft
+from adaspec.distill.teacher import TopK
+from adaspec.drafters.draft_vocab import restrict_to_draft, restrict_topk_to_draft
 from adaspec.drafters.eagle import EagleHead
 from adaspec.errors import AdaspecError
 
@@ -122,11 +123,19 @@ def unrolled_mask(attention_mask: Tensor, steps: int) -> Tensor:
     return valid
 
 
-def unrolled_targets(head: EagleHead, target_logits: Tensor, steps: int) -> Tensor:
+def unrolled_targets(head: EagleHead, target_logits: Tensor | TopK, steps: int) -> Tensor | TopK:
     """The target's logits [B, T, V] aligned with `unrolled_logits` and restricted to the draft vocabulary:
     [steps, B, T, V_draft]. Softmax of these is the target's distribution renormalised over the draft
-    vocabulary (SpecForge's `target_p`), so any divergence in adaspec's losses applies step by step."""
-    return shift_steps(restrict_to_draft(target_logits, head.d2t), steps)
+    vocabulary (SpecForge's `target_p`), so any divergence in adaspec's losses applies step by step
+    (`distill.teacher.divergence`). A cached top-K teacher [B, T, K] comes back the same way, as a TopK
+    [steps, B, T, K] over the draft vocabulary (`draft_vocab.restrict_topk_to_draft`)."""
+    if isinstance(target_logits, Tensor):
+        return shift_steps(restrict_to_draft(target_logits, head.d2t), steps)
+    reduced = not bool(head.t2d.all())  # the full vocabulary needs no mapping (nor a sink column)
+    ids, lps = target_logits.ids, target_logits.logprobs
+    if reduced:
+        ids, lps = restrict_topk_to_draft(ids, lps, head.t2d)
+    return TopK(shift_steps(ids, steps), shift_steps(lps, steps), sink=reduced)
 
 
 def step_weights(steps: int, decay: float = 0.8, device: torch.device | str | None = None) -> Tensor:

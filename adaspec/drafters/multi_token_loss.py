@@ -13,10 +13,11 @@ from torch import Tensor, nn
 
 from adaspec.data import response_mask
 from adaspec.distill.steps import step_divergences, step_masks
+from adaspec.distill.teacher import TopK
 from adaspec.errors import AdaspecError
 
 
-def depth_token_losses(depth_logits: list[Tensor], target_logits: Tensor, labels: Tensor, kind: str = "fkl",
+def depth_token_losses(depth_logits: list[Tensor], target_logits: Tensor | TopK, labels: Tensor, kind: str = "fkl",
                        temperature: float = 1.0, beta: float = 0.5) -> list[tuple[Tensor, Tensor]]:
     """Per-token loss and mask of every depth, [B, T-k-1] each.
 
@@ -24,7 +25,7 @@ def depth_token_losses(depth_logits: list[Tensor], target_logits: Tensor, labels
     project's convention for prompt and padding). kind "ce": cross-entropy on that data token; otherwise a
     divergence of adaspec.distill.losses (fkl, rkl, tvd, jsd) against the target's own distribution at
     position i+k, which predicts the same token (self-distillation); `temperature` and `beta` (JSD) as
-    there.
+    there. `target_logits` may be the target's cached top-K (`distill.teacher.TopK`).
     """
     # depth k is step k at the same position; dropping step 0 from the frame = starting it one position on
     masks = step_masks(response_mask(labels)[:, 1:], len(depth_logits))

@@ -1,8 +1,9 @@
 """The `train-head --kind eagle` recipe: an EAGLE feature head on a frozen target, through the shared training loop.
 
-Per batch the frozen target runs once (logits + the head's hidden layers, hooked); the head is unrolled
-`--ttt-steps` times (adaspec.drafters.eagle_ttt, SpecForge's training-time test) and step j's per-token
-divergence against the target's distribution renormalised over the draft vocabulary is weighted
+Per batch the frozen target runs once (logits + the head's hidden layers, hooked), or with --teacher-cache
+its hidden states and top-K distributions are read from `adaspec cache` (adaspec.training.target_signal);
+the head is unrolled `--ttt-steps` times (adaspec.drafters.eagle_ttt, SpecForge's training-time test) and
+step j's per-token divergence against the target's distribution renormalised over the draft vocabulary is weighted
 `--step-decay`**j. `--method adaspec --ref REF_HEAD` keeps, per unroll step, the top-k fraction of
 response tokens by Δ = L(head) − L(reference head) (the reference being a head trained with plain KD);
 `--selection bottom/random/all` are the ablations.
@@ -23,9 +24,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
 from adaspec.decoding.target import features
-from adaspec.distill import losses, selection
+from adaspec.distill import selection
+from adaspec.distill.cache_store import TeacherCache
 from adaspec.distill.recipe import val_continuations
 from adaspec.distill.steps import place_by_predicted_token
+from adaspec.distill.teacher import TopK, divergence
 from adaspec.drafters.draft_vocab import frequent_tokens
 from adaspec.drafters.eagle import EagleConfig, EagleHead
 from adaspec.drafters.eagle_ttt import (feature_regression_loss, shift_steps, step_weights, unroll,
@@ -39,6 +42,7 @@ from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.head_options import TrainHeadOptions, budgeted, head_run
 from adaspec.training.run_fingerprint import Run
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
+from adaspec.training.target_signal import TargetSignal, open_head_cache
 
 
 @torch.no_grad()
@@ -61,20 +65,22 @@ class HeadLoss:
     tests/training/test_head.py checks the two hold the same weighted terms.
     """
 
-    def __init__(self, opts: TrainHeadOptions, target: PreTrainedModel, ref: EagleHead | None, vocab: int):
-        self.opts, self.target, self.ref, self.vocab = opts, target, ref, vocab
+    def __init__(self, opts: TrainHeadOptions, target: PreTrainedModel, ref: EagleHead | None, vocab: int,
+                 cache: TeacherCache | None = None):
+        self.opts, self.ref = opts, ref
+        self.signal = TargetSignal(target, vocab, cache)
         self.mode = opts.selection if opts.method == "adaspec" else "all"
         self.generator = torch.Generator()
 
-    def step_divergences(self, head: torch.nn.Module, d2t_head: EagleHead, logits: Tensor, feats: Tensor,
+    def step_divergences(self, head: torch.nn.Module, d2t_head: EagleHead, teacher: Tensor | TopK, feats: Tensor,
                          batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         """(divergence [S, B, T], valid response positions [S, B, T], unrolled hidden [S, B, T, H]);
         `head` may be wrapped (DDP), `d2t_head` is the module itself."""
         o, s = self.opts, self.opts.ttt_steps
         ids, am = batch["input_ids"], batch["attention_mask"]
         un = head(feats, ids, s, am)
-        p = unrolled_targets(d2t_head, logits[..., : self.vocab], s)
-        div = losses.per_token_divergence(o.loss, p, un.logits, temperature=o.temperature, beta=o.beta)
+        p = unrolled_targets(d2t_head, teacher, s)
+        div = divergence(o.loss, p, un.logits, temperature=o.temperature, beta=o.beta)
         resp = torch.nn.functional.pad(data_lib.response_mask(batch["labels"]), (0, 1), value=False)
         valid = unrolled_mask(am, s) & shift_steps(resp, s, False)
         return div, valid, un.hidden
@@ -87,12 +93,13 @@ class HeadLoss:
         if self.ref is not None and self.ref.config.hidden_layers != layers:
             raise AdaspecError(f"the reference head reads layers {list(self.ref.config.hidden_layers)}, "
                                f"this head {list(layers)}")
-        logits, feats = target_signal(self.target, batch["input_ids"], batch["attention_mask"], layers)
-        div, valid, hidden = self.step_divergences(head, core, logits, feats, batch)
+        teacher, states = self.signal(batch, layers)
+        feats = torch.cat(list(states), dim=-1)
+        div, valid, hidden = self.step_divergences(head, core, teacher, feats, batch)
         ref_div = None
         if self.mode != "all":
             with torch.no_grad():
-                ref_div = self.step_divergences(self.ref, self.ref, logits, feats, batch)[0]
+                ref_div = self.step_divergences(self.ref, self.ref, teacher, feats, batch)[0]
         kept = torch.stack([selection.delta_selection(div[j], None if ref_div is None else ref_div[j], valid[j],
                                                       o.k, self.mode, generator=self.generator)
                             for j in range(o.ttt_steps)])
@@ -165,6 +172,10 @@ def _eagle_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_s
 
     overrides = {"draft_vocab_size": opts.draft_vocab} if opts.draft_vocab else {}
     cfg = EagleConfig.for_target(target, opts.variant, aux_layers=opts.aux_layer_ids(), **overrides)
+    cache = None  # opened first: a mismatched cache is refused before any work
+    if opts.teacher_cache:
+        cache = open_head_cache(opts.teacher_cache, opts.target, target, items, cfg.hidden_layers, opts.temperature,
+                                vocab)
     tokens = None
     if opts.draft_vocab:
         tokens = frequent_tokens((it["input_ids"][it["prompt_length"]:] for it in items), opts.draft_vocab, vocab)
@@ -191,8 +202,9 @@ def _eagle_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_s
     accelerator.print(f"{cfg.variant} head: {trained:,} trained parameters (of {count_params(head):,}); "
                       f"layers {list(cfg.hidden_layers)}, draft vocabulary {cfg.draft_vocab_size}; {opts.method}"
                       + (f" k={opts.k} {opts.selection}" if opts.method == "adaspec" else "")
-                      + f"; {len(items)} examples, {opts.epochs:g} epochs, global batch {opts.batch_size}")
-    result = train_loop(opts, accelerator, head, tokenizer, items, HeadLoss(opts, target, ref, vocab), validate,
+                      + f"; {len(items)} examples, {opts.epochs:g} epochs, global batch {opts.batch_size}"
+                      + (f"; target signal from {opts.teacher_cache} (top-{cache.top_k})" if cache else ""))
+    result = train_loop(opts, accelerator, head, tokenizer, items, HeadLoss(opts, target, ref, vocab, cache), validate,
                         best_key="agreement", higher_is_better=True, epochs=opts.epochs, on_step=on_step)
     if accelerator.is_main_process:
         atomic_write_json(out / "train_summary.json", {

@@ -4,7 +4,9 @@
 --kind mtp|medusa    DeepSeek-style MTP modules or Medusa heads, one loss per depth
                      (adaspec.training.multi_token_head)
 Both run on the shared training loop with the divergences of adaspec.distill.losses and AdaSPEC's per-step
-(per-depth) selection against a reference head trained with --method kd.
+(per-depth) selection against a reference head trained with --method kd. The target's signal comes from a
+live forward per batch or, with --teacher-cache, from `adaspec cache --hidden-layers`
+(adaspec.training.target_signal).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from adaspec.errors import AdaspecError
 from adaspec.options import helptext
 from adaspec.training.loop import OnStep
 from adaspec.training.options import TrainOptions
-from adaspec.training.run_fingerprint import Run, open_run, path_fingerprint
+from adaspec.training.run_fingerprint import Run, cache_fingerprint, open_run, path_fingerprint
 
 DEFAULT_DEPTH = {"mtp": 3, "medusa": 4}
 
@@ -49,6 +51,9 @@ class TrainHeadOptions(TrainOptions):
         "how --match-token-budget matches: batch = batch/k and epochs/k at KD's optimizer steps (the AdaSPEC "
         "authors' scripts); epochs = epochs/k at KD's batch, 1/k the steps (adaspec reproduce's protocol)"))
     val_max_new_tokens: int = field(default=96, metadata=helptext("length of the target continuations scored"))
+    teacher_cache: str | None = field(default=None, metadata=helptext(
+        "cache from `adaspec cache --hidden-layers` (with the head's layers): the target's hidden states and "
+        "top-K distributions are read from it, no target forward during training"))
     # --kind eagle
     variant: Literal["eagle3", "eagle1"] = field(default="eagle3", metadata=helptext(
         "eagle: eagle3 fuses three target layers; eagle1 reads the final normed state only"))
@@ -83,6 +88,9 @@ class TrainHeadOptions(TrainOptions):
             raise AdaspecError("--temperature must be > 0 and --gen-temperature >= 0")
         if not 0 <= self.beta <= 1:
             raise AdaspecError("--beta must be in [0, 1]")
+        if self.teacher_cache and self.data_source == "target":
+            raise AdaspecError("--data-source target generates the responses during training; a --teacher-cache "
+                               "covers the dataset's responses (use --data-source dataset)")
         if self.kind == "eagle":
             self._check_eagle()
         else:
@@ -132,14 +140,15 @@ def budgeted(opts: TrainHeadOptions, n_items: int) -> TrainHeadOptions:
 
 
 # options naming an input: their fingerprint (not their path) defines the run
-HEAD_INPUTS = {"target": path_fingerprint, "ref": path_fingerprint, "init": path_fingerprint}
+HEAD_INPUTS = {"target": path_fingerprint, "ref": path_fingerprint, "init": path_fingerprint,
+               "teacher_cache": cache_fingerprint}
 
 
 @contextlib.contextmanager
 def head_run(opts: TrainHeadOptions, accelerator: Any) -> Iterator[Run]:
     """`run_fingerprint.open_run` for a head: output checks against its inputs, lock, fingerprint."""
-    roles = {"target": opts.target, "reference": opts.ref, "--init": opts.init, "--data": opts.data,
-             "--data-dir": opts.data_dir}
+    roles = {"target": opts.target, "reference": opts.ref, "--init": opts.init, "teacher cache": opts.teacher_cache,
+             "--data": opts.data, "--data-dir": opts.data_dir}
     with open_run(opts, HEAD_INPUTS, roles, accelerator.is_main_process, accelerator.wait_for_everyone) as run:
         yield run
 

@@ -11,6 +11,9 @@ token, so the loop's "response" normalisation gives Σ_k w_k · (sum of depth-k 
 the ablations), as adaspec.distill.selection does for a draft model. Only the "response" normalisation of
 the official AdaSPEC code is offered (a kept count per depth has no single denominator).
 
+The target's final normed states and distributions come from a live forward per batch, or with
+--teacher-cache from `adaspec cache --hidden-layers final` (adaspec.training.target_signal).
+
 Validation (keep-best): greedy acceptance teacher-forced on the target's greedy continuations of the
 validation prompts (adaspec.evaluation.head_acceptance): mean accepted length of a γ = D step.
 """
@@ -25,7 +28,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
-from adaspec.decoding.target import FINAL, features
+from adaspec.decoding.target import FINAL
 from adaspec.distill import selection
 from adaspec.distill.recipe import target_response_items, val_continuations
 from adaspec.distill.steps import place_by_predicted_token
@@ -44,6 +47,7 @@ from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
 from adaspec.training.head_options import TrainHeadOptions, budgeted, head_run
 from adaspec.training.run_fingerprint import Run
+from adaspec.training.target_signal import TargetSignal, open_head_cache
 
 def _load_heads(kind: str, path: str, depth: int, target: PreTrainedModel, what: str
                 ) -> MTPHeads | MedusaHeads:
@@ -98,12 +102,16 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
     out = Path(opts.output)
     eos = tokenizer.eos_token_id
     items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
+    cache = None  # opened first: a mismatched cache is refused before any work
+    if opts.teacher_cache:
+        cache = open_head_cache(opts.teacher_cache, opts.target, target, items, (FINAL,),
+                                None if opts.loss == "ce" else opts.temperature, parts.vocab)
     if opts.data_source == "target":
         items = target_response_items(target, items, opts, run, accelerator, eos)
     val_prompts = [it["input_ids"][: it["prompt_length"]] for it in data_lib.encode(
         load_split(opts, "validation", opts.val_examples), tokenizer, opts.max_length)]
     val = val_continuations(target, val_prompts, opts.val_max_new_tokens, eos, run, accelerator)
-
+    signal = TargetSignal(target, parts.vocab, cache)
     weights = depth_weights(opts.depth, opts.depth_weights, opts.lam)  # type: ignore[arg-type]
     mode = opts.selection if opts.method == "adaspec" else "all"
     sel_gen = torch.Generator()
@@ -114,9 +122,8 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
             sel_step[0] = step
             sel_gen.manual_seed((opts.seed + 1) * 1_000_003 + step)
         ids, labels = batch["input_ids"], batch["labels"]
-        with torch.no_grad():
-            teacher, hidden = features(target, batch, (FINAL,))
-            hidden = hidden[0].float()
+        teacher, hidden = signal(batch, (FINAL,))
+        hidden = hidden[0].float()
         per_depth = depth_token_losses(forward(model, hidden, ids), teacher, labels, opts.loss,
                                        opts.temperature, opts.beta)
         ref_depth = [None] * len(per_depth)
@@ -141,7 +148,8 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
     opts = budgeted(opts, len(items))
     accelerator.print(f"{opts.kind} heads: {count_params(heads):,} parameters, {opts.depth} depths; "
                       f"{opts.method}" + (f" k={opts.k} {opts.selection}" if mode != "all" else "")
-                      + f"; {len(items)} examples, {opts.epochs:g} epochs, global batch {opts.batch_size}")
+                      + f"; {len(items)} examples, {opts.epochs:g} epochs, global batch {opts.batch_size}"
+                      + (f"; target signal from {opts.teacher_cache} (top-{cache.top_k})" if cache else ""))
     # the loop saves and restores through save_pretrained / from_pretrained, which the heads provide
     result = train_loop(opts, accelerator, heads, tokenizer, items, token_loss, validate,  # type: ignore
                         best_key="accept_length", higher_is_better=True, epochs=opts.epochs,

@@ -35,13 +35,14 @@ def test_crossover_interpolates_in_log_size():
 
 def test_sweep_measures_every_target_and_the_draft():
     out = sweep(["tiny-neox", "tiny-llama"], "tiny-gpt2", tau=2.0, gamma=2, pair_target="tiny-neox",
-                measured_speedup=0.5, vocab=64, prefix=8, repeats=2)
+                measured_speedup=0.01, vocab=64, prefix=8, repeats=2)
     assert [r["target"] for r in out["rows"]] == ["tiny-neox", "tiny-llama"]
     for r in out["rows"]:
         assert r["t1_ms"] > 0 and r["verify_ms"] > 0
         assert r["predicted_speedup"] == pytest.approx(predicted_speedup(
             2.0, 2, r["t1_ms"], r["verify_ms"], out["draft_ms"], out["step_overhead_ms"]))
-    assert out["rows"][0]["predicted_speedup"] == pytest.approx(0.5)  # the pair's own measured speed-up
+    # slow enough that the solved per-step work is positive: the pair's own prediction is its measurement
+    assert out["rows"][0]["predicted_speedup"] == pytest.approx(0.01)
     with pytest.raises(AdaspecError, match="must be one of the swept"):
         sweep(["tiny-neox"], "tiny-gpt2", 2.0, 2, pair_target="tiny-llama", measured_speedup=0.5, vocab=64)
 
