@@ -6,10 +6,13 @@ before its children) and the children of one node are in the order verification 
 probable first). Index 0 of the [N+1]-sized arrays below (mask, target rows) is the root, index i+1 is
 node i.
 
-Two builders:
+Builders:
 - `Tree.from_paths`: a static sparse tree (Medusa): each path is a list of top-k ranks, one per depth, e.g.
   [[0], [0, 0], [1], [0, 1]]; node [r_1..r_d] carries candidates[d-1][r_d], the r_d-th candidate of the
   depth-d head (Medusa heads propose per depth, independently of the parent).
+- `build_static_tree`: the same rank paths for any drafter, through `expand`: node [r_1..r_d] carries the
+  r_d-th most probable child the drafter gives its parent [r_1..r_{d-1}] (for Medusa heads, whose children
+  do not depend on the parent, this is exactly `from_paths`).
 - `build_dynamic_tree`: EAGLE-2's dynamic tree (Li et al. 2024): expand the current frontier's top-k
   children, keep the top-k of them by cumulative draft log-probability as the next frontier, stop at a
   depth, then keep the best `total_tokens` nodes overall. The reference defaults (top-k 10, depth 7, 60
@@ -30,9 +33,9 @@ from adaspec.errors import AdaspecError
 # EAGLE's reference settings (GPU); see the module docstring for the CPU default.
 EAGLE_TOP_K, EAGLE_DEPTH, EAGLE_TOTAL_TOKENS = 10, 7, 60
 
-# expand(nodes, tree) -> (tokens [F, k] long, log-probs [F, k]): the draft's top-k children of each
+# expand(nodes, tree, k) -> (tokens [F, k] long, log-probs [F, k]): the draft's top-k children of each
 # frontier node (-1 = the root), most probable first; `tree` holds every node created so far.
-Expand = Callable[[torch.Tensor, "Tree"], tuple[torch.Tensor, torch.Tensor]]
+Expand = Callable[[torch.Tensor, "Tree", int], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -75,23 +78,17 @@ class Tree:
         Every prefix of a path must itself be a path. Nodes are ordered by (depth, path), so a parent
         comes first and siblings are tried by rank.
         """
-        paths = sorted({tuple(int(r) for r in p) for p in paths}, key=lambda p: (len(p), p))
+        paths = check_paths(paths)
         index = {p: i for i, p in enumerate(paths)}
-        parents, depths, tokens = [], [], []
         for p in paths:
-            if not p:
-                raise AdaspecError("tree paths must not be empty (the root is implicit)")
-            if len(p) > candidates.shape[0] or max(p) >= candidates.shape[1] or min(p) < 0:
+            if len(p) > candidates.shape[0] or max(p) >= candidates.shape[1]:
                 raise AdaspecError(f"tree path {list(p)} needs candidates beyond the "
                                    f"{candidates.shape[0]} x {candidates.shape[1]} given")
-            if len(p) > 1 and p[:-1] not in index:
-                raise AdaspecError(f"tree path {list(p)} has no parent path {list(p[:-1])}")
-            parents.append(index[p[:-1]] if len(p) > 1 else -1)
-            depths.append(len(p))
-            tokens.append(candidates[len(p) - 1, p[-1]])
+        depths = [len(p) for p in paths]
+        parents = [index[p[:-1]] if len(p) > 1 else -1 for p in paths]
         device = candidates.device
-        return cls(torch.stack(tokens).long() if tokens else torch.empty(0, dtype=torch.long, device=device),
-                   torch.tensor(parents, dtype=torch.long, device=device),
+        tokens = candidates[torch.tensor(depths) - 1, torch.tensor([p[-1] for p in paths])].long()
+        return cls(tokens.to(device), torch.tensor(parents, dtype=torch.long, device=device),
                    torch.tensor(depths, dtype=torch.long, device=device))
 
     def ancestors(self) -> list[list[int]]:
@@ -157,7 +154,7 @@ def build_dynamic_tree(expand: Expand, top_k: int = EAGLE_TOP_K, depth: int = EA
     created = 0
     for d in range(1, depth + 1):
         partial = _tree_of(tokens, parents, depths)
-        child_tokens, child_logp = expand(frontier, partial)
+        child_tokens, child_logp = expand(frontier, partial, top_k)
         k = child_tokens.shape[1]
         if child_tokens.shape != child_logp.shape or child_tokens.shape[0] != frontier.shape[0] or k > top_k:
             raise AdaspecError(f"tree expand returned tokens {tuple(child_tokens.shape)} and log-probs "
@@ -189,3 +186,57 @@ def _tree_of(tokens: list[torch.Tensor], parents: list[torch.Tensor], depths: li
         empty = torch.empty(0, dtype=torch.long)
         return Tree(empty, empty, empty)
     return Tree(torch.cat(tokens), torch.cat(parents), torch.cat(depths))
+
+
+def check_paths(paths: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """Rank paths sorted by (depth, ranks), duplicates dropped; AdaspecError unless they form a tree."""
+    out = sorted({tuple(int(r) for r in p) for p in paths}, key=lambda p: (len(p), p))
+    if not out:
+        raise AdaspecError("a static tree needs at least one path")
+    known = set(out)
+    for p in out:
+        if not p:
+            raise AdaspecError("tree paths must not be empty (the root is implicit)")
+        if min(p) < 0:
+            raise AdaspecError(f"tree path {list(p)} has a negative rank")
+        if len(p) > 1 and p[:-1] not in known:
+            raise AdaspecError(f"tree path {list(p)} has no parent path {list(p[:-1])}")
+    return out
+
+
+def build_static_tree(expand: Expand, paths: Sequence[Sequence[int]]) -> Tree:
+    """The tree of rank paths (see `Tree.from_paths`) with each node's token from its parent's expansion.
+
+    One expansion per depth, of the nodes that have children in `paths`, with k = the largest child rank
+    asked at that depth + 1. Nodes come out in `from_paths` order: by depth, then by path.
+    """
+    paths = check_paths(paths)
+    index: dict[tuple[int, ...], int] = {}
+    tokens: list[int] = []
+    parents: list[int] = []
+    depths: list[int] = []
+    device = None
+    for d in range(1, len(paths[-1]) + 1):
+        level = [p for p in paths if len(p) == d]
+        owners = sorted({p[:-1] for p in level})
+        k = max(p[-1] for p in level) + 1
+        nodes = torch.tensor([index[o] if o else -1 for o in owners], dtype=torch.long)
+        child_tokens, _ = expand(nodes, _tree_of_lists(tokens, parents, depths, device), k)
+        if child_tokens.shape[0] != len(owners) or child_tokens.shape[1] < k:
+            raise AdaspecError(f"tree expand returned tokens {tuple(child_tokens.shape)} for {len(owners)} "
+                               f"nodes (k {k})")
+        device = child_tokens.device
+        rows = {o: r for r, o in enumerate(owners)}
+        table = child_tokens.tolist()
+        for p in level:
+            index[p] = len(tokens)
+            tokens.append(table[rows[p[:-1]]][p[-1]])
+            parents.append(index[p[:-1]] if len(p) > 1 else -1)
+            depths.append(d)
+    return _tree_of_lists(tokens, parents, depths, device)
+
+
+def _tree_of_lists(tokens: list[int], parents: list[int], depths: list[int], device: torch.device | None) -> Tree:
+    def t(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=device)
+    return Tree(t(tokens), t(parents), t(depths))

@@ -70,7 +70,7 @@ def _draft_logp(path: tuple[int, ...], vocab: int) -> torch.Tensor:
 
 
 def _expand_from(vocab: int, top_k: int, calls: list):
-    def expand(nodes: torch.Tensor, tree: Tree):
+    def expand(nodes: torch.Tensor, tree: Tree, k: int):
         paths = tree.ancestors()
         rows = [_draft_logp(tuple(tree.tokens[paths[i]].tolist()) if i >= 0 else (), vocab) for i in nodes.tolist()]
         logp, tokens = torch.stack(rows).topk(top_k, dim=-1)
