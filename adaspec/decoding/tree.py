@@ -23,6 +23,7 @@ Builders:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -56,6 +57,18 @@ class Tree:
             if d != (1 if p < 0 else depths[p] + 1):
                 raise AdaspecError(f"tree node {i} has depth {d}, but its parent {p} is at depth "
                                    f"{0 if p < 0 else depths[p]}")
+
+    @classmethod
+    def trusted(cls, tokens: torch.Tensor, parents: torch.Tensor, depths: torch.Tensor,
+                mask: torch.Tensor | None = None) -> Tree:
+        """A tree from builders whose output is valid by construction: no checks (they cost Python loops
+        over the nodes every step); `mask`, when known, is what attention_mask() returns."""
+        tree = object.__new__(cls)
+        for name, value in (("tokens", tokens), ("parents", parents), ("depths", depths)):
+            object.__setattr__(tree, name, value)
+        if mask is not None:
+            object.__setattr__(tree, "_mask", mask)
+        return tree
 
     @property
     def size(self) -> int:
@@ -111,6 +124,13 @@ class Tree:
 
     def attention_mask(self) -> torch.Tensor:
         """[N+1, N+1] bool, root first: entry (a, b) is True when b is a itself or one of its ancestors."""
+        known = self.__dict__.get("_mask")
+        if known is None:
+            known = self._attention_mask()
+            object.__setattr__(self, "_mask", known)
+        return known
+
+    def _attention_mask(self) -> torch.Tensor:
         n = self.size
         mask = torch.zeros(n + 1, n + 1, dtype=torch.bool)
         mask[:, 0] = True
@@ -178,14 +198,14 @@ def build_dynamic_tree(expand: Expand, top_k: int = EAGLE_TOP_K, depth: int = EA
     new_index[keep] = torch.arange(keep.shape[0], device=keep.device)
     old_parents = torch.cat(parents)[keep]
     kept_parents = torch.where(old_parents < 0, old_parents, new_index[old_parents.clamp_min(0)])
-    return Tree(torch.cat(tokens)[keep], kept_parents, all_depths[keep])
+    return Tree.trusted(torch.cat(tokens)[keep], kept_parents, all_depths[keep])
 
 
 def _tree_of(tokens: list[torch.Tensor], parents: list[torch.Tensor], depths: list[torch.Tensor]) -> Tree:
     if not tokens:
         empty = torch.empty(0, dtype=torch.long)
-        return Tree(empty, empty, empty)
-    return Tree(torch.cat(tokens), torch.cat(parents), torch.cat(depths))
+        return Tree.trusted(empty, empty, empty)
+    return Tree.trusted(torch.cat(tokens), torch.cat(parents), torch.cat(depths))
 
 
 def check_paths(paths: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
@@ -210,33 +230,45 @@ def build_static_tree(expand: Expand, paths: Sequence[Sequence[int]]) -> Tree:
     One expansion per depth, of the nodes that have children in `paths`, with k = the largest child rank
     asked at that depth + 1. Nodes come out in `from_paths` order: by depth, then by path.
     """
-    paths = check_paths(paths)
-    index: dict[tuple[int, ...], int] = {}
+    skeleton = _skeleton(tuple(tuple(int(r) for r in p) for p in paths))
     tokens: list[int] = []
-    parents: list[int] = []
-    depths: list[int] = []
     device = None
-    for d in range(1, len(paths[-1]) + 1):
-        level = [p for p in paths if len(p) == d]
-        owners = sorted({p[:-1] for p in level})
-        k = max(p[-1] for p in level) + 1
-        nodes = torch.tensor([index[o] if o else -1 for o in owners], dtype=torch.long)
-        child_tokens, _ = expand(nodes, _tree_of_lists(tokens, parents, depths, device), k)
-        if child_tokens.shape[0] != len(owners) or child_tokens.shape[1] < k:
-            raise AdaspecError(f"tree expand returned tokens {tuple(child_tokens.shape)} for {len(owners)} "
+    for owners, k, picks in skeleton.levels:
+        partial = Tree.trusted(torch.tensor(tokens, dtype=torch.long, device=device),
+                               skeleton.parents[: len(tokens)], skeleton.depths[: len(tokens)])
+        child_tokens, _ = expand(owners, partial, k)
+        if child_tokens.shape[0] != owners.shape[0] or child_tokens.shape[1] < k:
+            raise AdaspecError(f"tree expand returned tokens {tuple(child_tokens.shape)} for {owners.shape[0]} "
                                f"nodes (k {k})")
         device = child_tokens.device
-        rows = {o: r for r, o in enumerate(owners)}
         table = child_tokens.tolist()
-        for p in level:
-            index[p] = len(tokens)
-            tokens.append(table[rows[p[:-1]]][p[-1]])
-            parents.append(index[p[:-1]] if len(p) > 1 else -1)
-            depths.append(d)
-    return _tree_of_lists(tokens, parents, depths, device)
+        tokens.extend(table[row][rank] for row, rank in picks)
+    to = (lambda x: x) if device is None or device == skeleton.parents.device else (lambda x: x.to(device))
+    return Tree.trusted(torch.tensor(tokens, dtype=torch.long, device=device), to(skeleton.parents),
+                        to(skeleton.depths), to(skeleton.mask))
 
 
-def _tree_of_lists(tokens: list[int], parents: list[int], depths: list[int], device: torch.device | None) -> Tree:
-    def t(values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=device)
-    return Tree(t(tokens), t(parents), t(depths))
+@dataclass(frozen=True)
+class _Skeleton:
+    parents: torch.Tensor
+    depths: torch.Tensor
+    mask: torch.Tensor
+    levels: list[tuple[torch.Tensor, int, list[tuple[int, int]]]]  # (nodes to expand, k, (row, rank) per new node)
+
+
+@functools.lru_cache(maxsize=64)
+def _skeleton(paths: tuple[tuple[int, ...], ...]) -> _Skeleton:
+    """What a static tree's shape fixes, computed once per shape: structure, mask, expansion plan."""
+    ordered = check_paths(paths)
+    index = {p: i for i, p in enumerate(ordered)}
+    levels = []
+    for d in range(1, len(ordered[-1]) + 1):
+        level = [p for p in ordered if len(p) == d]
+        owners = sorted({p[:-1] for p in level})
+        rows = {o: r for r, o in enumerate(owners)}
+        nodes = torch.tensor([index[o] if o else -1 for o in owners], dtype=torch.long)
+        levels.append((nodes, max(p[-1] for p in level) + 1, [(rows[p[:-1]], p[-1]) for p in level]))
+    tree = Tree(torch.zeros(len(ordered), dtype=torch.long),
+                torch.tensor([index[p[:-1]] if len(p) > 1 else -1 for p in ordered], dtype=torch.long),
+                torch.tensor([len(p) for p in ordered], dtype=torch.long))
+    return _Skeleton(tree.parents, tree.depths, tree.attention_mask(), levels)

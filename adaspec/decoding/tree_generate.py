@@ -145,7 +145,8 @@ def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | 
         logits, hidden = tgt.forward(fed, keep=size + 1, positions=nodes.position_ids(n - 1),
                                      tree_mask=nodes.attention_mask())
         s2 = clock()
-        probs = logits_to_probs(logits, temperature, top_p)
+        # greedy: verify_tree and the next token need only the argmax, which the logits have already
+        probs = logits if temperature == 0 else logits_to_probs(logits, temperature, top_p)
         uniforms = None if temperature == 0 else torch.rand(size, generator=generator, device=probs.device)
         path, nxt = verify_tree(probs, nodes, None if rows is None else rows.to(probs.device), uniforms)
         token = nxt.argmax(-1, keepdim=True) if temperature == 0 else sample(nxt, generator)

@@ -20,8 +20,11 @@ from adaspec.decoding.tree import Expand, Tree
 
 def top_children(logits: Tensor, k: int, temperature: float, top_p: float) -> tuple[Tensor, Tensor]:
     """(ids [F, k], log-probs [F, k]) of the k most probable tokens of each row of logits [F, V]."""
-    probs = logits_to_probs(logits.float(), 1.0 if temperature == 0 else temperature, top_p)
-    values, ids = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    k = min(k, logits.shape[-1])
+    if top_p >= 1.0 and temperature in (0.0, 1.0):  # the plain softmax: one log_softmax, no probabilities
+        values, ids = torch.log_softmax(logits.float(), -1).topk(k, dim=-1)
+        return ids, values
+    values, ids = logits_to_probs(logits.float(), 1.0 if temperature == 0 else temperature, top_p).topk(k, dim=-1)
     return ids, torch.log(values)
 
 
