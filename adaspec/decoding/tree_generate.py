@@ -107,6 +107,8 @@ def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | 
     drafter = _tree_drafter(drafter)
     limit = drafter.max_gamma
     asked = tree.max_depth if isinstance(tree, AdaptiveTree) else tree.depth
+    if isinstance(tree, AdaptiveTree) and limit is not None:
+        asked = min(asked, limit)
     if limit is not None and isinstance(tree, TreeShape) and asked > limit:
         raise AdaspecError(f"this drafter drafts at most {limit} tokens deep; got a tree of depth {asked}")
     prompt = _prompt(input_ids, max_new_tokens, bounded)
