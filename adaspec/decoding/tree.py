@@ -134,14 +134,12 @@ class Tree:
         n = self.size
         mask = torch.zeros(n + 1, n + 1, dtype=torch.bool)
         mask[:, 0] = True
-        rows = torch.arange(1, n + 1)
-        up = torch.arange(n)  # walk every node up to the root together: one step per depth
-        parents = self.parents.cpu()
-        while up.numel():
-            mask[rows, up + 1] = True
-            up = parents[up]
-            alive = up >= 0
-            rows, up = rows[alive], up[alive]
+        rows, cols = [], []
+        for i, path in enumerate(self.ancestors()):  # one index_put for every (node, ancestor) pair
+            rows.extend([i + 1] * len(path))
+            cols.extend(j + 1 for j in path)
+        if rows:
+            mask[rows, cols] = True
         return mask.to(self.tokens.device)
 
     def position_ids(self, prefix_length: int) -> torch.Tensor:
@@ -165,47 +163,46 @@ def build_dynamic_tree(expand: Expand, top_k: int = EAGLE_TOP_K, depth: int = EA
     for name, value in (("top_k", top_k), ("depth", depth), ("total_tokens", total_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise AdaspecError(f"tree {name} must be an integer >= 1, got {value!r}")
-    tokens: list[torch.Tensor] = []
-    parents: list[torch.Tensor] = []
-    depths: list[torch.Tensor] = []
-    scores: list[torch.Tensor] = []
-    frontier = torch.full((1,), -1, dtype=torch.long)
-    frontier_scores = torch.zeros(1)
-    created = 0
+    # Python lists: the tree has tens of nodes, and a torch op per step of the bookkeeping costs more
+    # than the arithmetic at this scale
+    tokens: list[int] = []
+    parents: list[int] = []
+    depths: list[int] = []
+    scores: list[float] = []
+    frontier, frontier_scores = [-1], [0.0]
+    device = None
     for d in range(1, depth + 1):
-        partial = _tree_of(tokens, parents, depths)
-        child_tokens, child_logp = expand(frontier, partial, top_k)
+        partial = _tree_of_lists(tokens, parents, depths, device)
+        child_tokens, child_logp = expand(torch.tensor(frontier, dtype=torch.long), partial, top_k)
         k = child_tokens.shape[1]
-        if child_tokens.shape != child_logp.shape or child_tokens.shape[0] != frontier.shape[0] or k > top_k:
+        if child_tokens.shape != child_logp.shape or child_tokens.shape[0] != len(frontier) or k > top_k:
             raise AdaspecError(f"tree expand returned tokens {tuple(child_tokens.shape)} and log-probs "
-                               f"{tuple(child_logp.shape)} for {frontier.shape[0]} nodes (top_k {top_k})")
+                               f"{tuple(child_logp.shape)} for {len(frontier)} nodes (top_k {top_k})")
         device = child_tokens.device
-        cum = (frontier_scores.to(device).unsqueeze(1) + child_logp.float().clamp_max(0.0)).flatten()
-        tokens.append(child_tokens.flatten().long())
-        parents.append(frontier.to(device).repeat_interleave(k))
-        depths.append(torch.full((cum.shape[0],), d, dtype=torch.long, device=device))
-        scores.append(cum)
-        best = cum.topk(min(top_k, cum.shape[0])).indices.sort().values  # stays in creation order
-        frontier, frontier_scores = best + created, cum[best]
-        created += cum.shape[0]
-    all_scores = torch.cat(scores)
-    all_depths = torch.cat(depths)
+        base = len(tokens)
+        for node, score, row_tokens, row_logp in zip(frontier, frontier_scores, child_tokens.tolist(),
+                                                     child_logp.float().tolist()):
+            for token, logp in zip(row_tokens, row_logp):
+                tokens.append(token)
+                parents.append(node)
+                depths.append(d)
+                scores.append(score + min(logp, 0.0))
+        # the next frontier: this depth's top_k by score (sorted() is stable: ties go to earlier nodes),
+        # kept in creation order
+        frontier = sorted(sorted(range(base, len(tokens)), key=lambda i: -scores[i])[:top_k])
+        frontier_scores = [scores[i] for i in frontier]
     # Rank by (score desc, depth asc, creation asc): a stable sort on score of the creation-ordered nodes
     # (which are depth-major) gives exactly that, so ancestors precede descendants in the ranking.
-    order = torch.sort(all_scores, descending=True, stable=True).indices
-    keep = order[:total_tokens].sort().values
-    new_index = torch.full((created,), -1, dtype=torch.long, device=keep.device)
-    new_index[keep] = torch.arange(keep.shape[0], device=keep.device)
-    old_parents = torch.cat(parents)[keep]
-    kept_parents = torch.where(old_parents < 0, old_parents, new_index[old_parents.clamp_min(0)])
-    return Tree.trusted(torch.cat(tokens)[keep], kept_parents, all_depths[keep])
+    keep = sorted(sorted(range(len(tokens)), key=lambda i: -scores[i])[:total_tokens])
+    new_index = {old: new for new, old in enumerate(keep)}
+    return _tree_of_lists([tokens[i] for i in keep], [new_index[parents[i]] if parents[i] >= 0 else -1 for i in keep],
+                          [depths[i] for i in keep], device)
 
 
-def _tree_of(tokens: list[torch.Tensor], parents: list[torch.Tensor], depths: list[torch.Tensor]) -> Tree:
-    if not tokens:
-        empty = torch.empty(0, dtype=torch.long)
-        return Tree.trusted(empty, empty, empty)
-    return Tree.trusted(torch.cat(tokens), torch.cat(parents), torch.cat(depths))
+def _tree_of_lists(tokens: list[int], parents: list[int], depths: list[int], device: torch.device | None) -> Tree:
+    def t(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=device)
+    return Tree.trusted(t(tokens), t(parents), t(depths))
 
 
 def check_paths(paths: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
@@ -235,7 +232,7 @@ def build_static_tree(expand: Expand, paths: Sequence[Sequence[int]]) -> Tree:
     device = None
     for owners, k, picks in skeleton.levels:
         partial = Tree.trusted(torch.tensor(tokens, dtype=torch.long, device=device),
-                               skeleton.parents[: len(tokens)], skeleton.depths[: len(tokens)])
+                               skeleton.parents[: len(tokens)].to(device), skeleton.depths[: len(tokens)].to(device))
         child_tokens, _ = expand(owners, partial, k)
         if child_tokens.shape[0] != owners.shape[0] or child_tokens.shape[1] < k:
             raise AdaspecError(f"tree expand returned tokens {tuple(child_tokens.shape)} for {owners.shape[0]} "

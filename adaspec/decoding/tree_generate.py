@@ -59,19 +59,22 @@ class TreeCosts:
 def measure_verify_costs(tgt: LeanLM | CachedLM, root: torch.Tensor, sizes: Iterable[int] = COST_SIZES,
                          reps: int = 5) -> TreeCosts:
     """Time target forwards over a root and t-1 children (a star tree) after the cached prefix, which is
-    left as it was: the median of `reps`, each size relative to 1 token."""
+    left as it was: every size once per repeat (so load drifts hit all sizes alike), the median of
+    `reps`, each size relative to 1 token."""
     clock, seen = Clock(tgt.device), tgt.seen
-    times: dict[int, float] = {}
+    inputs = {}
     for t in sorted(set(sizes) | {1}):
         tree = Tree(root.new_zeros(t - 1).long(), torch.full((t - 1,), -1), torch.ones(t - 1, dtype=torch.long))
-        tokens = torch.cat([root.reshape(1), tree.tokens]).to(tgt.device)
-        samples = []
-        for _ in range(reps):
+        inputs[t] = (torch.cat([root.reshape(1), tree.tokens]).to(tgt.device), tree.position_ids(seen),
+                     tree.attention_mask())
+    samples: dict[int, list[float]] = {t: [] for t in inputs}
+    for _ in range(reps):
+        for t, (tokens, positions, mask) in inputs.items():
             t0 = clock()
-            tgt.forward(tokens, keep=t, positions=tree.position_ids(seen), tree_mask=tree.attention_mask())
-            samples.append(clock() - t0)
+            tgt.forward(tokens, keep=t, positions=positions, tree_mask=mask)
+            samples[t].append(clock() - t0)
             tgt.crop(seen)
-        times[t] = statistics.median(samples)
+    times = {t: statistics.median(x) for t, x in samples.items()}
     return TreeCosts({t: times[t] / times[1] for t in times}, times[1])
 
 

@@ -45,12 +45,14 @@ class TreeRows:
         visible = torch.zeros(len(nodes), cached + len(nodes), dtype=torch.bool)
         visible[:, : self.prefix] = True
         paths = _token_paths(tree)
+        rows, cols = [], []  # one index_put for every (node, visible tree row) pair
         for row, node in enumerate(nodes):
             path = paths[node]
-            for d in range(1, len(path)):
-                visible[row, self.slot[path[:d]]] = True
-            visible[row, cached + row] = True
+            seen = [self.slot[path[:d]] for d in range(1, len(path))] + [cached + row]
+            rows.extend([row] * len(seen))
+            cols.extend(seen)
             self.slot[path] = cached + row
+        visible[rows, cols] = True
         return visible
 
     def fed_prefix(self, tree: Tree, path: list[int]) -> list[int]:
