@@ -75,6 +75,11 @@ class Tree:
         return self.tokens.shape[0]
 
     @property
+    def is_chain(self) -> bool:
+        """Width 1 everywhere: node i's parent is node i-1 (the empty tree included)."""
+        return self.parents.tolist() == list(range(-1, self.size - 1))
+
+    @property
     def depth(self) -> int:
         return int(self.depths.max()) if self.size else 0
 

@@ -96,24 +96,31 @@ def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | 
     """Generate after one prompt with tree verification; returns (sequence [1, n], stats).
 
     `draft` is a draft causal LM or any tree drafter (adaspec.drafters); `tree` a TreeShape (static paths
-    or EAGLE-2 dynamic) or an AdaptiveTree (a static tree chosen per step; `costs` as measured by
-    `measure_verify_costs`, else measured here before decoding, in the prefill time). Greedy
+    or EAGLE-2 dynamic), an AdaptiveTree (a static tree chosen per step; `costs` as measured by
+    `measure_verify_costs`, else measured here before decoding, in the prefill time) or a TreeController
+    (adaptive, and what it learns about acceptance and step costs carries over to the next call: one
+    per drafter, as a server keeps it). Greedy
     (temperature 0) output is the target's greedy decoding; otherwise the target's temperature / top-p
     distribution exactly. `tokenizer`, `on_tokens`, `lean` as for speculative_generate. Stats count one
     step per tree (SpecStats.record_tree_step).
     """
     check_sampling(temperature, top_p)
-    if not isinstance(tree, (TreeShape, AdaptiveTree)):
-        raise AdaspecError(f"tree must be a TreeShape or an AdaptiveTree, got {type(tree).__name__}")
+    if not isinstance(tree, (TreeShape, AdaptiveTree, TreeController)):
+        raise AdaspecError(f"tree must be a TreeShape, an AdaptiveTree or a TreeController, got {type(tree).__name__}")
     vocab = output_vocab_size(target)
     drafter, bounded = _as_drafter(draft, target, tokenizer, vocab, lean)
     drafter = _tree_drafter(drafter)
     limit = drafter.max_gamma
-    asked = tree.max_depth if isinstance(tree, AdaptiveTree) else tree.depth
-    if isinstance(tree, AdaptiveTree) and limit is not None:
-        asked = min(asked, limit)
-    if limit is not None and isinstance(tree, TreeShape) and asked > limit:
-        raise AdaspecError(f"this drafter drafts at most {limit} tokens deep; got a tree of depth {asked}")
+    if isinstance(tree, TreeShape):
+        asked = tree.depth
+        if limit is not None and asked > limit:
+            raise AdaspecError(f"this drafter drafts at most {limit} tokens deep; got a tree of depth {asked}")
+    elif isinstance(tree, TreeController):
+        asked = tree.max_depth
+        if limit is not None and asked > limit:
+            raise AdaspecError(f"this drafter drafts at most {limit} tokens deep; the controller plans {asked}")
+    else:
+        asked = tree.max_depth if limit is None else min(tree.max_depth, limit)
     prompt = _prompt(input_ids, max_new_tokens, bounded)
     tgt = cached_lm(target, vocab, "target", drafter.hidden_layers, lean=lean)
     if isinstance(tgt, CachedLM):
@@ -128,7 +135,7 @@ def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | 
     t0 = clock()
     hidden = tgt.forward(seq[: n - 1])[1] if n > 1 else None  # the first tree's root is the prompt's last token
     drafter.prefill(seq[:n], hidden)
-    controller = None
+    controller = tree if isinstance(tree, TreeController) else None
     if isinstance(tree, AdaptiveTree):
         sizes = [t for t in COST_SIZES if t <= tree.max_nodes] + [tree.max_nodes + 1]
         costs = costs or measure_verify_costs(tgt, seq[n - 1], sizes)
@@ -147,8 +154,11 @@ def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | 
         s1 = clock()
         size = nodes.size
         fed = torch.cat([seq[n - 1:n], nodes.tokens.to(seq.device)])
-        logits, hidden = tgt.forward(fed, keep=size + 1, positions=nodes.position_ids(n - 1),
-                                     tree_mask=nodes.attention_mask())
+        if nodes.is_chain:  # causal attention is its tree attention: the chain engine's own forward
+            logits, hidden = tgt.forward(fed, keep=size + 1)
+        else:
+            logits, hidden = tgt.forward(fed, keep=size + 1, positions=nodes.position_ids(n - 1),
+                                         tree_mask=nodes.attention_mask())
         s2 = clock()
         # greedy: verify_tree and the next token need only the argmax, which the logits have already
         probs = logits if temperature == 0 else logits_to_probs(logits, temperature, top_p)
@@ -177,6 +187,6 @@ def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | 
         kept = None if hidden is None else hidden[:, [0] + [i + 1 for i in path_list]]
         drafter.accept_tree(n, path, _hidden_slice(kept, min(k + 1, m)))
         if controller:
-            controller.update(nodes, path, s1 - s0, clock() - s2, forwards)
+            controller.update(nodes, path, clock() - s0, forwards)
     stats.decode_time_s = clock() - t1
     return seq[:n].unsqueeze(0), stats

@@ -20,8 +20,9 @@ prefix with the best E / cost. This is Sequoia's tree construction (Chen et al. 
 acceptance and CPU costs. A chain of γ is the special case max_width = 1: then the choice is γ.
 
 `TreeController` keeps a[d][r] from the run (exponentially decayed counts, with an optimistic prior so
-that ranks not tried yet get tried), the draft and per-step costs from the run's measured times, and
-re-plans every few steps.
+that ranks not tried yet get tried), a step-cost model fitted to the run's measured step times
+(`StepCosts`, linear in depth and nodes, starting from the measured verification costs), and re-plans
+every few steps.
 """
 
 from __future__ import annotations
@@ -104,13 +105,51 @@ def interpolate_costs(measured: dict[int, float], nodes: int) -> list[float]:
     return out
 
 
+class StepCosts:
+    """A step's time in target forwards of one token, linear in the tree: w0 + w1 * depth + w2 * nodes.
+
+    Fitted online to the measured step times (drafting, verification and the loop's own work together,
+    since all three grow with the tree: a wider frontier per draft forward, more nodes to verify and to
+    walk) by ridge regression with exponentially decayed weights, around a prior: w0 + w2 * nodes the
+    least-squares line through the measured verification costs, w1 = `draft_cost` per draft forward.
+    The prior carries `weight` steps' worth of evidence, so directions the run has not explored (a
+    controller that keeps one shape sees a single point) stay where the measurements put them.
+    """
+
+    def __init__(self, verify_cost: Sequence[float], draft_cost: float, weight: float = 4.0, decay: float = 0.98):
+        nodes = torch.arange(len(verify_cost), dtype=torch.float64)
+        design = torch.stack([torch.ones_like(nodes), nodes], dim=1)
+        line = torch.linalg.lstsq(design, torch.tensor(verify_cost, dtype=torch.float64)[:, None]).solution[:, 0]
+        self.prior = torch.tensor([float(line[0]), draft_cost, float(line[1])], dtype=torch.float64)
+        self.weight, self.decay = weight, decay
+        self.xtx = torch.zeros(3, 3, dtype=torch.float64)
+        self.xty = torch.zeros(3, dtype=torch.float64)
+
+    def update(self, depth: int, nodes: int, cost: float) -> None:
+        x = torch.tensor([1.0, depth, nodes], dtype=torch.float64)
+        self.xtx = self.decay * self.xtx + torch.outer(x, x)
+        self.xty = self.decay * self.xty + cost * x
+
+    @property
+    def weights(self) -> tuple[float, float, float]:
+        eye = torch.eye(3, dtype=torch.float64) * self.weight
+        w = torch.linalg.solve(self.xtx + eye, self.xty + self.weight * self.prior)
+        return float(w[0]), float(w[1]), float(w[2])
+
+    def plan_inputs(self, max_nodes: int) -> tuple[list[float], float]:
+        """(verify_cost [0..max_nodes], draft_cost) for best_tree: the fitted step cost split as it takes it."""
+        w0, w1, w2 = self.weights
+        return [max(w0 + w2 * i, 1e-3) for i in range(max_nodes + 1)], max(w1, 0.0)
+
+
 class TreeController:
-    """Running acceptance per (depth, rank) and measured costs; `shape()` is the tree for the next step.
+    """Running acceptance per (depth, rank) and step costs; `shape()` is the tree for the next step.
 
     `verify_cost` (measured once, see tree_generate.measure_verify_costs) is relative to a target forward
-    of one token taking `target_1_s` seconds; draft and per-step costs come from the run's own timings
-    (`update`), `draft_cost` until the first step. Counts decay by `decay` per step, starting from a prior
-    of `prior` * 0.5^rank with weight `prior_weight`.
+    of one token taking `target_1_s` seconds; with `draft_cost` (per draft forward, the same unit) it is
+    the prior of the step-cost model (`StepCosts`), which the run's measured step times then refine.
+    Acceptance counts decay by `decay` per step, starting from a prior of `prior` * 0.5^rank with weight
+    `prior_weight`.
     """
 
     def __init__(self, options: AdaptiveTree, verify_cost: Sequence[float], target_1_s: float,
@@ -118,15 +157,16 @@ class TreeController:
                  prior_weight: float = 2.0, max_depth: int | None = None):
         depth = options.max_depth if max_depth is None else min(options.max_depth, max_depth)
         self.options, self.target_1_s = options, target_1_s
-        self.verify_cost = list(verify_cost[: options.max_nodes + 1])
-        self.draft_cost, self.step_cost = draft_cost, 0.0
+        self.costs = StepCosts(list(verify_cost[: options.max_nodes + 1]), draft_cost, decay=decay)
         self.replan_every, self.decay = replan_every, decay
         prior_row = [prior * 0.5 ** r for r in range(options.max_width)]
         self.hits = torch.tensor([prior_row] * depth, dtype=torch.float64) * prior_weight
         self.trials = torch.full((depth, options.max_width), prior_weight, dtype=torch.float64)
         self.steps, self._shape = 0, None
-        self.draft_s = self.other_s = 0.0
-        self.draft_forwards = 0
+
+    @property
+    def max_depth(self) -> int:
+        return self.trials.shape[0]
 
     @property
     def acceptance(self) -> list[list[float]]:
@@ -135,14 +175,14 @@ class TreeController:
     def shape(self) -> TreeShape | None:
         """The tree for the next step; None when drafting is expected not to pay (the target alone steps)."""
         if self.steps % self.replan_every == 0:
-            paths, _ = best_tree(self.acceptance, self.verify_cost, self.draft_cost, self.step_cost)
+            verify, draft = self.costs.plan_inputs(self.options.max_nodes)
+            paths, _ = best_tree(self.acceptance, verify, draft)
             self._shape = TreeShape.static(paths) if paths else None
         return self._shape
 
-    def update(self, tree: Tree, path: torch.Tensor, draft_s: float, other_s: float, draft_forwards: int) -> None:
+    def update(self, tree: Tree, path: torch.Tensor, seconds: float, draft_forwards: int) -> None:
         """Count the step: every node whose parent was accepted (the root, then the path) was judged; the
-        one on the path was accepted. Costs: running means of the measured draft time per draft forward and
-        of the loop's time outside the drafter and the target forward, both over `target_1_s`."""
+        one on the path was accepted. `seconds`: the whole step, drafting to accepting."""
         self.steps += 1
         self.hits *= self.decay
         self.trials *= self.decay
@@ -156,9 +196,4 @@ class TreeController:
             if parent in judged and d <= depth_max and r < width:
                 self.trials[d - 1, r] += 1
                 self.hits[d - 1, r] += i in on_path
-        self.draft_s += draft_s
-        self.other_s += other_s
-        self.draft_forwards += draft_forwards
-        if self.draft_forwards:
-            self.draft_cost = self.draft_s / self.draft_forwards / self.target_1_s
-        self.step_cost = self.other_s / self.steps / self.target_1_s
+        self.costs.update(draft_forwards, tree.size, seconds / self.target_1_s)

@@ -132,10 +132,11 @@ class EagleDrafter:
             else:
                 parents = tree.parents.tolist()
                 prev = torch.cat([outputs[parents[i]] for i in ids])
-                visible = rows.visibility(tree, ids, self.cache.length)
+                chain = rows.continues_chain(tree, ids, self.cache.length)
+                attend = self.cache.attend if chain else self.cache.attend_visible(
+                    rows.visibility(tree, ids, self.cache.length))
                 positions = (tree.depths[nodes] + (n - 2)).to(self.device)
-                out = head.step(tree.tokens[nodes].to(self.device)[None], prev[None], positions,
-                                self.cache.attend_visible(visible))[0]
+                out = head.step(tree.tokens[nodes].to(self.device)[None], prev[None], positions, attend)[0]
                 for r, i in enumerate(ids):
                     outputs[i] = out[r:r + 1]
             draft_ids, logp = top_children(head.logits(out), k, temperature, top_p)

@@ -82,6 +82,8 @@ class LMDrafter:
             ids = nodes.tolist()
             if ids == [-1]:  # the chain's first forward: catch up to seq[:n]
                 logits = lm.forward(seq[lm.seen:n])[0]
+            elif rows.continues_chain(tree, ids, lm.seen):  # a chain step: the drafter's cheapest forward
+                logits = lm.forward(tree.tokens[nodes])[0]
             else:
                 visible = rows.visibility(tree, ids, lm.seen)
                 logits = lm.forward(tree.tokens[nodes], keep=len(ids), positions=tree.depths[nodes] + base,

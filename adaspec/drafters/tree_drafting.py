@@ -55,6 +55,18 @@ class TreeRows:
         visible[rows, cols] = True
         return visible
 
+    def continues_chain(self, tree: Tree, nodes: list[int], cached: int) -> bool:
+        """True (and the node's slot recorded) when `nodes` is one node whose proper ancestors are exactly
+        the tree rows fed so far, right after them: plain causal attention over the cache is then its tree
+        attention, and the drafter can feed it as a chain step (no mask, default positions)."""
+        if len(nodes) != 1 or cached != self.prefix + len(self.slot):
+            return False
+        path = _token_paths(tree)[nodes[0]]
+        if len(self.slot) != len(path) - 1 or any(path[:d] not in self.slot for d in range(1, len(path))):
+            return False
+        self.slot[path] = cached
+        return True
+
     def fed_prefix(self, tree: Tree, path: list[int]) -> list[int]:
         """The cache rows of the accepted `path`'s nodes that were fed, from its start (leaves never are)."""
         tokens = tree.tokens[path].tolist() if path else []

@@ -2,7 +2,8 @@
 (`benchmarks/tree.py` is the command line).
 
 Methods per drafter: chains γ = 2..6 (at most the drafter's bound), trees of several sizes (EAGLE-2
-dynamic K,D,T; static rank paths for the multi-token heads), the adaptive tree, and for the draft LM and
+dynamic K,D,T; static rank paths for the multi-token heads), the adaptive tree (one TreeController per
+drafter, learning acceptance and step costs over the prompts as a server would), and for the draft LM and
 the EAGLE head the same tree with the drafter's accepted rows kept instead of re-run (`keep`); the target
 alone is the baseline. Everything runs on the decode path the chain engine picks (`cached_lm`: lean where
 supported), every method on every prompt per repeat in a rotating order (adaspec.evaluation.speed
@@ -29,6 +30,7 @@ from adaspec import data
 from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.decoding.lean import cached_lm, lean_supported
 from adaspec.decoding.tree_generate import COST_SIZES, TreeCosts, measure_verify_costs, tree_speculative_generate
+from adaspec.decoding.tree_policy import TreeController, interpolate_costs
 from adaspec.decoding.tree_shape import AdaptiveTree, TreeSpec, parse_tree_spec
 from adaspec.drafters.base import Drafter
 from adaspec.drafters.eagle_drafter import EagleDrafter
@@ -71,7 +73,7 @@ def build_runs(target: PreTrainedModel, drafters: dict[str, Drafter], chains: li
     runs: dict[str, tuple[str, str, str, Run]] = {
         BASELINE: ("-", "target", "-", lambda ids: target_only_generate(target, ids, max_new_tokens, eos_token_id=eos))}
 
-    def tree_run(d: Drafter, spec: TreeSpec) -> Run:
+    def tree_run(d: Drafter, spec: TreeSpec | TreeController) -> Run:
         return lambda ids: tree_speculative_generate(target, d, ids, max_new_tokens, tree=spec, eos_token_id=eos,
                                                      costs=costs)
 
@@ -83,8 +85,12 @@ def build_runs(target: PreTrainedModel, drafters: dict[str, Drafter], chains: li
                     target, d, ids, max_new_tokens, gamma=g, eos_token_id=eos))(drafter, g))
         for text in trees[name]:
             spec = parse_tree_spec(text)
-            kind = "adaptive" if isinstance(spec, AdaptiveTree) else "tree"
-            runs[f"{name}:{kind}-{spec.spec()}"] = (name, kind, spec.spec(), tree_run(drafter, spec))
+            if isinstance(spec, AdaptiveTree):  # one controller per drafter, learning over every prompt
+                controller = TreeController(spec, interpolate_costs(costs.verify, spec.max_nodes), costs.target_1_s,
+                                            max_depth=bound)
+                runs[f"{name}:adaptive-{spec.spec()}"] = (name, "adaptive", spec.spec(), tree_run(drafter, controller))
+            else:
+                runs[f"{name}:tree-{spec.spec()}"] = (name, "tree", spec.spec(), tree_run(drafter, spec))
         if name in keep:
             spec = parse_tree_spec(KEEP_TREE)
             runs[f"{name}:keep-{spec.spec()}"] = (name, "keep", spec.spec(), tree_run(keep[name], spec))

@@ -42,7 +42,8 @@ def test_mask_and_positions():
 
 def test_chain_is_a_tree_of_width_one():
     chain = Tree.chain(torch.tensor([4, 5, 6]))
-    assert chain.parents.tolist() == [-1, 0, 1]
+    assert chain.parents.tolist() == [-1, 0, 1] and chain.is_chain
+    assert not Tree.from_paths(PATHS, CANDIDATES).is_chain
     assert torch.equal(chain.attention_mask(), torch.ones(4, 4, dtype=torch.bool).tril())
     assert chain.position_ids(2).tolist() == [2, 3, 4, 5]
 

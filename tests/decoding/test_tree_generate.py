@@ -219,3 +219,20 @@ def test_sampled_trees_of_a_draft_lm_follow_the_target_at_10k_samples():
         x1, x2, x3 = out[0, 2:].tolist()
         counts[x1, x2, x3] += 1
     assert chi2_pvalue(counts, exact_joint(target, prompt, vocab, 0.9, 0.9)) > 1e-3
+
+
+def test_a_controller_passed_in_keeps_learning_across_calls():
+    from adaspec.decoding.tree_policy import TreeController
+
+    target = _target("tiny-llama")
+    drafter = LMDrafter(_noisy_copy(target, 0.1, seed=1), VOCAB)
+    controller = TreeController(AdaptiveTree(8, 3, 2), [1.0 + 0.1 * i for i in range(9)], 1e-3, max_depth=3)
+    for prompt in ([[1, 2, 3]], [[4, 5]]):
+        seq, _ = tree_speculative_generate(target, drafter, torch.tensor(prompt), 12, tree=controller)
+        assert seq.tolist() == target_only_generate(target, torch.tensor(prompt), 12)[0].tolist()
+    first = controller.steps
+    tree_speculative_generate(target, drafter, torch.tensor([[6]]), 12, tree=controller)
+    assert controller.steps > first > 0
+    with pytest.raises(AdaspecError, match="the controller plans 3"):
+        tree_speculative_generate(target, MedusaDrafter(build_medusa(target, heads=2), target), torch.tensor([[1, 2]]),
+                                  4, tree=controller)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from adaspec.decoding.tree import Tree
-from adaspec.decoding.tree_policy import TreeController, best_tree, expected_tokens, interpolate_costs
+from adaspec.decoding.tree_policy import StepCosts, TreeController, best_tree, expected_tokens, interpolate_costs
 from adaspec.decoding.tree_shape import AdaptiveTree
 from adaspec.errors import AdaspecError
 
@@ -84,9 +84,20 @@ def test_controller_counts_judged_children_by_depth_and_rank():
     tree = Tree.from_paths([[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0]], torch.arange(9).view(3, 3))
     ctl = TreeController(AdaptiveTree(8, 3, 2), [1.0] * 9, target_1_s=0.01, decay=1.0, prior_weight=0.0)
     ctl.trials.zero_(), ctl.hits.zero_()
-    ctl.update(tree, torch.tensor([0, 3]), draft_s=0.004, other_s=0.002, draft_forwards=2)
+    ctl.update(tree, torch.tensor([0, 3]), seconds=0.03, draft_forwards=3)
     # judged: the root's children (ranks 0, 1), node 0's children (ranks 0, 1), node 3 has none
     assert ctl.trials.tolist() == [[1, 1], [1, 1], [0, 0]]
     assert ctl.hits.tolist() == [[1, 0], [0, 1], [0, 0]]
-    assert ctl.draft_cost == pytest.approx(0.2) and ctl.step_cost == pytest.approx(0.2)
     assert ctl.shape() is None or ctl.shape().depth <= 3
+
+
+def test_step_costs_start_from_the_measurements_and_follow_the_run():
+    verify = [1.0 + 0.1 * i for i in range(11)]
+    costs = StepCosts(verify, draft_cost=0.3, weight=4.0, decay=1.0)
+    assert costs.weights == pytest.approx((1.0, 0.3, 0.1))
+    truth = (1.5, 0.6, 0.2)
+    for depth, nodes in [(1, 1), (2, 4), (3, 6), (3, 9), (4, 8), (2, 2)] * 40:
+        costs.update(depth, nodes, truth[0] + truth[1] * depth + truth[2] * nodes)
+    assert costs.weights == pytest.approx(truth, abs=0.06)  # the prior still pulls a little
+    verify_fit, draft = costs.plan_inputs(4)
+    assert verify_fit == pytest.approx([1.5, 1.7, 1.9, 2.1, 2.3], abs=0.1) and draft == pytest.approx(0.6, abs=0.06)

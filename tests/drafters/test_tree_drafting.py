@@ -216,3 +216,13 @@ def test_one_token_prompts_give_empty_trees_for_feature_drafters():
         drafter.prefill(torch.tensor([4]), None)
         tree, rows = drafter.propose_tree(torch.tensor([4]), 1, TreeShape.dynamic(2, 2, 3), 0.0, 1.0, None)
         assert tree.size == 0 and rows is None
+
+
+def test_a_single_node_after_all_its_ancestors_continues_a_chain():
+    tree = Tree.from_paths([[0], [1], [0, 0], [0, 0, 0]], torch.arange(9).view(3, 3))
+    rows = TreeRows(prefix=5)
+    assert not rows.continues_chain(tree, [0, 1], cached=5)  # two nodes need the tree mask
+    assert rows.continues_chain(tree, [0], cached=5) and rows.slot == {(0,): 5}
+    assert not rows.continues_chain(tree, [1], cached=6)  # its sibling's row would be visible
+    assert rows.continues_chain(tree, [2], cached=6) and rows.continues_chain(tree, [3], cached=7)
+    assert rows.fed_prefix(tree, [0, 2, 3]) == [5, 6, 7]
