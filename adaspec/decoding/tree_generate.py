@@ -187,6 +187,6 @@ def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | 
         kept = None if hidden is None else hidden[:, [0] + [i + 1 for i in path_list]]
         drafter.accept_tree(n, path, _hidden_slice(kept, min(k + 1, m)))
         if controller:
-            controller.update(nodes, path, clock() - s0, forwards)
+            controller.update(nodes, path_list, s1 - s0, clock() - s2)
     stats.decode_time_s = clock() - t1
     return seq[:n].unsqueeze(0), stats

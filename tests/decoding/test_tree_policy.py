@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from adaspec.decoding.tree import Tree
-from adaspec.decoding.tree_policy import StepCosts, TreeController, best_tree, expected_tokens, interpolate_costs
+from adaspec.decoding.tree_policy import (TreeController, best_tree, expected_tokens, frontier_sizes,
+                                         interpolate_costs, step_cost)
 from adaspec.decoding.tree_shape import AdaptiveTree
 from adaspec.errors import AdaspecError
 
@@ -28,8 +29,7 @@ def _closed_trees(depth: int, width: int):
 
 
 def _value(paths, acceptance, verify, draft, step):
-    depth = max((len(p) for p in paths), default=0)
-    return expected_tokens(paths, acceptance) / (depth * draft + verify[len(paths)] + step)
+    return expected_tokens(paths, acceptance) / step_cost(paths, verify, draft, step)
 
 
 def test_expected_tokens_sums_path_products():
@@ -80,24 +80,24 @@ def test_interpolated_costs_are_linear_between_measured_sizes_and_flat_after():
     assert costs == pytest.approx([1.0, 1.5, 2.0, 3.0, 4.0, 4.0, 4.0])
 
 
+def test_frontier_sizes_and_step_cost():
+    paths = [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)]
+    assert frontier_sizes(paths) == [1, 2, 1]  # the root; nodes 0 and 1; node [0, 0]
+    verify = [1.0, 1.1, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8]
+    assert step_cost(paths, verify, draft_cost=0.5, step=0.2) == pytest.approx(0.5 * (1.0 + 1.1 + 1.0) + 1.8 + 0.2)
+    chain = [(0,), (0, 0), (0, 0, 0)]
+    assert step_cost(chain, verify, 0.5) == pytest.approx(3 * 0.5 + 1.4)  # γ draft forwards + γ+1 verified
+
+
 def test_controller_counts_judged_children_by_depth_and_rank():
     tree = Tree.from_paths([[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0]], torch.arange(9).view(3, 3))
     ctl = TreeController(AdaptiveTree(8, 3, 2), [1.0] * 9, target_1_s=0.01, decay=1.0, prior_weight=0.0)
-    ctl.trials.zero_(), ctl.hits.zero_()
-    ctl.update(tree, torch.tensor([0, 3]), seconds=0.03, draft_forwards=3)
+    ctl.update(tree, [0, 3], draft_s=0.006, other_s=0.002)
     # judged: the root's children (ranks 0, 1), node 0's children (ranks 0, 1), node 3 has none
-    assert ctl.trials.tolist() == [[1, 1], [1, 1], [0, 0]]
-    assert ctl.hits.tolist() == [[1, 0], [0, 1], [0, 0]]
+    assert ctl._new_trials == [[1, 1], [1, 1], [0, 0]] and ctl._new_hits == [[1, 0], [0, 1], [0, 0]]
+    assert ctl.draft_cost == pytest.approx(0.6 / 3) and ctl.step == pytest.approx(0.2)  # 3 depths fed
+    for _ in range(7):
+        ctl.update(tree, [0, 3], draft_s=0.006, other_s=0.002)
+    ctl.shape()  # re-plans: the counts are folded in
+    assert ctl.trials == [[8, 8], [8, 8], [0, 0]] and ctl.acceptance[1] == [0.0, 1.0]
     assert ctl.shape() is None or ctl.shape().depth <= 3
-
-
-def test_step_costs_start_from_the_measurements_and_follow_the_run():
-    verify = [1.0 + 0.1 * i for i in range(11)]
-    costs = StepCosts(verify, draft_cost=0.3, weight=4.0, decay=1.0)
-    assert costs.weights == pytest.approx((1.0, 0.3, 0.1))
-    truth = (1.5, 0.6, 0.2)
-    for depth, nodes in [(1, 1), (2, 4), (3, 6), (3, 9), (4, 8), (2, 2)] * 40:
-        costs.update(depth, nodes, truth[0] + truth[1] * depth + truth[2] * nodes)
-    assert costs.weights == pytest.approx(truth, abs=0.06)  # the prior still pulls a little
-    verify_fit, draft = costs.plan_inputs(4)
-    assert verify_fit == pytest.approx([1.5, 1.7, 1.9, 2.1, 2.3], abs=0.1) and draft == pytest.approx(0.6, abs=0.06)
