@@ -66,13 +66,14 @@ def step_cost(paths: Sequence[Sequence[int]], verify_cost: Sequence[float], draf
 
 
 def best_tree(acceptance: Sequence[Sequence[float]], verify_cost: Sequence[float], draft_cost: float,
-              step: float = 0.0, max_nodes: int | None = None) -> tuple[Paths, float]:
+              step: float = 0.0, max_nodes: int | None = None, allow_empty: bool = True) -> tuple[Paths, float]:
     """(rank paths, expected tokens per unit cost) of the best tree (see the module docstring).
 
     acceptance[d][r]: probability in [0, 1] that the rank-r child of an accepted depth-d node (d = 0: the
     root) is accepted; its shape [depth bound, width bound] bounds the tree. verify_cost[i]: cost of one
     target forward over i + 1 tokens relative to one token (verify_cost[0] = 1 usually); its length
-    bounds the nodes, as does max_nodes. Ties go to the smaller tree.
+    bounds the nodes, as does max_nodes. Ties go to the smaller tree. Without `allow_empty` the best tree
+    of at least one node (when drafting would not pay, the least bad).
     """
     depth_max, width = len(acceptance), len(acceptance[0]) if acceptance else 0
     if depth_max < 1 or width < 1 or any(len(row) != width for row in acceptance):
@@ -82,7 +83,7 @@ def best_tree(acceptance: Sequence[Sequence[float]], verify_cost: Sequence[float
     if draft_cost < 0 or step < 0 or any(c <= 0 for c in verify_cost):
         raise AdaspecError("costs must be positive (draft and step costs >= 0)")
     limit = len(verify_cost) - 1 if max_nodes is None else min(max_nodes, len(verify_cost) - 1)
-    best: tuple[Paths, float] = ((), 1.0 / (verify_cost[0] + step))
+    best: tuple[Paths, float] = ((), 1.0 / (verify_cost[0] + step) if allow_empty else -1.0)
     for depth_bound in range(1, depth_max + 1):
         heap = [(-acceptance[0][0], (0,), 1.0)]  # (-probability of the path, path, its parent's probability)
         chosen: list[tuple[int, ...]] = []
@@ -97,7 +98,7 @@ def best_tree(acceptance: Sequence[Sequence[float]], verify_cost: Sequence[float
                 draft_work += verify_cost[len(level)] - (verify_cost[len(level) - 1] if level else 0.0)
                 level.add(path[:-1])
             value = gain / (draft_cost * draft_work + verify_cost[len(chosen)] + step)
-            if value > best[1] * (1 + 1e-12):
+            if value > best[1] + 1e-12 * abs(best[1]):
                 best = (tuple(chosen), value)
             d, r = len(path) - 1, path[-1]
             if r + 1 < width:
@@ -108,9 +109,10 @@ def best_tree(acceptance: Sequence[Sequence[float]], verify_cost: Sequence[float
 
 
 def interpolate_costs(measured: dict[int, float], nodes: int) -> list[float]:
-    """verify_cost[i] for i = 0..nodes from costs measured at some token counts (tokens = i + 1), linear
-    in between and flat past the last one measured."""
-    points = sorted(measured.items())
+    """verify_cost[i] for i = 0..nodes from costs measured at some token counts (tokens = i + 1): made
+    non-decreasing first (pool adjacent violators: more tokens never cost less, so a dip is noise), then
+    linear in between and flat past the last one measured."""
+    points = _monotone(sorted(measured.items()))
     out = []
     for i in range(nodes + 1):
         t = i + 1
@@ -124,6 +126,19 @@ def interpolate_costs(measured: dict[int, float], nodes: int) -> list[float]:
     return out
 
 
+def _monotone(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The least-squares non-decreasing fit of the values (pool adjacent violators), at the same sizes."""
+    blocks: list[list[float]] = []  # [sum, count]
+    for _, value in points:
+        blocks.append([value, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    values = [b[0] / b[1] for b in blocks for _ in range(int(b[1]))]
+    return [(size, v) for (size, _), v in zip(points, values)]
+
+
 class TreeController:
     """Running acceptance per (depth, rank) and measured costs; `shape()` is the tree for the next step.
 
@@ -131,12 +146,12 @@ class TreeController:
     of one token taking `target_1_s` seconds; draft and step costs come from the run's own timings
     (`update`), `draft_cost` until the first step with a tree. Acceptance counts decay by `decay` per step
     (applied in bulk at each re-plan), starting from a prior of `prior` * 0.5^rank with weight
-    `prior_weight`.
+    `prior_weight`. Every `explore_every`-th plan drafts a tree even when none is expected to pay.
     """
 
     def __init__(self, options: AdaptiveTree, verify_cost: Sequence[float], target_1_s: float,
                  draft_cost: float = 0.3, replan_every: int = 8, decay: float = 0.98, prior: float = 0.8,
-                 prior_weight: float = 2.0, max_depth: int | None = None):
+                 prior_weight: float = 2.0, max_depth: int | None = None, explore_every: int = 4):
         depth = options.max_depth if max_depth is None else min(options.max_depth, max_depth)
         self.options, self.target_1_s = options, target_1_s
         self.verify_cost = list(verify_cost[: options.max_nodes + 1])
@@ -147,7 +162,7 @@ class TreeController:
         self.trials = [[prior_weight] * width for _ in range(depth)]
         self._new_hits = [[0.0] * width for _ in range(depth)]
         self._new_trials = [[0.0] * width for _ in range(depth)]
-        self.steps, self._shape = 0, None
+        self.steps, self._shape, self.replans, self.explore_every = 0, None, 0, explore_every
         self.draft_s = self.draft_work = self.other_s = 0.0
 
     @property
@@ -168,7 +183,11 @@ class TreeController:
                     for r in range(len(row)):
                         row[r] = row[r] * keep + add[r]
                         add[r] = 0.0
-            paths, _ = best_tree(self.acceptance, self.verify_cost, self.draft_cost, self.step)
+            self.replans += 1
+            # every `explore_every`-th plan drafts even when no tree is expected to pay, so that
+            # acceptance and draft costs keep being measured (an estimate never tried again is never fixed)
+            explore = self.replans % self.explore_every == 0
+            paths, _ = best_tree(self.acceptance, self.verify_cost, self.draft_cost, self.step, allow_empty=not explore)
             self._shape = TreeShape.static(paths) if paths else None
         return self._shape
 

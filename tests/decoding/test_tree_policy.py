@@ -67,6 +67,7 @@ def test_width_one_chooses_the_best_chain_length():
 
 def test_expensive_drafts_give_no_tree_and_node_bounds_hold():
     assert best_tree([[0.3, 0.1]] * 3, [1.0] * 10, draft_cost=5.0)[0] == ()
+    assert best_tree([[0.3, 0.1]] * 3, [1.0] * 10, draft_cost=5.0, allow_empty=False)[0] == ((0,), (1,))
     paths, _ = best_tree([[0.99, 0.9]] * 4, [1.0] * 30, draft_cost=0.0, max_nodes=5)
     assert len(paths) == 5
     with pytest.raises(AdaspecError, match="in \\[0, 1\\]"):
@@ -78,6 +79,9 @@ def test_expensive_drafts_give_no_tree_and_node_bounds_hold():
 def test_interpolated_costs_are_linear_between_measured_sizes_and_flat_after():
     costs = interpolate_costs({1: 1.0, 3: 2.0, 5: 4.0}, 6)
     assert costs == pytest.approx([1.0, 1.5, 2.0, 3.0, 4.0, 4.0, 4.0])
+    # a noisy dip is pooled with the spike before it: more tokens never cost less
+    assert interpolate_costs({1: 1.0, 2: 2.7, 3: 1.1, 4: 0.9, 6: 3.0}, 5) == pytest.approx(
+        [1.0, 1.5666667, 1.5666667, 1.5666667, 2.2833333, 3.0], abs=1e-6)
 
 
 def test_frontier_sizes_and_step_cost():
@@ -101,3 +105,13 @@ def test_controller_counts_judged_children_by_depth_and_rank():
     ctl.shape()  # re-plans: the counts are folded in
     assert ctl.trials == [[8, 8], [8, 8], [0, 0]] and ctl.acceptance[1] == [0.0, 1.0]
     assert ctl.shape() is None or ctl.shape().depth <= 3
+
+
+def test_a_controller_that_stops_drafting_still_explores():
+    ctl = TreeController(AdaptiveTree(8, 3, 2), [1.0] * 9, target_1_s=0.01, draft_cost=50.0, replan_every=1,
+                         explore_every=4)
+    shapes = []
+    for _ in range(8):
+        shapes.append(ctl.shape())
+        ctl.steps += 1
+    assert [s is None for s in shapes] == [True, True, True, False] * 2
