@@ -88,12 +88,11 @@ def build_runs(target: PreTrainedModel, drafters: dict[str, Drafter], chains: li
             if isinstance(spec, AdaptiveTree):  # one controller per drafter, learning over every prompt
                 controller = TreeController(spec, interpolate_costs(costs.verify, spec.max_nodes), costs.target_1_s,
                                             max_depth=bound)
-                runs[f"{name}:adaptive-{spec.spec()}"] = (name, "adaptive", spec.spec(), tree_run(drafter, controller))
-            else:
-                runs[f"{name}:tree-{spec.spec()}"] = (name, "tree", spec.spec(), tree_run(drafter, spec))
+                runs[f"{name}:adaptive-{text}"] = (name, "adaptive", text, tree_run(drafter, controller))
+            else:  # named as given: a cartesian spec stays short
+                runs[f"{name}:tree-{text}"] = (name, "tree", text, tree_run(drafter, spec))
         if name in keep:
-            spec = parse_tree_spec(KEEP_TREE)
-            runs[f"{name}:keep-{spec.spec()}"] = (name, "keep", spec.spec(), tree_run(keep[name], spec))
+            runs[f"{name}:keep-{KEEP_TREE}"] = (name, "keep", KEEP_TREE, tree_run(keep[name], parse_tree_spec(KEEP_TREE)))
     return runs
 
 
