@@ -36,7 +36,7 @@ from adaspec.decoding.sampling import check_sampling, logits_to_probs, make_gene
 from adaspec.decoding.target import CachedLM, Clock
 from adaspec.decoding.tree import Tree
 from adaspec.decoding.tree_policy import TreeController, interpolate_costs
-from adaspec.decoding.tree_shape import AdaptiveTree, TreeShape, TreeSpec
+from adaspec.decoding.tree_shape import CPU_DEFAULT, AdaptiveTree, TreeShape, TreeSpec
 from adaspec.decoding.tree_target import check_tree_attention
 from adaspec.decoding.tree_verify import verify_tree
 from adaspec.drafters.base import Drafter, TreeDrafter
@@ -85,7 +85,7 @@ def _tree_drafter(drafter: Drafter) -> TreeDrafter:
 
 @torch.inference_mode()
 def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Drafter, input_ids: torch.Tensor,
-                              max_new_tokens: int = 128, tree: TreeSpec = TreeShape.dynamic(3, 4, 12),
+                              max_new_tokens: int = 128, tree: TreeSpec | TreeController = CPU_DEFAULT,
                               temperature: float = 0.0, top_p: float = 1.0,
                               eos_token_id: int | Iterable[int] | None = None,
                               generator: torch.Generator | None = None, seed: int | None = None,
@@ -171,9 +171,11 @@ def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | 
         new, stop = _truncate(values[: total - n], eos)
         m = len(new)
         seq[n:n + m] = torch.tensor(new, dtype=torch.long, device=seq.device)
-        depth_nodes = torch.bincount(nodes.depths, minlength=nodes.depth + 1)[1:].tolist() if size else []
-        last = path_list[-1] if path_list else -1
-        rejected = bool(size) and bool((nodes.parents == last).any())
+        depths, parents = nodes.depths.tolist(), nodes.parents.tolist()
+        depth_nodes = [0] * (max(depths) if depths else 0)
+        for d in depths:
+            depth_nodes[d - 1] += 1
+        rejected = (path_list[-1] if path_list else -1) in parents  # the last accepted node had children
         forwards = shape.depth if shape is not None and size else 0
         stats.record_tree_step(depth_nodes, k, m, rejected, forwards)
         stats.draft_time_s += s1 - s0

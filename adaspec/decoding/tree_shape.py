@@ -122,6 +122,11 @@ class AdaptiveTree:
 
 TreeSpec = TreeShape | AdaptiveTree
 
+# The CPU default: the fastest fixed tree of the draft models and the EAGLE head in benchmarks/tree.py on the
+# demo pair (results/benchmarks/tree_demo.json; the multi-token heads' best were as small: 3-4 nodes, depth 2),
+# where verifying and drafting grow with every node. EAGLE's GPU setting is tree.EAGLE_TOP_K/DEPTH/TOTAL_TOKENS.
+CPU_DEFAULT = TreeShape.dynamic(2, 2, 3)
+
 
 def _ints(text: str, what: str, count: int | None = None) -> list[int]:
     try:
