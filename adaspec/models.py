@@ -45,6 +45,8 @@ PRESETS: dict[str, tuple[str, int, int, int, int]] = {
     "neox-draft-s": ("gpt_neox", 128, 2, 4, 1024),  # ~1.4M
     "neox-target-m": ("gpt_neox", 256, 6, 8, 1024),  # ~6.8M
     "neox-target-l": ("gpt_neox", 384, 8, 8, 1024),  # ~17M
+    "neox-target-xl": ("gpt_neox", 512, 8, 8, 1024),  # ~27M
+    "neox-target-xxl": ("gpt_neox", 768, 8, 12, 1024),  # ~60M
     "llama-draft-s": ("llama", 128, 2, 4, 1024),
     "llama-target-m": ("llama", 256, 6, 8, 1024),
 }

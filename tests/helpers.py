@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file
@@ -53,3 +54,21 @@ def cli_error(capsys, *args) -> str:
     assert err.startswith(f"adaspec {args[0]}: error: "), err
     assert len(err.splitlines()) == 1, err
     return err
+
+
+def replay_greedy_sd(ok: Callable[[int, int], bool], gamma: int, max_new: int) -> tuple[int, int, int]:
+    """(drafted, accepted, rejections) that greedy SD must count along the target's greedy continuation of
+    `max_new` tokens, given ok(r, k): whether proposal k (1-based) of a step starting at continuation offset r
+    equals token r + k - 1 of the continuation, teacher-forced (proposals 1..k-1 accepted, so equal to the
+    data). A step tests proposals until the first disagreement; after γ agreements the next position is the
+    target's bonus token, never tested."""
+    drafted = accepted = rejections = 0
+    r = 0
+    while r < max_new:
+        g = min(gamma, max_new - r)
+        k = 0
+        while k < g and ok(r, k + 1):
+            k += 1
+        drafted, accepted, rejections = drafted + g, accepted + k, rejections + (k < g)
+        r += k + 1
+    return drafted, accepted, rejections

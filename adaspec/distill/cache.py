@@ -60,8 +60,9 @@ class CacheOptions(DataOptions):
     output: str = field(metadata=helptext("cache directory (an interrupted build there is resumed)"))
     batch_size: int = field(default=16, metadata=helptext("examples per target/reference forward"))
     top_k: int = field(default=64, metadata=helptext("target token ids and log-probabilities kept per token"))
-    divergence: Literal["fkl", "rkl", "tvd", "jsd"] = field(default="fkl", metadata=helptext(
-        "divergence of L_ref; must match distill's --divergence"))
+    divergence: Literal["fkl", "rkl", "tvd", "jsd", "lk", "lk_kl"] = field(default="fkl", metadata=helptext(
+        "divergence L_ref is measured in; must match distill's Δ divergence (--delta-divergence, default its "
+        "--divergence)"))
     temperature: float = field(default=1.0, metadata=helptext(
         "distillation temperature of the stored log-probabilities; must match distill's --temperature"))
     beta: float = field(default=0.5, metadata=helptext("JSD mixture weight of L_ref (with --divergence jsd)"))

@@ -6,9 +6,10 @@ no one, where the logits at t predict token t+1), back to back: the per-row arra
 (declared once below; adding a per-token field is one entry there), `positions` int32 [R] (the shifted
 position of each row in its item) and `row_offsets` int64 [n + 1] (item i's rows are
 row_offsets[i]:row_offsets[i+1]). The manifest records model fingerprints, the tokenizer's vocabulary
-hash, a fingerprint of the encoded items (every item's input_ids and labels), K, the divergence,
-temperature, beta and the data settings; `TeacherCache.open` refuses a cache whose fingerprints or
-settings differ from the run's. Shards are memory-mapped when read.
+hash, a fingerprint of the encoded items (every item's input_ids and labels), K, the divergence
+(the quantity `ref_div` holds: the reference's per-token divergence in it), temperature, beta and the data
+settings; `TeacherCache.open` refuses a cache whose fingerprints or settings differ from the run's, and one
+whose L_ref is in another divergence than the run's Δ. Shards are memory-mapped when read.
 """
 
 from __future__ import annotations
@@ -175,13 +176,15 @@ class TeacherCache:
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, target_path: str | os.PathLike, ref_path: str | os.PathLike | None,
-             items: list[dict], divergence: str, temperature: float, beta: float | None = None,
+             items: list[dict], divergence: str | None, temperature: float, beta: float | None = None,
              vocab: int | None = None, top_k: int | None = None, verify: bool = True) -> "TeacherCache":
         """Open the cache at `path` for a run on `items` with this target (and reference), or refuse.
 
         Refuses, with one line naming the difference, a cache made for another target, tokenizer,
-        reference (when `ref_path` is given), data, divergence, temperature, beta (jsd), output vocabulary
-        or K (when given). `verify` checks every shard against the sha256 in the manifest.
+        reference (when `ref_path` is given), data, temperature, beta (jsd), output vocabulary or K (when
+        given), and a cache whose L_ref is measured in another divergence than `divergence`, the one the
+        run's Δ uses (None: the run reads no L_ref; the target's top-K does not depend on it). `verify`
+        checks every shard against the sha256 in the manifest.
         """
         root = Path(path)
         if not root.is_dir():
@@ -203,7 +206,7 @@ class TeacherCache:
 
     @classmethod
     def _checked(cls, root: Path, manifest: dict, target_path: str | os.PathLike,
-                 ref_path: str | os.PathLike | None, items: list[dict], divergence: str, temperature: float,
+                 ref_path: str | os.PathLike | None, items: list[dict], divergence: str | None, temperature: float,
                  beta: float | None, vocab: int | None, top_k: int | None, verify: bool) -> "TeacherCache":
         n_shards = len(shard_ranges(manifest["data"]["n_items"], manifest["shard_size"]))
         if not manifest.get("complete"):
@@ -231,8 +234,8 @@ class TeacherCache:
         if d["items_fingerprint"] != ifp:
             raise refuse("training data", f"{d['n_items']} examples {d['items_fingerprint']}",
                          f"{len(items)} examples {ifp}; use the same --task/--data/--limit/--max-length")
-        if manifest["divergence"] != divergence:
-            raise refuse("divergence", manifest["divergence"], divergence)
+        if divergence is not None and manifest["ref"] is not None and manifest["divergence"] != divergence:
+            raise refuse("divergence of L_ref", manifest["divergence"], divergence)
         if float(manifest["temperature"]) != float(temperature):
             raise refuse("temperature", manifest["temperature"], temperature)
         if beta is not None and divergence == "jsd" and manifest["ref"] is not None \

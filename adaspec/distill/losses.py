@@ -1,9 +1,9 @@
 """Per-token divergences between the target's and the draft's next-token distributions.
 
 Every function here is a pure function of logits that returns one float32 value per token (shape
-`logits.shape[:-1]`); masking, selection and reduction live in `selection.py`. Convention: the first
-argument is the target (teacher) p, the second the draft (student) q; both logits are divided by the
-temperature before the softmax.
+`logits.shape[:-1]`; float64 for float64 draft logits); masking, selection and reduction live in
+`selection.py`. Convention: the first argument is the target (teacher) p, the second the draft (student) q;
+both logits are divided by the temperature before the softmax.
 
 - `fkl`: forward KL(p || q) = sum p log(p/q)   (DistillSpec / AdaSPEC default)
 - `rkl`: reverse KL(q || p) = sum q log(q/p)
@@ -15,17 +15,30 @@ temperature before the softmax.
   formula itself tends to 0 at both ends, so the function is discontinuous there, on purpose: beta
   picks a direction, 0.5 is the symmetric JSD bounded by log 2.)
 
+Acceptance-aligned losses (LK losses, Samarin et al. 2026, arXiv 2602.23881), with alpha = sum min(p, q),
+the probability that speculative sampling accepts the draft's token (alpha = 1 - TVD):
+- `lk`: -log max(alpha, LK_EPS)   (the paper's negative log-acceptance LK^alpha; its gradient is TVD's
+  divided by alpha, so it does not vanish while the draft is poor, as TVD's does)
+- `lk_kl`: lam * KL(p || q) + (1 - lam) * TVD with lam = exp(-LK_ETA * alpha), alpha under stop-gradient
+  (the hybrid LK^lambda: KL's gradient while acceptance is low, TVD's as it rises). The weight is per token,
+  which keeps this a pure per-token function (vLLM speculators' `lk_hybrid` does the same; NVIDIA ModelOpt
+  uses one weight per batch from the mean alpha).
+
 Memory: logits of real vocabularies are huge ([tokens x 50k+]) and usually bf16. `per_token_divergence`
-works on chunks of rows, casting one chunk at a time to fp32, and its backward is a custom autograd
-Function that recomputes each chunk and writes the analytic gradient straight into a draft-dtype buffer,
-so only ~3 fp32 buffers of [chunk x vocab] ever exist, forward or backward, plus the gradient itself in
-the draft's dtype. Rows whose upstream gradient is zero (tokens not selected by AdaSPEC, padding) are
-skipped in the backward.
+works on chunks of rows, casting one chunk at a time to fp32 (fp64 for fp64 draft logits, so the backward
+can be checked by `torch.autograd.gradcheck`), and its backward is a custom autograd Function that
+recomputes each chunk and writes the analytic gradient straight into a draft-dtype buffer, so only a few
+fp32 buffers of [chunk x vocab] ever exist (~3 for the KL kinds), forward or backward, plus the gradient
+itself in the draft's dtype. Rows whose upstream gradient is zero (tokens not selected by AdaSPEC,
+padding) are skipped in the backward.
 
 Gradients with respect to the draft logits z (q = softmax(z / T)), for L = D(p, q): with G = dL/dq,
 dL/dz = q * (G - <q, G>) / T, and q * G is
   fkl: -p          rkl: q log(q/p)          tvd: 0.5 q sign(q - p)          jsd: (1 - beta) q log(q/m)
-(`rkl`'s "+1" term cancels against <q, G>). The target never receives a gradient.
+  lk: 0.5 q sign(q - p) / alpha (0 where alpha < LK_EPS, the floor's flat part)
+  lk_kl: -lam p + (1 - lam) 0.5 q sign(q - p)
+(`rkl`'s "+1" term cancels against <q, G>; tvd's and lk's use d alpha / dq_v = 1[q_v < p_v], which differs
+from -0.5 sign(q_v - p_v) by a constant that cancels too). The target never receives a gradient.
 
 Sparse (cached-teacher) versions compare (K+1)-bucket distributions: the target's top-K probabilities plus
 a tail bucket holding the rest, against the draft's probabilities at the same K ids plus the draft's mass
@@ -44,7 +57,7 @@ from torch.autograd.function import once_differentiable
 
 from adaspec.errors import AdaspecError
 
-KINDS = ("fkl", "rkl", "tvd", "jsd")
+KINDS = ("fkl", "rkl", "tvd", "jsd", "lk", "lk_kl")
 
 # Default chunk: this many fp32 elements per [rows x V] buffer (16 MiB; ~84 rows at a 50k vocabulary).
 # A chunk whose few buffers fit in the last-level cache was fastest on CPU, and far smaller than a whole
@@ -56,6 +69,11 @@ CHUNK_ELEMENTS = 1 << 22
 # Floor on the tail buckets of the sparse divergences: a cache whose top-K covers (numerically) all of
 # the mass leaves a tail of rounding noise, and KL against an exact zero would be infinite.
 TAIL_EPS = 1e-8
+
+# `lk`: floor on the acceptance alpha inside the log (only disjoint supports come near it)
+LK_EPS = 1e-6
+# `lk_kl`: decay of the KL weight exp(-eta * alpha); 3 is the paper's setting (and vLLM speculators' default)
+LK_ETA = 3.0
 
 
 def _check(kind: str, beta: float, temperature: float, chunk_tokens: int | None) -> str:
@@ -79,8 +97,13 @@ def _chunk_rows(chunk_tokens: int | None, vocab: int) -> int:
     return int(chunk_tokens) if chunk_tokens is not None else max(1, CHUNK_ELEMENTS // max(vocab, 1))
 
 
-def _logp(logits: Tensor, temperature: float) -> Tensor:
-    x = logits.float()
+def _dtype(draft: Tensor) -> torch.dtype:
+    """Compute dtype: fp32, or fp64 for fp64 draft logits (exact enough for gradcheck)."""
+    return torch.float64 if draft.dtype == torch.float64 else torch.float32
+
+
+def _logp(logits: Tensor, temperature: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    x = logits.to(dtype)
     if temperature != 1.0:
         x = x / temperature
     return F.log_softmax(x, dim=-1)
@@ -100,9 +123,21 @@ def _mixture_logp(lp: Tensor, lq: Tensor, beta: float) -> Tensor:
     return torch.logaddexp(lm, lq + math.log1p(-beta), out=lm)
 
 
+def _acceptance(lp: Tensor, lq: Tensor) -> Tensor:
+    """alpha = sum min(p, q) per row [n, 1], as exp(min(log p, log q)): one temporary buffer."""
+    return torch.minimum(lp, lq).exp_().sum(-1, keepdim=True)
+
+
 def _rows(kind: str, lp: Tensor, lq: Tensor, beta: float) -> Tensor:
     """Divergence per row from fp32 log-probabilities [n, V] (dense) or [n, K+1] (buckets). Overwrites
     lp and lq."""
+    if kind == "lk":
+        return _acceptance(lp, lq).squeeze(-1).clamp_(min=LK_EPS).log_().neg_().clamp_(min=0.0)
+    if kind == "lk_kl":
+        lam = _acceptance(lp, lq).squeeze(-1).mul_(-LK_ETA).exp_()
+        tvd = lp.exp().sub_(lq.exp()).abs_().sum(-1).mul_(0.5)
+        fkl = _plogratio_(lp, lq).sum(-1).clamp_(min=0.0)
+        return fkl.mul_(lam).add_(tvd.mul_(1.0 - lam))
     if kind == "fkl":
         out = _plogratio_(lp, lq).sum(-1)
     elif kind == "rkl":
@@ -124,6 +159,14 @@ def _qgrad(kind: str, lp: Tensor, lq: Tensor, q: Tensor, beta: float) -> Tensor:
         return _plogratio_(lq, lp)
     if kind == "tvd":
         return torch.sign(q - lp.exp_()).mul_(q).mul_(0.5)
+    if kind in ("lk", "lk_kl"):
+        alpha = _acceptance(lp, lq)
+        p = lp.exp_()
+        tvd = torch.sign(q - p).mul_(q).mul_(0.5)
+        if kind == "lk":
+            return tvd.div_(alpha.clamp(min=LK_EPS)).masked_fill_(alpha < LK_EPS, 0.0)
+        lam = alpha.mul_(-LK_ETA).exp_()
+        return tvd.mul_(1.0 - lam).sub_(p.mul_(lam))
     return _plogratio_(lq, _mixture_logp(lp, lq, beta)).mul_(1.0 - beta)
 
 
@@ -162,10 +205,11 @@ class _DenseDivergence(torch.autograd.Function):
     def forward(ctx, target: Tensor, draft: Tensor, kind: str, beta: float, temperature: float,
                 chunk: int) -> Tensor:
         n = target.numel() // target.shape[-1]
-        out = torch.empty(n, dtype=torch.float32, device=draft.device)
+        dt = _dtype(draft)
+        out = torch.empty(n, dtype=dt, device=draft.device)
         for idx in _row_chunks(n, chunk, draft.device):
-            lp = _logp(_rows_of(target, idx), temperature)
-            lq = _logp(_rows_of(draft, idx), temperature)
+            lp = _logp(_rows_of(target, idx), temperature, dt)
+            lq = _logp(_rows_of(draft, idx), temperature, dt)
             out[idx] = _rows(kind, lp, lq, beta)
         ctx.save_for_backward(target, draft)
         ctx.args = (kind, beta, temperature, chunk)
@@ -178,10 +222,11 @@ class _DenseDivergence(torch.autograd.Function):
         kind, beta, temperature, chunk = ctx.args
         grad = torch.zeros_like(draft, memory_format=torch.contiguous_format)
         flat = grad.view(-1, draft.shape[-1])
-        g_out = grad_out.reshape(-1).float()
+        dt = _dtype(draft)
+        g_out = grad_out.reshape(-1).to(dt)
         for idx in _nonzero_row_chunks(g_out, chunk):
-            lp = _logp(_rows_of(target, idx), temperature)
-            lq = _logp(_rows_of(draft, idx), temperature)
+            lp = _logp(_rows_of(target, idx), temperature, dt)
+            lq = _logp(_rows_of(draft, idx), temperature, dt)
             g = _dense_grad(kind, lp, lq, beta, temperature).mul_(g_out[idx, None])
             flat.index_copy_(0, idx, g.to(draft.dtype))
         return None, grad, None, None, None, None
@@ -191,7 +236,7 @@ def per_token_divergence(kind: str, target_logits: Tensor, draft_logits: Tensor,
                          beta: float = 0.5, chunk_tokens: int | None = None) -> Tensor:
     """Divergence `kind` between target and draft next-token distributions at every position.
 
-    Inputs [..., V] of any float dtype; returns float32 [...], differentiable w.r.t. `draft_logits`
+    Inputs [..., V] of any float dtype; returns float32 [...] (float64 for float64 draft logits), differentiable w.r.t. `draft_logits`
     only. Rows are processed `chunk_tokens` at a time (default: CHUNK_ELEMENTS // V), so only a few fp32
     [chunk x V] buffers exist at once, in the backward too.
     """
@@ -226,11 +271,23 @@ def jsd(target_logits: Tensor, draft_logits: Tensor, beta: float = 0.5, temperat
     return per_token_divergence("jsd", target_logits, draft_logits, temperature, beta=beta)
 
 
+def lk(target_logits: Tensor, draft_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """LK^alpha per token: -log max(alpha, LK_EPS), alpha = sum min(p, q) the acceptance probability."""
+    return per_token_divergence("lk", target_logits, draft_logits, temperature)
+
+
+def lk_kl(target_logits: Tensor, draft_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """LK^lambda per token: lam * KL(p||q) + (1 - lam) * TVD, lam = exp(-LK_ETA * alpha) without gradient."""
+    return per_token_divergence("lk_kl", target_logits, draft_logits, temperature)
+
+
 DIVERGENCES: dict[str, Callable[..., Tensor]] = {
     "fkl": forward_kl,
     "rkl": reverse_kl,
     "tvd": total_variation,
     "jsd": jsd,
+    "lk": lk,
+    "lk_kl": lk_kl,
 }
 
 
@@ -292,12 +349,13 @@ class _SparseDivergence(torch.autograd.Function):
     def forward(ctx, ids: Tensor, lp_top: Tensor, draft: Tensor, kind: str, beta: float,
                 temperature: float, chunk: int) -> Tensor:
         n = draft.numel() // draft.shape[-1]
-        out = torch.empty(n, dtype=torch.float32, device=draft.device)
+        dt = _dtype(draft)
+        out = torch.empty(n, dtype=dt, device=draft.device)
         flat_ids = ids.reshape(n, -1)
         flat_lp = lp_top.reshape(n, -1)
         for idx in _row_chunks(n, chunk, draft.device):
-            lq = _logp(_rows_of(draft, idx), temperature)
-            lp_hat, lq_hat, _, _ = _buckets(flat_ids[idx], flat_lp[idx].float(), lq)
+            lq = _logp(_rows_of(draft, idx), temperature, dt)
+            lp_hat, lq_hat, _, _ = _buckets(flat_ids[idx], flat_lp[idx].to(dt), lq)
             out[idx] = _rows(kind, lp_hat, lq_hat, beta)
         ctx.save_for_backward(flat_ids, flat_lp, draft)
         ctx.args = (kind, beta, temperature, chunk)
@@ -310,10 +368,11 @@ class _SparseDivergence(torch.autograd.Function):
         kind, beta, temperature, chunk = ctx.args
         grad = torch.zeros_like(draft, memory_format=torch.contiguous_format)
         flat = grad.view(-1, draft.shape[-1])
-        g_out = grad_out.reshape(-1).float()
+        dt = _dtype(draft)
+        g_out = grad_out.reshape(-1).to(dt)
         for idx in _nonzero_row_chunks(g_out, chunk):
-            lq = _logp(_rows_of(draft, idx), temperature)
-            g = _sparse_grad(kind, flat_ids[idx], flat_lp[idx].float(), lq, beta, temperature)
+            lq = _logp(_rows_of(draft, idx), temperature, dt)
+            g = _sparse_grad(kind, flat_ids[idx], flat_lp[idx].to(dt), lq, beta, temperature)
             flat.index_copy_(0, idx, g.mul_(g_out[idx, None]).to(draft.dtype))
         return None, None, grad, None, None, None, None
 
@@ -326,7 +385,7 @@ def sparse_divergence(kind: str, topk_ids: Tensor, topk_logprobs: Tensor, draft_
     log-probabilities, already at the wanted temperature (as `topk_teacher` builds them); `draft_logits`
     [..., V] are divided by `temperature` here. The draft's distribution is collapsed onto the same K+1
     buckets: q at the K ids, and the draft's remaining mass. Tails are floored at TAIL_EPS. K = V gives
-    the exact divergence. Returns float32 [...], differentiable w.r.t. `draft_logits`.
+    the exact divergence. Returns float32 [...] (float64 for float64 draft logits), differentiable w.r.t. `draft_logits`.
     """
     kind = _check(kind, beta, temperature, chunk_tokens)
     lead, vocab = draft_logits.shape[:-1], draft_logits.shape[-1]

@@ -4,6 +4,10 @@
 --method adaspec   AdaSPEC (Hu et al., 2025): per token Δ = L(p_target‖q_draft) − L(p_target‖q_ref); train the
                    draft only on the top-k fraction of tokens by Δ, the tokens it can still learn.
 
+Acceptance-aligned variants (docs/variants.md): --divergence lk / lk_kl (LK losses), --delta-divergence tvd (Δ
+in 1 − acceptance instead of the loss's divergence), --selection soft (weights from Δ's rank) and
+--k-schedule linear (k from 1 down to --k over training).
+
 Teacher signal comes from the target on the fly (the exact path, the default) or from an offline cache
 (`adaspec cache`): then neither the target nor the reference runs during training. Training responses
 come from the dataset (as in the paper), from the target, from the draft itself (on-policy, DistillSpec),
@@ -26,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from adaspec import data as data_lib
 from adaspec.distill import selection
 from adaspec.distill.cache_store import TeacherCache, items_fingerprint
+from adaspec.distill.selection import SOFT_TEMPERATURE
 from adaspec.distill.teacher import Teacher, shifted_logits
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.acceptance import (Continuations, generate_continuations, greedy_agreement,
@@ -53,8 +58,15 @@ class DistillOptions(TrainOptions):
     preset: str = field(default="neox-draft-xs", metadata=helptext(f"draft architecture ({', '.join(PRESETS)})"))
     init_seed: int = field(default=0, metadata=helptext("seed of a draft built from --preset"))
     k: float = field(default=0.4, metadata=helptext("fraction of response tokens AdaSPEC trains on, in (0, 1]"))
-    selection: Literal["top", "bottom", "random", "all"] = field(default="top", metadata=helptext(
-        "which tokens by Δ: top (AdaSPEC), bottom, random, all (= plain KD)"))
+    selection: Literal["top", "bottom", "random", "all", "soft"] = field(default="top", metadata=helptext(
+        "which tokens by Δ: top (AdaSPEC), bottom, random, all (= plain KD), soft (every token, weighted by "
+        "sigmoid((rank quantile of Δ - (1 - k)) / --soft-temperature), weights summing to top-k's count)"))
+    soft_temperature: float = field(default=SOFT_TEMPERATURE, metadata=helptext(
+        "with --selection soft: width of the weights' step around the top-k cut, in rank quantiles",
+        omit_at_default=True))
+    k_schedule: Literal["constant", "linear"] = field(default="constant", metadata=helptext(
+        "constant: --k throughout; linear: k from 1 at the first optimizer step down to --k at the last",
+        omit_at_default=True))
     per_sequence: bool = field(default=False, metadata=helptext(
         "select the top-k within each sequence instead of over the micro-batch (paper)"))
     selection_group: int | None = field(default=None, metadata=helptext(
@@ -62,8 +74,12 @@ class DistillOptions(TrainOptions):
         "the whole micro-batch; the authors' 8 processes x 5 sequences are --selection-group 5 on one)"))
     normalize: Literal["response", "kept"] = field(default="response", metadata=helptext(
         "loss = sum over kept tokens / response tokens (official code) or / kept tokens"))
-    divergence: Literal["fkl", "rkl", "tvd", "jsd"] = field(default="fkl", metadata=helptext(
-        "per-token divergence between target and draft"))
+    divergence: Literal["fkl", "rkl", "tvd", "jsd", "lk", "lk_kl"] = field(default="fkl", metadata=helptext(
+        "per-token loss between target and draft: a divergence, or an LK loss (arXiv 2602.23881) of the "
+        "acceptance α = Σ min(p, q): lk = -log α, lk_kl = λ·fkl + (1 - λ)·tvd with λ = exp(-3α) held constant"))
+    delta_divergence: Literal["fkl", "rkl", "tvd", "jsd", "lk", "lk_kl"] | None = field(default=None, metadata=helptext(
+        "with --method adaspec: the divergence Δ is measured in, for draft and reference (default: "
+        "--divergence; tvd = 1 - acceptance, what speculative decoding pays for)", omit_at_default=True))
     beta: float = field(default=0.5, metadata=helptext("JSD mixture weight"))
     temperature: float = field(default=1.0, metadata=helptext("distillation temperature"))
     data_source: Literal["dataset", "target", "draft", "mix"] = field(default="dataset", metadata=helptext(
@@ -93,6 +109,9 @@ class DistillOptions(TrainOptions):
             raise AdaspecError("--method adaspec needs --ref (the reference model) or a --teacher-cache with L_ref")
         if self.draft_init is None and self.preset not in PRESETS:
             raise AdaspecError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.method != "adaspec" and (self.delta_divergence is not None or self.k_schedule != "constant"):
+            raise AdaspecError("--delta-divergence and --k-schedule belong to --method adaspec")
+        check_range(self, "soft_temperature", 0, low_open=True)
         check_range(self, "temperature", 0, low_open=True)
         check_range(self, "gen_temperature", 0)
         check_range(self, "beta", 0, 1)
@@ -233,11 +252,12 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
                    for it in data_lib.encode(val_examples, tokenizer, opts.max_length)]
     val = val_continuations(target, val_prompts, opts.val_max_new_tokens, eos, run, accelerator)
 
+    delta_kind = opts.delta_divergence or opts.divergence
     cache = None
     if opts.teacher_cache:
         cache = TeacherCache.open(opts.teacher_cache, target_path=opts.target, ref_path=opts.ref, items=items,
-                                  divergence=opts.divergence, temperature=opts.temperature, beta=opts.beta,
-                                  vocab=vocab)
+                                  divergence=delta_kind if opts.method == "adaspec" else None,
+                                  temperature=opts.temperature, beta=opts.beta, vocab=vocab)
         if opts.method == "adaspec" and not cache.has_ref:
             raise AdaspecError(f"{opts.teacher_cache} holds no reference divergence; rebuild it with --ref")
         if opts.top_k is not None and cache.top_k < opts.top_k:
@@ -247,7 +267,8 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
                           + (" and L_ref" if cache.has_ref else ""))
         target = None
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    teacher = Teacher(opts.divergence, opts.temperature, opts.beta, vocab, target=target, ref=ref, cache=cache)
+    teacher = Teacher(opts.divergence, opts.temperature, opts.beta, vocab, target=target, ref=ref, cache=cache,
+                      delta_divergence=delta_kind)
 
     mode = opts.selection if opts.method == "adaspec" else "all"
     selective = mode != "all"
@@ -261,9 +282,10 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
             sel_gen.manual_seed((opts.seed + 1) * 1_000_003 + step)
         mask = data_lib.response_mask(batch["labels"])
         q_logits = shifted_logits(model, batch, vocab)
-        div, ref_div = teacher.divergences(q_logits, batch, with_ref=selective)
-        kept = selection.delta_selection(div, ref_div, mask, opts.k, mode, opts.per_sequence, sel_gen,
-                                         opts.selection_group)
+        div, draft_delta, ref_div = teacher.divergences(q_logits, batch, with_ref=selective)
+        k = selection.scheduled_k(opts.k, opts.k_schedule, step, total_steps)
+        kept = selection.delta_selection(div if draft_delta is None else draft_delta, ref_div, mask, k, mode,
+                                         opts.per_sequence, sel_gen, opts.selection_group, opts.soft_temperature)
         n_resp = int(mask.sum())
         logs = {"kept_fraction": float(kept.sum()) / max(n_resp, 1),
                 "divergence": float((div.detach() * mask).sum()) / max(n_resp, 1)}
@@ -286,8 +308,12 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
         batch_size, epochs, steps = matched_budget(len(items), opts.batch_size, opts.grad_accum, opts.epochs,
                                                    opts.k, opts.budget_by)
         opts = replace(opts, batch_size=batch_size, epochs=epochs, max_steps=opts.max_steps or steps)
+    # the loop's step count, which the k schedule runs over
+    total_steps = opts.max_steps or planned_steps(len(items), opts.batch_size, opts.grad_accum, epochs)
     accelerator.print(f"draft: {count_params(draft):,} parameters; {opts.method}"
                       + (f" k={opts.k} {opts.selection}" if selective else "")
+                      + (f" ({opts.k_schedule} k from 1)" if selective and opts.k_schedule != "constant" else "")
+                      + (f", Δ in {delta_kind}" if selective and delta_kind != opts.divergence else "")
                       + f"; {len(items)} examples, {epochs:g} epochs, global batch {opts.batch_size}")
     result = train_loop(opts, accelerator, draft, tokenizer, items, token_loss, validate,
                         best_key="greedy_agreement", higher_is_better=True, epochs=epochs,

@@ -7,7 +7,16 @@ response tokens with the largest Delta and leaves hard tokens (where even the di
 far from the target) out, so the draft's small capacity goes to tokens it can get accepted.
 
 Modes: "top" (AdaSPEC), "bottom" (lowest-Delta fraction k, ablation), "random" (fraction k uniformly,
-ablation), "all" (every response token, i.e. DistillSpec / plain KD; k is ignored).
+ablation), "all" (every response token, i.e. DistillSpec / plain KD; k is ignored), "soft" (a weight per
+token from Delta's rank instead of a hard cut, `soft_weights`).
+
+Soft selection: within a group of n response tokens, token i with Delta rank r_i (0 = largest, ties by
+position as for "top") has the rank quantile u_i = 1 - (r_i + 0.5) / n and the weight
+w_i = sigmoid((u_i - (1 - k)) / tau), rescaled so the weights sum to num_kept(k, n), the count top-k keeps:
+the loss then has top-k's scale under either normalisation. tau -> 0 gives top-k's kept set with weight 1.
+
+k schedule (`scheduled_k`): "constant" keeps k; "linear" goes from 1 (every token) at the first optimizer step
+down to k at the last, so the draft first learns from everything and narrows to the learnable tokens.
 
 Relation to the official code (github.com/yuezhouhu/adaspec, `CustomTrainer.compute_loss`): it flattens
 the micro-batch's response tokens, keeps `delta >= torch.quantile(delta, 1 - k)` and returns
@@ -31,8 +40,11 @@ from torch import Tensor
 
 from adaspec.errors import AdaspecError
 
-MODES = ("top", "bottom", "random", "all")
+MODES = ("top", "bottom", "random", "all", "soft")
 NORMALIZE = ("response", "kept")
+K_SCHEDULES = ("constant", "linear")
+# default temperature of soft selection, in units of the rank quantile: weight 0.95 at 0.3 above the cut
+SOFT_TEMPERATURE = 0.1
 
 
 def check_k(k: float) -> None:
@@ -46,6 +58,36 @@ def num_kept(k: float, n: int) -> int:
     if n <= 0:
         return 0
     return min(max(math.floor(k * n + 0.5), 1), n)
+
+
+def scheduled_k(k: float, schedule: str, step: int, total_steps: int) -> float:
+    """The fraction kept at optimizer step `step` (0-based) of `total_steps`: k ("constant"), or linearly from
+    1 at step 0 to k at step total_steps - 1 ("linear"; steps past the end keep k)."""
+    check_k(k)
+    if schedule not in K_SCHEDULES:
+        raise AdaspecError(f"unknown k schedule {schedule!r}; choose one of: {', '.join(K_SCHEDULES)}")
+    if schedule == "constant" or total_steps <= 1:
+        return k
+    done = min(max(step / (total_steps - 1), 0.0), 1.0)
+    return 1.0 + (k - 1.0) * done
+
+
+def soft_weights(values: Tensor, k: float, temperature: float = SOFT_TEMPERATURE) -> Tensor:
+    """Float32 weight per entry of the 1-D `values` (Delta) from its rank: sigmoid((u - (1 - k)) / temperature)
+    with u the rank quantile (largest value nearest 1, ties by position), scaled to sum to num_kept(k, n)."""
+    check_k(k)
+    if not temperature > 0:
+        raise AdaspecError(f"soft selection temperature must be > 0, got {temperature}")
+    n = values.numel()
+    if n == 0:
+        return torch.zeros(0, dtype=torch.float32, device=values.device)
+    values = torch.nan_to_num(values.float(), nan=float("-inf"))
+    order = torch.sort(values, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n, device=values.device)
+    u = 1.0 - (rank.float() + 0.5) / n
+    w = torch.sigmoid((u - (1.0 - k)) / temperature)
+    return w * (num_kept(k, n) / w.sum())
 
 
 def _check_mode(mode: str) -> None:
@@ -70,8 +112,10 @@ def _pick(values: Tensor, k: float, mode: str, generator: torch.Generator | None
 
 
 def select_tokens(delta: Tensor, mask: Tensor, k: float, mode: str = "top", per_sequence: bool = False,
-                  generator: torch.Generator | None = None, group: int | None = None) -> Tensor:
-    """Boolean tensor shaped like `mask`, True on the response tokens kept for the loss.
+                  generator: torch.Generator | None = None, group: int | None = None,
+                  soft_temperature: float = SOFT_TEMPERATURE) -> Tensor:
+    """Boolean tensor shaped like `mask`, True on the response tokens kept for the loss; for mode "soft"
+    float32 weights instead (`soft_weights` per group, 0 off the response).
 
     `delta` holds the per-token score (Delta = L_draft - L_ref), `mask` marks response tokens (others
     are never selected). Groups are all of the micro-batch's response tokens, or each run of `group`
@@ -92,13 +136,17 @@ def select_tokens(delta: Tensor, mask: Tensor, k: float, mode: str = "top", per_
     size = 1 if per_sequence else (group or n_rows)
     flat_mask = mask.reshape(n_rows, -1)
     flat_delta = delta.reshape(n_rows, -1)
-    selected = torch.zeros_like(flat_mask)
+    soft = mode == "soft"
+    selected = torch.zeros(flat_mask.shape, dtype=torch.float32 if soft else torch.bool, device=mask.device)
     for start in range(0, n_rows, size):
         rows = slice(start, start + size)
         positions = flat_mask[rows].reshape(-1).nonzero().squeeze(1)
-        keep = _pick(flat_delta[rows].reshape(-1)[positions], k, mode, generator)
-        chosen = torch.zeros(flat_mask[rows].numel(), dtype=torch.bool, device=mask.device)
-        chosen[positions[keep]] = True
+        values = flat_delta[rows].reshape(-1)[positions]
+        chosen = torch.zeros(flat_mask[rows].numel(), dtype=selected.dtype, device=mask.device)
+        if soft:
+            chosen[positions] = soft_weights(values, k, soft_temperature)
+        else:
+            chosen[positions[_pick(values, k, mode, generator)]] = True
         selected[rows] = chosen.view(-1, flat_mask.shape[1])
     return selected.view(mask.shape)
 
@@ -110,6 +158,9 @@ def reduce_loss(per_token: Tensor, mask: Tensor, selected: Tensor, normalize: st
     response tokens it is 0, still connected to the graph. Values at unselected positions never reach the
     result (NaN/inf there are harmless).
 
+    A floating-point `selected` holds weights (soft selection): the sum is weighted, "kept" counts the
+    weights' sum, and a token with weight 0 counts as unselected. A boolean one takes the hard path.
+
     `num_items` replaces the "response" denominator, e.g. by the response-token count of a whole
     gradient-accumulation step (the Trainer's `num_items_in_batch` in the official code); `num_selected`
     likewise replaces the "kept" one (the kept count of a global batch split over processes)."""
@@ -119,8 +170,15 @@ def reduce_loss(per_token: Tensor, mask: Tensor, selected: Tensor, normalize: st
         raise AdaspecError(f"per-token values {tuple(per_token.shape)}, mask {tuple(mask.shape)} and "
                            f"selection {tuple(selected.shape)} differ in shape")
     mask = mask.bool()
-    selected = selected.bool() & mask
-    total = torch.where(selected, per_token, torch.zeros((), dtype=per_token.dtype, device=per_token.device))
+    zero = torch.zeros((), dtype=per_token.dtype, device=per_token.device)
+    if selected.is_floating_point():
+        weights = torch.where(mask, selected.detach().to(per_token.dtype), zero)
+        picked = weights != 0
+        total = torch.where(picked, per_token * weights, zero)
+        selected = weights
+    else:
+        selected = selected.bool() & mask
+        total = torch.where(selected, per_token, zero)
     given = num_items if normalize == "response" else num_selected
     if given is not None:
         count = torch.as_tensor(given, device=per_token.device).clamp(min=1)
@@ -131,10 +189,11 @@ def reduce_loss(per_token: Tensor, mask: Tensor, selected: Tensor, normalize: st
 
 def delta_selection(draft_div: Tensor, ref_div: Tensor | None, mask: Tensor, k: float, mode: str = "top",
                     per_sequence: bool = False, generator: torch.Generator | None = None,
-                    group: int | None = None) -> Tensor:
+                    group: int | None = None, soft_temperature: float = SOFT_TEMPERATURE) -> Tensor:
     """The response tokens AdaSPEC trains on: `select_tokens` by Delta = draft_div - ref_div (no gradient),
-    `group` as there. `ref_div` may be None only for mode "all" (plain KD / DistillSpec), which keeps every
-    response token."""
+    `group` and the soft mode's weights as there. The two divergences must be the same quantity (the Delta
+    divergence, which may differ from the trained loss). `ref_div` may be None only for mode "all" (plain
+    KD / DistillSpec), which keeps every response token."""
     _check_mode(mode)
     if mode == "all":
         delta = torch.zeros_like(draft_div, dtype=torch.float32)
@@ -147,7 +206,7 @@ def delta_selection(draft_div: Tensor, ref_div: Tensor | None, mask: Tensor, k: 
                                f"divergences differ in shape")
         with torch.no_grad():
             delta = draft_div.detach().float() - ref_div.detach().float()
-    return select_tokens(delta, mask, k, mode, per_sequence, generator, group)
+    return select_tokens(delta, mask, k, mode, per_sequence, generator, group, soft_temperature)
 
 
 def adaspec_loss(draft_div: Tensor, ref_div: Tensor | None, mask: Tensor, k: float, mode: str = "top",

@@ -16,30 +16,48 @@ def shifted_logits(model: torch.nn.Module, batch: dict, vocab: int) -> Tensor:
 
 
 class Teacher:
-    """Divergences L(p_target ‖ q) per shifted position; with a cache no target/reference forward runs."""
+    """Divergences L(p_target ‖ q) per shifted position; with a cache no target/reference forward runs.
+
+    `delta_divergence` (default: `divergence`) is the quantity AdaSPEC's Δ is measured in, for the draft and
+    the reference alike; the draft trains on `divergence`."""
 
     def __init__(self, divergence: str, temperature: float, beta: float, vocab: int,
                  target: torch.nn.Module | None = None, ref: torch.nn.Module | None = None,
-                 cache: TeacherCache | None = None):
+                 cache: TeacherCache | None = None, delta_divergence: str | None = None):
         if (target is None) == (cache is None):
             raise ValueError("a teacher needs exactly one of a live target and a cache")
         self.divergence, self.temperature, self.beta, self.vocab = divergence, temperature, beta, vocab
+        self.delta_divergence = delta_divergence or divergence
         self.target, self.ref, self.cache = target, ref, cache
 
-    def divergences(self, q_logits: Tensor, batch: dict, with_ref: bool) -> tuple[Tensor, Tensor | None]:
-        """(L(p‖q) [B, T-1] with gradient to q_logits, the reference's L(p‖q_ref) or None)."""
+    def divergences(self, q_logits: Tensor, batch: dict, with_ref: bool
+                    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(the training loss L(p‖q) [B, T-1] with gradient to q_logits, and with `with_ref` the draft's and
+        the reference's divergence in the Δ quantity, without gradient; else None, None)."""
+        same = self.delta_divergence == self.divergence
         if self.cache is not None:
             c = self.cache.batch(batch["index"].tolist(), batch["input_ids"].shape[1], q_logits.device)
-            div = losses.sparse_divergence(self.divergence, c["topk_ids"], c["topk_logprobs"], q_logits,
-                                           temperature=self.temperature, beta=self.beta)
-            return div, c.get("ref_div") if with_ref else None
+
+            def sparse(kind: str, logits: Tensor) -> Tensor:
+                return losses.sparse_divergence(kind, c["topk_ids"], c["topk_logprobs"], logits,
+                                                temperature=self.temperature, beta=self.beta)
+
+            div = sparse(self.divergence, q_logits)
+            if not with_ref:
+                return div, None, None
+            with torch.no_grad():
+                draft_delta = div.detach() if same else sparse(self.delta_divergence, q_logits.detach())
+            return div, draft_delta, c.get("ref_div")
         with torch.no_grad():
             p_logits = shifted_logits(self.target, batch, self.vocab)
-        div = losses.per_token_divergence(self.divergence, p_logits, q_logits, temperature=self.temperature,
-                                          beta=self.beta)
-        ref_div = None
-        if with_ref:
-            with torch.no_grad():
-                ref_div = losses.per_token_divergence(self.divergence, p_logits, shifted_logits(self.ref, batch, self.vocab),
-                                                      temperature=self.temperature, beta=self.beta)
-        return div, ref_div
+
+        def dense(kind: str, logits: Tensor) -> Tensor:
+            return losses.per_token_divergence(kind, p_logits, logits, temperature=self.temperature, beta=self.beta)
+
+        div = dense(self.divergence, q_logits)
+        if not with_ref:
+            return div, None, None
+        with torch.no_grad():
+            draft_delta = div.detach() if same else dense(self.delta_divergence, q_logits.detach())
+            ref_div = dense(self.delta_divergence, shifted_logits(self.ref, batch, self.vocab))
+        return div, draft_delta, ref_div

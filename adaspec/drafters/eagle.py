@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from adaspec.decoding.target import FINAL
 from adaspec.drafters.common import GatedMLP, RMSNorm, apply_rope, repeat_kv
 from adaspec.drafters.draft_vocab import vocab_maps
+from adaspec.drafters.head_checkpoint import load_strict, read_config_entry, read_weights
 from adaspec.errors import AdaspecError
 
 VARIANTS = ("eagle3", "eagle1")
@@ -366,15 +367,8 @@ class EagleHead(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None) -> EagleHead:
-        root = Path(path)
-        config_file = root / "config.json"
-        if not config_file.is_file() or not (root / "model.safetensors").is_file():
-            raise AdaspecError(f"{path} is not an EAGLE head checkpoint (needs config.json and model.safetensors)")
-        config = json.loads(config_file.read_text())
-        if CHECKPOINT_KEY not in config:
-            raise AdaspecError(f"{path} is not an adaspec EAGLE head checkpoint (no {CHECKPOINT_KEY!r} in config.json)")
-        head = cls(EagleConfig.from_dict(config[CHECKPOINT_KEY]))
-        head.load_state_dict(load_file(str(root / "model.safetensors")))
+        head = cls(EagleConfig.from_dict(read_config_entry(path, CHECKPOINT_KEY, "an adaspec EAGLE head checkpoint")))
+        load_strict(head, read_weights(path), path)
         if dtype is not None:
             head.to(dtype)
         return head.eval()

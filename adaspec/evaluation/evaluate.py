@@ -18,6 +18,9 @@
    greedy SD never tests the bonus token that follows γ accepted proposals: replaying SD's schedule on the
    per-position agreements reproduces its counters exactly (tests/evaluation/test_evaluate.py), so their
    difference is the agreement at bonus positions, not noise or a bug.
+   A head (EAGLE, MTP, Medusa) is scored by its first proposal, teacher-forced on the target's features
+   (adaspec.evaluation.head_acceptance): the same identity holds at γ = 1; at larger γ its later proposals
+   come from deeper steps or heads, whose acceptance the per-position acceptance shows.
 3. Meaning: the task quality of the target's outputs (SD is lossless, so this is the quality of every
    speculative run too) and the mean cross-entropy per response token of the target and of each draft on
    the split's reference responses (the target must be the better model).
@@ -42,7 +45,7 @@ from adaspec.decoding.sampling import check_sampling
 from adaspec.decoding.target import context_length
 from adaspec.drafters.base import Drafter
 from adaspec.errors import AdaspecError
-from adaspec.evaluation import acceptance, quality, sandbox
+from adaspec.evaluation import acceptance, head_acceptance, quality, sandbox
 from adaspec.evaluation.continuations import cached_continuations, weights_fingerprint
 from adaspec.metrics import SpecStats, theoretical_speedup
 from adaspec.models import check_vocab_compatible, count_params
@@ -256,8 +259,9 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel | Drafte
              settings: EvalSettings, *, cache_dir: str | os.PathLike | None = None,
              target_fingerprint: str | None = None, log: Log | None = None) -> EvalResult:
     """Evaluate each draft against `target` (see the module docstring); models already on one device,
-    sharing `tokenizer`'s ids. A draft is a causal LM or any Drafter (a head): heads get the empirical
-    measurements only (their analytic α and response loss are reported as undefined). `cache_dir` (None: no
+    sharing `tokenizer`'s ids. A draft is a causal LM or any Drafter: a head (EAGLE, MTP, Medusa) gets its
+    analytic α from its first proposal (adaspec.evaluation.head_acceptance) and no response loss (it is no
+    language model of its own); any other Drafter the empirical measurements only. `cache_dir` (None: no
     cache) holds the target's greedy continuations; `target_fingerprint` names the target there (default: a
     hash of its weights)."""
     if not drafts:
@@ -311,9 +315,13 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel | Drafte
          "max_prompt_length": max_prompt}, log)
     analytic_temperature = s.temperature if s.temperature > 0 else 1.0
     undefined = {"alpha_greedy": math.nan, "alpha_sampling": math.nan, "n_tokens": 0}
-    analytic = {name: {**(acceptance.analytic_alpha(target, draft, conts, temperature=analytic_temperature)
-                          if name in lms else undefined),
-                       "sampling_temperature": analytic_temperature} for name, draft in drafts.items()}
+    analytic = {}
+    for name, draft in drafts.items():
+        if name in lms:
+            found = acceptance.analytic_alpha(target, draft, conts, temperature=analytic_temperature)
+        else:
+            found = head_acceptance.analytic_alpha(draft, target, conts, temperature=analytic_temperature)
+        analytic[name] = {**(found or undefined), "sampling_temperature": analytic_temperature}
 
     # ---- response cross-entropy on the split's reference responses
     loss_items = data_lib.encode(s.examples(s.loss_examples), tokenizer, context or FALLBACK_CONTEXT)

@@ -1,24 +1,40 @@
-"""Greedy acceptance of multi-token heads (MTP depths, Medusa heads), teacher-forced on the target's greedy
+"""Acceptance of feature heads (EAGLE, MTP depths, Medusa heads), teacher-forced on the target's greedy
 continuations, without running the speculative loop.
 
-On a greedy continuation the target's next token is the data token, and the MTP chain feeds its own
-proposals, which equal the data tokens as long as they are accepted. So a decoding step starting after
-seq[:n] (features of position i = n-2) accepts exactly the leading depths k whose argmax at i equals token
-i+k+1. Every continuation position is treated as a step start (the usual teacher-forced estimate).
+Every head is read in one convention, the multi-token heads': depth k at position i (the target's features
+of position i) proposes token i+k+1. A decoding step after seq[:n] starts at i = n-2 (the features the last
+verification produced) and its depth-1 proposal is the token at n. On a greedy continuation the target's
+next token is the data token, and a chained head (MTP, EAGLE) feeds its own proposals, which equal the data
+tokens as long as they are accepted: so a step accepts exactly the leading depths k whose argmax at i
+equals token i+k+1. Every continuation position is treated as a step start (the usual teacher-forced
+estimate). EAGLE's unroll step j is its depth j+1 (adaspec.drafters.eagle_ttt: index t of step j predicts
+token t+1+j from the features of t-1, so depth j+1 at i is unroll index i+1).
+
+`head_acceptance` gives the accepted length of γ = D steps; `analytic_alpha` the analytic α of a head, as
+adaspec.evaluation.acceptance gives it for a draft LM: its depth-1 proposal (what every step drafts first,
+and all it drafts at γ = 1) against the target's distribution for the same token.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
 from adaspec.decoding.target import FINAL, features
+from adaspec.drafters.draft_vocab import draft_ids
+from adaspec.drafters.eagle import EagleHead
+from adaspec.drafters.eagle_drafter import EagleDrafter
+from adaspec.drafters.eagle_ttt import unroll
+from adaspec.drafters.medusa import MedusaDrafter
+from adaspec.drafters.mtp import MTPDrafter
 from adaspec.evaluation.acceptance import Continuations
 
-HeadForward = Callable[[Tensor, Tensor], list[Tensor]]  # (hidden [B,T,H], ids [B,T]) -> per-depth logits
+# (hidden [B, T, layers * H]: the head's target layers concatenated, ids [B, T]) -> per-depth logits, depth k
+# at position i proposing token i+k+1, over the target's vocabulary
+HeadForward = Callable[[Tensor, Tensor], list[Tensor]]
 
 
 def _right_pad(seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
@@ -48,19 +64,26 @@ def leading_correct(depth_logits: list[Tensor], ids: Tensor, lengths: list[int],
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
-@torch.inference_mode()
-def head_acceptance(forward: HeadForward, target: PreTrainedModel, data: Continuations, depth: int,
-                    batch_size: int = 16) -> dict[str, float]:
-    """accept_length: mean tokens a greedy step at γ = D accepts; alpha_depth{k}: acceptance of depth k
-    given depths < k accepted (the per-position acceptance of SpecStats); n_steps judged."""
+def _batches(target: PreTrainedModel, data: Continuations, layers: tuple[int, ...], batch_size: int
+             ) -> Iterator[tuple[Tensor, Tensor, Tensor, list[int], list[int]]]:
+    """(target logits [B, T, V], the layers concatenated [B, T, layers * H], ids, lengths, prompt lengths) of
+    right-padded batches of the continuations, one target forward each."""
     device = next(target.parameters()).device
-    lengths_all: list[Tensor] = []
     for s in range(0, len(data.sequences), batch_size):
         seqs, plens = data.sequences[s:s + batch_size], data.prompt_lengths[s:s + batch_size]
-        ids, mask = _right_pad(seqs)
-        ids, mask = ids.to(device), mask.to(device)
-        _, hidden = features(target, {"input_ids": ids, "attention_mask": mask}, (FINAL,))
-        lengths_all.append(leading_correct(forward(hidden[0], ids), ids, [len(x) for x in seqs], plens).cpu())
+        ids, mask = (x.to(device) for x in _right_pad(seqs))
+        logits, hidden = features(target, {"input_ids": ids, "attention_mask": mask}, layers)
+        yield logits, torch.cat(list(hidden), dim=-1), ids, [len(x) for x in seqs], list(plens)
+
+
+@torch.inference_mode()
+def head_acceptance(forward: HeadForward, target: PreTrainedModel, data: Continuations, depth: int,
+                    batch_size: int = 16, layers: tuple[int, ...] = (FINAL,)) -> dict[str, float]:
+    """accept_length: mean tokens a greedy step at γ = D accepts; alpha_depth{k}: acceptance of depth k
+    given depths < k accepted (the per-position acceptance of SpecStats); n_steps judged."""
+    lengths_all: list[Tensor] = []
+    for _, hidden, ids, lengths, plens in _batches(target, data, layers, batch_size):
+        lengths_all.append(leading_correct(forward(hidden, ids), ids, lengths, plens).cpu())
     accepted = torch.cat(lengths_all) if lengths_all else torch.zeros(0, dtype=torch.long)
     n = accepted.numel()
     out = {"accept_length": float(accepted.float().mean()) if n else float("nan"), "n_steps": float(n)}
@@ -68,3 +91,64 @@ def head_acceptance(forward: HeadForward, target: PreTrainedModel, data: Continu
         reached = int((accepted >= k - 1).sum())
         out[f"alpha_depth{k}"] = int((accepted >= k).sum()) / reached if reached else float("nan")
     return out
+
+
+def eagle_forward(head: EagleHead, depth: int) -> HeadForward:
+    """An EAGLE head's `depth` unroll steps as depths (see the module docstring), its draft-vocabulary logits
+    scattered over the target's vocabulary (-inf elsewhere, so argmax and softmax are the drafter's)."""
+    def forward(hidden: Tensor, ids: Tensor) -> list[Tensor]:
+        logits = unroll(head, hidden, ids, depth).logits.float()
+        full = logits.new_full((*logits.shape[:-1], head.config.vocab_size), float("-inf"))
+        full = full.index_copy_(-1, draft_ids(head.d2t), logits)
+        return [full[j][:, 1:] for j in range(depth)]
+    return forward
+
+
+def drafter_forward(drafter: object, depth: int = 1) -> tuple[tuple[int, ...], HeadForward] | None:
+    """(target layers read, teacher-forced forward of `depth` depths) of a head drafter; None for any other
+    drafter (a draft LM is scored by adaspec.evaluation.acceptance)."""
+    if isinstance(drafter, EagleDrafter):
+        return drafter.hidden_layers, eagle_forward(drafter.head, depth)
+    if isinstance(drafter, MTPDrafter):
+        heads, parts = drafter.heads, drafter.parts
+        return drafter.hidden_layers, lambda hidden, ids: heads(parts, hidden, ids)[:depth]
+    if isinstance(drafter, MedusaDrafter):
+        heads, parts = drafter.heads, drafter.parts
+        return drafter.hidden_layers, lambda hidden, ids: heads(parts, hidden)[:depth]
+    return None
+
+
+@torch.inference_mode()
+def analytic_alpha(drafter: object, target: PreTrainedModel, data: Continuations, batch_size: int = 16,
+                   temperature: float = 1.0) -> dict[str, float] | None:
+    """A head's analytic α over the continuation positions of `data` (None when `drafter` is no head).
+
+    Token j of a continuation is scored by the head's depth-1 proposal at position j-2 against the target's
+    logits at j-1 (the distribution the target verifies it with): alpha_greedy (top-1 agreement),
+    alpha_sampling (mean Σ min(p, q) at `temperature`) and n_tokens, every continuation token with a target
+    feature before its previous token (all of them once a prompt has two tokens; decoding drafts nothing
+    earlier either)."""
+    found = drafter_forward(drafter, 1)
+    if found is None:
+        return None
+    layers, forward = found
+    agree = overlap = 0.0
+    n = 0
+    for logits, hidden, ids, lengths, plens in _batches(target, data, layers, batch_size):
+        q_all = forward(hidden, ids)[0]
+        width = min(q_all.shape[1], logits.shape[1] - 1)
+        i = torch.arange(width, device=ids.device)
+        score = (i[None] >= torch.tensor([p - 2 for p in plens], device=ids.device)[:, None]) & \
+                (i[None] <= torch.tensor([n_ - 3 for n_ in lengths], device=ids.device)[:, None])
+        if not score.any():
+            continue
+        q_logits = q_all[:, :width][score].float()
+        p_logits = logits[:, 1:width + 1, : q_logits.shape[-1]][score].float()
+        agree += (p_logits.argmax(-1) == q_logits.argmax(-1)).sum().item()
+        p = torch.softmax(p_logits / temperature, -1)
+        q = torch.softmax(q_logits / temperature, -1)
+        overlap += torch.minimum(p, q).sum(-1).sum().item()
+        n += int(score.sum())
+    if n == 0:
+        return {"alpha_greedy": float("nan"), "alpha_sampling": float("nan"), "n_tokens": 0}
+    return {"alpha_greedy": agree / n, "alpha_sampling": overlap / n, "n_tokens": n}

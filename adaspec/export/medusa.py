@@ -17,13 +17,12 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
+from adaspec.drafters.head_checkpoint import WEIGHTS, load_strict, read_config_entry, read_weights
 from adaspec.drafters.medusa import MedusaConfig, MedusaHeads
 from adaspec.errors import AdaspecError
-
-WEIGHTS = "model.safetensors"
 
 
 def vllm_config(cfg: MedusaConfig) -> dict:
@@ -53,17 +52,13 @@ def save_medusa(heads: MedusaHeads, path: str | os.PathLike, target: PreTrainedM
 
 def load_medusa(path: str | os.PathLike, device: str | torch.device | None = None) -> MedusaHeads:
     """Heads saved by `save_medusa` (identical logits)."""
-    src = Path(path)
-    try:
-        meta = json.loads((src / "config.json").read_text())["adaspec"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise AdaspecError(f"{path} is not an adaspec Medusa checkpoint (no 'adaspec' in config)") from exc
+    meta = read_config_entry(path, "adaspec", "an adaspec Medusa checkpoint")
     if meta.pop("kind", None) != "medusa":
         raise AdaspecError(f"{path} holds no Medusa heads")
     heads = MedusaHeads(MedusaConfig(**meta))
-    tensors = load_file(str(src / WEIGHTS))
+    tensors = read_weights(path)
     if heads.cfg.shared_head:
         tensors.pop("lm_heads.0.weight", None)  # the target's own head is used
-    heads.load_state_dict(tensors)
+    load_strict(heads, tensors, path)
     dtype = next(iter(tensors.values())).dtype if tensors else torch.float32
     return heads.to(dtype=dtype, device=device).eval()

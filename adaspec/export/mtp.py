@@ -29,14 +29,13 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
 from adaspec.decoding.target import decoder_layers, final_norm
+from adaspec.drafters.head_checkpoint import WEIGHTS, load_strict, read_config_entry, read_weights
 from adaspec.drafters.mtp import MTPConfig, MTPHeads
 from adaspec.errors import AdaspecError
-
-WEIGHTS = "model.safetensors"
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:
@@ -55,16 +54,12 @@ def save_mtp(heads: MTPHeads, path: str | os.PathLike, state_dict: dict | None =
 
 def load_mtp(path: str | os.PathLike, device: str | torch.device | None = None) -> MTPHeads:
     """Modules saved by `save_mtp` (identical logits)."""
-    src = Path(path)
-    try:
-        meta = json.loads((src / "config.json").read_text())["adaspec"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise AdaspecError(f"{path} is not an adaspec MTP checkpoint (no 'adaspec' in config.json)") from exc
+    meta = read_config_entry(path, "adaspec", "an adaspec MTP checkpoint")
     if meta.pop("kind", None) != "mtp":
         raise AdaspecError(f"{path} holds no MTP modules")
     heads = MTPHeads(MTPConfig(**meta))
-    tensors = load_file(str(src / WEIGHTS))
-    heads.load_state_dict(tensors)
+    tensors = read_weights(path)
+    load_strict(heads, tensors, path)
     return heads.to(dtype=next(iter(tensors.values())).dtype, device=device).eval()
 
 

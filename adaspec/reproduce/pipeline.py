@@ -12,14 +12,21 @@ Stages (each skipped when its output is complete, so a killed run resumes where 
   7. ablations    (--ablations, first seed) selection bottom / random, k ∈ {0.2, 0.6, 0.8, 1.0}, and
                   DistillSpec trained as many steps as AdaSPEC (separates selection from training longer);
                   (--long-ablations) DistillSpec and AdaSPEC both at 4x those steps
-  8. eval         empirical greedy α from real speculative decoding on the test split, analytic α,
-                  speed, target quality; results/<task>/{results.json, report.md, *.png}
+  8. heads        (--heads eagle mtp medusa) drafter heads on the same frozen target (`adaspec train-head`),
+                  per seed in seed<s>/heads/<name>: EAGLE-3 and MTP with plain KD and with AdaSPEC against
+                  that KD head (k = 0.4, matched token budget as the drafts), Medusa with KD, and on the
+                  first seed EAGLE-1 (the final state as its feature) to compare with EAGLE-3
+  9. eval         empirical greedy α from real speculative decoding on the test split, analytic α,
+                  speed, target quality, drafts and heads in one evaluation per seed;
+                  results/<task>/{results.json, report.md, *.png}
 
-`--protocol official` runs stages 4 to 8 as the authors' scripts do (constant lr 3e-4, weight decay 0.1,
+`--protocol official` runs stages 4 to 9 as the authors' scripts do (constant lr 3e-4, weight decay 0.1,
 AdaSPEC at batch / k and epochs / k, so at DistillSpec's optimizer steps, its quantile over groups of 5
-sequences as on their 8 processes x 5), with the controls at those equal steps, in runs/<task>/<preset>/
+sequences as on their 8 processes x 5; AdaSPEC heads at batch / k and epochs / k too), with the controls at
+those equal steps, in runs/<task>/<preset>/
 official/ beside the shared target, initial draft and cache; results go to results.json's
 "official_protocol" (no speed benchmark: the architectures, hence the speed per α, are the same).
+`--variants` adds the acceptance-aligned variants (OFFICIAL_VARIANTS, docs/variants.md) there, every seed.
 """
 
 from __future__ import annotations
@@ -31,13 +38,16 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from adaspec import data as data_lib
 from adaspec.errors import AdaspecError
 from adaspec.io import atomic_write_json
 from adaspec.options import helptext
 from adaspec.safety import check_output, guarded_output
+
+if TYPE_CHECKING:
+    from adaspec.training.head_options import TrainHeadOptions
 
 
 @dataclass(frozen=True)
@@ -64,12 +74,21 @@ class Preset:
     # stage sees at least this many examples (0: epochs as written); the target keeps its best validation
     # checkpoint, so the extra epochs cannot leave an overfitted target
     min_train_examples: int = 0
+    # --heads: epochs of a KD head (AdaSPEC heads: that / k) and EAGLE's training-time-test unroll steps
+    # (MTP and Medusa get `gamma` depths, all a step drafts). Measured on the small GSM8K target, 1 thread
+    # (benchmarks/head_training_cost.py, results/benchmarks/head_training_cost.json): CPU seconds per step
+    # of batch 16 EAGLE-3 3.1 (AdaSPEC 4.1), EAGLE-1 3.3, MTP 2.4 (AdaSPEC 2.9), Medusa 1.4, ~10 more per
+    # run; at 0.05 epochs (23 steps, AdaSPEC 56) all 16 head runs of 3 seeds take ~32 CPU minutes. The
+    # heads stay far from converged at that budget: raise it where the time is there
+    head_epochs: float = 0.05
+    head_ttt_steps: int = 3
 
     def for_task(self, n_train: int) -> "Preset":
         """This preset with its epochs scaled for a training split of `n_train` examples."""
         scale = max(1.0, self.min_train_examples / max(1, n_train))
         return replace(self, target_epochs=self.target_epochs * scale,
-                       draft_init_epochs=self.draft_init_epochs * scale, distill_epochs=self.distill_epochs * scale)
+                       draft_init_epochs=self.draft_init_epochs * scale, distill_epochs=self.distill_epochs * scale,
+                       head_epochs=self.head_epochs * scale)
 
 
 # the committed results: ~16x parameter gap, full training split
@@ -119,6 +138,29 @@ OFFICIAL_ABLATIONS: dict[str, dict] = {
     "adaspec_bottom": {"selection": "bottom"},
     **{f"adaspec_k{k}": {"k": k} for k in (0.2, 0.6, 0.8, 1.0)},
 }
+# issue 13 part 3, every seed (--variants): acceptance-aligned rules at DistillSpec's optimizer steps. The LK
+# losses train every token at AdaSPEC's batch, so kd_big_batch is their control (only the loss differs); the
+# others are AdaSPEC with one change each (docs/variants.md)
+OFFICIAL_VARIANTS: dict[str, dict] = {
+    "lk": {"method": "kd", "k": 0.4, "match_token_budget": True, "divergence": "lk"},
+    "lk_kl": {"method": "kd", "k": 0.4, "match_token_budget": True, "divergence": "lk_kl"},
+    "adaspec_tvd": {"delta_divergence": "tvd"},
+    "adaspec_soft": {"selection": "soft"},
+    "adaspec_ksched": {"k_schedule": "linear"},
+}
+
+
+# --heads: heads trained on each seed's frozen target after its drafts, in this order. "ref": the KD head an
+# AdaSPEC head selects against (the drafts' DistillSpec reference, for heads); "first_seed": trained once
+HEADS: dict[str, dict] = {
+    "eagle": {"kind": "eagle", "label": "EAGLE-3 head, KD"},
+    "eagle_adaspec": {"kind": "eagle", "ref": "eagle", "label": "EAGLE-3 head, AdaSPEC"},
+    "eagle1": {"kind": "eagle", "variant": "eagle1", "first_seed": True, "label": "EAGLE-1 head, KD"},
+    "mtp": {"kind": "mtp", "label": "MTP modules, KD"},
+    "mtp_adaspec": {"kind": "mtp", "ref": "mtp", "label": "MTP modules, AdaSPEC"},
+    "medusa": {"kind": "medusa", "label": "Medusa heads, KD"},
+}
+HEAD_KINDS = ("eagle", "mtp", "medusa")
 
 
 @dataclass(kw_only=True)
@@ -136,6 +178,13 @@ class ReproduceOptions:
         "adaspec: cosine lr, AdaSPEC for epochs/k at DistillSpec's batch (2.5x its steps; the committed main "
         "table); official: the authors' scripts, AdaSPEC at batch/k and epochs/k (equal steps), constant lr "
         "3e-4, weight decay 0.1, with the equal-steps controls (--ablations adds bottom and k)"))
+    variants: bool = field(default=False, metadata=helptext(
+        "with --protocol official: also train the acceptance-aligned variants (LK losses, Δ in TVD, soft "
+        "selection, k schedule) on every seed"))
+    heads: list[str] | None = field(default=None, metadata=helptext(
+        "also train drafter heads on each seed's frozen target and evaluate them beside the drafts: eagle "
+        "(EAGLE-3 with KD and with AdaSPEC against it; EAGLE-1 with KD on the first seed), mtp (KD, AdaSPEC), "
+        "medusa (KD)"))
     runs_dir: str = field(default="runs", metadata=helptext("where models and caches go (resumable)"))
     results_dir: str = field(default="results", metadata=helptext("where report.md/results.json/plots go"))
     use_cache: bool = field(default=True, metadata=helptext(
@@ -148,9 +197,16 @@ class ReproduceOptions:
             raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
         if self.preset not in PRESETS:
             raise AdaspecError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.variants and self.protocol != "official":
+            raise AdaspecError("--variants belongs to --protocol official (they are compared at equal steps)")
         if self.protocol == "official" and self.long_ablations:
             raise AdaspecError("--long-ablations belongs to --protocol adaspec (the official runs are all at "
                                "equal steps already)")
+        if self.heads is not None:
+            unknown = [h for h in self.heads if h not in HEAD_KINDS]
+            if unknown or not self.heads:
+                raise AdaspecError(f"--heads takes {', '.join(HEAD_KINDS)}; got {' '.join(self.heads) or 'nothing'}")
+            self.heads = [h for h in HEAD_KINDS if h in self.heads]  # one order, whatever order was given
 
 
 def _done(path: Path) -> bool:
@@ -199,17 +255,30 @@ class Pipeline:
                                                 train_on_prompt=True))
         return out
 
-    def cache(self, target: Path, ref: Path | None, out: Path) -> Path | None:
+    def cache(self, target: Path, ref: Path | None, out: Path, divergence: str = "fkl") -> Path | None:
+        """The target's top-K (and with `ref` its L_ref, in `divergence`) at `out`, built unless complete."""
         if not self.opts.use_cache:
             return None
         from adaspec.distill.cache import CacheOptions, run_cache
         if not (out / "manifest.json").exists() or not json.loads((out / "manifest.json").read_text()).get(
                 "complete", True):
-            _log(f"caching the target's top-{self.p.top_k}" + (" and L_ref" if ref else "") + f" -> {out}")
+            _log(f"caching the target's top-{self.p.top_k}" + (f" and L_ref ({divergence})" if ref else "")
+                 + f" -> {out}")
         run_cache(CacheOptions(target=str(target), ref=str(ref) if ref else None, task=self.opts.task,
                                limit=self.p.train_limit, max_length=self.p.max_length, top_k=self.p.top_k,
-                               output=str(out), progress=self.opts.progress))
+                               divergence=divergence, output=str(out), progress=self.opts.progress))
         return out
+
+    def _run_cache(self, overrides: dict, seed: int, target: Path, ref: Path, cache: Path | None,
+                   ref_cache: Path | None) -> Path | None:
+        """The cache a run reads: the target's alone for KD, else one whose L_ref is in the run's Δ divergence
+        (a variant measuring Δ in another divergence gets its own, cache_ref_<divergence>)."""
+        if overrides.get("method") == "kd":
+            return cache
+        kind = overrides.get("delta_divergence")
+        if kind is None or kind == "fkl":
+            return ref_cache
+        return self.cache(target, ref, self.runs / f"seed{seed}" / f"cache_ref_{kind}", divergence=kind)
 
     def distill(self, name: str, target: Path, init: Path, seed: int, cache: Path | None,
                 ref: Path | None = None, **overrides: object) -> Path:
@@ -239,6 +308,37 @@ class Pipeline:
             run_distill(DistillOptions(**kwargs))
         return out
 
+    def head_options(self, name: str, target: Path, seed: int, ref: Path | None) -> "TrainHeadOptions":
+        """The train-head run `name` of HEADS on the frozen target, with the drafts' protocol and token budget."""
+        from adaspec.training.head_options import TrainHeadOptions
+        out = self.runs / f"seed{seed}" / "heads" / name
+        spec = {k: v for k, v in HEADS[name].items() if k not in ("ref", "first_seed", "label")}
+        shape = {"ttt_steps": self.p.head_ttt_steps} if spec["kind"] == "eagle" else {"depth": self.p.gamma}
+        kwargs = dict(self._common(out, seed), target=str(target), **spec, **shape, init_seed=seed,
+                      epochs=self.p.head_epochs, lr=self.p.distill_lr, val_examples=48,
+                      val_max_new_tokens=self.p.eval_max_new_tokens,
+                      val_every=max(1, int(self._steps_per_epoch() * self.p.head_epochs) // 4))
+        if self.official:
+            kwargs.update(OFFICIAL_SETTINGS, budget_by="batch")
+        else:
+            kwargs.update(budget_by="epochs")
+        if ref is not None:  # the AdaSPEC head starts where its reference did: the same init seed
+            kwargs.update(method="adaspec", ref=str(ref), k=0.4, match_token_budget=True)
+        return TrainHeadOptions(**kwargs)
+
+    def head(self, name: str, target: Path, seed: int, ref: Path | None) -> Path:
+        from adaspec.training.head_options import run_train_head
+        opts = self.head_options(name, target, seed, ref)
+        if not _done(Path(opts.output)):
+            _log(f"training head {name} (seed {seed}) -> {opts.output}")
+            run_train_head(opts)
+        return Path(opts.output)
+
+    def _heads_of_seed(self, seed: int) -> list[str]:
+        kinds = self.opts.heads or []
+        return [n for n, spec in HEADS.items() if spec["kind"] in kinds
+                and (not spec.get("first_seed") or seed == self.seeds[0])]
+
     def _steps_per_epoch(self) -> int:
         return max(1, self.n_train // self.p.batch_size)
 
@@ -256,15 +356,21 @@ class Pipeline:
             ref_cache = self.cache(target, ds, self.runs / f"seed{seed}" / "cache_ref")
             drafts["distillspec"][seed] = ds
             drafts["adaspec"][seed] = self.distill("adaspec", target, init, seed, ref_cache, ref=ds)
-            runs = {**(OFFICIAL_CONTROLS if self.official else {}), **(extra if seed == self.seeds[0] else {})}
+            runs = {**(OFFICIAL_CONTROLS if self.official else {}),
+                    **(OFFICIAL_VARIANTS if self.opts.variants else {}), **(extra if seed == self.seeds[0] else {})}
             for name, overrides in runs.items():
                 kd = overrides.get("method") == "kd"
                 drafts.setdefault(name, {})[seed] = self.distill(
-                    name, target, init, seed, cache if kd else ref_cache, ref=None if kd else ds, **overrides)
+                    name, target, init, seed, self._run_cache(overrides, seed, target, ds, cache, ref_cache),
+                    ref=None if kd else ds, **overrides)
+            for name in self._heads_of_seed(seed):
+                ref = HEADS[name].get("ref")
+                drafts.setdefault(name, {})[seed] = self.head(name, target, seed, drafts[ref][seed] if ref else None)
         return self.evaluate(target, init, drafts)
 
     def evaluate(self, target_dir: Path, init: Path, drafts: dict[str, dict[int, Path]]) -> dict:
         """One `evaluate` call per seed over all of that seed's drafts (the target-alone runs are shared)."""
+        from adaspec.drafters.loading import load_drafter
         from adaspec.evaluation.evaluate import EvalSettings, evaluate
         from adaspec.models import load_model, load_tokenizer, model_fingerprint
         from adaspec.reproduce.report import write_official, write_results
@@ -285,8 +391,9 @@ class Pipeline:
                 _log(f"evaluating seed {seed}: {', '.join(missing)}")
                 settings = EvalSettings(self.opts.task, "test", self.p.eval_prompts, self.p.gamma, 0.0,
                                         self.p.eval_max_new_tokens, seed, context=self.p.max_length)
-                new = evaluate(target, {n: load_model(p) for n, p in missing.items()}, tokenizer, settings,
-                               cache_dir=str(self.root / "eval_cache"),
+                loaded = {n: load_drafter(HEADS[n]["kind"], p, target) if n in HEADS else load_model(p)
+                          for n, p in missing.items()}
+                new = evaluate(target, loaded, tokenizer, settings, cache_dir=str(self.root / "eval_cache"),
                                target_fingerprint=model_fingerprint(target_dir), log=_log).to_json()
                 old = {**new, "drafts": {**old["drafts"], **new["drafts"]}}
                 atomic_write_json(cached, old)
@@ -295,14 +402,16 @@ class Pipeline:
                      for name, by_seed in drafts.items()}
         summaries["target"] = {0: json.loads((target_dir / "train_summary.json").read_text())}
         summaries["draft_init"] = {0: json.loads((init / "train_summary.json").read_text())}
-        val_ce = self.validation_ce(target_dir, init, drafts, tokenizer)
+        # heads are no language models: no response cross-entropy
+        val_ce = self.validation_ce(target_dir, init, {n: d for n, d in drafts.items() if n not in HEADS}, tokenizer)
+        heads = {n: {k: v for k, v in HEADS[n].items() if k != "first_seed"} for n in drafts if n in HEADS}
         if self.official:
             return write_official(command_line(self.opts), self.opts.task, self.opts.preset, self.p, evals,
                                   summaries, Path(self.opts.results_dir) / self.opts.task, val_ce,
-                                  {**OFFICIAL_SETTINGS, "selection_group": OFFICIAL_GROUP})
+                                  {**OFFICIAL_SETTINGS, "selection_group": OFFICIAL_GROUP}, heads)
         speed = self.speed_benchmark(target_dir, drafts)
         return write_results(command_line(self.opts), self.opts.task, self.opts.preset, self.p, evals,
-                             summaries, speed, Path(self.opts.results_dir) / self.opts.task, val_ce)
+                             summaries, speed, Path(self.opts.results_dir) / self.opts.task, val_ce, heads)
 
     def _within_training_length(self, measured: dict) -> bool:
         """Whether a stored evaluation kept prompt + continuation within the training length."""
@@ -367,6 +476,10 @@ def command_line(opts: ReproduceOptions) -> str:
         parts.append("--long-ablations")
     if opts.protocol != "adaspec":
         parts += ["--protocol", opts.protocol]
+    if opts.variants:
+        parts.append("--variants")
+    if opts.heads:
+        parts += ["--heads", *opts.heads]
     if not opts.use_cache:
         parts.append("--no-use-cache")
     return shlex.join(parts)

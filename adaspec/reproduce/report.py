@@ -68,12 +68,15 @@ def _per_seed(evals: dict[int, dict], name: str, *path: str) -> list[float]:
 
 
 def collect(command: str, task: str, preset_name: str, preset: Any, evals: dict[int, dict],
-            summaries: dict[str, dict], speed: dict | None) -> dict:
+            summaries: dict[str, dict], speed: dict | None, heads: dict[str, dict] | None = None) -> dict:
+    """`heads`: the names among the evaluated drafts that are drafter heads, with what they are (kind, label,
+    the KD head an AdaSPEC head selected against); they get every measurement but a response loss."""
     evals = {seed: {**e, "drafts": {n: current_names(d) for n, d in e["drafts"].items()}}
              for seed, e in evals.items()}
     seeds = sorted(evals)
     first = evals[seeds[0]]
     names = [n for n in first["drafts"]]
+    heads = heads or {}
     res: dict[str, Any] = {
         "task": task,
         "command": command,
@@ -82,7 +85,7 @@ def collect(command: str, task: str, preset_name: str, preset: Any, evals: dict[
         "seeds": seeds,
         "params": {"target": first["target"]["params"], "draft": first["drafts"]["distillspec"]["params"]},
         "val_loss": {"target": first["target"]["response_loss"],
-                     **{n: _mean_std(_per_seed(evals, n, "response_loss"))[0] for n in names}},
+                     **{n: _mean_std(_per_seed(evals, n, "response_loss"))[0] for n in names if n not in heads}},
         "target_quality": {"metric": first["target"]["quality_metric"], "value": first["target"]["quality"]},
     }
     for key, path in (("alpha_greedy", ("alpha",)), ("alpha_drafted", ("alpha_drafted",)),
@@ -100,6 +103,8 @@ def collect(command: str, task: str, preset_name: str, preset: Any, evals: dict[
     res["ablations"] = {n: {"alpha_greedy": res["alpha_greedy"][n],
                             "alpha_analytic_greedy": res["alpha_analytic_greedy"][n]}
                         for n in names if n.startswith(("adaspec_", "distillspec_"))}
+    if heads:
+        res["heads"] = {n: {**spec, "params": first["drafts"][n]["params"]} for n, spec in heads.items()}
     if speed:
         res["speed"] = speed
     return res
@@ -177,7 +182,7 @@ def render(res: dict, plots: list[str]) -> str:
     for n in res["alpha_greedy"]:
         lines.append(f"| {n} | {_pm(seeds[n])} | {_pm(res['alpha_drafted_seeds'][n])} | "
                      f"{_pm(res['alpha_analytic_greedy_seeds'][n])} | {_pm(res['alpha_analytic_sampling_seeds'][n])} "
-                     f"| {_fmt(res['tau'][n], '.2f')} | {_fmt(res['val_loss'][n])} | {_fmt(val.get(n))} |")
+                     f"| {_fmt(res['tau'][n], '.2f')} | {_fmt(res['val_loss'].get(n))} | {_fmt(val.get(n))} |")
     lines += ["", _capacity_gap(res), "",
               "α = accepted / (accepted + rejected) over the tokens the target checked; α drafted = "
               "accepted / drafted (γ-dependent); analytic α from parallel forwards on the target's greedy "
@@ -209,6 +214,9 @@ def render(res: dict, plots: list[str]) -> str:
             sd = bench["methods"].get("sd", {})
             if sd.get("speedup_vs_hf_assisted") is not None:
                 lines.append(f"| {draft} | sd / hf_assisted | {sd['speedup_vs_hf_assisted']:.2f}× | | | | | | | | |")
+    if res.get("heads"):
+        from adaspec.reproduce.report_heads import render_heads
+        lines += render_heads(res)
     if res["ablations"]:
         lines += ["", "## Ablations (first seed)", "",
                   "The validation α is the training-time metric: top-1 agreement with the target on its greedy "
@@ -251,9 +259,9 @@ def _capacity_gap(res: dict) -> str:
 
 def write_results(command: str, task: str, preset_name: str, preset: Any, evals: dict[int, dict],
                   summaries: dict[str, dict], speed: dict | None, outdir: Path,
-                  validation_ce: dict[str, list[float]] | None = None) -> dict:
+                  validation_ce: dict[str, list[float]] | None = None, heads: dict[str, dict] | None = None) -> dict:
     outdir.mkdir(parents=True, exist_ok=True)
-    res = collect(command, task, preset_name, preset, evals, summaries, speed)
+    res = collect(command, task, preset_name, preset, evals, summaries, speed, heads)
     if validation_ce is not None:
         # mean over seeds, as val_loss (which is measured on the test split's reference responses)
         res["validation_ce"] = {n: _mean_std(v)[0] for n, v in validation_ce.items()}
@@ -291,11 +299,11 @@ OFFICIAL = "official_protocol"
 
 def write_official(command: str, task: str, preset_name: str, preset: Any, evals: dict[int, dict],
                    summaries: dict[str, dict], outdir: Path, validation_ce: dict[str, list[float]],
-                   settings: dict) -> dict:
+                   settings: dict, heads: dict[str, dict] | None = None) -> dict:
     """Merge the official-protocol runs into results/<task>/results.json under "official_protocol" (every
     other key of the file is kept) and re-render report.md; returns the block."""
     outdir.mkdir(parents=True, exist_ok=True)
-    full = collect(command, task, preset_name, preset, evals, summaries, None)
+    full = collect(command, task, preset_name, preset, evals, summaries, None, heads)
     runs = [n for n in full["alpha_greedy"] if n != "draft_init"]
     first = str(full["seeds"][0])
     block: dict[str, Any] = {"command": command, "settings": settings, "seeds": full["seeds"]}
@@ -308,6 +316,10 @@ def write_official(command: str, task: str, preset_name: str, preset: Any, evals
     block["global_batch"] = {n: s.get("batch_size") for n, s in shape.items()}
     block["epochs"] = {n: s.get("epochs") for n, s in shape.items()}
     block["training"] = {n: full["training"][n] for n in runs}
+    if any(n in VARIANT_LABELS for n in runs):
+        block["variants_vs_kd"] = variant_verdicts(block)
+    if full.get("heads"):
+        block["heads"] = full["heads"]
     path = outdir / "results.json"
     res = json.loads(path.read_text()) if path.exists() else {"task": task, "preset": preset_name}
     res[OFFICIAL] = block
@@ -357,8 +369,9 @@ def render_official(block: dict) -> str:
              "Greedy α on the test split, mean ± std over seeds (first seed only where one value).", "",
              "| run | global batch | epochs | optimizer steps | α (%) | α drafted (%) | analytic greedy α (%) | "
              "response CE, validation |", "|---|---|---|---|---|---|---|---|"]
+    labels = {**OFFICIAL_LABELS, **{n: h["label"] for n, h in block.get("heads", {}).items()}}
     for n, values in block["alpha_greedy_seeds"].items():
-        lines.append(f"| {OFFICIAL_LABELS.get(n, n)} | {_fmt(block['global_batch'].get(n), 'd')} | "
+        lines.append(f"| {labels.get(n, n)} | {_fmt(block['global_batch'].get(n), 'd')} | "
                      f"{_fmt(block['epochs'].get(n), '.3g')} | {_fmt(block['optimizer_steps'].get(n), 'd')} | "
                      f"{_pm(values)} | {_pm(block['alpha_drafted_seeds'][n])} | "
                      f"{_pm(block['alpha_analytic_greedy_seeds'][n])} | {_fmt(block['validation_ce'].get(n))} |")
@@ -367,7 +380,79 @@ def render_official(block: dict) -> str:
              for n in ("distillspec", "kd_big_batch", "random_big_batch") if n in a and "adaspec" in a]
     if diffs:
         lines += ["", "; ".join(diffs) + " points of greedy α (means over seeds)."]
+    lines += render_variants(block)
     return "\n".join(lines) + "\n"
+
+
+# the acceptance-aligned variants (issue 13 part 3, `reproduce --variants`, docs/variants.md)
+VARIANT_LABELS = {"lk": "LK: -log α, every token at AdaSPEC's batch",
+                  "lk_kl": "LK-KL: λ·KL + (1 - λ)·TVD, every token at AdaSPEC's batch",
+                  "adaspec_tvd": "AdaSPEC, Δ in TVD", "adaspec_soft": "AdaSPEC, soft selection by Δ's rank",
+                  "adaspec_ksched": "AdaSPEC, k from 1 down to 0.4"}
+OFFICIAL_LABELS.update(VARIANT_LABELS)
+# the goal: beat plain KD at equal optimizer steps by this much greedy α, beyond the seed spread
+VARIANT_MARGIN = 0.01
+
+
+def variant_verdicts(block: dict) -> dict[str, dict]:
+    """Each variant's greedy α against plain KD at equal steps: the better (by mean) of DistillSpec and KD at
+    AdaSPEC's batch. `beats` when the mean gain is at least VARIANT_MARGIN and larger than the seed spread,
+    the sum of the two runs' standard deviations over seeds."""
+    seeds = block["alpha_greedy_seeds"]
+    kds = [n for n in ("distillspec", "kd_big_batch") if seeds.get(n)]
+    if not kds:
+        return {}
+    kd = max(kds, key=lambda n: _mean_std(seeds[n])[0])
+    kd_mean, kd_std = _mean_std(seeds[kd])
+    out = {}
+    for name in VARIANT_LABELS:
+        if not seeds.get(name):
+            continue
+        mean, std = _mean_std(seeds[name])
+        gain, spread = mean - kd_mean, std + kd_std
+        out[name] = {"kd": kd, "gain": gain, "spread": spread, "seeds": len(seeds[name]),
+                     "beats": bool(gain >= VARIANT_MARGIN and gain > spread)}
+    return out
+
+
+def render_variants(block: dict) -> list[str]:
+    """The report's lines on the variants (none when the block has none)."""
+    verdicts = block.get("variants_vs_kd") or {}
+    if not verdicts:
+        return []
+    kd = OFFICIAL_LABELS[next(iter(verdicts.values()))["kd"]].split(" (")[0]
+    lines = ["", f"Acceptance-aligned variants against plain KD at equal steps ({kd}, the better KD run): gain in "
+             f"points of greedy α, seed spread = sum of the two standard deviations; beats = gain ≥ "
+             f"{100 * VARIANT_MARGIN:g} and > spread.", "", "| variant | gain | spread | beats KD |", "|---|---|---|---|"]
+    for name, v in verdicts.items():
+        lines.append(f"| {VARIANT_LABELS[name]} | {100 * v['gain']:+.1f} | {100 * v['spread']:.1f} | "
+                     f"{'yes' if v['beats'] else 'no'} |")
+    return lines
+
+
+def variants_table(results_dir: Path) -> list[str]:
+    """The README's variants table: per task, each variant's gain over plain KD at equal steps; empty when no
+    task has variants."""
+    rows, wins = [], {n: 0 for n in VARIANT_LABELS}
+    for path in sorted(results_dir.glob("*/results.json")):
+        verdicts = (json.loads(path.read_text()).get(OFFICIAL) or {}).get("variants_vs_kd")
+        if not verdicts:
+            continue
+        cells = []
+        for name in VARIANT_LABELS:
+            v = verdicts.get(name)
+            cells.append("n/a" if v is None else f"{100 * v['gain']:+.1f} (± {100 * v['spread']:.1f})"
+                         + (" ✓" if v["beats"] else ""))
+            wins[name] += bool(v and v["beats"])
+        rows.append(f"| {path.parent.name} | {' | '.join(cells)} |")
+    if not rows:
+        return []
+    head = " | ".join(VARIANT_LABELS[n] for n in VARIANT_LABELS)
+    return ["", "Acceptance-aligned variants under the authors' protocol: gain over plain KD at equal optimizer steps "
+            "(the better of DistillSpec and KD at AdaSPEC's batch) in points of greedy α, mean over seeds (± the "
+            f"sum of both seed standard deviations); ✓ = a gain of ≥ {100 * VARIANT_MARGIN:g} point beyond that "
+            "spread:", "", f"| task | {head} |", "|---|" + "---|" * len(VARIANT_LABELS), *rows, "",
+            "Tasks won: " + ", ".join(f"{n} {wins[n]} of {len(rows)}" for n in VARIANT_LABELS) + "."]
 
 
 # The paper's main table, 3-epoch column, Pythia-31M -> Pythia-1.4B, greedy α in % (DistillSpec, AdaSPEC), as
@@ -385,13 +470,16 @@ def readme_table(results_dir: Path) -> str:
             "first seed: AdaSPEC / KD at equal steps / random 40% α (%) | first seed, 4× those steps: KD / AdaSPEC α (%) | "
             "seeds | command |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    official = []
+    official, heads = [], []
     for path in sorted(results_dir.glob("*/results.json")):
         r = json.loads(path.read_text())
         if r.get(OFFICIAL):
             official.append(_official_row(r))
         if "alpha_greedy_seeds" not in r:
             continue
+        if r.get("heads"):
+            from adaspec.reproduce.report_heads import heads_row
+            heads.append(heads_row(r))
         d, a = r["alpha_greedy_seeds"]["distillspec"], r["alpha_greedy_seeds"]["adaspec"]
         delta = 100 * (_mean_std(a)[0] - _mean_std(d)[0])
         q = r["target_quality"]
@@ -401,6 +489,9 @@ def readme_table(results_dir: Path) -> str:
                     f"{q['metric']} {_fmt(q['value'])} | {_pm(d)} | {_pm(a)} | {delta:+.1f} | {_paper(r['task'])} | "
                     f"{_controls(r)} | {_controls(r, ('distillspec_long4', 'adaspec_long4'), first=False)} | "
                     f"{len(r['seeds'])} | `{r['command']}` |")
+    if heads:
+        from adaspec.reproduce.report_heads import heads_table
+        rows += ["", *heads_table(heads)]
     if official:
         rows += ["", "Under the authors' protocol (equal optimizer steps: AdaSPEC at 2.5× DistillSpec's batch for "
                  "2.5× its epochs; constant lr 3e-4, weight decay 0.1; same target and initial draft):", "",
@@ -408,6 +499,7 @@ def readme_table(results_dir: Path) -> str:
                  "KD at AdaSPEC's batch α (%) | random 40% at AdaSPEC's batch α (%) | optimizer steps, each | "
                  "global batch KD / AdaSPEC | seeds | command |", "|---|---|---|---|---|---|---|---|---|---|---|",
                  *official]
+    rows += variants_table(results_dir)
     return "\n".join(rows)
 
 

@@ -36,7 +36,7 @@ from adaspec.io import atomic_write_json
 from adaspec.models import count_params, load_model, load_tokenizer
 from adaspec.options import load_split
 from adaspec.training.checkpoint import load_checkpoint
-from adaspec.training.head_options import TrainHeadOptions, head_run
+from adaspec.training.head_options import TrainHeadOptions, budgeted, head_run
 from adaspec.training.run_fingerprint import Run
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
 
@@ -187,13 +187,14 @@ def _eagle_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_s
         return head_agreement(model, target, val, opts.ttt_steps)
 
     trained = sum(p.numel() for p in head.parameters() if p.requires_grad)
+    opts = budgeted(opts, len(items))
     accelerator.print(f"{cfg.variant} head: {trained:,} trained parameters (of {count_params(head):,}); "
                       f"layers {list(cfg.hidden_layers)}, draft vocabulary {cfg.draft_vocab_size}; {opts.method}"
                       + (f" k={opts.k} {opts.selection}" if opts.method == "adaspec" else "")
-                      + f"; {len(items)} examples")
+                      + f"; {len(items)} examples, {opts.epochs:g} epochs, global batch {opts.batch_size}")
     result = train_loop(opts, accelerator, head, tokenizer, items, HeadLoss(opts, target, ref, vocab), validate,
                         best_key="agreement", higher_is_better=True, epochs=opts.epochs, on_step=on_step)
     if accelerator.is_main_process:
         atomic_write_json(out / "train_summary.json", {
             "trained_params": trained, "steps": result.steps, "best_agreement": result.best_metric,
-            "history": result.history})
+            "epochs": opts.epochs, "batch_size": opts.batch_size, "history": result.history})

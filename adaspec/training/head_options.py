@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from adaspec.distill import selection
@@ -42,6 +42,12 @@ class TrainHeadOptions(TrainOptions):
     beta: float = field(default=0.5, metadata=helptext("JSD mixture weight"))
     temperature: float = field(default=1.0, metadata=helptext("distillation temperature"))
     init_seed: int = field(default=0, metadata=helptext("seed of the head's initial weights"))
+    match_token_budget: bool = field(default=False, metadata=helptext(
+        "give this run at --k as many trained tokens per step (depth) as KD on every token at --batch-size "
+        "and --epochs, as distill's --match-token-budget does; see --budget-by"))
+    budget_by: Literal["batch", "epochs"] = field(default="batch", metadata=helptext(
+        "how --match-token-budget matches: batch = batch/k and epochs/k at KD's optimizer steps (the AdaSPEC "
+        "authors' scripts); epochs = epochs/k at KD's batch, 1/k the steps (adaspec reproduce's protocol)"))
     val_max_new_tokens: int = field(default=96, metadata=helptext("length of the target continuations scored"))
     # --kind eagle
     variant: Literal["eagle3", "eagle1"] = field(default="eagle3", metadata=helptext(
@@ -111,6 +117,18 @@ class TrainHeadOptions(TrainOptions):
             return tuple(int(x) for x in self.aux_layers.split(","))
         except ValueError:
             raise AdaspecError(f"--aux-layers must be comma-separated layer ids, got {self.aux_layers!r}") from None
+
+
+def budgeted(opts: TrainHeadOptions, n_items: int) -> TrainHeadOptions:
+    """`opts` with the matched token budget applied to its batch, epochs and steps, as distill applies it
+    (adaspec.distill.recipe.matched_budget); `opts` itself without --match-token-budget."""
+    if not opts.match_token_budget:
+        return opts
+    from adaspec.distill.recipe import matched_budget
+
+    batch_size, epochs, steps = matched_budget(n_items, opts.batch_size, opts.grad_accum, opts.epochs, opts.k,
+                                               opts.budget_by)
+    return replace(opts, batch_size=batch_size, epochs=epochs, max_steps=opts.max_steps or steps)
 
 
 # options naming an input: their fingerprint (not their path) defines the run

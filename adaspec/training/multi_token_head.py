@@ -42,7 +42,7 @@ from adaspec.models import count_params, load_model, load_tokenizer, output_voca
 from adaspec.options import load_split
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
-from adaspec.training.head_options import TrainHeadOptions, head_run
+from adaspec.training.head_options import TrainHeadOptions, budgeted, head_run
 from adaspec.training.run_fingerprint import Run
 
 def _load_heads(kind: str, path: str, depth: int, target: PreTrainedModel, what: str
@@ -138,9 +138,10 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
     def validate(model: nn.Module) -> dict[str, float]:
         return head_acceptance(lambda h, ids: forward(model, h, ids), target, val, opts.depth)  # type: ignore
 
+    opts = budgeted(opts, len(items))
     accelerator.print(f"{opts.kind} heads: {count_params(heads):,} parameters, {opts.depth} depths; "
                       f"{opts.method}" + (f" k={opts.k} {opts.selection}" if mode != "all" else "")
-                      + f"; {len(items)} examples, {opts.epochs:g} epochs")
+                      + f"; {len(items)} examples, {opts.epochs:g} epochs, global batch {opts.batch_size}")
     # the loop saves and restores through save_pretrained / from_pretrained, which the heads provide
     result = train_loop(opts, accelerator, heads, tokenizer, items, token_loss, validate,  # type: ignore
                         best_key="accept_length", higher_is_better=True, epochs=opts.epochs,
@@ -150,6 +151,7 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
             save_medusa(load_medusa(out), out, target)
         tokenizer.save_pretrained(opts.output)
         summary = {"kind": opts.kind, "params": count_params(heads), "steps": result.steps,
-                   "best_accept_length": result.best_metric, "history": result.history}
+                   "best_accept_length": result.best_metric, "epochs": opts.epochs, "batch_size": opts.batch_size,
+                   "history": result.history}
         atomic_write_json(out / "train_summary.json", summary)
 

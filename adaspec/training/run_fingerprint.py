@@ -1,7 +1,9 @@
 """What defines a training run, stored as `<output>/run_fingerprint.json`, so a rerun resumes only itself.
 
 The fingerprint is every option that changes the result (logistics such as progress bars, the save
-interval or the output path excluded) with each input path replaced by a fingerprint of its content:
+interval or the output path excluded; an option added after runs were recorded, marked `omit_at_default` in
+its field metadata, only when set to another value than its default, so those runs still resume) with each
+input path replaced by a fingerprint of its content:
 model folders by `models.model_fingerprint` plus their tokenizer files, data files and folders by a hash
 of their bytes, a teacher cache by its `cache_key`. Moving an input keeps the run; changing its content
 or a setting refuses the rerun, naming the differing fields, until `--overwrite` starts it over.
@@ -90,6 +92,8 @@ def run_fingerprint(opts: Any, inputs: dict[str, Callable[[Any], str | None]]) -
         if f.name in LOGISTICS or f.name in ("data", "data_dir"):
             continue
         value = getattr(opts, f.name)
+        if f.metadata.get("omit_at_default") and value == f.default:
+            continue
         options[f.name] = inputs[f.name](value) if f.name in inputs else value
     return {"format": FORMAT, "data": data_fingerprint(opts), **json.loads(json.dumps(options, default=str))}
 

@@ -7,7 +7,11 @@ from adaspec.errors import AdaspecError
 from adaspec.distill.losses import (
     DIVERGENCES,
     forward_kl,
+    LK_EPS,
+    LK_ETA,
     jsd,
+    lk,
+    lk_kl,
     per_token_divergence,
     reverse_kl,
     sparse_divergence,
@@ -15,8 +19,18 @@ from adaspec.distill.losses import (
     total_variation,
 )
 
-KINDS = ["fkl", "rkl", "tvd", "jsd"]
+KINDS = ["fkl", "rkl", "tvd", "jsd", "lk", "lk_kl"]
 SHAPES = [(3, 7, 11), (1, 1, 5), (13, 97), (2, 5, 4099)]
+
+
+def ref_lk(kind, p, q, kl, tvd):
+    """LK losses from probabilities, as the paper writes them: alpha = sum min(p, q); the blend weight
+    exp(-eta * alpha) is a stop-gradient."""
+    alpha = torch.minimum(p, q).sum(-1)
+    if kind == "lk":
+        return -alpha.clamp_min(LK_EPS).log()
+    lam = torch.exp(-LK_ETA * alpha.detach())
+    return lam * kl + (1 - lam) * tvd
 
 
 def ref(kind, t, d, temperature=1.0, beta=0.5):
@@ -24,6 +38,9 @@ def ref(kind, t, d, temperature=1.0, beta=0.5):
     lp = torch.log_softmax(t.double() / temperature, -1)
     lq = torch.log_softmax(d.double() / temperature, -1)
     p, q = lp.exp(), lq.exp()
+    if kind in ("lk", "lk_kl"):
+        kl = torch.where(p > 0, p * (lp - lq), 0.0).sum(-1)
+        return ref_lk(kind, p, q, kl, 0.5 * (p - q).abs().sum(-1))
     if kind == "jsd" and beta == 0:
         kind = "fkl"
     if kind == "jsd" and beta == 1:
@@ -44,6 +61,8 @@ def ref_sparse(kind, ids, lp_top, d, temperature=1.0, beta=0.5):
     p_top, q_top = lp_top.double().exp(), lq.gather(-1, ids).exp()
     p = torch.cat([p_top, (1 - p_top.sum(-1, keepdim=True)).clamp_min(1e-8)], -1)
     q = torch.cat([q_top, (1 - q_top.sum(-1, keepdim=True)).clamp_min(1e-8)], -1)
+    if kind in ("lk", "lk_kl"):
+        return ref_lk(kind, p, q, (p * (p.log() - q.log())).sum(-1), 0.5 * (p - q).abs().sum(-1))
     if kind == "fkl":
         return (p * (p.log() - q.log())).sum(-1)
     if kind == "rkl":
@@ -281,3 +300,71 @@ def test_topk_teacher_and_sparse_arguments():
     # bf16 cached log-probs are accepted (computed in fp32)
     out = sparse_divergence("fkl", ids, lp.bfloat16(), d, temperature=2.0)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+# ---- acceptance-aligned losses (LK) and gradcheck ----
+
+def test_lk_losses_in_terms_of_acceptance():
+    t, d = logits_pair((4, 7, 53), seed=16)
+    tvd, fkl = total_variation(t, d).double(), forward_kl(t, d).double()
+    alpha = 1 - tvd  # sum min(p, q) = 1 - TVD on the simplex
+    torch.testing.assert_close(lk(t, d).double(), -alpha.log(), rtol=1e-4, atol=1e-5)
+    lam = torch.exp(-LK_ETA * alpha)
+    torch.testing.assert_close(lk_kl(t, d).double(), lam * fkl + (1 - lam) * tvd, rtol=1e-4, atol=1e-5)
+    assert DIVERGENCES["lk"] is lk and DIVERGENCES["lk_kl"] is lk_kl
+    # a better-aligned draft has a higher acceptance, so a lower LK
+    assert (lk(t, t + 0.1 * (d - t)) < lk(t, d)).all()
+
+
+def test_lk_disjoint_supports_are_floored_and_finite():
+    t = torch.full((2, 6), float("-inf"))
+    d = torch.full((2, 6), float("-inf"))
+    t[:, :3] = torch.randn(2, 3, generator=torch.Generator().manual_seed(17))
+    d[:, 3:] = 0.0  # no token both can emit: alpha = 0
+    d = d.requires_grad_()
+    out = per_token_divergence("lk", t, d)
+    torch.testing.assert_close(out, torch.full((2,), -math.log(LK_EPS)))
+    out.sum().backward()
+    assert torch.isfinite(d.grad).all() and (d.grad == 0).all()  # the floor is flat
+    torch.testing.assert_close(per_token_divergence("lk_kl", t, d.detach()),
+                               per_token_divergence("fkl", t, d.detach()))  # alpha = 0: all KL
+
+
+# lk_kl's blend weight is a stop-gradient, which finite differences cannot see: its gradient is checked as the
+# blend of the (gradchecked) fkl and tvd gradients instead
+GRADCHECKED = [k for k in KINDS if k != "lk_kl"]
+
+
+@pytest.mark.parametrize("kind", GRADCHECKED)
+def test_gradcheck_dense_float64(kind):
+    t, d = logits_pair((2, 3, 7), seed=18, scale=1.0)
+    d = d.double().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x: per_token_divergence(kind, t.double(), x, temperature=1.3, beta=0.3, chunk_tokens=2), (d,))
+
+
+@pytest.mark.parametrize("kind", GRADCHECKED)
+def test_gradcheck_sparse_float64(kind):
+    t, d = logits_pair((2, 3, 11), seed=19, scale=1.0)
+    ids, lp = topk_teacher(t.double(), 4, temperature=1.3)
+    assert lp.dtype == torch.float32  # the cache's dtype; the sparse path computes in the draft's
+    d = d.double().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x: sparse_divergence(kind, ids, lp.double(), x, temperature=1.3, beta=0.3, chunk_tokens=2), (d,))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_lk_kl_gradient_is_the_blend_of_kl_and_tvd_gradients(sparse):
+    t, d0 = logits_pair((3, 4, 13), seed=20, scale=1.0)
+    ids, lp = topk_teacher(t, 5)
+
+    def div(kind, d):
+        return sparse_divergence(kind, ids, lp, d) if sparse else per_token_divergence(kind, t, d)
+
+    grads = {}
+    for kind in ("lk_kl", "fkl", "tvd"):
+        d = d0.double().requires_grad_()
+        div(kind, d).sum().backward()
+        grads[kind] = d.grad
+    lam = torch.exp(-LK_ETA * (1 - div("tvd", d0.double()))).unsqueeze(-1)
+    torch.testing.assert_close(grads["lk_kl"], lam * grads["fkl"] + (1 - lam) * grads["tvd"])

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from adaspec.errors import AdaspecError
-from adaspec.distill.selection import adaspec_loss, check_k, num_kept, reduce_loss, select_tokens
+from adaspec.distill.selection import (adaspec_loss, check_k, delta_selection, num_kept, reduce_loss, scheduled_k,
+                                      select_tokens, soft_weights)
 
 
 def batch(rows=4, cols=13, seed=0, prompt=3):
@@ -238,3 +239,96 @@ def test_group_defaults_and_limits():
     for bad in (dict(group=0), dict(group=2, per_sequence=True)):
         with pytest.raises(AdaspecError, match="selection group"):
             select_tokens(delta, mask, 0.4, **bad)
+
+
+# ---- soft selection and the k schedule ----
+
+def naive_soft_weights(values, k, tau):
+    """Soft weights written out token by token: rank by value descending, ties by position."""
+    n = len(values)
+    order = sorted(range(n), key=lambda i: (-values[i], i))
+    rank = {i: r for r, i in enumerate(order)}
+    w = [1 / (1 + math.exp(-((1 - (rank[i] + 0.5) / n) - (1 - k)) / tau)) for i in range(n)]
+    total = sum(w)
+    return [x * num_kept(k, n) / total for x in w]
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 33, 100])
+@pytest.mark.parametrize("k", [0.1, 0.4, 0.75, 1.0])
+@pytest.mark.parametrize("tau", [0.02, 0.1, 0.5])
+def test_soft_weights_match_naive_reference(n, k, tau):
+    values = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    values[n // 2] = values[0]  # a tie, broken by position
+    w = soft_weights(values, k, tau)
+    assert w.dtype == torch.float32 and w.shape == (n,)
+    torch.testing.assert_close(w, torch.tensor(naive_soft_weights(values.tolist(), k, tau)), rtol=1e-5, atol=1e-6)
+    assert w.sum().item() == pytest.approx(num_kept(k, n), rel=1e-5)
+    # a larger Delta never gets a smaller weight
+    order = torch.sort(values, descending=True, stable=True).indices
+    assert (w[order][:-1] >= w[order][1:] - 1e-7).all()
+
+
+def test_soft_weights_sharpen_to_top_k():
+    values = torch.randn(50, generator=torch.Generator().manual_seed(3))
+    top = select_tokens(values, torch.ones(50, dtype=torch.bool), 0.4, "top")
+    torch.testing.assert_close(soft_weights(values, 0.4, 1e-4), top.float())
+    assert soft_weights(torch.zeros(0), 0.4).shape == (0,)
+    nan = values.clone()
+    nan[4] = float("nan")
+    assert soft_weights(nan, 0.4)[4] == soft_weights(nan, 0.4).min()  # NaN ranks last, as for "top"
+    with pytest.raises(AdaspecError, match="temperature"):
+        soft_weights(values, 0.4, 0.0)
+
+
+@pytest.mark.parametrize("group", [None, 1, 2, 3])
+def test_soft_select_tokens_per_group(group):
+    delta, mask, _ = batch(rows=6, cols=10, seed=12)
+    mask[3] = False
+    w = select_tokens(delta, mask, 0.4, "soft", group=group, soft_temperature=0.2)
+    assert w.dtype == torch.float32 and (w[~mask] == 0).all() and (w[mask] > 0).all()
+    size = group or 6
+    for start in range(0, 6, size):
+        rows = slice(start, start + size)
+        torch.testing.assert_close(w[rows][mask[rows]], soft_weights(delta[rows][mask[rows]], 0.4, 0.2))
+    ref = torch.zeros_like(delta)
+    sel = delta_selection(delta + ref, ref, mask, 0.4, "soft", group=group, soft_temperature=0.2)
+    torch.testing.assert_close(sel, w)
+
+
+def test_reduce_loss_with_weights_matches_naive_sum():
+    g = torch.Generator().manual_seed(13)
+    x = torch.rand(3, 8, generator=g, requires_grad=True)
+    per_token = x * 2
+    mask = torch.rand(3, 8, generator=g) > 0.3
+    weights = torch.rand(3, 8, generator=g)
+    weights[0, :3] = 0.0
+    per_token = torch.where(mask & (weights > 0), per_token, float("nan"))  # garbage where unused
+    naive = sum(float(weights[i, j]) * float(per_token[i, j].detach()) for i in range(3) for j in range(8)
+                if mask[i, j] and weights[i, j] > 0)
+    n_resp, w_sum = int(mask.sum()), float((weights * mask).sum())
+    assert reduce_loss(per_token, mask, weights, "response").item() == pytest.approx(naive / n_resp, rel=1e-5)
+    assert reduce_loss(per_token, mask, weights, "kept").item() == pytest.approx(naive / w_sum, rel=1e-5)
+    assert reduce_loss(per_token, mask, weights, "response", num_items=10).item() == pytest.approx(naive / 10, rel=1e-5)
+    loss = reduce_loss(per_token, mask, weights, "response")
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(x.grad, torch.where(mask, 2 * weights, 0.0) / n_resp)
+    # 0/1 weights are the hard selection
+    hard = weights > 0.5
+    torch.testing.assert_close(reduce_loss(per_token.nan_to_num(), mask, hard.float(), "kept"),
+                               reduce_loss(per_token.nan_to_num(), mask, hard, "kept"))
+
+
+def test_scheduled_k():
+    assert scheduled_k(0.4, "constant", 7, 100) == 0.4
+    assert scheduled_k(0.4, "linear", 0, 11) == 1.0
+    assert scheduled_k(0.4, "linear", 5, 11) == pytest.approx(0.7)
+    assert scheduled_k(0.4, "linear", 10, 11) == pytest.approx(0.4)
+    assert scheduled_k(0.4, "linear", 50, 11) == pytest.approx(0.4)  # past the end: k
+    assert scheduled_k(0.4, "linear", 0, 1) == 0.4
+    ks = [scheduled_k(0.2, "linear", s, 9) for s in range(9)]
+    assert all(a > b for a, b in zip(ks, ks[1:]))
+    with pytest.raises(AdaspecError, match="k schedule"):
+        scheduled_k(0.4, "cosine", 0, 10)
+    with pytest.raises(AdaspecError, match="k must be"):
+        scheduled_k(0.0, "linear", 0, 10)

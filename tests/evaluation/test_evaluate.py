@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from helpers import replay_greedy_sd
 
 from adaspec import cli, data, metrics, models
 from adaspec.evaluation import acceptance
@@ -99,22 +100,6 @@ def test_cli_end_to_end_writes_json(dirs, tmp_path, capsys, monkeypatch):
     assert noisy["analytic"]["alpha_greedy"] > rand["analytic"]["alpha_greedy"]
 
 
-def _simulate_greedy_sd(agree: list[bool], gamma: int, max_new: int) -> tuple[int, int, int]:
-    """(drafted, accepted, rejections) that greedy SD must count, given where the draft's argmax equals the
-    target's along the target's greedy continuation: a step tests positions until the first disagreement;
-    after `gamma` agreements the next position is the target's bonus token, never tested."""
-    drafted = accepted = rejections = 0
-    r = 0
-    while r < max_new:
-        g = min(gamma, max_new - r)
-        k = 0
-        while k < g and agree[r + k]:
-            k += 1
-        drafted, accepted, rejections = drafted + g, accepted + k, rejections + (k < g)
-        r += k + 1
-    return drafted, accepted, rejections
-
-
 def test_empirical_alpha_tested_matches_analytic_greedy_alpha(tok, pair, tmp_path):
     target, draft = pair
     n, max_new, gamma = 12, 48, 4
@@ -140,7 +125,8 @@ def test_empirical_alpha_tested_matches_analytic_greedy_alpha(tok, pair, tmp_pat
             pred_t = target(ids).logits[0, plen - 1:-1].argmax(-1)
             pred_d = draft(ids).logits[0, plen - 1:-1].argmax(-1)
             assert torch.equal(pred_t, ids[0, plen:])
-            for i, x in enumerate(_simulate_greedy_sd((pred_t == pred_d).tolist(), gamma, max_new)):
+            agree = (pred_t == pred_d).tolist()
+            for i, x in enumerate(replay_greedy_sd(lambda r, k: agree[r + k - 1], gamma, max_new)):
                 totals[i] += x
     s = d["stats"]
     assert (s["drafted"], s["accepted"], s["rejections"]) == tuple(totals)
@@ -263,6 +249,7 @@ def test_eval_measures_a_head_beside_a_draft(dirs, tmp_path, capsys):
     result = json.loads(out.read_text())
     head = result["drafts"]["medusa:medusa"]
     assert head["same_as_target"] == 2 and head["params"] > 0 and head["path"] == str(tmp_path / "medusa")
-    assert head["analytic"]["alpha_greedy"] is None and head["response_loss"] is None  # defined for LMs only
+    assert head["response_loss"] is None  # a head is no language model of its own
+    assert 0 <= head["analytic"]["alpha_greedy"] <= 1 and head["analytic"]["n_tokens"] > 0
     assert result["drafts"]["noisy"]["analytic"]["alpha_greedy"] is not None
     assert "medusa:medusa" in capsys.readouterr().out

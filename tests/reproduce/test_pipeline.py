@@ -166,25 +166,46 @@ def test_official_protocol_at_equal_steps_merges_into_results(tmp_path, monkeypa
         reproduce.ReproduceOptions(protocol="official", long_ablations=True)
 
 
-def _planned_runs(tmp_path, monkeypatch, *flags: str, protocol: str = "adaspec") -> dict:
-    """The DistillOptions each distillation stage of `reproduce` would run (nothing trained or evaluated)."""
+@pytest.mark.slow
+def test_official_variants_train_and_report(tmp_path, monkeypatch):
+    """--variants end to end: every variant trains at equal steps, Δ in TVD from its own cache, all judged."""
+    from dataclasses import replace
+
+    monkeypatch.setitem(reproduce.PRESETS, "tiny", replace(TINY, train_limit=48, seeds=(0,)))
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    assert main(["reproduce", "--task", "gsm8k", "--preset", "tiny", "--runs-dir", str(runs), "--results-dir",
+                 str(results), "--no-speed-benchmark", "--no-progress", "--protocol", "official", "--variants"]) == 0
+    block = json.loads((results / "gsm8k" / "results.json").read_text())["official_protocol"]
+    assert set(block["variants_vs_kd"]) == set(reproduce.OFFICIAL_VARIANTS)
+    assert len(set(block["optimizer_steps"].values())) == 1
+    seed0 = runs / "gsm8k" / "tiny" / "official" / "seed0"
+    assert json.loads((seed0 / "cache_ref_tvd" / "manifest.json").read_text())["divergence"] == "tvd"
+    assert "Acceptance-aligned variants" in (results / "gsm8k" / "report.md").read_text()
+
+
+def _planned_runs(tmp_path, monkeypatch, *flags: str, protocol: str = "adaspec", heads: list[str] | None = None
+                  ) -> dict:
+    """The DistillOptions (and TrainHeadOptions) each distillation (head) stage of `reproduce` would run,
+    by run folder (nothing trained or evaluated)."""
     from adaspec.distill import recipe as distill
+    from adaspec.training import head_options
 
     made: dict = {}
 
-    def fake_distill(opts):
+    def fake_run(opts):
         out = Path(opts.output)
         made[str(out.relative_to(tmp_path / "runs" / "gsm8k" / "small"))] = opts
         out.mkdir(parents=True)
         (out / "train_summary.json").write_text("{}")
 
-    monkeypatch.setattr(distill, "run_distill", fake_distill)
+    monkeypatch.setattr(distill, "run_distill", fake_run)
+    monkeypatch.setattr(head_options, "run_train_head", fake_run)
     monkeypatch.setattr(reproduce.Pipeline, "target", lambda self: self.root / "target")
     monkeypatch.setattr(reproduce.Pipeline, "draft_init", lambda self, target: self.root / "draft_init")
-    monkeypatch.setattr(reproduce.Pipeline, "cache", lambda self, target, ref, out: out)
+    monkeypatch.setattr(reproduce.Pipeline, "cache", lambda self, target, ref, out, divergence="fkl": out)
     monkeypatch.setattr(reproduce.Pipeline, "evaluate", lambda self, target, init, drafts: drafts)
     drafts = reproduce.Pipeline(reproduce.ReproduceOptions(
-        task="gsm8k", preset="small", runs_dir=str(tmp_path / "runs"), protocol=protocol,
+        task="gsm8k", preset="small", runs_dir=str(tmp_path / "runs"), protocol=protocol, heads=heads,
         **{f: True for f in flags})).run()
     assert {str(p.relative_to(tmp_path / "runs" / "gsm8k" / "small")) for by in drafts.values()
             for p in by.values()} == set(made)
@@ -221,6 +242,32 @@ def test_official_protocol_runs(tmp_path, monkeypatch):
     assert made["official/seed2/kd_big_batch"].k == 0.4 and made["official/seed0/adaspec_k0.2"].k == 0.2
     assert made["official/seed1/random_big_batch"].selection == "random"
     assert made["official/seed0/adaspec"].teacher_cache.endswith("official/seed0/cache_ref")
+
+
+def test_official_variants_run_every_seed_at_equal_steps(tmp_path, monkeypatch):
+    made = _planned_runs(tmp_path, monkeypatch, "variants", protocol="official")
+    per_seed = ("distillspec", "adaspec", "kd_big_batch", "random_big_batch", *reproduce.OFFICIAL_VARIANTS)
+    assert set(made) == {f"official/seed{s}/{n}" for s in (0, 1, 2) for n in per_seed}
+    for seed in (0, 1, 2):
+        runs = {n: made[f"official/seed{seed}/{n}"] for n in per_seed}
+        control = runs["kd_big_batch"]
+        for name in ("lk", "lk_kl"):  # KD at AdaSPEC's batch with only the loss changed
+            o = runs[name]
+            assert (o.method, o.divergence, o.ref, o.teacher_cache) == ("kd", name, None, control.teacher_cache)
+            assert (o.k, o.match_token_budget, o.budget_by, o.selection_group) == (0.4, True, "batch", None)
+        adaspec = runs["adaspec"]
+        for name, field, value in (("adaspec_tvd", "delta_divergence", "tvd"), ("adaspec_soft", "selection", "soft"),
+                                   ("adaspec_ksched", "k_schedule", "linear")):
+            o = runs[name]
+            assert getattr(o, field) == value and o.ref == adaspec.ref and o.selection_group == 5
+            assert (o.k, o.match_token_budget, o.lr, o.schedule) == (0.4, True, 3e-4, "constant")
+        # Δ in TVD reads a cache whose L_ref is TVD; the others AdaSPEC's
+        assert runs["adaspec_tvd"].teacher_cache.endswith(f"official/seed{seed}/cache_ref_tvd")
+        assert runs["adaspec_soft"].teacher_cache == adaspec.teacher_cache
+    with pytest.raises(AdaspecError, match="--variants belongs to --protocol official"):
+        reproduce.ReproduceOptions(variants=True)
+    assert reproduce.command_line(reproduce.ReproduceOptions(protocol="official", variants=True)).endswith(
+        "--protocol official --variants")
 
 
 def _evals(names: list[str], alpha: float) -> dict:
@@ -264,3 +311,129 @@ def test_official_block_merges_and_survives_the_other_protocol(tmp_path):
     assert main_res["alpha_greedy"]["adaspec"] == 0.5
     table = readme_table(tmp_path)
     assert "| gsm8k | 60.0 | 60.0 | +0.0 | 57.6 / 61.0, +3.4 | 60.0 | 60.0 | 7 | 16 / 40 | 1 |" in table
+
+
+def test_variants_are_judged_against_the_better_kd_and_tabled(tmp_path):
+    from adaspec.reproduce.report import variant_verdicts, write_official
+
+    names = ["distillspec", "adaspec", "kd_big_batch", "random_big_batch", *reproduce.OFFICIAL_VARIANTS]
+    alphas = {"distillspec": [0.50, 0.52, 0.51], "kd_big_batch": [0.55, 0.56, 0.54], "adaspec": [0.5, 0.5, 0.5],
+              "random_big_batch": [0.5, 0.5, 0.5], "lk": [0.575, 0.58, 0.57], "lk_kl": [0.56, 0.57, 0.55],
+              "adaspec_tvd": [0.60, 0.50, 0.55], "adaspec_soft": [0.54, 0.55, 0.53], "adaspec_ksched": [0.5, 0.5, 0.5]}
+    evals = {s: {**_evals(names, 0.5)[0], "drafts": {n: {**_evals([n], alphas[n][s])[0]["drafts"][n]} for n in names}}
+             for s in range(3)}
+    summaries = {n: {s: {"steps": 7, "epochs": 2.5, "batch_size": 40, "history": []} for s in range(3)} for n in names}
+    for task in ("gsm8k", "xsum"):
+        block = write_official("adaspec reproduce y --protocol official --variants", task, "small", TINY, evals,
+                               summaries, tmp_path / task, {n: [3.0] for n in names},
+                               {"lr": 3e-4, "weight_decay": 0.1, "schedule": "constant", "selection_group": 5})
+    v = block["variants_vs_kd"]
+    assert v == variant_verdicts(block) and set(v) == set(reproduce.OFFICIAL_VARIANTS)
+    assert {x["kd"] for x in v.values()} == {"kd_big_batch"}  # the better KD run by mean α
+    assert v["lk"]["gain"] == pytest.approx(0.025) and v["lk"]["spread"] == pytest.approx(0.015)
+    # lk: +2.5 > 1.5 spread; lk_kl +1.0 < spread 2.0; tvd +0.5 in a wide spread; soft and ksched lose
+    assert {n: x["beats"] for n, x in v.items()} == {"lk": True, "lk_kl": False, "adaspec_tvd": False,
+                                                    "adaspec_soft": False, "adaspec_ksched": False}
+    report = (tmp_path / "xsum" / "report.md").read_text()
+    assert "| LK: -log α, every token at AdaSPEC's batch | +2.5 | 1.5 | yes |" in report
+    table = readme_table(tmp_path)
+    assert "| xsum | +2.5 (± 1.5) ✓ | +1.0 (± 2.0) |" in table
+    assert "Tasks won: lk 2 of 2, lk_kl 0 of 2" in table
+    # a block without variants renders no variants lines
+    plain = {n: alphas[n] for n in ("distillspec", "adaspec", "kd_big_batch")}
+    assert variant_verdicts({"alpha_greedy_seeds": plain}) == {}
+
+
+def test_heads_train_resume_and_join_the_results(tmp_path, monkeypatch):
+    """--heads: per-seed heads on the frozen target after the drafts, each stage resumable, evaluated in the
+    seed's evaluation beside the drafts; adding head kinds later trains and measures only the new ones."""
+    from dataclasses import replace
+
+    monkeypatch.setitem(reproduce.PRESETS, "tiny", replace(TINY, train_limit=16, head_epochs=1.0, head_ttt_steps=2))
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    argv = ["reproduce", "--task", "gsm8k", "--preset", "tiny", "--runs-dir", str(runs), "--results-dir",
+            str(results), "--no-speed-benchmark", "--no-progress"]
+    assert main([*argv, "--heads", "eagle"]) == 0
+    root = runs / "gsm8k" / "tiny"
+    assert sorted(p.name for p in (root / "seed0" / "heads").iterdir()) == ["eagle", "eagle1", "eagle_adaspec"]
+    assert sorted(p.name for p in (root / "seed1" / "heads").iterdir()) == ["eagle", "eagle_adaspec"]
+    eval0 = json.loads((root / "seed0" / "eval_gsm8k.json").read_text())
+    stamps = {p: p.stat().st_mtime for p in runs.rglob("model.safetensors")}
+
+    assert main([*argv, "--heads", "medusa", "mtp", "eagle"]) == 0
+    # nothing trained before is trained again; the new heads are measured alone, the old entries kept
+    assert all(p.stat().st_mtime == t for p, t in stamps.items())
+    assert sorted(p.name for p in (root / "seed1" / "heads").iterdir()) == [
+        "eagle", "eagle_adaspec", "medusa", "mtp", "mtp_adaspec"]
+    after = json.loads((root / "seed0" / "eval_gsm8k.json").read_text())
+    assert after["drafts"]["eagle"] == eval0["drafts"]["eagle"]
+    assert after["drafts"]["adaspec"] == eval0["drafts"]["adaspec"]
+
+    cfg = json.loads((root / "seed1" / "heads" / "mtp_adaspec" / "run_config.json").read_text())
+    assert (cfg["kind"], cfg["method"], cfg["k"], cfg["match_token_budget"], cfg["budget_by"]) == (
+        "mtp", "adaspec", 0.4, True, "epochs")
+    assert cfg["ref"] == str(root / "seed1" / "heads" / "mtp") and cfg["depth"] == TINY.gamma
+    cfg = json.loads((root / "seed0" / "heads" / "eagle1" / "run_config.json").read_text())
+    assert (cfg["variant"], cfg["method"], cfg["ttt_steps"], cfg["init_seed"]) == ("eagle1", "kd", 2, 0)
+    steps = {n: json.loads((root / "seed0" / "heads" / n / "train_summary.json").read_text())["steps"]
+             for n in ("eagle", "eagle_adaspec", "mtp", "mtp_adaspec", "medusa")}
+    # epochs / k at the KD head's batch: 2.5x its steps, as the AdaSPEC draft
+    assert steps["eagle"] == steps["mtp"] == steps["medusa"] == 2
+    assert steps["eagle_adaspec"] == steps["mtp_adaspec"] == 5
+
+    res = json.loads((results / "gsm8k" / "results.json").read_text())
+    heads = ("eagle", "eagle_adaspec", "eagle1", "mtp", "mtp_adaspec", "medusa")
+    assert res["command"].endswith("--heads eagle mtp medusa")
+    assert list(res["heads"]) == list(heads)
+    assert res["heads"]["eagle_adaspec"]["ref"] == "eagle" and res["heads"]["medusa"]["params"] > 0
+    for name in heads:
+        assert len(res["alpha_greedy_seeds"][name]) == (1 if name == "eagle1" else 2)
+        assert 0 <= res["alpha_greedy"][name] <= 1 and name in res["alpha_greedy_std"]
+        assert all(0 <= a <= 1 for a in res["alpha_analytic_greedy_seeds"][name])  # heads have an analytic α
+        assert len(res["position_acceptance"][name]) == TINY.gamma
+        assert name not in res["validation_ce"] and name not in res["val_loss"]  # no language model
+    report = (results / "gsm8k" / "report.md").read_text()
+    assert "## Drafter heads on the frozen target" in report and "| mtp_adaspec | MTP modules, AdaSPEC |" in report
+    assert "AdaSPEC − KD, greedy α points" in report and "EAGLE-3 − EAGLE-1 (seed 0)" in report
+    table = readme_table(results)
+    assert "| EAGLE-3 KD | EAGLE-3 AdaSPEC | EAGLE-1 KD | MTP KD | MTP AdaSPEC | Medusa KD |" in table
+    assert table.count("| gsm8k | tiny |") == 2  # the main row and the heads row
+
+
+def test_head_options_are_checked(capsys):
+    from helpers import cli_error
+
+    for bad in (["nope"], [], ["eagle", "lm"]):
+        with pytest.raises(AdaspecError, match="--heads takes eagle, mtp, medusa"):
+            reproduce.ReproduceOptions(heads=bad)
+    assert reproduce.ReproduceOptions(heads=["medusa", "eagle", "medusa"]).heads == ["eagle", "medusa"]
+    err = cli_error(capsys, "reproduce", "--heads", "eagle3", "--no-progress")
+    assert "--heads takes eagle, mtp, medusa" in err
+    opts = reproduce.ReproduceOptions(heads=["mtp"], seeds=[1])
+    assert reproduce.command_line(opts).endswith("--seeds 1 --heads mtp")
+
+
+@pytest.mark.parametrize("protocol", ["adaspec", "official"])
+def test_head_runs_follow_the_drafts_protocol(tmp_path, monkeypatch, protocol):
+    made = _planned_runs(tmp_path, monkeypatch, protocol=protocol, heads=["eagle", "mtp", "medusa"])
+    made = {name: o for name, o in made.items() if "/heads/" in name}
+    small = reproduce.PRESETS["small"]
+    base = "official/" if protocol == "official" else ""
+    per_seed = ("eagle", "eagle_adaspec", "mtp", "mtp_adaspec", "medusa")
+    assert set(made) == {f"{base}seed{s}/heads/{n}" for s in (0, 1, 2) for n in per_seed} | {
+        f"{base}seed0/heads/eagle1"}
+    for name, o in made.items():
+        seed = int(name.split("seed")[1][0])
+        head = name.rsplit("/", 1)[1]
+        assert o.target.endswith("small/target") and o.seed == o.init_seed == seed
+        assert o.epochs == small.head_epochs and o.batch_size == small.batch_size
+        assert (o.lr, o.schedule) == ((3e-4, "constant") if protocol == "official" else (small.distill_lr, "cosine"))
+        assert o.budget_by == ("batch" if protocol == "official" else "epochs")
+        if o.kind == "eagle":
+            assert o.ttt_steps == small.head_ttt_steps and o.variant == ("eagle1" if head == "eagle1" else "eagle3")
+        else:
+            assert o.depth == small.gamma
+        adaspec = head.endswith("_adaspec")
+        assert o.method == ("adaspec" if adaspec else "kd") and o.match_token_budget == adaspec
+        if adaspec:
+            assert o.k == 0.4 and o.ref.endswith(f"{base}seed{seed}/heads/{head.split('_')[0]}")

@@ -88,7 +88,7 @@ def test_train_head_errors(tmp_path, tiny_target_dir, capsys):
     out = tmp_path / "head"
     assert run("train-head", "--target", tiny_target_dir, "--max-steps", 1, "--output", out, *FAST) == 0
     assert "too shallow" in cli_error(capsys, "export", "--head", out, "--output", tmp_path / "e")
-    assert "not an EAGLE head checkpoint" in cli_error(capsys, "export", "--head", tmp_path / "none",
+    assert "not an adaspec EAGLE head checkpoint" in cli_error(capsys, "export", "--head", tmp_path / "none",
                                                       "--output", tmp_path / "e")
 
 

@@ -81,3 +81,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
     weights = load_file(str(out / "last" / "model.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert '"step": 2' in (out / "last" / "trainer_state.json").read_text()
+
+
+def test_head_token_budget_is_distills():
+    """train-head --match-token-budget shapes a run as distill's does, by batch or by epochs."""
+    from adaspec.training.head_options import TrainHeadOptions, budgeted
+
+    base = dict(target="t", output="o", batch_size=16, epochs=1.0, k=0.4)
+    plain = TrainHeadOptions(**base)
+    assert budgeted(plain, 100) is plain
+    for by in ("epochs", "batch"):
+        o = budgeted(TrainHeadOptions(**base, kind="mtp", match_token_budget=True, budget_by=by), 100)
+        assert (o.batch_size, o.epochs, o.max_steps) == distill.matched_budget(100, 16, 1, 1.0, 0.4, by)
+    o = budgeted(TrainHeadOptions(**base, match_token_budget=True, budget_by="batch", max_steps=3), 100)
+    assert (o.batch_size, o.max_steps) == (40, 3)  # an explicit --max-steps stays

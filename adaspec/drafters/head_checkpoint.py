@@ -1,0 +1,62 @@
+"""Reading a head checkpoint (EAGLE, MTP, Medusa): its config entry and its weights, with one-line errors.
+
+A checkpoint is `config.json` holding the head's own config under one key, plus `model.safetensors`. A
+truncated or foreign file must not surface as a torch traceback: a missing, unexpected or mis-shaped tensor
+is named in one line, and the module is left untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from adaspec.errors import AdaspecError
+
+WEIGHTS = "model.safetensors"
+
+
+def read_config_entry(path: str | os.PathLike, key: str, what: str) -> dict:
+    """config.json[key] of the checkpoint at `path`; `what` names the kind in errors ("an MTP checkpoint")."""
+    file = Path(path) / "config.json"
+    try:
+        entry = json.loads(file.read_text())[key]
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise AdaspecError(f"{path} is not {what} (no {key!r} in {file.name})") from exc
+    if not isinstance(entry, dict):
+        raise AdaspecError(f"{path} is not {what} ({key!r} in {file.name} is not an object)")
+    return dict(entry)
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of `path`/model.safetensors."""
+    file = Path(path) / WEIGHTS
+    if not file.is_file():
+        raise AdaspecError(f"{path} has no {WEIGHTS}")
+    try:
+        return load_file(str(file))
+    except (OSError, SafetensorError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AdaspecError(f"could not read {file}: {first}") from exc
+
+
+def load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """module.load_state_dict(tensors), after checking names and shapes so a mismatch is one line."""
+    state = module.state_dict()
+    missing = sorted(set(state) - set(tensors))
+    unexpected = sorted(set(tensors) - set(state))
+    if missing or unexpected:
+        parts = ([f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"] if missing else []) + \
+                ([f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}"]
+                 if unexpected else [])
+        raise AdaspecError(f"{path} does not match its config: {'; '.join(parts)}")
+    for name, value in tensors.items():
+        if value.shape != state[name].shape:
+            raise AdaspecError(f"{path}: {name} has shape {tuple(value.shape)}, its config implies "
+                               f"{tuple(state[name].shape)}")
+    module.load_state_dict(tensors)
