@@ -13,6 +13,18 @@ Conventions (README):
   Spec-Bench); the prefill forward is counted separately.
 - c = time of one draft forward / time of one target verification forward, as measured in the run.
 - S = (1 − α^{γ+1}) / ((1 − α)(γc + 1)) (Leviathan et al., 2023).
+
+Token trees (`record_tree_step`): a step drafts a tree and accepts one root-to-node path. `drafted` counts
+nodes, `accepted` the accepted path's length, `draft_depth` the tree's depth and `draft_forwards` the
+drafter's forwards (one per depth). The chain definitions carry over by depth: the target judges the
+children of each accepted node, a step ends with a rejection when the deepest accepted node has children
+(all rejected) and without one at a leaf, so α = accepted / (accepted + rejected) is the probability that
+a judged depth yields an accepted child (for a chain, exactly the chain's α), and the expected path
+length follows from α and the depth as for a chain. α drafted = accepted / drafted is the share of drafted
+nodes that end on the accepted path (low for wide trees by design). Per position i, a step counts as
+drafting position i when its tree reaches depth i+1, and as accepting it when its path does; `depth_nodes`
+keeps the nodes drafted at each depth. S and the τ-implied speed-up use the mean depth and the draft
+forwards per step in place of γ (identical for chains).
 """
 
 from __future__ import annotations
@@ -92,6 +104,9 @@ class SpecStats:
     gamma_hist: list[int] = field(default_factory=list)  # [g] = steps that drafted exactly g tokens
     position_drafted: list[int] = field(default_factory=list)  # [i] = times a token was drafted at position i
     position_accepted: list[int] = field(default_factory=list)  # [i] = times the token at position i was accepted
+    draft_depth: int = 0  # sum over steps of the deepest drafted position (a chain's γ, a tree's depth)
+    tree_steps: int = 0  # steps that verified a token tree (record_tree_step)
+    depth_nodes: list[int] = field(default_factory=list)  # [i] = tree nodes drafted at depth i + 1
 
     def record_step(self, drafted: int, accepted: int, emitted: int) -> None:
         """Count one verification step that drafted `drafted` tokens and accepted the first `accepted`."""
@@ -99,6 +114,7 @@ class SpecStats:
         self.target_forwards += 1
         self.draft_forwards += drafted
         self.drafted += drafted
+        self.draft_depth += drafted
         self.accepted += accepted
         self.emitted += emitted
         self.rejections += int(accepted < drafted)
@@ -106,6 +122,28 @@ class SpecStats:
         _bump(self.gamma_hist, drafted)
         for i in range(drafted):
             _bump(self.position_drafted, i)
+        for i in range(accepted):
+            _bump(self.position_accepted, i)
+
+    def record_tree_step(self, depth_nodes: list[int], accepted: int, emitted: int, rejected: bool,
+                         draft_forwards: int) -> None:
+        """Count one tree step: depth_nodes[i] nodes at depth i+1, an accepted path of `accepted` nodes,
+        `rejected` when its last node (or the root) had children, `draft_forwards` drafter forwards."""
+        depth, drafted = len(depth_nodes), sum(depth_nodes)
+        self.steps += 1
+        self.tree_steps += 1
+        self.target_forwards += 1
+        self.draft_forwards += draft_forwards
+        self.drafted += drafted
+        self.draft_depth += depth
+        self.accepted += accepted
+        self.emitted += emitted
+        self.rejections += int(rejected)
+        _bump(self.accept_hist, accepted)
+        _bump(self.gamma_hist, drafted)
+        for i, count in enumerate(depth_nodes):
+            _bump(self.position_drafted, i)
+            _bump(self.depth_nodes, i, count)
         for i in range(accepted):
             _bump(self.position_accepted, i)
 
@@ -153,8 +191,22 @@ class SpecStats:
 
     @property
     def mean_gamma(self) -> float:
-        """Draft tokens proposed per step (below γ when the last step is shortened or γ is adaptive)."""
+        """Draft tokens (tree nodes) proposed per step (below γ when the last step is shortened or γ is adaptive)."""
         return _ratio(self.drafted, self.steps)
+
+    @property
+    def mean_depth(self) -> float:
+        """Deepest drafted position per step (γ for chains, the depth for trees)."""
+        return _ratio(self.draft_depth, self.steps)
+
+    @property
+    def mean_accepted(self) -> float:
+        """Accepted draft tokens (the accepted path's length) per step."""
+        return _ratio(self.accepted, self.steps)
+
+    @property
+    def draft_forwards_per_step(self) -> float:
+        return _ratio(self.draft_forwards, self.steps)
 
     @property
     def position_acceptance(self) -> list[float]:
@@ -180,19 +232,20 @@ class SpecStats:
 
     @property
     def theoretical_speedup(self) -> float:
-        """S from the per-token α (the α of Leviathan et al.'s formula), the mean draft length and the
-        measured c (nan when undefined)."""
-        alpha, gamma, c = self.alpha, self.mean_gamma, self.c
-        if any(math.isnan(x) for x in (alpha, gamma, c)):
+        """S from the per-token α (the α of Leviathan et al.'s formula), the mean draft depth and the
+        measured c (nan when undefined); trees: expected tokens from α and the mean depth over
+        (draft forwards per step · c + 1)."""
+        alpha, depth, forwards, c = self.alpha, self.mean_depth, self.draft_forwards_per_step, self.c
+        if any(math.isnan(x) for x in (alpha, depth, forwards, c)):
             return math.nan
-        return theoretical_speedup(alpha, gamma, c)
+        return expected_tokens_per_step(alpha, depth) / (forwards * c + 1.0)
 
     @property
     def speedup_from_tau(self) -> float:
         """τ / (γc + 1): the speed-up over one target forward per token implied by the measured τ and c,
         with no i.i.d. assumption on acceptances (verification assumed to cost one target forward)."""
-        gamma, c = self.mean_gamma, self.c
-        return _ratio(self.tau, gamma * c + 1.0) if not math.isnan(c) else math.nan
+        forwards, c = self.draft_forwards_per_step, self.c
+        return _ratio(self.tau, forwards * c + 1.0) if not math.isnan(c) else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """Raw counters and derived rates, JSON-ready (undefined rates become None)."""
@@ -204,7 +257,7 @@ class SpecStats:
             return x
 
         out: dict[str, Any] = dataclasses.asdict(self)
-        for name in ("alpha", "alpha_drafted", "tau", "mean_gamma", "c", "tokens_per_s",
+        for name in ("alpha", "alpha_drafted", "tau", "mean_gamma", "mean_depth", "mean_accepted", "c", "tokens_per_s",
                      "decode_tokens_per_s", "theoretical_speedup", "speedup_from_tau", "position_acceptance"):
             out[name] = clean(getattr(self, name))
         return out
@@ -221,8 +274,10 @@ class SpecStats:
             f"alpha (accepted/(accepted+rejected)): {f(self.alpha)} ({self.accepted}/"
             f"{self.accepted + self.rejections}); alpha drafted (accepted/drafted): {f(self.alpha_drafted)} "
             f"({self.accepted}/{self.drafted})",
-            f"tau (tokens/verification): {f(self.tau)}; mean gamma: {f(self.mean_gamma, '.2f')}",
-            f"acceptance by draft position: {pos or 'n/a'}",
+            f"tau (tokens/verification): {f(self.tau)}; " + (
+                f"tree nodes per step: {f(self.mean_gamma, '.2f')}, depth {f(self.mean_depth, '.2f')}, accepted path "
+                f"{f(self.mean_accepted, '.2f')}" if self.tree_steps else f"mean gamma: {f(self.mean_gamma, '.2f')}"),
+            f"acceptance by draft {'depth' if self.tree_steps else 'position'}: {pos or 'n/a'}",
             f"c (draft/target forward time): {f(self.c)}; theoretical speed-up S: {f(self.theoretical_speedup)}",
             f"time: prefill {self.prefill_time_s:.3f}s, decode {self.decode_time_s:.3f}s "
             f"(draft {self.draft_time_s:.3f}s, target {self.target_time_s:.3f}s); "

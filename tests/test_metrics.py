@@ -13,7 +13,7 @@ from adaspec.metrics import SpecStats, expected_tokens_per_step, optimal_gamma, 
 
 def hand_made() -> SpecStats:
     return SpecStats(gamma=4, sequences=1, drafted=10, accepted=6, emitted=9, steps=4, rejections=3,
-                     target_forwards=4, draft_forwards=10, prefill_time_s=0.5, decode_time_s=3.5,
+                     target_forwards=4, draft_forwards=10, draft_depth=10, prefill_time_s=0.5, decode_time_s=3.5,
                      draft_time_s=1.0, target_time_s=2.0, accept_hist=[1, 1, 1, 1],
                      position_drafted=[4, 3, 2, 1], position_accepted=[3, 2, 1, 0])
 
@@ -117,3 +117,33 @@ def test_to_dict_has_raw_and_derived():
         assert key in d
     assert d["alpha_drafted"] == pytest.approx(0.6)
     assert json.loads(json.dumps(d)) == d
+
+
+def test_tree_steps_count_nodes_depth_and_the_accepted_path():
+    s = SpecStats()
+    s.record_tree_step([3, 4, 2], accepted=2, emitted=3, rejected=True, draft_forwards=3)
+    s.record_tree_step([2, 2], accepted=2, emitted=3, rejected=False, draft_forwards=2)  # ended at a leaf
+    s.record_tree_step([2], accepted=0, emitted=1, rejected=True, draft_forwards=1)
+    assert (s.steps, s.tree_steps, s.drafted, s.accepted, s.emitted) == (3, 3, 15, 4, 7)
+    assert s.alpha == pytest.approx(4 / (4 + 2))  # per judged depth: 2 steps ended by rejecting every child
+    assert s.alpha_drafted == pytest.approx(4 / 15)  # share of nodes on the accepted path
+    assert s.tau == pytest.approx(7 / 3) and s.mean_accepted == pytest.approx(4 / 3)
+    assert s.mean_gamma == pytest.approx(5) and s.mean_depth == pytest.approx(2)
+    assert s.depth_nodes == [7, 6, 2] and s.position_drafted == [3, 2, 1] and s.position_accepted == [2, 2]
+    assert s.position_acceptance == pytest.approx([2 / 3, 1.0, 0.0])
+    assert s.accept_hist == [1, 0, 2] and s.gamma_hist[9] == 1
+    s.draft_time_s, s.target_time_s = 0.6, 0.3
+    assert s.c == pytest.approx((0.6 / 6) / (0.3 / 3))
+    assert s.theoretical_speedup == pytest.approx(expected_tokens_per_step(4 / 6, 2) / (2 * s.c + 1))
+    assert "tree nodes per step: 5.00, depth 2.00, accepted path 1.33" in s.format()
+    merged = s + s
+    assert merged.depth_nodes == [14, 12, 4] and merged.tree_steps == 6
+
+
+def test_a_chain_recorded_as_a_tree_counts_as_a_chain():
+    chain, tree = SpecStats(), SpecStats()
+    for g, k in ((4, 2), (4, 4), (3, 0)):
+        chain.record_step(g, k, k + 1)
+        tree.record_tree_step([1] * g, k, k + 1, k < g, g)
+    for name in ("alpha", "alpha_drafted", "tau", "mean_gamma", "mean_depth", "position_acceptance"):
+        assert getattr(tree, name) == getattr(chain, name), name

@@ -1,4 +1,5 @@
-"""`adaspec generate`: speculative decoding of one prompt, streaming the text, then the acceptance stats."""
+"""`adaspec generate`: speculative decoding of one prompt (chains, or token trees with --tree), streaming the
+text, then the acceptance stats."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from transformers import PreTrainedTokenizerBase
 from adaspec.data import check_text
 from adaspec.decoding.generate import speculative_generate
 from adaspec.decoding.lean import LEAN
+from adaspec.decoding.tree_generate import tree_speculative_generate
+from adaspec.decoding.tree_shape import parse_tree_spec
 from adaspec.drafters.loading import load_drafter
 from adaspec.decoding.sampling import check_sampling
 from adaspec.errors import AdaspecError
@@ -40,6 +43,11 @@ class GenerateOptions:
     adaptive_gamma: bool = field(default=False, metadata={
         "help": "choose gamma per step from the running acceptance rate and measured draft/target cost"})
     gamma_max: int = field(default=8, metadata={"help": "largest gamma the adaptive choice may use"})
+    tree: str | None = field(default=None, metadata={
+        "help": "draft token trees instead of chains (any drafter): TOP_K,DEPTH,TOTAL = EAGLE-2 dynamic tree, e.g. "
+                "3,4,12; a JSON list of rank paths = static tree (Medusa's medusa_choices), e.g. [[0],[1],[0,0]]; "
+                "cartesian:W1,W2 = every path with rank < W1 at depth 1, < W2 at depth 2; adaptive[:NODES,DEPTH,"
+                "WIDTH] = a static tree chosen per step from measured costs and running acceptance"})
     seed: int | None = field(default=None, metadata={"help": "random seed for sampling"})
     device: str | None = field(default=None, metadata={"help": "torch device, e.g. cpu or cuda; unset: cuda "
                                                                 "when available, else cpu"})
@@ -54,6 +62,10 @@ class GenerateOptions:
             raise AdaspecError(f"--gamma-max must be >= 1, got {self.gamma_max}")
         if self.adaptive_gamma and self.gamma_max < self.gamma:
             raise AdaspecError(f"--gamma-max ({self.gamma_max}) must be >= --gamma ({self.gamma})")
+        if self.tree is not None:
+            parse_tree_spec(self.tree)
+            if self.adaptive_gamma:
+                raise AdaspecError("--adaptive-gamma is for chains; with --tree use --tree adaptive")
         if self.max_new_tokens < 1:
             raise AdaspecError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
         check_finite(self)
@@ -111,12 +123,14 @@ def run_generate(opts: GenerateOptions) -> int:
     if input_ids.numel() == 0 and tokenizer.bos_token_id is not None:
         input_ids = torch.tensor([[tokenizer.bos_token_id]])
     stream = None if opts.json else _TextStream(tokenizer, input_ids[0].tolist())
-    seq, stats = speculative_generate(
-        target, draft, input_ids, max_new_tokens=opts.max_new_tokens, gamma=opts.gamma,
-        temperature=opts.temperature, top_p=opts.top_p,
-        eos_token_id=tokenizer.eos_token_id if opts.stop_at_eos else None, seed=opts.seed,
-        adaptive_gamma=opts.adaptive_gamma, gamma_max=opts.gamma_max, tokenizer=tokenizer, on_tokens=stream,
-        lean=LEAN[opts.decode_path])
+    common = dict(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
+                  eos_token_id=tokenizer.eos_token_id if opts.stop_at_eos else None, seed=opts.seed,
+                  tokenizer=tokenizer, on_tokens=stream, lean=LEAN[opts.decode_path])
+    if opts.tree is not None:
+        seq, stats = tree_speculative_generate(target, draft, input_ids, tree=parse_tree_spec(opts.tree), **common)
+    else:
+        seq, stats = speculative_generate(target, draft, input_ids, gamma=opts.gamma,
+                                          adaptive_gamma=opts.adaptive_gamma, gamma_max=opts.gamma_max, **common)
     generated = seq[0, input_ids.shape[1]:].tolist()
     if opts.json:
         print(json.dumps({"prompt": opts.prompt, "text": tokenizer.decode(generated, skip_special_tokens=True),

@@ -299,7 +299,8 @@ class LeanLM:
         Returns float32 logits of the last `keep` positions [keep, vocab] and the hidden states of
         `hidden_layers` at all T positions [len(hidden_layers), T, H] (None when no layers were asked).
         `positions` [T] (default seen..seen+T-1) are the position ids; `tree_mask` [T, T] bool says which
-        new tokens each new token attends to (the cached prefix is always visible; default causal).
+        new tokens each new token attends to (the cached prefix is always visible; default causal), or
+        [T, seen + T] which cache rows and new tokens (a drafter's tree rounds hide the cached siblings).
         """
         tokens = tokens.to(self.device)
         s, T = self.seen, tokens.shape[0]
@@ -321,7 +322,9 @@ class LeanLM:
                                        f"{self._position_limit} learned positions")
                 x = x + F.embedding(positions, self._positions)
         causal, mask = False, None
-        if tree_mask is not None:
+        if tree_mask is not None and tree_mask.shape[-1] == e and e != T:  # [T, seen + T]: every row given
+            mask = tree_mask.to(self.device)
+        elif tree_mask is not None:
             mask = torch.ones(T, e, dtype=torch.bool, device=self.device)
             mask[:, s:] = tree_mask.to(self.device)
         elif T > 1:

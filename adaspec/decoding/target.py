@@ -13,7 +13,7 @@ import contextlib
 import inspect
 import math
 import time
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -145,10 +145,14 @@ class CachedLM:
         self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._cache_arg = cache_kwarg(model)
 
-    def forward(self, tokens: Tensor, keep: int = 1) -> tuple[Tensor, Tensor | None]:
+    def forward(self, tokens: Tensor, keep: int = 1, positions: Tensor | None = None,
+                tree_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Feed 1-D `tokens` after the cached ones. Returns float32 logits of the last `keep` positions
         [keep, vocab] and the requested hidden states of every fed position [layers, len(tokens), H]
-        (None when no layers were requested)."""
+        (None when no layers were requested). `positions` and `tree_mask` as LeanLM.forward takes them
+        (token trees, through adaspec.decoding.tree_target.masked_forward)."""
+        if tree_mask is not None:
+            return self._masked(tokens, keep, positions, tree_mask)
         tokens = tokens.to(self.device).unsqueeze(0)
         kwargs = {"logits_to_keep": keep} if self._keep_arg else {}
         with capture(self._hooked) as captured:
@@ -164,6 +168,26 @@ class CachedLM:
         if length < self.seen:
             self.cache.crop(length - self.seen)
             self.seen = length
+
+    def _masked(self, tokens: Tensor, keep: int, positions: Tensor | None,
+                tree_mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        from adaspec.decoding.tree_target import masked_forward  # it builds on this module
+
+        t = tokens.shape[0]
+        if positions is None:
+            positions = torch.arange(self.seen, self.seen + t)
+        visible = tree_mask.cpu().bool()
+        if visible.shape[-1] != self.seen + t:
+            visible = torch.cat([torch.ones(t, self.seen, dtype=torch.bool), visible], dim=1)
+        logits, hidden = masked_forward(self.model, self.cache, tokens, positions, visible, self.vocab, self._hooked)
+        self.seen += t
+        return logits[-keep:], hidden
+
+    def keep_path(self, start: int, indices: Sequence[int] | Tensor) -> None:
+        """As LeanLM.keep_path: keep the new tokens at offsets `indices` after the first `start` cached ones."""
+        from adaspec.decoding.tree_target import keep_rows
+
+        self.seen = keep_rows(self.cache, start, torch.as_tensor(indices, dtype=torch.long).reshape(-1))
 
 
 class Clock:

@@ -1,171 +1,196 @@
-"""Speculative decoding with token trees: a drafter-agnostic loop, and a draft-LM tree proposer.
+"""Speculative decoding with token trees, for every drafter, on the same decode path as the chain engine.
 
 One step, with seq[:n] accepted and the target cache holding seq[:n-1] (the chain engine's invariant):
-the proposer hangs a tree below seq[n-1]; the target runs ONE forward over [seq[n-1], nodes] with the
-tree mask; `verify_tree` picks the accepted root-to-node path and the distribution of the next token;
-the cache is compacted to seq[:n-1] + seq[n-1] + the path, which is the new seq[:n'-1] (n' = n + k + 1),
-so the invariant holds again with nothing recomputed.
+the drafter hangs a tree below seq[n-1] (`TreeDrafter.propose_tree`, in the shape asked for); the target
+runs ONE forward over [seq[n-1], nodes] with the tree mask and position ids n-1+depth; `verify_tree` picks
+the accepted root-to-node path and the distribution of the next token; the target's cache keeps
+seq[:n-1] + seq[n-1] + the path (`keep_path`: rows moved, nothing recomputed), which is the new
+seq[:n'-1] (n' = n + k + 1), so the invariant holds again; the drafter gets the path and the target's
+features of the kept positions (`accept_tree`).
 
-`ProposeTree(seq, n, temperature, top_p, generator) -> (tree, draft rows or None)`: a tree below
-seq[n-1]; the draft rows [N, V] are the distributions the nodes were sampled from, None when the
-children are chosen deterministically (top-k), which the verification rule treats as such (lossless at
-any temperature, see tree_verify). The lead connects this to the Drafter protocol.
+The target runs through `cached_lm` as in the chain engine: the lean path (adaspec.decoding.lean) where
+the family supports it, else the transformers path with a 4-D mask (adaspec.decoding.tree_target, which
+refuses families that cannot take one), so tree and chain timings compare like with like.
+
+Sampling: children chosen as the drafter's top-k (every drafter here) are deterministic candidates, and
+the verification rule for those is lossless at any temperature / top-p (adaspec.decoding.tree_verify).
+Random draws per sampling step: `torch.rand(N)` for the nodes, then one sample of the next token.
+
+Adaptive size (`AdaptiveTree`): the loop measures, once before decoding unless `costs` are passed in, the
+target's forward over n tokens relative to one (`measure_verify_costs`), and a `TreeController` chooses
+each step's static tree from those costs, the run's measured draft and loop times and its acceptance per
+(depth, rank) (adaspec.decoding.tree_policy).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from dataclasses import dataclass
+from typing import Iterable
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adaspec.decoding.generate import _eos_set, _prompt, _truncate
+from adaspec.decoding.generate import OnTokens, _as_drafter, _eos_set, _hidden_slice, _prompt, _truncate
+from adaspec.decoding.lean import LeanLM, cached_lm
 from adaspec.decoding.sampling import check_sampling, logits_to_probs, make_generator, sample
-from adaspec.decoding.target import Clock, fit_vocab
-from adaspec.decoding.tree import EAGLE_DEPTH, EAGLE_TOP_K, EAGLE_TOTAL_TOKENS, Tree, build_dynamic_tree
-from adaspec.decoding.tree_target import _cache_arg, check_tree_attention, compact_cache, masked_forward, tree_forward
+from adaspec.decoding.target import CachedLM, Clock
+from adaspec.decoding.tree import Tree
+from adaspec.decoding.tree_policy import TreeController, interpolate_costs
+from adaspec.decoding.tree_shape import CPU_DEFAULT, AdaptiveTree, TreeShape, TreeSpec
+from adaspec.decoding.tree_target import check_tree_attention
 from adaspec.decoding.tree_verify import verify_tree
+from adaspec.drafters.base import Drafter, TreeDrafter
 from adaspec.errors import AdaspecError
 from adaspec.metrics import SpecStats
 from adaspec.models import output_vocab_size
 
-ProposeTree = Callable[[torch.Tensor, int, float, float, "torch.Generator | None"], tuple[Tree, "torch.Tensor | None"]]
+COST_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # tokens per verification measured
 
 
-class _Prefix:
-    """A model's KV cache of a prefix of seq; `tokens` are the ids it holds, so that a call with another
-    sequence (a new prompt, a rolled-back step) keeps only the common prefix."""
+@dataclass(frozen=True)
+class TreeCosts:
+    """verify[t] = time of one target forward over t tokens (a tree) / over 1 token; target_1_s = that one."""
 
-    def __init__(self, model: PreTrainedModel):
-        self.model = model
-        self.cache = DynamicCache(config=model.config)
-        self.device = next(model.parameters()).device
-        self.cache_arg = _cache_arg(model)
-        self.tokens = torch.empty(0, dtype=torch.long, device=self.device)
-
-    @property
-    def seen(self) -> int:
-        return self.tokens.numel()
-
-    def keep_common(self, seq: torch.Tensor, length: int) -> None:
-        """Crop the cache to its longest prefix that equals seq[:length]."""
-        m = min(self.seen, length)
-        differs = (self.tokens[:m] != seq[:m].to(self.device)).nonzero()
-        same = int(differs[0]) if differs.numel() else m
-        if same < self.seen:
-            self.cache.crop(same - self.seen)
-            self.tokens = self.tokens[:same]
-
-    def catch_up(self, seq: torch.Tensor, length: int) -> None:
-        """Make the cache hold exactly seq[:length]."""
-        self.keep_common(seq, length)
-        if self.seen < length:
-            self.model(input_ids=seq[self.seen:length].to(self.device).unsqueeze(0), use_cache=True,
-                       **{self.cache_arg: self.cache})
-            self.tokens = seq[:length].to(self.device).clone()
+    verify: dict[int, float]
+    target_1_s: float
 
 
-class LMTreeProposer:
-    """Top-k trees from a separate draft LM, EAGLE-2 style (`build_dynamic_tree`).
+def measure_verify_costs(tgt: LeanLM | CachedLM, root: torch.Tensor, sizes: Iterable[int] = COST_SIZES,
+                         reps: int = 5) -> TreeCosts:
+    """Time target forwards over a root and t-1 children (a star tree) after the cached prefix, which is
+    left as it was: every size once per repeat (so load drifts hit all sizes alike), each timed right
+    after an untimed forward of the same size (so no size pays for the caches the previous one left),
+    the fastest of `reps` (on a shared CPU other work only ever adds time), relative to 1 token."""
+    clock, seen = Clock(tgt.device), tgt.seen
+    inputs = {}
+    for t in sorted(set(sizes) | {1}):
+        tree = Tree(root.new_zeros(t - 1).long(), torch.full((t - 1,), -1), torch.ones(t - 1, dtype=torch.long))
+        inputs[t] = (torch.cat([root.reshape(1), tree.tokens]).to(tgt.device), tree.position_ids(seen),
+                     tree.attention_mask())
+    samples: dict[int, list[float]] = {t: [] for t in inputs}
+    for _ in range(reps):
+        for t, (tokens, positions, mask) in inputs.items():
+            tgt.forward(tokens, keep=t, positions=positions, tree_mask=mask)  # untimed: the same size warms up
+            tgt.crop(seen)
+            t0 = clock()
+            tgt.forward(tokens, keep=t, positions=positions, tree_mask=mask)
+            samples[t].append(clock() - t0)
+            tgt.crop(seen)
+    times = {t: min(x) for t, x in samples.items()}
+    return TreeCosts({t: times[t] / times[1] for t in times}, times[1])
 
-    The draft's cache follows the tree within a step: round 1 feeds the tokens accepted since the last
-    step (the root last) and takes the root's children; each later round feeds only the new frontier
-    nodes, each seeing the prefix, the root and its ancestors (fed in earlier rounds). A tree of depth D
-    thus costs D draft forwards, as a chain of γ = D does. Afterwards the cache is cropped back to
-    seq[:n] (the accepted path is re-fed next step; keeping its rows instead is the alternative the
-    benchmark is to weigh). Children are top-k: no draft rows are returned.
-    """
 
-    def __init__(self, draft: PreTrainedModel, vocab: int, top_k: int = EAGLE_TOP_K, depth: int = EAGLE_DEPTH,
-                 total_tokens: int = EAGLE_TOTAL_TOKENS):
-        check_tree_attention(draft)
-        self.prefix, self.vocab = _Prefix(draft), vocab
-        self.top_k, self.depth, self.total_tokens = top_k, depth, total_tokens
-
-    def __call__(self, seq: torch.Tensor, n: int, temperature: float, top_p: float,
-                 generator: torch.Generator | None) -> tuple[Tree, None]:
-        self.prefix.keep_common(seq, n - 1)  # round 1 feeds the rest, the root last
-        model, cache, base = self.prefix.model, self.prefix.cache, n - 1
-        t = 1.0 if temperature == 0 else temperature
-        slots: dict[int, int] = {-1: base}  # node id (-1 = root) -> its row in the draft cache
-
-        def expand(nodes: torch.Tensor, tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
-            ids = nodes.tolist()
-            cached = cache.get_seq_length()
-            if ids == [-1]:  # a plain causal forward (the model's own fast mask path), as a chain's draft
-                out = model(input_ids=seq[cached:n].to(self.prefix.device).unsqueeze(0), use_cache=True,
-                            **{self.prefix.cache_arg: cache})
-                logits = fit_vocab(out.logits[0, -1:].float(), self.vocab)
-            else:
-                tokens, positions = tree.tokens[nodes], tree.depths[nodes] + base
-                visible = torch.zeros(len(ids), cached + len(ids), dtype=torch.bool)
-                visible[:, :n] = True
-                ancestors = tree.ancestors()
-                for row, node in enumerate(ids):
-                    visible[row, [slots[a] for a in ancestors[node][:-1]]] = True
-                    visible[row, cached + row] = True
-                    slots[node] = cached + row
-                logits, _ = masked_forward(model, cache, tokens, positions, visible, self.vocab)
-            values, children = torch.log(logits_to_probs(logits, t, top_p)).topk(self.top_k, dim=-1)
-            return children, values
-
-        tree = build_dynamic_tree(expand, self.top_k, self.depth, self.total_tokens)
-        cache.crop(n - cache.get_seq_length())
-        self.prefix.tokens = seq[:n].to(self.prefix.device).clone()
-        return tree, None
+def _tree_drafter(drafter: Drafter) -> TreeDrafter:
+    if not isinstance(drafter, TreeDrafter):
+        raise AdaspecError(f"{type(drafter).__name__} cannot propose token trees (no propose_tree / accept_tree)")
+    return drafter
 
 
 @torch.inference_mode()
-def tree_speculative_generate(target: PreTrainedModel, propose: ProposeTree, input_ids: torch.Tensor,
-                              max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Drafter, input_ids: torch.Tensor,
+                              max_new_tokens: int = 128, tree: TreeSpec | TreeController = CPU_DEFAULT,
+                              temperature: float = 0.0, top_p: float = 1.0,
                               eos_token_id: int | Iterable[int] | None = None,
-                              generator: torch.Generator | None = None, seed: int | None = None
+                              generator: torch.Generator | None = None, seed: int | None = None,
+                              tokenizer: PreTrainedTokenizerBase | None = None, on_tokens: OnTokens | None = None,
+                              lean: bool | None = None, costs: TreeCosts | None = None
                               ) -> tuple[torch.Tensor, SpecStats]:
     """Generate after one prompt with tree verification; returns (sequence [1, n], stats).
 
-    Greedy (temperature 0) output is the target's greedy decoding; otherwise the target's
-    temperature / top-p distribution exactly. Stats count one step per tree, `drafted` = tree nodes.
+    `draft` is a draft causal LM or any tree drafter (adaspec.drafters); `tree` a TreeShape (static paths
+    or EAGLE-2 dynamic), an AdaptiveTree (a static tree chosen per step; `costs` as measured by
+    `measure_verify_costs`, else measured here before decoding, in the prefill time) or a TreeController
+    (adaptive, and what it learns about acceptance and step costs carries over to the next call: one
+    per drafter, as a server keeps it). Greedy
+    (temperature 0) output is the target's greedy decoding; otherwise the target's temperature / top-p
+    distribution exactly. `tokenizer`, `on_tokens`, `lean` as for speculative_generate. Stats count one
+    step per tree (SpecStats.record_tree_step).
     """
     check_sampling(temperature, top_p)
-    check_tree_attention(target)
-    prompt = _prompt(input_ids, max_new_tokens, {"target": target})
+    if not isinstance(tree, (TreeShape, AdaptiveTree, TreeController)):
+        raise AdaspecError(f"tree must be a TreeShape, an AdaptiveTree or a TreeController, got {type(tree).__name__}")
     vocab = output_vocab_size(target)
-    device = next(target.parameters()).device
-    cache = DynamicCache(config=target.config)
-    generator = make_generator(generator, seed, device)
-    eos, clock = _eos_set(eos_token_id), Clock(device)
-    stats = SpecStats(sequences=1)
+    drafter, bounded = _as_drafter(draft, target, tokenizer, vocab, lean)
+    drafter = _tree_drafter(drafter)
+    limit = drafter.max_gamma
+    if isinstance(tree, TreeShape):
+        asked = tree.depth
+        if limit is not None and asked > limit:
+            raise AdaspecError(f"this drafter drafts at most {limit} tokens deep; got a tree of depth {asked}")
+    elif isinstance(tree, TreeController):
+        asked = tree.max_depth
+        if limit is not None and asked > limit:
+            raise AdaspecError(f"this drafter drafts at most {limit} tokens deep; the controller plans {asked}")
+    else:
+        asked = tree.max_depth if limit is None else min(tree.max_depth, limit)
+    prompt = _prompt(input_ids, max_new_tokens, bounded)
+    tgt = cached_lm(target, vocab, "target", drafter.hidden_layers, lean=lean)
+    if isinstance(tgt, CachedLM):
+        check_tree_attention(target)
+    generator = make_generator(generator, seed, tgt.device)
+    eos, clock = _eos_set(eos_token_id), Clock(tgt.device)
+    stats = SpecStats(gamma=asked, sequences=1)
+
     n, total = prompt.numel(), prompt.numel() + max_new_tokens
-    seq = torch.empty(total, dtype=torch.long, device=device)
-    seq[:n] = prompt.to(device)
+    seq = torch.empty(total, dtype=torch.long, device=tgt.device)
+    seq[:n] = prompt.to(tgt.device)
     t0 = clock()
-    if n > 1:  # the cache gets the prompt but its last token, the first tree's root
-        target(input_ids=seq[None, : n - 1], use_cache=True, **{_cache_arg(target): cache})
+    hidden = tgt.forward(seq[: n - 1])[1] if n > 1 else None  # the first tree's root is the prompt's last token
+    drafter.prefill(seq[:n], hidden)
+    controller = tree if isinstance(tree, TreeController) else None
+    if isinstance(tree, AdaptiveTree):
+        sizes = [t for t in COST_SIZES if t <= tree.max_nodes] + [tree.max_nodes + 1]
+        costs = costs or measure_verify_costs(tgt, seq[n - 1], sizes)
+        controller = TreeController(tree, interpolate_costs(costs.verify, tree.max_nodes), costs.target_1_s,
+                                    max_depth=limit)
     t1 = clock()
     stats.prefill_time_s = t1 - t0
     while n < total:
         s0 = clock()
-        tree, draft_rows = propose(seq, n, temperature, top_p, generator)
-        if tree.size == 0:
-            raise AdaspecError("the tree proposer returned an empty tree")
+        shape = controller.shape() if controller else tree
+        shape = shape.clipped(total - n) if shape is not None else None
+        if shape is None:
+            nodes, rows = Tree(*(seq.new_zeros(0) for _ in range(3))), None
+        else:
+            nodes, rows = drafter.propose_tree(seq, n, shape, temperature, top_p, generator)
         s1 = clock()
-        logits, _ = tree_forward(target, cache, n - 1, seq[n - 1], tree, vocab)
-        probs = logits_to_probs(logits, temperature, top_p)
-        uniforms = None if temperature == 0 else torch.rand(tree.size, generator=generator, device=probs.device)
-        path, nxt = verify_tree(probs, tree, draft_rows, uniforms)
-        token = nxt.argmax(-1, keepdim=True) if temperature == 0 else sample(nxt, generator)
-        compact_cache(cache, n - 1, tree.size, path)
+        size = nodes.size
+        fed = torch.cat([seq[n - 1:n], nodes.tokens.to(seq.device)])
+        if nodes.is_chain:  # causal attention is its tree attention: the chain engine's own forward
+            logits, hidden = tgt.forward(fed, keep=size + 1)
+        else:
+            logits, hidden = tgt.forward(fed, keep=size + 1, positions=nodes.position_ids(n - 1),
+                                         tree_mask=nodes.attention_mask())
         s2 = clock()
-        k = path.numel()
-        accepted = tree.tokens[path.to(tree.tokens.device)].to(token.device)
-        new, stop = _truncate(torch.cat([accepted, token]).tolist()[: total - n], eos)
+        # greedy: verify_tree and the next token need only the argmax, which the logits have already
+        probs = logits if temperature == 0 else logits_to_probs(logits, temperature, top_p)
+        uniforms = None if temperature == 0 else torch.rand(size, generator=generator, device=probs.device)
+        path, nxt = verify_tree(probs, nodes, None if rows is None else rows.to(probs.device), uniforms)
+        token = nxt.argmax(-1, keepdim=True) if temperature == 0 else sample(nxt, generator)
+        path_list = path.tolist()
+        tgt.keep_path(n - 1, [0] + [i + 1 for i in path_list])
+        k = len(path_list)
+        values = nodes.tokens[path].tolist() + token.tolist()
+        new, stop = _truncate(values[: total - n], eos)
         m = len(new)
         seq[n:n + m] = torch.tensor(new, dtype=torch.long, device=seq.device)
-        stats.record_step(tree.size, k, m)
+        depths, parents = nodes.depths.tolist(), nodes.parents.tolist()
+        depth_nodes = [0] * (max(depths) if depths else 0)
+        for d in depths:
+            depth_nodes[d - 1] += 1
+        rejected = (path_list[-1] if path_list else -1) in parents  # the last accepted node had children
+        forwards = shape.depth if shape is not None and size else 0
+        stats.record_tree_step(depth_nodes, k, m, rejected, forwards)
         stats.draft_time_s += s1 - s0
         stats.target_time_s += s2 - s1
         n += m
+        if on_tokens is not None:
+            on_tokens(new)
         if stop:
             break
+        kept = None if hidden is None else hidden[:, [0] + [i + 1 for i in path_list]]
+        drafter.accept_tree(n, path, _hidden_slice(kept, min(k + 1, m)))
+        if controller:
+            controller.update(nodes, path_list, s1 - s0, clock() - s2)
     stats.decode_time_s = clock() - t1
     return seq[:n].unsqueeze(0), stats

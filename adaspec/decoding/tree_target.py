@@ -110,28 +110,37 @@ def tree_forward(model: PreTrainedModel, cache: Any, seen: int, root: torch.Tens
 def compact_cache(cache: Any, seen: int, tree_size: int, path: torch.Tensor) -> int:
     """After `tree_forward` from `seen` cached tokens: keep prefix + root + the accepted `path` (node ids,
     root-to-node order) in place, drop the other nodes; returns the new cache length seen + 1 + len(path).
-
-    Works on a cache with `layers` holding `keys` / `values` [batch, heads, length, head_dim] (transformers
-    5.x DynamicCache) whose layers are all full-attention.
     """
     length = seen + 1 + tree_size
     if cache.get_seq_length() != length:
         raise AdaspecError(f"the KV cache holds {cache.get_seq_length()} tokens, expected {length} after the tree")
+    return keep_rows(cache, seen + 1, path)
+
+
+def keep_rows(cache: Any, start: int, offsets: torch.Tensor) -> int:
+    """Move the cache rows start + offsets (in that order) to start, start+1, ... and drop every row after
+    them; returns the new length start + len(offsets).
+
+    Works on a cache with `layers` holding `keys` / `values` [batch, heads, length, head_dim] (transformers
+    5.x DynamicCache) whose layers are all full-attention.
+    """
+    length = cache.get_seq_length()
     layers = getattr(cache, "layers", None)
     if layers is None or any(getattr(layer, "is_sliding", False) or not hasattr(layer, "keys") for layer in layers):
         raise AdaspecError(f"cannot compact a {type(cache).__name__} after a token tree: only full-attention "
                            "DynamicCache layers (keys / values per layer) are supported")
-    k = path.shape[0]
-    base = seen + 1
-    rows = path.to(torch.long) + base
-    if k and not bool((rows == torch.arange(base, base + k, device=rows.device)).all()):
+    k = offsets.shape[0]
+    if k and not 0 <= int(offsets.min()) <= int(offsets.max()) < length - start:
+        raise AdaspecError(f"cache rows {offsets.tolist()} after {start} are outside the {length - start} there")
+    rows = offsets.to(torch.long) + start
+    if k and not bool((rows == torch.arange(start, start + k, device=rows.device)).all()):
         for layer in layers:
             if layer.keys is None:  # an unused layer (KV sharing) holds nothing to move
                 continue
             idx = rows.to(layer.keys.device)
-            layer.keys[..., base:base + k, :] = layer.keys.index_select(-2, idx)
-            layer.values[..., base:base + k, :] = layer.values.index_select(-2, idx)
-    new_length = base + k
+            layer.keys[..., start:start + k, :] = layer.keys.index_select(-2, idx)
+            layer.values[..., start:start + k, :] = layer.values.index_select(-2, idx)
+    new_length = start + k
     if new_length < length:
         cache.crop(new_length - length)  # negative: tokens to remove (4.x and 5.x)
     return new_length

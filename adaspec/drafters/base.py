@@ -5,14 +5,24 @@ the drafter for γ proposals after `seq[:n]`, verifies them in one target forwar
 hidden states of the layers the drafter listed in `hidden_layers`), and tells the drafter what was kept.
 A separate draft LM needs nothing from the target; feature heads (EAGLE, MTP, Medusa) read its hidden
 states, so they never run a second target forward.
+
+Token trees (adaspec.decoding.tree_generate): `propose_tree` hangs a tree below seq[n-1] in the shape
+asked for (adaspec.decoding.tree_shape) instead of a chain; the target verifies it in one forward and
+`accept_tree` gets the accepted path's node ids and the target's features of the root and the path,
+which are again the positions n-1 .. n'-2 kept in the sequence (the same `hidden` a chain's `accept`
+gets). Every drafter here implements both.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from adaspec.decoding.tree import Tree
+    from adaspec.decoding.tree_shape import TreeShape
 
 
 @runtime_checkable
@@ -33,3 +43,16 @@ class Drafter(Protocol):
         """The engine kept seq[:n]; roll state back to a prefix of it. `hidden`: the target's features of the
         m positions this step verified and kept, n-1-m .. n-2, as [layers, m, H] (None without layers)."""
 
+
+
+@runtime_checkable
+class TreeDrafter(Drafter, Protocol):
+    def propose_tree(self, seq: Tensor, n: int, shape: "TreeShape", temperature: float, top_p: float,
+                     generator: torch.Generator | None) -> tuple["Tree", Tensor | None]:
+        """A tree below seq[n-1] of the given shape (its depth <= max_gamma) in target ids, and the
+        distributions its nodes were sampled from [N, V], or None when its children are the drafter's
+        top-k (deterministic candidates; adaspec.decoding.tree_verify)."""
+
+    def accept_tree(self, n: int, path: Tensor, hidden: Tensor | None) -> None:
+        """The engine kept seq[:n] after a tree step that accepted the nodes `path` (root-to-node order);
+        `hidden` as for `accept`: the target's features of the root and the path positions it kept."""

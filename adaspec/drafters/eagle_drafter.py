@@ -7,6 +7,15 @@ features the target just produced for the accepted tokens), whose last output gi
 further proposal is one single-pair forward fed the head's own output and the proposal before. Accepting
 crops the cache back to the real pairs, because the draft pairs were built on the head's own features,
 not the target's (as the EAGLE reference re-runs them).
+
+Trees (EAGLE-2): the pending pairs run first as for a chain; their last output gives the root's
+children. Each later round feeds the frontier nodes together, each with its parent's output as the hidden
+and its own token, at position n-2+depth, attending to the real pairs, its ancestors' rows and itself
+(tree attention in the head's own layer, `HeadCache.attend_visible`): one head forward per depth, as a
+chain. After verification the draft rows are dropped and the accepted path re-run with the target's
+features (`keep_tree_rows` False, the reference's choice: what the head is run on at every other position);
+with True the fed rows of the accepted path are kept (`HeadCache.keep`) and only the positions after
+them run on target features. benchmarks/tree.py measures both (README).
 """
 
 from __future__ import annotations
@@ -16,8 +25,11 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from adaspec.decoding.sampling import logits_to_probs, sample
+from adaspec.decoding.tree import Tree
+from adaspec.decoding.tree_shape import TreeShape
 from adaspec.drafters.draft_vocab import to_target_space
 from adaspec.drafters.eagle import EagleHead, HeadCache
+from adaspec.drafters.tree_drafting import TreeRows, top_children
 from adaspec.errors import AdaspecError
 from adaspec.models import output_vocab_size
 
@@ -31,11 +43,13 @@ def load_target_check(head_vocab: int, target_vocab: int, path: str) -> None:
 class EagleDrafter:
     max_gamma: int | None = None
 
-    def __init__(self, head: EagleHead):
+    def __init__(self, head: EagleHead, keep_tree_rows: bool = False):
         self.head = head.eval()
         self.hidden_layers: tuple[int, ...] = head.config.hidden_layers
         self.device = head.fc.weight.device
         self.cache, self.real, self.pending = HeadCache(), 0, None
+        self.keep_tree_rows = keep_tree_rows
+        self._rows: tuple[TreeRows, Tree] | None = None  # with keep_tree_rows, the last tree's
 
     @classmethod
     def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> "EagleDrafter":
@@ -65,17 +79,10 @@ class EagleDrafter:
     def propose(self, seq: Tensor, n: int, gamma: int, temperature: float, top_p: float,
                 generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
         vocab = self.head.config.vocab_size
-        m = 0 if self.pending is None else self.pending.shape[0]
-        if self.real + m != n - 1:
-            raise RuntimeError(f"EAGLE drafter out of step: {self.real} cached + {m} pending features for "
-                               f"{n} accepted tokens")
         if n == 1:  # no target feature exists before the first verification: nothing to draft from
             return (torch.empty(0, dtype=torch.long, device=self.device),
                     None if temperature == 0 else torch.zeros(0, vocab, device=self.device))
-        tokens = seq[self.real + 1:n].to(self.device)[None]
-        positions = torch.arange(self.real, n - 1, device=self.device)
-        hidden = self.head.step(tokens, self.pending[None], positions, self.cache.attend)[:, -1:]
-        self.real, self.pending = n - 1, None
+        hidden = self._run_pending(seq, n)
         proposals, draft_probs = [], []
         for i in range(gamma):
             logits = self.head.logits(hidden)[0, -1].float()
@@ -91,7 +98,65 @@ class EagleDrafter:
                 hidden = self.head.step(token[None], hidden, pos, self.cache.attend)
         return torch.cat(proposals), torch.stack(draft_probs) if draft_probs else None
 
+    def _run_pending(self, seq: Tensor, n: int) -> Tensor:
+        """Run the pairs of real target features not in the cache yet; the last output [1, 1, H]."""
+        m = 0 if self.pending is None else self.pending.shape[0]
+        if self.real + m != n - 1 or m == 0:
+            raise RuntimeError(f"EAGLE drafter out of step: {self.real} cached + {m} pending features for "
+                               f"{n} accepted tokens")
+        tokens = seq[self.real + 1:n].to(self.device)[None]
+        positions = torch.arange(self.real, n - 1, device=self.device)
+        hidden = self.head.step(tokens, self.pending[None], positions, self.cache.attend)[:, -1:]
+        self.real, self.pending = n - 1, None
+        return hidden
+
     @torch.no_grad()
     def accept(self, n: int, hidden: Tensor | None) -> None:
         self.cache.crop(self.real)
         self._take(hidden)
+
+    @torch.no_grad()
+    def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, temperature: float, top_p: float,
+                     generator: torch.Generator | None) -> tuple[Tree, None]:
+        if n == 1:
+            empty = torch.empty(0, dtype=torch.long, device=self.device)
+            return Tree(empty, empty, empty), None
+        outputs = {-1: self._run_pending(seq, n)[0]}  # node -> the head's output there, [1, H]
+        rows = TreeRows(prefix=self.real)
+        head = self.head
+
+        def expand(nodes: Tensor, tree: Tree, k: int) -> tuple[Tensor, Tensor]:
+            ids = nodes.tolist()
+            if ids == [-1]:
+                out = outputs[-1]
+            else:
+                parents = tree.parents.tolist()
+                prev = torch.cat([outputs[parents[i]] for i in ids])
+                chain = rows.continues_chain(tree, ids, self.cache.length)
+                attend = self.cache.attend if chain else self.cache.attend_visible(
+                    rows.visibility(tree, ids, self.cache.length))
+                positions = (tree.depths[nodes] + (n - 2)).to(self.device)
+                out = head.step(tree.tokens[nodes].to(self.device)[None], prev[None], positions, attend)[0]
+                for r, i in enumerate(ids):
+                    outputs[i] = out[r:r + 1]
+            draft_ids, logp = top_children(head.logits(out), k, temperature, top_p)
+            return head.draft_to_target(draft_ids), logp
+
+        tree = shape.build(expand)
+        if self.keep_tree_rows:
+            self._rows = (rows, tree)
+        else:
+            self.cache.crop(self.real)
+        return tree, None
+
+    @torch.no_grad()
+    def accept_tree(self, n: int, path: Tensor, hidden: Tensor | None) -> None:
+        kept_rows, self._rows = self._rows, None
+        if kept_rows is None:
+            self.accept(n, hidden)
+            return
+        rows, tree = kept_rows
+        kept = rows.fed_prefix(tree, path.tolist())
+        self.cache.keep(self.real, kept)
+        self.real += len(kept)
+        self._take(None if hidden is None else hidden[:, len(kept):])

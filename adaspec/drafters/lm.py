@@ -6,8 +6,11 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from adaspec.decoding.sampling import logits_to_probs, sample
 from adaspec.decoding.lean import cached_lm
+from adaspec.decoding.sampling import logits_to_probs, sample
+from adaspec.decoding.tree import Tree
+from adaspec.decoding.tree_shape import TreeShape
+from adaspec.drafters.tree_drafting import TreeRows, top_children
 
 
 class LMDrafter:
@@ -17,14 +20,24 @@ class LMDrafter:
     Cache invariant: the draft holds a prefix seq[:k] of the accepted tokens, k < n; it catches up on
     seq[k:n] (the correction or bonus token, and after a fully accepted step the last proposal it never
     fed) in its first forward of the next step, so nothing accepted is recomputed.
+
+    Trees (EAGLE-2 style): round 1 is the chain's first forward (catch up, the root last) and gives the
+    root's children; each later round feeds the new frontier nodes at once, each seeing the prefix and
+    its own ancestors' rows only (tree attention on the draft's own cache), so a tree of depth D costs D
+    draft forwards as a chain of γ = D does. Afterwards, with `keep_tree_rows` False (default) the cache
+    is cropped back to seq[:n] and the next step re-feeds the accepted path with the bonus token; with
+    True the accepted path's rows are moved into place (keep_path) and only what follows is fed. Which is
+    cheaper is measured by benchmarks/tree.py (README); the rows are the same either way.
     """
 
     hidden_layers: tuple[int, ...] = ()
     max_gamma: int | None = None
 
-    def __init__(self, model: PreTrainedModel, vocab: int, lean: bool | None = None):
+    def __init__(self, model: PreTrainedModel, vocab: int, lean: bool | None = None, keep_tree_rows: bool = False):
         self.model, self.vocab = model, vocab
         self.lm = cached_lm(model, vocab, "draft", lean=lean)
+        self.keep_tree_rows = keep_tree_rows
+        self._rows: tuple[TreeRows, Tree] | None = None  # with keep_tree_rows, the last tree's
 
     @classmethod
     def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> "LMDrafter":
@@ -59,3 +72,36 @@ class LMDrafter:
 
     def accept(self, n: int, hidden: Tensor | None) -> None:
         self.lm.crop(n - 1)
+
+    def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, temperature: float, top_p: float,
+                     generator: torch.Generator | None) -> tuple[Tree, None]:
+        lm, base = self.lm, n - 1
+        rows = TreeRows(prefix=n)
+
+        def expand(nodes: Tensor, tree: Tree, k: int) -> tuple[Tensor, Tensor]:
+            ids = nodes.tolist()
+            if ids == [-1]:  # the chain's first forward: catch up to seq[:n]
+                logits = lm.forward(seq[lm.seen:n])[0]
+            elif rows.continues_chain(tree, ids, lm.seen):  # a chain step: the drafter's cheapest forward
+                logits = lm.forward(tree.tokens[nodes])[0]
+            else:
+                visible = rows.visibility(tree, ids, lm.seen)
+                logits = lm.forward(tree.tokens[nodes], keep=len(ids), positions=tree.depths[nodes] + base,
+                                    tree_mask=visible)[0]
+            return top_children(logits, k, temperature, top_p)
+
+        tree = shape.build(expand)
+        if self.keep_tree_rows:
+            self._rows = (rows, tree)
+        else:
+            lm.crop(n)
+        return tree, None
+
+    def accept_tree(self, n: int, path: Tensor, hidden: Tensor | None) -> None:
+        kept_rows, self._rows = self._rows, None
+        if kept_rows is None:
+            self.accept(n, hidden)
+            return
+        rows, tree = kept_rows
+        kept = rows.fed_prefix(tree, path.tolist())
+        self.lm.keep_path(rows.prefix, [r - rows.prefix for r in kept])

@@ -16,7 +16,9 @@ either the head's own Linear, initialised from the target's head (default), or t
 head shared by all heads.
 
 Decoding: a top-1 chain x_1..x_γ with x_i from head i on h_{n-2}, the state that produced the last
-accepted token seq[n-1]; γ <= K. Under sampling x_i is drawn from head i's own distribution, which is the
+accepted token seq[n-1]; γ <= K. Trees: Medusa's static sparse trees, the children of every depth-(i-1)
+node being head i's top-k (rank paths as the reference's `medusa_choices`), or EAGLE-2 dynamic trees
+scored by the heads' log-probabilities; depth <= K. Under sampling x_i is drawn from head i's own distribution, which is the
 q the acceptance rule divides by, so the chain stays lossless. Medusa's "typical acceptance" is not
 lossless and is not offered.
 """
@@ -31,7 +33,10 @@ from transformers import PreTrainedModel
 
 from adaspec.decoding.sampling import logits_to_probs, sample
 from adaspec.decoding.target import FINAL, fit_vocab
+from adaspec.decoding.tree import Tree
+from adaspec.decoding.tree_shape import TreeShape
 from adaspec.drafters.target_parts import TargetParts, target_parts
+from adaspec.drafters.tree_drafting import per_depth_expand
 from adaspec.errors import AdaspecError
 from adaspec.models import output_vocab_size
 
@@ -166,3 +171,17 @@ class MedusaDrafter:
                 proposals.append(sample(q, generator))
                 probs.append(q)
         return torch.cat(proposals).to(device), (torch.stack(probs) if probs else None)
+
+    def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, temperature: float, top_p: float,
+                     generator: torch.Generator | None) -> tuple[Tree, None]:
+        if shape.depth > self.heads.cfg.heads:
+            raise AdaspecError(f"Medusa with {self.heads.cfg.heads} heads proposes at most "
+                               f"{self.heads.cfg.heads} tokens per step; got a tree of depth {shape.depth}")
+        if self.last is None:
+            empty = torch.zeros(0, dtype=torch.long, device=seq.device)
+            return Tree(empty, empty, empty), None
+        logits = [self.heads.head_logits(self.parts, self.last, i).float() for i in range(shape.depth)]
+        return shape.build(per_depth_expand(logits, temperature, top_p)), None
+
+    def accept_tree(self, n: int, path: Tensor, hidden: Tensor | None) -> None:
+        self.accept(n, hidden)

@@ -30,6 +30,7 @@ step, and each module's cache is cropped back to its final positions after every
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -37,9 +38,12 @@ from transformers import PreTrainedModel
 
 from adaspec.decoding.sampling import logits_to_probs, sample
 from adaspec.decoding.target import FINAL
+from adaspec.decoding.tree import Tree
+from adaspec.decoding.tree_shape import TreeShape
 from adaspec.drafters.block import BlockConfig, DecoderBlock, KVCache, block_config
 from adaspec.drafters.common import RMSNorm
 from adaspec.drafters.target_parts import TargetParts, target_parts
+from adaspec.drafters.tree_drafting import per_depth_expand
 from adaspec.errors import AdaspecError
 
 
@@ -194,16 +198,52 @@ class MTPDrafter:
 
     def propose(self, seq: Tensor, n: int, gamma: int, temperature: float, top_p: float,
                 generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+        probs: list[Tensor] = []
+
+        def pick(logits: Tensor) -> Tensor:
+            if temperature == 0:
+                return logits.argmax(-1, keepdim=True)
+            q = logits_to_probs(logits, temperature, top_p)
+            probs.append(q)
+            return sample(q, generator)
+
+        proposals, _ = self._chain(seq, n, gamma, pick)
+        if proposals is None:  # a one-token prompt: no target features yet, the target takes the step
+            empty = torch.zeros(0, dtype=torch.long, device=seq.device)
+            return empty, (None if temperature == 0 else torch.zeros(0, self.parts.vocab, device=seq.device))
+        return proposals, (torch.stack(probs) if probs else None)
+
+    def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, temperature: float, top_p: float,
+                     generator: torch.Generator | None) -> tuple[Tree, None]:
+        """Top-k candidates at each depth along the top-1 chain: module k runs on the chain's tokens, and
+        its top-k are the children of every depth-(k-1) node (`per_depth_expand`)."""
+        self._check_depth(shape.depth)
+        _, logits = self._chain(seq, n, shape.depth, lambda row: row.argmax(-1, keepdim=True))
+        if logits is None:
+            empty = torch.zeros(0, dtype=torch.long, device=seq.device)
+            return Tree(empty, empty, empty), None
+        tree = shape.build(per_depth_expand(logits, temperature, top_p))
+        return tree, None
+
+    def accept_tree(self, n: int, path: Tensor, hidden: Tensor | None) -> None:
+        self.accept(n, hidden)
+
+    def _check_depth(self, gamma: int) -> None:
         if gamma > self.heads.cfg.depth:
             raise AdaspecError(f"MTP with {self.heads.cfg.depth} modules proposes at most "
                                f"{self.heads.cfg.depth} tokens per step; got gamma {gamma}")
+
+    def _chain(self, seq: Tensor, n: int, gamma: int, pick: Callable[[Tensor], Tensor]
+               ) -> tuple[Tensor | None, list[Tensor] | None]:
+        """Run modules 1..γ at the last position, module k fed the token `pick` chose from module k-1's
+        logits; (proposals [γ], per-module logits [V] each), or (None, None) before any target feature."""
+        self._check_depth(gamma)
         device = seq.device
-        if self.inputs[0].end == 0:  # a one-token prompt: no target features yet, the target takes the step
-            empty = torch.zeros(0, dtype=torch.long, device=device)
-            return empty, (None if temperature == 0 else torch.zeros(0, self.parts.vocab, device=device))
+        if self.inputs[0].end == 0:
+            return None, None
         last = n - 2  # every module runs at the last position with target features
         tokens = seq[:n]
-        proposals, probs = [], []
+        proposals, rows = [], []
         fresh: Tensor | None = None  # the previous module's outputs at its non-final positions
         for j in range(gamma):  # module k = j + 1 reads t_{i+k}
             module, cache = self.heads.mtp[j], self.caches[j]
@@ -214,13 +254,8 @@ class MTPDrafter:
             embedded = self.parts.embed(toks.to(self.parts.embed.weight.device)).to(prev.dtype)
             out = module(prev[None], embedded[None], start, cache)[0]
             logits = self.parts.logits(out[-1:]).float()[0]
-            if temperature == 0:
-                x = logits.argmax(-1, keepdim=True)
-            else:
-                q = logits_to_probs(logits, temperature, top_p)
-                x = sample(q, generator)
-                probs.append(q)
-            proposals.append(x.to(device))
+            rows.append(logits)
+            proposals.append(pick(logits).to(device))
             tokens = torch.cat([tokens, proposals[-1]])
             # keep only the positions whose input token is accepted (i <= n-1-k); the rest is redone
             final = max(n - 1 - j, start)
@@ -229,7 +264,7 @@ class MTPDrafter:
             if j + 1 < len(self.inputs):
                 self.inputs[j + 1].extend(out[: final - start])
             fresh = out[final - start:]
-        return torch.cat(proposals), (torch.stack(probs) if probs else None)
+        return torch.cat(proposals), rows
 
 
 def build_mtp(target: PreTrainedModel, depth: int = 3, seed: int = 0) -> MTPHeads:

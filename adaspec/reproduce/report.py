@@ -571,6 +571,14 @@ def benchmark_tables(bench_dir: Path) -> str:
                 f"{b['repeats']} repeats, {b['threads']} thread(s); verifying γ+1 tokens costs "
                 f"{b['verify_cost_ratio']:.2f}× one target forward): `{b['command']}`", "", format_rows(b),
                 "", f"![drafters {b['pair']}]({path.with_suffix('.png').relative_to(bench_dir.parent.parent)})"]
+    for path in sorted(bench_dir.glob("tree_*.json")):
+        from adaspec.evaluation.trees import format_rows as tree_rows
+
+        b = json.loads(path.read_text())
+        out += ["", f"Token trees against chains, every drafter, pair `{b['pair']}` (target {b['target_params'] / 1e6:.2f}M "
+                f"parameters, decode path {b['decode_path']}, greedy, {b['n_prompts']} {b['task']} prompts × "
+                f"{b['max_new_tokens']} tokens, {b['repeats']} repeats, {b['threads']} thread(s)): `{b['command']}`",
+                "", tree_rows(b)]
     return "\n".join(out)
 
 

@@ -141,3 +141,65 @@ def test_generate_streams_the_prompt_even_without_new_text(model_dirs, capsys):
     assert main(["generate", "--target", str(model_dirs / "target"), "--draft", str(model_dirs / "draft"),
                  "--prompt", "w1 w2", "--max-new-tokens", "1"]) == 0
     assert capsys.readouterr().out.startswith("w1 w2")
+
+
+def test_generate_with_trees_gives_the_target_greedy_text_for_every_drafter(model_dirs, capsys, tmp_path):
+    from adaspec.drafters.eagle import EagleHead
+    from adaspec.drafters.medusa import build_medusa
+    from adaspec.drafters.mtp import build_mtp
+    from adaspec.export.medusa import save_medusa
+    from adaspec.export.mtp import save_mtp
+    from adaspec.models import load_model
+
+    target = load_model(model_dirs / "target")
+    save_mtp(build_mtp(target, depth=2), tmp_path / "mtp")
+    save_medusa(build_medusa(target, heads=2), tmp_path / "medusa")
+    EagleHead.from_target(target).save_pretrained(tmp_path / "eagle")
+    common = ["generate", "--target", str(model_dirs / "target"), "--prompt", "w1 w2 w3", "--max-new-tokens", "10",
+              "--no-stop-at-eos", "--json"]
+    assert main([*common, "--draft", str(model_dirs / "draft")]) == 0
+    chain = json.loads(capsys.readouterr().out)["tokens"]
+    runs = [["--draft", str(model_dirs / "draft"), "--tree", "3,3,8"],
+            ["--draft", str(model_dirs / "draft"), "--tree", "adaptive:8,3,2"],
+            ["--drafter", "eagle", "--head", str(tmp_path / "eagle"), "--tree", "2,3,5"],
+            ["--drafter", "mtp", "--head", str(tmp_path / "mtp"), "--tree", "[[0],[1],[0,0]]"],
+            ["--drafter", "medusa", "--head", str(tmp_path / "medusa"), "--tree", "cartesian:3,2",
+             "--decode-path", "hf"]]
+    for flags in runs:
+        assert main([*common, *flags]) == 0, flags
+        result = json.loads(capsys.readouterr().out)
+        assert result["tokens"] == chain, flags
+        assert result["stats"]["tree_steps"] == result["stats"]["steps"]
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("3,4", "needs 3 integers"),
+    ("3,x,2", "comma-separated integers"),
+    ("0,3,4", "top_k must be an integer >= 1"),
+    ("[[0],[0,0,0]]", "no parent path"),
+    ("[[0], 1]", "JSON list of rank lists"),
+    ("[[0]", "JSON list of rank lists"),
+    ("cartesian:2,0", "widths must be integers >= 1"),
+    ("adaptive:8,3", "needs 3 integers"),
+    ("bushy", "--tree must be"),
+])
+def test_generate_rejects_bad_tree_specs_in_one_line(model_dirs, capsys, spec, message):
+    code = main(["generate", "--target", str(model_dirs / "target"), "--draft", str(model_dirs / "draft"),
+                 "--prompt", "w1", "--tree", spec])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_tree_options_conflict_with_adaptive_gamma_and_deep_head_trees(model_dirs, capsys, tmp_path):
+    with pytest.raises(AdaspecError, match="with --tree use --tree adaptive"):
+        GenerateOptions(target="t", draft="d", prompt="p", tree="2,2,3", adaptive_gamma=True)
+    from adaspec.drafters.medusa import build_medusa
+    from adaspec.export.medusa import save_medusa
+    from adaspec.models import load_model
+
+    save_medusa(build_medusa(load_model(model_dirs / "target"), heads=2), tmp_path / "medusa")
+    assert main(["generate", "--target", str(model_dirs / "target"), "--prompt", "w1 w2", "--drafter", "medusa",
+                 "--head", str(tmp_path / "medusa"), "--tree", "2,3,4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "at most 2 tokens deep; got a tree of depth 3" in err and len(err.splitlines()) == 1

@@ -42,7 +42,8 @@ def test_mask_and_positions():
 
 def test_chain_is_a_tree_of_width_one():
     chain = Tree.chain(torch.tensor([4, 5, 6]))
-    assert chain.parents.tolist() == [-1, 0, 1]
+    assert chain.parents.tolist() == [-1, 0, 1] and chain.is_chain
+    assert not Tree.from_paths(PATHS, CANDIDATES).is_chain
     assert torch.equal(chain.attention_mask(), torch.ones(4, 4, dtype=torch.bool).tril())
     assert chain.position_ids(2).tolist() == [2, 3, 4, 5]
 
@@ -70,7 +71,7 @@ def _draft_logp(path: tuple[int, ...], vocab: int) -> torch.Tensor:
 
 
 def _expand_from(vocab: int, top_k: int, calls: list):
-    def expand(nodes: torch.Tensor, tree: Tree):
+    def expand(nodes: torch.Tensor, tree: Tree, k: int):
         paths = tree.ancestors()
         rows = [_draft_logp(tuple(tree.tokens[paths[i]].tolist()) if i >= 0 else (), vocab) for i in nodes.tolist()]
         logp, tokens = torch.stack(rows).topk(top_k, dim=-1)

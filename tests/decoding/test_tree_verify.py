@@ -113,7 +113,7 @@ class ToyLanguage:
 
 
 def _top_k_tree(lang: ToyLanguage, top_k: int = 3, depth: int = 3, total: int = 10) -> Tree:
-    def expand(nodes, tree):
+    def expand(nodes, tree, k):
         rows = lang.rows(lang.q, tree)[nodes + 1]
         logp, tokens = rows.log().topk(top_k, dim=-1)
         return tokens, logp
