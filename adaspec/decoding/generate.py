@@ -45,6 +45,7 @@ class Step:
     hidden: torch.Tensor | None  # the target's features of the g + 1 fed positions (None without layers)
     draft_s: float
     target_s: float
+    verify_s: float  # the acceptance rule and the step's one host sync
 
 
 def speculative_decode(target: CachedLM | LeanLM, drafter: Drafter, seq: torch.Tensor, n: int, gamma: int,
@@ -70,7 +71,7 @@ def speculative_decode(target: CachedLM | LeanLM, drafter: Drafter, seq: torch.T
         token = sample(next_probs, generator)
     tokens = torch.cat([proposals, token])
     values = torch.cat([tokens, accepted.view(1)]).tolist()
-    return Step(tokens, values, values[-1], hidden, t1 - t0, t2 - t1)
+    return Step(tokens, values, values[-1], hidden, t1 - t0, t2 - t1, clock() - t2)
 
 
 # ---- generation loops ----
@@ -212,6 +213,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Draft
         stats.record_step(g, k, m)
         stats.draft_time_s += step.draft_s
         stats.target_time_s += step.target_s
+        stats.verify_time_s += step.verify_s
         if controller:
             controller.update(g, k, stats)
         n += m
