@@ -109,6 +109,7 @@ class LeanLM:
         self._order = [depth.index(i) for i in self.hidden_layers]
         limits = [n for n in (max_length, self._position_limit) if n is not None]
         self._limit = min(limits) if limits else None
+        self._no_onednn = self.device.type == "cpu" and self.dtype == torch.float32
         self._capacity = 0
         self._reserve(min(self._limit or _FIRST_CAPACITY, _FIRST_CAPACITY))
 
@@ -188,8 +189,11 @@ class LeanLM:
         if self._capacity:
             cache[:, :, :, : self.seen] = self._cache[:, :, :, : self.seen]
         self._cache, self._capacity = cache, capacity
-        self._keys = [cache[i, 0] for i in range(self.num_layers)]
-        self._values = [cache[i, 1] for i in range(self.num_layers)]
+        self._kv = [cache[i] for i in range(self.num_layers)]  # [2, kv_heads, capacity, hd]: one copy_ per layer
+        self._keys = [kv[0] for kv in self._kv]
+        self._values = [kv[1] for kv in self._kv]
+        self._keys4 = [k[None] for k in self._keys]  # [1, kv_heads, capacity, hd]: SDPA's batch of one
+        self._values4 = [v[None] for v in self._values]
         self._arange = torch.arange(capacity, device=self.device)
         if self._rotary is not None:
             self._rotary_tables(capacity)
@@ -211,21 +215,31 @@ class LeanLM:
         self._sin[:, half:rot] = sin[:, half:]
         self._perm = torch.cat([torch.arange(half, rot), torch.arange(half), torch.arange(rot, self.head_dim)]
                                ).to(self.device)
+        # what a block multiplies per position: [capacity, 1, hd] (Llama: q and k concatenated on heads), or for
+        # GPT-NeoX's per-head [q | k | v] [capacity, 1, 3, hd] where v gets cos 1, sin 0 (one rotation for all)
+        if self.family == "gpt_neox":
+            one, zero = torch.ones_like(self._cos), torch.zeros_like(self._sin)
+            self._cos_rows = torch.stack([self._cos, self._cos, one], dim=1)[:, None]
+            self._sin_rows = torch.stack([self._sin, self._sin, zero], dim=1)[:, None]
+        else:
+            self._cos_rows, self._sin_rows = self._cos[:, None], self._sin[:, None]
 
     def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """HF's `x*cos + rotate_half(x)*sin` on the rotary dims of x [T, heads, head_dim]; cos/sin [T, 1, hd]."""
-        return x * cos + x.index_select(-1, self._perm) * sin
+        return torch.addcmul(x * cos, x.index_select(-1, self._perm), sin)
 
     # ---- blocks: x [T, H] -> [T, H]; the new keys/values go to cache rows s:e ----
 
-    def _attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, s: int, e: int, mask: Tensor | None,
-                causal: bool, scale: float) -> Tensor:
-        keys, values = self._keys[layer], self._values[layer]
-        keys[:, s:e].copy_(k.transpose(0, 1))
-        values[:, s:e].copy_(v.transpose(0, 1))
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1).unsqueeze(0), keys[None, :, :e], values[None, :, :e], attn_mask=mask,
-            is_causal=causal, scale=scale, enable_gqa=self.kv_heads != self.heads)
+    def _attend(self, layer: int, q: Tensor, s: int, e: int, mask: Tensor | None, causal: bool,
+                scale: float) -> Tensor:
+        """SDPA of q [T, heads, hd] over cache rows :e (the new keys/values already written at s:e) -> [T, H].
+        4-D inputs: with 3-D ones SDPA takes its slower math path on the CPU instead of the flash kernel."""
+        keys, values, gqa = self._keys4[layer][:, :, :e], self._values4[layer][:, :, :e], self.kv_heads != self.heads
+        if q.shape[0] == 1:  # one new token: its axis is SDPA's batch of one, so no transposes
+            out = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values, scale=scale, enable_gqa=gqa)
+            return out.reshape(1, -1)
+        out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys, values, attn_mask=mask,
+                                             is_causal=causal, scale=scale, enable_gqa=gqa)
         return out[0].transpose(0, 1).reshape(q.shape[0], -1)
 
     def _rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -243,7 +257,10 @@ class LeanLM:
         k = F.linear(h, wk, bk).view(T, self.kv_heads, self.head_dim)
         v = F.linear(h, wv, bv).view(T, self.kv_heads, self.head_dim)
         qk = self._rotate(torch.cat((q, k), dim=1), cos, sin)
-        a = self._attend(layer, qk[:, : self.heads], qk[:, self.heads:], v, s, e, mask, causal, scale)
+        kv = self._kv[layer][:, :, s:e]
+        kv[0].copy_(qk[:, self.heads:].transpose(0, 1))
+        kv[1].copy_(v.transpose(0, 1))
+        a = self._attend(layer, qk[:, : self.heads], s, e, mask, causal, scale)
         x = x + F.linear(a, wo, bo)
         h = self._rms_norm(x, n2, eps2)
         return x + F.linear(act(F.linear(h, wg, bg)) * F.linear(h, wu, bu), wd, bd)
@@ -253,11 +270,12 @@ class LeanLM:
         (n1, b1, eps1, wqkv, bqkv, wo, bo, scale, n2, b2, eps2, wi, bi, wd, bd, act,
          parallel) = self._layers[layer]
         T, H, hd = x.shape[0], x.shape[1], self.head_dim
-        # per head the projection is [q | k | v] (HF: view(T, heads, 3 * hd).chunk(3, -1))
-        qkv = F.linear(F.layer_norm(x, (H,), n1, b1, eps1), wqkv, bqkv).view(T, self.heads, 3, hd)
-        qk = self._rotate(qkv[:, :, :2].reshape(T, 2 * self.heads, hd), cos, sin).view(T, self.heads, 2, hd)
-        a = F.linear(self._attend(layer, qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2], s, e, mask, causal, scale),
-                     wo, bo)
+        # per head the projection is [q | k | v] (HF: view(T, heads, 3 * hd).chunk(3, -1)); the [q|k|v] tables
+        # rotate q and k and leave v as it is
+        qkv = self._rotate(F.linear(F.layer_norm(x, (H,), n1, b1, eps1), wqkv, bqkv).view(T, self.heads, 3, hd),
+                           cos, sin)
+        self._kv[layer][:, :, s:e].copy_(qkv[:, :, 1:].permute(2, 1, 0, 3))
+        a = F.linear(self._attend(layer, qkv[:, :, 0], s, e, mask, causal, scale), wo, bo)
         if parallel:
             return F.linear(act(F.linear(F.layer_norm(x, (H,), n2, b2, eps2), wi, bi)), wd, bd) + a + x
         a = a + x
@@ -267,9 +285,9 @@ class LeanLM:
                     mask: Tensor | None, causal: bool) -> Tensor:
         n1, b1, eps1, wqkv, bqkv, wo, bo, scale, n2, b2, eps2, wi, bi, wd, bd, act = self._layers[layer]
         T, H = x.shape
-        q, k, v = torch.addmm(bqkv, F.layer_norm(x, (H,), n1, b1, eps1), wqkv).view(
-            T, 3, self.heads, self.head_dim).unbind(1)
-        x = torch.addmm(bo, self._attend(layer, q, k, v, s, e, mask, causal, scale), wo) + x
+        qkv = torch.addmm(bqkv, F.layer_norm(x, (H,), n1, b1, eps1), wqkv).view(T, 3, self.heads, self.head_dim)
+        self._kv[layer][:, :, s:e].copy_(qkv[:, 1:].permute(1, 2, 0, 3))
+        x = torch.addmm(bo, self._attend(layer, qkv[:, 0], s, e, mask, causal, scale), wo) + x
         h = torch.addmm(bi, F.layer_norm(x, (H,), n2, b2, eps2), wi)
         return x + torch.addmm(bd, act(h), wd)
 
@@ -291,7 +309,6 @@ class LeanLM:
 
     # ---- the CachedLM surface ----
 
-    @torch.inference_mode()
     def forward(self, tokens: Tensor, keep: int = 1, positions: Tensor | None = None,
                 tree_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Feed 1-D `tokens` after the `seen` cached ones (cache rows seen..seen+T-1).
@@ -300,7 +317,25 @@ class LeanLM:
         `hidden_layers` at all T positions [len(hidden_layers), T, H] (None when no layers were asked).
         `positions` [T] (default seen..seen+T-1) are the position ids; `tree_mask` [T, T] bool says which
         new tokens each new token attends to (the cached prefix is always visible; default causal).
+
+        On a float32 CPU model oneDNN is switched off for the call (and restored after): its GELU costs
+        ~6 µs of primitive setup per call, several times the kernel at decode sizes, while float32 matmuls
+        go to MKL either way. The switch is process-wide, so other threads' oneDNN ops see it meanwhile.
         """
+        if not torch.is_inference_mode_enabled():  # the decoding loops enter it once, not per forward
+            with torch.inference_mode():
+                return self.forward(tokens, keep, positions, tree_mask)
+        if not self._no_onednn:
+            return self._forward(tokens, keep, positions, tree_mask)
+        onednn = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            return self._forward(tokens, keep, positions, tree_mask)
+        finally:
+            torch.backends.mkldnn.enabled = onednn
+
+    def _forward(self, tokens: Tensor, keep: int, positions: Tensor | None, tree_mask: Tensor | None
+                 ) -> tuple[Tensor, Tensor | None]:
         tokens = tokens.to(self.device)
         s, T = self.seen, tokens.shape[0]
         e = s + T
@@ -308,27 +343,29 @@ class LeanLM:
         x, cos, sin = F.embedding(tokens, self._embed), None, None
         if positions is None:  # a chain: slices of the tables, no gather
             if self._rotary is not None:
-                cos, sin = self._cos[s:e, None], self._sin[s:e, None]
+                cos, sin = self._cos_rows[s:e], self._sin_rows[s:e]
             if self._positions is not None:
                 x = x + self._positions[s:e]
         else:
             positions = positions.to(self.device)
             if self._rotary is not None:
-                cos, sin = self._cos[positions, None], self._sin[positions, None]
+                cos, sin = self._cos_rows[positions], self._sin_rows[positions]
             if self._positions is not None:
                 if int(positions.max()) >= self._position_limit:
                     raise AdaspecError(f"position {int(positions.max())} is beyond the {self.name} model's "
                                        f"{self._position_limit} learned positions")
                 x = x + F.embedding(positions, self._positions)
+        # one additive mask per forward, shared by the layers (a boolean one is converted in every SDPA call)
         causal, mask = False, None
         if tree_mask is not None:
-            mask = torch.ones(T, e, dtype=torch.bool, device=self.device)
-            mask[:, s:] = tree_mask.to(self.device)
+            mask = torch.zeros(T, e, dtype=self.dtype, device=self.device)
+            mask[:, s:].masked_fill_(~tree_mask.to(self.device), float("-inf"))
         elif T > 1:
             if s == 0:
                 causal = True
             else:  # new token i sees the prefix and new tokens 0..i
-                mask = self._arange[:e] <= self._arange[s:e, None]
+                mask = torch.zeros(T, e, dtype=self.dtype, device=self.device).masked_fill_(
+                    self._arange[:e] > self._arange[s:e, None], float("-inf"))
         x, hidden = self._run_layers(x, cos, sin, s, e, mask, causal)
         self.seen = e
         if self._final_hidden:

@@ -8,6 +8,10 @@ from transformers import PreTrainedModel
 
 from adaspec.decoding.sampling import logits_to_probs, sample
 from adaspec.decoding.lean import cached_lm
+from adaspec.errors import AdaspecError
+
+# the default stop threshold of speculative_generate's draft models (see LMDrafter)
+DRAFT_CONFIDENCE = 0.0
 
 
 class LMDrafter:
@@ -17,13 +21,21 @@ class LMDrafter:
     Cache invariant: the draft holds a prefix seq[:k] of the accepted tokens, k < n; it catches up on
     seq[k:n] (the correction or bonus token, and after a fully accepted step the last proposal it never
     fed) in its first forward of the next step, so nothing accepted is recomputed.
+
+    `confidence`: a step's chain stops after the first proposal the draft itself gives a probability below
+    it (its top probability when greedy, the sampled token's when sampling), as transformers' assisted
+    generation does with `assistant_confidence_threshold`: a token the draft doubts is likely rejected, and
+    every draft forward and verified position after it would be paid for nothing. The stop depends on the
+    draft alone, so decoding stays lossless. 0 always drafts γ tokens.
     """
 
     hidden_layers: tuple[int, ...] = ()
     max_gamma: int | None = None
 
-    def __init__(self, model: PreTrainedModel, vocab: int, lean: bool | None = None):
-        self.model, self.vocab = model, vocab
+    def __init__(self, model: PreTrainedModel, vocab: int, lean: bool | None = None, confidence: float = 0.0):
+        if not 0.0 <= confidence <= 1.0:
+            raise AdaspecError(f"the draft confidence threshold must be in [0, 1], got {confidence}")
+        self.model, self.vocab, self.confidence = model, vocab, confidence
         self.lm = cached_lm(model, vocab, "draft", lean=lean)
 
     @classmethod
@@ -46,15 +58,23 @@ class LMDrafter:
                 generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
         feed = seq[self.lm.seen:n]
         proposals, draft_probs = [], []
-        for _ in range(gamma):
+        for i in range(gamma):
             logits = self.lm.forward(feed)[0][0]
+            check = self.confidence > 0 and i < gamma - 1  # the last proposal ends the chain anyway
             if temperature == 0:
-                feed = logits.argmax(-1, keepdim=True)
+                if check:  # the top probability and its token in two ops
+                    conf, feed = torch.softmax(logits, -1).max(-1, keepdim=True)
+                else:
+                    feed = logits.argmax(-1, keepdim=True)
             else:
                 q = logits_to_probs(logits, temperature, top_p)
                 feed = sample(q, generator)
                 draft_probs.append(q)
+                if check:
+                    conf = q[feed]
             proposals.append(feed)
+            if check and float(conf) < self.confidence:  # a host sync per draft token, only with a threshold
+                break
         return torch.cat(proposals), torch.stack(draft_probs) if draft_probs else None
 
     def accept(self, n: int, hidden: Tensor | None) -> None:
