@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from adaspec.data import check_text
 from adaspec.decoding.generate import speculative_generate
 from adaspec.decoding.lean import LEAN
+from adaspec.drafters.lm import DRAFT_CONFIDENCE
 from adaspec.drafters.loading import load_drafter
 from adaspec.decoding.sampling import check_sampling
 from adaspec.errors import AdaspecError
@@ -40,6 +41,9 @@ class GenerateOptions:
     adaptive_gamma: bool = field(default=False, metadata={
         "help": "choose gamma per step from the running acceptance rate and measured draft/target cost"})
     gamma_max: int = field(default=8, metadata={"help": "largest gamma the adaptive choice may use"})
+    draft_confidence: float = field(default=DRAFT_CONFIDENCE, metadata={
+        "help": "with --drafter lm, a step stops drafting after a proposal the draft gives a probability below "
+                "this (lossless; 0 = always gamma)"})
     seed: int | None = field(default=None, metadata={"help": "random seed for sampling"})
     device: str | None = field(default=None, metadata={"help": "torch device, e.g. cpu or cuda; unset: cuda "
                                                                 "when available, else cpu"})
@@ -56,6 +60,8 @@ class GenerateOptions:
             raise AdaspecError(f"--gamma-max ({self.gamma_max}) must be >= --gamma ({self.gamma})")
         if self.max_new_tokens < 1:
             raise AdaspecError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0.0 <= self.draft_confidence <= 1.0:
+            raise AdaspecError(f"--draft-confidence must be in [0, 1], got {self.draft_confidence}")
         check_finite(self)
         check_sampling(self.temperature, self.top_p)
         if not self.prompt:
@@ -116,7 +122,7 @@ def run_generate(opts: GenerateOptions) -> int:
         temperature=opts.temperature, top_p=opts.top_p,
         eos_token_id=tokenizer.eos_token_id if opts.stop_at_eos else None, seed=opts.seed,
         adaptive_gamma=opts.adaptive_gamma, gamma_max=opts.gamma_max, tokenizer=tokenizer, on_tokens=stream,
-        lean=LEAN[opts.decode_path])
+        lean=LEAN[opts.decode_path], draft_confidence=opts.draft_confidence)
     generated = seq[0, input_ids.shape[1]:].tolist()
     if opts.json:
         print(json.dumps({"prompt": opts.prompt, "text": tokenizer.decode(generated, skip_special_tokens=True),

@@ -20,6 +20,7 @@ plus the new tokens `tree_mask` allows; `keep_path` then moves the kept tokens' 
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Callable, Sequence
 
 import torch
@@ -36,6 +37,7 @@ _FAMILIES = {LlamaForCausalLM: "llama", GPTNeoXForCausalLM: "gpt_neox", GPT2LMHe
 # rope types whose inv_freq is fixed at init; "dynamic" and "longrope" change it with the sequence length
 _STATIC_ROPE = ("default", "linear", "yarn", "llama3")
 _FIRST_CAPACITY = 2048  # cache rows allocated up front when the context is longer; grown by doubling
+_BAND_ROWS = 16  # chains of up to this many new tokens take their mask as a view of one precomputed band
 
 
 def lean_supported(model: PreTrainedModel) -> str | None:
@@ -65,6 +67,32 @@ def lean_supported(model: PreTrainedModel) -> str | None:
     return None
 
 
+class LeanUnsupported(AdaspecError):
+    """The model's forward is not one `LeanLM` reproduces; `reason` says why (one short phrase)."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"the {name} model cannot use the lean decode path: {reason}")
+        self.reason = reason
+
+
+# built once, read-only, shared by every LeanLM: rotary tables per rotary module, chain-mask bands per size
+_TABLES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, tuple[Tensor, ...]]]" = (
+    weakref.WeakKeyDictionary())
+_BANDS: dict[tuple, Tensor] = {}
+
+
+def _band(capacity: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Chain masks as views (read-only, shared): row i, column t is 0 where t <= capacity + i, else -inf, so for
+    T new tokens after s cached ones rows :T and columns capacity - s .. capacity + T - 1 are the causal mask."""
+    key = (capacity, dtype, device)
+    if key not in _BANDS:
+        columns = torch.arange(2 * capacity, device=device)
+        rows = torch.arange(_BAND_ROWS, device=device)[:, None] + capacity
+        _BANDS[key] = torch.zeros(_BAND_ROWS, 2 * capacity, dtype=dtype, device=device).masked_fill_(
+            columns > rows, float("-inf"))
+    return _BANDS[key]
+
+
 def _activation(module: torch.nn.Module) -> Callable[[Tensor], Tensor]:
     """The function behind an HF activation module; the module itself when no plain equivalent is known."""
     if isinstance(module, GELUActivation):
@@ -86,7 +114,7 @@ class LeanLM:
                  max_length: int | None = None):
         reason = lean_supported(model)
         if reason is not None:
-            raise AdaspecError(f"the {name} model cannot use the lean decode path: {reason}")
+            raise LeanUnsupported(name, reason)
         self.model, self.vocab, self.name, self.seen = model, vocab, name, 0
         self.family = _FAMILIES[type(model)]
         config = model.config
@@ -184,7 +212,8 @@ class LeanLM:
         capacity = max(length, 2 * self._capacity)
         if self._limit is not None:
             capacity = min(capacity, self._limit)
-        cache = torch.zeros(self.num_layers, 2, self.kv_heads, capacity, self.head_dim, dtype=self.dtype,
+        # uninitialised: attention reads rows :e only, all written by then (zeroing cost a memset per sequence)
+        cache = torch.empty(self.num_layers, 2, self.kv_heads, capacity, self.head_dim, dtype=self.dtype,
                             device=self.device)
         if self._capacity:
             cache[:, :, :, : self.seen] = self._cache[:, :, :, : self.seen]
@@ -195,34 +224,46 @@ class LeanLM:
         self._keys4 = [k[None] for k in self._keys]  # [1, kv_heads, capacity, hd]: SDPA's batch of one
         self._values4 = [v[None] for v in self._values]
         self._arange = torch.arange(capacity, device=self.device)
+        self._band = _band(capacity, self.dtype, self.device)
         if self._rotary is not None:
             self._rotary_tables(capacity)
 
     def _rotary_tables(self, capacity: int) -> None:
         """cos/sin over all positions as HF computes them (float32, cast to the model dtype), widened to the
         head dim so partial rotary needs no split: rotate_half becomes a gather `_perm` with its sign folded
-        into `_sin`, and dims past the rotary ones get cos 1, sin 0 (x*1 + y*0 == x exactly)."""
+        into `_sin`, and dims past the rotary ones get cos 1, sin 0 (x*1 + y*0 == x exactly). Built once per
+        model, capacity and dtype (a new LeanLM per generate call would otherwise rebuild them)."""
+        inv_freq = self._rotary.inv_freq
+        # inv_freq is fixed for the supported rope types; a replaced buffer (model.to(...)) is a new key
+        key = (capacity, self.dtype, self.device, self.head_dim, self.family, id(inv_freq), inv_freq.data_ptr())
+        tables = _TABLES.setdefault(self._rotary, {})
+        if key not in tables:
+            tables[key] = self._build_rotary_tables(capacity)
+        self._cos, self._sin, self._perm, self._cos_rows, self._sin_rows = tables[key]
+
+    def _build_rotary_tables(self, capacity: int) -> tuple[Tensor, ...]:
         inv_freq = self._rotary.inv_freq.to(device=self.device, dtype=torch.float32)
         scaling = self._rotary.attention_scaling
         freqs = torch.arange(capacity, device=self.device, dtype=torch.float32)[:, None] * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = (emb.cos() * scaling).to(self.dtype), (emb.sin() * scaling).to(self.dtype)
         rot, half = emb.shape[-1], emb.shape[-1] // 2
-        self._cos = torch.ones(capacity, self.head_dim, dtype=self.dtype, device=self.device)
-        self._sin = torch.zeros(capacity, self.head_dim, dtype=self.dtype, device=self.device)
-        self._cos[:, :rot] = cos
-        self._sin[:, :half] = -sin[:, :half]
-        self._sin[:, half:rot] = sin[:, half:]
-        self._perm = torch.cat([torch.arange(half, rot), torch.arange(half), torch.arange(rot, self.head_dim)]
-                               ).to(self.device)
+        wide_cos = torch.ones(capacity, self.head_dim, dtype=self.dtype, device=self.device)
+        wide_sin = torch.zeros(capacity, self.head_dim, dtype=self.dtype, device=self.device)
+        wide_cos[:, :rot] = cos
+        wide_sin[:, :half] = -sin[:, :half]
+        wide_sin[:, half:rot] = sin[:, half:]
+        perm = torch.cat([torch.arange(half, rot), torch.arange(half), torch.arange(rot, self.head_dim)]
+                         ).to(self.device)
         # what a block multiplies per position: [capacity, 1, hd] (Llama: q and k concatenated on heads), or for
         # GPT-NeoX's per-head [q | k | v] [capacity, 1, 3, hd] where v gets cos 1, sin 0 (one rotation for all)
         if self.family == "gpt_neox":
-            one, zero = torch.ones_like(self._cos), torch.zeros_like(self._sin)
-            self._cos_rows = torch.stack([self._cos, self._cos, one], dim=1)[:, None]
-            self._sin_rows = torch.stack([self._sin, self._sin, zero], dim=1)[:, None]
+            one, zero = torch.ones_like(wide_cos), torch.zeros_like(wide_sin)
+            rows = (torch.stack([wide_cos, wide_cos, one], dim=1)[:, None],
+                    torch.stack([wide_sin, wide_sin, zero], dim=1)[:, None])
         else:
-            self._cos_rows, self._sin_rows = self._cos[:, None], self._sin[:, None]
+            rows = wide_cos[:, None], wide_sin[:, None]
+        return wide_cos, wide_sin, perm, *rows
 
     def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """HF's `x*cos + rotate_half(x)*sin` on the rotary dims of x [T, heads, head_dim]; cos/sin [T, 1, hd]."""
@@ -327,16 +368,17 @@ class LeanLM:
                 return self.forward(tokens, keep, positions, tree_mask)
         if not self._no_onednn:
             return self._forward(tokens, keep, positions, tree_mask)
-        onednn = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = False
+        onednn = torch._C._get_mkldnn_enabled()  # what torch.backends.mkldnn.enabled reads, minus its wrapper
+        torch._C._set_mkldnn_enabled(False)
         try:
             return self._forward(tokens, keep, positions, tree_mask)
         finally:
-            torch.backends.mkldnn.enabled = onednn
+            torch._C._set_mkldnn_enabled(onednn)
 
     def _forward(self, tokens: Tensor, keep: int, positions: Tensor | None, tree_mask: Tensor | None
                  ) -> tuple[Tensor, Tensor | None]:
-        tokens = tokens.to(self.device)
+        if tokens.device != self.device:
+            tokens = tokens.to(self.device)
         s, T = self.seen, tokens.shape[0]
         e = s + T
         self._reserve(e)
@@ -363,7 +405,9 @@ class LeanLM:
         elif T > 1:
             if s == 0:
                 causal = True
-            else:  # new token i sees the prefix and new tokens 0..i
+            elif T <= _BAND_ROWS:  # new token i sees the prefix and new tokens 0..i: a view of the band
+                mask = self._band[:T, self._capacity - s: self._capacity - s + e]
+            else:
                 mask = torch.zeros(T, e, dtype=self.dtype, device=self.device).masked_fill_(
                     self._arange[:e] > self._arange[s:e, None], float("-inf"))
         x, hidden = self._run_layers(x, cos, sin, s, e, mask, causal)
@@ -371,11 +415,13 @@ class LeanLM:
         if self._final_hidden:
             x = self._final_norm(x)
             hidden.append(x)
-            last = x[-keep:]
+            last = x[-keep:] if keep < T else x
         else:
-            last = self._final_norm(x[-keep:])
+            last = self._final_norm(x[-keep:] if keep < T else x)
         weight, bias = self._head
-        logits = F.linear(last, weight, bias).float()
+        logits = F.linear(last, weight, bias)
+        if logits.dtype != torch.float32:
+            logits = logits.float()
         if self.own_vocab != self.vocab:
             logits = fit_vocab(logits, self.vocab)
         if not self.hidden_layers:
@@ -408,15 +454,17 @@ LEAN: dict[str, bool | None] = {"auto": None, "lean": True, "hf": False}  # --de
 
 
 def cached_lm(model: PreTrainedModel, vocab: int, name: str, hidden_layers: Sequence[int] = (),
-              lean: bool | None = None) -> LeanLM | CachedLM:
-    """The model with its KV cache: `LeanLM` when supported (lean=None: automatically; True: required,
-    AdaspecError otherwise), else the HF path with a one-line notice on stderr naming the reason."""
-    reason = lean_supported(model) if lean is not False else None
-    if lean is not False and reason is None:
-        return LeanLM(model, vocab, name, hidden_layers)
-    if lean is True:
-        raise AdaspecError(f"the {name} model cannot use the lean decode path: {reason}")
-    if reason is not None and (name, reason) not in _NOTICED:  # once per model role and reason, not per call
-        _NOTICED.add((name, reason))
-        print(f"adaspec: {name} model on the transformers decode path ({reason})", file=sys.stderr)
+              lean: bool | None = None, lean_type: type[LeanLM] = LeanLM) -> LeanLM | CachedLM:
+    """The model with its KV cache: `lean_type` (LeanLM or a subclass) when supported (lean=None:
+    automatically; True: required, AdaspecError otherwise), else the HF path with a one-line notice on
+    stderr naming the reason."""
+    if lean is not False:
+        try:
+            return lean_type(model, vocab, name, hidden_layers)
+        except LeanUnsupported as exc:
+            if lean is True:
+                raise
+            if (name, exc.reason) not in _NOTICED:  # once per model role and reason, not per call
+                _NOTICED.add((name, exc.reason))
+                print(f"adaspec: {name} model on the transformers decode path ({exc.reason})", file=sys.stderr)
     return CachedLM(model, vocab, name, tuple(hidden_layers))

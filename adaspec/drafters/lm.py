@@ -8,16 +8,21 @@ from transformers import PreTrainedModel
 
 from adaspec.decoding.sampling import logits_to_probs, sample
 from adaspec.decoding.lean import cached_lm
+from adaspec.decoding.lean_draft import DraftLeanLM
 from adaspec.errors import AdaspecError
 
-# the default stop threshold of speculative_generate's draft models (see LMDrafter)
+# The default stop threshold of speculative_generate's draft models (see LMDrafter): off. On the `make demo` pair
+# the distilled drafts' top probability is mostly 0.1-0.3 and barely separates the proposals the target keeps
+# from those it rejects, so every threshold tried cost tokens/s (benchmarks/step_profile.py --confidences,
+# results/benchmarks/step_profile_demo.json).
 DRAFT_CONFIDENCE = 0.0
 
 
 class LMDrafter:
     """Drafts autoregressively from its own KV cache.
 
-    Runs on the lean decode path where the draft's family supports it (adaspec.decoding.lean).
+    Runs on the lean decode path where the draft's family supports it (adaspec.decoding.lean; one-token
+    steps of a GPT-NeoX draft take adaspec.decoding.lean_draft's folded layer).
     Cache invariant: the draft holds a prefix seq[:k] of the accepted tokens, k < n; it catches up on
     seq[k:n] (the correction or bonus token, and after a fully accepted step the last proposal it never
     fed) in its first forward of the next step, so nothing accepted is recomputed.
@@ -36,7 +41,7 @@ class LMDrafter:
         if not 0.0 <= confidence <= 1.0:
             raise AdaspecError(f"the draft confidence threshold must be in [0, 1], got {confidence}")
         self.model, self.vocab, self.confidence = model, vocab, confidence
-        self.lm = cached_lm(model, vocab, "draft", lean=lean)
+        self.lm = cached_lm(model, vocab, "draft", lean=lean, lean_type=DraftLeanLM)
 
     @classmethod
     def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> "LMDrafter":
@@ -59,15 +64,15 @@ class LMDrafter:
         feed = seq[self.lm.seen:n]
         proposals, draft_probs = [], []
         for i in range(gamma):
-            logits = self.lm.forward(feed)[0][0]
+            logits = self.lm.forward(feed)[0]  # [1, V]
             check = self.confidence > 0 and i < gamma - 1  # the last proposal ends the chain anyway
             if temperature == 0:
                 if check:  # the top probability and its token in two ops
-                    conf, feed = torch.softmax(logits, -1).max(-1, keepdim=True)
+                    conf, feed = torch.softmax(logits, -1).max(-1)
                 else:
-                    feed = logits.argmax(-1, keepdim=True)
+                    feed = logits.argmax(-1)
             else:
-                q = logits_to_probs(logits, temperature, top_p)
+                q = logits_to_probs(logits[0], temperature, top_p)
                 feed = sample(q, generator)
                 draft_probs.append(q)
                 if check:

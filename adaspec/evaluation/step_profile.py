@@ -8,6 +8,7 @@ host sync) and `other` (the rest of the loop: bookkeeping, cache crops, the draf
 repeats of the per-step means; isolated forward timings on the same path sit beside them.
 
     python benchmarks/step_profile.py --target DIR --draft adaspec=DIR [--head eagle=DIR] [--gamma 3]
+        [--confidences 0 0.1 0.3]
 """
 
 from __future__ import annotations
@@ -46,15 +47,23 @@ def step_parts(stats: SpecStats) -> dict[str, float]:
 
 
 def profile(target: PreTrainedModel, drafters: dict[str, PreTrainedModel | Drafter], prompts: list[torch.Tensor],
-            gamma: int, max_new_tokens: int, repeats: int, eos: int | None, temperature: float = 0.0
-            ) -> dict[str, Any]:
-    """The split per drafter and the target-alone time per token (see the module docstring)."""
+            gamma: int, max_new_tokens: int, repeats: int, eos: int | None, temperature: float = 0.0,
+            confidences: tuple[float, ...] = (0.0,)) -> dict[str, Any]:
+    """The split per drafter and the target-alone time per token (see the module docstring). Draft models run
+    once per stop threshold in `confidences` (named NAME@c for c > 0)."""
     device = next(target.parameters()).device
     runs = {BASELINE: lambda ids: target_only_generate(target, ids, max_new_tokens, eos_token_id=eos,
                                                        temperature=temperature, seed=0)}
+
+    def sd(d: PreTrainedModel | Drafter, confidence: float | None) -> Any:
+        return lambda ids: speculative_generate(target, d, ids, max_new_tokens, gamma=gamma, temperature=temperature,
+                                                eos_token_id=eos, seed=0, draft_confidence=confidence)
+
     for name, d in drafters.items():
-        runs[name] = (lambda d: lambda ids: speculative_generate(
-            target, d, ids, max_new_tokens, gamma=gamma, temperature=temperature, eos_token_id=eos, seed=0))(d)
+        if isinstance(d, PreTrainedModel):
+            runs.update({name if c == 0 else f"{name}@{c:g}": sd(d, c) for c in confidences})
+        else:
+            runs[name] = sd(d, None)
     names = list(runs)
     for name in names:  # one-off costs (allocator, lazy init) are not decoding speed
         runs[name](prompts[0][:, :8])
@@ -117,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=96, help="tokens generated per prompt at most")
     p.add_argument("--gamma", type=int, default=3, help="draft tokens per step")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--confidences", type=float, nargs="+", default=[0.0],
+                   help="draft-model stop thresholds to run each draft model at (0 = always gamma)")
     p.add_argument("--repeats", type=int, default=5, help="repeats; the medians are over these")
     p.add_argument("--context", type=int, default=256, help="positions prompt + continuation may use")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -143,12 +154,13 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(d, PreTrainedModel):
                 forward[f"{name}_1"] = decode_forward_ms(d, prompts[0], (1,))[1]
         methods = profile(target, drafters, prompts, args.gamma, args.max_new_tokens, args.repeats,
-                          tokenizer.eos_token_id, args.temperature)
+                          tokenizer.eos_token_id, args.temperature, tuple(args.confidences))
     except AdaspecError as exc:
         print(f"benchmarks/step_profile.py: error: {exc}", file=sys.stderr)
         return 2
     result = {"command": shlex.join(["python", "benchmarks/step_profile.py", *(argv or sys.argv[1:])]),
               "gamma": args.gamma, "temperature": args.temperature, "threads": torch.get_num_threads(),
+              "confidences": args.confidences,
               "forward_ms": forward, "methods": methods}
     print(format_profile(result))
     if args.out:

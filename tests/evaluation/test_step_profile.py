@@ -22,10 +22,11 @@ def test_command_writes_the_split(tiny_target_dir, tiny_draft_dir, tmp_path, cap
     out = tmp_path / "profile.json"
     assert main(["--target", str(tiny_target_dir), "--draft", f"d={tiny_draft_dir}", "--n-prompts", "1",
                  "--max-new-tokens", "6", "--gamma", "2", "--repeats", "1", "--context", "128",
-                 "--out", str(out)]) == 0
+                 "--confidences", "0", "0.5", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     d = result["methods"]["d"]
     assert sum(d[f"{k}_ms"] for k in PARTS) == pytest.approx(d["step_ms"], rel=1e-6)
     assert d["tau"] >= 1 and result["methods"][BASELINE]["tokens_per_s"] > 0
+    assert result["methods"]["d@0.5"]["mean_gamma"] <= d["mean_gamma"]  # the threshold only shortens chains
     assert {"target_1", "target_3", "d_1"} == set(result["forward_ms"])
     assert "| d |" in capsys.readouterr().out
