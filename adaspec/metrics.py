@@ -100,6 +100,7 @@ class SpecStats:
     decode_time_s: float = 0.0
     draft_time_s: float = 0.0
     target_time_s: float = 0.0
+    verify_time_s: float = 0.0  # the acceptance rule and its host sync (after the target forward)
     accept_hist: list[int] = field(default_factory=list)  # [n] = steps that accepted exactly n draft tokens
     gamma_hist: list[int] = field(default_factory=list)  # [g] = steps that drafted exactly g tokens
     position_drafted: list[int] = field(default_factory=list)  # [i] = times a token was drafted at position i

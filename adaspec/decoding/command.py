@@ -16,6 +16,7 @@ from adaspec.decoding.generate import speculative_generate
 from adaspec.decoding.lean import LEAN
 from adaspec.decoding.tree_generate import tree_speculative_generate
 from adaspec.decoding.tree_shape import parse_tree_spec
+from adaspec.drafters.lm import DRAFT_CONFIDENCE
 from adaspec.drafters.loading import load_drafter
 from adaspec.decoding.sampling import check_sampling
 from adaspec.errors import AdaspecError
@@ -48,6 +49,9 @@ class GenerateOptions:
                 "3,4,12; a JSON list of rank paths = static tree (Medusa's medusa_choices), e.g. [[0],[1],[0,0]]; "
                 "cartesian:W1,W2 = every path with rank < W1 at depth 1, < W2 at depth 2; adaptive[:NODES,DEPTH,"
                 "WIDTH] = a static tree chosen per step from measured costs and running acceptance"})
+    draft_confidence: float = field(default=DRAFT_CONFIDENCE, metadata={
+        "help": "with --drafter lm, a step stops drafting after a proposal the draft gives a probability below "
+                "this (lossless; 0 = always gamma)"})
     seed: int | None = field(default=None, metadata={"help": "random seed for sampling"})
     device: str | None = field(default=None, metadata={"help": "torch device, e.g. cpu or cuda; unset: cuda "
                                                                 "when available, else cpu"})
@@ -68,6 +72,8 @@ class GenerateOptions:
                 raise AdaspecError("--adaptive-gamma is for chains; with --tree use --tree adaptive")
         if self.max_new_tokens < 1:
             raise AdaspecError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0.0 <= self.draft_confidence <= 1.0:
+            raise AdaspecError(f"--draft-confidence must be in [0, 1], got {self.draft_confidence}")
         check_finite(self)
         check_sampling(self.temperature, self.top_p)
         if not self.prompt:
@@ -130,7 +136,8 @@ def run_generate(opts: GenerateOptions) -> int:
         seq, stats = tree_speculative_generate(target, draft, input_ids, tree=parse_tree_spec(opts.tree), **common)
     else:
         seq, stats = speculative_generate(target, draft, input_ids, gamma=opts.gamma,
-                                          adaptive_gamma=opts.adaptive_gamma, gamma_max=opts.gamma_max, **common)
+                                          adaptive_gamma=opts.adaptive_gamma, gamma_max=opts.gamma_max,
+                                          draft_confidence=opts.draft_confidence, **common)
     generated = seq[0, input_ids.shape[1]:].tolist()
     if opts.json:
         print(json.dumps({"prompt": opts.prompt, "text": tokenizer.decode(generated, skip_special_tokens=True),

@@ -27,9 +27,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from adaspec.decoding.sampling import check_sampling, logits_to_probs, make_generator, sample
 from adaspec.decoding.lean import LeanLM, cached_lm
 from adaspec.decoding.target import CachedLM, Clock, context_length
-from adaspec.decoding.verify import verify_chain
+from adaspec.decoding.verify import greedy_accepted, verify_chain
 from adaspec.drafters.base import Drafter
-from adaspec.drafters.lm import LMDrafter
+from adaspec.drafters.lm import DRAFT_CONFIDENCE, LMDrafter
 from adaspec.errors import AdaspecError
 from adaspec.metrics import SpecStats, optimal_gamma
 from adaspec.models import check_vocab_compatible, output_vocab_size
@@ -39,12 +39,17 @@ OnTokens = Callable[[list[int]], None]
 
 @dataclass
 class Step:
-    tokens: torch.Tensor  # [g + 1]: the proposals, then the correction/bonus token at index `accepted`
-    values: list[int]  # the same on the host: proposals, the token, then `accepted`
-    accepted: int
-    hidden: torch.Tensor | None  # the target's features of the g + 1 fed positions (None without layers)
+    tokens: torch.Tensor  # [accepted + 1] on the device: the accepted proposals, then the correction/bonus token
+    values: list[int]  # the same on the host
+    drafted: int
+    hidden: torch.Tensor | None  # the target's features of the drafted + 1 fed positions (None without layers)
     draft_s: float
     target_s: float
+    verify_s: float  # the acceptance rule and the step's one host sync
+
+    @property
+    def accepted(self) -> int:
+        return len(self.values) - 1
 
 
 def speculative_decode(target: CachedLM | LeanLM, drafter: Drafter, seq: torch.Tensor, n: int, gamma: int,
@@ -59,18 +64,22 @@ def speculative_decode(target: CachedLM | LeanLM, drafter: Drafter, seq: torch.T
     # Row i of the target's logits is its prediction for proposal i (row g: the position after the last).
     logits, hidden = target.forward(torch.cat([seq[n - 1:n], proposals]), keep=g + 1)
     t2 = clock()
-    p = logits_to_probs(logits, temperature, top_p)
     if temperature == 0:
-        accepted, next_probs = verify_chain(p, proposals)
-        token = next_probs.argmax(-1, keepdim=True)
+        # greedy needs no distributions: the target's argmax rows, read with the proposals in one sync
+        best = logits.argmax(-1)
+        host = torch.cat([proposals, best]).tolist()
+        k = greedy_accepted(host[:g], host[g:])
+        tokens, values = torch.cat([proposals[:k], best[k:k + 1]]), host[:k] + [host[g + k]]
     else:
+        p = logits_to_probs(logits, temperature, top_p)
         u = torch.rand(g, generator=generator, device=p.device)
         q = draft_probs.to(p.device) if draft_probs is not None else p.new_zeros(0, p.shape[-1])
         accepted, next_probs = verify_chain(p, proposals, q, u)
         token = sample(next_probs, generator)
-    tokens = torch.cat([proposals, token])
-    values = torch.cat([tokens, accepted.view(1)]).tolist()
-    return Step(tokens, values, values[-1], hidden, t1 - t0, t2 - t1)
+        host = torch.cat([proposals, token, accepted.view(1)]).tolist()
+        k = host[-1]
+        tokens, values = torch.cat([proposals[:k], token]), host[:k] + [host[g]]
+    return Step(tokens, values, g, hidden, t1 - t0, t2 - t1, clock() - t2)
 
 
 # ---- generation loops ----
@@ -135,12 +144,13 @@ class AdaptiveGamma:
 
 
 def _as_drafter(draft: PreTrainedModel | Drafter, target: PreTrainedModel,
-                tokenizer: PreTrainedTokenizerBase | None, vocab: int, lean: bool | None
-                ) -> tuple[Drafter, dict[str, PreTrainedModel]]:
+                tokenizer: PreTrainedTokenizerBase | None, vocab: int, lean: bool | None,
+                confidence: float | None) -> tuple[Drafter, dict[str, PreTrainedModel]]:
     """A drafter for `draft` and the models whose context bounds the prompt."""
     if isinstance(draft, PreTrainedModel):
         check_vocab_compatible(target, draft, tokenizer, tokenizer, quiet=tokenizer is None)
-        return LMDrafter(draft, vocab, lean), {"target": target, "draft": draft}
+        drafter = LMDrafter(draft, vocab, lean, confidence=DRAFT_CONFIDENCE if confidence is None else confidence)
+        return drafter, {"target": target, "draft": draft}
     if not isinstance(draft, Drafter):
         raise AdaspecError(f"draft must be a causal LM or a Drafter, got {type(draft).__name__}")
     return draft, {"target": target}
@@ -158,8 +168,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Draft
                          generator: torch.Generator | None = None, seed: int | None = None,
                          adaptive_gamma: bool = False, gamma_max: int | None = None,
                          tokenizer: PreTrainedTokenizerBase | None = None,
-                         on_tokens: OnTokens | None = None, lean: bool | None = None
-                         ) -> tuple[torch.Tensor, SpecStats]:
+                         on_tokens: OnTokens | None = None, lean: bool | None = None,
+                         draft_confidence: float | None = None) -> tuple[torch.Tensor, SpecStats]:
     """Generate up to `max_new_tokens` after one prompt with speculative decoding.
 
     `draft` is a draft causal LM (sharing the target's token ids) or any `Drafter` (adaspec.drafters).
@@ -172,6 +182,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Draft
     lets the output sizes differ by padding rows beyond it. `on_tokens` receives each step's new tokens.
     `lean`: the target and a draft model run on the lean decode path (adaspec.decoding.lean) where their
     family supports it (None: automatically; True: required; False: the transformers path).
+    `draft_confidence` (a draft model only; None: `DRAFT_CONFIDENCE`): a step stops drafting after the first
+    proposal the draft gives a probability below it (adaspec.drafters.lm.LMDrafter); 0 drafts γ every step.
     """
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
         raise AdaspecError(f"gamma must be an integer >= 1, got {gamma!r}")
@@ -180,7 +192,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Draft
         raise AdaspecError(f"gamma_max ({gamma_max}) must be >= gamma ({gamma})")
     check_sampling(temperature, top_p)
     vocab = output_vocab_size(target)
-    drafter, bounded = _as_drafter(draft, target, tokenizer, vocab, lean)
+    drafter, bounded = _as_drafter(draft, target, tokenizer, vocab, lean, draft_confidence)
     limit = drafter.max_gamma
     if limit is not None and max(gamma, gamma_max if adaptive_gamma else 0) > limit:
         raise AdaspecError(f"this drafter proposes at most {limit} tokens per step; got gamma "
@@ -204,14 +216,15 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Draft
     while n < total:
         g = min(controller.gamma if controller else gamma, total - n)
         step = speculative_decode(tgt, drafter, seq, n, g, temperature, top_p, generator, clock)
-        g, k = len(step.values) - 2, step.accepted
+        g, k = step.drafted, step.accepted
         # The last step keeps only the tokens still wanted (all g accepted: the bonus token is dropped).
-        new, stop = _truncate((step.values[:k] + [step.values[g]])[: total - n], eos)
+        new, stop = _truncate(step.values[: total - n], eos)
         m = len(new)
-        seq[n:n + m] = torch.cat([step.tokens[:k], step.tokens[g:]])[:m]
+        seq[n:n + m] = step.tokens[:m]
         stats.record_step(g, k, m)
         stats.draft_time_s += step.draft_s
         stats.target_time_s += step.target_s
+        stats.verify_time_s += step.verify_s
         if controller:
             controller.update(g, k, stats)
         n += m

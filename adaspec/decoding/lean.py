@@ -20,6 +20,7 @@ plus the new tokens `tree_mask` allows; `keep_path` then moves the kept tokens' 
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Callable, Sequence
 
 import torch
@@ -36,6 +37,7 @@ _FAMILIES = {LlamaForCausalLM: "llama", GPTNeoXForCausalLM: "gpt_neox", GPT2LMHe
 # rope types whose inv_freq is fixed at init; "dynamic" and "longrope" change it with the sequence length
 _STATIC_ROPE = ("default", "linear", "yarn", "llama3")
 _FIRST_CAPACITY = 2048  # cache rows allocated up front when the context is longer; grown by doubling
+_BAND_ROWS = 16  # chains of up to this many new tokens take their mask as a view of one precomputed band
 
 
 def lean_supported(model: PreTrainedModel) -> str | None:
@@ -65,6 +67,32 @@ def lean_supported(model: PreTrainedModel) -> str | None:
     return None
 
 
+class LeanUnsupported(AdaspecError):
+    """The model's forward is not one `LeanLM` reproduces; `reason` says why (one short phrase)."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"the {name} model cannot use the lean decode path: {reason}")
+        self.reason = reason
+
+
+# built once, read-only, shared by every LeanLM: rotary tables per rotary module, chain-mask bands per size
+_TABLES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, tuple[Tensor, ...]]]" = (
+    weakref.WeakKeyDictionary())
+_BANDS: dict[tuple, Tensor] = {}
+
+
+def _band(capacity: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Chain masks as views (read-only, shared): row i, column t is 0 where t <= capacity + i, else -inf, so for
+    T new tokens after s cached ones rows :T and columns capacity - s .. capacity + T - 1 are the causal mask."""
+    key = (capacity, dtype, device)
+    if key not in _BANDS:
+        columns = torch.arange(2 * capacity, device=device)
+        rows = torch.arange(_BAND_ROWS, device=device)[:, None] + capacity
+        _BANDS[key] = torch.zeros(_BAND_ROWS, 2 * capacity, dtype=dtype, device=device).masked_fill_(
+            columns > rows, float("-inf"))
+    return _BANDS[key]
+
+
 def _activation(module: torch.nn.Module) -> Callable[[Tensor], Tensor]:
     """The function behind an HF activation module; the module itself when no plain equivalent is known."""
     if isinstance(module, GELUActivation):
@@ -86,7 +114,7 @@ class LeanLM:
                  max_length: int | None = None):
         reason = lean_supported(model)
         if reason is not None:
-            raise AdaspecError(f"the {name} model cannot use the lean decode path: {reason}")
+            raise LeanUnsupported(name, reason)
         self.model, self.vocab, self.name, self.seen = model, vocab, name, 0
         self.family = _FAMILIES[type(model)]
         config = model.config
@@ -109,6 +137,7 @@ class LeanLM:
         self._order = [depth.index(i) for i in self.hidden_layers]
         limits = [n for n in (max_length, self._position_limit) if n is not None]
         self._limit = min(limits) if limits else None
+        self._no_onednn = self.device.type == "cpu" and self.dtype == torch.float32
         self._capacity = 0
         self._reserve(min(self._limit or _FIRST_CAPACITY, _FIRST_CAPACITY))
 
@@ -183,49 +212,75 @@ class LeanLM:
         capacity = max(length, 2 * self._capacity)
         if self._limit is not None:
             capacity = min(capacity, self._limit)
-        cache = torch.zeros(self.num_layers, 2, self.kv_heads, capacity, self.head_dim, dtype=self.dtype,
+        # uninitialised: attention reads rows :e only, all written by then (zeroing cost a memset per sequence)
+        cache = torch.empty(self.num_layers, 2, self.kv_heads, capacity, self.head_dim, dtype=self.dtype,
                             device=self.device)
         if self._capacity:
             cache[:, :, :, : self.seen] = self._cache[:, :, :, : self.seen]
         self._cache, self._capacity = cache, capacity
-        self._keys = [cache[i, 0] for i in range(self.num_layers)]
-        self._values = [cache[i, 1] for i in range(self.num_layers)]
+        self._kv = [cache[i] for i in range(self.num_layers)]  # [2, kv_heads, capacity, hd]: one copy_ per layer
+        self._keys = [kv[0] for kv in self._kv]
+        self._values = [kv[1] for kv in self._kv]
+        self._keys4 = [k[None] for k in self._keys]  # [1, kv_heads, capacity, hd]: SDPA's batch of one
+        self._values4 = [v[None] for v in self._values]
         self._arange = torch.arange(capacity, device=self.device)
+        self._band = _band(capacity, self.dtype, self.device)
         if self._rotary is not None:
             self._rotary_tables(capacity)
 
     def _rotary_tables(self, capacity: int) -> None:
         """cos/sin over all positions as HF computes them (float32, cast to the model dtype), widened to the
         head dim so partial rotary needs no split: rotate_half becomes a gather `_perm` with its sign folded
-        into `_sin`, and dims past the rotary ones get cos 1, sin 0 (x*1 + y*0 == x exactly)."""
+        into `_sin`, and dims past the rotary ones get cos 1, sin 0 (x*1 + y*0 == x exactly). Built once per
+        model, capacity and dtype (a new LeanLM per generate call would otherwise rebuild them)."""
+        inv_freq = self._rotary.inv_freq
+        # inv_freq is fixed for the supported rope types; a replaced buffer (model.to(...)) is a new key
+        key = (capacity, self.dtype, self.device, self.head_dim, self.family, id(inv_freq), inv_freq.data_ptr())
+        tables = _TABLES.setdefault(self._rotary, {})
+        if key not in tables:
+            tables[key] = self._build_rotary_tables(capacity)
+        self._cos, self._sin, self._perm, self._cos_rows, self._sin_rows = tables[key]
+
+    def _build_rotary_tables(self, capacity: int) -> tuple[Tensor, ...]:
         inv_freq = self._rotary.inv_freq.to(device=self.device, dtype=torch.float32)
         scaling = self._rotary.attention_scaling
         freqs = torch.arange(capacity, device=self.device, dtype=torch.float32)[:, None] * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = (emb.cos() * scaling).to(self.dtype), (emb.sin() * scaling).to(self.dtype)
         rot, half = emb.shape[-1], emb.shape[-1] // 2
-        self._cos = torch.ones(capacity, self.head_dim, dtype=self.dtype, device=self.device)
-        self._sin = torch.zeros(capacity, self.head_dim, dtype=self.dtype, device=self.device)
-        self._cos[:, :rot] = cos
-        self._sin[:, :half] = -sin[:, :half]
-        self._sin[:, half:rot] = sin[:, half:]
-        self._perm = torch.cat([torch.arange(half, rot), torch.arange(half), torch.arange(rot, self.head_dim)]
-                               ).to(self.device)
+        wide_cos = torch.ones(capacity, self.head_dim, dtype=self.dtype, device=self.device)
+        wide_sin = torch.zeros(capacity, self.head_dim, dtype=self.dtype, device=self.device)
+        wide_cos[:, :rot] = cos
+        wide_sin[:, :half] = -sin[:, :half]
+        wide_sin[:, half:rot] = sin[:, half:]
+        perm = torch.cat([torch.arange(half, rot), torch.arange(half), torch.arange(rot, self.head_dim)]
+                         ).to(self.device)
+        # what a block multiplies per position: [capacity, 1, hd] (Llama: q and k concatenated on heads), or for
+        # GPT-NeoX's per-head [q | k | v] [capacity, 1, 3, hd] where v gets cos 1, sin 0 (one rotation for all)
+        if self.family == "gpt_neox":
+            one, zero = torch.ones_like(wide_cos), torch.zeros_like(wide_sin)
+            rows = (torch.stack([wide_cos, wide_cos, one], dim=1)[:, None],
+                    torch.stack([wide_sin, wide_sin, zero], dim=1)[:, None])
+        else:
+            rows = wide_cos[:, None], wide_sin[:, None]
+        return wide_cos, wide_sin, perm, *rows
 
     def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """HF's `x*cos + rotate_half(x)*sin` on the rotary dims of x [T, heads, head_dim]; cos/sin [T, 1, hd]."""
-        return x * cos + x.index_select(-1, self._perm) * sin
+        return torch.addcmul(x * cos, x.index_select(-1, self._perm), sin)
 
     # ---- blocks: x [T, H] -> [T, H]; the new keys/values go to cache rows s:e ----
 
-    def _attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, s: int, e: int, mask: Tensor | None,
-                causal: bool, scale: float) -> Tensor:
-        keys, values = self._keys[layer], self._values[layer]
-        keys[:, s:e].copy_(k.transpose(0, 1))
-        values[:, s:e].copy_(v.transpose(0, 1))
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1).unsqueeze(0), keys[None, :, :e], values[None, :, :e], attn_mask=mask,
-            is_causal=causal, scale=scale, enable_gqa=self.kv_heads != self.heads)
+    def _attend(self, layer: int, q: Tensor, s: int, e: int, mask: Tensor | None, causal: bool,
+                scale: float) -> Tensor:
+        """SDPA of q [T, heads, hd] over cache rows :e (the new keys/values already written at s:e) -> [T, H].
+        4-D inputs: with 3-D ones SDPA takes its slower math path on the CPU instead of the flash kernel."""
+        keys, values, gqa = self._keys4[layer][:, :, :e], self._values4[layer][:, :, :e], self.kv_heads != self.heads
+        if q.shape[0] == 1:  # one new token: its axis is SDPA's batch of one, so no transposes
+            out = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values, scale=scale, enable_gqa=gqa)
+            return out.reshape(1, -1)
+        out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys, values, attn_mask=mask,
+                                             is_causal=causal, scale=scale, enable_gqa=gqa)
         return out[0].transpose(0, 1).reshape(q.shape[0], -1)
 
     def _rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -243,7 +298,10 @@ class LeanLM:
         k = F.linear(h, wk, bk).view(T, self.kv_heads, self.head_dim)
         v = F.linear(h, wv, bv).view(T, self.kv_heads, self.head_dim)
         qk = self._rotate(torch.cat((q, k), dim=1), cos, sin)
-        a = self._attend(layer, qk[:, : self.heads], qk[:, self.heads:], v, s, e, mask, causal, scale)
+        kv = self._kv[layer][:, :, s:e]
+        kv[0].copy_(qk[:, self.heads:].transpose(0, 1))
+        kv[1].copy_(v.transpose(0, 1))
+        a = self._attend(layer, qk[:, : self.heads], s, e, mask, causal, scale)
         x = x + F.linear(a, wo, bo)
         h = self._rms_norm(x, n2, eps2)
         return x + F.linear(act(F.linear(h, wg, bg)) * F.linear(h, wu, bu), wd, bd)
@@ -253,11 +311,12 @@ class LeanLM:
         (n1, b1, eps1, wqkv, bqkv, wo, bo, scale, n2, b2, eps2, wi, bi, wd, bd, act,
          parallel) = self._layers[layer]
         T, H, hd = x.shape[0], x.shape[1], self.head_dim
-        # per head the projection is [q | k | v] (HF: view(T, heads, 3 * hd).chunk(3, -1))
-        qkv = F.linear(F.layer_norm(x, (H,), n1, b1, eps1), wqkv, bqkv).view(T, self.heads, 3, hd)
-        qk = self._rotate(qkv[:, :, :2].reshape(T, 2 * self.heads, hd), cos, sin).view(T, self.heads, 2, hd)
-        a = F.linear(self._attend(layer, qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2], s, e, mask, causal, scale),
-                     wo, bo)
+        # per head the projection is [q | k | v] (HF: view(T, heads, 3 * hd).chunk(3, -1)); the [q|k|v] tables
+        # rotate q and k and leave v as it is
+        qkv = self._rotate(F.linear(F.layer_norm(x, (H,), n1, b1, eps1), wqkv, bqkv).view(T, self.heads, 3, hd),
+                           cos, sin)
+        self._kv[layer][:, :, s:e].copy_(qkv[:, :, 1:].permute(2, 1, 0, 3))
+        a = F.linear(self._attend(layer, qkv[:, :, 0], s, e, mask, causal, scale), wo, bo)
         if parallel:
             return F.linear(act(F.linear(F.layer_norm(x, (H,), n2, b2, eps2), wi, bi)), wd, bd) + a + x
         a = a + x
@@ -267,9 +326,9 @@ class LeanLM:
                     mask: Tensor | None, causal: bool) -> Tensor:
         n1, b1, eps1, wqkv, bqkv, wo, bo, scale, n2, b2, eps2, wi, bi, wd, bd, act = self._layers[layer]
         T, H = x.shape
-        q, k, v = torch.addmm(bqkv, F.layer_norm(x, (H,), n1, b1, eps1), wqkv).view(
-            T, 3, self.heads, self.head_dim).unbind(1)
-        x = torch.addmm(bo, self._attend(layer, q, k, v, s, e, mask, causal, scale), wo) + x
+        qkv = torch.addmm(bqkv, F.layer_norm(x, (H,), n1, b1, eps1), wqkv).view(T, 3, self.heads, self.head_dim)
+        self._kv[layer][:, :, s:e].copy_(qkv[:, 1:].permute(1, 2, 0, 3))
+        x = torch.addmm(bo, self._attend(layer, qkv[:, 0], s, e, mask, causal, scale), wo) + x
         h = torch.addmm(bi, F.layer_norm(x, (H,), n2, b2, eps2), wi)
         return x + torch.addmm(bd, act(h), wd)
 
@@ -291,7 +350,6 @@ class LeanLM:
 
     # ---- the CachedLM surface ----
 
-    @torch.inference_mode()
     def forward(self, tokens: Tensor, keep: int = 1, positions: Tensor | None = None,
                 tree_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Feed 1-D `tokens` after the `seen` cached ones (cache rows seen..seen+T-1).
@@ -301,47 +359,72 @@ class LeanLM:
         `positions` [T] (default seen..seen+T-1) are the position ids; `tree_mask` [T, T] bool says which
         new tokens each new token attends to (the cached prefix is always visible; default causal), or
         [T, seen + T] which cache rows and new tokens (a drafter's tree rounds hide the cached siblings).
+
+        On a float32 CPU model oneDNN is switched off for the call (and restored after): its GELU costs
+        ~6 µs of primitive setup per call, several times the kernel at decode sizes, while float32 matmuls
+        go to MKL either way. The switch is process-wide, so other threads' oneDNN ops see it meanwhile.
         """
-        tokens = tokens.to(self.device)
+        if not torch.is_inference_mode_enabled():  # the decoding loops enter it once, not per forward
+            with torch.inference_mode():
+                return self.forward(tokens, keep, positions, tree_mask)
+        if not self._no_onednn:
+            return self._forward(tokens, keep, positions, tree_mask)
+        onednn = torch._C._get_mkldnn_enabled()  # what torch.backends.mkldnn.enabled reads, minus its wrapper
+        torch._C._set_mkldnn_enabled(False)
+        try:
+            return self._forward(tokens, keep, positions, tree_mask)
+        finally:
+            torch._C._set_mkldnn_enabled(onednn)
+
+    def _forward(self, tokens: Tensor, keep: int, positions: Tensor | None, tree_mask: Tensor | None
+                 ) -> tuple[Tensor, Tensor | None]:
+        if tokens.device != self.device:
+            tokens = tokens.to(self.device)
         s, T = self.seen, tokens.shape[0]
         e = s + T
         self._reserve(e)
         x, cos, sin = F.embedding(tokens, self._embed), None, None
         if positions is None:  # a chain: slices of the tables, no gather
             if self._rotary is not None:
-                cos, sin = self._cos[s:e, None], self._sin[s:e, None]
+                cos, sin = self._cos_rows[s:e], self._sin_rows[s:e]
             if self._positions is not None:
                 x = x + self._positions[s:e]
         else:
             positions = positions.to(self.device)
             if self._rotary is not None:
-                cos, sin = self._cos[positions, None], self._sin[positions, None]
+                cos, sin = self._cos_rows[positions], self._sin_rows[positions]
             if self._positions is not None:
                 if int(positions.max()) >= self._position_limit:
                     raise AdaspecError(f"position {int(positions.max())} is beyond the {self.name} model's "
                                        f"{self._position_limit} learned positions")
                 x = x + F.embedding(positions, self._positions)
+        # one additive mask per forward, shared by the layers (a boolean one is converted in every SDPA call)
         causal, mask = False, None
-        if tree_mask is not None and tree_mask.shape[-1] == e and e != T:  # [T, seen + T]: every row given
-            mask = tree_mask.to(self.device)
-        elif tree_mask is not None:
-            mask = torch.ones(T, e, dtype=torch.bool, device=self.device)
-            mask[:, s:] = tree_mask.to(self.device)
+        if tree_mask is not None:
+            mask = torch.zeros(T, e, dtype=self.dtype, device=self.device)
+            # [T, seen + T]: every row given; [T, T]: the cached prefix is visible to all
+            rows = mask if tree_mask.shape[-1] == e and e != T else mask[:, s:]
+            rows.masked_fill_(~tree_mask.to(self.device), float("-inf"))
         elif T > 1:
             if s == 0:
                 causal = True
-            else:  # new token i sees the prefix and new tokens 0..i
-                mask = self._arange[:e] <= self._arange[s:e, None]
+            elif T <= _BAND_ROWS:  # new token i sees the prefix and new tokens 0..i: a view of the band
+                mask = self._band[:T, self._capacity - s: self._capacity - s + e]
+            else:
+                mask = torch.zeros(T, e, dtype=self.dtype, device=self.device).masked_fill_(
+                    self._arange[:e] > self._arange[s:e, None], float("-inf"))
         x, hidden = self._run_layers(x, cos, sin, s, e, mask, causal)
         self.seen = e
         if self._final_hidden:
             x = self._final_norm(x)
             hidden.append(x)
-            last = x[-keep:]
+            last = x[-keep:] if keep < T else x
         else:
-            last = self._final_norm(x[-keep:])
+            last = self._final_norm(x[-keep:] if keep < T else x)
         weight, bias = self._head
-        logits = F.linear(last, weight, bias).float()
+        logits = F.linear(last, weight, bias)
+        if logits.dtype != torch.float32:
+            logits = logits.float()
         if self.own_vocab != self.vocab:
             logits = fit_vocab(logits, self.vocab)
         if not self.hidden_layers:
@@ -374,15 +457,17 @@ LEAN: dict[str, bool | None] = {"auto": None, "lean": True, "hf": False}  # --de
 
 
 def cached_lm(model: PreTrainedModel, vocab: int, name: str, hidden_layers: Sequence[int] = (),
-              lean: bool | None = None) -> LeanLM | CachedLM:
-    """The model with its KV cache: `LeanLM` when supported (lean=None: automatically; True: required,
-    AdaspecError otherwise), else the HF path with a one-line notice on stderr naming the reason."""
-    reason = lean_supported(model) if lean is not False else None
-    if lean is not False and reason is None:
-        return LeanLM(model, vocab, name, hidden_layers)
-    if lean is True:
-        raise AdaspecError(f"the {name} model cannot use the lean decode path: {reason}")
-    if reason is not None and (name, reason) not in _NOTICED:  # once per model role and reason, not per call
-        _NOTICED.add((name, reason))
-        print(f"adaspec: {name} model on the transformers decode path ({reason})", file=sys.stderr)
+              lean: bool | None = None, lean_type: type[LeanLM] = LeanLM) -> LeanLM | CachedLM:
+    """The model with its KV cache: `lean_type` (LeanLM or a subclass) when supported (lean=None:
+    automatically; True: required, AdaspecError otherwise), else the HF path with a one-line notice on
+    stderr naming the reason."""
+    if lean is not False:
+        try:
+            return lean_type(model, vocab, name, hidden_layers)
+        except LeanUnsupported as exc:
+            if lean is True:
+                raise
+            if (name, exc.reason) not in _NOTICED:  # once per model role and reason, not per call
+                _NOTICED.add((name, exc.reason))
+                print(f"adaspec: {name} model on the transformers decode path ({exc.reason})", file=sys.stderr)
     return CachedLM(model, vocab, name, tuple(hidden_layers))

@@ -110,7 +110,7 @@ def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | 
     if not isinstance(tree, (TreeShape, AdaptiveTree, TreeController)):
         raise AdaspecError(f"tree must be a TreeShape, an AdaptiveTree or a TreeController, got {type(tree).__name__}")
     vocab = output_vocab_size(target)
-    drafter, bounded = _as_drafter(draft, target, tokenizer, vocab, lean)
+    drafter, bounded = _as_drafter(draft, target, tokenizer, vocab, lean, None)
     drafter = _tree_drafter(drafter)
     limit = drafter.max_gamma
     if isinstance(tree, TreeShape):

@@ -7,8 +7,20 @@ the tree rule (adaspec.decoding.tree) generalises the walk to several children p
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
+
+
+def greedy_accepted(proposals: Sequence[int], target_argmax: Sequence[int]) -> int:
+    """How many proposals greedy verification keeps: the length of their common prefix with the target's
+    argmax tokens (target_argmax[i] follows proposal i - 1; row 0 follows the root). `verify_chain` on the
+    one-hot rows gives the same count; this is its host-side form for a loop that reads both lists anyway."""
+    for i, token in enumerate(proposals):
+        if token != target_argmax[i]:
+            return i
+    return len(proposals)
 
 
 def verify_chain(target_probs: Tensor, proposals: Tensor, draft_probs: Tensor | None = None,

@@ -7,16 +7,25 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from adaspec.decoding.lean import cached_lm
+from adaspec.decoding.lean_draft import DraftLeanLM
 from adaspec.decoding.sampling import logits_to_probs, sample
 from adaspec.decoding.tree import Tree
 from adaspec.decoding.tree_shape import TreeShape
 from adaspec.drafters.tree_drafting import TreeRows, top_children
+from adaspec.errors import AdaspecError
+
+# The default stop threshold of speculative_generate's draft models (see LMDrafter): off. On the `make demo` pair
+# the distilled drafts' top probability is mostly 0.1-0.3 and barely separates the proposals the target keeps
+# from those it rejects, so every threshold tried cost tokens/s (benchmarks/step_profile.py --confidences,
+# results/benchmarks/step_profile_demo.json).
+DRAFT_CONFIDENCE = 0.0
 
 
 class LMDrafter:
     """Drafts autoregressively from its own KV cache.
 
-    Runs on the lean decode path where the draft's family supports it (adaspec.decoding.lean).
+    Runs on the lean decode path where the draft's family supports it (adaspec.decoding.lean; one-token
+    steps of a GPT-NeoX draft take adaspec.decoding.lean_draft's folded layer).
     Cache invariant: the draft holds a prefix seq[:k] of the accepted tokens, k < n; it catches up on
     seq[k:n] (the correction or bonus token, and after a fully accepted step the last proposal it never
     fed) in its first forward of the next step, so nothing accepted is recomputed.
@@ -28,14 +37,23 @@ class LMDrafter:
     is cropped back to seq[:n] and the next step re-feeds the accepted path with the bonus token; with
     True the accepted path's rows are moved into place (keep_path) and only what follows is fed. Which is
     cheaper is measured by benchmarks/tree.py (README); the rows are the same either way.
+
+    `confidence`: a step's chain stops after the first proposal the draft itself gives a probability below
+    it (its top probability when greedy, the sampled token's when sampling), as transformers' assisted
+    generation does with `assistant_confidence_threshold`: a token the draft doubts is likely rejected, and
+    every draft forward and verified position after it would be paid for nothing. The stop depends on the
+    draft alone, so decoding stays lossless. 0 always drafts γ tokens.
     """
 
     hidden_layers: tuple[int, ...] = ()
     max_gamma: int | None = None
 
-    def __init__(self, model: PreTrainedModel, vocab: int, lean: bool | None = None, keep_tree_rows: bool = False):
-        self.model, self.vocab = model, vocab
-        self.lm = cached_lm(model, vocab, "draft", lean=lean)
+    def __init__(self, model: PreTrainedModel, vocab: int, lean: bool | None = None, keep_tree_rows: bool = False,
+                 confidence: float = 0.0):
+        if not 0.0 <= confidence <= 1.0:
+            raise AdaspecError(f"the draft confidence threshold must be in [0, 1], got {confidence}")
+        self.model, self.vocab, self.confidence = model, vocab, confidence
+        self.lm = cached_lm(model, vocab, "draft", lean=lean, lean_type=DraftLeanLM)
         self.keep_tree_rows = keep_tree_rows
         self._rows: tuple[TreeRows, Tree] | None = None  # with keep_tree_rows, the last tree's
 
@@ -59,15 +77,23 @@ class LMDrafter:
                 generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
         feed = seq[self.lm.seen:n]
         proposals, draft_probs = [], []
-        for _ in range(gamma):
-            logits = self.lm.forward(feed)[0][0]
+        for i in range(gamma):
+            logits = self.lm.forward(feed)[0]  # [1, V]
+            check = self.confidence > 0 and i < gamma - 1  # the last proposal ends the chain anyway
             if temperature == 0:
-                feed = logits.argmax(-1, keepdim=True)
+                if check:  # the top probability and its token in two ops
+                    conf, feed = torch.softmax(logits, -1).max(-1)
+                else:
+                    feed = logits.argmax(-1)
             else:
-                q = logits_to_probs(logits, temperature, top_p)
+                q = logits_to_probs(logits[0], temperature, top_p)
                 feed = sample(q, generator)
                 draft_probs.append(q)
+                if check:
+                    conf = q[feed]
             proposals.append(feed)
+            if check and float(conf) < self.confidence:  # a host sync per draft token, only with a threshold
+                break
         return torch.cat(proposals), torch.stack(draft_probs) if draft_probs else None
 
     def accept(self, n: int, hidden: Tensor | None) -> None:

@@ -104,20 +104,28 @@ def rows(rounds: Any, names: list[str], verify_ratio: float) -> list[dict[str, A
 
 
 @torch.inference_mode()
-def verify_cost(target: PreTrainedModel, ids: torch.Tensor, n: int, reps: int = 30) -> float:
-    """Time of one cached forward of `n` tokens over one of 1 token, on the decode path the runs use."""
-    if lean_supported(target) is not None:
-        return forward_ms(target, ids, n, reps) / forward_ms(target, ids, 1, reps)
-    lm = LeanLM(target, target.get_output_embeddings().weight.shape[0], "target")
+def decode_forward_ms(model: PreTrainedModel, ids: torch.Tensor, sizes: tuple[int, ...], reps: int = 30
+                      ) -> dict[int, float]:
+    """Median milliseconds of one cached forward of n tokens after the prompt `ids` [1, T], for each n in
+    `sizes`, on the decode path the runs use (lean where supported, else transformers')."""
+    if lean_supported(model) is not None:
+        return {n: forward_ms(model, ids, n, reps) for n in sizes}
+    lm = LeanLM(model, model.get_output_embeddings().weight.shape[0], "model")
     lm.forward(ids[0])
-    clock, times = Clock(ids.device), {1: [], n: []}
+    clock, times = Clock(ids.device), {n: [] for n in sizes}
     for _ in range(reps):
-        for k in (1, n):
+        for k in sizes:
             t0 = clock()
             lm.forward(ids[0, -k:] if ids.shape[1] >= k else ids[0, :1].repeat(k), keep=k)
             times[k].append(clock() - t0)
             lm.crop(lm.seen - k)
-    return statistics.median(times[n]) / statistics.median(times[1])
+    return {n: 1e3 * statistics.median(t) for n, t in times.items()}
+
+
+def verify_cost(target: PreTrainedModel, ids: torch.Tensor, n: int, reps: int = 30) -> float:
+    """Time of one cached forward of `n` tokens over one of 1 token, on the decode path the runs use."""
+    ms = decode_forward_ms(target, ids, (1, n), reps)
+    return ms[n] / ms[1]
 
 
 def _prompts(task: str, tokenizer: Any, n: int, room: int, device: torch.device) -> list[torch.Tensor]:

@@ -62,6 +62,10 @@ def test_generate_json_matches_library_greedy(model_dirs, capsys):
                  "--prompt", "w5 w6", "--max-new-tokens", "10", "--adaptive-gamma", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
+    # a confidence threshold stops chains early and changes nothing in the output
+    assert main(["generate", "--target", str(model_dirs / "target"), "--draft", str(model_dirs / "draft"),
+                 "--prompt", "w5 w6", "--max-new-tokens", "10", "--draft-confidence", "0.9", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == result["tokens"]
     target = build_model("tiny-neox", len(WORDS), seed=1)
     ids = torch.tensor([[WORDS.index("w5"), WORDS.index("w6")]])
     expected = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=10,
@@ -87,6 +91,7 @@ def test_generate_sampling_with_seed_is_reproducible(model_dirs, capsys):
     (["--temperature", "-1"], "temperature must be"),
     (["--top-p", "0"], "top_p must be in"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--draft-confidence", "1.5"], "--draft-confidence must be in [0, 1]"),
 ])
 def test_generate_rejects_bad_options(model_dirs, capsys, flags, message):
     code = main(["generate", "--target", str(model_dirs / "target"), "--draft", str(model_dirs / "draft"),

@@ -98,22 +98,28 @@ def test_target_only_matches_generate(trio):
 # ---- no-cache reference: recompute everything each step, same rule, same random draws ----
 
 def reference_generate(target, draft, ids, max_new_tokens, gamma, temperature=0.0, top_p=1.0,
-                       generator=None, eos=None):
-    """Returns (sequence, per-step emitted chunks, per-step accepted counts)."""
+                       generator=None, eos=None, confidence=0.0):
+    """Returns (sequence, per-step emitted chunks, per-step accepted counts). A step's chain stops after a
+    proposal the draft gives a probability below `confidence` (its top one when greedy)."""
     seq = ids[0].tolist()
     total = len(seq) + max_new_tokens
     chunks, accepted = [], []
     while len(seq) < total:
         g = min(gamma, total - len(seq))
         proposals, qs = [], []
-        for _ in range(g):
+        for i in range(g):
             logits = draft(torch.tensor([seq + proposals])).logits[0, -1].float()
             if temperature == 0:
                 proposals.append(int(logits.argmax()))
+                conf = float(torch.softmax(logits.detach(), -1).max())
             else:
                 q = logits_to_probs(logits, temperature, top_p)
                 proposals.append(int(sample(q, generator)))
                 qs.append(q)
+                conf = float(q[proposals[-1]].detach())
+            if conf < confidence:
+                break
+        g = len(proposals)
         logits = target(torch.tensor([seq + proposals])).logits[0, -(g + 1):].float()
         n = 0
         if temperature == 0:
@@ -139,23 +145,29 @@ def reference_generate(target, draft, ids, max_new_tokens, gamma, temperature=0.
     return torch.tensor([seq]), chunks, accepted
 
 
-@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])
-def test_kv_rollback_matches_no_cache_reference_greedy(preset):
+@pytest.mark.parametrize("preset,confidence", [("tiny-llama", 0.0), ("tiny-gpt2", 0.0), ("tiny-neox", 0.3),
+                                               ("tiny-llama", 0.3)])
+def test_kv_rollback_matches_no_cache_reference_greedy(preset, confidence):
     target = build_model(preset, V, seed=1)
     draft = noisy_copy(target, 0.12, seed=4)
+    drafted = []
     for i, gamma in enumerate((1, 3, 5)):
         ids = random_prompt(200 + i)
         chunks = []
         out, stats = speculative_generate(target, draft, ids, max_new_tokens=30, gamma=gamma,
-                                          on_tokens=chunks.append)
-        ref, ref_chunks, ref_accepted = reference_generate(target, draft, ids, 30, gamma)
+                                          on_tokens=chunks.append, draft_confidence=confidence)
+        ref, ref_chunks, ref_accepted = reference_generate(target, draft, ids, 30, gamma, confidence=confidence)
         assert torch.equal(out, ref)
         assert chunks == ref_chunks
         assert stats.accepted == sum(ref_accepted) and stats.steps == len(ref_accepted)
         assert stats.accept_hist == [ref_accepted.count(n) for n in range(max(ref_accepted) + 1)]
+        drafted.append(stats.mean_gamma)
+    if confidence > 0:  # the threshold did cut chains short (the last step of a run may be short anyway)
+        assert drafted[2] < 4.5, drafted
 
 
-def test_kv_rollback_matches_no_cache_reference_sampling():
+@pytest.mark.parametrize("confidence", [0.0, 0.5])
+def test_kv_rollback_matches_no_cache_reference_sampling(confidence):
     target = build_model("tiny-neox", V, seed=1)
     draft = noisy_copy(target, 0.12, seed=4)
     with torch.no_grad():  # peaky distributions, so acceptance is neither always nor never
@@ -165,19 +177,21 @@ def test_kv_rollback_matches_no_cache_reference_sampling():
         ids = random_prompt(300 + i)
         chunks = []
         out, stats = speculative_generate(target, draft, ids, max_new_tokens=30, gamma=gamma, temperature=0.8,
-                                          top_p=top_p, seed=11, on_tokens=chunks.append)
+                                          top_p=top_p, seed=11, on_tokens=chunks.append, draft_confidence=confidence)
         ref, ref_chunks, ref_accepted = reference_generate(
-            target, draft, ids, 30, gamma, 0.8, top_p, torch.Generator().manual_seed(11))
+            target, draft, ids, 30, gamma, 0.8, top_p, torch.Generator().manual_seed(11), confidence=confidence)
         assert torch.equal(out, ref)
         assert chunks == ref_chunks
         assert stats.accepted == sum(ref_accepted)
         assert 0 < stats.accepted < stats.drafted
+        if confidence > 0:  # chains cut short by the threshold, not only the last step
+            assert sum(stats.gamma_hist[:gamma]) >= 2, stats.gamma_hist
 
 
 # ---- sampling is lossless ----
 
-@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.8, 0.8)])
-def test_sampling_matches_target_distribution(temperature, top_p):
+@pytest.mark.parametrize("temperature,top_p,confidence", [(1.0, 1.0, 0.0), (0.8, 0.8, 0.0), (1.0, 1.0, 0.6)])
+def test_sampling_matches_target_distribution(temperature, top_p, confidence):
     vocab, samples = 8, 1000
     target = tiny_neox(1, vocab)
     other = tiny_neox(2, vocab)
@@ -195,12 +209,14 @@ def test_sampling_matches_target_distribution(temperature, top_p):
     totals = None
     for _ in range(samples):
         out, stats = speculative_generate(target, draft, ids, max_new_tokens=3, gamma=2, temperature=temperature,
-                                          top_p=top_p, generator=gen)
+                                          top_p=top_p, generator=gen, draft_confidence=confidence)
         x1, x2, x3 = out[0, 1:].tolist()
         counts[x1, x2, x3] += 1
         totals = stats if totals is None else totals + stats
     # every path of the rule was taken: rejections, partial and full acceptance (bonus token)
     assert all(h > 30 for h in totals.accept_hist), totals.accept_hist
+    if confidence > 0:  # the threshold stopped most chains after one proposal (without it: 550 of 2136 steps)
+        assert totals.gamma_hist[1] > totals.gamma_hist[2], totals.gamma_hist
     assert chi2_pvalue(counts, exact) > 1e-3
     assert chi2_pvalue(counts, draft_exact) < 1e-6  # the test can tell the two apart
     if top_p < 1:

@@ -173,6 +173,18 @@ def test_rotary_cache_grows_past_the_context_and_learned_positions_stop():
         gpt2.forward(ids[250:])
 
 
+def test_forward_outside_inference_mode_restores_the_onednn_switch(model):
+    ids = tokens(9, seed=12)
+    lm, before = LeanLM(model, V, "t"), torch.backends.mkldnn.enabled
+    logits, _ = lm.forward(ids, keep=9)  # entered without torch.inference_mode
+    assert torch.backends.mkldnn.enabled == before and not logits.requires_grad
+    assert close(logits, hf_logits(model, ids))
+    if model.config.model_type == "gpt2":  # an error raised inside the forward restores it too
+        with pytest.raises(AdaspecError, match="learned positions"):
+            lm.forward(ids[:1], positions=torch.tensor([10_000]))
+        assert torch.backends.mkldnn.enabled == before
+
+
 def test_bfloat16_follows_the_model_dtype():
     m = build_model("tiny-neox", V, seed=2).to(torch.bfloat16)
     ids = tokens(12, seed=10)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaspec.decoding.verify import verify_chain
+from adaspec.decoding.verify import greedy_accepted, verify_chain
 
 
 def naive(p: torch.Tensor, x: torch.Tensor, q: torch.Tensor | None, u: torch.Tensor | None):
@@ -53,6 +53,14 @@ def test_greedy_rule_is_longest_argmax_prefix(gamma, vocab):
         k_ref, dist_ref = naive(p, x, None, None)
         assert int(k) == k_ref and torch.equal(dist, dist_ref)
         assert int(dist.argmax()) == int(logits[int(k)].argmax())
+        # the host-side form the greedy loop uses: same count from the argmax tokens alone
+        assert greedy_accepted(x.tolist(), logits.argmax(-1).tolist()) == k_ref
+
+
+def test_greedy_accepted_edges():
+    assert greedy_accepted([], [4]) == 0
+    assert greedy_accepted([1, 2, 3], [1, 2, 3, 9]) == 3  # all kept: the bonus token follows
+    assert greedy_accepted([1, 2, 3], [1, 5, 3, 9]) == 1  # a later match after a mismatch does not count
 
 
 def test_one_step_output_distribution_is_exactly_the_target():
