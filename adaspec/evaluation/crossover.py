@@ -97,7 +97,7 @@ def calibration(measured: dict, method: str, prompts: str = "gsm8k:test", temper
 def format_sweep(result: dict) -> str:
     lines = [f"draft {result['draft']} ({result['draft_params'] / 1e6:.2f}M, {result['draft_ms']:.3f} ms), "
              f"τ {result['tau']:.2f} at γ {result['gamma']}; per-step work {result['step_overhead_ms']:.3f} ms "
-             f"(solved at {result['pair_target']}, measured {result['measured_speedup']:.2f}×)",
+             f"(solved at {result['pair_target']}, measured {result['measured_speedup']:.2f}×)", "",
              "| target | params | t1 (ms) | verify γ+1 (ms) | verify / one | c = d / t1 | forwards only | "
              "predicted S |",
              "|---|---|---|---|---|---|---|---|"]
@@ -106,5 +106,6 @@ def format_sweep(result: dict) -> str:
                      f"{r['verify_cost_vs_one']:.2f} | {r['c']:.3f} | {r['forwards_only_speedup']:.2f}× | "
                      f"{r['predicted_speedup']:.2f}× |")
     crossing = result["crossover_params"]
+    lines.append("")
     lines.append("crossover: " + (f"{crossing / 1e6:.1f}M parameters" if crossing else "not inside the sweep"))
     return "\n".join(lines)

@@ -579,6 +579,17 @@ def benchmark_tables(bench_dir: Path) -> str:
                 f"parameters, decode path {b['decode_path']}, greedy, {b['n_prompts']} {b['task']} prompts × "
                 f"{b['max_new_tokens']} tokens, {b['repeats']} repeats, {b['threads']} thread(s)): `{b['command']}`",
                 "", tree_rows(b)]
+    path = bench_dir / "crossover.json"
+    if path.exists():
+        from adaspec.evaluation.crossover import format_sweep
+
+        b = json.loads(path.read_text())
+        out += ["", f"Predicted speed-up against target size (`{b['command']}`; lean forward costs measured, "
+                f"{b['threads']} thread(s); τ and the per-step work from the first trained pair; a prediction, "
+                "not a trained pair per size):", "", format_sweep(b["sweep"]), ""]
+        out += [f"Calibration, pair `{c['pair']}` ({c['method']}): forwards-only formula {c['formula_speedup']:.2f}×, "
+                f"measured {c['measured_speedup']:.2f}× (measured / formula {c['measured_over_formula']:.2f})."
+                for c in b["calibration"]]
     return "\n".join(out)
 
 
