@@ -5,7 +5,10 @@ training or `load_state_dict` is seen at once) and re-implements only the infere
 style: one preallocated KV cache [layers, 2, kv_heads, capacity, head_dim], rotary tables computed once
 from the model's own `inv_freq` / `attention_scaling`, `F.scaled_dot_product_attention`, hidden states kept
 2-D [tokens, H] (batch 1), no per-layer dicts, masks or cache objects. On small models most of a HF decode
-forward is per-call framework work (issue 17), which this removes.
+forward is per-call framework work (issue 17), which this removes. Per call it also avoids what is still
+per-call overhead at these sizes: one additive chain mask as a view of a band built once, rotary tables and
+bands shared by every LeanLM of a model (a generate call wraps the model anew), GPT-NeoX's q and k rotated
+and its keys and values cached by one op each, and oneDNN off around float32 CPU forwards (its GELU).
 
 Numerics follow transformers 5.24's modeling files op for op where it matters (RMSNorm in float32 then
 cast, rotary `q*cos + rotate_half(q)*sin` with the tables cast to the model dtype, GPT-NeoX's per-head

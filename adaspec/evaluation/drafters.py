@@ -13,6 +13,7 @@ predicted (what the loop around the forwards costs).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shlex
 import statistics
@@ -143,6 +144,7 @@ def benchmark(target: PreTrainedModel, tokenizer: Any, drafters: dict[str, PreTr
     if room < 1:
         raise AdaspecError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in {context} positions")
     verify_ratio = None
+    load_before = os.getloadavg()[0]  # a shared machine's other work slows both sides, not alike
     all_rows: list[dict[str, Any]] = []
     for task in tasks:
         prompts = _prompts(task, tokenizer, n_prompts, room, device)
@@ -160,7 +162,8 @@ def benchmark(target: PreTrainedModel, tokenizer: Any, drafters: dict[str, PreTr
             "verify_cost_ratio": verify_ratio, "decode_path": lean_supported(target) or "lean",
             "threads": torch.get_num_threads(),
             "device": str(device), "dtype": str(next(target.parameters()).dtype), "torch": torch.__version__, "transformers": transformers.__version__,
-            "machine": platform.processor() or platform.machine(), "rows": all_rows}
+            "machine": platform.processor() or platform.machine(),
+            "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)], "rows": all_rows}
 
 
 def format_rows(result: dict[str, Any]) -> str:

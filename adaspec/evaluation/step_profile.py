@@ -14,6 +14,7 @@ repeats of the per-step means; isolated forward timings on the same path sit bes
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import statistics
 import sys
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default=None, help="JSON path (default: print only)")
     args = p.parse_args(argv)
+    load_before = os.getloadavg()[0]
     try:
         torch.set_num_threads(args.threads)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -159,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks/step_profile.py: error: {exc}", file=sys.stderr)
         return 2
     result = {"command": shlex.join(["python", "benchmarks/step_profile.py", *(argv or sys.argv[1:])]),
+              "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
               "gamma": args.gamma, "temperature": args.temperature, "threads": torch.get_num_threads(),
               "confidences": args.confidences,
               "forward_ms": forward, "methods": methods}
