@@ -2,14 +2,14 @@
 # Every drafter family on the `make demo` pair (runs/gsm8k/demo): trains an EAGLE-3 head, MTP modules and
 # Medusa heads with plain KD on the demo target (each resumable: rerun to continue), then benchmarks them
 # beside the DistillSpec and AdaSPEC draft models: results/benchmarks/drafters_demo.json and .png.
-#   bash benchmarks/demo_drafters.sh        (after `make demo`; STEPS=400 by default)
+#   bash benchmarks/demo_drafters.sh        (after `make demo`; STEPS=100 by default, the committed heads)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 RUN=runs/gsm8k/demo
-STEPS=${STEPS:-400}
+STEPS=${STEPS:-100}
 COMMON=(--target "$RUN/target" --task gsm8k --max-length 256 --batch-size 16 --max-steps "$STEPS" --lr 2e-3
-        --val-every 100 --val-examples 16 --val-max-new-tokens 64 --no-progress)
+        --val-every 50 --val-examples 16 --val-max-new-tokens 64 --no-progress)
 export OMP_NUM_THREADS=1
 "$BIN/adaspec" train-head --kind eagle --ttt-steps 4 "${COMMON[@]}" --output "$RUN/heads/eagle"
 "$BIN/adaspec" train-head --kind mtp --depth 3 "${COMMON[@]}" --output "$RUN/heads/mtp"
