@@ -91,6 +91,15 @@ def _scored_batches(data: Continuations, batch_size: int, device: torch.device
             yield batch["input_ids"].to(device), batch["attention_mask"].to(device), score.to(device)
 
 
+def agreement_and_overlap(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float) -> tuple[int, float]:
+    """Over rows of target and draft logits [N, V]: how many argmaxes agree (greedy acceptances), and the
+    summed Σ_v min(p, q) at `temperature` (sampling acceptance probabilities)."""
+    agree = int((p_logits.argmax(-1) == q_logits.argmax(-1)).sum())
+    p = torch.softmax(p_logits / temperature, -1)
+    q = torch.softmax(q_logits / temperature, -1)
+    return agree, float(torch.minimum(p, q).sum())
+
+
 @torch.inference_mode()
 def analytic_alpha(target: PreTrainedModel, draft: PreTrainedModel, data: Continuations,
                    batch_size: int = 16, temperature: float = 1.0) -> dict[str, float]:
@@ -106,11 +115,8 @@ def analytic_alpha(target: PreTrainedModel, draft: PreTrainedModel, data: Contin
     for ids, mask, score in _scored_batches(data, batch_size, device):
         p_logits = target(input_ids=ids, attention_mask=mask).logits[..., :vocab][score].float()
         q_logits = draft(input_ids=ids, attention_mask=mask).logits[..., :vocab][score].float()
-        agree += (p_logits.argmax(-1) == q_logits.argmax(-1)).sum().item()
-        p = torch.softmax(p_logits / temperature, -1)
-        q = torch.softmax(q_logits / temperature, -1)
-        overlap += torch.minimum(p, q).sum(-1).sum().item()
-        n += int(score.sum())
+        a, o = agreement_and_overlap(p_logits, q_logits, temperature)
+        agree, overlap, n = agree + a, overlap + o, n + int(score.sum())
     if n == 0:
         return {"alpha_greedy": float("nan"), "alpha_sampling": float("nan"), "n_tokens": 0}
     return {"alpha_greedy": agree / n, "alpha_sampling": overlap / n, "n_tokens": n}

@@ -204,7 +204,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _named(values: list[str], what: str) -> dict[str, str]:
+def named_paths(values: list[str], what: str) -> dict[str, str]:
+    """NAME=DIR command-line values as {NAME: DIR} (one-line error naming the flag otherwise)."""
     out = {}
     for v in values:
         name, sep, path = v.partition("=")
@@ -240,11 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         target = load_model(args.target, device=device, dtype=dtype)
         tokenizer = load_tokenizer(args.target)
         drafters: dict[str, PreTrainedModel | Drafter] = {}
-        for name, path in _named(args.draft, "--draft").items():
+        for name, path in named_paths(args.draft, "--draft").items():
             model = load_model(path, device=device, dtype=dtype)
             check_vocab_compatible(target, model, tokenizer, saved_tokenizer(path), names=("target", name))
             drafters[name] = model
-        for spec, path in _named(args.head, "--head").items():
+        for spec, path in named_paths(args.head, "--head").items():
             kind, _, name = spec.partition(":")
             drafters[name or kind] = load_drafter(kind, path, target)
         result = benchmark(target, tokenizer, drafters, args.tasks, args.n_prompts, args.max_new_tokens,

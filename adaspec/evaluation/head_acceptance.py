@@ -30,7 +30,7 @@ from adaspec.drafters.eagle_drafter import EagleDrafter
 from adaspec.drafters.eagle_ttt import unroll
 from adaspec.drafters.medusa import MedusaDrafter
 from adaspec.drafters.mtp import MTPDrafter
-from adaspec.evaluation.acceptance import Continuations
+from adaspec.evaluation.acceptance import Continuations, agreement_and_overlap
 
 # (hidden [B, T, layers * H]: the head's target layers concatenated, ids [B, T]) -> per-depth logits, depth k
 # at position i proposing token i+k+1, over the target's vocabulary
@@ -144,11 +144,8 @@ def analytic_alpha(drafter: object, target: PreTrainedModel, data: Continuations
             continue
         q_logits = q_all[:, :width][score].float()
         p_logits = logits[:, 1:width + 1, : q_logits.shape[-1]][score].float()
-        agree += (p_logits.argmax(-1) == q_logits.argmax(-1)).sum().item()
-        p = torch.softmax(p_logits / temperature, -1)
-        q = torch.softmax(q_logits / temperature, -1)
-        overlap += torch.minimum(p, q).sum(-1).sum().item()
-        n += int(score.sum())
+        a, o = agreement_and_overlap(p_logits, q_logits, temperature)
+        agree, overlap, n = agree + a, overlap + o, n + int(score.sum())
     if n == 0:
         return {"alpha_greedy": float("nan"), "alpha_sampling": float("nan"), "n_tokens": 0}
     return {"alpha_greedy": agree / n, "alpha_sampling": overlap / n, "n_tokens": n}

@@ -29,7 +29,7 @@ from adaspec.decoding.target import Clock
 from adaspec.drafters.base import Drafter
 from adaspec.drafters.loading import load_drafter
 from adaspec.errors import AdaspecError
-from adaspec.evaluation.drafters import _named, _prompts, decode_forward_ms
+from adaspec.evaluation.drafters import _prompts, decode_forward_ms, named_paths
 from adaspec.io import atomic_write_json
 from adaspec.metrics import SpecStats
 from adaspec.models import check_vocab_compatible, load_model, load_tokenizer, saved_tokenizer
@@ -141,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         target = load_model(args.target, device=device)
         tokenizer = load_tokenizer(args.target)
         drafters: dict[str, PreTrainedModel | Drafter] = {}
-        for name, path in _named(args.draft, "--draft").items():
+        for name, path in named_paths(args.draft, "--draft").items():
             model = load_model(path, device=device)
             check_vocab_compatible(target, model, tokenizer, saved_tokenizer(path), names=("target", name))
             drafters[name] = model
-        for spec, path in _named(args.head, "--head").items():
+        for spec, path in named_paths(args.head, "--head").items():
             kind, _, name = spec.partition(":")
             drafters[name or kind] = load_drafter(kind, path, target)
         if not drafters:

@@ -37,6 +37,7 @@ from adaspec.drafters.eagle_drafter import EagleDrafter
 from adaspec.drafters.lm import LMDrafter
 from adaspec.drafters.loading import load_drafter
 from adaspec.errors import AdaspecError
+from adaspec.evaluation.drafters import named_paths
 from adaspec.evaluation.speed import Run, timed_rounds
 from adaspec.io import atomic_write_json
 from adaspec.models import check_vocab_compatible, count_params, load_model, load_tokenizer, output_vocab_size
@@ -224,16 +225,6 @@ def format_rows(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _named(values: list[str], what: str) -> dict[str, str]:
-    out = {}
-    for v in values:
-        name, sep, path = v.partition("=")
-        if not sep or not name or not path:
-            raise AdaspecError(f"{what} must be NAME=DIR, got {v!r}")
-        out[name] = path
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", required=True, help="target model directory")
@@ -259,12 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         vocab = output_vocab_size(target)
         drafters: dict[str, Drafter] = {}
         keep: dict[str, Drafter] = {}
-        for name, path in _named(args.draft, "--draft").items():
+        for name, path in named_paths(args.draft, "--draft").items():
             model = load_model(path, device=device)
             check_vocab_compatible(target, model, tokenizer, saved_tokenizer(path), names=("target", name))
             drafters[name] = LMDrafter(model, vocab)
             keep[name] = LMDrafter(model, vocab, keep_tree_rows=True)
-        for spec, path in _named(args.head, "--head").items():
+        for spec, path in named_paths(args.head, "--head").items():
             kind, _, name = spec.partition(":")
             drafters[name or kind] = load_drafter(kind, path, target)
             if isinstance(drafters[name or kind], EagleDrafter):
