@@ -215,6 +215,21 @@ def named_paths(values: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def load_named_drafters(drafts: list[str], heads: list[str], target: PreTrainedModel, tokenizer: Any,
+                        device: torch.device, dtype: torch.dtype | None = None
+                        ) -> dict[str, PreTrainedModel | Drafter]:
+    """--draft NAME=DIR models (vocabulary checked against the target) and --head KIND[:NAME]=DIR drafters."""
+    drafters: dict[str, PreTrainedModel | Drafter] = {}
+    for name, path in named_paths(drafts, "--draft").items():
+        model = load_model(path, device=device, dtype=dtype)
+        check_vocab_compatible(target, model, tokenizer, saved_tokenizer(path), names=("target", name))
+        drafters[name] = model
+    for spec, path in named_paths(heads, "--head").items():
+        kind, _, name = spec.partition(":")
+        drafters[name or kind] = load_drafter(kind, path, target)
+    return drafters
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", required=True, help="target model directory")
@@ -240,14 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype = getattr(torch, args.dtype)
         target = load_model(args.target, device=device, dtype=dtype)
         tokenizer = load_tokenizer(args.target)
-        drafters: dict[str, PreTrainedModel | Drafter] = {}
-        for name, path in named_paths(args.draft, "--draft").items():
-            model = load_model(path, device=device, dtype=dtype)
-            check_vocab_compatible(target, model, tokenizer, saved_tokenizer(path), names=("target", name))
-            drafters[name] = model
-        for spec, path in named_paths(args.head, "--head").items():
-            kind, _, name = spec.partition(":")
-            drafters[name or kind] = load_drafter(kind, path, target)
+        drafters = load_named_drafters(args.draft, args.head, target, tokenizer, device, dtype)
         result = benchmark(target, tokenizer, drafters, args.tasks, args.n_prompts, args.max_new_tokens,
                            args.gamma, args.temperatures, args.repeats, args.context)
     except AdaspecError as exc:

@@ -27,12 +27,11 @@ from transformers import PreTrainedModel
 from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.decoding.target import Clock
 from adaspec.drafters.base import Drafter
-from adaspec.drafters.loading import load_drafter
 from adaspec.errors import AdaspecError
-from adaspec.evaluation.drafters import _prompts, decode_forward_ms, named_paths
+from adaspec.evaluation.drafters import _prompts, decode_forward_ms, load_named_drafters
 from adaspec.io import atomic_write_json
 from adaspec.metrics import SpecStats
-from adaspec.models import check_vocab_compatible, load_model, load_tokenizer, saved_tokenizer
+from adaspec.models import load_model, load_tokenizer
 
 PARTS = ("draft", "verify_forward", "accept", "other")
 BASELINE = "target"
@@ -140,14 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         target = load_model(args.target, device=device)
         tokenizer = load_tokenizer(args.target)
-        drafters: dict[str, PreTrainedModel | Drafter] = {}
-        for name, path in named_paths(args.draft, "--draft").items():
-            model = load_model(path, device=device)
-            check_vocab_compatible(target, model, tokenizer, saved_tokenizer(path), names=("target", name))
-            drafters[name] = model
-        for spec, path in named_paths(args.head, "--head").items():
-            kind, _, name = spec.partition(":")
-            drafters[name or kind] = load_drafter(kind, path, target)
+        drafters = load_named_drafters(args.draft, args.head, target, tokenizer, device)
         if not drafters:
             raise AdaspecError("give at least one --draft or --head")
         prompts = _prompts(args.task, tokenizer, args.n_prompts, args.context - args.max_new_tokens, device)

@@ -35,13 +35,11 @@ from adaspec.decoding.tree_shape import AdaptiveTree, TreeSpec, parse_tree_spec
 from adaspec.drafters.base import Drafter
 from adaspec.drafters.eagle_drafter import EagleDrafter
 from adaspec.drafters.lm import LMDrafter
-from adaspec.drafters.loading import load_drafter
 from adaspec.errors import AdaspecError
-from adaspec.evaluation.drafters import named_paths
+from adaspec.evaluation.drafters import load_named_drafters
 from adaspec.evaluation.speed import Run, timed_rounds
 from adaspec.io import atomic_write_json
-from adaspec.models import check_vocab_compatible, count_params, load_model, load_tokenizer, output_vocab_size
-from adaspec.models import saved_tokenizer
+from adaspec.models import count_params, load_model, load_tokenizer, output_vocab_size
 
 BASELINE = "target"
 # EAGLE-2 paper, as quoted in issue 16: about 4.3 tokens per step with dynamic trees where EAGLE's give about
@@ -250,16 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         vocab = output_vocab_size(target)
         drafters: dict[str, Drafter] = {}
         keep: dict[str, Drafter] = {}
-        for name, path in named_paths(args.draft, "--draft").items():
-            model = load_model(path, device=device)
-            check_vocab_compatible(target, model, tokenizer, saved_tokenizer(path), names=("target", name))
-            drafters[name] = LMDrafter(model, vocab)
-            keep[name] = LMDrafter(model, vocab, keep_tree_rows=True)
-        for spec, path in named_paths(args.head, "--head").items():
-            kind, _, name = spec.partition(":")
-            drafters[name or kind] = load_drafter(kind, path, target)
-            if isinstance(drafters[name or kind], EagleDrafter):
-                keep[name or kind] = EagleDrafter(drafters[name or kind].head, keep_tree_rows=True)
+        for name, d in load_named_drafters(args.draft, args.head, target, tokenizer, device).items():
+            if isinstance(d, PreTrainedModel):
+                drafters[name] = LMDrafter(d, vocab)
+                keep[name] = LMDrafter(d, vocab, keep_tree_rows=True)
+            else:
+                drafters[name] = d
+                if isinstance(d, EagleDrafter):
+                    keep[name] = EagleDrafter(d.head, keep_tree_rows=True)
         trees = {name: (args.trees if args.trees is not None else default_trees(d))
                  + [AdaptiveTree(24, d.max_gamma or 6, 4).spec()] for name, d in drafters.items()}
         result = benchmark(target, tokenizer, drafters, keep, args.task, args.n_prompts, args.max_new_tokens,
