@@ -78,9 +78,9 @@ class Preset:
     # (MTP and Medusa get `gamma` depths, all a step drafts). Measured on the small GSM8K target, 1 thread
     # (benchmarks/head_training_cost.py, results/benchmarks/head_training_cost.json): CPU seconds per step
     # of batch 16 EAGLE-3 3.1 (AdaSPEC 4.1), EAGLE-1 3.3, MTP 2.4 (AdaSPEC 2.9), Medusa 1.4, ~10 more per
-    # run; at 0.05 epochs (23 steps, AdaSPEC 56) all 16 head runs of 3 seeds take ~32 CPU minutes. The
-    # heads stay far from converged at that budget: raise it where the time is there
-    head_epochs: float = 0.05
+    # run. 0.05 epochs (23 steps) left every head below the draft models; 0.15 (67 steps, AdaSPEC 168) puts
+    # all 16 head runs of 3 seeds at ~90 CPU minutes, what one session on 2 cores can hold beside the drafts
+    head_epochs: float = 0.15
     head_ttt_steps: int = 3
 
     def for_task(self, n_train: int) -> "Preset":
