@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 
 class RMSNorm(nn.Module):
-    """Llama's RMSNorm: x / rms(x) * weight, computed in float32 and cast back."""
+    """Llama's RMSNorm: x / rms(x) * weight, computed in at least float32 and cast back."""
 
     def __init__(self, size: int, eps: float = 1e-6):
         super().__init__()
@@ -21,7 +21,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = x.dtype
-        x = x.float()
+        x = x.to(torch.promote_types(dtype, torch.float32))
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
 

@@ -217,51 +217,6 @@ def causal_attend(key_mask: Tensor | None = None) -> Attend:
     return attend
 
 
-class HeadCache:
-    """The head's own KV cache over its positions (batch 1 at decode time), croppable like the target's."""
-
-    def __init__(self) -> None:
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
-
-    @property
-    def length(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
-
-    def crop(self, length: int) -> None:
-        if self.k is not None and length < self.length:
-            self.k, self.v = self.k[:, :, :length], self.v[:, :, :length]
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        start = self.length
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-        t, s = q.shape[2], self.k.shape[2]
-        mask = torch.arange(s, device=q.device)[None, :] <= start + torch.arange(t, device=q.device)[:, None]
-        groups = q.shape[1] // k.shape[1]
-        return nn.functional.scaled_dot_product_attention(q, repeat_kv(self.k, groups), repeat_kv(self.v, groups),
-                                                          attn_mask=mask)
-
-    def attend_visible(self, visible: Tensor) -> Attend:
-        """Attention for tree nodes: append their keys/values, query t sees the rows where visible[t]
-        ([T, length + T] bool) is True (its ancestors and itself; adaspec.drafters.tree_drafting)."""
-        def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-            self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-            groups = q.shape[1] // k.shape[1]
-            return nn.functional.scaled_dot_product_attention(
-                q, repeat_kv(self.k, groups), repeat_kv(self.v, groups), attn_mask=visible.to(q.device))
-        return attend
-
-    def keep(self, start: int, rows: list[int]) -> None:
-        """Keep the first `start` rows, then `rows` (in that order); drop the rest."""
-        if self.k is None:
-            return
-        idx = torch.tensor(rows, dtype=torch.long, device=self.k.device)
-        self.k = torch.cat([self.k[:, :, :start], self.k.index_select(2, idx)], dim=2)
-        self.v = torch.cat([self.v[:, :, :start], self.v.index_select(2, idx)], dim=2)
-
-
 # ---- the head ----
 
 class EagleHead(nn.Module):

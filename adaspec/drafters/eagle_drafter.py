@@ -11,16 +11,19 @@ not the target's (as the EAGLE reference re-runs them).
 Trees (EAGLE-2): the pending pairs run first as for a chain; their last output gives the root's
 children. Each later round feeds the frontier nodes together, each with its parent's output as the hidden
 and its own token, at position n-2+depth, attending to the real pairs, its ancestors' rows and itself
-(tree attention in the head's own layer, `HeadCache.attend_visible`): one head forward per depth, as a
-chain. After verification the draft rows are dropped and the accepted path re-run with the target's
+(tree attention in the head's own layer): one head forward per depth, as a chain. After verification the draft rows are dropped and the accepted path re-run with the target's
 features (`keep_tree_rows` False, the reference's choice: what the head is run on at every other position);
-with True the fed rows of the accepted path are kept (`HeadCache.keep`) and only the positions after
+with True the fed rows of the accepted path are kept (`LeanLayer.keep`) and only the positions after
 them run on target features. benchmarks/tree.py measures both (README).
+
+Decoding runs the head on `LeanEagle`, its lean view (adaspec.drafters.lean_layer), tested against
+`EagleHead.step`.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel
 
@@ -28,7 +31,8 @@ from adaspec.decoding.sampling import logits_to_probs, sample
 from adaspec.decoding.tree import Tree
 from adaspec.decoding.tree_shape import TreeShape
 from adaspec.drafters.draft_vocab import to_target_space
-from adaspec.drafters.eagle import EagleHead, HeadCache
+from adaspec.drafters.eagle import EagleHead
+from adaspec.drafters.lean_layer import LeanLayer, rms_norm, weight_versions
 from adaspec.drafters.tree_drafting import TreeRows, top_children
 from adaspec.errors import AdaspecError
 from adaspec.models import output_vocab_size
@@ -40,6 +44,33 @@ def load_target_check(head_vocab: int, target_vocab: int, path: str) -> None:
                            f"has {target_vocab}")
 
 
+class LeanEagle:
+    """`EagleHead.step` and `.logits` on the lean decode path, with the layer's KV cache (`layer`)."""
+
+    def __init__(self, head: EagleHead):
+        cfg, layer = head.config, head.layer
+        self.versions = weight_versions(head)
+        self.head, self.fused, self.eagle3 = head, layer.fused, cfg.variant == "eagle3"
+        self.embed = head.embed_tokens.weight.detach()
+        self.layer = LeanLayer(layer.self_attn, layer.post_attention_layernorm, layer.mlp, cfg.num_heads,
+                               cfg.num_kv_heads, cfg.head_dim, cfg.rope_theta)
+
+    def step(self, tokens: Tensor, hidden: Tensor, positions: Tensor | None = None,
+             visible: Tensor | None = None) -> Tensor:
+        """`EagleHead.step` for tokens [T] and hidden [T, H] after the cached rows (positions and visible
+        as `LeanLayer.run`): the output hidden [T, H]."""
+        emb = F.embedding(tokens, self.embed).to(hidden.dtype)
+        if not self.eagle3:
+            hidden = self.head.fc(torch.cat([emb, hidden], dim=-1))
+        layer = self.head.layer
+        x = torch.cat([rms_norm(emb, layer.input_layernorm), rms_norm(hidden, layer.hidden_norm)], dim=-1) \
+            if self.fused else hidden
+        return self.layer.run(x, hidden, positions, visible)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return F.linear(rms_norm(hidden, self.head.norm) if self.eagle3 else hidden, self.head.lm_head.weight)
+
+
 class EagleDrafter:
     max_gamma: int | None = None
 
@@ -47,7 +78,8 @@ class EagleDrafter:
         self.head = head.eval()
         self.hidden_layers: tuple[int, ...] = head.config.hidden_layers
         self.device = head.fc.weight.device
-        self.cache, self.real, self.pending = HeadCache(), 0, None
+        self.lean = LeanEagle(self.head)
+        self.real, self.pending = 0, None
         self.keep_tree_rows = keep_tree_rows
         self._rows: tuple[TreeRows, Tree] | None = None  # with keep_tree_rows, the last tree's
 
@@ -72,7 +104,10 @@ class EagleDrafter:
 
     @torch.no_grad()
     def prefill(self, prompt: Tensor, hidden: Tensor | None) -> None:
-        self.cache, self.real, self.pending = HeadCache(), 0, None
+        if self.lean.versions != weight_versions(self.head):
+            self.lean = LeanEagle(self.head)
+        self.lean.layer.crop(0)
+        self.real, self.pending = 0, None
         self._take(hidden)
 
     @torch.no_grad()
@@ -85,7 +120,7 @@ class EagleDrafter:
         hidden = self._run_pending(seq, n)
         proposals, draft_probs = [], []
         for i in range(gamma):
-            logits = self.head.logits(hidden)[0, -1].float()
+            logits = self.lean.logits(hidden)[-1].float()
             if temperature == 0:
                 token = self.head.draft_to_target(logits.argmax(-1, keepdim=True))
             else:
@@ -94,25 +129,22 @@ class EagleDrafter:
                 draft_probs.append(q)
             proposals.append(token)
             if i + 1 < gamma:
-                pos = torch.tensor([self.cache.length], device=self.device)
-                hidden = self.head.step(token[None], hidden, pos, self.cache.attend)
+                hidden = self.lean.step(token, hidden)
         return torch.cat(proposals), torch.stack(draft_probs) if draft_probs else None
 
     def _run_pending(self, seq: Tensor, n: int) -> Tensor:
-        """Run the pairs of real target features not in the cache yet; the last output [1, 1, H]."""
+        """Run the pairs of real target features not in the cache yet; the last output [1, H]."""
         m = 0 if self.pending is None else self.pending.shape[0]
         if self.real + m != n - 1 or m == 0:
             raise RuntimeError(f"EAGLE drafter out of step: {self.real} cached + {m} pending features for "
                                f"{n} accepted tokens")
-        tokens = seq[self.real + 1:n].to(self.device)[None]
-        positions = torch.arange(self.real, n - 1, device=self.device)
-        hidden = self.head.step(tokens, self.pending[None], positions, self.cache.attend)[:, -1:]
+        hidden = self.lean.step(seq[self.real + 1:n].to(self.device), self.pending)[-1:]
         self.real, self.pending = n - 1, None
         return hidden
 
     @torch.no_grad()
     def accept(self, n: int, hidden: Tensor | None) -> None:
-        self.cache.crop(self.real)
+        self.lean.layer.crop(self.real)
         self._take(hidden)
 
     @torch.no_grad()
@@ -121,9 +153,9 @@ class EagleDrafter:
         if n == 1:
             empty = torch.empty(0, dtype=torch.long, device=self.device)
             return Tree(empty, empty, empty), None
-        outputs = {-1: self._run_pending(seq, n)[0]}  # node -> the head's output there, [1, H]
+        outputs = {-1: self._run_pending(seq, n)}  # node -> the head's output there, [1, H]
         rows = TreeRows(prefix=self.real)
-        head = self.head
+        lean = self.lean
 
         def expand(nodes: Tensor, tree: Tree, k: int) -> tuple[Tensor, Tensor]:
             ids = nodes.tolist()
@@ -132,21 +164,20 @@ class EagleDrafter:
             else:
                 parents = tree.parents.tolist()
                 prev = torch.cat([outputs[parents[i]] for i in ids])
-                chain = rows.continues_chain(tree, ids, self.cache.length)
-                attend = self.cache.attend if chain else self.cache.attend_visible(
-                    rows.visibility(tree, ids, self.cache.length))
+                cached = lean.layer.length
+                visible = None if rows.continues_chain(tree, ids, cached) else rows.visibility(tree, ids, cached)
                 positions = (tree.depths[nodes] + (n - 2)).to(self.device)
-                out = head.step(tree.tokens[nodes].to(self.device)[None], prev[None], positions, attend)[0]
+                out = lean.step(tree.tokens[nodes].to(self.device), prev, positions, visible)
                 for r, i in enumerate(ids):
                     outputs[i] = out[r:r + 1]
-            draft_ids, logp = top_children(head.logits(out), k, temperature, top_p)
-            return head.draft_to_target(draft_ids), logp
+            draft_ids, logp = top_children(lean.logits(out), k, temperature, top_p)
+            return self.head.draft_to_target(draft_ids), logp
 
         tree = shape.build(expand)
         if self.keep_tree_rows:
             self._rows = (rows, tree)
         else:
-            self.cache.crop(self.real)
+            self.lean.layer.crop(self.real)
         return tree, None
 
     @torch.no_grad()
@@ -157,6 +188,6 @@ class EagleDrafter:
             return
         rows, tree = kept_rows
         kept = rows.fed_prefix(tree, path.tolist())
-        self.cache.keep(self.real, kept)
+        self.lean.layer.keep(self.real, kept)
         self.real += len(kept)
         self._take(None if hidden is None else hidden[:, len(kept):])

@@ -40,8 +40,9 @@ from adaspec.decoding.sampling import logits_to_probs, sample
 from adaspec.decoding.target import FINAL
 from adaspec.decoding.tree import Tree
 from adaspec.decoding.tree_shape import TreeShape
-from adaspec.drafters.block import BlockConfig, DecoderBlock, KVCache, block_config
+from adaspec.drafters.block import BlockConfig, DecoderBlock, block_config
 from adaspec.drafters.common import RMSNorm
+from adaspec.drafters.lean_layer import LeanLayer, rms_norm, weight_versions
 from adaspec.drafters.target_parts import TargetParts, target_parts
 from adaspec.drafters.tree_drafting import per_depth_expand
 from adaspec.errors import AdaspecError
@@ -81,10 +82,27 @@ class MTPModule(nn.Module):
         self.eh_proj = nn.Linear(2 * cfg.hidden, cfg.hidden, bias=False)
         self.block = DecoderBlock(cfg.block)
 
-    def forward(self, prev: Tensor, embedded: Tensor, start: int = 0, cache: KVCache | None = None) -> Tensor:
-        """prev = h^{k-1} and embedded = Emb(t_{i+k}) for positions start.., [B, T, H] each -> h^k."""
+    def forward(self, prev: Tensor, embedded: Tensor) -> Tensor:
+        """prev = h^{k-1} and embedded = Emb(t_{i+k}) for positions 0..T-1, [B, T, H] each -> h^k."""
         x = self.eh_proj(torch.cat([self.enorm(embedded), self.hnorm(prev)], dim=-1))
-        return self.block(x, start, cache)
+        return self.block(x)
+
+
+class LeanMTPModule:
+    """MTPModule on the lean decode path (adaspec.drafters.lean_layer), with its block's KV cache."""
+
+    def __init__(self, module: MTPModule, cfg: MTPConfig):
+        self.module = module
+        self.w_eh = module.eh_proj.weight.detach().t().contiguous()
+        b = module.block
+        self.layer = LeanLayer(b.self_attn, b.post_attention_layernorm, b.mlp, cfg.heads, cfg.heads,
+                               cfg.block.head_dim, cfg.rope_theta)
+
+    def run(self, prev: Tensor, embedded: Tensor) -> Tensor:
+        """MTPModule.forward for positions length..length+T-1 after the cached ones, [T, H] each."""
+        m = self.module
+        x = torch.cat([rms_norm(embedded, m.enorm), rms_norm(prev, m.hnorm)], dim=-1) @ self.w_eh
+        return self.layer.run(rms_norm(x, m.block.input_layernorm), x)
 
 
 class MTPHeads(nn.Module):
@@ -157,9 +175,10 @@ class _Rows:
 class MTPDrafter:
     """Chains the MTP modules after each verification (see the module docstring); γ <= D.
 
-    State: module j's KV cache over its final positions 0..len-1, and the final input states of module j
-    (the target's features for j = 0, module j-1's outputs after) from position len on: earlier ones are
-    in the cache already, so the kept rows stay a few per depth however long the sequence grows.
+    State: module j's KV cache over its final positions 0..len-1 (in its LeanMTPModule), and the final
+    input states of module j (the target's features for j = 0, module j-1's outputs after) from position
+    len on: earlier ones are in the cache already, so the kept rows stay a few per depth however long the
+    sequence grows.
     """
 
     hidden_layers: tuple[int, ...] = (FINAL,)
@@ -167,6 +186,7 @@ class MTPDrafter:
     def __init__(self, heads: MTPHeads, target: PreTrainedModel, vocab: int | None = None):
         self.heads, self.parts = heads, target_parts(target, vocab)
         self.max_gamma: int | None = heads.cfg.depth
+        self.versions: tuple[int, ...] | None = None
         self._reset()
 
     @classmethod
@@ -178,9 +198,12 @@ class MTPDrafter:
         return cls(load_mtp(path, device=p.device).to(p.dtype), target, vocab)
 
     def _reset(self) -> None:
-        d = self.heads.cfg.depth
-        self.caches = [KVCache() for _ in range(d)]
-        self.inputs = [_Rows() for _ in range(d)]  # inputs[0]: the target's features, ends at n-1
+        if self.versions != weight_versions(self.heads):  # built at first, and again after training
+            self.versions = weight_versions(self.heads)
+            self.modules = [LeanMTPModule(m, self.heads.cfg) for m in self.heads.mtp]
+        for module in self.modules:
+            module.layer.crop(0)
+        self.inputs = [_Rows() for _ in range(self.heads.cfg.depth)]  # inputs[0]: the target's features, ends at n-1
 
     def _append_hidden(self, hidden: Tensor | None) -> None:
         if hidden is not None and hidden.shape[1] > 0:
@@ -246,20 +269,20 @@ class MTPDrafter:
         proposals, rows = [], []
         fresh: Tensor | None = None  # the previous module's outputs at its non-final positions
         for j in range(gamma):  # module k = j + 1 reads t_{i+k}
-            module, cache = self.heads.mtp[j], self.caches[j]
-            start = len(cache)
+            module = self.modules[j]
+            start = module.layer.length
             done = self.inputs[j].since(start)
             prev = torch.cat([x for x in (done, fresh) if x is not None])
             toks = tokens[start + j + 1: last + j + 2]
             embedded = self.parts.embed(toks.to(self.parts.embed.weight.device)).to(prev.dtype)
-            out = module(prev[None], embedded[None], start, cache)[0]
+            out = module.run(prev, embedded)
             logits = self.parts.logits(out[-1:]).float()[0]
             rows.append(logits)
             proposals.append(pick(logits).to(device))
             tokens = torch.cat([tokens, proposals[-1]])
             # keep only the positions whose input token is accepted (i <= n-1-k); the rest is redone
             final = max(n - 1 - j, start)
-            cache.crop(final)
+            module.layer.crop(final)
             self.inputs[j].drop_before(final)
             if j + 1 < len(self.inputs):
                 self.inputs[j + 1].extend(out[: final - start])

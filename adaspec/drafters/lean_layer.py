@@ -1,0 +1,124 @@
+"""The heads' Llama-style layer (EagleLayer, DecoderBlock) on a lean decode path.
+
+The nn.Modules stay the one definition: training runs them, and tests hold this view to their outputs
+(tests/drafters/test_lean_layer.py). At decode time a head runs one layer over one to a few rows per call,
+where every op is mostly call overhead (adaspec.decoding.lean measures the same for the target), and the
+modules' per-call work was most of a head's step: rotary angles recomputed from scratch twice per call, four
+float32 round trips per RMSNorm, separate q/k/v and gate/up matmuls, and a KV cache grown by `torch.cat`
+(a copy of the whole cache per draft token). This view reads the same weights, fused once when it is
+built ([q|k|v] and [gate|up] one matrix each, stored [in, out]), looks rotary angles up in a table, and
+keeps keys and values in a preallocated buffer, so cropping is setting a length.
+
+The weights are copied when the view is built; drafters rebuild it at `prefill` when the module's
+weights have changed since (`weight_versions`), so a head trained further is decoded as it is now.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def weight_versions(module: nn.Module) -> tuple[int, ...]:
+    """Every in-place update of a weight (an optimizer step, load_state_dict) bumps its version counter:
+    a view built at other versions is stale."""
+    return tuple(p._version for p in module.parameters())
+
+
+def rms_norm(x: Tensor, norm: nn.Module) -> Tensor:
+    """adaspec.drafters.common.RMSNorm (F.rms_norm's CPU kernel measured several times slower on one row)."""
+    y = x.float()  # no copy for float32 inputs; half inputs are normalised in float32 as the module does
+    return (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + norm.eps)).to(x.dtype) * norm.weight
+
+
+def _t(linear: nn.Linear) -> Tensor:
+    return linear.weight.detach().t().contiguous()
+
+
+class LeanLayer:
+    """One Llama decoder layer, its attention input given pre-normed, with its own KV cache of `length`
+    rows: `run(x, residual)` returns residual + attn(x), then + mlp(norm(.)), as the modules do."""
+
+    def __init__(self, attn: nn.Module, post_norm: nn.Module, mlp: nn.Module, heads: int, kv_heads: int,
+                 head_dim: int, theta: float, capacity: int = 256):
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.w_qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach().t().contiguous()
+        self.w_o = _t(attn.o_proj)
+        self.post_norm = post_norm
+        self.w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach().t().contiguous()
+        self.w_down = _t(mlp.down_proj)
+        self.inter = mlp.gate_proj.weight.shape[0]
+        w = self.w_o
+        self.inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=w.device, dtype=torch.float32) / head_dim)
+        half = head_dim // 2
+        # rotate_half(x) == x[..., perm] * sign: one gather and one fused multiply-add with a signed sine table
+        self.perm = torch.cat([torch.arange(half, head_dim), torch.arange(half)]).to(w.device)
+        self.sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(w.device, w.dtype)
+        self.length = 0
+        self.k = w.new_empty(kv_heads, 0, head_dim)
+        self.v = w.new_empty(kv_heads, 0, head_dim)
+        self.cos = self.sin = w.new_empty(0, head_dim)
+        self._reserve(capacity)
+
+    def _reserve(self, rows: int) -> None:
+        cap = self.k.shape[1]
+        if rows <= cap:
+            return
+        new = max(rows, 2 * cap)
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            buf = old.new_empty(self.kv_heads, new, self.head_dim)
+            buf[:, :cap] = old
+            setattr(self, name, buf)
+        # the angles exactly as adaspec.drafters.common.apply_rope computes them
+        angles = torch.arange(new, device=self.inv_freq.device, dtype=torch.float32)[:, None] * self.inv_freq
+        angles = torch.cat([angles, angles], dim=-1)
+        self.cos = angles.cos().to(self.k.dtype)
+        self.sin = angles.sin().to(self.k.dtype) * self.sign
+
+    def crop(self, length: int) -> None:
+        self.length = min(self.length, length)
+
+    def keep(self, start: int, rows: list[int]) -> None:
+        """Keep the first `start` rows, then `rows` (in that order); drop the rest."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.k.device)
+        end = start + len(rows)
+        self.k[:, start:end] = self.k.index_select(1, idx)
+        self.v[:, start:end] = self.v.index_select(1, idx)
+        self.length = end
+
+    def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        return torch.addcmul(x * cos, x.index_select(-1, self.perm), sin)
+
+    def run(self, x: Tensor, residual: Tensor, positions: Tensor | None = None,
+            visible: Tensor | None = None) -> Tensor:
+        """x [T, in] (the attention input, normed), residual [T, H], appended after the cached rows.
+
+        positions [T]: rotary positions (default: the rows' own, length..length+T-1); visible
+        [T, length + T] bool: which rows each query sees (default: causal over rows)."""
+        t, s = x.shape[0], self.length
+        e = s + t
+        self._reserve(e)
+        h, kv, d = self.heads, self.kv_heads, self.head_dim
+        qkv = x @ self.w_qkv
+        if positions is None:
+            cos, sin = self.cos[s:e, None], self.sin[s:e, None]
+        else:
+            cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        q = self._rotate(qkv[:, : h * d].view(t, h, d), cos, sin)
+        k = self._rotate(qkv[:, h * d:(h + kv) * d].view(t, kv, d), cos, sin)
+        self.k[:, s:e] = k.transpose(0, 1)
+        self.v[:, s:e] = qkv[:, (h + kv) * d:].view(t, kv, d).transpose(0, 1)
+        if visible is not None:
+            mask = visible.to(x.device)
+        elif t > 1:
+            mask = torch.arange(e, device=x.device)[None, :] <= torch.arange(s, e, device=x.device)[:, None]
+        else:
+            mask = None  # one query after every cached row sees them all
+        a = F.scaled_dot_product_attention(q.transpose(0, 1)[None], self.k[None, :, :e], self.v[None, :, :e],
+                                           attn_mask=mask, enable_gqa=h != kv)
+        self.length = e
+        out = torch.addmm(residual, a[0].transpose(0, 1).reshape(t, h * d), self.w_o)
+        gate, up = (rms_norm(out, self.post_norm) @ self.w_gate_up).split(self.inter, dim=-1)
+        return torch.addmm(out, F.silu(gate) * up, self.w_down)
