@@ -101,7 +101,7 @@ PRESETS: dict[str, Preset] = {
     # `make demo`: the whole pipeline in about 5 minutes on 2 CPU cores. Smaller models than `small` on the
     # same data and epochs: a demo that also cut the data (1,200 examples) left both drafts at their first
     # checkpoint with identical α, which demonstrates nothing
-    "demo": replace(_SMALL, vocab_size=1024, target="neox-demo-target", draft="neox-demo-draft",
+    "demo": replace(_SMALL, vocab_size=1024, target="neox-demo-deep", draft="neox-demo-draft",
                     eval_prompts=30, eval_max_new_tokens=64, seeds=(0,)),
     "small": _SMALL,
 }

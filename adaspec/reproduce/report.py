@@ -489,6 +489,11 @@ def readme_table(results_dir: Path) -> str:
                     f"{q['metric']} {_fmt(q['value'])} | {_pm(d)} | {_pm(a)} | {delta:+.1f} | {_paper(r['task'])} | "
                     f"{_controls(r)} | {_controls(r, ('distillspec_long4', 'adaspec_long4'), first=False)} | "
                     f"{len(r['seeds'])} | `{r['command']}` |")
+    # a heads run kept apart from the main table (`--results-dir results/heads`: its drafts were retrained
+    # without the main table's ablations, which a results.json in results/<task> would have lost)
+    for path in sorted((results_dir / "heads").glob("*/results.json")):
+        from adaspec.reproduce.report_heads import heads_row
+        heads.append(heads_row(json.loads(path.read_text())))
     if heads:
         from adaspec.reproduce.report_heads import heads_table
         rows += ["", *heads_table(heads)]

@@ -398,6 +398,10 @@ def test_heads_train_resume_and_join_the_results(tmp_path, monkeypatch):
     table = readme_table(results)
     assert "| EAGLE-3 KD | EAGLE-3 AdaSPEC | EAGLE-1 KD | MTP KD | MTP AdaSPEC | Medusa KD |" in table
     assert table.count("| gsm8k | tiny |") == 2  # the main row and the heads row
+    (results / "heads").mkdir()
+    (results / "gsm8k").rename(results / "heads" / "gsm8k")  # a heads run kept apart from the main table
+    table = readme_table(results)
+    assert table.count("| gsm8k | tiny |") == 1 and "| EAGLE-3 KD | EAGLE-3 AdaSPEC |" in table
 
 
 def test_head_options_are_checked(capsys):
