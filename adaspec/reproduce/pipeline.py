@@ -98,9 +98,9 @@ _SMALL = Preset(vocab_size=2048, target="neox-target-s", draft="neox-draft-xxs",
                 eval_max_new_tokens=96, gamma=3, top_k=64, seeds=(0, 1, 2), min_train_examples=7000)
 
 PRESETS: dict[str, Preset] = {
-    # `make demo`: the whole pipeline in about 5 minutes on 2 CPU cores. Smaller models than `small` on the
-    # same data and epochs: a demo that also cut the data (1,200 examples) left both drafts at their first
-    # checkpoint with identical α, which demonstrates nothing
+    # `make demo`: the whole pipeline in 21 minutes measured at 1 thread on 2 shared CPU cores. Smaller
+    # models than `small` on the same data and epochs: a demo that also cut the data (1,200 examples) left
+    # both drafts at their first checkpoint with identical α, which demonstrates nothing
     "demo": replace(_SMALL, vocab_size=1024, target="neox-demo-deep", draft="neox-demo-draft",
                     eval_prompts=30, eval_max_new_tokens=64, seeds=(0,)),
     "small": _SMALL,
@@ -150,8 +150,9 @@ OFFICIAL_VARIANTS: dict[str, dict] = {
 }
 
 
-# --heads: heads trained on each seed's frozen target after its drafts, in this order. "ref": the KD head an
-# AdaSPEC head selects against (the drafts' DistillSpec reference, for heads); "first_seed": trained once
+# --heads: heads trained on the frozen target (shared by the seeds) after each seed's drafts, in this order.
+# "ref": the KD head an AdaSPEC head selects against (the drafts' DistillSpec reference, for heads);
+# "first_seed": trained once
 HEADS: dict[str, dict] = {
     "eagle": {"kind": "eagle", "label": "EAGLE-3 head, KD"},
     "eagle_adaspec": {"kind": "eagle", "ref": "eagle", "label": "EAGLE-3 head, AdaSPEC"},
@@ -182,7 +183,7 @@ class ReproduceOptions:
         "with --protocol official: also train the acceptance-aligned variants (LK losses, Δ in TVD, soft "
         "selection, k schedule) on every seed"))
     heads: list[str] | None = field(default=None, metadata=helptext(
-        "also train drafter heads on each seed's frozen target and evaluate them beside the drafts: eagle "
+        "also train drafter heads per seed on the frozen target and evaluate them beside the drafts: eagle "
         "(EAGLE-3 with KD and with AdaSPEC against it; EAGLE-1 with KD on the first seed), mtp (KD, AdaSPEC), "
         "medusa (KD)"))
     runs_dir: str = field(default="runs", metadata=helptext("where models and caches go (resumable)"))

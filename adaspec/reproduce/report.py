@@ -470,6 +470,8 @@ def readme_table(results_dir: Path) -> str:
             "first seed: AdaSPEC / KD at equal steps / random 40% α (%) | first seed, 4× those steps: KD / AdaSPEC α (%) | "
             "seeds | command |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    from adaspec.reproduce.report_heads import heads_row, heads_table  # it builds on this module
+
     official, heads = [], []
     for path in sorted(results_dir.glob("*/results.json")):
         r = json.loads(path.read_text())
@@ -478,7 +480,6 @@ def readme_table(results_dir: Path) -> str:
         if "alpha_greedy_seeds" not in r:
             continue
         if r.get("heads"):
-            from adaspec.reproduce.report_heads import heads_row
             heads.append(heads_row(r))
         d, a = r["alpha_greedy_seeds"]["distillspec"], r["alpha_greedy_seeds"]["adaspec"]
         delta = 100 * (_mean_std(a)[0] - _mean_std(d)[0])
@@ -492,10 +493,8 @@ def readme_table(results_dir: Path) -> str:
     # a heads run kept apart from the main table (`--results-dir results/heads`: its drafts were retrained
     # without the main table's ablations, which a results.json in results/<task> would have lost)
     for path in sorted((results_dir / "heads").glob("*/results.json")):
-        from adaspec.reproduce.report_heads import heads_row
         heads.append(heads_row(json.loads(path.read_text())))
     if heads:
-        from adaspec.reproduce.report_heads import heads_table
         rows += ["", *heads_table(heads)]
     if official:
         rows += ["", "Under the authors' protocol (equal optimizer steps: AdaSPEC at 2.5× DistillSpec's batch for "

@@ -15,7 +15,8 @@ def render_heads(res: dict) -> list[str]:
     """The drafter heads beside the draft LMs: what each is, its acceptance per position, AdaSPEC − KD."""
     heads, ps, first = res["heads"], res.get("preset_settings", {}), res["seeds"][0]
     lines = ["", "## Drafter heads on the frozen target", "",
-             f"`adaspec train-head` on each seed's target: {ps.get('head_epochs', 0):.3g} epochs for a KD head; "
+             "`adaspec train-head` on the frozen target (one for every seed; each seed its own head "
+             f"initialisation and batches): {ps.get('head_epochs', 0):.3g} epochs for a KD head; "
              "an AdaSPEC head keeps k = 0.4 of the tokens per unroll step (MTP: per depth) by Δ against that "
              "seed's KD head of its kind, at the drafts' matched token budget. EAGLE heads unroll "
              f"{ps.get('head_ttt_steps', 'n/a')} training-time-test steps, MTP and Medusa have γ = "
