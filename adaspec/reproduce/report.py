@@ -434,7 +434,8 @@ def variants_table(results_dir: Path) -> list[str]:
     """The README's variants table: per task, each variant's gain over plain KD at equal steps; empty when no
     task has variants."""
     rows, wins = [], {n: 0 for n in VARIANT_LABELS}
-    for path in sorted(results_dir.glob("*/results.json")):
+    # a variants run kept apart (`--results-dir results/variants`) leaves the main official block as it was
+    for path in sorted([*results_dir.glob("*/results.json"), *(results_dir / "variants").glob("*/results.json")]):
         verdicts = (json.loads(path.read_text()).get(OFFICIAL) or {}).get("variants_vs_kd")
         if not verdicts:
             continue
@@ -444,14 +445,15 @@ def variants_table(results_dir: Path) -> list[str]:
             cells.append("n/a" if v is None else f"{100 * v['gain']:+.1f} (± {100 * v['spread']:.1f})"
                          + (" ✓" if v["beats"] else ""))
             wins[name] += bool(v and v["beats"])
-        rows.append(f"| {path.parent.name} | {' | '.join(cells)} |")
+        seeds = max(v["seeds"] for v in verdicts.values())
+        rows.append(f"| {path.parent.name} | {seeds} | {' | '.join(cells)} |")
     if not rows:
         return []
     head = " | ".join(VARIANT_LABELS[n] for n in VARIANT_LABELS)
     return ["", "Acceptance-aligned variants under the authors' protocol: gain over plain KD at equal optimizer steps "
             "(the better of DistillSpec and KD at AdaSPEC's batch) in points of greedy α, mean over seeds (± the "
             f"sum of both seed standard deviations); ✓ = a gain of ≥ {100 * VARIANT_MARGIN:g} point beyond that "
-            "spread:", "", f"| task | {head} |", "|---|" + "---|" * len(VARIANT_LABELS), *rows, "",
+            "spread:", "", f"| task | seeds | {head} |", "|---|---|" + "---|" * len(VARIANT_LABELS), *rows, "",
             "Tasks won: " + ", ".join(f"{n} {wins[n]} of {len(rows)}" for n in VARIANT_LABELS) + "."]
 
 

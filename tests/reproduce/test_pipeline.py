@@ -181,6 +181,10 @@ def test_official_variants_train_and_report(tmp_path, monkeypatch):
     seed0 = runs / "gsm8k" / "tiny" / "official" / "seed0"
     assert json.loads((seed0 / "cache_ref_tvd" / "manifest.json").read_text())["divergence"] == "tvd"
     assert "Acceptance-aligned variants" in (results / "gsm8k" / "report.md").read_text()
+    (results / "variants").mkdir()
+    (results / "gsm8k").rename(results / "variants" / "gsm8k")  # a variants run kept apart from the main table
+    table = readme_table(results)
+    assert "| task | seeds | LK: -log α" in table and "| gsm8k | 1 |" in table
 
 
 def _planned_runs(tmp_path, monkeypatch, *flags: str, protocol: str = "adaspec", heads: list[str] | None = None
