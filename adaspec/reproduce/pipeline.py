@@ -469,6 +469,8 @@ class Pipeline:
 
 def command_line(opts: ReproduceOptions) -> str:
     parts = ["adaspec", "reproduce", "--task", opts.task, "--preset", opts.preset]
+    if opts.results_dir != "results":  # where the results were written is part of how to get them again
+        parts += ["--results-dir", opts.results_dir]
     if opts.seeds:
         parts += ["--seeds", *map(str, opts.seeds)]
     if opts.ablations:

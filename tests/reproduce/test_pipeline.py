@@ -341,7 +341,7 @@ def test_variants_are_judged_against_the_better_kd_and_tabled(tmp_path):
     report = (tmp_path / "xsum" / "report.md").read_text()
     assert "| LK: -log α, every token at AdaSPEC's batch | +2.5 | 1.5 | yes |" in report
     table = readme_table(tmp_path)
-    assert "| xsum | +2.5 (± 1.5) ✓ | +1.0 (± 2.0) |" in table
+    assert "| xsum | 3 | +2.5 (± 1.5) ✓ | +1.0 (± 2.0) |" in table
     assert "Tasks won: lk 2 of 2, lk_kl 0 of 2" in table
     # a block without variants renders no variants lines
     plain = {n: alphas[n] for n in ("distillspec", "adaspec", "kd_big_batch")}
@@ -419,6 +419,8 @@ def test_head_options_are_checked(capsys):
     assert "--heads takes eagle, mtp, medusa" in err
     opts = reproduce.ReproduceOptions(heads=["mtp"], seeds=[1])
     assert reproduce.command_line(opts).endswith("--seeds 1 --heads mtp")
+    assert reproduce.command_line(reproduce.ReproduceOptions(results_dir="results/heads")) == (
+        "adaspec reproduce --task gsm8k --preset demo --results-dir results/heads")
 
 
 @pytest.mark.parametrize("protocol", ["adaspec", "official"])
