@@ -107,5 +107,11 @@ def format_sweep(result: dict) -> str:
                      f"{r['predicted_speedup']:.2f}× |")
     crossing = result["crossover_params"]
     lines.append("")
-    lines.append("crossover: " + (f"{crossing / 1e6:.1f}M parameters" if crossing else "not inside the sweep"))
+    if crossing:
+        where = f"{crossing / 1e6:.1f}M parameters"
+    elif all(r["predicted_speedup"] >= 1 for r in result["rows"]):
+        where = "at or below the smallest target swept (every size is predicted to pay)"
+    else:
+        where = "none in the sweep (no size where the prediction rises through 1×)"
+    lines.append("crossover: " + where)
     return "\n".join(lines)

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from adaspec import AdaspecError
-from adaspec.evaluation.crossover import calibration, crossover_params, predicted_speedup, step_overhead, sweep
+from adaspec.evaluation.crossover import (calibration, crossover_params, format_sweep, predicted_speedup,
+                                         step_overhead, sweep)
 
 
 def test_predicted_speedup_is_tau_times_t1_over_step_cost():
@@ -31,6 +32,19 @@ def test_crossover_interpolates_in_log_size():
     assert crossover_params([1e6, 1e7], [1.1, 1.3]) is None
     with pytest.raises(AdaspecError):
         crossover_params([1], [1.0, 2.0])
+
+
+def test_the_table_says_where_the_crossover_is_when_no_pair_of_sizes_brackets_it():
+    def line(speedups: list[float], crossing: float | None) -> str:
+        rows = [{"target": f"t{i}", "params": 10 ** (6 + i), "t1_ms": 1.0, "verify_ms": 1.2, "verify_cost_vs_one": 1.2,
+                 "c": 0.1, "forwards_only_speedup": s, "predicted_speedup": s} for i, s in enumerate(speedups)]
+        result = {"draft": "d", "draft_params": 1e5, "draft_ms": 0.1, "tau": 2.0, "gamma": 3, "pair_target": "t0",
+                  "measured_speedup": 1.0, "step_overhead_ms": 0.0, "rows": rows, "crossover_params": crossing}
+        return format_sweep(result).splitlines()[-1]
+
+    assert line([0.8, 1.2], 3e6) == "crossover: 3.0M parameters"
+    assert "at or below the smallest target swept" in line([1.01, 1.2], None)
+    assert "none in the sweep" in line([0.8, 0.9], None)
 
 
 def test_sweep_measures_every_target_and_the_draft():
