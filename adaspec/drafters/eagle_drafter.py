@@ -49,7 +49,6 @@ class LeanEagle:
 
     def __init__(self, head: EagleHead):
         cfg, layer = head.config, head.layer
-        self.versions = weight_versions(head)
         self.head, self.fused, self.eagle3 = head, layer.fused, cfg.variant == "eagle3"
         self.embed = head.embed_tokens.weight.detach()
         self.layer = LeanLayer(layer.self_attn, layer.post_attention_layernorm, layer.mlp, cfg.num_heads,
@@ -78,10 +77,10 @@ class EagleDrafter:
         self.head = head.eval()
         self.hidden_layers: tuple[int, ...] = head.config.hidden_layers
         self.device = head.fc.weight.device
-        self.lean = LeanEagle(self.head)
-        self.real, self.pending = 0, None
+        self.versions: tuple[int, ...] | None = None
         self.keep_tree_rows = keep_tree_rows
         self._rows: tuple[TreeRows, Tree] | None = None  # with keep_tree_rows, the last tree's
+        self._reset()
 
     @classmethod
     def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> "EagleDrafter":
@@ -102,12 +101,16 @@ class EagleDrafter:
         new = self._project(hidden)
         self.pending = new if self.pending is None else torch.cat([self.pending, new])
 
-    @torch.no_grad()
-    def prefill(self, prompt: Tensor, hidden: Tensor | None) -> None:
-        if self.lean.versions != weight_versions(self.head):
+    def _reset(self) -> None:
+        if self.versions != weight_versions(self.head):  # built at first, and again after training
+            self.versions = weight_versions(self.head)
             self.lean = LeanEagle(self.head)
         self.lean.layer.crop(0)
         self.real, self.pending = 0, None
+
+    @torch.no_grad()
+    def prefill(self, prompt: Tensor, hidden: Tensor | None) -> None:
+        self._reset()
         self._take(hidden)
 
     @torch.no_grad()
