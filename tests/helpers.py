@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -13,8 +16,22 @@ from safetensors.torch import load_file
 from adaspec import cli
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def run(*args) -> int:
     return cli.main([str(a) for a in args])
+
+
+def torchrun(command: str, out: Path, *args) -> subprocess.CompletedProcess:
+    """`adaspec COMMAND ARGS --output OUT` in 2 CPU processes under torch.distributed.run; it must succeed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "adaspec.cli", command, *map(str, args), "--output", str(out)]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def options_from(args: list, *more) -> object:

@@ -4,23 +4,20 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import cli_error, max_diff, options_from, run, scalars, summary
+from helpers import cli_error, max_diff, options_from, run, scalars, summary, torchrun
 
 from adaspec import models
 from adaspec.distill import recipe as distill
 from adaspec.evaluation.acceptance import greedy_continuations
 from adaspec.training import loop as train
 
-REPO = Path(__file__).resolve().parents[2]
 FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
         "--no-progress"]
 # 32 examples in global micro-batches of 8; Adam moves each weight by ~lr a step, so 3 steps move them by
@@ -237,16 +234,6 @@ def test_resume_adaspec_random_selection(tmp_path, target_dir, tiny_draft_dir, c
 
 # ---------------------------------------------------------------------------------------- multi-process
 
-def _torchrun(out: Path, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "adaspec.cli", "distill", *map(str, args), "--output", str(out)]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 def _check_same_as_single_process(multi: Path, single: Path, proc: subprocess.CompletedProcess) -> None:
     # one process group, not two independent runs: only the main process prints
     assert proc.stdout.count("draft: ") == 1, proc.stdout
@@ -261,7 +248,7 @@ def _check_same_as_single_process(multi: Path, single: Path, proc: subprocess.Co
 def test_two_processes_kd_match_one(root, kd_run, target_dir, tiny_draft_dir):
     """--batch-size is the global micro-batch: 2 processes × 4 examples = 1 process × 8, same gradient."""
     out = root / "kd_ddp"
-    proc = _torchrun(out, "--target", target_dir, "--draft-init", tiny_draft_dir, "--method", "kd", *BASE)
+    proc = torchrun("distill", out, "--target", target_dir, "--draft-init", tiny_draft_dir, "--method", "kd", *BASE)
     _check_same_as_single_process(out, kd_run, proc)
 
 
@@ -273,7 +260,7 @@ def test_two_processes_adaspec_per_sequence_match_one(root, adaspec_per_sequence
     out = root / "adaspec_seq_ddp"
     # --normalize kept on responses of varied length: the processes keep different numbers of tokens, and
     # the loss must still be divided by the kept tokens of the whole global micro-batch
-    proc = _torchrun(out, "--target", target_dir, "--draft-init", tiny_draft_dir, "--ref", tiny_draft_dir,
+    proc = torchrun("distill", out, "--target", target_dir, "--draft-init", tiny_draft_dir, "--ref", tiny_draft_dir,
                      *ADASPEC_SEQ, "--data", varied_data, *BASE)
     _check_same_as_single_process(out, adaspec_per_sequence_run, proc)
 

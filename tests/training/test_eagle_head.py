@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import cli_error, options_from, run, scalars, summary, weights
+from helpers import cli_error, options_from, run, scalars, summary, torchrun, weights
 
 from adaspec.drafters.eagle import EagleHead
 from adaspec.drafters.eagle_ttt import unroll
 from adaspec.export import load_exported
 from adaspec.models import load_model
 
-REPO = Path(__file__).resolve().parents[2]
 FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "12", "--no-progress",
         "--limit", "32", "--batch-size", "8", "--ttt-steps", "3"]
 
@@ -99,12 +94,7 @@ def test_two_processes_match_one(tmp_path, tiny_target_dir):
     single = tmp_path / "single"
     assert run("train-head", *args, "--output", single) == 0
     multi = tmp_path / "multi"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "adaspec.cli", "train-head", *map(str, args), "--output", str(multi)]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun("train-head", multi, *args)
     assert proc.stdout.count("head: ") == 1, proc.stdout  # one process group, not two runs
     assert summary(multi)["steps"] == summary(single)["steps"] == 3
     wm, ws = weights(multi), weights(single)

@@ -4,16 +4,13 @@ loss and AdaSPEC selection at step 0, run no target forward while training, and 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import cli_error, options_from, run, scalars, summary, weights
+from helpers import cli_error, options_from, run, scalars, summary, torchrun, weights
 
 from adaspec import data
 from adaspec.distill import selection
@@ -25,7 +22,6 @@ from adaspec.training.eagle_head import HeadLoss
 from adaspec.training.head_options import TrainHeadOptions
 from adaspec.training.target_signal import open_head_cache
 
-REPO = Path(__file__).resolve().parents[2]
 LIMIT, V = 32, 320
 FAST = ["--limit", LIMIT, "--max-length", 64, "--val-examples", 4, "--val-max-new-tokens", 8, "--val-every", 0,
         "--batch-size", 8, "--no-progress"]
@@ -188,12 +184,7 @@ def test_two_processes_match_one_from_the_cache(root, full_cache, tiny_target_di
     single = root / "single"
     assert run("train-head", *args, "--output", single) == 0
     multi = root / "multi"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "adaspec.cli", "train-head", *map(str, args), "--output", str(multi)]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun("train-head", multi, *args)
     wm, ws = weights(multi), weights(single)
     for k in wm:
         if wm[k].is_floating_point():

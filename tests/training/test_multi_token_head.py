@@ -4,16 +4,13 @@ depth against a reference head, resume, 2 processes against 1, and one-line erro
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import cli_error, options_from, run, scalars, summary
+from helpers import cli_error, options_from, run, scalars, summary, torchrun
 
 from adaspec import AdaspecError, models
 from adaspec.decoding.generate import speculative_generate
@@ -21,7 +18,6 @@ from adaspec.drafters.medusa import MedusaDrafter
 from adaspec.drafters.mtp import MTPDrafter
 from adaspec.training import head_options as recipe
 
-REPO = Path(__file__).resolve().parents[2]
 FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
         "--no-progress"]
 BASE = ["--limit", "32", "--batch-size", "8", "--max-steps", "3", "--lr", "1e-3", "--warmup-steps", "0",
@@ -127,13 +123,7 @@ def test_resume_random_selection(tmp_path, mtp_kd, target_dir, capsys):
 @pytest.mark.slow  # ~25 s here: two interpreters starting torch and transformers
 def test_two_processes_match_one(root, mtp_kd, target_dir):
     out = root / "mtp_kd_ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "adaspec.cli", "train-head", "--target", str(target_dir), "--kind", "mtp", "--depth", "2", *BASE,
-           "--output", str(out)]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun("train-head", out, "--target", target_dir, "--kind", "mtp", "--depth", "2", *BASE)
     assert proc.stdout.count("mtp heads: ") == 1, proc.stdout
     assert summary(out)["steps"] == 3
     assert max_diff(out, mtp_kd) < 1e-5
