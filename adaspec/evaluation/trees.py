@@ -15,6 +15,8 @@ the best tree's tokens/s and τ over the best chain's, beside EAGLE-2's publishe
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import platform
 import shlex
 import statistics
@@ -128,12 +130,37 @@ def _paired(a: dict[str, Any], b: dict[str, Any]) -> float:
     return statistics.median(x / y for x, y in zip(a["tokens_per_s_repeats"], b["tokens_per_s_repeats"]))
 
 
-def summary(all_rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def step_cost_at(verify_cost: dict[int, float], tokens: float) -> float:
+    """A target forward over `tokens` (fractional: a mean over steps) relative to one token, from the
+    measured costs, made non-decreasing and interpolated linearly."""
+    costs = interpolate_costs(verify_cost, max(1, math.ceil(tokens)))
+    lo = max(0, math.floor(tokens) - 1)
+    w = tokens - 1 - lo
+    return costs[lo] if w <= 0 else costs[lo] + w * (costs[lo + 1] - costs[lo])
+
+
+def ideal_tree_over_chain(tree: dict[str, Any], chain: dict[str, Any], verify_cost: dict[int, float]) -> float:
+    """An upper bound on a tree's tokens/s over the chain's, with every overhead the tree adds taken away:
+    drafting it costs the chain's draft time per depth (a tree of depth d needs d draft forwards), verifying
+    its nodes + 1 tokens the chain's in-loop verification scaled by the measured n-token forward cost, and
+    its bookkeeping the chain's. τ stays as measured. Below the goal, no tree path of these shapes reaches
+    the goal with these drafters on this machine, however lean."""
+    per_depth = chain["draft_ms_per_step"] / chain["mean_gamma"]
+    verify = chain["target_ms_per_step"] * (step_cost_at(verify_cost, tree["mean_gamma"] + 1)
+                                            / step_cost_at(verify_cost, chain["mean_gamma"] + 1))
+    tree_step = per_depth * tree["mean_depth"] + verify + chain["other_ms_per_step"]
+    chain_step = chain["draft_ms_per_step"] + chain["target_ms_per_step"] + chain["other_ms_per_step"]
+    return (tree["tau"] / tree_step) / (chain["tau"] / chain_step)
+
+
+def summary(all_rows: list[dict[str, Any]], verify_cost: dict[int, float]) -> dict[str, dict[str, Any]]:
     """Per drafter, ranked by speed against the target alone in the same repeats: the best chain, the best
     fixed tree (kept rows included) and the adaptive tree, with their speed over the best chain's (median
-    of the per-repeat ratios) and τ ratios; kept rows against re-run on the same tree. The goal is judged
-    on fixed trees: an adaptive run that learned not to draft (nodes per step near 0) can beat a chain
-    slower than the target alone without being a tree that wins."""
+    of the per-repeat ratios) and τ ratios; kept rows against re-run on the same tree; the highest
+    `ideal_tree_over_chain` bound over the fixed trees. The goal is judged on fixed trees: an adaptive run
+    that learned not to draft (nodes per step near 0) can beat a chain slower than the target alone
+    without being a tree that wins."""
+    verify_cost = {int(n): c for n, c in verify_cost.items()}  # JSON keys come back as text
     out = {}
     for drafter in dict.fromkeys(r["drafter"] for r in all_rows if r["kind"] != "target"):
         mine = [r for r in all_rows if r["drafter"] == drafter]
@@ -150,6 +177,9 @@ def summary(all_rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "tau_best_tree_over_best_chain": tree["tau"] / chain["tau"],
             "tau_highest_tree_over_best_chain": top_tau["tau"] / chain["tau"], "highest_tau_tree": top_tau["method"],
             "goal_met": ratio >= GOAL}
+        ideal = {r["method"]: ideal_tree_over_chain(r, chain, verify_cost) for r in trees}
+        entry["ideal_tree"] = max(ideal, key=ideal.__getitem__)
+        entry["ideal_tree_over_chain_tokens_per_s"] = ideal[entry["ideal_tree"]]
         adaptive = next((r for r in mine if r["kind"] == "adaptive"), None)
         if adaptive is not None:
             entry.update(adaptive=adaptive["method"], adaptive_nodes_per_step=adaptive["mean_gamma"],
@@ -188,7 +218,7 @@ def benchmark(target: PreTrainedModel, tokenizer: Any, drafters: dict[str, Draft
             "transformers": transformers.__version__, "machine": platform.processor() or platform.machine(),
             "eagle2_published": {"tau_eagle2": EAGLE2_TAU, "tau_eagle": EAGLE_TAU, "ratio": EAGLE2_TAU / EAGLE_TAU,
                                  "source": "EAGLE-2 paper (Li et al. 2024), Vicuna-7B, as quoted in issue 16"},
-            "goal": GOAL, "rows": all_rows, "summary": summary(all_rows)}
+            "goal": GOAL, "rows": all_rows, "summary": summary(all_rows, costs.verify)}
 
 
 def _f(x: Any, spec: str = ".2f") -> str:
@@ -208,16 +238,18 @@ def format_rows(result: dict[str, Any]) -> str:
     pub = result["eagle2_published"]
     lines += ["", f"| drafter | best chain | best fixed tree | tree / chain tokens/s (goal ≥ {result['goal']:.2f}) | "
               f"τ tree / τ chain (EAGLE-2 published: {pub['tau_eagle2']} / {pub['tau_eagle']} = {pub['ratio']:.2f}) | "
-              "highest-τ tree / τ chain | adaptive / chain tokens/s (nodes per step) | kept rows / re-run |",
-              "|---|---|---|---|---|---|---|---|"]
-    for drafter, s in summary(result["rows"]).items():
+              "highest-τ tree / τ chain | adaptive / chain tokens/s (nodes per step) | kept rows / re-run | "
+              "bound: tree overheads removed (tree) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for drafter, s in summary(result["rows"], result["verify_cost_vs_1"]).items():
         adaptive = (f"{s['adaptive_over_chain_tokens_per_s']:.2f}× ({s['adaptive_nodes_per_step']:.1f})"
                     if "adaptive" in s else "-")
         keep = f"{s['keep_over_rerun_tokens_per_s']:.2f}×" if "keep_over_rerun_tokens_per_s" in s else "-"
         lines.append(f"| {drafter} | {s['best_chain'].split(':', 1)[1]} | {s['best_tree'].split(':', 1)[1]} | "
                      f"{s['tree_over_chain_tokens_per_s']:.2f}× | {s['tau_best_tree_over_best_chain']:.2f} | "
                      f"{s['tau_highest_tree_over_best_chain']:.2f} ({s['highest_tau_tree'].split(':', 1)[1]}) | "
-                     f"{adaptive} | {keep} |")
+                     f"{adaptive} | {keep} | {s['ideal_tree_over_chain_tokens_per_s']:.2f}× "
+                     f"({s['ideal_tree'].split(':', 1)[1]}) |")
     costs = ", ".join(f"{t}: {c:.2f}" for t, c in sorted((int(t), c) for t, c in result["verify_cost_vs_1"].items()))
     lines += ["", f"Target forward over n tokens / over 1 token ({result['target_forward_ms']:.2f} ms): {costs}."]
     return "\n".join(lines)
@@ -225,7 +257,7 @@ def format_rows(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--target", required=True, help="target model directory")
+    p.add_argument("--target", help="target model directory")
     p.add_argument("--draft", nargs="*", default=[], help="draft models as NAME=DIR")
     p.add_argument("--head", nargs="*", default=[], help="heads as KIND=DIR or KIND:NAME=DIR (eagle, mtp, medusa)")
     p.add_argument("--task", default="gsm8k", help="task whose test prompts are decoded")
@@ -239,7 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--pair", default="demo", help="name of the model pair, for the output file")
     p.add_argument("--out", default=None, help="JSON path (default results/benchmarks/tree_<pair>.json)")
+    p.add_argument("--summarize", metavar="JSON", default=None,
+                   help="recompute a saved result's summary from its measured rows (nothing decoded) and rewrite it")
     args = p.parse_args(argv)
+    if args.summarize:
+        return _resummarize(Path(args.summarize))
+    if not args.target:
+        p.error("--target is required (or --summarize JSON)")
     try:
         torch.set_num_threads(args.threads)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -270,3 +308,17 @@ def main(argv: list[str] | None = None) -> int:
     print(format_rows(result))
     print(f"wrote {out}")
     return 1 if any(r["outputs_differing"] for r in result["rows"]) else 0
+
+
+def _resummarize(path: Path) -> int:
+    """The summary is derived from the rows in one place: a saved result gets the current derivation."""
+    try:
+        result = json.loads(path.read_text())
+        result["summary"] = summary(result["rows"], result["verify_cost_vs_1"])
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"benchmarks/tree.py: error: cannot summarize {path}: {exc!r}", file=sys.stderr)
+        return 2
+    atomic_write_json(path, result)
+    print(format_rows(result))
+    print(f"rewrote the summary of {path}")
+    return 0
