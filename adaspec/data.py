@@ -25,6 +25,7 @@ the tokenizer's chat template instead, labels on assistant turns only (adaspec/c
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import warnings
@@ -39,6 +40,8 @@ from adaspec import chat
 from adaspec.errors import AdaspecError
 
 TASKS = ("gsm8k", "alpaca", "mbpp", "cnn_dailymail", "xsum")
+# every task's split at once, in each task's prompt format: the general corpus models are pretrained on
+CORPUS = "corpus"
 SPLITS = ("train", "validation", "test")
 IGNORE_INDEX = -100
 EOS_TOKEN = "<|endoftext|>"
@@ -320,6 +323,16 @@ def load_task(task: str, split: str, data_dir: str | os.PathLike | None = None, 
     return [format_record(task, rec, article_chars, where) for where, rec in rows]
 
 
+def load_corpus(split: str, data_dir: str | os.PathLike | None = None, limit: int | None = None,
+                article_chars: int | None = DEFAULT_ARTICLE_CHARS) -> list[Example]:
+    """The mixture of every task's `split`, interleaved round-robin so that the first `limit` mix the tasks
+    (GSM8K, the largest, fills the tail alone)."""
+    _check_limit(limit)
+    per_task = [load_task(t, split, data_dir, limit, article_chars) for t in TASKS]
+    mixed = [ex for group in itertools.zip_longest(*per_task) for ex in group if ex is not None]
+    return mixed[:limit] if limit is not None else mixed
+
+
 def load_examples(task: str | None = None, data_path: str | os.PathLike | None = None, split: str = "train",
                   prompt_field: str = "prompt", response_field: str = "response", limit: int | None = None,
                   data_dir: str | os.PathLike | None = None,
@@ -337,6 +350,8 @@ def load_examples(task: str | None = None, data_path: str | os.PathLike | None =
         return load_hub(source[4:], split, prompt_field, response_field, limit=limit)
     if data_path is None and source in TASKS:
         return load_task(source, split, data_dir, limit, article_chars)
+    if data_path is None and source == CORPUS:
+        return load_corpus(split, data_dir, limit, article_chars)
     path = Path(source)
     if path.is_dir():
         return load_jsonl(path / f"{split}.jsonl", prompt_field, response_field, limit)

@@ -48,7 +48,8 @@ def check_range(opts: Any, name: str, low: float | None = None, high: float | No
 class DataOptions:
     """Which examples a command encodes; `distill` and `cache` must agree on them, so they share this."""
 
-    task: str | None = field(default="gsm8k", metadata=helptext(f"built-in task ({', '.join(data_lib.TASKS)})"))
+    task: str | None = field(default="gsm8k", metadata=helptext(
+        f"built-in task ({', '.join(data_lib.TASKS)}), or {data_lib.CORPUS}: all of their splits mixed, to pretrain on"))
     data: str | None = field(default=None, metadata=helptext(
         "a JSONL file of your own (or hub:<dataset> when online) instead of --task"))
     prompt_field: str = field(default="prompt", metadata=helptext("prompt field of --data records"))
@@ -61,8 +62,9 @@ class DataOptions:
         check_finite(self)
         if self.task is None and self.data is None:
             raise AdaspecError("give --task or --data")
-        if self.task is not None and self.data is None and self.task not in data_lib.TASKS:
-            raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
+        if self.task is not None and self.data is None and self.task not in (*data_lib.TASKS, data_lib.CORPUS):
+            raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)} "
+                               f"(or {data_lib.CORPUS})")
         if self.max_length < 2:
             raise AdaspecError(f"--max-length must be >= 2 (a prompt and a response token), got {self.max_length}")
         if self.limit is not None and self.limit < 1:

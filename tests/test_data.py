@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from adaspec.data import (EOS_TOKEN, GSM8K_QUESTION_PROMPT, IGNORE_INDEX, SPLITS, TASKS, Example, collate,
+from adaspec.data import (CORPUS, EOS_TOKEN, GSM8K_QUESTION_PROMPT, IGNORE_INDEX, SPLITS, TASKS, Example, collate,
                           encode_example, encode_examples, encode_prompt, load_examples, load_jsonl, load_task, pad_id,
                           task_texts, train_tokenizer, truncate_article)
 from adaspec.errors import AdaspecError
@@ -129,6 +129,24 @@ def test_jsonl_loader(tmp_path):
         load_jsonl(path)
     with pytest.raises(AdaspecError, match="data file not found"):
         load_jsonl(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_corpus_mixes_every_task_split(split):
+    corpus = load_examples(CORPUS, split=split)
+    assert len(corpus) == sum(SIZES[t][SPLITS.index(split)] for t in TASKS)
+    assert {ex.prompt + ex.response for ex in corpus} == {
+        ex.prompt + ex.response for t in TASKS for ex in load_task(t, split)}
+    # round-robin: the first examples already come from every task, in TASKS order
+    assert [ex.response for ex in corpus[:len(TASKS)]] == [load_task(t, split)[0].response for t in TASKS]
+    assert len(load_examples(CORPUS, split=split, limit=7)) == 7
+
+
+def test_corpus_is_a_task_for_every_command():
+    from adaspec.options import DataOptions
+    assert DataOptions(task=CORPUS).task == CORPUS
+    with pytest.raises(AdaspecError, match="or corpus"):
+        DataOptions(task="corpse")
 
 
 def test_load_examples_dispatch(tmp_path, monkeypatch):

@@ -1,9 +1,14 @@
 """`adaspec reproduce`: the AdaSPEC paper's pipeline, from nothing, at a scale this machine can run.
 
 Stages (each skipped when its output is complete, so a killed run resumes where it stopped):
-  1. target       tokenizer trained on the task, target built from a preset and trained (once, reused)
+  0. pretrain     (presets with pretraining, `pretrained`) the target and the draft built from their presets
+                  and trained on the corpus of every task's training text (`--task corpus`), the tokenizer
+                  trained there with the target; in runs/corpus/<preset>/, shared by every task
+  1. target       tokenizer trained on the task, target built from a preset and trained (once, reused); with
+                  pretraining: the pretrained target fine-tuned on the task's responses
   2. draft_init   the small model's starting point: briefly trained on the task (the paper starts from a
-                  pretrained Pythia-31M); reference and every draft start from this same checkpoint
+                  pretrained Pythia-31M); with pretraining: the pretrained draft as it is, as in the paper;
+                  reference and every draft start from this same checkpoint
   3. cache        the target's top-K distribution per response token (`adaspec cache`)
   4. distillspec  FKL on all tokens (DistillSpec); it is also the reference model of stage 6, which is
                   what the paper's reference is: the draft's initialisation distilled with forward KL
@@ -82,6 +87,15 @@ class Preset:
     # all 16 head runs of 3 seeds at ~90 CPU minutes, what one session on 2 cores can hold beside the drafts
     head_epochs: float = 0.15
     head_ttt_steps: int = 3
+    # epochs on the corpus before the task (0: none, the models start from their initialisation): the
+    # target's, after which it trains `target_epochs` on the task, and the draft's, which is then the
+    # initial draft as it is
+    pretrain_epochs: float = 0.0
+    draft_pretrain_epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.draft_pretrain_epochs and not self.pretrain_epochs:  # the draft reads the pretrained tokenizer
+            raise AdaspecError("a preset that pretrains the draft must pretrain the target too")
 
     def for_task(self, n_train: int) -> "Preset":
         """This preset with its epochs scaled for a training split of `n_train` examples."""
@@ -104,6 +118,10 @@ PRESETS: dict[str, Preset] = {
     "demo": replace(_SMALL, vocab_size=1024, target="neox-demo-deep", draft="neox-demo-draft",
                     eval_prompts=30, eval_max_new_tokens=64, seeds=(0,)),
     "small": _SMALL,
+    # issue 13 part 2, nearer the paper's regime: a capacity-bound draft pretrained to its plateau on the
+    # corpus (the validation loss stops falling within 4 epochs), and a target pretrained one epoch on it
+    # and then fine-tuned 3 epochs on the task, as the paper's target is
+    "pretrained": replace(_SMALL, pretrain_epochs=1.0, draft_pretrain_epochs=4.0, target_epochs=3.0),
 }
 
 # AdaSPEC variants, each against the seed's reference, and plain KD for as many steps as AdaSPEC takes at
@@ -234,20 +252,42 @@ class Pipeline:
                     max_length=self.p.max_length, batch_size=self.p.batch_size, seed=seed,
                     progress=self.opts.progress, val_every=0, save_every=100)
 
+    def pretrained(self, role: Literal["target", "draft"]) -> Path:
+        """The preset's target or draft trained on the corpus, shared by every task (the draft reads the
+        target's tokenizer, trained on the corpus)."""
+        from adaspec.training.target import TrainTargetOptions, run_train_target
+        out = Path(self.opts.runs_dir) / data_lib.CORPUS / self.opts.preset / role
+        if not _done(out):
+            tokenizer = str(self.pretrained("target")) if role == "draft" else None
+            epochs = self.p.pretrain_epochs if role == "target" else self.p.draft_pretrain_epochs
+            preset = self.p.target if role == "target" else self.p.draft
+            _log(f"pretraining the {role} ({preset}) on the corpus -> {out}")
+            n = len(data_lib.load_corpus("train", limit=self.p.train_limit))
+            total = max(1, n // self.p.batch_size) * epochs
+            run_train_target(TrainTargetOptions(**{**self._common(out), "task": data_lib.CORPUS,
+                                                   "val_every": max(1, int(total) // 8)},
+                                                preset=preset, tokenizer=tokenizer, vocab_size=self.p.vocab_size,
+                                                epochs=epochs, lr=self.p.target_lr if role == "target"
+                                                else self.p.distill_lr, train_on_prompt=True))
+        return out
+
     def target(self) -> Path:
         from adaspec.training.target import TrainTargetOptions, run_train_target
         out = self.root / "target"
         if not _done(out):
+            # from scratch the prompts are extra text to learn the language from; a pretrained target has it
+            model = ({"model": str(self.pretrained("target")), "train_on_prompt": False} if self.p.pretrain_epochs
+                     else {"preset": self.p.target, "vocab_size": self.p.vocab_size, "train_on_prompt": True})
             _log(f"training the target ({self.p.target}) -> {out}")
             total = self._steps_per_epoch() * self.p.target_epochs
             run_train_target(TrainTargetOptions(**{**self._common(out), "val_every": max(1, int(total) // 8)},
-                                                preset=self.p.target, vocab_size=self.p.vocab_size,
-                                                epochs=self.p.target_epochs, lr=self.p.target_lr,
-                                                train_on_prompt=True))
+                                                epochs=self.p.target_epochs, lr=self.p.target_lr, **model))
         return out
 
     def draft_init(self, target: Path) -> Path:
         from adaspec.training.target import TrainTargetOptions, run_train_target
+        if self.p.draft_pretrain_epochs:
+            return self.pretrained("draft")
         out = self.root / "draft_init"
         if not _done(out):
             _log(f"training the initial draft ({self.p.draft}) -> {out}")

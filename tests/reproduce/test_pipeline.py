@@ -94,6 +94,37 @@ def test_presets_keep_the_capacity_gap():
         assert ratio >= 10, f"preset {name}: target only {ratio:.1f}x the draft"
 
 
+def test_pretrained_preset_pretrains_once_then_fine_tunes_the_target(tmp_path, monkeypatch):
+    """Both models train on the corpus first (shared by the tasks); the target is then fine-tuned on the
+    task's responses and the draft starts from its pretrained weights as they are."""
+    from adaspec.training import target as train_target
+    made: dict = {}
+
+    def fake_train(opts):
+        made[str(Path(opts.output).relative_to(tmp_path / "runs"))] = opts
+        Path(opts.output).mkdir(parents=True)
+        (Path(opts.output) / "train_summary.json").write_text("{}")
+
+    monkeypatch.setattr(train_target, "run_train_target", fake_train)
+    for task in ("gsm8k", "mbpp"):
+        pipe = reproduce.Pipeline(reproduce.ReproduceOptions(task=task, preset="pretrained",
+                                                             runs_dir=str(tmp_path / "runs")))
+        assert pipe.draft_init(pipe.target()) == tmp_path / "runs" / "corpus" / "pretrained" / "draft"
+    assert set(made) == {"corpus/pretrained/target", "corpus/pretrained/draft", "gsm8k/pretrained/target",
+                         "mbpp/pretrained/target"}
+    p = reproduce.PRESETS["pretrained"]
+    target, draft = made["corpus/pretrained/target"], made["corpus/pretrained/draft"]
+    assert (target.task, target.preset, target.epochs, target.tokenizer, target.train_on_prompt) == (
+        "corpus", p.target, p.pretrain_epochs, None, True)
+    assert (draft.task, draft.preset, draft.epochs, draft.train_on_prompt) == ("corpus", p.draft,
+                                                                               p.draft_pretrain_epochs, True)
+    assert draft.tokenizer == target.output  # one vocabulary for both, trained on the corpus
+    sft = made["gsm8k/pretrained/target"]
+    assert (sft.task, sft.model, sft.epochs, sft.train_on_prompt) == ("gsm8k", target.output, 3.0, False)
+    with pytest.raises(AdaspecError, match="must pretrain the target too"):
+        reproduce.Preset(**{**TINY.__dict__, "draft_pretrain_epochs": 1.0})
+
+
 def test_small_tasks_get_more_epochs_but_never_fewer():
     p = reproduce.Preset(**{**TINY.__dict__, "min_train_examples": 100})
     scaled = p.for_task(25)
