@@ -311,6 +311,7 @@ def write_official(command: str, task: str, preset_name: str, preset: Any, evals
         for suffix in ("", "_seeds", "_std"):
             block[key + suffix] = full[key + suffix]
     block["validation_ce"] = {n: _mean_std(v)[0] for n, v in validation_ce.items()}
+    block["params"], block["target_quality"] = full["params"], full["target_quality"]
     shape = {n: summaries[n].get(int(first), next(iter(summaries[n].values()))) for n in runs}
     block["optimizer_steps"] = {n: s["steps"] for n, s in shape.items()}
     block["global_batch"] = {n: s.get("batch_size") for n, s in shape.items()}
@@ -506,6 +507,8 @@ def readme_table(results_dir: Path) -> str:
                  "global batch KD / AdaSPEC | seeds | command |", "|---|---|---|---|---|---|---|---|---|---|---|",
                  *official]
     rows += variants_table(results_dir)
+    from adaspec.reproduce.report_pretrained import pretrained_table  # it builds on this module
+    rows += pretrained_table(results_dir)
     return "\n".join(rows)
 
 

@@ -346,6 +346,18 @@ def test_official_block_merges_and_survives_the_other_protocol(tmp_path):
     assert main_res["alpha_greedy"]["adaspec"] == 0.5
     table = readme_table(tmp_path)
     assert "| gsm8k | 60.0 | 60.0 | +0.0 | 57.6 / 61.0, +3.4 | 60.0 | 60.0 | 7 | 16 / 40 | 1 |" in table
+    assert "--preset pretrained" not in table
+
+    # the pretrained regime (results/pretrained/<task>) gets its own rows, beside the run from scratch above
+    alphas = {"draft_init": 0.4, "distillspec": 0.5, "adaspec": 0.55, "kd_big_batch": 0.52, "random_big_batch": 0.45}
+    evals = _evals(official, 0.0)
+    evals[0]["drafts"] = {n: {**evals[0]["drafts"]["adaspec"], "alpha_tested": a} for n, a in alphas.items()}
+    write_official("adaspec reproduce --preset pretrained", "gsm8k", "pretrained", TINY, evals, summaries,
+                   tmp_path / "pretrained" / "gsm8k", {"target": [1.5], "draft_init": [2.5], "distillspec": [2.25]},
+                   {"lr": 3e-4, "weight_decay": 0.1, "schedule": "constant", "selection_group": 5})
+    row = next(r for r in readme_table(tmp_path).splitlines() if "`adaspec reproduce --preset pretrained`" in r)
+    assert row.startswith("| gsm8k | 0.00M / 0.00M | 1.50 / 2.50 / 2.25 | accuracy 0.100 | 40.0 | 50.0 | 55.0 | "
+                          "+5.0 | 52.0 | 45.0 | +3.0 | 60.0 / 60.0 | 1 |")
 
 
 def test_variants_are_judged_against_the_better_kd_and_tabled(tmp_path):

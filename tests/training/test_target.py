@@ -49,6 +49,19 @@ def test_train_target_from_preset_with_trained_tokenizer(tmp_path):
     assert not list(out.glob("*.tmp")) and not list(out.glob("*.old"))
 
 
+def test_pretraining_on_the_corpus_then_fine_tuning_on_a_task(tmp_path):
+    """reproduce --preset pretrained's first stages: a model built and trained on every task's text with the
+    prompts, then fine-tuned on one task's responses with the corpus tokenizer."""
+    pre, sft = tmp_path / "pre", tmp_path / "sft"
+    assert run("train-target", "--task", "corpus", "--train-on-prompt", "--preset", "tiny-neox", "--vocab-size", 300,
+               "--limit", 10, "--batch-size", 5, "--max-steps", 2, "--output", pre, *FAST) == 0
+    assert run("train-target", "--task", "mbpp", "--model", pre, "--limit", 8, "--batch-size", 4, "--max-steps", 1,
+               "--output", sft, *FAST) == 0
+    assert summary(pre)["steps"] == 2 and summary(sft)["steps"] == 1
+    from transformers import AutoTokenizer
+    assert AutoTokenizer.from_pretrained(str(sft)).get_vocab() == AutoTokenizer.from_pretrained(str(pre)).get_vocab()
+
+
 def test_train_target_from_model_dir(tmp_path, tiny_target_dir, tiny_tokenizer):
     out = tmp_path / "ft"
     assert run("train-target", "--model", tiny_target_dir, "--limit", 32, "--batch-size", 8, "--max-steps", 3,
