@@ -100,7 +100,8 @@ class Preset:
     def for_task(self, n_train: int) -> "Preset":
         """This preset with its epochs scaled for a training split of `n_train` examples."""
         scale = max(1.0, self.min_train_examples / max(1, n_train))
-        return replace(self, target_epochs=self.target_epochs * scale,
+        # a pretrained target is fine-tuned as many epochs as the paper's, whatever the task's size
+        return replace(self, target_epochs=self.target_epochs * (1.0 if self.pretrain_epochs else scale),
                        draft_init_epochs=self.draft_init_epochs * scale, distill_epochs=self.distill_epochs * scale,
                        head_epochs=self.head_epochs * scale)
 

@@ -132,6 +132,8 @@ def test_small_tasks_get_more_epochs_but_never_fewer():
     assert p.for_task(1000) == p and TINY.for_task(1) == TINY
     # GSM8K's training split is large enough that the committed preset trains it as written
     assert reproduce.PRESETS["small"].for_task(7173) == reproduce.PRESETS["small"]
+    pre = reproduce.PRESETS["pretrained"].for_task(700)  # the distillation scaled, the target's fine-tuning not
+    assert (pre.target_epochs, pre.distill_epochs) == (3.0, 10.0)
 
 
 def test_runs_dir_that_is_a_file_or_in_use_is_refused(tmp_path, capsys):
