@@ -26,22 +26,23 @@ from adaspec import data
 from adaspec.distill.losses import forward_kl
 from adaspec.distill.selection import delta_selection
 from adaspec.errors import AdaspecError
+from adaspec.evaluation.drafters import load_named_drafters
 from adaspec.io import atomic_write_json
 from adaspec.models import load_model, load_tokenizer
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
-@torch.inference_mode()
-def token_deltas(target: PreTrainedModel, ref: PreTrainedModel, draft: PreTrainedModel, batch: dict,
-                 k: float, group: int | None) -> dict[str, torch.Tensor]:
-    """Per response token of one batch: Δ, whether the selection keeps it, whether the draft's greedy
-    token is the target's."""
-    def logits(m: PreTrainedModel) -> torch.Tensor:
-        return m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+def response_logits(model: PreTrainedModel, batch: dict) -> torch.Tensor:
+    """float32 logits at the positions that score the next token (aligned with `data.response_mask`)."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
 
-    p, r, q = logits(target), logits(ref), logits(draft)
-    mask = data.response_mask(batch["labels"])
+
+def token_deltas(p: torch.Tensor, r: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, k: float,
+                 group: int | None) -> dict[str, torch.Tensor]:
+    """Per response token of one batch, from the target's (p), reference's (r) and draft's (q) logits: Δ,
+    whether the selection keeps it, whether the draft's greedy token is the target's."""
+    mask = data.response_mask(labels)
     draft_div, ref_div = forward_kl(p, q), forward_kl(p, r)
     kept = delta_selection(draft_div, ref_div, mask, k, group=group)
     return {"delta": (draft_div - ref_div)[mask], "kept": kept[mask].bool(),
@@ -69,10 +70,12 @@ def summarize(tokens: dict[str, torch.Tensor]) -> dict[str, Any]:
 def measure(target: PreTrainedModel, ref: PreTrainedModel, drafts: dict[str, PreTrainedModel], items: list[dict],
             pad: int, batch_size: int, k: float, group: int | None) -> dict[str, dict[str, torch.Tensor]]:
     per_draft: dict[str, list[dict[str, torch.Tensor]]] = {n: [] for n in drafts}
-    for start in range(0, len(items), batch_size):
-        batch = data.collate(items[start:start + batch_size], pad)
-        for name, draft in drafts.items():
-            per_draft[name].append(token_deltas(target, ref, draft, batch, k, group))
+    with torch.inference_mode():
+        for start in range(0, len(items), batch_size):
+            batch = data.collate(items[start:start + batch_size], pad)
+            p, r = response_logits(target, batch), response_logits(ref, batch)  # once for every draft
+            for name, draft in drafts.items():
+                per_draft[name].append(token_deltas(p, r, response_logits(draft, batch), batch["labels"], k, group))
     return {n: {key: torch.cat([b[key] for b in parts]) for key in parts[0]} for n, parts in per_draft.items()}
 
 
@@ -117,14 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.examples < 1 or args.batch_size < 1 or args.group < 0:
             raise AdaspecError("--examples and --batch-size must be >= 1, --group >= 0")
-        named = {}
-        for spec in args.draft:
-            name, sep, path = spec.partition("=")
-            if not sep or not name or not path:
-                raise AdaspecError(f"--draft {spec!r} must be NAME=DIR")
-            named[name] = load_model(path)
         target, ref = load_model(args.target), load_model(args.ref)
         tokenizer = load_tokenizer(args.target)
+        named = load_named_drafters(args.draft, [], target, tokenizer, torch.device("cpu"))  # vocabulary checked
         items = data.encode(data.load_task(args.task, "train", limit=args.examples), tokenizer, args.max_length)
         tokens = measure(target, ref, named, items, data.pad_id(tokenizer), args.batch_size, args.k,
                          args.group or None)

@@ -24,13 +24,13 @@ def models(tiny_target_dir, tiny_draft_dir):
 
 def test_kept_tokens_are_the_top_k_by_delta_in_each_group(models):
     target, draft, items, pad = models
-    ref = target  # Δ is then KL(p‖q_draft) itself, which must rank the kept tokens first
     batch = data.collate(items[:6], pad)
-    t = token_deltas(target, ref, draft, batch, k=0.4, group=3)
     mask = data.response_mask(batch["labels"])
     with torch.no_grad():
         p = target(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         q = draft(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    # the target as its own reference: Δ is then KL(p‖q_draft) itself, which must rank the kept tokens first
+    t = token_deltas(p.float(), p.float(), q.float(), batch["labels"], k=0.4, group=3)
     torch.testing.assert_close(t["delta"], forward_kl(p.float(), q.float())[mask])
     rows = torch.arange(6)[:, None].expand_as(mask)[mask]
     for g in (0, 1):  # rows 0-2 and 3-5: each keeps 40% of its response tokens, the largest Δ
