@@ -241,7 +241,7 @@ def format_rows(result: dict[str, Any]) -> str:
               "highest-τ tree / τ chain | adaptive / chain tokens/s (nodes per step) | kept rows / re-run | "
               "bound: tree overheads removed (tree) |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for drafter, s in summary(result["rows"], result["verify_cost_vs_1"]).items():
+    for drafter, s in result["summary"].items():
         adaptive = (f"{s['adaptive_over_chain_tokens_per_s']:.2f}× ({s['adaptive_nodes_per_step']:.1f})"
                     if "adaptive" in s else "-")
         keep = f"{s['keep_over_rerun_tokens_per_s']:.2f}×" if "keep_over_rerun_tokens_per_s" in s else "-"
