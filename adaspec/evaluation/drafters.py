@@ -230,12 +230,17 @@ def load_named_drafters(drafts: list[str], heads: list[str], target: PreTrainedM
     return drafters
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--target", required=True, help="target model directory")
+def add_drafter_arguments(p: argparse.ArgumentParser, target_required: bool = True) -> None:
+    """The --target/--draft/--head flags every drafter benchmark reads with load_named_drafters."""
+    p.add_argument("--target", required=target_required, help="target model directory")
     p.add_argument("--draft", nargs="*", default=[], help="draft models as NAME=DIR (e.g. distillspec=runs/...)")
     p.add_argument("--head", nargs="*", default=[], help="heads as KIND=DIR or KIND:NAME=DIR, KIND one of "
                    "eagle, mtp, medusa (e.g. eagle=runs/heads/eagle)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_drafter_arguments(p)
     p.add_argument("--tasks", nargs="+", default=["gsm8k"], help="tasks whose test prompts are decoded")
     p.add_argument("--n-prompts", type=int, default=10)
     p.add_argument("--max-new-tokens", type=int, default=96)

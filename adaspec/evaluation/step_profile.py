@@ -28,7 +28,7 @@ from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.decoding.target import Clock
 from adaspec.drafters.base import Drafter
 from adaspec.errors import AdaspecError
-from adaspec.evaluation.drafters import _prompts, decode_forward_ms, load_named_drafters
+from adaspec.evaluation.drafters import _prompts, add_drafter_arguments, decode_forward_ms, load_named_drafters
 from adaspec.io import atomic_write_json
 from adaspec.metrics import SpecStats
 from adaspec.models import load_model, load_tokenizer
@@ -118,9 +118,7 @@ def format_profile(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--target", required=True, help="target model directory")
-    p.add_argument("--draft", nargs="*", default=[], help="draft models as NAME=DIR")
-    p.add_argument("--head", nargs="*", default=[], help="heads as KIND=DIR or KIND:NAME=DIR (eagle, mtp, medusa)")
+    add_drafter_arguments(p)
     p.add_argument("--task", default="gsm8k", help="task whose test prompts are decoded")
     p.add_argument("--n-prompts", type=int, default=10, help="prompts per repeat")
     p.add_argument("--max-new-tokens", type=int, default=96, help="tokens generated per prompt at most")

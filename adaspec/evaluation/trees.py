@@ -38,7 +38,7 @@ from adaspec.drafters.base import Drafter
 from adaspec.drafters.eagle_drafter import EagleDrafter
 from adaspec.drafters.lm import LMDrafter
 from adaspec.errors import AdaspecError
-from adaspec.evaluation.drafters import load_named_drafters
+from adaspec.evaluation.drafters import add_drafter_arguments, load_named_drafters
 from adaspec.evaluation.speed import Run, timed_rounds
 from adaspec.io import atomic_write_json
 from adaspec.models import count_params, load_model, load_tokenizer, output_vocab_size
@@ -257,9 +257,7 @@ def format_rows(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--target", help="target model directory")
-    p.add_argument("--draft", nargs="*", default=[], help="draft models as NAME=DIR")
-    p.add_argument("--head", nargs="*", default=[], help="heads as KIND=DIR or KIND:NAME=DIR (eagle, mtp, medusa)")
+    add_drafter_arguments(p, target_required=False)
     p.add_argument("--task", default="gsm8k", help="task whose test prompts are decoded")
     p.add_argument("--n-prompts", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=96)
