@@ -91,7 +91,8 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None,
                trust_remote_code: bool = False, device: str | torch.device | None = None) -> PreTrainedModel:
     """Load a causal LM from a directory or hub id, safetensors only."""
     local = Path(path)
-    if local.exists() or str(path).startswith((".", "/")):
+    # a hub id is "name" or "namespace/name": a deeper relative path can only mean a local directory
+    if local.exists() or str(path).startswith((".", "/")) or str(path).count("/") > 1:
         if not local.is_dir():
             raise AdaspecError(f"model directory not found: {path}")
         if not (local / "config.json").exists():

@@ -108,3 +108,9 @@ def test_checkpoint_with_missing_or_unexpected_weights_is_refused(capsys, tmp_pa
     assert "missing" in err and str(broken) in err
     err = cli_error(capsys, "eval", "--target", broken, "--draft", tiny_draft_dir, *EVAL_FAST)
     assert "missing" in err
+
+
+@pytest.mark.parametrize("path", ["runs/gsm8k/small/missing", "./missing", "/no/such/model"])
+def test_missing_local_directory_is_named_as_such(path):
+    with pytest.raises(AdaspecError, match="model directory not found"):
+        models.load_model(path)
