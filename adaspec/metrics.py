@@ -148,6 +148,18 @@ class SpecStats:
         for i in range(accepted):
             _bump(self.position_accepted, i)
 
+    @classmethod
+    def from_vllm(cls, gamma: int, drafts: int, draft_tokens: int, accepted: int,
+                  accepted_per_position: list[int]) -> SpecStats:
+        """The counters vLLM keeps (`vllm:spec_decode_num_drafts`, `_num_draft_tokens`, `_num_accepted_tokens`,
+        `_num_accepted_tokens_per_pos`) as adaspec's, so its rates come from the same properties: a vLLM draft
+        is one verification step emitting its accepted tokens plus one, and a step rejects unless its last
+        drafted position was accepted (vLLM's mean acceptance length is then τ, its acceptance rate α drafted)."""
+        full = accepted_per_position[gamma - 1] if len(accepted_per_position) >= gamma else 0
+        return cls(gamma=gamma, drafted=draft_tokens, accepted=accepted, emitted=accepted + drafts, steps=drafts,
+                   target_forwards=drafts, rejections=drafts - full, draft_depth=draft_tokens,
+                   position_drafted=[drafts] * gamma, position_accepted=list(accepted_per_position))
+
     def merge(self, other: SpecStats) -> SpecStats:
         """Counters of both runs added up (a new object; neither input changes)."""
         merged: dict[str, Any] = {}

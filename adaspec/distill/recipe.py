@@ -36,9 +36,10 @@ from adaspec.errors import AdaspecError
 from adaspec.evaluation.acceptance import (Continuations, generate_continuations, greedy_agreement,
                                            greedy_continuations)
 from adaspec.io import atomic_write_json
-from adaspec.models import (PRESETS, build_model, check_vocab_compatible, count_params, load_model, load_tokenizer,
-                            saved_tokenizer, shared_vocab)
+from adaspec.models import (PRESETS, build_model, check_preset, check_vocab_compatible, count_params, load_model,
+                            load_tokenizer, saved_tokenizer, shared_vocab)
 from adaspec.options import check_range, helptext, load_split
+from adaspec.serving.constraints import head_size_problem, warn_unservable
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, planned_steps, train_loop
 from adaspec.training.options import TrainOptions
@@ -55,7 +56,7 @@ class DistillOptions(TrainOptions):
     ref: str | None = field(default=None, metadata=helptext("reference model directory (required by adaspec)"))
     draft_init: str | None = field(default=None, metadata=helptext(
         "initial draft checkpoint (default: build --preset with --init-seed)"))
-    preset: str = field(default="neox-draft-xs", metadata=helptext(f"draft architecture ({', '.join(PRESETS)})"))
+    preset: str = field(default="llama-draft-xs", metadata=helptext(f"draft architecture ({', '.join(PRESETS)})"))
     init_seed: int = field(default=0, metadata=helptext("seed of a draft built from --preset"))
     k: float = field(default=0.4, metadata=helptext("fraction of response tokens AdaSPEC trains on, in (0, 1]"))
     selection: Literal["top", "bottom", "random", "all", "soft"] = field(default="top", metadata=helptext(
@@ -107,8 +108,8 @@ class DistillOptions(TrainOptions):
             raise AdaspecError("--selection-group must be >= 1 and cannot be combined with --per-sequence")
         if self.method == "adaspec" and self.ref is None and self.teacher_cache is None:
             raise AdaspecError("--method adaspec needs --ref (the reference model) or a --teacher-cache with L_ref")
-        if self.draft_init is None and self.preset not in PRESETS:
-            raise AdaspecError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.draft_init is None:
+            check_preset(self.preset)
         if self.method != "adaspec" and (self.delta_divergence is not None or self.k_schedule != "constant"):
             raise AdaspecError("--delta-divergence and --k-schedule belong to --method adaspec")
         check_range(self, "soft_temperature", 0, low_open=True)
@@ -315,6 +316,8 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
                       + (f" ({opts.k_schedule} k from 1)" if selective and opts.k_schedule != "constant" else "")
                       + (f", Δ in {delta_kind}" if selective and delta_kind != opts.divergence else "")
                       + f"; {len(items)} examples, {epochs:g} epochs, global batch {opts.batch_size}")
+    if accelerator.is_main_process:
+        warn_unservable(f"the draft written to {opts.output}", [head_size_problem(draft.config)])
     result = train_loop(opts, accelerator, draft, tokenizer, items, token_loss, validate,
                         best_key="greedy_agreement", higher_is_better=True, epochs=epochs,
                         normalize=opts.normalize, prepare_items=prepare_items if on_policy else None,

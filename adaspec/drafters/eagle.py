@@ -11,9 +11,9 @@ vocabulary. Later draft steps feed the layer's own output (before `norm`, as the
 
 EAGLE-1/2 (SafeAILab/EAGLE eagle/model/cnets1.py): the feature is the target's final normed hidden state
 (what its lm_head sees: the reference takes `base_model.model(...)[0]`, after the final norm), fused with
-the embedding by `fc` (2H -> H, bias by default as the reference); `layers.0` is a Llama decoder layer
-without input_layernorm (the reference drops it for layer 0); no final norm, and the logits come from a
-frozen copy of the target's lm_head, so the head's output regresses onto the target's next feature.
+the embedding by `fc` (2H -> H; the reference has a bias, vLLM and adaspec by default none); `layers.0` is
+a Llama decoder layer without input_layernorm (the reference drops it for layer 0); no final norm, and the
+logits come from a frozen copy of the target's lm_head, so the head's output regresses onto the target's next feature.
 
 Pairing (both variants, as the references): head position t reads the target feature of position t and
 the embedding of token t+1, and predicts token t+2. Its own KV cache covers its own positions.
@@ -62,6 +62,18 @@ def default_aux_layers(num_layers: int) -> tuple[int, int, int]:
     return ids[0], ids[1], ids[2]
 
 
+def aux_layers_problem(cfg: EagleConfig) -> str | None:
+    """Why vLLM and SGLang cannot capture an EAGLE-3 head's aux layers, or None."""
+    layers, last = cfg.hidden_layers, cfg.target_num_layers - 1
+    if last in layers:
+        return (f"aux layer {last} is the target's last decoder layer, whose output vLLM and SGLang cannot "
+                f"capture: use layers 0..{last - 1}")
+    if len(set(layers)) != len(layers):
+        return (f"aux layers {list(layers)} repeat a layer, which vLLM and SGLang capture only once: a "
+                f"{cfg.target_num_layers}-layer target is too shallow to export an EAGLE-3 head")
+    return None
+
+
 @dataclass
 class EagleConfig:
     hidden_size: int
@@ -77,7 +89,9 @@ class EagleConfig:
     max_position_embeddings: int = 2048
     aux_layers: tuple[int, ...] | None = None  # None: default_aux_layers (eagle3), (FINAL,) (eagle1)
     variant: str = "eagle3"
-    fc_bias: bool = True  # EAGLE-1 only (EAGLE-3's fc never has one)
+    # EAGLE-1 only (EAGLE-3's fc never has one). The reference has one, vLLM's EagleLlamaForCausalLM does not:
+    # off, so a trained head is served by vLLM as trained
+    fc_bias: bool = False
     head_dim: int | None = None  # None: hidden_size // num_heads
     extra: dict[str, Any] = field(default_factory=dict)  # target token ids (bos/eos/pad) kept for export
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -18,13 +20,17 @@ from adaspec.decoding.sampling import check_sampling
 from adaspec.drafters.base import Drafter
 from adaspec.drafters.loading import load_drafter
 from adaspec.errors import AdaspecError
-from adaspec.evaluation.evaluate import EvalSettings, evaluate
-from adaspec.evaluation.table import format_table
+from adaspec.evaluation.evaluate import EvalSettings, evaluate, prompt_ids
+from adaspec.evaluation.table import format_table, format_vllm_table
 from adaspec.io import atomic_write_json, user_cache_dir
 from adaspec.models import (check_vocab_compatible, load_model, load_tokenizer, model_fingerprint,
                             saved_tokenizer)
 from adaspec.options import check_finite, helptext
 from adaspec.safety import check_output
+from adaspec.serving.vllm_engine import VllmRun, find_vllm_python, measure
+
+
+MAX_BATCH = 256  # requests vLLM holds at once: its max_num_seqs default
 
 
 def unique_names(paths: list[str]) -> list[str]:
@@ -91,6 +97,13 @@ class EvalOptions:
     data_dir: str | None = field(default=None, metadata=helptext("folder of the built-in task data"))
     device: str | None = field(default=None, metadata=helptext("torch device; unset: cuda when available"))
     trust_remote_code: bool = field(default=False, metadata=helptext("allow a hub model's own code to run"))
+    engine: Literal["adaspec", "vllm"] = field(default="adaspec", metadata=helptext(
+        "vllm: also decode the same prompts in vLLM (its target alone and with each drafter, exported to the "
+        "layout it loads) and report its own counters and tokens/s beside adaspec's; needs `make vllm`"))
+    vllm_python: str | None = field(default=None, metadata=helptext(
+        "python of vLLM's environment (unset: $ADASPEC_VLLM_PYTHON, else .venv-vllm)"))
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8], metadata=helptext(
+        "with --engine vllm: requests vLLM decodes together (1: one prompt at a time)"))
 
     def __post_init__(self) -> None:
         if not self.draft and not self.head:
@@ -108,6 +121,8 @@ class EvalOptions:
         for name in ("n_prompts", "gamma", "max_new_tokens", "loss_examples"):
             if getattr(self, name) < 1:
                 raise AdaspecError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.batch_sizes or any(not 1 <= b <= MAX_BATCH for b in self.batch_sizes):
+            raise AdaspecError(f"--batch-sizes must be in 1..{MAX_BATCH}, got {self.batch_sizes}")
         check_finite(self)
         check_sampling(self.temperature, self.top_p)
 
@@ -121,7 +136,8 @@ def command_line(opts: EvalOptions) -> str:
     words = ["adaspec", "eval"]
     for f in dataclasses.fields(opts):
         value = getattr(opts, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
         if value == default or value is None:
             continue
         flag = "--" + f.name.replace("_", "-")
@@ -148,6 +164,7 @@ def run_eval(opts: EvalOptions) -> int:
         check_output(opts.json, {"target": opts.target, "--data": opts.data, **{f"draft {p}": p for p in paths},
                                  **{f"head {h}": h.partition("=")[2] for h in opts.head or []}},
                      flag="--json", kind="file")
+    vllm_python = find_vllm_python(opts.vllm_python) if opts.engine == "vllm" else None  # before any work
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     log = lambda msg: print(f"[eval] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     target = load_model(opts.target, trust_remote_code=opts.trust_remote_code, device=device)
@@ -178,6 +195,18 @@ def run_eval(opts: EvalOptions) -> int:
     for name, path in zip(drafts, paths + [h.partition("=")[2] for h in opts.head or []]):
         result["drafts"][name]["path"] = path
     print(format_table(result))
+    if vllm_python is not None:
+        prompts, context = prompt_ids(settings, tokenizer, [target, *(d for d in drafts.values()
+                                                                    if isinstance(d, PreTrainedModel))])
+        kinds = [("lm", p) for p in paths] + [tuple(h.split("=", 1)) for h in opts.head or []]
+        run = VllmRun(target=opts.target, prompts=prompts, max_tokens=opts.max_new_tokens,
+                      temperatures=(opts.temperature,), gamma=opts.gamma, max_model_len=context,
+                      batch_sizes=tuple(opts.batch_sizes), eos_token_id=tokenizer.eos_token_id, seed=opts.seed)
+        work = Path(tempfile.mkdtemp(prefix="adaspec-vllm-"))  # kept when vLLM fails: its logs are there
+        served = {name: (kind, path, drafts[name]) for name, (kind, path) in zip(drafts, kinds)}
+        result["vllm"] = measure(vllm_python, run, served, target, work)
+        shutil.rmtree(work, ignore_errors=True)
+        print(format_vllm_table(result["vllm"]))
     if opts.json:
         replaced = Path(opts.json).exists()
         atomic_write_json(opts.json, result)

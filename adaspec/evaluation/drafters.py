@@ -36,6 +36,8 @@ from adaspec.evaluation.speed import Run, forward_ms, timed_rounds
 from adaspec.io import atomic_write_json
 from adaspec.metrics import SpecStats
 from adaspec.models import check_vocab_compatible, count_params, load_model, load_tokenizer, saved_tokenizer
+from adaspec.serving.vllm_benchmark import format_vllm_rows, vllm_benchmark
+from adaspec.serving.vllm_engine import find_vllm_python
 
 BASELINE = "target"
 
@@ -253,8 +255,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="weights' dtype (bfloat16 on a GPU)")
     p.add_argument("--pair", default="small", help="name of the model pair, for the output file")
     p.add_argument("--out", default=None, help="JSON path (default results/benchmarks/drafters_<pair>.json)")
+    p.add_argument("--engine", choices=["adaspec", "vllm"], default="adaspec", help="vllm: also run the first "
+                   "task's prompts in vLLM, written to results/benchmarks/vllm_<pair>.json (needs `make vllm`)")
+    p.add_argument("--vllm-python", default=None, help="python of vLLM's environment (default: .venv-vllm)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="vLLM batch sizes")
     args = p.parse_args(argv)
     try:
+        vllm_python = find_vllm_python(args.vllm_python) if args.engine == "vllm" else None
         torch.set_num_threads(args.threads)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, args.dtype)
@@ -263,11 +270,28 @@ def main(argv: list[str] | None = None) -> int:
         drafters = load_named_drafters(args.draft, args.head, target, tokenizer, device, dtype)
         result = benchmark(target, tokenizer, drafters, args.tasks, args.n_prompts, args.max_new_tokens,
                            args.gamma, args.temperatures, args.repeats, args.context)
+        command = shlex.join(["python", "benchmarks/drafters.py", *(argv or sys.argv[1:])])
+        if vllm_python is not None:
+            kinds = {**{n: ("lm", p) for n, p in named_paths(args.draft, "--draft").items()},
+                     **{(k.partition(":")[2] or k.partition(":")[0]): (k.partition(":")[0], p)
+                        for k, p in named_paths(args.head, "--head").items()}}
+            served = {n: (*kinds[n], d) for n, d in drafters.items()}
+            prompts = [ids[0].tolist() for ids in _prompts(args.tasks[0], tokenizer, args.n_prompts,
+                                                           args.context - args.max_new_tokens, device)]
+            vllm = vllm_benchmark(vllm_python, args.target, target, prompts, served,
+                                  [r for r in result["rows"] if r["prompts"] == f"{args.tasks[0]}:test"],
+                                  gamma=args.gamma, max_new_tokens=args.max_new_tokens, temperatures=args.temperatures,
+                                  batch_sizes=args.batch_sizes, context=args.context,
+                                  eos_token_id=tokenizer.eos_token_id)
+            vllm_out = Path(f"results/benchmarks/vllm_{args.pair}.json")
+            atomic_write_json(vllm_out, {"pair": args.pair, "command": command, "prompts": f"{args.tasks[0]}:test",
+                                         **vllm})
+            print(format_vllm_rows(vllm))
+            print(f"wrote {vllm_out}")
     except AdaspecError as exc:
         print(f"benchmarks/drafters.py: error: {exc}", file=sys.stderr)
         return 2
-    result = {"pair": args.pair, "command": shlex.join(["python", "benchmarks/drafters.py", *(argv or sys.argv[1:])]),
-              **result}
+    result = {"pair": args.pair, "command": command, **result}
     out = Path(args.out or f"results/benchmarks/drafters_{args.pair}.json")
     atomic_write_json(out, result)
     print(format_rows(result))

@@ -255,6 +255,24 @@ def drafter_params(draft: PreTrainedModel | Drafter) -> int:
     return sum(count_params(m) for m in modules)
 
 
+def _prompts(s: EvalSettings, tokenizer: PreTrainedTokenizerBase, models: list[PreTrainedModel]
+             ) -> tuple[int | None, int | None, list[data_lib.Example], list[list[int]], list[list[int]]]:
+    """(context, longest prompt, examples, their full prompt ids, the ids cut to the longest prompt)."""
+    context = _context(s, models)
+    max_prompt = context - s.max_new_tokens if context is not None else None
+    examples = s.examples(s.n_prompts)
+    full = [data_lib.encode_prompt(ex, tokenizer) for ex in examples]
+    return context, max_prompt, examples, full, [data_lib.encode_prompt(ex, tokenizer, max_prompt) for ex in examples]
+
+
+def prompt_ids(settings: EvalSettings, tokenizer: PreTrainedTokenizerBase, models: list[PreTrainedModel]
+               ) -> tuple[list[list[int]], int]:
+    """The prompts `evaluate` decodes (same examples, same cut) and the context they were cut to, so another
+    engine measures exactly the same work."""
+    context, _, _, _, prompts = _prompts(settings, tokenizer, models)
+    return prompts, context or FALLBACK_CONTEXT
+
+
 def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel | Drafter], tokenizer: PreTrainedTokenizerBase,
              settings: EvalSettings, *, cache_dir: str | os.PathLike | None = None,
              target_fingerprint: str | None = None, log: Log | None = None) -> EvalResult:
@@ -270,11 +288,7 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel | Drafte
     lms = _models(drafts)
     for name, draft in lms.items():
         check_vocab_compatible(target, draft, tokenizer, tokenizer, names=("target", f"draft {name!r}"))
-    context = _context(s, [target, *lms.values()])
-    max_prompt = context - s.max_new_tokens if context is not None else None
-    examples = s.examples(s.n_prompts)
-    full = [data_lib.encode_prompt(ex, tokenizer) for ex in examples]
-    prompts = [data_lib.encode_prompt(ex, tokenizer, max_prompt) for ex in examples]
+    context, max_prompt, examples, full, prompts = _prompts(s, tokenizer, [target, *lms.values()])
     decoder = _Decoder(target, tokenizer, s)
     if s.warmup:  # first calls pay one-off costs (allocator, kernel selection) that are not decoding speed
         n_warm = min(8, s.max_new_tokens)

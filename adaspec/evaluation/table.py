@@ -61,3 +61,29 @@ def format_table(result: dict[str, Any]) -> str:
     for label, cells in rows:
         lines.append(label.ljust(label_w) + "  " + "  ".join(c.rjust(w) for c, w in zip(cells, col_w)))
     return "\n".join(lines)
+
+
+def format_vllm_table(vllm: dict[str, Any]) -> str:
+    """vLLM's rows (adaspec.serving.vllm_engine.measure) beside adaspec's α and τ on vLLM's schedule."""
+    head = ["drafter", "vLLM method", "batch", "tokens/s", "vs target", "alpha", "alpha drafted",
+            "mean acc. length", "identical", "adaspec alpha", "adaspec tau"]
+    body = []
+    for r in vllm["rows"]:
+        ours = r.get("adaspec") or {}
+        if not r["loaded"]:
+            body.append([r["drafter"], str(r["method"] or "-"), str(r["batch"]), "not loaded: " + r["reason"]])
+            continue
+        body.append([r["drafter"], r["method"], str(r["batch"]), _fmt(r["tokens_per_s"], ".1f"),
+                     _fmt(r["vs_target"], ".2f", "x"), _fmt(r["alpha"]), _fmt(r["alpha_drafted"]),
+                     _fmt(r["mean_acceptance_length"], ".2f"),
+                     "n/a" if r["identical_to_target"] is None else str(r["identical_to_target"]),
+                     _fmt(ours.get("alpha")), _fmt(ours.get("tau"), ".2f")])
+    widths = [max(len(head[j]), *(len(b[j]) for b in body if j < len(b) and len(b) == len(head)))
+              for j in range(len(head))]
+    lines = [f"vLLM {vllm['vllm_version']} (its own counters; tokens/s over all prompts at each batch size; "
+             "adaspec's alpha and tau on vLLM's schedule)",
+             "  ".join(h.rjust(w) for h, w in zip(head, widths))]
+    for b in body:
+        lines.append("  ".join(c.rjust(w) for c, w in zip(b, widths)) if len(b) == len(head)
+                     else "  ".join(b[:3]) + "  " + b[3])
+    return "\n".join(lines)

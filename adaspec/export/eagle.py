@@ -4,7 +4,9 @@ EAGLE-3 (`LlamaForCausalLMEagle3`; vLLM `Eagle3LlamaForCausalLM`, vllm/model_exe
 SGLang `LlamaForCausalLMEagle3`, python/sglang/srt/models/llama_eagle3.py): a Llama config with
 num_hidden_layers 1 and draft_vocab_size, and weights fc.weight, midlayer.* (Llama decoder-layer names plus
 hidden_norm), norm.weight, lm_head.weight, d2t (int64 offsets), t2d (bool), and embed_tokens.weight (both
-loaders accept it; the servers then share the target's embedding when widths match).
+loaders accept it; the servers then share the target's embedding when widths match). At full vocabulary
+vLLM 0.32 has no parameter for d2t (`draft_id_to_target_id` is None when the sizes match) and refuses the
+load, so the vLLM layout (`server="vllm"`, the default) leaves d2t/t2d out there; SGLang's keeps them.
 
 Aux layers: the servers default to capturing (2, L//2, L-3); other choices must be written, and the two
 loaders read them in different conventions: vLLM reads the top-level `eagle_aux_hidden_state_layer_ids`
@@ -13,10 +15,14 @@ as capture indices (the INPUT of decoder layer i, i.e. adaspec layer i - 1), SGL
 when the top-level key is absent). Both keys are written, each in its loader's convention. Neither server
 can capture the last decoder layer's output, nor the same layer twice, so such heads are refused.
 
-EAGLE-1 (`LlamaForCausalLMEagle`; SGLang python/sglang/srt/models/llama_eagle.py, vLLM
-vllm/model_executor/models/llama_eagle.py): fc (2H -> H) with its bias, layers.0.* without
-input_layernorm, embed_tokens.weight; no lm_head (both servers use the target's). fc.bias is always
-written (zeros for a head without one), because SGLang's fc always has a bias.
+EAGLE-1 (SGLang `LlamaForCausalLMEagle`, python/sglang/srt/models/llama_eagle.py; vLLM
+`EagleLlamaForCausalLM`, vllm/model_executor/models/llama_eagle.py): fc (2H -> H), layers.0.* without
+input_layernorm, embed_tokens.weight; no lm_head (both servers use the target's). The two servers disagree
+on two points, so the layout depends on `server`:
+- the architecture: vLLM prefixes "Eagle" to every name it is given for method "eagle" unless the name
+  starts with it, so it resolves only `EagleLlamaForCausalLM`; SGLang registers `LlamaForCausalLMEagle`.
+- fc.bias: vLLM's fc has none and refuses the tensor; SGLang's always has one (so zeros are written for a
+  head trained without one). A head trained with a bias (`fc_bias`) cannot be served by vLLM exactly.
 
 `config.json` also carries the head's adaspec config under "adaspec", so `load_exported` rebuilds it
 exactly; heads exported elsewhere load from the Llama keys alone.
@@ -32,11 +38,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
-from adaspec.drafters.eagle import EagleConfig, EagleHead
+from adaspec.drafters.eagle import EagleConfig, EagleHead, aux_layers_problem
 from adaspec.errors import AdaspecError
+from adaspec.serving.constraints import VLLM_VERSION
 
 EAGLE3_ARCH = "LlamaForCausalLMEagle3"
-EAGLE1_ARCH = "LlamaForCausalLMEagle"
+EAGLE1_ARCH = "LlamaForCausalLMEagle"  # SGLang's name
+EAGLE1_VLLM_ARCH = "EagleLlamaForCausalLM"
+EAGLE1_ARCHS = (EAGLE1_ARCH, EAGLE1_VLLM_ARCH)
+SERVERS = ("vllm", "sglang")
 WEIGHTS = "model.safetensors"
 
 
@@ -68,7 +78,9 @@ def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str
             for k, v in state.items()}
 
 
-def _write(out_dir: str | Path, config: dict[str, Any], weights: dict[str, torch.Tensor]) -> Path:
+def _write(out_dir: str | Path, config: dict[str, Any], weights: dict[str, torch.Tensor], server: str) -> Path:
+    config["adaspec_export"] = {"server": server, "checked_with": f"vllm {VLLM_VERSION}" if server == "vllm"
+                                else "sglang loader source (not run here)"}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -77,23 +89,29 @@ def _write(out_dir: str | Path, config: dict[str, Any], weights: dict[str, torch
 
 
 def check_exportable_aux_layers(cfg: EagleConfig) -> None:
-    layers = cfg.hidden_layers
-    last = cfg.target_num_layers - 1
-    if last in layers:
-        raise AdaspecError(f"aux layer {last} is the target's last decoder layer, whose output vLLM and SGLang "
-                           f"cannot capture: use layers 0..{last - 1}")
-    if len(set(layers)) != len(layers):
-        raise AdaspecError(f"aux layers {list(layers)} repeat a layer, which vLLM and SGLang capture only once: "
-                           f"a {cfg.target_num_layers}-layer target is too shallow to export an EAGLE-3 head")
+    problem = aux_layers_problem(cfg)
+    if problem:
+        raise AdaspecError(problem)
 
 
-def export_eagle3(head: EagleHead, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write `head` (EAGLE-3) as a `LlamaForCausalLMEagle3` directory; weights in `dtype` (default: as trained)."""
+def _check_server(server: str) -> None:
+    if server not in SERVERS:
+        raise AdaspecError(f"unknown server {server!r}; choose one of: {', '.join(SERVERS)}")
+
+
+def export_eagle3(head: EagleHead, out_dir: str | Path, dtype: torch.dtype | None = None,
+                  server: str = "vllm") -> Path:
+    """Write `head` (EAGLE-3) as a `LlamaForCausalLMEagle3` directory for `server` (vllm or sglang); weights
+    in `dtype` (default: as trained)."""
     cfg = head.config
+    _check_server(server)
     if cfg.variant != "eagle3":
         raise AdaspecError(f"export_eagle3 needs an EAGLE-3 head, this one is {cfg.variant}")
     check_exportable_aux_layers(cfg)
-    weights = _cast(head.state_dict(), dtype)
+    state = head.state_dict()
+    if server == "vllm" and cfg.draft_vocab_size == cfg.vocab_size:
+        state = {k: v for k, v in state.items() if k not in ("d2t", "t2d")}
+    weights = _cast(state, dtype)
     config = _llama_config(cfg, EAGLE3_ARCH, weights["fc.weight"].dtype)
     config["draft_vocab_size"] = cfg.draft_vocab_size
     if cfg.target_hidden_size != cfg.hidden_size:
@@ -103,20 +121,29 @@ def export_eagle3(head: EagleHead, out_dir: str | Path, dtype: torch.dtype | Non
         config["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": list(cfg.hidden_layers),  # SGLang
                                   "use_aux_hidden_state": True}
     config["adaspec"] = cfg.to_dict()
-    return _write(out_dir, config, weights)
+    return _write(out_dir, config, weights, server)
 
 
-def export_eagle1(head: EagleHead, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write `head` (EAGLE-1/2) as a `LlamaForCausalLMEagle` directory (the target's lm_head is not written)."""
+def export_eagle1(head: EagleHead, out_dir: str | Path, dtype: torch.dtype | None = None,
+                  server: str = "vllm") -> Path:
+    """Write `head` (EAGLE-1/2) as `server` loads it: vLLM's `EagleLlamaForCausalLM` (no fc bias) or SGLang's
+    `LlamaForCausalLMEagle` (fc bias, zeros when the head has none); the target's lm_head is not written."""
     cfg = head.config
+    _check_server(server)
     if cfg.variant != "eagle1":
         raise AdaspecError(f"export_eagle1 needs an EAGLE-1 head, this one is {cfg.variant}")
     state = {k: v for k, v in head.state_dict().items() if k not in ("lm_head.weight", "d2t", "t2d")}
-    state.setdefault("fc.bias", torch.zeros(cfg.hidden_size, dtype=head.fc.weight.dtype))
+    if server == "sglang":
+        state.setdefault("fc.bias", torch.zeros(cfg.hidden_size, dtype=head.fc.weight.dtype))
+    elif "fc.bias" in state:
+        if float(state["fc.bias"].abs().max()) > 0:
+            raise AdaspecError("this EAGLE-1 head was trained with an fc bias, which vLLM's EagleLlamaForCausalLM "
+                               "lacks: export it for SGLang (--server sglang), or train it without (the default)")
+        del state["fc.bias"]
     weights = _cast(state, dtype)
-    config = _llama_config(cfg, EAGLE1_ARCH, weights["fc.weight"].dtype)
+    config = _llama_config(cfg, EAGLE1_VLLM_ARCH if server == "vllm" else EAGLE1_ARCH, weights["fc.weight"].dtype)
     config["adaspec"] = cfg.to_dict()
-    return _write(out_dir, config, weights)
+    return _write(out_dir, config, weights, server)
 
 
 # ---- re-import ----
@@ -154,8 +181,9 @@ def load_exported(path: str | Path, target: PreTrainedModel | None = None) -> Ea
         raise AdaspecError(f"{path} is not an exported EAGLE head (needs config.json and {WEIGHTS})")
     config = json.loads((root / "config.json").read_text())
     arch = config.get("architectures", [])
-    if EAGLE3_ARCH not in arch and EAGLE1_ARCH not in arch:
-        raise AdaspecError(f"{path} holds a {arch} model, not an EAGLE head ({EAGLE3_ARCH} or {EAGLE1_ARCH})")
+    if EAGLE3_ARCH not in arch and not set(EAGLE1_ARCHS) & set(arch):
+        raise AdaspecError(f"{path} holds a {arch} model, not an EAGLE head ({EAGLE3_ARCH} or "
+                           f"{' / '.join(EAGLE1_ARCHS)})")
     if "adaspec" in config:
         cfg = EagleConfig.from_dict(config["adaspec"])
     elif target is None:
@@ -169,7 +197,7 @@ def load_exported(path: str | Path, target: PreTrainedModel | None = None) -> Ea
         if target is None:
             raise AdaspecError("an EAGLE-1 head uses its target's lm_head: pass the target to load it")
         weights["lm_head.weight"] = target.get_output_embeddings().weight[: cfg.vocab_size]
-        if head.fc.bias is None:
+        if head.fc.bias is None and "fc.bias" in weights:
             if weights["fc.bias"].abs().max() > 0:
                 raise AdaspecError("the exported fc.bias is not zero but the head config has no fc bias")
             del weights["fc.bias"]

@@ -30,7 +30,7 @@ from adaspec.distill.recipe import val_continuations
 from adaspec.distill.steps import place_by_predicted_token
 from adaspec.distill.teacher import TopK, divergence
 from adaspec.drafters.draft_vocab import frequent_tokens
-from adaspec.drafters.eagle import EagleConfig, EagleHead
+from adaspec.drafters.eagle import EagleConfig, EagleHead, aux_layers_problem
 from adaspec.drafters.eagle_ttt import (feature_regression_loss, shift_steps, step_weights, unroll,
                                         unrolled_mask, unrolled_targets)
 from adaspec.errors import AdaspecError
@@ -38,6 +38,7 @@ from adaspec.evaluation.acceptance import Continuations
 from adaspec.io import atomic_write_json
 from adaspec.models import count_params, load_model, load_tokenizer
 from adaspec.options import load_split
+from adaspec.serving.constraints import eagle3_target_problem, head_size_problem, warn_unservable
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.head_options import TrainHeadOptions, budgeted, head_run
 from adaspec.training.run_fingerprint import Run
@@ -204,6 +205,11 @@ def _eagle_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_s
                       + (f" k={opts.k} {opts.selection}" if opts.method == "adaspec" else "")
                       + f"; {len(items)} examples, {opts.epochs:g} epochs, global batch {opts.batch_size}"
                       + (f"; target signal from {opts.teacher_cache} (top-{cache.top_k})" if cache else ""))
+    if accelerator.is_main_process:
+        warn_unservable(f"the {cfg.variant} head written to {opts.output}", [
+            head_size_problem({"head_dim": cfg.head_dim}), head_size_problem(target.config),
+            eagle3_target_problem(target.config) if cfg.variant == "eagle3" else None,
+            aux_layers_problem(cfg) if cfg.variant == "eagle3" else None])
     result = train_loop(opts, accelerator, head, tokenizer, items, HeadLoss(opts, target, ref, vocab, cache), validate,
                         best_key="agreement", higher_is_better=True, epochs=opts.epochs, on_step=on_step)
     if accelerator.is_main_process:

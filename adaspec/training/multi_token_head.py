@@ -43,6 +43,7 @@ from adaspec.export.mtp import load_mtp
 from adaspec.io import atomic_write_json
 from adaspec.models import count_params, load_model, load_tokenizer, output_vocab_size
 from adaspec.options import load_split
+from adaspec.serving.constraints import MTP_REASON, head_size_problem, warn_unservable
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
 from adaspec.training.head_options import TrainHeadOptions, budgeted, head_run
@@ -150,6 +151,9 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
                       f"{opts.method}" + (f" k={opts.k} {opts.selection}" if mode != "all" else "")
                       + f"; {len(items)} examples, {opts.epochs:g} epochs, global batch {opts.batch_size}"
                       + (f"; target signal from {opts.teacher_cache} (top-{cache.top_k})" if cache else ""))
+    if accelerator.is_main_process:
+        warn_unservable(f"the {opts.kind} heads written to {opts.output}",
+                        [MTP_REASON if opts.kind == "mtp" else None, head_size_problem(target.config)])
     # the loop saves and restores through save_pretrained / from_pretrained, which the heads provide
     result = train_loop(opts, accelerator, heads, tokenizer, items, token_loss, validate,  # type: ignore
                         best_key="accept_length", higher_is_better=True, epochs=opts.epochs,

