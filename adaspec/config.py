@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,8 +56,43 @@ def _parse(path: Path) -> Any:
         raise AdaspecError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin in (list, tuple):
+        return f"a list of {_type_name(args[0])}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _fits(tp: Any, value: Any) -> bool:
+    """Whether a config value is of an option's type as written: no coercion (a JSON "false" is no bool,
+    2.7 no integer, null no string)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(a, value) for a in args)
+    if origin in (list, tuple):
+        return isinstance(value, list) and all(_fits(args[0], v) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    return True  # no option has another type; nothing to check
+
+
 def load_config(path: str | Path, command: str, cls: type) -> dict[str, Any]:
-    """The options a config file sets for `command` (field names as keys); refuses unknown keys."""
+    """The options a config file sets for `command` (field names as keys); refuses unknown keys and values
+    of another type than the option's, in one line naming the key, the type and the value."""
     path = Path(path)
     raw = _parse(path)
     if not isinstance(raw, dict):
@@ -69,6 +106,10 @@ def load_config(path: str | Path, command: str, cls: type) -> dict[str, Any]:
     if unknown:
         raise AdaspecError(f"{path}: unknown option{'s' if len(unknown) > 1 else ''} for adaspec {command}: "
                            f"{', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if not _fits(hints[key], value):
+            raise AdaspecError(f"{path}: option {key} must be {_type_name(hints[key])}, got {json.dumps(value, default=str)}")
     return values
 
 

@@ -32,6 +32,16 @@ def test_yaml_config(tmp_path):
     ({"target": "t", "draft": ["a"], "gama": 3}, "unknown option for adaspec eval: gama"),
     ({"command": "distill", "target": "t"}, "is a config for `adaspec distill`, not `adaspec eval`"),
     ([1, 2], "a config must map option names to values"),
+    # values of another type are refused, never coerced ("false" would be read as true)
+    ({"target": "t", "draft": ["a"], "cache": "false"}, 'option cache must be true or false, got "false"'),
+    ({"target": "t", "draft": ["a"], "gamma": 2.7}, "option gamma must be an integer, got 2.7"),
+    ({"target": "t", "draft": ["a"], "gamma": [1, 2]}, "option gamma must be an integer, got [1, 2]"),
+    ({"target": None, "draft": ["a"]}, "option target must be a string, got null"),
+    ({"target": 123, "draft": ["a"]}, "option target must be a string, got 123"),
+    ({"target": "t", "draft": "a"}, 'option draft must be a list of a string or null, got "a"'),
+    ({"target": "t", "draft": ["a"], "decode_path": "fast"}, "option decode_path must be one of 'auto', 'lean', "
+                                                              "'hf', got \"fast\""),
+    ({"target": "t", "draft": ["a"], "temperature": True}, "option temperature must be a number, got true"),
 ])
 def test_bad_configs_are_refused_in_one_line(tmp_path, capsys, content, message):
     path = tmp_path / "bad.json"

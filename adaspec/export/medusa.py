@@ -23,6 +23,7 @@ from transformers import PreTrainedModel
 from adaspec.drafters.head_checkpoint import WEIGHTS, load_strict, read_config_entry, read_weights
 from adaspec.drafters.medusa import MedusaConfig, MedusaHeads
 from adaspec.errors import AdaspecError
+from adaspec.serving.constraints import VLLM_VERSION
 
 
 def vllm_config(cfg: MedusaConfig) -> dict:
@@ -32,6 +33,7 @@ def vllm_config(cfg: MedusaConfig) -> dict:
         "num_heads": cfg.heads, "num_hidden_layers": cfg.layers, "max_paths": 64, "topk": 10,
         "medusa_fc_bias": cfg.bias, "original_lm_head": cfg.shared_head,
         "adaspec": {"kind": "medusa", **cfg.to_dict()},
+        "adaspec_export": {"server": "vllm", "checked_with": f"vllm {VLLM_VERSION}"},
     }
 
 

@@ -611,10 +611,25 @@ def _replace_block(text: str, name: str, body: str) -> str:
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
+def vllm_tables(bench_dir: Path) -> str:
+    """The README's vLLM tables, from results/benchmarks/vllm_*.json."""
+    from adaspec.serving.vllm_benchmark import format_vllm_rows
+
+    out = []
+    for path in sorted(bench_dir.glob("vllm_*.json")):
+        b = json.loads(path.read_text())
+        load = b["load_average_1m_before_after"]
+        out += [f"Pair `{b['pair']}`, vLLM {b['vllm_version']} (CPU), γ = {b['gamma']}, {b['n_prompts']} {b['prompts']} "
+                f"prompts × {b['max_new_tokens']} tokens, load average {load[0]:.1f} → {load[1]:.1f}: "
+                f"`{b['command']}`", "", format_vllm_rows(b), ""]
+    return "\n".join(out)
+
+
 def update_readme(readme: Path, results_dir: Path) -> None:
     """Rewrite the README's generated blocks from results/*/results.json and results/benchmarks/*.json."""
     text = _replace_block(readme.read_text(), "results", readme_table(results_dir))
     text = _replace_block(text, "benchmarks", benchmark_tables(results_dir / "benchmarks"))
+    text = _replace_block(text, "vllm", vllm_tables(results_dir / "benchmarks"))
     atomic_write_text(readme, text)
 
 

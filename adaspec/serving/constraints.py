@@ -3,8 +3,7 @@ and not from the server later. Pure functions of a transformers config (or its d
 
 Checked against vLLM 0.32.0 (`VLLM_VERSION`):
 - head sizes: its CPU attention backend takes exactly `SERVABLE_HEAD_SIZES`
-  (vllm/v1/attention/backends/cpu_attn.py `get_supported_head_sizes`); the GPU backends take a superset of
-  the sizes >= 32 among them, so a model inside this set loads everywhere;
+  (vllm/v1/attention/backends/cpu_attn.py `get_supported_head_sizes`; the GPU backends were not tried here);
 - EAGLE-3 (and DFlash) read auxiliary hidden states of the target, which only target families implementing
   `SupportsEagle3` provide (llama.py, qwen2.py, qwen3.py, ...; not GPT-NeoX or GPT-2);
 - MTP: vLLM's MTP drafters exist only for targets trained with their own MTP layers (DeepSeek-V3, MiMo,
