@@ -109,7 +109,8 @@ def load_config(path: str | Path, command: str, cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
         if not _fits(hints[key], value):
-            raise AdaspecError(f"{path}: option {key} must be {_type_name(hints[key])}, got {json.dumps(value, default=str)}")
+            raise AdaspecError(f"{path}: option {key} must be {_type_name(hints[key])}, "
+                               f"got {json.dumps(value, default=str)}")
     return values
 
 

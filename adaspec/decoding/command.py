@@ -15,7 +15,7 @@ from adaspec.data import check_text
 from adaspec.decoding.generate import speculative_generate
 from adaspec.decoding.lean import LEAN
 from adaspec.decoding.tree_generate import tree_speculative_generate
-from adaspec.decoding.tree_shape import parse_tree_spec
+from adaspec.decoding.tree_shape import MAX_TREE_DEPTH, parse_tree_spec
 from adaspec.drafters.lm import DRAFT_CONFIDENCE
 from adaspec.drafters.loading import load_drafter
 from adaspec.decoding.sampling import check_sampling
@@ -60,10 +60,10 @@ class GenerateOptions:
                                                         "streaming"})
 
     def __post_init__(self) -> None:
-        if self.gamma < 1:
-            raise AdaspecError(f"--gamma must be >= 1, got {self.gamma}")
-        if self.gamma_max < 1:
-            raise AdaspecError(f"--gamma-max must be >= 1, got {self.gamma_max}")
+        for name in ("gamma", "gamma_max"):
+            if not 1 <= getattr(self, name) <= MAX_TREE_DEPTH:  # a chain is a tree of depth γ
+                raise AdaspecError(f"--{name.replace('_', '-')} must be in 1..{MAX_TREE_DEPTH}, got "
+                                   f"{getattr(self, name)}")
         if self.adaptive_gamma and self.gamma_max < self.gamma:
             raise AdaspecError(f"--gamma-max ({self.gamma_max}) must be >= --gamma ({self.gamma})")
         if self.tree is not None:

@@ -23,10 +23,30 @@ from adaspec.decoding.tree import Expand, Tree, build_dynamic_tree, build_static
 from adaspec.errors import AdaspecError
 
 
+# Every tree node is a row of each verification forward, its mask and the drafter's cache: the sizes a user
+# types are bounded before anything is allocated (a `cartesian:1000,1000,1000` tree would hold 10^9 nodes).
+# Measured trees pay only up to a few dozen nodes (results/benchmarks/tree_*.json), far below these.
+MAX_TREE_NODES = 1024
+MAX_TREE_DEPTH = 64
+MAX_TREE_WIDTH = 64
+
+
+def _check_bound(what: str, value: int, limit: int) -> None:
+    if value > limit:
+        raise AdaspecError(f"{what} is {value:,}, above the limit of {limit:,} (every tree node is a row of each "
+                           f"verification forward and of the drafter's cache)")
+
+
 def cartesian_paths(widths: Sequence[int]) -> list[tuple[int, ...]]:
     """Every rank path whose rank at depth d is below widths[d-1] (a full Medusa tree of those widths)."""
     if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
         raise AdaspecError(f"cartesian tree widths must be integers >= 1, got {list(widths)}")
+    _check_bound("the tree depth", len(widths), MAX_TREE_DEPTH)
+    nodes, level = 0, 1
+    for w in widths:  # counted before any path is built
+        level *= w
+        nodes += level
+        _check_bound(f"the node count of cartesian:{','.join(map(str, widths))}", nodes, MAX_TREE_NODES)
     return [p for d in range(1, len(widths) + 1) for p in itertools.product(*(range(w) for w in widths[:d]))]
 
 
@@ -41,6 +61,7 @@ class TreeShape:
 
     def __post_init__(self) -> None:
         if self.paths is not None:
+            _check_bound("the tree's node count", len(self.paths), MAX_TREE_NODES)
             object.__setattr__(self, "paths", tuple(check_paths(self.paths)))
             object.__setattr__(self, "depth", len(self.paths[-1]))
             object.__setattr__(self, "top_k", 1 + max(max(p) for p in self.paths))
@@ -50,6 +71,9 @@ class TreeShape:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise AdaspecError(f"tree {name} must be an integer >= 1, got {value!r}")
+        _check_bound("the tree's top_k", self.top_k, MAX_TREE_WIDTH)
+        _check_bound("the tree's depth", self.depth, MAX_TREE_DEPTH)
+        _check_bound("the tree's total_tokens", self.total_tokens, MAX_TREE_NODES)
 
     @classmethod
     def static(cls, paths: Sequence[Sequence[int]]) -> TreeShape:
@@ -115,6 +139,9 @@ class AdaptiveTree:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise AdaspecError(f"adaptive tree {name} must be an integer >= 1, got {value!r}")
+        _check_bound("the adaptive tree's max_nodes", self.max_nodes, MAX_TREE_NODES)
+        _check_bound("the adaptive tree's max_depth", self.max_depth, MAX_TREE_DEPTH)
+        _check_bound("the adaptive tree's max_width", self.max_width, MAX_TREE_WIDTH)
 
     def spec(self) -> str:
         return f"adaptive:{self.max_nodes},{self.max_depth},{self.max_width}"

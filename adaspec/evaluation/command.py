@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 from adaspec import data as data_lib
 from adaspec.decoding.lean import LEAN
 from adaspec.decoding.sampling import check_sampling
+from adaspec.decoding.tree_shape import MAX_TREE_DEPTH
 from adaspec.drafters.base import Drafter
 from adaspec.drafters.loading import load_drafter
 from adaspec.errors import AdaspecError
@@ -121,6 +122,8 @@ class EvalOptions:
         for name in ("n_prompts", "gamma", "max_new_tokens", "loss_examples"):
             if getattr(self, name) < 1:
                 raise AdaspecError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.gamma > MAX_TREE_DEPTH:  # a chain is a tree of depth γ
+            raise AdaspecError(f"--gamma must be in 1..{MAX_TREE_DEPTH}, got {self.gamma}")
         if not self.batch_sizes or any(not 1 <= b <= MAX_BATCH for b in self.batch_sizes):
             raise AdaspecError(f"--batch-sizes must be in 1..{MAX_BATCH}, got {self.batch_sizes}")
         check_finite(self)

@@ -104,7 +104,8 @@ def _export_multi_token(opts: ExportOptions, kind: str) -> int:
         print(f"wrote Medusa heads (vLLM's MedusaModel) to {opts.output}")
         return 0
     if target is None:
-        raise AdaspecError("MTP modules are exported with their target's shared embedding, norm and head: pass --target")
+        raise AdaspecError("MTP modules are exported with their target's shared embedding, norm and head: "
+                           "pass --target")
     export_mtp_deepseek(load_mtp(opts.head), target, opts.output)
     warn_unservable("these MTP modules", [MTP_REASON])
     print(f"wrote MTP modules under DeepSeek-V3's MTP-layer names to {opts.output}")

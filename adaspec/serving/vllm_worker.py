@@ -1,10 +1,11 @@
 """One vLLM measurement, run inside vLLM's own environment (`make vllm`), never imported by adaspec.
 
-adaspec pins a newer transformers than vLLM accepts, so the engine lives in its own virtualenv and this file
-is its whole interface: `python vllm_worker.py JOB.json OUT.json`. It imports only the standard library and
-vLLM. The job names the target, an optional `speculative_config`, prompts as token ids and the sampling; the
-result holds, per temperature and batch size, the generated ids, the wall time and vLLM's own speculative counters (taken as
-differences of its Prometheus counters around the timed generate calls, so the warm-up is not counted).
+adaspec pins a newer transformers than vLLM accepts, so the engine lives in its own virtualenv and this
+file is its whole interface: `python vllm_worker.py JOB.json OUT.json`. It imports only the standard
+library and vLLM. The job names the target, an optional `speculative_config`, prompts as token ids and the
+sampling; the result holds, per temperature and batch size, the generated ids, the wall time and vLLM's own
+speculative counters (differences of its Prometheus counters around the timed generate calls, so the
+warm-up is not counted).
 """
 
 from __future__ import annotations

@@ -99,8 +99,9 @@ class TrainHeadOptions(TrainOptions):
     def _check_eagle(self) -> None:
         if self.loss == "ce":
             raise AdaspecError("--loss ce is for --kind mtp/medusa; an EAGLE head distils a divergence")
-        if self.ttt_steps < 1:
-            raise AdaspecError(f"--ttt-steps must be >= 1, got {self.ttt_steps}")
+        if not 1 <= self.ttt_steps < self.max_length:
+            raise AdaspecError(f"--ttt-steps must be in 1..{self.max_length - 1} (below --max-length), got "
+                               f"{self.ttt_steps}")
         if not 0 < self.step_decay <= 1:
             raise AdaspecError(f"--step-decay must be in (0, 1], got {self.step_decay}")
         if self.draft_vocab < 0:
@@ -116,6 +117,9 @@ class TrainHeadOptions(TrainOptions):
         if self.depth < 1 or self.medusa_layers < 0:
             raise AdaspecError(f"--depth must be >= 1 and --medusa-layers >= 0, got {self.depth} and "
                                f"{self.medusa_layers}")
+        if self.depth >= self.max_length:  # depth d is trained on tokens d+1 ahead: none beyond the sequence
+            raise AdaspecError(f"--depth ({self.depth}) must be below --max-length ({self.max_length}): a depth "
+                               f"beyond the sequence has no token to learn")
         depth_weights(self.depth, self.depth_weights, self.lam)
 
     def aux_layer_ids(self) -> tuple[int, ...] | None:

@@ -74,3 +74,14 @@ def test_clipping_keeps_the_tree_inside_the_room():
     small = dynamic.clipped(6)
     assert small.depth == 5 and small.total_tokens == 6 and small.top_k * (small.depth - 1) <= 6
     assert dynamic.clipped(1) == TreeShape.dynamic(1, 1, 1)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("cartesian:1000,1000,1000", "node count of cartesian:1000,1000,1000 is 1,001,000, above the limit of 1,024"),
+    ("adaptive:100000,1000,1000", "adaptive tree's max_nodes is 100,000, above the limit of 1,024"),
+    ("2,100,3", "tree's depth is 100, above the limit of 64"),
+    ("100,2,3", "tree's top_k is 100, above the limit of 64"),
+])
+def test_tree_sizes_a_user_types_are_bounded_before_anything_is_built(spec, message):
+    with pytest.raises(AdaspecError, match=message):
+        parse_tree_spec(spec)

@@ -159,3 +159,14 @@ def test_head_drafter_loads_by_its_saved_kind(mtp_kd, medusa_shared, target_dir)
     assert isinstance(load_drafter("medusa", medusa_shared, target), MedusaDrafter)
     with pytest.raises(AdaspecError, match="holds no adaspec heads"):
         load_drafter("mtp", target_dir, target)
+
+
+def test_head_depth_beyond_the_sequence_is_refused_before_any_work(tmp_path, tiny_target_dir, capsys):
+    err = cli_error(capsys, "train-head", "--kind", "medusa", "--depth", "10000", "--target", tiny_target_dir,
+                    "--output", tmp_path / "x")
+    assert "--depth (10000) must be below --max-length (256)" in err and not (tmp_path / "x").exists()
+    err = cli_error(capsys, "train-head", "--ttt-steps", "300", "--target", tiny_target_dir, "--output", tmp_path / "y")
+    assert "--ttt-steps must be in 1..255" in err
+    err = cli_error(capsys, "generate", "--target", tiny_target_dir, "--draft", tiny_target_dir, "--prompt", "a",
+                    "--gamma", "1000")
+    assert "--gamma must be in 1..64" in err
