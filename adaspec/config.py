@@ -24,6 +24,8 @@ RESOLVED_NAME = "resolved_options.json"
 _DESTINATIONS: dict[str, Callable[[Any], Path | None]] = {
     "train-target": lambda o: Path(o.output) / RESOLVED_NAME,
     "distill": lambda o: Path(o.output) / RESOLVED_NAME,
+    "train-head": lambda o: Path(o.output) / RESOLVED_NAME,
+    "export": lambda o: Path(o.output) / RESOLVED_NAME,
     "cache": lambda o: Path(o.output) / RESOLVED_NAME,
     "eval": lambda o: Path(o.json).with_suffix(".options.json") if o.json else None,
     "reproduce": lambda o: Path(o.runs_dir) / o.task / o.preset / RESOLVED_NAME,

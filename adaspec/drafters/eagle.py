@@ -24,7 +24,7 @@ Layer ids follow adaspec.decoding.target: i = output of decoder layer i, -1 = fi
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +36,7 @@ from transformers import PreTrainedModel
 from adaspec.decoding.target import FINAL, config_dims
 from adaspec.drafters.common import GatedMLP, RMSNorm, apply_rope, repeat_kv
 from adaspec.drafters.draft_vocab import vocab_maps
-from adaspec.drafters.head_checkpoint import load_strict, read_config_entry, read_weights
+from adaspec.drafters.head_checkpoint import config_from_entry, load_strict, read_config_entry, read_weights
 from adaspec.errors import AdaspecError
 
 VARIANTS = ("eagle3", "eagle1")
@@ -137,15 +137,11 @@ class EagleConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EagleConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise AdaspecError(f"unknown EAGLE head config keys: {', '.join(unknown)}")
+    def from_dict(cls, data: dict[str, Any], path: str = "an EAGLE head") -> EagleConfig:
         data = dict(data)
         if data.get("aux_layers") is not None:
             data["aux_layers"] = tuple(data["aux_layers"])
-        return cls(**data)
+        return config_from_entry(cls, data, path)
 
     @classmethod
     def for_target(cls, target: PreTrainedModel, variant: str = "eagle3", **overrides: Any) -> EagleConfig:
@@ -335,7 +331,8 @@ class EagleHead(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None) -> EagleHead:
-        head = cls(EagleConfig.from_dict(read_config_entry(path, CHECKPOINT_KEY, "an adaspec EAGLE head checkpoint")))
+        head = cls(EagleConfig.from_dict(read_config_entry(path, CHECKPOINT_KEY, "an adaspec EAGLE head checkpoint"),
+                                         str(path)))
         load_strict(head, read_weights(path), path)
         if dtype is not None:
             head.to(dtype)

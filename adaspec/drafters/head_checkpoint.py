@@ -7,9 +7,11 @@ is named in one line, and the module is left untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -19,6 +21,7 @@ from torch import nn
 from adaspec.errors import AdaspecError
 
 WEIGHTS = "model.safetensors"
+C = TypeVar("C")
 
 
 def read_config_entry(path: str | os.PathLike, key: str, what: str) -> dict:
@@ -31,6 +34,26 @@ def read_config_entry(path: str | os.PathLike, key: str, what: str) -> dict:
     if not isinstance(entry, dict):
         raise AdaspecError(f"{path} is not {what} ({key!r} in {file.name} is not an object)")
     return dict(entry)
+
+
+def config_from_entry(cls: type[C], entry: dict[str, Any], path: str | os.PathLike) -> C:
+    """`cls(**entry)` for a head config dataclass, with a missing or unknown field named in one line."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(entry) - set(fields))
+    missing = sorted(n for n, f in fields.items() if n not in entry and f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING)
+    if unknown or missing:
+        parts = ([f"lacks {', '.join(missing)}"] if missing else []) + (
+            [f"has unknown fields {', '.join(unknown)}"] if unknown else [])
+        raise AdaspecError(f"{path}: the head config {' and '.join(parts)}")
+    return cls(**entry)
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Refuse weights holding NaN or infinity, naming the first such tensor."""
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise AdaspecError(f"{path}: {name} holds non-finite values (NaN or infinity): not a usable head")
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

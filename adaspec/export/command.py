@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 
 from adaspec.drafters.eagle import CHECKPOINT_KEY, EagleHead
+from adaspec.drafters.head_checkpoint import check_finite, read_weights
 from adaspec.errors import AdaspecError
 from adaspec.export.eagle import export_eagle1, export_eagle3
 from adaspec.export.medusa import load_medusa, save_medusa
@@ -71,6 +72,7 @@ def _target_config(opts: ExportOptions) -> dict | None:
 
 def _export(opts: ExportOptions) -> int:
     kind = head_kind(opts.head)
+    check_finite(read_weights(opts.head), opts.head)
     if kind != "eagle":
         return _export_multi_token(opts, kind)
     head = EagleHead.from_pretrained(opts.head)

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
-from adaspec.drafters.head_checkpoint import WEIGHTS, load_strict, read_config_entry, read_weights
+from adaspec.drafters.head_checkpoint import WEIGHTS, config_from_entry, load_strict, read_config_entry, read_weights
 from adaspec.drafters.medusa import MedusaConfig, MedusaHeads
 from adaspec.errors import AdaspecError
 from adaspec.serving.constraints import VLLM_VERSION
@@ -57,7 +57,7 @@ def load_medusa(path: str | os.PathLike, device: str | torch.device | None = Non
     meta = read_config_entry(path, "adaspec", "an adaspec Medusa checkpoint")
     if meta.pop("kind", None) != "medusa":
         raise AdaspecError(f"{path} holds no Medusa heads")
-    heads = MedusaHeads(MedusaConfig(**meta))
+    heads = MedusaHeads(config_from_entry(MedusaConfig, meta, path))
     tensors = read_weights(path)
     if heads.cfg.shared_head:
         tensors.pop("lm_heads.0.weight", None)  # the target's own head is used

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
 from adaspec.decoding.target import decoder_layers, final_norm
-from adaspec.drafters.head_checkpoint import WEIGHTS, load_strict, read_config_entry, read_weights
+from adaspec.drafters.head_checkpoint import WEIGHTS, config_from_entry, load_strict, read_config_entry, read_weights
 from adaspec.drafters.mtp import MTPConfig, MTPHeads
 from adaspec.errors import AdaspecError
 
@@ -57,7 +57,7 @@ def load_mtp(path: str | os.PathLike, device: str | torch.device | None = None) 
     meta = read_config_entry(path, "adaspec", "an adaspec MTP checkpoint")
     if meta.pop("kind", None) != "mtp":
         raise AdaspecError(f"{path} holds no MTP modules")
-    heads = MTPHeads(MTPConfig(**meta))
+    heads = MTPHeads(config_from_entry(MTPConfig, meta, path))
     tensors = read_weights(path)
     load_strict(heads, tensors, path)
     return heads.to(dtype=next(iter(tensors.values())).dtype, device=device).eval()

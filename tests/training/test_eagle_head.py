@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from helpers import cli_error, options_from, run, scalars, summary, torchrun, weights
 
@@ -67,6 +68,8 @@ def test_train_head_eagle1_then_export(tmp_path, tiny_target_dir, capsys):
     config = json.loads((exported / "config.json").read_text())
     assert config["architectures"] == ["EagleLlamaForCausalLM"]  # vLLM's layout by default
     assert config["adaspec_export"] == {"server": "vllm", "checked_with": "vllm 0.32.0"}
+    for folder, command in ((out, "train-head"), (exported, "export")):  # every command writes its options
+        assert json.loads((folder / "resolved_options.json").read_text())["command"] == command
     assert "cannot be served" not in capsys.readouterr().err  # a 32-wide head on a Llama-family-free check
     target = load_model(tiny_target_dir)
     head, back = EagleHead.from_pretrained(out), load_exported(exported, target=target)
@@ -153,3 +156,22 @@ def test_head_loss_agrees_with_the_shared_multi_step_loss(tiny_target_dir):
     torch.testing.assert_close(per_token.sum(), shared.sum())
     assert float(per_token.detach()[~response].abs().sum()) == 0.0
     assert torch.equal(kept, response)
+
+
+def test_export_refuses_non_finite_weights_and_configs_missing_fields(tmp_path, tiny_target_dir, capsys):
+    out = tmp_path / "head"
+    assert run("train-head", "--target", tiny_target_dir, "--variant", "eagle1", "--max-steps", 1, "--output", out,
+               *FAST) == 0
+    good = load_file(str(out / "model.safetensors"))
+    bad = {k: v.clone() for k, v in good.items()}
+    bad["fc.weight"][0, 0] = float("nan")
+    save_file(bad, str(out / "model.safetensors"))
+    err = cli_error(capsys, "export", "--head", out, "--output", tmp_path / "e")
+    assert "fc.weight holds non-finite values" in err and not (tmp_path / "e" / "model.safetensors").exists()
+    save_file(good, str(out / "model.safetensors"))
+    config = json.loads((out / "config.json").read_text())
+    for key in ("hidden_size", "vocab_size"):
+        del config["adaspec_eagle_head"][key]
+    (out / "config.json").write_text(json.dumps(config))
+    assert "the head config lacks hidden_size, vocab_size" in cli_error(capsys, "export", "--head", out,
+                                                                        "--output", tmp_path / "f")
