@@ -16,6 +16,12 @@ def helptext(text: str, **extra: Any) -> dict:
     return {"help": text, **extra}
 
 
+def strict_field() -> Any:
+    """`--strict`, declared once for every command that loads a head onto a target."""
+    return field(default=False, metadata=helptext(
+        "refuse a head trained on other weights of the target's shape (default: a one-line warning)"))
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

@@ -21,7 +21,7 @@ from adaspec.drafters.loading import load_drafter
 from adaspec.decoding.sampling import check_sampling
 from adaspec.errors import AdaspecError
 from adaspec.models import check_vocab_compatible, load_model, load_tokenizer, saved_tokenizer
-from adaspec.options import check_finite
+from adaspec.options import check_finite, strict_field
 
 @dataclass
 class GenerateOptions:
@@ -34,6 +34,7 @@ class GenerateOptions:
     drafter: Literal["lm", "eagle", "mtp", "medusa"] = field(default="lm", metadata={
         "help": "what proposes the tokens: a draft model (lm) or a head trained by train-head"})
     head: str | None = field(default=None, metadata={"help": "head directory, with --drafter eagle|mtp|medusa"})
+    strict: bool = strict_field()
     decode_path: Literal["auto", "lean", "hf"] = field(default="auto", metadata={
         "help": "lean: adaspec's minimal forward (Llama, GPT-NeoX, GPT-2); hf: transformers'; auto: lean when "
                 "the family supports it"})
@@ -124,7 +125,7 @@ def run_generate(opts: GenerateOptions) -> int:
         draft = load_model(opts.draft, device=device)
         check_vocab_compatible(target, draft, tokenizer, saved_tokenizer(opts.draft))
     else:
-        draft = load_drafter(opts.drafter, opts.head, target)
+        draft = load_drafter(opts.drafter, opts.head, target, strict=opts.strict)
     input_ids = tokenizer(opts.prompt, return_tensors="pt").input_ids
     if input_ids.numel() == 0 and tokenizer.bos_token_id is not None:
         input_ids = torch.tensor([[tokenizer.bos_token_id]])

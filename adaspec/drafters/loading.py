@@ -9,6 +9,7 @@ from pathlib import Path
 from transformers import PreTrainedModel
 
 from adaspec.drafters import DRAFTERS
+from adaspec.drafters.target_record import check_record
 from adaspec.errors import AdaspecError
 
 
@@ -23,12 +24,16 @@ def saved_kind(path: str | os.PathLike) -> str:
     return kind
 
 
-def load_drafter(kind: str, path: str | os.PathLike, target: PreTrainedModel, vocab: int | None = None):
-    """The drafter of kind `kind` ("lm", "eagle", "mtp", "medusa") saved in `path`, fitted to `target`."""
+def load_drafter(kind: str, path: str | os.PathLike, target: PreTrainedModel, vocab: int | None = None,
+                 strict: bool = False):
+    """The drafter of kind `kind` ("lm", "eagle", "mtp", "medusa") saved in `path`, fitted to `target`; a
+    head is first checked against the target it was trained on (adaspec.drafters.target_record)."""
     if kind not in DRAFTERS:
         raise AdaspecError(f"unknown drafter {kind!r}; choose one of {', '.join(DRAFTERS)}")
     if not Path(path).is_dir():
         raise AdaspecError(f"{kind} drafter directory not found: {path}")
     if kind in ("mtp", "medusa") and saved_kind(path) != kind:
         raise AdaspecError(f"{path} holds {saved_kind(path)} heads, not {kind}")
+    if kind != "lm":
+        check_record(path, target, strict)
     return DRAFTERS[kind].load(str(path), target, vocab)

@@ -26,7 +26,7 @@ from adaspec.evaluation.table import format_table, format_vllm_table
 from adaspec.io import atomic_write_json, user_cache_dir
 from adaspec.models import (check_vocab_compatible, load_model, load_tokenizer, model_fingerprint,
                             saved_tokenizer)
-from adaspec.options import check_finite, helptext
+from adaspec.options import check_finite, helptext, strict_field
 from adaspec.safety import check_output
 from adaspec.serving.vllm_engine import VllmRun, find_vllm_python, measure
 
@@ -98,6 +98,7 @@ class EvalOptions:
     data_dir: str | None = field(default=None, metadata=helptext("folder of the built-in task data"))
     device: str | None = field(default=None, metadata=helptext("torch device; unset: cuda when available"))
     trust_remote_code: bool = field(default=False, metadata=helptext("allow a hub model's own code to run"))
+    strict: bool = strict_field()
     engine: Literal["adaspec", "vllm"] = field(default="adaspec", metadata=helptext(
         "vllm: also decode the same prompts in vLLM (its target alone and with each drafter, exported to the "
         "layout it loads) and report its own counters and tokens/s beside adaspec's; needs `make vllm`"))
@@ -180,7 +181,7 @@ def run_eval(opts: EvalOptions) -> int:
         drafts[name] = draft
     for spec in opts.head or []:
         kind, _, path = spec.partition("=")
-        drafts[f"{kind}:{Path(path).name}"] = load_drafter(kind, path, target)
+        drafts[f"{kind}:{Path(path).name}"] = load_drafter(kind, path, target, strict=opts.strict)
     local = _is_local(opts.target)
     fingerprint = model_fingerprint(opts.target) if local else None
     cache_dir = None

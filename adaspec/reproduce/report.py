@@ -629,7 +629,8 @@ def update_readme(readme: Path, results_dir: Path) -> None:
     """Rewrite the README's generated blocks from results/*/results.json and results/benchmarks/*.json."""
     text = _replace_block(readme.read_text(), "results", readme_table(results_dir))
     text = _replace_block(text, "benchmarks", benchmark_tables(results_dir / "benchmarks"))
-    text = _replace_block(text, "vllm", vllm_tables(results_dir / "benchmarks"))
+    if "<!-- vllm:start -->" in text:  # a README without vLLM's block (an older copy) keeps its shape
+        text = _replace_block(text, "vllm", vllm_tables(results_dir / "benchmarks"))
     atomic_write_text(readme, text)
 
 

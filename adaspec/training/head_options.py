@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from adaspec.distill import selection
 from adaspec.errors import AdaspecError
-from adaspec.options import helptext
+from adaspec.options import helptext, strict_field
 from adaspec.training.loop import OnStep
 from adaspec.training.options import TrainOptions
 from adaspec.training.run_fingerprint import Run, cache_fingerprint, open_run, path_fingerprint
@@ -36,6 +36,7 @@ class TrainHeadOptions(TrainOptions):
     method: Literal["kd", "adaspec"] = field(default="kd", metadata=helptext(
         "kd: every response token at every step; adaspec: per-step selective KD against --ref"))
     ref: str | None = field(default=None, metadata=helptext("reference head directory (required by adaspec)"))
+    strict: bool = strict_field()
     k: float = field(default=0.4, metadata=helptext("fraction of response tokens kept per step"))
     selection: Literal["top", "bottom", "random", "all"] = field(default="top", metadata=helptext(
         "which tokens by Δ: top (AdaSPEC), bottom, random, all (= plain KD)"))

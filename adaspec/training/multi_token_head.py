@@ -36,6 +36,7 @@ from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.medusa import MedusaHeads, build_medusa
 from adaspec.drafters.mtp import MTPHeads, build_mtp
 from adaspec.drafters.multi_token_loss import depth_token_losses, depth_weights
+from adaspec.drafters.target_record import check_record, write_record
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.head_acceptance import head_acceptance
 from adaspec.export.medusa import load_medusa, save_medusa
@@ -50,9 +51,10 @@ from adaspec.training.head_options import TrainHeadOptions, budgeted, head_run
 from adaspec.training.run_fingerprint import Run
 from adaspec.training.target_signal import TargetSignal, open_head_cache
 
-def _load_heads(kind: str, path: str, depth: int, target: PreTrainedModel, what: str
+def _load_heads(kind: str, path: str, depth: int, target: PreTrainedModel, what: str, strict: bool
                 ) -> MTPHeads | MedusaHeads:
     """A saved checkpoint of `kind` and `depth` that fits the target (its loader refuses another kind)."""
+    check_record(path, target, strict)
     heads = load_mtp(path) if kind == "mtp" else load_medusa(path)
     saved = heads.cfg.depth if isinstance(heads, MTPHeads) else heads.cfg.heads
     if saved != depth:
@@ -68,7 +70,7 @@ def _load_heads(kind: str, path: str, depth: int, target: PreTrainedModel, what:
 
 def _build(opts: TrainHeadOptions, target: PreTrainedModel) -> nn.Module:
     if opts.init:
-        return _load_heads(opts.kind, opts.init, int(opts.depth), target, f"--init {opts.init}")
+        return _load_heads(opts.kind, opts.init, int(opts.depth), target, f"--init {opts.init}", opts.strict)
     if opts.kind == "mtp":
         return build_mtp(target, opts.depth, seed=opts.init_seed)
     with torch.random.fork_rng(devices=[]):
@@ -91,7 +93,7 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
     heads = _build(opts, target).float().train().to(device)
     ref = None
     if opts.method == "adaspec":
-        ref = _load_heads(opts.kind, str(opts.ref), int(opts.depth), target, f"--ref {opts.ref}")
+        ref = _load_heads(opts.kind, str(opts.ref), int(opts.depth), target, f"--ref {opts.ref}", opts.strict)
         ref = ref.float().to(device).eval()
         ref.requires_grad_(False)
     parts = target_parts(target)
@@ -162,6 +164,7 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
         if not mtp and opts.shared_head:  # vLLM reads the shared head from the draft checkpoint
             save_medusa(load_medusa(out), out, target)
         tokenizer.save_pretrained(opts.output)
+        write_record(out, target)
         summary = {"kind": opts.kind, "params": count_params(heads), "steps": result.steps,
                    "best_accept_length": result.best_metric, "epochs": opts.epochs, "batch_size": opts.batch_size,
                    "history": result.history}

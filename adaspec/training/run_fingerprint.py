@@ -30,10 +30,10 @@ from adaspec.safety import guarded_output
 FINGERPRINT = "run_fingerprint.json"
 FORMAT = 1
 # options that never change what a run computes
-LOGISTICS = frozenset({"output", "progress", "save_every", "resume", "overwrite", "trust_remote_code"})
+LOGISTICS = frozenset({"output", "progress", "save_every", "resume", "overwrite", "trust_remote_code", "strict"})
 # what a previous run leaves in its output folder (removed by --overwrite; nothing else is touched)
 RUN_STATE = ("last", "last.old", "last.tmp", "best", "best.old", "best.tmp", "logs", FINGERPRINT,
-             "run_config.json", "train_summary.json", "model.safetensors", "config.json",
+             "run_config.json", "train_summary.json", "target.json", "model.safetensors", "config.json",
              "generation_config.json", *TOKENIZER_FILES, "special_tokens_map.json", "merges.txt",
              "added_tokens.json", "chat_template.jinja")
 RUN_STATE_GLOBS = ("val_continuations*.json", "target_responses*.json", "model-*.safetensors",

@@ -87,7 +87,7 @@ def test_generate_sampling_with_seed_is_reproducible(model_dirs, capsys):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--gamma", "0"], "--gamma must be >= 1"),
+    (["--gamma", "0"], "--gamma must be in 1..64"),
     (["--temperature", "-1"], "temperature must be"),
     (["--top-p", "0"], "top_p must be in"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
@@ -200,10 +200,13 @@ def test_tree_options_conflict_with_adaptive_gamma_and_deep_head_trees(model_dir
     with pytest.raises(AdaspecError, match="with --tree use --tree adaptive"):
         GenerateOptions(target="t", draft="d", prompt="p", tree="2,2,3", adaptive_gamma=True)
     from adaspec.drafters.medusa import build_medusa
+    from adaspec.drafters.target_record import write_record
     from adaspec.export.medusa import save_medusa
     from adaspec.models import load_model
 
-    save_medusa(build_medusa(load_model(model_dirs / "target"), heads=2), tmp_path / "medusa")
+    target = load_model(model_dirs / "target")
+    save_medusa(build_medusa(target, heads=2), tmp_path / "medusa")
+    write_record(tmp_path / "medusa", target)  # as train-head does
     assert main(["generate", "--target", str(model_dirs / "target"), "--prompt", "w1 w2", "--drafter", "medusa",
                  "--head", str(tmp_path / "medusa"), "--tree", "2,3,4"]) == 2
     err = capsys.readouterr().err.strip()

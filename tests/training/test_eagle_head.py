@@ -175,3 +175,28 @@ def test_export_refuses_non_finite_weights_and_configs_missing_fields(tmp_path, 
     (out / "config.json").write_text(json.dumps(config))
     assert "the head config lacks hidden_size, vocab_size" in cli_error(capsys, "export", "--head", out,
                                                                         "--output", tmp_path / "f")
+
+
+def test_a_head_knows_its_target(tmp_path, tiny_target_dir, tiny_draft_dir, tiny_tokenizer, capsys):
+    from adaspec import models
+
+    out = tmp_path / "head"
+    assert run("train-head", "--target", tiny_target_dir, "--kind", "medusa", "--depth", 2, "--max-steps", 1,
+               "--output", out, *FAST) == 0
+    record = json.loads((out / "target.json").read_text())
+    assert record["architecture"] == "GPTNeoXForCausalLM" and record["vocab_size"] == 320
+    other = tmp_path / "other"  # the same shape, other weights: a fine-tuned target can still use its head
+    models.save_model(models.build_model("tiny-neox", len(tiny_tokenizer), seed=5), other, tiny_tokenizer)
+    gen = ["generate", "--drafter", "medusa", "--head", out, "--prompt", "Tom has", "--gamma", 2,
+           "--max-new-tokens", 4]
+    capsys.readouterr()
+    assert run(*gen, "--target", other) == 0
+    assert "was trained on other weights of this target's shape" in capsys.readouterr().err
+    assert "refused by --strict" in cli_error(capsys, *gen, "--target", other, "--strict")
+    assert "trained for a target with architecture GPTNeoXForCausalLM; this target has LlamaForCausalLM" in \
+        cli_error(capsys, *gen, "--target", tiny_draft_dir)
+    assert run(*gen, "--target", tiny_target_dir) == 0
+    assert "warning" not in capsys.readouterr().err
+    (out / "target.json").unlink()  # a head trained before targets were recorded: said, not refused
+    assert run(*gen, "--target", tiny_target_dir) == 0
+    assert "records no target" in capsys.readouterr().err
