@@ -16,6 +16,8 @@ import types
 import typing
 from typing import Any, Callable
 
+from safetensors import SafetensorError
+
 from adaspec import config as config_lib
 from adaspec.errors import AdaspecError
 
@@ -150,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         config_lib.write_resolved(command, options)
     except AdaspecError as exc:
         print(f"adaspec {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the operating system's refusal (read-only, disk full, ...): one line, the path named
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"adaspec {command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except SafetensorError as exc:  # safetensors' own write errors (a full disk: "os error 28")
+        print(f"adaspec {command}: error: could not write weights: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"adaspec {command}: interrupted (checkpoints already written are kept)", file=sys.stderr)

@@ -30,11 +30,20 @@ def check_output(output: str | os.PathLike, inputs: dict[str, str | os.PathLike 
     output, an existing regular file. `inputs` maps a role ("target", "--data", ...) to a path; None and
     hub ids (no such local path) are skipped. Returns the output path."""
     out = Path(output).expanduser()
+    try:
+        real = out.resolve(strict=False)
+    except (RuntimeError, OSError) as exc:  # a symlink loop
+        raise AdaspecError(f"{flag} {output} cannot be resolved: {exc}") from None
+    if out.is_symlink() and not out.exists():
+        raise AdaspecError(f"{flag} {output} is a dangling symlink (to {os.readlink(out)}); remove it or write "
+                           f"elsewhere")
     if kind == "directory" and out.exists() and not out.is_dir():
         raise AdaspecError(f"{flag} {output} is an existing file, not a directory")
     if kind == "file" and out.is_dir():
         raise AdaspecError(f"{flag} {output} is a directory, not a file")
-    real = out.resolve()
+    parent = next((p for p in real.parents if p.exists()), None)
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK) and not out.exists():
+        raise AdaspecError(f"{flag} {output} cannot be created: {parent} is not writable")
     for role, path in inputs.items():
         if path is None or not _is_local(path):
             continue

@@ -36,6 +36,7 @@ RUN_STATE = ("last", "last.old", "last.tmp", "best", "best.old", "best.tmp", "lo
              "run_config.json", "train_summary.json", "target.json", "model.safetensors", "config.json",
              "generation_config.json", *TOKENIZER_FILES, "special_tokens_map.json", "merges.txt",
              "added_tokens.json", "chat_template.jinja")
+CHECKPOINTS = ("last", "best", "model.safetensors")  # a run that wrote one of these has work to keep
 RUN_STATE_GLOBS = ("val_continuations*.json", "target_responses*.json", "model-*.safetensors",
                    "model.safetensors.index.json")
 
@@ -170,8 +171,16 @@ def open_run(opts: Any, inputs: dict[str, Callable[[Any], str | None]], roles: d
     the fingerprint; the block runs the training. On a distributed run only the main process writes."""
     with guarded_output(opts.output, roles, lock=main) as out:
         fingerprint = run_fingerprint(opts, inputs)
+        fresh = not _has_run(out)
         if main:
             check_fingerprint(out, fingerprint, getattr(opts, "overwrite", False))
             atomic_write_json(out / FINGERPRINT, fingerprint)
         barrier()
-        yield Run(out, fingerprint)
+        try:
+            yield Run(out, fingerprint)
+        except AdaspecError:
+            # refused before its first checkpoint (too few examples, a bad cache, ...): what it cached so far
+            # must not make the corrected rerun look like "another run" in this folder
+            if main and fresh and not any((out / n).exists() for n in CHECKPOINTS):
+                clear_run(out)
+            raise
