@@ -11,6 +11,12 @@ from adaspec import data as data_lib
 from adaspec.errors import AdaspecError
 
 
+# sizes a user types, bounded before anything is allocated: 128k positions, and 1M tokens per micro-batch
+# (its logits alone take tokens x vocabulary x 4 bytes: 128 GB at a 32k vocabulary; --grad-accum goes further)
+MAX_LENGTH = 131072
+MAX_BATCH_TOKENS = 1 << 20
+
+
 def helptext(text: str, **extra: Any) -> dict:
     """Field metadata: the flag's --help text (adaspec.cli builds the flag from the field)."""
     return {"help": text, **extra}
@@ -71,8 +77,9 @@ class DataOptions:
         if self.task is not None and self.data is None and self.task not in (*data_lib.TASKS, data_lib.CORPUS):
             raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)} "
                                f"(or {data_lib.CORPUS})")
-        if self.max_length < 2:
-            raise AdaspecError(f"--max-length must be >= 2 (a prompt and a response token), got {self.max_length}")
+        if not 2 <= self.max_length <= MAX_LENGTH:
+            raise AdaspecError(f"--max-length must be in 2..{MAX_LENGTH} (a prompt and a response token at least), "
+                               f"got {self.max_length}")
         if self.limit is not None and self.limit < 1:
             raise AdaspecError(f"--limit must be >= 1, got {self.limit}")
 

@@ -59,8 +59,8 @@ def main(job_path: str, out_path: str) -> int:
 
     llm = LLM(model=job["target"], tokenizer=job["target"], skip_tokenizer_init=True,
               speculative_config=job.get("speculative_config"), max_model_len=job["max_model_len"],
-              max_num_seqs=max(job["batch_sizes"]), enforce_eager=True, disable_log_stats=False,
-              seed=job.get("seed", 0), dtype=job.get("dtype", "float32"))
+              max_num_seqs=max(job["batch_sizes"]), enforce_eager=job.get("eager", False),
+              disable_log_stats=False, seed=job.get("seed", 0), dtype=job.get("dtype", "float32"))
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in job["prompts"]]
     stop = job.get("eos_token_id")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from adaspec.errors import AdaspecError
-from adaspec.options import DataOptions, check_range, helptext
+from adaspec.options import MAX_BATCH_TOKENS, DataOptions, check_range, helptext
 
 
 @dataclass(kw_only=True)
@@ -41,6 +41,10 @@ class TrainOptions(DataOptions):
         for name in ("batch_size", "grad_accum", "save_every", "val_examples"):
             if getattr(self, name) < 1:
                 raise AdaspecError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size * self.max_length > MAX_BATCH_TOKENS:
+            raise AdaspecError(f"--batch-size x --max-length is {self.batch_size * self.max_length:,} tokens per "
+                               f"micro-batch, above the limit of {MAX_BATCH_TOKENS:,} (its logits alone take tokens x "
+                               f"vocabulary x 4 bytes); use --grad-accum for a larger batch")
         check_range(self, "epochs", 0, low_open=True)
         check_range(self, "max_steps", 1)
         check_range(self, "lr", 0, low_open=True)

@@ -40,6 +40,9 @@ FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8"
     ("eval", "--temperature", "nan", "--temperature must be a finite number"),
     ("eval", "--top-p", "nan", "--top-p must be a finite number"),
     ("generate", "--temperature", "inf", "--temperature must be a finite number"),
+    # sizes bounded before anything is allocated
+    ("train-target", "--max-length", "1000000", "--max-length must be in 2..131072"),
+    ("distill", "--batch-size", "100000", "--batch-size x --max-length is 25,600,000 tokens per micro-batch"),
 ])
 def test_bad_numbers_are_refused_in_one_line(capsys, tmp_path, command, flag, value, message):
     # missing local folders, not hub ids: without the range check the command fails fast, offline
