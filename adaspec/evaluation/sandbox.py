@@ -1,8 +1,11 @@
 """Run one untrusted candidate program (MBPP's generated code plus its asserts) and say whether it passed.
 
 Layers, each used where the OS offers it (`isolation()` says which ones this machine gets):
-- namespaces (`unshare --net --pid --mount`): no network at all, every process of the run dies with it, and
-  /tmp, /etc, /run, home folders and the caller's folder are replaced by empty private tmpfs;
+- namespaces (`unshare --net --pid --ipc --mount`): no network at all, every process and every System V IPC
+  object of the run dies with it, and /tmp, /etc, /run, home folders and the caller's folder are replaced
+  by empty private tmpfs;
+- kernel keyrings: the candidate gets a fresh session keyring, and with a separate uid that uid's keyrings
+  are cleared before and after each run, so nothing a candidate stores there reaches the next one;
 - a different uid (65534, when adaspec runs as root): the candidate cannot write the caller's files; run
   by another user, the candidate gets a nested user namespace instead, in which the hiding mounts are
   locked (it cannot unmount them);
@@ -28,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _SUPERVISOR = Path(__file__).with_name("sandbox_supervisor.py")
-_UNSHARE = ["--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--propagation", "private"]
+# --ipc: System V shared memory, semaphores and queues a candidate makes die with its namespace
+_UNSHARE = ["--net", "--pid", "--ipc", "--fork", "--kill-child", "--mount", "--mount-proc", "--propagation",
+            "private"]
 _ALWAYS_HIDDEN = ["/etc", "/run", "/var/tmp", "/dev/shm", "/home", "/root", "/mnt", "/media", "/srv"]
 
 

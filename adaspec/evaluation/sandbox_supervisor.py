@@ -11,6 +11,7 @@ import builtins
 import ctypes
 import json
 import os
+import platform
 import resource
 import secrets
 import signal
@@ -22,6 +23,9 @@ PRELOAD = ("array", "bisect", "cmath", "collections", "copy", "datetime", "decim
            "encodings.idna", "heapq", "importlib", "itertools", "json", "math", "operator", "random", "re", "socket",
            "statistics", "string", "struct", "subprocess", "typing")
 NOBODY = 65534
+_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(platform.machine())  # the keyctl syscall's number
+_JOIN_SESSION_KEYRING, _CLEAR = 1, 7
+_USER_KEYRING, _USER_SESSION_KEYRING = -4, -5
 _MS_NOSUID, _MS_NODEV = 2, 4
 _CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
 
@@ -73,6 +77,26 @@ def _lock_mounts() -> None:
             f.write(text)
 
 
+def _keyctl(*args: int) -> None:
+    if _KEYCTL is not None:
+        ctypes.CDLL(None, use_errno=True).syscall(_KEYCTL, *[ctypes.c_long(a) for a in args])
+
+
+def _clear_keyrings_of(uid: int) -> None:
+    """Empty `uid`'s user keyrings, which outlive its processes, in a child that becomes that uid."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            for keyring in (_USER_KEYRING, _USER_SESSION_KEYRING):
+                _keyctl(_CLEAR, keyring)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
 def _limit(request: dict) -> None:
     cpu = request["cpu_seconds"]
     for limit, soft, hard in ((resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_CORE, 0, 0),
@@ -100,6 +124,7 @@ def _candidate(request: dict, workdir: str, nonce: bytes, done_w: int) -> None:
         elif request["namespaces"]:
             _lock_mounts()
         os.chdir(workdir)
+        _keyctl(_JOIN_SESSION_KEYRING, 0)  # a fresh anonymous session keyring, not the caller's
         _limit(request)
         scope = {"__name__": "__main__", "__builtins__": builtins}
         for source in [request["code"], request["setup"], *request["tests"]]:
@@ -130,6 +155,8 @@ def main() -> None:
     workdir = _isolate_filesystem(request) or request["workdir"]
     if request["drop_uid"] and workdir == request["workdir"]:
         os.chown(workdir, NOBODY, NOBODY)
+    if request["drop_uid"]:
+        _clear_keyrings_of(NOBODY)  # nothing an earlier run left there
     nonce = secrets.token_hex(16).encode()
     done_r, done_w = os.pipe()
     pid = os.fork()
@@ -147,6 +174,8 @@ def main() -> None:
             os.kill(-1, signal.SIGKILL)  # everything left in our PID namespace
         except ProcessLookupError:
             pass
+    if request["drop_uid"]:
+        _clear_keyrings_of(NOBODY)
     os.set_blocking(done_r, False)
     try:
         finished = os.read(done_r, 64) == nonce

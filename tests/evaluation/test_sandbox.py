@@ -167,3 +167,37 @@ def test_eval_table_names_missing_layers():
     target = {"params": 1, "quality_metric": "pass@1", "quality": 0.0, "response_loss": 1.0, "tokens_per_s": 1.0}
     table = format_table({"config": cfg, "target": target, "drafts": drafts})
     assert "MBPP code ran without: network_isolated" in table
+
+
+def _shm_segments() -> int:
+    try:
+        return len(Path("/proc/sysvipc/shm").read_text().splitlines()) - 1
+    except OSError:
+        return 0
+
+
+@needs_namespaces
+def test_system_v_shared_memory_dies_with_the_candidate():
+    before = _shm_segments()
+    grab = ("import ctypes\nlibc = ctypes.CDLL(None)\n"
+            "ids = [libc.shmget(0, 1 << 20, 0o1000 | 0o600) for _ in range(4)]\nassert all(i >= 0 for i in ids)")
+    assert passes(grab)  # it may make segments inside its namespace ...
+    assert _shm_segments() == before  # ... but none outlives it on the host
+
+
+KEYS = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+ADD_KEY, KEYCTL = (248, 250) if __import__('platform').machine() == 'x86_64' else (217, 219)
+"""
+
+
+@needs_uid
+def test_the_kernel_keyring_keeps_nothing_for_the_next_candidate():
+    store = KEYS + ("key = libc.syscall(ADD_KEY, b'user', b'adaspec_secret', b'hunter2', 7, ctypes.c_long(-4))\n"
+                    "assert key > 0")
+    assert passes(store)  # stored in the user keyring of its uid ...
+    find = KEYS + ("found = libc.syscall(KEYCTL, 10, ctypes.c_long(-4), b'user', b'adaspec_secret', 0)\n"
+                   "assert found > 0")
+    assert not passes(find)  # ... which the next candidate finds empty
