@@ -11,15 +11,24 @@ Layers, each used where the OS offers it (`isolation()` says which ones this mac
   locked (it cannot unmount them);
 - resource limits: CPU time, address space, file size, no core files, and no new processes or threads;
 - a fresh empty working directory, deleted afterwards (a private tmpfs, or a temporary folder);
-- the verdict: exit status 0, the harness reached the line after the last assert (a per-run nonce), and a
-  token the candidate's memory never held, so the candidate cannot print or write a pass for itself.
+- the verdict is decided here, outside the candidate's process: each test `assert A == B` is split with
+  `ast`; the sandbox receives only the expressions A (the calls into the candidate's code) and returns each
+  value as a plain literal (None, bool, int, float, complex, str, and lists, tuples, sets and dicts of them,
+  checked by exact type: an object whose `==` is always true cannot be sent); the expected values B are
+  computed here and never reach the sandbox. A pass also needs exit status 0 and a token the candidate's
+  memory never held (so it cannot forge the supervisor's report). Patching `compile`, walking frames or
+  printing the expected values therefore decides nothing. An `assert X` of another form is judged by X
+  evaluating to exactly True in the sandbox (MBPP's tests are all of the `A == B` form).
 The supervisor process is `sandbox_supervisor.py`; this module starts it and reads its verdict.
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
 import functools
 import json
+import math
 import os
 import secrets
 import shutil
@@ -54,8 +63,77 @@ class Isolation:
 class RunResult:
     passed: bool
     exit_code: int | None  # None: killed at the time limit
-    finished: bool  # the harness ran past the last assert
+    finished: bool  # the sandbox returned a value for every test expression
     isolation: Isolation
+
+
+_TRUE = object()  # the expected "value" of a bare `assert X`: X must be exactly True
+_EXPECTED_NAMES = {"sys": sys, "math": math, "__builtins__": {n: getattr(builtins, n) for n in (
+    "set", "frozenset", "tuple", "list", "dict", "abs", "round", "sorted", "len", "float", "int", "str", "range",
+    "min", "max", "sum")}}
+
+
+def split_tests(tests: list[str]) -> tuple[list[str], list[object]] | None:
+    """(expressions the sandbox evaluates, expected values computed here) of `assert A == B` / `assert X`
+    tests; None when a test is anything else (it cannot be judged outside the candidate's process)."""
+    calls: list[str] = []
+    expected: list[object] = []
+    for test in tests:
+        try:
+            body = ast.parse(test).body
+        except SyntaxError:
+            return None
+        for node in body:
+            if not isinstance(node, ast.Assert):
+                return None
+            e = node.test
+            if isinstance(e, ast.Compare) and len(e.ops) == 1 and isinstance(e.ops[0], ast.Eq):
+                try:  # the dataset's expected value, evaluated here (trusted text, a restricted namespace)
+                    value = eval(compile(ast.Expression(e.comparators[0]), "<expected>", "eval"),  # noqa: S307
+                                 dict(_EXPECTED_NAMES))
+                except Exception:  # noqa: BLE001 -- it needs the candidate's names: judged as a bare assert
+                    calls.append(ast.unparse(e))
+                    expected.append(_TRUE)
+                    continue
+                calls.append(ast.unparse(e.left))
+                expected.append(value)
+            else:
+                calls.append(ast.unparse(e))
+                expected.append(_TRUE)
+    return calls, expected
+
+
+def decode(value: object, depth: int = 0) -> object:
+    """A value the sandbox sent (tagged JSON) as the Python literal it stood for; ValueError otherwise."""
+    if depth > 64:
+        raise ValueError("too deep")
+    if value is None or type(value) in (bool, int, str):
+        return value
+    if type(value) is dict and len(value) == 1:
+        (tag, body), = value.items()
+        if tag == "f" and type(body) is str:
+            return float(body)
+        if tag == "c" and type(body) is list and len(body) == 2:
+            return complex(float(body[0]), float(body[1]))
+        if tag in ("l", "t", "s", "fs") and type(body) is list:
+            items = [decode(v, depth + 1) for v in body]
+            return {"l": list, "t": tuple, "s": set, "fs": frozenset}[tag](items)
+        if tag == "d" and type(body) is list:
+            return {decode(k, depth + 1): decode(v, depth + 1) for k, v in body}
+    raise ValueError(f"not a plain literal: {str(value)[:60]}")
+
+
+def _matches(sent: object, expected: object) -> bool:
+    try:
+        value = decode(sent)
+    except (ValueError, TypeError):
+        return False
+    if expected is _TRUE:
+        return value is True
+    try:
+        return bool(value == expected)
+    except Exception:  # noqa: BLE001 -- plain literals compare; anything odd is a fail
+        return False
 
 
 @functools.cache
@@ -96,10 +174,14 @@ def run_candidate(code: str, tests: list[str], setup: str = "", timeout: float =
     `forbid_processes=False` exists only to test that leftover processes are killed.
     """
     iso = isolation()
+    split = split_tests(tests)
+    if split is None:  # a test this harness cannot judge outside the candidate: never a pass
+        return RunResult(False, None, False, iso)
+    calls, expected = split
     prefix = list(_unshare_prefix() or ())
     token = secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="adaspec_sandbox_") as workdir:
-        request = {"code": code, "setup": setup, "tests": list(tests), "workdir": workdir,
+        request = {"code": code, "setup": setup, "calls": calls, "workdir": workdir,
                    "hide": _hidden_folders(), "timeout": timeout, "cpu_seconds": max(1, int(timeout) + 1),
                    "memory_bytes": memory_mb * 2**20, "file_bytes": file_mb * 2**20,
                    "forbid_processes": forbid_processes, "drop_uid": iso.separate_uid,
@@ -118,16 +200,19 @@ def run_candidate(code: str, tests: list[str], setup: str = "", timeout: float =
             out = b""
         finally:
             _kill_session(proc)
-    return _verdict(out, token, iso)
+    return _verdict(out, token, expected, iso)
 
 
-def _verdict(out: bytes, token: str, iso: Isolation) -> RunResult:
+def _verdict(out: bytes, token: str, expected: list[object], iso: Isolation) -> RunResult:
     try:
         report = json.loads(out.decode().strip().splitlines()[-1])
-    except (ValueError, IndexError, UnicodeDecodeError):
+        sent = json.loads(report.get("results") or "null")
+    except (ValueError, IndexError, UnicodeDecodeError, AttributeError, TypeError):
         return RunResult(False, None, False, iso)
-    exit_code, finished = report.get("exit"), report.get("finished") is True
-    passed = secrets.compare_digest(str(report.get("token", "")), token) and exit_code == 0 and finished
+    exit_code = report.get("exit")
+    finished = type(sent) is list and len(sent) == len(expected)
+    passed = (secrets.compare_digest(str(report.get("token", "")), token) and exit_code == 0 and finished
+              and all(_matches(s, e) for s, e in zip(sent, expected)))
     return RunResult(passed, exit_code, finished, iso)
 
 

@@ -1,9 +1,13 @@
 """The process adaspec starts to run one untrusted candidate (see adaspec/evaluation/sandbox.py).
 
+The candidate runs its code and setup, then evaluates each test expression it was sent (never the expected
+values, which stay with adaspec) and writes every value as tagged JSON of plain literals to a pipe the
+supervisor drains; the supervisor relays them in its report. Anything else a value holds is an error.
+
 Run as a script (`python -I -S sandbox_supervisor.py`), standard library only, possibly as PID 1 of fresh
 network, PID and mount namespaces. Protocol on stdin: an 8-byte length, a JSON request of that length, then
 the pass token. The candidate is forked *before* the token is read, so the token never enters its memory;
-the verdict (token, exit status, whether the harness finished) goes to stdout, which the candidate cannot
+the report (token, exit status, the values) goes to stdout, which the candidate cannot
 reach: its own stdin, stdout and stderr are /dev/null and it runs as another uid or non-dumpable.
 """
 
@@ -13,7 +17,6 @@ import json
 import os
 import platform
 import resource
-import secrets
 import signal
 import sys
 import time
@@ -108,8 +111,31 @@ def _limit(request: dict) -> None:
         resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
 
 
-def _candidate(request: dict, workdir: str, nonce: bytes, done_w: int) -> None:
-    """The forked child: drop privileges, then run code, setup and asserts; never returns."""
+MAX_RESULTS = 4 << 20  # bytes of values a candidate may send
+
+
+def encode(value: object, depth: int = 0) -> object:
+    """A plain literal as tagged JSON, by exact type (a subclass, or any other object, raises TypeError)."""
+    if depth > 64:
+        raise TypeError("too deep")
+    kind = type(value)
+    if value is None or kind in (bool, int, str):
+        return value
+    if kind is float:
+        return {"f": repr(value)}
+    if kind is complex:
+        return {"c": [repr(value.real), repr(value.imag)]}
+    tags = {list: "l", tuple: "t", set: "s", frozenset: "fs"}
+    if kind in tags:
+        return {tags[kind]: [encode(v, depth + 1) for v in value]}
+    if kind is dict:
+        return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
+    raise TypeError(f"{kind.__name__} is not a plain literal")
+
+
+def _candidate(request: dict, workdir: str, done_w: int) -> None:
+    """The forked child: drop privileges, run code and setup, send the test expressions' values; never
+    returns."""
     status = 1
     try:
         null = os.open(os.devnull, os.O_RDWR)
@@ -127,23 +153,47 @@ def _candidate(request: dict, workdir: str, nonce: bytes, done_w: int) -> None:
         _keyctl(_JOIN_SESSION_KEYRING, 0)  # a fresh anonymous session keyring, not the caller's
         _limit(request)
         scope = {"__name__": "__main__", "__builtins__": builtins}
-        for source in [request["code"], request["setup"], *request["tests"]]:
-            exec(compile(source, "<candidate>", "exec"), scope)
-        os.write(done_w, nonce)
+        compile_, dumps, write = compile, json.dumps, os.write  # held before the candidate's code can patch them
+        for source in [request["code"], request["setup"]]:
+            exec(compile_(source, "<candidate>", "exec"), scope)
+        values = []
+        for source in request["calls"]:
+            try:
+                values.append(encode(eval(compile_(source, "<test>", "eval"), scope)))  # noqa: S307
+            except BaseException:  # noqa: BLE001 -- a failing or unsendable test value fails that test
+                values.append({"error": 1})
+        data = dumps(values).encode()
+        while data:
+            data = data[write(done_w, data):]
         status = 0
     except BaseException:  # noqa: BLE001 -- any failure of untrusted code is a fail, never a crash here
         status = 1
     os._exit(status)
 
 
-def _wait(pid: int, timeout: float) -> int | None:
+def _wait(pid: int, timeout: float, results_r: int, received: bytearray) -> int | None:
+    """Wait for the candidate while draining its values (a full pipe would block it), at most MAX_RESULTS."""
     deadline = time.monotonic() + timeout
+    os.set_blocking(results_r, False)
     while time.monotonic() < deadline:
+        _drain(results_r, received)
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
+            _drain(results_r, received)
             return os.waitstatus_to_exitcode(status)
         time.sleep(0.002)
     return None
+
+
+def _drain(fd: int, received: bytearray) -> None:
+    while len(received) <= MAX_RESULTS:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        if not chunk:
+            return
+        received.extend(chunk)
 
 
 def main() -> None:
@@ -157,15 +207,15 @@ def main() -> None:
         os.chown(workdir, NOBODY, NOBODY)
     if request["drop_uid"]:
         _clear_keyrings_of(NOBODY)  # nothing an earlier run left there
-    nonce = secrets.token_hex(16).encode()
     done_r, done_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(done_r)
-        _candidate(request, workdir, nonce, done_w)
+        _candidate(request, workdir, done_w)
     os.close(done_w)
     token = os.read(0, 256).decode().strip()  # only now: the candidate's memory never held it
-    code = _wait(pid, request["timeout"])
+    received = bytearray()
+    code = _wait(pid, request["timeout"], done_r, received)
     if code is None:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -176,12 +226,8 @@ def main() -> None:
             pass
     if request["drop_uid"]:
         _clear_keyrings_of(NOBODY)
-    os.set_blocking(done_r, False)
-    try:
-        finished = os.read(done_r, 64) == nonce
-    except BlockingIOError:
-        finished = False
-    sys.stdout.write(json.dumps({"token": token, "exit": code, "finished": finished}) + "\n")
+    results = received.decode(errors="replace") if len(received) <= MAX_RESULTS else None
+    sys.stdout.write(json.dumps({"token": token, "exit": code, "results": results}) + "\n")
     sys.stdout.flush()
 
 

@@ -201,3 +201,46 @@ def test_the_kernel_keyring_keeps_nothing_for_the_next_candidate():
     find = KEYS + ("found = libc.syscall(KEYCTL, 10, ctypes.c_long(-4), b'user', b'adaspec_secret', 0)\n"
                    "assert found > 0")
     assert not passes(find)  # ... which the next candidate finds empty
+
+
+# ---- the verdict is decided outside the candidate's process (round two: three fakes that passed before)
+
+SOLUTION = "def add(a, b):\n    return a + b"
+ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 4"]
+
+
+def test_a_correct_solution_passes_and_printing_the_expected_values_does_not():
+    assert passes(SOLUTION, ADD_TESTS)
+    assert passes("def f():\n    return {'a': (1, 2.5), 'b': {3}}", ["assert f() == {'a': (1, 2.5), 'b': {3}}"])
+    assert not passes("print(3, 0, 4)\ndef add(a, b):\n    return 0", ADD_TESTS)
+    assert not passes(SOLUTION, ["assert add(1, 2) == 3", "x = 1"])  # not an assert: cannot be judged
+
+
+def test_walking_frames_to_the_harness_fakes_nothing():
+    # the harness's locals (its pipe, any marker, the request) written back as the verdict, then exit 0
+    walk = """
+import json, os, sys
+f, seen = sys._getframe(), {}
+while f is not None:
+    seen.update({k: v for k, v in f.f_locals.items() if k in ('nonce', 'done_w', 'request')})
+    f = f.f_back
+marker = seen.get('nonce', b'')
+payload = marker if isinstance(marker, bytes) and marker else json.dumps(seen.get('request', {})).encode()
+os.write(seen['done_w'], payload)
+os._exit(0)
+"""
+    assert not passes(walk, ADD_TESTS)
+
+
+def test_an_object_equal_to_everything_fakes_nothing():
+    always = "class Eq:\n    def __eq__(self, other):\n        return True\ndef add(a, b):\n    return Eq()"
+    assert not passes(always, ADD_TESTS)
+    int_like = "class I(int):\n    def __eq__(self, other):\n        return True\ndef add(a, b):\n    return I(7)"
+    assert not passes(int_like, ADD_TESTS)
+
+
+def test_patching_compile_fakes_nothing():
+    patch = ("import builtins\nreal = builtins.compile\n"
+             "builtins.compile = lambda src, *a, **k: real('True' if 'add' in str(src) else src, *a, **k)\n"
+             "def add(a, b):\n    return None")
+    assert not passes(patch, ADD_TESTS)
