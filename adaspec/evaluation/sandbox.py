@@ -10,7 +10,10 @@ Layers, each used where the OS offers it (`isolation()` says which ones this mac
   by another user, the candidate gets a nested user namespace instead, in which the hiding mounts are
   locked (it cannot unmount them);
 - resource limits: CPU time, address space, file size, no core files, and no new processes or threads;
-- a fresh empty working directory, deleted afterwards (a private tmpfs, or a temporary folder);
+- a fresh empty working directory, deleted afterwards (a private tmpfs, or a temporary folder), and every
+  other mount remounted read-only in the run's mount namespace, so even run under the caller's own uid (no
+  root) the candidate cannot change the caller's files; where that remount fails the run is refused
+  (`SandboxRefused`, naming the layer) instead of scored;
 - the verdict is decided here, outside the candidate's process: each test `assert A == B` is split with
   `ast`; the sandbox receives only the expressions A (the calls into the candidate's code) and returns each
   value as a plain literal (None, bool, int, float, complex, str, and lists, tuples, sets and dicts of them,
@@ -39,6 +42,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from adaspec.errors import AdaspecError
+
 _SUPERVISOR = Path(__file__).with_name("sandbox_supervisor.py")
 # --ipc: System V shared memory, semaphores and queues a candidate makes die with its namespace
 _UNSHARE = ["--net", "--pid", "--ipc", "--fork", "--kill-child", "--mount", "--mount-proc", "--propagation",
@@ -65,6 +70,10 @@ class RunResult:
     exit_code: int | None  # None: killed at the time limit
     finished: bool  # the sandbox returned a value for every test expression
     isolation: Isolation
+
+
+class SandboxRefused(AdaspecError):
+    """The sandbox lacks a layer a candidate must have (the message names it): no score is given."""
 
 
 _TRUE = object()  # the expected "value" of a bare `assert X`: X must be exactly True
@@ -209,6 +218,8 @@ def _verdict(out: bytes, token: str, expected: list[object], iso: Isolation) -> 
         sent = json.loads(report.get("results") or "null")
     except (ValueError, IndexError, UnicodeDecodeError, AttributeError, TypeError):
         return RunResult(False, None, False, iso)
+    if report.get("refused"):
+        raise SandboxRefused(f"an MBPP candidate was not run: {report['refused']}")
     exit_code = report.get("exit")
     finished = type(sent) is list and len(sent) == len(expected)
     passed = (secrets.compare_digest(str(report.get("token", "")), token) and exit_code == 0 and finished

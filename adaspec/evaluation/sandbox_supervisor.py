@@ -16,6 +16,7 @@ import ctypes
 import json
 import os
 import platform
+import re
 import resource
 import signal
 import sys
@@ -29,7 +30,13 @@ NOBODY = 65534
 _KEYCTL = {"x86_64": 250, "aarch64": 219}.get(platform.machine())  # the keyctl syscall's number
 _JOIN_SESSION_KEYRING, _CLEAR = 1, 7
 _USER_KEYRING, _USER_SESSION_KEYRING = -4, -5
-_MS_NOSUID, _MS_NODEV = 2, 4
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_NOATIME, _MS_NODIRATIME, _MS_BIND = \
+    1, 2, 4, 8, 32, 1024, 2048, 4096
+_MS_RELATIME = 1 << 21
+# per-mount options that a read-only bind remount must repeat (dropping a locked one is refused)
+_KEEP = {"nosuid": _MS_NOSUID, "nodev": _MS_NODEV, "noexec": _MS_NOEXEC, "noatime": _MS_NOATIME,
+         "nodiratime": _MS_NODIRATIME, "relatime": _MS_RELATIME}
+_WRITABLE = ("/tmp", "/dev", "/proc")  # the candidate's own tmpfs; device nodes and procfs keep their own rules
 _CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
 
 
@@ -54,6 +61,26 @@ def _hide(paths: list, libc) -> list:
     return hidden
 
 
+class Refused(Exception):
+    """A layer the candidate must have is missing: it is not run."""
+
+
+def _read_only_elsewhere(libc) -> bool:
+    """Remount every mount but _WRITABLE read-only in our mount namespace, so a candidate cannot change a
+    file outside its folder even where its uid may (run without root, it keeps the caller's uid)."""
+    ok = True
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split() for line in f]
+    for fields in mounts:
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # \040 is a space
+        options = fields[5].split(",")
+        if "ro" in options or any(point == w or point.startswith(w + "/") for w in _WRITABLE):
+            continue
+        flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | sum(bit for name, bit in _KEEP.items() if name in options)
+        ok &= libc.mount(None, point.encode(), None, flags, None) == 0
+    return ok
+
+
 def _isolate_filesystem(request: dict) -> str | None:
     """In our own mount namespace: hide folders, give the candidate a fresh tmpfs home; its path or None."""
     if os.getpid() != 1 or not request["namespaces"]:
@@ -62,6 +89,8 @@ def _isolate_filesystem(request: dict) -> str | None:
     if not _hide(["/tmp"], libc):
         return None
     _hide(request["hide"], libc)
+    if not _read_only_elsewhere(libc):
+        raise Refused("the file system outside the candidate's folder could not be made read-only")
     workdir = "/tmp/work"
     os.mkdir(workdir, 0o700)
     if request["drop_uid"]:
@@ -202,7 +231,12 @@ def main() -> None:
     size = int.from_bytes(_read_exact(0, 8), "big")
     request = json.loads(_read_exact(0, size))
     ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: a same-uid candidate cannot read us
-    workdir = _isolate_filesystem(request) or request["workdir"]
+    try:
+        workdir = _isolate_filesystem(request) or request["workdir"]
+    except Refused as exc:
+        sys.stdout.write(json.dumps({"refused": str(exc)}) + "\n")
+        sys.stdout.flush()
+        return
     if request["drop_uid"] and workdir == request["workdir"]:
         os.chown(workdir, NOBODY, NOBODY)
     if request["drop_uid"]:

@@ -244,3 +244,21 @@ def test_patching_compile_fakes_nothing():
              "builtins.compile = lambda src, *a, **k: real('True' if 'add' in str(src) else src, *a, **k)\n"
              "def add(a, b):\n    return None")
     assert not passes(patch, ADD_TESTS)
+
+
+@needs_namespaces
+def test_files_outside_its_folder_are_read_only_even_where_its_uid_may_write():
+    victim = Path(f"/opt/adaspec_victim_{uuid.uuid4().hex}")  # outside every hidden folder, writable by anyone
+    victim.write_text("kept")
+    victim.chmod(0o666)
+    try:
+        assert not passes(f"open({str(victim)!r}, 'w').write('pwned')")
+        assert victim.read_text() == "kept"
+    finally:
+        victim.unlink()
+
+
+def test_a_missing_layer_refuses_the_run_naming_it():
+    report = b'{"refused": "the file system outside the candidate\'s folder could not be made read-only"}\n'
+    with pytest.raises(sandbox.SandboxRefused, match="not run: the file system outside .* read-only"):
+        sandbox._verdict(report, "t", [1], ISO)
