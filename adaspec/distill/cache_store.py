@@ -175,8 +175,12 @@ def write_shard(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, str]
     from safetensors.numpy import save_file
 
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no half-written shard is left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ------------------------------------------------------------------------------------------ reading

@@ -28,14 +28,18 @@ def atomic_save(accelerator: Accelerator, model: torch.nn.Module, path: Path,
         return
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(model).save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    for name, obj in (extra or {}).items():
-        if name.endswith(".json"):
-            (tmp / name).write_text(json.dumps(obj, indent=1))
-        else:
-            torch.save(obj, tmp / name)
+    try:
+        accelerator.unwrap_model(model).save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        for name, obj in (extra or {}).items():
+            if name.endswith(".json"):
+                (tmp / name).write_text(json.dumps(obj, indent=1))
+            else:
+                torch.save(obj, tmp / name)
+    except BaseException:  # a full disk: the half-written copy goes, the last good checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     # a kill between the renames leaves only `.old`, which resume falls back to, and which is not deleted
     # until the new save is in place
     old = path.with_name(path.name + ".old")

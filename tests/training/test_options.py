@@ -98,3 +98,26 @@ def test_head_token_budget_is_distills():
         assert (o.batch_size, o.epochs, o.max_steps) == distill.matched_budget(100, 16, 1, 1.0, 0.4, by)
     o = budgeted(TrainHeadOptions(**base, match_token_budget=True, budget_by="batch", max_steps=3), 100)
     assert (o.batch_size, o.max_steps) == (40, 3)  # an explicit --max-steps stays
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_good_checkpoint(
+        tmp_path, tiny_target_dir, monkeypatch, capsys):
+    import errno
+
+    from adaspec.training import checkpoint
+
+    out = tmp_path / "o"
+    real_save, calls = checkpoint.torch.save, []
+
+    def save(obj, path, *a, **k):  # the optimizer state of the second checkpoint hits a full disk
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    err = cli_error(capsys, "distill", "--target", tiny_target_dir, *FAST, "--max-steps", "3", "--save-every", "1",
+                    "--output", out)
+    assert "No space left on device" in err
+    assert not list(out.glob("*.tmp*")) and (out / "last" / "model.safetensors").exists()
+    assert '"step": 1' in (out / "last" / "trainer_state.json").read_text()
