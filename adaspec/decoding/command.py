@@ -125,7 +125,7 @@ def run_generate(opts: GenerateOptions) -> int:
         draft = load_model(opts.draft, device=device)
         check_vocab_compatible(target, draft, tokenizer, saved_tokenizer(opts.draft))
     else:
-        draft = load_drafter(opts.drafter, opts.head, target, strict=opts.strict)
+        draft = load_drafter(opts.drafter, opts.head, target, strict=opts.strict, tokenizer=tokenizer)
     input_ids = tokenizer(opts.prompt, return_tensors="pt").input_ids
     if input_ids.numel() == 0 and tokenizer.bos_token_id is not None:
         input_ids = torch.tensor([[tokenizer.bos_token_id]])

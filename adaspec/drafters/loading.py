@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec.drafters import DRAFTERS
 from adaspec.drafters.target_record import check_record
@@ -25,7 +25,7 @@ def saved_kind(path: str | os.PathLike) -> str:
 
 
 def load_drafter(kind: str, path: str | os.PathLike, target: PreTrainedModel, vocab: int | None = None,
-                 strict: bool = False):
+                 strict: bool = False, tokenizer: PreTrainedTokenizerBase | None = None):
     """The drafter of kind `kind` ("lm", "eagle", "mtp", "medusa") saved in `path`, fitted to `target`; a
     head is first checked against the target it was trained on (adaspec.drafters.target_record)."""
     if kind not in DRAFTERS:
@@ -35,5 +35,5 @@ def load_drafter(kind: str, path: str | os.PathLike, target: PreTrainedModel, vo
     if kind in ("mtp", "medusa") and saved_kind(path) != kind:
         raise AdaspecError(f"{path} holds {saved_kind(path)} heads, not {kind}")
     if kind != "lm":
-        check_record(path, target, strict)
+        check_record(path, target, strict, tokenizer)
     return DRAFTERS[kind].load(str(path), target, vocab)

@@ -2,7 +2,8 @@
 
 A head reads its target's hidden states and shares its embedding and LM head, so on another target it runs
 at α = 0 or fails inside torch. `train-head` writes the target's architecture, hidden size, vocabulary and
-depth, plus a weights fingerprint; loading refuses a different shape in one line, and warns on other
+depth, its tokenizer's vocabulary and a weights fingerprint; loading refuses a different shape or tokenizer
+in one line, and warns on other
 weights of the same shape (a fine-tuned target can still use its head) unless `strict`.
 
 The fingerprint samples every parameter (name, shape, and up to 256 evenly strided values), so it costs
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec.decoding.target import config_dims
 from adaspec.errors import AdaspecError, warn
@@ -39,19 +40,28 @@ def weights_sample_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def describe(target: PreTrainedModel) -> dict[str, Any]:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+def describe(target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, Any]:
     layers, hidden = config_dims(target.config)
-    return {"architecture": type(target).__name__, "hidden_size": int(hidden), "num_layers": int(layers),
-            "vocab_size": int(target.get_output_embeddings().weight.shape[0]),
-            "weights": weights_sample_fingerprint(target)}
+    out = {"architecture": type(target).__name__, "hidden_size": int(hidden), "num_layers": int(layers),
+           "vocab_size": int(target.get_output_embeddings().weight.shape[0]),
+           "weights": weights_sample_fingerprint(target)}
+    if tokenizer is not None:
+        out["tokenizer"] = tokenizer_fingerprint(tokenizer)
+    return out
 
 
-def write_record(path: str | os.PathLike, target: PreTrainedModel) -> None:
-    atomic_write_json(Path(path) / RECORD, describe(target))
+def write_record(path: str | os.PathLike, target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    atomic_write_json(Path(path) / RECORD, describe(target, tokenizer))
 
 
-def check_record(path: str | os.PathLike, target: PreTrainedModel, strict: bool = False) -> None:
-    """Refuse a head trained for another target shape; warn (strict: refuse) on other weights."""
+def check_record(path: str | os.PathLike, target: PreTrainedModel, strict: bool = False,
+                 tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+    """Refuse a head trained for another target shape or tokenizer; warn (strict: refuse) on other weights."""
     file = Path(path) / RECORD
     if not file.is_file():
         warn(f"{path} records no target (trained before adaspec kept one): its target was not checked")
@@ -60,7 +70,10 @@ def check_record(path: str | os.PathLike, target: PreTrainedModel, strict: bool 
         trained = json.loads(file.read_text())
     except (OSError, ValueError) as exc:
         raise AdaspecError(f"{file} is not readable JSON: {exc}") from exc
-    here = describe(target)
+    here = describe(target, tokenizer)
+    if tokenizer is not None and trained.get("tokenizer") not in (None, here["tokenizer"]):
+        raise AdaspecError(f"{path} was trained with another tokenizer than this target's (same vocabulary size, "
+                           f"other tokens)")
     for key in SHAPE_KEYS:
         if trained.get(key) != here[key]:
             raise AdaspecError(f"{path} was trained for a target with {key.replace('_', ' ')} {trained.get(key)}; "

@@ -184,7 +184,8 @@ def run_eval(opts: EvalOptions) -> int:
         drafts[name] = draft
     for spec in opts.head or []:
         kind, _, path = spec.partition("=")
-        drafts[f"{kind}:{Path(path).name}"] = load_drafter(kind, path, target, strict=opts.strict)
+        drafts[f"{kind}:{Path(path).name}"] = load_drafter(kind, path, target, strict=opts.strict,
+                                                                   tokenizer=tokenizer)
     local = _is_local(opts.target)
     fingerprint = model_fingerprint(opts.target) if local else None
     cache_dir = None

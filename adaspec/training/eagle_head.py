@@ -184,7 +184,7 @@ def _eagle_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_s
     head = EagleHead.from_target(target, cfg, seed=opts.init_seed, draft_tokens=tokens)
     ref = None
     if opts.method == "adaspec":
-        check_record(opts.ref, target, opts.strict)
+        check_record(opts.ref, target, opts.strict, tokenizer)
         ref = EagleHead.from_pretrained(opts.ref).to(device)
         ref.requires_grad_(False)
         if ref.config.vocab_size != vocab or not torch.equal(ref.d2t.cpu(), head.d2t.cpu()):
@@ -215,7 +215,7 @@ def _eagle_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_s
     result = train_loop(opts, accelerator, head, tokenizer, items, HeadLoss(opts, target, ref, vocab, cache), validate,
                         best_key="agreement", higher_is_better=True, epochs=opts.epochs, on_step=on_step)
     if accelerator.is_main_process:
-        write_record(out, target)
+        write_record(out, target, tokenizer)
         atomic_write_json(out / "train_summary.json", {
             "trained_params": trained, "steps": result.steps, "best_agreement": result.best_metric,
             "epochs": opts.epochs, "batch_size": opts.batch_size, "history": result.history})

@@ -54,7 +54,7 @@ from adaspec.training.target_signal import TargetSignal, open_head_cache
 def _load_heads(kind: str, path: str, depth: int, target: PreTrainedModel, what: str, strict: bool
                 ) -> MTPHeads | MedusaHeads:
     """A saved checkpoint of `kind` and `depth` that fits the target (its loader refuses another kind)."""
-    check_record(path, target, strict)
+    check_record(path, target, strict)  # the tokenizer is checked by the vocabulary rule of the command
     heads = load_mtp(path) if kind == "mtp" else load_medusa(path)
     saved = heads.cfg.depth if isinstance(heads, MTPHeads) else heads.cfg.heads
     if saved != depth:
@@ -164,7 +164,7 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
         if not mtp and opts.shared_head:  # vLLM reads the shared head from the draft checkpoint
             save_medusa(load_medusa(out), out, target)
         tokenizer.save_pretrained(opts.output)
-        write_record(out, target)
+        write_record(out, target, tokenizer)
         summary = {"kind": opts.kind, "params": count_params(heads), "steps": result.steps,
                    "best_accept_length": result.best_metric, "epochs": opts.epochs, "batch_size": opts.batch_size,
                    "history": result.history}

@@ -202,11 +202,11 @@ def test_tree_options_conflict_with_adaptive_gamma_and_deep_head_trees(model_dir
     from adaspec.drafters.medusa import build_medusa
     from adaspec.drafters.target_record import write_record
     from adaspec.export.medusa import save_medusa
-    from adaspec.models import load_model
+    from adaspec.models import load_model, load_tokenizer
 
     target = load_model(model_dirs / "target")
     save_medusa(build_medusa(target, heads=2), tmp_path / "medusa")
-    write_record(tmp_path / "medusa", target)  # as train-head does
+    write_record(tmp_path / "medusa", target, load_tokenizer(model_dirs / "target"))  # as train-head does
     assert main(["generate", "--target", str(model_dirs / "target"), "--prompt", "w1 w2", "--drafter", "medusa",
                  "--head", str(tmp_path / "medusa"), "--tree", "2,3,4"]) == 2
     err = capsys.readouterr().err.strip()

@@ -200,3 +200,17 @@ def test_a_head_knows_its_target(tmp_path, tiny_target_dir, tiny_draft_dir, tiny
     (out / "target.json").unlink()  # a head trained before targets were recorded: said, not refused
     assert run(*gen, "--target", tiny_target_dir) == 0
     assert "records no target" in capsys.readouterr().err
+
+
+def test_a_head_refuses_a_target_with_another_tokenizer(tmp_path, tiny_target_dir, capsys):
+    from adaspec import data, models
+
+    out = tmp_path / "head"
+    assert run("train-head", "--target", tiny_target_dir, "--kind", "medusa", "--depth", 2, "--max-steps", 1,
+               "--output", out, *FAST) == 0
+    texts = [ex.prompt for ex in data.load_task("alpaca", "train", limit=200)]
+    other_tok = data.train_tokenizer(texts, vocab_size=320)  # the same size, other tokens
+    retok = tmp_path / "retok"
+    models.save_model(models.load_model(tiny_target_dir), retok, other_tok)
+    err = cli_error(capsys, "generate", "--target", retok, "--drafter", "medusa", "--head", out, "--prompt", "a")
+    assert "was trained with another tokenizer than this target's" in err
