@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                                   [r for r in result["rows"] if r["prompts"] == f"{args.tasks[0]}:test"],
                                   gamma=args.gamma, max_new_tokens=args.max_new_tokens, temperatures=args.temperatures,
                                   batch_sizes=args.batch_sizes, context=args.context,
-                                  eos_token_id=tokenizer.eos_token_id)
+                                  eos_token_id=tokenizer.eos_token_id, repeats=args.repeats)
             vllm_out = Path(f"results/benchmarks/vllm_{args.pair}.json")
             atomic_write_json(vllm_out, {"pair": args.pair, "command": command, "prompts": f"{args.tasks[0]}:test",
                                          **vllm})

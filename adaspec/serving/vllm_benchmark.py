@@ -18,13 +18,14 @@ from adaspec.serving.vllm_engine import VllmRun, measure
 def vllm_benchmark(python: str, target_path: str, target: PreTrainedModel, prompts: list[list[int]],
                    served: dict[str, tuple[str, str, PreTrainedModel | Drafter]], adaspec_rows: list[dict[str, Any]],
                    *, gamma: int, max_new_tokens: int, temperatures: list[float], batch_sizes: list[int],
-                   context: int, eos_token_id: int | None) -> dict[str, Any]:
+                   context: int, eos_token_id: int | None, repeats: int = 3) -> dict[str, Any]:
     """`measure` on the benchmark's first prompt set; each row also carries `adaspec_engine`: the benchmark's
     row for the same drafter and temperature in adaspec's engine (tokens/s and ratio to its own target alone,
     batch 1, medians over repeats; α and τ on adaspec's schedule)."""
     load_before = os.getloadavg()[0]
     run = VllmRun(target=target_path, prompts=prompts, max_tokens=max_new_tokens, temperatures=tuple(temperatures),
-                  gamma=gamma, max_model_len=context, batch_sizes=tuple(batch_sizes), eos_token_id=eos_token_id)
+                  gamma=gamma, max_model_len=context, batch_sizes=tuple(batch_sizes), eos_token_id=eos_token_id,
+                  repeats=repeats)
     with tempfile.TemporaryDirectory(prefix="adaspec-vllm-bench-") as work:
         result = measure(python, run, served, target, Path(work))
     ours = {(r["method"], r["temperature"]): r for r in adaspec_rows}
@@ -32,7 +33,7 @@ def vllm_benchmark(python: str, target_path: str, target: PreTrainedModel, promp
         mine = ours.get(("target" if row["drafter"] == "target" else f"sd_{row['drafter']}", row["temperature"]))
         row["adaspec_engine"] = None if mine is None else {
             k: mine[k] for k in ("tokens_per_s", "vs_target", "alpha", "alpha_drafted", "tau")}
-    return {**result, "gamma": gamma, "max_new_tokens": max_new_tokens, "n_prompts": len(prompts),
+    return {**result, "gamma": gamma, "max_new_tokens": max_new_tokens, "n_prompts": len(prompts), "repeats": repeats,
             "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 

@@ -106,12 +106,14 @@ class VllmRun:
     timeout_s: float = 900.0
     # vLLM compiles its models by default (what a server runs); eager starts ~45 s sooner and decodes slower
     eager: bool = False
+    repeats: int = 1  # timed passes over the prompts (median seconds)
 
     def job(self, speculative_config: dict[str, Any] | None) -> dict[str, Any]:
         return {"target": self.target, "speculative_config": speculative_config, "prompts": self.prompts,
                 "max_tokens": self.max_tokens, "temperatures": list(self.temperatures), "seed": self.seed,
                 "batch_sizes": list(self.batch_sizes), "max_model_len": self.max_model_len,
-                "eos_token_id": self.eos_token_id, "eager": self.eager}
+                "eos_token_id": self.eos_token_id, "eager": self.eager,
+                "repeats": self.repeats}
 
 
 def run_worker(python: str, job: dict[str, Any], workdir: Path, timeout_s: float) -> dict[str, Any]:

@@ -3,15 +3,16 @@
 adaspec pins a newer transformers than vLLM accepts, so the engine lives in its own virtualenv and this
 file is its whole interface: `python vllm_worker.py JOB.json OUT.json`. It imports only the standard
 library and vLLM. The job names the target, an optional `speculative_config`, prompts as token ids and the
-sampling; the result holds, per temperature and batch size, the generated ids, the wall time and vLLM's own
-speculative counters (differences of its Prometheus counters around the timed generate calls, so the
-warm-up is not counted).
+sampling; the result holds, per temperature and batch size, the generated ids, the median wall time over
+`repeats` passes and vLLM's own speculative counters (differences of its Prometheus counters around the
+timed passes, so the warm-up is not counted; every pass repeats the same seeded requests).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import time
 from typing import Any
@@ -74,16 +75,18 @@ def main(job_path: str, out_path: str) -> int:
     for temperature in job["temperatures"]:
         for batch in job["batch_sizes"]:
             before = snapshot(llm)
-            outputs: list[list[int]] = []
-            start = time.perf_counter()
-            for lo in range(0, len(prompts), batch):
-                chunk = prompts[lo: lo + batch]
-                results = llm.generate(chunk, [params(lo + j, temperature) for j in range(len(chunk))],
-                                       use_tqdm=False)
-                outputs += [list(r.outputs[0].token_ids) for r in results]
-            seconds = time.perf_counter() - start
-            runs.append({"temperature": temperature, "batch": batch, "seconds": seconds,
-                         "tokens": sum(map(len, outputs)), "outputs": outputs,
+            times, outputs = [], []
+            for _ in range(job.get("repeats", 1)):  # the same seeded requests again: the median time is kept
+                outputs = []
+                start = time.perf_counter()
+                for lo in range(0, len(prompts), batch):
+                    chunk = prompts[lo: lo + batch]
+                    results = llm.generate(chunk, [params(lo + j, temperature) for j in range(len(chunk))],
+                                           use_tqdm=False)
+                    outputs += [list(r.outputs[0].token_ids) for r in results]
+                times.append(time.perf_counter() - start)
+            runs.append({"temperature": temperature, "batch": batch, "seconds": statistics.median(times),
+                         "seconds_each": times, "tokens": sum(map(len, outputs)), "outputs": outputs,
                          "counters": difference(snapshot(llm), before)})
     result = {"vllm_version": vllm.__version__, "runs": runs}
     with open(out_path + ".tmp", "w") as fh:
