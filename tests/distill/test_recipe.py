@@ -342,3 +342,13 @@ def test_corrupt_checkpoint_is_refused(capsys, tmp_path, target_dir, tiny_draft_
         err = cli_error(capsys, "distill", "--target", target, "--draft-init", draft, "--output", tmp_path / "o",
                      *BASE)
         assert str(corrupt) in err and "corrupt" in err
+
+
+def test_distill_warns_when_vllm_cannot_serve_the_draft(tmp_path, tiny_target_dir, capsys):
+    assert run("distill", "--target", tiny_target_dir, "--preset", "neox-draft-xxs", "--output", tmp_path / "d",
+               *BASE) == 0  # a legacy preset: 16-wide heads
+    err = capsys.readouterr().err
+    assert "adaspec: warning: the draft written to" in err and "head size 16 is not one vLLM's attention takes" in err
+    assert run("distill", "--target", tiny_target_dir, "--preset", "tiny-llama", "--output", tmp_path / "e",
+               *BASE) == 0
+    assert "cannot be served by vLLM" not in capsys.readouterr().err
