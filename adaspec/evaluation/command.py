@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -177,15 +175,17 @@ def run_eval(opts: EvalOptions) -> int:
     target = load_model(opts.target, trust_remote_code=opts.trust_remote_code, device=device)
     tokenizer = load_tokenizer(opts.target, trust_remote_code=opts.trust_remote_code)
     drafts: dict[str, PreTrainedModel | Drafter] = {}
+    sources: dict[str, tuple[str, str]] = {}  # name -> (drafter family, folder)
     for name, path in zip(unique_names(paths), paths):
         draft = load_model(path, trust_remote_code=opts.trust_remote_code, device=device)
         draft_tokenizer = saved_tokenizer(path, opts.trust_remote_code)
         check_vocab_compatible(target, draft, tokenizer, draft_tokenizer, names=("target", f"draft {path}"))
-        drafts[name] = draft
+        drafts[name], sources[name] = draft, ("lm", path)
     for spec in opts.head or []:
         kind, _, path = spec.partition("=")
-        drafts[f"{kind}:{Path(path).name}"] = load_drafter(kind, path, target, strict=opts.strict,
-                                                                   tokenizer=tokenizer)
+        name = f"{kind}:{Path(path).name}"
+        drafts[name] = load_drafter(kind, path, target, strict=opts.strict, tokenizer=tokenizer)
+        sources[name] = (kind, path)
     local = _is_local(opts.target)
     fingerprint = model_fingerprint(opts.target) if local else None
     cache_dir = None
@@ -200,21 +200,18 @@ def run_eval(opts: EvalOptions) -> int:
                       log=log).to_json()
     result = {"command": command_line(opts), "argv": sys.argv, **result}
     result["target"]["path"] = opts.target
-    for name, path in zip(drafts, paths + [h.partition("=")[2] for h in opts.head or []]):
+    for name, (_, path) in sources.items():
         result["drafts"][name]["path"] = path
     print(format_table(result))
     if vllm_python is not None:
         prompts, context = prompt_ids(settings, tokenizer, [target, *(d for d in drafts.values()
                                                                     if isinstance(d, PreTrainedModel))])
-        kinds = [("lm", p) for p in paths] + [tuple(h.split("=", 1)) for h in opts.head or []]
         run = VllmRun(target=opts.target, prompts=prompts, max_tokens=opts.max_new_tokens,
                       temperatures=(opts.temperature,), gamma=opts.gamma, max_model_len=context,
                       batch_sizes=tuple(opts.batch_sizes), eos_token_id=tokenizer.eos_token_id, seed=opts.seed,
                       eager=opts.vllm_eager)
-        work = Path(tempfile.mkdtemp(prefix="adaspec-vllm-"))  # kept when vLLM fails: its logs are there
-        served = {name: (kind, path, drafts[name]) for name, (kind, path) in zip(drafts, kinds)}
-        result["vllm"] = measure(vllm_python, run, served, target, work)
-        shutil.rmtree(work, ignore_errors=True)
+        served = {name: (kind, path, drafts[name]) for name, (kind, path) in sources.items()}
+        result["vllm"] = measure(vllm_python, run, served, target)
         print(format_vllm_table(result["vllm"]))
     if opts.json:
         replaced = Path(opts.json).exists()

@@ -217,18 +217,27 @@ def named_paths(values: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def named_sources(drafts: list[str], heads: list[str]) -> dict[str, tuple[str, str]]:
+    """name -> (drafter family, folder) of --draft NAME=DIR models ("lm") and --head KIND[:NAME]=DIR heads."""
+    sources = {name: ("lm", path) for name, path in named_paths(drafts, "--draft").items()}
+    for spec, path in named_paths(heads, "--head").items():
+        kind, _, name = spec.partition(":")
+        sources[name or kind] = (kind, path)
+    return sources
+
+
 def load_named_drafters(drafts: list[str], heads: list[str], target: PreTrainedModel, tokenizer: Any,
                         device: torch.device, dtype: torch.dtype | None = None
                         ) -> dict[str, PreTrainedModel | Drafter]:
     """--draft NAME=DIR models (vocabulary checked against the target) and --head KIND[:NAME]=DIR drafters."""
     drafters: dict[str, PreTrainedModel | Drafter] = {}
-    for name, path in named_paths(drafts, "--draft").items():
-        model = load_model(path, device=device, dtype=dtype)
-        check_vocab_compatible(target, model, tokenizer, saved_tokenizer(path), names=("target", name))
-        drafters[name] = model
-    for spec, path in named_paths(heads, "--head").items():
-        kind, _, name = spec.partition(":")
-        drafters[name or kind] = load_drafter(kind, path, target)
+    for name, (kind, path) in named_sources(drafts, heads).items():
+        if kind == "lm":
+            model = load_model(path, device=device, dtype=dtype)
+            check_vocab_compatible(target, model, tokenizer, saved_tokenizer(path), names=("target", name))
+            drafters[name] = model
+        else:
+            drafters[name] = load_drafter(kind, path, target)
     return drafters
 
 
@@ -272,10 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                            args.gamma, args.temperatures, args.repeats, args.context)
         command = shlex.join(["python", "benchmarks/drafters.py", *(argv or sys.argv[1:])])
         if vllm_python is not None:
-            kinds = {**{n: ("lm", p) for n, p in named_paths(args.draft, "--draft").items()},
-                     **{(k.partition(":")[2] or k.partition(":")[0]): (k.partition(":")[0], p)
-                        for k, p in named_paths(args.head, "--head").items()}}
-            served = {n: (*kinds[n], d) for n, d in drafters.items()}
+            served = {n: (*source, drafters[n]) for n, source in named_sources(args.draft, args.head).items()}
             prompts = [ids[0].tolist() for ids in _prompts(args.tasks[0], tokenizer, args.n_prompts,
                                                            args.context - args.max_new_tokens, device)]
             vllm = vllm_benchmark(vllm_python, args.target, target, prompts, served,

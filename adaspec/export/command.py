@@ -11,6 +11,7 @@ import torch
 
 from adaspec.drafters.eagle import CHECKPOINT_KEY, EagleHead
 from adaspec.drafters.head_checkpoint import check_finite, read_weights
+from adaspec.drafters.loading import saved_kind
 from adaspec.errors import AdaspecError
 from adaspec.export.eagle import export_eagle1, export_eagle3
 from adaspec.export.medusa import load_medusa, save_medusa
@@ -48,12 +49,7 @@ def head_kind(path: str) -> str:
         config = json.loads((Path(path) / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise AdaspecError(f"{path} is not a head checkpoint (no readable config.json)") from exc
-    if CHECKPOINT_KEY in config:
-        return "eagle"
-    kind = (config.get("adaspec") or {}).get("kind") if isinstance(config.get("adaspec"), dict) else None
-    if kind not in ("medusa", "mtp"):
-        raise AdaspecError(f"{path} holds no head trained by `adaspec train-head`")
-    return kind
+    return "eagle" if CHECKPOINT_KEY in config else saved_kind(path)
 
 
 def run_export(opts: ExportOptions) -> int:

@@ -619,9 +619,9 @@ def vllm_tables(bench_dir: Path) -> str:
     for path in sorted(bench_dir.glob("vllm_*.json")):
         b = json.loads(path.read_text())
         load = b["load_average_1m_before_after"]
-        out += [f"Pair `{b['pair']}`, vLLM {b['vllm_version']} (CPU), γ = {b['gamma']}, {b['n_prompts']} {b['prompts']} "
-                f"prompts × {b['max_new_tokens']} tokens, median of {b.get('repeats', 1)} timed passes, load average {load[0]:.1f} → {load[1]:.1f}: "
-                f"`{b['command']}`", "", format_vllm_rows(b), ""]
+        out += [f"Pair `{b['pair']}`, vLLM {b['vllm_version']} (CPU), γ = {b['gamma']}, {b['n_prompts']} "
+                f"{b['prompts']} prompts × {b['max_new_tokens']} tokens, median of {b.get('repeats', 1)} timed "
+                f"passes, load average {load[0]:.1f} → {load[1]:.1f}: `{b['command']}`", "", format_vllm_rows(b), ""]
     return "\n".join(out)
 
 

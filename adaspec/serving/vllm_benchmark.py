@@ -5,8 +5,6 @@ results/benchmarks/vllm_<pair>.json, vLLM's target alone against vLLM with each 
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel
@@ -26,8 +24,7 @@ def vllm_benchmark(python: str, target_path: str, target: PreTrainedModel, promp
     run = VllmRun(target=target_path, prompts=prompts, max_tokens=max_new_tokens, temperatures=tuple(temperatures),
                   gamma=gamma, max_model_len=context, batch_sizes=tuple(batch_sizes), eos_token_id=eos_token_id,
                   repeats=repeats)
-    with tempfile.TemporaryDirectory(prefix="adaspec-vllm-bench-") as work:
-        result = measure(python, run, served, target, Path(work))
+    result = measure(python, run, served, target)
     ours = {(r["method"], r["temperature"]): r for r in adaspec_rows}
     for row in result["rows"]:
         mine = ours.get(("target" if row["drafter"] == "target" else f"sd_{row['drafter']}", row["temperature"]))

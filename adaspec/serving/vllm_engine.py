@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -193,15 +195,19 @@ def _refused(name: str, method: str | None, run: VllmRun, reason: str) -> list[d
 
 
 def measure(python: str, run: VllmRun, drafters: dict[str, tuple[str, str, PreTrainedModel | Drafter]],
-            target: PreTrainedModel, workdir: Path, log: Log | None = None) -> dict[str, Any]:
+            target: PreTrainedModel, workdir: Path | None = None, log: Log | None = None) -> dict[str, Any]:
     """vLLM's target alone, then each drafter (name -> (family, saved folder, the drafter loaded in adaspec)),
-    on `run`'s prompts.
+    on `run`'s prompts, in `workdir` (None: a temporary folder, removed unless a vLLM run failed there, so the
+    log an error names is still there).
 
     Returns {"vllm_version", "rows"}: per drafter and batch size tokens/s, the ratio to vLLM's target alone
     at that batch, vLLM's counters as adaspec's α, α drafted, τ (= vLLM's mean acceptance length) and
     per-position acceptance, (greedy) how many outputs equal the target alone's, and under "adaspec" the
     same rates from adaspec's engine on vLLM's schedule."""
     log = log or (lambda msg: print(f"[vllm] {msg}", file=sys.stderr, flush=True))
+    temporary = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="adaspec-vllm-")) if workdir is None else workdir
+    keep = False
     log(f"target alone in vLLM ({len(run.prompts)} prompts, batch sizes {list(run.batch_sizes)}, temperatures "
         f"{list(run.temperatures)})")
     base_result = run_worker(python, run.job(None), workdir / "target", run.timeout_s)
@@ -223,6 +229,7 @@ def measure(python: str, run: VllmRun, drafters: dict[str, tuple[str, str, PreTr
         except AdaspecError as exc:
             log(f"{name}: not served: {exc}")
             rows += _refused(name, method, run, str(exc))
+            keep = keep or not isinstance(exc, NotServable)
             continue
         for t in run.temperatures:
             ours = adaspec_on_vllm_schedule(target, drafter, run, t, first_tokens[t]).to_dict()
@@ -230,4 +237,6 @@ def measure(python: str, run: VllmRun, drafters: dict[str, tuple[str, str, PreTr
                 if row["temperature"] == t:
                     row["adaspec"] = {k: ours[k] for k in ("alpha", "alpha_drafted", "tau", "position_acceptance")}
         rows += served
+    if temporary and not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
     return {"vllm_version": base_result["vllm_version"], "rows": rows}
