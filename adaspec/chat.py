@@ -9,13 +9,56 @@ later ones are added is refused).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import jinja2
 
 from adaspec.errors import AdaspecError
 
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
          "chatgpt": "assistant", "model": "assistant", "tool": "tool"}
 CHAT_FIELDS = ("messages", "conversations")
+
+# templates a user names instead of giving a file (--chat-template NAME), for tokenizers saved without one
+BUILTIN_TEMPLATES = {
+    "chatml": ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+               "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+               "{% endif %}"),
+}
+# a chat template is a few kilobytes; a bigger file is almost surely the wrong one
+MAX_TEMPLATE_BYTES = 1 << 20
+
+
+def resolve_template(value: str) -> str:
+    """The Jinja text of `--chat-template`: a built-in name (BUILTIN_TEMPLATES) or a template file."""
+    if value in BUILTIN_TEMPLATES:
+        return BUILTIN_TEMPLATES[value]
+    path = Path(value)
+    where = f"--chat-template {value}"
+    if not path.is_file():
+        raise AdaspecError(f"{where}: no such file, and not a built-in template ({', '.join(BUILTIN_TEMPLATES)})")
+    try:
+        if path.stat().st_size > MAX_TEMPLATE_BYTES:
+            raise AdaspecError(f"{where}: {path.stat().st_size:,} bytes; a chat template is at most "
+                               f"{MAX_TEMPLATE_BYTES:,}")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdaspecError(f"{where}: cannot read it as UTF-8 text ({str(exc).splitlines()[0]})") from None
+    if not text.strip():
+        raise AdaspecError(f"{where}: the file is empty")
+    try:  # parsed as transformers will render it, so a broken file fails here, before any work
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise AdaspecError(f"{where}: not a Jinja template (line {exc.lineno}: {exc.message})") from None
+    return text
+
+
+def set_template(tokenizer: Any, chat_template: str | None) -> Any:
+    """`tokenizer` with `chat_template` (see `resolve_template`) as its chat template; unchanged for None."""
+    if chat_template is not None:
+        tokenizer.chat_template = resolve_template(chat_template)
+    return tokenizer
 
 
 def messages_of(record: dict, where: str) -> list[dict[str, str]] | None:
@@ -52,7 +95,8 @@ def plain_text(messages: list[dict[str, str]]) -> str:
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
     if not getattr(tokenizer, "chat_template", None):
-        raise AdaspecError("chat data (records with messages) needs a target tokenizer with a chat template")
+        raise AdaspecError("chat data (records with messages) needs a target tokenizer with a chat template; "
+                           f"pass --chat-template FILE or a built-in name ({', '.join(BUILTIN_TEMPLATES)})")
     if not messages:
         return ""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)

@@ -519,11 +519,12 @@ def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------ tokenizer training
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Any:
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, chat_template: str | None = None) -> Any:
     """A byte-level BPE tokenizer trained on `texts`: every string round-trips through encode/decode.
 
     "<|endoftext|>" (id 0) is its only special token and serves as EOS, BOS, pad and unk. Returns a
-    transformers fast tokenizer, which `save_pretrained` / `AutoTokenizer.from_pretrained` handle.
+    transformers fast tokenizer, which `save_pretrained` / `AutoTokenizer.from_pretrained` handle;
+    `chat_template` (see adaspec.chat.resolve_template) becomes its chat template.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -537,5 +538,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Any:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN,
-                                   pad_token=EOS_TOKEN, unk_token=EOS_TOKEN, clean_up_tokenization_spaces=False)
+    return chat.set_template(PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, unk_token=EOS_TOKEN,
+        clean_up_tokenization_spaces=False), chat_template)

@@ -27,6 +27,7 @@ from transformers import (
 from safetensors import SafetensorError
 from transformers.utils import logging as hf_logging
 
+from adaspec import chat
 from adaspec.errors import AdaspecError, warn
 
 # name -> (architecture, hidden size, layers, heads, context). Intermediate size is 4x hidden. Every preset
@@ -146,12 +147,15 @@ def _check_loading_info(path: str | os.PathLike, info: dict) -> None:
         raise AdaspecError(f"{path} does not match its config.json: weights " + "; ".join(parts))
 
 
-def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The tokenizer saved beside a model."""
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False,
+                   chat_template: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer saved beside a model; `chat_template` (a built-in name or a Jinja file, see
+    adaspec.chat.resolve_template) replaces its own chat template."""
     try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise AdaspecError(f"could not load tokenizer from {path}: {str(exc).splitlines()[0]}") from exc
+    return chat.set_template(tokenizer, chat_template)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")

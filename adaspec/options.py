@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from adaspec import chat
 from adaspec import data as data_lib
 from adaspec.errors import AdaspecError
 
@@ -69,9 +70,14 @@ class DataOptions:
     data_dir: str | None = field(default=None, metadata=helptext("folder of the built-in task data"))
     limit: int | None = field(default=None, metadata=helptext("use only the first N training examples"))
     max_length: int = field(default=256, metadata=helptext("truncate prompt+response to this many tokens"))
+    chat_template: str | None = field(default=None, metadata=helptext(
+        f"chat template for chat records: a Jinja file or a built-in name ({', '.join(chat.BUILTIN_TEMPLATES)}); "
+        "replaces the target tokenizer's own and is saved with the model"))
 
     def __post_init__(self) -> None:
         check_finite(self)
+        if self.chat_template is not None:
+            chat.resolve_template(self.chat_template)
         if self.task is None and self.data is None:
             raise AdaspecError("give --task or --data")
         if self.task is not None and self.data is None and self.task not in (*data_lib.TASKS, data_lib.CORPUS):

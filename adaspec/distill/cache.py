@@ -211,7 +211,7 @@ def run_cache(opts: CacheOptions) -> dict:
 def _run_cache(opts: CacheOptions) -> dict:
     t0 = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer(opts.target)
+    tokenizer = load_tokenizer(opts.target, chat_template=opts.chat_template)
     items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
     # the size estimate comes first: an oversized cache is refused before any weight is loaded
     hidden = hidden_settings(opts.hidden_layers, opts.target, items, opts.max_hidden_gb) if opts.hidden_layers \

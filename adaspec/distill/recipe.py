@@ -227,7 +227,7 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
     torch.manual_seed(opts.seed)
     # the model first: a missing directory is then reported as such, not as a bad hub id for a tokenizer
     target = _frozen(_load(opts.target), device)
-    tokenizer: PreTrainedTokenizerBase = load_tokenizer(opts.target)
+    tokenizer: PreTrainedTokenizerBase = load_tokenizer(opts.target, chat_template=opts.chat_template)
     if opts.draft_init:
         draft = _load(opts.draft_init)
         check_vocab_compatible(target, draft, tokenizer, saved_tokenizer(opts.draft_init),

@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel
 
+from adaspec import chat
 from adaspec import data as data_lib
 from adaspec.decoding.lean import LEAN
 from adaspec.decoding.sampling import check_sampling
@@ -73,6 +74,9 @@ class EvalOptions:
         "it has no task score (quality metric none)"))
     prompt_field: str = field(default="prompt", metadata=helptext("prompt field of --data records"))
     response_field: str = field(default="response", metadata=helptext("response field of --data records"))
+    chat_template: str | None = field(default=None, metadata=helptext(
+        f"chat template for chat records: a Jinja file or a built-in name ({', '.join(chat.BUILTIN_TEMPLATES)}); "
+        "replaces the target tokenizer's own"))
     split: Literal["train", "validation", "test"] = field(default="test", metadata=helptext("task split"))
     n_prompts: int = field(default=32, metadata=helptext("evaluate the first N prompts of the split"))
     gamma: int = field(default=5, metadata=helptext("draft tokens per speculative step (the max when adaptive)"))
@@ -130,6 +134,8 @@ class EvalOptions:
             raise AdaspecError(f"--batch-sizes must be in 1..{MAX_BATCH}, got {self.batch_sizes}")
         check_finite(self)
         check_sampling(self.temperature, self.top_p)
+        if self.chat_template is not None:
+            chat.resolve_template(self.chat_template)
 
     @property
     def draft_paths(self) -> list[str]:
@@ -173,7 +179,8 @@ def run_eval(opts: EvalOptions) -> int:
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     log = lambda msg: print(f"[eval] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     target = load_model(opts.target, trust_remote_code=opts.trust_remote_code, device=device)
-    tokenizer = load_tokenizer(opts.target, trust_remote_code=opts.trust_remote_code)
+    tokenizer = load_tokenizer(opts.target, trust_remote_code=opts.trust_remote_code,
+                               chat_template=opts.chat_template)
     drafts: dict[str, PreTrainedModel | Drafter] = {}
     sources: dict[str, tuple[str, str]] = {}  # name -> (drafter family, folder)
     for name, path in zip(unique_names(paths), paths):

@@ -168,7 +168,7 @@ def _eagle_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_s
     torch.manual_seed(opts.seed)
     target = _load(opts.target).to(device).eval()
     target.requires_grad_(False)
-    tokenizer: PreTrainedTokenizerBase = load_tokenizer(opts.target)
+    tokenizer: PreTrainedTokenizerBase = load_tokenizer(opts.target, chat_template=opts.chat_template)
     vocab = int(target.get_output_embeddings().weight.shape[0])
     items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
 

@@ -89,7 +89,7 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
     torch.manual_seed(opts.seed)
     target = load_checkpoint(opts.target, load=load_model).to(device).eval()
     target.requires_grad_(False)
-    tokenizer: PreTrainedTokenizerBase = load_tokenizer(opts.target)
+    tokenizer: PreTrainedTokenizerBase = load_tokenizer(opts.target, chat_template=opts.chat_template)
     heads = _build(opts, target).float().train().to(device)
     ref = None
     if opts.method == "adaspec":

@@ -51,11 +51,11 @@ class TrainTargetOptions(TrainOptions):
 
 def prepare_tokenizer(opts: TrainTargetOptions) -> PreTrainedTokenizerBase:
     if opts.tokenizer:
-        return load_tokenizer(opts.tokenizer)
+        return load_tokenizer(opts.tokenizer, chat_template=opts.chat_template)
     if opts.model:
-        return load_tokenizer(opts.model, trust_remote_code=opts.trust_remote_code)
+        return load_tokenizer(opts.model, trust_remote_code=opts.trust_remote_code, chat_template=opts.chat_template)
     texts = (f"{e.prompt}{e.response}" for e in load_split(opts, "train"))
-    return data_lib.train_tokenizer(texts, opts.vocab_size)
+    return data_lib.train_tokenizer(texts, opts.vocab_size, chat_template=opts.chat_template)
 
 
 def cross_entropy_loss(model: torch.nn.Module, batch: dict, step: int

@@ -1,0 +1,56 @@
+"""`train-target --data chat.jsonl --chat-template ...`: a tokenizer without a template gets one, and keeps it."""
+
+import json
+
+from helpers import cli_error, run, summary
+from transformers import AutoTokenizer
+
+from adaspec import chat, models
+
+FAST = ["--preset", "tiny-neox", "--vocab-size", "300", "--batch-size", "4", "--max-steps", "1", "--max-length", "64",
+        "--val-examples", "2", "--val-every", "0", "--no-progress"]
+
+
+def chats(tmp_path):
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps({"messages": [
+        {"role": "system", "content": "Answer with a number."}, {"role": "user", "content": f"{i} plus {i}?"},
+        {"role": "assistant", "content": f"{2 * i}."}]}) + "\n" for i in range(8)))
+    return path
+
+
+def test_chatml_by_name_is_saved_with_the_target(tmp_path):
+    out = tmp_path / "target"
+    assert run("train-target", "--data", chats(tmp_path), "--chat-template", "chatml", *FAST, "--output", out) == 0
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert tok.chat_template == chat.BUILTIN_TEMPLATES["chatml"]
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n")
+    assert summary(out)["steps"] == 1
+
+
+def test_template_file_and_refusals(tmp_path, capsys):
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                        "{% if add_generation_prompt %}[assistant] {% endif %}")
+    out = tmp_path / "target"
+    assert run("train-target", "--data", chats(tmp_path), "--chat-template", template, *FAST, "--output", out) == 0
+    assert AutoTokenizer.from_pretrained(str(out)).chat_template == template.read_text()
+    # a later stage's --chat-template replaces the saved one
+    assert models.load_tokenizer(out, chat_template="chatml").chat_template == chat.BUILTIN_TEMPLATES["chatml"]
+    # without a template, the trained tokenizer has none: the refusal says how to give one
+    err = cli_error(capsys, "train-target", "--data", chats(tmp_path), *FAST, "--output", tmp_path / "o1")
+    assert "needs a target tokenizer with a chat template; pass --chat-template" in err and "chatml" in err
+    err = cli_error(capsys, "train-target", "--data", chats(tmp_path), "--chat-template", "llama9", *FAST,
+                    "--output", tmp_path / "o2")
+    assert "--chat-template llama9: no such file, and not a built-in template (chatml)" in err
+    big = tmp_path / "big.jinja"
+    big.write_text("x" * (chat.MAX_TEMPLATE_BYTES + 1))
+    assert f"--chat-template {big}: 1,048,577 bytes" in cli_error(
+        capsys, "train-target", "--data", chats(tmp_path), "--chat-template", big, *FAST, "--output", tmp_path / "o3")
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for m in messages %}")
+    assert "not a Jinja template" in cli_error(
+        capsys, "eval", "--target", out, "--draft", out, "--chat-template", broken)
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
