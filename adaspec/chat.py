@@ -9,6 +9,7 @@ later ones are added is refused).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,13 +132,73 @@ def token_spans(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[li
             for text, trained in spans(tokenizer, messages)]
 
 
-def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: int,
-                ignore_index: int) -> dict[str, list[int]]:
-    """The rendering's ids, labels on the assistant turns only (the template places BOS/EOS); past
-    `max_length` cut from the left, keeping the last turns."""
+@dataclass
+class ChatReport:
+    """What fitting a run's conversations into --max-length did, for its log line and train_summary.json."""
+
+    conversations: int = 0  # encoded
+    cut: int = 0  # of them, shortened to fit
+    mid_message: int = 0  # of those, cut inside a message: their last turns alone did not fit
+
+    def summary(self) -> dict[str, Any]:
+        return {"truncated": {"conversations": self.cut, "mid_message": self.mid_message, "of": self.conversations}}
+
+    def line(self, max_length: int) -> str | None:
+        """One line for the run's log, or None when no conversation was cut."""
+        if not self.cut:
+            return None
+        return (f"{self.cut} of {self.conversations} conversations cut to fit --max-length {max_length}: "
+                f"{self.cut - self.mid_message} by dropping their earliest turns, {self.mid_message} inside a message")
+
+
+def _length(pieces: list[tuple[list[int], bool]]) -> int:
+    return sum(len(ids) for ids, _ in pieces)
+
+
+def _fitting_tail(tokenizer: Any, messages: list[dict[str, str]],
+                  max_length: int) -> list[tuple[list[int], bool]] | None:
+    """`token_spans` of the longest conversation left by dropping whole earliest turns that fits in
+    `max_length` (a leading system turn kept while that can fit), or None when the last turns alone do not.
+    Each candidate starts at a non-assistant turn and keeps the last assistant turn."""
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    starts = [k for k in range(len(system), last_assistant(messages) + 1) if messages[k]["role"] != "assistant"]
+    groups = [[system + messages[k:] for k in starts if k > len(system)]]
+    if system:
+        groups.append([messages[k:] for k in starts])
+    for group in groups:
+        # a later start leaves a shorter conversation, so the first that fits is found by bisection
+        lo, hi, best = 0, len(group), None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            pieces = token_spans(tokenizer, group[mid])
+            if _length(pieces) <= max_length:
+                best, hi = pieces, mid
+            else:
+                lo = mid + 1
+        if best is not None:
+            return best
+    return None
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: int, ignore_index: int,
+                report: ChatReport | None = None) -> dict[str, list[int]]:
+    """The rendering's ids, labels on the assistant turns only (the template places BOS/EOS).
+
+    Past `max_length` the earliest turns are dropped whole, keeping a leading system turn while it fits,
+    until the rest fits; only when the last turns alone do not fit is it cut from the left inside a message.
+    `report` counts both."""
+    pieces = token_spans(tokenizer, messages)
+    if report is not None:
+        report.conversations += 1
+    if _length(pieces) > max_length:
+        tail = _fitting_tail(tokenizer, messages, max_length)
+        if report is not None:
+            report.cut += 1
+            report.mid_message += tail is None
+        pieces = tail or pieces
     input_ids: list[int] = []
     labels: list[int] = []
-    for ids, trained in token_spans(tokenizer, messages):
+    for ids, trained in pieces:
         input_ids += ids
         labels += ids if trained else [ignore_index] * len(ids)
     input_ids, labels = input_ids[-max_length:], labels[-max_length:]

@@ -439,13 +439,13 @@ def encode_example(example: Example, tokenizer: Any, max_length: int,
     return _encode_all([example], tokenizer, max_length, min_response_tokens)[0]
 
 
-def _encode_all(examples: list[Example], tokenizer: Any, max_length: int,
-                min_response_tokens: int | None) -> list[dict[str, list[int]]]:
+def _encode_all(examples: list[Example], tokenizer: Any, max_length: int, min_response_tokens: int | None,
+                report: chat.ChatReport | None = None) -> list[dict[str, list[int]]]:
     eos, head = _eos_id(tokenizer), len(_prefix(tokenizer))
     plain = [ex for ex in examples if "messages" not in ex.meta]
     prompts = iter(_tokenize(tokenizer, [ex.prompt for ex in plain]))
     responses = iter(_tokenize(tokenizer, [ex.response for ex in plain]))
-    return [chat.encode_chat(tokenizer, ex.meta["messages"], max_length, IGNORE_INDEX)
+    return [chat.encode_chat(tokenizer, ex.meta["messages"], max_length, IGNORE_INDEX, report)
             if "messages" in ex.meta else
             _assemble(_prompt_ids(tokenizer, next(prompts)), next(responses) + [eos], max_length, head,
                       min_response_tokens)
@@ -453,11 +453,13 @@ def _encode_all(examples: list[Example], tokenizer: Any, max_length: int,
 
 
 def encode_examples(examples: Iterable[Example], tokenizer: Any, max_length: int,
-                    min_response_tokens: int | None = None) -> list[dict[str, list[int]]]:
-    """`encode_example` over many examples (batched), dropping those left with no response tokens."""
+                    min_response_tokens: int | None = None,
+                    report: chat.ChatReport | None = None) -> list[dict[str, list[int]]]:
+    """`encode_example` over many examples (batched), dropping those left with no response tokens;
+    `report` counts the conversations cut to fit."""
     _check_max_length(max_length)
     examples = list(examples)
-    encoded = _encode_all(examples, tokenizer, max_length, min_response_tokens)
+    encoded = _encode_all(examples, tokenizer, max_length, min_response_tokens, report)
     kept = [e for e in encoded if any(label != IGNORE_INDEX for label in e["labels"])]
     if len(kept) < len(encoded):
         warnings.warn(f"dropped {len(encoded) - len(kept)} of {len(encoded)} examples with no response "
@@ -465,9 +467,10 @@ def encode_examples(examples: Iterable[Example], tokenizer: Any, max_length: int
     return kept
 
 
-def encode(examples: list[Example], tokenizer: Any, max_length: int) -> list[dict]:
+def encode(examples: list[Example], tokenizer: Any, max_length: int,
+           report: chat.ChatReport | None = None) -> list[dict]:
     """`encode_examples`, each item numbered (`index`) with its `prompt_length`; an error if none is left."""
-    items = encode_examples(examples, tokenizer, max_length)
+    items = encode_examples(examples, tokenizer, max_length, report=report)
     if not items:
         raise AdaspecError("no example has a response token left after truncation; raise --max-length")
     for i, item in enumerate(items):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,3 +100,14 @@ def load_split(opts: DataOptions, split: str, limit: int | None = None) -> list[
     if not examples:
         raise AdaspecError(f"no {split} examples for {opts.data or opts.task}")
     return examples
+
+
+def train_items(opts: DataOptions, tokenizer: Any, log: Callable[[str], None]) -> tuple[list[dict], chat.ChatReport]:
+    """The training split encoded (`data_lib.encode`), and what fitting it into --max-length did to its
+    conversations: logged in one line when any was cut, and for the run's train_summary.json."""
+    report = chat.ChatReport()
+    items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length, report)
+    line = report.line(opts.max_length)
+    if line:
+        log(line)
+    return items, report

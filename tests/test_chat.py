@@ -91,3 +91,36 @@ def test_hub_chat_datasets(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", fake)
     (example,) = data.load_hub("someone/chats", "train")
     assert example.meta["messages"][1] == {"role": "assistant", "content": "Hello!"}
+
+
+LONG = [{"role": "system", "content": "Be brief."}] + [
+    m for i in range(3) for m in ({"role": "user", "content": f"Question {i}?"},
+                                  {"role": "assistant", "content": f"Answer {i}."})]
+
+
+def _fit(tok, max_length):
+    report = chat.ChatReport()
+    item = chat.encode_chat(tok, LONG, max_length, data.IGNORE_INDEX, report)
+    return tok.decode(item["input_ids"]), report
+
+
+def test_long_conversations_lose_their_earliest_turns_and_are_counted(tok):
+    def length(messages):
+        return len(tok(tok.apply_chat_template(messages, tokenize=False))["input_ids"])
+
+    # room for the system turn and the last exchange, not for two exchanges
+    text, report = _fit(tok, length(LONG[:1] + LONG[-2:]) + 1)
+    assert text == tok.apply_chat_template(LONG[:1] + LONG[-2:], tokenize=False)
+    assert report == chat.ChatReport(conversations=1, cut=1, mid_message=0)
+    # room for the last exchange only: the system turn goes too
+    text, report = _fit(tok, length(LONG[-2:]) + 1)
+    assert text == tok.apply_chat_template(LONG[-2:], tokenize=False) and report.mid_message == 0
+    # not even that: cut inside a message, from the left, as before
+    text, report = _fit(tok, length(LONG[-2:]) - 3)
+    assert text.endswith("Answer 2.<|endoftext|>\n") and not text.startswith("<|user|>")
+    assert report.summary() == {"truncated": {"conversations": 1, "mid_message": 1, "of": 1}}
+    assert "1 of 1 conversations cut to fit --max-length 9: 0 by dropping" in report.line(9)
+    # a conversation that fits is counted but not cut
+    text, report = _fit(tok, 512)
+    assert text == tok.apply_chat_template(LONG, tokenize=False) and report.line(512) is None
+    assert report.summary()["truncated"] == {"conversations": 0, "mid_message": 0, "of": 1}

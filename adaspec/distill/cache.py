@@ -49,7 +49,7 @@ from adaspec.errors import AdaspecError
 from adaspec.io import atomic_write_json
 from adaspec.models import (check_vocab_compatible, load_model, load_tokenizer, model_fingerprint, saved_tokenizer,
                             shared_vocab)
-from adaspec.options import DataOptions, helptext, load_split
+from adaspec.options import DataOptions, helptext, train_items
 from adaspec.safety import guarded_output
 
 
@@ -212,7 +212,7 @@ def _run_cache(opts: CacheOptions) -> dict:
     t0 = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(opts.target, chat_template=opts.chat_template)
-    items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
+    items, _ = train_items(opts, tokenizer, print)
     # the size estimate comes first: an oversized cache is refused before any weight is loaded
     hidden = hidden_settings(opts.hidden_layers, opts.target, items, opts.max_hidden_gb) if opts.hidden_layers \
         else None

@@ -38,7 +38,7 @@ from adaspec.evaluation.acceptance import (Continuations, generate_continuations
 from adaspec.io import atomic_write_json
 from adaspec.models import (PRESETS, build_model, check_preset, check_vocab_compatible, count_params, load_model,
                             load_tokenizer, saved_tokenizer, shared_vocab)
-from adaspec.options import check_range, helptext, load_split
+from adaspec.options import check_range, helptext, load_split, train_items
 from adaspec.serving.constraints import head_size_problem, warn_unservable
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, planned_steps, train_loop
@@ -245,7 +245,7 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
     eos = tokenizer.eos_token_id
     out = Path(opts.output)
 
-    items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
+    items, report = train_items(opts, tokenizer, accelerator.print)
     if opts.data_source == "target":
         items = target_response_items(target, items, opts, run, accelerator, eos)
     val_examples = load_split(opts, "validation", opts.val_examples)
@@ -325,6 +325,6 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
     if accelerator.is_main_process:
         tokenizer.save_pretrained(opts.output)
         summary = {"params": count_params(draft), "steps": result.steps, "best_greedy_agreement": result.best_metric,
-                   "epochs": epochs, "batch_size": opts.batch_size, "history": result.history}
+                   "epochs": epochs, "batch_size": opts.batch_size, "history": result.history, **report.summary()}
         atomic_write_json(out / "train_summary.json", summary)
 

@@ -38,7 +38,7 @@ from adaspec.errors import AdaspecError
 from adaspec.evaluation.acceptance import Continuations
 from adaspec.io import atomic_write_json
 from adaspec.models import count_params, load_model, load_tokenizer
-from adaspec.options import load_split
+from adaspec.options import load_split, train_items
 from adaspec.serving.constraints import eagle3_target_problem, head_size_problem, warn_unservable
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.head_options import TrainHeadOptions, budgeted, head_run
@@ -170,7 +170,7 @@ def _eagle_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_s
     target.requires_grad_(False)
     tokenizer: PreTrainedTokenizerBase = load_tokenizer(opts.target, chat_template=opts.chat_template)
     vocab = int(target.get_output_embeddings().weight.shape[0])
-    items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
+    items, report = train_items(opts, tokenizer, accelerator.print)
 
     overrides = {"draft_vocab_size": opts.draft_vocab} if opts.draft_vocab else {}
     cfg = EagleConfig.for_target(target, opts.variant, aux_layers=opts.aux_layer_ids(), **overrides)
@@ -218,4 +218,4 @@ def _eagle_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_s
         write_record(out, target, tokenizer)
         atomic_write_json(out / "train_summary.json", {
             "trained_params": trained, "steps": result.steps, "best_agreement": result.best_metric,
-            "epochs": opts.epochs, "batch_size": opts.batch_size, "history": result.history})
+            "epochs": opts.epochs, "batch_size": opts.batch_size, "history": result.history, **report.summary()})

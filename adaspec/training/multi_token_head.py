@@ -43,7 +43,7 @@ from adaspec.export.medusa import load_medusa, save_medusa
 from adaspec.export.mtp import load_mtp
 from adaspec.io import atomic_write_json
 from adaspec.models import count_params, load_model, load_tokenizer, output_vocab_size
-from adaspec.options import load_split
+from adaspec.options import load_split, train_items
 from adaspec.serving.constraints import MTP_REASON, head_size_problem, warn_unservable
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
@@ -104,7 +104,7 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
 
     out = Path(opts.output)
     eos = tokenizer.eos_token_id
-    items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
+    items, report = train_items(opts, tokenizer, accelerator.print)
     cache = None  # opened first: a mismatched cache is refused before any work
     if opts.teacher_cache:
         cache = open_head_cache(opts.teacher_cache, opts.target, target, items, (FINAL,),
@@ -167,6 +167,6 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
         write_record(out, target, tokenizer)
         summary = {"kind": opts.kind, "params": count_params(heads), "steps": result.steps,
                    "best_accept_length": result.best_metric, "epochs": opts.epochs, "batch_size": opts.batch_size,
-                   "history": result.history}
+                   "history": result.history, **report.summary()}
         atomic_write_json(out / "train_summary.json", summary)
 

@@ -15,7 +15,7 @@ from adaspec import data as data_lib
 from adaspec.errors import AdaspecError
 from adaspec.io import atomic_write_json
 from adaspec.models import PRESETS, build_model, check_preset, count_params, load_tokenizer
-from adaspec.options import helptext, load_split
+from adaspec.options import helptext, load_split, train_items
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
 from adaspec.training.options import TrainOptions
@@ -97,7 +97,7 @@ def _train_target(opts: TrainTargetOptions, accelerator: Accelerator, on_step: O
     # the model before its tokenizer: a missing directory is then reported as such, not as a bad hub id
     model = load_checkpoint(opts.model, trust_remote_code=opts.trust_remote_code) if opts.model else None
     tokenizer = prepare_tokenizer(opts)
-    items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length)
+    items, report = train_items(opts, tokenizer, accelerator.print)
     val_items = data_lib.encode(load_split(opts, "validation", opts.val_examples), tokenizer, opts.max_length)
     if model is None:
         model = build_model(opts.preset, len(tokenizer), seed=opts.init_seed,
@@ -116,6 +116,7 @@ def _train_target(opts: TrainTargetOptions, accelerator: Accelerator, on_step: O
                         best_key="val_loss", higher_is_better=False, epochs=opts.epochs, on_step=on_step)
     if accelerator.is_main_process:
         tokenizer.save_pretrained(opts.output)
-        summary = {"params": count_params(model), "steps": result.steps, "best_val_loss": result.best_metric}
+        summary = {"params": count_params(model), "steps": result.steps, "best_val_loss": result.best_metric,
+                   **report.summary()}
         atomic_write_json(Path(opts.output, "train_summary.json"), summary)
         accelerator.print(json.dumps(summary))
