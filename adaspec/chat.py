@@ -9,13 +9,14 @@ later ones are added is refused).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from adaspec.errors import AdaspecError
+from adaspec.errors import AdaspecError, warn
 
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
          "chatgpt": "assistant", "model": "assistant", "tool": "tool"}
@@ -80,9 +81,33 @@ def messages_of(record: dict, where: str) -> list[dict[str, str]] | None:
             raise AdaspecError(f"{where}: {key}[{i}] needs a role ({', '.join(ROLES)}) and a text content "
                                "(role/content or from/value)")
         messages.append({"role": ROLES[role], "content": content})
-    if not any(m["role"] == "assistant" for m in messages):
-        raise AdaspecError(f"{where}: the conversation has no assistant turn to train on")
     return messages
+
+
+def has_reply(messages: list[dict[str, str]]) -> bool:
+    """Whether the conversation has an assistant turn: without one there is nothing to train on or score."""
+    return any(m["role"] == "assistant" for m in messages)
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    # a recipe reads its data file more than once (tokenizer, training and validation split): one line is enough
+    warn(message)
+
+
+def note_skipped(source: str, places: str, skipped: list[int], usable: int, report: ChatReport | None) -> None:
+    """Account for the conversations of `source` left out for having no assistant turn (`skipped`: their
+    line or row numbers, as `places` says): one warning line, counted in `report`; an error when no usable
+    record is left."""
+    if not skipped:
+        return
+    shown = f"{places} {', '.join(map(str, skipped[:5]))}{', ...' if len(skipped) > 5 else ''}"
+    if not usable:
+        raise AdaspecError(f"no usable record in {source}: {len(skipped)} conversations, none with an assistant "
+                           f"turn ({shown})")
+    _warn_once(f"{source}: skipped {len(skipped)} conversations with no assistant turn to train on ({shown})")
+    if report is not None:
+        report.skipped += len(skipped)
 
 
 def last_assistant(messages: list[dict[str, str]]) -> int:
@@ -134,14 +159,17 @@ def token_spans(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[li
 
 @dataclass
 class ChatReport:
-    """What fitting a run's conversations into --max-length did, for its log line and train_summary.json."""
+    """What reading a run's conversations and fitting them into --max-length did, for its log and
+    train_summary.json."""
 
     conversations: int = 0  # encoded
     cut: int = 0  # of them, shortened to fit
     mid_message: int = 0  # of those, cut inside a message: their last turns alone did not fit
+    skipped: int = 0  # records left out when read: no assistant turn
 
     def summary(self) -> dict[str, Any]:
-        return {"truncated": {"conversations": self.cut, "mid_message": self.mid_message, "of": self.conversations}}
+        return {"truncated": {"conversations": self.cut, "mid_message": self.mid_message, "of": self.conversations},
+                "skipped_records": self.skipped}
 
     def line(self, max_length: int) -> str | None:
         """One line for the run's log, or None when no conversation was cut."""

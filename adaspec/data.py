@@ -77,11 +77,10 @@ def default_data_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent / "taskdata"
 
 
-def _read_jsonl(path: Path, limit: int | None = None) -> list[tuple[int, dict]]:
-    """(line number, record) pairs of a JSON Lines file; blank lines are skipped."""
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) pairs of a JSON Lines file, read as they are taken; blank lines are skipped."""
     if not path.is_file():
         raise AdaspecError(f"data file not found: {path}")
-    records: list[tuple[int, dict]] = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -97,10 +96,7 @@ def _read_jsonl(path: Path, limit: int | None = None) -> list[tuple[int, dict]]:
                 raise AdaspecError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(record, dict):
                 raise AdaspecError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append((lineno, record))
-            if limit is not None and len(records) >= limit:
-                break
-    return records
+            yield lineno, record
 
 
 def _get(record: dict, name: str, where: str, kind: type | tuple = str) -> Any:
@@ -132,25 +128,32 @@ def _check_limit(limit: int | None) -> None:
 
 
 def load_jsonl(path: str | os.PathLike, prompt_field: str = "prompt", response_field: str = "response",
-               limit: int | None = None) -> list[Example]:
+               limit: int | None = None, report: chat.ChatReport | None = None) -> list[Example]:
     """A user's own JSON Lines data: one object a line with a prompt and a response field.
 
     The record's other fields go to `Example.meta`. A record without the prompt field but with a chat
-    (`messages` or `conversations`, see adaspec.chat) is a chat example. Reads at most `limit` records.
+    (`messages` or `conversations`, see adaspec.chat) is a chat example; one with no assistant turn is
+    left out (`chat.note_skipped`: a warning, counted in `report`). Returns at most `limit` examples.
     """
     _check_limit(limit)
     path = Path(path)
-    examples = []
-    for lineno, record in _read_jsonl(path, limit):
+    examples, skipped = [], []
+    for lineno, record in _read_jsonl(path):
+        if limit is not None and len(examples) >= limit:
+            break
         where = f"{path}:{lineno}"
         messages = chat.messages_of(record, where) if prompt_field not in record else None
         if messages is not None:
-            examples.append(chat_example(messages))
+            if chat.has_reply(messages):
+                examples.append(chat_example(messages))
+            else:
+                skipped.append(lineno)
             continue
         prompt = _get(record, prompt_field, where)
         response = _get(record, response_field, where)
         meta = {k: v for k, v in record.items() if k not in (prompt_field, response_field)}
         examples.append(Example(prompt, response, meta))
+    chat.note_skipped(str(path), "lines", skipped, len(examples), report)
     if not examples:
         raise AdaspecError(f"{path}: no examples (the file is empty)")
     return examples
@@ -164,7 +167,8 @@ def chat_example(messages: list[dict[str, str]]) -> Example:
 
 
 def load_hub(name: str, split: str, prompt_field: str = "prompt", response_field: str = "response",
-             config: str | None = None, limit: int | None = None) -> list[Example]:
+             config: str | None = None, limit: int | None = None,
+             report: chat.ChatReport | None = None) -> list[Example]:
     """A Hugging Face hub dataset through `datasets` (optional: pip install 'adaspec[hub]'; needs network)."""
     _check_limit(limit)
     try:
@@ -182,16 +186,21 @@ def load_hub(name: str, split: str, prompt_field: str = "prompt", response_field
         if needed not in ds.column_names:
             raise AdaspecError(f"hub dataset {name!r} has no column {needed!r} "
                                f"(columns: {', '.join(ds.column_names)})")
-    examples = []
+    examples, skipped = [], []
     for i, record in enumerate(ds):
-        if limit is not None and i >= limit:
+        if limit is not None and len(examples) >= limit:
             break
         where = f"hub:{name}[{split}] row {i}"
         if conversations:
-            examples.append(chat_example(chat.messages_of(record, where)))
+            messages = chat.messages_of(record, where)
+            if chat.has_reply(messages):
+                examples.append(chat_example(messages))
+            else:
+                skipped.append(i)
             continue
         meta = {k: v for k, v in record.items() if k not in (prompt_field, response_field)}
         examples.append(Example(_get(record, prompt_field, where), _get(record, response_field, where), meta))
+    chat.note_skipped(f"hub:{name}[{split}]", "rows", skipped, len(examples), report)
     if not examples:
         raise AdaspecError(f"hub dataset {name!r} split {split!r} has no examples")
     return examples
@@ -335,28 +344,29 @@ def load_corpus(split: str, data_dir: str | os.PathLike | None = None, limit: in
 
 def load_examples(task: str | None = None, data_path: str | os.PathLike | None = None, split: str = "train",
                   prompt_field: str = "prompt", response_field: str = "response", limit: int | None = None,
-                  data_dir: str | os.PathLike | None = None,
-                  article_chars: int | None = DEFAULT_ARTICLE_CHARS) -> list[Example]:
+                  data_dir: str | os.PathLike | None = None, article_chars: int | None = DEFAULT_ARTICLE_CHARS,
+                  report: chat.ChatReport | None = None) -> list[Example]:
     """Examples from wherever the user points: `data_path` wins over `task` when both are given.
 
     A source is a built-in task name, a .jsonl file (split ignored), a folder holding `<split>.jsonl`,
-    or "hub:<name>" (a Hugging Face dataset, needs `datasets` and network).
+    or "hub:<name>" (a Hugging Face dataset, needs `datasets` and network). `report` counts the
+    conversations left out (see `load_jsonl`).
     """
     source = data_path if data_path is not None else task
     if source is None:
         raise AdaspecError("no data given: name a task or a data path")
     source = str(source)
     if source.startswith("hub:"):
-        return load_hub(source[4:], split, prompt_field, response_field, limit=limit)
+        return load_hub(source[4:], split, prompt_field, response_field, limit=limit, report=report)
     if data_path is None and source in TASKS:
         return load_task(source, split, data_dir, limit, article_chars)
     if data_path is None and source == CORPUS:
         return load_corpus(split, data_dir, limit, article_chars)
     path = Path(source)
     if path.is_dir():
-        return load_jsonl(path / f"{split}.jsonl", prompt_field, response_field, limit)
+        return load_jsonl(path / f"{split}.jsonl", prompt_field, response_field, limit, report)
     if path.suffix == ".jsonl" or path.exists():
-        return load_jsonl(path, prompt_field, response_field, limit)
+        return load_jsonl(path, prompt_field, response_field, limit, report)
     raise AdaspecError(f"unknown task or data file {source!r}; tasks are: {', '.join(TASKS)}")
 
 

@@ -91,22 +91,24 @@ class DataOptions:
             raise AdaspecError(f"--limit must be >= 1, got {self.limit}")
 
 
-def load_split(opts: DataOptions, split: str, limit: int | None = None) -> list[data_lib.Example]:
-    """The examples of one split of the options' task or data file (an error when there are none)."""
+def load_split(opts: DataOptions, split: str, limit: int | None = None,
+               report: chat.ChatReport | None = None) -> list[data_lib.Example]:
+    """The examples of one split of the options' task or data file (an error when there are none);
+    `report` counts the records left out."""
     examples = data_lib.load_examples(task=None if opts.data else opts.task, data_path=opts.data,
                                       split=split, prompt_field=opts.prompt_field,
                                       response_field=opts.response_field, limit=limit,
-                                      data_dir=opts.data_dir)
+                                      data_dir=opts.data_dir, report=report)
     if not examples:
         raise AdaspecError(f"no {split} examples for {opts.data or opts.task}")
     return examples
 
 
 def train_items(opts: DataOptions, tokenizer: Any, log: Callable[[str], None]) -> tuple[list[dict], chat.ChatReport]:
-    """The training split encoded (`data_lib.encode`), and what fitting it into --max-length did to its
-    conversations: logged in one line when any was cut, and for the run's train_summary.json."""
+    """The training split encoded (`data_lib.encode`), and what reading it and fitting it into --max-length
+    did to its conversations: logged in one line when any was cut, and for the run's train_summary.json."""
     report = chat.ChatReport()
-    items = data_lib.encode(load_split(opts, "train", opts.limit), tokenizer, opts.max_length, report)
+    items = data_lib.encode(load_split(opts, "train", opts.limit, report), tokenizer, opts.max_length, report)
     line = report.line(opts.max_length)
     if line:
         log(line)

@@ -70,8 +70,9 @@ def test_refusals(tok, chat_file, tmp_path):
     with pytest.raises(AdaspecError, match="renders earlier turns differently"):
         data.encode_example(example, tok2, 64)
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "only a question"}]}) + "\n")
-    with pytest.raises(AdaspecError, match="no assistant turn"):
+    bad.write_text("\n" + json.dumps({"messages": [{"role": "user", "content": "only a question"}]}) + "\n")
+    with pytest.raises(AdaspecError, match=rf"^no usable record in {bad}: 1 conversations, none with an "
+                                           r"assistant turn \(lines 2\)$"):
         data.load_jsonl(bad)
     bad.write_text(json.dumps({"messages": [{"role": "wizard", "content": "x"}]}) + "\n")
     with pytest.raises(AdaspecError, match=r"messages\[0\] needs a role"):
@@ -118,9 +119,29 @@ def test_long_conversations_lose_their_earliest_turns_and_are_counted(tok):
     # not even that: cut inside a message, from the left, as before
     text, report = _fit(tok, length(LONG[-2:]) - 3)
     assert text.endswith("Answer 2.<|endoftext|>\n") and not text.startswith("<|user|>")
-    assert report.summary() == {"truncated": {"conversations": 1, "mid_message": 1, "of": 1}}
+    assert report.summary()["truncated"] == {"conversations": 1, "mid_message": 1, "of": 1}
     assert "1 of 1 conversations cut to fit --max-length 9: 0 by dropping" in report.line(9)
     # a conversation that fits is counted but not cut
     text, report = _fit(tok, 512)
     assert text == tok.apply_chat_template(LONG, tokenize=False) and report.line(512) is None
     assert report.summary()["truncated"] == {"conversations": 0, "mid_message": 0, "of": 1}
+
+
+def test_conversations_without_a_reply_are_skipped_and_reported(tmp_path, capsys):
+    question = json.dumps({"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q?"}]})
+    answered = json.dumps({"messages": CONVERSATION})
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join([question, answered] + [question] * 6 + [answered] * 2) + "\n")
+    report = chat.ChatReport()
+    examples = data.load_jsonl(path, report=report)
+    assert [ex.meta["messages"] for ex in examples] == [CONVERSATION] * 3 and report.skipped == 7
+    assert report.summary()["skipped_records"] == 7
+    err = capsys.readouterr().err.strip()
+    assert err == (f"adaspec: warning: {path}: skipped 7 conversations with no assistant turn to train on "
+                   "(lines 1, 3, 4, 5, 6, ...)")
+    # a limit counts usable examples, not records read
+    assert len(data.load_jsonl(path, limit=2)) == 2
+    # a malformed record is still an error naming its line
+    path.write_text(question + "\n" + json.dumps({"messages": [{"role": "user", "content": 3}]}) + "\n")
+    with pytest.raises(AdaspecError, match=rf"^{path}:2: messages\[0\] needs a role"):
+        data.load_jsonl(path)

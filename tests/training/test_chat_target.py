@@ -20,10 +20,11 @@ def exchange(i, answer=None):
 
 def chats(tmp_path):
     """Four one-exchange chats that fit in 128 tokens, three of three exchanges that do not (their first
-    two go), and one whose single answer alone is too long."""
+    two go), one whose single answer alone is too long, and two with no answer (left out)."""
     conversations = [[SYSTEM, *exchange(i)] for i in range(4)]
     conversations += [[SYSTEM, *exchange(i), *exchange(i + 1), *exchange(i + 2)] for i in range(3)]
     conversations.append([SYSTEM, *exchange(9, "".join(random.Random(0).choices(string.ascii_letters, k=300)))])
+    conversations += [[SYSTEM, exchange(i)[0]] for i in range(2)]
     path = tmp_path / "chats.jsonl"
     path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in conversations))
     return path
@@ -33,8 +34,11 @@ def test_chatml_by_name_is_saved_with_the_target_and_cut_conversations_counted(t
     out = tmp_path / "target"
     assert run("train-target", "--data", chats(tmp_path), "--chat-template", "chatml", *FAST, "--output", out) == 0
     assert summary(out)["truncated"] == {"conversations": 4, "mid_message": 1, "of": 8}
+    assert summary(out)["skipped_records"] == 2
+    printed = capsys.readouterr()
     assert "4 of 8 conversations cut to fit --max-length 128: 3 by dropping their earliest turns, 1 inside a " \
-           "message" in capsys.readouterr().out
+           "message" in printed.out
+    assert "chats.jsonl: skipped 2 conversations with no assistant turn to train on (lines 9, 10)" in printed.err
     tok = AutoTokenizer.from_pretrained(str(out))
     assert tok.chat_template == chat.BUILTIN_TEMPLATES["chatml"]
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
@@ -49,6 +53,7 @@ def test_chatml_by_name_is_saved_with_the_target_and_cut_conversations_counted(t
                        ("eagle", ["train-head", "--variant", "eagle1", "--ttt-steps", "1"])):
         assert run(*args, "--target", out, *later, "--output", tmp_path / name) == 0
         assert summary(tmp_path / name)["truncated"] == {"conversations": 4, "mid_message": 1, "of": 8}, name
+        assert summary(tmp_path / name)["skipped_records"] == 2, name
 
 
 def test_template_file_and_refusals(tmp_path, capsys):
@@ -58,6 +63,7 @@ def test_template_file_and_refusals(tmp_path, capsys):
     out = tmp_path / "target"
     assert run("train-target", "--data", chats(tmp_path), "--chat-template", template, *FAST, "--output", out) == 0
     assert AutoTokenizer.from_pretrained(str(out)).chat_template == template.read_text()
+    capsys.readouterr()
     # a later stage's --chat-template replaces the saved one
     assert models.load_tokenizer(out, chat_template="chatml").chat_template == chat.BUILTIN_TEMPLATES["chatml"]
     # without a template, the trained tokenizer has none: the refusal says how to give one
