@@ -4,12 +4,14 @@ They are laid out by the target tokenizer's own chat template; only the assistan
 scored (labels), and the prompt of a chat example is everything before its last assistant turn, ending
 with the template's generation prompt. The template is rendered once per turn boundary, so each turn's
 tokens are exactly the ones the full conversation renders to (a template that rewrites earlier turns when
-later ones are added is refused).
+later ones are added is refused). Past a length limit, training sequences and prompts alike lose whole
+earliest turns before any is cut inside a message.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +135,21 @@ def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     return _render(tokenizer, messages[:last_assistant(messages)], generation_prompt=True)
 
 
+def prompt_ids(tokenizer: Any, messages: list[dict[str, str]], max_length: int | None = None) -> list[int]:
+    """The ids of `prompt_text` (the final assistant turn held out). Past `max_length` the earliest turns
+    are dropped whole as `encode_chat` drops them; only when the last turns alone do not fit is it cut from
+    the left inside a message."""
+    def ids(conversation: list[dict[str, str]]) -> list[int]:
+        text = prompt_text(tokenizer, conversation)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    full = ids(messages)
+    if max_length is None or len(full) <= max_length:
+        return full
+    tail = _fitting_tail(messages, max_length, lambda m: len(ids(m)))
+    return ids(tail) if tail is not None else full[len(full) - max_length:]
+
+
 def spans(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
     """The rendered conversation as consecutive (text, is_assistant) pieces; their join is the full rendering."""
     full = _render(tokenizer, messages, generation_prompt=False)
@@ -183,11 +200,11 @@ def _length(pieces: list[tuple[list[int], bool]]) -> int:
     return sum(len(ids) for ids, _ in pieces)
 
 
-def _fitting_tail(tokenizer: Any, messages: list[dict[str, str]],
-                  max_length: int) -> list[tuple[list[int], bool]] | None:
-    """`token_spans` of the longest conversation left by dropping whole earliest turns that fits in
-    `max_length` (a leading system turn kept while that can fit), or None when the last turns alone do not.
-    Each candidate starts at a non-assistant turn and keeps the last assistant turn."""
+def _fitting_tail(messages: list[dict[str, str]], max_length: int,
+                  length: Callable[[list[dict[str, str]]], int]) -> list[dict[str, str]] | None:
+    """The longest conversation left by dropping whole earliest turns whose `length` fits in `max_length`
+    (a leading system turn kept while that can fit), or None when the last turns alone do not. Each
+    candidate starts at a non-assistant turn and keeps the last assistant turn."""
     system = messages[:1] if messages[0]["role"] == "system" else []
     starts = [k for k in range(len(system), last_assistant(messages) + 1) if messages[k]["role"] != "assistant"]
     groups = [[system + messages[k:] for k in starts if k > len(system)]]
@@ -195,16 +212,15 @@ def _fitting_tail(tokenizer: Any, messages: list[dict[str, str]],
         groups.append([messages[k:] for k in starts])
     for group in groups:
         # a later start leaves a shorter conversation, so the first that fits is found by bisection
-        lo, hi, best = 0, len(group), None
+        lo, hi = 0, len(group)
         while lo < hi:
             mid = (lo + hi) // 2
-            pieces = token_spans(tokenizer, group[mid])
-            if _length(pieces) <= max_length:
-                best, hi = pieces, mid
+            if length(group[mid]) <= max_length:
+                hi = mid
             else:
                 lo = mid + 1
-        if best is not None:
-            return best
+        if lo < len(group):
+            return group[lo]
     return None
 
 
@@ -219,11 +235,12 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: int,
     if report is not None:
         report.conversations += 1
     if _length(pieces) > max_length:
-        tail = _fitting_tail(tokenizer, messages, max_length)
+        tail = _fitting_tail(messages, max_length, lambda m: _length(token_spans(tokenizer, m)))
         if report is not None:
             report.cut += 1
             report.mid_message += tail is None
-        pieces = tail or pieces
+        if tail is not None:
+            pieces = token_spans(tokenizer, tail)
     input_ids: list[int] = []
     labels: list[int] = []
     for ids, trained in pieces:

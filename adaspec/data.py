@@ -428,10 +428,10 @@ def _check_max_length(max_length: int) -> None:
 def encode_prompt(example: Example, tokenizer: Any, max_length: int | None = None) -> list[int]:
     """The prompt ids exactly as `encode_example` lays them out; cut from the left to `max_length`.
 
-    A chat example's prompt is its conversation before the last assistant turn, in the chat template."""
+    A chat example's prompt is its conversation before the last assistant turn, in the chat template, cut
+    on turn boundaries where it can be (`chat.prompt_ids`)."""
     if "messages" in example.meta:
-        ids = _tokenize(tokenizer, [chat.prompt_text(tokenizer, example.meta["messages"])])[0] or [_eos_id(tokenizer)]
-        return ids[len(ids) - max_length:] if max_length is not None and len(ids) > max_length else ids
+        return chat.prompt_ids(tokenizer, example.meta["messages"], max_length) or [_eos_id(tokenizer)]
     ids = _prompt_ids(tokenizer, _tokenize(tokenizer, [example.prompt])[0])
     return _cut_left(ids, max_length, len(_prefix(tokenizer))) if max_length is not None else ids
 

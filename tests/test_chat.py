@@ -145,3 +145,27 @@ def test_conversations_without_a_reply_are_skipped_and_reported(tmp_path, capsys
     path.write_text(question + "\n" + json.dumps({"messages": [{"role": "user", "content": 3}]}) + "\n")
     with pytest.raises(AdaspecError, match=rf"^{path}:2: messages\[0\] needs a role"):
         data.load_jsonl(path)
+
+
+def test_multi_turn_trains_every_reply_and_holds_out_the_last_for_evaluation(tok):
+    def labelled(item):
+        return tok.decode([t for t, lab in zip(item["input_ids"], item["labels"]) if lab != data.IGNORE_INDEX])
+
+    example = data.chat_example(LONG)
+    assert labelled(data.encode_example(example, tok, 512)) == "".join(
+        f"Answer {i}.<|endoftext|>\n" for i in range(3))
+    # the evaluation prompt: every turn before the final reply, earlier replies included, none labelled
+    prompt = data.encode_prompt(example, tok)
+    assert tok.decode(prompt) == tok.apply_chat_template(LONG[:-1], tokenize=False, add_generation_prompt=True)
+    assert example.response == "Answer 2."
+    # cut to fit, both keep whole turns: the system turn and the last exchange, its reply trained or held out
+    kept = LONG[:1] + LONG[-2:]
+    room = len(tok(tok.apply_chat_template(kept, tokenize=False))["input_ids"]) + 1
+    item = data.encode_example(example, tok, room)
+    assert tok.decode(item["input_ids"]) == tok.apply_chat_template(kept, tokenize=False)
+    assert labelled(item) == "Answer 2.<|endoftext|>\n"
+    room = len(data.encode_prompt(data.chat_example(kept), tok)) + 1
+    assert tok.decode(data.encode_prompt(example, tok, room)) == tok.apply_chat_template(
+        kept[:-1], tokenize=False, add_generation_prompt=True)
+    # too short for the last question alone: its last tokens, as before
+    assert data.encode_prompt(example, tok, 3) == prompt[-3:]
