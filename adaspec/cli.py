@@ -37,6 +37,9 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
               "store the target's top-K distribution and the reference's divergence per response token"),
     "eval": ("adaspec.evaluation.command", "EvalOptions", "run_eval",
              "measure a draft: empirical and analytic acceptance, speed-up and the target's task quality"),
+    "build": ("adaspec.build.command", "BuildOptions", "run_build",
+              "your target and data in: train a KD and an AdaSPEC drafter of every servable family, measure them "
+              "on held-out prompts, export the fastest for vLLM/SGLang, write a report"),
     "reproduce": ("adaspec.reproduce.pipeline", "ReproduceOptions", "run_reproduce",
                   "run the whole paper pipeline at CPU scale and write results/<task>/"),
 }

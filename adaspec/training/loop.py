@@ -12,6 +12,7 @@ accelerate config). Checkpoints: adaspec.training.checkpoint.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -36,6 +37,8 @@ TokenLoss = Callable[[torch.nn.Module, dict, int], tuple[torch.Tensor, torch.Ten
 PrepareItems = Callable[[list[dict], int, PreTrainedModel], list[dict]]
 Validate = Callable[[PreTrainedModel], dict[str, float]]
 OnStep = Callable[[int, list[dict]], None]  # (step about to run, its local micro-batches)
+# optimizer steps timed before --max-minutes fixes how many fit (the first ones include warm-up costs)
+TIMED_STEPS = 3
 
 
 def micro_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -91,6 +94,11 @@ class _Log:
         if self.writer:
             for k, v in values.items():
                 self.writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def shorten(self, total: int) -> None:
+        if self.bar:
+            self.bar.total = total
+            self.bar.refresh()
 
     def advance(self, logs: dict[str, float]) -> None:
         if self.bar:
@@ -177,15 +185,21 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
         raise AdaspecError(f"{len(items)} examples are fewer than one batch of {opts.batch_size}")
     total = opts.max_steps or planned_steps(len(items), opts.batch_size, opts.grad_accum, epochs)
 
+    saved = resumable(out)
+    if opts.max_minutes is not None and opts.resume and saved is not None:
+        # the horizon --max-minutes chose before the interruption, so the resumed lr schedule is the same one
+        total = min(total, json.loads((saved / "trainer_state.json").read_text()).get("total", total))
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     warmup = min(opts.warmup_steps, total // 2)
-    if opts.schedule == "constant":
-        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
-    else:
-        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
+
+    def make_scheduler(steps: int, last: int = -1) -> torch.optim.lr_scheduler.LambdaLR:
+        if opts.schedule == "constant":
+            return get_constant_schedule_with_warmup(optimizer, warmup, last_epoch=last)
+        return get_cosine_schedule_with_warmup(optimizer, warmup, steps, last_epoch=last)
+
+    scheduler = make_scheduler(total)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = _State()
-    saved = resumable(out)
     if opts.resume and saved is not None:
         meta = restore(saved, accelerator.unwrap_model(model), optimizer, scheduler)
         state = _State(meta["step"], meta["best"], meta["history"])
@@ -228,6 +242,7 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
 
     model.train()
     t0, tokens_seen = time.perf_counter(), 0
+    first_step = state.step
     while state.step < total:
         batches = _global_batch(items, opts, state.step, per_epoch, rank, world, prepare_items,
                                 accelerator.unwrap_model(model), pad_id)
@@ -250,6 +265,14 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
         logs["lr"] = scheduler.get_last_lr()[0]
         log.scalars("train", logs, state.step)
         log.advance(logs)
+        if opts.max_minutes is not None and state.step - first_step == TIMED_STEPS:
+            fits = first_step + int(opts.max_minutes * 60 / ((time.perf_counter() - t0) / TIMED_STEPS))
+            if fits < total:
+                # the lr schedule is redrawn over the steps that fit, so the run still ends decayed
+                accelerator.print(f"--max-minutes {opts.max_minutes:g}: {fits} of {total} steps fit")
+                total = max(fits, state.step)
+                scheduler = make_scheduler(total, last=state.step - 1)
+                log.shorten(total)
         if opts.val_every and state.step % opts.val_every == 0 and state.step < total:
             validate_and_keep()
         if state.step % opts.save_every == 0 or state.step == total:

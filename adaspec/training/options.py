@@ -18,6 +18,9 @@ class TrainOptions(DataOptions):
     grad_accum: int = field(default=1, metadata=helptext("micro-batches per optimizer step"))
     epochs: float = field(default=1.0, metadata=helptext("passes over the training data"))
     max_steps: int | None = field(default=None, metadata=helptext("stop after this many optimizer steps"))
+    max_minutes: float | None = field(default=None, metadata=helptext(
+        "train about this many minutes: after the first steps are timed, the run (and its lr schedule) is "
+        "cut to the steps that fit", omit_at_default=True))
     lr: float = field(default=1e-3, metadata=helptext("peak learning rate (AdamW)"))
     schedule: Literal["cosine", "constant"] = field(default="cosine", metadata=helptext(
         "after the warm-up: cosine decay to 0, or constant (the AdaSPEC authors' scripts)"))
@@ -47,6 +50,7 @@ class TrainOptions(DataOptions):
                                f"vocabulary x 4 bytes); use --grad-accum for a larger batch")
         check_range(self, "epochs", 0, low_open=True)
         check_range(self, "max_steps", 1)
+        check_range(self, "max_minutes", 0, 10_000_000, low_open=True)
         check_range(self, "lr", 0, low_open=True)
         for name in ("val_every", "warmup_steps", "weight_decay", "grad_clip"):
             check_range(self, name, 0)
