@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file
 
-from adaspec import cli
+from adaspec import cli, data
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,3 +89,16 @@ def replay_greedy_sd(ok: Callable[[int, int], bool], gamma: int, max_new: int) -
         drafted, accepted, rejections = drafted + g, accepted + k, rejections + (k < g)
         r += k + 1
     return drafted, accepted, rejections
+
+
+def write_chats(path: Path, n: int, assistant: bool = True) -> Path:
+    """`n` GSM8K problems as chats: a system turn, the question, (with `assistant`) the worked answer."""
+    rows = []
+    for ex in data.load_task("gsm8k", "train", limit=n):
+        turns = [{"role": "system", "content": "You are a patient math tutor."},
+                 {"role": "user", "content": ex.prompt}]
+        if assistant:
+            turns.append({"role": "assistant", "content": ex.response})
+        rows.append(json.dumps({"messages": turns}))
+    path.write_text("\n".join(rows) + "\n")
+    return path

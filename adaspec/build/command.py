@@ -46,7 +46,8 @@ class BuildOptions(TrainOptions):
     # build reads only --data: the built-in tasks are `adaspec reproduce`'s
     task: str | None = field(default=None, metadata={"cli": False, "help": "unused: build trains on --data"})
     data: str | None = field(default=None, metadata=helptext(
-        "your data: a JSONL file of prompt/response records or chat `messages`/`conversations` (or hub:<name>)"))
+        "your data: a JSONL file of prompt/response records or chat `messages`/`conversations`, split here; or "
+        "a folder of train/validation/test.jsonl, whose splits are kept (or hub:<name>)"))
     target: str = field(metadata=helptext("your target: a model directory or hub id (its tokenizer is used)"))
     drafters: list[str] | None = field(default=None, metadata=helptext(
         f"drafter families to train ({', '.join(plan.FAMILIES)}; lm = a small draft model); default: every "
@@ -153,10 +154,19 @@ class Build:
         if path.exists():
             return json.loads(path.read_text())
         from adaspec import data as data_lib
-        examples = data_lib.load_examples(data_path=self.opts.data, split="train", prompt_field=self.opts.prompt_field,
-                                          response_field=self.opts.response_field, limit=self.opts.limit)
-        splits = plan.split_examples(examples, self.opts.test_examples, self.opts.val_examples,
-                                     self.opts.batch_size, self.opts.seed)
+
+        def read(split: str, limit: int | None) -> list:
+            return data_lib.load_examples(data_path=self.opts.data, split=split, limit=limit,
+                                          prompt_field=self.opts.prompt_field, response_field=self.opts.response_field)
+
+        if Path(self.opts.data).is_dir():  # the user's own splits (train/validation/test.jsonl), kept as given
+            splits = {"train": read("train", self.opts.limit), "validation": read("validation", self.opts.val_examples),
+                      "test": read("test", self.opts.test_examples)}
+            plan.check_train_batch(len(splits["train"]), self.opts.batch_size)
+        else:
+            splits = plan.split_examples(read("train", self.opts.limit), self.opts.test_examples,
+                                         self.opts.val_examples, self.opts.batch_size, self.opts.seed)
+        examples = [ex for part in splits.values() for ex in part]
         for name, part in splits.items():
             rows = [json.dumps(plan.example_record(ex), ensure_ascii=False) for ex in part]
             (self.data_dir / f"{name}.jsonl").parent.mkdir(parents=True, exist_ok=True)

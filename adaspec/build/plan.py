@@ -72,12 +72,16 @@ def split_examples(examples: list, n_test: int, n_val: int, batch_size: int, see
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
-    if len(train) < batch_size:
-        raise AdaspecError(f"{len(examples)} usable records leave {len(train)} for training after {n_test} test "
-                           f"and {n_val} validation records, fewer than one batch of {batch_size}; lower "
-                           f"--test-examples / --val-examples / --batch-size or bring more data")
+    check_train_batch(len(train), batch_size, f"{len(examples)} usable records leave {len(train)} for training "
+                      f"after {n_test} test and {n_val} validation records")
     return {"train": [examples[i] for i in train], "validation": [examples[i] for i in val],
             "test": [examples[i] for i in test]}
+
+
+def check_train_batch(n_train: int, batch_size: int, what: str | None = None) -> None:
+    if n_train < batch_size:
+        raise AdaspecError(f"{what or f'{n_train} training records'}, fewer than one batch of {batch_size}; lower "
+                           f"--test-examples / --val-examples / --batch-size or bring more data")
 
 
 def example_record(example: Any) -> dict[str, Any]:

@@ -65,7 +65,9 @@ def assemble(build: "Build", split: dict[str, Any], runs: dict[str, Path], sweep
             rows.append({**common, "engine": "vllm", "gamma": row["gamma"], "alpha": row["alpha"],
                          "alpha_drafted": row["alpha_drafted"], "tau": row["mean_acceptance_length"],
                          "position_acceptance": row["position_acceptance"], "speedup": row["vs_target"],
-                         "loaded": row["loaded"], "reason": row.get("reason")})
+                         "loaded": row["loaded"], "reason": row.get("reason"),
+                         # adaspec's α on vLLM's schedule (adaspec.serving.vllm_engine): what vLLM's must equal
+                         "alpha_same_schedule": (row.get("adaspec") or {}).get("alpha")})
     best = plan.best_row(rows)
     return {"dataset": Path(build.opts.data).stem, "target": build.opts.target, "command": command_line(build),
             "data": split, "gammas": build.opts.gammas,

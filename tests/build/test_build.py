@@ -5,33 +5,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from helpers import cli_error, run
-
-from adaspec import data, models
-from adaspec.chat import set_template
-
-
-def _chats(path: Path, n: int, assistant: bool = True) -> Path:
-    rows = []
-    for ex in data.load_task("gsm8k", "train", limit=n):
-        turns = [{"role": "system", "content": "You are a patient math tutor."},
-                 {"role": "user", "content": ex.prompt}]
-        if assistant:
-            turns.append({"role": "assistant", "content": ex.response})
-        rows.append(json.dumps({"messages": turns}))
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def chat_target(tmp_path_factory, tiny_tokenizer) -> Path:
-    """A tiny Llama target whose tokenizer carries the built-in chatml template."""
-    path = tmp_path_factory.mktemp("build") / "target"
-    models.save_model(models.build_model("tiny-llama", len(tiny_tokenizer), seed=0), path, tiny_tokenizer)
-    saved = models.load_tokenizer(path)
-    set_template(saved, "chatml")
-    saved.save_pretrained(str(path))
-    return path
+from helpers import cli_error, run, write_chats
 
 
 def _args(target: Path, chats: Path, out: Path, *more) -> list:
@@ -45,7 +19,7 @@ def _mtimes(out: Path) -> dict[str, float]:
 
 
 def test_build_trains_measures_exports_and_reports(tmp_path, chat_target, capsys):
-    chats, out = _chats(tmp_path / "chats.jsonl", 60), tmp_path / "build"
+    chats, out = write_chats(tmp_path / "chats.jsonl", 60), tmp_path / "build"
     assert run(*_args(chat_target, chats, out)) == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "results.json").read_text())
@@ -91,7 +65,7 @@ def test_build_trains_measures_exports_and_reports(tmp_path, chat_target, capsys
 
 
 def test_build_refuses_bad_input_before_training(tmp_path, chat_target, tiny_target_dir, capsys):
-    chats = _chats(tmp_path / "chats.jsonl", 40)
+    chats = write_chats(tmp_path / "chats.jsonl", 40)
     # a family vLLM cannot serve: named, with the families it can
     err = cli_error(capsys, *_args(chat_target, chats, tmp_path / "a", "--drafters", "mtp"))
     assert "cannot serve mtp" in err and "lm, eagle, medusa" in err
@@ -99,11 +73,11 @@ def test_build_refuses_bad_input_before_training(tmp_path, chat_target, tiny_tar
     err = cli_error(capsys, *_args(tiny_target_dir, chats, tmp_path / "b"))
     assert "--chat-template" in err
     # no usable record: chats without an assistant turn
-    err = cli_error(capsys, *_args(chat_target, _chats(tmp_path / "none.jsonl", 5, assistant=False),
+    err = cli_error(capsys, *_args(chat_target, write_chats(tmp_path / "none.jsonl", 5, assistant=False),
                                    tmp_path / "c"))
     assert "no usable record" in err
     # too few records for one training batch after the held-out splits
-    err = cli_error(capsys, *_args(chat_target, _chats(tmp_path / "few.jsonl", 12), tmp_path / "d"))
+    err = cli_error(capsys, *_args(chat_target, write_chats(tmp_path / "few.jsonl", 12), tmp_path / "d"))
     assert "fewer than one batch" in err
     # a time budget that cannot hold one step
     err = cli_error(capsys, *_args(chat_target, chats, tmp_path / "e", "--max-minutes", "1e-7"))
