@@ -40,8 +40,9 @@ ENGINES = ("auto", "adaspec", "vllm")
 class BuildOptions(TrainOptions):
     """Turn your own target and data into the drafter that serves it best: split the data, train a KD and an
     AdaSPEC drafter of every family the target's server can load, measure each on held-out prompts, export
-    the fastest for vLLM and SGLang and write a report. --max-steps / --max-minutes / --epochs are the budget
-    of each training run (every KD and AdaSPEC run gets the same)."""
+    the fastest for vLLM and SGLang and write a report. --max-steps / --epochs are the budget of each training
+    run; --max-minutes is the whole build's training time, shared equally by its runs (every KD and AdaSPEC
+    run gets the same budget)."""
 
     # build reads only --data: the built-in tasks are `adaspec reproduce`'s
     task: str | None = field(default=None, metadata={"cli": False, "help": "unused: build trains on --data"})
@@ -114,6 +115,7 @@ class Build:
         self.opts = opts
         self.out = Path(opts.output)
         self.data_dir = self.out / "data"
+        self.run_minutes: float | None = None  # --max-minutes shared by the training runs
 
     # ---- stage 0: inputs checked before anything is trained ----
 
@@ -199,7 +201,7 @@ class Build:
         shared = {f.name: getattr(self.opts, f.name) for f in dataclasses.fields(TrainOptions)
                   if f.name not in ("output", "task", "data", "prompt_field", "response_field", "limit",
                                     "data_dir", "overwrite")}
-        return {**shared, "output": str(output), "data": str(self.data_dir)}
+        return {**shared, "output": str(output), "data": str(self.data_dir), "max_minutes": self.run_minutes}
 
     def cache(self, name: str, ref: Path | None, reader: Path) -> Path:
         """The teacher cache `reader` trains from, built unless that run is already done."""
@@ -267,8 +269,13 @@ class Build:
         families, left_out = self.check_inputs(split)
         for family, why in left_out.items():
             _log(f"not training {family}: {why}")
+        runs = 2 * len(families)  # a KD and an AdaSPEC run per family
+        if self.opts.max_minutes is not None:
+            self.run_minutes = self.opts.max_minutes / runs
+            _log(f"{runs} training runs of about {self.run_minutes:.2f} minutes each (--max-minutes "
+                 f"{self.opts.max_minutes:g} in all)")
         python = measure.vllm_python(self)  # before training: a vLLM asked for and missing is refused now
-        measure.check_budget(self, split)
+        measure.check_budget(self)
         runs = self.train(families)
         sweep = measure.adaspec_sweep(self, runs)
         served = measure.vllm_rows(self, runs, sweep, python)

@@ -64,10 +64,10 @@ def _load(name: str, path: Path, target: Any, tokenizer: Any) -> Any:
     return load_model(path) if family == "lm" else load_drafter(family, path, target, tokenizer=tokenizer)
 
 
-def check_budget(build: "Build", split: dict[str, Any]) -> None:
-    """Refuse a --max-minutes that cannot hold one training step: one target forward over a batch, a step's
-    least cost, timed here before anything is trained."""
-    minutes = build.opts.max_minutes
+def check_budget(build: "Build") -> None:
+    """Refuse a --max-minutes whose share per training run cannot hold one training step: one target forward
+    over a batch, a step's least cost, timed here before anything is trained."""
+    minutes = build.run_minutes
     if minutes is None:
         return
     import torch
@@ -78,8 +78,8 @@ def check_budget(build: "Build", split: dict[str, Any]) -> None:
         target(input_ids=ids)
     seconds = time.perf_counter() - t0
     if minutes * 60 < seconds:
-        raise AdaspecError(f"--max-minutes {minutes:g} ({minutes * 60:.2f} s per training run) cannot fit one "
-                           f"training step: one target forward over a batch of {build.opts.batch_size} x "
+        raise AdaspecError(f"--max-minutes {build.opts.max_minutes:g} ({minutes * 60:.2f} s per training run) "
+                           f"cannot fit one training step: one target forward over a batch of {build.opts.batch_size} x "
                            f"{build.opts.max_length} tokens takes {seconds:.2f} s here")
 
 
