@@ -31,9 +31,9 @@ class GenerateOptions:
     prompt: str = field(metadata={"help": "prompt text"})
     draft: str | None = field(default=None, metadata={
         "help": "draft model directory or hub id (same vocabulary as the target), with --drafter lm"})
-    drafter: Literal["lm", "eagle", "mtp", "medusa"] = field(default="lm", metadata={
+    drafter: Literal["lm", "eagle", "mtp", "medusa", "dflash"] = field(default="lm", metadata={
         "help": "what proposes the tokens: a draft model (lm) or a head trained by train-head"})
-    head: str | None = field(default=None, metadata={"help": "head directory, with --drafter eagle|mtp|medusa"})
+    head: str | None = field(default=None, metadata={"help": "head directory, with --drafter eagle|mtp|medusa|dflash"})
     strict: bool = strict_field()
     decode_path: Literal["auto", "lean", "hf"] = field(default="auto", metadata={
         "help": "lean: adaspec's minimal forward (Llama, GPT-NeoX, GPT-2); hf: transformers'; auto: lean when "

@@ -62,7 +62,7 @@ class EvalOptions:
     draft: list[str] | None = field(default=None, metadata=helptext(
         "draft model directories; several are compared side by side"))
     head: list[str] | None = field(default=None, metadata=helptext(
-        "heads trained by train-head, as KIND=DIR (KIND: eagle, mtp, medusa), measured beside the drafts"))
+        "heads trained by train-head, as KIND=DIR (KIND: eagle, mtp, medusa, dflash), measured beside the drafts"))
     decode_path: Literal["auto", "lean", "hf"] = field(default="auto", metadata=helptext(
         "lean: adaspec's minimal forward (Llama, GPT-NeoX, GPT-2); hf: transformers'; auto: lean where the "
         "family supports it. The target alone and every draft use the same path"))
@@ -117,8 +117,8 @@ class EvalOptions:
             raise AdaspecError("give at least one --draft or --head")
         for spec in self.head or []:
             kind, sep, path = spec.partition("=")
-            if not sep or kind not in ("eagle", "mtp", "medusa") or not path:
-                raise AdaspecError(f"--head must be KIND=DIR with KIND eagle, mtp or medusa, got {spec!r}")
+            if not sep or kind not in ("eagle", "mtp", "medusa", "dflash") or not path:
+                raise AdaspecError(f"--head must be KIND=DIR with KIND eagle, mtp, medusa or dflash, got {spec!r}")
         if self.data is None and self.task not in data_lib.TASKS:
             raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
         if self.split not in data_lib.SPLITS:

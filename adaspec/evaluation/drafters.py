@@ -246,7 +246,7 @@ def add_drafter_arguments(p: argparse.ArgumentParser, target_required: bool = Tr
     p.add_argument("--target", required=target_required, help="target model directory")
     p.add_argument("--draft", nargs="*", default=[], help="draft models as NAME=DIR (e.g. distillspec=runs/...)")
     p.add_argument("--head", nargs="*", default=[], help="heads as KIND=DIR or KIND:NAME=DIR, KIND one of "
-                   "eagle, mtp, medusa (e.g. eagle=runs/heads/eagle)")
+                   "eagle, mtp, medusa, dflash (e.g. eagle=runs/heads/eagle)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,8 @@ from typing import Literal
 
 import torch
 
+from adaspec.drafters.dflash.export import export_command as export_dflash_command
+from adaspec.drafters.dflash.model import CHECKPOINT_KEY as DFLASH_KEY
 from adaspec.drafters.eagle import CHECKPOINT_KEY, EagleHead
 from adaspec.drafters.head_checkpoint import check_finite, read_weights
 from adaspec.drafters.loading import saved_kind
@@ -28,7 +30,8 @@ class ExportOptions:
     """Write a trained head as a serving engine loads it: EAGLE-3 / EAGLE-1 heads as vLLM's
     Eagle3LlamaForCausalLM / EagleLlamaForCausalLM (or SGLang's LlamaForCausalLMEagle3 / LlamaForCausalLMEagle),
     Medusa heads as vLLM's MedusaModel, MTP modules under DeepSeek-V3's MTP-layer names (for conversion
-    tools: no server runs them). Warns in one line when vLLM cannot serve the result."""
+    tools: no server runs them), DFlash heads as vLLM's DFlashDraftModel. Warns in one line when vLLM cannot
+    serve the result."""
 
     head: str = field(metadata=helptext("head checkpoint directory (the output of `adaspec train-head`)"))
     output: str = field(metadata=helptext("directory to write the exported head to"))
@@ -44,11 +47,13 @@ class ExportOptions:
 
 
 def head_kind(path: str) -> str:
-    """"eagle", "medusa" or "mtp": what train-head wrote in `path`."""
+    """"eagle", "dflash", "medusa" or "mtp": what train-head wrote in `path`."""
     try:
         config = json.loads((Path(path) / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise AdaspecError(f"{path} is not a head checkpoint (no readable config.json)") from exc
+    if DFLASH_KEY in config:
+        return "dflash"
     return "eagle" if CHECKPOINT_KEY in config else saved_kind(path)
 
 
@@ -69,6 +74,11 @@ def _target_config(opts: ExportOptions) -> dict | None:
 def _export(opts: ExportOptions) -> int:
     kind = head_kind(opts.head)
     check_finite(read_weights(opts.head), opts.head)
+    if kind == "dflash":
+        if opts.format is not None or opts.server != "vllm":
+            raise AdaspecError("a DFlash head is exported in vLLM's layout only (no --format, --server vllm)")
+        export_dflash_command(opts.head, opts.output, DTYPES[opts.dtype], _target_config(opts))
+        return 0
     if kind != "eagle":
         return _export_multi_token(opts, kind)
     head = EagleHead.from_pretrained(opts.head)

@@ -4,8 +4,10 @@ and not from the server later. Pure functions of a transformers config (or its d
 Checked against vLLM 0.32.0 (`VLLM_VERSION`):
 - head sizes: its CPU attention backend takes exactly `SERVABLE_HEAD_SIZES`
   (vllm/v1/attention/backends/cpu_attn.py `get_supported_head_sizes`; the GPU backends were not tried here);
-- EAGLE-3 (and DFlash) read auxiliary hidden states of the target, which only target families implementing
-  `SupportsEagle3` provide (llama.py, qwen2.py, qwen3.py, ...; not GPT-NeoX or GPT-2);
+- EAGLE-3 and DFlash read auxiliary hidden states of the target, which only target families implementing
+  `SupportsEagle3` provide (llama.py, qwen2.py, qwen3.py, ...; not GPT-NeoX or GPT-2). DFlash's non-causal
+  block runs on the CPU build (cpu_attn.py `supports_non_causal`; loaded and decoded there by
+  tests/serving/test_vllm_engine.py);
 - MTP: vLLM's MTP drafters exist only for targets trained with their own MTP layers (DeepSeek-V3, MiMo,
   Qwen3-Next, ...), none of which adaspec's modules are.
 """
@@ -51,13 +53,18 @@ def head_size_problem(config: Any) -> str | None:
             f"choose hidden size / heads from that set")
 
 
-def eagle3_target_problem(target_config: Any) -> str | None:
-    """Why vLLM cannot serve an EAGLE-3 head on this target, or None."""
+def aux_hidden_problem(target_config: Any, method: str) -> str | None:
+    """Why vLLM cannot serve a drafter reading auxiliary hidden states (EAGLE-3, DFlash) on this target."""
     family = _get(target_config, "model_type")
     if family in AUX_HIDDEN_FAMILIES:
         return None
-    return (f"vLLM's EAGLE-3 reads auxiliary hidden states, which its {family} models do not expose "
+    return (f"vLLM's {method} reads auxiliary hidden states, which its {family} models do not expose "
             f"(targets: {', '.join(AUX_HIDDEN_FAMILIES)})")
+
+
+def eagle3_target_problem(target_config: Any) -> str | None:
+    """Why vLLM cannot serve an EAGLE-3 head on this target, or None."""
+    return aux_hidden_problem(target_config, "EAGLE-3")
 
 
 def warn_unservable(what: str, problems: list[str | None]) -> bool:

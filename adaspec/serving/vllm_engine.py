@@ -32,6 +32,7 @@ from transformers import PreTrainedModel
 
 from adaspec.decoding.generate import speculative_generate
 from adaspec.drafters.base import Drafter
+from adaspec.drafters.dflash.export import serve_dflash
 from adaspec.drafters.eagle import EagleHead
 from adaspec.errors import AdaspecError
 from adaspec.export.eagle import export_eagle1, export_eagle3
@@ -89,7 +90,7 @@ def _serve_mtp(path: str, target: PreTrainedModel, out: Path) -> tuple[str, str]
 
 
 SERVE: dict[str, Callable[[str, PreTrainedModel, Path], tuple[str, str]]] = {
-    "lm": _serve_lm, "eagle": _serve_eagle, "medusa": _serve_medusa, "mtp": _serve_mtp}
+    "lm": _serve_lm, "eagle": _serve_eagle, "medusa": _serve_medusa, "mtp": _serve_mtp, "dflash": serve_dflash}
 
 
 @dataclass(frozen=True)

@@ -152,3 +152,27 @@ def test_config_refuses_bad_sizes_in_one_line(overrides, message):
     with pytest.raises(AdaspecError, match=message) as err:
         DFlashConfig.for_target(target, **overrides)
     assert len(str(err.value).splitlines()) == 1
+
+
+def test_export_writes_the_names_vllm_loads(tmp_path):
+    """vLLM 0.32's DFlashQwen3ForCausalLM.load_weights (qwen3_dflash.py) prefixes these names with "model." and
+    stacks q/k/v and gate/up; no embedding or head (vLLM shares the target's); the mask embedding beside."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from adaspec.drafters.dflash.export import MASK_EMBEDDING, export_dflash
+
+    target = build_model("tiny-llama", V, seed=1)
+    head = make_drafter(target, num_layers=2, target_layers=(0, 1)).head
+    export_dflash(head, tmp_path, torch.float32)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["DFlashDraftModel"] and config["num_hidden_layers"] == 2
+    assert config["dflash_config"] == {"mask_token_id": V - 1, "target_layer_ids": [0, 1], "block_size": BLOCK}
+    layer = {"input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
+             "self_attn.v_proj", "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "mlp.gate_proj",
+             "mlp.up_proj", "mlp.down_proj"}
+    assert set(load_file(str(tmp_path / "model.safetensors"))) == {"fc.weight", "hidden_norm.weight", "norm.weight"} | {
+        f"layers.{i}.{n}.weight" for i in range(2) for n in layer}
+    mask = torch.load(tmp_path / MASK_EMBEDDING, weights_only=True)
+    assert mask["mask_token_id"] == V - 1 and torch.equal(mask["embedding"], head.mask_embedding.detach())

@@ -262,10 +262,3 @@ class DFlashHead(nn.Module):
         if dtype is not None:
             head.to(dtype)
         return head.eval()
-
-
-def is_dflash_checkpoint(path: str | Path) -> bool:
-    try:
-        return CHECKPOINT_KEY in json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
