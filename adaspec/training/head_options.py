@@ -3,6 +3,7 @@
 --kind eagle         an EAGLE-3 / EAGLE-1 feature head, training-time-test unroll (adaspec.training.eagle_head)
 --kind mtp|medusa    DeepSeek-style MTP modules or Medusa heads, one loss per depth
                      (adaspec.training.multi_token_head)
+--kind dflash        a DFlash block drafter, one loss per block slot (adaspec.drafters.dflash.training)
 Both run on the shared training loop with the divergences of adaspec.distill.losses and AdaSPEC's per-step
 (per-depth) selection against a reference head trained with --method kd. The target's signal comes from a
 live forward per batch or, with --teacher-cache, from `adaspec cache --hidden-layers`
@@ -18,7 +19,7 @@ from typing import Any, Literal
 
 from adaspec.distill import selection
 from adaspec.errors import AdaspecError
-from adaspec.options import helptext, strict_field
+from adaspec.options import MAX_BATCH_TOKENS, helptext, strict_field
 from adaspec.training.loop import OnStep
 from adaspec.training.options import TrainOptions
 from adaspec.training.run_fingerprint import Run, cache_fingerprint, open_run, path_fingerprint
@@ -31,8 +32,9 @@ class TrainHeadOptions(TrainOptions):
     """Train a drafter head on a frozen target: plain KD, or AdaSPEC selection per step against a KD head."""
 
     target: str = field(metadata=helptext("target model directory (its tokenizer is used); stays frozen"))
-    kind: Literal["eagle", "mtp", "medusa"] = field(default="eagle", metadata=helptext(
-        "eagle: one layer on fused target features; mtp: sequential modules; medusa: parallel heads"))
+    kind: Literal["eagle", "mtp", "medusa", "dflash"] = field(default="eagle", metadata=helptext(
+        "eagle: one layer on fused target features; mtp: sequential modules; medusa: parallel heads; "
+        "dflash: a block of mask slots drafted in one forward (adaspec.drafters.dflash)"))
     method: Literal["kd", "adaspec"] = field(default="kd", metadata=helptext(
         "kd: every response token at every step; adaspec: per-step selective KD against --ref"))
     ref: str | None = field(default=None, metadata=helptext("reference head directory (required by adaspec)"))
@@ -59,13 +61,21 @@ class TrainHeadOptions(TrainOptions):
     variant: Literal["eagle3", "eagle1"] = field(default="eagle3", metadata=helptext(
         "eagle: eagle3 fuses three target layers; eagle1 reads the final normed state only"))
     aux_layers: str | None = field(default=None, metadata=helptext(
-        "eagle3: target layers, e.g. 1,5,9 (default: the reference's low/middle/high)"))
+        "eagle3/dflash: target layers, e.g. 1,5,9 (default: the reference's; eagle3: low/middle/high)"))
     draft_vocab: int = field(default=0, metadata=helptext(
         "eagle: draft vocabulary of the N most frequent response tokens (0: the full vocabulary)"))
     ttt_steps: int = field(default=7, metadata=helptext("eagle: training-time-test unroll steps per position"))
-    step_decay: float = field(default=0.8, metadata=helptext("eagle: weight of unroll step j is decay**j"))
+    step_decay: float = field(default=0.8, metadata=helptext(
+        "eagle: weight of unroll step j is decay**j; dflash: of block slot j, decay**(j-1)"))
     feature_weight: float = field(default=0.0, metadata=helptext(
         "eagle1: feature-regression (smooth-L1) weight; the reference uses 10x the token loss's weight"))
+    # --kind dflash
+    block_size: int = field(default=4, metadata=helptext(
+        "dflash: block size B = the last token and B-1 mask slots, so at most B-1 proposals per step"))
+    draft_layers: int = field(default=1, metadata=helptext("dflash: decoder layers of the head"))
+    anchors: int = field(default=16, metadata=helptext("dflash: blocks trained per sequence per micro-batch"))
+    mask_token_id: int | None = field(default=None, metadata=helptext(
+        "dflash: the id standing for a masked slot, whose embedding is trained (default: the last id)"))
     # --kind mtp / medusa
     depth: int | None = field(default=None, metadata=helptext(
         "mtp/medusa: modules or heads = most tokens proposed per step (default: 3 for mtp, 4 for medusa)"))
@@ -94,6 +104,8 @@ class TrainHeadOptions(TrainOptions):
                                "covers the dataset's responses (use --data-source dataset)")
         if self.kind == "eagle":
             self._check_eagle()
+        elif self.kind == "dflash":
+            self._check_dflash()
         else:
             self._check_multi_token()
 
@@ -109,6 +121,25 @@ class TrainHeadOptions(TrainOptions):
             raise AdaspecError(f"--draft-vocab must be >= 0, got {self.draft_vocab}")
         if self.feature_weight < 0 or (self.feature_weight > 0 and self.variant != "eagle1"):
             raise AdaspecError("--feature-weight must be >= 0 and applies to --variant eagle1 only")
+
+    def _check_dflash(self) -> None:
+        from adaspec.drafters.dflash.model import MAX_BLOCK_SIZE, MAX_DRAFT_LAYERS
+
+        if self.loss == "ce" or self.init is not None:
+            raise AdaspecError("a DFlash head distils a divergence (not --loss ce) and starts untrained (no --init)")
+        if not 2 <= self.block_size <= min(MAX_BLOCK_SIZE, self.max_length):
+            raise AdaspecError(f"--block-size must be in 2..{min(MAX_BLOCK_SIZE, self.max_length)} (at most "
+                               f"--max-length), got {self.block_size}")
+        if not 1 <= self.draft_layers <= MAX_DRAFT_LAYERS:
+            raise AdaspecError(f"--draft-layers must be in 1..{MAX_DRAFT_LAYERS}, got {self.draft_layers}")
+        if not 1 <= self.anchors <= self.max_length:
+            raise AdaspecError(f"--anchors must be in 1..{self.max_length} (--max-length), got {self.anchors}")
+        rows = self.batch_size * self.anchors * self.block_size  # the block logits' rows of a micro-batch
+        if rows > MAX_BATCH_TOKENS:
+            raise AdaspecError(f"--batch-size x --anchors x --block-size is {rows:,}, above the limit of "
+                               f"{MAX_BATCH_TOKENS:,}")
+        if not 0 < self.step_decay <= 1:
+            raise AdaspecError(f"--step-decay must be in (0, 1], got {self.step_decay}")
 
     def _check_multi_token(self) -> None:
         from adaspec.drafters.multi_token_loss import depth_weights
@@ -160,6 +191,9 @@ def head_run(opts: TrainHeadOptions, accelerator: Any) -> Iterator[Run]:
 
 def run_train_head(opts: TrainHeadOptions, on_step: OnStep | None = None) -> None:
     """The recipe of the head family."""
+    if opts.kind == "dflash":
+        from adaspec.drafters.dflash.training import run_dflash_head
+        return run_dflash_head(opts, on_step)
     if opts.kind == "eagle":
         from adaspec.training.eagle_head import run_eagle_head
         return run_eagle_head(opts, on_step)
