@@ -52,7 +52,7 @@ class BuildOptions(TrainOptions):
     target: str = field(metadata=helptext("your target: a model directory or hub id (its tokenizer is used)"))
     drafters: list[str] | None = field(default=None, metadata=helptext(
         f"drafter families to train ({', '.join(plan.FAMILIES)}; lm = a small draft model); default: every "
-        "family vLLM can serve on this target"))
+        f"family vLLM can serve on this target, but {', '.join(plan.OPT_IN)} only when named"))
     draft_init: str | None = field(default=None, metadata=helptext(
         "a small draft model (directory or hub id) sharing the target's tokenizer to start the lm drafters "
         "from; default: one built for the target (--preset)"))
@@ -233,8 +233,9 @@ class Build:
         out = self.out / "runs" / f"{family}_{method}"
         if not _done(out):
             _log(f"training {family} heads with {method} -> {out}")
-            shape = ({"variant": self.eagle_variant(), "ttt_steps": max(self.opts.gammas)} if family == "eagle"
-                     else {"depth": max(self.opts.gammas)})
+            # heads shaped for the largest γ measured
+            shape = {"eagle": {"variant": self.eagle_variant(), "ttt_steps": max(self.opts.gammas)},
+                     "dflash": {"block_size": max(self.opts.gammas) + 1}}.get(family, {"depth": max(self.opts.gammas)})
             run_train_head(TrainHeadOptions(**self._shared(out), target=self.opts.target, kind=family,
                                             method=method, ref=str(ref) if ref else None, init_seed=self.opts.seed,
                                             val_max_new_tokens=self.opts.max_new_tokens, **shape))

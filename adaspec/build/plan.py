@@ -6,10 +6,14 @@ import random
 from typing import Any
 
 from adaspec.errors import AdaspecError
-from adaspec.serving.constraints import MTP_REASON, eagle3_target_problem, head_size_problem
+from adaspec.serving.constraints import (MTP_REASON, aux_hidden_problem, eagle3_target_problem,
+                                         head_size_problem)
 
 # drafter families build trains, in the order it trains them (names as adaspec.drafters.DRAFTERS has them)
-FAMILIES = ("lm", "eagle", "medusa", "mtp")
+FAMILIES = ("lm", "eagle", "medusa", "mtp", "dflash")
+# families a build trains only when --drafters names them, and why
+OPT_IN = {"dflash": "trained only when --drafters names it: its heads learn slowly at this scale (greedy α about "
+                    "0.1 after 150 steps on the demo target, docs/dflash.md)"}
 MAX_GAMMA = 16
 MAX_HELD_OUT = 100_000
 # what a build writes under --output (removed by --overwrite, nothing else is)
@@ -29,11 +33,13 @@ def read_config(path: str, trust_remote_code: bool = False) -> dict[str, Any]:
 
 def serve_problems(target: dict[str, Any], draft: dict[str, Any] | None) -> dict[str, str | None]:
     """Per family, why vLLM cannot serve it on this target (None: it can). An EAGLE head attends with the
-    target's head size; a built draft always has a servable one, a given --draft-init may not."""
+    target's head size (so does a DFlash head, which also reads auxiliary hidden states); a built draft always
+    has a servable one, a given --draft-init may not."""
     return {"lm": head_size_problem(draft) if draft is not None else None,
             "eagle": head_size_problem(target),
             "medusa": None,
-            "mtp": MTP_REASON}
+            "mtp": MTP_REASON,
+            "dflash": head_size_problem(target) or aux_hidden_problem(target, "DFlash")}
 
 
 def choose_families(requested: list[str] | None, problems: dict[str, str | None]) -> tuple[list[str], dict[str, str]]:
@@ -41,7 +47,9 @@ def choose_families(requested: list[str] | None, problems: dict[str, str | None]
     is refused in one line naming the families that can be."""
     servable = [f for f in FAMILIES if problems[f] is None]
     if requested is None:
-        return servable, {f: f"vLLM cannot serve it: {problems[f]}" for f in FAMILIES if problems[f]}
+        left_out = {f: f"vLLM cannot serve it: {problems[f]}" for f in FAMILIES if problems[f]}
+        left_out.update({f: why for f, why in OPT_IN.items() if f in servable})
+        return [f for f in servable if f not in OPT_IN], left_out
     for family in requested:
         if problems[family]:
             raise AdaspecError(f"vLLM cannot serve {family} drafters on this target: {problems[family]}; "

@@ -117,9 +117,20 @@ def _export_mtp(build: "Build", path: Path, gamma: int) -> dict[str, str | None]
     return {"vllm": None, "sglang": None}
 
 
+def _export_dflash(build: "Build", path: Path, gamma: int) -> dict[str, str | None]:
+    import torch
+
+    from adaspec.drafters.dflash.export import export_dflash
+    from adaspec.drafters.dflash.model import DFlashHead
+    out = export_dflash(DFlashHead.from_pretrained(str(path)), build.out / "export" / "vllm", torch.float32)
+    spec = {"method": "dflash", "model": str(out), "num_speculative_tokens": gamma}
+    return {"vllm": _vllm(build, spec), "sglang": None}
+
+
 EXPORTS: dict[str, Callable[["Build", Path, int], dict[str, str | None]]] = {
-    "lm": _export_lm, "eagle": _export_eagle, "medusa": _export_medusa, "mtp": _export_mtp}
-WHY_NOT_SERVED = {"medusa": "SGLang serves no Medusa heads", "mtp": "no server runs adaspec's MTP modules"}
+    "lm": _export_lm, "eagle": _export_eagle, "medusa": _export_medusa, "mtp": _export_mtp, "dflash": _export_dflash}
+WHY_NOT_SERVED = {"medusa": "SGLang serves no Medusa heads", "mtp": "no server runs adaspec's MTP modules",
+                  "dflash": "adaspec writes DFlash heads in vLLM's layout only"}
 
 
 def _vllm(build: "Build", spec: dict[str, Any]) -> str:

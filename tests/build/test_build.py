@@ -64,6 +64,18 @@ def test_build_trains_measures_exports_and_reports(tmp_path, chat_target, capsys
     assert _mtimes(out) == before
 
 
+def test_build_trains_the_parallel_dflash_drafter_when_named(tmp_path, chat_target):
+    out = tmp_path / "build"
+    assert run(*_args(chat_target, write_chats(tmp_path / "chats.jsonl", 40), out, "--drafters", "dflash")) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert {(r["drafter"], r["method"]) for r in result["rows"]} == {("dflash", "kd"), ("dflash", "adaspec")}
+    # a block of the largest γ + 1, exported in vLLM's DFlash layout
+    assert json.loads((out / "runs" / "dflash_kd" / "config.json").read_text())["adaspec_dflash_head"][
+        "block_size"] == 3
+    assert json.loads((out / "export" / "vllm" / "config.json").read_text())["architectures"] == ["DFlashDraftModel"]
+    assert '"method": "dflash"' in result["serve"]["vllm"] and result["serve"]["sglang"] is None
+
+
 def test_build_refuses_bad_input_before_training(tmp_path, chat_target, tiny_target_dir, capsys):
     chats = write_chats(tmp_path / "chats.jsonl", 40)
     # a family vLLM cannot serve: named, with the families it can

@@ -11,7 +11,12 @@ from adaspec.serving.constraints import SERVABLE_HEAD_SIZES
 def test_families_are_what_vllm_serves_and_a_requested_unservable_one_is_refused():
     llama = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 2, "num_hidden_layers": 4}
     families, left_out = plan.choose_families(None, plan.serve_problems(llama, None))
-    assert families == ["lm", "eagle", "medusa"] and set(left_out) == {"mtp"}
+    assert families == ["lm", "eagle", "medusa"] and set(left_out) == {"mtp", "dflash"}
+    assert "only when --drafters names it" in left_out["dflash"]
+    assert plan.choose_families(["dflash"], plan.serve_problems(llama, None))[0] == ["dflash"]
+    neox = {**llama, "model_type": "gpt_neox"}  # vLLM's GPT-NeoX exposes no auxiliary hidden states
+    with pytest.raises(AdaspecError, match="cannot serve dflash"):
+        plan.choose_families(["dflash"], plan.serve_problems(neox, None))
     odd = {**llama, "num_attention_heads": 4}  # head size 16: no vLLM attention backend takes it
     problems = plan.serve_problems(odd, {"hidden_size": 48, "num_attention_heads": 2})
     assert plan.choose_families(None, problems)[0] == ["medusa"]
