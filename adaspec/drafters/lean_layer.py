@@ -1,4 +1,5 @@
-"""The heads' Llama-style layer (EagleLayer, DecoderBlock) on a lean decode path.
+"""The heads' Llama-style layer (EagleLayer, DecoderBlock, DFlash's Qwen3-style DFlashLayer) on a lean decode
+path.
 
 The nn.Modules stay the one definition: training runs them, and tests hold this view to their outputs
 (tests/drafters/test_lean_layer.py). At decode time a head runs one layer over one to a few rows per call,
@@ -38,11 +39,14 @@ def _t(linear: nn.Linear) -> Tensor:
 
 class LeanLayer:
     """One Llama decoder layer, its attention input given pre-normed, with its own KV cache of `length`
-    rows: `run(x, residual)` returns residual + attn(x), then + mlp(norm(.)), as the modules do."""
+    rows: `run(x, residual)` returns residual + attn(x), then + mlp(norm(.)), as the modules do.
+    `qk_norms` (Qwen3's per-head q_norm and k_norm, applied before the rotation) when the attention has them."""
 
     def __init__(self, attn: nn.Module, post_norm: nn.Module, mlp: nn.Module, heads: int, kv_heads: int,
-                 head_dim: int, theta: float, capacity: int = 256):
+                 head_dim: int, theta: float, capacity: int = 256,
+                 qk_norms: tuple[nn.Module, nn.Module] | None = None):
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.qk_norms = qk_norms
         self.w_qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach().t().contiguous()
         self.w_o = _t(attn.o_proj)
         self.post_norm = post_norm
@@ -91,33 +95,52 @@ class LeanLayer:
     def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         return torch.addcmul(x * cos, x.index_select(-1, self.perm), sin)
 
+    def _store(self, kv: Tensor, s: int, e: int, cos: Tensor, sin: Tensor) -> None:
+        """Cache rows s..e-1 from kv [T, 2 * kv_heads * d], the projected keys then values."""
+        t, n = kv.shape[0], self.kv_heads * self.head_dim
+        k = kv[:, :n].view(t, self.kv_heads, self.head_dim)
+        if self.qk_norms is not None:
+            k = rms_norm(k, self.qk_norms[1])
+        self.k[:, s:e] = self._rotate(k, cos, sin).transpose(0, 1)
+        self.v[:, s:e] = kv[:, n:].view(t, self.kv_heads, self.head_dim).transpose(0, 1)
+
+    def append(self, x: Tensor) -> None:
+        """Cache the keys and values of rows x [T, in] after the cached rows, with no query: DFlash's context,
+        which its layers attend as keys and values only."""
+        s, e = self.length, self.length + x.shape[0]
+        self._reserve(e)
+        self._store(x @ self.w_qkv[:, self.heads * self.head_dim:], s, e, self.cos[s:e, None], self.sin[s:e, None])
+        self.length = e
+
     def run(self, x: Tensor, residual: Tensor, positions: Tensor | None = None,
-            visible: Tensor | None = None) -> Tensor:
+            visible: Tensor | None = None, causal: bool = True) -> Tensor:
         """x [T, in] (the attention input, normed), residual [T, H], appended after the cached rows.
 
         positions [T]: rotary positions (default: the rows' own, length..length+T-1); visible
-        [T, length + T] bool: which rows each query sees (default: causal over rows)."""
+        [T, length + T] bool: which rows each query sees (default: causal over rows, or every row when not
+        `causal`: DFlash's block)."""
         t, s = x.shape[0], self.length
         e = s + t
         self._reserve(e)
-        h, kv, d = self.heads, self.kv_heads, self.head_dim
+        h, d = self.heads, self.head_dim
         qkv = x @ self.w_qkv
         if positions is None:
             cos, sin = self.cos[s:e, None], self.sin[s:e, None]
         else:
             cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
-        q = self._rotate(qkv[:, : h * d].view(t, h, d), cos, sin)
-        k = self._rotate(qkv[:, h * d:(h + kv) * d].view(t, kv, d), cos, sin)
-        self.k[:, s:e] = k.transpose(0, 1)
-        self.v[:, s:e] = qkv[:, (h + kv) * d:].view(t, kv, d).transpose(0, 1)
+        q = qkv[:, : h * d].view(t, h, d)
+        if self.qk_norms is not None:
+            q = rms_norm(q, self.qk_norms[0])
+        q = self._rotate(q, cos, sin)
+        self._store(qkv[:, h * d:], s, e, cos, sin)
         if visible is not None:
             mask = visible.to(x.device)
-        elif t > 1:
+        elif t > 1 and causal:
             mask = torch.arange(e, device=x.device)[None, :] <= torch.arange(s, e, device=x.device)[:, None]
         else:
-            mask = None  # one query after every cached row sees them all
+            mask = None  # one query after every cached row, or a non-causal block, sees them all
         a = F.scaled_dot_product_attention(q.transpose(0, 1)[None], self.k[None, :, :e], self.v[None, :, :e],
-                                           attn_mask=mask, enable_gqa=h != kv)
+                                           attn_mask=mask, enable_gqa=h != self.kv_heads)
         self.length = e
         out = torch.addmm(residual, a[0].transpose(0, 1).reshape(t, h * d), self.w_o)
         gate, up = (rms_norm(out, self.post_norm) @ self.w_gate_up).split(self.inter, dim=-1)

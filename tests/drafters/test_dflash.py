@@ -52,7 +52,7 @@ def test_one_block_forward_equals_the_training_forward(preset):
     drafter.prefill(seq[:5], hidden[:, :4])
     for n in (5, 7, 8, 11):
         if n > 5:
-            drafter.accept(n, hidden[:, drafter.caches[0].length: n - 1])
+            drafter.accept(n, hidden[:, drafter.lean.length: n - 1])
         got = drafter.block_logits(seq, n, BLOCK - 1)
         feats = hidden.permute(1, 0, 2).reshape(1, len(seq), -1)
         want = head(target_parts(target), feats, seq[None], torch.tensor([[n - 1]]))[0, 0]

@@ -1,15 +1,19 @@
 """The heads' lean decode path (adaspec.drafters.lean_layer) against the modules it views: EAGLE heads
 (both variants, grouped-query attention) and MTP modules, fed in chunks after a cache, after cropping,
-with explicit positions and tree visibility, and with rows kept out of order."""
+with explicit positions and tree visibility, and with rows kept out of order; DFlash's blocks (q/k norms,
+non-causal, after context rows with no query) against its training forward."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from adaspec.drafters.dflash import DFlashConfig, DFlashDrafter, DFlashHead
 from adaspec.drafters.eagle import EagleConfig, EagleHead, causal_attend
 from adaspec.drafters.eagle_drafter import LeanEagle
 from adaspec.drafters.mtp import LeanMTPModule, MTPConfig, MTPHeads
+from adaspec.drafters.target_parts import target_parts
+from adaspec.models import build_model
 
 V = 48
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -117,3 +121,29 @@ def test_drafters_rebuild_their_lean_view_after_the_weights_change():
         head.layer.mlp.down_proj.weight.mul_(2.0)  # as an optimizer step would, in place
     drafter.prefill(torch.tensor([1, 2]), None)
     torch.testing.assert_close(drafter.lean.layer.w_down, head.layer.mlp.down_proj.weight.t())
+
+
+def test_lean_dflash_block_logits_equal_the_training_forward():
+    """The drafter's lean blocks after context appended in chunks (past the cache's initial 256 rows), at
+    every γ and with the mask id as the last token, equal the module's training forward of a block that
+    wide at the same anchor (grouped-query attention, two layers, every norm and the mask embedding
+    perturbed so each weight matters)."""
+    target = build_model("tiny-llama", V, seed=1)
+    cfg = DFlashConfig.for_target(target, block_size=4, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                                  target_layers=(0, 1))
+    head = _perturbed(DFlashHead.from_target(target, cfg), seed=7)
+    drafter, parts = DFlashDrafter(head, target), target_parts(target)
+    gen = torch.Generator().manual_seed(8)
+    t = 300
+    seq, feats = torch.randint(0, V, (t,), generator=gen), torch.randn(t, 2 * 32, generator=gen)
+    seq[269] = cfg.mask_token_id
+    hidden = feats.view(t, 2, 32).transpose(0, 1)  # [layers, T, H], as the engine passes them
+    with torch.no_grad():
+        drafter.prefill(seq[:9], hidden[:, :8])
+        for n in (9, 10, 200, 270, 290):
+            drafter.accept(n, hidden[:, drafter.lean.length: n - 1])
+            for gamma in range(1, cfg.block_size):
+                narrow = DFlashHead(DFlashConfig.from_dict({**cfg.to_dict(), "block_size": gamma + 1}))
+                narrow.load_state_dict(head.state_dict())
+                want = narrow(parts, feats[None], seq[None], torch.tensor([[n - 1]]))[0, 0]
+                torch.testing.assert_close(drafter.block_logits(seq, n, gamma), want, **TOL)

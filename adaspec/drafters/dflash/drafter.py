@@ -1,12 +1,16 @@
 """The DFlash head as a drafter of the speculative-decoding engine (adaspec.drafters.base.Drafter).
 
 State, with seq[:n] accepted: each layer's keys and values of the context, built from the target's real
-features of positions 0..n-2 as they arrive (`prefill`, `accept`), in a buffer that only grows: the block's
-own rows are never cached, since every step recomputes them. A step runs ONE forward of the block
+features of positions 0..n-2 as they arrive (`prefill`, `accept`); the block's own rows are cropped off
+after each step, since every step recomputes them. A step runs ONE forward of the block
 [seq[n-1], MASK × γ] at positions n-1..n-1+γ, γ + 1 rows as vLLM runs it for num_speculative_tokens = γ,
 so the two engines draft the same tokens; slot j's distribution is q_j, from which proposal j is taken
 (argmax, or one sample per slot), so the engine's usual verification applies unchanged. Trees: slot d's
 top-k are the children of every depth d-1 node (`per_depth_expand`), as for MTP.
+
+Decoding runs the head on `LeanDFlash`, its view on the lean decode path (adaspec.drafters.lean_layer, as
+EAGLE and MTP heads decode): on this CPU a step's γ + 1 rows cost mostly per-op overhead, which the modules'
+unfused projections, recomputed rotary angles and per-layer `torch.cat` of the whole context multiplied.
 """
 
 from __future__ import annotations
@@ -19,36 +23,50 @@ from adaspec.decoding.sampling import logits_to_probs, sample
 from adaspec.decoding.tree import Tree
 from adaspec.decoding.tree_shape import TreeShape
 from adaspec.drafters.dflash.model import DFlashHead
-from adaspec.drafters.target_parts import target_parts
+from adaspec.drafters.lean_layer import LeanLayer, rms_norm, weight_versions
+from adaspec.drafters.target_parts import TargetParts, target_parts
 from adaspec.drafters.tree_drafting import per_depth_expand
 from adaspec.errors import AdaspecError
 from adaspec.models import output_vocab_size
 
 
-class _ContextCache:
-    """One layer's context keys and values [1, kv_heads, length, d], in a buffer doubled when full."""
+class LeanDFlash:
+    """`DFlashHead`'s decode (context rows, then one non-causal block) on the lean path: one `LeanLayer` per
+    draft layer, whose KV cache holds the context rows 0..length-1, the block appended after them and
+    cropped off again."""
 
-    def __init__(self) -> None:
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
+    def __init__(self, head: DFlashHead, parts: TargetParts):
+        cfg = head.config
+        self.head, self.parts, self.mask_id = head, parts, cfg.mask_token_id
+        self.w_fc = head.fc.weight.detach().t().contiguous()
+        self.mask = head.mask_embedding.detach()[None]
+        self.layers = [LeanLayer(layer.self_attn, layer.post_attention_layernorm, layer.mlp, cfg.num_heads,
+                                 cfg.num_kv_heads, cfg.head_dim, cfg.rope_theta,
+                                 qk_norms=(layer.self_attn.q_norm, layer.self_attn.k_norm))
+                       for layer in head.layers]
         self.length = 0
 
-    def append(self, k: Tensor, v: Tensor) -> None:
-        end = self.length + k.shape[2]
-        if self.k is None or end > self.k.shape[2]:
-            cap = max(end, 2 * (0 if self.k is None else self.k.shape[2]), 64)
-            new_k, new_v = k.new_empty(*k.shape[:2], cap, k.shape[3]), v.new_empty(*v.shape[:2], cap, v.shape[3])
-            if self.k is not None:
-                new_k[:, :, : self.length] = self.k[:, :, : self.length]
-                new_v[:, :, : self.length] = self.v[:, :, : self.length]
-            self.k, self.v = new_k, new_v
-        self.k[:, :, self.length:end] = k
-        self.v[:, :, self.length:end] = v
-        self.length = end
+    def crop(self, length: int) -> None:
+        self.length = length
+        for layer in self.layers:
+            layer.crop(length)
 
-    def view(self) -> tuple[Tensor, Tensor]:
-        assert self.k is not None and self.v is not None
-        return self.k[:, :, : self.length], self.v[:, :, : self.length]
+    def append(self, features: Tensor) -> None:
+        """The context rows of target features [m, layers * H] (`DFlashHead.context`) after the cached ones."""
+        ctx = rms_norm(features.to(self.w_fc.dtype) @ self.w_fc, self.head.hidden_norm)
+        for layer in self.layers:
+            layer.append(ctx)
+        self.length += features.shape[0]
+
+    def block(self, last: Tensor, gamma: int) -> Tensor:
+        """The normed outputs of slots 1..γ of the block [last, MASK × γ] at positions length..length+γ, [γ, H]."""
+        # `DFlashHead.embed`: the mask embedding stands for the mask id wherever it occurs, the last token too
+        first = self.mask if int(last) == self.mask_id else self.parts.embed(last[None]).to(self.mask.dtype)
+        x = torch.cat([first, self.mask.expand(gamma, -1)])
+        for layer, module in zip(self.layers, self.head.layers):
+            x = layer.run(rms_norm(x, module.input_layernorm), x, causal=False)
+            layer.crop(self.length)
+        return rms_norm(x[1:], self.head.norm)
 
 
 class DFlashDrafter:
@@ -60,6 +78,7 @@ class DFlashDrafter:
                                f"the target has {self.parts.vocab}")
         self.hidden_layers: tuple[int, ...] = head.config.hidden_layers
         self.max_gamma: int | None = head.config.max_gamma
+        self.versions: tuple[int, ...] | None = None
         self._reset()
 
     @classmethod
@@ -70,18 +89,17 @@ class DFlashDrafter:
         return cls(head, target, vocab or output_vocab_size(target))
 
     def _reset(self) -> None:
-        self.caches = [_ContextCache() for _ in self.head.layers]
+        if self.versions != weight_versions(self.head):  # built at first, and again after training
+            self.versions = weight_versions(self.head)
+            self.lean = LeanDFlash(self.head, self.parts)
+        self.lean.crop(0)
 
     def _append(self, hidden: Tensor | None) -> None:
         """Context keys and values of the target features [layers, m, H] of the next m positions."""
         if hidden is None or hidden.shape[1] == 0:
             return
         m = hidden.shape[1]
-        ctx = self.head.context(hidden.permute(1, 0, 2).reshape(1, m, -1))
-        start = self.caches[0].length
-        positions = torch.arange(start, start + m, device=ctx.device)
-        for layer, cache in zip(self.head.layers, self.caches):
-            cache.append(*layer.self_attn.keys_values(ctx, positions))
+        self.lean.append(hidden.to(self.lean.w_fc.device).permute(1, 0, 2).reshape(m, -1))
 
     @torch.no_grad()
     def prefill(self, prompt: Tensor, hidden: Tensor | None) -> None:
@@ -91,8 +109,8 @@ class DFlashDrafter:
     @torch.no_grad()
     def accept(self, n: int, hidden: Tensor | None) -> None:
         self._append(hidden)
-        if self.caches[0].length != n - 1:
-            raise AdaspecError(f"DFlash drafter holds the context of {self.caches[0].length} positions, "
+        if self.lean.length != n - 1:
+            raise AdaspecError(f"DFlash drafter holds the context of {self.lean.length} positions, "
                                f"expected {n - 1}")
 
     @torch.no_grad()
@@ -101,13 +119,8 @@ class DFlashDrafter:
         if not 1 <= gamma <= self.head.config.max_gamma:
             raise AdaspecError(f"this DFlash head drafts blocks of {self.head.config.block_size}: at most "
                                f"{self.head.config.max_gamma} tokens per step, got gamma {gamma}")
-        device = self.head.fc.weight.device
-        ids = self.head.block_ids(seq[n - 1].to(device), gamma + 1)[None]
-        x = self.head.embed(self.parts, ids)
-        positions = torch.arange(n - 1, n + gamma, device=device)
-        for layer, cache in zip(self.head.layers, self.caches):
-            x = layer(x, positions, *cache.view(), None)
-        return self.parts.logits_of_normed(self.head.norm(x[0, 1:])).float()
+        hidden = self.lean.block(seq[n - 1].to(self.lean.w_fc.device), gamma)
+        return self.parts.logits_of_normed(hidden).float()
 
     @torch.no_grad()
     def propose(self, seq: Tensor, n: int, gamma: int, temperature: float, top_p: float,
