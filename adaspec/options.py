@@ -10,6 +10,7 @@ from typing import Any
 
 from adaspec import chat
 from adaspec import data as data_lib
+from adaspec.distill import cold_start, selection
 from adaspec.errors import AdaspecError
 
 
@@ -28,6 +29,19 @@ def strict_field() -> Any:
     """`--strict`, declared once for every command that loads a head onto a target."""
     return field(default=False, metadata=helptext(
         "refuse a head trained on other weights of the target's shape (default: a one-line warning)"))
+
+
+def cold_start_field() -> Any:
+    """`--cold-start`, declared once for `distill` and `train-head` (adaspec.distill.cold_start). Runs recorded
+    before it existed trained as "off": at "off" it stays out of the run fingerprint, so they still resume.
+    The help's "%%" is argparse's escape for a percent sign."""
+    return field(default=cold_start.DEFAULT, metadata=helptext(
+        "what --method adaspec does when the draft starts untrained (distill without --draft-init; train-head "
+        "without --init): ref = start from the --ref model's weights; warmup = every response token for the "
+        f"first {selection.WARMUP_FRACTION:.0%}% of the steps, then the top --k; linear = the kept fraction from "
+        "1 down to --k over the steps; off = the top --k from the first step, which an untrained model may never "
+        "recover from. The default is the remedy measured best (docs/cold_start.md); the run records the one "
+        "it used (off where none applies)", omit_at="off"))
 
 
 def flag(name: str) -> str:

@@ -28,8 +28,9 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
-from adaspec.distill import selection
+from adaspec.distill import cold_start, selection
 from adaspec.distill.cache_store import TeacherCache, items_fingerprint
+from adaspec.distill.cold_start import ColdStart
 from adaspec.distill.selection import SOFT_TEMPERATURE
 from adaspec.distill.teacher import Teacher, shifted_logits
 from adaspec.errors import AdaspecError
@@ -38,7 +39,7 @@ from adaspec.evaluation.acceptance import (Continuations, generate_continuations
 from adaspec.io import atomic_write_json
 from adaspec.models import (PRESETS, build_model, check_preset, check_vocab_compatible, count_params, load_model,
                             load_tokenizer, saved_tokenizer, shared_vocab)
-from adaspec.options import check_range, helptext, load_split, train_items
+from adaspec.options import check_range, cold_start_field, helptext, load_split, train_items
 from adaspec.serving.constraints import head_size_problem, warn_unservable
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, planned_steps, train_loop
@@ -68,6 +69,7 @@ class DistillOptions(TrainOptions):
     k_schedule: Literal["constant", "linear"] = field(default="constant", metadata=helptext(
         "constant: --k throughout; linear: k from 1 at the first optimizer step down to --k at the last",
         omit_at_default=True))
+    cold_start: ColdStart = cold_start_field()
     per_sequence: bool = field(default=False, metadata=helptext(
         "select the top-k within each sequence instead of over the micro-batch (paper)"))
     selection_group: int | None = field(default=None, metadata=helptext(
@@ -112,6 +114,10 @@ class DistillOptions(TrainOptions):
             check_preset(self.preset)
         if self.method != "adaspec" and (self.delta_divergence is not None or self.k_schedule != "constant"):
             raise AdaspecError("--delta-divergence and --k-schedule belong to --method adaspec")
+        # a teacher cache's L_ref stands in for the reference model's forwards, not for its weights
+        self.cold_start = cold_start.resolve(
+            self.cold_start, self.method == "adaspec" and self.selection != "all" and self.draft_init is None,
+            has_ref=self.ref is not None, ramped=self.k_schedule != "constant")
         check_range(self, "soft_temperature", 0, low_open=True)
         check_range(self, "temperature", 0, low_open=True)
         check_range(self, "gen_temperature", 0)
@@ -228,10 +234,10 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
     # the model first: a missing directory is then reported as such, not as a bad hub id for a tokenizer
     target = _frozen(_load(opts.target), device)
     tokenizer: PreTrainedTokenizerBase = load_tokenizer(opts.target, chat_template=opts.chat_template)
-    if opts.draft_init:
-        draft = _load(opts.draft_init)
-        check_vocab_compatible(target, draft, tokenizer, saved_tokenizer(opts.draft_init),
-                               names=("target", f"draft {opts.draft_init}"))
+    start = opts.draft_init or (opts.ref if opts.cold_start == "ref" else None)
+    if start:
+        draft = _load(start)
+        check_vocab_compatible(target, draft, tokenizer, saved_tokenizer(start), names=("target", f"draft {start}"))
     else:
         draft = build_model(opts.preset, len(tokenizer), seed=opts.init_seed,
                             bos_token_id=tokenizer.bos_token_id or 0, eos_token_id=tokenizer.eos_token_id or 0)
@@ -284,7 +290,7 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
         mask = data_lib.response_mask(batch["labels"])
         q_logits = shifted_logits(model, batch, vocab)
         div, draft_delta, ref_div = teacher.divergences(q_logits, batch, with_ref=selective)
-        k = selection.scheduled_k(opts.k, opts.k_schedule, step, total_steps)
+        k = selection.scheduled_k(opts.k, k_schedule, step, total_steps)
         kept = selection.delta_selection(div if draft_delta is None else draft_delta, ref_div, mask, k, mode,
                                          opts.per_sequence, sel_gen, opts.selection_group, opts.soft_temperature)
         n_resp = int(mask.sum())
@@ -311,11 +317,14 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
         opts = replace(opts, batch_size=batch_size, epochs=epochs, max_steps=opts.max_steps or steps)
     # the loop's step count, which the k schedule runs over
     total_steps = opts.max_steps or planned_steps(len(items), opts.batch_size, opts.grad_accum, epochs)
+    k_schedule = cold_start.k_schedule(opts.cold_start, opts.k_schedule)
     accelerator.print(f"draft: {count_params(draft):,} parameters; {opts.method}"
                       + (f" k={opts.k} {opts.selection}" if selective else "")
-                      + (f" ({opts.k_schedule} k from 1)" if selective and opts.k_schedule != "constant" else "")
+                      + (f" ({k_schedule} k from 1)" if selective and k_schedule != "constant" else "")
                       + (f", Δ in {delta_kind}" if selective and delta_kind != opts.divergence else "")
                       + f"; {len(items)} examples, {epochs:g} epochs, global batch {opts.batch_size}")
+    if line := cold_start.announcement(opts.cold_start, "draft", opts.k):
+        accelerator.print(line)
     if accelerator.is_main_process:
         warn_unservable(f"the draft written to {opts.output}", [head_size_problem(draft.config)])
     result = train_loop(opts, accelerator, draft, tokenizer, items, token_loss, validate,
@@ -325,6 +334,7 @@ def _distill(opts: DistillOptions, accelerator: Accelerator, run: Run, on_step: 
     if accelerator.is_main_process:
         tokenizer.save_pretrained(opts.output)
         summary = {"params": count_params(draft), "steps": result.steps, "best_greedy_agreement": result.best_metric,
-                   "epochs": epochs, "batch_size": opts.batch_size, "history": result.history, **report.summary()}
+                   "epochs": epochs, "batch_size": opts.batch_size, "cold_start": opts.cold_start,
+                   "history": result.history, **report.summary()}
         atomic_write_json(out / "train_summary.json", summary)
 

@@ -16,7 +16,9 @@ w_i = sigmoid((u_i - (1 - k)) / tau), rescaled so the weights sum to num_kept(k,
 the loss then has top-k's scale under either normalisation. tau -> 0 gives top-k's kept set with weight 1.
 
 k schedule (`scheduled_k`): "constant" keeps k; "linear" goes from 1 (every token) at the first optimizer step
-down to k at the last, so the draft first learns from everything and narrows to the learnable tokens.
+down to k at the last, so the draft first learns from everything and narrows to the learnable tokens;
+"warmup" keeps every token for the first WARMUP_FRACTION of the steps, then k (a KD phase, then AdaSPEC).
+The two ramps are how an untrained draft starts (adaspec.distill.cold_start).
 
 Relation to the official code (github.com/yuezhouhu/adaspec, `CustomTrainer.compute_loss`): it flattens
 the micro-batch's response tokens, keeps `delta >= torch.quantile(delta, 1 - k)` and returns
@@ -42,7 +44,9 @@ from adaspec.errors import AdaspecError
 
 MODES = ("top", "bottom", "random", "all", "soft")
 NORMALIZE = ("response", "kept")
-K_SCHEDULES = ("constant", "linear")
+K_SCHEDULES = ("constant", "linear", "warmup")
+# share of the optimizer steps the "warmup" schedule trains on every token
+WARMUP_FRACTION = 0.5
 # default temperature of soft selection, in units of the rank quantile: weight 0.95 at 0.3 above the cut
 SOFT_TEMPERATURE = 0.1
 
@@ -61,11 +65,14 @@ def num_kept(k: float, n: int) -> int:
 
 
 def scheduled_k(k: float, schedule: str, step: int, total_steps: int) -> float:
-    """The fraction kept at optimizer step `step` (0-based) of `total_steps`: k ("constant"), or linearly from
-    1 at step 0 to k at step total_steps - 1 ("linear"; steps past the end keep k)."""
+    """The fraction kept at optimizer step `step` (0-based) of `total_steps`: k ("constant"), linearly from
+    1 at step 0 to k at step total_steps - 1 ("linear"; steps past the end keep k), or 1 for the first
+    WARMUP_FRACTION of the steps and k after ("warmup")."""
     check_k(k)
     if schedule not in K_SCHEDULES:
         raise AdaspecError(f"unknown k schedule {schedule!r}; choose one of: {', '.join(K_SCHEDULES)}")
+    if schedule == "warmup":
+        return 1.0 if step < WARMUP_FRACTION * total_steps else k
     if schedule == "constant" or total_steps <= 1:
         return k
     done = min(max(step / (total_steps - 1), 0.0), 1.0)

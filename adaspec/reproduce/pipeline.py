@@ -369,7 +369,8 @@ class Pipeline:
         else:
             kwargs.update(budget_by="epochs")
         if ref is not None:  # the AdaSPEC head starts where its reference did: the same init seed
-            kwargs.update(method="adaspec", ref=str(ref), k=0.4, match_token_budget=True)
+            # at the matched token budget, as results/heads was made (a cold start would change the protocol)
+            kwargs.update(method="adaspec", ref=str(ref), k=0.4, match_token_budget=True, cold_start="off")
         return TrainHeadOptions(**kwargs)
 
     def head(self, name: str, target: Path, seed: int, ref: Path | None) -> Path:

@@ -15,6 +15,7 @@ per-token loss at that position: the loop's response-token normalisation then gi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
 from adaspec.decoding.target import features
-from adaspec.distill import selection
+from adaspec.distill import cold_start, selection
 from adaspec.distill.cache_store import TeacherCache
 from adaspec.distill.recipe import val_continuations
 from adaspec.distill.steps import place_by_predicted_token
@@ -33,6 +34,7 @@ from adaspec.drafters.draft_vocab import frequent_tokens
 from adaspec.drafters.eagle import EagleConfig, EagleHead, aux_layers_problem
 from adaspec.drafters.eagle_ttt import (feature_regression_loss, shift_steps, step_weights, unroll,
                                         unrolled_mask, unrolled_targets)
+from adaspec.drafters.head_checkpoint import load_strict
 from adaspec.drafters.target_record import check_record, write_record
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.acceptance import Continuations
@@ -41,7 +43,7 @@ from adaspec.models import count_params, load_model, load_tokenizer
 from adaspec.options import load_split, train_items
 from adaspec.serving.constraints import eagle3_target_problem, head_size_problem, warn_unservable
 from adaspec.training.checkpoint import load_checkpoint
-from adaspec.training.head_options import TrainHeadOptions, budgeted, head_run
+from adaspec.training.head_options import TrainHeadOptions, budgeted, head_run, kept_fraction
 from adaspec.training.run_fingerprint import Run
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
 from adaspec.training.target_signal import TargetSignal, open_head_cache
@@ -68,8 +70,10 @@ class HeadLoss:
     """
 
     def __init__(self, opts: TrainHeadOptions, target: PreTrainedModel, ref: EagleHead | None, vocab: int,
-                 cache: TeacherCache | None = None):
+                 cache: TeacherCache | None = None, kept_at: Callable[[int], float] | None = None):
         self.opts, self.ref = opts, ref
+        # the fraction kept at an optimizer step (head_options.kept_fraction): --k unless a cold start ramps it
+        self.kept_at = kept_at or (lambda step: opts.k)
         self.signal = TargetSignal(target, vocab, cache)
         self.mode = opts.selection if opts.method == "adaspec" else "all"
         self.generator = torch.Generator()
@@ -102,8 +106,9 @@ class HeadLoss:
         if self.mode != "all":
             with torch.no_grad():
                 ref_div = self.step_divergences(self.ref, self.ref, teacher, feats, batch)[0]
+        k = self.kept_at(step)
         kept = torch.stack([selection.delta_selection(div[j], None if ref_div is None else ref_div[j], valid[j],
-                                                      o.k, self.mode, generator=self.generator)
+                                                      k, self.mode, generator=self.generator)
                             for j in range(o.ttt_steps)])
         weights = step_weights(o.ttt_steps, o.step_decay, div.device)[:, None, None]
         per_step = torch.where(kept, div, torch.zeros((), device=div.device)) * weights
@@ -190,6 +195,8 @@ def _eagle_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_s
         if ref.config.vocab_size != vocab or not torch.equal(ref.d2t.cpu(), head.d2t.cpu()):
             raise AdaspecError(f"the reference head {opts.ref} has another (draft) vocabulary than this head: "
                                "train both with the same --draft-vocab on the same data")
+        if opts.cold_start == "ref":
+            load_strict(head, ref.state_dict(), opts.ref)
 
     out = Path(opts.output)
     val_prompts = [it["input_ids"][: it["prompt_length"]]
@@ -207,15 +214,19 @@ def _eagle_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_s
                       + (f" k={opts.k} {opts.selection}" if opts.method == "adaspec" else "")
                       + f"; {len(items)} examples, {opts.epochs:g} epochs, global batch {opts.batch_size}"
                       + (f"; target signal from {opts.teacher_cache} (top-{cache.top_k})" if cache else ""))
+    if line := cold_start.announcement(opts.cold_start, "head", opts.k):
+        accelerator.print(line)
     if accelerator.is_main_process:
         warn_unservable(f"the {cfg.variant} head written to {opts.output}", [
             head_size_problem({"head_dim": cfg.head_dim}), head_size_problem(target.config),
             eagle3_target_problem(target.config) if cfg.variant == "eagle3" else None,
             aux_layers_problem(cfg) if cfg.variant == "eagle3" else None])
-    result = train_loop(opts, accelerator, head, tokenizer, items, HeadLoss(opts, target, ref, vocab, cache), validate,
+    loss = HeadLoss(opts, target, ref, vocab, cache, kept_fraction(opts, len(items)))
+    result = train_loop(opts, accelerator, head, tokenizer, items, loss, validate,
                         best_key="agreement", higher_is_better=True, epochs=opts.epochs, on_step=on_step)
     if accelerator.is_main_process:
         write_record(out, target, tokenizer)
         atomic_write_json(out / "train_summary.json", {
             "trained_params": trained, "steps": result.steps, "best_agreement": result.best_metric,
-            "epochs": opts.epochs, "batch_size": opts.batch_size, "history": result.history, **report.summary()})
+            "epochs": opts.epochs, "batch_size": opts.batch_size, "cold_start": opts.cold_start,
+            "history": result.history, **report.summary()})

@@ -13,14 +13,15 @@ live forward per batch or, with --teacher-cache, from `adaspec cache --hidden-la
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from adaspec.distill import selection
+from adaspec.distill import cold_start, selection
+from adaspec.distill.cold_start import ColdStart
 from adaspec.errors import AdaspecError
-from adaspec.options import MAX_BATCH_TOKENS, helptext, strict_field
-from adaspec.training.loop import OnStep
+from adaspec.options import MAX_BATCH_TOKENS, cold_start_field, helptext, strict_field
+from adaspec.training.loop import OnStep, planned_steps
 from adaspec.training.options import TrainOptions
 from adaspec.training.run_fingerprint import Run, cache_fingerprint, open_run, path_fingerprint
 
@@ -42,6 +43,7 @@ class TrainHeadOptions(TrainOptions):
     k: float = field(default=0.4, metadata=helptext("fraction of response tokens kept per step"))
     selection: Literal["top", "bottom", "random", "all"] = field(default="top", metadata=helptext(
         "which tokens by Δ: top (AdaSPEC), bottom, random, all (= plain KD)"))
+    cold_start: ColdStart = cold_start_field()
     loss: Literal["fkl", "rkl", "tvd", "jsd", "ce"] = field(default="fkl", metadata=helptext(
         "per-token loss: a divergence to the target's own distribution, or ce on the data token (mtp/medusa)"))
     beta: float = field(default=0.5, metadata=helptext("JSD mixture weight"))
@@ -95,6 +97,10 @@ class TrainHeadOptions(TrainOptions):
         selection.check_k(self.k)
         if self.method == "adaspec" and self.ref is None:
             raise AdaspecError("--method adaspec needs --ref (a head trained with --method kd)")
+        # EAGLE and DFlash heads always start untrained (--init is for mtp/medusa)
+        untrained = self.kind not in ("mtp", "medusa") or self.init is None
+        self.cold_start = cold_start.resolve(self.cold_start,
+                                             self.method == "adaspec" and self.selection != "all" and untrained)
         if self.temperature <= 0 or self.gen_temperature < 0:
             raise AdaspecError("--temperature must be > 0 and --gen-temperature >= 0")
         if not 0 <= self.beta <= 1:
@@ -173,6 +179,14 @@ def budgeted(opts: TrainHeadOptions, n_items: int) -> TrainHeadOptions:
     batch_size, epochs, steps = matched_budget(n_items, opts.batch_size, opts.grad_accum, opts.epochs, opts.k,
                                                opts.budget_by)
     return replace(opts, batch_size=batch_size, epochs=epochs, max_steps=opts.max_steps or steps)
+
+
+def kept_fraction(opts: TrainHeadOptions, n_items: int) -> Callable[[int], float]:
+    """The fraction of response tokens AdaSPEC keeps at each optimizer step: --k, or the cold start's ramp to
+    it over the run's steps (`opts` as `budgeted` returns them)."""
+    total = opts.max_steps or planned_steps(n_items, opts.batch_size, opts.grad_accum, opts.epochs)
+    schedule = cold_start.k_schedule(opts.cold_start, "constant")
+    return lambda step: selection.scheduled_k(opts.k, schedule, step, total)
 
 
 # options naming an input: their fingerprint (not their path) defines the run

@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
 from adaspec.decoding.target import FINAL
-from adaspec.distill import selection
+from adaspec.distill import cold_start, selection
 from adaspec.distill.recipe import target_response_items, val_continuations
 from adaspec.distill.steps import place_by_predicted_token
 from adaspec.drafters.target_parts import target_parts
@@ -47,7 +47,7 @@ from adaspec.options import load_split, train_items
 from adaspec.serving.constraints import MTP_REASON, head_size_problem, warn_unservable
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
-from adaspec.training.head_options import TrainHeadOptions, budgeted, head_run
+from adaspec.training.head_options import TrainHeadOptions, budgeted, head_run, kept_fraction
 from adaspec.training.run_fingerprint import Run
 from adaspec.training.target_signal import TargetSignal, open_head_cache
 
@@ -71,6 +71,8 @@ def _load_heads(kind: str, path: str, depth: int, target: PreTrainedModel, what:
 def _build(opts: TrainHeadOptions, target: PreTrainedModel) -> nn.Module:
     if opts.init:
         return _load_heads(opts.kind, opts.init, int(opts.depth), target, f"--init {opts.init}", opts.strict)
+    if opts.cold_start == "ref":
+        return _load_heads(opts.kind, str(opts.ref), int(opts.depth), target, f"--ref {opts.ref}", opts.strict)
     if opts.kind == "mtp":
         return build_mtp(target, opts.depth, seed=opts.init_seed)
     with torch.random.fork_rng(devices=[]):
@@ -135,8 +137,9 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
                 ref_depth = [r for r, _ in depth_token_losses(forward(ref, hidden, ids), teacher, labels,
                                                               opts.loss, opts.temperature, opts.beta)]
         selected, logs = [], {}
+        fraction = kept_at(step)
         for k, ((loss, mask), ref_loss) in enumerate(zip(per_depth, ref_depth), start=1):
-            kept = selection.delta_selection(loss, ref_loss, mask, opts.k, mode, generator=sel_gen)
+            kept = selection.delta_selection(loss, ref_loss, mask, fraction, mode, generator=sel_gen)
             selected.append(loss * kept)
             n = max(int(mask.sum()), 1)
             logs[f"loss_depth{k}"] = float((loss.detach() * mask).sum()) / n
@@ -149,10 +152,13 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
         return head_acceptance(lambda h, ids: forward(model, h, ids), target, val, opts.depth)  # type: ignore
 
     opts = budgeted(opts, len(items))
+    kept_at = kept_fraction(opts, len(items))
     accelerator.print(f"{opts.kind} heads: {count_params(heads):,} parameters, {opts.depth} depths; "
                       f"{opts.method}" + (f" k={opts.k} {opts.selection}" if mode != "all" else "")
                       + f"; {len(items)} examples, {opts.epochs:g} epochs, global batch {opts.batch_size}"
                       + (f"; target signal from {opts.teacher_cache} (top-{cache.top_k})" if cache else ""))
+    if line := cold_start.announcement(opts.cold_start, "head", opts.k):
+        accelerator.print(line)
     if accelerator.is_main_process:
         warn_unservable(f"the {opts.kind} heads written to {opts.output}",
                         [MTP_REASON if opts.kind == "mtp" else None, head_size_problem(target.config)])
@@ -167,6 +173,6 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
         write_record(out, target, tokenizer)
         summary = {"kind": opts.kind, "params": count_params(heads), "steps": result.steps,
                    "best_accept_length": result.best_metric, "epochs": opts.epochs, "batch_size": opts.batch_size,
-                   "history": result.history, **report.summary()}
+                   "cold_start": opts.cold_start, "history": result.history, **report.summary()}
         atomic_write_json(out / "train_summary.json", summary)
 

@@ -2,7 +2,8 @@
 
 The fingerprint is every option that changes the result (logistics such as progress bars, the save
 interval or the output path excluded; an option added after runs were recorded, marked `omit_at_default` in
-its field metadata, only when set to another value than its default, so those runs still resume) with each
+its field metadata, only when set to another value than its default, or marked `omit_at` a value, only when
+set to another value than that one (what the earlier runs did), so those runs still resume) with each
 input path replaced by a fingerprint of its content:
 model folders by `models.model_fingerprint` plus their tokenizer files, data files and folders by a hash
 of their bytes, a teacher cache by its `cache_key`. Moving an input keeps the run; changing its content
@@ -94,6 +95,8 @@ def run_fingerprint(opts: Any, inputs: dict[str, Callable[[Any], str | None]]) -
             continue
         value = getattr(opts, f.name)
         if f.metadata.get("omit_at_default") and value == f.default:
+            continue
+        if "omit_at" in f.metadata and value == f.metadata["omit_at"]:
             continue
         options[f.name] = inputs[f.name](value) if f.name in inputs else value
     return {"format": FORMAT, "data": data_fingerprint(opts), **json.loads(json.dumps(options, default=str))}
