@@ -54,7 +54,8 @@ def one(name: str, args: argparse.Namespace) -> dict:
                                 "--no-progress", "--output", target), target / "train_summary.json"))
     common = ["--data", data, "--max-length", args.max_length, "--max-steps", args.steps, "--gammas", *args.gammas,
               "--test-examples", args.test_examples, "--max-new-tokens", args.max_new_tokens, "--lr", 2e-3,
-              "--val-every", 0, "--engine", args.engine, "--no-progress"]
+              "--val-every", 0, "--engine", args.engine, "--no-progress",
+              *(["--drafters", *args.drafters] if args.drafters else [])]
     fresh = root / "build"
     commands.append(run(adaspec("build", "--target", target, *common, "--output", fresh),
                         fresh / "results.json"))
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--test-examples", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--engine", choices=["auto", "adaspec", "vllm"], default="auto")
+    parser.add_argument("--drafters", nargs="+", default=None, help="build's --drafters (default: its own)")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--runs-dir", default=str(REPO / "runs" / "own_data"))
     parser.add_argument("--out-dir", default=str(REPO / "results" / "own_data"))

@@ -105,9 +105,10 @@ def _done(path: Path) -> bool:
 
 
 # the options whose change makes another build; the rest (progress, engine, resume, ...) only change how
-# this one runs or is measured
+# this one runs or is measured, and --drafters only which of its runs are trained and reported: a family
+# added later trains beside the ones already done, with the same settings
 _NOT_FINGERPRINTED = ("progress", "resume", "overwrite", "engine", "vllm_python", "vllm_eager", "save_every",
-                      "output")
+                      "output", "drafters")
 
 
 class Build:

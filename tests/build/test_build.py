@@ -57,6 +57,10 @@ def test_build_trains_measures_exports_and_reports(tmp_path, chat_target, capsys
     assert run(*_args(chat_target, chats, out)) == 0
     assert _mtimes(out) == before
     assert json.loads((out / "results.json").read_text())["rows"] == result["rows"]
+    # fewer families: the same runs, reported alone, nothing retrained
+    assert run(*_args(chat_target, chats, out, "--drafters", "lm")) == 0
+    assert _mtimes(out) == before
+    assert {r["drafter"] for r in json.loads((out / "results.json").read_text())["rows"]} == {"lm"}
     capsys.readouterr()
     # another build in the same folder is refused, and nothing of the first is lost
     err = cli_error(capsys, *_args(chat_target, chats, out, "--lr", "0.01"))
