@@ -11,11 +11,11 @@ ALL from the same fresh draft (--preset llama-demo-draft, the same --init-seed) 
 
 and scores each with `adaspec eval` on held-out test prompts (greedy: α = accepted / drafted tokens, τ,
 speed-up against the target alone on this CPU). Every run is kept under --work and skipped when finished, so
-an interrupted run resumes. The JSON (--json) holds every row, the settings, the load average before and
-after, the exact command, and the choice: the remedy whose α relative to KD (mean over data sets and
+an interrupted run resumes. The JSON (--json) holds every row (with the load average around the eval that
+timed its speed-up), the settings, the exact command, and the choice: the remedy whose α relative to KD (mean over data sets and
 seeds) is highest. --docs rewrites the table between the markers of that markdown file from the JSON.
 
-    OMP_NUM_THREADS=1 python benchmarks/adaspec_cold_start.py   # ~35 CPU minutes on one thread
+    OMP_NUM_THREADS=1 python benchmarks/adaspec_cold_start.py --seeds 0 1 --docs docs/cold_start.md
 """
 
 from __future__ import annotations
@@ -118,13 +118,19 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def table(result: dict) -> str:
-    """The markdown table of a result: α per data set (mean over seeds), and relative to KD."""
+    """The markdown table of a result: α per data set (mean over seeds, then each seed's), and relative to KD
+    (over data sets and seeds)."""
     rows, datasets = result["rows"], result["datasets"]
     lines = ["| run | " + " | ".join(f"α {d}" for d in datasets) + " | mean α / KD's α | least α / KD's α |",
              "|---|" + "---:|" * (len(datasets) + 2)]
+
+    def cell(run: str, dataset: str) -> str:
+        alphas = [r["alpha"] for r in rows if r["run"] == run and r["dataset"] == dataset]
+        each = f" ({', '.join(f'{a:.3f}' for a in alphas)})" if len(alphas) > 1 else ""
+        return f"{statistics.mean(alphas):.3f}{each}"
+
     for run, s in result["summary"]["by_run"].items():
-        cells = [f"{statistics.mean(r['alpha'] for r in rows if r['run'] == run and r['dataset'] == d):.3f}"
-                 for d in datasets]
+        cells = [cell(run, d) for d in datasets]
         lines.append(f"| {run} | " + " | ".join(cells) + f" | {s['mean_alpha_vs_kd']:.2f} | {s['min_alpha_vs_kd']:.2f} |")
     return "\n".join(lines)
 
@@ -179,8 +185,9 @@ def main() -> None:
               "settings": {k: v for k, v in vars(args).items() if k not in ("json", "docs", "work")},
               "target": {"preset": "llama-demo-target", "chat_template": "chatml", "vocab_size": 1024},
               "draft": {"preset": "llama-demo-draft", "init": "fresh"},
-              "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-              "wall_s_this_invocation": time.time() - start,
+              # this invocation's, which may only have read finished runs; each row has its eval's own
+              "invocation_loadavg_before": load_before, "invocation_loadavg_after": os.getloadavg(),
+              "invocation_wall_s": time.time() - start,
               "rows": rows}
     result["summary"] = summarise(rows)
     atomic_write_json(args.json, result)
