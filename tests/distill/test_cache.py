@@ -284,7 +284,9 @@ def _distill_opts(env: dict, out: Path, **kw):
     base = dict(output=str(out), target=env["target"], task=None, data=env["data"], limit=N_ITEMS,
                 max_length=MAX_LEN, batch_size=4, max_steps=3, val_every=0, val_examples=4,
                 val_max_new_tokens=6, preset="tiny-neox", init_seed=7, warmup_steps=1, progress=False, method="adaspec",
-                ref=env["ref"], k=0.5)
+                ref=env["ref"], k=0.5,
+                # the draft built from the preset, never loaded from the reference's path (whose forwards are counted)
+                cold_start="off")
     return DistillOptions(**{**base, **kw})
 
 
