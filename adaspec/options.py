@@ -48,6 +48,26 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def command_line(command: str, opts: Any) -> str:
+    """The `adaspec <command>` line that reproduces the options dataclass `opts` (options at their defaults
+    and fields without a flag omitted)."""
+    import shlex
+    words = ["adaspec", command]
+    for f in dataclasses.fields(opts):
+        value = getattr(opts, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if value == default or value is None or f.metadata.get("cli") is False:
+            continue
+        if isinstance(value, bool):
+            words.append(flag(f.name) if value else "--no-" + flag(f.name)[2:])
+        elif isinstance(value, list):
+            words += [flag(f.name), *map(str, value)]
+        else:
+            words += [flag(f.name), str(value)]
+    return shlex.join(words)
+
+
 def check_finite(opts: Any) -> None:
     """Every float option must be a finite number (argparse's float() accepts nan and inf)."""
     for f in dataclasses.fields(opts):

@@ -7,7 +7,6 @@ adaspec's α = accepted / (accepted + rejected), τ tokens per target forward, b
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shlex
 import shutil
@@ -16,28 +15,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from adaspec.build import measure, plan
 from adaspec.io import atomic_write_json
+from adaspec.options import command_line
 
 if TYPE_CHECKING:
     from adaspec.build.command import Build
-
-
-def command_line(build: "Build") -> str:
-    """The `adaspec build` command of these options (options at their defaults omitted)."""
-    words = ["adaspec", "build"]
-    for f in dataclasses.fields(build.opts):
-        value = getattr(build.opts, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-        if value == default or value is None or f.metadata.get("cli") is False:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, list):
-            words += [flag, *map(str, value)]
-        else:
-            words += [flag, str(value)]
-    return shlex.join(words)
 
 
 def _summary(path: Path) -> dict[str, Any]:
@@ -69,7 +50,7 @@ def assemble(build: "Build", split: dict[str, Any], runs: dict[str, Path], sweep
                          # adaspec's α on vLLM's schedule (adaspec.serving.vllm_engine): what vLLM's must equal
                          "alpha_same_schedule": (row.get("adaspec") or {}).get("alpha")})
     best = plan.best_row(rows)
-    return {"dataset": Path(build.opts.data).stem, "target": build.opts.target, "command": command_line(build),
+    return {"dataset": Path(build.opts.data).stem, "target": build.opts.target, "command": command_line("build", build.opts),
             "data": split, "gammas": build.opts.gammas,
             "speed_by_gamma": {n: {g: sweep[g]["drafts"][n]["measured_speedup"] for g in sweep} for n in runs},
             "target_alone": {g: sweep[g]["target"] for g in sweep}, "left_out": left_out, "rows": rows,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ from adaspec.evaluation.table import format_table, format_vllm_table
 from adaspec.io import atomic_write_json, user_cache_dir
 from adaspec.models import (check_vocab_compatible, load_model, load_tokenizer, model_fingerprint,
                             saved_tokenizer)
-from adaspec.options import check_finite, helptext, strict_field
+from adaspec.options import check_finite, command_line, helptext, strict_field
 from adaspec.safety import check_output
 from adaspec.serving.vllm_engine import VllmRun, find_vllm_python, measure
 
@@ -142,25 +140,6 @@ class EvalOptions:
         return list(self.draft or []) + list(self.compare or [])
 
 
-def command_line(opts: EvalOptions) -> str:
-    """The `adaspec eval` command that reproduces `opts` (options left at their defaults are omitted)."""
-    words = ["adaspec", "eval"]
-    for f in dataclasses.fields(opts):
-        value = getattr(opts, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-        if value == default or value is None:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, list):
-            words += [flag, *map(str, value)]
-        else:
-            words += [flag, str(value)]
-    return shlex.join(words)
-
-
 def _is_local(path: str) -> bool:
     return Path(path).exists() or path.startswith((".", "/", "~"))
 
@@ -205,7 +184,7 @@ def run_eval(opts: EvalOptions) -> int:
                             lean=LEAN[opts.decode_path])
     result = evaluate(target, drafts, tokenizer, settings, cache_dir=cache_dir, target_fingerprint=fingerprint,
                       log=log).to_json()
-    result = {"command": command_line(opts), "argv": sys.argv, **result}
+    result = {"command": command_line("eval", opts), "argv": sys.argv, **result}
     result["target"]["path"] = opts.target
     for name, (_, path) in sources.items():
         result["drafts"][name]["path"] = path

@@ -8,7 +8,8 @@ from helpers import replay_greedy_sd
 from adaspec import cli, data, metrics, models
 from adaspec.evaluation import acceptance
 from adaspec.errors import AdaspecError
-from adaspec.evaluation.command import EvalOptions, command_line, run_eval, unique_names
+from adaspec.evaluation.command import EvalOptions, run_eval, unique_names
+from adaspec.options import command_line
 from adaspec.evaluation.evaluate import EvalSettings
 from adaspec.evaluation.evaluate import evaluate as evaluate_typed
 from adaspec.evaluation.table import format_table
@@ -230,7 +231,7 @@ def test_names_and_command_line(dirs):
     assert unique_names(["a/d", "a/d"]) == ["a/d", "a/d#2"]
     opts = _opts(dirs, compare=[str(dirs / "random")], temperature=0.5, cache=False)
     assert opts.draft_paths == [str(dirs / "noisy"), str(dirs / "random")]
-    line = command_line(opts)
+    line = command_line("eval", opts)
     assert line.startswith("adaspec eval --target ") and "--compare" in line and "--no-cache" in line
     assert "--temperature 0.5" in line and "--gamma" not in line
 
