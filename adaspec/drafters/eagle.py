@@ -23,20 +23,17 @@ Layer ids follow adaspec.decoding.target: i = output of decoder layer i, -1 = fi
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from adaspec.decoding.target import FINAL, config_dims
 from adaspec.drafters.common import GatedMLP, RMSNorm, apply_rope, repeat_kv
 from adaspec.drafters.draft_vocab import vocab_maps
-from adaspec.drafters.head_checkpoint import config_from_entry, load_strict, read_config_entry, read_weights
+from adaspec.drafters.head_checkpoint import SavedHead, config_from_entry
 from adaspec.errors import AdaspecError
 
 VARIANTS = ("eagle3", "eagle1")
@@ -229,8 +226,12 @@ def causal_attend(key_mask: Tensor | None = None) -> Attend:
 
 # ---- the head ----
 
-class EagleHead(nn.Module):
+class EagleHead(SavedHead, nn.Module):
     """The EAGLE head's weights and its pure forward pieces (the drafter and the TTT unroll drive them)."""
+
+    CHECKPOINT_KEY = CHECKPOINT_KEY
+    CHECKPOINT_WHAT = "an adaspec EAGLE head checkpoint"
+    CHECKPOINT_CONFIG = EagleConfig
 
     def __init__(self, cfg: EagleConfig):
         super().__init__()
@@ -317,23 +318,3 @@ class EagleHead(nn.Module):
 
         return unroll(self, target_hidden, input_ids, steps, attention_mask)
 
-    # ---- checkpoints (what the training loop saves and resumes; `adaspec.export` writes the server formats) ----
-
-    def save_pretrained(self, path: str | Path, state_dict: dict[str, Tensor] | None = None,
-                        safe_serialization: bool = True) -> None:
-        """config.json (the head config) and model.safetensors (every tensor, frozen copies included)."""
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({CHECKPOINT_KEY: self.config.to_dict()}, indent=1) + "\n")
-        state = state_dict if state_dict is not None else self.state_dict()
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / "model.safetensors"),
-                  metadata={"format": "pt"})
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None) -> EagleHead:
-        head = cls(EagleConfig.from_dict(read_config_entry(path, CHECKPOINT_KEY, "an adaspec EAGLE head checkpoint"),
-                                         str(path)))
-        load_strict(head, read_weights(path), path)
-        if dtype is not None:
-            head.to(dtype)
-        return head.eval()

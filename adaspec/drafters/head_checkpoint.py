@@ -83,3 +83,33 @@ def load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], path: str |
             raise AdaspecError(f"{path}: {name} has shape {tuple(value.shape)}, its config implies "
                                f"{tuple(state[name].shape)}")
     module.load_state_dict(tensors)
+
+
+class SavedHead:
+    """save_pretrained / from_pretrained of a head module (EAGLE, DFlash) whose checkpoint is config.json
+    holding {CHECKPOINT_KEY: its config dataclass} and model.safetensors holding every tensor, frozen copies
+    included; the class names its key, its config class (with `from_dict`) and what it is in errors."""
+
+    CHECKPOINT_KEY: str
+    CHECKPOINT_WHAT: str
+    CHECKPOINT_CONFIG: Any
+    config: Any
+
+    def save_pretrained(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None,
+                        safe_serialization: bool = True) -> None:
+        from safetensors.torch import save_file
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({self.CHECKPOINT_KEY: self.config.to_dict()}, indent=1) + "\n")
+        state = state_dict if state_dict is not None else self.state_dict()  # type: ignore[attr-defined]
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / WEIGHTS),
+                  metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Any:
+        entry = read_config_entry(path, cls.CHECKPOINT_KEY, cls.CHECKPOINT_WHAT)
+        head = cls(cls.CHECKPOINT_CONFIG.from_dict(entry, str(path)))  # type: ignore[call-arg]
+        load_strict(head, read_weights(path), path)  # type: ignore[arg-type]
+        if dtype is not None:
+            head.to(dtype)  # type: ignore[attr-defined]
+        return head.eval()  # type: ignore[attr-defined]

@@ -20,19 +20,16 @@ Layer ids follow adaspec.decoding.target: i = the output of decoder layer i (vLL
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from adaspec.decoding.target import config_dims
 from adaspec.drafters.common import GatedMLP, RMSNorm, apply_rope, repeat_kv
-from adaspec.drafters.head_checkpoint import config_from_entry, load_strict, read_config_entry, read_weights
+from adaspec.drafters.head_checkpoint import SavedHead, config_from_entry
 from adaspec.drafters.target_parts import TargetParts
 from adaspec.errors import AdaspecError
 
@@ -178,8 +175,12 @@ class DFlashLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class DFlashHead(nn.Module):
+class DFlashHead(SavedHead, nn.Module):
     """The draft's own weights (the target's embedding and head are passed in as TargetParts, never owned)."""
+
+    CHECKPOINT_KEY = CHECKPOINT_KEY
+    CHECKPOINT_WHAT = "an adaspec DFlash head checkpoint"
+    CHECKPOINT_CONFIG = DFlashConfig
 
     def __init__(self, cfg: DFlashConfig):
         super().__init__()
@@ -243,22 +244,3 @@ class DFlashHead(nn.Module):
         logits = parts.logits_of_normed(self.norm(x))
         return logits.view(b, k, width, -1)[:, :, 1:]
 
-    # ---- checkpoints (the training loop's save/resume; adaspec.drafters.dflash.export writes vLLM's layout) ----
-
-    def save_pretrained(self, path: str | Path, state_dict: dict[str, Tensor] | None = None,
-                        safe_serialization: bool = True) -> None:
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({CHECKPOINT_KEY: self.config.to_dict()}, indent=1) + "\n")
-        state = state_dict if state_dict is not None else self.state_dict()
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / "model.safetensors"),
-                  metadata={"format": "pt"})
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None) -> DFlashHead:
-        entry = read_config_entry(path, CHECKPOINT_KEY, "an adaspec DFlash head checkpoint")
-        head = cls(DFlashConfig.from_dict(entry, str(path)))
-        load_strict(head, read_weights(path), path)
-        if dtype is not None:
-            head.to(dtype)
-        return head.eval()
