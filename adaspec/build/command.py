@@ -18,6 +18,7 @@ Stages, each skipped when its output in --output is complete, so a killed build 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 import sys
@@ -118,6 +119,11 @@ class Build:
         self.data_dir = self.out / "data"
         self.run_minutes: float | None = None  # --max-minutes shared by the training runs
 
+    @functools.cached_property
+    def target_config(self) -> dict[str, Any]:
+        """The target's config, read once: the families, the draft preset and the EAGLE variant all ask it."""
+        return plan.read_config(self.opts.target, self.opts.trust_remote_code)
+
     # ---- stage 0: inputs checked before anything is trained ----
 
     def fingerprint(self) -> dict[str, Any]:
@@ -184,7 +190,7 @@ class Build:
     def check_inputs(self, split: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
         """(families to train, why each other family is left out); every refusal happens here, before training."""
         from adaspec.models import load_tokenizer
-        config = plan.read_config(self.opts.target, self.opts.trust_remote_code)
+        config = self.target_config
         tokenizer = load_tokenizer(self.opts.target, trust_remote_code=self.opts.trust_remote_code,
                                    chat_template=self.opts.chat_template)
         if split["chat"] and not getattr(tokenizer, "chat_template", None):
@@ -243,11 +249,10 @@ class Build:
         return out
 
     def draft_preset(self) -> str:
-        return self.opts.preset or plan.draft_preset_for(plan.read_config(self.opts.target,
-                                                                          self.opts.trust_remote_code))
+        return self.opts.preset or plan.draft_preset_for(self.target_config)
 
     def eagle_variant(self) -> str:
-        return plan.eagle_variant(plan.read_config(self.opts.target, self.opts.trust_remote_code))
+        return plan.eagle_variant(self.target_config)
 
     def train(self, families: list[str]) -> dict[str, Path]:
         """name ("<family>_<method>") -> trained drafter folder."""
