@@ -23,24 +23,24 @@ from adaspec.errors import AdaspecError
 
 # command -> (module, options dataclass, function taking the options)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "generate": ("adaspec.decoding.command", "GenerateOptions", "run_generate",
+    "generate": ("adaspec.recipes.generate", "GenerateOptions", "run_generate",
                  "speculative decoding of one prompt, streaming text and printing acceptance stats"),
-    "train-target": ("adaspec.training.target", "TrainTargetOptions", "run_train_target",
+    "train-target": ("adaspec.recipes.train_target", "TrainTargetOptions", "run_train_target",
                      "fine-tune (or build and train) the target model on a task"),
-    "distill": ("adaspec.distill.recipe", "DistillOptions", "run_distill",
+    "distill": ("adaspec.recipes.distill", "DistillOptions", "run_distill",
                 "distil a draft from the target: plain KD (reference / DistillSpec) or AdaSPEC selective KD"),
-    "train-head": ("adaspec.training.head_options", "TrainHeadOptions", "run_train_head",
+    "train-head": ("adaspec.recipes.train_head.options", "TrainHeadOptions", "run_train_head",
                    "train an EAGLE feature head, MTP modules or Medusa heads on a frozen target (KD or AdaSPEC)"),
-    "export": ("adaspec.export.command", "ExportOptions", "run_export",
+    "export": ("adaspec.recipes.export", "ExportOptions", "run_export",
                "write a trained head in the layout vLLM / SGLang load (EAGLE-3 or EAGLE-1)"),
-    "cache": ("adaspec.distill.cache", "CacheOptions", "run_cache",
+    "cache": ("adaspec.recipes.cache", "CacheOptions", "run_cache",
               "store the target's top-K distribution and the reference's divergence per response token"),
-    "eval": ("adaspec.evaluation.command", "EvalOptions", "run_eval",
+    "eval": ("adaspec.recipes.eval", "EvalOptions", "run_eval",
              "measure a draft: empirical and analytic acceptance, speed-up and the target's task quality"),
-    "build": ("adaspec.build.command", "BuildOptions", "run_build",
+    "build": ("adaspec.recipes.build.command", "BuildOptions", "run_build",
               "your target and data in: train a KD and an AdaSPEC drafter of every servable family, measure them "
               "on held-out prompts, export the fastest for vLLM/SGLang, write a report"),
-    "reproduce": ("adaspec.reproduce.pipeline", "ReproduceOptions", "run_reproduce",
+    "reproduce": ("adaspec.recipes.reproduce.pipeline", "ReproduceOptions", "run_reproduce",
                   "run the whole paper pipeline at CPU scale and write results/<task>/"),
 }
 

@@ -5,6 +5,10 @@ class AdaspecError(ValueError):
     """Bad input or state the user can fix: the message names the problem in one line."""
 
 
+class NotServable(AdaspecError):
+    """A drafter vLLM cannot load: the message says why."""
+
+
 def warn(message: str) -> None:
     """A one-line notice on stderr: the command goes on, but the user should know."""
     import sys

@@ -13,7 +13,7 @@ runs/<task>/<pair>/heads/* and seed0/heads/*), and its plot is written beside th
 Resumable: a finished training run (its train_summary.json) is skipped, and so is a seed whose measurement
 is in the JSON already; the JSON is rewritten after every seed with the exact command, the settings and the
 load average (os.getloadavg()) at the start and around each measurement. The pair's target is the one
-`adaspec reproduce --preset PAIR` trains (adaspec.reproduce.pipeline.Pipeline.target), trained first when
+`adaspec reproduce --preset PAIR` trains (adaspec.recipes.reproduce.pipeline.Pipeline.target), trained first when
 absent.
 
     OMP_NUM_THREADS=1 python benchmarks/dflash.py --pair demo      # then --pair small
@@ -38,7 +38,7 @@ from adaspec import cli  # noqa: E402
 from adaspec.evaluation.drafters import benchmark, format_rows, load_named_drafters, plot  # noqa: E402
 from adaspec.io import atomic_write_json  # noqa: E402
 from adaspec.models import load_model, load_tokenizer  # noqa: E402
-from adaspec.reproduce.pipeline import HEADS, Pipeline, ReproduceOptions  # noqa: E402
+from adaspec.recipes.reproduce.pipeline import HEADS, Pipeline, ReproduceOptions  # noqa: E402
 
 DRAFT_MODELS = ("distillspec", "adaspec")  # the pipeline's draft models, runs/<task>/<pair>/seed<s>/<name>
 METHODS = ("kd", "adaspec")

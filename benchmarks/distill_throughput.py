@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from adaspec import data as data_lib  # noqa: E402
 from adaspec.distill import losses  # noqa: E402
-from adaspec.evaluation.acceptance import Continuations, analytic_alpha, greedy_continuations  # noqa: E402
+from adaspec.decoding.acceptance import Continuations, analytic_alpha, greedy_continuations  # noqa: E402
 from adaspec.models import load_model, load_tokenizer  # noqa: E402
 
 
@@ -79,13 +79,13 @@ def _child(spec_path: str) -> None:
     result: dict = {"threads": torch.get_num_threads()}
     t0, c0 = time.perf_counter(), time.process_time()
     if spec["kind"] == "cache":
-        from adaspec.distill.cache import CacheOptions, run_cache
+        from adaspec.recipes.cache import CacheOptions, run_cache
         manifest = run_cache(CacheOptions(**spec["options"]))
         result.update(build_seconds=manifest["build_seconds"], build_cpu_seconds=time.process_time() - c0,
                       size_bytes=manifest["size_bytes"])
     else:
-        from adaspec.distill.recipe import DistillOptions, run_distill
-        from adaspec.training.target import TrainTargetOptions, run_train_target
+        from adaspec.recipes.distill import DistillOptions, run_distill
+        from adaspec.recipes.train_target import TrainTargetOptions, run_train_target
 
         starts: list[float] = []
         cpu: list[float] = []
@@ -132,7 +132,7 @@ def _spawn(work: Path, name: str, kind: str, options: dict, threads: int) -> dic
 
 def _setup(args: argparse.Namespace, work: Path) -> tuple[str, str, float | None]:
     """A briefly trained target and reference (reused from an earlier run with the same settings)."""
-    from adaspec.training.target import TrainTargetOptions, run_train_target
+    from adaspec.recipes.train_target import TrainTargetOptions, run_train_target
 
     settings = {k: getattr(args, k) for k in ("task", "max_length", "target_steps", "ref_steps", "seed",
                                                "setup_limit")}
@@ -163,7 +163,7 @@ def _val_sets(args: argparse.Namespace, target_dir: str) -> tuple[Continuations,
     A briefly trained target's greedy continuations are repetitive, so α on them says little; α on the
     reference responses (argmax agreement and Σ min(p, q) at the same positions) tells the drafts apart.
     """
-    from adaspec.options import load_split
+    from adaspec.data.options import load_split
 
     ns = argparse.Namespace(task=args.task, data=None, prompt_field="prompt", response_field="response",
                             data_dir=None)
@@ -179,7 +179,7 @@ def _topk_error(args: argparse.Namespace, target_dir: str, drafts: dict[str, str
     """Mean |cached - exact| per-token divergence to the target on training tokens, per model and K.
 
     For the reference it is the error of the cached L_ref; for a draft, of its training loss."""
-    from adaspec.options import load_split
+    from adaspec.data.options import load_split
 
     ns = argparse.Namespace(task=args.task, data=None, prompt_field="prompt", response_field="response",
                             data_dir=None)

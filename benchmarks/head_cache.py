@@ -26,9 +26,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adaspec.distill.cache import CacheOptions, run_cache  # noqa: E402
+from adaspec.recipes.cache import CacheOptions, run_cache  # noqa: E402
 from adaspec.io import atomic_write_json  # noqa: E402
-from adaspec.training.head_options import TrainHeadOptions, run_train_head  # noqa: E402
+from adaspec.recipes.train_head.options import TrainHeadOptions, run_train_head  # noqa: E402
 
 
 def _train(args: argparse.Namespace, out: Path, cache: Path | None) -> dict:

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from adaspec import chat, data
+from adaspec.data import chat
+from adaspec import data
 from adaspec.errors import AdaspecError
 
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|endoftext|>\n{% endfor %}"

@@ -143,7 +143,7 @@ def test_corpus_mixes_every_task_split(split):
 
 
 def test_corpus_is_a_task_for_every_command():
-    from adaspec.options import DataOptions
+    from adaspec.data.options import DataOptions
     assert DataOptions(task=CORPUS).task == CORPUS
     with pytest.raises(AdaspecError, match="or corpus"):
         DataOptions(task="corpse")

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from adaspec import AdaspecError
-from adaspec.metrics import SpecStats, expected_tokens_per_step, optimal_gamma, theoretical_speedup
+from adaspec.core.metrics import SpecStats, expected_tokens_per_step, optimal_gamma, theoretical_speedup
 
 
 def hand_made() -> SpecStats:

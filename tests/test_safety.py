@@ -142,7 +142,7 @@ def test_os_errors_of_a_command_are_one_line(tmp_path, capsys, tiny_target_dir, 
 
     eval_ = ["eval", "--target", tiny_target_dir, "--draft", tiny_target_dir, "--n-prompts", 1,
              "--max-new-tokens", 4, "--loss-examples", 1]
-    monkeypatch.setattr("adaspec.evaluation.command.atomic_write_json", full)
+    monkeypatch.setattr("adaspec.recipes.eval.atomic_write_json", full)
     err = last_error(*eval_, "--json", tmp_path / "e.json")
     assert err == f"adaspec eval: error: {tmp_path / 'e.json'}: No space left on device"
     assert not list(tmp_path.glob("e.json*"))

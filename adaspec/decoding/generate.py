@@ -2,7 +2,7 @@
 
 One step: the drafter proposes γ tokens; the target scores the last accepted token plus the γ proposals
 in ONE forward that reuses its KV cache (and yields the hidden states a feature drafter reads); the
-acceptance rule (adaspec.decoding.verify) keeps a prefix and the target's cache is cropped back to the
+acceptance rule (adaspec.core.verify) keeps a prefix and the target's cache is cropped back to the
 accepted length, so the accepted prefix is never recomputed. Output has exactly the target's
 distribution (greedy: exactly the target's greedy output).
 
@@ -24,14 +24,14 @@ from typing import Callable, Iterable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adaspec.decoding.sampling import check_sampling, logits_to_probs, make_generator, sample
-from adaspec.decoding.lean import LeanLM, cached_lm
-from adaspec.decoding.target import CachedLM, Clock, context_length
-from adaspec.decoding.verify import greedy_accepted, verify_chain
-from adaspec.drafters.base import Drafter
-from adaspec.drafters.lm import DRAFT_CONFIDENCE, LMDrafter
+from adaspec.core.sampling import check_sampling, logits_to_probs, make_generator, sample
+from adaspec.models.lean import LeanLM, cached_lm
+from adaspec.models.target import CachedLM, Clock, context_length
+from adaspec.core.verify import greedy_accepted, verify_chain
+from adaspec.decoding.drafter import Drafter
+from adaspec.decoding.lm import DRAFT_CONFIDENCE, LMDrafter
 from adaspec.errors import AdaspecError
-from adaspec.metrics import SpecStats, optimal_gamma
+from adaspec.core.metrics import SpecStats, optimal_gamma
 from adaspec.models import check_vocab_compatible, output_vocab_size
 
 OnTokens = Callable[[list[int]], None]
@@ -180,10 +180,10 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Draft
     `adaptive_gamma`, `gamma` is the first step's draft length and later steps choose γ in
     [1, gamma_max] (default max(gamma, 8)) from the running α and measured c. `tokenizer`, when given,
     lets the output sizes differ by padding rows beyond it. `on_tokens` receives each step's new tokens.
-    `lean`: the target and a draft model run on the lean decode path (adaspec.decoding.lean) where their
+    `lean`: the target and a draft model run on the lean decode path (adaspec.models.lean) where their
     family supports it (None: automatically; True: required; False: the transformers path).
     `draft_confidence` (a draft model only; None: `DRAFT_CONFIDENCE`): a step stops drafting after the first
-    proposal the draft gives a probability below it (adaspec.drafters.lm.LMDrafter); 0 drafts γ every step.
+    proposal the draft gives a probability below it (adaspec.decoding.lm.LMDrafter); 0 drafts γ every step.
     """
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
         raise AdaspecError(f"gamma must be an integer >= 1, got {gamma!r}")

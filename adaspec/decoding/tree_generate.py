@@ -8,18 +8,18 @@ seq[:n-1] + seq[n-1] + the path (`keep_path`: rows moved, nothing recomputed), w
 seq[:n'-1] (n' = n + k + 1), so the invariant holds again; the drafter gets the path and the target's
 features of the kept positions (`accept_tree`).
 
-The target runs through `cached_lm` as in the chain engine: the lean path (adaspec.decoding.lean) where
-the family supports it, else the transformers path with a 4-D mask (adaspec.decoding.tree_target, which
+The target runs through `cached_lm` as in the chain engine: the lean path (adaspec.models.lean) where
+the family supports it, else the transformers path with a 4-D mask (adaspec.models.tree_target, which
 refuses families that cannot take one), so tree and chain timings compare like with like.
 
 Sampling: children chosen as the drafter's top-k (every drafter here) are deterministic candidates, and
-the verification rule for those is lossless at any temperature / top-p (adaspec.decoding.tree_verify).
+the verification rule for those is lossless at any temperature / top-p (adaspec.core.tree_verify).
 Random draws per sampling step: `torch.rand(N)` for the nodes, then one sample of the next token.
 
 Adaptive size (`AdaptiveTree`): the loop measures, once before decoding unless `costs` are passed in, the
 target's forward over n tokens relative to one (`measure_verify_costs`), and a `TreeController` chooses
 each step's static tree from those costs, the run's measured draft and loop times and its acceptance per
-(depth, rank) (adaspec.decoding.tree_policy).
+(depth, rank) (adaspec.core.tree_policy).
 """
 
 from __future__ import annotations
@@ -31,17 +31,17 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec.decoding.generate import OnTokens, _as_drafter, _eos_set, _hidden_slice, _prompt, _truncate
-from adaspec.decoding.lean import LeanLM, cached_lm
-from adaspec.decoding.sampling import check_sampling, logits_to_probs, make_generator, sample
-from adaspec.decoding.target import CachedLM, Clock
-from adaspec.decoding.tree import Tree
-from adaspec.decoding.tree_policy import TreeController, interpolate_costs
-from adaspec.decoding.tree_shape import CPU_DEFAULT, AdaptiveTree, TreeShape, TreeSpec
-from adaspec.decoding.tree_target import check_tree_attention
-from adaspec.decoding.tree_verify import verify_tree
-from adaspec.drafters.base import Drafter, TreeDrafter
+from adaspec.models.lean import LeanLM, cached_lm
+from adaspec.core.sampling import check_sampling, logits_to_probs, make_generator, sample
+from adaspec.models.target import CachedLM, Clock
+from adaspec.core.tree import Tree
+from adaspec.core.tree_policy import TreeController, interpolate_costs
+from adaspec.core.tree_shape import CPU_DEFAULT, AdaptiveTree, TreeShape, TreeSpec
+from adaspec.models.tree_target import check_tree_attention
+from adaspec.core.tree_verify import verify_tree
+from adaspec.decoding.drafter import Drafter, TreeDrafter
 from adaspec.errors import AdaspecError
-from adaspec.metrics import SpecStats
+from adaspec.core.metrics import SpecStats
 from adaspec.models import output_vocab_size
 
 COST_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # tokens per verification measured

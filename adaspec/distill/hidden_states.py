@@ -1,7 +1,7 @@
 """The target's hidden states in the teacher cache (`adaspec cache --hidden-layers`), read by
 `adaspec train-head --teacher-cache` so a head trains with no target forward.
 
-Layers are named as the heads name them (adaspec.decoding.target ids): "eagle3" is the EAGLE-3 default
+Layers are named as the heads name them (adaspec.models.target ids): "eagle3" is the EAGLE-3 default
 for this target (`drafters.eagle.default_aux_layers`, what `train-head --kind eagle` reads without
 --aux-layers), "final" the final normed state (`FINAL`: EAGLE-1, MTP and Medusa), or explicit ids;
 comma-separated, kept in order, duplicates dropped ("eagle3,final" serves every head kind).
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 
-from adaspec.decoding.target import FINAL, check_layer_ids, config_dims
-from adaspec.drafters.eagle import default_aux_layers
+from adaspec.models.target import FINAL, check_layer_ids, config_dims
+from adaspec.models.target import default_aux_layers
 from adaspec.errors import AdaspecError
 
 NAMED = {"eagle3": default_aux_layers, "final": lambda num_layers: (FINAL,)}

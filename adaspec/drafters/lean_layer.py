@@ -3,7 +3,7 @@ path.
 
 The nn.Modules stay the one definition: training runs them, and tests hold this view to their outputs
 (tests/drafters/test_lean_layer.py). At decode time a head runs one layer over one to a few rows per call,
-where every op is mostly call overhead (adaspec.decoding.lean measures the same for the target), and the
+where every op is mostly call overhead (adaspec.models.lean measures the same for the target), and the
 modules' per-call work was most of a head's step: rotary angles recomputed from scratch twice per call, four
 float32 round trips per RMSNorm, separate q/k/v and gate/up matmuls, and a KV cache grown by `torch.cat`
 (a copy of the whole cache per draft token). This view reads the same weights, fused once when it is

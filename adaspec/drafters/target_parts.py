@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from adaspec.decoding.target import final_norm, fit_vocab
+from adaspec.models.target import final_norm, fit_vocab
 from adaspec.models import output_vocab_size
 
 

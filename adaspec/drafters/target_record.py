@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adaspec.decoding.target import config_dims
+from adaspec.models.target import config_dims
 from adaspec.errors import AdaspecError, warn
 from adaspec.io import atomic_write_json
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from transformers import PreTrainedModel
 
-from adaspec.evaluation import acceptance
+from adaspec.decoding import acceptance
 from adaspec.io import atomic_write_json
 
 CACHE_FORMAT = 1

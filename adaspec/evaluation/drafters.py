@@ -27,14 +27,14 @@ from transformers import PreTrainedModel
 
 from adaspec import data
 from adaspec.decoding.generate import speculative_generate, target_only_generate
-from adaspec.decoding.lean import LeanLM, lean_supported
-from adaspec.decoding.target import Clock
-from adaspec.drafters.base import Drafter
+from adaspec.models.lean import LeanLM, lean_supported
+from adaspec.models.target import Clock
+from adaspec.decoding.drafter import Drafter
 from adaspec.drafters.loading import load_drafter
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.speed import Run, forward_ms, timed_rounds
 from adaspec.io import atomic_write_json
-from adaspec.metrics import SpecStats
+from adaspec.core.metrics import SpecStats
 from adaspec.models import check_vocab_compatible, count_params, load_model, load_tokenizer, saved_tokenizer
 from adaspec.serving.vllm_benchmark import format_vllm_rows, vllm_benchmark
 from adaspec.serving.vllm_engine import find_vllm_python

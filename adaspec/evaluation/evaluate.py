@@ -12,7 +12,7 @@
    speed-up (median over prompts of the per-prompt ratio of wall time per token, prefill included).
 2. Analytic: on the target's own greedy continuations, one parallel forward per model gives the greedy α
    (top-1 agreement) and the sampling α (mean Σ min(p, q) = 1 − TVD, at the temperature or 1 when greedy;
-   top-p is ignored), see adaspec.evaluation.acceptance. The continuations are cached on disk
+   top-p is ignored), see adaspec.decoding.acceptance. The continuations are cached on disk
    (adaspec.evaluation.continuations), so comparing many drafts generates them once.
    Greedy alpha and the analytic greedy α score the same positions with the same contexts, except that
    greedy SD never tests the bonus token that follows γ accepted proposals: replaying SD's schedule on the
@@ -41,15 +41,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
 from adaspec.decoding.generate import speculative_generate, target_only_generate
-from adaspec.decoding.sampling import check_sampling
-from adaspec.decoding.target import context_length
-from adaspec.drafters.base import Drafter
+from adaspec.core.sampling import check_sampling
+from adaspec.models.target import context_length
+from adaspec.decoding.drafter import Drafter
 from adaspec.errors import AdaspecError
-from adaspec.evaluation import acceptance, head_acceptance, quality, sandbox
+from adaspec.decoding import acceptance
+from adaspec.evaluation import head_acceptance, quality, sandbox
 from adaspec.evaluation.continuations import cached_continuations, weights_fingerprint
-from adaspec.metrics import SpecStats, theoretical_speedup
+from adaspec.core.metrics import SpecStats, theoretical_speedup
 from adaspec.models import check_vocab_compatible, count_params
-from adaspec.training.target import validation_loss
+from adaspec.training.setup import validation_loss
 
 # context assumed for models whose config names none (the response-loss encoding needs a length)
 FALLBACK_CONTEXT = 2048
@@ -81,7 +82,7 @@ class EvalSettings:
     loss_examples: int = 64
     data_dir: str | os.PathLike | None = None
     warmup: bool = True
-    lean: bool | None = None  # decode path of the target alone and every draft (adaspec.decoding.lean)
+    lean: bool | None = None  # decode path of the target alone and every draft (adaspec.models.lean)
     data: str | None = None
     prompt_field: str = "prompt"
     response_field: str = "response"

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from adaspec.decoding.lean import LeanLM
-from adaspec.decoding.target import CachedLM
+from adaspec.models.lean import LeanLM
+from adaspec.models.target import CachedLM
 from adaspec.errors import AdaspecError
 from adaspec.models import build_model, count_params
 

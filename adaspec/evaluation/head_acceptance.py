@@ -7,11 +7,11 @@ verification produced) and its depth-1 proposal is the token at n. On a greedy c
 next token is the data token, and a chained head (MTP, EAGLE) feeds its own proposals, which equal the data
 tokens as long as they are accepted: so a step accepts exactly the leading depths k whose argmax at i
 equals token i+k+1. Every continuation position is treated as a step start (the usual teacher-forced
-estimate). EAGLE's unroll step j is its depth j+1 (adaspec.drafters.eagle_ttt: index t of step j predicts
+estimate). EAGLE's unroll step j is its depth j+1 (adaspec.drafters.eagle.training: index t of step j predicts
 token t+1+j from the features of t-1, so depth j+1 at i is unroll index i+1).
 
 `head_acceptance` gives the accepted length of γ = D steps; `analytic_alpha` the analytic α of a head, as
-adaspec.evaluation.acceptance gives it for a draft LM: its depth-1 proposal (what every step drafts first,
+adaspec.decoding.acceptance gives it for a draft LM: its depth-1 proposal (what every step drafts first,
 and all it drafts at γ = 1) against the target's distribution for the same token.
 """
 
@@ -23,14 +23,14 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from adaspec.decoding.target import FINAL, features
-from adaspec.drafters.draft_vocab import draft_ids
-from adaspec.drafters.eagle import EagleHead
-from adaspec.drafters.eagle_drafter import EagleDrafter
-from adaspec.drafters.eagle_ttt import unroll
-from adaspec.drafters.medusa import MedusaDrafter
-from adaspec.drafters.mtp import MTPDrafter
-from adaspec.evaluation.acceptance import Continuations, agreement_and_overlap
+from adaspec.models.target import FINAL, features
+from adaspec.drafters.eagle.draft_vocab import draft_ids
+from adaspec.drafters.eagle.model import EagleHead
+from adaspec.drafters.eagle.drafter import EagleDrafter
+from adaspec.drafters.eagle.training import unroll
+from adaspec.drafters.medusa.model import MedusaDrafter
+from adaspec.drafters.mtp.model import MTPDrafter
+from adaspec.decoding.acceptance import Continuations, agreement_and_overlap
 
 # (hidden [B, T, layers * H]: the head's target layers concatenated, ids [B, T]) -> per-depth logits, depth k
 # at position i proposing token i+k+1, over the target's vocabulary
@@ -106,7 +106,7 @@ def eagle_forward(head: EagleHead, depth: int) -> HeadForward:
 
 def drafter_forward(drafter: object, depth: int = 1) -> tuple[tuple[int, ...], HeadForward] | None:
     """(target layers read, teacher-forced forward of `depth` depths) of a head drafter; None for any other
-    drafter (a draft LM is scored by adaspec.evaluation.acceptance)."""
+    drafter (a draft LM is scored by adaspec.decoding.acceptance)."""
     if isinstance(drafter, EagleDrafter):
         return drafter.hidden_layers, eagle_forward(drafter.head, depth)
     if isinstance(drafter, MTPDrafter):

@@ -29,9 +29,9 @@ from transformers import DynamicCache
 
 from adaspec import data
 from adaspec.decoding.generate import speculative_generate, target_only_generate
-from adaspec.decoding.target import Clock, cache_kwarg
+from adaspec.models.target import Clock, cache_kwarg
 from adaspec.io import atomic_write_json
-from adaspec.metrics import SpecStats
+from adaspec.core.metrics import SpecStats
 from adaspec.models import check_vocab_compatible, count_params, load_model, load_tokenizer, saved_tokenizer
 
 

@@ -25,12 +25,12 @@ import torch
 from transformers import PreTrainedModel
 
 from adaspec.decoding.generate import speculative_generate, target_only_generate
-from adaspec.decoding.target import Clock
-from adaspec.drafters.base import Drafter
+from adaspec.models.target import Clock
+from adaspec.decoding.drafter import Drafter
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.drafters import _prompts, add_drafter_arguments, decode_forward_ms, load_named_drafters
 from adaspec.io import atomic_write_json
-from adaspec.metrics import SpecStats
+from adaspec.core.metrics import SpecStats
 from adaspec.models import load_model, load_tokenizer
 
 PARTS = ("draft", "verify_forward", "accept", "other")

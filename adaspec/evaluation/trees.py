@@ -30,13 +30,13 @@ from transformers import PreTrainedModel
 
 from adaspec import data
 from adaspec.decoding.generate import speculative_generate, target_only_generate
-from adaspec.decoding.lean import cached_lm, lean_supported
+from adaspec.models.lean import cached_lm, lean_supported
 from adaspec.decoding.tree_generate import COST_SIZES, TreeCosts, measure_verify_costs, tree_speculative_generate
-from adaspec.decoding.tree_policy import TreeController, interpolate_costs
-from adaspec.decoding.tree_shape import AdaptiveTree, TreeSpec, parse_tree_spec
-from adaspec.drafters.base import Drafter
-from adaspec.drafters.eagle_drafter import EagleDrafter
-from adaspec.drafters.lm import LMDrafter
+from adaspec.core.tree_policy import TreeController, interpolate_costs
+from adaspec.core.tree_shape import AdaptiveTree, TreeSpec, parse_tree_spec
+from adaspec.decoding.drafter import Drafter
+from adaspec.drafters.eagle.drafter import EagleDrafter
+from adaspec.decoding.lm import LMDrafter
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.drafters import add_drafter_arguments, load_named_drafters
 from adaspec.evaluation.speed import Run, timed_rounds

@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
-from adaspec.drafters.base import Drafter
+from adaspec.decoding.drafter import Drafter
 from adaspec.serving.vllm_engine import VllmRun, measure
 
 

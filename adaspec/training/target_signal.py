@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from adaspec.decoding.target import config_dims, features
+from adaspec.models.target import config_dims, features
 from adaspec.distill.cache_store import TeacherCache
 from adaspec.distill.teacher import TopK
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from adaspec import models
-from adaspec.chat import set_template
+from adaspec.data.chat import set_template
 
 
 @pytest.fixture(scope="module")

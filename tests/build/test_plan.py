@@ -2,10 +2,10 @@
 
 import pytest
 
-from adaspec.build import plan
+from adaspec.recipes.build import plan
 from adaspec.data import Example
 from adaspec.errors import AdaspecError
-from adaspec.serving.constraints import SERVABLE_HEAD_SIZES
+from adaspec.models.servable import SERVABLE_HEAD_SIZES
 
 
 def test_families_are_what_vllm_serves_and_a_requested_unservable_one_is_refused():

@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerFast
 from adaspec import AdaspecError
 from adaspec.cli import main
 from adaspec.models import build_model, save_model
-from adaspec.decoding.command import GenerateOptions
+from adaspec.recipes.generate import GenerateOptions
 
 torch.set_num_threads(1)
 
@@ -115,8 +115,8 @@ def test_options_check_ranges_from_python():
 
 
 def test_generate_with_a_head_drafter_gives_the_target_greedy_text(model_dirs, capsys, tmp_path):
-    from adaspec.drafters.mtp import build_mtp
-    from adaspec.export.mtp import save_mtp
+    from adaspec.drafters.mtp.model import build_mtp
+    from adaspec.drafters.mtp.export import save_mtp
     from adaspec.models import load_model
 
     target = load_model(model_dirs / "target")
@@ -149,11 +149,11 @@ def test_generate_streams_the_prompt_even_without_new_text(model_dirs, capsys):
 
 
 def test_generate_with_trees_gives_the_target_greedy_text_for_every_drafter(model_dirs, capsys, tmp_path):
-    from adaspec.drafters.eagle import EagleHead
-    from adaspec.drafters.medusa import build_medusa
-    from adaspec.drafters.mtp import build_mtp
-    from adaspec.export.medusa import save_medusa
-    from adaspec.export.mtp import save_mtp
+    from adaspec.drafters.eagle.model import EagleHead
+    from adaspec.drafters.medusa.model import build_medusa
+    from adaspec.drafters.mtp.model import build_mtp
+    from adaspec.drafters.medusa.export import save_medusa
+    from adaspec.drafters.mtp.export import save_mtp
     from adaspec.models import load_model
 
     target = load_model(model_dirs / "target")
@@ -199,9 +199,9 @@ def test_generate_rejects_bad_tree_specs_in_one_line(model_dirs, capsys, spec, m
 def test_tree_options_conflict_with_adaptive_gamma_and_deep_head_trees(model_dirs, capsys, tmp_path):
     with pytest.raises(AdaspecError, match="with --tree use --tree adaptive"):
         GenerateOptions(target="t", draft="d", prompt="p", tree="2,2,3", adaptive_gamma=True)
-    from adaspec.drafters.medusa import build_medusa
+    from adaspec.drafters.medusa.model import build_medusa
     from adaspec.drafters.target_record import write_record
-    from adaspec.export.medusa import save_medusa
+    from adaspec.drafters.medusa.export import save_medusa
     from adaspec.models import load_model, load_tokenizer
 
     target = load_model(model_dirs / "target")

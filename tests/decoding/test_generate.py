@@ -14,7 +14,7 @@ import adaspec.decoding.generate as spec
 from adaspec import AdaspecError
 from adaspec.models import build_model
 from adaspec.decoding.generate import speculative_generate, target_only_generate
-from adaspec.decoding.sampling import logits_to_probs, sample
+from adaspec.core.sampling import logits_to_probs, sample
 
 # Tiny models are dominated by per-op overhead; one thread avoids oversubscribing a shared CPU.
 torch.set_num_threads(1)

@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig
 
-import adaspec.drafters.lm as lm_drafter
+import adaspec.decoding.lm as lm_drafter
 from adaspec import AdaspecError
 from adaspec.decoding.generate import speculative_generate, target_only_generate
-from adaspec.decoding.lean import LeanLM, cached_lm, lean_supported
+from adaspec.models.lean import LeanLM, cached_lm, lean_supported
 from adaspec.models import build_model
 
 V = 96
@@ -354,9 +354,9 @@ def test_tree_step_matches_mains_hf_tree_forward_and_compaction(model):
     nodes, and after compaction (compact_cache vs keep_path) the next forward."""
     from transformers import DynamicCache
 
-    from adaspec.decoding.target import cache_kwarg
-    from adaspec.decoding.tree import Tree
-    from adaspec.decoding.tree_target import compact_cache, tree_forward
+    from adaspec.models.target import cache_kwarg
+    from adaspec.core.tree import Tree
+    from adaspec.models.tree_target import compact_cache, tree_forward
 
     prefix, nxt = tokens(9, seed=20), tokens(2, seed=21)
     tree = Tree(tokens(6, seed=22), torch.tensor([-1, -1, 0, 0, 1, 3]), torch.tensor([1, 1, 2, 2, 2, 3]))

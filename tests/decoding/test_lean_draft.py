@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
-from adaspec.decoding.lean_draft import DraftLeanLM
-from adaspec.drafters.lm import LMDrafter
+from adaspec.models.lean_draft import DraftLeanLM
+from adaspec.decoding.lm import LMDrafter
 from adaspec.models import build_model
 
 V = 96

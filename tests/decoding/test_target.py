@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaspec.decoding.target import FINAL, CachedLM, cache_kwarg, decoder_layers, final_norm, fit_vocab
+from adaspec.models.target import FINAL, CachedLM, cache_kwarg, decoder_layers, final_norm, fit_vocab
 from adaspec.errors import AdaspecError
 from adaspec.models import build_model
 
@@ -62,7 +62,7 @@ def test_fit_vocab_pads_and_slices():
 
 
 def test_features_of_full_sequences_match_the_cached_path():
-    from adaspec.decoding.target import features
+    from adaspec.models.target import features
 
     model = build_model("tiny-llama", VOCAB, seed=4)
     ids = torch.randint(VOCAB, (2, 9), generator=torch.Generator().manual_seed(5))

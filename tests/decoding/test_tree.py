@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaspec.decoding.tree import Tree, build_dynamic_tree
+from adaspec.core.tree import Tree, build_dynamic_tree
 from adaspec.errors import AdaspecError
 
 #        root

@@ -11,15 +11,15 @@ from sampling_check import chi2_pvalue, exact_joint, tiny_neox
 
 from adaspec import AdaspecError
 from adaspec.decoding.generate import speculative_generate, target_only_generate
-from adaspec.decoding.lean import LeanLM
-from adaspec.decoding.target import CachedLM
+from adaspec.models.lean import LeanLM
+from adaspec.models.target import CachedLM
 from adaspec.decoding.tree_generate import TreeCosts, measure_verify_costs, tree_speculative_generate
-from adaspec.decoding.tree_shape import AdaptiveTree, TreeShape
-from adaspec.drafters.eagle import EagleConfig, EagleHead
-from adaspec.drafters.eagle_drafter import EagleDrafter
-from adaspec.drafters.lm import LMDrafter
-from adaspec.drafters.medusa import MedusaDrafter, build_medusa
-from adaspec.drafters.mtp import MTPDrafter, build_mtp
+from adaspec.core.tree_shape import AdaptiveTree, TreeShape
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead
+from adaspec.drafters.eagle.drafter import EagleDrafter
+from adaspec.decoding.lm import LMDrafter
+from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
+from adaspec.drafters.mtp.model import MTPDrafter, build_mtp
 from adaspec.models import build_model
 
 VOCAB = 40
@@ -142,7 +142,7 @@ def test_adaptive_measures_costs_when_none_are_given():
     seq, stats = tree_speculative_generate(target, _noisy_copy(target, 0.1, seed=1), torch.tensor([[1, 2, 3]]), 16,
                                            tree=AdaptiveTree(8, 3, 2))
     assert seq.tolist() == target_only_generate(target, torch.tensor([[1, 2, 3]]), 16)[0].tolist()
-    from adaspec.decoding.lean import cached_lm
+    from adaspec.models.lean import cached_lm
 
     tgt = cached_lm(target, VOCAB, "target")
     tgt.forward(torch.tensor([1, 2, 3]))
@@ -222,7 +222,7 @@ def test_sampled_trees_of_a_draft_lm_follow_the_target_at_10k_samples():
 
 
 def test_a_controller_passed_in_keeps_learning_across_calls():
-    from adaspec.decoding.tree_policy import TreeController
+    from adaspec.core.tree_policy import TreeController
 
     target = _target("tiny-llama")
     drafter = LMDrafter(_noisy_copy(target, 0.1, seed=1), VOCAB)

@@ -9,10 +9,9 @@ import random
 import pytest
 import torch
 
-from adaspec.decoding.tree import Tree
-from adaspec.decoding.tree_policy import (TreeController, best_tree, expected_tokens, frontier_sizes,
-                                         interpolate_costs, step_cost)
-from adaspec.decoding.tree_shape import AdaptiveTree
+from adaspec.core.tree import Tree
+from adaspec.core.tree_policy import TreeController, best_tree, expected_tokens, frontier_sizes, interpolate_costs, step_cost
+from adaspec.core.tree_shape import AdaptiveTree
 from adaspec.errors import AdaspecError
 
 

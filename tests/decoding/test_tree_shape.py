@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaspec.decoding.tree import Tree, build_static_tree
-from adaspec.decoding.tree_shape import AdaptiveTree, TreeShape, cartesian_paths, parse_tree_spec
+from adaspec.core.tree import Tree, build_static_tree
+from adaspec.core.tree_shape import AdaptiveTree, TreeShape, cartesian_paths, parse_tree_spec
 from adaspec.errors import AdaspecError
 
 

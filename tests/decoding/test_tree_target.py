@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from adaspec.decoding.tree import Tree
-from adaspec.decoding.tree_target import check_tree_attention, compact_cache, tree_forward
+from adaspec.core.tree import Tree
+from adaspec.models.tree_target import check_tree_attention, compact_cache, tree_forward
 from adaspec.errors import AdaspecError
 from adaspec.models import build_model
 

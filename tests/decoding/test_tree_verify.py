@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy import stats
 
-from adaspec.decoding.sampling import logits_to_probs
-from adaspec.decoding.tree import Tree, build_dynamic_tree
-from adaspec.decoding.tree_verify import verify_tree
-from adaspec.decoding.verify import verify_chain
+from adaspec.core.sampling import logits_to_probs
+from adaspec.core.tree import Tree, build_dynamic_tree
+from adaspec.core.tree_verify import verify_tree
+from adaspec.core.verify import verify_chain
 from adaspec.errors import AdaspecError
 
 V = 8  # toy vocabulary: V * V outcomes for the first two tokens

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaspec.decoding.verify import greedy_accepted, verify_chain
+from adaspec.core.verify import greedy_accepted, verify_chain
 
 
 def naive(p: torch.Tensor, x: torch.Tensor, q: torch.Tensor | None, u: torch.Tensor | None):

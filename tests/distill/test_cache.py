@@ -12,12 +12,12 @@ import torch
 
 from adaspec import cli, data
 from adaspec.distill import losses
-from adaspec.distill.cache import CacheOptions, run_cache
+from adaspec.recipes.cache import CacheOptions, run_cache
 from adaspec.distill.cache_store import TeacherCache, items_fingerprint
 from adaspec.errors import AdaspecError
 from adaspec.models import build_model, load_model, save_model
 from adaspec.data import encode
-from adaspec.options import load_split
+from adaspec.data.options import load_split
 from adaspec.training.options import TrainOptions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -280,7 +280,7 @@ def test_error_decreases_with_k(env, tmp_path):
 # ---------------------------------------------------------------------------------------------- distill
 
 def _distill_opts(env: dict, out: Path, **kw):
-    from adaspec.distill.recipe import DistillOptions
+    from adaspec.recipes.distill import DistillOptions
     base = dict(output=str(out), target=env["target"], task=None, data=env["data"], limit=N_ITEMS,
                 max_length=MAX_LEN, batch_size=4, max_steps=3, val_every=0, val_examples=4,
                 val_max_new_tokens=6, preset="tiny-neox", init_seed=7, warmup_steps=1, progress=False, method="adaspec",
@@ -297,7 +297,7 @@ def test_on_policy_refused_with_cache(env, built):
 
 
 def test_distill_from_cache_runs_no_teacher_forward(env, tmp_path, monkeypatch):
-    from adaspec.distill import recipe as distill
+    from adaspec.recipes import distill
 
     out = tmp_path / "cache_full"
     run_cache(_opts(env, out, top_k=env["V"], shard_size=100))
@@ -340,7 +340,7 @@ def test_distill_from_cache_runs_no_teacher_forward(env, tmp_path, monkeypatch):
 
 
 def test_distill_refuses_cache_without_reference(env, tmp_path):
-    from adaspec.distill import recipe as distill
+    from adaspec.recipes import distill
     out = tmp_path / "noref"
     run_cache(_opts(env, out, ref=None))
     with pytest.raises(AdaspecError, match="no reference divergence"):
@@ -348,7 +348,7 @@ def test_distill_refuses_cache_without_reference(env, tmp_path):
 
 
 def test_distill_prints_the_cache_k_and_refuses_fewer_than_top_k(env, built, tmp_path, capsys):
-    from adaspec.distill import recipe as distill
+    from adaspec.recipes import distill
     with pytest.raises(AdaspecError, match="holds the target's top-16 per token, fewer than --top-k 32"):
         distill.run_distill(_distill_opts(env, tmp_path / "d", teacher_cache=str(built), top_k=32))
     distill.run_distill(_distill_opts(env, tmp_path / "ok", teacher_cache=str(built), top_k=16, max_steps=1))

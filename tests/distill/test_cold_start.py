@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli_error, max_diff, options_from, run, scalars, summary
+from helpers import max_diff, options_from, run, scalars, summary
 
 from adaspec import AdaspecError, config, data
 from adaspec.distill import cold_start, selection
-from adaspec.distill.recipe import RUN_INPUTS, DistillOptions
-from adaspec.training.head_options import TrainHeadOptions
+from adaspec.recipes.distill import RUN_INPUTS, DistillOptions
+from adaspec.recipes.train_head.options import TrainHeadOptions
 from adaspec.training.run_fingerprint import run_fingerprint
 
 FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",

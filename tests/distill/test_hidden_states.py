@@ -13,15 +13,15 @@ import torch
 from helpers import cli_error, run
 
 from adaspec import data
-from adaspec.decoding.target import FINAL, features
-from adaspec.distill import cache as cache_lib
-from adaspec.distill.cache import CacheOptions, run_cache
+from adaspec.models.target import FINAL, features
+from adaspec.recipes import cache as cache_lib
+from adaspec.recipes.cache import CacheOptions, run_cache
 from adaspec.distill.cache_store import TeacherCache
 from adaspec.distill.hidden_states import hidden_bytes, hidden_layer_ids
-from adaspec.drafters.eagle import default_aux_layers
+from adaspec.models.target import default_aux_layers
 from adaspec.errors import AdaspecError
 from adaspec.models import load_model, load_tokenizer, model_fingerprint
-from adaspec.options import load_split
+from adaspec.data.options import load_split
 
 LIMIT, MAX_LEN = 12, 64
 H = 32  # tiny-neox's hidden size (2 layers)

@@ -14,8 +14,8 @@ import torch
 from helpers import cli_error, max_diff, options_from, run, scalars, summary, torchrun
 
 from adaspec import models
-from adaspec.distill import recipe as distill
-from adaspec.evaluation.acceptance import greedy_continuations
+from adaspec.recipes import distill
+from adaspec.decoding.acceptance import greedy_continuations
 from adaspec.training import loop as train
 
 FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
@@ -149,7 +149,7 @@ def test_data_source_target_trains_on_target_continuations(tmp_path, target_dir,
     made = json.loads(cached.read_text())
     assert len(made["sequences"]) == 32
     from adaspec.data import encode
-    from adaspec.options import load_split
+    from adaspec.data.options import load_split
     from adaspec.training.options import TrainOptions
     opts = TrainOptions(output=str(out), limit=32, max_length=64)
     items = encode(load_split(opts, "train", 32), tiny_tokenizer, 64)

@@ -89,7 +89,7 @@ def test_delta_in_tvd_from_a_cache_that_records_it(capsys, root, tvd_cache, tiny
 def test_teacher_measures_delta_in_its_own_divergence(cached, tvd_cache, tiny_target_dir, tiny_draft_dir,
                                                       tiny_tokenizer):
     from adaspec.distill.cache_store import TeacherCache
-    from adaspec.options import load_split
+    from adaspec.data.options import load_split
     from adaspec.training.options import TrainOptions
 
     target, ref = models.load_model(tiny_target_dir).eval(), models.load_model(tiny_draft_dir).eval()
@@ -124,7 +124,7 @@ def test_teacher_measures_delta_in_its_own_divergence(cached, tvd_cache, tiny_ta
 
 def test_new_options_stay_out_of_fingerprints_at_their_default(tiny_target_dir):
     """Runs recorded before these options existed still resume; setting one is a different run."""
-    from adaspec.distill.recipe import RUN_INPUTS
+    from adaspec.recipes.distill import RUN_INPUTS
 
     base = ["distill", "--target", tiny_target_dir, "--output", "o", "--method", "adaspec", "--ref", tiny_target_dir]
     plain = run_fingerprint(options_from(base), RUN_INPUTS)

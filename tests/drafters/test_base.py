@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adaspec.decoding.generate import speculative_generate
-from adaspec.decoding.target import FINAL
+from adaspec.models.target import FINAL
 from adaspec.drafters import DRAFTERS, Drafter, LMDrafter
 from adaspec.errors import AdaspecError
 from adaspec.models import build_model

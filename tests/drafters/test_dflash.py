@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from adaspec import AdaspecError
 from adaspec.decoding.generate import speculative_generate
-from adaspec.decoding.target import CachedLM
+from adaspec.models.target import CachedLM
 from adaspec.decoding.tree_generate import tree_speculative_generate
-from adaspec.decoding.tree_shape import TreeShape
+from adaspec.core.tree_shape import TreeShape
 from adaspec.drafters import DRAFTERS, Drafter
 from adaspec.drafters.dflash import DFlashConfig, DFlashDrafter, DFlashHead
 from adaspec.drafters.dflash.model import default_target_layers

@@ -10,7 +10,7 @@ import torch
 
 from adaspec.distill import losses
 from adaspec.distill.teacher import TopK, divergence
-from adaspec.drafters.draft_vocab import restrict_to_draft, restrict_topk_to_draft, vocab_maps
+from adaspec.drafters.eagle.draft_vocab import restrict_to_draft, restrict_topk_to_draft, vocab_maps
 
 
 def _draft_vocab(vocab: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from adaspec import AdaspecError
-from adaspec.drafters.draft_vocab import frequent_tokens, restrict_to_draft, to_target_space, vocab_maps
-from adaspec.drafters.eagle import EagleConfig, EagleHead, causal_attend, default_aux_layers
-from adaspec.drafters.eagle_drafter import LeanEagle
-from adaspec.drafters.eagle_ttt import (feature_regression_loss, shift_steps, step_weights, unroll,
-                                        unrolled_logits, unrolled_mask, unrolled_targets)
+from adaspec.drafters.eagle.draft_vocab import frequent_tokens, restrict_to_draft, to_target_space, vocab_maps
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead, causal_attend
+from adaspec.models.target import default_aux_layers
+from adaspec.drafters.eagle.drafter import LeanEagle
+from adaspec.drafters.eagle.training import feature_regression_loss, shift_steps, step_weights, unroll, unrolled_logits, unrolled_mask, unrolled_targets
 from adaspec.models import build_model
 
 V = 64

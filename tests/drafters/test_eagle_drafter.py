@@ -8,11 +8,11 @@ import torch
 from sampling_check import chi2_pvalue, exact_joint, tiny_neox
 
 from adaspec.decoding.generate import speculative_generate
-from adaspec.decoding.sampling import logits_to_probs, sample
+from adaspec.core.sampling import logits_to_probs, sample
 from adaspec.drafters import DRAFTERS
-from adaspec.drafters.draft_vocab import to_target_space
-from adaspec.drafters.eagle import EagleConfig, EagleHead, causal_attend
-from adaspec.drafters.eagle_drafter import EagleDrafter
+from adaspec.drafters.eagle.draft_vocab import to_target_space
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead, causal_attend
+from adaspec.drafters.eagle.drafter import EagleDrafter
 from adaspec.models import build_model
 
 V = 64

@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from adaspec import AdaspecError
 from adaspec.decoding.generate import speculative_generate
-from adaspec.decoding.target import FINAL, CachedLM
-from adaspec.drafters.medusa import MedusaDrafter, build_medusa
-from adaspec.drafters.mtp import MTPDrafter, build_mtp
+from adaspec.models.target import FINAL, CachedLM
+from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
+from adaspec.drafters.mtp.model import MTPDrafter, build_mtp
 from adaspec.models import build_model
 
 D = 3

@@ -10,8 +10,8 @@ from .feature_helpers import V
 
 from adaspec.decoding.generate import speculative_generate
 from adaspec.drafters.target_parts import target_parts
-from adaspec.drafters.medusa import MedusaDrafter, build_medusa
-from adaspec.drafters.mtp import MTPDrafter, build_mtp
+from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
+from adaspec.drafters.mtp.model import MTPDrafter, build_mtp
 from adaspec.drafters.multi_token_loss import depth_token_losses, weighted_depth_loss
 from adaspec.models import build_model
 

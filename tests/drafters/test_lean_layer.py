@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from adaspec.drafters.dflash import DFlashConfig, DFlashDrafter, DFlashHead
-from adaspec.drafters.eagle import EagleConfig, EagleHead, causal_attend
-from adaspec.drafters.eagle_drafter import LeanEagle
-from adaspec.drafters.mtp import LeanMTPModule, MTPConfig, MTPHeads
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead, causal_attend
+from adaspec.drafters.eagle.drafter import LeanEagle
+from adaspec.drafters.mtp.model import LeanMTPModule, MTPConfig, MTPHeads
 from adaspec.drafters.target_parts import target_parts
 from adaspec.models import build_model
 
@@ -114,7 +114,7 @@ def test_lean_mtp_module_equals_the_module():
 
 
 def test_drafters_rebuild_their_lean_view_after_the_weights_change():
-    from adaspec.drafters.eagle_drafter import EagleDrafter
+    from adaspec.drafters.eagle.drafter import EagleDrafter
     head = _head("eagle3", 2)
     drafter = EagleDrafter(head)
     with torch.no_grad():

@@ -9,7 +9,7 @@ from .feature_helpers import PRESETS, V, drive, final_hidden
 
 from adaspec import AdaspecError
 from adaspec.drafters.target_parts import target_parts
-from adaspec.drafters.medusa import MedusaDrafter, build_medusa
+from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
 from adaspec.models import build_model
 
 

@@ -9,9 +9,9 @@ from .feature_helpers import PRESETS, V, drive, final_hidden
 
 from adaspec import AdaspecError
 from adaspec.drafters.target_parts import target_parts
-from adaspec.drafters.mtp import MTPDrafter, build_mtp
+from adaspec.drafters.mtp.model import MTPDrafter, build_mtp
 from adaspec.data import response_mask
-from adaspec.decoding.sampling import logits_to_probs
+from adaspec.core.sampling import logits_to_probs
 from adaspec.distill.steps import place_by_predicted_token
 from adaspec.drafters.multi_token_loss import depth_token_losses, weighted_depth_loss
 from adaspec.models import build_model

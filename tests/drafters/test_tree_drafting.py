@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from adaspec import AdaspecError
-from adaspec.decoding.tree import Tree
-from adaspec.decoding.tree_shape import TreeShape
-from adaspec.drafters.eagle import EagleConfig, EagleHead, causal_attend
-from adaspec.drafters.eagle_drafter import EagleDrafter
-from adaspec.drafters.lm import LMDrafter
-from adaspec.drafters.medusa import MedusaDrafter, build_medusa
-from adaspec.drafters.mtp import MTPDrafter, build_mtp
+from adaspec.core.tree import Tree
+from adaspec.core.tree_shape import TreeShape
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead, causal_attend
+from adaspec.drafters.eagle.drafter import EagleDrafter
+from adaspec.decoding.lm import LMDrafter
+from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
+from adaspec.drafters.mtp.model import MTPDrafter, build_mtp
 from adaspec.drafters.target_parts import target_parts
-from adaspec.drafters.tree_drafting import TreeRows, per_depth_expand, top_children
+from adaspec.core.tree_drafting import TreeRows, per_depth_expand, top_children
 from adaspec.models import build_model
 
 V = 48

@@ -5,10 +5,11 @@ import pytest
 import torch
 from helpers import replay_greedy_sd
 
-from adaspec import cli, data, metrics, models
-from adaspec.evaluation import acceptance
+from adaspec import cli, data, models
+from adaspec.core import metrics
+from adaspec.decoding import acceptance
 from adaspec.errors import AdaspecError
-from adaspec.evaluation.command import EvalOptions, run_eval, unique_names
+from adaspec.recipes.eval import EvalOptions, run_eval, unique_names
 from adaspec.options import command_line
 from adaspec.evaluation.evaluate import EvalSettings
 from adaspec.evaluation.evaluate import evaluate as evaluate_typed
@@ -237,8 +238,8 @@ def test_names_and_command_line(dirs):
 
 
 def test_eval_measures_a_head_beside_a_draft(dirs, tmp_path, capsys):
-    from adaspec.drafters.medusa import build_medusa
-    from adaspec.export.medusa import save_medusa
+    from adaspec.drafters.medusa.model import build_medusa
+    from adaspec.drafters.medusa.export import save_medusa
 
     target = models.load_model(dirs / "target")
     save_medusa(build_medusa(target, 2, 1), tmp_path / "medusa", target)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaspec.decoding.lean import LeanLM
+from adaspec.models.lean import LeanLM
 from adaspec.evaluation.forward_cost import CompiledNeoxStep, format_table, measure_forward_cost
 from adaspec.models import build_model
 

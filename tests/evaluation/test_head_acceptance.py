@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from adaspec.decoding.generate import speculative_generate
-from adaspec.decoding.target import FINAL, features
-from adaspec.drafters.eagle_drafter import EagleDrafter
+from adaspec.models.target import FINAL, features
+from adaspec.drafters.eagle.drafter import EagleDrafter
 from adaspec.drafters.target_parts import target_parts
-from adaspec.drafters.medusa import MedusaDrafter, build_medusa
-from adaspec.drafters.mtp import MTPDrafter
-from adaspec.evaluation.acceptance import Continuations
+from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
+from adaspec.drafters.mtp.model import MTPDrafter
+from adaspec.decoding.acceptance import Continuations
 from adaspec.evaluation.head_acceptance import analytic_alpha, drafter_forward, head_acceptance, leading_correct
 from adaspec.models import build_model
 
@@ -99,9 +99,9 @@ def _fit(drafter, target, data: Continuations, depth: int, steps: int, lr: float
 @pytest.fixture(scope="module")
 def fitted(tiny_tokenizer):
     from adaspec import data as data_lib
-    from adaspec.drafters.eagle import EagleConfig, EagleHead
-    from adaspec.drafters.mtp import build_mtp
-    from adaspec.evaluation.acceptance import greedy_continuations
+    from adaspec.drafters.eagle.model import EagleConfig, EagleHead
+    from adaspec.drafters.mtp.model import build_mtp
+    from adaspec.decoding.acceptance import greedy_continuations
 
     tok = tiny_tokenizer
     target = build_model("tiny-neox", len(tok), seed=0).eval()

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from adaspec.evaluation.step_profile import BASELINE, PARTS, main, step_parts
-from adaspec.metrics import SpecStats
+from adaspec.core.metrics import SpecStats
 
 
 def test_parts_are_the_loop_time_per_step():

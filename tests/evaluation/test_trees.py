@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from adaspec.drafters.eagle import EagleHead
-from adaspec.drafters.eagle_drafter import EagleDrafter
-from adaspec.drafters.lm import LMDrafter
-from adaspec.drafters.medusa import MedusaDrafter, build_medusa
-from adaspec.decoding.tree_shape import parse_tree_spec
+from adaspec.drafters.eagle.model import EagleHead
+from adaspec.drafters.eagle.drafter import EagleDrafter
+from adaspec.decoding.lm import LMDrafter
+from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
+from adaspec.core.tree_shape import parse_tree_spec
 import pytest
 
 from adaspec.evaluation.trees import (BASELINE, benchmark, default_trees, format_rows, ideal_tree_over_chain, main,

@@ -34,9 +34,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from adaspec import AdaspecError
-from adaspec.drafters.eagle import EagleConfig, EagleHead
-from adaspec.drafters.eagle_ttt import unroll
-from adaspec.export import export_eagle1, export_eagle3, load_exported
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead
+from adaspec.drafters.eagle.training import unroll
+from adaspec.drafters.eagle.export import export_eagle1, export_eagle3, load_exported
 
 V = 96
 STACKED = ((".q_proj", ".qkv_proj"), (".k_proj", ".qkv_proj"), (".v_proj", ".qkv_proj"),

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from adaspec.drafters.target_parts import target_parts
-from adaspec.drafters.medusa import MedusaDrafter, build_medusa
-from adaspec.export.medusa import load_medusa, save_medusa
+from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
+from adaspec.drafters.medusa.export import load_medusa, save_medusa
 from adaspec.models import build_model
 
 V = 64

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from adaspec import AdaspecError
 from adaspec.drafters.block import DecoderBlock
 from adaspec.drafters.target_parts import target_parts
-from adaspec.drafters.mtp import MTPDrafter, build_mtp
-from adaspec.export.mtp import export_mtp_deepseek, load_mtp, save_mtp
+from adaspec.drafters.mtp.model import MTPDrafter, build_mtp
+from adaspec.drafters.mtp.export import export_mtp_deepseek, load_mtp, save_mtp
 from adaspec.models import build_model
 
 V = 64
@@ -46,7 +46,7 @@ def test_adaspec_checkpoint_round_trip(tmp_path, preset):
 # stored file versions read; the 1.1 GB repository could not be fetched for `git log -1 -- <file>`).
 # Block tensors: DeepseekV2DecoderLayer's norms and dense DeepseekV2MLP (gate/up stacked into gate_up_proj
 # by the loader's stacked_params_mapping) and o_proj; q/k/v_proj are plain multi-head attention, which
-# this loader does not map (DeepSeek-V3's block is MLA), see adaspec/export/mtp.py.
+# this loader does not map (DeepSeek-V3's block is MLA), see adaspec/drafters/mtp/export.py.
 MTP_LAYER_NAMES = ("embed_tokens", "enorm", "hnorm", "eh_proj", "shared_head")  # _rewrite_spec_layer_name
 
 

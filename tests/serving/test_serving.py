@@ -3,19 +3,17 @@ builds from a worker's result (a stand-in worker), and the one-line errors when 
 
 from __future__ import annotations
 
-import json
-import os
 import stat
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from adaspec import models
 from adaspec.errors import AdaspecError
-from adaspec.metrics import SpecStats
-from adaspec.serving import constraints, vllm_engine
+from adaspec.core.metrics import SpecStats
+from adaspec.models import servable as constraints
+from adaspec.serving import vllm_engine
 from adaspec.serving.vllm_engine import VllmRun, find_vllm_python, measure
 from helpers import cli_error
 

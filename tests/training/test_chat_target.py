@@ -7,7 +7,8 @@ import string
 from helpers import cli_error, run, summary
 from transformers import AutoTokenizer
 
-from adaspec import chat, models
+from adaspec.data import chat
+from adaspec import models
 
 FAST = ["--preset", "tiny-neox", "--vocab-size", "300", "--batch-size", "4", "--max-steps", "1", "--max-length", "128",
         "--val-examples", "2", "--val-every", "0", "--no-progress"]

@@ -14,11 +14,11 @@ from helpers import cli_error, options_from, run, scalars, summary
 from adaspec import data
 from adaspec.drafters.dflash import DFlashDrafter, DFlashHead
 from adaspec.drafters.dflash.export import MASK_EMBEDDING
-from adaspec.drafters.dflash.training import BlockLoss, sample_anchors
+from adaspec.recipes.train_head.dflash import BlockLoss, sample_anchors
 from adaspec.drafters.target_parts import target_parts
 from adaspec.models import load_model, load_tokenizer
-from adaspec.options import load_split
-from adaspec.training.head_options import TrainHeadOptions
+from adaspec.data.options import load_split
+from adaspec.recipes.train_head.options import TrainHeadOptions
 from adaspec.training.target_signal import open_head_cache
 
 FAST = ["--kind", "dflash", "--block-size", 3, "--anchors", 8, "--max-length", 64, "--val-examples", 4,
@@ -26,7 +26,7 @@ FAST = ["--kind", "dflash", "--block-size", 3, "--anchors", 8, "--max-length", 6
 
 
 def test_train_dflash_kd_learns_and_resumes(tmp_path, tiny_target_dir):
-    from adaspec.training.head_options import run_train_head
+    from adaspec.recipes.train_head.options import run_train_head
 
     out = tmp_path / "head"
     args = ["train-head", "--target", tiny_target_dir, "--max-steps", 20, "--lr", 3e-3, "--warmup-steps", 0,

@@ -10,9 +10,9 @@ from safetensors.torch import load_file, save_file
 
 from helpers import cli_error, options_from, run, scalars, summary, torchrun, weights
 
-from adaspec.drafters.eagle import EagleHead
-from adaspec.drafters.eagle_ttt import unroll
-from adaspec.export import load_exported
+from adaspec.drafters.eagle.model import EagleHead
+from adaspec.drafters.eagle.training import unroll
+from adaspec.drafters.eagle.export import load_exported
 from adaspec.models import load_model
 
 FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "12", "--no-progress",
@@ -20,7 +20,7 @@ FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "12
 
 
 def test_train_head_kd_learns_and_resumes(tmp_path, tiny_target_dir):
-    from adaspec.training.head_options import run_train_head
+    from adaspec.recipes.train_head.options import run_train_head
 
     out = tmp_path / "head"
     args = ["train-head", "--target", tiny_target_dir, "--max-steps", 24, "--lr", 3e-3, "--warmup-steps", 0,
@@ -133,10 +133,10 @@ def test_two_processes_match_one(tmp_path, tiny_target_dir):
 
 def test_head_loss_agrees_with_the_shared_multi_step_loss(tiny_target_dir):
     from adaspec.distill.steps import multi_step_loss, step_divergences
-    from adaspec.drafters.draft_vocab import restrict_to_draft
-    from adaspec.drafters.eagle_ttt import step_weights
-    from adaspec.training.eagle_head import HeadLoss, target_signal
-    from adaspec.training.head_options import TrainHeadOptions
+    from adaspec.drafters.eagle.draft_vocab import restrict_to_draft
+    from adaspec.drafters.eagle.training import step_weights
+    from adaspec.recipes.train_head.eagle import HeadLoss, target_signal
+    from adaspec.recipes.train_head.options import TrainHeadOptions
 
     target = load_model(tiny_target_dir)
     head = EagleHead.from_target(target)

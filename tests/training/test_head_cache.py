@@ -14,12 +14,12 @@ from helpers import cli_error, options_from, run, scalars, summary, torchrun, we
 
 from adaspec import data
 from adaspec.distill import selection
-from adaspec.drafters.draft_vocab import frequent_tokens
-from adaspec.drafters.eagle import EagleConfig, EagleHead
+from adaspec.drafters.eagle.draft_vocab import frequent_tokens
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead
 from adaspec.models import load_model, load_tokenizer
-from adaspec.options import load_split
-from adaspec.training.eagle_head import HeadLoss
-from adaspec.training.head_options import TrainHeadOptions
+from adaspec.data.options import load_split
+from adaspec.recipes.train_head.eagle import HeadLoss
+from adaspec.recipes.train_head.options import TrainHeadOptions
 from adaspec.training.target_signal import open_head_cache
 
 LIMIT, V = 32, 320
@@ -122,8 +122,8 @@ def _counting_target(monkeypatch, module, target_dir: Path) -> list[int]:
 @pytest.mark.parametrize("kind", ["eagle", "mtp", "medusa"])
 def test_cached_training_runs_no_target_forward_and_matches_live(kind, root, full_cache, tiny_target_dir,
                                                                    monkeypatch):
-    from adaspec.training import eagle_head, multi_token_head
-    from adaspec.training.head_options import run_train_head
+    from adaspec.recipes.train_head import eagle as eagle_head, multi_token as multi_token_head
+    from adaspec.recipes.train_head.options import run_train_head
 
     module = eagle_head if kind == "eagle" else multi_token_head
     args = ["train-head", "--target", tiny_target_dir, "--kind", kind, "--max-steps", 3, "--lr", 1e-3,

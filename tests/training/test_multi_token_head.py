@@ -14,9 +14,9 @@ from helpers import cli_error, options_from, run, scalars, summary, torchrun
 
 from adaspec import AdaspecError, models
 from adaspec.decoding.generate import speculative_generate
-from adaspec.drafters.medusa import MedusaDrafter
-from adaspec.drafters.mtp import MTPDrafter
-from adaspec.training import head_options as recipe
+from adaspec.drafters.medusa.model import MedusaDrafter
+from adaspec.drafters.mtp.model import MTPDrafter
+from adaspec.recipes.train_head import options as recipe
 
 FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
         "--no-progress"]

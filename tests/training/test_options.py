@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from helpers import cli_error, options_from
 
-from adaspec.distill import recipe as distill
+from adaspec.recipes import distill
 from adaspec.errors import AdaspecError
 
 FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
@@ -88,7 +88,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
 
 def test_head_token_budget_is_distills():
     """train-head --match-token-budget shapes a run as distill's does, by batch or by epochs."""
-    from adaspec.training.head_options import TrainHeadOptions, budgeted
+    from adaspec.recipes.train_head.options import TrainHeadOptions, budgeted
 
     base = dict(target="t", output="o", batch_size=16, epochs=1.0, k=0.4)
     plain = TrainHeadOptions(**base)

@@ -15,7 +15,7 @@ import pytest
 from helpers import cli_error, run, summary
 
 from adaspec import models
-from adaspec.evaluation.acceptance import Continuations, greedy_continuations
+from adaspec.decoding.acceptance import Continuations, greedy_continuations
 from adaspec.safety import LOCK_NAME
 from adaspec.training.run_fingerprint import FINGERPRINT
 

@@ -1,4 +1,4 @@
-"""The DFlash head as a drafter of the speculative-decoding engine (adaspec.drafters.base.Drafter).
+"""The DFlash head as a drafter of the speculative-decoding engine (adaspec.decoding.drafter.Drafter).
 
 State, with seq[:n] accepted: each layer's keys and values of the context, built from the target's real
 features of positions 0..n-2 as they arrive (`prefill`, `accept`); the block's own rows are cropped off
@@ -19,13 +19,13 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from adaspec.decoding.sampling import logits_to_probs, sample
-from adaspec.decoding.tree import Tree
-from adaspec.decoding.tree_shape import TreeShape
+from adaspec.core.sampling import logits_to_probs, sample
+from adaspec.core.tree import Tree
+from adaspec.core.tree_shape import TreeShape
 from adaspec.drafters.dflash.model import DFlashHead
 from adaspec.drafters.lean_layer import LeanLayer, rms_norm, weight_versions
 from adaspec.drafters.target_parts import TargetParts, target_parts
-from adaspec.drafters.tree_drafting import per_depth_expand
+from adaspec.core.tree_drafting import per_depth_expand
 from adaspec.errors import AdaspecError
 from adaspec.models import output_vocab_size
 

@@ -13,7 +13,7 @@ EAGLEConfig picks for architecture `DFlashDraftModel`) and vllm/v1/spec_decode/d
   qkv_proj / gate_up_proj. No embed_tokens nor lm_head: vLLM then shares the target's (`has_own_*` False).
 - mask_embedding.pt: {"mask_token_id", "embedding"}, which `_read_mask_embedding` loads and swaps in for
   every input equal to mask_token_id (a DFlash checkpoint must not ship a `mask_hidden` weight).
-The target must expose auxiliary hidden states to vLLM (SupportsEagle3: adaspec.serving.constraints).
+The target must expose auxiliary hidden states to vLLM (SupportsEagle3: adaspec.models.servable).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from transformers import PreTrainedModel
 
 from adaspec.drafters.dflash.model import DFlashConfig, DFlashHead
-from adaspec.serving.constraints import VLLM_VERSION, aux_hidden_problem, head_size_problem, warn_unservable
+from adaspec.models.servable import VLLM_VERSION, aux_hidden_problem, head_size_problem, warn_unservable
 
 ARCH = "DFlashDraftModel"
 WEIGHTS = "model.safetensors"
@@ -83,7 +83,7 @@ def serve_dflash(path: str, target: PreTrainedModel, out: Path) -> tuple[str, st
     head = DFlashHead.from_pretrained(path)
     problem = next((p for p in serving_problems(head.config, target.config) if p), None)
     if problem:
-        from adaspec.serving.vllm_engine import NotServable
+        from adaspec.errors import NotServable
 
         raise NotServable(problem)
     return "dflash", str(export_dflash(head, out, torch.float32))

@@ -15,7 +15,7 @@ are embedded as `mask_embedding`, a trained vector standing for id `mask_token_i
 every input equal to that id, from a `mask_embedding.pt` beside the weights), so no vocabulary entry of the
 target is retrained.
 
-Layer ids follow adaspec.decoding.target: i = the output of decoder layer i (vLLM's target_layer_ids).
+Layer ids follow adaspec.models.target: i = the output of decoder layer i (vLLM's target_layer_ids).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from adaspec.decoding.target import config_dims
+from adaspec.models.target import config_dims
 from adaspec.drafters.common import GatedMLP, RMSNorm, apply_rope, repeat_kv
 from adaspec.drafters.head_checkpoint import SavedHead, config_from_entry
 from adaspec.drafters.target_parts import TargetParts
@@ -35,7 +35,7 @@ from adaspec.errors import AdaspecError
 
 CHECKPOINT_KEY = "adaspec_dflash_head"
 # bounds on sizes a user types, checked before anything is allocated
-MAX_BLOCK_SIZE = 65  # γ <= adaspec.decoding.tree_shape.MAX_TREE_DEPTH
+MAX_BLOCK_SIZE = 65  # γ <= adaspec.core.tree_shape.MAX_TREE_DEPTH
 MAX_DRAFT_LAYERS = 32
 
 

@@ -1,0 +1,108 @@
+"""The choices `adaspec build` makes, as pure functions: which families, which draft, which split, which winner."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from adaspec.errors import AdaspecError
+from adaspec.models.servable import MTP_REASON, aux_hidden_problem, eagle3_target_problem, head_size_problem
+
+# drafter families build trains, in the order it trains them (names as adaspec.drafters.DRAFTERS has them)
+FAMILIES = ("lm", "eagle", "medusa", "mtp", "dflash")
+# families a build trains only when --drafters names them, and why
+OPT_IN = {"dflash": "trained only when --drafters names it: its heads learn slowly at this scale (greedy α about "
+                    "0.1 after 150 steps on the demo target, docs/dflash.md)"}
+MAX_GAMMA = 16
+MAX_HELD_OUT = 100_000
+# what a build writes under --output (removed by --overwrite, nothing else is)
+BUILD_FOLDERS = ("data", "cache", "runs", "eval", "export", "report.md", "results.json", "speed_vs_gamma.png")
+# servable Llama drafts, smallest first: (preset, hidden size)
+DRAFT_PRESETS = (("llama-draft-xxs", 32), ("llama-draft-xs", 64), ("llama-draft-s", 128))
+
+
+def read_config(path: str, trust_remote_code: bool = False) -> dict[str, Any]:
+    """A model's config as a dict (folder or hub id), one line when there is none."""
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code).to_dict()
+    except (OSError, ValueError) as exc:
+        raise AdaspecError(f"no model config at {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def serve_problems(target: dict[str, Any], draft: dict[str, Any] | None) -> dict[str, str | None]:
+    """Per family, why vLLM cannot serve it on this target (None: it can). An EAGLE head attends with the
+    target's head size (so does a DFlash head, which also reads auxiliary hidden states); a built draft always
+    has a servable one, a given --draft-init may not."""
+    return {"lm": head_size_problem(draft) if draft is not None else None,
+            "eagle": head_size_problem(target),
+            "medusa": None,
+            "mtp": MTP_REASON,
+            "dflash": head_size_problem(target) or aux_hidden_problem(target, "DFlash")}
+
+
+def choose_families(requested: list[str] | None, problems: dict[str, str | None]) -> tuple[list[str], dict[str, str]]:
+    """(families to train, why each family not trained is left out). A requested family vLLM cannot serve
+    is refused in one line naming the families that can be."""
+    servable = [f for f in FAMILIES if problems[f] is None]
+    if requested is None:
+        left_out = {f: f"vLLM cannot serve it: {problems[f]}" for f in FAMILIES if problems[f]}
+        left_out.update({f: why for f, why in OPT_IN.items() if f in servable})
+        return [f for f in servable if f not in OPT_IN], left_out
+    for family in requested:
+        if problems[family]:
+            raise AdaspecError(f"vLLM cannot serve {family} drafters on this target: {problems[family]}; "
+                               f"families it can serve here: {', '.join(servable) or 'none'}")
+    return list(requested), {f: "not asked for (--drafters)" for f in FAMILIES if f not in requested}
+
+
+def eagle_variant(target: dict[str, Any]) -> str:
+    """EAGLE-3 where vLLM can read three distinct auxiliary hidden states of the target (a family exposing
+    them, deep enough for three layers below the last), else EAGLE-1."""
+    from adaspec.models.target import default_aux_layers
+    layers = int(target.get("num_hidden_layers") or target.get("n_layer") or 0)
+    distinct = layers >= 2 and len(set(default_aux_layers(layers))) == 3
+    return "eagle3" if eagle3_target_problem(target) is None and distinct else "eagle1"
+
+
+def draft_preset_for(target: dict[str, Any]) -> str:
+    """The largest servable Llama draft preset at most a quarter of the target's width (the smallest if none
+    is): a draft step must cost a small fraction of the target's for drafting to pay."""
+    width = int(target.get("hidden_size") or target.get("n_embd") or 0)
+    fitting = [name for name, hidden in DRAFT_PRESETS if 4 * hidden <= width]
+    return fitting[-1] if fitting else DRAFT_PRESETS[0][0]
+
+
+def split_examples(examples: list, n_test: int, n_val: int, batch_size: int, seed: int) -> dict[str, list]:
+    """A seeded shuffle cut into test, validation and train; refused when fewer than one training batch is
+    left."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    check_train_batch(len(train), batch_size, f"{len(examples)} usable records leave {len(train)} for training "
+                      f"after {n_test} test and {n_val} validation records")
+    return {"train": [examples[i] for i in train], "validation": [examples[i] for i in val],
+            "test": [examples[i] for i in test]}
+
+
+def check_train_batch(n_train: int, batch_size: int, what: str | None = None) -> None:
+    if n_train < batch_size:
+        raise AdaspecError(f"{what or f'{n_train} training records'}, fewer than one batch of {batch_size}; lower "
+                           f"--test-examples / --val-examples / --batch-size or bring more data")
+
+
+def example_record(example: Any) -> dict[str, Any]:
+    """An Example as the JSONL record the build's own data folder holds (prompt/response, or the chat)."""
+    if "messages" in example.meta:
+        return {"messages": example.meta["messages"]}
+    return {"prompt": example.prompt, "response": example.response}
+
+
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest drafter, measured in vLLM when it was (what the user serves with), else in adaspec's
+    engine; ties go to the higher α."""
+    engine = "vllm" if any(r["engine"] == "vllm" and r.get("speedup") is not None for r in rows) else "adaspec"
+    candidates = [r for r in rows if r["engine"] == engine and r.get("speedup") is not None]
+    if not candidates:
+        raise AdaspecError("no drafter could be measured; see the log above")
+    return max(candidates, key=lambda r: (r["speedup"], r["alpha"]))

@@ -1,0 +1,545 @@
+"""`adaspec reproduce`: the AdaSPEC paper's pipeline, from nothing, at a scale this machine can run.
+
+Stages (each skipped when its output is complete, so a killed run resumes where it stopped):
+  0. pretrain     (presets with pretraining, `pretrained`) the target and the draft built from their presets
+                  and trained on the corpus of every task's training text (`--task corpus`), the tokenizer
+                  trained there with the target; in runs/corpus/<preset>/, shared by every task
+  1. target       tokenizer trained on the task, target built from a preset and trained (once, reused); with
+                  pretraining: the pretrained target fine-tuned on the task's responses
+  2. draft_init   the small model's starting point: briefly trained on the task (the paper starts from a
+                  pretrained Pythia-31M); with pretraining: the pretrained draft as it is, as in the paper;
+                  reference and every draft start from this same checkpoint
+  3. cache        the target's top-K distribution per response token (`adaspec cache`)
+  4. distillspec  FKL on all tokens (DistillSpec); it is also the reference model of stage 6, which is
+                  what the paper's reference is: the draft's initialisation distilled with forward KL
+  5. cache_ref    the same cache plus the reference's per-token divergence L_ref
+  6. adaspec      selective KD, k = 0.4, top tokens by Δ, matched token budget (epochs / k)
+  7. ablations    (--ablations, first seed) selection bottom / random, k ∈ {0.2, 0.6, 0.8, 1.0}, and
+                  DistillSpec trained as many steps as AdaSPEC (separates selection from training longer);
+                  (--long-ablations) DistillSpec and AdaSPEC both at 4x those steps
+  8. heads        (--heads eagle mtp medusa) drafter heads on the same frozen target (`adaspec train-head`),
+                  per seed in seed<s>/heads/<name>: EAGLE-3 and MTP with plain KD and with AdaSPEC against
+                  that KD head (k = 0.4, matched token budget as the drafts), Medusa with KD, and on the
+                  first seed EAGLE-1 (the final state as its feature) to compare with EAGLE-3
+  9. eval         empirical greedy α from real speculative decoding on the test split, analytic α,
+                  speed, target quality, drafts and heads in one evaluation per seed;
+                  results/<task>/{results.json, report.md, *.png}
+
+`--protocol official` runs stages 4 to 9 as the authors' scripts do (constant lr 3e-4, weight decay 0.1,
+AdaSPEC at batch / k and epochs / k, so at DistillSpec's optimizer steps, its quantile over groups of 5
+sequences as on their 8 processes x 5; AdaSPEC heads at batch / k and epochs / k too), with the controls at
+those equal steps, in runs/<task>/<preset>/
+official/ beside the shared target, initial draft and cache; results go to results.json's
+"official_protocol" (no speed benchmark: the architectures, hence the speed per α, are the same).
+`--variants` adds the acceptance-aligned variants (OFFICIAL_VARIANTS, docs/variants.md) there, every seed.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from adaspec import data as data_lib
+from adaspec.errors import AdaspecError
+from adaspec.io import atomic_write_json
+from adaspec.options import helptext
+from adaspec.safety import check_output, guarded_output
+
+if TYPE_CHECKING:
+    from adaspec.recipes.train_head.options import TrainHeadOptions
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes and budgets of one reproduction scale."""
+
+    vocab_size: int
+    target: str
+    draft: str
+    max_length: int
+    train_limit: int | None
+    target_epochs: float
+    target_lr: float
+    draft_init_epochs: float
+    distill_epochs: float
+    distill_lr: float
+    batch_size: int
+    eval_prompts: int
+    eval_max_new_tokens: int
+    gamma: int
+    top_k: int
+    seeds: tuple[int, ...]
+    # a task with fewer training examples gets proportionally more epochs in every training stage, so each
+    # stage sees at least this many examples (0: epochs as written); the target keeps its best validation
+    # checkpoint, so the extra epochs cannot leave an overfitted target
+    min_train_examples: int = 0
+    # --heads: epochs of a KD head (AdaSPEC heads: that / k) and EAGLE's training-time-test unroll steps
+    # (MTP and Medusa get `gamma` depths, all a step drafts). Measured on the small GSM8K target, 1 thread
+    # (benchmarks/head_training_cost.py, results/benchmarks/head_training_cost.json): CPU seconds per step
+    # of batch 16 EAGLE-3 3.1 (AdaSPEC 4.1), EAGLE-1 3.3, MTP 2.4 (AdaSPEC 2.9), Medusa 1.4, ~10 more per
+    # run. 0.05 epochs (23 steps) left every head below the draft models; 0.15 (67 steps, AdaSPEC 168) puts
+    # all 16 head runs of 3 seeds at ~90 CPU minutes, what one session on 2 cores can hold beside the drafts
+    head_epochs: float = 0.15
+    head_ttt_steps: int = 3
+    # epochs on the corpus before the task (0: none, the models start from their initialisation): the
+    # target's, after which it trains `target_epochs` on the task, and the draft's, which is then the
+    # initial draft as it is
+    pretrain_epochs: float = 0.0
+    draft_pretrain_epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.draft_pretrain_epochs and not self.pretrain_epochs:  # the draft reads the pretrained tokenizer
+            raise AdaspecError("a preset that pretrains the draft must pretrain the target too")
+
+    def for_task(self, n_train: int) -> "Preset":
+        """This preset with its epochs scaled for a training split of `n_train` examples."""
+        scale = max(1.0, self.min_train_examples / max(1, n_train))
+        # a pretrained target is fine-tuned as many epochs as the paper's, whatever the task's size
+        return replace(self, target_epochs=self.target_epochs * (1.0 if self.pretrain_epochs else scale),
+                       draft_init_epochs=self.draft_init_epochs * scale, distill_epochs=self.distill_epochs * scale,
+                       head_epochs=self.head_epochs * scale)
+
+
+# the committed science tables (results/<task>/, results/pretrained/): ~16x parameter gap, full training
+# split, on the GPT-NeoX pair they were measured on (a 16-wide draft head no server takes; kept so they
+# reproduce)
+_SMALL_NEOX = Preset(vocab_size=2048, target="neox-target-s", draft="neox-draft-xxs", max_length=256,
+                     train_limit=None, target_epochs=1.0, target_lr=2e-3, draft_init_epochs=0.25,
+                     distill_epochs=1.0, distill_lr=2e-3, batch_size=16, eval_prompts=50,
+                     eval_max_new_tokens=96, gamma=3, top_k=64, seeds=(0, 1, 2), min_train_examples=7000)
+
+PRESETS: dict[str, Preset] = {
+    # `make demo`: the whole pipeline on a Llama pair every vLLM drafter method serves (head size 32). Smaller
+    # models than `small` on the same data and epochs: a demo that also cut the data (1,200 examples) left
+    # both drafts at their first checkpoint with identical alpha, which demonstrates nothing
+    "demo": replace(_SMALL_NEOX, vocab_size=1024, target="llama-demo-target", draft="llama-demo-draft",
+                    eval_prompts=30, eval_max_new_tokens=64, seeds=(0,)),
+    # the same scale as the science tables on a servable Llama pair
+    "small": replace(_SMALL_NEOX, target="llama-target-s", draft="llama-draft-xxs"),
+    "small-neox": _SMALL_NEOX,
+    # issue 13 part 2, nearer the paper's regime: a capacity-bound draft pretrained to its plateau on the
+    # corpus (the validation loss stops falling within 4 epochs), and a target pretrained one epoch on it
+    # and then fine-tuned 3 epochs on the task, as the paper's target is (the committed tables' NeoX pair)
+    "pretrained": replace(_SMALL_NEOX, pretrain_epochs=1.0, draft_pretrain_epochs=4.0, target_epochs=3.0),
+}
+
+# AdaSPEC variants, each against the seed's reference, and plain KD for as many steps as AdaSPEC takes at
+# k = 0.4 with the matched token budget, to separate "selective" from "trained longer"
+ABLATIONS: dict[str, dict] = {
+    "distillspec_long": {"method": "kd", "epochs_scale": 1 / 0.4},
+    "adaspec_bottom": {"selection": "bottom"},
+    "adaspec_random": {"selection": "random"},
+    **{f"adaspec_k{k}": {"k": k} for k in (1.0, 0.8, 0.6, 0.2)},
+}
+# the equal-steps comparison again at 4x AdaSPEC's steps, nearer convergence, where the paper's capacity
+# argument says dropping hard tokens should matter most
+LONG_ABLATIONS: dict[str, dict] = {
+    "distillspec_long4": {"method": "kd", "epochs_scale": 4 / 0.4},
+    "adaspec_long4": {"epochs_scale": 4.0},
+}
+
+
+# The authors' optimiser settings (yuezhouhu/adaspec, run_train.sh of branches
+# gsm8k-target-pythia-1.4b-{ref,draft}-pythia-31m-3epoch; Trainer defaults: no warm-up, grad-norm clip 1);
+# the preset keeps its batch (small: 16 = their 8 processes x 2) and DistillSpec epochs
+OFFICIAL_SETTINGS: dict = {"lr": 3e-4, "weight_decay": 0.1, "schedule": "constant", "warmup_steps": 0}
+# their AdaSPEC run: per-device batch 5, the Δ-quantile taken on each device's micro-batch
+OFFICIAL_GROUP = 5
+# controls at DistillSpec's optimizer steps: every seed for the two that separate selection from the larger
+# batch, the first seed for the rest
+OFFICIAL_CONTROLS: dict[str, dict] = {
+    "kd_big_batch": {"method": "kd", "k": 0.4, "match_token_budget": True},
+    "random_big_batch": {"selection": "random"},
+}
+OFFICIAL_ABLATIONS: dict[str, dict] = {
+    "adaspec_bottom": {"selection": "bottom"},
+    **{f"adaspec_k{k}": {"k": k} for k in (0.2, 0.6, 0.8, 1.0)},
+}
+# issue 13 part 3, every seed (--variants): acceptance-aligned rules at DistillSpec's optimizer steps. The LK
+# losses train every token at AdaSPEC's batch, so kd_big_batch is their control (only the loss differs); the
+# others are AdaSPEC with one change each (docs/variants.md)
+OFFICIAL_VARIANTS: dict[str, dict] = {
+    "lk": {"method": "kd", "k": 0.4, "match_token_budget": True, "divergence": "lk"},
+    "lk_kl": {"method": "kd", "k": 0.4, "match_token_budget": True, "divergence": "lk_kl"},
+    "adaspec_tvd": {"delta_divergence": "tvd"},
+    "adaspec_soft": {"selection": "soft"},
+    "adaspec_ksched": {"k_schedule": "linear"},
+}
+
+
+# --heads: heads trained on the frozen target (shared by the seeds) after each seed's drafts, in this order.
+# "ref": the KD head an AdaSPEC head selects against (the drafts' DistillSpec reference, for heads);
+# "first_seed": trained once
+HEADS: dict[str, dict] = {
+    "eagle": {"kind": "eagle", "label": "EAGLE-3 head, KD"},
+    "eagle_adaspec": {"kind": "eagle", "ref": "eagle", "label": "EAGLE-3 head, AdaSPEC"},
+    "eagle1": {"kind": "eagle", "variant": "eagle1", "first_seed": True, "label": "EAGLE-1 head, KD"},
+    "mtp": {"kind": "mtp", "label": "MTP modules, KD"},
+    "mtp_adaspec": {"kind": "mtp", "ref": "mtp", "label": "MTP modules, AdaSPEC"},
+    "medusa": {"kind": "medusa", "label": "Medusa heads, KD"},
+}
+HEAD_KINDS = ("eagle", "mtp", "medusa")
+
+
+@dataclass(kw_only=True)
+class ReproduceOptions:
+    """Run the whole paper pipeline on one task and write results/<task>/."""
+
+    task: str = field(default="gsm8k", metadata=helptext(f"task ({', '.join(data_lib.TASKS)})"))
+    preset: str = field(default="demo", metadata=helptext(f"scale ({', '.join(PRESETS)})"))
+    seeds: list[int] | None = field(default=None, metadata=helptext("distillation seeds (default: the preset's)"))
+    ablations: bool = field(default=False, metadata=helptext(
+        "also train the selection (bottom/random) and k ablations on the first seed"))
+    long_ablations: bool = field(default=False, metadata=helptext(
+        "also train DistillSpec and AdaSPEC at 4x AdaSPEC's steps on the first seed (equal steps, near convergence)"))
+    protocol: Literal["adaspec", "official"] = field(default="adaspec", metadata=helptext(
+        "adaspec: cosine lr, AdaSPEC for epochs/k at DistillSpec's batch (2.5x its steps; the committed main "
+        "table); official: the authors' scripts, AdaSPEC at batch/k and epochs/k (equal steps), constant lr "
+        "3e-4, weight decay 0.1, with the equal-steps controls (--ablations adds bottom and k)"))
+    variants: bool = field(default=False, metadata=helptext(
+        "with --protocol official: also train the acceptance-aligned variants (LK losses, Δ in TVD, soft "
+        "selection, k schedule) on every seed"))
+    heads: list[str] | None = field(default=None, metadata=helptext(
+        "also train drafter heads per seed on the frozen target and evaluate them beside the drafts: eagle "
+        "(EAGLE-3 with KD and with AdaSPEC against it; EAGLE-1 with KD on the first seed), mtp (KD, AdaSPEC), "
+        "medusa (KD)"))
+    runs_dir: str = field(default="runs", metadata=helptext("where models and caches go (resumable)"))
+    results_dir: str = field(default="results", metadata=helptext("where report.md/results.json/plots go"))
+    use_cache: bool = field(default=True, metadata=helptext(
+        "distil from offline target/reference caches (no target forward during draft training)"))
+    speed_benchmark: bool = field(default=True, metadata=helptext("time target-only vs speculative decoding"))
+    progress: bool = field(default=True, metadata=helptext("show progress bars"))
+
+    def __post_init__(self) -> None:
+        if self.task not in data_lib.TASKS:
+            raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
+        if self.preset not in PRESETS:
+            raise AdaspecError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.variants and self.protocol != "official":
+            raise AdaspecError("--variants belongs to --protocol official (they are compared at equal steps)")
+        if self.protocol == "official" and self.long_ablations:
+            raise AdaspecError("--long-ablations belongs to --protocol adaspec (the official runs are all at "
+                               "equal steps already)")
+        if self.heads is not None:
+            unknown = [h for h in self.heads if h not in HEAD_KINDS]
+            if unknown or not self.heads:
+                raise AdaspecError(f"--heads takes {', '.join(HEAD_KINDS)}; got {' '.join(self.heads) or 'nothing'}")
+            self.heads = [h for h in HEAD_KINDS if h in self.heads]  # one order, whatever order was given
+
+
+def _done(path: Path) -> bool:
+    return (path / "train_summary.json").exists()
+
+
+def _log(msg: str) -> None:
+    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Pipeline:
+    def __init__(self, opts: ReproduceOptions) -> None:
+        self.opts = opts
+        self.n_train = len(data_lib.load_task(opts.task, "train", limit=PRESETS[opts.preset].train_limit))
+        self.p = PRESETS[opts.preset].for_task(self.n_train)
+        self.root = Path(opts.runs_dir) / opts.task / opts.preset
+        self.official = opts.protocol == "official"
+        # the target, initial draft and target cache are shared; everything distilled is per protocol
+        self.runs = self.root / "official" if self.official else self.root
+        self.seeds = list(opts.seeds) if opts.seeds else list(self.p.seeds)
+
+    def _common(self, output: Path, seed: int = 0) -> dict:
+        return dict(output=str(output), task=self.opts.task, limit=self.p.train_limit,
+                    max_length=self.p.max_length, batch_size=self.p.batch_size, seed=seed,
+                    progress=self.opts.progress, val_every=0, save_every=100)
+
+    def pretrained(self, role: Literal["target", "draft"]) -> Path:
+        """The preset's target or draft trained on the corpus, shared by every task (the draft reads the
+        target's tokenizer, trained on the corpus)."""
+        from adaspec.recipes.train_target import TrainTargetOptions, run_train_target
+        out = Path(self.opts.runs_dir) / data_lib.CORPUS / self.opts.preset / role
+        if not _done(out):
+            tokenizer = str(self.pretrained("target")) if role == "draft" else None
+            epochs = self.p.pretrain_epochs if role == "target" else self.p.draft_pretrain_epochs
+            preset = self.p.target if role == "target" else self.p.draft
+            _log(f"pretraining the {role} ({preset}) on the corpus -> {out}")
+            n = len(data_lib.load_corpus("train", limit=self.p.train_limit))
+            total = max(1, n // self.p.batch_size) * epochs
+            run_train_target(TrainTargetOptions(**{**self._common(out), "task": data_lib.CORPUS,
+                                                   "val_every": max(1, int(total) // 8)},
+                                                preset=preset, tokenizer=tokenizer, vocab_size=self.p.vocab_size,
+                                                epochs=epochs, lr=self.p.target_lr if role == "target"
+                                                else self.p.distill_lr, train_on_prompt=True))
+        return out
+
+    def target(self) -> Path:
+        from adaspec.recipes.train_target import TrainTargetOptions, run_train_target
+        out = self.root / "target"
+        if not _done(out):
+            # from scratch the prompts are extra text to learn the language from; a pretrained target has it
+            model = ({"model": str(self.pretrained("target")), "train_on_prompt": False} if self.p.pretrain_epochs
+                     else {"preset": self.p.target, "vocab_size": self.p.vocab_size, "train_on_prompt": True})
+            _log(f"training the target ({self.p.target}) -> {out}")
+            total = self._steps_per_epoch() * self.p.target_epochs
+            run_train_target(TrainTargetOptions(**{**self._common(out), "val_every": max(1, int(total) // 8)},
+                                                epochs=self.p.target_epochs, lr=self.p.target_lr, **model))
+        return out
+
+    def draft_init(self, target: Path) -> Path:
+        from adaspec.recipes.train_target import TrainTargetOptions, run_train_target
+        if self.p.draft_pretrain_epochs:
+            return self.pretrained("draft")
+        out = self.root / "draft_init"
+        if not _done(out):
+            _log(f"training the initial draft ({self.p.draft}) -> {out}")
+            run_train_target(TrainTargetOptions(**self._common(out), preset=self.p.draft, tokenizer=str(target),
+                                                epochs=self.p.draft_init_epochs, lr=self.p.distill_lr,
+                                                train_on_prompt=True))
+        return out
+
+    def cache(self, target: Path, ref: Path | None, out: Path, divergence: str = "fkl") -> Path | None:
+        """The target's top-K (and with `ref` its L_ref, in `divergence`) at `out`, built unless complete."""
+        if not self.opts.use_cache:
+            return None
+        from adaspec.recipes.cache import CacheOptions, run_cache
+        if not (out / "manifest.json").exists() or not json.loads((out / "manifest.json").read_text()).get(
+                "complete", True):
+            _log(f"caching the target's top-{self.p.top_k}" + (f" and L_ref ({divergence})" if ref else "")
+                 + f" -> {out}")
+        run_cache(CacheOptions(target=str(target), ref=str(ref) if ref else None, task=self.opts.task,
+                               limit=self.p.train_limit, max_length=self.p.max_length, top_k=self.p.top_k,
+                               divergence=divergence, output=str(out), progress=self.opts.progress))
+        return out
+
+    def _run_cache(self, overrides: dict, seed: int, target: Path, ref: Path, cache: Path | None,
+                   ref_cache: Path | None) -> Path | None:
+        """The cache a run reads: the target's alone for KD, else one whose L_ref is in the run's Δ divergence
+        (a variant measuring Δ in another divergence gets its own, cache_ref_<divergence>)."""
+        if overrides.get("method") == "kd":
+            return cache
+        kind = overrides.get("delta_divergence")
+        if kind is None or kind == "fkl":
+            return ref_cache
+        return self.cache(target, ref, self.runs / f"seed{seed}" / f"cache_ref_{kind}", divergence=kind)
+
+    def distill(self, name: str, target: Path, init: Path, seed: int, cache: Path | None,
+                ref: Path | None = None, **overrides: object) -> Path:
+        from adaspec.recipes.distill import DistillOptions, run_distill
+        out = self.runs / f"seed{seed}" / name
+        if not _done(out):
+            _log(f"distilling {name} (seed {seed}) -> {out}")
+            method = "adaspec" if ref is not None else "kd"
+            kwargs = dict(self._common(out, seed), target=str(target), draft_init=str(init), method=method,
+                          epochs=self.p.distill_epochs, lr=self.p.distill_lr,
+                          teacher_cache=str(cache) if cache else None, top_k=self.p.top_k if cache else None,
+                          val_every=max(1, int(self._steps_per_epoch() * self.p.distill_epochs) // 4),
+                          val_examples=48)
+            if self.official:
+                kwargs.update(OFFICIAL_SETTINGS, budget_by="batch")
+            else:
+                kwargs.update(budget_by="epochs")
+            if ref is not None:
+                kwargs.update(ref=str(ref), k=0.4, match_token_budget=True)
+                if self.official:
+                    kwargs.update(selection_group=OFFICIAL_GROUP)
+            overrides = dict(overrides)
+            kwargs["epochs"] = kwargs["epochs"] * float(overrides.pop("epochs_scale", 1.0))
+            if overrides.get("method") == "kd":
+                kwargs.update(ref=None, match_token_budget=False)
+            kwargs.update(overrides)
+            run_distill(DistillOptions(**kwargs))
+        return out
+
+    def head_options(self, name: str, target: Path, seed: int, ref: Path | None) -> "TrainHeadOptions":
+        """The train-head run `name` of HEADS on the frozen target, with the drafts' protocol and token budget."""
+        from adaspec.recipes.train_head.options import TrainHeadOptions
+        out = self.runs / f"seed{seed}" / "heads" / name
+        spec = {k: v for k, v in HEADS[name].items() if k not in ("ref", "first_seed", "label")}
+        shape = {"ttt_steps": self.p.head_ttt_steps} if spec["kind"] == "eagle" else {"depth": self.p.gamma}
+        kwargs = dict(self._common(out, seed), target=str(target), **spec, **shape, init_seed=seed,
+                      epochs=self.p.head_epochs, lr=self.p.distill_lr, val_examples=48,
+                      val_max_new_tokens=self.p.eval_max_new_tokens,
+                      val_every=max(1, int(self._steps_per_epoch() * self.p.head_epochs) // 4))
+        if self.official:
+            kwargs.update(OFFICIAL_SETTINGS, budget_by="batch")
+        else:
+            kwargs.update(budget_by="epochs")
+        if ref is not None:  # the AdaSPEC head starts where its reference did: the same init seed
+            # at the matched token budget, as results/heads was made (a cold start would change the protocol)
+            kwargs.update(method="adaspec", ref=str(ref), k=0.4, match_token_budget=True, cold_start="off")
+        return TrainHeadOptions(**kwargs)
+
+    def head(self, name: str, target: Path, seed: int, ref: Path | None) -> Path:
+        from adaspec.recipes.train_head.options import run_train_head
+        opts = self.head_options(name, target, seed, ref)
+        if not _done(Path(opts.output)):
+            _log(f"training head {name} (seed {seed}) -> {opts.output}")
+            run_train_head(opts)
+        return Path(opts.output)
+
+    def _heads_of_seed(self, seed: int) -> list[str]:
+        kinds = self.opts.heads or []
+        return [n for n, spec in HEADS.items() if spec["kind"] in kinds
+                and (not spec.get("first_seed") or seed == self.seeds[0])]
+
+    def _steps_per_epoch(self) -> int:
+        return max(1, self.n_train // self.p.batch_size)
+
+    def run(self) -> dict:
+        target = self.target()
+        init = self.draft_init(target)
+        cache = self.cache(target, None, self.root / "cache")
+        drafts: dict[str, dict[int, Path]] = {"distillspec": {}, "adaspec": {}}
+        extra = {**(ABLATIONS if self.opts.ablations else {}),
+                 **(LONG_ABLATIONS if self.opts.long_ablations else {})}
+        if self.official:
+            extra = OFFICIAL_ABLATIONS if self.opts.ablations else {}
+        for seed in self.seeds:
+            ds = self.distill("distillspec", target, init, seed, cache)
+            ref_cache = self.cache(target, ds, self.runs / f"seed{seed}" / "cache_ref")
+            drafts["distillspec"][seed] = ds
+            drafts["adaspec"][seed] = self.distill("adaspec", target, init, seed, ref_cache, ref=ds)
+            runs = {**(OFFICIAL_CONTROLS if self.official else {}),
+                    **(OFFICIAL_VARIANTS if self.opts.variants else {}), **(extra if seed == self.seeds[0] else {})}
+            for name, overrides in runs.items():
+                kd = overrides.get("method") == "kd"
+                drafts.setdefault(name, {})[seed] = self.distill(
+                    name, target, init, seed, self._run_cache(overrides, seed, target, ds, cache, ref_cache),
+                    ref=None if kd else ds, **overrides)
+            for name in self._heads_of_seed(seed):
+                ref = HEADS[name].get("ref")
+                drafts.setdefault(name, {})[seed] = self.head(name, target, seed, drafts[ref][seed] if ref else None)
+        return self.evaluate(target, init, drafts)
+
+    def evaluate(self, target_dir: Path, init: Path, drafts: dict[str, dict[int, Path]]) -> dict:
+        """One `evaluate` call per seed over all of that seed's drafts (the target-alone runs are shared)."""
+        from adaspec.drafters.loading import load_drafter
+        from adaspec.evaluation.evaluate import EvalSettings, evaluate
+        from adaspec.models import load_model, load_tokenizer, model_fingerprint
+        from adaspec.recipes.reproduce.report import write_official, write_results
+        tokenizer = load_tokenizer(target_dir)
+        target = load_model(target_dir)
+        evals: dict[int, dict] = {}
+        for seed in self.seeds:
+            cached = self.runs / f"seed{seed}" / f"eval_{self.opts.task}.json"
+            paths = {name: by_seed[seed] for name, by_seed in drafts.items() if seed in by_seed}
+            if seed == self.seeds[0]:
+                paths = {"draft_init": init, **paths}
+            old = json.loads(cached.read_text()) if cached.exists() else {"drafts": {}}
+            if not self._within_training_length(old):
+                old = {"drafts": {}}  # measured before evaluation kept to the training length: redo it all
+            missing = {n: p for n, p in paths.items() if n not in old["drafts"]}
+            if missing:
+                # only the drafts not yet measured; each is timed against the target alone in its own call
+                _log(f"evaluating seed {seed}: {', '.join(missing)}")
+                settings = EvalSettings(self.opts.task, "test", self.p.eval_prompts, self.p.gamma, 0.0,
+                                        self.p.eval_max_new_tokens, seed, context=self.p.max_length)
+                loaded = {n: load_drafter(HEADS[n]["kind"], p, target) if n in HEADS else load_model(p)
+                          for n, p in missing.items()}
+                new = evaluate(target, loaded, tokenizer, settings, cache_dir=str(self.root / "eval_cache"),
+                               target_fingerprint=model_fingerprint(target_dir), log=_log).to_json()
+                old = {**new, "drafts": {**old["drafts"], **new["drafts"]}}
+                atomic_write_json(cached, old)
+            evals[seed] = {**old, "drafts": {n: old["drafts"][n] for n in paths}}
+        summaries = {name: {s: json.loads((p / "train_summary.json").read_text()) for s, p in by_seed.items()}
+                     for name, by_seed in drafts.items()}
+        summaries["target"] = {0: json.loads((target_dir / "train_summary.json").read_text())}
+        summaries["draft_init"] = {0: json.loads((init / "train_summary.json").read_text())}
+        # heads are no language models: no response cross-entropy
+        val_ce = self.validation_ce(target_dir, init, {n: d for n, d in drafts.items() if n not in HEADS}, tokenizer)
+        heads = {n: {k: v for k, v in HEADS[n].items() if k != "first_seed"} for n in drafts if n in HEADS}
+        if self.official:
+            return write_official(command_line(self.opts), self.opts.task, self.opts.preset, self.p, evals,
+                                  summaries, Path(self.opts.results_dir) / self.opts.task, val_ce,
+                                  {**OFFICIAL_SETTINGS, "selection_group": OFFICIAL_GROUP}, heads)
+        speed = self.speed_benchmark(target_dir, drafts)
+        return write_results(command_line(self.opts), self.opts.task, self.opts.preset, self.p, evals,
+                             summaries, speed, Path(self.opts.results_dir) / self.opts.task, val_ce, heads)
+
+    def _within_training_length(self, measured: dict) -> bool:
+        """Whether a stored evaluation kept prompt + continuation within the training length."""
+        context = measured.get("config", {}).get("context")
+        return context is not None and context <= self.p.max_length
+
+    def validation_ce(self, target_dir: Path, init: Path, drafts: dict[str, dict[int, Path]],
+                      tokenizer: object) -> dict[str, list[float]]:
+        """Response cross-entropy on the validation split, per model and seed.
+
+        The validation split comes from the training distribution, so it shows the capacity gap even where
+        the test responses do not (CNN/DM's test responses are the original highlights, its training and
+        validation responses GPT-4 summaries).
+        """
+        from adaspec.models import load_model
+        from adaspec.training.setup import validation_loss
+        path = self.runs / "validation_ce.json"
+        done = json.loads(path.read_text()) if path.exists() else {}
+        models = {"target": target_dir, "draft_init": init,
+                  **{f"{name}/seed{s}": p for name, by_seed in drafts.items() for s, p in by_seed.items()}}
+        missing = [k for k in models if k not in done]
+        if missing:
+            _log(f"validation cross-entropy: {len(missing)} model(s)")
+            examples = data_lib.load_task(self.opts.task, "validation", limit=self.p.eval_prompts)
+            items = data_lib.encode_examples(examples, tokenizer, self.p.max_length)
+            pad = data_lib.pad_id(tokenizer)
+            for key in missing:
+                done[key] = validation_loss(load_model(models[key]), items, pad)
+            atomic_write_json(path, done)
+        out = {"target": [done["target"]], "draft_init": [done["draft_init"]]}
+        for name, by_seed in drafts.items():
+            out[name] = [done[f"{name}/seed{s}"] for s in sorted(by_seed)]
+        return out
+
+    def speed_benchmark(self, target_dir: Path, drafts: dict[str, dict[int, Path]]) -> dict | None:
+        """The decode benchmark (adaspec.evaluation.speed, in a fresh process) on the first seed's drafts:
+        target alone, ours, HF assisted generation."""
+        if not self.opts.speed_benchmark:
+            return None
+        seed = self.seeds[0]
+        out: dict[str, dict] = {}
+        for name in ("distillspec", "adaspec"):
+            path = self.root / f"seed{seed}" / f"speed_{name}.json"
+            if not path.exists() or not self._within_training_length(json.loads(path.read_text())):
+                _log(f"speed benchmark: {name}")
+                cmd = [sys.executable, "-m", "adaspec.evaluation.speed", "--target", str(target_dir), "--draft", str(drafts[name][seed]),
+                       "--prompts-task", self.opts.task, "--n-prompts", str(min(self.p.eval_prompts, 10)),
+                       "--max-new-tokens", str(self.p.eval_max_new_tokens), "--gamma", str(self.p.gamma),
+                       "--context", str(self.p.max_length), "--repeats", "3", "--out", str(path)]
+                subprocess.run(cmd, check=True)
+            out[name] = json.loads(path.read_text())
+        return out
+
+
+def command_line(opts: ReproduceOptions) -> str:
+    parts = ["adaspec", "reproduce", "--task", opts.task, "--preset", opts.preset]
+    if opts.results_dir != "results":  # where the results were written is part of how to get them again
+        parts += ["--results-dir", opts.results_dir]
+    if opts.seeds:
+        parts += ["--seeds", *map(str, opts.seeds)]
+    if opts.ablations:
+        parts.append("--ablations")
+    if opts.long_ablations:
+        parts.append("--long-ablations")
+    if opts.protocol != "adaspec":
+        parts += ["--protocol", opts.protocol]
+    if opts.variants:
+        parts.append("--variants")
+    if opts.heads:
+        parts += ["--heads", *opts.heads]
+    if not opts.use_cache:
+        parts.append("--no-use-cache")
+    return shlex.join(parts)
+
+
+def run_reproduce(opts: ReproduceOptions) -> None:
+    t0 = time.perf_counter()
+    check_output(opts.runs_dir, {}, flag="--runs-dir")
+    check_output(opts.results_dir, {}, flag="--results-dir")
+    pipeline = Pipeline(opts)
+    with guarded_output(pipeline.root, {}, flag="--runs-dir"):
+        results = pipeline.run()
+    _log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; "
+         f"greedy α: " + ", ".join(f"{k} {v:.3f}" for k, v in results["alpha_greedy"].items()))
