@@ -139,7 +139,8 @@ class Tree:
         n = self.size
         mask = torch.zeros(n + 1, n + 1, dtype=torch.bool)
         mask[:, 0] = True
-        rows, cols = [], []
+        rows: list[int] = []
+        cols: list[int] = []
         for i, path in enumerate(self.ancestors()):  # one index_put for every (node, ancestor) pair
             rows.extend([i + 1] * len(path))
             cols.extend(j + 1 for j in path)

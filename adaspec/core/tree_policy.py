@@ -85,7 +85,7 @@ def best_tree(acceptance: Sequence[Sequence[float]], verify_cost: Sequence[float
     limit = len(verify_cost) - 1 if max_nodes is None else min(max_nodes, len(verify_cost) - 1)
     best: tuple[Paths, float] = ((), 1.0 / (verify_cost[0] + step) if allow_empty else -1.0)
     for depth_bound in range(1, depth_max + 1):
-        heap = [(-acceptance[0][0], (0,), 1.0)]  # (-probability of the path, path, its parent's probability)
+        heap: list[tuple[float, tuple[int, ...], float]] = [(-acceptance[0][0], (0,), 1.0)]  # (-probability of the path, path, its parent's probability)
         chosen: list[tuple[int, ...]] = []
         owners: list[set[tuple[int, ...]]] = [set() for _ in range(depth_bound)]
         gain, draft_work = 1.0, 0.0
@@ -162,7 +162,8 @@ class TreeController:
         self.trials = [[prior_weight] * width for _ in range(depth)]
         self._new_hits = [[0.0] * width for _ in range(depth)]
         self._new_trials = [[0.0] * width for _ in range(depth)]
-        self.steps, self._shape, self.replans, self.explore_every = 0, None, 0, explore_every
+        self.steps, self.replans, self.explore_every = 0, 0, explore_every
+        self._shape: TreeShape | None = None
         self.draft_s = self.draft_work = self.other_s = 0.0
 
     @property

@@ -80,7 +80,8 @@ def _ids(path: list[int], like: torch.Tensor) -> torch.Tensor:
 
 def _greedy(target_probs: torch.Tensor, children: list[list[int]], tokens: list[int]) -> tuple[list[int], int]:
     best = target_probs.argmax(-1).tolist()
-    path, node = [], -1
+    path: list[int] = []
+    node = -1
     while True:
         nxt = next((c for c in children[node + 1] if tokens[c] == best[node + 1]), None)
         if nxt is None:
@@ -95,7 +96,8 @@ def _deterministic(target_probs: torch.Tensor, tree: Tree, children: list[list[i
     dev = target_probs.device
     own = target_probs[tree.parents.to(dev) + 1, tree.tokens.to(dev)].tolist()
     u = uniforms.tolist()
-    path, node = [], -1
+    path: list[int] = []
+    node = -1
     while True:
         removed, gone = 0.0, set()  # target mass and tokens of the siblings rejected so far at this node
         accepted = None
@@ -121,7 +123,8 @@ def _deterministic(target_probs: torch.Tensor, tree: Tree, children: list[list[i
 
 def _sampled(target_probs: torch.Tensor, children: list[list[int]], tokens: list[int],
              draft_probs: torch.Tensor, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    path, node = [], -1
+    path: list[int] = []
+    node = -1
     while True:
         p = target_probs[node + 1]
         if not children[node + 1]:  # a leaf: the bonus token, normalised as the chain rule does it

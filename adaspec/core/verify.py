@@ -42,6 +42,7 @@ def verify_chain(target_probs: Tensor, proposals: Tensor, draft_probs: Tensor | 
         ok = proposals == target_probs[:gamma].argmax(-1)
         accepted = ok.long().cumprod(0).sum()
         return accepted, target_probs.index_select(0, accepted.view(1))[0]
+    assert uniforms is not None, "sampled verification draws one uniform per proposal"
     # Sampling: accept x_i with probability min(1, p_i(x_i) / q_i(x_i)), i.e. iff u_i * q_i(x_i) < p_i(x_i);
     # stop at the first rejection.
     ok = uniforms * draft_probs.gather(1, idx).view(-1) < p_x
