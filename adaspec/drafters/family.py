@@ -14,9 +14,10 @@ only call what the spec holds:
   says why a server has none; `target_problem` why vLLM cannot serve it on a given target; `export_command`
   is `adaspec export` of a checkpoint (any dtype, format and server the user asks for).
 - training: `recipe` trains it (`distill`, or the module of adaspec.recipes.train_head); `train_options(γ,
-  target config)` the train-head options of a head that drafts γ tokens per step (a loaded drafter's own
-  bound is its `max_gamma`); `signal` what it reads of the target: nothing, the final normed state (FINAL),
-  or the layers its config names (EAGLE-3 / DFlash auxiliary layers; EAGLE-1 the final state).
+  target config)` the train-head options of a head that drafts γ tokens per step; `max_gamma(head)` the most
+  a trained head drafts per step (None: unbounded), which its drafter's `max_gamma` is; `signal` what it
+  reads of the target: nothing, the final normed state (FINAL), or the layers its config names (EAGLE-3 /
+  DFlash auxiliary layers; EAGLE-1 the final state).
 - measuring: `teacher_forced(drafter, depth)` its depths teacher-forced on the target's features
   (adaspec.evaluation.head_acceptance), where it has such a forward; `keep_tree_rows(drafter)` the same
   drafter keeping the accepted path's tree rows instead of re-running them, where it can.
@@ -103,6 +104,7 @@ class Family:
     target_problem: TargetProblem | None = None
     export_command: Callable[[ExportRequest], None] | None = None
     train_options: Callable[[int, dict[str, Any]], dict[str, Any]] | None = None
+    max_gamma: Callable[[Any], int | None] = lambda head: None
     build_opt_in: str | None = None  # why `adaspec build` trains it only when --drafters names it
     teacher_forced: Callable[[Any, int], HeadForward] | None = None
     keep_tree_rows: Callable[[Any], Any] | None = None

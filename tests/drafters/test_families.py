@@ -59,7 +59,7 @@ def test_a_saved_head_is_recognized_as_its_family_alone(tmp_path):
         assert saved_family(tmp_path / name) is FAMILIES[name]
         assert type(FAMILIES[name].head.from_pretrained(str(tmp_path / name))) is type(head)
         drafter = FAMILIES[name].drafter.load(str(tmp_path / name), target)
-        assert drafter_family(drafter) is FAMILIES[name]
+        assert drafter_family(drafter) is FAMILIES[name] and FAMILIES[name].max_gamma(head) == drafter.max_gamma
     target.save_pretrained(tmp_path / "target")
     with pytest.raises(AdaspecError, match="holds no adaspec heads"):
         saved_family(tmp_path / "target")

@@ -11,6 +11,7 @@ FAMILY = Family(
     exports={"vllm": serve_vllm}, unserved={"sglang": "adaspec writes DFlash heads in vLLM's layout only"},
     target_problem=target_problem, export_command=export_command,
     train_options=lambda gamma, target: {"block_size": gamma + 1},
+    max_gamma=lambda head: head.config.max_gamma,
     build_opt_in="trained only when --drafters names it: its heads learn slowly at this scale (greedy α about "
                  "0.1 after 150 steps on the demo target, docs/dflash.md)",
 )

@@ -13,6 +13,7 @@ FAMILY = Family(
     exports={"vllm": serve_vllm}, unserved={"sglang": "SGLang serves no Medusa heads"},
     export_command=export_command,
     train_options=lambda gamma, target: {"depth": gamma},
+    max_gamma=lambda heads: heads.cfg.heads,
     teacher_forced=teacher_forced,
 )
 

@@ -14,6 +14,7 @@ FAMILY = Family(
     unserved={"vllm": MTP_REASON, "sglang": "no server runs adaspec's MTP modules"},
     export_command=export_command,
     train_options=lambda gamma, target: {"depth": gamma},
+    max_gamma=lambda heads: heads.cfg.depth,
     teacher_forced=teacher_forced,
 )
 
