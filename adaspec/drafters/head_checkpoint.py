@@ -36,6 +36,12 @@ def read_config_entry(path: str | os.PathLike, key: str, what: str) -> dict:
     return dict(entry)
 
 
+def adaspec_kind(config: dict[str, Any]) -> Any:
+    """config.json's adaspec.kind: what an MTP or Medusa checkpoint (and its export) names itself, else None."""
+    entry = config.get("adaspec")
+    return entry.get("kind") if isinstance(entry, dict) else None
+
+
 def config_from_entry(cls: type[C], entry: dict[str, Any], path: str | os.PathLike) -> C:
     """`cls(**entry)` for a head config dataclass, with a missing or unknown field named in one line."""
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Training losses of multi-token heads (MTP depths, Medusa heads), per depth.
+"""Training losses of multi-token heads (MTP depths, Medusa heads), per depth, and their teacher-forced forward.
 
 Head/depth k at position i predicts token i+k+1 (k = 1 for the token after the target's own next one):
 step k of adaspec.distill.steps, whose step 0 is the target's own next token. Its teacher is the target's
@@ -9,11 +9,14 @@ padding) is never a training target.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from adaspec.data import response_mask
 from adaspec.distill.steps import step_divergences, step_masks
 from adaspec.distill.teacher import TopK
+from adaspec.drafters.family import HeadForward
 from adaspec.errors import AdaspecError
 
 
@@ -56,3 +59,10 @@ def weighted_depth_loss(token_losses: list[tuple[Tensor, Tensor]], weights: list
     weights = depth_weights(len(token_losses), weights, lam)
     means = [(loss * mask).sum() / mask.sum().clamp_min(1) for loss, mask in token_losses]
     return sum(w * m for w, m in zip(weights, means)), means  # type: ignore[return-value]
+
+
+def teacher_forced(drafter: Any, depth: int) -> HeadForward:
+    """The first `depth` depths of an MTP or Medusa drafter's heads on the target's features, as training runs
+    them (`heads(parts, hidden, ids)`): the family's `teacher_forced` (adaspec.drafters.family)."""
+    heads, parts = drafter.heads, drafter.parts
+    return lambda hidden, ids: heads(parts, hidden, ids)[:depth]

@@ -30,6 +30,7 @@ from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.models.lean import LeanLM, lean_supported
 from adaspec.models.target import Clock
 from adaspec.decoding.drafter import Drafter
+from adaspec.drafters import HEADS
 from adaspec.drafters.loading import load_drafter
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.speed import Run, forward_ms, timed_rounds
@@ -245,8 +246,8 @@ def add_drafter_arguments(p: argparse.ArgumentParser, target_required: bool = Tr
     """The --target/--draft/--head flags every drafter benchmark reads with load_named_drafters."""
     p.add_argument("--target", required=target_required, help="target model directory")
     p.add_argument("--draft", nargs="*", default=[], help="draft models as NAME=DIR (e.g. distillspec=runs/...)")
-    p.add_argument("--head", nargs="*", default=[], help="heads as KIND=DIR or KIND:NAME=DIR, KIND one of "
-                   "eagle, mtp, medusa, dflash (e.g. eagle=runs/heads/eagle)")
+    p.add_argument("--head", nargs="*", default=[], help=f"heads as KIND=DIR or KIND:NAME=DIR, KIND one of "
+                   f"{', '.join(HEADS)} (e.g. eagle=runs/heads/eagle)")
 
 
 def main(argv: list[str] | None = None) -> int:

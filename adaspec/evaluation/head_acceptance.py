@@ -7,8 +7,8 @@ verification produced) and its depth-1 proposal is the token at n. On a greedy c
 next token is the data token, and a chained head (MTP, EAGLE) feeds its own proposals, which equal the data
 tokens as long as they are accepted: so a step accepts exactly the leading depths k whose argmax at i
 equals token i+k+1. Every continuation position is treated as a step start (the usual teacher-forced
-estimate). EAGLE's unroll step j is its depth j+1 (adaspec.drafters.eagle.training: index t of step j predicts
-token t+1+j from the features of t-1, so depth j+1 at i is unroll index i+1).
+estimate). A family gives its heads in this convention as its `teacher_forced` forward
+(adaspec.drafters.family; EAGLE's unroll step j is its depth j+1, adaspec.drafters.eagle.training).
 
 `head_acceptance` gives the accepted length of γ = D steps; `analytic_alpha` the analytic α of a head, as
 adaspec.decoding.acceptance gives it for a draft LM: its depth-1 proposal (what every step drafts first,
@@ -17,24 +17,16 @@ and all it drafts at γ = 1) against the target's distribution for the same toke
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
 from adaspec.models.target import FINAL, features
-from adaspec.drafters.eagle.draft_vocab import draft_ids
-from adaspec.drafters.eagle.model import EagleHead
-from adaspec.drafters.eagle.drafter import EagleDrafter
-from adaspec.drafters.eagle.training import unroll
-from adaspec.drafters.medusa.model import MedusaDrafter
-from adaspec.drafters.mtp.model import MTPDrafter
+from adaspec.drafters import drafter_family
+from adaspec.drafters.family import HeadForward
 from adaspec.decoding.acceptance import Continuations, agreement_and_overlap
-
-# (hidden [B, T, layers * H]: the head's target layers concatenated, ids [B, T]) -> per-depth logits, depth k
-# at position i proposing token i+k+1, over the target's vocabulary
-HeadForward = Callable[[Tensor, Tensor], list[Tensor]]
 
 
 def _right_pad(seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
@@ -93,29 +85,13 @@ def head_acceptance(forward: HeadForward, target: PreTrainedModel, data: Continu
     return out
 
 
-def eagle_forward(head: EagleHead, depth: int) -> HeadForward:
-    """An EAGLE head's `depth` unroll steps as depths (see the module docstring), its draft-vocabulary logits
-    scattered over the target's vocabulary (-inf elsewhere, so argmax and softmax are the drafter's)."""
-    def forward(hidden: Tensor, ids: Tensor) -> list[Tensor]:
-        logits = unroll(head, hidden, ids, depth).logits.float()
-        full = logits.new_full((*logits.shape[:-1], head.config.vocab_size), float("-inf"))
-        full = full.index_copy_(-1, draft_ids(head.d2t), logits)
-        return [full[j][:, 1:] for j in range(depth)]
-    return forward
-
-
 def drafter_forward(drafter: object, depth: int = 1) -> tuple[tuple[int, ...], HeadForward] | None:
-    """(target layers read, teacher-forced forward of `depth` depths) of a head drafter; None for any other
-    drafter (a draft LM is scored by adaspec.decoding.acceptance)."""
-    if isinstance(drafter, EagleDrafter):
-        return drafter.hidden_layers, eagle_forward(drafter.head, depth)
-    if isinstance(drafter, MTPDrafter):
-        heads, parts = drafter.heads, drafter.parts
-        return drafter.hidden_layers, lambda hidden, ids: heads(parts, hidden, ids)[:depth]
-    if isinstance(drafter, MedusaDrafter):
-        heads, parts = drafter.heads, drafter.parts
-        return drafter.hidden_layers, lambda hidden, ids: heads(parts, hidden)[:depth]
-    return None
+    """(target layers read, teacher-forced forward of `depth` depths) of a head drafter whose family has one
+    (its `teacher_forced`); None for any other drafter (a draft LM is scored by adaspec.decoding.acceptance)."""
+    family = drafter_family(drafter)
+    if family is None or family.teacher_forced is None:
+        return None
+    return drafter.hidden_layers, family.teacher_forced(drafter, depth)  # type: ignore[attr-defined]
 
 
 @torch.inference_mode()

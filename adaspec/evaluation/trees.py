@@ -35,8 +35,8 @@ from adaspec.decoding.tree_generate import COST_SIZES, TreeCosts, measure_verify
 from adaspec.core.tree_policy import TreeController, interpolate_costs
 from adaspec.core.tree_shape import AdaptiveTree, TreeSpec, parse_tree_spec
 from adaspec.decoding.drafter import Drafter
-from adaspec.drafters.eagle.drafter import EagleDrafter
 from adaspec.decoding.lm import LMDrafter
+from adaspec.drafters import drafter_family
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.drafters import add_drafter_arguments, load_named_drafters
 from adaspec.evaluation.speed import Run, timed_rounds
@@ -285,13 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         drafters: dict[str, Drafter] = {}
         keep: dict[str, Drafter] = {}
         for name, d in load_named_drafters(args.draft, args.head, target, tokenizer, device).items():
-            if isinstance(d, PreTrainedModel):
-                drafters[name] = LMDrafter(d, vocab)
-                keep[name] = LMDrafter(d, vocab, keep_tree_rows=True)
-            else:
-                drafters[name] = d
-                if isinstance(d, EagleDrafter):
-                    keep[name] = EagleDrafter(d.head, keep_tree_rows=True)
+            drafters[name] = LMDrafter(d, vocab) if isinstance(d, PreTrainedModel) else d
+            keep_rows = drafter_family(drafters[name]).keep_tree_rows  # type: ignore[union-attr]
+            if keep_rows is not None:  # the family can keep the accepted path's rows (EAGLE, a draft model)
+                keep[name] = keep_rows(drafters[name])
         trees = {name: (args.trees if args.trees is not None else default_trees(d))
                  + [AdaptiveTree(24, d.max_gamma or 6, 4).spec()] for name, d in drafters.items()}
         result = benchmark(target, tokenizer, drafters, keep, args.task, args.n_prompts, args.max_new_tokens,

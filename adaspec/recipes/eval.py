@@ -16,6 +16,7 @@ from adaspec.models.lean import LEAN
 from adaspec.core.sampling import check_sampling
 from adaspec.core.tree_shape import MAX_TREE_DEPTH
 from adaspec.decoding.drafter import Drafter
+from adaspec.drafters import HEADS
 from adaspec.drafters.loading import load_drafter
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.evaluate import EvalSettings, evaluate, prompt_ids
@@ -60,7 +61,7 @@ class EvalOptions:
     draft: list[str] | None = field(default=None, metadata=helptext(
         "draft model directories; several are compared side by side"))
     head: list[str] | None = field(default=None, metadata=helptext(
-        "heads trained by train-head, as KIND=DIR (KIND: eagle, mtp, medusa, dflash), measured beside the drafts"))
+        f"heads trained by train-head, as KIND=DIR (KIND: {', '.join(HEADS)}), measured beside the drafts"))
     decode_path: Literal["auto", "lean", "hf"] = field(default="auto", metadata=helptext(
         "lean: adaspec's minimal forward (Llama, GPT-NeoX, GPT-2); hf: transformers'; auto: lean where the "
         "family supports it. The target alone and every draft use the same path"))
@@ -115,8 +116,9 @@ class EvalOptions:
             raise AdaspecError("give at least one --draft or --head")
         for spec in self.head or []:
             kind, sep, path = spec.partition("=")
-            if not sep or kind not in ("eagle", "mtp", "medusa", "dflash") or not path:
-                raise AdaspecError(f"--head must be KIND=DIR with KIND eagle, mtp, medusa or dflash, got {spec!r}")
+            if not sep or kind not in HEADS or not path:
+                raise AdaspecError(f"--head must be KIND=DIR with KIND {', '.join(HEADS[:-1])} or {HEADS[-1]}, got "
+                                   f"{spec!r}")
         if self.data is None and self.task not in data_lib.TASKS:
             raise AdaspecError(f"unknown task {self.task!r}; choose one of {', '.join(data_lib.TASKS)}")
         if self.split not in data_lib.SPLITS:

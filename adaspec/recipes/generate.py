@@ -17,11 +17,15 @@ from adaspec.models.lean import LEAN
 from adaspec.decoding.tree_generate import tree_speculative_generate
 from adaspec.core.tree_shape import MAX_TREE_DEPTH, parse_tree_spec
 from adaspec.decoding.lm import DRAFT_CONFIDENCE
+from adaspec.drafters import FAMILIES, HEADS
 from adaspec.drafters.loading import load_drafter
 from adaspec.core.sampling import check_sampling
 from adaspec.errors import AdaspecError
 from adaspec.models import check_vocab_compatible, load_model, load_tokenizer, saved_tokenizer
 from adaspec.options import check_finite, strict_field
+
+DRAFTER_NAMES = tuple(FAMILIES)  # --drafter's choices: every registered family
+
 
 @dataclass
 class GenerateOptions:
@@ -31,9 +35,10 @@ class GenerateOptions:
     prompt: str = field(metadata={"help": "prompt text"})
     draft: str | None = field(default=None, metadata={
         "help": "draft model directory or hub id (same vocabulary as the target), with --drafter lm"})
-    drafter: Literal["lm", "eagle", "mtp", "medusa", "dflash"] = field(default="lm", metadata={
+    drafter: Literal[DRAFTER_NAMES] = field(default="lm", metadata={
         "help": "what proposes the tokens: a draft model (lm) or a head trained by train-head"})
-    head: str | None = field(default=None, metadata={"help": "head directory, with --drafter eagle|mtp|medusa|dflash"})
+    head: str | None = field(default=None, metadata={
+        "help": f"head directory, with --drafter {'|'.join(HEADS)}"})
     strict: bool = strict_field()
     decode_path: Literal["auto", "lean", "hf"] = field(default="auto", metadata={
         "help": "lean: adaspec's minimal forward (Llama, GPT-NeoX, GPT-2); hf: transformers'; auto: lean when "
@@ -80,9 +85,12 @@ class GenerateOptions:
         if not self.prompt:
             raise AdaspecError("--prompt is empty")
         check_text(self.prompt, "--prompt")
-        if self.drafter == "lm" and (self.draft is None or self.head is not None):
+        if self.drafter not in FAMILIES:
+            raise AdaspecError(f"unknown drafter {self.drafter!r}; choose one of {', '.join(FAMILIES)}")
+        model = FAMILIES[self.drafter].is_draft_model
+        if model and (self.draft is None or self.head is not None):
             raise AdaspecError("--drafter lm needs --draft DIR (and no --head)")
-        if self.drafter != "lm" and (self.head is None or self.draft is not None):
+        if not model and (self.head is None or self.draft is not None):
             raise AdaspecError(f"--drafter {self.drafter} needs --head DIR (and no --draft)")
 
 
@@ -121,7 +129,7 @@ def run_generate(opts: GenerateOptions) -> int:
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     target = load_model(opts.target, device=device)
     tokenizer = load_tokenizer(opts.target)
-    if opts.drafter == "lm":
+    if FAMILIES[opts.drafter].is_draft_model:
         draft = load_model(opts.draft, device=device)
         check_vocab_compatible(target, draft, tokenizer, saved_tokenizer(opts.draft))
     else:

@@ -4,8 +4,9 @@ read by vLLM's own counters and put beside adaspec's engine in adaspec's terms.
 vLLM pins an older transformers than adaspec, so it lives in its own virtualenv (`make vllm` creates
 `.venv-vllm`) and runs `vllm_worker.py` in a subprocess: one process per configuration (the target alone,
 then each drafter), each given the prompts as token ids, so both engines decode exactly the same inputs.
-A drafter is first written in the layout vLLM loads (`SERVE`, one line per family); a family vLLM cannot
-take, or a load vLLM refuses, becomes a row with `loaded: false` and the reason, never a silent gap.
+A drafter is first written in the layout vLLM loads (its family's vLLM export, adaspec.drafters.FAMILIES); a
+family vLLM cannot take, or a load vLLM refuses, becomes a row with `loaded: false` and the reason, never a
+silent gap.
 
 The two engines schedule differently, so adaspec's side of each row is measured on vLLM's schedule
 (`adaspec_on_vllm_schedule`): vLLM's prefill emits the first token and drafting starts after it, and a vLLM
@@ -32,13 +33,10 @@ from transformers import PreTrainedModel
 
 from adaspec.decoding.generate import speculative_generate
 from adaspec.decoding.drafter import Drafter
-from adaspec.drafters.dflash.export import serve_dflash
-from adaspec.drafters.eagle.model import EagleHead
+from adaspec.drafters import FAMILIES
 from adaspec.errors import AdaspecError, NotServable
-from adaspec.drafters.eagle.export import export_eagle1, export_eagle3
-from adaspec.drafters.medusa.export import load_medusa, save_medusa
 from adaspec.core.metrics import SpecStats
-from adaspec.models.servable import MTP_REASON, VLLM_VERSION
+from adaspec.models.servable import VLLM_VERSION
 
 ENV_VAR = "ADASPEC_VLLM_PYTHON"
 VENV = ".venv-vllm"
@@ -61,32 +59,6 @@ def find_vllm_python(explicit: str | None = None) -> str:
         if candidate.is_file():
             return str(candidate)
     raise AdaspecError(f"vLLM is not installed: {HOW_TO_GET}")
-
-
-# ---- each family in the layout vLLM loads: (saved drafter, target, folder to write) -> (method, model dir)
-
-def _serve_lm(path: str, target: PreTrainedModel, out: Path) -> tuple[str, str]:
-    return "draft_model", path
-
-
-def _serve_eagle(path: str, target: PreTrainedModel, out: Path) -> tuple[str, str]:
-    head = EagleHead.from_pretrained(path)
-    if head.config.variant == "eagle3":
-        return "eagle3", str(export_eagle3(head, out, torch.float32))
-    return "eagle", str(export_eagle1(head, out, torch.float32))
-
-
-def _serve_medusa(path: str, target: PreTrainedModel, out: Path) -> tuple[str, str]:
-    save_medusa(load_medusa(path), out, target)
-    return "medusa", str(out)
-
-
-def _serve_mtp(path: str, target: PreTrainedModel, out: Path) -> tuple[str, str]:
-    raise NotServable(MTP_REASON)
-
-
-SERVE: dict[str, Callable[[str, PreTrainedModel, Path], tuple[str, str]]] = {
-    "lm": _serve_lm, "eagle": _serve_eagle, "medusa": _serve_medusa, "mtp": _serve_mtp, "dflash": serve_dflash}
 
 
 @dataclass(frozen=True)
@@ -217,11 +189,12 @@ def measure(python: str, run: VllmRun, drafters: dict[str, tuple[str, str, PreTr
         folder = workdir / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
         method = None
         try:
-            if kind not in SERVE:
+            if kind not in FAMILIES:
                 raise NotServable(f"no vLLM layout for drafter family {kind!r}")
-            method, model = SERVE[kind](path, target, folder / "export")
+            exported = FAMILIES[kind].serve("vllm", path, target, folder / "export")
+            method = exported.method
             log(f"{name}: vLLM method {method}")
-            spec = {"method": method, "model": model, "num_speculative_tokens": run.gamma}
+            spec = {"method": method, "model": exported.model, "num_speculative_tokens": run.gamma}
             served = _rows(name, method, run, run_worker(python, run.job(spec), folder, run.timeout_s), base)
         except AdaspecError as exc:
             log(f"{name}: not served: {exc}")

@@ -2,6 +2,7 @@
 
 import pytest
 
+from adaspec.drafters import FAMILIES
 from adaspec.recipes.build import plan
 from adaspec.data import Example
 from adaspec.errors import AdaspecError
@@ -35,9 +36,10 @@ def test_draft_preset_is_servable_and_at_most_a_quarter_of_the_target_width():
 
 
 def test_eagle3_only_where_vllm_reads_three_distinct_layers():
-    assert plan.eagle_variant({"model_type": "llama", "num_hidden_layers": 8}) == "eagle3"
-    assert plan.eagle_variant({"model_type": "llama", "num_hidden_layers": 2}) == "eagle1"
-    assert plan.eagle_variant({"model_type": "gpt_neox", "num_hidden_layers": 8}) == "eagle1"
+    options = FAMILIES["eagle"].train_options  # what a build trains an EAGLE head for γ with
+    assert options(4, {"model_type": "llama", "num_hidden_layers": 8}) == {"variant": "eagle3", "ttt_steps": 4}
+    assert options(4, {"model_type": "llama", "num_hidden_layers": 2})["variant"] == "eagle1"
+    assert options(4, {"model_type": "gpt_neox", "num_hidden_layers": 8})["variant"] == "eagle1"
 
 
 def test_split_is_seeded_disjoint_and_needs_one_training_batch():

@@ -36,7 +36,7 @@ def test_trained_heads_are_accepted(kind, steps, first, second):
     heads.train()
     for _ in range(steps):
         idx = torch.randint(0, 64, (16,), generator=gen)
-        logits = heads(parts, hidden[idx], data[idx]) if kind == "mtp" else heads(parts, hidden[idx])
+        logits = heads(parts, hidden[idx], data[idx])
         loss, _ = weighted_depth_loss(depth_token_losses(logits, teacher[idx], labels[idx], "fkl"))
         opt.zero_grad()
         loss.backward()

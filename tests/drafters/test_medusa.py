@@ -32,14 +32,14 @@ def test_shapes_and_identity_at_init(target):
     ids = torch.randint(0, V, (2, 7), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out = target(ids, output_hidden_states=True)
-        logits = heads(parts, out.hidden_states[-1])
+        logits = heads(parts, out.hidden_states[-1], ids)
     assert len(logits) == 4 and all(x.shape == (2, 7, V) for x in logits)
     for x in logits:  # identity blocks + copied head: the target's own logits
         torch.testing.assert_close(x, out.logits, atol=1e-5, rtol=1e-5)
     shared = build_medusa(target, heads=2, layers=1, shared_head=True)
     assert shared.lm_heads is None
     with torch.no_grad():
-        torch.testing.assert_close(shared(parts, out.hidden_states[-1])[1], out.logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(shared(parts, out.hidden_states[-1], ids)[1], out.logits, atol=1e-5, rtol=1e-5)
 
 
 def test_every_block_is_its_own_module():
@@ -63,7 +63,7 @@ def test_blocks_compute_residual_silu():
         x = h
         for layer in heads.blocks[1].layers:
             x = x + torch.nn.functional.silu(x @ layer.weight.T + layer.bias)
-        torch.testing.assert_close(heads(parts, h)[1], heads.lm_heads[1](x))
+        torch.testing.assert_close(heads(parts, h, None)[1], heads.lm_heads[1](x))
 
 
 @pytest.mark.parametrize("gamma", [1, 2, 4])
@@ -77,7 +77,7 @@ def test_chain_matches_direct_recomputation(target, gamma):
               check=lambda seq, proposals, q: rounds.append((seq, q)))
         for seq, q in rounds:
             h = final_hidden(target, seq)[len(seq) - 2]  # the state that produced seq[n-1]
-            want = torch.stack([torch.softmax(x.float(), -1) for x in heads(parts, h)[:gamma]])
+            want = torch.stack([torch.softmax(x.float(), -1) for x in heads(parts, h, None)[:gamma]])
             torch.testing.assert_close(q, want, atol=1e-6, rtol=1e-5)
 
 

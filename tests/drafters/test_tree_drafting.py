@@ -161,7 +161,7 @@ def _mtp_reference(heads, target):
 def _medusa_reference(heads, target):
     parts = target_parts(target)
     return lambda seq, state: per_depth_expand(
-        [x.float() for x in heads(parts, _features(target, seq, (-1,))[0][len(seq) - 2])], 0.0, 1.0)
+        [x.float() for x in heads(parts, _features(target, seq, (-1,))[0][len(seq) - 2], None)], 0.0, 1.0)
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -4,6 +4,8 @@ speculative decoding's counters (replayed schedule) and a naive per-position com
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -48,7 +50,7 @@ def test_teacher_forced_counts_are_what_decoding_accepts():
     assert 0 < stats.accepted < stats.drafted
     with torch.no_grad():
         hidden = target(out, output_hidden_states=True).hidden_states[-1]
-        logits = heads(parts, hidden)
+        logits = heads(parts, hidden, out)
     n, checked = len(prompt), 0
     for chunk in chunks[:-1]:  # the last step may be cut by max_new_tokens
         i = n - 2
@@ -61,7 +63,7 @@ def test_teacher_forced_counts_are_what_decoding_accepts():
         n += len(chunk)
     assert checked > 3
     data = Continuations([seq], [len(prompt)])
-    metrics = head_acceptance(lambda h, ids: heads(parts, h), target, data, depth=3)
+    metrics = head_acceptance(partial(heads, parts), target, data, depth=3)
     assert 0 < metrics["alpha_depth1"] <= 1 and 0 <= metrics["accept_length"] <= 3
     assert metrics["n_steps"] == len(seq) - 3 - 2 - (len(prompt) - 2) + 1
 

@@ -94,8 +94,8 @@ def test_export_matches_vllm_spec_and_loads_back(tmp_path, layers, bias, shared)
     hidden = torch.randn(5, 32, generator=torch.Generator().manual_seed(0))
     loaded = load_medusa(tmp_path)
     with torch.no_grad():
-        ours = heads(parts, hidden)
-        for a, b, c in zip(ours, vllm_forward(tensors, config, hidden), loaded(parts, hidden)):
+        ours = heads(parts, hidden, None)
+        for a, b, c in zip(ours, vllm_forward(tensors, config, hidden), loaded(parts, hidden, None)):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
             assert torch.equal(a, c)
     assert MedusaDrafter.load(str(tmp_path), target).max_gamma == 3

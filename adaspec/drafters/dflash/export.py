@@ -26,11 +26,18 @@ import torch
 from transformers import PreTrainedModel
 
 from adaspec.drafters.dflash.model import DFlashConfig, DFlashHead
+from adaspec.drafters.family import ExportRequest, Served
+from adaspec.errors import AdaspecError, NotServable
 from adaspec.models.servable import VLLM_VERSION, aux_hidden_problem, head_size_problem, warn_unservable
 
 ARCH = "DFlashDraftModel"
 WEIGHTS = "model.safetensors"
 MASK_EMBEDDING = "mask_embedding.pt"
+
+
+def target_problem(target_config: Any, drafter_config: Any = None) -> str | None:
+    """Why vLLM cannot serve a DFlash head on this target (the family's `target_problem`), or None."""
+    return head_size_problem(target_config) or aux_hidden_problem(target_config, "DFlash")
 
 
 def serving_problems(cfg: DFlashConfig, target_config: Any | None) -> list[str | None]:
@@ -78,20 +85,21 @@ def export_dflash(head: DFlashHead, out_dir: str | Path, dtype: torch.dtype | No
     return out
 
 
-def serve_dflash(path: str, target: PreTrainedModel, out: Path) -> tuple[str, str]:
-    """adaspec.serving.vllm_engine.SERVE's entry: (vLLM method, model directory)."""
+def serve_vllm(path: str, target: PreTrainedModel, out: Path) -> Served:
+    """The family's vLLM export (float32), refused in one line where vLLM cannot serve it."""
     head = DFlashHead.from_pretrained(path)
     problem = next((p for p in serving_problems(head.config, target.config) if p), None)
     if problem:
-        from adaspec.errors import NotServable
-
         raise NotServable(problem)
-    return "dflash", str(export_dflash(head, out, torch.float32))
+    return Served("dflash", str(export_dflash(head, out, torch.float32)))
 
 
-def export_command(head_dir: str, output: str, dtype: torch.dtype, target_config: dict | None) -> None:
+def export_command(request: ExportRequest) -> None:
     """`adaspec export` of a DFlash head: vLLM's layout, one warning line per reason vLLM cannot serve it."""
-    head = DFlashHead.from_pretrained(head_dir)
-    export_dflash(head, output, dtype)
+    if request.format is not None or request.server != "vllm":
+        raise AdaspecError("a DFlash head is exported in vLLM's layout only (no --format, --server vllm)")
+    target_config = request.target_config()
+    head = DFlashHead.from_pretrained(request.head)
+    export_dflash(head, request.output, request.dtype)
     warn_unservable("this dflash head", serving_problems(head.config, target_config))
-    print(f"wrote dflash head (vLLM's DFlashDraftModel, block {head.config.block_size}) to {output}")
+    print(f"wrote dflash head (vLLM's DFlashDraftModel, block {head.config.block_size}) to {request.output}")

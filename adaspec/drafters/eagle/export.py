@@ -39,8 +39,10 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from adaspec.drafters.eagle.model import EagleConfig, EagleHead, aux_layers_problem
+from adaspec.drafters.family import ExportRequest, Served
 from adaspec.errors import AdaspecError
-from adaspec.models.servable import VLLM_VERSION
+from adaspec.models.servable import VLLM_VERSION, eagle3_target_problem, head_size_problem, warn_unservable
+from adaspec.models.target import default_aux_layers
 
 EAGLE3_ARCH = "LlamaForCausalLMEagle3"
 EAGLE1_ARCH = "LlamaForCausalLMEagle"  # SGLang's name
@@ -48,6 +50,8 @@ EAGLE1_VLLM_ARCH = "EagleLlamaForCausalLM"
 EAGLE1_ARCHS = (EAGLE1_ARCH, EAGLE1_VLLM_ARCH)
 SERVERS = ("vllm", "sglang")
 WEIGHTS = "model.safetensors"
+# what each server is told a head of each variant is (vLLM's speculative method, SGLang's --speculative-algorithm)
+METHODS = {"vllm": {"eagle3": "eagle3", "eagle1": "eagle"}, "sglang": {"eagle3": "EAGLE3", "eagle1": "EAGLE"}}
 
 
 def server_aux_ids(cfg: EagleConfig) -> list[int]:
@@ -144,6 +148,41 @@ def export_eagle1(head: EagleHead, out_dir: str | Path, dtype: torch.dtype | Non
     config = _llama_config(cfg, EAGLE1_VLLM_ARCH if server == "vllm" else EAGLE1_ARCH, weights["fc.weight"].dtype)
     config["adaspec"] = cfg.to_dict()
     return _write(out_dir, config, weights, server)
+
+
+# ---- the family's exports (adaspec.drafters.family) ----
+
+def servable_variant(target: dict[str, Any]) -> str:
+    """EAGLE-3 where vLLM can read three distinct auxiliary hidden states of the target (a family exposing
+    them, deep enough for three layers below the last), else EAGLE-1."""
+    layers = int(target.get("num_hidden_layers") or target.get("n_layer") or 0)
+    distinct = layers >= 2 and len(set(default_aux_layers(layers))) == 3
+    return "eagle3" if eagle3_target_problem(target) is None and distinct else "eagle1"
+
+
+def serve(server: str, path: str, out: Path) -> Served:
+    """The head saved in `path` in `server`'s layout (float32), in its own variant."""
+    head = EagleHead.from_pretrained(path)
+    write = export_eagle3 if head.config.variant == "eagle3" else export_eagle1
+    return Served(METHODS[server][head.config.variant], str(write(head, out, torch.float32, server=server)))
+
+
+def export_command(request: ExportRequest) -> None:
+    """`adaspec export` of an EAGLE head: its variant (or --format, which must be it) in --server's layout,
+    with one warning line per reason vLLM cannot serve it."""
+    head = EagleHead.from_pretrained(request.head)
+    fmt = request.format or head.config.variant
+    if fmt != head.config.variant:
+        raise AdaspecError(f"{request.head} is an {head.config.variant} head; it cannot be exported as {fmt}")
+    write = export_eagle3 if fmt == "eagle3" else export_eagle1
+    out = write(head, request.output, request.dtype, server=request.server)
+    target_config = request.target_config()
+    if request.server == "vllm":
+        problems = [head_size_problem({"head_dim": head.config.head_dim})]
+        if fmt == "eagle3" and target_config is not None:
+            problems.append(eagle3_target_problem(target_config))
+        warn_unservable(f"this {fmt} head", problems)
+    print(f"wrote {fmt} head ({request.server} layout) to {out}")
 
 
 # ---- re-import ----

@@ -26,8 +26,9 @@ from torch import Tensor
 
 from adaspec.drafters.common import repeat_kv
 from adaspec.distill.teacher import TopK
-from adaspec.drafters.eagle.draft_vocab import restrict_to_draft, restrict_topk_to_draft
+from adaspec.drafters.eagle.draft_vocab import draft_ids, restrict_to_draft, restrict_topk_to_draft
 from adaspec.drafters.eagle.model import EagleHead
+from adaspec.drafters.family import HeadForward
 from adaspec.errors import AdaspecError
 
 
@@ -102,6 +103,19 @@ def unroll(head: EagleHead, target_hidden: Tensor, input_ids: Tensor, steps: int
         outputs.append(hidden)
         logits.append(head.logits(hidden))
     return Unrolled(_from_index_1(logits), _from_index_1(outputs))
+
+
+def eagle_forward(head: EagleHead, depth: int) -> HeadForward:
+    """A head's `depth` unroll steps as the depths of adaspec.evaluation.head_acceptance (unroll step j is
+    depth j+1: index t of step j predicts token t+1+j from the features of t-1, so depth j+1 at position i is
+    unroll index i+1), its draft-vocabulary logits scattered over the target's vocabulary (-inf elsewhere, so
+    argmax and softmax are the drafter's)."""
+    def forward(hidden: Tensor, ids: Tensor) -> list[Tensor]:
+        logits = unroll(head, hidden, ids, depth).logits.float()
+        full = logits.new_full((*logits.shape[:-1], head.config.vocab_size), float("-inf"))
+        full = full.index_copy_(-1, draft_ids(head.d2t), logits)
+        return [full[j][:, 1:] for j in range(depth)]
+    return forward
 
 
 def _from_index_1(per_step: list[Tensor]) -> Tensor:

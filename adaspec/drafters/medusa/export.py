@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
+from adaspec.drafters.family import ExportRequest, Served
 from adaspec.drafters.head_checkpoint import WEIGHTS, config_from_entry, load_strict, read_config_entry, read_weights
 from adaspec.drafters.medusa.model import MedusaConfig, MedusaHeads
 from adaspec.errors import AdaspecError
@@ -64,3 +65,21 @@ def load_medusa(path: str | os.PathLike, device: str | torch.device | None = Non
     load_strict(heads, tensors, path)
     dtype = next(iter(tensors.values())).dtype if tensors else torch.float32
     return heads.to(dtype=dtype, device=device).eval()
+
+
+def serve_vllm(path: str, target: PreTrainedModel, out: Path) -> Served:
+    """The family's vLLM export: the heads saved in `path` with the target's head where they share it."""
+    save_medusa(load_medusa(path), out, target)
+    return Served("medusa", str(out))
+
+
+def export_command(request: ExportRequest) -> None:
+    """`adaspec export` of Medusa heads: vLLM's MedusaModel in the requested dtype."""
+    request.refuse_format("medusa")
+    target = request.target_model()
+    heads = load_medusa(request.head).to(request.dtype)
+    if heads.cfg.shared_head and target is None:
+        raise AdaspecError("these Medusa heads share the target's lm_head, which vLLM reads from the export: "
+                           "pass --target")
+    save_medusa(heads, request.output, target.to(request.dtype) if target is not None else None)
+    print(f"wrote Medusa heads (vLLM's MedusaModel) to {request.output}")

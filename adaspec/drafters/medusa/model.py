@@ -103,10 +103,11 @@ class MedusaHeads(nn.Module):
             return parts.logits_of_normed(x)
         return fit_vocab(self.lm_heads[i](x), parts.vocab)
 
-    def forward(self, parts: TargetParts, hidden: Tensor) -> list[Tensor]:
+    def forward(self, parts: TargetParts, hidden: Tensor, input_ids: Tensor) -> list[Tensor]:
         """Training forward: hidden [B, T, H] (final normed target states) -> K logits [B, T, V]; head i
         (1-based) at position t predicts token t+1+i, as MTP depth i does
-        (adaspec.drafters.multi_token_loss)."""
+        (adaspec.drafters.multi_token_loss). `input_ids` is unused (the heads read the state alone): the
+        signature is MTPHeads.forward's, so both are called alike."""
         return [self.head_logits(parts, hidden, i) for i in range(self.cfg.heads)]
 
 

@@ -32,7 +32,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
+from adaspec.models.servable import MTP_REASON, warn_unservable
 from adaspec.models.target import decoder_layers, final_norm
+from adaspec.drafters.family import ExportRequest
 from adaspec.drafters.head_checkpoint import WEIGHTS, config_from_entry, load_strict, read_config_entry, read_weights
 from adaspec.drafters.mtp.model import MTPConfig, MTPHeads
 from adaspec.errors import AdaspecError
@@ -97,3 +99,15 @@ def export_mtp_deepseek(heads: MTPHeads, target: PreTrainedModel, path: str | os
     out.mkdir(parents=True, exist_ok=True)
     save_file(deepseek_tensors(heads, target), str(out / WEIGHTS))
     (out / "config.json").write_text(json.dumps(deepseek_config(heads, target), indent=2) + "\n")
+
+
+def export_command(request: ExportRequest) -> None:
+    """`adaspec export` of MTP modules: DeepSeek-V3's MTP-layer names, for conversion tools (no server runs them)."""
+    request.refuse_format("mtp")
+    target = request.target_model()
+    if target is None:
+        raise AdaspecError("MTP modules are exported with their target's shared embedding, norm and head: "
+                           "pass --target")
+    export_mtp_deepseek(load_mtp(request.head), target, request.output)
+    warn_unservable("these MTP modules", [MTP_REASON])
+    print(f"wrote MTP modules under DeepSeek-V3's MTP-layer names to {request.output}")

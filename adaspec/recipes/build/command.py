@@ -241,8 +241,7 @@ class Build:
         if not _done(out):
             _log(f"training {family} heads with {method} -> {out}")
             # heads shaped for the largest γ measured
-            shape = {"eagle": {"variant": self.eagle_variant(), "ttt_steps": max(self.opts.gammas)},
-                     "dflash": {"block_size": max(self.opts.gammas) + 1}}.get(family, {"depth": max(self.opts.gammas)})
+            shape = plan.FAMILIES[family].train_options(max(self.opts.gammas), self.target_config)  # type: ignore[misc]
             run_train_head(TrainHeadOptions(**self._shared(out), target=self.opts.target, kind=family,
                                             method=method, ref=str(ref) if ref else None, init_seed=self.opts.seed,
                                             val_max_new_tokens=self.opts.max_new_tokens, **shape))
@@ -251,14 +250,11 @@ class Build:
     def draft_preset(self) -> str:
         return self.opts.preset or plan.draft_preset_for(self.target_config)
 
-    def eagle_variant(self) -> str:
-        return plan.eagle_variant(self.target_config)
-
     def train(self, families: list[str]) -> dict[str, Path]:
         """name ("<family>_<method>") -> trained drafter folder."""
         runs: dict[str, Path] = {}
         for family in families:
-            if family == "lm":
+            if plan.FAMILIES[family].is_draft_model:
                 kd = self.train_lm("kd", None, self.cache("target", None, self.out / "runs" / "lm_kd"))
                 cache = self.cache("target_ref", kd, self.out / "runs" / "lm_adaspec")
                 runs["lm_kd"], runs["lm_adaspec"] = kd, self.train_lm("adaspec", kd, cache)

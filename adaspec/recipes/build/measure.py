@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adaspec.drafters import FAMILIES
 from adaspec.errors import AdaspecError
 from adaspec.io import atomic_write_json
 
@@ -41,7 +42,7 @@ def eval_command(build: "Build", name: str, path: Path, gamma: int) -> str:
     import shlex
     s = settings(build, gamma)
     family = family_of(name)
-    source = ["--draft", str(path)] if family == "lm" else ["--head", f"{family}={path}"]
+    source = ["--draft", str(path)] if FAMILIES[family].is_draft_model else ["--head", f"{family}={path}"]
     words = ["adaspec", "eval", "--target", build.opts.target, *source, "--data", str(build.data_dir),
              "--split", "test", "--n-prompts", str(s.n_prompts), "--gamma", str(gamma), "--max-new-tokens",
              str(s.max_new_tokens), "--context", str(s.context), "--seed", str(s.seed)]
@@ -61,7 +62,9 @@ def _load(name: str, path: Path, target: Any, tokenizer: Any) -> Any:
     from adaspec.drafters.loading import load_drafter
     from adaspec.models import load_model
     family = family_of(name)
-    return load_model(path) if family == "lm" else load_drafter(family, path, target, tokenizer=tokenizer)
+    if FAMILIES[family].is_draft_model:
+        return load_model(path)
+    return load_drafter(family, path, target, tokenizer=tokenizer)
 
 
 def check_budget(build: "Build") -> None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from adaspec.drafters import FAMILIES
 from adaspec.errors import AdaspecError
-from adaspec.models.servable import MTP_REASON, aux_hidden_problem, eagle3_target_problem, head_size_problem
 
-# drafter families build trains, in the order it trains them (names as adaspec.drafters.DRAFTERS has them)
-FAMILIES = ("lm", "eagle", "medusa", "mtp", "dflash")
-# families a build trains only when --drafters names them, and why
-OPT_IN = {"dflash": "trained only when --drafters names it: its heads learn slowly at this scale (greedy α about "
-                    "0.1 after 150 steps on the demo target, docs/dflash.md)"}
+# build trains the drafter families of FAMILIES in the registry's order; those it trains only when --drafters
+# names them, and why:
+OPT_IN = {name: f.build_opt_in for name, f in FAMILIES.items() if f.build_opt_in}
 MAX_GAMMA = 16
 MAX_HELD_OUT = 100_000
 # what a build writes under --output (removed by --overwrite, nothing else is)
@@ -31,14 +29,9 @@ def read_config(path: str, trust_remote_code: bool = False) -> dict[str, Any]:
 
 
 def serve_problems(target: dict[str, Any], draft: dict[str, Any] | None) -> dict[str, str | None]:
-    """Per family, why vLLM cannot serve it on this target (None: it can). An EAGLE head attends with the
-    target's head size (so does a DFlash head, which also reads auxiliary hidden states); a built draft always
-    has a servable one, a given --draft-init may not."""
-    return {"lm": head_size_problem(draft) if draft is not None else None,
-            "eagle": head_size_problem(target),
-            "medusa": None,
-            "mtp": MTP_REASON,
-            "dflash": head_size_problem(target) or aux_hidden_problem(target, "DFlash")}
+    """Per family, why vLLM cannot serve it on this target (None: it can; `Family.vllm_problem`). `draft`: the
+    config of a given --draft-init, whose head size vLLM may not take (a built draft always has a servable one)."""
+    return {name: f.vllm_problem(target, draft) for name, f in FAMILIES.items()}
 
 
 def choose_families(requested: list[str] | None, problems: dict[str, str | None]) -> tuple[list[str], dict[str, str]]:
@@ -54,15 +47,6 @@ def choose_families(requested: list[str] | None, problems: dict[str, str | None]
             raise AdaspecError(f"vLLM cannot serve {family} drafters on this target: {problems[family]}; "
                                f"families it can serve here: {', '.join(servable) or 'none'}")
     return list(requested), {f: "not asked for (--drafters)" for f in FAMILIES if f not in requested}
-
-
-def eagle_variant(target: dict[str, Any]) -> str:
-    """EAGLE-3 where vLLM can read three distinct auxiliary hidden states of the target (a family exposing
-    them, deep enough for three layers below the last), else EAGLE-1."""
-    from adaspec.models.target import default_aux_layers
-    layers = int(target.get("num_hidden_layers") or target.get("n_layer") or 0)
-    distinct = layers >= 2 and len(set(default_aux_layers(layers))) == 3
-    return "eagle3" if eagle3_target_problem(target) is None and distinct else "eagle1"
 
 
 def draft_preset_for(target: dict[str, Any]) -> str:

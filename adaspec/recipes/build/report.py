@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from adaspec.drafters import FAMILIES
+from adaspec.drafters.family import Served
 from adaspec.recipes.build import measure, plan
 from adaspec.io import atomic_write_json
 from adaspec.options import command_line
@@ -34,7 +36,7 @@ def assemble(build: "Build", split: dict[str, Any], runs: dict[str, Path], sweep
         gamma = measure.best_gamma(sweep, name)
         ours = sweep[gamma]["drafts"][name]
         common = {"name": name, "drafter": family, "method": method,
-                  "init": "pretrained" if family == "lm" and build.opts.draft_init else "fresh",
+                  "init": "pretrained" if FAMILIES[family].is_draft_model and build.opts.draft_init else "fresh",
                   "steps": summary.get("steps"), "cold_start": summary.get("cold_start"),
                   "truncated": summary.get("truncated"), "path": str(path)}
         rows.append({**common, "engine": "adaspec", "gamma": gamma, "alpha": ours["alpha"],
@@ -57,78 +59,40 @@ def assemble(build: "Build", split: dict[str, Any], runs: dict[str, Path], sweep
             "best": best}
 
 
-# ---- the winner in the layouts the servers load: family -> (build, drafter folder, γ) -> serve lines ----
+# ---- the winner in the layouts the servers load (its family's exports), and the lines that serve it ----
 
-def _export_lm(build: "Build", path: Path, gamma: int) -> dict[str, str | None]:
-    out = build.out / "export" / "vllm"
-    shutil.copytree(path, out, ignore=shutil.ignore_patterns("last*", "best", "logs", "*.json.tmp"),
-                    dirs_exist_ok=True)
-    spec = {"method": "draft_model", "model": str(out), "num_speculative_tokens": gamma}
-    return {"vllm": _vllm(build, spec), "sglang": _sglang(build, "STANDALONE", out, gamma)}
+# what the report calls each server
+SERVER_NAMES = {"vllm": "vLLM", "sglang": "SGLang"}
 
 
-def _export_eagle(build: "Build", path: Path, gamma: int) -> dict[str, str | None]:
-    import torch
-
-    from adaspec.drafters.eagle.model import EagleHead
-    from adaspec.drafters.eagle.export import export_eagle1, export_eagle3
-    head = EagleHead.from_pretrained(str(path))
-    eagle3 = head.config.variant == "eagle3"
-    write = export_eagle3 if eagle3 else export_eagle1
-    vllm_dir, sglang_dir = (write(head, build.out / "export" / server, torch.float32, server=server)
-                            for server in ("vllm", "sglang"))
-    spec = {"method": "eagle3" if eagle3 else "eagle", "model": str(vllm_dir), "num_speculative_tokens": gamma}
-    return {"vllm": _vllm(build, spec), "sglang": _sglang(build, "EAGLE3" if eagle3 else "EAGLE", sglang_dir, gamma)}
-
-
-def _export_medusa(build: "Build", path: Path, gamma: int) -> dict[str, str | None]:
-    from adaspec.drafters.medusa.export import load_medusa, save_medusa
-    from adaspec.models import load_model
-    out = build.out / "export" / "vllm"
-    save_medusa(load_medusa(path), out, load_model(build.opts.target, trust_remote_code=build.opts.trust_remote_code))
-    spec = {"method": "medusa", "model": str(out), "num_speculative_tokens": gamma}
-    return {"vllm": _vllm(build, spec), "sglang": None}
-
-
-def _export_mtp(build: "Build", path: Path, gamma: int) -> dict[str, str | None]:
-    from adaspec.drafters.mtp.export import export_mtp_deepseek, load_mtp
-    from adaspec.models import load_model
-    export_mtp_deepseek(load_mtp(path), load_model(build.opts.target, trust_remote_code=build.opts.trust_remote_code),
-                        build.out / "export" / "deepseek_mtp")
-    return {"vllm": None, "sglang": None}
-
-
-def _export_dflash(build: "Build", path: Path, gamma: int) -> dict[str, str | None]:
-    import torch
-
-    from adaspec.drafters.dflash.export import export_dflash
-    from adaspec.drafters.dflash.model import DFlashHead
-    out = export_dflash(DFlashHead.from_pretrained(str(path)), build.out / "export" / "vllm", torch.float32)
-    spec = {"method": "dflash", "model": str(out), "num_speculative_tokens": gamma}
-    return {"vllm": _vllm(build, spec), "sglang": None}
-
-
-EXPORTS: dict[str, Callable[["Build", Path, int], dict[str, str | None]]] = {
-    "lm": _export_lm, "eagle": _export_eagle, "medusa": _export_medusa, "mtp": _export_mtp, "dflash": _export_dflash}
-WHY_NOT_SERVED = {"medusa": "SGLang serves no Medusa heads", "mtp": "no server runs adaspec's MTP modules",
-                  "dflash": "adaspec writes DFlash heads in vLLM's layout only"}
-
-
-def _vllm(build: "Build", spec: dict[str, Any]) -> str:
+def _vllm(build: "Build", served: Served, gamma: int) -> str:
+    spec = {"method": served.method, "model": served.model, "num_speculative_tokens": gamma}
     return shlex.join(["vllm", "serve", build.opts.target, "--speculative-config", json.dumps(spec)])
 
 
-def _sglang(build: "Build", algorithm: str, draft: Path, gamma: int) -> str:
+def _sglang(build: "Build", served: Served, gamma: int) -> str:
     return shlex.join(["python", "-m", "sglang.launch_server", "--model-path", build.opts.target,
-                       "--speculative-algorithm", algorithm, "--speculative-draft-model-path", str(draft),
+                       "--speculative-algorithm", served.method, "--speculative-draft-model-path", served.model,
                        "--speculative-num-steps", str(gamma), "--speculative-eagle-topk", "1",
                        "--speculative-num-draft-tokens", str(gamma + 1)])
 
 
+SERVE_LINES: dict[str, Callable[["Build", Served, int], str]] = {"vllm": _vllm, "sglang": _sglang}
+
+
 def export_winner(build: "Build", result: dict[str, Any]) -> None:
+    """The best drafter written for every server its family has a layout for, under export/<server>, and the
+    command serving each (None where the server has no layout of it)."""
+    from adaspec.models import load_model
     best = result["best"]
+    family = FAMILIES[best["drafter"]]
     shutil.rmtree(build.out / "export", ignore_errors=True)  # an earlier winner's files never linger
-    result["serve"] = EXPORTS[best["drafter"]](build, Path(best["path"]), best["gamma"])
+    target = load_model(build.opts.target, trust_remote_code=build.opts.trust_remote_code)
+    serve: dict[str, str | None] = dict.fromkeys(SERVE_LINES)
+    for server in family.exports:
+        exported = family.serve(server, best["path"], target, build.out / "export" / server)
+        serve[server] = SERVE_LINES[server](build, exported, best["gamma"])
+    result["serve"] = serve
 
 
 # ---- report ----
@@ -210,10 +174,9 @@ def write(build: "Build", result: dict[str, Any]) -> None:
         lines += ["No drafter decodes faster than the target alone here: serving the target without speculative "
                   "decoding is faster until a drafter trained longer (or a larger target) changes that.", ""]
     lines += ["## Serve it", ""]
-    for server in ("vllm", "sglang"):
-        name = "vLLM" if server == "vllm" else "SGLang"
+    for server, name in SERVER_NAMES.items():
         line = serve.get(server)
         lines += [f"{name}:", "", "```", line, "```", ""] if line else [
-            f"{name}: {WHY_NOT_SERVED.get(best['drafter'], 'not servable')}.", ""]
+            f"{name}: {FAMILIES[best['drafter']].why_not_served(server)}.", ""]
     (build.out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     atomic_write_json(build.out / "results.json", result)

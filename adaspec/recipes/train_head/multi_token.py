@@ -20,11 +20,12 @@ validation prompts (adaspec.evaluation.head_acceptance): mean accepted length of
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from torch import Tensor, nn
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
@@ -101,9 +102,6 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
     parts = target_parts(target)
     mtp = opts.kind == "mtp"
 
-    def forward(model: nn.Module, hidden: Tensor, ids: Tensor) -> list[Tensor]:
-        return model(parts, hidden, ids) if mtp else model(parts, hidden)
-
     out = Path(opts.output)
     eos = tokenizer.eos_token_id
     items, report = train_items(opts, tokenizer, accelerator.print)
@@ -129,12 +127,12 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
         ids, labels = batch["input_ids"], batch["labels"]
         teacher, hidden = signal(batch, (FINAL,))
         hidden = hidden[0].float()
-        per_depth = depth_token_losses(forward(model, hidden, ids), teacher, labels, opts.loss,
+        per_depth = depth_token_losses(model(parts, hidden, ids), teacher, labels, opts.loss,
                                        opts.temperature, opts.beta)
         ref_depth = [None] * len(per_depth)
         if mode != "all":
             with torch.no_grad():
-                ref_depth = [r for r, _ in depth_token_losses(forward(ref, hidden, ids), teacher, labels,
+                ref_depth = [r for r, _ in depth_token_losses(ref(parts, hidden, ids), teacher, labels,
                                                               opts.loss, opts.temperature, opts.beta)]
         selected, logs = [], {}
         fraction = kept_at(step)
@@ -149,7 +147,7 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
         return place_by_predicted_token(selected, weights, response.shape[1], first=1), response, logs
 
     def validate(model: nn.Module) -> dict[str, float]:
-        return head_acceptance(lambda h, ids: forward(model, h, ids), target, val, opts.depth)  # type: ignore
+        return head_acceptance(partial(model, parts), target, val, opts.depth)
 
     opts = budgeted(opts, len(items))
     kept_at = kept_fraction(opts, len(items))
