@@ -370,12 +370,6 @@ def load_examples(task: str | None = None, data_path: str | os.PathLike | None =
     raise AdaspecError(f"unknown task or data file {source!r}; tasks are: {', '.join(TASKS)}")
 
 
-def task_texts(task: str, split: str = "train", data_dir: str | os.PathLike | None = None) -> Iterator[str]:
-    """Prompt + response texts of a task split, to train a tokenizer on."""
-    for ex in load_task(task, split, data_dir):
-        yield ex.prompt + ex.response
-
-
 # -------------------------------------------------------------------------------------------- tokenising
 
 def _eos_id(tokenizer: Any) -> int:
