@@ -23,7 +23,7 @@ from adaspec.distill.selection import delta_selection
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
-def response_logits(model: PreTrainedModel, batch: dict) -> torch.Tensor:
+def response_logits(model: PreTrainedModel, batch: data.Batch) -> torch.Tensor:
     """float32 logits at the positions that score the next token (aligned with `data.response_mask`)."""
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
 
@@ -57,7 +57,7 @@ def summarize(tokens: dict[str, torch.Tensor]) -> dict[str, Any]:
     return out
 
 
-def measure(target: PreTrainedModel, ref: PreTrainedModel, drafts: dict[str, PreTrainedModel], items: list[dict],
+def measure(target: PreTrainedModel, ref: PreTrainedModel, drafts: dict[str, PreTrainedModel], items: list[data.Item],
             pad: int, batch_size: int, k: float, group: int | None) -> dict[str, dict[str, torch.Tensor]]:
     per_draft: dict[str, list[dict[str, torch.Tensor]]] = {n: [] for n in drafts}
     with torch.inference_mode():
