@@ -1,7 +1,9 @@
-"""Greedy decoding speed on the same prompts, side by side in one run: a thin wrapper over
-adaspec.evaluation.speed (see its docstring for the methods and flags).
+"""Greedy decoding speed on the same prompts, side by side in one run: the command line of
+adaspec.evaluation.speed (see its docstring for the methods). Prints the table, writes the JSON (default
+results/benchmarks/decode.json) and exits 1 if an output differed from the target alone's.
 
     python benchmarks/decode.py --target DIR --draft DIR [--prompts-task gsm8k | --prompts-file F]
+        [--n-prompts 20] [--max-new-tokens 128] [--gamma 3] [--repeats 3] [--out results/benchmarks/decode.json]
 
 Profiling notes
 ---------------
@@ -49,12 +51,61 @@ Adaptive γ maximises Leviathan's S with c measured per verification forward; it
 verification gets dearer with γ on CPU, so it settles at γ ≈ 3 although γ = 2 is the best fixed choice here.
 """
 
+from __future__ import annotations
+
+import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adaspec.evaluation.speed import main  # noqa: E402
+from adaspec.errors import AdaspecError  # noqa: E402
+from adaspec.evaluation.speed import decode_benchmark, differing, format_report  # noqa: E402
+from adaspec.io import atomic_write_json  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark's command line (see the module docstring); exit 1 if an output differed."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--target", required=True, help="target model directory")
+    p.add_argument("--draft", required=True, help="draft model directory")
+    p.add_argument("--prompts-task", default="gsm8k", help="task whose test prompts are used (adaspec.data)")
+    p.add_argument("--prompts-file", default=None, help="one prompt per line (\\n escapes newlines)")
+    p.add_argument("--n-prompts", type=int, default=20)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--context", type=int, default=None,
+                   help="positions prompt + continuation may use (default: the models' context); "
+                        "give the training length to keep drafts on positions they trained on")
+    p.add_argument("--gamma", type=int, default=3)
+    p.add_argument("--gamma-max", type=int, default=8, help="upper bound of the adaptive γ")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
+    p.add_argument("--methods", nargs="+", default=None, help="subset of methods to run")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--profile", action="store_true", help="also print a cProfile of sd on 3 prompts")
+    p.add_argument("--out", default="results/benchmarks/decode.json")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        report = decode_benchmark(
+            args.target, args.draft, prompts_task=args.prompts_task, prompts_file=args.prompts_file,
+            n_prompts=args.n_prompts, max_new_tokens=args.max_new_tokens, context=args.context, gamma=args.gamma,
+            gamma_max=args.gamma_max, repeats=args.repeats, ignore_eos=args.ignore_eos, methods=args.methods,
+            device=args.device, profile=args.profile)
+    except AdaspecError as exc:
+        print(f"benchmarks/decode.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.profile:
+        print(report["profile"])
+    atomic_write_json(args.out, report, indent=2)
+    print(f"wrote {args.out}")
+    return 1 if differing(report) else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,10 +35,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaspec import cli  # noqa: E402
-from adaspec.evaluation.drafters import benchmark, format_rows, load_named_drafters, plot  # noqa: E402
+from adaspec.evaluation.drafters import benchmark, format_rows, load_named_drafters  # noqa: E402
 from adaspec.io import atomic_write_json  # noqa: E402
 from adaspec.models import load_model, load_tokenizer  # noqa: E402
-from adaspec.recipes.reproduce.pipeline import HEADS, Pipeline, ReproduceOptions  # noqa: E402
+from adaspec.recipes.reproduce.pipeline import Pipeline, ReproduceOptions  # noqa: E402
+from adaspec.recipes.reproduce.protocols import HEADS  # noqa: E402
+from benchmarks.drafters import plot  # noqa: E402
 
 DRAFT_MODELS = ("distillspec", "adaspec")  # the pipeline's draft models, runs/<task>/<pair>/seed<s>/<name>
 METHODS = ("kd", "adaspec")

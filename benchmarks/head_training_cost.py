@@ -1,6 +1,6 @@
 """What the heads of `adaspec reproduce --heads eagle mtp medusa` cost to train, per head run and in all.
 
-Each head run of the pipeline (adaspec.recipes.reproduce.pipeline.HEADS, with the options `Pipeline.head_options`
+Each head run of the pipeline (adaspec.recipes.reproduce.protocols.HEADS, with the options `Pipeline.head_options`
 gives it: the preset's batch, training length, head budget, EAGLE unroll steps, MTP/Medusa depths, the
 AdaSPEC heads against their KD head) is trained for --steps optimizer steps on the given target, on one
 thread, each run in this process one after the other. Reported per run: CPU seconds per optimizer step
@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from adaspec.io import atomic_write_json
-from adaspec.recipes.reproduce.pipeline import HEADS, Pipeline, ReproduceOptions
+from adaspec.recipes.reproduce.pipeline import Pipeline, ReproduceOptions
+from adaspec.recipes.reproduce.protocols import HEADS
 from adaspec.recipes.train_head.options import budgeted, run_train_head
 from adaspec.training.loop import planned_steps
 

@@ -50,5 +50,8 @@ def test_wheel_runs_help_and_a_tiny_eval_from_outside_the_checkout(installed, ti
                 "--no-cache")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "alpha = accepted/(accepted+rejected)" in proc.stdout
-    bench = _run(installed, "-m", "adaspec.evaluation.speed", "--help")
-    assert bench.returncode == 0 and "--target" in bench.stdout
+    # the decode benchmark `adaspec reproduce` runs on its drafts
+    bench = _run(installed, "-c", "import sys; from adaspec.evaluation.speed import decode_benchmark, differing; "
+                 "r = decode_benchmark(sys.argv[1], sys.argv[2], n_prompts=1, max_new_tokens=4, repeats=1, "
+                 "methods=['sd']); print(sorted(r['methods']), differing(r))", str(tiny_target_dir), str(tiny_draft_dir))
+    assert bench.returncode == 0 and "['sd', 'target_only'] []" in bench.stdout, bench.stderr[-2000:]

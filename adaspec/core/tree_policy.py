@@ -40,31 +40,6 @@ from adaspec.errors import AdaspecError
 Paths = tuple[tuple[int, ...], ...]
 
 
-def expected_tokens(paths: Sequence[Sequence[int]], acceptance: Sequence[Sequence[float]]) -> float:
-    """1 + the sum over the tree's rank paths of the product of a[d][r] along each path."""
-    total = 1.0
-    for p in paths:
-        prob = 1.0
-        for d, r in enumerate(p):
-            prob *= acceptance[d][r]
-        total += prob
-    return total
-
-
-def frontier_sizes(paths: Sequence[Sequence[int]]) -> list[int]:
-    """F_d for d = 1..depth: the nodes fed to expand each depth (1 for the root, then the parents there)."""
-    owners: dict[int, set[tuple[int, ...]]] = {}
-    for p in paths:
-        owners.setdefault(len(p), set()).add(tuple(p[:-1]))
-    return [len(owners[d]) for d in sorted(owners)]
-
-
-def step_cost(paths: Sequence[Sequence[int]], verify_cost: Sequence[float], draft_cost: float,
-              step: float = 0.0) -> float:
-    """The step's cost in target forwards of one token (see the module docstring)."""
-    return draft_cost * sum(verify_cost[f - 1] for f in frontier_sizes(paths)) + verify_cost[len(paths)] + step
-
-
 def best_tree(acceptance: Sequence[Sequence[float]], verify_cost: Sequence[float], draft_cost: float,
               step: float = 0.0, max_nodes: int | None = None, allow_empty: bool = True) -> tuple[Paths, float]:
     """(rank paths, expected tokens per unit cost) of the best tree (see the module docstring).

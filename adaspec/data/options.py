@@ -58,7 +58,8 @@ def load_split(opts: DataOptions, split: str, limit: int | None = None,
     return examples
 
 
-def train_items(opts: DataOptions, tokenizer: Any, log: Callable[[str], None]) -> tuple[list[dict], chat.ChatReport]:
+def train_items(opts: DataOptions, tokenizer: Any, log: Callable[[str], None]
+                ) -> tuple[list[data_lib.Item], chat.ChatReport]:
     """The training split encoded (`data_lib.encode`), and what reading it and fitting it into --max-length
     did to its conversations: logged in one line when any was cut, and for the run's train_summary.json."""
     report = chat.ChatReport()

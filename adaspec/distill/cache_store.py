@@ -72,7 +72,7 @@ def row_arrays(settings: dict, per: str = "response") -> dict[str, RowArray]:
 
 # ------------------------------------------------------------------------------------------ fingerprints
 
-def items_fingerprint(items: list[dict]) -> str:
+def items_fingerprint(items: list[data_lib.Item]) -> str:
     """Hash of every encoded item's input_ids and labels, in order: the exact token data a cache covers."""
     h = hashlib.sha256(str(len(items)).encode())
     for it in items:
@@ -204,7 +204,7 @@ class TeacherCache:
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, target_path: str | os.PathLike, ref_path: str | os.PathLike | None,
-             items: list[dict], divergence: str | None, temperature: float | None, beta: float | None = None,
+             items: list[data_lib.Item], divergence: str | None, temperature: float | None, beta: float | None = None,
              vocab: int | None = None, top_k: int | None = None, hidden_layers: tuple[int, ...] | None = None,
              hidden_size: int | None = None, verify: bool = True) -> "TeacherCache":
         """Open the cache at `path` for a run on `items` with this target (and reference), or refuse.
@@ -236,7 +236,7 @@ class TeacherCache:
 
     @classmethod
     def _checked(cls, root: Path, manifest: dict, target_path: str | os.PathLike,
-                 ref_path: str | os.PathLike | None, items: list[dict], divergence: str | None,
+                 ref_path: str | os.PathLike | None, items: list[data_lib.Item], divergence: str | None,
                  temperature: float | None, beta: float | None, vocab: int | None, top_k: int | None,
                  hidden_layers: tuple[int, ...] | None, hidden_size: int | None, verify: bool) -> "TeacherCache":
         n_shards = len(shard_ranges(manifest["data"]["n_items"], manifest["shard_size"]))

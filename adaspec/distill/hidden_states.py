@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+from adaspec.data import Item
 from adaspec.models.target import FINAL, check_layer_ids, config_dims
 from adaspec.models.target import default_aux_layers
 from adaspec.errors import AdaspecError
@@ -40,12 +41,12 @@ def hidden_layer_ids(spec: str, num_layers: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def hidden_bytes(items: list[dict], layers: int, hidden_size: int) -> int:
+def hidden_bytes(items: list[Item], layers: int, hidden_size: int) -> int:
     """Bytes of the cached hidden states of `items`: every token, `layers` states of `hidden_size`, fp16."""
     return sum(len(it["input_ids"]) for it in items) * layers * hidden_size * BYTES
 
 
-def hidden_settings(spec: str, target: str | os.PathLike, items: list[dict], max_gb: float) -> dict:
+def hidden_settings(spec: str, target: str | os.PathLike, items: list[Item], max_gb: float) -> dict:
     """The manifest's "hidden" entry for these layers of `target` over `items`, read from the target's
     config alone; refuses, with the size estimate, a cache that would exceed `max_gb`."""
     from transformers import AutoConfig

@@ -6,6 +6,10 @@ divergence to the target (forward KL by default). AdaSPEC trains the draft only 
 response tokens with the largest Delta and leaves hard tokens (where even the distilled reference stays
 far from the target) out, so the draft's small capacity goes to tokens it can get accepted.
 
+The AdaSPEC loss is two calls, as training makes them: `delta_selection` on each micro-batch (in the
+recipe's step function), then `reduce_loss` of the draft's per-token divergence over the kept tokens (in
+adaspec.training.loop, once the whole global batch's response-token count is known, its denominator).
+
 Modes: "top" (AdaSPEC), "bottom" (lowest-Delta fraction k, ablation), "random" (fraction k uniformly,
 ablation), "all" (every response token, i.e. DistillSpec / plain KD; k is ignored), "soft" (a weight per
 token from Delta's rank instead of a hard cut, `soft_weights`).
@@ -214,17 +218,3 @@ def delta_selection(draft_div: Tensor, ref_div: Tensor | None, mask: Tensor, k: 
         with torch.no_grad():
             delta = draft_div.detach().float() - ref_div.detach().float()
     return select_tokens(delta, mask, k, mode, per_sequence, generator, group, soft_temperature)
-
-
-def adaspec_loss(draft_div: Tensor, ref_div: Tensor | None, mask: Tensor, k: float, mode: str = "top",
-                 per_sequence: bool = False, normalize: str = "response",
-                 generator: torch.Generator | None = None,
-                 num_items: int | Tensor | None = None, group: int | None = None) -> tuple[Tensor, Tensor]:
-    """(loss, selected): the selective distillation loss on the draft's per-token divergence.
-
-    Delta = draft_div - ref_div is computed without gradient; the loss is `reduce_loss(draft_div, ...)`
-    over the selected tokens (`num_items` as there, `group` as in `select_tokens`). `ref_div` may be None
-    only for mode "all" (plain KD / DistillSpec).
-    """
-    selected = delta_selection(draft_div, ref_div, mask, k, mode, per_sequence, generator, group)
-    return reduce_loss(draft_div, mask, selected, normalize, num_items), selected

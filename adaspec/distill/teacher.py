@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from adaspec.data import Batch
 from adaspec.distill import losses
 from adaspec.distill.cache_store import TeacherCache
 
@@ -45,7 +46,7 @@ def divergence(kind: str, teacher: Tensor | TopK, q_logits: Tensor, temperature:
     return losses.sparse_divergence(kind, teacher.ids, teacher.logprobs, q_logits, temperature=temperature, beta=beta)
 
 
-def shifted_logits(model: torch.nn.Module, batch: dict, vocab: int) -> Tensor:
+def shifted_logits(model: torch.nn.Module, batch: Batch, vocab: int) -> Tensor:
     """[B, T-1, vocab] logits aligned with `data.response_mask`: position t scores token t+1."""
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1, :vocab]
 
@@ -65,7 +66,7 @@ class Teacher:
         self.delta_divergence = delta_divergence or divergence
         self.target, self.ref, self.cache = target, ref, cache
 
-    def divergences(self, q_logits: Tensor, batch: dict, with_ref: bool
+    def divergences(self, q_logits: Tensor, batch: Batch, with_ref: bool
                     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """(the training loss L(p‖q) [B, T-1] with gradient to q_logits, and with `with_ref` the draft's and
         the reference's divergence in the Δ quantity, without gradient; else None, None)."""

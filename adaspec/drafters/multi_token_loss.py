@@ -4,7 +4,9 @@ Head/depth k at position i predicts token i+k+1 (k = 1 for the token after the t
 step k of adaspec.distill.steps, whose step 0 is the target's own next token. Its teacher is the target's
 own distribution at position i+k, which predicts the same token (self-distillation), or the data token
 itself (cross-entropy). Masks follow the project's label convention: a token with label -100 (prompt,
-padding) is never a training target.
+padding) is never a training target. Training weighs the depths by `depth_weights` and places each depth's
+values at the token it predicts (adaspec.distill.steps.place_by_predicted_token), where the training loop's
+reduction over the response tokens counts them.
 """
 
 from __future__ import annotations
@@ -50,15 +52,6 @@ def depth_weights(depth: int, weights: list[float] | None = None, lam: float = 1
     if len(weights) != depth:
         raise AdaspecError(f"{len(weights)} depth weights for {depth} depths")
     return list(weights)
-
-
-def weighted_depth_loss(token_losses: list[tuple[Tensor, Tensor]], weights: list[float] | None = None,
-                        lam: float = 1.0) -> tuple[Tensor, list[Tensor]]:
-    """Σ_k w_k · (mean over masked tokens of loss_k), and the per-depth means. Default w_k = λ / D:
-    DeepSeek-V3's single λ on the mean over depths."""
-    weights = depth_weights(len(token_losses), weights, lam)
-    means = [(loss * mask).sum() / mask.sum().clamp_min(1) for loss, mask in token_losses]
-    return sum(w * m for w, m in zip(weights, means)), means  # type: ignore[return-value]
 
 
 def teacher_forced(drafter: Any, depth: int) -> HeadForward:

@@ -12,13 +12,9 @@ predicted (what the loop around the forwards costs).
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
-import shlex
 import statistics
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,15 +26,11 @@ from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.models.lean import LeanLM, lean_supported
 from adaspec.models.target import Clock
 from adaspec.decoding.drafter import Drafter
-from adaspec.drafters import HEADS
 from adaspec.drafters.loading import load_drafter
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.speed import Run, forward_ms, timed_rounds
-from adaspec.io import atomic_write_json
 from adaspec.core.metrics import SpecStats
-from adaspec.models import check_vocab_compatible, count_params, load_model, load_tokenizer, saved_tokenizer
-from adaspec.serving.vllm_benchmark import format_vllm_rows, vllm_benchmark
-from adaspec.serving.vllm_engine import find_vllm_python
+from adaspec.models import check_vocab_compatible, count_params, load_model, saved_tokenizer
 
 BASELINE = "target"
 
@@ -132,7 +124,8 @@ def verify_cost(target: PreTrainedModel, ids: torch.Tensor, n: int, reps: int = 
     return ms[n] / ms[1]
 
 
-def _prompts(task: str, tokenizer: Any, n: int, room: int, device: torch.device) -> list[torch.Tensor]:
+def task_prompts(task: str, tokenizer: Any, n: int, room: int, device: torch.device) -> list[torch.Tensor]:
+    """The first `n` test prompts of `task` as token ids [1, T] on `device`, cut from the left to `room`."""
     examples = data.load_task(task, "test", limit=n)
     return [torch.tensor([data.encode_prompt(ex, tokenizer, room)], device=device) for ex in examples]
 
@@ -150,7 +143,7 @@ def benchmark(target: PreTrainedModel, tokenizer: Any, drafters: dict[str, PreTr
     load_before = os.getloadavg()[0]  # a shared machine's other work slows both sides, not alike
     all_rows: list[dict[str, Any]] = []
     for task in tasks:
-        prompts = _prompts(task, tokenizer, n_prompts, room, device)
+        prompts = task_prompts(task, tokenizer, n_prompts, room, device)
         if verify_ratio is None:
             verify_ratio = verify_cost(target, prompts[0], gamma + 1)
         for temperature in temperatures:
@@ -181,30 +174,6 @@ def format_rows(result: dict[str, Any]) -> str:
                      f"{r['vs_target']:.2f}× | {f(r['alpha'])} | {f(r['tau'])} | {f(r['c'], '.3f')} | "
                      f"{f(r['predicted_speedup'])} | {f(r['measured_over_predicted'])} |")
     return "\n".join(lines)
-
-
-def plot(result: dict[str, Any], path: Path) -> None:
-    """Tokens/s per method (greedy, first prompt set) and τ against the cost per step."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    first = result["rows"][0]["prompts"]
-    rows_ = [r for r in result["rows"] if r["prompts"] == first and r["temperature"] == 0]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    a.barh([r["method"] for r in rows_], [r["tokens_per_s"] for r in rows_])
-    a.set_xlabel("tokens/s (greedy)")
-    a.set_title(f"{first}, target {result['target_params'] / 1e6:.1f}M params")
-    for r in rows_:
-        if r["tau"] is not None and r["tokens_per_s"]:
-            cost = r["tau"] / r["tokens_per_s"] * 1e3  # ms per step
-            b.scatter(cost, r["tau"])
-            b.annotate(r["method"], (cost, r["tau"]), fontsize=8)
-    b.set_xlabel("ms per speculative step")
-    b.set_ylabel("τ (tokens per target forward)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def named_paths(values: list[str], what: str) -> dict[str, str]:
@@ -240,75 +209,3 @@ def load_named_drafters(drafts: list[str], heads: list[str], target: PreTrainedM
         else:
             drafters[name] = load_drafter(kind, path, target)
     return drafters
-
-
-def add_drafter_arguments(p: argparse.ArgumentParser, target_required: bool = True) -> None:
-    """The --target/--draft/--head flags every drafter benchmark reads with load_named_drafters."""
-    p.add_argument("--target", required=target_required, help="target model directory")
-    p.add_argument("--draft", nargs="*", default=[], help="draft models as NAME=DIR (e.g. distillspec=runs/...)")
-    p.add_argument("--head", nargs="*", default=[], help=f"heads as KIND=DIR or KIND:NAME=DIR, KIND one of "
-                   f"{', '.join(HEADS)} (e.g. eagle=runs/heads/eagle)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_drafter_arguments(p)
-    p.add_argument("--tasks", nargs="+", default=["gsm8k"], help="tasks whose test prompts are decoded")
-    p.add_argument("--n-prompts", type=int, default=10)
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--gamma", type=int, default=3)
-    p.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--context", type=int, default=256, help="positions prompt + continuation may use")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                   help="weights' dtype (bfloat16 on a GPU)")
-    p.add_argument("--pair", default="small", help="name of the model pair, for the output file")
-    p.add_argument("--out", default=None, help="JSON path (default results/benchmarks/drafters_<pair>.json)")
-    p.add_argument("--engine", choices=["adaspec", "vllm"], default="adaspec", help="vllm: also run the first "
-                   "task's prompts in vLLM, written to results/benchmarks/vllm_<pair>.json (needs `make vllm`)")
-    p.add_argument("--vllm-python", default=None, help="python of vLLM's environment (default: .venv-vllm)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="vLLM batch sizes")
-    args = p.parse_args(argv)
-    try:
-        vllm_python = find_vllm_python(args.vllm_python) if args.engine == "vllm" else None
-        torch.set_num_threads(args.threads)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = getattr(torch, args.dtype)
-        target = load_model(args.target, device=device, dtype=dtype)
-        tokenizer = load_tokenizer(args.target)
-        drafters = load_named_drafters(args.draft, args.head, target, tokenizer, device, dtype)
-        result = benchmark(target, tokenizer, drafters, args.tasks, args.n_prompts, args.max_new_tokens,
-                           args.gamma, args.temperatures, args.repeats, args.context)
-        command = shlex.join(["python", "benchmarks/drafters.py", *(argv or sys.argv[1:])])
-        if vllm_python is not None:
-            served = {n: (*source, drafters[n]) for n, source in named_sources(args.draft, args.head).items()}
-            prompts = [ids[0].tolist() for ids in _prompts(args.tasks[0], tokenizer, args.n_prompts,
-                                                           args.context - args.max_new_tokens, device)]
-            vllm = vllm_benchmark(vllm_python, args.target, target, prompts, served,
-                                  [r for r in result["rows"] if r["prompts"] == f"{args.tasks[0]}:test"],
-                                  gamma=args.gamma, max_new_tokens=args.max_new_tokens, temperatures=args.temperatures,
-                                  batch_sizes=args.batch_sizes, context=args.context,
-                                  eos_token_id=tokenizer.eos_token_id, repeats=args.repeats)
-            vllm_out = Path(f"results/benchmarks/vllm_{args.pair}.json")
-            atomic_write_json(vllm_out, {"pair": args.pair, "command": command, "prompts": f"{args.tasks[0]}:test",
-                                         **vllm})
-            print(format_vllm_rows(vllm))
-            print(f"wrote {vllm_out}")
-    except AdaspecError as exc:
-        print(f"benchmarks/drafters.py: error: {exc}", file=sys.stderr)
-        return 2
-    result = {"pair": args.pair, "command": command, **result}
-    out = Path(args.out or f"results/benchmarks/drafters_{args.pair}.json")
-    atomic_write_json(out, result)
-    print(format_rows(result))
-    try:
-        plot(result, out.with_suffix(".png"))
-    except ImportError:
-        print("matplotlib is not installed: no plot", file=sys.stderr)
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

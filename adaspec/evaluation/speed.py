@@ -3,23 +3,19 @@
 Methods: `target_only` (adaspec's KV-cached loop, the baseline), `hf_target` (transformers' generate),
 `sd` (adaspec speculative decoding, fixed γ), `sd_adaptive` (γ chosen per step), `hf_assisted`
 (transformers' assisted generation with `num_assistant_tokens` = γ, constant schedule and no confidence
-threshold, so it drafts exactly like `sd`). Reports tokens/s (median over repeats; each repeat runs every
-method on every prompt, in a rotating order), the ratio to target-only, α, τ, c and S, and checks every
-output against target-only greedy decoding.
-
-    python -m adaspec.evaluation.speed --target DIR --draft DIR [--prompts-task gsm8k | --prompts-file F]
-        [--n-prompts 20] [--max-new-tokens 128] [--gamma 3] [--repeats 3] [--out results/benchmarks/decode.json]
+threshold, so it drafts exactly like `sd`). `decode_benchmark` reports tokens/s (median over repeats; each
+repeat runs every method on every prompt, in a rotating order), the ratio to target-only, α, τ, c and S, and
+checks every output against target-only greedy decoding. `benchmarks/decode.py` is its command line;
+`adaspec reproduce` runs it on the first seed's drafts.
 """
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import io
 import platform
 import pstats
 import statistics
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,29 +26,28 @@ from transformers import DynamicCache
 from adaspec import data
 from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.models.target import Clock, cache_kwarg
-from adaspec.io import atomic_write_json
+from adaspec.errors import AdaspecError
 from adaspec.core.metrics import SpecStats
 from adaspec.models import check_vocab_compatible, count_params, load_model, load_tokenizer, saved_tokenizer
 
 
-def load_prompts(args, tokenizer, context: int) -> list[torch.Tensor]:
-    """Token ids of the prompts: the task's test split through adaspec.data, or one prompt per line."""
-    room = context - args.max_new_tokens
-    if args.prompts_file:
-        lines = [line.rstrip("\n") for line in open(args.prompts_file, encoding="utf-8") if line.strip()]
-        texts = [line.replace("\\n", "\n") for line in lines][: args.n_prompts]
+def load_prompts(tokenizer, room: int, task: str, prompts_file: str | None, n_prompts: int) -> list[torch.Tensor]:
+    """Token ids [1, T] of the prompts, cut to `room`: the task's test split through adaspec.data, or one
+    prompt per line of `prompts_file` ("\\n" escapes a newline)."""
+    if prompts_file:
+        lines = [line.rstrip("\n") for line in open(prompts_file, encoding="utf-8") if line.strip()]
+        texts = [line.replace("\\n", "\n") for line in lines][:n_prompts]
         ids = [data.encode_prompt(data.Example(t, ""), tokenizer, room) for t in texts]
     else:
-        examples = data.load_task(args.prompts_task, "test", limit=args.n_prompts)
+        examples = data.load_task(task, "test", limit=n_prompts)
         ids = [data.encode_prompt(ex, tokenizer, room) for ex in examples]
     if not ids:
-        sys.exit("no prompts")
+        raise AdaspecError("no prompts")
     return [torch.tensor([i]) for i in ids]
 
 
-def methods(target, draft, args, eos):
+def method_runs(target, draft, gamma: int, gamma_max: int, max_new_tokens: int, eos: int | None) -> dict[str, Run]:
     """name -> function(ids) returning (output ids [1, n], SpecStats or None)."""
-    gamma = args.gamma
     # assisted generation drafting exactly γ tokens per step, like `sd`
     draft.generation_config.num_assistant_tokens = gamma
     draft.generation_config.num_assistant_tokens_schedule = "constant"
@@ -60,17 +55,17 @@ def methods(target, draft, args, eos):
 
     def hf(ids, **kw):
         out = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                              max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=eos or 0, **kw)
+                              max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos or 0, **kw)
         return out, None
 
     return {
-        "target_only": lambda ids: target_only_generate(target, ids, args.max_new_tokens, eos_token_id=eos),
+        "target_only": lambda ids: target_only_generate(target, ids, max_new_tokens, eos_token_id=eos),
         "hf_target": lambda ids: hf(ids),
-        "sd": lambda ids: speculative_generate(target, draft, ids, args.max_new_tokens, gamma=gamma,
+        "sd": lambda ids: speculative_generate(target, draft, ids, max_new_tokens, gamma=gamma,
                                                eos_token_id=eos),
-        "sd_adaptive": lambda ids: speculative_generate(target, draft, ids, args.max_new_tokens, gamma=gamma,
+        "sd_adaptive": lambda ids: speculative_generate(target, draft, ids, max_new_tokens, gamma=gamma,
                                                         eos_token_id=eos, adaptive_gamma=True,
-                                                        gamma_max=args.gamma_max),
+                                                        gamma_max=gamma_max),
         "hf_assisted": lambda ids: hf(ids, assistant_model=draft),
     }
 
@@ -143,60 +138,21 @@ def timed_rounds(runs: dict[str, Run], names: list[str], prompts: list[torch.Ten
     return rounds
 
 
-def profile_sd(target, draft, prompts, args, eos) -> str:
+def profile_sd(target, draft, prompts: list[torch.Tensor], gamma: int, max_new_tokens: int, eos: int | None) -> str:
+    """cProfile of `sd` on the first 3 prompts: the 20 functions with the most own time."""
     prof = cProfile.Profile()
     prof.enable()
     for ids in prompts[:3]:
-        speculative_generate(target, draft, ids, args.max_new_tokens, gamma=args.gamma, eos_token_id=eos)
+        speculative_generate(target, draft, ids, max_new_tokens, gamma=gamma, eos_token_id=eos)
     prof.disable()
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(20)
     return buf.getvalue()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The benchmark's command line (see the module docstring); exit 1 if an output differed."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--target", required=True, help="target model directory")
-    p.add_argument("--draft", required=True, help="draft model directory")
-    p.add_argument("--prompts-task", default="gsm8k", help="task whose test prompts are used (adaspec.data)")
-    p.add_argument("--prompts-file", default=None, help="one prompt per line (\\n escapes newlines)")
-    p.add_argument("--n-prompts", type=int, default=20)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--context", type=int, default=None,
-                   help="positions prompt + continuation may use (default: the models' context); "
-                        "give the training length to keep drafts on positions they trained on")
-    p.add_argument("--gamma", type=int, default=3)
-    p.add_argument("--gamma-max", type=int, default=8, help="upper bound of the adaptive γ")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
-    p.add_argument("--methods", nargs="+", default=None, help="subset of methods to run")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--profile", action="store_true", help="also print a cProfile of sd on 3 prompts")
-    p.add_argument("--out", default="results/benchmarks/decode.json")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    target = load_model(args.target, device=device)
-    draft = load_model(args.draft, device=device)
-    tokenizer = load_tokenizer(args.target)
-    check_vocab_compatible(target, draft, tokenizer, saved_tokenizer(args.draft))
-    eos = None if args.ignore_eos else tokenizer.eos_token_id
-    if eos is None:  # keep transformers from falling back to the config's EOS
-        target.generation_config.eos_token_id = draft.generation_config.eos_token_id = None
-    context = min(target.config.max_position_embeddings, draft.config.max_position_embeddings,
-                  args.context or sys.maxsize)
-    if context <= args.max_new_tokens:
-        sys.exit(f"--max-new-tokens ({args.max_new_tokens}) leaves no room for a prompt in {context} positions")
-    prompts = [ids.to(device) for ids in load_prompts(args, tokenizer, context)]
-    runs = methods(target, draft, args, eos)
-    names = args.methods or list(runs)
-    if "target_only" not in names:
-        names.insert(0, "target_only")
-
-    rounds = timed_rounds(runs, names, prompts, args.repeats, device)
+def method_results(rounds: Rounds, names: list[str]) -> dict[str, dict]:
+    """Per method of timed rounds: tokens/s (median and per repeat), its ratio to target_only, the prompts whose
+    output differs from target_only's; for the speculative ones α, τ, c, S and where the decode time went."""
     times, tokens, stats, outputs = rounds.times, rounds.tokens, rounds.stats, rounds.outputs
     reference = outputs["target_only"]
     results = {}
@@ -218,49 +174,81 @@ def main(argv: list[str] | None = None) -> int:
             entry["time_split"] = {k: round(v / s.decode_time_s, 3) for k, v in split.items()}
             entry["measured_over_S"] = entry["speedup_vs_target_only"] / s.theoretical_speedup
         results[name] = entry
+    return results
+
+
+def decode_benchmark(target_dir: str, draft_dir: str, prompts_task: str = "gsm8k", prompts_file: str | None = None,
+                     n_prompts: int = 20, max_new_tokens: int = 128, context: int | None = None, gamma: int = 3,
+                     gamma_max: int = 8, repeats: int = 3, ignore_eos: bool = False,
+                     methods: list[str] | None = None, device: str | None = None, profile: bool = False) -> dict:
+    """Every method (`methods`, default all; target_only always) on the same prompts; the JSON-ready report:
+    per method tokens/s, its ratio to target_only and the prompts whose output differs from target_only's,
+    for the speculative ones α, τ, c, S and where the decode time went; the measured forward costs and the
+    speed-up they predict for `sd`; with `profile` a cProfile of `sd`. `context` caps prompt + continuation
+    (default: the models' context); `ignore_eos` always generates `max_new_tokens` tokens."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = load_model(target_dir, device=dev)
+    draft = load_model(draft_dir, device=dev)
+    tokenizer = load_tokenizer(target_dir)
+    check_vocab_compatible(target, draft, tokenizer, saved_tokenizer(draft_dir))
+    eos = None if ignore_eos else tokenizer.eos_token_id
+    if eos is None:  # keep transformers from falling back to the config's EOS
+        target.generation_config.eos_token_id = draft.generation_config.eos_token_id = None
+    limit = min(target.config.max_position_embeddings, draft.config.max_position_embeddings)
+    context = min(limit, context or limit)
+    if context <= max_new_tokens:
+        raise AdaspecError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in {context} positions")
+    prompts = [ids.to(dev) for ids in load_prompts(tokenizer, context - max_new_tokens, prompts_task, prompts_file,
+                                                   n_prompts)]
+    runs = method_runs(target, draft, gamma, gamma_max, max_new_tokens, eos)
+    names = list(methods or runs)
+    if "target_only" not in names:
+        names.insert(0, "target_only")
+    rounds = timed_rounds(runs, names, prompts, repeats, dev)
+    results = method_results(rounds, names)
     if "sd" in results and "hf_assisted" in results:
         results["sd"]["speedup_vs_hf_assisted"] = results["sd"]["tokens_per_s"] / results["hf_assisted"]["tokens_per_s"]
-    costs = forward_costs(target, draft, prompts[0], args.gamma)
+    costs = forward_costs(target, draft, prompts[0], gamma)
     if "sd" in results:
         # the speed-up the measured forward costs allow: unlike S, verification costs what it measures
-        s = stats["sd"]
-        step_ms = s.mean_gamma * costs["draft_1_ms"] + costs[f"target_{args.gamma + 1}_ms"]
+        s = rounds.stats["sd"]
+        step_ms = s.mean_gamma * costs["draft_1_ms"] + costs[f"target_{gamma + 1}_ms"]
         results["sd"]["predicted_from_forward_ms"] = s.tau * costs["target_1_ms"] / step_ms
     report = {
-        "config": {"target": args.target, "draft": args.draft, "target_params": count_params(target),
-                   "draft_params": count_params(draft), "device": str(device), "threads": torch.get_num_threads(),
-                   "n_prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "context": context,
-                   "gamma": args.gamma,
-                   "gamma_max": args.gamma_max, "repeats": args.repeats, "stop_at_eos": eos is not None,
-                   "prompts": args.prompts_file or f"{args.prompts_task}:test",
+        "config": {"target": target_dir, "draft": draft_dir, "target_params": count_params(target),
+                   "draft_params": count_params(draft), "device": str(dev), "threads": torch.get_num_threads(),
+                   "n_prompts": len(prompts), "max_new_tokens": max_new_tokens, "context": context,
+                   "gamma": gamma,
+                   "gamma_max": gamma_max, "repeats": repeats, "stop_at_eos": eos is not None,
+                   "prompts": prompts_file or f"{prompts_task}:test",
                    "torch": torch.__version__, "transformers": transformers.__version__,
                    "machine": platform.processor() or platform.machine()},
         "forward_ms": costs,
         "methods": results,
     }
-    print(f"\n{'method':<13}{'tok/s':>8}{'vs target':>11}{'alpha':>7}{'tau':>6}{'c':>7}{'S':>6}{'mismatch':>10}")
+    if profile:
+        report["profile"] = profile_sd(target, draft, prompts, gamma, max_new_tokens, eos)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The terminal table of a `decode_benchmark` report, with its forward costs and `sd`'s summary."""
+    results, costs = report["methods"], report["forward_ms"]
+    lines = [f"\n{'method':<13}{'tok/s':>8}{'vs target':>11}{'alpha':>7}{'tau':>6}{'c':>7}{'S':>6}{'mismatch':>10}"]
     for name, e in results.items():
         f = lambda k, spec=".2f": format(e[k], spec) if e.get(k) is not None else "-"  # noqa: E731
-        print(f"{name:<13}{e['tokens_per_s']:>8.1f}{e['speedup_vs_target_only']:>10.2f}x{f('alpha'):>7}"
-              f"{f('tau'):>6}{f('c', '.3f'):>7}{f('theoretical_speedup'):>6}{len(e['mismatched_prompts']):>10}")
-    print("forward ms: " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
+        lines.append(f"{name:<13}{e['tokens_per_s']:>8.1f}{e['speedup_vs_target_only']:>10.2f}x{f('alpha'):>7}"
+                     f"{f('tau'):>6}{f('c', '.3f'):>7}{f('theoretical_speedup'):>6}{len(e['mismatched_prompts']):>10}")
+    lines.append("forward ms: " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
     if "sd" in results:
         sd = results["sd"]
-        print(f"sd: measured/S = {sd['measured_over_S']:.2f}; predicted from forward costs "
-              f"{sd['predicted_from_forward_ms']:.2f}x; time split {sd['time_split']}")
+        lines.append(f"sd: measured/S = {sd['measured_over_S']:.2f}; predicted from forward costs "
+                     f"{sd['predicted_from_forward_ms']:.2f}x; time split {sd['time_split']}")
         if "speedup_vs_hf_assisted" in sd:
-            print(f"sd vs hf_assisted: {sd['speedup_vs_hf_assisted']:.2f}x")
-    if args.profile:
-        report["profile"] = profile_sd(target, draft, prompts, args, eos)
-        print(report["profile"])
-    atomic_write_json(args.out, report, indent=2)
-    print(f"wrote {args.out}")
-    return 1 if any(e["mismatched_prompts"] for e in results.values()) else 0
+            lines.append(f"sd vs hf_assisted: {sd['speedup_vs_hf_assisted']:.2f}x")
+    return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def differing(report: dict) -> list[str]:
+    """The methods whose output differed from target_only greedy decoding on some prompt."""
+    return [name for name, e in report["methods"].items() if e["mismatched_prompts"]]

@@ -5,20 +5,13 @@ a rotating order, on the decode path both use. Each speculative step's time is s
 (`SpecStats`, so the real loop is measured, not a copy of it): `draft` (the drafter's proposals), `verify_forward`
 (the target's forward over the last token and the proposals), `accept` (the acceptance rule and the step's
 host sync) and `other` (the rest of the loop: bookkeeping, cache crops, the drafter's accept). Medians over
-repeats of the per-step means; isolated forward timings on the same path sit beside them.
-
-    python benchmarks/step_profile.py --target DIR --draft adaspec=DIR [--head eagle=DIR] [--gamma 3]
-        [--confidences 0 0.1 0.3]
+repeats of the per-step means; isolated forward timings on the same path sit beside them
+(`benchmarks/step_profile.py` is the command line).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import shlex
 import statistics
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,11 +20,8 @@ from transformers import PreTrainedModel
 from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.models.target import Clock
 from adaspec.decoding.drafter import Drafter
-from adaspec.errors import AdaspecError
-from adaspec.evaluation.drafters import _prompts, add_drafter_arguments, decode_forward_ms, load_named_drafters
-from adaspec.io import atomic_write_json
 from adaspec.core.metrics import SpecStats
-from adaspec.models import load_model, load_tokenizer
+from adaspec.evaluation.drafters import decode_forward_ms
 
 PARTS = ("draft", "verify_forward", "accept", "other")
 BASELINE = "target"
@@ -44,6 +34,17 @@ def step_parts(stats: SpecStats) -> dict[str, float]:
     seconds = {"draft": stats.draft_time_s, "verify_forward": stats.target_time_s, "accept": stats.verify_time_s,
                "other": stats.decode_time_s - known}
     return {k: 1e3 * v / steps for k, v in seconds.items()}
+
+
+def forward_timings(target: PreTrainedModel, drafters: dict[str, PreTrainedModel | Drafter], ids: torch.Tensor,
+                    gamma: int) -> dict[str, float]:
+    """Isolated milliseconds of one cached forward after the prompt `ids` [1, T], on the decode path the runs
+    use: the target's over 1 and γ+1 tokens (target_1, target_<γ+1>), each draft model's over 1 (NAME_1)."""
+    forward = {f"target_{n}": ms for n, ms in decode_forward_ms(target, ids, (1, gamma + 1)).items()}
+    for name, d in drafters.items():
+        if isinstance(d, PreTrainedModel):
+            forward[f"{name}_1"] = decode_forward_ms(d, ids, (1,))[1]
+    return forward
 
 
 def profile(target: PreTrainedModel, drafters: dict[str, PreTrainedModel | Drafter], prompts: list[torch.Tensor],
@@ -114,49 +115,3 @@ def format_profile(result: dict[str, Any]) -> str:
                      f"{e['accept_ms']:.3f} | {e['other_ms']:.3f} | {e['step_ms']:.3f} | {e['tau']:.2f} | "
                      f"{e['step_in_target_tokens']:.2f} | {e['tokens_per_s']:.0f} | {e['vs_target']:.2f}× |")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_drafter_arguments(p)
-    p.add_argument("--task", default="gsm8k", help="task whose test prompts are decoded")
-    p.add_argument("--n-prompts", type=int, default=10, help="prompts per repeat")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="tokens generated per prompt at most")
-    p.add_argument("--gamma", type=int, default=3, help="draft tokens per step")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--confidences", type=float, nargs="+", default=[0.0],
-                   help="draft-model stop thresholds to run each draft model at (0 = always gamma)")
-    p.add_argument("--repeats", type=int, default=5, help="repeats; the medians are over these")
-    p.add_argument("--context", type=int, default=256, help="positions prompt + continuation may use")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--out", default=None, help="JSON path (default: print only)")
-    args = p.parse_args(argv)
-    load_before = os.getloadavg()[0]
-    try:
-        torch.set_num_threads(args.threads)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        target = load_model(args.target, device=device)
-        tokenizer = load_tokenizer(args.target)
-        drafters = load_named_drafters(args.draft, args.head, target, tokenizer, device)
-        if not drafters:
-            raise AdaspecError("give at least one --draft or --head")
-        prompts = _prompts(args.task, tokenizer, args.n_prompts, args.context - args.max_new_tokens, device)
-        forward = {f"target_{n}": ms for n, ms in decode_forward_ms(target, prompts[0], (1, args.gamma + 1)).items()}
-        for name, d in drafters.items():
-            if isinstance(d, PreTrainedModel):
-                forward[f"{name}_1"] = decode_forward_ms(d, prompts[0], (1,))[1]
-        methods = profile(target, drafters, prompts, args.gamma, args.max_new_tokens, args.repeats,
-                          tokenizer.eos_token_id, args.temperature, tuple(args.confidences))
-    except AdaspecError as exc:
-        print(f"benchmarks/step_profile.py: error: {exc}", file=sys.stderr)
-        return 2
-    result = {"command": shlex.join(["python", "benchmarks/step_profile.py", *(argv or sys.argv[1:])]),
-              "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-              "gamma": args.gamma, "temperature": args.temperature, "threads": torch.get_num_threads(),
-              "confidences": args.confidences,
-              "forward_ms": forward, "methods": methods}
-    print(format_profile(result))
-    if args.out:
-        atomic_write_json(Path(args.out), result)
-        print(f"wrote {args.out}")
-    return 0

@@ -14,14 +14,9 @@ the best tree's tokens/s and τ over the best chain's, beside EAGLE-2's publishe
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import platform
-import shlex
 import statistics
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,10 +33,8 @@ from adaspec.decoding.drafter import Drafter
 from adaspec.decoding.lm import LMDrafter
 from adaspec.drafters import drafter_family
 from adaspec.errors import AdaspecError
-from adaspec.evaluation.drafters import add_drafter_arguments, load_named_drafters
 from adaspec.evaluation.speed import Run, timed_rounds
-from adaspec.io import atomic_write_json
-from adaspec.models import count_params, load_model, load_tokenizer, output_vocab_size
+from adaspec.models import count_params, output_vocab_size
 
 BASELINE = "target"
 # EAGLE-2 paper, as quoted in issue 16: about 4.3 tokens per step with dynamic trees where EAGLE's give about
@@ -65,6 +58,23 @@ def default_trees(drafter: Drafter | PreTrainedModel) -> list[str]:
 
 def _depth(spec: TreeSpec) -> int:
     return spec.max_depth if isinstance(spec, AdaptiveTree) else spec.depth
+
+
+def tree_drafters(named: dict[str, PreTrainedModel | Drafter], vocab: int, trees: list[str] | None = None
+                  ) -> tuple[dict[str, Drafter], dict[str, Drafter], dict[str, list[str]]]:
+    """What `benchmark` runs for loaded drafters (`evaluation.drafters.load_named_drafters`): the drafters
+    (draft models as LMDrafter over `vocab`), the kept-rows variant of each draft model and EAGLE head, and
+    per drafter the tree specs (`trees`, else `default_trees`) plus one adaptive tree."""
+    drafters: dict[str, Drafter] = {}
+    keep: dict[str, Drafter] = {}
+    for name, d in named.items():
+        drafters[name] = LMDrafter(d, vocab) if isinstance(d, PreTrainedModel) else d
+        keep_rows = drafter_family(drafters[name]).keep_tree_rows  # type: ignore[union-attr]
+        if keep_rows is not None:  # the family can keep the accepted path's rows (EAGLE, a draft model)
+            keep[name] = keep_rows(drafters[name])
+    specs = {name: (trees if trees is not None else default_trees(d)) + [AdaptiveTree(24, d.max_gamma or 6, 4).spec()]
+             for name, d in drafters.items()}
+    return drafters, keep, specs
 
 
 def build_runs(target: PreTrainedModel, drafters: dict[str, Drafter], chains: list[int],
@@ -253,67 +263,3 @@ def format_rows(result: dict[str, Any]) -> str:
     costs = ", ".join(f"{t}: {c:.2f}" for t, c in sorted((int(t), c) for t, c in result["verify_cost_vs_1"].items()))
     lines += ["", f"Target forward over n tokens / over 1 token ({result['target_forward_ms']:.2f} ms): {costs}."]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_drafter_arguments(p, target_required=False)
-    p.add_argument("--task", default="gsm8k", help="task whose test prompts are decoded")
-    p.add_argument("--n-prompts", type=int, default=5)
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--chains", type=int, nargs="+", default=[2, 3, 4, 5, 6], help="chain lengths γ")
-    p.add_argument("--trees", nargs="*", default=None,
-                   help="tree specs for every drafter (--tree syntax; default: per drafter kind, plus adaptive)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--context", type=int, default=256, help="positions prompt + continuation may use")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--pair", default="demo", help="name of the model pair, for the output file")
-    p.add_argument("--out", default=None, help="JSON path (default results/benchmarks/tree_<pair>.json)")
-    p.add_argument("--summarize", metavar="JSON", default=None,
-                   help="recompute a saved result's summary from its measured rows (nothing decoded) and rewrite it")
-    args = p.parse_args(argv)
-    if args.summarize:
-        return _resummarize(Path(args.summarize))
-    if not args.target:
-        p.error("--target is required (or --summarize JSON)")
-    try:
-        torch.set_num_threads(args.threads)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        target = load_model(args.target, device=device)
-        tokenizer = load_tokenizer(args.target)
-        vocab = output_vocab_size(target)
-        drafters: dict[str, Drafter] = {}
-        keep: dict[str, Drafter] = {}
-        for name, d in load_named_drafters(args.draft, args.head, target, tokenizer, device).items():
-            drafters[name] = LMDrafter(d, vocab) if isinstance(d, PreTrainedModel) else d
-            keep_rows = drafter_family(drafters[name]).keep_tree_rows  # type: ignore[union-attr]
-            if keep_rows is not None:  # the family can keep the accepted path's rows (EAGLE, a draft model)
-                keep[name] = keep_rows(drafters[name])
-        trees = {name: (args.trees if args.trees is not None else default_trees(d))
-                 + [AdaptiveTree(24, d.max_gamma or 6, 4).spec()] for name, d in drafters.items()}
-        result = benchmark(target, tokenizer, drafters, keep, args.task, args.n_prompts, args.max_new_tokens,
-                           args.chains, trees, args.repeats, args.context)
-    except AdaspecError as exc:
-        print(f"benchmarks/tree.py: error: {exc}", file=sys.stderr)
-        return 2
-    result = {"pair": args.pair, "command": shlex.join(["python", "benchmarks/tree.py", *(argv or sys.argv[1:])]),
-              **result}
-    out = Path(args.out or f"results/benchmarks/tree_{args.pair}.json")
-    atomic_write_json(out, result)
-    print(format_rows(result))
-    print(f"wrote {out}")
-    return 1 if any(r["outputs_differing"] for r in result["rows"]) else 0
-
-
-def _resummarize(path: Path) -> int:
-    """The summary is derived from the rows in one place: a saved result gets the current derivation."""
-    try:
-        result = json.loads(path.read_text())
-        result["summary"] = summary(result["rows"], result["verify_cost_vs_1"])
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"benchmarks/tree.py: error: cannot summarize {path}: {exc!r}", file=sys.stderr)
-        return 2
-    atomic_write_json(path, result)
-    print(format_rows(result))
-    print(f"rewrote the summary of {path}")
-    return 0

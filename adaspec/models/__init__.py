@@ -170,11 +170,14 @@ def saved_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) ->
     return load_tokenizer(path, trust_remote_code)
 
 
-def save_model(model: PreTrainedModel, path: str | os.PathLike,
-               tokenizer: PreTrainedTokenizerBase | None = None) -> None:
-    """Save as a plain safetensors checkpoint that `AutoModelForCausalLM.from_pretrained` loads."""
+def save_model(model: PreTrainedModel | torch.nn.Module, path: str | os.PathLike,
+               tokenizer: PreTrainedTokenizerBase | None = None,
+               state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Save as a plain safetensors checkpoint that `AutoModelForCausalLM.from_pretrained` loads (a drafter
+    head: that its own from_pretrained loads), with the tokenizer when given. `state_dict` replaces the
+    model's own weights, as save_pretrained takes it (the training loop's, gathered over processes)."""
     Path(path).mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(path), safe_serialization=True)
+    model.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
 

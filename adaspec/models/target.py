@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
+from adaspec.data import Batch
 from adaspec.errors import AdaspecError
 from adaspec.models import output_vocab_size
 
@@ -121,7 +122,7 @@ def capture(modules: list[nn.Module]) -> Iterator[list[Tensor]]:
             h.remove()
 
 
-def features(model: PreTrainedModel, batch: dict[str, Tensor], layers: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+def features(model: PreTrainedModel, batch: Batch, layers: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """(logits [B, T, V], hidden states [len(layers), B, T, H]) of full sequences, from one forward: what a
     feature head trains on."""
     with capture(hidden_modules(model, layers)) as captured:

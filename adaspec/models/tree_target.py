@@ -1,9 +1,10 @@
-"""The target's forward over a token tree on its KV cache, and the cache compaction after verification.
+"""The target's forward over a token tree on its KV cache, and the cache compaction after verification, on
+the transformers path (`CachedLM.forward(tree_mask=...)` and `CachedLM.keep_path` call these).
 
 One forward feeds the root (the last accepted token) and the N nodes after the `seen` cached tokens, with
 a 4-D additive attention mask (every fed token sees the whole cached prefix, then the root and its own
 ancestors) and position ids seen + depth. Afterwards the cache holds the prefix, the root and all N
-nodes; `compact_cache` keeps the prefix, the root and the accepted path only, by moving the accepted
+nodes; `keep_rows` keeps the prefix, the root and the accepted path only, by moving the accepted
 nodes' key/value rows into place and cropping (nothing is recomputed).
 
 Custom masks: in transformers 5.x a model whose modeling file builds its mask with
@@ -24,7 +25,6 @@ from transformers import PreTrainedModel, masking_utils
 
 from adaspec.models.target import cache_kwarg, fit_vocab
 from adaspec.models.target import capture as hooked
-from adaspec.core.tree import Tree
 from adaspec.errors import AdaspecError
 
 _MASKABLE_ATTENTION = ("eager", "sdpa")
@@ -89,32 +89,6 @@ def masked_forward(model: PreTrainedModel, cache: Any, tokens: torch.Tensor, pos
     logits = out.logits[0].float()
     hidden = torch.stack([h[0] for h in captured]) if captured else None
     return (logits if vocab is None else fit_vocab(logits, vocab)), hidden
-
-
-def tree_forward(model: PreTrainedModel, cache: Any, seen: int, root: torch.Tensor, tree: Tree,
-                 vocab: int | None = None, capture: Sequence[nn.Module] = ()
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(float32 logits [N+1, V], captured hidden states [len(capture), N+1, H] or None) of root and nodes;
-    the cache (holding `seen` tokens) grows by N+1.
-
-    Row 0 is the model's distribution after the root, row i+1 after node i (see `masked_forward`). The
-    accepted path's hidden rows are hidden[:, [0] + (path + 1)], in the order compact_cache keeps them.
-    """
-    if cache.get_seq_length() != seen:
-        raise AdaspecError(f"the KV cache holds {cache.get_seq_length()} tokens, expected {seen}")
-    tokens = torch.cat([root.reshape(1).to(tree.tokens.device), tree.tokens])
-    visible = torch.cat([torch.ones(tree.size + 1, seen, dtype=torch.bool), tree.attention_mask().cpu()], dim=1)
-    return masked_forward(model, cache, tokens, tree.position_ids(seen), visible, vocab, capture)
-
-
-def compact_cache(cache: Any, seen: int, tree_size: int, path: torch.Tensor) -> int:
-    """After `tree_forward` from `seen` cached tokens: keep prefix + root + the accepted `path` (node ids,
-    root-to-node order) in place, drop the other nodes; returns the new cache length seen + 1 + len(path).
-    """
-    length = seen + 1 + tree_size
-    if cache.get_seq_length() != length:
-        raise AdaspecError(f"the KV cache holds {cache.get_seq_length()} tokens, expected {length} after the tree")
-    return keep_rows(cache, seen + 1, path)
 
 
 def keep_rows(cache: Any, start: int, offsets: torch.Tensor) -> int:

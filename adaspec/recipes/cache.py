@@ -100,7 +100,7 @@ class CacheOptions(DataOptions):
 # ------------------------------------------------------------------------------------------ building
 
 @torch.inference_mode()
-def teacher_rows(target: torch.nn.Module, ref: torch.nn.Module | None, batch: dict[str, torch.Tensor], k: int,
+def teacher_rows(target: torch.nn.Module, ref: torch.nn.Module | None, batch: data_lib.Batch, k: int,
                  divergence: str, temperature: float, beta: float, vocab: int, layers: tuple[int, ...] = ()
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Top-k ids/log-probs of the target (and L_ref) at the response positions of a right-padded batch,
@@ -125,7 +125,7 @@ def teacher_rows(target: torch.nn.Module, ref: torch.nn.Module | None, batch: di
     return ids, lps, ref_div, hidden
 
 
-def _build_shard(target: torch.nn.Module, ref: torch.nn.Module | None, items: list[dict], opts: CacheOptions,
+def _build_shard(target: torch.nn.Module, ref: torch.nn.Module | None, items: list[data_lib.Item], opts: CacheOptions,
                  settings: dict, pad_id: int, device: torch.device, bar: Any) -> dict[str, np.ndarray]:
     positions = [response_positions(it["labels"]) for it in items]
     counts = np.array([len(p) for p in positions], dtype=np.int64)
@@ -168,7 +168,7 @@ def _build_shard(target: torch.nn.Module, ref: torch.nn.Module | None, items: li
     return out
 
 
-def cache_settings(opts: CacheOptions, items: list[dict], tokenizer: Any, vocab: int,
+def cache_settings(opts: CacheOptions, items: list[data_lib.Item], tokenizer: Any, vocab: int,
                    hidden: dict | None = None) -> dict:
     """Everything a cache depends on; resuming into a directory requires all of it to be equal. `hidden`
     (`hidden_states.hidden_settings`) is recorded only when given, so caches without it keep their key."""

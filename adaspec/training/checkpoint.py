@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec.errors import AdaspecError
-from adaspec.models import load_model
+from adaspec.models import load_model, save_model
 
 
 def atomic_save(accelerator: Accelerator, model: torch.nn.Module, path: Path,
@@ -29,9 +29,7 @@ def atomic_save(accelerator: Accelerator, model: torch.nn.Module, path: Path,
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        accelerator.unwrap_model(model).save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
+        save_model(accelerator.unwrap_model(model), tmp, tokenizer, state_dict)
         for name, obj in (extra or {}).items():
             if name.endswith(".json"):
                 (tmp / name).write_text(json.dumps(obj, indent=1))

@@ -33,10 +33,10 @@ from adaspec.io import atomic_write_json
 from adaspec.training.checkpoint import atomic_save, publish, restore, resumable
 from adaspec.training.options import TrainOptions
 
-TokenLoss = Callable[[torch.nn.Module, dict, int], tuple[torch.Tensor, torch.Tensor, dict[str, float]]]
-PrepareItems = Callable[[list[dict], int, PreTrainedModel], list[dict]]
+TokenLoss = Callable[[torch.nn.Module, data_lib.Batch, int], tuple[torch.Tensor, torch.Tensor, dict[str, float]]]
+PrepareItems = Callable[[list[data_lib.Item], int, PreTrainedModel], list[data_lib.Item]]
 Validate = Callable[[PreTrainedModel], dict[str, float]]
-OnStep = Callable[[int, list[dict]], None]  # (step about to run, its local micro-batches)
+OnStep = Callable[[int, list[data_lib.Batch]], None]  # (step about to run, its local micro-batches)
 # optimizer steps timed before --max-minutes fixes how many fit (the first ones include warm-up costs)
 TIMED_STEPS = 3
 
@@ -113,8 +113,8 @@ class _Log:
             self.writer.close()
 
 
-def _global_batch(items: list[dict], opts: TrainOptions, step: int, per_epoch: int, rank: int, world: int,
-                  prepare_items: PrepareItems | None, model: PreTrainedModel, pad_id: int) -> list[dict]:
+def _global_batch(items: list[data_lib.Item], opts: TrainOptions, step: int, per_epoch: int, rank: int, world: int,
+                  prepare_items: PrepareItems | None, model: PreTrainedModel, pad_id: int) -> list[data_lib.Batch]:
     """This process's share of the micro-batches of optimizer step `step`."""
     batches = []
     for m in range(step * opts.grad_accum, (step + 1) * opts.grad_accum):
@@ -129,7 +129,7 @@ def _global_batch(items: list[dict], opts: TrainOptions, step: int, per_epoch: i
     return batches
 
 
-def _accumulate(accelerator: Accelerator, model: torch.nn.Module, batches: list[dict], token_loss: TokenLoss,
+def _accumulate(accelerator: Accelerator, model: torch.nn.Module, batches: list[data_lib.Batch], token_loss: TokenLoss,
                 step: int, normalize: Literal["response", "kept"]) -> tuple[dict[str, float], int]:
     """Forward and backward of every micro-batch of one optimizer step; (logs, tokens seen)."""
     world = accelerator.num_processes
@@ -167,7 +167,7 @@ def _accumulate(accelerator: Accelerator, model: torch.nn.Module, batches: list[
 
 
 def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedModel,
-               tokenizer: PreTrainedTokenizerBase, items: list[dict], token_loss: TokenLoss,
+               tokenizer: PreTrainedTokenizerBase, items: list[data_lib.Item], token_loss: TokenLoss,
                validate: Validate, best_key: str, higher_is_better: bool, epochs: float,
                normalize: Literal["response", "kept"] = "response", config: dict | None = None,
                prepare_items: PrepareItems | None = None, on_step: OnStep | None = None) -> LoopResult:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from adaspec.data import Batch, Item
 from adaspec.models.target import config_dims, features
 from adaspec.distill.cache_store import TeacherCache
 from adaspec.distill.teacher import TopK
@@ -27,7 +28,7 @@ class TargetSignal:
     def __init__(self, target: PreTrainedModel, vocab: int, cache: TeacherCache | None = None):
         self.target, self.vocab, self.cache = target, vocab, cache
 
-    def __call__(self, batch: dict[str, Tensor], layers: tuple[int, ...]) -> tuple[Tensor | TopK, Tensor]:
+    def __call__(self, batch: Batch, layers: tuple[int, ...]) -> tuple[Tensor | TopK, Tensor]:
         if self.cache is None:
             with torch.no_grad():
                 logits, hidden = features(self.target, batch, layers)
@@ -40,7 +41,7 @@ class TargetSignal:
         return TopK(ids, lps), self.cache.hidden(index, width, layers, device)
 
 
-def open_head_cache(path: str, target_path: str, target: PreTrainedModel, items: list[dict],
+def open_head_cache(path: str, target_path: str, target: PreTrainedModel, items: list[Item],
                     layers: tuple[int, ...], temperature: float | None, vocab: int) -> TeacherCache:
     """The teacher cache at `path` for a head reading `layers` of this target over `items`, or a one-line
     refusal (another target, tokenizer or data; no hidden states, a missing layer, another hidden size or

@@ -350,23 +350,22 @@ def test_the_engine_on_lean_target_and_draft_gives_the_target_greedy_output():
 
 
 def test_tree_step_matches_mains_hf_tree_forward_and_compaction(model):
-    """The lead's tree path (decoding.tree_target on the HF model) and LeanLM agree: logits of root and
-    nodes, and after compaction (compact_cache vs keep_path) the next forward."""
-    from transformers import DynamicCache
-
-    from adaspec.models.target import cache_kwarg
+    """The HF tree path (CachedLM with a tree mask, models.tree_target) and LeanLM agree: logits of root and
+    nodes, and after compaction (keep_path on each) the next forward."""
     from adaspec.core.tree import Tree
-    from adaspec.models.tree_target import compact_cache, tree_forward
+    from adaspec.models.target import CachedLM
 
     prefix, nxt = tokens(9, seed=20), tokens(2, seed=21)
     tree = Tree(tokens(6, seed=22), torch.tensor([-1, -1, 0, 0, 1, 3]), torch.tensor([1, 1, 2, 2, 2, 3]))
     root, path = prefix[-1:], torch.tensor([0, 3, 5])
-    cache = DynamicCache(config=model.config)
+    hf = CachedLM(model, V, "t")
     with torch.no_grad():
-        model(prefix[None, :-1], use_cache=True, **{cache_kwarg(model): cache})
-        ref, _ = tree_forward(model, cache, 8, root, tree, vocab=V)
-        length = compact_cache(cache, 8, tree.size, path)
-        ref_next = model(nxt[None], use_cache=True, **{cache_kwarg(model): cache}).logits[0]
+        hf.forward(prefix[:-1])
+        ref, _ = hf.forward(torch.cat([root, tree.tokens]), keep=tree.size + 1, positions=tree.position_ids(8),
+                            tree_mask=tree.attention_mask())
+        hf.keep_path(9, path)
+        length = hf.seen
+        ref_next = hf.forward(nxt, keep=2)[0]
     lm = LeanLM(model, V, "t")
     lm.forward(prefix[:-1])
     logits, _ = lm.forward(torch.cat([root, tree.tokens]), keep=tree.size + 1, positions=tree.position_ids(8),

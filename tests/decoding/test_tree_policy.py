@@ -10,9 +10,37 @@ import pytest
 import torch
 
 from adaspec.core.tree import Tree
-from adaspec.core.tree_policy import TreeController, best_tree, expected_tokens, frontier_sizes, interpolate_costs, step_cost
+from adaspec.core.tree_policy import TreeController, best_tree, interpolate_costs
 from adaspec.core.tree_shape import AdaptiveTree
 from adaspec.errors import AdaspecError
+
+
+# The policy's model (adaspec.core.tree_policy's docstring) written out directly, path by path: the reference
+# best_tree's incremental sums are checked against.
+
+
+def expected_tokens(paths: list, acceptance: list) -> float:
+    """1 + the sum over the tree's rank paths of the product of a[d][r] along each path."""
+    total = 1.0
+    for p in paths:
+        prob = 1.0
+        for d, r in enumerate(p):
+            prob *= acceptance[d][r]
+        total += prob
+    return total
+
+
+def frontier_sizes(paths: list) -> list[int]:
+    """F_d for d = 1..depth: the nodes fed to expand each depth (1 for the root, then the parents there)."""
+    owners: dict[int, set[tuple[int, ...]]] = {}
+    for p in paths:
+        owners.setdefault(len(p), set()).add(tuple(p[:-1]))
+    return [len(owners[d]) for d in sorted(owners)]
+
+
+def step_cost(paths: list, verify_cost: list, draft_cost: float, step: float = 0.0) -> float:
+    """The step's cost in target forwards of one token."""
+    return draft_cost * sum(verify_cost[f - 1] for f in frontier_sizes(paths)) + verify_cost[len(paths)] + step
 
 
 def _all_paths(depth: int, width: int) -> list[tuple[int, ...]]:

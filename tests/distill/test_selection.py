@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from adaspec.errors import AdaspecError
-from adaspec.distill.selection import (adaspec_loss, check_k, delta_selection, num_kept, reduce_loss, scheduled_k,
-                                      select_tokens, soft_weights)
+from adaspec.distill.selection import (check_k, delta_selection, num_kept, reduce_loss, scheduled_k, select_tokens,
+                                      soft_weights)
+
+
+def selective_loss(draft_div, ref_div, mask, k, mode="top", normalize="response", group=None):
+    """(loss, selected) as training computes them on one micro-batch: the selection, then the reduction."""
+    selected = delta_selection(draft_div, ref_div, mask, k, mode, group=group)
+    return reduce_loss(draft_div, mask, selected, normalize), selected
 
 
 def batch(rows=4, cols=13, seed=0, prompt=3):
@@ -127,7 +133,7 @@ def test_all_equals_plain_kd_loss():
     mask = torch.rand(3, 8, generator=g) > 0.3
     plain = (per_token * mask).sum() / mask.sum()
     for normalize in ("response", "kept"):
-        loss, sel = adaspec_loss(per_token, None, mask, k=0.123, mode="all", normalize=normalize)
+        loss, sel = selective_loss(per_token, None, mask, k=0.123, mode="all", normalize=normalize)
         torch.testing.assert_close(loss, plain)
         assert torch.equal(sel, mask)
 
@@ -151,7 +157,7 @@ def test_zero_response_tokens_gives_zero_with_graph():
     mask = torch.zeros(2, 5, dtype=torch.bool)
     for normalize in ("response", "kept"):
         per_token = torch.where(x < 0, float("inf"), x * 2)  # inf at masked positions is harmless
-        loss, sel = adaspec_loss(per_token, per_token.detach(), mask, 0.5, normalize=normalize)
+        loss, sel = selective_loss(per_token, per_token.detach(), mask, 0.5, normalize=normalize)
         assert loss.item() == 0.0 and not sel.any()
         assert loss.requires_grad
         loss.backward()
@@ -167,7 +173,7 @@ def test_gradient_only_through_selected_tokens():
     mask = torch.ones(3, 9, dtype=torch.bool)
     mask[:, :2] = False
     draft_div = torch.where(mask, draft_div, float("nan"))  # garbage at prompt positions must not leak
-    loss, sel = adaspec_loss(draft_div, ref_div, mask, 0.4)
+    loss, sel = selective_loss(draft_div, ref_div, mask, 0.4)
     loss.backward()
     assert ref_div.grad is None  # Delta is computed without gradient
     assert torch.isfinite(x.grad).all()
@@ -180,10 +186,10 @@ def test_adaspec_loss_selects_by_delta():
     draft_div = torch.rand(2, 10, generator=g)
     ref_div = torch.rand(2, 10, generator=g)
     mask = torch.ones(2, 10, dtype=torch.bool)
-    loss, sel = adaspec_loss(draft_div, ref_div, mask, 0.4, mode="top")
+    loss, sel = selective_loss(draft_div, ref_div, mask, 0.4, mode="top")
     assert torch.equal(sel, select_tokens(draft_div - ref_div, mask, 0.4, "top"))
     torch.testing.assert_close(loss, draft_div[sel].sum() / 20)
-    loss_kept, _ = adaspec_loss(draft_div, ref_div, mask, 0.4, normalize="kept")
+    loss_kept, _ = selective_loss(draft_div, ref_div, mask, 0.4, normalize="kept")
     torch.testing.assert_close(loss_kept, draft_div[sel].mean())
 
 
@@ -205,7 +211,7 @@ def test_argument_errors():
     with pytest.raises(AdaspecError, match="differ in shape"):
         select_tokens(delta[:, 1:], mask, 0.5)
     with pytest.raises(AdaspecError, match="reference"):
-        adaspec_loss(delta, None, mask, 0.5, mode="top")
+        selective_loss(delta, None, mask, 0.5, mode="top")
 
 
 @pytest.mark.parametrize("group", [1, 2, 3, 5, 7, 40])
@@ -234,7 +240,7 @@ def test_group_defaults_and_limits():
     a = select_tokens(delta, mask, 0.4, "random", generator=torch.Generator().manual_seed(3), group=2)
     b = select_tokens(delta, mask, 0.4, "random", generator=torch.Generator().manual_seed(3), group=2)
     assert torch.equal(a, b) and int(a[:2].sum()) == num_kept(0.4, int(mask[:2].sum()))
-    loss, sel = adaspec_loss(delta, torch.zeros_like(delta), mask, 0.4, group=2)
+    loss, sel = selective_loss(delta, torch.zeros_like(delta), mask, 0.4, group=2)
     assert torch.equal(sel, select_tokens(delta, mask, 0.4, group=2))
     for bad in (dict(group=0), dict(group=2, per_sequence=True)):
         with pytest.raises(AdaspecError, match="selection group"):

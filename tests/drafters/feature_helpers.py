@@ -1,12 +1,14 @@
-"""Shared by the MTP and Medusa tests: target features without the engine, and a scripted engine that
-drives a drafter through random acceptance patterns."""
+"""Shared by the drafter tests: target features without the engine, a scripted engine that drives a
+drafter through random acceptance patterns, and the plain causal attention EAGLE heads are checked against."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from adaspec.drafters.common import repeat_kv
 
 V = 64
 PRESETS = ["tiny-llama", "tiny-neox", "tiny-gpt2"]
@@ -37,3 +39,11 @@ def drive(drafter, target, prompt: list[int], steps: int, gamma: int, seed: int,
         seq = seq + proposals[:k].tolist() + [int(torch.randint(0, V, (1,), generator=gen))]
         h = final_hidden(target, seq)
         drafter.accept(len(seq), h[None, n - 1: len(seq) - 1])
+
+
+def causal_attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """An `Attend` over the whole fed sequence, causal, no cache: the reference for EagleHead.step's callers
+    (the drafter's cached steps, the training-time test's unroll)."""
+    mask = torch.ones(q.shape[2], q.shape[2], dtype=torch.bool, device=q.device).tril()
+    groups = q.shape[1] // k.shape[1]
+    return nn.functional.scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attn_mask=mask)

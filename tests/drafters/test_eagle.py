@@ -8,7 +8,8 @@ import torch
 
 from adaspec import AdaspecError
 from adaspec.drafters.eagle.draft_vocab import frequent_tokens, restrict_to_draft, to_target_space, vocab_maps
-from adaspec.drafters.eagle.model import EagleConfig, EagleHead, causal_attend
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead
+from .feature_helpers import causal_attend
 from adaspec.models.target import default_aux_layers
 from adaspec.drafters.eagle.drafter import LeanEagle
 from adaspec.drafters.eagle.training import feature_regression_loss, shift_steps, step_weights, unroll, unrolled_logits, unrolled_mask, unrolled_targets
@@ -137,7 +138,7 @@ def test_unroll_step0_equals_a_plain_causal_forward():
     head = random_head(cfg, seed=4)
     feats, ids = features(cfg, 2, 9, seed=5), torch.randint(0, V, (2, 9))
     with torch.no_grad():
-        ref = head.logits(head.step(ids[:, 1:], head.project(feats[:, :-1]), torch.arange(8), causal_attend()))
+        ref = head.logits(head.step(ids[:, 1:], head.project(feats[:, :-1]), torch.arange(8), causal_attend))
         torch.testing.assert_close(unrolled_logits(head, feats, ids, 1)[0, :, 1:], ref)
 
 

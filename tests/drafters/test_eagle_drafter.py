@@ -11,7 +11,8 @@ from adaspec.decoding.generate import speculative_generate
 from adaspec.core.sampling import logits_to_probs, sample
 from adaspec.drafters import DRAFTERS
 from adaspec.drafters.eagle.draft_vocab import to_target_space
-from adaspec.drafters.eagle.model import EagleConfig, EagleHead, causal_attend
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead
+from .feature_helpers import causal_attend
 from adaspec.drafters.eagle.drafter import EagleDrafter
 from adaspec.models import build_model
 
@@ -98,7 +99,7 @@ def reference_generate(target, head, ids, max_new_tokens, gamma, temperature=0.0
             hidden = feats[None]
             for _ in range(g):
                 tokens = torch.tensor([seq[1:] + proposals])
-                out = head.step(tokens, hidden, torch.arange(tokens.shape[1]), causal_attend())
+                out = head.step(tokens, hidden, torch.arange(tokens.shape[1]), causal_attend)
                 logits = head.logits(out)[0, -1].float()
                 if temperature == 0:
                     token = int(head.draft_to_target(logits.argmax(-1, keepdim=True)))

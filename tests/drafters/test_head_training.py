@@ -12,7 +12,10 @@ from adaspec.decoding.generate import speculative_generate
 from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
 from adaspec.drafters.mtp.model import MTPDrafter, build_mtp
-from adaspec.drafters.multi_token_loss import depth_token_losses, weighted_depth_loss
+from adaspec.data import response_mask
+from adaspec.distill.selection import reduce_loss
+from adaspec.distill.steps import place_by_predicted_token
+from adaspec.drafters.multi_token_loss import depth_token_losses, depth_weights
 from adaspec.models import build_model
 
 
@@ -37,7 +40,12 @@ def test_trained_heads_are_accepted(kind, steps, first, second):
     for _ in range(steps):
         idx = torch.randint(0, 64, (16,), generator=gen)
         logits = heads(parts, hidden[idx], data[idx])
-        loss, _ = weighted_depth_loss(depth_token_losses(logits, teacher[idx], labels[idx], "fkl"))
+        # as the head training runs it: depths weighed and placed at their tokens, reduced over the response
+        losses = depth_token_losses(logits, teacher[idx], labels[idx], "fkl")
+        response = response_mask(labels[idx])
+        spread = place_by_predicted_token([loss * mask for loss, mask in losses], depth_weights(len(losses)),
+                                          response.shape[1], first=1)
+        loss = reduce_loss(spread, response, response)
         opt.zero_grad()
         loss.backward()
         opt.step()

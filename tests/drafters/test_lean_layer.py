@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from adaspec.drafters.dflash import DFlashConfig, DFlashDrafter, DFlashHead
-from adaspec.drafters.eagle.model import EagleConfig, EagleHead, causal_attend
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead
+from .feature_helpers import causal_attend
 from adaspec.drafters.eagle.drafter import LeanEagle
 from adaspec.drafters.mtp.model import LeanMTPModule, MTPConfig, MTPHeads
 from adaspec.drafters.target_parts import target_parts
@@ -35,7 +36,7 @@ def _head(variant: str, kv_heads: int) -> EagleHead:
 
 def _reference(head: EagleHead, tokens: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """The module over the whole sequence at once, causal, no cache."""
-    return head.step(tokens[None], hidden[None], positions, causal_attend())[0]
+    return head.step(tokens[None], hidden[None], positions, causal_attend)[0]
 
 
 @pytest.mark.parametrize("variant,kv_heads", [("eagle3", 4), ("eagle3", 2), ("eagle1", 4)])

@@ -12,7 +12,8 @@ import torch
 from adaspec import AdaspecError
 from adaspec.core.tree import Tree
 from adaspec.core.tree_shape import TreeShape
-from adaspec.drafters.eagle.model import EagleConfig, EagleHead, causal_attend
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead
+from .feature_helpers import causal_attend
 from adaspec.drafters.eagle.drafter import EagleDrafter
 from adaspec.decoding.lm import LMDrafter
 from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
@@ -97,12 +98,12 @@ def _eagle_reference(head: EagleHead, target, keep: bool):
         n = len(seq)
         hidden = torch.stack(inputs[: n - 1])[None]
         tokens = list(seq[1:n])
-        out = head.step(torch.tensor([tokens]), hidden, torch.arange(len(tokens)), causal_attend())
+        out = head.step(torch.tensor([tokens]), hidden, torch.arange(len(tokens)), causal_attend)
         outs = [out[0, -1]]
         for t in path_tokens:
             hidden = torch.cat([hidden, outs[-1][None, None]], dim=1)
             tokens.append(t)
-            out = head.step(torch.tensor([tokens]), hidden, torch.arange(len(tokens)), causal_attend())
+            out = head.step(torch.tensor([tokens]), hidden, torch.arange(len(tokens)), causal_attend)
             outs.append(out[0, -1])
         return outs
 

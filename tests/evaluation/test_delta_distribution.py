@@ -11,8 +11,9 @@ import torch
 from adaspec import data
 from adaspec.distill.losses import forward_kl
 from adaspec.distill.selection import num_kept
-from adaspec.evaluation.delta_distribution import main, measure, summarize, token_deltas
+from adaspec.evaluation.delta_distribution import measure, summarize, token_deltas
 from adaspec.models import load_model, load_tokenizer
+from benchmarks.delta_distribution import main
 
 
 @pytest.fixture()

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from adaspec.evaluation.step_profile import BASELINE, PARTS, main, step_parts
+from adaspec.evaluation.step_profile import BASELINE, PARTS, step_parts
 from adaspec.core.metrics import SpecStats
+from benchmarks.step_profile import main
 
 
 def test_parts_are_the_loop_time_per_step():

@@ -12,9 +12,10 @@ from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
 from adaspec.core.tree_shape import parse_tree_spec
 import pytest
 
-from adaspec.evaluation.trees import (BASELINE, benchmark, default_trees, format_rows, ideal_tree_over_chain, main,
+from adaspec.evaluation.trees import (BASELINE, benchmark, default_trees, format_rows, ideal_tree_over_chain,
                                       step_cost_at)
 from adaspec.models import load_model, load_tokenizer, output_vocab_size
+from benchmarks.tree import main
 
 
 def test_benchmark_rows_summary_and_lossless_greedy(tiny_target_dir, tiny_draft_dir):

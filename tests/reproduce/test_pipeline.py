@@ -8,18 +8,19 @@ from pathlib import Path
 import pytest
 
 from adaspec.recipes.reproduce import pipeline as reproduce
+from adaspec.recipes.reproduce import protocols
 from adaspec.cli import main
 from adaspec.errors import AdaspecError
 from readme import readme_table, replace_block
 
-TINY = reproduce.Preset(vocab_size=300, target="tiny-neox", draft="tiny-gpt2", max_length=64, train_limit=32,
+TINY = protocols.Preset(vocab_size=300, target="tiny-neox", draft="tiny-gpt2", max_length=64, train_limit=32,
                         target_epochs=1.0, target_lr=1e-3, draft_init_epochs=0.5, distill_epochs=0.5,
                         distill_lr=1e-3, batch_size=8, eval_prompts=2, eval_max_new_tokens=6, gamma=2, top_k=16,
                         seeds=(0, 1))
 
 
 def test_pipeline_runs_resumes_and_writes_results(tmp_path, monkeypatch):
-    monkeypatch.setitem(reproduce.PRESETS, "tiny", TINY)
+    monkeypatch.setitem(protocols.PRESETS, "tiny", TINY)
     runs, results = tmp_path / "runs", tmp_path / "results"
     argv = ["reproduce", "--task", "gsm8k", "--preset", "tiny", "--runs-dir", str(runs), "--results-dir",
             str(results), "--no-speed-benchmark", "--no-progress", "--ablations", "--long-ablations"]
@@ -33,11 +34,11 @@ def test_pipeline_runs_resumes_and_writes_results(tmp_path, monkeypatch):
         assert 0.0 <= res["alpha_greedy"][name] <= 1.0
     assert "target" in res["val_loss"] and "draft_init" in res["alpha_greedy"]
     # the capacity gap is judged on the validation split (the training distribution), for every model
-    assert set(res["validation_ce"]) == {"target", "draft_init", "distillspec", "adaspec", *reproduce.ABLATIONS,
-                                         *reproduce.LONG_ABLATIONS}
+    assert set(res["validation_ce"]) == {"target", "draft_init", "distillspec", "adaspec", *protocols.ABLATIONS,
+                                         *protocols.LONG_ABLATIONS}
     assert "response CE, validation" in (out / "report.md").read_text()
     assert "Target response cross-entropy on the validation split" in (out / "report.md").read_text()
-    assert set(res["ablations"]) == set(reproduce.ABLATIONS) | set(reproduce.LONG_ABLATIONS)
+    assert set(res["ablations"]) == set(protocols.ABLATIONS) | set(protocols.LONG_ABLATIONS)
     long_cfg = json.loads((runs / "gsm8k" / "tiny" / "seed0" / "distillspec_long" / "run_config.json").read_text())
     assert long_cfg["method"] == "kd" and long_cfg["epochs"] == pytest.approx(TINY.distill_epochs / 0.4)
     seed0 = runs / "gsm8k" / "tiny" / "seed0"
@@ -87,7 +88,7 @@ def test_options_are_checked():
 
 def test_presets_keep_the_capacity_gap():
     from adaspec.models import build_model, count_params
-    for name, p in reproduce.PRESETS.items():
+    for name, p in protocols.PRESETS.items():
         ratio = count_params(build_model(p.target, p.vocab_size)) / count_params(build_model(p.draft, p.vocab_size))
         assert ratio >= 10, f"preset {name}: target only {ratio:.1f}x the draft"
 
@@ -110,7 +111,7 @@ def test_pretrained_preset_pretrains_once_then_fine_tunes_the_target(tmp_path, m
         assert pipe.draft_init(pipe.target()) == tmp_path / "runs" / "corpus" / "pretrained" / "draft"
     assert set(made) == {"corpus/pretrained/target", "corpus/pretrained/draft", "gsm8k/pretrained/target",
                          "mbpp/pretrained/target"}
-    p = reproduce.PRESETS["pretrained"]
+    p = protocols.PRESETS["pretrained"]
     target, draft = made["corpus/pretrained/target"], made["corpus/pretrained/draft"]
     assert (target.task, target.preset, target.epochs, target.tokenizer, target.train_on_prompt) == (
         "corpus", p.target, p.pretrain_epochs, None, True)
@@ -120,17 +121,17 @@ def test_pretrained_preset_pretrains_once_then_fine_tunes_the_target(tmp_path, m
     sft = made["gsm8k/pretrained/target"]
     assert (sft.task, sft.model, sft.epochs, sft.train_on_prompt) == ("gsm8k", target.output, 3.0, False)
     with pytest.raises(AdaspecError, match="must pretrain the target too"):
-        reproduce.Preset(**{**TINY.__dict__, "draft_pretrain_epochs": 1.0})
+        protocols.Preset(**{**TINY.__dict__, "draft_pretrain_epochs": 1.0})
 
 
 def test_small_tasks_get_more_epochs_but_never_fewer():
-    p = reproduce.Preset(**{**TINY.__dict__, "min_train_examples": 100})
+    p = protocols.Preset(**{**TINY.__dict__, "min_train_examples": 100})
     scaled = p.for_task(25)
     assert (scaled.target_epochs, scaled.draft_init_epochs, scaled.distill_epochs) == (4.0, 2.0, 2.0)
     assert p.for_task(1000) == p and TINY.for_task(1) == TINY
     # GSM8K's training split is large enough that the committed preset trains it as written
-    assert reproduce.PRESETS["small"].for_task(7173) == reproduce.PRESETS["small"]
-    pre = reproduce.PRESETS["pretrained"].for_task(700)  # the distillation scaled, the target's fine-tuning not
+    assert protocols.PRESETS["small"].for_task(7173) == protocols.PRESETS["small"]
+    pre = protocols.PRESETS["pretrained"].for_task(700)  # the distillation scaled, the target's fine-tuning not
     assert (pre.target_epochs, pre.distill_epochs) == (3.0, 10.0)
 
 
@@ -160,7 +161,7 @@ def test_official_protocol_at_equal_steps_merges_into_results(tmp_path, monkeypa
     steps, in its own run folder; its block joins results.json without touching the other protocol's keys."""
     from dataclasses import replace
 
-    monkeypatch.setitem(reproduce.PRESETS, "tiny", replace(TINY, train_limit=48, seeds=(0,)))
+    monkeypatch.setitem(protocols.PRESETS, "tiny", replace(TINY, train_limit=48, seeds=(0,)))
     runs, results = tmp_path / "runs", tmp_path / "results"
     argv = ["reproduce", "--task", "gsm8k", "--preset", "tiny", "--runs-dir", str(runs), "--results-dir",
             str(results), "--no-speed-benchmark", "--no-progress"]
@@ -202,12 +203,12 @@ def test_official_variants_train_and_report(tmp_path, monkeypatch):
     """--variants end to end: every variant trains at equal steps, Δ in TVD from its own cache, all judged."""
     from dataclasses import replace
 
-    monkeypatch.setitem(reproduce.PRESETS, "tiny", replace(TINY, train_limit=48, seeds=(0,)))
+    monkeypatch.setitem(protocols.PRESETS, "tiny", replace(TINY, train_limit=48, seeds=(0,)))
     runs, results = tmp_path / "runs", tmp_path / "results"
     assert main(["reproduce", "--task", "gsm8k", "--preset", "tiny", "--runs-dir", str(runs), "--results-dir",
                  str(results), "--no-speed-benchmark", "--no-progress", "--protocol", "official", "--variants"]) == 0
     block = json.loads((results / "gsm8k" / "results.json").read_text())["official_protocol"]
-    assert set(block["variants_vs_kd"]) == set(reproduce.OFFICIAL_VARIANTS)
+    assert set(block["variants_vs_kd"]) == set(protocols.OFFICIAL_VARIANTS)
     assert len(set(block["optimizer_steps"].values())) == 1
     seed0 = runs / "gsm8k" / "tiny" / "official" / "seed0"
     assert json.loads((seed0 / "cache_ref_tvd" / "manifest.json").read_text())["divergence"] == "tvd"
@@ -251,7 +252,7 @@ def test_adaspec_protocol_runs_as_before(tmp_path, monkeypatch):
     """The committed results' command still trains exactly what it trained: epochs / k at KD's batch."""
     made = _planned_runs(tmp_path, monkeypatch, "ablations", "long_ablations")
     assert set(made) == {f"seed{s}/{n}" for s in (0, 1, 2) for n in ("distillspec", "adaspec")} | {
-        f"seed0/{n}" for n in (*reproduce.ABLATIONS, *reproduce.LONG_ABLATIONS)}
+        f"seed0/{n}" for n in (*protocols.ABLATIONS, *protocols.LONG_ABLATIONS)}
     for name, o in made.items():
         assert (o.lr, o.weight_decay, o.schedule, o.warmup_steps, o.batch_size) == (2e-3, 0.0, "cosine", 20, 16)
         assert o.selection_group is None and o.max_steps is None
@@ -267,7 +268,7 @@ def test_official_protocol_runs(tmp_path, monkeypatch):
     made = _planned_runs(tmp_path, monkeypatch, "ablations", protocol="official")
     per_seed = ("distillspec", "adaspec", "kd_big_batch", "random_big_batch")
     assert set(made) == {f"official/seed{s}/{n}" for s in (0, 1, 2) for n in per_seed} | {
-        f"official/seed0/{n}" for n in reproduce.OFFICIAL_ABLATIONS}
+        f"official/seed0/{n}" for n in protocols.OFFICIAL_ABLATIONS}
     for name, o in made.items():
         assert (o.lr, o.weight_decay, o.schedule, o.warmup_steps, o.batch_size) == (3e-4, 0.1, "constant", 0, 16)
         assert o.epochs == 1.0 and o.budget_by == "batch" and o.draft_init.endswith("small/draft_init")
@@ -281,7 +282,7 @@ def test_official_protocol_runs(tmp_path, monkeypatch):
 
 def test_official_variants_run_every_seed_at_equal_steps(tmp_path, monkeypatch):
     made = _planned_runs(tmp_path, monkeypatch, "variants", protocol="official")
-    per_seed = ("distillspec", "adaspec", "kd_big_batch", "random_big_batch", *reproduce.OFFICIAL_VARIANTS)
+    per_seed = ("distillspec", "adaspec", "kd_big_batch", "random_big_batch", *protocols.OFFICIAL_VARIANTS)
     assert set(made) == {f"official/seed{s}/{n}" for s in (0, 1, 2) for n in per_seed}
     for seed in (0, 1, 2):
         runs = {n: made[f"official/seed{seed}/{n}"] for n in per_seed}
@@ -363,7 +364,7 @@ def test_official_block_merges_and_survives_the_other_protocol(tmp_path):
 def test_variants_are_judged_against_the_better_kd_and_tabled(tmp_path):
     from adaspec.recipes.reproduce.report import variant_verdicts, write_official
 
-    names = ["distillspec", "adaspec", "kd_big_batch", "random_big_batch", *reproduce.OFFICIAL_VARIANTS]
+    names = ["distillspec", "adaspec", "kd_big_batch", "random_big_batch", *protocols.OFFICIAL_VARIANTS]
     alphas = {"distillspec": [0.50, 0.52, 0.51], "kd_big_batch": [0.55, 0.56, 0.54], "adaspec": [0.5, 0.5, 0.5],
               "random_big_batch": [0.5, 0.5, 0.5], "lk": [0.575, 0.58, 0.57], "lk_kl": [0.56, 0.57, 0.55],
               "adaspec_tvd": [0.60, 0.50, 0.55], "adaspec_soft": [0.54, 0.55, 0.53], "adaspec_ksched": [0.5, 0.5, 0.5]}
@@ -375,7 +376,7 @@ def test_variants_are_judged_against_the_better_kd_and_tabled(tmp_path):
                                summaries, tmp_path / task, {n: [3.0] for n in names},
                                {"lr": 3e-4, "weight_decay": 0.1, "schedule": "constant", "selection_group": 5})
     v = block["variants_vs_kd"]
-    assert v == variant_verdicts(block) and set(v) == set(reproduce.OFFICIAL_VARIANTS)
+    assert v == variant_verdicts(block) and set(v) == set(protocols.OFFICIAL_VARIANTS)
     assert {x["kd"] for x in v.values()} == {"kd_big_batch"}  # the better KD run by mean α
     assert v["lk"]["gain"] == pytest.approx(0.025) and v["lk"]["spread"] == pytest.approx(0.015)
     # lk: +2.5 > 1.5 spread; lk_kl +1.0 < spread 2.0; tvd +0.5 in a wide spread; soft and ksched lose
@@ -396,7 +397,7 @@ def test_heads_train_resume_and_join_the_results(tmp_path, monkeypatch):
     seed's evaluation beside the drafts; adding head kinds later trains and measures only the new ones."""
     from dataclasses import replace
 
-    monkeypatch.setitem(reproduce.PRESETS, "tiny", replace(TINY, train_limit=16, head_epochs=1.0, head_ttt_steps=2))
+    monkeypatch.setitem(protocols.PRESETS, "tiny", replace(TINY, train_limit=16, head_epochs=1.0, head_ttt_steps=2))
     runs, results = tmp_path / "runs", tmp_path / "results"
     argv = ["reproduce", "--task", "gsm8k", "--preset", "tiny", "--runs-dir", str(runs), "--results-dir",
             str(results), "--no-speed-benchmark", "--no-progress"]
@@ -470,7 +471,7 @@ def test_head_options_are_checked(capsys):
 def test_head_runs_follow_the_drafts_protocol(tmp_path, monkeypatch, protocol):
     made = _planned_runs(tmp_path, monkeypatch, protocol=protocol, heads=["eagle", "mtp", "medusa"])
     made = {name: o for name, o in made.items() if "/heads/" in name}
-    small = reproduce.PRESETS["small"]
+    small = protocols.PRESETS["small"]
     base = "official/" if protocol == "official" else ""
     per_seed = ("eagle", "eagle_adaspec", "mtp", "mtp_adaspec", "medusa")
     assert set(made) == {f"{base}seed{s}/heads/{n}" for s in (0, 1, 2) for n in per_seed} | {

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from adaspec.models.target import FINAL, config_dims, default_aux_layers
-from adaspec.drafters.common import GatedMLP, RMSNorm, apply_rope, repeat_kv
+from adaspec.drafters.common import GatedMLP, RMSNorm, apply_rope
 from adaspec.drafters.eagle.draft_vocab import vocab_maps
 from adaspec.drafters.head_checkpoint import SavedHead, config_from_entry
 from adaspec.errors import AdaspecError
@@ -191,20 +191,6 @@ class EagleLayer(nn.Module):
         x = torch.cat([self.input_layernorm(emb), self.hidden_norm(h)], dim=-1) if self.fused else h
         h = h + self.self_attn(x, positions, attend)
         return h + self.mlp(self.post_attention_layernorm(h))
-
-
-def causal_attend(key_mask: Tensor | None = None) -> Attend:
-    """Attention over the whole fed sequence, causal, no cache; key_mask [B, T] False on padded keys."""
-
-    def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        t = q.shape[2]
-        mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-        if key_mask is not None:  # a query always sees itself, so no row is empty
-            mask = (mask & key_mask[:, None, None, :].bool()) | torch.eye(t, dtype=torch.bool, device=q.device)
-        groups = q.shape[1] // k.shape[1]
-        return nn.functional.scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups),
-                                                          attn_mask=mask)
-    return attend
 
 
 # ---- the head ----

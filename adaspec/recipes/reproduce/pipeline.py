@@ -38,10 +38,8 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -49,142 +47,13 @@ from adaspec import data as data_lib
 from adaspec.errors import AdaspecError
 from adaspec.io import atomic_write_json
 from adaspec.options import helptext
+from adaspec.recipes.reproduce.protocols import (ABLATIONS, HEAD_KINDS, HEADS, LONG_ABLATIONS, OFFICIAL_ABLATIONS,
+                                                  OFFICIAL_CONTROLS, OFFICIAL_GROUP, OFFICIAL_SETTINGS,
+                                                  OFFICIAL_VARIANTS, PRESETS)
 from adaspec.safety import check_output, guarded_output
 
 if TYPE_CHECKING:
     from adaspec.recipes.train_head.options import TrainHeadOptions
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Sizes and budgets of one reproduction scale."""
-
-    vocab_size: int
-    target: str
-    draft: str
-    max_length: int
-    train_limit: int | None
-    target_epochs: float
-    target_lr: float
-    draft_init_epochs: float
-    distill_epochs: float
-    distill_lr: float
-    batch_size: int
-    eval_prompts: int
-    eval_max_new_tokens: int
-    gamma: int
-    top_k: int
-    seeds: tuple[int, ...]
-    # a task with fewer training examples gets proportionally more epochs in every training stage, so each
-    # stage sees at least this many examples (0: epochs as written); the target keeps its best validation
-    # checkpoint, so the extra epochs cannot leave an overfitted target
-    min_train_examples: int = 0
-    # --heads: epochs of a KD head (AdaSPEC heads: that / k) and EAGLE's training-time-test unroll steps
-    # (MTP and Medusa get `gamma` depths, all a step drafts). Measured on the small GSM8K target, 1 thread
-    # (benchmarks/head_training_cost.py, results/benchmarks/head_training_cost.json): CPU seconds per step
-    # of batch 16 EAGLE-3 3.1 (AdaSPEC 4.1), EAGLE-1 3.3, MTP 2.4 (AdaSPEC 2.9), Medusa 1.4, ~10 more per
-    # run. 0.05 epochs (23 steps) left every head below the draft models; 0.15 (67 steps, AdaSPEC 168) puts
-    # all 16 head runs of 3 seeds at ~90 CPU minutes, what one session on 2 cores can hold beside the drafts
-    head_epochs: float = 0.15
-    head_ttt_steps: int = 3
-    # epochs on the corpus before the task (0: none, the models start from their initialisation): the
-    # target's, after which it trains `target_epochs` on the task, and the draft's, which is then the
-    # initial draft as it is
-    pretrain_epochs: float = 0.0
-    draft_pretrain_epochs: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.draft_pretrain_epochs and not self.pretrain_epochs:  # the draft reads the pretrained tokenizer
-            raise AdaspecError("a preset that pretrains the draft must pretrain the target too")
-
-    def for_task(self, n_train: int) -> "Preset":
-        """This preset with its epochs scaled for a training split of `n_train` examples."""
-        scale = max(1.0, self.min_train_examples / max(1, n_train))
-        # a pretrained target is fine-tuned as many epochs as the paper's, whatever the task's size
-        return replace(self, target_epochs=self.target_epochs * (1.0 if self.pretrain_epochs else scale),
-                       draft_init_epochs=self.draft_init_epochs * scale, distill_epochs=self.distill_epochs * scale,
-                       head_epochs=self.head_epochs * scale)
-
-
-# the committed science tables (results/<task>/, results/pretrained/): ~16x parameter gap, full training
-# split, on the GPT-NeoX pair they were measured on (a 16-wide draft head no server takes; kept so they
-# reproduce)
-_SMALL_NEOX = Preset(vocab_size=2048, target="neox-target-s", draft="neox-draft-xxs", max_length=256,
-                     train_limit=None, target_epochs=1.0, target_lr=2e-3, draft_init_epochs=0.25,
-                     distill_epochs=1.0, distill_lr=2e-3, batch_size=16, eval_prompts=50,
-                     eval_max_new_tokens=96, gamma=3, top_k=64, seeds=(0, 1, 2), min_train_examples=7000)
-
-PRESETS: dict[str, Preset] = {
-    # `make demo`: the whole pipeline on a Llama pair every vLLM drafter method serves (head size 32). Smaller
-    # models than `small` on the same data and epochs: a demo that also cut the data (1,200 examples) left
-    # both drafts at their first checkpoint with identical alpha, which demonstrates nothing
-    "demo": replace(_SMALL_NEOX, vocab_size=1024, target="llama-demo-target", draft="llama-demo-draft",
-                    eval_prompts=30, eval_max_new_tokens=64, seeds=(0,)),
-    # the same scale as the science tables on a servable Llama pair
-    "small": replace(_SMALL_NEOX, target="llama-target-s", draft="llama-draft-xxs"),
-    "small-neox": _SMALL_NEOX,
-    # issue 13 part 2, nearer the paper's regime: a capacity-bound draft pretrained to its plateau on the
-    # corpus (the validation loss stops falling within 4 epochs), and a target pretrained one epoch on it
-    # and then fine-tuned 3 epochs on the task, as the paper's target is (the committed tables' NeoX pair)
-    "pretrained": replace(_SMALL_NEOX, pretrain_epochs=1.0, draft_pretrain_epochs=4.0, target_epochs=3.0),
-}
-
-# AdaSPEC variants, each against the seed's reference, and plain KD for as many steps as AdaSPEC takes at
-# k = 0.4 with the matched token budget, to separate "selective" from "trained longer"
-ABLATIONS: dict[str, dict] = {
-    "distillspec_long": {"method": "kd", "epochs_scale": 1 / 0.4},
-    "adaspec_bottom": {"selection": "bottom"},
-    "adaspec_random": {"selection": "random"},
-    **{f"adaspec_k{k}": {"k": k} for k in (1.0, 0.8, 0.6, 0.2)},
-}
-# the equal-steps comparison again at 4x AdaSPEC's steps, nearer convergence, where the paper's capacity
-# argument says dropping hard tokens should matter most
-LONG_ABLATIONS: dict[str, dict] = {
-    "distillspec_long4": {"method": "kd", "epochs_scale": 4 / 0.4},
-    "adaspec_long4": {"epochs_scale": 4.0},
-}
-
-
-# The authors' optimiser settings (yuezhouhu/adaspec, run_train.sh of branches
-# gsm8k-target-pythia-1.4b-{ref,draft}-pythia-31m-3epoch; Trainer defaults: no warm-up, grad-norm clip 1);
-# the preset keeps its batch (small: 16 = their 8 processes x 2) and DistillSpec epochs
-OFFICIAL_SETTINGS: dict = {"lr": 3e-4, "weight_decay": 0.1, "schedule": "constant", "warmup_steps": 0}
-# their AdaSPEC run: per-device batch 5, the Δ-quantile taken on each device's micro-batch
-OFFICIAL_GROUP = 5
-# controls at DistillSpec's optimizer steps: every seed for the two that separate selection from the larger
-# batch, the first seed for the rest
-OFFICIAL_CONTROLS: dict[str, dict] = {
-    "kd_big_batch": {"method": "kd", "k": 0.4, "match_token_budget": True},
-    "random_big_batch": {"selection": "random"},
-}
-OFFICIAL_ABLATIONS: dict[str, dict] = {
-    "adaspec_bottom": {"selection": "bottom"},
-    **{f"adaspec_k{k}": {"k": k} for k in (0.2, 0.6, 0.8, 1.0)},
-}
-# issue 13 part 3, every seed (--variants): acceptance-aligned rules at DistillSpec's optimizer steps. The LK
-# losses train every token at AdaSPEC's batch, so kd_big_batch is their control (only the loss differs); the
-# others are AdaSPEC with one change each (docs/variants.md)
-OFFICIAL_VARIANTS: dict[str, dict] = {
-    "lk": {"method": "kd", "k": 0.4, "match_token_budget": True, "divergence": "lk"},
-    "lk_kl": {"method": "kd", "k": 0.4, "match_token_budget": True, "divergence": "lk_kl"},
-    "adaspec_tvd": {"delta_divergence": "tvd"},
-    "adaspec_soft": {"selection": "soft"},
-    "adaspec_ksched": {"k_schedule": "linear"},
-}
-
-
-# --heads: heads trained on the frozen target (shared by the seeds) after each seed's drafts, in this order.
-# "ref": the KD head an AdaSPEC head selects against (the drafts' DistillSpec reference, for heads);
-# "first_seed": trained once
-HEADS: dict[str, dict] = {
-    "eagle": {"kind": "eagle", "label": "EAGLE-3 head, KD"},
-    "eagle_adaspec": {"kind": "eagle", "ref": "eagle", "label": "EAGLE-3 head, AdaSPEC"},
-    "eagle1": {"kind": "eagle", "variant": "eagle1", "first_seed": True, "label": "EAGLE-1 head, KD"},
-    "mtp": {"kind": "mtp", "label": "MTP modules, KD"},
-    "mtp_adaspec": {"kind": "mtp", "ref": "mtp", "label": "MTP modules, AdaSPEC"},
-    "medusa": {"kind": "medusa", "label": "Medusa heads, KD"},
-}
-HEAD_KINDS = ("eagle", "mtp", "medusa")
 
 
 @dataclass(kw_only=True)
@@ -494,21 +363,26 @@ class Pipeline:
         return out
 
     def speed_benchmark(self, target_dir: Path, drafts: dict[str, dict[int, Path]]) -> dict | None:
-        """The decode benchmark (adaspec.evaluation.speed, in a fresh process) on the first seed's drafts:
-        target alone, ours, HF assisted generation."""
+        """The decode benchmark (adaspec.evaluation.speed) on the first seed's drafts: target alone, ours, HF
+        assisted generation; an error after writing it if an output differed from the target alone's."""
         if not self.opts.speed_benchmark:
             return None
+        from adaspec.evaluation.speed import decode_benchmark, differing, format_report
         seed = self.seeds[0]
         out: dict[str, dict] = {}
         for name in ("distillspec", "adaspec"):
             path = self.root / f"seed{seed}" / f"speed_{name}.json"
             if not path.exists() or not self._within_training_length(json.loads(path.read_text())):
                 _log(f"speed benchmark: {name}")
-                cmd = [sys.executable, "-m", "adaspec.evaluation.speed", "--target", str(target_dir), "--draft", str(drafts[name][seed]),
-                       "--prompts-task", self.opts.task, "--n-prompts", str(min(self.p.eval_prompts, 10)),
-                       "--max-new-tokens", str(self.p.eval_max_new_tokens), "--gamma", str(self.p.gamma),
-                       "--context", str(self.p.max_length), "--repeats", "3", "--out", str(path)]
-                subprocess.run(cmd, check=True)
+                report = decode_benchmark(str(target_dir), str(drafts[name][seed]), prompts_task=self.opts.task,
+                                          n_prompts=min(self.p.eval_prompts, 10),
+                                          max_new_tokens=self.p.eval_max_new_tokens, gamma=self.p.gamma,
+                                          context=self.p.max_length, repeats=3)
+                print(format_report(report), flush=True)
+                atomic_write_json(path, report, indent=2)
+                if bad := differing(report):
+                    raise AdaspecError(f"speed benchmark of {name}: {', '.join(bad)} decoded differently from the "
+                                       f"target alone (see {path})")
             out[name] = json.loads(path.read_text())
         return out
 

@@ -385,7 +385,7 @@ def render_official(block: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# the acceptance-aligned variants (issue 13 part 3, `reproduce --variants`, docs/variants.md)
+# the acceptance-aligned variants (`reproduce --variants`, docs/variants.md)
 VARIANT_LABELS = {"lk": "LK: -log α, every token at AdaSPEC's batch",
                   "lk_kl": "LK-KL: λ·KL + (1 - λ)·TVD, every token at AdaSPEC's batch",
                   "adaspec_tvd": "AdaSPEC, Δ in TVD", "adaspec_soft": "AdaSPEC, soft selection by Δ's rank",
