@@ -100,7 +100,8 @@ class TreeSteps:
     """The engine's tree steps: one tree per step, of a fixed shape or chosen by a TreeController."""
 
     def __init__(self, drafter: TreeDrafter, tree: TreeSpec | TreeController, depth: int, costs: TreeCosts | None):
-        self.drafter, self.tree, self.gamma, self.costs = drafter, tree, depth, costs
+        self.drafter, self.tree, self.costs = drafter, tree, costs
+        self.gamma = depth  # the deepest tree asked for
         self.controller = tree if isinstance(tree, TreeController) else None
 
     def prefill(self, engine: Engine, hidden: torch.Tensor | None) -> None:
