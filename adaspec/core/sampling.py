@@ -1,8 +1,10 @@
-"""Sampling helpers shared by every decode loop: temperature/top-p distributions and exact draws."""
+"""Sampling shared by every decode loop: temperature/top-p distributions, exact draws, and `Sampling`, the
+settings a decode call carries to its steps and drafter."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -55,3 +57,29 @@ def make_generator(generator: torch.Generator | None, seed: int | None, device: 
     if seed is not None:
         return torch.Generator(device=device).manual_seed(seed)
     return generator
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a decode call picks tokens, built once per call and handed to its steps and drafter: temperature 0
+    is greedy; otherwise tokens are drawn from the temperature / top-p distribution with `generator` (None:
+    torch's global RNG)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.top_p)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits_to_probs` at this temperature and top-p."""
+        return logits_to_probs(logits, self.temperature, self.top_p)
+
+    def draw(self, probs: torch.Tensor) -> torch.Tensor:
+        """`sample` with this generator."""
+        return sample(probs, self.generator)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adaspec.core.sampling import logits_to_probs
+from adaspec.core.sampling import Sampling, logits_to_probs
 from adaspec.core.tree import Expand, Tree
 
 
-def top_children(logits: Tensor, k: int, temperature: float, top_p: float) -> tuple[Tensor, Tensor]:
+def top_children(logits: Tensor, k: int, sampling: Sampling) -> tuple[Tensor, Tensor]:
     """(ids [F, k], log-probs [F, k]) of the k most probable tokens of each row of logits [F, V]."""
-    k = min(k, logits.shape[-1])
+    k, temperature, top_p = min(k, logits.shape[-1]), sampling.temperature, sampling.top_p
     if top_p >= 1.0 and temperature in (0.0, 1.0):  # the plain softmax: one log_softmax, no probabilities
         values, ids = torch.log_softmax(logits.float(), -1).topk(k, dim=-1)
         return ids, values
@@ -86,7 +86,7 @@ def _token_paths(tree: Tree) -> list[tuple[int, ...]]:
     return out
 
 
-def per_depth_expand(logits: list[Tensor], temperature: float, top_p: float) -> Expand:
+def per_depth_expand(logits: list[Tensor], sampling: Sampling) -> Expand:
     """Expand that gives every node at depth d-1 the top-k of logits[d-1] [V] as its children."""
     cache: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
 
@@ -94,7 +94,7 @@ def per_depth_expand(logits: list[Tensor], temperature: float, top_p: float) -> 
         first = int(nodes[0])
         d = 0 if first < 0 else int(tree.depths[first])
         if (d, k) not in cache:
-            cache[(d, k)] = top_children(logits[d][None], k, temperature, top_p)
+            cache[(d, k)] = top_children(logits[d][None], k, sampling)
         ids, logp = cache[(d, k)]
         return ids.expand(nodes.shape[0], -1), logp.expand(nodes.shape[0], -1)
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
+    from adaspec.core.sampling import Sampling
     from adaspec.core.tree import Tree
     from adaspec.core.tree_shape import TreeShape
 
@@ -34,10 +34,9 @@ class Drafter(Protocol):
         """Start a sequence: `prompt` [n]; `hidden` the target's features of prompt[:n-1], [layers, n-1, H]
         (None when no layers were asked for or n == 1)."""
 
-    def propose(self, seq: Tensor, n: int, gamma: int, temperature: float, top_p: float,
-                generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
-        """Up to γ proposals continuing seq[:n], as target token ids [g] (g <= γ), and, when temperature > 0,
-        the distributions they were sampled from [g, V] (zero outside a reduced draft vocabulary)."""
+    def propose(self, seq: Tensor, n: int, gamma: int, sampling: "Sampling") -> tuple[Tensor, Tensor | None]:
+        """Up to γ proposals continuing seq[:n], as target token ids [g] (g <= γ), and, unless sampling is
+        greedy, the distributions they were sampled from [g, V] (zero outside a reduced draft vocabulary)."""
 
     def accept(self, n: int, hidden: Tensor | None) -> None:
         """The engine kept seq[:n]; roll state back to a prefix of it. `hidden`: the target's features of the
@@ -47,8 +46,8 @@ class Drafter(Protocol):
 
 @runtime_checkable
 class TreeDrafter(Drafter, Protocol):
-    def propose_tree(self, seq: Tensor, n: int, shape: "TreeShape", temperature: float, top_p: float,
-                     generator: torch.Generator | None) -> tuple["Tree", Tensor | None]:
+    def propose_tree(self, seq: Tensor, n: int, shape: "TreeShape", sampling: "Sampling"
+                     ) -> tuple["Tree", Tensor | None]:
         """A tree below seq[n-1] of the given shape (its depth <= max_gamma) in target ids, and the
         distributions its nodes were sampled from [N, V], or None when its children are the drafter's
         top-k (deterministic candidates; adaspec.core.tree_verify)."""

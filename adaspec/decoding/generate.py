@@ -6,9 +6,9 @@ acceptance rule (adaspec.core.verify) keeps a prefix and the target's cache is c
 accepted length, so the accepted prefix is never recomputed. Output has exactly the target's
 distribution (greedy: exactly the target's greedy output).
 
-Cache invariant between steps, with `seq[:n]` the accepted tokens: the target cache holds `seq[:n-1]`
-(the last token is fed with the next proposals, so verification needs no extra forward); each drafter
-keeps its own state over a prefix of seq[:n] (adaspec.drafters).
+The loop around the steps (set-up, stopping, stats, and the cache invariant between steps) is
+adaspec.decoding.engine's, shared with token trees (adaspec.decoding.tree_generate): `ChainSteps` is the
+chain's step kind.
 
 Random draws per sampling step, in this order (a no-cache reference can replay them): the drafter's γ
 samples, `torch.rand(γ)` for the acceptance tests, one sample of the correction/bonus token. `sample`
@@ -19,109 +19,54 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adaspec.core.sampling import check_sampling, logits_to_probs, make_generator, sample
-from adaspec.models.lean import LeanLM, cached_lm
-from adaspec.models.target import CachedLM, Clock, context_length
+from adaspec.core.metrics import SpecStats, optimal_gamma
+from adaspec.core.sampling import Sampling
 from adaspec.core.verify import greedy_accepted, verify_chain
 from adaspec.decoding.drafter import Drafter
-from adaspec.decoding.lm import DRAFT_CONFIDENCE, LMDrafter
+from adaspec.decoding.engine import Engine, OnTokens, Step, as_drafter, kept_features, sampling_for
 from adaspec.errors import AdaspecError
-from adaspec.core.metrics import SpecStats, optimal_gamma
-from adaspec.models import check_vocab_compatible, output_vocab_size
-
-OnTokens = Callable[[list[int]], None]
+from adaspec.models.lean import LeanLM
+from adaspec.models.target import CachedLM, Clock
 
 
 @dataclass
-class Step:
-    tokens: torch.Tensor  # [accepted + 1] on the device: the accepted proposals, then the correction/bonus token
-    values: list[int]  # the same on the host
+class ChainStep(Step):
     drafted: int
-    hidden: torch.Tensor | None  # the target's features of the drafted + 1 fed positions (None without layers)
-    draft_s: float
-    target_s: float
     verify_s: float  # the acceptance rule and the step's one host sync
-
-    @property
-    def accepted(self) -> int:
-        return len(self.values) - 1
 
 
 def speculative_decode(target: CachedLM | LeanLM, drafter: Drafter, seq: torch.Tensor, n: int, gamma: int,
-                       temperature: float, top_p: float, generator: torch.Generator | None,
-                       clock: Clock) -> Step:
+                       sampling: Sampling, clock: Clock) -> ChainStep:
     """Propose up to `gamma` tokens after seq[:n] and verify them in one target forward (no rollback here)."""
     t0 = clock()
-    proposals, draft_probs = drafter.propose(seq, n, gamma, temperature, top_p, generator)
+    proposals, draft_probs = drafter.propose(seq, n, gamma, sampling)
     proposals = proposals.to(target.device)
     g = proposals.shape[0]
     t1 = clock()
     # Row i of the target's logits is its prediction for proposal i (row g: the position after the last).
     logits, hidden = target.forward(torch.cat([seq[n - 1:n], proposals]), keep=g + 1)
     t2 = clock()
-    if temperature == 0:
+    if sampling.greedy:
         # greedy needs no distributions: the target's argmax rows, read with the proposals in one sync
         best = logits.argmax(-1)
         host = torch.cat([proposals, best]).tolist()
         k = greedy_accepted(host[:g], host[g:])
         tokens, values = torch.cat([proposals[:k], best[k:k + 1]]), host[:k] + [host[g + k]]
     else:
-        p = logits_to_probs(logits, temperature, top_p)
-        u = torch.rand(g, generator=generator, device=p.device)
+        p = sampling.probs(logits)
+        u = torch.rand(g, generator=sampling.generator, device=p.device)
         q = draft_probs.to(p.device) if draft_probs is not None else p.new_zeros(0, p.shape[-1])
         accepted, next_probs = verify_chain(p, proposals, q, u)
-        token = sample(next_probs, generator)
+        token = sampling.draw(next_probs)
         host = torch.cat([proposals, token, accepted.view(1)]).tolist()
         k = host[-1]
         tokens, values = torch.cat([proposals[:k], token]), host[:k] + [host[g]]
-    return Step(tokens, values, g, hidden, t1 - t0, t2 - t1, clock() - t2)
-
-
-# ---- generation loops ----
-
-def _prompt(input_ids: torch.Tensor | Iterable[int], max_new_tokens: int,
-            models: dict[str, PreTrainedModel]) -> torch.Tensor:
-    """The prompt as a 1-D long tensor, after checking batch size, emptiness and context length."""
-    ids = input_ids if isinstance(input_ids, torch.Tensor) else torch.tensor(list(input_ids))
-    if ids.dim() == 2:
-        if ids.shape[0] != 1:
-            raise AdaspecError(f"batch size {ids.shape[0]} is not supported: pass one prompt of shape [1, n]")
-        ids = ids[0]
-    if ids.dim() != 1:
-        raise AdaspecError(f"input_ids must have shape [1, n], got {tuple(ids.shape)}")
-    if ids.numel() == 0:
-        raise AdaspecError("empty prompt: input_ids needs at least one token (e.g. BOS)")
-    if ids.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
-        raise AdaspecError(f"input_ids must be integer token ids, got {ids.dtype}")
-    if max_new_tokens < 0:
-        raise AdaspecError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    for name, model in models.items():
-        ctx = context_length(model)
-        if ctx is not None and ids.numel() + max_new_tokens > ctx:
-            raise AdaspecError(f"prompt ({ids.numel()} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                               f"{name} model's context of {ctx} positions")
-    return ids.long()
-
-
-def _eos_set(eos_token_id: int | Iterable[int] | None) -> frozenset[int]:
-    if eos_token_id is None:
-        return frozenset()
-    if isinstance(eos_token_id, int):
-        return frozenset([eos_token_id])
-    return frozenset(int(t) for t in eos_token_id)
-
-
-def _truncate(values: list[int], eos: frozenset[int]) -> tuple[list[int], bool]:
-    """Tokens up to and including the first EOS, and whether one was found."""
-    for i, tok in enumerate(values):
-        if tok in eos:
-            return values[: i + 1], True
-    return values, False
+    return ChainStep(tokens, values, hidden, t1 - t0, t2 - t1, g, clock() - t2)
 
 
 class AdaptiveGamma:
@@ -143,21 +88,31 @@ class AdaptiveGamma:
             self.gamma = optimal_gamma(self.accepted / self.judged, stats.c, self.gamma_max)
 
 
-def _as_drafter(draft: PreTrainedModel | Drafter, target: PreTrainedModel,
-                tokenizer: PreTrainedTokenizerBase | None, vocab: int, lean: bool | None,
-                confidence: float | None) -> tuple[Drafter, dict[str, PreTrainedModel]]:
-    """A drafter for `draft` and the models whose context bounds the prompt."""
-    if isinstance(draft, PreTrainedModel):
-        check_vocab_compatible(target, draft, tokenizer, tokenizer, quiet=tokenizer is None)
-        drafter = LMDrafter(draft, vocab, lean, confidence=DRAFT_CONFIDENCE if confidence is None else confidence)
-        return drafter, {"target": target, "draft": draft}
-    if not isinstance(draft, Drafter):
-        raise AdaspecError(f"draft must be a causal LM or a Drafter, got {type(draft).__name__}")
-    return draft, {"target": target}
+class ChainSteps:
+    """The engine's chain steps: γ proposals per step (fixed, or chosen by AdaptiveGamma), `speculative_decode`."""
 
+    def __init__(self, drafter: Drafter, gamma: int, controller: AdaptiveGamma | None):
+        self.drafter, self.controller = drafter, controller
+        self.gamma = controller.gamma_max if controller else gamma  # proposals per step, at most
 
-def _hidden_slice(hidden: torch.Tensor | None, m: int) -> torch.Tensor | None:
-    return None if hidden is None else hidden[:, :m]
+    def prefill(self, engine: Engine, hidden: torch.Tensor | None) -> None:
+        self.drafter.prefill(engine.seq[:engine.n], hidden)
+
+    def step(self, engine: Engine, n: int) -> ChainStep:
+        g = min(self.controller.gamma if self.controller else self.gamma, engine.total - n)
+        return speculative_decode(engine.tgt, self.drafter, engine.seq, n, g, engine.sampling, engine.clock)
+
+    def record(self, step: ChainStep, emitted: int, stats: SpecStats) -> None:
+        stats.record_step(step.drafted, step.accepted, emitted)
+        stats.verify_time_s += step.verify_s
+        if self.controller:
+            self.controller.update(step.drafted, step.accepted, stats)
+
+    def accept(self, engine: Engine, step: ChainStep, n: int, emitted: int) -> None:
+        # The target keeps seq[:n-1]; its features of the kept positions (the fed last token and the accepted
+        # proposals, at most `emitted` of them) go to the drafter.
+        engine.tgt.crop(n - 1)
+        self.drafter.accept(n, kept_features(step.hidden, min(step.accepted + 1, emitted)))
 
 
 @torch.inference_mode()
@@ -190,54 +145,14 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Draft
     gamma_max = max(gamma, 8) if gamma_max is None else gamma_max
     if adaptive_gamma and gamma_max < gamma:
         raise AdaspecError(f"gamma_max ({gamma_max}) must be >= gamma ({gamma})")
-    check_sampling(temperature, top_p)
-    vocab = output_vocab_size(target)
-    drafter, bounded = _as_drafter(draft, target, tokenizer, vocab, lean, draft_confidence)
-    limit = drafter.max_gamma
-    if limit is not None and max(gamma, gamma_max if adaptive_gamma else 0) > limit:
-        raise AdaspecError(f"this drafter proposes at most {limit} tokens per step; got gamma "
-                           f"{max(gamma, gamma_max if adaptive_gamma else 0)}")
-    prompt = _prompt(input_ids, max_new_tokens, bounded)
-    tgt = cached_lm(target, vocab, "target", drafter.hidden_layers, lean=lean)
-    generator = make_generator(generator, seed, tgt.device)
-    eos, clock = _eos_set(eos_token_id), Clock(tgt.device)
-    stats = SpecStats(gamma=gamma_max if adaptive_gamma else gamma, sequences=1)
-    controller = AdaptiveGamma(gamma, gamma_max) if adaptive_gamma else None
-
-    n, total = prompt.numel(), prompt.numel() + max_new_tokens
-    seq = torch.empty(total, dtype=torch.long, device=tgt.device)
-    seq[:n] = prompt.to(tgt.device)
-    t0 = clock()
-    # the target caches the prompt but its last token, which the first step feeds
-    hidden = tgt.forward(seq[: n - 1])[1] if n > 1 else None
-    drafter.prefill(seq[:n], hidden)
-    t1 = clock()
-    stats.prefill_time_s = t1 - t0
-    while n < total:
-        g = min(controller.gamma if controller else gamma, total - n)
-        step = speculative_decode(tgt, drafter, seq, n, g, temperature, top_p, generator, clock)
-        g, k = step.drafted, step.accepted
-        # The last step keeps only the tokens still wanted (all g accepted: the bonus token is dropped).
-        new, stop = _truncate(step.values[: total - n], eos)
-        m = len(new)
-        seq[n:n + m] = step.tokens[:m]
-        stats.record_step(g, k, m)
-        stats.draft_time_s += step.draft_s
-        stats.target_time_s += step.target_s
-        stats.verify_time_s += step.verify_s
-        if controller:
-            controller.update(g, k, stats)
-        n += m
-        if on_tokens is not None:
-            on_tokens(new)
-        if stop:
-            break
-        # Roll back to the accepted length: the target keeps seq[:n-1]; its features of the kept positions
-        # (the fed last token and the accepted proposals, at most m of them) go to the drafter.
-        tgt.crop(n - 1)
-        drafter.accept(n, _hidden_slice(step.hidden, min(k + 1, m)))
-    stats.decode_time_s = clock() - t1
-    return seq[:n].unsqueeze(0), stats
+    sampling = sampling_for(target, temperature, top_p, generator, seed)
+    drafter, bounded = as_drafter(draft, target, tokenizer, lean, draft_confidence)
+    limit, most = drafter.max_gamma, max(gamma, gamma_max if adaptive_gamma else 0)
+    if limit is not None and most > limit:
+        raise AdaspecError(f"this drafter proposes at most {limit} tokens per step; got gamma {most}")
+    engine = Engine(target, input_ids, max_new_tokens, sampling, models=bounded, layers=drafter.hidden_layers,
+                    lean=lean, eos_token_id=eos_token_id, on_tokens=on_tokens)
+    return engine.speculate(ChainSteps(drafter, gamma, AdaptiveGamma(gamma, gamma_max) if adaptive_gamma else None))
 
 
 @torch.inference_mode()
@@ -249,25 +164,19 @@ def target_only_generate(target: PreTrainedModel, input_ids: torch.Tensor, max_n
     """Plain KV-cached autoregressive decoding with the same structure, clock and decode path (`lean` as in
     speculative_generate) as speculative_generate: the baseline of benchmarks, one target forward per
     token; stats count steps and forwards."""
-    check_sampling(temperature, top_p)
-    prompt = _prompt(input_ids, max_new_tokens, {"target": target})
-    tgt = cached_lm(target, output_vocab_size(target), "target", lean=lean)
-    generator = make_generator(generator, seed, tgt.device)
-    eos, clock = _eos_set(eos_token_id), Clock(tgt.device)
+    sampling = sampling_for(target, temperature, top_p, generator, seed)
+    engine = Engine(target, input_ids, max_new_tokens, sampling, models={"target": target}, lean=lean,
+                    eos_token_id=eos_token_id, on_tokens=on_tokens)
+    tgt, seq, n, total, clock, stats = engine.tgt, engine.seq, engine.n, engine.total, engine.clock, engine.stats
+    eos, greedy = engine.eos, sampling.greedy
     sync_each_token = bool(eos) or on_tokens is not None
-    stats = SpecStats(sequences=1)
-    n, total = prompt.numel(), prompt.numel() + max_new_tokens
-    seq = torch.empty(total, dtype=torch.long, device=tgt.device)
-    seq[:n] = prompt.to(tgt.device)
     t0 = clock()
-    if n > 1:
-        tgt.forward(seq[: n - 1])
+    engine.prefill()
     t1 = clock()
     stats.prefill_time_s = t1 - t0
     while n < total:
         logits = tgt.forward(seq[n - 1:n])[0][0]
-        token = logits.argmax(-1, keepdim=True) if temperature == 0 else sample(
-            logits_to_probs(logits, temperature, top_p), generator)
+        token = logits.argmax(-1, keepdim=True) if greedy else sampling.draw(sampling.probs(logits))
         seq[n:n + 1] = token
         n += 1
         stats.record_step(0, 0, 1)

@@ -8,7 +8,7 @@ from transformers import PreTrainedModel
 
 from adaspec.models.lean import cached_lm
 from adaspec.models.lean_draft import DraftLeanLM
-from adaspec.core.sampling import logits_to_probs, sample
+from adaspec.core.sampling import Sampling
 from adaspec.core.tree import Tree
 from adaspec.core.tree_shape import TreeShape
 from adaspec.core.tree_drafting import TreeRows, top_children
@@ -73,21 +73,20 @@ class LMDrafter:
         if prompt.numel() > 1:  # the prompt's last token is fed by the first proposal step
             self.lm.forward(prompt[:-1])
 
-    def propose(self, seq: Tensor, n: int, gamma: int, temperature: float, top_p: float,
-                generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+    def propose(self, seq: Tensor, n: int, gamma: int, sampling: Sampling) -> tuple[Tensor, Tensor | None]:
         feed = seq[self.lm.seen:n]
         proposals, draft_probs = [], []
         for i in range(gamma):
             logits = self.lm.forward(feed)[0]  # [1, V]
             check = self.confidence > 0 and i < gamma - 1  # the last proposal ends the chain anyway
-            if temperature == 0:
+            if sampling.greedy:
                 if check:  # the top probability and its token in two ops
                     conf, feed = torch.softmax(logits, -1).max(-1)
                 else:
                     feed = logits.argmax(-1)
             else:
-                q = logits_to_probs(logits[0], temperature, top_p)
-                feed = sample(q, generator)
+                q = sampling.probs(logits[0])
+                feed = sampling.draw(q)
                 draft_probs.append(q)
                 if check:
                     conf = q[feed]
@@ -99,8 +98,7 @@ class LMDrafter:
     def accept(self, n: int, hidden: Tensor | None) -> None:
         self.lm.crop(n - 1)
 
-    def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, temperature: float, top_p: float,
-                     generator: torch.Generator | None) -> tuple[Tree, None]:
+    def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, sampling: Sampling) -> tuple[Tree, None]:
         lm, base = self.lm, n - 1
         rows = TreeRows(prefix=n)
 
@@ -114,7 +112,7 @@ class LMDrafter:
                 visible = rows.visibility(tree, ids, lm.seen)
                 logits = lm.forward(tree.tokens[nodes], keep=len(ids), positions=tree.depths[nodes] + base,
                                     tree_mask=visible)[0]
-            return top_children(logits, k, temperature, top_p)
+            return top_children(logits, k, sampling)
 
         tree = shape.build(expand)
         if self.keep_tree_rows:

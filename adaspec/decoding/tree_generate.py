@@ -1,6 +1,7 @@
-"""Speculative decoding with token trees, for every drafter, on the same decode path as the chain engine.
+"""Speculative decoding with token trees, for every drafter, in the same engine and on the same decode path
+as chains.
 
-One step, with seq[:n] accepted and the target cache holding seq[:n-1] (the chain engine's invariant):
+One step, with seq[:n] accepted and the target cache holding seq[:n-1] (the engine's invariant):
 the drafter hangs a tree below seq[n-1] (`TreeDrafter.propose_tree`, in the shape asked for); the target
 runs ONE forward over [seq[n-1], nodes] with the tree mask and position ids n-1+depth; `verify_tree` picks
 the accepted root-to-node path and the distribution of the next token; the target's cache keeps
@@ -8,9 +9,11 @@ seq[:n-1] + seq[n-1] + the path (`keep_path`: rows moved, nothing recomputed), w
 seq[:n'-1] (n' = n + k + 1), so the invariant holds again; the drafter gets the path and the target's
 features of the kept positions (`accept_tree`).
 
-The target runs through `cached_lm` as in the chain engine: the lean path (adaspec.models.lean) where
-the family supports it, else the transformers path with a 4-D mask (adaspec.models.tree_target, which
-refuses families that cannot take one), so tree and chain timings compare like with like.
+The loop around the steps (set-up, stopping, stats) is adaspec.decoding.engine's, shared with chains:
+`TreeSteps` is the tree's step kind. The target runs through `cached_lm` as for chains: the lean path
+(adaspec.models.lean) where the family supports it, else the transformers path with a 4-D mask
+(adaspec.models.tree_target, which refuses families that cannot take one), so tree and chain timings
+compare like with like.
 
 Sampling: children chosen as the drafter's top-k (every drafter here) are deterministic candidates, and
 the verification rule for those is lossless at any temperature / top-p (adaspec.core.tree_verify).
@@ -30,19 +33,17 @@ from typing import Iterable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adaspec.decoding.generate import OnTokens, _as_drafter, _eos_set, _hidden_slice, _prompt, _truncate
-from adaspec.models.lean import LeanLM, cached_lm
-from adaspec.core.sampling import check_sampling, logits_to_probs, make_generator, sample
-from adaspec.models.target import CachedLM, Clock
+from adaspec.core.metrics import SpecStats
 from adaspec.core.tree import Tree
 from adaspec.core.tree_policy import TreeController, interpolate_costs
 from adaspec.core.tree_shape import CPU_DEFAULT, AdaptiveTree, TreeShape, TreeSpec
-from adaspec.models.tree_target import check_tree_attention
 from adaspec.core.tree_verify import verify_tree
 from adaspec.decoding.drafter import Drafter, TreeDrafter
+from adaspec.decoding.engine import Engine, OnTokens, Step, as_drafter, kept_features, sampling_for
 from adaspec.errors import AdaspecError
-from adaspec.core.metrics import SpecStats
-from adaspec.models import output_vocab_size
+from adaspec.models.lean import LeanLM
+from adaspec.models.target import CachedLM, Clock
+from adaspec.models.tree_target import check_tree_attention
 
 COST_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # tokens per verification measured
 
@@ -86,6 +87,80 @@ def _tree_drafter(drafter: Drafter) -> TreeDrafter:
     return drafter
 
 
+@dataclass
+class TreeStep(Step):
+    nodes: Tree
+    path: torch.Tensor  # the accepted nodes, root-to-node order
+    path_list: list[int]  # the same on the host
+    forwards: int  # drafter forwards
+    verified_at: float  # clock time after the target forward
+
+
+class TreeSteps:
+    """The engine's tree steps: one tree per step, of a fixed shape or chosen by a TreeController."""
+
+    def __init__(self, drafter: TreeDrafter, tree: TreeSpec | TreeController, depth: int, costs: TreeCosts | None):
+        self.drafter, self.tree, self.costs = drafter, tree, costs
+        self.gamma = depth  # the deepest tree asked for
+        self.controller = tree if isinstance(tree, TreeController) else None
+
+    def prefill(self, engine: Engine, hidden: torch.Tensor | None) -> None:
+        self.drafter.prefill(engine.seq[:engine.n], hidden)  # the first tree's root is the prompt's last token
+        if isinstance(self.tree, AdaptiveTree):  # costs measured after the prompt, in the prefill time
+            tree = self.tree
+            sizes = [t for t in COST_SIZES if t <= tree.max_nodes] + [tree.max_nodes + 1]
+            costs = self.costs or measure_verify_costs(engine.tgt, engine.seq[engine.n - 1], sizes)
+            self.controller = TreeController(tree, interpolate_costs(costs.verify, tree.max_nodes), costs.target_1_s,
+                                             max_depth=self.drafter.max_gamma)
+
+    def step(self, engine: Engine, n: int) -> TreeStep:
+        """Hang a tree below seq[n-1] (none: the target alone takes the step) and verify it in one forward."""
+        tgt, seq, sampling, clock = engine.tgt, engine.seq, engine.sampling, engine.clock
+        s0 = clock()
+        shape = self.controller.shape() if self.controller else self.tree
+        shape = shape.clipped(engine.total - n) if shape is not None else None
+        if shape is None:
+            nodes, rows = Tree(*(seq.new_zeros(0) for _ in range(3))), None
+        else:
+            nodes, rows = self.drafter.propose_tree(seq, n, shape, sampling)
+        s1 = clock()
+        size = nodes.size
+        fed = torch.cat([seq[n - 1:n], nodes.tokens.to(seq.device)])
+        if nodes.is_chain:  # causal attention is its tree attention: the chain's own forward
+            logits, hidden = tgt.forward(fed, keep=size + 1)
+        else:
+            logits, hidden = tgt.forward(fed, keep=size + 1, positions=nodes.position_ids(n - 1),
+                                         tree_mask=nodes.attention_mask())
+        s2 = clock()
+        # greedy: verify_tree and the next token need only the argmax, which the logits have already
+        probs = logits if sampling.greedy else sampling.probs(logits)
+        uniforms = None if sampling.greedy else torch.rand(size, generator=sampling.generator, device=probs.device)
+        path, nxt = verify_tree(probs, nodes, None if rows is None else rows.to(probs.device), uniforms)
+        token = nxt.argmax(-1, keepdim=True) if sampling.greedy else sampling.draw(nxt)
+        values = nodes.tokens[path].tolist() + token.tolist()
+        forwards = shape.depth if shape is not None and size else 0
+        return TreeStep(torch.tensor(values, dtype=torch.long, device=seq.device), values, hidden, s1 - s0, s2 - s1,
+                        nodes, path, path.tolist(), forwards, s2)
+
+    def record(self, step: TreeStep, emitted: int, stats: SpecStats) -> None:
+        depths, parents = step.nodes.depths.tolist(), step.nodes.parents.tolist()
+        depth_nodes = [0] * (max(depths) if depths else 0)
+        for d in depths:
+            depth_nodes[d - 1] += 1
+        rejected = (step.path_list[-1] if step.path_list else -1) in parents  # the last accepted node had children
+        stats.record_tree_step(depth_nodes, step.accepted, emitted, rejected, step.forwards)
+
+    def accept(self, engine: Engine, step: TreeStep, n: int, emitted: int) -> None:
+        # The target's cache keeps the step's start, the root and the path (rows moved, nothing recomputed):
+        # seq[:n-1] again; the drafter gets the target's features of the kept positions.
+        kept = [0] + [i + 1 for i in step.path_list]
+        engine.tgt.keep_path(n - emitted - 1, kept)
+        hidden = None if step.hidden is None else step.hidden[:, kept]
+        self.drafter.accept_tree(n, step.path, kept_features(hidden, min(step.accepted + 1, emitted)))
+        if self.controller:
+            self.controller.update(step.nodes, step.path_list, step.draft_s, engine.clock() - step.verified_at)
+
+
 @torch.inference_mode()
 def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Drafter, input_ids: torch.Tensor,
                               max_new_tokens: int = 128, tree: TreeSpec | TreeController = CPU_DEFAULT,
@@ -106,11 +181,10 @@ def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | 
     distribution exactly. `tokenizer`, `on_tokens`, `lean` as for speculative_generate. Stats count one
     step per tree (SpecStats.record_tree_step).
     """
-    check_sampling(temperature, top_p)
+    sampling = sampling_for(target, temperature, top_p, generator, seed)
     if not isinstance(tree, (TreeShape, AdaptiveTree, TreeController)):
         raise AdaspecError(f"tree must be a TreeShape, an AdaptiveTree or a TreeController, got {type(tree).__name__}")
-    vocab = output_vocab_size(target)
-    drafter, bounded = _as_drafter(draft, target, tokenizer, vocab, lean, None)
+    drafter, bounded = as_drafter(draft, target, tokenizer, lean, None)
     drafter = _tree_drafter(drafter)
     limit = drafter.max_gamma
     if isinstance(tree, TreeShape):
@@ -123,74 +197,8 @@ def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | 
             raise AdaspecError(f"this drafter drafts at most {limit} tokens deep; the controller plans {asked}")
     else:
         asked = tree.max_depth if limit is None else min(tree.max_depth, limit)
-    prompt = _prompt(input_ids, max_new_tokens, bounded)
-    tgt = cached_lm(target, vocab, "target", drafter.hidden_layers, lean=lean)
-    if isinstance(tgt, CachedLM):
+    engine = Engine(target, input_ids, max_new_tokens, sampling, models=bounded, layers=drafter.hidden_layers,
+                    lean=lean, eos_token_id=eos_token_id, on_tokens=on_tokens)
+    if isinstance(engine.tgt, CachedLM):
         check_tree_attention(target)
-    generator = make_generator(generator, seed, tgt.device)
-    eos, clock = _eos_set(eos_token_id), Clock(tgt.device)
-    stats = SpecStats(gamma=asked, sequences=1)
-
-    n, total = prompt.numel(), prompt.numel() + max_new_tokens
-    seq = torch.empty(total, dtype=torch.long, device=tgt.device)
-    seq[:n] = prompt.to(tgt.device)
-    t0 = clock()
-    hidden = tgt.forward(seq[: n - 1])[1] if n > 1 else None  # the first tree's root is the prompt's last token
-    drafter.prefill(seq[:n], hidden)
-    controller = tree if isinstance(tree, TreeController) else None
-    if isinstance(tree, AdaptiveTree):
-        sizes = [t for t in COST_SIZES if t <= tree.max_nodes] + [tree.max_nodes + 1]
-        costs = costs or measure_verify_costs(tgt, seq[n - 1], sizes)
-        controller = TreeController(tree, interpolate_costs(costs.verify, tree.max_nodes), costs.target_1_s,
-                                    max_depth=limit)
-    t1 = clock()
-    stats.prefill_time_s = t1 - t0
-    while n < total:
-        s0 = clock()
-        shape = controller.shape() if controller else tree
-        shape = shape.clipped(total - n) if shape is not None else None
-        if shape is None:
-            nodes, rows = Tree(*(seq.new_zeros(0) for _ in range(3))), None
-        else:
-            nodes, rows = drafter.propose_tree(seq, n, shape, temperature, top_p, generator)
-        s1 = clock()
-        size = nodes.size
-        fed = torch.cat([seq[n - 1:n], nodes.tokens.to(seq.device)])
-        if nodes.is_chain:  # causal attention is its tree attention: the chain engine's own forward
-            logits, hidden = tgt.forward(fed, keep=size + 1)
-        else:
-            logits, hidden = tgt.forward(fed, keep=size + 1, positions=nodes.position_ids(n - 1),
-                                         tree_mask=nodes.attention_mask())
-        s2 = clock()
-        # greedy: verify_tree and the next token need only the argmax, which the logits have already
-        probs = logits if temperature == 0 else logits_to_probs(logits, temperature, top_p)
-        uniforms = None if temperature == 0 else torch.rand(size, generator=generator, device=probs.device)
-        path, nxt = verify_tree(probs, nodes, None if rows is None else rows.to(probs.device), uniforms)
-        token = nxt.argmax(-1, keepdim=True) if temperature == 0 else sample(nxt, generator)
-        path_list = path.tolist()
-        tgt.keep_path(n - 1, [0] + [i + 1 for i in path_list])
-        k = len(path_list)
-        values = nodes.tokens[path].tolist() + token.tolist()
-        new, stop = _truncate(values[: total - n], eos)
-        m = len(new)
-        seq[n:n + m] = torch.tensor(new, dtype=torch.long, device=seq.device)
-        depths, parents = nodes.depths.tolist(), nodes.parents.tolist()
-        depth_nodes = [0] * (max(depths) if depths else 0)
-        for d in depths:
-            depth_nodes[d - 1] += 1
-        rejected = (path_list[-1] if path_list else -1) in parents  # the last accepted node had children
-        forwards = shape.depth if shape is not None and size else 0
-        stats.record_tree_step(depth_nodes, k, m, rejected, forwards)
-        stats.draft_time_s += s1 - s0
-        stats.target_time_s += s2 - s1
-        n += m
-        if on_tokens is not None:
-            on_tokens(new)
-        if stop:
-            break
-        kept = None if hidden is None else hidden[:, [0] + [i + 1 for i in path_list]]
-        drafter.accept_tree(n, path, _hidden_slice(kept, min(k + 1, m)))
-        if controller:
-            controller.update(nodes, path_list, s1 - s0, clock() - s2)
-    stats.decode_time_s = clock() - t1
-    return seq[:n].unsqueeze(0), stats
+    return engine.speculate(TreeSteps(drafter, tree, asked, costs))

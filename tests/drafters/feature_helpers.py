@@ -10,6 +10,8 @@ from torch import Tensor, nn
 
 from adaspec.drafters.common import repeat_kv
 
+from adaspec.core.sampling import Sampling
+
 V = 64
 PRESETS = ["tiny-llama", "tiny-neox", "tiny-gpt2"]
 
@@ -33,7 +35,7 @@ def drive(drafter, target, prompt: list[int], steps: int, gamma: int, seed: int,
     drafter.prefill(torch.tensor(seq), h[None, : len(seq) - 1])
     for _ in range(steps):
         n = len(seq)
-        proposals, q = drafter.propose(torch.tensor(seq), n, gamma, temperature, top_p, gen)
+        proposals, q = drafter.propose(torch.tensor(seq), n, gamma, Sampling(temperature, top_p, gen))
         check(seq, proposals.tolist(), q)
         k = int(torch.randint(0, gamma + 1, (1,), generator=gen))
         seq = seq + proposals[:k].tolist() + [int(torch.randint(0, V, (1,), generator=gen))]

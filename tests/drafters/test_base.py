@@ -28,10 +28,10 @@ class RecordingDrafter:
     def prefill(self, prompt, hidden):
         self.features = hidden
 
-    def propose(self, seq, n, gamma, temperature, top_p, generator):
+    def propose(self, seq, n, gamma, sampling):
         self.check(seq, n - 1)
         x = torch.randint(VOCAB, (gamma,), generator=self.g)
-        if temperature == 0:
+        if sampling.greedy:
             return x, None
         return x, torch.full((gamma, VOCAB), 1.0 / VOCAB)
 

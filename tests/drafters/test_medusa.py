@@ -8,6 +8,7 @@ import torch
 from .feature_helpers import PRESETS, V, drive, final_hidden
 
 from adaspec import AdaspecError
+from adaspec.core.sampling import Sampling
 from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
 from adaspec.models import build_model
@@ -86,7 +87,7 @@ def test_gamma_above_heads_is_refused_and_one_token_prompt():
     drafter = MedusaDrafter(build_medusa(target, heads=2), target)
     assert drafter.max_gamma == 2
     drafter.prefill(torch.tensor([4]), None)
-    proposals, q = drafter.propose(torch.tensor([4]), 1, 2, 1.0, 1.0, None)
+    proposals, q = drafter.propose(torch.tensor([4]), 1, 2, Sampling(1.0))
     assert proposals.numel() == 0 and q.shape == (0, V)
     with pytest.raises(AdaspecError, match="at most 2 tokens per step; got gamma 3"):
-        drafter.propose(torch.tensor([4]), 1, 3, 0.0, 1.0, None)
+        drafter.propose(torch.tensor([4]), 1, 3, Sampling())

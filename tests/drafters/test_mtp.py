@@ -11,7 +11,7 @@ from adaspec import AdaspecError
 from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.mtp.model import MTPDrafter, build_mtp
 from adaspec.data import response_mask
-from adaspec.core.sampling import logits_to_probs
+from adaspec.core.sampling import Sampling, logits_to_probs
 from adaspec.distill.steps import place_by_predicted_token
 from adaspec.drafters.multi_token_loss import depth_token_losses, depth_weights
 from adaspec.models import build_model
@@ -110,7 +110,7 @@ def test_varying_gamma_and_lagging_modules(target):
     with torch.no_grad():
         for gamma in (1, 1, 3, 2, 1, 3, 3):
             n = len(seq)
-            proposals, q = drafter.propose(torch.tensor(seq), n, gamma, 1.0, 1.0, gen)
+            proposals, q = drafter.propose(torch.tensor(seq), n, gamma, Sampling(1.0, 1.0, gen))
             torch.testing.assert_close(q, reference_q(heads, target, seq, gamma, proposals.tolist()),
                                        atol=1e-5, rtol=1e-4)
             seq = seq + proposals[:1].tolist() + [int(torch.randint(0, V, (1,), generator=gen))]
@@ -123,14 +123,14 @@ def test_gamma_above_depth_is_refused():
     assert drafter.max_gamma == 2
     drafter.prefill(torch.tensor([1, 2]), final_hidden(target, [1, 2])[None, :1])
     with pytest.raises(AdaspecError, match="at most 2 tokens per step; got gamma 3"):
-        drafter.propose(torch.tensor([1, 2]), 2, 3, 0.0, 1.0, None)
+        drafter.propose(torch.tensor([1, 2]), 2, 3, Sampling())
 
 
 def test_one_token_prompt_proposes_nothing():
     target = build_model("tiny-llama", V, seed=1)
     drafter = MTPDrafter(build_mtp(target), target)
     drafter.prefill(torch.tensor([1]), None)
-    proposals, q = drafter.propose(torch.tensor([1]), 1, 2, 0.0, 1.0, None)
+    proposals, q = drafter.propose(torch.tensor([1]), 1, 2, Sampling())
     assert proposals.numel() == 0 and q is None
 
 

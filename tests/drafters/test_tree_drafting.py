@@ -11,6 +11,7 @@ import torch
 
 from adaspec import AdaspecError
 from adaspec.core.tree import Tree
+from adaspec.core.sampling import Sampling
 from adaspec.core.tree_shape import TreeShape
 from adaspec.drafters.eagle.model import EagleConfig, EagleHead
 from .feature_helpers import causal_attend
@@ -47,7 +48,7 @@ def _drive(drafter, target, shape: TreeShape, reference, steps: int = 6, seed: i
     for _ in range(steps):
         n = len(seq)
         with torch.no_grad():
-            tree, rows = drafter.propose_tree(torch.tensor(seq), n, shape, 0.0, 1.0, None)
+            tree, rows = drafter.propose_tree(torch.tensor(seq), n, shape, Sampling())
             expected = shape.build(reference(seq, state))
         assert rows is None
         assert tree.tokens.tolist() == expected.tokens.tolist(), (seq, tree.tokens, expected.tokens)
@@ -74,7 +75,7 @@ def _lm_reference(draft):
             paths = tree.ancestors()
             rows = [draft(input_ids=torch.tensor([seq + (tree.tokens[paths[i]].tolist() if i >= 0 else [])]))
                     .logits[0, -1] for i in nodes.tolist()]
-            return top_children(torch.stack(rows), k, 0.0, 1.0)
+            return top_children(torch.stack(rows), k, Sampling())
         return expand
     return reference
 
@@ -121,7 +122,7 @@ def _eagle_reference(head: EagleHead, target, keep: bool):
         def expand(nodes, tree, k):
             paths = tree.ancestors()
             rows = [outputs_along(seq, tree.tokens[paths[i]].tolist() if i >= 0 else [])[-1] for i in nodes.tolist()]
-            ids, logp = top_children(head.logits(torch.stack(rows)), k, 0.0, 1.0)
+            ids, logp = top_children(head.logits(torch.stack(rows)), k, Sampling())
             return head.draft_to_target(ids), logp
         return expand
 
@@ -155,14 +156,14 @@ def _mtp_reference(heads, target):
             prev = heads.mtp[k - 1](prev, parts.embed(ext[:, k: n - 1 + k]))
             logits.append(parts.logits(prev[0, -1]).float())
             chain.append(int(logits[-1].argmax()))
-        return per_depth_expand(logits, 0.0, 1.0)
+        return per_depth_expand(logits, Sampling())
     return reference
 
 
 def _medusa_reference(heads, target):
     parts = target_parts(target)
     return lambda seq, state: per_depth_expand(
-        [x.float() for x in heads(parts, _features(target, seq, (-1,))[0][len(seq) - 2], None)], 0.0, 1.0)
+        [x.float() for x in heads(parts, _features(target, seq, (-1,))[0][len(seq) - 2], None)], Sampling())
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -182,7 +183,7 @@ def test_per_depth_candidates_give_medusas_from_paths_tree():
     candidates = torch.tensor([[10, 11, 12], [20, 21, 22], [30, 31, 32]])
     logits = [torch.full((40,), -5.0).index_fill(0, row, 0.0) + torch.linspace(0, -1e-3, 40) for row in candidates]
     paths = STATIC.paths
-    tree = STATIC.build(per_depth_expand(logits, 0.0, 1.0))
+    tree = STATIC.build(per_depth_expand(logits, Sampling()))
     expected = Tree.from_paths(paths, candidates)
     assert tree.tokens.tolist() == expected.tokens.tolist() and tree.parents.tolist() == expected.parents.tolist()
 
@@ -205,7 +206,7 @@ def test_heads_refuse_trees_deeper_than_their_depth():
     for drafter in (MTPDrafter(build_mtp(target, depth=3), target), MedusaDrafter(build_medusa(target, heads=3), target)):
         drafter.prefill(torch.tensor([1, 2]), _features(target, [1, 2], (-1,))[:, :1])
         with pytest.raises(AdaspecError, match="at most 3 tokens per step") as err:
-            drafter.propose_tree(torch.tensor([1, 2]), 2, deep, 0.0, 1.0, None)
+            drafter.propose_tree(torch.tensor([1, 2]), 2, deep, Sampling())
         assert len(str(err.value).splitlines()) == 1
 
 
@@ -215,7 +216,7 @@ def test_one_token_prompts_give_empty_trees_for_feature_drafters():
     for drafter in (EagleDrafter(head), MTPDrafter(build_mtp(target), target),
                     MedusaDrafter(build_medusa(target, heads=2), target)):
         drafter.prefill(torch.tensor([4]), None)
-        tree, rows = drafter.propose_tree(torch.tensor([4]), 1, TreeShape.dynamic(2, 2, 3), 0.0, 1.0, None)
+        tree, rows = drafter.propose_tree(torch.tensor([4]), 1, TreeShape.dynamic(2, 2, 3), Sampling())
         assert tree.size == 0 and rows is None
 
 

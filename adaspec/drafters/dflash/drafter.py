@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from adaspec.core.sampling import logits_to_probs, sample
+from adaspec.core.sampling import Sampling
 from adaspec.core.tree import Tree
 from adaspec.core.tree_shape import TreeShape
 from adaspec.drafters.dflash.model import DFlashHead
@@ -123,25 +123,23 @@ class DFlashDrafter:
         return self.parts.logits_of_normed(hidden).float()
 
     @torch.no_grad()
-    def propose(self, seq: Tensor, n: int, gamma: int, temperature: float, top_p: float,
-                generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+    def propose(self, seq: Tensor, n: int, gamma: int, sampling: Sampling) -> tuple[Tensor, Tensor | None]:
         if n == 1:  # no target feature exists before the first verification: the target takes the step
             return (torch.empty(0, dtype=torch.long, device=seq.device),
-                    None if temperature == 0 else torch.zeros(0, self.parts.vocab, device=seq.device))
+                    None if sampling.greedy else torch.zeros(0, self.parts.vocab, device=seq.device))
         logits = self.block_logits(seq, n, gamma)
-        if temperature == 0:
+        if sampling.greedy:
             return logits.argmax(-1).to(seq.device), None
-        q = logits_to_probs(logits, temperature, top_p)
-        return sample(q, generator)[:, 0].to(seq.device), q
+        q = sampling.probs(logits)
+        return sampling.draw(q)[:, 0].to(seq.device), q
 
     @torch.no_grad()
-    def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, temperature: float, top_p: float,
-                     generator: torch.Generator | None) -> tuple[Tree, None]:
+    def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, sampling: Sampling) -> tuple[Tree, None]:
         if n == 1:
             empty = torch.empty(0, dtype=torch.long, device=seq.device)
             return Tree(empty, empty, empty), None
         logits = self.block_logits(seq, n, shape.depth)
-        return shape.build(per_depth_expand(list(logits), temperature, top_p)), None
+        return shape.build(per_depth_expand(list(logits), sampling)), None
 
     @torch.no_grad()
     def accept_tree(self, n: int, path: Tensor, hidden: Tensor | None) -> None:

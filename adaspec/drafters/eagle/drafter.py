@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from adaspec.core.sampling import logits_to_probs, sample
+from adaspec.core.sampling import Sampling
 from adaspec.core.tree import Tree
 from adaspec.core.tree_shape import TreeShape
 from adaspec.drafters.eagle.draft_vocab import to_target_space
@@ -114,21 +114,20 @@ class EagleDrafter:
         self._take(hidden)
 
     @torch.no_grad()
-    def propose(self, seq: Tensor, n: int, gamma: int, temperature: float, top_p: float,
-                generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+    def propose(self, seq: Tensor, n: int, gamma: int, sampling: Sampling) -> tuple[Tensor, Tensor | None]:
         vocab = self.head.config.vocab_size
         if n == 1:  # no target feature exists before the first verification: nothing to draft from
             return (torch.empty(0, dtype=torch.long, device=self.device),
-                    None if temperature == 0 else torch.zeros(0, vocab, device=self.device))
+                    None if sampling.greedy else torch.zeros(0, vocab, device=self.device))
         hidden = self._run_pending(seq, n)
         proposals, draft_probs = [], []
         for i in range(gamma):
             logits = self.lean.logits(hidden)[-1].float()
-            if temperature == 0:
+            if sampling.greedy:
                 token = self.head.draft_to_target(logits.argmax(-1, keepdim=True))
             else:
-                q = to_target_space(logits_to_probs(logits, temperature, top_p), self.head.d2t, vocab)
-                token = sample(q, generator)
+                q = to_target_space(sampling.probs(logits), self.head.d2t, vocab)
+                token = sampling.draw(q)
                 draft_probs.append(q)
             proposals.append(token)
             if i + 1 < gamma:
@@ -151,8 +150,7 @@ class EagleDrafter:
         self._take(hidden)
 
     @torch.no_grad()
-    def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, temperature: float, top_p: float,
-                     generator: torch.Generator | None) -> tuple[Tree, None]:
+    def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, sampling: Sampling) -> tuple[Tree, None]:
         if n == 1:
             empty = torch.empty(0, dtype=torch.long, device=self.device)
             return Tree(empty, empty, empty), None
@@ -173,7 +171,7 @@ class EagleDrafter:
                 out = lean.step(tree.tokens[nodes].to(self.device), prev, positions, visible)
                 for r, i in enumerate(ids):
                     outputs[i] = out[r:r + 1]
-            draft_ids, logp = top_children(lean.logits(out), k, temperature, top_p)
+            draft_ids, logp = top_children(lean.logits(out), k, sampling)
             return self.head.draft_to_target(draft_ids), logp
 
         tree = shape.build(expand)

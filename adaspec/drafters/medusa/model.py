@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from adaspec.core.sampling import logits_to_probs, sample
+from adaspec.core.sampling import Sampling
 from adaspec.models.target import FINAL, fit_vocab
 from adaspec.core.tree import Tree
 from adaspec.core.tree_shape import TreeShape
@@ -153,28 +153,26 @@ class MedusaDrafter:
         if hidden is not None and hidden.shape[1] > 0:
             self.last = hidden[0, -1]
 
-    def propose(self, seq: Tensor, n: int, gamma: int, temperature: float, top_p: float,
-                generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+    def propose(self, seq: Tensor, n: int, gamma: int, sampling: Sampling) -> tuple[Tensor, Tensor | None]:
         if gamma > self.heads.cfg.heads:
             raise AdaspecError(f"Medusa with {self.heads.cfg.heads} heads proposes at most "
                                f"{self.heads.cfg.heads} tokens per step; got gamma {gamma}")
         device = seq.device
         if self.last is None:  # a one-token prompt: no target features yet, the target alone takes the step
             empty = torch.zeros(0, dtype=torch.long, device=device)
-            return empty, (None if temperature == 0 else torch.zeros(0, self.parts.vocab, device=device))
+            return empty, (None if sampling.greedy else torch.zeros(0, self.parts.vocab, device=device))
         proposals, probs = [], []
         for i in range(gamma):
             logits = self.heads.head_logits(self.parts, self.last, i).float()
-            if temperature == 0:
+            if sampling.greedy:
                 proposals.append(logits.argmax(-1, keepdim=True))
             else:
-                q = logits_to_probs(logits, temperature, top_p)
-                proposals.append(sample(q, generator))
+                q = sampling.probs(logits)
+                proposals.append(sampling.draw(q))
                 probs.append(q)
         return torch.cat(proposals).to(device), (torch.stack(probs) if probs else None)
 
-    def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, temperature: float, top_p: float,
-                     generator: torch.Generator | None) -> tuple[Tree, None]:
+    def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, sampling: Sampling) -> tuple[Tree, None]:
         if shape.depth > self.heads.cfg.heads:
             raise AdaspecError(f"Medusa with {self.heads.cfg.heads} heads proposes at most "
                                f"{self.heads.cfg.heads} tokens per step; got a tree of depth {shape.depth}")
@@ -182,7 +180,7 @@ class MedusaDrafter:
             empty = torch.zeros(0, dtype=torch.long, device=seq.device)
             return Tree(empty, empty, empty), None
         logits = [self.heads.head_logits(self.parts, self.last, i).float() for i in range(shape.depth)]
-        return shape.build(per_depth_expand(logits, temperature, top_p)), None
+        return shape.build(per_depth_expand(logits, sampling)), None
 
     def accept_tree(self, n: int, path: Tensor, hidden: Tensor | None) -> None:
         self.accept(n, hidden)

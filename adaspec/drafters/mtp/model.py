@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from adaspec.core.sampling import logits_to_probs, sample
+from adaspec.core.sampling import Sampling
 from adaspec.models.target import FINAL
 from adaspec.core.tree import Tree
 from adaspec.core.tree_shape import TreeShape
@@ -219,25 +219,23 @@ class MTPDrafter:
             raise AdaspecError(f"MTP drafter holds target features of {self.inputs[0].end} positions, "
                                f"expected {n - 1}")
 
-    def propose(self, seq: Tensor, n: int, gamma: int, temperature: float, top_p: float,
-                generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+    def propose(self, seq: Tensor, n: int, gamma: int, sampling: Sampling) -> tuple[Tensor, Tensor | None]:
         probs: list[Tensor] = []
 
         def pick(logits: Tensor) -> Tensor:
-            if temperature == 0:
+            if sampling.greedy:
                 return logits.argmax(-1, keepdim=True)
-            q = logits_to_probs(logits, temperature, top_p)
+            q = sampling.probs(logits)
             probs.append(q)
-            return sample(q, generator)
+            return sampling.draw(q)
 
         proposals, _ = self._chain(seq, n, gamma, pick)
         if proposals is None:  # a one-token prompt: no target features yet, the target takes the step
             empty = torch.zeros(0, dtype=torch.long, device=seq.device)
-            return empty, (None if temperature == 0 else torch.zeros(0, self.parts.vocab, device=seq.device))
+            return empty, (None if sampling.greedy else torch.zeros(0, self.parts.vocab, device=seq.device))
         return proposals, (torch.stack(probs) if probs else None)
 
-    def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, temperature: float, top_p: float,
-                     generator: torch.Generator | None) -> tuple[Tree, None]:
+    def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, sampling: Sampling) -> tuple[Tree, None]:
         """Top-k candidates at each depth along the top-1 chain: module k runs on the chain's tokens, and
         its top-k are the children of every depth-(k-1) node (`per_depth_expand`)."""
         self._check_depth(shape.depth)
@@ -245,7 +243,7 @@ class MTPDrafter:
         if logits is None:
             empty = torch.zeros(0, dtype=torch.long, device=seq.device)
             return Tree(empty, empty, empty), None
-        tree = shape.build(per_depth_expand(logits, temperature, top_p))
+        tree = shape.build(per_depth_expand(logits, sampling))
         return tree, None
 
     def accept_tree(self, n: int, path: Tensor, hidden: Tensor | None) -> None:
