@@ -32,12 +32,13 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from adaspec.data import chat
 from adaspec.errors import AdaspecError
+
+if TYPE_CHECKING:
+    import torch
 
 TASKS = ("gsm8k", "alpaca", "mbpp", "cnn_dailymail", "xsum")
 # every task's split at once, in each task's prompt format: the general corpus models are pretrained on
@@ -514,6 +515,8 @@ def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
 
     The mask and the label padding come from the lengths, so a pad id equal to EOS is safe.
     """
+    import torch  # here, not at the top: the options dataclasses import this package, and --help loads no torch
+
     if not batch:
         raise AdaspecError("cannot collate an empty batch")
     width = max(len(item["input_ids"]) for item in batch)

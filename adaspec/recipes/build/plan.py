@@ -6,7 +6,6 @@ import random
 from typing import Any
 
 from adaspec.errors import AdaspecError
-from adaspec.models.servable import MTP_REASON, aux_hidden_problem, eagle3_target_problem, head_size_problem
 
 # drafter families build trains, in the order it trains them (names as adaspec.drafters.DRAFTERS has them)
 FAMILIES = ("lm", "eagle", "medusa", "mtp", "dflash")
@@ -34,6 +33,7 @@ def serve_problems(target: dict[str, Any], draft: dict[str, Any] | None) -> dict
     """Per family, why vLLM cannot serve it on this target (None: it can). An EAGLE head attends with the
     target's head size (so does a DFlash head, which also reads auxiliary hidden states); a built draft always
     has a servable one, a given --draft-init may not."""
+    from adaspec.models.servable import MTP_REASON, aux_hidden_problem, head_size_problem  # torch: not for --help
     return {"lm": head_size_problem(draft) if draft is not None else None,
             "eagle": head_size_problem(target),
             "medusa": None,
@@ -59,6 +59,7 @@ def choose_families(requested: list[str] | None, problems: dict[str, str | None]
 def eagle_variant(target: dict[str, Any]) -> str:
     """EAGLE-3 where vLLM can read three distinct auxiliary hidden states of the target (a family exposing
     them, deep enough for three layers below the last), else EAGLE-1."""
+    from adaspec.models.servable import eagle3_target_problem
     from adaspec.models.target import default_aux_layers
     layers = int(target.get("num_hidden_layers") or target.get("n_layer") or 0)
     distinct = layers >= 2 and len(set(default_aux_layers(layers))) == 3
