@@ -117,7 +117,8 @@ class KDOptions(TrainOptions):
         "(adaspec's protocol, the committed main table)"))
     teacher_cache: str | None = field(default=None, metadata=helptext(
         "cache from `adaspec cache` (train-head: with --hidden-layers holding the head's layers): the target's "
-        "distributions are read from it, no target or reference forward during training"))
+        "distributions (and hidden states, the reference's divergence) are read from it, no target forward "
+        "during training"))
     val_max_new_tokens: int = field(default=96, metadata=helptext(
         "length of the target's greedy continuations that validation scores"))
 
