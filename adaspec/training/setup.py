@@ -22,7 +22,7 @@ from adaspec import data as data_lib
 from adaspec.data.options import load_split, train_items
 from adaspec.decoding.acceptance import Continuations, generate_continuations, greedy_continuations
 from adaspec.distill import cold_start, selection
-from adaspec.distill.cache_store import items_fingerprint
+from adaspec.distill.cache_store import TeacherCache, items_fingerprint
 from adaspec.io import atomic_write_json
 from adaspec.models import load_model, load_tokenizer
 from adaspec.training.checkpoint import load_checkpoint
@@ -220,7 +220,7 @@ class RecipeSetup:
         schedule = cold_start.k_schedule(self.opts.cold_start, schedule)
         return lambda step: selection.scheduled_k(self.opts.k, schedule, step, total)
 
-    def announce(self, model: str, noun: str, method_extra: str = "", cache: Any = None) -> None:
+    def announce(self, model: str, noun: str, method_extra: str = "", cache: TeacherCache | None = None) -> None:
         """The run's banner: `model` ("draft: 1,234 parameters"), the method (and `method_extra`), the data and
         the budget, where the target's signal comes from with a teacher `cache`; then the cold start's line
         where one applies (`noun`: "draft" or "head")."""
