@@ -15,8 +15,9 @@ import typing
 from pathlib import Path
 from typing import Any, Callable
 
-from adaspec.errors import AdaspecError
+from adaspec.errors import AdaspecError, warn
 from adaspec.io import atomic_write_json
+from adaspec.options import rename_notice, renamed
 
 RESOLVED_NAME = "resolved_options.json"
 
@@ -94,7 +95,9 @@ def _fits(tp: Any, value: Any) -> bool:
 
 def load_config(path: str | Path, command: str, cls: type) -> dict[str, Any]:
     """The options a config file sets for `command` (field names as keys); refuses unknown keys and values
-    of another type than the option's, in one line naming the key, the type and the value."""
+    of another type than the option's, in one line naming the key, the type and the value. An option's old
+    name (`cls.RENAMED`, e.g. in a resolved_options.json written before the rename) still sets it, with a
+    notice."""
     path = Path(path)
     raw = _parse(path)
     if not isinstance(raw, dict):
@@ -103,6 +106,12 @@ def load_config(path: str | Path, command: str, cls: type) -> dict[str, Any]:
     named = values.pop("command", command)
     if named != command:
         raise AdaspecError(f"{path} is a config for `adaspec {named}`, not `adaspec {command}`")
+    for old, new in renamed(cls).items():
+        if old in values:
+            if new in values:
+                raise AdaspecError(f"{path}: option {old} is the old name of {new}; give only {new}")
+            warn(f"{path}: " + rename_notice(f"option {old}", new))
+            values[new] = values.pop(old)
     known = set(option_names(cls))
     unknown = sorted(k for k in values if k not in known)
     if unknown:

@@ -27,6 +27,17 @@ def strict_field() -> Any:
         "refuse a head trained on other weights of the target's shape (default: a one-line warning)"))
 
 
+def renamed(cls: type) -> dict[str, str]:
+    """Old name -> new name of the options the options dataclass `cls` renamed (its `RENAMED`). For one release
+    the old flag and config key still set the option, with a one-line notice (adaspec.cli, adaspec.config), and
+    a run recorded under the old name still resumes (adaspec.training.run_fingerprint)."""
+    return dict(getattr(cls, "RENAMED", {}))
+
+
+def rename_notice(old: str, new: str) -> str:
+    return f"{old} is now {new}; the old name goes in the next release"
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

@@ -29,8 +29,9 @@ import torch
 from adaspec.io import atomic_write_json
 from adaspec.recipes.reproduce.pipeline import Pipeline, ReproduceOptions
 from adaspec.recipes.reproduce.protocols import HEADS
-from adaspec.recipes.train_head.options import budgeted, run_train_head
+from adaspec.recipes.train_head.options import run_train_head
 from adaspec.training.loop import planned_steps
+from adaspec.training.setup import run_budget
 
 
 def main() -> None:
@@ -59,8 +60,8 @@ def main() -> None:
         c1, w1 = time.process_time(), time.perf_counter()
         per_step = (cpu[-1] - cpu[1]) / (len(cpu) - 2)
         n_train = pipe.n_train
-        shaped = budgeted(opts, n_train)
-        planned = planned_steps(n_train, shaped.batch_size, shaped.grad_accum, shaped.epochs)
+        shaped = run_budget(opts, n_train)
+        planned = planned_steps(n_train, shaped.batch_size, opts.grad_accum, shaped.epochs)
         runs[name] = {"output": opts.output, "cpu_s_per_step": per_step,
                       "wall_s_per_step": (wall[-1] - wall[1]) / (len(wall) - 2),
                       "rest_cpu_s": (c1 - c0) - args.steps * per_step, "run_cpu_s": c1 - c0, "run_wall_s": w1 - w0,

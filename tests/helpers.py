@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -37,9 +36,7 @@ def torchrun(command: str, out: Path, *args) -> subprocess.CompletedProcess:
 def options_from(args: list, *more) -> object:
     """The options dataclass a command line builds (to call a recipe's run function directly)."""
     words = [str(a) for a in [*args, *more]]
-    module, cls_name, _fn, _ = cli.COMMANDS[words[0]]
-    cls = getattr(importlib.import_module(module), cls_name)
-    return cli.options_from_args(cls, cli.build_parser(words[0]).parse_args(words))
+    return cli.options_from_args(cli.options_class(words[0]), cli.build_parser(words[0]).parse_args(words))
 
 
 def scalars(out: Path, tag: str) -> list[tuple[int, float]]:

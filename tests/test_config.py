@@ -7,6 +7,7 @@ import pytest
 from helpers import run
 
 from adaspec import cli, config
+from adaspec.errors import AdaspecError
 
 FAST = ["--max-length", "64", "--val-examples", "4", "--no-progress"]
 
@@ -65,3 +66,16 @@ def test_resolved_options_rerun_to_the_same_options(tmp_path, tiny_target_dir):
     assert written["command"] == "train-target" and written["max_steps"] == 1 and written["max_length"] == 64
     _, again = cli.parse_options(["train-target", "--config", str(out / config.RESOLVED_NAME)])
     assert again == first
+
+
+def test_a_config_with_an_option_s_old_name_still_sets_it_with_a_notice(tmp_path, capsys):
+    path = tmp_path / "resolved_options.json"  # as a train-head run wrote it before --loss/--init were renamed
+    path.write_text(json.dumps({"command": "train-head", "target": "t", "output": "o", "kind": "mtp",
+                                "loss": "ce", "init": None}))
+    _, opts = cli.parse_options(["train-head", "--config", str(path)])
+    assert opts.divergence == "ce" and opts.draft_init is None
+    err = capsys.readouterr().err
+    assert "option loss is now divergence" in err and "option init is now draft_init" in err
+    path.write_text(json.dumps({"target": "t", "output": "o", "loss": "ce", "divergence": "fkl"}))
+    with pytest.raises(AdaspecError, match="option loss is the old name of divergence; give only divergence"):
+        config.load_config(path, "train-head", cli.options_class("train-head"))

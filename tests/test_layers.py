@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "adaspec"
 
 # bottom to top; a module belongs to the first entry its name starts with
 LAYERS = (
-    ("adaspec.errors", "adaspec.io", "adaspec.safety", "adaspec.options"),
+    ("adaspec.errors", "adaspec.io", "adaspec.safety", "adaspec.options", "adaspec.presets"),
     ("adaspec.core",),
     ("adaspec.data",),
     ("adaspec.models",),

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
-from typing import Any, NotRequired, TypedDict
-
-import torch
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from adaspec.data import chat
 from adaspec.data.tasks import Example
 from adaspec.errors import AdaspecError
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE_INDEX = -100
 EOS_TOKEN = "<|endoftext|>"
@@ -183,6 +184,8 @@ def collate(batch: list[Item], pad_token_id: int) -> Batch:
 
     The mask and the label padding come from the lengths, so a pad id equal to EOS is safe.
     """
+    import torch  # here, not at the top: the options dataclasses import this package, and --help loads no torch
+
     if not batch:
         raise AdaspecError("cannot collate an empty batch")
     width = max(len(item["input_ids"]) for item in batch)

@@ -1,5 +1,5 @@
-"""`--cold-start`: what AdaSPEC does when the draft (distill, no --draft-init) or head (train-head, no --init)
-starts untrained.
+"""`--cold-start`: what AdaSPEC does when the draft (distill) or head (train-head) starts untrained (no
+--draft-init).
 
 AdaSPEC trains on the top-k fraction of response tokens by Δ = L(draft) − L(reference). The paper starts
 from a pretrained draft that already predicts most tokens; a draft that starts untrained is never trained
@@ -19,12 +19,10 @@ results/own_data/cold_start.json).
 
 from __future__ import annotations
 
-from dataclasses import field
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
-from adaspec.distill.selection import WARMUP_FRACTION
+from adaspec.distill.settings import WARMUP_FRACTION
 from adaspec.errors import AdaspecError, warn
-from adaspec.options import helptext
 
 ColdStart = Literal["ref", "warmup", "linear", "off"]
 CHOICES: tuple[str, ...] = get_args(ColdStart)
@@ -66,15 +64,3 @@ def announcement(cold_start: str, what: str, k: float) -> str | None:
     return (f"AdaSPEC from an untrained {what}: --cold-start {cold_start}, {how} (--cold-start off trains on the "
             f"top {k:g} from the first step, which an untrained {what} may never recover from)")
 
-
-def cold_start_field() -> Any:
-    """`--cold-start`, declared once for `distill` and `train-head` (this module). Runs recorded
-    before it existed trained as "off": at "off" it stays out of the run fingerprint, so they still resume.
-    The help's "%%" is argparse's escape for a percent sign."""
-    return field(default=DEFAULT, metadata=helptext(
-        "what --method adaspec does when the draft starts untrained (distill without --draft-init; train-head "
-        "without --init): ref = start from the --ref model's weights; warmup = every response token for the "
-        f"first {WARMUP_FRACTION:.0%}% of the steps, then the top --k; linear = the kept fraction from "
-        "1 down to --k over the steps; off = the top --k from the first step, which an untrained model may never "
-        "recover from. The default is the remedy measured best (docs/cold_start.md); the run records the one "
-        "it used (off where none applies)", omit_at="off"))

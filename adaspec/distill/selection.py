@@ -44,15 +44,12 @@ import numbers
 import torch
 from torch import Tensor
 
+from adaspec.distill.settings import SOFT_TEMPERATURE, WARMUP_FRACTION
 from adaspec.errors import AdaspecError
 
 MODES = ("top", "bottom", "random", "all", "soft")
 NORMALIZE = ("response", "kept")
 K_SCHEDULES = ("constant", "linear", "warmup")
-# share of the optimizer steps the "warmup" schedule trains on every token
-WARMUP_FRACTION = 0.5
-# default temperature of soft selection, in units of the rank quantile: weight 0.95 at 0.3 above the cut
-SOFT_TEMPERATURE = 0.1
 
 
 def check_k(k: float) -> None:

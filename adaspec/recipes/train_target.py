@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -11,43 +10,14 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
-from adaspec.errors import AdaspecError
 from adaspec.io import atomic_write_json
-from adaspec.models import PRESETS, build_model, check_preset, count_params, load_tokenizer
-from adaspec.options import helptext
+from adaspec.models import build_model, count_params, load_tokenizer
 from adaspec.data.options import load_split, train_items
+from adaspec.recipes.train_target_options import TrainTargetOptions
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
-from adaspec.training.options import TrainOptions
 from adaspec.training.run_fingerprint import open_run, path_fingerprint
 from adaspec.training.setup import cross_entropy_loss, validation_loss
-
-
-@dataclass(kw_only=True)
-class TrainTargetOptions(TrainOptions):
-    """Fine-tune a target model on a task (or build one from a preset and train it from scratch).
-
-    With no --model, a tokenizer is trained on the task's training text (or taken from --tokenizer) and a
-    model is built from --preset: the offline path used by tests and the CPU-scale reproduction.
-    """
-
-    model: str | None = field(default=None, metadata=helptext("pretrained model directory or hub id to fine-tune"))
-    preset: str = field(default="neox-target-m", metadata=helptext(
-        f"architecture to build when --model is absent ({', '.join(PRESETS)})"))
-    tokenizer: str | None = field(default=None, metadata=helptext(
-        "tokenizer directory (default: the model's, or train one from the task data)"))
-    vocab_size: int = field(default=4096, metadata=helptext("vocabulary of a tokenizer trained here"))
-    init_seed: int = field(default=0, metadata=helptext("seed of a model built from --preset"))
-    train_on_prompt: bool = field(default=False, metadata=helptext(
-        "also train on prompt tokens (language modelling from scratch needs the extra text)"))
-    trust_remote_code: bool = field(default=False, metadata=helptext("allow a hub model's own code to run"))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.model is None:
-            check_preset(self.preset)
-        if self.vocab_size < 300:
-            raise AdaspecError(f"--vocab-size must be >= 300 (byte-level BPE needs 256 bytes), got {self.vocab_size}")
 
 
 def prepare_tokenizer(opts: TrainTargetOptions) -> PreTrainedTokenizerBase:
@@ -92,7 +62,7 @@ def _train_target(opts: TrainTargetOptions, accelerator: Accelerator, on_step: O
         return {"val_loss": validation_loss(m, val_items, pad_id)}
 
     result = train_loop(opts, accelerator, model, tokenizer, items, cross_entropy_loss, validate,
-                        best_key="val_loss", higher_is_better=False, epochs=opts.epochs, on_step=on_step)
+                        best_key="val_loss", higher_is_better=False, on_step=on_step)
     if accelerator.is_main_process:
         tokenizer.save_pretrained(opts.output)
         summary = {"params": count_params(model), "steps": result.steps, "best_val_loss": result.best_metric,

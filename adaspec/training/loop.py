@@ -3,7 +3,7 @@
 Build the global batch schedule from the seed, split each global batch across processes, forward, per-token
 loss, reduce it with `selection.reduce_loss` over the whole global batch's response (or kept) tokens (so 1
 process and N processes compute the same gradient), step, log, validate, checkpoint. A recipe supplies only
-`token_loss(model, batch, step) -> (per-token loss, tokens kept, logs)` and a `validate(model)`.
+its `TokenLoss` (the contract below, one for drafts and heads), a `validate(model)` and the run's `Budget`.
 
 Multi-process runs go through `accelerate launch` / `torchrun` (DDP; FSDP and DeepSpeed through an
 accelerate config). Checkpoints: adaspec.training.checkpoint.
@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -33,7 +33,32 @@ from adaspec.io import atomic_write_json
 from adaspec.training.checkpoint import atomic_save, publish, restore, resumable
 from adaspec.training.options import TrainOptions
 
-TokenLoss = Callable[[torch.nn.Module, data_lib.Batch, int], tuple[torch.Tensor, torch.Tensor, dict[str, float]]]
+
+class TokenLoss(Protocol):
+    """A recipe's per-token loss: one contract for draft models (distill) and heads (train-head).
+
+    `loss(model, batch, step)` takes one micro-batch (the collated tensors, plus "index": the items' positions)
+    and the optimizer step it belongs to (0-based, the same for every micro-batch of a step), and returns
+    `(per_token, kept, logs)`:
+
+    per_token  [B, T-1] float: the loss at position t, which scores token t+1 (the shifted alignment of
+               `data.response_mask`). A model proposing several tokens per position (a head's unroll steps,
+               depths or block slots) adds each proposal's weighted term at the position of the token it
+               predicts.
+    kept       [B, T-1]: the positions that count, bool or float weights (soft selection). A draft returns its
+               AdaSPEC selection; a head selects per step, depth or slot, folds that into per_token and
+               returns the response mask.
+    logs       scalars to log, averaged over the step's micro-batches.
+
+    The loop minimises Σ kept · per_token over the response positions divided by the global batch's
+    response tokens (normalize="response"), or by the sum of kept (normalize="kept": only meaningful
+    where kept holds the selection, so for drafts).
+    """
+
+    def __call__(self, model: torch.nn.Module, batch: data_lib.Batch, step: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]: ...
+
+
 PrepareItems = Callable[[list[data_lib.Item], int, PreTrainedModel], list[data_lib.Item]]
 Validate = Callable[[PreTrainedModel], dict[str, float]]
 OnStep = Callable[[int, list[data_lib.Batch]], None]  # (step about to run, its local micro-batches)
@@ -58,6 +83,25 @@ def make_accelerator(opts: TrainOptions) -> Accelerator:
     # under plain `torchrun` without a GPU every process would otherwise train alone on its shard
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     return Accelerator(mixed_precision=opts.precision, cpu=cpu)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long a run trains: the global micro-batch, the passes over the data and the optimizer steps (None:
+    as many as `epochs` take). Derived from the options, which never change after parsing: `of(opts)` is
+    theirs, `training.setup.run_budget` reshapes it for --match-token-budget."""
+
+    batch_size: int
+    epochs: float
+    max_steps: int | None
+
+    @classmethod
+    def of(cls, opts: TrainOptions) -> Budget:
+        return cls(opts.batch_size, opts.epochs, opts.max_steps)
+
+    def steps(self, n_items: int, grad_accum: int) -> int:
+        """The optimizer steps planned (--max-minutes may cut them once the first steps are timed)."""
+        return self.max_steps or planned_steps(n_items, self.batch_size, grad_accum, self.epochs)
 
 
 @dataclass
@@ -113,13 +157,13 @@ class _Log:
             self.writer.close()
 
 
-def _global_batch(items: list[data_lib.Item], opts: TrainOptions, step: int, per_epoch: int, rank: int, world: int,
-                  prepare_items: PrepareItems | None, model: PreTrainedModel, pad_id: int) -> list[data_lib.Batch]:
-    """This process's share of the micro-batches of optimizer step `step`."""
+def _global_batch(items: list[data_lib.Item], opts: TrainOptions, batch_size: int, step: int, per_epoch: int, rank: int,
+                  world: int, prepare_items: PrepareItems | None, model: PreTrainedModel, pad_id: int) -> list[data_lib.Batch]:
+    """This process's share of the micro-batches (of `batch_size` in all) of optimizer step `step`."""
     batches = []
     for m in range(step * opts.grad_accum, (step + 1) * opts.grad_accum):
         epoch, pos = divmod(m, per_epoch)
-        idx = micro_batches(len(items), opts.batch_size, opts.seed, epoch)[pos][rank::world]
+        idx = micro_batches(len(items), batch_size, opts.seed, epoch)[pos][rank::world]
         chosen = [items[i] for i in idx]
         if prepare_items is not None:
             chosen = prepare_items(chosen, m, model)
@@ -168,22 +212,24 @@ def _accumulate(accelerator: Accelerator, model: torch.nn.Module, batches: list[
 
 def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedModel,
                tokenizer: PreTrainedTokenizerBase, items: list[data_lib.Item], token_loss: TokenLoss,
-               validate: Validate, best_key: str, higher_is_better: bool, epochs: float,
-               normalize: Literal["response", "kept"] = "response", config: dict | None = None,
+               validate: Validate, best_key: str, higher_is_better: bool, budget: Budget | None = None,
+               normalize: Literal["response", "kept"] = "response",
                prepare_items: PrepareItems | None = None, on_step: OnStep | None = None) -> LoopResult:
-    """Train `model` on `items` with the recipe's per-token loss; returns the step count and best metric.
+    """Train `model` on `items` with the recipe's per-token loss for `budget` (default: the options' own);
+    returns the step count and best metric.
 
     `on_step(step, batches)` is called before each optimizer step (for benchmarks and tests)."""
     out = Path(opts.output)
+    budget = budget or Budget.of(opts)
     hf_logging.disable_progress_bar()  # one save bar per checkpoint drowns the training bar
     world, rank = accelerator.num_processes, accelerator.process_index
-    if opts.batch_size % world:
-        raise AdaspecError(f"--batch-size {opts.batch_size} is not divisible by {world} processes")
+    if budget.batch_size % world:
+        raise AdaspecError(f"--batch-size {budget.batch_size} is not divisible by {world} processes")
     pad_id = data_lib.pad_id(tokenizer)
-    per_epoch = len(items) // opts.batch_size
+    per_epoch = len(items) // budget.batch_size
     if per_epoch == 0:
-        raise AdaspecError(f"{len(items)} examples are fewer than one batch of {opts.batch_size}")
-    total = opts.max_steps or planned_steps(len(items), opts.batch_size, opts.grad_accum, epochs)
+        raise AdaspecError(f"{len(items)} examples are fewer than one batch of {budget.batch_size}")
+    total = budget.steps(len(items), opts.grad_accum)
 
     saved = resumable(out)
     if opts.max_minutes is not None and opts.resume and saved is not None:
@@ -206,7 +252,8 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
         accelerator.print(f"resumed from {saved} at step {state.step}/{total}")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "run_config.json", config or asdict(opts))
+        # the options with the budget the run trains for (--match-token-budget reshapes the options' own)
+        atomic_write_json(out / "run_config.json", {**asdict(opts), **asdict(budget)})
     log = _Log(accelerator, opts, out, total, state.step)
 
     def check_finite_weights(where: str) -> None:
@@ -244,7 +291,7 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
     t0, tokens_seen = time.perf_counter(), 0
     first_step = state.step
     while state.step < total:
-        batches = _global_batch(items, opts, state.step, per_epoch, rank, world, prepare_items,
+        batches = _global_batch(items, opts, budget.batch_size, state.step, per_epoch, rank, world, prepare_items,
                                 accelerator.unwrap_model(model), pad_id)
         if on_step is not None:
             on_step(state.step, batches)

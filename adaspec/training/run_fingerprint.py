@@ -26,6 +26,7 @@ from adaspec import data as data_lib
 from adaspec.errors import AdaspecError
 from adaspec.io import atomic_write_json
 from adaspec.models import TOKENIZER_FILES, model_fingerprint
+from adaspec.options import renamed
 from adaspec.safety import guarded_output
 
 FINGERPRINT = "run_fingerprint.json"
@@ -127,15 +128,16 @@ def _has_run(out: Path) -> bool:
             or any(any(out.glob(p)) for p in RUN_STATE_GLOBS))
 
 
-def check_fingerprint(out: Path, fingerprint: dict, overwrite: bool) -> None:
+def check_fingerprint(out: Path, fingerprint: dict, overwrite: bool, names: dict[str, str] | None = None) -> None:
     """Refuse an output holding another run (or a model made without a fingerprint); `overwrite` clears
-    whatever run is there instead. Read-only when the fingerprint matches."""
+    whatever run is there instead. Read-only when the fingerprint matches. `names`: old option name -> new
+    name (options.renamed), so a run recorded before an option was renamed still resumes."""
     path = out / FINGERPRINT
     old = None
     if path.exists():
         try:
-            old = json.loads(path.read_text())
-        except ValueError:
+            old = {(names or {}).get(k, k): v for k, v in json.loads(path.read_text()).items()}
+        except (ValueError, AttributeError):
             old = {"unreadable": True}
     if not _has_run(out):
         return
@@ -176,7 +178,7 @@ def open_run(opts: Any, inputs: dict[str, Callable[[Any], str | None]], roles: d
         fingerprint = run_fingerprint(opts, inputs)
         fresh = not _has_run(out)
         if main:
-            check_fingerprint(out, fingerprint, getattr(opts, "overwrite", False))
+            check_fingerprint(out, fingerprint, getattr(opts, "overwrite", False), renamed(type(opts)))
             atomic_write_json(out / FINGERPRINT, fingerprint)
         barrier()
         try:

@@ -18,6 +18,7 @@ from adaspec.errors import AdaspecError
 from adaspec.models import build_model, load_model, save_model
 from adaspec.data import encode
 from adaspec.data.options import load_split
+from adaspec.training import setup
 from adaspec.training.options import TrainOptions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -304,7 +305,7 @@ def test_distill_from_cache_runs_no_teacher_forward(env, tmp_path, monkeypatch):
     calls = {"target": 0, "ref": 0}
     in_training = {"on": False}
     forwards_in_training = {"target": 0, "ref": 0}
-    real_load = distill.load_model
+    real_load = setup.load_model
 
     def counting_load(path, *a, **kw):
         model = real_load(path, *a, **kw)
@@ -322,7 +323,7 @@ def test_distill_from_cache_runs_no_teacher_forward(env, tmp_path, monkeypatch):
     def loop(step, batches):
         in_training["on"] = True
 
-    monkeypatch.setattr(distill, "load_model", counting_load)
+    monkeypatch.setattr(setup, "load_model", counting_load)
     distill.run_distill(_distill_opts(env, tmp_path / "cached", teacher_cache=str(out)), on_step=loop)
     assert forwards_in_training == {"target": 0, "ref": 0}
     assert calls["target"] > 0  # the validation continuations, made before training

@@ -15,9 +15,10 @@ from helpers import max_diff, options_from, run, scalars, summary
 
 from adaspec import AdaspecError, config, data
 from adaspec.distill import cold_start, selection
-from adaspec.recipes.distill import RUN_INPUTS, DistillOptions
+from adaspec.recipes.distill import DistillOptions
 from adaspec.recipes.train_head.options import TrainHeadOptions
 from adaspec.training.run_fingerprint import run_fingerprint
+from adaspec.training.setup import RUN_INPUTS
 
 FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
         "--no-progress"]
@@ -33,7 +34,7 @@ def test_one_option_for_distill_and_train_head():
     assert d.default == h.default == cold_start.DEFAULT and d.metadata == h.metadata
     for cls in (DistillOptions, TrainHeadOptions):
         assert typing.get_args(typing.get_type_hints(cls)["cold_start"]) == cold_start.CHOICES
-    assert "--draft-init" in d.metadata["help"] and "--init" in d.metadata["help"]
+    assert "--draft-init" in d.metadata["help"] and "eagle or dflash" in d.metadata["help"]
     assert cold_start.FALLBACK not in ("ref", "off")
 
 
@@ -62,9 +63,9 @@ ADASPEC = ["--method", "adaspec", "--ref", "r"]
     (["distill", *ADASPEC, "--cold-start", "ref", "--k-schedule", "linear"], "ref"),
     (["train-head", "--kind", "eagle"], "off"),
     (["train-head", "--kind", "eagle", *ADASPEC], cold_start.DEFAULT),
-    (["train-head", "--kind", "eagle", *ADASPEC, "--init", "i"], cold_start.DEFAULT),  # eagle reads no --init
+    (["train-head", "--kind", "eagle", *ADASPEC, "--draft-init", "i"], cold_start.DEFAULT),  # eagle reads none
     (["train-head", "--kind", "mtp", *ADASPEC, "--cold-start", "linear"], "linear"),
-    (["train-head", "--kind", "mtp", *ADASPEC, "--init", "i"], "off"),
+    (["train-head", "--kind", "mtp", *ADASPEC, "--draft-init", "i"], "off"),
     (["train-head", "--kind", "medusa", *ADASPEC, "--selection", "all"], "off"),
 ])
 def test_applies_only_to_adaspec_from_an_untrained_start(argv, want):

@@ -17,6 +17,7 @@ from adaspec import models
 from adaspec.recipes import distill
 from adaspec.decoding.acceptance import greedy_continuations
 from adaspec.training import loop as train
+from adaspec.training.setup import matched_budget
 
 FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
         "--no-progress"]
@@ -177,13 +178,13 @@ def test_data_source_draft_and_mix(tmp_path, kd_run, target_dir, tiny_draft_dir)
 
 def test_matched_budget_arithmetic():
     # the authors' GSM8K runs: 7,473 examples, 8 processes x 2 for 3 epochs (KD) against 8 x 5 for 7.5 (AdaSPEC)
-    assert distill.matched_budget(7473, 16, 1, 3.0, 0.4, "batch") == (40, 7.5, 1401)
+    assert matched_budget(7473, 16, 1, 3.0, 0.4, "batch") == (40, 7.5, 1401)
     assert train.planned_steps(7473, 16, 1, 3.0) == 1401  # the reference run's steps (checkpoint-1404 there)
     assert train.planned_steps(7473, 40, 1, 7.5) == 1395  # epochs / k alone would drop the incomplete batches
-    assert distill.matched_budget(7173, 16, 1, 1.0, 0.4, "batch") == (40, 2.5, train.planned_steps(7173, 16, 1, 1.0))
-    assert distill.matched_budget(100, 16, 2, 1.0, 0.5, "batch") == (32, 2.0, 3)
+    assert matched_budget(7173, 16, 1, 1.0, 0.4, "batch") == (40, 2.5, train.planned_steps(7173, 16, 1, 1.0))
+    assert matched_budget(100, 16, 2, 1.0, 0.5, "batch") == (32, 2.0, 3)
     # adaspec's own protocol: epochs / k at KD's batch, 1/k the steps
-    assert distill.matched_budget(7173, 16, 1, 1.0, 0.4, "epochs") == (16, 2.5, None)
+    assert matched_budget(7173, 16, 1, 1.0, 0.4, "epochs") == (16, 2.5, None)
 
 
 def test_match_token_budget(tmp_path, target_dir, tiny_draft_dir):
@@ -303,6 +304,8 @@ def test_draft_saved_without_tokenizer_is_accepted(tmp_path, target_dir, tiny_to
     (["--method", "adaspec", "--ref", "REF", "--k", "1.5"], "k must be in (0, 1], got 1.5"),
     (["--data-source", "draft", "--teacher-cache", "CACHE"], "--teacher-cache"),
     (["--data-source", "mix", "--teacher-cache", "CACHE"], "--teacher-cache"),
+    # the target's responses are not the dataset's the cache was made on
+    (["--data-source", "target", "--teacher-cache", "CACHE"], "--teacher-cache"),
 ])
 def test_bad_options_are_refused(capsys, tmp_path, target_dir, extra, needle):
     extra = [str(target_dir) if a == "REF" else str(tmp_path) if a == "CACHE" else a for a in extra]

@@ -124,7 +124,7 @@ def test_teacher_measures_delta_in_its_own_divergence(cached, tvd_cache, tiny_ta
 
 def test_new_options_stay_out_of_fingerprints_at_their_default(tiny_target_dir):
     """Runs recorded before these options existed still resume; setting one is a different run."""
-    from adaspec.recipes.distill import RUN_INPUTS
+    from adaspec.training.setup import RUN_INPUTS
 
     base = ["distill", "--target", tiny_target_dir, "--output", "o", "--method", "adaspec", "--ref", tiny_target_dir]
     plain = run_fingerprint(options_from(base), RUN_INPUTS)

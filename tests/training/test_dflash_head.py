@@ -115,5 +115,7 @@ def test_dflash_option_errors_are_one_line(tmp_path, tiny_target_dir, capsys):
     assert "--block-size must be in 2.." in cli_error(capsys, *common, "--block-size", 100_000)
     assert "--anchors must be in 1.." in cli_error(capsys, *common, "--anchors", 0)
     assert "--draft-layers must be in 1..32" in cli_error(capsys, *common, "--draft-layers", 10_000)
-    assert "not --loss ce" in cli_error(capsys, *common, "--loss", "ce")
+    assert "not --divergence ce" in cli_error(capsys, *common, "--divergence", "ce")
+    # the target's responses train mtp/medusa heads only (an eagle or dflash head once ignored the flag)
+    assert "--data-source target is for --kind mtp/medusa" in cli_error(capsys, *common, "--data-source", "target")
     assert "strictly increasing" in cli_error(capsys, *common, "--aux-layers", "1,0", "--max-steps", 1, *FAST[2:])

@@ -100,7 +100,8 @@ def test_eagle_adaspec_selects_the_same_tokens(full_cache, tiny_target_dir):
 
 
 def _counting_target(monkeypatch, module, target_dir: Path) -> list[int]:
-    """Wrap the recipe's model loading so the target's forwards are counted: [forwards so far]."""
+    """Wrap the recipes' model loading (adaspec.training.setup) so the target's forwards are counted: [forwards so
+    far]."""
     count = [0]
     real = module.load_model
 
@@ -122,10 +123,9 @@ def _counting_target(monkeypatch, module, target_dir: Path) -> list[int]:
 @pytest.mark.parametrize("kind", ["eagle", "mtp", "medusa"])
 def test_cached_training_runs_no_target_forward_and_matches_live(kind, root, full_cache, tiny_target_dir,
                                                                    monkeypatch):
-    from adaspec.recipes.train_head import eagle as eagle_head, multi_token as multi_token_head
     from adaspec.recipes.train_head.options import run_train_head
+    from adaspec.training import setup as module
 
-    module = eagle_head if kind == "eagle" else multi_token_head
     args = ["train-head", "--target", tiny_target_dir, "--kind", kind, "--max-steps", 3, "--lr", 1e-3,
             "--warmup-steps", 0, *FAST, *(["--ttt-steps", 3] if kind == "eagle" else ["--depth", 2])]
     losses, during_training = {}, {}

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from helpers import cli_error, options_from
 
 from adaspec.recipes import distill
+from adaspec.training import setup
 from adaspec.errors import AdaspecError
 
 FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
@@ -67,7 +68,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
     opts = options_from(["distill", "--target", tiny_target_dir, *FAST, "--max-steps", "4", "--save-every", "1",
                          "--output", out])
     draft_params: list[torch.nn.Parameter] = []
-    real_train_loop = distill.train_loop
+    real_train_loop = setup.train_loop
 
     def train_loop(opts, accelerator, model, *args, **kwargs):
         draft_params.extend(model.parameters())
@@ -78,7 +79,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
             for p in draft_params:
                 p.data.fill_(float("nan"))
 
-    monkeypatch.setattr(distill, "train_loop", train_loop)
+    monkeypatch.setattr(setup, "train_loop", train_loop)
     with pytest.raises(AdaspecError, match=r"step 3: the loss nan is not finite; stopped before applying it"):
         distill.run_distill(opts, on_step=poison)
     weights = load_file(str(out / "last" / "model.safetensors"))
@@ -87,17 +88,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
 
 
 def test_head_token_budget_is_distills():
-    """train-head --match-token-budget shapes a run as distill's does, by batch or by epochs."""
-    from adaspec.recipes.train_head.options import TrainHeadOptions, budgeted
+    """train-head --match-token-budget shapes a run as distill's does, by batch or by epochs; the options
+    themselves stay as given."""
+    from adaspec.recipes.train_head.options import TrainHeadOptions
+    from adaspec.training.loop import Budget
 
     base = dict(target="t", output="o", batch_size=16, epochs=1.0, k=0.4)
     plain = TrainHeadOptions(**base)
-    assert budgeted(plain, 100) is plain
+    assert setup.run_budget(plain, 100) == Budget(16, 1.0, None) == Budget.of(plain)
     for by in ("epochs", "batch"):
-        o = budgeted(TrainHeadOptions(**base, kind="mtp", match_token_budget=True, budget_by=by), 100)
-        assert (o.batch_size, o.epochs, o.max_steps) == distill.matched_budget(100, 16, 1, 1.0, 0.4, by)
-    o = budgeted(TrainHeadOptions(**base, match_token_budget=True, budget_by="batch", max_steps=3), 100)
-    assert (o.batch_size, o.max_steps) == (40, 3)  # an explicit --max-steps stays
+        opts = TrainHeadOptions(**base, kind="mtp", match_token_budget=True, budget_by=by)
+        b = setup.run_budget(opts, 100)
+        assert (b.batch_size, b.epochs, b.max_steps) == setup.matched_budget(100, 16, 1, 1.0, 0.4, by)
+        assert (opts.batch_size, opts.epochs, opts.max_steps) == (16, 1.0, None)
+    b = setup.run_budget(TrainHeadOptions(**base, match_token_budget=True, budget_by="batch", max_steps=3), 100)
+    assert (b.batch_size, b.max_steps) == (40, 3)  # an explicit --max-steps stays
 
 
 def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_good_checkpoint(

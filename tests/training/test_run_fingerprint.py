@@ -129,3 +129,20 @@ def test_folder_with_a_model_but_no_fingerprint_is_refused(capsys, tmp_path, tin
     shutil.copytree(tiny_draft_dir, out)
     err = cli_error(capsys, "distill", "--target", tiny_target_dir, "--max-steps", 1, *FAST, "--output", out)
     assert "without run_fingerprint.json" in err and "--overwrite" in err
+
+
+def test_a_run_recorded_before_its_options_were_renamed_still_resumes(capsys, tmp_path, tiny_target_dir):
+    """train-head's --loss / --init are --divergence / --draft-init now: its old run folders still resume."""
+    out = tmp_path / "mtp"
+    base = ["train-head", "--target", tiny_target_dir, "--kind", "mtp", "--depth", 2, *FAST, "--output", out]
+    assert run(*base, "--max-steps", 2) == 0
+    fingerprint = json.loads((out / FINGERPRINT).read_text())
+    assert fingerprint["divergence"] == "fkl" and "draft_init" in fingerprint
+    old = {{"divergence": "loss", "draft_init": "init"}.get(k, k): v for k, v in fingerprint.items()}
+    (out / FINGERPRINT).write_text(json.dumps(old))  # as written before the rename
+    capsys.readouterr()
+    err = cli_error(capsys, *base, "--max-steps", 2, "--divergence", "rkl")
+    assert "divergence (fkl vs rkl)" in err and "loss" not in err  # the old name's value is the new option's
+    assert run(*base, "--max-steps", 2) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert json.loads((out / FINGERPRINT).read_text()) == fingerprint  # rewritten under the new names

@@ -52,8 +52,8 @@ class BuildOptions(TrainOptions):
         "a folder of train/validation/test.jsonl, whose splits are kept (or hub:<name>)"))
     target: str = field(metadata=helptext("your target: a model directory or hub id (its tokenizer is used)"))
     drafters: list[str] | None = field(default=None, metadata=helptext(
-        f"drafter families to train ({', '.join(plan.FAMILIES)}; lm = a small draft model); default: every "
-        f"family vLLM can serve on this target, but {', '.join(plan.OPT_IN)} only when named"))
+        "drafter families to train (lm = a small draft model, or a head family: the README's drafter table); "
+        "default: every family vLLM can serve on this target, but the opt-in ones (DFlash) only when named"))
     draft_init: str | None = field(default=None, metadata=helptext(
         "a small draft model (directory or hub id) sharing the target's tokenizer to start the lm drafters "
         "from; default: one built for the target (--preset)"))
@@ -80,11 +80,12 @@ class BuildOptions(TrainOptions):
                                "`adaspec reproduce`)")
         super().__post_init__()
         if self.drafters is not None:
-            unknown = [d for d in self.drafters if d not in plan.FAMILIES]
+            from adaspec.drafters import FAMILIES  # torch: here, not at import (--help)
+            unknown = [d for d in self.drafters if d not in FAMILIES]
             if unknown or not self.drafters:
-                raise AdaspecError(f"--drafters takes {', '.join(plan.FAMILIES)}; got "
+                raise AdaspecError(f"--drafters takes {', '.join(FAMILIES)}; got "
                                    f"{' '.join(self.drafters) or 'nothing'}")
-            self.drafters = [f for f in plan.FAMILIES if f in self.drafters]
+            self.drafters = [f for f in FAMILIES if f in self.drafters]
         if not self.gammas or any(not 1 <= g <= plan.MAX_GAMMA for g in self.gammas):
             raise AdaspecError(f"--gammas must be in 1..{plan.MAX_GAMMA}, got {self.gammas}")
         self.gammas = sorted(set(self.gammas))
@@ -241,7 +242,8 @@ class Build:
         if not _done(out):
             _log(f"training {family} heads with {method} -> {out}")
             # heads shaped for the largest γ measured
-            shape = plan.FAMILIES[family].train_options(max(self.opts.gammas), self.target_config)  # type: ignore[misc]
+            from adaspec.drafters import FAMILIES
+            shape = FAMILIES[family].train_options(max(self.opts.gammas), self.target_config)  # type: ignore[misc]
             run_train_head(TrainHeadOptions(**self._shared(out), target=self.opts.target, kind=family,
                                             method=method, ref=str(ref) if ref else None, init_seed=self.opts.seed,
                                             val_max_new_tokens=self.opts.max_new_tokens, **shape))
@@ -252,9 +254,10 @@ class Build:
 
     def train(self, families: list[str]) -> dict[str, Path]:
         """name ("<family>_<method>") -> trained drafter folder."""
+        from adaspec.drafters import FAMILIES
         runs: dict[str, Path] = {}
         for family in families:
-            if plan.FAMILIES[family].is_draft_model:
+            if FAMILIES[family].is_draft_model:
                 kd = self.train_lm("kd", None, self.cache("target", None, self.out / "runs" / "lm_kd"))
                 cache = self.cache("target_ref", kd, self.out / "runs" / "lm_adaspec")
                 runs["lm_kd"], runs["lm_adaspec"] = kd, self.train_lm("adaspec", kd, cache)

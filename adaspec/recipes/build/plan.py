@@ -5,12 +5,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from adaspec.drafters import FAMILIES
 from adaspec.errors import AdaspecError
 
-# build trains the drafter families of FAMILIES in the registry's order; those it trains only when --drafters
-# names them, and why:
-OPT_IN = {name: f.build_opt_in for name, f in FAMILIES.items() if f.build_opt_in}
+# build trains the drafter families of adaspec.drafters.FAMILIES in the registry's order, those marked
+# build_opt_in only when --drafters names them. The registry is imported where it is used: it loads torch, and
+# `adaspec build --help` (which imports this module) should not.
 MAX_GAMMA = 16
 MAX_HELD_OUT = 100_000
 # what a build writes under --output (removed by --overwrite, nothing else is)
@@ -31,17 +30,20 @@ def read_config(path: str, trust_remote_code: bool = False) -> dict[str, Any]:
 def serve_problems(target: dict[str, Any], draft: dict[str, Any] | None) -> dict[str, str | None]:
     """Per family, why vLLM cannot serve it on this target (None: it can; `Family.vllm_problem`). `draft`: the
     config of a given --draft-init, whose head size vLLM may not take (a built draft always has a servable one)."""
+    from adaspec.drafters import FAMILIES
     return {name: f.vllm_problem(target, draft) for name, f in FAMILIES.items()}
 
 
 def choose_families(requested: list[str] | None, problems: dict[str, str | None]) -> tuple[list[str], dict[str, str]]:
     """(families to train, why each family not trained is left out). A requested family vLLM cannot serve
     is refused in one line naming the families that can be."""
+    from adaspec.drafters import FAMILIES
+    opt_in = {name: f.build_opt_in for name, f in FAMILIES.items() if f.build_opt_in}
     servable = [f for f in FAMILIES if problems[f] is None]
     if requested is None:
         left_out = {f: f"vLLM cannot serve it: {problems[f]}" for f in FAMILIES if problems[f]}
-        left_out.update({f: why for f, why in OPT_IN.items() if f in servable})
-        return [f for f in servable if f not in OPT_IN], left_out
+        left_out.update({f: why for f, why in opt_in.items() if f in servable})
+        return [f for f in servable if f not in opt_in], left_out
     for family in requested:
         if problems[family]:
             raise AdaspecError(f"vLLM cannot serve {family} drafters on this target: {problems[family]}; "

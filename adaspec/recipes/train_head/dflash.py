@@ -24,15 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
 from adaspec.models.target import features
-from adaspec.distill import cold_start, selection
+from adaspec.distill import selection
 from adaspec.distill.cache_store import TeacherCache
-from adaspec.training.setup import val_continuations
 from adaspec.distill.teacher import divergence
 from adaspec.drafters.dflash.export import serving_problems
 from adaspec.drafters.dflash.model import DFlashConfig, DFlashHead
@@ -42,14 +40,11 @@ from adaspec.drafters.target_parts import TargetParts, target_parts
 from adaspec.drafters.target_record import check_record, write_record
 from adaspec.errors import AdaspecError
 from adaspec.decoding.acceptance import Continuations
-from adaspec.io import atomic_write_json
-from adaspec.models import count_params, load_model, load_tokenizer
-from adaspec.data.options import load_split, train_items
+from adaspec.models import count_params
 from adaspec.models.servable import warn_unservable
-from adaspec.training.checkpoint import load_checkpoint
-from adaspec.recipes.train_head.options import TrainHeadOptions, budgeted, head_run, kept_fraction
-from adaspec.training.loop import OnStep, make_accelerator, train_loop
-from adaspec.training.run_fingerprint import Run
+from adaspec.recipes.train_head.options import TrainHeadOptions
+from adaspec.training.loop import OnStep
+from adaspec.training.setup import RecipeSetup, StepGenerator
 from adaspec.training.target_signal import TargetSignal, open_head_cache
 
 
@@ -68,7 +63,8 @@ def sample_anchors(response: Tensor, attention_mask: Tensor, count: int, generat
 
 
 class BlockLoss:
-    """The recipe's per-token loss (module docstring): block divergences, AdaSPEC selection per slot."""
+    """The recipe's per-token loss (module docstring): block divergences, AdaSPEC selection per slot, folded
+    into the per-token values (a training.loop.TokenLoss whose kept is the response mask)."""
 
     def __init__(self, opts: TrainHeadOptions, parts: TargetParts, target: PreTrainedModel, ref: DFlashHead | None,
                  cache: TeacherCache | None = None, kept_at: Callable[[int], float] | None = None):
@@ -76,7 +72,7 @@ class BlockLoss:
         self.kept_at = kept_at or (lambda step: opts.k)
         self.signal = TargetSignal(target, parts.vocab, cache)
         self.mode = opts.selection if opts.method == "adaspec" else "all"
-        self.generator = torch.Generator()
+        self.generator = StepGenerator(opts.seed)
 
     def divergences(self, head: torch.nn.Module, teacher, feats: Tensor, batch: dict, anchors: Tensor) -> Tensor:
         """Slot divergences [B, K, B-1] of `head` (possibly DDP-wrapped) at `anchors`."""
@@ -85,18 +81,18 @@ class BlockLoss:
         rows = (anchors[:, :, None] + torch.arange(logits.shape[2], device=anchors.device)).clamp(
             max=batch["input_ids"].shape[1] - 1)  # slot j + 1 predicts token a + j + 1: the target's row a + j
         p = teacher[torch.arange(rows.shape[0], device=rows.device)[:, None, None], rows]
-        return divergence(o.loss, p, logits, temperature=o.temperature, beta=o.beta)
+        return divergence(o.divergence, p, logits, temperature=o.temperature, beta=o.beta)
 
     def __call__(self, head: torch.nn.Module, batch: dict, step: int) -> tuple[Tensor, Tensor, dict[str, float]]:
         o = self.opts
         # a resumed run draws the same anchors and tokens; micro-batches of a step differ by their first item
-        self.generator.manual_seed((o.seed + 1) * 1_000_003 + step * 7_919 + int(batch["index"][0]))
+        generator = self.generator.restart(step * 7_919 + int(batch["index"][0]))
         core: DFlashHead = getattr(head, "module", head)
         ids, am = batch["input_ids"], batch["attention_mask"]
         response = data_lib.response_mask(batch["labels"])
         teacher, states = self.signal(batch, core.config.hidden_layers)
         feats = torch.cat(list(states), dim=-1)
-        anchors, real = sample_anchors(response, am, o.anchors, self.generator)
+        anchors, real = sample_anchors(response, am, o.anchors, generator)
         div = self.divergences(head, teacher, feats, batch, anchors)
         slots = div.shape[-1]
         scored_at = anchors[:, :, None] + torch.arange(slots, device=ids.device)  # the loop's position of each
@@ -109,7 +105,7 @@ class BlockLoss:
                 ref_div = self.divergences(self.ref, teacher, feats, batch, anchors)
         k = self.kept_at(step)
         kept = torch.stack([selection.delta_selection(div[..., j], None if ref_div is None else ref_div[..., j],
-                                                      valid[..., j], k, self.mode, generator=self.generator)
+                                                      valid[..., j], k, self.mode, generator=generator)
                             for j in range(slots)], dim=-1)
         weights = step_weights(slots, o.step_decay, div.device)
         terms = torch.where(kept & valid, div * weights, torch.zeros((), device=div.device))
@@ -173,19 +169,13 @@ def _reference(opts: TrainHeadOptions, target: PreTrainedModel, tokenizer: PreTr
 
 
 def run_dflash_head(opts: TrainHeadOptions, on_step: OnStep | None = None) -> None:
-    accelerator = make_accelerator(opts)
-    with head_run(opts, accelerator) as run:
-        _dflash_head(opts, accelerator, run, on_step)
+    with RecipeSetup.open(opts) as setup:
+        _dflash_head(opts, setup, on_step)
 
 
-def _dflash_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_step: OnStep | None) -> None:
-    device = accelerator.device
-    torch.manual_seed(opts.seed)
-    target = load_checkpoint(opts.target, load=load_model).to(device).eval()
-    target.requires_grad_(False)
-    tokenizer: PreTrainedTokenizerBase = load_tokenizer(opts.target, chat_template=opts.chat_template)
+def _dflash_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnStep | None) -> None:
+    target, tokenizer, items = setup.target, setup.tokenizer, setup.items
     parts = target_parts(target)
-    items, report = train_items(opts, tokenizer, accelerator.print)
     cfg = DFlashConfig.for_target(target, block_size=opts.block_size, num_layers=opts.draft_layers,
                                   target_layers=opts.aux_layer_ids(), mask_token_id=opts.mask_token_id)
     cache = None  # opened first: a mismatched cache is refused before any work
@@ -195,37 +185,21 @@ def _dflash_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_
     head = DFlashHead.from_target(target, cfg, seed=opts.init_seed).float()
     ref = None
     if opts.method == "adaspec":
-        ref = _reference(opts, target, tokenizer, cfg).to(device)
+        ref = _reference(opts, target, tokenizer, cfg).to(setup.accelerator.device)
         ref.requires_grad_(False)
         if opts.cold_start == "ref":
             load_strict(head, ref.state_dict(), str(opts.ref))
-
-    val_prompts = [it["input_ids"][: it["prompt_length"]]
-                   for it in data_lib.encode(load_split(opts, "validation", opts.val_examples), tokenizer,
-                                             opts.max_length)]
-    val = val_continuations(target, val_prompts, opts.val_max_new_tokens, tokenizer.eos_token_id, run, accelerator)
+    val = setup.val_continuations()
 
     def validate(model: DFlashHead) -> dict[str, float]:
         return block_acceptance(model, parts, target, val)
 
-    opts = budgeted(opts, len(items))
-    accelerator.print(f"dflash head: {count_params(head):,} parameters, {cfg.num_layers} layers, block {cfg.block_size}"
-                      f", target layers {list(cfg.hidden_layers)}, mask id {cfg.mask_token_id}; {opts.method}"
-                      + (f" k={opts.k} {opts.selection}" if opts.method == "adaspec" else "")
-                      + f"; {opts.anchors} anchors per sequence; {len(items)} examples, {opts.epochs:g} epochs, "
-                      f"global batch {opts.batch_size}"
-                      + (f"; target signal from {opts.teacher_cache} (top-{cache.top_k})" if cache else ""))
-    if line := cold_start.announcement(opts.cold_start, "head", opts.k):
-        accelerator.print(line)
-    if accelerator.is_main_process:
+    setup.announce(f"dflash head: {count_params(head):,} parameters, {cfg.num_layers} layers, block "
+                   f"{cfg.block_size}, target layers {list(cfg.hidden_layers)}, mask id {cfg.mask_token_id}", "head",
+                   f"; {opts.anchors} anchors per sequence", cache=cache)
+    if setup.accelerator.is_main_process:
         warn_unservable(f"the dflash head written to {opts.output}", serving_problems(cfg, target.config))
-    loss = BlockLoss(opts, parts, target, ref, cache, kept_fraction(opts, len(items)))
-    result = train_loop(opts, accelerator, head, tokenizer, items, loss, validate,  # type: ignore[arg-type]
-                        best_key="accept_length", higher_is_better=True, epochs=opts.epochs, on_step=on_step)
-    if accelerator.is_main_process:
-        out = Path(opts.output)
-        write_record(out, target, tokenizer)
-        atomic_write_json(out / "train_summary.json", {
-            "kind": "dflash", "params": count_params(head), "steps": result.steps,
-            "best_accept_length": result.best_metric, "epochs": opts.epochs, "batch_size": opts.batch_size,
-            "cold_start": opts.cold_start, "history": result.history, **report.summary()})
+    loss = BlockLoss(opts, parts, target, ref, cache, setup.kept_fraction())
+    summary = {"kind": "dflash", "params": count_params(head)}
+    setup.train(head, loss, validate, "accept_length", summary,  # type: ignore[arg-type]
+                save=lambda: write_record(Path(opts.output), target, tokenizer), on_step=on_step)

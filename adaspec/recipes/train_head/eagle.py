@@ -19,15 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from torch import Tensor
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from adaspec import data as data_lib
 from adaspec.models.target import features
-from adaspec.distill import cold_start, selection
+from adaspec.distill import selection
 from adaspec.distill.cache_store import TeacherCache
-from adaspec.training.setup import val_continuations
 from adaspec.distill.steps import place_by_predicted_token
 from adaspec.distill.teacher import TopK, divergence
 from adaspec.drafters.eagle.draft_vocab import frequent_tokens
@@ -37,14 +35,11 @@ from adaspec.drafters.head_checkpoint import load_strict
 from adaspec.drafters.target_record import check_record, write_record
 from adaspec.errors import AdaspecError
 from adaspec.decoding.acceptance import Continuations
-from adaspec.io import atomic_write_json
-from adaspec.models import count_params, load_model, load_tokenizer
-from adaspec.data.options import load_split, train_items
+from adaspec.models import count_params
 from adaspec.models.servable import eagle3_target_problem, head_size_problem, warn_unservable
-from adaspec.training.checkpoint import load_checkpoint
-from adaspec.recipes.train_head.options import TrainHeadOptions, budgeted, head_run, kept_fraction
-from adaspec.training.run_fingerprint import Run
-from adaspec.training.loop import OnStep, make_accelerator, train_loop
+from adaspec.recipes.train_head.options import TrainHeadOptions
+from adaspec.training.loop import OnStep
+from adaspec.training.setup import RecipeSetup, StepGenerator
 from adaspec.training.target_signal import TargetSignal, open_head_cache
 
 
@@ -58,7 +53,8 @@ def target_signal(target: PreTrainedModel, input_ids: Tensor, attention_mask: Te
 
 
 class HeadLoss:
-    """The recipe's per-token loss: unrolled divergences, AdaSPEC selection per step, folded per position.
+    """The recipe's per-token loss: unrolled divergences, AdaSPEC selection per step, folded per position (a
+    training.loop.TokenLoss whose kept is the response mask).
 
     The alignment is adaspec.distill.steps' (step j at t predicts token t+1+j, scored where
     response[:, t+j]). The fold is done here rather than by `steps.multi_step_loss` because (1) the unroll
@@ -75,7 +71,7 @@ class HeadLoss:
         self.kept_at = kept_at or (lambda step: opts.k)
         self.signal = TargetSignal(target, vocab, cache)
         self.mode = opts.selection if opts.method == "adaspec" else "all"
-        self.generator = torch.Generator()
+        self.generator = StepGenerator(opts.seed)
 
     def step_divergences(self, head: torch.nn.Module, d2t_head: EagleHead, teacher: Tensor | TopK, feats: Tensor,
                          batch: dict) -> tuple[Tensor, Tensor, Tensor]:
@@ -85,14 +81,14 @@ class HeadLoss:
         ids, am = batch["input_ids"], batch["attention_mask"]
         un = head(feats, ids, s, am)
         p = unrolled_targets(d2t_head, teacher, s)
-        div = divergence(o.loss, p, un.logits, temperature=o.temperature, beta=o.beta)
+        div = divergence(o.divergence, p, un.logits, temperature=o.temperature, beta=o.beta)
         resp = torch.nn.functional.pad(data_lib.response_mask(batch["labels"]), (0, 1), value=False)
         valid = unrolled_mask(am, s) & shift_steps(resp, s, False)
         return div, valid, un.hidden
 
     def __call__(self, head: torch.nn.Module, batch: dict, step: int) -> tuple[Tensor, Tensor, dict[str, float]]:
         o = self.opts
-        self.generator.manual_seed((o.seed + 1) * 1_000_003 + step)  # a resumed run draws the same tokens
+        generator = self.generator.restart(step)  # a resumed run draws the same tokens (each micro-batch afresh)
         core: EagleHead = getattr(head, "module", head)  # DDP wraps the head under accelerate
         layers = core.config.hidden_layers
         if self.ref is not None and self.ref.config.hidden_layers != layers:
@@ -107,7 +103,7 @@ class HeadLoss:
                 ref_div = self.step_divergences(self.ref, self.ref, teacher, feats, batch)[0]
         k = self.kept_at(step)
         kept = torch.stack([selection.delta_selection(div[j], None if ref_div is None else ref_div[j], valid[j],
-                                                      k, self.mode, generator=self.generator)
+                                                      k, self.mode, generator=generator)
                             for j in range(o.ttt_steps)])
         weights = step_weights(o.ttt_steps, o.step_decay, div.device)[:, None, None]
         per_step = torch.where(kept, div, torch.zeros((), device=div.device)) * weights
@@ -157,25 +153,14 @@ def head_agreement(head: EagleHead, target: PreTrainedModel, data: Continuations
     return {"agreement": rates[0], **{f"agreement_step{j}": r for j, r in enumerate(rates) if j}}
 
 
-def _load(path: str) -> PreTrainedModel:
-    return load_checkpoint(path, load=load_model)
-
-
 def run_eagle_head(opts: TrainHeadOptions, on_step: OnStep | None = None) -> None:
-    accelerator = make_accelerator(opts)
-    with head_run(opts, accelerator) as run:
-        _eagle_head(opts, accelerator, run, on_step)
+    with RecipeSetup.open(opts) as setup:
+        _eagle_head(opts, setup, on_step)
 
 
-def _eagle_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_step: OnStep | None) -> None:
-    device = accelerator.device
-    torch.manual_seed(opts.seed)
-    target = _load(opts.target).to(device).eval()
-    target.requires_grad_(False)
-    tokenizer: PreTrainedTokenizerBase = load_tokenizer(opts.target, chat_template=opts.chat_template)
+def _eagle_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnStep | None) -> None:
+    target, tokenizer, items = setup.target, setup.tokenizer, setup.items
     vocab = int(target.get_output_embeddings().weight.shape[0])
-    items, report = train_items(opts, tokenizer, accelerator.print)
-
     overrides = {"draft_vocab_size": opts.draft_vocab} if opts.draft_vocab else {}
     cfg = EagleConfig.for_target(target, opts.variant, aux_layers=opts.aux_layer_ids(), **overrides)
     cache = None  # opened first: a mismatched cache is refused before any work
@@ -189,43 +174,26 @@ def _eagle_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_s
     ref = None
     if opts.method == "adaspec":
         check_record(opts.ref, target, opts.strict, tokenizer)
-        ref = EagleHead.from_pretrained(opts.ref).to(device)
+        ref = EagleHead.from_pretrained(opts.ref).to(setup.accelerator.device)
         ref.requires_grad_(False)
         if ref.config.vocab_size != vocab or not torch.equal(ref.d2t.cpu(), head.d2t.cpu()):
             raise AdaspecError(f"the reference head {opts.ref} has another (draft) vocabulary than this head: "
                                "train both with the same --draft-vocab on the same data")
         if opts.cold_start == "ref":
             load_strict(head, ref.state_dict(), opts.ref)
-
-    out = Path(opts.output)
-    val_prompts = [it["input_ids"][: it["prompt_length"]]
-                   for it in data_lib.encode(load_split(opts, "validation", opts.val_examples), tokenizer,
-                                             opts.max_length)]
-    val = val_continuations(target, val_prompts, opts.val_max_new_tokens, tokenizer.eos_token_id, run, accelerator)
+    val = setup.val_continuations()
 
     def validate(model: EagleHead) -> dict[str, float]:
         return head_agreement(model, target, val, opts.ttt_steps)
 
     trained = sum(p.numel() for p in head.parameters() if p.requires_grad)
-    opts = budgeted(opts, len(items))
-    accelerator.print(f"{cfg.variant} head: {trained:,} trained parameters (of {count_params(head):,}); "
-                      f"layers {list(cfg.hidden_layers)}, draft vocabulary {cfg.draft_vocab_size}; {opts.method}"
-                      + (f" k={opts.k} {opts.selection}" if opts.method == "adaspec" else "")
-                      + f"; {len(items)} examples, {opts.epochs:g} epochs, global batch {opts.batch_size}"
-                      + (f"; target signal from {opts.teacher_cache} (top-{cache.top_k})" if cache else ""))
-    if line := cold_start.announcement(opts.cold_start, "head", opts.k):
-        accelerator.print(line)
-    if accelerator.is_main_process:
+    setup.announce(f"{cfg.variant} head: {trained:,} trained parameters (of {count_params(head):,}); layers "
+                   f"{list(cfg.hidden_layers)}, draft vocabulary {cfg.draft_vocab_size}", "head", cache=cache)
+    if setup.accelerator.is_main_process:
         warn_unservable(f"the {cfg.variant} head written to {opts.output}", [
             head_size_problem({"head_dim": cfg.head_dim}), head_size_problem(target.config),
             eagle3_target_problem(target.config) if cfg.variant == "eagle3" else None,
             aux_layers_problem(cfg) if cfg.variant == "eagle3" else None])
-    loss = HeadLoss(opts, target, ref, vocab, cache, kept_fraction(opts, len(items)))
-    result = train_loop(opts, accelerator, head, tokenizer, items, loss, validate,
-                        best_key="agreement", higher_is_better=True, epochs=opts.epochs, on_step=on_step)
-    if accelerator.is_main_process:
-        write_record(out, target, tokenizer)
-        atomic_write_json(out / "train_summary.json", {
-            "trained_params": trained, "steps": result.steps, "best_agreement": result.best_metric,
-            "epochs": opts.epochs, "batch_size": opts.batch_size, "cold_start": opts.cold_start,
-            "history": result.history, **report.summary()})
+    loss = HeadLoss(opts, target, ref, vocab, cache, setup.kept_fraction())
+    setup.train(head, loss, validate, "agreement", {"trained_params": trained},
+                save=lambda: write_record(Path(opts.output), target, tokenizer), on_step=on_step)

@@ -24,14 +24,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from torch import Tensor, nn
+from transformers import PreTrainedModel
 
 from adaspec import data as data_lib
 from adaspec.models.target import FINAL
-from adaspec.distill import cold_start, selection
-from adaspec.training.setup import target_response_items, val_continuations
+from adaspec.distill import selection
 from adaspec.distill.steps import place_by_predicted_token
 from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.medusa.model import MedusaHeads, build_medusa
@@ -42,15 +40,13 @@ from adaspec.errors import AdaspecError
 from adaspec.evaluation.head_acceptance import head_acceptance
 from adaspec.drafters.medusa.export import load_medusa, save_medusa
 from adaspec.drafters.mtp.export import load_mtp
-from adaspec.io import atomic_write_json
-from adaspec.models import count_params, load_model, load_tokenizer, output_vocab_size
-from adaspec.data.options import load_split, train_items
+from adaspec.models import count_params, output_vocab_size
 from adaspec.models.servable import MTP_REASON, head_size_problem, warn_unservable
-from adaspec.training.checkpoint import load_checkpoint
-from adaspec.training.loop import OnStep, make_accelerator, train_loop
-from adaspec.recipes.train_head.options import TrainHeadOptions, budgeted, head_run, kept_fraction
-from adaspec.training.run_fingerprint import Run
+from adaspec.training.loop import OnStep
+from adaspec.recipes.train_head.options import TrainHeadOptions
+from adaspec.training.setup import RecipeSetup, StepGenerator
 from adaspec.training.target_signal import TargetSignal, open_head_cache
+
 
 def _load_heads(kind: str, path: str, depth: int, target: PreTrainedModel, what: str, strict: bool
                 ) -> MTPHeads | MedusaHeads:
@@ -70,8 +66,9 @@ def _load_heads(kind: str, path: str, depth: int, target: PreTrainedModel, what:
 
 
 def _build(opts: TrainHeadOptions, target: PreTrainedModel) -> nn.Module:
-    if opts.init:
-        return _load_heads(opts.kind, opts.init, int(opts.depth), target, f"--init {opts.init}", opts.strict)
+    if opts.draft_init:
+        return _load_heads(opts.kind, opts.draft_init, int(opts.depth), target, f"--draft-init {opts.draft_init}",
+                           opts.strict)
     if opts.cold_start == "ref":
         return _load_heads(opts.kind, str(opts.ref), int(opts.depth), target, f"--ref {opts.ref}", opts.strict)
     if opts.kind == "mtp":
@@ -82,17 +79,13 @@ def _build(opts: TrainHeadOptions, target: PreTrainedModel) -> nn.Module:
 
 
 def run_multi_token_head(opts: TrainHeadOptions, on_step: OnStep | None = None) -> None:
-    accelerator = make_accelerator(opts)
-    with head_run(opts, accelerator) as run:
-        _multi_token_head(opts, accelerator, run, on_step)
+    with RecipeSetup.open(opts) as setup:
+        _multi_token_head(opts, setup, on_step)
 
 
-def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run, on_step: OnStep | None) -> None:
-    device = accelerator.device
-    torch.manual_seed(opts.seed)
-    target = load_checkpoint(opts.target, load=load_model).to(device).eval()
-    target.requires_grad_(False)
-    tokenizer: PreTrainedTokenizerBase = load_tokenizer(opts.target, chat_template=opts.chat_template)
+def _multi_token_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnStep | None) -> None:
+    target, tokenizer, items = setup.target, setup.tokenizer, setup.items
+    device = setup.accelerator.device
     heads = _build(opts, target).float().train().to(device)
     ref = None
     if opts.method == "adaspec":
@@ -102,40 +95,32 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
     parts = target_parts(target)
     mtp = opts.kind == "mtp"
 
-    out = Path(opts.output)
-    eos = tokenizer.eos_token_id
-    items, report = train_items(opts, tokenizer, accelerator.print)
     cache = None  # opened first: a mismatched cache is refused before any work
     if opts.teacher_cache:
         cache = open_head_cache(opts.teacher_cache, opts.target, target, items, (FINAL,),
-                                None if opts.loss == "ce" else opts.temperature, parts.vocab)
-    if opts.data_source == "target":
-        items = target_response_items(target, items, opts, run, accelerator, eos)
-    val_prompts = [it["input_ids"][: it["prompt_length"]] for it in data_lib.encode(
-        load_split(opts, "validation", opts.val_examples), tokenizer, opts.max_length)]
-    val = val_continuations(target, val_prompts, opts.val_max_new_tokens, eos, run, accelerator)
+                                None if opts.divergence == "ce" else opts.temperature, parts.vocab)
+    val = setup.val_continuations()
     signal = TargetSignal(target, parts.vocab, cache)
     weights = depth_weights(opts.depth, opts.depth_weights, opts.lam)  # type: ignore[arg-type]
     mode = opts.selection if opts.method == "adaspec" else "all"
-    sel_gen = torch.Generator()
-    sel_step = [-1]
+    generator = StepGenerator(opts.seed)
+    kept_at = setup.kept_fraction()
 
-    def token_loss(model: nn.Module, batch: dict, step: int):
-        if step != sel_step[0]:  # random selection seeded per step, so a resumed run draws the same
-            sel_step[0] = step
-            sel_gen.manual_seed((opts.seed + 1) * 1_000_003 + step)
+    def token_loss(model: nn.Module, batch: dict, step: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """Per-depth losses, each depth's AdaSPEC selection folded in, at the position scoring the token it
+        predicts (a training.loop.TokenLoss whose kept is the response mask)."""
         ids, labels = batch["input_ids"], batch["labels"]
         teacher, hidden = signal(batch, (FINAL,))
         hidden = hidden[0].float()
-        per_depth = depth_token_losses(model(parts, hidden, ids), teacher, labels, opts.loss,
+        per_depth = depth_token_losses(model(parts, hidden, ids), teacher, labels, opts.divergence,
                                        opts.temperature, opts.beta)
         ref_depth = [None] * len(per_depth)
         if mode != "all":
             with torch.no_grad():
                 ref_depth = [r for r, _ in depth_token_losses(ref(parts, hidden, ids), teacher, labels,
-                                                              opts.loss, opts.temperature, opts.beta)]
+                                                              opts.divergence, opts.temperature, opts.beta)]
         selected, logs = [], {}
-        fraction = kept_at(step)
+        fraction, sel_gen = kept_at(step), generator.at(step)  # the step's draws: a resumed run draws the same
         for k, ((loss, mask), ref_loss) in enumerate(zip(per_depth, ref_depth), start=1):
             kept = selection.delta_selection(loss, ref_loss, mask, fraction, mode, generator=sel_gen)
             selected.append(loss * kept)
@@ -149,28 +134,18 @@ def _multi_token_head(opts: TrainHeadOptions, accelerator: Accelerator, run: Run
     def validate(model: nn.Module) -> dict[str, float]:
         return head_acceptance(partial(model, parts), target, val, opts.depth)
 
-    opts = budgeted(opts, len(items))
-    kept_at = kept_fraction(opts, len(items))
-    accelerator.print(f"{opts.kind} heads: {count_params(heads):,} parameters, {opts.depth} depths; "
-                      f"{opts.method}" + (f" k={opts.k} {opts.selection}" if mode != "all" else "")
-                      + f"; {len(items)} examples, {opts.epochs:g} epochs, global batch {opts.batch_size}"
-                      + (f"; target signal from {opts.teacher_cache} (top-{cache.top_k})" if cache else ""))
-    if line := cold_start.announcement(opts.cold_start, "head", opts.k):
-        accelerator.print(line)
-    if accelerator.is_main_process:
+    setup.announce(f"{opts.kind} heads: {count_params(heads):,} parameters, {opts.depth} depths", "head", cache=cache)
+    if setup.accelerator.is_main_process:
         warn_unservable(f"the {opts.kind} heads written to {opts.output}",
                         [MTP_REASON if opts.kind == "mtp" else None, head_size_problem(target.config)])
-    # the loop saves and restores through save_pretrained / from_pretrained, which the heads provide
-    result = train_loop(opts, accelerator, heads, tokenizer, items, token_loss, validate,  # type: ignore
-                        best_key="accept_length", higher_is_better=True, epochs=opts.epochs,
-                        on_step=on_step)
-    if accelerator.is_main_process:
+
+    def save() -> None:
+        out = Path(opts.output)
         if not mtp and opts.shared_head:  # vLLM reads the shared head from the draft checkpoint
             save_medusa(load_medusa(out), out, target)
         tokenizer.save_pretrained(opts.output)
         write_record(out, target, tokenizer)
-        summary = {"kind": opts.kind, "params": count_params(heads), "steps": result.steps,
-                   "best_accept_length": result.best_metric, "epochs": opts.epochs, "batch_size": opts.batch_size,
-                   "cold_start": opts.cold_start, "history": result.history, **report.summary()}
-        atomic_write_json(out / "train_summary.json", summary)
 
+    # the loop saves and restores through save_pretrained / from_pretrained, which the heads provide
+    setup.train(heads, token_loss, validate, "accept_length",  # type: ignore[arg-type]
+                {"kind": opts.kind, "params": count_params(heads)}, save=save, on_step=on_step)
