@@ -1,8 +1,11 @@
 """What a family file (llama.py, gpt_neox.py, gpt2.py) hands `LeanLM`: the model's weights around its layers,
-its typed per-layer weights, and the few family-specific choices. Layers run as
-`layer.forward(lm, i, x, cos, sin, s, e, mask, causal)`: x [T, H] -> [T, H], the layer's new keys and values
-written to `lm.cache` rows s:e, cos/sin the rows `rotary_rows` laid out for these positions (None without
-rotary), mask/causal the attention's (`adaspec.models.lean.ops.attend`)."""
+its typed per-layer weights, and the few family-specific choices.
+
+A layer runs as `layer.forward(lm, i, x, cos, sin, s, e, mask, causal)`: x [T, H] -> [T, H], with the layer's
+new keys and values written to rows s:e of `lm.cache` layer i; cos/sin are the rows `rotary_rows` laid out for
+these positions (None without rotary), `lm._perm` the rotation's gather, mask/causal/`lm._gqa` what
+`adaspec.models.lean.ops.attend` takes. Layer dataclasses have slots: a field read costs what a tuple index did.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +15,22 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers.activations import GELUActivation, SiLUActivation
 
 from adaspec.models.lean.ops import rms_norm
 
 
+def hf_activation(module: torch.nn.Module) -> Callable[[Tensor], Tensor]:
+    """The function behind a transformers activation module; the module itself when no plain equivalent is known."""
+    if isinstance(module, GELUActivation):
+        return module.act
+    if isinstance(module, (SiLUActivation, torch.nn.SiLU)):
+        return F.silu
+    return module
+
+
 @dataclass(slots=True, eq=False)
-class RMSNorm:
+class RMSNormWeights:
     weight: Tensor
     eps: float
 
@@ -26,7 +39,7 @@ class RMSNorm:
 
 
 @dataclass(slots=True, eq=False)
-class LayerNorm:
+class LayerNormWeights:
     weight: Tensor
     bias: Tensor | None
     eps: float

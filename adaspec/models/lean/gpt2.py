@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import GPT2LMHeadModel
 
-from adaspec.models.lean.decoder import Decoder, LayerNorm
-from adaspec.models.lean.ops import attend, hf_activation
+from adaspec.models.lean.decoder import Decoder, LayerNormWeights, hf_activation
+from adaspec.models.lean.ops import attend
 
 if TYPE_CHECKING:
     from adaspec.models.lean.lm import LeanLM
@@ -66,5 +66,5 @@ def decoder(model: GPT2LMHeadModel) -> Decoder:
             act=hf_activation(mlp.act)))
     heads = config.num_attention_heads
     return Decoder(heads=heads, kv_heads=heads, head_dim=config.hidden_size // heads, embed=inner.wte.weight,
-                   layers=layers, final_norm=LayerNorm(inner.ln_f.weight, inner.ln_f.bias, inner.ln_f.eps),
+                   layers=layers, final_norm=LayerNormWeights(inner.ln_f.weight, inner.ln_f.bias, inner.ln_f.eps),
                    positions=inner.wpe.weight)

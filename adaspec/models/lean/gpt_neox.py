@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import GPTNeoXForCausalLM
 
-from adaspec.models.lean.decoder import Decoder, LayerNorm
-from adaspec.models.lean.ops import attend, hf_activation, rotate
+from adaspec.models.lean.decoder import Decoder, LayerNormWeights, hf_activation
+from adaspec.models.lean.ops import attend, rotate
 
 if TYPE_CHECKING:
     from adaspec.models.lean.lm import LeanLM
@@ -79,5 +79,5 @@ def decoder(model: GPTNeoXForCausalLM) -> Decoder:
     norm = inner.final_layer_norm
     heads = config.num_attention_heads
     return Decoder(heads=heads, kv_heads=heads, head_dim=config.hidden_size // heads, embed=inner.embed_in.weight,
-                   layers=layers, final_norm=LayerNorm(norm.weight, norm.bias, norm.eps), rotary=inner.rotary_emb,
-                   rotary_rows=qkv_rows)
+                   layers=layers, final_norm=LayerNormWeights(norm.weight, norm.bias, norm.eps),
+                   rotary=inner.rotary_emb, rotary_rows=qkv_rows)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import LlamaForCausalLM
 
-from adaspec.models.lean.decoder import Decoder, RMSNorm
-from adaspec.models.lean.ops import attend, hf_activation, rms_norm, rotate
+from adaspec.models.lean.decoder import Decoder, RMSNormWeights, hf_activation
+from adaspec.models.lean.ops import attend, rms_norm, rotate
 
 if TYPE_CHECKING:
     from adaspec.models.lean.lm import LeanLM
@@ -79,4 +79,4 @@ def decoder(model: LlamaForCausalLM) -> Decoder:
     return Decoder(heads=heads, kv_heads=config.num_key_value_heads,
                    head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
                    embed=inner.embed_tokens.weight, layers=layers,
-                   final_norm=RMSNorm(inner.norm.weight, inner.norm.variance_epsilon), rotary=inner.rotary_emb)
+                   final_norm=RMSNormWeights(inner.norm.weight, inner.norm.variance_epsilon), rotary=inner.rotary_emb)

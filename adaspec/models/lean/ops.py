@@ -7,12 +7,9 @@ paths serve a forward is mostly per-op overhead, so each helper is the fewest op
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers.activations import GELUActivation, SiLUActivation
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float, compute: torch.dtype | None = None) -> Tensor:
@@ -42,12 +39,3 @@ def attend(q: Tensor, keys: Tensor, values: Tensor, e: int, mask: Tensor | None,
     out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys, values, attn_mask=mask, is_causal=causal,
                                          scale=scale, enable_gqa=gqa)
     return out[0].transpose(0, 1).reshape(q.shape[0], -1)
-
-
-def hf_activation(module: torch.nn.Module) -> Callable[[Tensor], Tensor]:
-    """The function behind a transformers activation module; the module itself when no plain equivalent is known."""
-    if isinstance(module, GELUActivation):
-        return module.act
-    if isinstance(module, (SiLUActivation, torch.nn.SiLU)):
-        return F.silu
-    return module
