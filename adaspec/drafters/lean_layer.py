@@ -126,7 +126,7 @@ class LeanLayer:
             mask = torch.arange(e, device=x.device)[None, :] <= torch.arange(s, e, device=x.device)[:, None]
         else:
             mask = None  # one query after every cached row, or a non-causal block, sees them all
-        a = attend(q, self.cache.keys4[0], self.cache.values4[0], e, mask, False, None, h != self.kv_heads)
+        a = attend(q[:, :, None], self.cache.keys4[0], self.cache.values4[0], e, mask, False, None, h != self.kv_heads)
         self.length = e
         out = torch.addmm(residual, a, self.w_o)
         gate, up = (rms_norm(out, self.post_norm) @ self.w_gate_up).split(self.inter, dim=-1)

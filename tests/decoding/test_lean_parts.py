@@ -77,7 +77,7 @@ def test_kv_cache_grows_keeping_the_filled_rows_and_moves_kept_rows():
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_attend_one_query_shortcut_equals_the_general_path_and_masks_are_applied(kv_heads):
     keys, values = _randn(1, kv_heads, 10, 8, seed=1), _randn(1, kv_heads, 10, 8, seed=2)
-    q, gqa = _randn(1, 4, 8, seed=3), kv_heads != 4
+    q, gqa = _randn(1, 4, 1, 8, seed=3), kv_heads != 4  # [T, heads, 1, hd]
     one = attend(q, keys, values, 7, None, False, None, gqa)
     general = attend(q, keys, values, 7, torch.ones(1, 7, dtype=torch.bool), False, None, gqa)
     assert one.shape == (1, 32)
@@ -85,6 +85,6 @@ def test_attend_one_query_shortcut_equals_the_general_path_and_masks_are_applied
     hidden = torch.ones(1, 7, dtype=torch.bool)
     hidden[0, 2] = False  # a hidden row is as if it were not cached
     rows = torch.tensor([0, 1, 3, 4, 5, 6])
-    want = F.scaled_dot_product_attention(q.unsqueeze(2), keys[:, :, rows], values[:, :, rows], enable_gqa=gqa)
+    want = F.scaled_dot_product_attention(q, keys[:, :, rows], values[:, :, rows], enable_gqa=gqa)
     torch.testing.assert_close(attend(q, keys, values, 7, hidden, False, None, gqa), want.reshape(1, -1),
                                rtol=0, atol=1e-6)

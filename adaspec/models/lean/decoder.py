@@ -4,7 +4,8 @@ its typed per-layer weights, and the few family-specific choices.
 A layer runs as `layer.forward(lm, i, x, cos, sin, s, e, mask, causal)`: x [T, H] -> [T, H], with the layer's
 new keys and values written to rows s:e of `lm.cache` layer i; cos/sin are the rows `rotary_rows` laid out for
 these positions (None without rotary), `lm._perm` the rotation's gather, mask/causal/`lm._gqa` what
-`adaspec.models.lean.ops.attend` takes. Layer dataclasses have slots: a field read costs what a tuple index did.
+`adaspec.models.lean.ops.attend` takes. Layer dataclasses have slots: a field read costs what a tuple index did;
+cache rows are taken with `narrow` (cheaper than multi-axis slicing, per call).
 """
 
 from __future__ import annotations

@@ -64,8 +64,8 @@ class FoldedNeoxLayer:
         y = torch.addmm(self.b_in, F.layer_norm(x, (width,), None, None, self.eps), self.w_in)
         qkv = rotate(y[:, :self.split].view(T, lm.heads, 3, lm.head_dim), lm._perm, cos, sin)
         cache = lm.cache
-        cache.kv[i][:, :, s:e].copy_(qkv[:, :, 1:].permute(2, 1, 0, 3))
-        a = attend(qkv[:, :, 0], cache.keys4[i], cache.values4[i], e, mask, causal, self.scale, lm._gqa)
+        cache.kv[i].narrow(2, s, e - s).copy_(qkv[:, :, 1:].permute(2, 1, 0, 3))
+        a = attend(qkv[:, :, 0:1], cache.keys4[i], cache.values4[i], e, mask, causal, self.scale, lm._gqa)
         return torch.addmm(self.b_out, torch.cat([a, self.act(y[:, self.split:])], dim=1), self.w_out) + x
 
 

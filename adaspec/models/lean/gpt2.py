@@ -45,8 +45,8 @@ class GPT2Layer:
         qkv = torch.addmm(self.qkv_bias, F.layer_norm(x, (H,), self.input_norm, self.input_norm_bias, self.input_eps),
                           self.qkv).view(T, 3, lm.heads, lm.head_dim)
         cache = lm.cache
-        cache.kv[i][:, :, s:e].copy_(qkv[:, 1:].permute(1, 2, 0, 3))
-        a = attend(qkv[:, 0], cache.keys4[i], cache.values4[i], e, mask, causal, self.scale, lm._gqa)
+        cache.kv[i].narrow(2, s, e - s).copy_(qkv[:, 1:].permute(1, 2, 0, 3))
+        a = attend(qkv[:, 0, :, None], cache.keys4[i], cache.values4[i], e, mask, causal, self.scale, lm._gqa)
         x = torch.addmm(self.proj_bias, a, self.proj) + x
         h = torch.addmm(self.mlp_in_bias, F.layer_norm(x, (H,), self.post_norm, self.post_norm_bias, self.post_eps),
                         self.mlp_in)

@@ -47,8 +47,8 @@ class NeoxLayer:
         qkv = rotate(F.linear(F.layer_norm(x, (H,), self.input_norm, self.input_norm_bias, self.input_eps), self.qkv,
                               self.qkv_bias).view(T, lm.heads, 3, lm.head_dim), lm._perm, cos, sin)
         cache = lm.cache
-        cache.kv[i][:, :, s:e].copy_(qkv[:, :, 1:].permute(2, 1, 0, 3))
-        a = F.linear(attend(qkv[:, :, 0], cache.keys4[i], cache.values4[i], e, mask, causal, self.scale, lm._gqa),
+        cache.kv[i].narrow(2, s, e - s).copy_(qkv[:, :, 1:].permute(2, 1, 0, 3))
+        a = F.linear(attend(qkv[:, :, 0:1], cache.keys4[i], cache.values4[i], e, mask, causal, self.scale, lm._gqa),
                      self.dense, self.dense_bias)
         if self.parallel:
             return self.mlp(F.layer_norm(x, (H,), self.post_norm, self.post_norm_bias, self.post_eps)) + a + x

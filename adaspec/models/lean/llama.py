@@ -52,10 +52,10 @@ class LlamaLayer:
         v = F.linear(h, self.v, self.v_bias).view(T, lm.kv_heads, lm.head_dim)
         qk = rotate(torch.cat((q, k), dim=1), lm._perm, cos, sin)
         cache = lm.cache
-        kv = cache.kv[i][:, :, s:e]
+        kv = cache.kv[i].narrow(2, s, e - s)
         kv[0].copy_(qk[:, heads:].transpose(0, 1))
         kv[1].copy_(v.transpose(0, 1))
-        a = attend(qk[:, :heads], cache.keys4[i], cache.values4[i], e, mask, causal, self.scale, lm._gqa)
+        a = attend(qk[:, :heads, None], cache.keys4[i], cache.values4[i], e, mask, causal, self.scale, lm._gqa)
         x = x + F.linear(a, self.o, self.o_bias)
         h = rms_norm(x, self.post_norm, self.post_eps)
         return x + F.linear(self.act(F.linear(h, self.gate, self.gate_bias)) * F.linear(h, self.up, self.up_bias),

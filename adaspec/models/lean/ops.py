@@ -29,13 +29,15 @@ def rotate(x: Tensor, perm: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 def attend(q: Tensor, keys: Tensor, values: Tensor, e: int, mask: Tensor | None, causal: bool,
            scale: float | None, gqa: bool) -> Tensor:
-    """SDPA of q [T, heads, hd] over cache rows :e of keys/values [1, kv_heads, capacity, hd] -> [T, heads * hd].
+    """SDPA of q [T, heads, 1, hd] over cache rows :e of keys/values [1, kv_heads, capacity, hd] -> [T, heads * hd].
 
-    4-D inputs: with 3-D ones SDPA takes its slower math path on the CPU instead of the flash kernel. One query
-    with no mask uses its token axis as SDPA's batch of one, so nothing is transposed."""
-    keys, values = keys[:, :, :e], values[:, :, :e]
-    if q.shape[0] == 1 and mask is None:
-        return F.scaled_dot_product_attention(q.unsqueeze(2), keys, values, scale=scale, enable_gqa=gqa).reshape(1, -1)
-    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys, values, attn_mask=mask, is_causal=causal,
+    4-D inputs: with 3-D ones SDPA takes its slower math path on the CPU instead of the flash kernel. q comes
+    with a unit axis so that one query with no mask is SDPA's batch of one as it is, and more take one transpose
+    (on these sizes each view op costs about what a small kernel does)."""
+    T = q.shape[0]
+    keys, values = keys.narrow(2, 0, e), values.narrow(2, 0, e)  # narrow: ~0.6 µs less than [:, :, :e] per call
+    if T == 1 and mask is None:
+        return F.scaled_dot_product_attention(q, keys, values, scale=scale, enable_gqa=gqa).reshape(1, -1)
+    out = F.scaled_dot_product_attention(q.transpose(0, 2), keys, values, attn_mask=mask, is_causal=causal,
                                          scale=scale, enable_gqa=gqa)
-    return out[0].transpose(0, 1).reshape(q.shape[0], -1)
+    return out.transpose(1, 2).reshape(T, -1)
