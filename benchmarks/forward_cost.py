@@ -1,5 +1,5 @@
 """Median ms of one cached decode forward (1, 4, 16 new tokens after a 128-token prefix): transformers with
-its DynamicCache vs adaspec's lean path (adaspec/models/lean.py), optionally vs a torch.compile'd
+its DynamicCache vs adaspec's lean path (adaspec/models/lean/), optionally vs a torch.compile'd
 static-shape lean step (compile time reported apart). Logic: adaspec/evaluation/forward_cost.py.
 
     python benchmarks/forward_cost.py [--presets neox-demo-target ...] [--vocab 2048] [--prefix 128]

@@ -7,7 +7,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from adaspec.models.lean import cached_lm
-from adaspec.models.lean_draft import DraftLeanLM
+from adaspec.models.lean import DraftLeanLM
 from adaspec.core.sampling import Sampling
 from adaspec.core.tree import Tree
 from adaspec.core.tree_shape import TreeShape
@@ -24,8 +24,8 @@ DRAFT_CONFIDENCE = 0.0
 class LMDrafter:
     """Drafts autoregressively from its own KV cache.
 
-    Runs on the lean decode path where the draft's family supports it (adaspec.models.lean; one-token
-    steps of a GPT-NeoX draft take adaspec.models.lean_draft's folded layer).
+    Runs on the lean decode path where the draft's family supports it (adaspec.models.lean; a
+    GPT-NeoX draft takes adaspec.models.lean.draft's folded layer).
     Cache invariant: the draft holds a prefix seq[:k] of the accepted tokens, k < n; it catches up on
     seq[k:n] (the correction or bonus token, and after a fully accepted step the last proposal it never
     fed) in its first forward of the next step, so nothing accepted is recomputed.

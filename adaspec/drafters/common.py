@@ -2,13 +2,18 @@
 
 Written out rather than borrowed from transformers' Llama modules so the heads do not depend on a config
 object or on how a transformers release names its internals; the math is the Llama one that vLLM and
-SGLang implement, so exported weights mean the same thing there.
+SGLang implement, so exported weights mean the same thing there. The maths (the norm, the rotary angles) is the
+lean decode path's (adaspec.models.lean), so the modules trained here and the views decoding runs agree by
+construction.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from adaspec.models.lean.ops import rms_norm
+from adaspec.models.lean.rotary import inv_freq, rope_angles
 
 
 class RMSNorm(nn.Module):
@@ -20,10 +25,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        x = x.to(torch.promote_types(dtype, torch.float32))
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return rms_norm(x, self.weight, self.eps, torch.promote_types(x.dtype, torch.float32))
 
 
 class GatedMLP(nn.Module):
@@ -49,10 +51,7 @@ def apply_rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
 
     x [B, heads, T, head_dim]; positions [T] or [B, T] (integer positions, may exceed T with a cache).
     """
-    head_dim = x.shape[-1]
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=x.device, dtype=torch.float32) / head_dim)
-    angles = positions.to(x.device, torch.float32)[..., None] * inv_freq  # [..., T, head_dim / 2]
-    angles = torch.cat([angles, angles], dim=-1)
+    angles = rope_angles(positions.to(x.device, torch.float32), inv_freq(theta, x.shape[-1], x.device))
     if angles.dim() == 3:  # per-batch positions: broadcast over heads
         angles = angles[:, None]
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)

@@ -8,7 +8,8 @@ modules' per-call work was most of a head's step: rotary angles recomputed from 
 float32 round trips per RMSNorm, separate q/k/v and gate/up matmuls, and a KV cache grown by `torch.cat`
 (a copy of the whole cache per draft token). This view reads the same weights, fused once when it is
 built ([q|k|v] and [gate|up] one matrix each, stored [in, out]), looks rotary angles up in a table, and
-keeps keys and values in a preallocated buffer, so cropping is setting a length.
+keeps keys and values in a preallocated buffer, so cropping is setting a length. Cache, tables, norm,
+rotation and attention are the target's lean path's own (adaspec.models.lean: cache, rotary, ops).
 
 The weights are copied when the view is built; drafters rebuild it at `prefill` when the module's
 weights have changed since (`weight_versions`), so a head trained further is decoded as it is now.
@@ -20,6 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adaspec.models.lean.cache import KVCache
+from adaspec.models.lean.ops import attend, rotate
+from adaspec.models.lean.ops import rms_norm as _rms_norm
+from adaspec.models.lean.rotary import inv_freq, rotary_tables
+
 
 def weight_versions(module: nn.Module) -> tuple[int, ...]:
     """Every in-place update of a weight (an optimizer step, load_state_dict) bumps its version counter:
@@ -28,9 +34,8 @@ def weight_versions(module: nn.Module) -> tuple[int, ...]:
 
 
 def rms_norm(x: Tensor, norm: nn.Module) -> Tensor:
-    """adaspec.drafters.common.RMSNorm (F.rms_norm's CPU kernel measured several times slower on one row)."""
-    y = x.float()  # no copy for float32 inputs; half inputs are normalised in float32 as the module does
-    return (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + norm.eps)).to(x.dtype) * norm.weight
+    """adaspec.drafters.common.RMSNorm `norm` applied to x, on the lean maths (float32 for half inputs)."""
+    return _rms_norm(x, norm.weight, norm.eps)
 
 
 def _t(linear: nn.Linear) -> Tensor:
@@ -54,46 +59,28 @@ class LeanLayer:
         self.w_down = _t(mlp.down_proj)
         self.inter = mlp.gate_proj.weight.shape[0]
         w = self.w_o
-        self.inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=w.device, dtype=torch.float32) / head_dim)
-        half = head_dim // 2
-        # rotate_half(x) == x[..., perm] * sign: one gather and one fused multiply-add with a signed sine table
-        self.perm = torch.cat([torch.arange(half, head_dim), torch.arange(half)]).to(w.device)
-        self.sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(w.device, w.dtype)
+        self.inv_freq = inv_freq(theta, head_dim, w.device)  # the angles of adaspec.drafters.common.apply_rope
         self.length = 0
-        self.k = w.new_empty(kv_heads, 0, head_dim)
-        self.v = w.new_empty(kv_heads, 0, head_dim)
-        self.cos = self.sin = w.new_empty(0, head_dim)
+        self.cache = KVCache(1, kv_heads, head_dim, w.dtype, w.device)
         self._reserve(capacity)
 
     def _reserve(self, rows: int) -> None:
-        cap = self.k.shape[1]
+        cap = self.cache.capacity
         if rows <= cap:
             return
         new = max(rows, 2 * cap)
-        for name in ("k", "v"):
-            old = getattr(self, name)
-            buf = old.new_empty(self.kv_heads, new, self.head_dim)
-            buf[:, :cap] = old
-            setattr(self, name, buf)
-        # the angles exactly as adaspec.drafters.common.apply_rope computes them
-        angles = torch.arange(new, device=self.inv_freq.device, dtype=torch.float32)[:, None] * self.inv_freq
-        angles = torch.cat([angles, angles], dim=-1)
-        self.cos = angles.cos().to(self.k.dtype)
-        self.sin = angles.sin().to(self.k.dtype) * self.sign
+        self.cache.grow(new, self.length)
+        self.k, self.v = self.cache.keys[0], self.cache.values[0]  # [kv_heads, capacity, hd]
+        self.cos, self.sin, self.perm = rotary_tables(self.inv_freq, 1.0, new, self.head_dim, self.k.dtype,
+                                                      self.k.device)
 
     def crop(self, length: int) -> None:
         self.length = min(self.length, length)
 
     def keep(self, start: int, rows: list[int]) -> None:
         """Keep the first `start` rows, then `rows` (in that order); drop the rest."""
-        idx = torch.tensor(rows, dtype=torch.long, device=self.k.device)
-        end = start + len(rows)
-        self.k[:, start:end] = self.k.index_select(1, idx)
-        self.v[:, start:end] = self.v.index_select(1, idx)
-        self.length = end
-
-    def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        return torch.addcmul(x * cos, x.index_select(-1, self.perm), sin)
+        self.cache.keep(start, torch.tensor(rows, dtype=torch.long, device=self.k.device))
+        self.length = start + len(rows)
 
     def _store(self, kv: Tensor, s: int, e: int, cos: Tensor, sin: Tensor) -> None:
         """Cache rows s..e-1 from kv [T, 2 * kv_heads * d], the projected keys then values."""
@@ -101,7 +88,7 @@ class LeanLayer:
         k = kv[:, :n].view(t, self.kv_heads, self.head_dim)
         if self.qk_norms is not None:
             k = rms_norm(k, self.qk_norms[1])
-        self.k[:, s:e] = self._rotate(k, cos, sin).transpose(0, 1)
+        self.k[:, s:e] = rotate(k, self.perm, cos, sin).transpose(0, 1)
         self.v[:, s:e] = kv[:, n:].view(t, self.kv_heads, self.head_dim).transpose(0, 1)
 
     def append(self, x: Tensor) -> None:
@@ -131,7 +118,7 @@ class LeanLayer:
         q = qkv[:, : h * d].view(t, h, d)
         if self.qk_norms is not None:
             q = rms_norm(q, self.qk_norms[0])
-        q = self._rotate(q, cos, sin)
+        q = rotate(q, self.perm, cos, sin)
         self._store(qkv[:, h * d:], s, e, cos, sin)
         if visible is not None:
             mask = visible.to(x.device)
@@ -139,9 +126,8 @@ class LeanLayer:
             mask = torch.arange(e, device=x.device)[None, :] <= torch.arange(s, e, device=x.device)[:, None]
         else:
             mask = None  # one query after every cached row, or a non-causal block, sees them all
-        a = F.scaled_dot_product_attention(q.transpose(0, 1)[None], self.k[None, :, :e], self.v[None, :, :e],
-                                           attn_mask=mask, enable_gqa=h != self.kv_heads)
+        a = attend(q[:, :, None], self.cache.keys4[0], self.cache.values4[0], e, mask, False, None, h != self.kv_heads)
         self.length = e
-        out = torch.addmm(residual, a[0].transpose(0, 1).reshape(t, h * d), self.w_o)
+        out = torch.addmm(residual, a, self.w_o)
         gate, up = (rms_norm(out, self.post_norm) @ self.w_gate_up).split(self.inter, dim=-1)
         return torch.addmm(out, F.silu(gate) * up, self.w_down)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adaspec.models.lean import LeanLM
+from adaspec.models.lean.ops import rotate
 from adaspec.models.target import CachedLM
 from adaspec.errors import AdaspecError
 from adaspec.models import build_model, count_params
@@ -42,21 +43,21 @@ class CompiledNeoxStep:
         x = F.embedding(tokens, lm._embed)
         H = x.shape[1]
         cos, sin = lm._cos.index_select(0, rows)[:, None], lm._sin.index_select(0, rows)[:, None]
-        for layer, (n1, b1, eps1, wqkv, bqkv, wo, bo, scale, n2, b2, eps2, wi, bi, wd, bd, act,
-                    parallel) in enumerate(lm._layers):
-            qkv = F.linear(F.layer_norm(x, (H,), n1, b1, eps1), wqkv, bqkv).view(T, lm.heads, 3, hd)
-            qk = lm._rotate(qkv[:, :, :2].reshape(T, 2 * lm.heads, hd), cos, sin).view(T, lm.heads, 2, hd)
-            keys, values = lm._keys[layer], lm._values[layer]
+        for i, w in enumerate(lm._layers):
+            qkv = F.linear(F.layer_norm(x, (H,), w.input_norm, w.input_norm_bias, w.input_eps), w.qkv,
+                           w.qkv_bias).view(T, lm.heads, 3, hd)
+            qk = rotate(qkv[:, :, :2].reshape(T, 2 * lm.heads, hd), lm._perm, cos, sin).view(T, lm.heads, 2, hd)
+            keys, values = lm.cache.keys[i], lm.cache.values[i]
             keys.index_copy_(1, rows, qk[:, :, 1].transpose(0, 1))
             values.index_copy_(1, rows, qkv[:, :, 2].transpose(0, 1))
             a = F.scaled_dot_product_attention(qk[:, :, 0].transpose(0, 1)[None], keys[None], values[None],
-                                               attn_mask=mask, scale=scale)
-            a = F.linear(a[0].transpose(0, 1).reshape(T, H), wo, bo)
-            if parallel:
-                x = F.linear(act(F.linear(F.layer_norm(x, (H,), n2, b2, eps2), wi, bi)), wd, bd) + a + x
+                                               attn_mask=mask, scale=w.scale)
+            a = F.linear(a[0].transpose(0, 1).reshape(T, H), w.dense, w.dense_bias)
+            if w.parallel:
+                x = w.mlp(F.layer_norm(x, (H,), w.post_norm, w.post_norm_bias, w.post_eps)) + a + x
             else:
                 a = a + x
-                x = F.linear(act(F.linear(F.layer_norm(a, (H,), n2, b2, eps2), wi, bi)), wd, bd) + a
+                x = w.mlp(F.layer_norm(a, (H,), w.post_norm, w.post_norm_bias, w.post_eps)) + a
         weight, bias = lm._head
         return F.linear(lm._final_norm(x[-keep:]), weight, bias).float()
 

@@ -189,7 +189,7 @@ def test_bfloat16_follows_the_model_dtype():
     m = build_model("tiny-neox", V, seed=2).to(torch.bfloat16)
     ids = tokens(12, seed=10)
     lm = LeanLM(m, V, "t")
-    assert lm._cache.dtype == torch.bfloat16
+    assert lm.cache.data.dtype == torch.bfloat16
     logits, _ = lm.forward(ids, keep=12)
     assert float((logits - hf_logits(m, ids)).abs().max()) < 0.05
 
@@ -232,7 +232,7 @@ def test_keep_path_leaves_the_cache_of_a_fresh_forward_on_the_path(model):
     fresh = LeanLM(model, V, "t", hidden_layers=(0,))
     fresh.forward(torch.cat([prefix, nodes[path]]))
     n = lm.seen
-    assert float((lm._cache[:, :, :, :n] - fresh._cache[:, :, :, :n]).abs().max()) < TOL
+    assert float((lm.cache.data[:, :, :, :n] - fresh.cache.data[:, :, :, :n]).abs().max()) < TOL
     nxt = tokens(3, seed=15)
     a, ha = lm.forward(nxt, keep=3)
     b, hb = fresh.forward(nxt, keep=3)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
-from adaspec.models.lean_draft import DraftLeanLM
+from adaspec.models.lean import DraftLeanLM
 from adaspec.decoding.lm import LMDrafter
 from adaspec.models import build_model
 
