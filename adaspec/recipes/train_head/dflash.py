@@ -5,7 +5,7 @@ Per micro-batch the target's distributions and the head's layers come from a liv
 starts a, drawn uniformly (without replacement) among the positions whose next token is a response token;
 block a is [x_a, MASK, ...] at positions a..a+B-1 and sees the context of positions < a, as at decoding
 (the recipe of DFlash's authors, vLLM speculators and SpecForge: random anchors, one block forward each).
-Slot j of block a predicts token a+j; its loss is the per-token divergence (`--loss`, adaspec.distill
+Slot j of block a predicts token a+j; its loss is the per-token divergence (`--divergence`, adaspec.distill
 .losses) from the target's distribution at position a+j-1, weighted `--step-decay`**(j-1) along the block.
 
 `--method adaspec --ref KD_HEAD` keeps, per slot j, the top-k fraction of the micro-batch's scored tokens by
