@@ -16,7 +16,8 @@ import importlib
 import sys
 import types
 import typing
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from safetensors import SafetensorError
 
@@ -32,29 +33,52 @@ class Command(NamedTuple):
 
 
 COMMANDS: dict[str, Command] = {
-    "generate": Command("adaspec.recipes.generate_options:GenerateOptions", "adaspec.recipes.generate:run_generate",
-                        "speculative decoding of one prompt, streaming text and printing acceptance stats"),
-    "train-target": Command("adaspec.recipes.train_target_options:TrainTargetOptions",
-                            "adaspec.recipes.train_target:run_train_target",
-                            "fine-tune (or build and train) the target model on a task"),
-    "distill": Command("adaspec.recipes.distill_options:DistillOptions", "adaspec.recipes.distill:run_distill",
-                       "distil a draft from the target: plain KD (reference / DistillSpec) or AdaSPEC selective KD"),
-    "train-head": Command("adaspec.recipes.train_head.options:TrainHeadOptions",
-                          "adaspec.recipes.train_head.options:run_train_head",
-                          "train an EAGLE feature head, MTP modules or Medusa heads on a frozen target (KD or "
-                          "AdaSPEC)"),
-    "export": Command("adaspec.recipes.export_options:ExportOptions", "adaspec.recipes.export:run_export",
-                      "write a trained head in the layout vLLM / SGLang load (EAGLE-3 or EAGLE-1)"),
-    "cache": Command("adaspec.recipes.cache_options:CacheOptions", "adaspec.recipes.cache:run_cache",
-                     "store the target's top-K distribution and the reference's divergence per response token"),
-    "eval": Command("adaspec.recipes.eval_options:EvalOptions", "adaspec.recipes.eval:run_eval",
-                    "measure a draft: empirical and analytic acceptance, speed-up and the target's task quality"),
-    "build": Command("adaspec.recipes.build.command:BuildOptions", "adaspec.recipes.build.command:run_build",
-                     "your target and data in: train a KD and an AdaSPEC drafter of every servable family, measure "
-                     "them on held-out prompts, export the fastest for vLLM/SGLang, write a report"),
-    "reproduce": Command("adaspec.recipes.reproduce.pipeline:ReproduceOptions",
-                         "adaspec.recipes.reproduce.pipeline:run_reproduce",
-                         "run the whole paper pipeline at CPU scale and write results/<task>/"),
+    "generate": Command(
+        "adaspec.recipes.generate_options:GenerateOptions",
+        "adaspec.recipes.generate:run_generate",
+        "speculative decoding of one prompt, streaming text and printing acceptance stats",
+    ),
+    "train-target": Command(
+        "adaspec.recipes.train_target_options:TrainTargetOptions",
+        "adaspec.recipes.train_target:run_train_target",
+        "fine-tune (or build and train) the target model on a task",
+    ),
+    "distill": Command(
+        "adaspec.recipes.distill_options:DistillOptions",
+        "adaspec.recipes.distill:run_distill",
+        "distil a draft from the target: plain KD (reference / DistillSpec) or AdaSPEC selective KD",
+    ),
+    "train-head": Command(
+        "adaspec.recipes.train_head.options:TrainHeadOptions",
+        "adaspec.recipes.train_head.options:run_train_head",
+        "train an EAGLE feature head, MTP modules or Medusa heads on a frozen target (KD or AdaSPEC)",
+    ),
+    "export": Command(
+        "adaspec.recipes.export_options:ExportOptions",
+        "adaspec.recipes.export:run_export",
+        "write a trained head in the layout vLLM / SGLang load (EAGLE-3 or EAGLE-1)",
+    ),
+    "cache": Command(
+        "adaspec.recipes.cache_options:CacheOptions",
+        "adaspec.recipes.cache:run_cache",
+        "store the target's top-K distribution and the reference's divergence per response token",
+    ),
+    "eval": Command(
+        "adaspec.recipes.eval_options:EvalOptions",
+        "adaspec.recipes.eval:run_eval",
+        "measure a draft: empirical and analytic acceptance, speed-up and the target's task quality",
+    ),
+    "build": Command(
+        "adaspec.recipes.build.command:BuildOptions",
+        "adaspec.recipes.build.command:run_build",
+        "your target and data in: train a KD and an AdaSPEC drafter of every servable family, measure "
+        "them on held-out prompts, export the fastest for vLLM/SGLang, write a report",
+    ),
+    "reproduce": Command(
+        "adaspec.recipes.reproduce.pipeline:ReproduceOptions",
+        "adaspec.recipes.reproduce.pipeline:run_reproduce",
+        "run the whole paper pipeline at CPU scale and write results/<task>/",
+    ),
 }
 
 
@@ -75,8 +99,13 @@ class _RenamedFlag(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
         self.new = new
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         warn(rename_notice(str(option_string), self.new))
         setattr(namespace, self.dest, values)
 
@@ -100,8 +129,11 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             origin, args = typing.get_origin(tp), typing.get_args(tp)
         kwargs: dict[str, Any] = {"help": field.metadata.get("help", "")}
         has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
-        default = field.default if field.default is not dataclasses.MISSING else (
-            field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
+        default = (
+            field.default
+            if field.default is not dataclasses.MISSING
+            else (field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
+        )
         if has_default:
             kwargs["default"] = default
             kwargs["help"] += f" (default: {default})"
@@ -121,9 +153,15 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["metavar"] = field.metadata["metavar"]
         parser.add_argument(_flag(field.name), dest=field.name, **kwargs)
         for old in (old for old, new in renamed(cls).items() if new == field.name):
-            parser.add_argument(_flag(old), dest=field.name, action=_RenamedFlag, new=_flag(field.name),
-                                help=argparse.SUPPRESS, default=argparse.SUPPRESS,
-                                **{k: v for k, v in kwargs.items() if k in ("type", "choices", "nargs", "metavar")})
+            parser.add_argument(
+                _flag(old),
+                dest=field.name,
+                action=_RenamedFlag,
+                new=_flag(field.name),
+                help=argparse.SUPPRESS,
+                default=argparse.SUPPRESS,
+                **{k: v for k, v in kwargs.items() if k in ("type", "choices", "nargs", "metavar")},
+            )
 
 
 def options_from_args(cls: type, ns: argparse.Namespace) -> Any:
@@ -149,11 +187,19 @@ def build_parser(command: str | None = None, config: dict[str, Any] | None = Non
             sub.add_parser(name, help=summary)
             continue
         cls = options_class(name)
-        p = sub.add_parser(name, help=summary, description=(cls.__doc__ or summary).strip(),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=(cls.__doc__ or summary).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         add_dataclass_arguments(p, cls)
-        p.add_argument("--config", metavar="FILE", help="read options from a JSON or YAML file (flags override "
-                       "it); each run writes its resolved options beside its output, readable back by --config")
+        p.add_argument(
+            "--config",
+            metavar="FILE",
+            help="read options from a JSON or YAML file (flags override "
+            "it); each run writes its resolved options beside its output, readable back by --config",
+        )
         _apply_config(p, config or {})
     return parser
 
@@ -185,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         command, options = parse_options(argv)  # --help exits here, before torch is imported
         fn: Callable[[Any], Any] = _load(COMMANDS[command].run)
         from transformers.utils import logging as hf_logging
+
         hf_logging.disable_progress_bar()  # per-file load/save bars drown our own progress output
         result = fn(options)
         config_lib.write_resolved(command, options)

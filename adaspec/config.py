@@ -12,8 +12,9 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from adaspec.errors import AdaspecError, warn
 from adaspec.io import atomic_write_json
@@ -115,13 +116,15 @@ def load_config(path: str | Path, command: str, cls: type) -> dict[str, Any]:
     known = set(option_names(cls))
     unknown = sorted(k for k in values if k not in known)
     if unknown:
-        raise AdaspecError(f"{path}: unknown option{'s' if len(unknown) > 1 else ''} for adaspec {command}: "
-                           f"{', '.join(unknown)}")
+        raise AdaspecError(
+            f"{path}: unknown option{'s' if len(unknown) > 1 else ''} for adaspec {command}: {', '.join(unknown)}"
+        )
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
         if not _fits(hints[key], value):
-            raise AdaspecError(f"{path}: option {key} must be {_type_name(hints[key])}, "
-                               f"got {json.dumps(value, default=str)}")
+            raise AdaspecError(
+                f"{path}: option {key} must be {_type_name(hints[key])}, got {json.dumps(value, default=str)}"
+            )
     return values
 
 

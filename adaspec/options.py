@@ -9,7 +9,6 @@ from typing import Any
 
 from adaspec.errors import AdaspecError
 
-
 # sizes a user types, bounded before anything is allocated: 128k positions, and 1M tokens per micro-batch
 # (its logits alone take tokens x vocabulary x 4 bytes: 128 GB at a 32k vocabulary; --grad-accum goes further)
 MAX_LENGTH = 131072
@@ -23,8 +22,10 @@ def helptext(text: str, **extra: Any) -> dict:
 
 def strict_field() -> Any:
     """`--strict`, declared once for every command that loads a head onto a target."""
-    return field(default=False, metadata=helptext(
-        "refuse a head trained on other weights of the target's shape (default: a one-line warning)"))
+    return field(
+        default=False,
+        metadata=helptext("refuse a head trained on other weights of the target's shape (default: a one-line warning)"),
+    )
 
 
 def renamed(cls: type) -> dict[str, str]:
@@ -46,11 +47,15 @@ def command_line(command: str, opts: Any) -> str:
     """The `adaspec <command>` line that reproduces the options dataclass `opts` (options at their defaults
     and fields without a flag omitted)."""
     import shlex
+
     words = ["adaspec", command]
     for f in dataclasses.fields(opts):
         value = getattr(opts, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        )
         if value == default or value is None or f.metadata.get("cli") is False:
             continue
         if isinstance(value, bool):
@@ -71,8 +76,9 @@ def check_finite(opts: Any) -> None:
                 raise AdaspecError(f"{flag(f.name)} must be a finite number, got {v}")
 
 
-def check_range(opts: Any, name: str, low: float | None = None, high: float | None = None,
-                low_open: bool = False) -> None:
+def check_range(
+    opts: Any, name: str, low: float | None = None, high: float | None = None, low_open: bool = False
+) -> None:
     """`opts.<name>` in [low, high] ((low, high] with `low_open`); None bounds are unchecked."""
     value = getattr(opts, name)
     if value is None:

@@ -24,8 +24,13 @@ def _is_local(path: str | os.PathLike) -> bool:
     return Path(path).expanduser().exists()
 
 
-def check_output(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], *,
-                 flag: str = "--output", kind: str = "directory") -> Path:
+def check_output(
+    output: str | os.PathLike,
+    inputs: dict[str, str | os.PathLike | None],
+    *,
+    flag: str = "--output",
+    kind: str = "directory",
+) -> Path:
     """Refuse an output that is, contains or lies inside an input (symlinks resolved), or, for a directory
     output, an existing regular file. `inputs` maps a role ("target", "--data", ...) to a path; None and
     hub ids (no such local path) are skipped. Returns the output path."""
@@ -35,8 +40,9 @@ def check_output(output: str | os.PathLike, inputs: dict[str, str | os.PathLike 
     except (RuntimeError, OSError) as exc:  # a symlink loop
         raise AdaspecError(f"{flag} {output} cannot be resolved: {exc}") from None
     if out.is_symlink() and not out.exists():
-        raise AdaspecError(f"{flag} {output} is a dangling symlink (to {os.readlink(out)}); remove it or write "
-                           f"elsewhere")
+        raise AdaspecError(
+            f"{flag} {output} is a dangling symlink (to {os.readlink(out)}); remove it or write elsewhere"
+        )
     if kind == "directory" and out.exists() and not out.is_dir():
         raise AdaspecError(f"{flag} {output} is an existing file, not a directory")
     if kind == "file" and out.is_dir():
@@ -98,8 +104,9 @@ def output_lock(output: str | os.PathLike, enabled: bool = True) -> Iterator[Non
                     path.unlink()
                 continue  # another taker may win the O_EXCL race: then it is a live writer
             who = f"process {pid} on {host}" if pid is not None else "another process"
-            raise AdaspecError(f"{output} is in use by {who} (lock {path}); wait for it, or delete the lock "
-                               f"if that process is gone") from None
+            raise AdaspecError(
+                f"{output} is in use by {who} (lock {path}); wait for it, or delete the lock if that process is gone"
+            ) from None
         with os.fdopen(fd, "w") as fh:
             json.dump(me, fh)
         break
@@ -112,8 +119,9 @@ def output_lock(output: str | os.PathLike, enabled: bool = True) -> Iterator[Non
 
 
 @contextlib.contextmanager
-def guarded_output(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None],
-                   lock: bool = True, flag: str = "--output") -> Iterator[Path]:
+def guarded_output(
+    output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], lock: bool = True, flag: str = "--output"
+) -> Iterator[Path]:
     """`check_output` then `output_lock`: the one entry point of commands that write a folder."""
     out = check_output(output, inputs, flag=flag)
     with output_lock(out, enabled=lock):

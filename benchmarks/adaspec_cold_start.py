@@ -12,7 +12,8 @@ ALL from the same fresh draft (--preset llama-demo-draft, the same --init-seed) 
 and scores each with `adaspec eval` on held-out test prompts (greedy: α = accepted / drafted tokens, τ,
 speed-up against the target alone on this CPU). Every run is kept under --work and skipped when finished, so
 an interrupted run resumes. The JSON (--json) holds every row (with the load average around the eval that
-timed its speed-up), the settings, the exact command, and the choice: the remedy whose α relative to KD (mean over data sets and
+timed its speed-up), the settings, the exact command, and the choice: the remedy whose α relative to KD (mean over
+data sets and
 seeds) is highest. --docs rewrites the table between the markers of that markdown file from the JSON.
 
     OMP_NUM_THREADS=1 python benchmarks/adaspec_cold_start.py --seeds 0 1 --docs docs/cold_start.md
@@ -62,9 +63,29 @@ def train(out: Path, *args: object) -> None:
 
 def runs_of(args: argparse.Namespace, name: str, seed: int, work: Path, data: Path, target: Path) -> dict[str, dict]:
     """Train the KD and AdaSPEC drafts of one data set and seed; name -> {output, method, cold_start, steps}."""
-    common = ["--target", target, "--data", data, "--preset", "llama-demo-draft", "--init-seed", seed,
-              "--seed", seed, "--limit", args.limit, "--batch-size", args.batch_size, "--max-length", args.max_length,
-              "--val-examples", args.val_examples, "--val-every", 0, "--no-progress"]
+    common = [
+        "--target",
+        target,
+        "--data",
+        data,
+        "--preset",
+        "llama-demo-draft",
+        "--init-seed",
+        seed,
+        "--seed",
+        seed,
+        "--limit",
+        args.limit,
+        "--batch-size",
+        args.batch_size,
+        "--max-length",
+        args.max_length,
+        "--val-examples",
+        args.val_examples,
+        "--val-every",
+        0,
+        "--no-progress",
+    ]
     root = work / name / f"seed{seed}"
     kd = root / "kd"
     plan = {"kd": (kd, "kd", "off", args.steps), "kd_2n": (root / "kd_2n", "kd", "off", 2 * args.steps)}
@@ -75,22 +96,46 @@ def runs_of(args: argparse.Namespace, name: str, seed: int, work: Path, data: Pa
         train(out, "distill", *common, "--method", method, "--max-steps", steps, *extra)
         summary = json.loads((out / "train_summary.json").read_text())
         assert summary["cold_start"] == cold, (run, summary["cold_start"])  # what the run says it did
-        runs[run] = {"output": out, "method": method, "cold_start": cold, "steps": steps,
-                     "val_greedy_agreement": summary["best_greedy_agreement"]}
+        runs[run] = {
+            "output": out,
+            "method": method,
+            "cold_start": cold,
+            "steps": steps,
+            "val_greedy_agreement": summary["best_greedy_agreement"],
+        }
     return runs
 
 
-def evaluate(args: argparse.Namespace, name: str, seed: int, work: Path, data: Path, target: Path,
-             runs: dict[str, dict]) -> dict:
+def evaluate(
+    args: argparse.Namespace, name: str, seed: int, work: Path, data: Path, target: Path, runs: dict[str, dict]
+) -> dict:
     """`adaspec eval` of every draft of one data set and seed on its test prompts (skipped when done), with the
     load average around it: the speed-ups it times depend on what else ran (α does not)."""
     out = work / name / f"seed{seed}" / "eval.json"
     load = out.with_name("eval_loadavg.json")
     if not out.is_file():
         before = os.getloadavg()
-        adaspec("eval", "--target", target, "--draft", *[r["output"] for r in runs.values()], "--data", data,
-                "--split", "test", "--n-prompts", args.eval_prompts, "--max-new-tokens", args.max_new_tokens,
-                "--gamma", args.gamma, "--context", args.max_length, "--json", out)
+        adaspec(
+            "eval",
+            "--target",
+            target,
+            "--draft",
+            *[r["output"] for r in runs.values()],
+            "--data",
+            data,
+            "--split",
+            "test",
+            "--n-prompts",
+            args.eval_prompts,
+            "--max-new-tokens",
+            args.max_new_tokens,
+            "--gamma",
+            args.gamma,
+            "--context",
+            args.max_length,
+            "--json",
+            out,
+        )
         atomic_write_json(load, {"eval_loadavg_before": before, "eval_loadavg_after": os.getloadavg()})
     return {**json.loads(out.read_text()), **json.loads(load.read_text())}
 
@@ -109,9 +154,11 @@ def summarise(rows: list[dict]) -> dict:
     by_run: dict[str, dict] = {}
     for run in dict.fromkeys(r["run"] for r in rows):
         mine = [r for r in rows if r["run"] == run]
-        by_run[run] = {"mean_alpha": statistics.mean(r["alpha"] for r in mine),
-                       "mean_alpha_vs_kd": statistics.mean(r["alpha"] / kd[r["dataset"], r["seed"]] for r in mine),
-                       "min_alpha_vs_kd": min(r["alpha"] / kd[r["dataset"], r["seed"]] for r in mine)}
+        by_run[run] = {
+            "mean_alpha": statistics.mean(r["alpha"] for r in mine),
+            "mean_alpha_vs_kd": statistics.mean(r["alpha"] / kd[r["dataset"], r["seed"]] for r in mine),
+            "min_alpha_vs_kd": min(r["alpha"] / kd[r["dataset"], r["seed"]] for r in mine),
+        }
     remedies = [c for c in REMEDIES if c != "off" and f"adaspec_{c}" in by_run]
     chosen = max(remedies, key=lambda c: by_run[f"adaspec_{c}"]["mean_alpha_vs_kd"])
     return {"by_run": by_run, "chosen": chosen}
@@ -121,8 +168,10 @@ def table(result: dict) -> str:
     """The markdown table of a result: α per data set (mean over seeds, then each seed's), and relative to KD
     (over data sets and seeds)."""
     rows, datasets = result["rows"], result["datasets"]
-    lines = ["| run | " + " | ".join(f"α {d}" for d in datasets) + " | mean α / KD's α | least α / KD's α |",
-             "|---|" + "---:|" * (len(datasets) + 2)]
+    lines = [
+        "| run | " + " | ".join(f"α {d}" for d in datasets) + " | mean α / KD's α | least α / KD's α |",
+        "|---|" + "---:|" * (len(datasets) + 2),
+    ]
 
     def cell(run: str, dataset: str) -> str:
         alphas = [r["alpha"] for r in rows if r["run"] == run and r["dataset"] == dataset]
@@ -131,7 +180,9 @@ def table(result: dict) -> str:
 
     for run, s in result["summary"]["by_run"].items():
         cells = [cell(run, d) for d in datasets]
-        lines.append(f"| {run} | " + " | ".join(cells) + f" | {s['mean_alpha_vs_kd']:.2f} | {s['min_alpha_vs_kd']:.2f} |")
+        lines.append(
+            f"| {run} | " + " | ".join(cells) + f" | {s['mean_alpha_vs_kd']:.2f} | {s['min_alpha_vs_kd']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -167,28 +218,68 @@ def main() -> None:
     for name in args.datasets:
         data = write_dataset(name, args.work / name / "data", args.limit)
         target = args.work / name / "target"
-        train(target, "train-target", "--data", data, "--preset", "llama-demo-target", "--chat-template", "chatml",
-              "--vocab-size", 1024, "--limit", args.limit, "--max-steps", args.target_steps, "--lr", args.target_lr,
-              "--batch-size", args.batch_size, "--max-length", args.max_length, "--val-every", 0,
-              "--val-examples", 32, "--no-progress")
+        train(
+            target,
+            "train-target",
+            "--data",
+            data,
+            "--preset",
+            "llama-demo-target",
+            "--chat-template",
+            "chatml",
+            "--vocab-size",
+            1024,
+            "--limit",
+            args.limit,
+            "--max-steps",
+            args.target_steps,
+            "--lr",
+            args.target_lr,
+            "--batch-size",
+            args.batch_size,
+            "--max-length",
+            args.max_length,
+            "--val-every",
+            0,
+            "--val-examples",
+            32,
+            "--no-progress",
+        )
         for seed in args.seeds:
             runs = runs_of(args, name, seed, args.work, data, target)
             result = evaluate(args, name, seed, args.work, data, target, runs)
             for run, r in runs.items():
-                rows.append({"dataset": name, "seed": seed, "run": run, "drafter": "draft", "method": r["method"],
-                             "cold_start": r["cold_start"], "init": "fresh", "steps": r["steps"], "engine": "adaspec",
-                             **draft_metrics(result, r["output"]), "val_greedy_agreement": r["val_greedy_agreement"],
-                             "eval_loadavg_before": result["eval_loadavg_before"],
-                             "eval_loadavg_after": result["eval_loadavg_after"]})
+                rows.append(
+                    {
+                        "dataset": name,
+                        "seed": seed,
+                        "run": run,
+                        "drafter": "draft",
+                        "method": r["method"],
+                        "cold_start": r["cold_start"],
+                        "init": "fresh",
+                        "steps": r["steps"],
+                        "engine": "adaspec",
+                        **draft_metrics(result, r["output"]),
+                        "val_greedy_agreement": r["val_greedy_agreement"],
+                        "eval_loadavg_before": result["eval_loadavg_before"],
+                        "eval_loadavg_after": result["eval_loadavg_after"],
+                    }
+                )
                 print(f"{name} seed {seed} {run}: α {rows[-1]['alpha']:.3f}", flush=True)
-    result = {"command": shlex.join(["python", *sys.argv]), "datasets": args.datasets, "seeds": args.seeds,
-              "settings": {k: v for k, v in vars(args).items() if k not in ("json", "docs", "work")},
-              "target": {"preset": "llama-demo-target", "chat_template": "chatml", "vocab_size": 1024},
-              "draft": {"preset": "llama-demo-draft", "init": "fresh"},
-              # this invocation's, which may only have read finished runs; each row has its eval's own
-              "invocation_loadavg_before": load_before, "invocation_loadavg_after": os.getloadavg(),
-              "invocation_wall_s": time.time() - start,
-              "rows": rows}
+    result = {
+        "command": shlex.join(["python", *sys.argv]),
+        "datasets": args.datasets,
+        "seeds": args.seeds,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "docs", "work")},
+        "target": {"preset": "llama-demo-target", "chat_template": "chatml", "vocab_size": 1024},
+        "draft": {"preset": "llama-demo-draft", "init": "fresh"},
+        # this invocation's, which may only have read finished runs; each row has its eval's own
+        "invocation_loadavg_before": load_before,
+        "invocation_loadavg_after": os.getloadavg(),
+        "invocation_wall_s": time.time() - start,
+        "rows": rows,
+    }
     result["summary"] = summarise(rows)
     atomic_write_json(args.json, result)
     print(table(result))

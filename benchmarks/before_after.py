@@ -28,13 +28,42 @@ RUN = ROOT / "runs/gsm8k/demo"
 def commands(out: str) -> dict[str, list[str]]:
     py = [sys.executable, "-m", "adaspec.cli"]
     return {
-        "decode (generate, 256 tokens)": [*py, "generate", "--target", f"{RUN}/target", "--draft",
-                                          f"{RUN}/seed0/adaspec", "--prompt", "Natalia sold clips to 48 of her friends",
-                                          "--gamma", "3", "--max-new-tokens", "256"],
-        "training (distill, 30 steps)": [*py, "distill", "--target", f"{RUN}/target", "--draft-init",
-                                         f"{RUN}/draft_init", "--max-steps", "30", "--limit", "480", "--val-every", "0",
-                                         "--val-examples", "4", "--val-max-new-tokens", "8", "--no-progress",
-                                         "--overwrite", "--output", out],
+        "decode (generate, 256 tokens)": [
+            *py,
+            "generate",
+            "--target",
+            f"{RUN}/target",
+            "--draft",
+            f"{RUN}/seed0/adaspec",
+            "--prompt",
+            "Natalia sold clips to 48 of her friends",
+            "--gamma",
+            "3",
+            "--max-new-tokens",
+            "256",
+        ],
+        "training (distill, 30 steps)": [
+            *py,
+            "distill",
+            "--target",
+            f"{RUN}/target",
+            "--draft-init",
+            f"{RUN}/draft_init",
+            "--max-steps",
+            "30",
+            "--limit",
+            "480",
+            "--val-every",
+            "0",
+            "--val-examples",
+            "4",
+            "--val-max-new-tokens",
+            "8",
+            "--no-progress",
+            "--overwrite",
+            "--output",
+            out,
+        ],
     }
 
 
@@ -65,18 +94,28 @@ def main() -> int:
                         times[name][side].append(timed(cmd, tree))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
-    rows = [{"what": name, "before_s": statistics.median(t["before"]), "after_s": statistics.median(t["after"]),
-             "after_over_before": statistics.median(t["after"]) / statistics.median(t["before"]), "runs": t}
-            for name, t in times.items()]
-    result = {"command": shlex.join(["python", "benchmarks/before_after.py", *sys.argv[1:]]), "before": args.before,
-              "after": "working tree", "threads": 1, "load_average_1m_before_after": [round(load, 2),
-                                                                                    round(os.getloadavg()[0], 2)],
-              "rows": rows}
+    rows = [
+        {
+            "what": name,
+            "before_s": statistics.median(t["before"]),
+            "after_s": statistics.median(t["after"]),
+            "after_over_before": statistics.median(t["after"]) / statistics.median(t["before"]),
+            "runs": t,
+        }
+        for name, t in times.items()
+    ]
+    result = {
+        "command": shlex.join(["python", "benchmarks/before_after.py", *sys.argv[1:]]),
+        "before": args.before,
+        "after": "working tree",
+        "threads": 1,
+        "load_average_1m_before_after": [round(load, 2), round(os.getloadavg()[0], 2)],
+        "rows": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     for r in rows:
-        print(f"{r['what']}: before {r['before_s']:.2f} s, after {r['after_s']:.2f} s "
-              f"({r['after_over_before']:.3f}x)")
+        print(f"{r['what']}: before {r['before_s']:.2f} s, after {r['after_s']:.2f} s ({r['after_over_before']:.3f}x)")
     print(f"wrote {args.out}")
     return 0
 

@@ -75,9 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts-file", default=None, help="one prompt per line (\\n escapes newlines)")
     p.add_argument("--n-prompts", type=int, default=20)
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--context", type=int, default=None,
-                   help="positions prompt + continuation may use (default: the models' context); "
-                        "give the training length to keep drafts on positions they trained on")
+    p.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="positions prompt + continuation may use (default: the models' context); "
+        "give the training length to keep drafts on positions they trained on",
+    )
     p.add_argument("--gamma", type=int, default=3)
     p.add_argument("--gamma-max", type=int, default=8, help="upper bound of the adaptive γ")
     p.add_argument("--repeats", type=int, default=3)
@@ -92,10 +96,21 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         report = decode_benchmark(
-            args.target, args.draft, prompts_task=args.prompts_task, prompts_file=args.prompts_file,
-            n_prompts=args.n_prompts, max_new_tokens=args.max_new_tokens, context=args.context, gamma=args.gamma,
-            gamma_max=args.gamma_max, repeats=args.repeats, ignore_eos=args.ignore_eos, methods=args.methods,
-            device=args.device, profile=args.profile)
+            args.target,
+            args.draft,
+            prompts_task=args.prompts_task,
+            prompts_file=args.prompts_file,
+            n_prompts=args.n_prompts,
+            max_new_tokens=args.max_new_tokens,
+            context=args.context,
+            gamma=args.gamma,
+            gamma_max=args.gamma_max,
+            repeats=args.repeats,
+            ignore_eos=args.ignore_eos,
+            methods=args.methods,
+            device=args.device,
+            profile=args.profile,
+        )
     except AdaspecError as exc:
         print(f"benchmarks/decode.py: error: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from adaspec.models import load_model, load_tokenizer  # noqa: E402
 def plot(tokens: dict[str, dict[str, torch.Tensor]], title: str, path: Path) -> None:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -70,23 +71,35 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = load_tokenizer(args.target)
         named = load_named_drafters(args.draft, [], target, tokenizer, torch.device("cpu"))  # vocabulary checked
         items = data.encode(data.load_task(args.task, "train", limit=args.examples), tokenizer, args.max_length)
-        tokens = measure(target, ref, named, items, data.pad_id(tokenizer), args.batch_size, args.k,
-                         args.group or None)
+        tokens = measure(target, ref, named, items, data.pad_id(tokenizer), args.batch_size, args.k, args.group or None)
     except AdaspecError as exc:
         print(f"benchmarks/delta_distribution.py: error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    result = {"command": shlex.join(["python", "benchmarks/delta_distribution.py",
-                                     *(argv if argv is not None else sys.argv[1:])]),
-              "task": args.task, "examples": len(items), "k": args.k, "batch_size": args.batch_size,
-              "group": args.group, "drafts": {n: summarize(t) for n, t in tokens.items()}}
+    result = {
+        "command": shlex.join(
+            ["python", "benchmarks/delta_distribution.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "task": args.task,
+        "examples": len(items),
+        "k": args.k,
+        "batch_size": args.batch_size,
+        "group": args.group,
+        "drafts": {n: summarize(t) for n, t in tokens.items()},
+    }
     atomic_write_json(out, result)
-    plot(tokens, f"{args.task}: per-token Δ of {len(items)} training examples, k = {args.k}, "
-                 f"batch {args.batch_size}, groups of {args.group or args.batch_size}", out.with_suffix(".png"))
+    plot(
+        tokens,
+        f"{args.task}: per-token Δ of {len(items)} training examples, k = {args.k}, "
+        f"batch {args.batch_size}, groups of {args.group or args.batch_size}",
+        out.with_suffix(".png"),
+    )
     for name, s in result["drafts"].items():
-        print(f"{name}: kept Δ median {s['kept']['quantiles']['0.5']:.3f} (greedy accepted "
-              f"{s['kept']['accepted']:.2f}), dropped Δ median "
-              f"{s['dropped']['quantiles']['0.5']:.3f} (accepted {s['dropped']['accepted']:.2f})")
+        print(
+            f"{name}: kept Δ median {s['kept']['quantiles']['0.5']:.3f} (greedy accepted "
+            f"{s['kept']['accepted']:.2f}), dropped Δ median "
+            f"{s['dropped']['quantiles']['0.5']:.3f} (accepted {s['dropped']['accepted']:.2f})"
+        )
     print(f"wrote {out}")
     return 0
 

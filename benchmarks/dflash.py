@@ -95,8 +95,11 @@ def summarise(measurements: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             entry[key] = statistics.mean(values) if values else None
             entry[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else None
         positions = [r["position_acceptance"] for r in rows if r["position_acceptance"]]
-        entry["position_acceptance"] = [statistics.mean(p[i] for p in positions if p[i] is not None)
-                                        for i in range(min(map(len, positions)))] if positions else None
+        entry["position_acceptance"] = (
+            [statistics.mean(p[i] for p in positions if p[i] is not None) for i in range(min(map(len, positions)))]
+            if positions
+            else None
+        )
         out.append(entry)
     return out
 
@@ -106,12 +109,16 @@ def format_summary(summary: list[dict[str, Any]]) -> str:
         mean, sd = entry[key], entry[f"{key}_sd"]
         return "-" if mean is None else f"{mean:.3f}" + ("" if sd is None else f" ± {sd:.3f}")
 
-    lines = ["| prompts | T | method | seeds | vs target | α | τ | c | per position |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| prompts | T | method | seeds | vs target | α | τ | c | per position |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in summary:
         per = " ".join(f"{a:.2f}" for a in e["position_acceptance"] or [])
-        lines.append(f"| {e['prompts']} | {e['temperature']:g} | {e['method']} | {e['seeds']} | {f(e, 'vs_target')} | "
-                     f"{f(e, 'alpha')} | {f(e, 'tau')} | {f(e, 'c')} | {per} |")
+        lines.append(
+            f"| {e['prompts']} | {e['temperature']:g} | {e['method']} | {e['seeds']} | {f(e, 'vs_target')} | "
+            f"{f(e, 'alpha')} | {f(e, 'tau')} | {f(e, 'c')} | {per} |"
+        )
     return "\n".join(lines)
 
 
@@ -141,17 +148,43 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
     if result and result["settings"] != settings:
         raise SystemExit(f"{out} holds measurements with other settings ({result['settings']}): use another --out")
-    result = {"pair": args.pair, "command": command, "settings": settings,
-              "load_average_at_start": list(os.getloadavg()), "training": result.get("training", {}),
-              "measurements": result.get("measurements", {})}
+    result = {
+        "pair": args.pair,
+        "command": command,
+        "settings": settings,
+        "load_average_at_start": list(os.getloadavg()),
+        "training": result.get("training", {}),
+        "measurements": result.get("measurements", {}),
+    }
 
     pipe = Pipeline(ReproduceOptions(task=args.task, preset=args.pair, runs_dir=args.runs_dir, progress=False))
     target = pipe.target()
     work = Path(args.work) if args.work else pipe.root / "heads"
-    common = ["--kind", "dflash", "--block-size", str(args.block_size), "--target", str(target), "--task", args.task,
-              "--max-length", "256", "--batch-size", "16", "--max-steps", str(args.steps), "--lr", "2e-3",
-              "--val-every", "50", "--val-examples", str(args.val_examples), "--val-max-new-tokens", "64",
-              "--no-progress"]
+    common = [
+        "--kind",
+        "dflash",
+        "--block-size",
+        str(args.block_size),
+        "--target",
+        str(target),
+        "--task",
+        args.task,
+        "--max-length",
+        "256",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        str(args.steps),
+        "--lr",
+        "2e-3",
+        "--val-every",
+        "50",
+        "--val-examples",
+        str(args.val_examples),
+        "--val-max-new-tokens",
+        "64",
+        "--no-progress",
+    ]
     model, tokenizer = load_model(str(target)), load_tokenizer(str(target))
     device = next(model.parameters()).device
     for seed in args.seeds:
@@ -161,16 +194,30 @@ def main(argv: list[str] | None = None) -> int:
             ref = ["--ref", str(heads["kd"])] if method == "adaspec" else []
             summary = train(heads[method], args.steps, [*common, *seeded, "--method", method, *ref])
             result["training"][f"dflash_{method}/seed{seed}"] = {
-                "path": str(heads[method]), "steps": summary["steps"], "cold_start": summary.get("cold_start"),
-                "best_accept_length": summary["best_accept_length"]}
+                "path": str(heads[method]),
+                "steps": summary["steps"],
+                "cold_start": summary.get("cold_start"),
+                "best_accept_length": summary["best_accept_length"],
+            }
         if f"seed{seed}" in result["measurements"]:
             continue
         drafts, others = other_drafters(pipe.root) if seed == args.seeds[0] else ([], [])
-        named = load_named_drafters(drafts, [*others, *(f"dflash:dflash_{m}={heads[m]}" for m in METHODS)], model,
-                                    tokenizer, device)
+        named = load_named_drafters(
+            drafts, [*others, *(f"dflash:dflash_{m}={heads[m]}" for m in METHODS)], model, tokenizer, device
+        )
         print(f"--- seed {seed}: measuring {', '.join(named)}", flush=True)
-        measured = benchmark(model, tokenizer, named, args.tasks, args.n_prompts, args.max_new_tokens, gamma,
-                             args.temperatures, args.repeats, context=256)
+        measured = benchmark(
+            model,
+            tokenizer,
+            named,
+            args.tasks,
+            args.n_prompts,
+            args.max_new_tokens,
+            gamma,
+            args.temperatures,
+            args.repeats,
+            context=256,
+        )
         result["measurements"][f"seed{seed}"] = measured
         result["summary"] = summarise(result["measurements"])
         atomic_write_json(out, result)

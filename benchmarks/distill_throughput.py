@@ -51,12 +51,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adaspec import data as data_lib  # noqa: E402
-from adaspec.distill import losses  # noqa: E402
 from adaspec.decoding.acceptance import Continuations, analytic_alpha, greedy_continuations  # noqa: E402
+from adaspec.distill import losses  # noqa: E402
 from adaspec.models import load_model, load_tokenizer  # noqa: E402
 
-
 # ------------------------------------------------------------------------------------------ child side
+
 
 def _peak_rss_mib(reset: bool = False) -> float:
     """Peak RSS of this process. ru_maxrss alone would carry the parent's size over fork + exec, so the
@@ -80,9 +80,13 @@ def _child(spec_path: str) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     if spec["kind"] == "cache":
         from adaspec.recipes.cache import CacheOptions, run_cache
+
         manifest = run_cache(CacheOptions(**spec["options"]))
-        result.update(build_seconds=manifest["build_seconds"], build_cpu_seconds=time.process_time() - c0,
-                      size_bytes=manifest["size_bytes"])
+        result.update(
+            build_seconds=manifest["build_seconds"],
+            build_cpu_seconds=time.process_time() - c0,
+            size_bytes=manifest["size_bytes"],
+        )
     else:
         from adaspec.recipes.distill import DistillOptions, run_distill
         from adaspec.recipes.train_target import TrainTargetOptions, run_train_target
@@ -105,13 +109,17 @@ def _child(spec_path: str) -> None:
             run_distill(DistillOptions(**spec["options"]), on_step=timed)
         # interval i..i+1 is step i's forward, backward and optimizer step; the first is warm-up
         span, cpu_span, n = starts[-1] - starts[1], cpu[-1] - cpu[1], sum(tokens[1:-1])
-        result.update(steps=len(starts), train_seconds=starts[-1] - starts[0],
-                      tokens_per_cpu_s=n / cpu_span, tokens_per_s=n / span,
-                      response_tokens_per_cpu_s=sum(response[1:-1]) / cpu_span,
-                      cpu_seconds_per_step=cpu_span / (len(starts) - 2),
-                      seconds_per_step=span / (len(starts) - 2),
-                      median_seconds_per_step=statistics.median(b - a for a, b in zip(starts[1:], starts[2:])),
-                      tokens_per_step=sum(tokens) / len(tokens))
+        result.update(
+            steps=len(starts),
+            train_seconds=starts[-1] - starts[0],
+            tokens_per_cpu_s=n / cpu_span,
+            tokens_per_s=n / span,
+            response_tokens_per_cpu_s=sum(response[1:-1]) / cpu_span,
+            cpu_seconds_per_step=cpu_span / (len(starts) - 2),
+            seconds_per_step=span / (len(starts) - 2),
+            median_seconds_per_step=statistics.median(b - a for a, b in zip(starts[1:], starts[2:])),
+            tokens_per_step=sum(tokens) / len(tokens),
+        )
     result["wall_seconds"] = time.perf_counter() - t0
     result["peak_rss_mib"] = _peak_rss_mib()
     Path(spec["result"]).write_text(json.dumps(result, indent=1))
@@ -130,12 +138,12 @@ def _spawn(work: Path, name: str, kind: str, options: dict, threads: int) -> dic
 
 # ------------------------------------------------------------------------------------------ parent side
 
+
 def _setup(args: argparse.Namespace, work: Path) -> tuple[str, str, float | None]:
     """A briefly trained target and reference (reused from an earlier run with the same settings)."""
     from adaspec.recipes.train_target import TrainTargetOptions, run_train_target
 
-    settings = {k: getattr(args, k) for k in ("task", "max_length", "target_steps", "ref_steps", "seed",
-                                               "setup_limit")}
+    settings = {k: getattr(args, k) for k in ("task", "max_length", "target_steps", "ref_steps", "seed", "setup_limit")}
     stamp = work / "setup.json"
     target, ref = work / "target", work / "ref"
     if stamp.exists() and json.loads(stamp.read_text()) == settings and (ref / "config.json").exists():
@@ -143,14 +151,29 @@ def _setup(args: argparse.Namespace, work: Path) -> tuple[str, str, float | None
         return str(target), str(ref), None
     shutil.rmtree(target, ignore_errors=True)
     shutil.rmtree(ref, ignore_errors=True)
-    common = dict(task=args.task, limit=args.setup_limit, max_length=args.max_length, batch_size=16,
-                  val_every=0, val_examples=16, save_every=10**6, warmup_steps=10, seed=args.seed,
-                  train_on_prompt=True, progress=args.progress, lr=2e-3)
+    common = dict(
+        task=args.task,
+        limit=args.setup_limit,
+        max_length=args.max_length,
+        batch_size=16,
+        val_every=0,
+        val_examples=16,
+        save_every=10**6,
+        warmup_steps=10,
+        seed=args.seed,
+        train_on_prompt=True,
+        progress=args.progress,
+        lr=2e-3,
+    )
     t0 = time.perf_counter()
-    run_train_target(TrainTargetOptions(output=str(target), preset="neox-target-m", max_steps=args.target_steps,
-                                        **common))
-    run_train_target(TrainTargetOptions(output=str(ref), preset="neox-draft-xs", tokenizer=str(target),
-                                        max_steps=args.ref_steps, **common))
+    run_train_target(
+        TrainTargetOptions(output=str(target), preset="neox-target-m", max_steps=args.target_steps, **common)
+    )
+    run_train_target(
+        TrainTargetOptions(
+            output=str(ref), preset="neox-draft-xs", tokenizer=str(target), max_steps=args.ref_steps, **common
+        )
+    )
     seconds = time.perf_counter() - t0
     print(f"setup: target and reference trained in {seconds:.0f}s")
     stamp.write_text(json.dumps(settings))
@@ -165,8 +188,7 @@ def _val_sets(args: argparse.Namespace, target_dir: str) -> tuple[Continuations,
     """
     from adaspec.data.options import load_split
 
-    ns = argparse.Namespace(task=args.task, data=None, prompt_field="prompt", response_field="response",
-                            data_dir=None)
+    ns = argparse.Namespace(task=args.task, data=None, prompt_field="prompt", response_field="response", data_dir=None)
     tok = load_tokenizer(target_dir)
     items = data_lib.encode(load_split(ns, "validation", args.val_examples), tok, args.max_length)
     prompts = [it["input_ids"][: it["prompt_length"]] for it in items]
@@ -181,8 +203,7 @@ def _topk_error(args: argparse.Namespace, target_dir: str, drafts: dict[str, str
     For the reference it is the error of the cached L_ref; for a draft, of its training loss."""
     from adaspec.data.options import load_split
 
-    ns = argparse.Namespace(task=args.task, data=None, prompt_field="prompt", response_field="response",
-                            data_dir=None)
+    ns = argparse.Namespace(task=args.task, data=None, prompt_field="prompt", response_field="response", data_dir=None)
     tok = load_tokenizer(target_dir)
     items = data_lib.encode(load_split(ns, "train", 32), tok, args.max_length)
     target = load_model(target_dir)
@@ -193,7 +214,7 @@ def _topk_error(args: argparse.Namespace, target_dir: str, drafts: dict[str, str
         exact_sum, n = 0.0, 0
         with torch.inference_mode():
             for s in range(0, len(items), 16):
-                batch = data_lib.collate(items[s:s + 16], tok.pad_token_id or 0)
+                batch = data_lib.collate(items[s : s + 16], tok.pad_token_id or 0)
                 mask = data_lib.response_mask(batch["labels"])
                 x = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 p, q = target(**x).logits[:, :-1][mask], draft(**x).logits[:, :-1][mask]
@@ -203,9 +224,12 @@ def _topk_error(args: argparse.Namespace, target_dir: str, drafts: dict[str, str
                 for k in ks:
                     ids, lps = losses.topk_teacher(p, k)
                     err[k] += float((losses.sparse_divergence(args.divergence, ids, lps, q) - exact).abs().sum())
-        report[name] = {"tokens": n, "exact_mean": exact_sum / n,
-                        "mean_abs_error": {str(k): v / n for k, v in err.items()},
-                        "relative_error": {str(k): v / exact_sum for k, v in err.items()}}
+        report[name] = {
+            "tokens": n,
+            "exact_mean": exact_sum / n,
+            "mean_abs_error": {str(k): v / n for k, v in err.items()},
+            "relative_error": {str(k): v / exact_sum for k, v in err.items()},
+        }
     return report
 
 
@@ -259,9 +283,22 @@ def main() -> None:
     data_opts = dict(task=args.task, limit=args.limit, max_length=args.max_length)
     cache_dir = work / "cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
-    cache = _spawn(work, "cache", "cache", dict(
-        target=target_dir, ref=ref, output=str(cache_dir), batch_size=args.batch_size, top_k=args.top_k,
-        divergence=args.divergence, progress=args.progress, **data_opts), args.threads)
+    cache = _spawn(
+        work,
+        "cache",
+        "cache",
+        dict(
+            target=target_dir,
+            ref=ref,
+            output=str(cache_dir),
+            batch_size=args.batch_size,
+            top_k=args.top_k,
+            divergence=args.divergence,
+            progress=args.progress,
+            **data_opts,
+        ),
+        args.threads,
+    )
 
     variants = {}
     for name, extra in (("onthefly", {}), ("cached", {"teacher_cache": str(cache_dir)})):
@@ -270,19 +307,59 @@ def main() -> None:
         out.mkdir(parents=True)
         # the same validation continuations for both, made once here rather than inside the timed runs
         (out / "val_continuations.json").write_text(json.dumps(val.to_json()))
-        variants[name] = _spawn(work, name, "distill", dict(
-            output=str(out), target=target_dir, ref=ref, draft_init=draft_init, method=args.method, k=args.k,
-            divergence=args.divergence, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
-            warmup_steps=5, val_every=0, save_every=10**6, val_examples=args.val_examples,
-            val_max_new_tokens=args.val_max_new_tokens, seed=args.seed, progress=args.progress, resume=False,
-            **extra, **data_opts), args.threads)
+        variants[name] = _spawn(
+            work,
+            name,
+            "distill",
+            dict(
+                output=str(out),
+                target=target_dir,
+                ref=ref,
+                draft_init=draft_init,
+                method=args.method,
+                k=args.k,
+                divergence=args.divergence,
+                batch_size=args.batch_size,
+                epochs=args.epochs,
+                lr=args.lr,
+                warmup_steps=5,
+                val_every=0,
+                save_every=10**6,
+                val_examples=args.val_examples,
+                val_max_new_tokens=args.val_max_new_tokens,
+                seed=args.seed,
+                progress=args.progress,
+                resume=False,
+                **extra,
+                **data_opts,
+            ),
+            args.threads,
+        )
 
     out = work / "draft_alone"
     shutil.rmtree(out, ignore_errors=True)
-    variants["draft_alone"] = _spawn(work, "draft_alone", "sft", dict(
-        output=str(out), model=draft_init, tokenizer=target_dir, batch_size=args.batch_size, epochs=args.epochs,
-        lr=args.lr, warmup_steps=5, val_every=0, save_every=10**6, val_examples=8, seed=args.seed,
-        progress=args.progress, resume=False, **data_opts), args.threads)
+    variants["draft_alone"] = _spawn(
+        work,
+        "draft_alone",
+        "sft",
+        dict(
+            output=str(out),
+            model=draft_init,
+            tokenizer=target_dir,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            lr=args.lr,
+            warmup_steps=5,
+            val_every=0,
+            save_every=10**6,
+            val_examples=8,
+            seed=args.seed,
+            progress=args.progress,
+            resume=False,
+            **data_opts,
+        ),
+        args.threads,
+    )
 
     target = load_model(target_dir)
     alphas = {}
@@ -290,12 +367,20 @@ def main() -> None:
         draft = load_model(path)
         on_cont = analytic_alpha(target, draft, val)
         on_ref = analytic_alpha(target, draft, val_reference)
-        alphas[name] = {"alpha_greedy": on_cont["alpha_greedy"], "alpha_sampling": on_cont["alpha_sampling"],
-                        "alpha_greedy_reference_text": on_ref["alpha_greedy"],
-                        "alpha_sampling_reference_text": on_ref["alpha_sampling"],
-                        "n_tokens": on_cont["n_tokens"], "n_tokens_reference_text": on_ref["n_tokens"]}
-    errors = _topk_error(args, target_dir, {"reference": ref_dir, "cached_draft": str(work / "cached")},
-                         sorted(set(args.error_ks + [args.top_k])))
+        alphas[name] = {
+            "alpha_greedy": on_cont["alpha_greedy"],
+            "alpha_sampling": on_cont["alpha_sampling"],
+            "alpha_greedy_reference_text": on_ref["alpha_greedy"],
+            "alpha_sampling_reference_text": on_ref["alpha_sampling"],
+            "n_tokens": on_cont["n_tokens"],
+            "n_tokens_reference_text": on_ref["n_tokens"],
+        }
+    errors = _topk_error(
+        args,
+        target_dir,
+        {"reference": ref_dir, "cached_draft": str(work / "cached")},
+        sorted(set(args.error_ks + [args.top_k])),
+    )
 
     a, b = variants["onthefly"], variants["cached"]
     ratio_cpu = b["tokens_per_cpu_s"] / a["tokens_per_cpu_s"]
@@ -306,18 +391,29 @@ def main() -> None:
         t_a = epochs * tokens_per_epoch / a["tokens_per_cpu_s"]
         t_b = epochs * tokens_per_epoch / b["tokens_per_cpu_s"] + cache["build_cpu_seconds"]
         amortised[f"{epochs:g}"] = round(t_a / t_b, 3)
-    loss = {key: round(100 * (alphas["onthefly"][key] - alphas["cached"][key]), 3)
-            for key in ("alpha_greedy", "alpha_sampling", "alpha_greedy_reference_text",
-                        "alpha_sampling_reference_text")}
+    loss = {
+        key: round(100 * (alphas["onthefly"][key] - alphas["cached"][key]), 3)
+        for key in ("alpha_greedy", "alpha_sampling", "alpha_greedy_reference_text", "alpha_sampling_reference_text")
+    }
     command = "python benchmarks/distill_throughput.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     rnd = lambda d: {k: (round(v, 5) if isinstance(v, float) else v) for k, v in d.items()}  # noqa: E731
     report = {
         "command": command.strip(),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "threads_per_variant": args.threads, "loadavg_before": load_before,
-                    "loadavg_after": os.getloadavg()},
-        "settings": {**{k: v for k, v in vars(args).items() if k != "child"}, "target": target_dir, "ref": ref_dir,
-                     "draft_init": draft_init, "vocab": len(load_tokenizer(target_dir))},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads_per_variant": args.threads,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
+        "settings": {
+            **{k: v for k, v in vars(args).items() if k != "child"},
+            "target": target_dir,
+            "ref": ref_dir,
+            "draft_init": draft_init,
+            "vocab": len(load_tokenizer(target_dir)),
+        },
         "cache": rnd({**cache, "size_mib": cache["size_bytes"] / 2**20}),
         "variants": {k: rnd(v) for k, v in variants.items()},
         "alpha": {k: rnd(v) for k, v in alphas.items()},
@@ -329,9 +425,11 @@ def main() -> None:
         "throughput_ratio_median_step_wall": round(a["median_seconds_per_step"] / b["median_seconds_per_step"], 3),
         "throughput_ratio_cpu_with_build_amortised_over_epochs": amortised,
         "topk_error": errors,
-        "goal": {"throughput_ratio_cpu_at_least_3": ratio_cpu >= 3.0,
-                 "alpha_greedy_loss_at_most_half_point": loss["alpha_greedy"] <= 0.5,
-                 "alpha_greedy_reference_text_loss_at_most_half_point": loss["alpha_greedy_reference_text"] <= 0.5},
+        "goal": {
+            "throughput_ratio_cpu_at_least_3": ratio_cpu >= 3.0,
+            "alpha_greedy_loss_at_most_half_point": loss["alpha_greedy"] <= 0.5,
+            "alpha_greedy_reference_text_loss_at_most_half_point": loss["alpha_greedy_reference_text"] <= 0.5,
+        },
         "total_seconds": round(time.perf_counter() - t_start, 1),
         # None: the target and reference came from --target/--ref or an earlier run (see `settings`)
         "setup_seconds": setup_seconds and round(setup_seconds, 1),
@@ -340,6 +438,7 @@ def main() -> None:
     Path(args.output).write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k not in ("machine", "settings")}, indent=1))
     print(f"wrote {args.output}")
+
 
 if __name__ == "__main__":
     main()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import os
+import platform
 import shlex
 import sys
 import tempfile
@@ -41,18 +41,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile:  # a cold inductor cache: the compile time a first run pays
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="adaspec_inductor_")
     load_before = os.getloadavg()
-    results = measure_forward_cost(args.presets, vocab=args.vocab, prefix=args.prefix, sizes=args.sizes,
-                                   repeats=args.repeats, compiled=args.compile, device=args.device)
+    results = measure_forward_cost(
+        args.presets,
+        vocab=args.vocab,
+        prefix=args.prefix,
+        sizes=args.sizes,
+        repeats=args.repeats,
+        compiled=args.compile,
+        device=args.device,
+    )
     print(format_table(results))
     report = {
-        "command": "python benchmarks/forward_cost.py " + " ".join(shlex.quote(a) for a in
-                                                                   (sys.argv[1:] if argv is None else argv)),
+        "command": "python benchmarks/forward_cost.py "
+        + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
         "settings": vars(args),
-        "machine": {"torch": torch.__version__, "transformers": transformers.__version__,
-                    "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
-                    "device": args.device, "cpus": os.cpu_count(),
-                    # shared machine: other users' load is why absolute ms drift between runs
-                    "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]]},
+        "machine": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+            "device": args.device,
+            "cpus": os.cpu_count(),
+            # shared machine: other users' load is why absolute ms drift between runs
+            "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]],
+        },
         "presets": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

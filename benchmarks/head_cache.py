@@ -26,23 +26,41 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adaspec.recipes.cache import CacheOptions, run_cache  # noqa: E402
 from adaspec.io import atomic_write_json  # noqa: E402
+from adaspec.recipes.cache import CacheOptions, run_cache  # noqa: E402
 from adaspec.recipes.train_head.options import TrainHeadOptions, run_train_head  # noqa: E402
 
 
 def _train(args: argparse.Namespace, out: Path, cache: Path | None) -> dict:
-    opts = TrainHeadOptions(target=args.target, output=str(out), kind="eagle", task=args.task, limit=args.limit,
-                            max_length=args.max_length, batch_size=args.batch_size, max_steps=args.steps,
-                            val_every=0, val_examples=args.val_examples, val_max_new_tokens=16, progress=False,
-                            overwrite=True, teacher_cache=str(cache) if cache else None, ttt_steps=args.ttt_steps)
+    opts = TrainHeadOptions(
+        target=args.target,
+        output=str(out),
+        kind="eagle",
+        task=args.task,
+        limit=args.limit,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        max_steps=args.steps,
+        val_every=0,
+        val_examples=args.val_examples,
+        val_max_new_tokens=16,
+        progress=False,
+        overwrite=True,
+        teacher_cache=str(cache) if cache else None,
+        ttt_steps=args.ttt_steps,
+    )
     stamps: list[tuple[float, float]] = []
     run_train_head(opts, on_step=lambda step, batches: stamps.append((time.perf_counter(), time.process_time())))
     wall = [b[0] - a[0] for a, b in zip(stamps[1:], stamps[2:])]
     cpu = [b[1] - a[1] for a, b in zip(stamps[1:], stamps[2:])]
-    return {"steps_timed": len(cpu), "cpu_s_per_step": statistics.median(cpu),
-            "cpu_s_per_step_mean": statistics.fmean(cpu), "wall_s_per_step": statistics.median(wall),
-            "first_step_loss": _first_loss(out), "run": str(out)}
+    return {
+        "steps_timed": len(cpu),
+        "cpu_s_per_step": statistics.median(cpu),
+        "cpu_s_per_step_mean": statistics.fmean(cpu),
+        "wall_s_per_step": statistics.median(wall),
+        "first_step_loss": _first_loss(out),
+        "run": str(out),
+    }
 
 
 def _first_loss(out: Path) -> float:
@@ -72,17 +90,34 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     cache = work / "cache"
-    manifest = run_cache(CacheOptions(target=args.target, output=str(cache), task=args.task, limit=args.limit,
-                                      max_length=args.max_length, top_k=args.top_k, hidden_layers=args.hidden_layers,
-                                      progress=False))
+    manifest = run_cache(
+        CacheOptions(
+            target=args.target,
+            output=str(cache),
+            task=args.task,
+            limit=args.limit,
+            max_length=args.max_length,
+            top_k=args.top_k,
+            hidden_layers=args.hidden_layers,
+            progress=False,
+        )
+    )
     hidden = manifest["hidden"]
     result = {
-        "target": args.target, "task": args.task, "examples": manifest["data"]["n_items"],
-        "response_tokens": manifest["data"]["response_tokens"], "positions": hidden["positions"],
-        "hidden_layers": hidden["layers"], "hidden_size": hidden["size"], "top_k": args.top_k,
+        "target": args.target,
+        "task": args.task,
+        "examples": manifest["data"]["n_items"],
+        "response_tokens": manifest["data"]["response_tokens"],
+        "positions": hidden["positions"],
+        "hidden_layers": hidden["layers"],
+        "hidden_size": hidden["size"],
+        "top_k": args.top_k,
         "hidden_bytes_estimate": hidden["positions"] * len(hidden["layers"]) * hidden["size"] * 2,
-        "cache_bytes_on_disk": manifest["size_bytes"], "cache_build_s": manifest["build_seconds"],
-        "batch_size": args.batch_size, "ttt_steps": args.ttt_steps, "threads": torch.get_num_threads(),
+        "cache_bytes_on_disk": manifest["size_bytes"],
+        "cache_build_s": manifest["build_seconds"],
+        "batch_size": args.batch_size,
+        "ttt_steps": args.ttt_steps,
+        "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
     }
     for name, c in (("live", None), ("cached", cache)):

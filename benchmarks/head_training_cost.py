@@ -45,8 +45,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="head_cost_"))
-    pipe = Pipeline(ReproduceOptions(task=args.task, preset=args.preset, runs_dir=str(work), progress=False,
-                                     heads=["eagle", "mtp", "medusa"]))
+    pipe = Pipeline(
+        ReproduceOptions(
+            task=args.task, preset=args.preset, runs_dir=str(work), progress=False, heads=["eagle", "mtp", "medusa"]
+        )
+    )
     runs: dict[str, dict] = {}
     for name, spec in HEADS.items():
         ref = Path(runs[spec["ref"]]["output"]) if "ref" in spec else None
@@ -55,26 +58,44 @@ def main() -> None:
         cpu: list[float] = []
         wall: list[float] = []
         c0, w0 = time.process_time(), time.perf_counter()
-        run_train_head(measured, on_step=lambda step, batches: (cpu.append(time.process_time()),
-                                                                wall.append(time.perf_counter())))
+        run_train_head(
+            measured, on_step=lambda step, batches: (cpu.append(time.process_time()), wall.append(time.perf_counter()))
+        )
         c1, w1 = time.process_time(), time.perf_counter()
         per_step = (cpu[-1] - cpu[1]) / (len(cpu) - 2)
         n_train = pipe.n_train
         shaped = run_budget(opts, n_train)
         planned = planned_steps(n_train, shaped.batch_size, opts.grad_accum, shaped.epochs)
-        runs[name] = {"output": opts.output, "cpu_s_per_step": per_step,
-                      "wall_s_per_step": (wall[-1] - wall[1]) / (len(wall) - 2),
-                      "rest_cpu_s": (c1 - c0) - args.steps * per_step, "run_cpu_s": c1 - c0, "run_wall_s": w1 - w0,
-                      "planned_steps": planned, "global_batch": shaped.batch_size, "epochs": shaped.epochs,
-                      "seeds": 1 if spec.get("first_seed") else len(pipe.seeds)}
-        print(f"{name}: {per_step:.2f} CPU s/step, {runs[name]['rest_cpu_s']:.1f} CPU s besides, "
-              f"{planned} planned steps", flush=True)
+        runs[name] = {
+            "output": opts.output,
+            "cpu_s_per_step": per_step,
+            "wall_s_per_step": (wall[-1] - wall[1]) / (len(wall) - 2),
+            "rest_cpu_s": (c1 - c0) - args.steps * per_step,
+            "run_cpu_s": c1 - c0,
+            "run_wall_s": w1 - w0,
+            "planned_steps": planned,
+            "global_batch": shaped.batch_size,
+            "epochs": shaped.epochs,
+            "seeds": 1 if spec.get("first_seed") else len(pipe.seeds),
+        }
+        print(
+            f"{name}: {per_step:.2f} CPU s/step, {runs[name]['rest_cpu_s']:.1f} CPU s besides, {planned} planned steps",
+            flush=True,
+        )
     projected = sum(r["seeds"] * (r["planned_steps"] * r["cpu_s_per_step"] + r["rest_cpu_s"]) for r in runs.values())
-    result = {"command": shlex.join(["python", *sys.argv]), "target": args.target, "preset": args.preset,
-              "head_epochs": pipe.p.head_epochs, "head_ttt_steps": pipe.p.head_ttt_steps, "gamma": pipe.p.gamma,
-              "seeds": pipe.seeds, "threads": args.threads, "steps_measured": args.steps,
-              "runs": {n: {k: v for k, v in r.items() if k != "output"} for n, r in runs.items()},
-              "projected_cpu_s_all_heads": projected}
+    result = {
+        "command": shlex.join(["python", *sys.argv]),
+        "target": args.target,
+        "preset": args.preset,
+        "head_epochs": pipe.p.head_epochs,
+        "head_ttt_steps": pipe.p.head_ttt_steps,
+        "gamma": pipe.p.gamma,
+        "seeds": pipe.seeds,
+        "threads": args.threads,
+        "steps_measured": args.steps,
+        "runs": {n: {k: v for k, v in r.items() if k != "output"} for n, r in runs.items()},
+        "projected_cpu_s_all_heads": projected,
+    }
     print(f"all heads of {len(pipe.seeds)} seeds at {pipe.p.head_epochs:g} epochs: ~{projected / 60:.0f} CPU minutes")
     atomic_write_json(args.out, result)
 

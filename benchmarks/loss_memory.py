@@ -70,8 +70,9 @@ def naive(kind: str, target: torch.Tensor, draft: torch.Tensor, temperature: flo
     if kind == "tvd":
         return 0.5 * (lp.exp() - lq.exp()).abs().sum(-1)
     lm = torch.logsumexp(torch.stack([lp + torch.log(torch.tensor(0.5)), lq + torch.log(torch.tensor(0.5))]), 0)
-    return 0.5 * F.kl_div(lm, lp, reduction="none", log_target=True).sum(-1) + \
-        0.5 * F.kl_div(lm, lq, reduction="none", log_target=True).sum(-1)
+    return 0.5 * F.kl_div(lm, lp, reduction="none", log_target=True).sum(-1) + 0.5 * F.kl_div(
+        lm, lq, reduction="none", log_target=True
+    ).sum(-1)
 
 
 def child(args: argparse.Namespace) -> dict:
@@ -87,8 +88,9 @@ def child(args: argparse.Namespace) -> dict:
             out = naive(args.kind, target, draft, args.temperature)
         else:
             size = args.variant.split("-")[1]
-            out = per_token_divergence(args.kind, target, draft, args.temperature,
-                                       chunk_tokens=None if size == "default" else int(size))
+            out = per_token_divergence(
+                args.kind, target, draft, args.temperature, chunk_tokens=None if size == "default" else int(size)
+            )
         out.mean().backward()
         draft.grad = None
 
@@ -100,9 +102,11 @@ def child(args: argparse.Namespace) -> dict:
         reset_ok = _reset_peak()
         step(target, draft)
         peak = _peak_kb(reset_ok)
-        return {"peak_growth_mib": round((peak - rss_before) / 1024, 1),
-                "rss_before_mib": round(rss_before / 1024, 1),
-                "peak_method": "VmHWM after /proc/self/clear_refs" if reset_ok else "getrusage ru_maxrss"}
+        return {
+            "peak_growth_mib": round((peak - rss_before) / 1024, 1),
+            "rss_before_mib": round(rss_before / 1024, 1),
+            "peak_method": "VmHWM after /proc/self/clear_refs" if reset_ok else "getrusage ru_maxrss",
+        }
     step(target, draft)
     times = []
     for _ in range(args.repeats):
@@ -119,8 +123,13 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=50_000)
     ap.add_argument("--kind", default="fkl", choices=["fkl", "rkl", "tvd", "jsd"])
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--chunks", type=int, nargs="+", default=[32, 128, 512, 2048],
-                    help="fixed chunk sizes (rows) to compare besides the default and the naive version")
+    ap.add_argument(
+        "--chunks",
+        type=int,
+        nargs="+",
+        default=[32, 128, 512, 2048],
+        help="fixed chunk sizes (rows) to compare besides the default and the naive version",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     # one thread by default: on a shared, busy machine OpenMP threads spin against each other and
     # timings stop meaning anything
@@ -141,10 +150,28 @@ def main() -> None:
     for variant in variants:
         row = {"variant": variant}
         for measure in ("memory", "time"):
-            cmd = [sys.executable, __file__, "--variant", variant, "--measure", measure, "--batch",
-                   str(args.batch), "--seq", str(args.seq), "--vocab", str(args.vocab), "--kind", args.kind,
-                   "--temperature", str(args.temperature), "--repeats", str(args.repeats), "--threads",
-                   str(args.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--variant",
+                variant,
+                "--measure",
+                measure,
+                "--batch",
+                str(args.batch),
+                "--seq",
+                str(args.seq),
+                "--vocab",
+                str(args.vocab),
+                "--kind",
+                args.kind,
+                "--temperature",
+                str(args.temperature),
+                "--repeats",
+                str(args.repeats),
+                "--threads",
+                str(args.threads),
+            ]
             env = dict(os.environ)
             if measure == "memory":
                 # every large tensor its own mapping, returned to the OS when freed
@@ -152,17 +179,21 @@ def main() -> None:
             res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             row.update(json.loads(res.stdout.strip().splitlines()[-1]))
         rows.append(row)
-        print(f"{variant:>14}: peak +{row['peak_growth_mib']:8.1f} MiB   median {row['median_s']:.3f} s",
-              flush=True)
+        print(f"{variant:>14}: peak +{row['peak_growth_mib']:8.1f} MiB   median {row['median_s']:.3f} s", flush=True)
 
     fp32_mib = tokens * args.vocab * 4 / 2**20
     bf16_mib = tokens * args.vocab * 2 / 2**20
     report = {
-        "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT) if
-                                                      sys.executable.startswith(str(ROOT)) else "python",
-                                                      os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
+        "command": " ".join(
+            shlex.quote(a)
+            for a in [
+                os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else "python",
+                os.path.relpath(__file__, ROOT),
+                *sys.argv[1:],
+            ]
+        ),
         "what": "per-token divergence forward + backward (loss = mean), bf16 logits on CPU; peak RSS growth "
-                "over the RSS with inputs allocated, measured in a fresh subprocess per variant",
+        "over the RSS with inputs allocated, measured in a fresh subprocess per variant",
         "kind": args.kind,
         "tokens": tokens,
         "default_chunk_rows": _chunk_rows(None, args.vocab),

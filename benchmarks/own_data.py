@@ -48,58 +48,169 @@ def one(name: str, args: argparse.Namespace) -> dict:
     root = Path(args.runs_dir) / name
     data = write_dataset(name, root / "data", limit=args.limit)
     target, commands = root / "target", []
-    commands.append(run(adaspec("train-target", "--data", data, "--preset", TARGET_PRESET, "--vocab-size", 2048,
-                                "--chat-template", "chatml", "--train-on-prompt", "--epochs", args.target_epochs,
-                                "--lr", 2e-3, "--max-length", args.max_length, "--val-examples", 64,
-                                "--no-progress", "--output", target), target / "train_summary.json"))
-    common = ["--data", data, "--max-length", args.max_length, "--max-steps", args.steps, "--gammas", *args.gammas,
-              "--test-examples", args.test_examples, "--max-new-tokens", args.max_new_tokens, "--lr", 2e-3,
-              "--val-every", 0, "--engine", args.engine, "--no-progress",
-              *(["--drafters", *args.drafters] if args.drafters else [])]
+    commands.append(
+        run(
+            adaspec(
+                "train-target",
+                "--data",
+                data,
+                "--preset",
+                TARGET_PRESET,
+                "--vocab-size",
+                2048,
+                "--chat-template",
+                "chatml",
+                "--train-on-prompt",
+                "--epochs",
+                args.target_epochs,
+                "--lr",
+                2e-3,
+                "--max-length",
+                args.max_length,
+                "--val-examples",
+                64,
+                "--no-progress",
+                "--output",
+                target,
+            ),
+            target / "train_summary.json",
+        )
+    )
+    common = [
+        "--data",
+        data,
+        "--max-length",
+        args.max_length,
+        "--max-steps",
+        args.steps,
+        "--gammas",
+        *args.gammas,
+        "--test-examples",
+        args.test_examples,
+        "--max-new-tokens",
+        args.max_new_tokens,
+        "--lr",
+        2e-3,
+        "--val-every",
+        0,
+        "--engine",
+        args.engine,
+        "--no-progress",
+        *(["--drafters", *args.drafters] if args.drafters else []),
+    ]
     fresh = root / "build"
-    commands.append(run(adaspec("build", "--target", target, *common, "--output", fresh),
-                        fresh / "results.json"))
+    commands.append(run(adaspec("build", "--target", target, *common, "--output", fresh), fresh / "results.json"))
     builds = [fresh]
     if args.pretrained:
         draft = root / "draft_pretrained"
-        commands.append(run(adaspec("train-target", "--data", data, "--preset", DRAFT_PRESET, "--tokenizer", target,
-                                    "--train-on-prompt", "--epochs", args.target_epochs, "--lr", 2e-3,
-                                    "--max-length", args.max_length, "--val-examples", 64, "--no-progress",
-                                    "--output", draft), draft / "train_summary.json"))
+        commands.append(
+            run(
+                adaspec(
+                    "train-target",
+                    "--data",
+                    data,
+                    "--preset",
+                    DRAFT_PRESET,
+                    "--tokenizer",
+                    target,
+                    "--train-on-prompt",
+                    "--epochs",
+                    args.target_epochs,
+                    "--lr",
+                    2e-3,
+                    "--max-length",
+                    args.max_length,
+                    "--val-examples",
+                    64,
+                    "--no-progress",
+                    "--output",
+                    draft,
+                ),
+                draft / "train_summary.json",
+            )
+        )
         pretrained = root / "build_pretrained"
-        commands.append(run(adaspec("build", "--target", target, *common, "--drafters", "lm", "--draft-init", draft,
-                                    "--output", pretrained), pretrained / "results.json"))
+        commands.append(
+            run(
+                adaspec(
+                    "build",
+                    "--target",
+                    target,
+                    *common,
+                    "--drafters",
+                    "lm",
+                    "--draft-init",
+                    draft,
+                    "--output",
+                    pretrained,
+                ),
+                pretrained / "results.json",
+            )
+        )
         builds.append(pretrained)
     results = [json.loads((b / "results.json").read_text()) for b in builds]
-    keep = ("drafter", "method", "init", "steps", "alpha", "tau", "speedup", "engine", "gamma", "alpha_drafted",
-            "position_acceptance", "cold_start", "truncated")
-    return {"dataset": name, "target": {"path": str(target), "preset": TARGET_PRESET, "chat_template": "chatml"},
-            "commands": commands, "data": results[0]["data"],
-            "rows": [{k: r.get(k) for k in keep} for res in results for r in res["rows"]],
-            "best": {k: results[0]["best"].get(k) for k in keep}, "left_out": results[0]["left_out"]}
+    keep = (
+        "drafter",
+        "method",
+        "init",
+        "steps",
+        "alpha",
+        "tau",
+        "speedup",
+        "engine",
+        "gamma",
+        "alpha_drafted",
+        "position_acceptance",
+        "cold_start",
+        "truncated",
+    )
+    return {
+        "dataset": name,
+        "target": {"path": str(target), "preset": TARGET_PRESET, "chat_template": "chatml"},
+        "commands": commands,
+        "data": results[0]["data"],
+        "rows": [{k: r.get(k) for k in keep} for res in results for r in res["rows"]],
+        "best": {k: results[0]["best"].get(k) for k in keep},
+        "left_out": results[0]["left_out"],
+    }
 
 
 def write_readme(out_dir: Path) -> None:
     """results/own_data/README.md: every data set's rows, generated from the JSON files beside it."""
-    lines = ["# Own data: `adaspec build` on chat data sets of one's own", "",
-             "Generated by `benchmarks/own_data.py` from the JSON files here (each holds its exact commands and "
-             "the load average). Greedy, held-out test prompts, each drafter at its fastest γ; speed is against "
-             "the target alone in the engine named.", ""]
+    lines = [
+        "# Own data: `adaspec build` on chat data sets of one's own",
+        "",
+        "Generated by `benchmarks/own_data.py` from the JSON files here (each holds its exact commands and "
+        "the load average). Greedy, held-out test prompts, each drafter at its fastest γ; speed is against "
+        "the target alone in the engine named.",
+        "",
+    ]
     for path in sorted(out_dir.glob("*.json")):
         result = json.loads(path.read_text())
         if "rows" not in result or "best" not in result:
             continue
         best, load = result["best"], result["load_average"]
-        lines += [f"## {result['dataset']}", "", f"`{result['benchmark_command']}` (load average "
-                  f"{load['before'][0]:.1f} before, {load['after'][0]:.1f} after)", "",
-                  "| drafter | method | init | cold start | steps | γ | α | τ | speed | engine |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {result['dataset']}",
+            "",
+            f"`{result['benchmark_command']}` (load average "
+            f"{load['before'][0]:.1f} before, {load['after'][0]:.1f} after)",
+            "",
+            "| drafter | method | init | cold start | steps | γ | α | τ | speed | engine |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in result["rows"]:
-            lines.append(f"| {r['drafter']} | {r['method']} | {r['init']} | {r.get('cold_start') or '–'} | "
-                         f"{r['steps']} | {r['gamma']} | {r['alpha']:.3f} | {r['tau']:.2f} | "
-                         f"{r['speedup']:.2f}x | {r['engine']} |")
-        lines += ["", f"Best: {best['drafter']} {best['method']} at γ = {best['gamma']}, {best['speedup']:.2f}x "
-                      f"({best['engine']}).", ""]
+            lines.append(
+                f"| {r['drafter']} | {r['method']} | {r['init']} | {r.get('cold_start') or '–'} | "
+                f"{r['steps']} | {r['gamma']} | {r['alpha']:.3f} | {r['tau']:.2f} | "
+                f"{r['speedup']:.2f}x | {r['engine']} |"
+            )
+        lines += [
+            "",
+            f"Best: {best['drafter']} {best['method']} at γ = {best['gamma']}, {best['speedup']:.2f}x "
+            f"({best['engine']}).",
+            "",
+        ]
     (out_dir / "README.md").write_text("\n".join(lines))
 
 
@@ -122,14 +233,18 @@ def main() -> None:
     for name in args.datasets:
         load_before = os.getloadavg()
         result = one(name, args)
-        result.update(benchmark_command=shlex.join(["python", "benchmarks/own_data.py", *sys.argv[1:]]),
-                      load_average={"before": load_before, "after": os.getloadavg()})
+        result.update(
+            benchmark_command=shlex.join(["python", "benchmarks/own_data.py", *sys.argv[1:]]),
+            load_average={"before": load_before, "after": os.getloadavg()},
+        )
         out = Path(args.out_dir) / f"{name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")
         best = result["best"]
-        print(f"{name}: best {best['drafter']} {best['method']} at γ = {best['gamma']}, {best['speedup']:.2f}x "
-              f"({best['engine']}) -> {out}")
+        print(
+            f"{name}: best {best['drafter']} {best['method']} at γ = {best['gamma']}, {best['speedup']:.2f}x "
+            f"({best['engine']}) -> {out}"
+        )
         write_readme(out.parent)
 
 

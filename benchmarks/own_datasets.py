@@ -43,12 +43,20 @@ def _gsm8k_answer(answer: str) -> str:
 
 def gsm8k_chat() -> dict[str, list[dict]]:
     def chat(rec: dict) -> dict:
-        return {"messages": [{"role": "system", "content": TUTOR}, {"role": "user", "content": rec["question"]},
-                             {"role": "assistant", "content": _gsm8k_answer(rec["answer"])}]}
+        return {
+            "messages": [
+                {"role": "system", "content": TUTOR},
+                {"role": "user", "content": rec["question"]},
+                {"role": "assistant", "content": _gsm8k_answer(rec["answer"])},
+            ]
+        }
 
     train = [chat(r) for r in _read(DATA / "gsm8k" / "train.jsonl")]
-    return {"train": train[:-GSM8K_VALIDATION], "validation": train[-GSM8K_VALIDATION:],
-            "test": [chat(r) for r in _read(DATA / "gsm8k" / "test.jsonl")]}
+    return {
+        "train": train[:-GSM8K_VALIDATION],
+        "validation": train[-GSM8K_VALIDATION:],
+        "test": [chat(r) for r in _read(DATA / "gsm8k" / "test.jsonl")],
+    }
 
 
 def _alpaca_turns(rec: dict) -> list[dict]:
@@ -60,15 +68,22 @@ def alpaca_multiturn() -> dict[str, list[dict]]:
     rows = _read(DATA / "alpaca" / "alpaca.jsonl")
     test = [r for r in rows if "sft-demo_random_test" in r.get("sources", [])]
     rest = [r for r in rows if "sft-demo_random_test" not in r.get("sources", [])]
-    split = {"train": [r for i, r in enumerate(rest) if i % ALPACA_VALIDATION_STRIDE],
-             "validation": [r for i, r in enumerate(rest) if i % ALPACA_VALIDATION_STRIDE == 0], "test": test}
+    split = {
+        "train": [r for i, r in enumerate(rest) if i % ALPACA_VALIDATION_STRIDE],
+        "validation": [r for i, r in enumerate(rest) if i % ALPACA_VALIDATION_STRIDE == 0],
+        "test": test,
+    }
     # an odd record out at a split's end is dropped: every conversation has exactly two exchanges
-    return {name: [{"conversations": _alpaca_turns(a) + _alpaca_turns(b)} for a, b in zip(recs[::2], recs[1::2])]
-            for name, recs in split.items()}
+    return {
+        name: [{"conversations": _alpaca_turns(a) + _alpaca_turns(b)} for a, b in zip(recs[::2], recs[1::2])]
+        for name, recs in split.items()
+    }
 
 
-DATASETS: dict[str, Callable[[], dict[str, list[dict]]]] = {"gsm8k_chat": gsm8k_chat,
-                                                            "alpaca_multiturn": alpaca_multiturn}
+DATASETS: dict[str, Callable[[], dict[str, list[dict]]]] = {
+    "gsm8k_chat": gsm8k_chat,
+    "alpaca_multiturn": alpaca_multiturn,
+}
 
 
 def write_dataset(name: str, path: Path, limit: int | None = None) -> Path:

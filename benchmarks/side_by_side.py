@@ -30,18 +30,61 @@ RUN = ROOT / "runs/gsm8k/demo"
 
 
 def drafters_command(out: Path) -> list[str]:
-    return ["benchmarks/drafters.py", "--target", f"{RUN}/target", "--pair", "demo",
-            "--draft", f"distillspec={RUN}/seed0/distillspec", f"adaspec={RUN}/seed0/adaspec",
-            "--head", f"eagle={RUN}/heads/eagle", f"eagle:eagle1={RUN}/heads/eagle1", f"mtp={RUN}/heads/mtp",
-            f"medusa={RUN}/heads/medusa", f"dflash={RUN}/heads/dflash_kd/seed0",
-            "--tasks", "gsm8k", "--n-prompts", "6", "--max-new-tokens", "64", "--gamma", "3",
-            "--temperatures", "0", "--repeats", "1", "--out", str(out)]
+    return [
+        "benchmarks/drafters.py",
+        "--target",
+        f"{RUN}/target",
+        "--pair",
+        "demo",
+        "--draft",
+        f"distillspec={RUN}/seed0/distillspec",
+        f"adaspec={RUN}/seed0/adaspec",
+        "--head",
+        f"eagle={RUN}/heads/eagle",
+        f"eagle:eagle1={RUN}/heads/eagle1",
+        f"mtp={RUN}/heads/mtp",
+        f"medusa={RUN}/heads/medusa",
+        f"dflash={RUN}/heads/dflash_kd/seed0",
+        "--tasks",
+        "gsm8k",
+        "--n-prompts",
+        "6",
+        "--max-new-tokens",
+        "64",
+        "--gamma",
+        "3",
+        "--temperatures",
+        "0",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+    ]
 
 
 def tree_command(out: Path) -> list[str]:
-    return ["benchmarks/tree.py", "--target", f"{RUN}/target", "--pair", "demo",
-            "--draft", f"adaspec={RUN}/seed0/adaspec", "--head", f"eagle={RUN}/heads/eagle", f"mtp={RUN}/heads/mtp",
-            "--n-prompts", "3", "--max-new-tokens", "64", "--chains", "3", "--repeats", "1", "--out", str(out)]
+    return [
+        "benchmarks/tree.py",
+        "--target",
+        f"{RUN}/target",
+        "--pair",
+        "demo",
+        "--draft",
+        f"adaspec={RUN}/seed0/adaspec",
+        "--head",
+        f"eagle={RUN}/heads/eagle",
+        f"mtp={RUN}/heads/mtp",
+        "--n-prompts",
+        "3",
+        "--max-new-tokens",
+        "64",
+        "--chains",
+        "3",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+    ]
 
 
 def run(tree: Path, argv: list[str]) -> dict[str, Any]:
@@ -84,8 +127,10 @@ def main() -> int:
     p.add_argument("--out", default="results/benchmarks/side_by_side_demo.json")
     args = p.parse_args()
     load = os.getloadavg()
-    results: dict[str, dict[str, list[dict[str, Any]]]] = {"chains": {"before": [], "after": []},
-                                                           "trees": {"before": [], "after": []}}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {
+        "chains": {"before": [], "after": []},
+        "trees": {"before": [], "after": []},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "before"
         subprocess.run(["git", "worktree", "add", "-q", "--detach", str(old), args.before], cwd=ROOT, check=True)
@@ -98,16 +143,23 @@ def main() -> int:
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
     rows = {kind: compare(runs) for kind, runs in results.items()}
-    result = {"command": shlex.join(["python", "benchmarks/side_by_side.py", *sys.argv[1:]]), "before": args.before,
-              "after": "working tree", "threads": 1, "repeats": args.repeats,
-              "load_average_before_after": [[round(x, 2) for x in load], [round(x, 2) for x in os.getloadavg()]],
-              "rows": rows}
+    result = {
+        "command": shlex.join(["python", "benchmarks/side_by_side.py", *sys.argv[1:]]),
+        "before": args.before,
+        "after": "working tree",
+        "threads": 1,
+        "repeats": args.repeats,
+        "load_average_before_after": [[round(x, 2) for x in load], [round(x, 2) for x in os.getloadavg()]],
+        "rows": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     for kind, kind_rows in rows.items():
         for r in kind_rows:
-            print(f"{kind} {r['method']}: vs target before {r['before_vs_target']:.3f}, after {r['after_vs_target']:.3f}"
-                  f" ({r['after_over_before_vs_target']:.3f}x); α and τ {'same' if r['same_alpha_and_tau'] else 'DIFFER'}")
+            print(
+                f"{kind} {r['method']}: vs target before {r['before_vs_target']:.3f}, after {r['after_vs_target']:.3f}"
+                f" ({r['after_over_before_vs_target']:.3f}x); α and τ {'same' if r['same_alpha_and_tau'] else 'DIFFER'}"
+            )
     print(f"wrote {args.out}")
     return 0
 

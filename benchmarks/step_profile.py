@@ -34,8 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=96, help="tokens generated per prompt at most")
     p.add_argument("--gamma", type=int, default=3, help="draft tokens per step")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--confidences", type=float, nargs="+", default=[0.0],
-                   help="draft-model stop thresholds to run each draft model at (0 = always gamma)")
+    p.add_argument(
+        "--confidences",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="draft-model stop thresholds to run each draft model at (0 = always gamma)",
+    )
     p.add_argument("--repeats", type=int, default=5, help="repeats; the medians are over these")
     p.add_argument("--context", type=int, default=256, help="positions prompt + continuation may use")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -52,16 +57,30 @@ def main(argv: list[str] | None = None) -> int:
             raise AdaspecError("give at least one --draft or --head")
         prompts = task_prompts(args.task, tokenizer, args.n_prompts, args.context - args.max_new_tokens, device)
         forward = forward_timings(target, drafters, prompts[0], args.gamma)
-        methods = profile(target, drafters, prompts, args.gamma, args.max_new_tokens, args.repeats,
-                          tokenizer.eos_token_id, args.temperature, tuple(args.confidences))
+        methods = profile(
+            target,
+            drafters,
+            prompts,
+            args.gamma,
+            args.max_new_tokens,
+            args.repeats,
+            tokenizer.eos_token_id,
+            args.temperature,
+            tuple(args.confidences),
+        )
     except AdaspecError as exc:
         print(f"benchmarks/step_profile.py: error: {exc}", file=sys.stderr)
         return 2
-    result = {"command": shlex.join(["python", "benchmarks/step_profile.py", *(argv or sys.argv[1:])]),
-              "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-              "gamma": args.gamma, "temperature": args.temperature, "threads": torch.get_num_threads(),
-              "confidences": args.confidences,
-              "forward_ms": forward, "methods": methods}
+    result = {
+        "command": shlex.join(["python", "benchmarks/step_profile.py", *(argv or sys.argv[1:])]),
+        "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "gamma": args.gamma,
+        "temperature": args.temperature,
+        "threads": torch.get_num_threads(),
+        "confidences": args.confidences,
+        "forward_ms": forward,
+        "methods": methods,
+    }
     print(format_profile(result))
     if args.out:
         atomic_write_json(Path(args.out), result)

@@ -33,15 +33,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-prompts", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--chains", type=int, nargs="+", default=[2, 3, 4, 5, 6], help="chain lengths γ")
-    p.add_argument("--trees", nargs="*", default=None,
-                   help="tree specs for every drafter (--tree syntax; default: per drafter kind, plus adaptive)")
+    p.add_argument(
+        "--trees",
+        nargs="*",
+        default=None,
+        help="tree specs for every drafter (--tree syntax; default: per drafter kind, plus adaptive)",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--context", type=int, default=256, help="positions prompt + continuation may use")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--pair", default="demo", help="name of the model pair, for the output file")
     p.add_argument("--out", default=None, help="JSON path (default results/benchmarks/tree_<pair>.json)")
-    p.add_argument("--summarize", metavar="JSON", default=None,
-                   help="recompute a saved result's summary from its measured rows (nothing decoded) and rewrite it")
+    p.add_argument(
+        "--summarize",
+        metavar="JSON",
+        default=None,
+        help="recompute a saved result's summary from its measured rows (nothing decoded) and rewrite it",
+    )
     args = p.parse_args(argv)
     if args.summarize:
         return _resummarize(Path(args.summarize))
@@ -54,13 +62,27 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = load_tokenizer(args.target)
         named = load_named_drafters(args.draft, args.head, target, tokenizer, device)
         drafters, keep, trees = tree_drafters(named, output_vocab_size(target), args.trees)
-        result = benchmark(target, tokenizer, drafters, keep, args.task, args.n_prompts, args.max_new_tokens,
-                           args.chains, trees, args.repeats, args.context)
+        result = benchmark(
+            target,
+            tokenizer,
+            drafters,
+            keep,
+            args.task,
+            args.n_prompts,
+            args.max_new_tokens,
+            args.chains,
+            trees,
+            args.repeats,
+            args.context,
+        )
     except AdaspecError as exc:
         print(f"benchmarks/tree.py: error: {exc}", file=sys.stderr)
         return 2
-    result = {"pair": args.pair, "command": shlex.join(["python", "benchmarks/tree.py", *(argv or sys.argv[1:])]),
-              **result}
+    result = {
+        "pair": args.pair,
+        "command": shlex.join(["python", "benchmarks/tree.py", *(argv or sys.argv[1:])]),
+        **result,
+    }
     out = Path(args.out or f"results/benchmarks/tree_{args.pair}.json")
     atomic_write_json(out, result)
     print(format_rows(result))

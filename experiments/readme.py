@@ -38,6 +38,7 @@ OFFICIAL = "official_protocol"
 
 # ---------------------------------------------------------------- small formatting helpers
 
+
 def _mean_std(xs: list[float]) -> tuple[float, float]:
     xs = [x for x in xs if x is not None and not math.isnan(x)]
     if not xs:
@@ -70,20 +71,32 @@ def _gap_ce(res: dict) -> tuple[str, dict[str, float]]:
 # The paper's main table, 3-epoch column, Pythia-31M -> Pythia-1.4B, greedy α in % (DistillSpec, AdaSPEC), as
 # published in the authors' repository README (github.com/yuezhouhu/adaspec, "Main Results"); quoted, not measured
 PAPER_ALPHA: dict[str, tuple[float, float]] = {
-    "gsm8k": (57.58, 61.02), "alpaca": (44.34, 47.25), "mbpp": (46.88, 47.73),
-    "cnn_dailymail": (73.05, 74.22), "xsum": (47.24, 49.11),
+    "gsm8k": (57.58, 61.02),
+    "alpaca": (44.34, 47.25),
+    "mbpp": (46.88, 47.73),
+    "cnn_dailymail": (73.05, 74.22),
+    "xsum": (47.24, 49.11),
 }
 
-VARIANT_LABELS = {"lk": "LK: -log α, every token at AdaSPEC's batch",
-                  "lk_kl": "LK-KL: λ·KL + (1 - λ)·TVD, every token at AdaSPEC's batch",
-                  "adaspec_tvd": "AdaSPEC, Δ in TVD", "adaspec_soft": "AdaSPEC, soft selection by Δ's rank",
-                  "adaspec_ksched": "AdaSPEC, k from 1 down to 0.4"}
+VARIANT_LABELS = {
+    "lk": "LK: -log α, every token at AdaSPEC's batch",
+    "lk_kl": "LK-KL: λ·KL + (1 - λ)·TVD, every token at AdaSPEC's batch",
+    "adaspec_tvd": "AdaSPEC, Δ in TVD",
+    "adaspec_soft": "AdaSPEC, soft selection by Δ's rank",
+    "adaspec_ksched": "AdaSPEC, k from 1 down to 0.4",
+}
 # the goal: beat plain KD at equal optimizer steps by this much greedy α, beyond the seed spread
 VARIANT_MARGIN = 0.01
 
 # the heads table's columns, in the order `adaspec reproduce --heads` trains them
-HEAD_COLUMNS = {"eagle": "EAGLE-3 KD", "eagle_adaspec": "EAGLE-3 AdaSPEC", "eagle1": "EAGLE-1 KD",
-                "mtp": "MTP KD", "mtp_adaspec": "MTP AdaSPEC", "medusa": "Medusa KD"}
+HEAD_COLUMNS = {
+    "eagle": "EAGLE-3 KD",
+    "eagle_adaspec": "EAGLE-3 AdaSPEC",
+    "eagle1": "EAGLE-1 KD",
+    "mtp": "MTP KD",
+    "mtp_adaspec": "MTP AdaSPEC",
+    "medusa": "Medusa KD",
+}
 
 
 def _paper(task: str) -> str:
@@ -108,12 +121,19 @@ def _official_row(r: dict) -> str:
     o = r[OFFICIAL]
     seeds = o["alpha_greedy_seeds"]
     d, a = seeds["distillspec"], seeds["adaspec"]
-    steps = sorted({o["optimizer_steps"][n] for n in ("distillspec", "adaspec", "kd_big_batch", "random_big_batch")
-                    if n in o["optimizer_steps"]})
-    return (f"| {r['task']} | {_pm(d)} | {_pm(a)} | {100 * (_mean_std(a)[0] - _mean_std(d)[0]):+.1f} | "
-            f"{_paper(r['task'])} | {_pm(seeds.get('kd_big_batch', []))} | {_pm(seeds.get('random_big_batch', []))} | "
-            f"{' / '.join(map(str, steps))} | {o['global_batch']['distillspec']} / {o['global_batch']['adaspec']} | "
-            f"{len(o['seeds'])} | `{o['command']}` |")
+    steps = sorted(
+        {
+            o["optimizer_steps"][n]
+            for n in ("distillspec", "adaspec", "kd_big_batch", "random_big_batch")
+            if n in o["optimizer_steps"]
+        }
+    )
+    return (
+        f"| {r['task']} | {_pm(d)} | {_pm(a)} | {100 * (_mean_std(a)[0] - _mean_std(d)[0]):+.1f} | "
+        f"{_paper(r['task'])} | {_pm(seeds.get('kd_big_batch', []))} | {_pm(seeds.get('random_big_batch', []))} | "
+        f"{' / '.join(map(str, steps))} | {o['global_batch']['distillspec']} / {o['global_batch']['adaspec']} | "
+        f"{len(o['seeds'])} | `{o['command']}` |"
+    )
 
 
 def heads_row(r: dict) -> str:
@@ -124,10 +144,14 @@ def heads_row(r: dict) -> str:
 
 
 def heads_table(rows: list[str]) -> list[str]:
-    return ["Drafter heads on the same frozen targets (`--heads`), greedy α (%), mean ± std over seeds "
-            "(EAGLE-1: first seed), beside the DistillSpec and AdaSPEC drafts:", "",
-            "| task | preset | DistillSpec | AdaSPEC | " + " | ".join(HEAD_COLUMNS.values()) + " | seeds | command |",
-            "|---|---|---|---|" + "---|" * len(HEAD_COLUMNS) + "---|---|", *rows]
+    return [
+        "Drafter heads on the same frozen targets (`--heads`), greedy α (%), mean ± std over seeds "
+        "(EAGLE-1: first seed), beside the DistillSpec and AdaSPEC drafts:",
+        "",
+        "| task | preset | DistillSpec | AdaSPEC | " + " | ".join(HEAD_COLUMNS.values()) + " | seeds | command |",
+        "|---|---|---|---|" + "---|" * len(HEAD_COLUMNS) + "---|---|",
+        *rows,
+    ]
 
 
 def variants_table(results_dir: Path) -> list[str]:
@@ -142,19 +166,30 @@ def variants_table(results_dir: Path) -> list[str]:
         cells = []
         for name in VARIANT_LABELS:
             v = verdicts.get(name)
-            cells.append("n/a" if v is None else f"{100 * v['gain']:+.1f} (± {100 * v['spread']:.1f})"
-                         + (" ✓" if v["beats"] else ""))
+            cells.append(
+                "n/a"
+                if v is None
+                else f"{100 * v['gain']:+.1f} (± {100 * v['spread']:.1f})" + (" ✓" if v["beats"] else "")
+            )
             wins[name] += bool(v and v["beats"])
         seeds = max(v["seeds"] for v in verdicts.values())
         rows.append(f"| {path.parent.name} | {seeds} | {' | '.join(cells)} |")
     if not rows:
         return []
     head = " | ".join(VARIANT_LABELS[n] for n in VARIANT_LABELS)
-    return ["", "Acceptance-aligned variants under the authors' protocol: gain over plain KD at equal optimizer steps "
-            "(the better of DistillSpec and KD at AdaSPEC's batch) in points of greedy α, mean over seeds (± the "
-            f"sum of both seed standard deviations); ✓ = a gain of ≥ {100 * VARIANT_MARGIN:g} point beyond that "
-            "spread:", "", f"| task | seeds | {head} |", "|---|---|" + "---|" * len(VARIANT_LABELS), *rows, "",
-            "Tasks won: " + ", ".join(f"{n} {wins[n]} of {len(rows)}" for n in VARIANT_LABELS) + "."]
+    return [
+        "",
+        "Acceptance-aligned variants under the authors' protocol: gain over plain KD at equal optimizer steps "
+        "(the better of DistillSpec and KD at AdaSPEC's batch) in points of greedy α, mean over seeds (± the "
+        f"sum of both seed standard deviations); ✓ = a gain of ≥ {100 * VARIANT_MARGIN:g} point beyond that "
+        "spread:",
+        "",
+        f"| task | seeds | {head} |",
+        "|---|---|" + "---|" * len(VARIANT_LABELS),
+        *rows,
+        "",
+        "Tasks won: " + ", ".join(f"{n} {wins[n]} of {len(rows)}" for n in VARIANT_LABELS) + ".",
+    ]
 
 
 def _diff(seeds: dict, a: str, b: str) -> str:
@@ -166,15 +201,20 @@ def _diff(seeds: dict, a: str, b: str) -> str:
 def pretrained_row(block: dict, task: str, scratch: dict | None) -> str:
     seeds, ce = block["alpha_greedy_seeds"], block["validation_ce"]
     params, quality = block.get("params") or {}, block.get("target_quality") or {}
-    sizes = (f"{params['target'] / 1e6:.2f}M / {params['draft'] / 1e6:.2f}M" if params else "n/a")
-    before = (f"{_pm(scratch['alpha_greedy_seeds']['distillspec'])} / {_pm(scratch['alpha_greedy_seeds']['adaspec'])}"
-              if scratch else "n/a")
-    return (f"| {task} | {sizes} | {_fmt(ce.get('target'), '.2f')} / {_fmt(ce.get('draft_init'), '.2f')} / "
-            f"{_fmt(ce.get('distillspec'), '.2f')} | {quality.get('metric', 'n/a')} {_fmt(quality.get('value'))} | "
-            f"{_pm(seeds.get('draft_init', []))} | {_pm(seeds['distillspec'])} | {_pm(seeds['adaspec'])} | "
-            f"{_diff(seeds, 'adaspec', 'distillspec')} | {_pm(seeds.get('kd_big_batch', []))} | "
-            f"{_pm(seeds.get('random_big_batch', []))} | {_diff(seeds, 'adaspec', 'kd_big_batch')} | {before} | "
-            f"{len(block['seeds'])} | `{block['command']}` |")
+    sizes = f"{params['target'] / 1e6:.2f}M / {params['draft'] / 1e6:.2f}M" if params else "n/a"
+    before = (
+        f"{_pm(scratch['alpha_greedy_seeds']['distillspec'])} / {_pm(scratch['alpha_greedy_seeds']['adaspec'])}"
+        if scratch
+        else "n/a"
+    )
+    return (
+        f"| {task} | {sizes} | {_fmt(ce.get('target'), '.2f')} / {_fmt(ce.get('draft_init'), '.2f')} / "
+        f"{_fmt(ce.get('distillspec'), '.2f')} | {quality.get('metric', 'n/a')} {_fmt(quality.get('value'))} | "
+        f"{_pm(seeds.get('draft_init', []))} | {_pm(seeds['distillspec'])} | {_pm(seeds['adaspec'])} | "
+        f"{_diff(seeds, 'adaspec', 'distillspec')} | {_pm(seeds.get('kd_big_batch', []))} | "
+        f"{_pm(seeds.get('random_big_batch', []))} | {_diff(seeds, 'adaspec', 'kd_big_batch')} | {before} | "
+        f"{len(block['seeds'])} | `{block['command']}` |"
+    )
 
 
 def pretrained_table(results_dir: Path) -> list[str]:
@@ -189,25 +229,32 @@ def pretrained_table(results_dir: Path) -> list[str]:
         rows.append(pretrained_row(block, path.parent.name, scratch))
     if not rows:
         return []
-    return ["", "Nearer the paper's regime (`--preset pretrained`): target and draft first pretrained on the corpus "
-            "of every task's training text, the draft to its plateau, then the target fine-tuned 3 epochs on the "
-            "task and the draft distilled from its pretrained weights; the authors' protocol at equal optimizer "
-            "steps. Greedy α in %, mean ± std over seeds; response cross-entropy on the validation split:", "",
-            "| task | target / draft params | CE target / initial draft / DistillSpec | target quality | "
-            "initial draft α | DistillSpec α | AdaSPEC α | AdaSPEC − DistillSpec | KD at AdaSPEC's batch α | "
-            "random 40% at AdaSPEC's batch α | AdaSPEC − KD at its batch | same protocol from the barely trained "
-            "draft: DistillSpec / AdaSPEC α | seeds | command |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows]
+    return [
+        "",
+        "Nearer the paper's regime (`--preset pretrained`): target and draft first pretrained on the corpus "
+        "of every task's training text, the draft to its plateau, then the target fine-tuned 3 epochs on the "
+        "task and the draft distilled from its pretrained weights; the authors' protocol at equal optimizer "
+        "steps. Greedy α in %, mean ± std over seeds; response cross-entropy on the validation split:",
+        "",
+        "| task | target / draft params | CE target / initial draft / DistillSpec | target quality | "
+        "initial draft α | DistillSpec α | AdaSPEC α | AdaSPEC − DistillSpec | KD at AdaSPEC's batch α | "
+        "random 40% at AdaSPEC's batch α | AdaSPEC − KD at its batch | same protocol from the barely trained "
+        "draft: DistillSpec / AdaSPEC α | seeds | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def readme_table(results_dir: Path) -> str:
     """The README's results block: one row per task with committed results, beside the paper's numbers, then
     the heads, the authors' protocol, the variants and the pretrained regime."""
-    rows = ["| task | preset | target / draft params | response CE target / DistillSpec (split) | target quality | "
-            "DistillSpec α (%) | AdaSPEC α (%) | Δ (points) | paper: DistillSpec / AdaSPEC α (%), Δ | "
-            "first seed: AdaSPEC / KD at equal steps / random 40% α (%) | first seed, 4× those steps: KD / AdaSPEC α (%) | "
-            "seeds | command |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| task | preset | target / draft params | response CE target / DistillSpec (split) | target quality | "
+        "DistillSpec α (%) | AdaSPEC α (%) | Δ (points) | paper: DistillSpec / AdaSPEC α (%), Δ | "
+        "first seed: AdaSPEC / KD at equal steps / random 40% α (%) | first seed, 4× those steps: KD / AdaSPEC α (%) | "
+        "seeds | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     official, heads = [], []
     for path in sorted(results_dir.glob("*/results.json")):
         r = json.loads(path.read_text())
@@ -221,23 +268,30 @@ def readme_table(results_dir: Path) -> str:
         delta = 100 * (_mean_std(a)[0] - _mean_std(d)[0])
         q = r["target_quality"]
         split, ce = _gap_ce(r)
-        rows.append(f"| {r['task']} | {r['preset']} | {r['params']['target'] / 1e6:.2f}M / "
-                    f"{r['params']['draft'] / 1e6:.2f}M | {ce['target']:.2f} / {ce['distillspec']:.2f} ({split}) | "
-                    f"{q['metric']} {_fmt(q['value'])} | {_pm(d)} | {_pm(a)} | {delta:+.1f} | {_paper(r['task'])} | "
-                    f"{_controls(r)} | {_controls(r, ('distillspec_long4', 'adaspec_long4'), first=False)} | "
-                    f"{len(r['seeds'])} | `{r['command']}` |")
+        rows.append(
+            f"| {r['task']} | {r['preset']} | {r['params']['target'] / 1e6:.2f}M / "
+            f"{r['params']['draft'] / 1e6:.2f}M | {ce['target']:.2f} / {ce['distillspec']:.2f} ({split}) | "
+            f"{q['metric']} {_fmt(q['value'])} | {_pm(d)} | {_pm(a)} | {delta:+.1f} | {_paper(r['task'])} | "
+            f"{_controls(r)} | {_controls(r, ('distillspec_long4', 'adaspec_long4'), first=False)} | "
+            f"{len(r['seeds'])} | `{r['command']}` |"
+        )
     # a heads run kept apart from the main table (`--results-dir results/heads`)
     for path in sorted((results_dir / "heads").glob("*/results.json")):
         heads.append(heads_row(json.loads(path.read_text())))
     if heads:
         rows += ["", *heads_table(heads)]
     if official:
-        rows += ["", "Under the authors' protocol (equal optimizer steps: AdaSPEC at 2.5× DistillSpec's batch for "
-                 "2.5× its epochs; constant lr 3e-4, weight decay 0.1; same target and initial draft):", "",
-                 "| task | DistillSpec α (%) | AdaSPEC α (%) | Δ (points) | paper: DistillSpec / AdaSPEC α (%), Δ | "
-                 "KD at AdaSPEC's batch α (%) | random 40% at AdaSPEC's batch α (%) | optimizer steps, each | "
-                 "global batch KD / AdaSPEC | seeds | command |", "|---|---|---|---|---|---|---|---|---|---|---|",
-                 *official]
+        rows += [
+            "",
+            "Under the authors' protocol (equal optimizer steps: AdaSPEC at 2.5× DistillSpec's batch for "
+            "2.5× its epochs; constant lr 3e-4, weight decay 0.1; same target and initial draft):",
+            "",
+            "| task | DistillSpec α (%) | AdaSPEC α (%) | Δ (points) | paper: DistillSpec / AdaSPEC α (%), Δ | "
+            "KD at AdaSPEC's batch α (%) | random 40% at AdaSPEC's batch α (%) | optimizer steps, each | "
+            "global batch KD / AdaSPEC | seeds | command |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+            *official,
+        ]
     rows += variants_table(results_dir)
     rows += pretrained_table(results_dir)
     return "\n".join(rows)
@@ -245,42 +299,65 @@ def readme_table(results_dir: Path) -> str:
 
 # ---------------------------------------------------------------- the benchmark tables
 
+
 def drafter_rows(result: dict[str, Any]) -> str:
     """benchmarks/drafters.py's table (every drafter side by side)."""
-    lines = ["| prompts | T | method | tokens/s | vs target | α | τ | c | predicted | measured / predicted |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| prompts | T | method | tokens/s | vs target | α | τ | c | predicted | measured / predicted |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['prompts']} | {r['temperature']:g} | {r['method']} | {r['tokens_per_s']:.1f} | "
-                     f"{r['vs_target']:.2f}× | {_dash(r['alpha'])} | {_dash(r['tau'])} | {_dash(r['c'], '.3f')} | "
-                     f"{_dash(r['predicted_speedup'])} | {_dash(r['measured_over_predicted'])} |")
+        lines.append(
+            f"| {r['prompts']} | {r['temperature']:g} | {r['method']} | {r['tokens_per_s']:.1f} | "
+            f"{r['vs_target']:.2f}× | {_dash(r['alpha'])} | {_dash(r['tau'])} | {_dash(r['c'], '.3f')} | "
+            f"{_dash(r['predicted_speedup'])} | {_dash(r['measured_over_predicted'])} |"
+        )
     return "\n".join(lines)
 
 
 def tree_rows(result: dict[str, Any]) -> str:
     """benchmarks/tree.py's tables: every method, then the per-drafter summary."""
-    lines = ["| drafter | method | tokens/s | vs target | τ | α | nodes | depth | draft / verify / other ms per step "
-             "| outputs differing |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| drafter | method | tokens/s | vs target | τ | α | nodes | depth | draft / verify / other ms per step "
+        "| outputs differing |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        split = "-" if r["kind"] == "target" else (f"{_dash(r['draft_ms_per_step'])} / "
-                                                   f"{_dash(r['target_ms_per_step'])} / {_dash(r['other_ms_per_step'])}")
-        lines.append(f"| {r['drafter']} | {r['kind']} {r['spec']} | {r['tokens_per_s']:.1f} | {r['vs_target']:.2f}× | "
-                     f"{_dash(r.get('tau'))} | {_dash(r.get('alpha'))} | {_dash(r.get('mean_gamma'), '.1f')} | "
-                     f"{_dash(r.get('mean_depth'), '.1f')} | {split} | {r['outputs_differing']} |")
+        split = (
+            "-"
+            if r["kind"] == "target"
+            else (
+                f"{_dash(r['draft_ms_per_step'])} / {_dash(r['target_ms_per_step'])} / {_dash(r['other_ms_per_step'])}"
+            )
+        )
+        lines.append(
+            f"| {r['drafter']} | {r['kind']} {r['spec']} | {r['tokens_per_s']:.1f} | {r['vs_target']:.2f}× | "
+            f"{_dash(r.get('tau'))} | {_dash(r.get('alpha'))} | {_dash(r.get('mean_gamma'), '.1f')} | "
+            f"{_dash(r.get('mean_depth'), '.1f')} | {split} | {r['outputs_differing']} |"
+        )
     pub = result["eagle2_published"]
-    lines += ["", f"| drafter | best chain | best fixed tree | tree / chain tokens/s (goal ≥ {result['goal']:.2f}) | "
-              f"τ tree / τ chain (EAGLE-2 published: {pub['tau_eagle2']} / {pub['tau_eagle']} = {pub['ratio']:.2f}) | "
-              "highest-τ tree / τ chain | adaptive / chain tokens/s (nodes per step) | kept rows / re-run | "
-              "bound: tree overheads removed (tree) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"| drafter | best chain | best fixed tree | tree / chain tokens/s (goal ≥ {result['goal']:.2f}) | "
+        f"τ tree / τ chain (EAGLE-2 published: {pub['tau_eagle2']} / {pub['tau_eagle']} = {pub['ratio']:.2f}) | "
+        "highest-τ tree / τ chain | adaptive / chain tokens/s (nodes per step) | kept rows / re-run | "
+        "bound: tree overheads removed (tree) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for drafter, s in result["summary"].items():
-        adaptive = (f"{s['adaptive_over_chain_tokens_per_s']:.2f}× ({s['adaptive_nodes_per_step']:.1f})"
-                    if "adaptive" in s else "-")
+        adaptive = (
+            f"{s['adaptive_over_chain_tokens_per_s']:.2f}× ({s['adaptive_nodes_per_step']:.1f})"
+            if "adaptive" in s
+            else "-"
+        )
         keep = f"{s['keep_over_rerun_tokens_per_s']:.2f}×" if "keep_over_rerun_tokens_per_s" in s else "-"
-        lines.append(f"| {drafter} | {s['best_chain'].split(':', 1)[1]} | {s['best_tree'].split(':', 1)[1]} | "
-                     f"{s['tree_over_chain_tokens_per_s']:.2f}× | {s['tau_best_tree_over_best_chain']:.2f} | "
-                     f"{s['tau_highest_tree_over_best_chain']:.2f} ({s['highest_tau_tree'].split(':', 1)[1]}) | "
-                     f"{adaptive} | {keep} | {s['ideal_tree_over_chain_tokens_per_s']:.2f}× "
-                     f"({s['ideal_tree'].split(':', 1)[1]}) |")
+        lines.append(
+            f"| {drafter} | {s['best_chain'].split(':', 1)[1]} | {s['best_tree'].split(':', 1)[1]} | "
+            f"{s['tree_over_chain_tokens_per_s']:.2f}× | {s['tau_best_tree_over_best_chain']:.2f} | "
+            f"{s['tau_highest_tree_over_best_chain']:.2f} ({s['highest_tau_tree'].split(':', 1)[1]}) | "
+            f"{adaptive} | {keep} | {s['ideal_tree_over_chain_tokens_per_s']:.2f}× "
+            f"({s['ideal_tree'].split(':', 1)[1]}) |"
+        )
     costs = ", ".join(f"{t}: {c:.2f}" for t, c in sorted((int(t), c) for t, c in result["verify_cost_vs_1"].items()))
     lines += ["", f"Target forward over n tokens / over 1 token ({result['target_forward_ms']:.2f} ms): {costs}."]
     return "\n".join(lines)
@@ -288,16 +365,20 @@ def tree_rows(result: dict[str, Any]) -> str:
 
 def crossover_sweep(result: dict) -> str:
     """benchmarks/crossover.py's table (predicted speed-up against target size)."""
-    lines = [f"draft {result['draft']} ({result['draft_params'] / 1e6:.2f}M, {result['draft_ms']:.3f} ms), "
-             f"τ {result['tau']:.2f} at γ {result['gamma']}; per-step work {result['step_overhead_ms']:.3f} ms "
-             f"(solved at {result['pair_target']}, measured {result['measured_speedup']:.2f}×)", "",
-             "| target | params | t1 (ms) | verify γ+1 (ms) | verify / one | c = d / t1 | forwards only | "
-             "predicted S |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"draft {result['draft']} ({result['draft_params'] / 1e6:.2f}M, {result['draft_ms']:.3f} ms), "
+        f"τ {result['tau']:.2f} at γ {result['gamma']}; per-step work {result['step_overhead_ms']:.3f} ms "
+        f"(solved at {result['pair_target']}, measured {result['measured_speedup']:.2f}×)",
+        "",
+        "| target | params | t1 (ms) | verify γ+1 (ms) | verify / one | c = d / t1 | forwards only | predicted S |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['target']} | {r['params'] / 1e6:.1f}M | {r['t1_ms']:.3f} | {r['verify_ms']:.3f} | "
-                     f"{r['verify_cost_vs_one']:.2f} | {r['c']:.3f} | {r['forwards_only_speedup']:.2f}× | "
-                     f"{r['predicted_speedup']:.2f}× |")
+        lines.append(
+            f"| {r['target']} | {r['params'] / 1e6:.1f}M | {r['t1_ms']:.3f} | {r['verify_ms']:.3f} | "
+            f"{r['verify_cost_vs_one']:.2f} | {r['c']:.3f} | {r['forwards_only_speedup']:.2f}× | "
+            f"{r['predicted_speedup']:.2f}× |"
+        )
     crossing = result["crossover_params"]
     lines.append("")
     if crossing:
@@ -317,70 +398,108 @@ def benchmark_tables(bench_dir: Path) -> str:
     if path.exists():
         b = json.loads(path.read_text())
         v, a = b["variants"], b["alpha"]
-        out += [f"Distillation throughput (`{b['command']}`; {b['settings']['limit']} GSM8K examples, "
-                f"{v['cached']['steps']} steps, AdaSPEC k={b['settings']['k']}, top-{b['settings']['top_k']} cache, "
-                "1 thread, tokens per CPU-second):", "",
-                "| variant | tokens/s | peak RSS (MiB) | greedy α on target continuations | "
-                "greedy α on dataset responses | sampling α on dataset responses |", "|---|---|---|---|---|---|"]
-        for name, label in (("onthefly", "(a) target + reference forward every step"),
-                            ("cached", "(b) teacher cache")):
-            out.append(f"| {label} | {v[name]['tokens_per_cpu_s']:,.0f} | {v[name]['peak_rss_mib']:.0f} | "
-                       f"{100 * a[name]['alpha_greedy']:.2f} | {100 * a[name]['alpha_greedy_reference_text']:.2f} | "
-                       f"{100 * a[name]['alpha_sampling_reference_text']:.2f} |")
+        out += [
+            f"Distillation throughput (`{b['command']}`; {b['settings']['limit']} GSM8K examples, "
+            f"{v['cached']['steps']} steps, AdaSPEC k={b['settings']['k']}, top-{b['settings']['top_k']} cache, "
+            "1 thread, tokens per CPU-second):",
+            "",
+            "| variant | tokens/s | peak RSS (MiB) | greedy α on target continuations | "
+            "greedy α on dataset responses | sampling α on dataset responses |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, label in (("onthefly", "(a) target + reference forward every step"), ("cached", "(b) teacher cache")):
+            out.append(
+                f"| {label} | {v[name]['tokens_per_cpu_s']:,.0f} | {v[name]['peak_rss_mib']:.0f} | "
+                f"{100 * a[name]['alpha_greedy']:.2f} | {100 * a[name]['alpha_greedy_reference_text']:.2f} | "
+                f"{100 * a[name]['alpha_sampling_reference_text']:.2f} |"
+            )
         amort = b["throughput_ratio_cpu_with_build_amortised_over_epochs"]
-        out += ["", f"Throughput ratio (b)/(a): {b['throughput_ratio_cpu']:.2f}×; with the cache build "
-                f"({b['cache']['build_seconds']:.1f} s, {b['cache']['size_mib']:.1f} MiB) amortised over 1 / 3 / 10 "
-                f"epochs: {amort['1']:.2f} / {amort['3']:.2f} / {amort['10']:.2f}×. A cached step costs "
-                f"{b['cached_cost_vs_draft_alone_cpu']:.2f}× a plain cross-entropy step of the draft alone.", ""]
+        out += [
+            "",
+            f"Throughput ratio (b)/(a): {b['throughput_ratio_cpu']:.2f}×; with the cache build "
+            f"({b['cache']['build_seconds']:.1f} s, {b['cache']['size_mib']:.1f} MiB) amortised over 1 / 3 / 10 "
+            f"epochs: {amort['1']:.2f} / {amort['3']:.2f} / {amort['10']:.2f}×. A cached step costs "
+            f"{b['cached_cost_vs_draft_alone_cpu']:.2f}× a plain cross-entropy step of the draft alone.",
+            "",
+        ]
     path = bench_dir / "loss_memory.json"
     if path.exists():
         b = json.loads(path.read_text())
-        out += [f"Loss memory (`{b['command']}`; {b['kind']} forward + backward, {b['input_dtype']} logits of "
-                f"{' × '.join(map(str, b['shape']))}, CPU):", "", "| variant | peak growth (MiB) | median s |",
-                "|---|---|---|"]
+        out += [
+            f"Loss memory (`{b['command']}`; {b['kind']} forward + backward, {b['input_dtype']} logits of "
+            f"{' × '.join(map(str, b['shape']))}, CPU):",
+            "",
+            "| variant | peak growth (MiB) | median s |",
+            "|---|---|---|",
+        ]
         out += [f"| {r['variant']} | {r['peak_growth_mib']:.0f} | {r['median_s']:.2f} |" for r in b["results"]]
     for path in sorted(bench_dir.glob("drafters_*.json")):
         b = json.loads(path.read_text())
-        out += ["", f"Every drafter, pair `{b['pair']}` (target {b['target_params'] / 1e6:.2f}M parameters, decode "
-                f"path {b['decode_path']}, γ = {b['gamma']}, {b['n_prompts']} prompts × {b['max_new_tokens']} tokens, "
-                f"{b['repeats']} repeats, {b['threads']} thread(s); verifying γ+1 tokens costs "
-                f"{b['verify_cost_ratio']:.2f}× one target forward): `{b['command']}`", "", drafter_rows(b)]
+        out += [
+            "",
+            f"Every drafter, pair `{b['pair']}` (target {b['target_params'] / 1e6:.2f}M parameters, decode "
+            f"path {b['decode_path']}, γ = {b['gamma']}, {b['n_prompts']} prompts × {b['max_new_tokens']} tokens, "
+            f"{b['repeats']} repeats, {b['threads']} thread(s); verifying γ+1 tokens costs "
+            f"{b['verify_cost_ratio']:.2f}× one target forward): `{b['command']}`",
+            "",
+            drafter_rows(b),
+        ]
         if path.with_suffix(".png").exists():
             out += ["", f"![drafters {b['pair']}]({path.with_suffix('.png').name})"]
     for path in sorted(bench_dir.glob("tree_*.json")):
         b = json.loads(path.read_text())
-        out += ["", f"Token trees against chains, every drafter, pair `{b['pair']}` (target {b['target_params'] / 1e6:.2f}M "
-                f"parameters, decode path {b['decode_path']}, greedy, {b['n_prompts']} {b['task']} prompts × "
-                f"{b['max_new_tokens']} tokens, {b['repeats']} repeats, {b['threads']} thread(s)): `{b['command']}`",
-                "", tree_rows(b)]
+        out += [
+            "",
+            f"Token trees against chains, every drafter, pair `{b['pair']}` (target {b['target_params'] / 1e6:.2f}M "
+            f"parameters, decode path {b['decode_path']}, greedy, {b['n_prompts']} {b['task']} prompts × "
+            f"{b['max_new_tokens']} tokens, {b['repeats']} repeats, {b['threads']} thread(s)): `{b['command']}`",
+            "",
+            tree_rows(b),
+        ]
     path = bench_dir / "crossover.json"
     if path.exists():
         b = json.loads(path.read_text())
-        out += ["", f"Predicted speed-up against target size (`{b['command']}`; lean forward costs measured, "
-                f"{b['threads']} thread(s); τ and the per-step work from the first trained pair; a prediction, "
-                "not a trained pair per size):", "", crossover_sweep(b["sweep"]), ""]
-        out += [f"Calibration, pair `{c['pair']}` ({c['method']}): forwards-only formula {c['formula_speedup']:.2f}×, "
-                f"measured {c['measured_speedup']:.2f}× (measured / formula {c['measured_over_formula']:.2f})."
-                for c in b["calibration"]]
+        out += [
+            "",
+            f"Predicted speed-up against target size (`{b['command']}`; lean forward costs measured, "
+            f"{b['threads']} thread(s); τ and the per-step work from the first trained pair; a prediction, "
+            "not a trained pair per size):",
+            "",
+            crossover_sweep(b["sweep"]),
+            "",
+        ]
+        out += [
+            f"Calibration, pair `{c['pair']}` ({c['method']}): forwards-only formula {c['formula_speedup']:.2f}×, "
+            f"measured {c['measured_speedup']:.2f}× (measured / formula {c['measured_over_formula']:.2f})."
+            for c in b["calibration"]
+        ]
     return "\n".join(out)
 
 
 def vllm_rows(result: dict[str, Any]) -> str:
     """A vLLM benchmark's table: vLLM's rows with adaspec's engine beside them."""
-    lines = ["| drafter | vLLM method | T | batch | vLLM tokens/s | vLLM vs its target | vLLM α | vLLM mean acc. "
-             "length | identical | adaspec α (vLLM's schedule) | adaspec engine vs its target | adaspec α, τ |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| drafter | vLLM method | T | batch | vLLM tokens/s | vLLM vs its target | vLLM α | vLLM mean acc. "
+        "length | identical | adaspec α (vLLM's schedule) | adaspec engine vs its target | adaspec α, τ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         if not r["loaded"]:
-            lines.append(f"| {r['drafter']} | {r['method'] or '-'} | {r['temperature']:g} | {r['batch']} | "
-                         f"not loaded: {r['reason']} ||||||||")
+            lines.append(
+                f"| {r['drafter']} | {r['method'] or '-'} | {r['temperature']:g} | {r['batch']} | "
+                f"not loaded: {r['reason']} ||||||||"
+            )
             continue
         mine, aligned = r.get("adaspec_engine") or {}, r.get("adaspec") or {}
         lines.append(
-            f"| {r['drafter']} | {r['method']} | {r['temperature']:g} | {r['batch']} | {_dash(r['tokens_per_s'], '.1f')} | "
-            f"{_dash(r['vs_target'], '.2f', '×')} | {_dash(r['alpha'], '.3f')} | {_dash(r['mean_acceptance_length'])} | "
+            f"| {r['drafter']} | {r['method']} | {r['temperature']:g} | {r['batch']} | "
+            f"{_dash(r['tokens_per_s'], '.1f')} | "
+            f"{_dash(r['vs_target'], '.2f', '×')} | {_dash(r['alpha'], '.3f')} | "
+            f"{_dash(r['mean_acceptance_length'])} | "
             f"{_dash(r['identical_to_target'], 'd')} | {_dash(aligned.get('alpha'), '.3f')} | "
-            f"{_dash(mine.get('vs_target'), '.2f', '×')} | {_dash(mine.get('alpha'), '.3f')}, {_dash(mine.get('tau'))} |")
+            f"{_dash(mine.get('vs_target'), '.2f', '×')} | {_dash(mine.get('alpha'), '.3f')}, "
+            f"{_dash(mine.get('tau'))} |"
+        )
     return "\n".join(lines)
 
 
@@ -390,9 +509,14 @@ def vllm_tables(bench_dir: Path) -> str:
     for path in sorted(bench_dir.glob("vllm_*.json")):
         b = json.loads(path.read_text())
         load = b["load_average_1m_before_after"]
-        out += [f"Pair `{b['pair']}`, vLLM {b['vllm_version']} (CPU), γ = {b['gamma']}, {b['n_prompts']} "
-                f"{b['prompts']} prompts × {b['max_new_tokens']} tokens, median of {b.get('repeats', 1)} timed "
-                f"passes, load average {load[0]:.1f} → {load[1]:.1f}: `{b['command']}`", "", vllm_rows(b), ""]
+        out += [
+            f"Pair `{b['pair']}`, vLLM {b['vllm_version']} (CPU), γ = {b['gamma']}, {b['n_prompts']} "
+            f"{b['prompts']} prompts × {b['max_new_tokens']} tokens, median of {b.get('repeats', 1)} timed "
+            f"passes, load average {load[0]:.1f} → {load[1]:.1f}: `{b['command']}`",
+            "",
+            vllm_rows(b),
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -454,8 +578,9 @@ def benchmarks_readme(bench_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", type=Path, default=ROOT, help="the checkout (default: this script's)")
-    p.add_argument("--check", action="store_true",
-                   help="write nothing; exit 1 when either file differs from what would be written")
+    p.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 when either file differs from what would be written"
+    )
     args = p.parse_args(argv)
     readme, results = args.root / "README.md", args.root / "results"
     bench = results / "benchmarks"

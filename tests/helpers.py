@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file
 
 from adaspec import cli, data
-
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,10 +23,26 @@ def run(*args) -> int:
 
 def torchrun(command: str, out: Path, *args) -> subprocess.CompletedProcess:
     """`adaspec COMMAND ARGS --output OUT` in 2 CPU processes under torch.distributed.run; it must succeed."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "adaspec.cli", command, *map(str, args), "--output", str(out)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "adaspec.cli",
+        command,
+        *map(str, args),
+        "--output",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -92,8 +107,7 @@ def write_chats(path: Path, n: int, assistant: bool = True) -> Path:
     """`n` GSM8K problems as chats: a system turn, the question, (with `assistant`) the worked answer."""
     rows = []
     for ex in data.load_task("gsm8k", "train", limit=n):
-        turns = [{"role": "system", "content": "You are a patient math tutor."},
-                 {"role": "user", "content": ex.prompt}]
+        turns = [{"role": "system", "content": "You are a patient math tutor."}, {"role": "user", "content": ex.prompt}]
         if assistant:
             turns.append({"role": "assistant", "content": ex.response})
         rows.append(json.dumps({"messages": turns}))

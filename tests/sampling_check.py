@@ -11,9 +11,16 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 def tiny_neox(seed: int, vocab: int):
     """A 1-layer GPT-NeoX with a sharpened head (confident, so few tokens carry the mass)."""
     torch.manual_seed(seed)
-    config = GPTNeoXConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=32, max_position_embeddings=16, rotary_pct=0.25,
-                           tie_word_embeddings=False)
+    config = GPTNeoXConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        rotary_pct=0.25,
+        tie_word_embeddings=False,
+    )
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(20)

@@ -4,15 +4,21 @@ import json
 
 import pytest
 
-from adaspec.data import chat
 from adaspec import data
+from adaspec.data import chat
 from adaspec.errors import AdaspecError
 
-TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|endoftext|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
-CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
-                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Add 2 and 3"},
-                {"role": "assistant", "content": "It is 5."}]
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|endoftext|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Add 2 and 3"},
+    {"role": "assistant", "content": "It is 5."},
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +30,19 @@ def tok():
 
 @pytest.fixture()
 def chat_file(tmp_path):
-    sharegpt = [{"from": {"user": "human", "assistant": "gpt"}.get(m["role"], m["role"]), "value": m["content"]}
-                for m in CONVERSATION]
+    sharegpt = [
+        {"from": {"user": "human", "assistant": "gpt"}.get(m["role"], m["role"]), "value": m["content"]}
+        for m in CONVERSATION
+    ]
     path = tmp_path / "chat.jsonl"
-    path.write_text(json.dumps({"messages": CONVERSATION}) + "\n" + json.dumps({"conversations": sharegpt}) + "\n"
-                    + json.dumps({"prompt": "plain", "response": "record"}) + "\n")
+    path.write_text(
+        json.dumps({"messages": CONVERSATION})
+        + "\n"
+        + json.dumps({"conversations": sharegpt})
+        + "\n"
+        + json.dumps({"prompt": "plain", "response": "record"})
+        + "\n"
+    )
     return path
 
 
@@ -72,8 +86,11 @@ def test_refusals(tok, chat_file, tmp_path):
         data.encode_example(example, tok2, 64)
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n" + json.dumps({"messages": [{"role": "user", "content": "only a question"}]}) + "\n")
-    with pytest.raises(AdaspecError, match=rf"^no usable record in {bad}: 1 conversations, none with an "
-                                           r"assistant turn \(lines 2\)$"):
+    with pytest.raises(
+        AdaspecError,
+        match=rf"^no usable record in {bad}: 1 conversations, none with an "
+        r"assistant turn \(lines 2\)$",
+    ):
         data.load_jsonl(bad)
     bad.write_text(json.dumps({"messages": [{"role": "wizard", "content": "x"}]}) + "\n")
     with pytest.raises(AdaspecError, match=r"messages\[0\] needs a role"):
@@ -88,16 +105,21 @@ def test_hub_chat_datasets(monkeypatch):
     class FakeDataset(list):
         column_names = ["conversations", "id"]
 
-    fake = types.SimpleNamespace(load_dataset=lambda name, config, split: FakeDataset(
-        [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}], "id": 1}]))
+    fake = types.SimpleNamespace(
+        load_dataset=lambda name, config, split: FakeDataset(
+            [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}], "id": 1}]
+        )
+    )
     monkeypatch.setitem(sys.modules, "datasets", fake)
     (example,) = data.load_hub("someone/chats", "train")
     assert example.meta["messages"][1] == {"role": "assistant", "content": "Hello!"}
 
 
 LONG = [{"role": "system", "content": "Be brief."}] + [
-    m for i in range(3) for m in ({"role": "user", "content": f"Question {i}?"},
-                                  {"role": "assistant", "content": f"Answer {i}."})]
+    m
+    for i in range(3)
+    for m in ({"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."})
+]
 
 
 def _fit(tok, max_length):
@@ -138,8 +160,10 @@ def test_conversations_without_a_reply_are_skipped_and_reported(tmp_path, capsys
     assert [ex.meta["messages"] for ex in examples] == [CONVERSATION] * 3 and report.skipped == 7
     assert report.summary()["skipped_records"] == 7
     err = capsys.readouterr().err.strip()
-    assert err == (f"adaspec: warning: {path}: skipped 7 conversations with no assistant turn to train on "
-                   "(lines 1, 3, 4, 5, 6, ...)")
+    assert err == (
+        f"adaspec: warning: {path}: skipped 7 conversations with no assistant turn to train on "
+        "(lines 1, 3, 4, 5, 6, ...)"
+    )
     # a limit counts usable examples, not records read
     assert len(data.load_jsonl(path, limit=2)) == 2
     # a malformed record is still an error naming its line
@@ -153,8 +177,7 @@ def test_multi_turn_trains_every_reply_and_holds_out_the_last_for_evaluation(tok
         return tok.decode([t for t, lab in zip(item["input_ids"], item["labels"]) if lab != data.IGNORE_INDEX])
 
     example = data.chat_example(LONG)
-    assert labelled(data.encode_example(example, tok, 512)) == "".join(
-        f"Answer {i}.<|endoftext|>\n" for i in range(3))
+    assert labelled(data.encode_example(example, tok, 512)) == "".join(f"Answer {i}.<|endoftext|>\n" for i in range(3))
     # the evaluation prompt: every turn before the final reply, earlier replies included, none labelled
     prompt = data.encode_prompt(example, tok)
     assert tok.decode(prompt) == tok.apply_chat_template(LONG[:-1], tokenize=False, add_generation_prompt=True)
@@ -167,6 +190,7 @@ def test_multi_turn_trains_every_reply_and_holds_out_the_last_for_evaluation(tok
     assert labelled(item) == "Answer 2.<|endoftext|>\n"
     room = len(data.encode_prompt(data.chat_example(kept), tok)) + 1
     assert tok.decode(data.encode_prompt(example, tok, room)) == tok.apply_chat_template(
-        kept[:-1], tokenize=False, add_generation_prompt=True)
+        kept[:-1], tokenize=False, add_generation_prompt=True
+    )
     # too short for the last question alone: its last tokens, as before
     assert data.encode_prompt(example, tok, 3) == prompt[-3:]

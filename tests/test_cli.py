@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO, options_from
 
 from adaspec import cli
@@ -40,8 +39,10 @@ def test_top_level_help_names_every_command(capsys):
 
 def test_building_every_parser_imports_no_torch_or_transformers():
     """`adaspec <command> --help` must answer at once: the options modules stay free of the heavy imports."""
-    code = ("import sys\nfrom adaspec import cli\nfor c in cli.COMMANDS:\n    cli.build_parser(c)\n"
-            "print(sorted(m for m in ('torch', 'transformers', 'accelerate', 'scipy') if m in sys.modules))")
+    code = (
+        "import sys\nfrom adaspec import cli\nfor c in cli.COMMANDS:\n    cli.build_parser(c)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'accelerate', 'scipy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
@@ -52,8 +53,10 @@ def test_a_renamed_option_keeps_its_old_flag_with_a_notice(capsys):
     assert (old.divergence, old.draft_init) == ("ce", "i")
     assert old == options_from([*base, "--divergence", "ce", "--draft-init", "i"])
     err = capsys.readouterr().err.splitlines()
-    assert err == ["adaspec: warning: --loss is now --divergence; the old name goes in the next release",
-                   "adaspec: warning: --init is now --draft-init; the old name goes in the next release"]
+    assert err == [
+        "adaspec: warning: --loss is now --divergence; the old name goes in the next release",
+        "adaspec: warning: --init is now --draft-init; the old name goes in the next release",
+    ]
     with pytest.raises(SystemExit) as exc:
         cli.main(["train-head", "--help"])
     assert exc.value.code == 0

@@ -5,9 +5,25 @@ import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from adaspec.data import (CORPUS, EOS_TOKEN, GSM8K_QUESTION_PROMPT, IGNORE_INDEX, SPLITS, TASKS, Example, collate,
-                          encode_example, encode_examples, encode_prompt, load_examples, load_jsonl, load_task, pad_id,
-                          train_tokenizer, truncate_article)
+from adaspec.data import (
+    CORPUS,
+    EOS_TOKEN,
+    GSM8K_QUESTION_PROMPT,
+    IGNORE_INDEX,
+    SPLITS,
+    TASKS,
+    Example,
+    collate,
+    encode_example,
+    encode_examples,
+    encode_prompt,
+    load_examples,
+    load_jsonl,
+    load_task,
+    pad_id,
+    train_tokenizer,
+    truncate_article,
+)
 from adaspec.errors import AdaspecError
 
 SIZES = {
@@ -28,8 +44,13 @@ def tok():
 @pytest.fixture(scope="module")
 def bos_tok(tok):
     # a Llama-style tokenizer: BOS distinct from EOS
-    return PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, bos_token="<s>", eos_token=EOS_TOKEN,
-                                   pad_token=EOS_TOKEN, clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok.backend_tokenizer,
+        bos_token="<s>",
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def ids(tokenizer, text):
@@ -45,20 +66,25 @@ def test_splits_sized_disjoint_deterministic(task):
     assert not keys["train"] & keys["test"]
     assert not keys["validation"] & keys["test"]
     again = load_task(task, "validation")
-    assert [(e.prompt, e.response, e.meta) for e in again] == [(e.prompt, e.response, e.meta)
-                                                                for e in splits["validation"]]
+    assert [(e.prompt, e.response, e.meta) for e in again] == [
+        (e.prompt, e.response, e.meta) for e in splits["validation"]
+    ]
     assert all(ex.prompt and ex.response for exs in splits.values() for ex in exs)
 
 
 def test_gsm8k_format_is_the_papers():
     ex = load_task("gsm8k", "train", limit=1)[0]
-    assert ex.prompt == ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
-                         "in May. How many clips did Natalia sell altogether in April and May?\n"
-                         "Answer the above question. First think step by step and then answer the final number.\n")
+    assert ex.prompt == (
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
+        "in May. How many clips did Natalia sell altogether in April and May?\n"
+        "Answer the above question. First think step by step and then answer the final number.\n"
+    )
     # "####" -> "The final answer is: " leaves the original space after it, as in the paper's code
-    assert ex.response == ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
-                           "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n"
-                           "The final answer is:  72")
+    assert ex.response == (
+        "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+        "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n"
+        "The final answer is:  72"
+    )
     assert ex.meta["answer"] == "72"
     assert load_task("gsm8k", "test", limit=1)[0].prompt.endswith(GSM8K_QUESTION_PROMPT)
 
@@ -71,7 +97,10 @@ def test_task_specific_splits_and_meta():
     mbpp = load_task("mbpp", "test", limit=1)[0]
     assert mbpp.meta["test_list"][0] in mbpp.prompt and "\r" not in mbpp.response
     assert all("sft-demo_random_test" in ex.meta["sources"] for ex in load_task("alpaca", "test"))
-    cnn_test, cnn_train = load_task("cnn_dailymail", "test", limit=1)[0], load_task("cnn_dailymail", "train", limit=1)[0]
+    cnn_test, cnn_train = (
+        load_task("cnn_dailymail", "test", limit=1)[0],
+        load_task("cnn_dailymail", "train", limit=1)[0],
+    )
     assert cnn_test.meta["summary_source"] == "highlights" and cnn_train.meta["summary_source"] == "llm_summary"
     assert cnn_test.meta["reference"] == cnn_test.response
     assert load_task("xsum", "test", limit=1)[0].prompt.startswith("Summarize the following article in one sentence.")
@@ -136,14 +165,16 @@ def test_corpus_mixes_every_task_split(split):
     corpus = load_examples(CORPUS, split=split)
     assert len(corpus) == sum(SIZES[t][SPLITS.index(split)] for t in TASKS)
     assert {ex.prompt + ex.response for ex in corpus} == {
-        ex.prompt + ex.response for t in TASKS for ex in load_task(t, split)}
+        ex.prompt + ex.response for t in TASKS for ex in load_task(t, split)
+    }
     # round-robin: the first examples already come from every task, in TASKS order
-    assert [ex.response for ex in corpus[:len(TASKS)]] == [load_task(t, split)[0].response for t in TASKS]
+    assert [ex.response for ex in corpus[: len(TASKS)]] == [load_task(t, split)[0].response for t in TASKS]
     assert len(load_examples(CORPUS, split=split, limit=7)) == 7
 
 
 def test_corpus_is_a_task_for_every_command():
     from adaspec.data.options import DataOptions
+
     assert DataOptions(task=CORPUS).task == CORPUS
     with pytest.raises(AdaspecError, match="or corpus"):
         DataOptions(task="corpse")
@@ -179,7 +210,7 @@ def test_bos_prepended_when_distinct(bos_tok):
     assert bos != bos_tok.eos_token_id
     enc = encode_example(ex, bos_tok, max_length=512)
     assert enc["input_ids"][0] == bos and enc["labels"][0] == IGNORE_INDEX
-    assert encode_prompt(ex, bos_tok) == enc["input_ids"][:len(encode_prompt(ex, bos_tok))]
+    assert encode_prompt(ex, bos_tok) == enc["input_ids"][: len(encode_prompt(ex, bos_tok))]
     short = encode_example(ex, bos_tok, max_length=6, min_response_tokens=2)
     assert short["input_ids"][0] == bos and len(short["input_ids"]) == 6
     assert encode_prompt(ex, bos_tok, max_length=3)[0] == bos
@@ -215,8 +246,10 @@ def test_encode_examples_drops_empty_responses(tok):
 
 def test_collate_pads_from_lengths():
     eos = 0
-    batch = [{"input_ids": [5, 6, eos], "labels": [IGNORE_INDEX, 6, eos]},
-             {"input_ids": [7, 8, 9, 10, eos], "labels": [IGNORE_INDEX, IGNORE_INDEX, 9, 10, eos]}]
+    batch = [
+        {"input_ids": [5, 6, eos], "labels": [IGNORE_INDEX, 6, eos]},
+        {"input_ids": [7, 8, 9, 10, eos], "labels": [IGNORE_INDEX, IGNORE_INDEX, 9, 10, eos]},
+    ]
     out = collate(batch, pad_token_id=eos)
     assert out["input_ids"].tolist() == [[5, 6, 0, 0, 0], [7, 8, 9, 10, 0]]
     assert out["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
@@ -244,12 +277,14 @@ def test_tokenizer_round_trip_save_load_deterministic(tok, tmp_path):
 
 def test_pad_id_falls_back_to_eos_then_zero():
     from types import SimpleNamespace as NS
+
     assert pad_id(NS(pad_token_id=3, eos_token_id=1)) == 3
     assert pad_id(NS(pad_token_id=None, eos_token_id=1)) == 1
     assert pad_id(NS(pad_token_id=None, eos_token_id=None)) == 0
 
 
 # ------------------------------------------------------------------------------------ non-UTF-8 input
+
 
 def _latin1(tmp_path):
     path = tmp_path / "latin1.jsonl"
@@ -266,8 +301,11 @@ def test_non_utf8_data_names_file_line_and_byte(tmp_path):
         load_jsonl(binary)
     surrogate = tmp_path / "surrogate.jsonl"
     surrogate.write_text('{"prompt": "x\\ud800", "response": "b"}\n')
-    with pytest.raises(AdaspecError, match=r"surrogate.jsonl:1: field 'prompt' is not valid UTF-8 text "
-                                           r"\(lone surrogate U\+D800 at character 2\)"):
+    with pytest.raises(
+        AdaspecError,
+        match=r"surrogate.jsonl:1: field 'prompt' is not valid UTF-8 text "
+        r"\(lone surrogate U\+D800 at character 2\)",
+    ):
         load_jsonl(surrogate)
 
 
@@ -276,8 +314,7 @@ def test_non_utf8_data_through_every_command_is_one_line(capsys, tmp_path, tiny_
     from helpers import cli_error
 
     model = ["--model" if command == "train-target" else "--target", tiny_target_dir]
-    err = cli_error(capsys, command, *model, "--data", _latin1(tmp_path), "--output", tmp_path / "o",
-                    "--no-progress")
+    err = cli_error(capsys, command, *model, "--data", _latin1(tmp_path), "--output", tmp_path / "o", "--no-progress")
     assert "latin1.jsonl:2: not UTF-8 text" in err
 
 
@@ -285,6 +322,14 @@ def test_non_utf8_prompt_is_one_line(capsys, tiny_target_dir):
     from helpers import cli_error
 
     # bytes that are not UTF-8 reach Python's argv as surrogate escapes
-    err = cli_error(capsys, "generate", "--target", tiny_target_dir, "--draft", tiny_target_dir,
-                    "--prompt", b"caf\xe9".decode("utf-8", "surrogateescape"))
+    err = cli_error(
+        capsys,
+        "generate",
+        "--target",
+        tiny_target_dir,
+        "--draft",
+        tiny_target_dir,
+        "--prompt",
+        b"caf\xe9".decode("utf-8", "surrogateescape"),
+    )
     assert "--prompt is not valid UTF-8 text (byte 0xe9 at character 4)" in err

@@ -69,8 +69,10 @@ def violations() -> list[str]:
         for line, target in imported(path):
             there, other = layer_of(target)
             if there > here or (there == here and other != unit and here not in (0, len(LAYERS) - 1)):
-                bad.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target} "
-                           f"(layer {there}, {other}) from layer {here} ({unit})")
+                bad.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{line} imports {target} "
+                    f"(layer {there}, {other}) from layer {here} ({unit})"
+                )
     return bad
 
 

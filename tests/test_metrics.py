@@ -12,10 +12,25 @@ from adaspec.core.metrics import SpecStats, expected_tokens_per_step, optimal_ga
 
 
 def hand_made() -> SpecStats:
-    return SpecStats(gamma=4, sequences=1, drafted=10, accepted=6, emitted=9, steps=4, rejections=3,
-                     target_forwards=4, draft_forwards=10, draft_depth=10, prefill_time_s=0.5, decode_time_s=3.5,
-                     draft_time_s=1.0, target_time_s=2.0, accept_hist=[1, 1, 1, 1],
-                     position_drafted=[4, 3, 2, 1], position_accepted=[3, 2, 1, 0])
+    return SpecStats(
+        gamma=4,
+        sequences=1,
+        drafted=10,
+        accepted=6,
+        emitted=9,
+        steps=4,
+        rejections=3,
+        target_forwards=4,
+        draft_forwards=10,
+        draft_depth=10,
+        prefill_time_s=0.5,
+        decode_time_s=3.5,
+        draft_time_s=1.0,
+        target_time_s=2.0,
+        accept_hist=[1, 1, 1, 1],
+        position_drafted=[4, 3, 2, 1],
+        position_accepted=[3, 2, 1, 0],
+    )
 
 
 def test_derived_rates_from_counters():
@@ -34,7 +49,13 @@ def test_derived_rates_from_counters():
 
 def test_empty_stats_give_undefined_rates_and_json_nulls():
     s = SpecStats()
-    assert math.isnan(s.alpha) and math.isnan(s.alpha_drafted) and math.isnan(s.tau) and math.isnan(s.c) and math.isnan(s.theoretical_speedup)
+    assert (
+        math.isnan(s.alpha)
+        and math.isnan(s.alpha_drafted)
+        and math.isnan(s.tau)
+        and math.isnan(s.c)
+        and math.isnan(s.theoretical_speedup)
+    )
     d = s.to_dict()
     assert d["alpha"] is None and d["alpha_drafted"] is None and d["tau"] is None and d["c"] is None
     json.dumps(d, allow_nan=False)
@@ -56,10 +77,24 @@ def test_record_step_counts():
 
 
 def test_merge_adds_counters_and_pools_rates():
-    a, b = hand_made(), SpecStats(gamma=6, sequences=1, drafted=6, accepted=6, emitted=8, steps=2,
-                                   target_forwards=2, draft_forwards=6, draft_time_s=0.5, target_time_s=1.0,
-                                   accept_hist=[0, 0, 0, 2], position_drafted=[2, 2, 2],
-                                   position_accepted=[2, 2, 2])
+    a, b = (
+        hand_made(),
+        SpecStats(
+            gamma=6,
+            sequences=1,
+            drafted=6,
+            accepted=6,
+            emitted=8,
+            steps=2,
+            target_forwards=2,
+            draft_forwards=6,
+            draft_time_s=0.5,
+            target_time_s=1.0,
+            accept_hist=[0, 0, 0, 2],
+            position_drafted=[2, 2, 2],
+            position_accepted=[2, 2, 2],
+        ),
+    )
     m = a + b
     assert (m.drafted, m.accepted, m.emitted, m.steps, m.sequences, m.gamma) == (16, 12, 17, 6, 2, 6)
     assert m.accept_hist == [1, 1, 1, 3]
@@ -72,7 +107,7 @@ def test_merge_adds_counters_and_pools_rates():
 
 
 def test_expected_tokens_and_speedup_values():
-    assert expected_tokens_per_step(0.8, 4) == pytest.approx((1 - 0.8 ** 5) / 0.2)  # 3.3616
+    assert expected_tokens_per_step(0.8, 4) == pytest.approx((1 - 0.8**5) / 0.2)  # 3.3616
     assert expected_tokens_per_step(0.8, 4) == pytest.approx(3.3616)
     assert theoretical_speedup(0.8, 4, 0.0) == pytest.approx(3.3616)
     assert theoretical_speedup(0.8, 4, 0.1) == pytest.approx(3.3616 / 1.4)
@@ -111,9 +146,25 @@ def test_formula_argument_errors():
 
 def test_to_dict_has_raw_and_derived():
     d = hand_made().to_dict()
-    for key in ("drafted", "accepted", "emitted", "steps", "target_forwards", "draft_forwards", "accept_hist",
-                "position_drafted", "position_accepted", "gamma", "alpha", "alpha_drafted", "tau", "c", "tokens_per_s",
-                "theoretical_speedup", "position_acceptance"):
+    for key in (
+        "drafted",
+        "accepted",
+        "emitted",
+        "steps",
+        "target_forwards",
+        "draft_forwards",
+        "accept_hist",
+        "position_drafted",
+        "position_accepted",
+        "gamma",
+        "alpha",
+        "alpha_drafted",
+        "tau",
+        "c",
+        "tokens_per_s",
+        "theoretical_speedup",
+        "position_acceptance",
+    ):
         assert key in d
     assert d["alpha_drafted"] == pytest.approx(0.6)
     assert json.loads(json.dumps(d)) == d

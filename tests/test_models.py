@@ -8,17 +8,31 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli_error, run
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from helpers import cli_error, run
-
 from adaspec import models
 from adaspec.errors import AdaspecError
 
-FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
-        "--no-progress", "--limit", "16", "--batch-size", "8", "--max-steps", "1"]
+FAST = [
+    "--max-length",
+    "64",
+    "--val-examples",
+    "4",
+    "--val-max-new-tokens",
+    "8",
+    "--val-every",
+    "0",
+    "--no-progress",
+    "--limit",
+    "16",
+    "--batch-size",
+    "8",
+    "--max-steps",
+    "1",
+]
 EVAL_FAST = ["--n-prompts", "1", "--max-new-tokens", "4", "--loss-examples", "2", "--no-cache"]
 
 
@@ -26,8 +40,7 @@ def _other_merges(tok) -> PreTrainedTokenizerFast:
     """The same vocabulary with the last merge rule dropped: same ids, different splits of some words."""
     spec = json.loads(tok.backend_tokenizer.to_str())
     spec["model"]["merges"] = spec["model"]["merges"][:-1]
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
-                                   eos_token=tok.eos_token)
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), eos_token=tok.eos_token)
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +88,28 @@ def test_bigger_draft_without_tokenizer_is_refused_by_every_command(capsys, tmp_
     err = cli_error(capsys, "generate", "--target", tiny_target_dir, "--draft", bare["big"], "--prompt", "Hi")
     assert "different vocabulary sizes" in err
     out = tmp_path / "d"
-    err = cli_error(capsys, "distill", "--target", tiny_target_dir, "--draft-init", bare["big"], *FAST,
-                    "--output", out)
+    err = cli_error(capsys, "distill", "--target", tiny_target_dir, "--draft-init", bare["big"], *FAST, "--output", out)
     assert "different vocabulary sizes" in err
     # nothing saved: no target tokenizer beside the 4x draft to hide the mismatch from later commands
     assert not any((out / n).exists() for n in models.TOKENIZER_FILES)
 
 
 def test_compatible_draft_without_tokenizer_is_accepted_with_a_warning(capsys, tiny_target_dir, bare):
-    assert run("generate", "--target", tiny_target_dir, "--draft", bare["same"], "--prompt", "Hi",
-               "--max-new-tokens", 4, "--json") == 0
+    assert (
+        run(
+            "generate",
+            "--target",
+            tiny_target_dir,
+            "--draft",
+            bare["same"],
+            "--prompt",
+            "Hi",
+            "--max-new-tokens",
+            4,
+            "--json",
+        )
+        == 0
+    )
     assert "merges could not be checked" in capsys.readouterr().err
 
 
@@ -98,11 +123,13 @@ def _remove_layer(src: Path, dst: Path, extra: bool = False) -> Path:
     return dst
 
 
-def test_checkpoint_with_missing_or_unexpected_weights_is_refused(capsys, tmp_path, tiny_target_dir,
-                                                                  tiny_draft_dir):
+def test_checkpoint_with_missing_or_unexpected_weights_is_refused(capsys, tmp_path, tiny_target_dir, tiny_draft_dir):
     broken = _remove_layer(tiny_draft_dir, tmp_path / "broken", extra=True)
-    with pytest.raises(AdaspecError, match=r"weights \d+ missing \(model\.layers\.1\..*, \.\.\.\); "
-                                           r"1 unexpected \(stray\.weight\)"):
+    with pytest.raises(
+        AdaspecError,
+        match=r"weights \d+ missing \(model\.layers\.1\..*, \.\.\.\); "
+        r"1 unexpected \(stray\.weight\)",
+    ):
         models.load_model(broken)
     err = cli_error(capsys, "generate", "--target", tiny_target_dir, "--draft", broken, "--prompt", "Hi")
     assert "missing" in err and str(broken) in err

@@ -24,19 +24,23 @@ def installed(tmp_path_factory) -> Path:
     shutil.copytree(REPO / "adaspec", src / "adaspec", ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     # no build isolation: setuptools is already installed, and the machine may be offline
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(src)],
-                   check=True, cwd=root, capture_output=True)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(src)],
+        check=True,
+        cwd=root,
+        capture_output=True,
+    )
     wheel = next((root / "dist").glob("adaspec-*.whl"))
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(root / "site"), str(wheel)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(root / "site"), str(wheel)], check=True, capture_output=True
+    )
     return root
 
 
 def _run(installed: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(installed / "site"), "OMP_NUM_THREADS": "1"}
     env.pop("ADASPEC_DATA", None)
-    return subprocess.run([sys.executable, *args], cwd=installed, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, *args], cwd=installed, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_wheel_runs_help_and_a_tiny_eval_from_outside_the_checkout(installed, tiny_target_dir, tiny_draft_dir):
@@ -45,13 +49,34 @@ def test_wheel_runs_help_and_a_tiny_eval_from_outside_the_checkout(installed, ti
     script = installed / "site" / "bin" / "adaspec"
     assert _run(installed, str(script), "--help").returncode == 0
     assert "--task" in _run(installed, str(script), "eval", "--help").stdout
-    proc = _run(installed, str(script), "eval", "--target", str(tiny_target_dir), "--draft", str(tiny_draft_dir),
-                "--task", "gsm8k", "--n-prompts", "1", "--max-new-tokens", "4", "--loss-examples", "1",
-                "--no-cache")
+    proc = _run(
+        installed,
+        str(script),
+        "eval",
+        "--target",
+        str(tiny_target_dir),
+        "--draft",
+        str(tiny_draft_dir),
+        "--task",
+        "gsm8k",
+        "--n-prompts",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--loss-examples",
+        "1",
+        "--no-cache",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "alpha = accepted/(accepted+rejected)" in proc.stdout
     # the decode benchmark `adaspec reproduce` runs on its drafts
-    bench = _run(installed, "-c", "import sys; from adaspec.evaluation.speed import decode_benchmark, differing; "
-                 "r = decode_benchmark(sys.argv[1], sys.argv[2], n_prompts=1, max_new_tokens=4, repeats=1, "
-                 "methods=['sd']); print(sorted(r['methods']), differing(r))", str(tiny_target_dir), str(tiny_draft_dir))
+    bench = _run(
+        installed,
+        "-c",
+        "import sys; from adaspec.evaluation.speed import decode_benchmark, differing; "
+        "r = decode_benchmark(sys.argv[1], sys.argv[2], n_prompts=1, max_new_tokens=4, repeats=1, "
+        "methods=['sd']); print(sorted(r['methods']), differing(r))",
+        str(tiny_target_dir),
+        str(tiny_draft_dir),
+    )
     assert bench.returncode == 0 and "['sd', 'target_only'] []" in bench.stdout, bench.stderr[-2000:]

@@ -98,6 +98,7 @@ def test_export_and_train_head_never_write_over_their_inputs(capsys, tmp_path):
 
 # ---- operating-system faults: one line naming the path and the cause, exit 2, nothing half-written left
 
+
 def test_dangling_symlink_loop_and_unwritable_parent_as_output_are_one_line(tmp_path, monkeypatch):
     dangling = tmp_path / "dangling"
     dangling.symlink_to(tmp_path / "nowhere")
@@ -140,8 +141,19 @@ def test_os_errors_of_a_command_are_one_line(tmp_path, capsys, tiny_target_dir, 
         assert run(*args) == 2
         return capsys.readouterr().err.strip().splitlines()[-1]
 
-    eval_ = ["eval", "--target", tiny_target_dir, "--draft", tiny_target_dir, "--n-prompts", 1,
-             "--max-new-tokens", 4, "--loss-examples", 1]
+    eval_ = [
+        "eval",
+        "--target",
+        tiny_target_dir,
+        "--draft",
+        tiny_target_dir,
+        "--n-prompts",
+        1,
+        "--max-new-tokens",
+        4,
+        "--loss-examples",
+        1,
+    ]
     monkeypatch.setattr("adaspec.recipes.eval.atomic_write_json", full)
     err = last_error(*eval_, "--json", tmp_path / "e.json")
     assert err == f"adaspec eval: error: {tmp_path / 'e.json'}: No space left on device"
@@ -156,8 +168,24 @@ def test_a_run_refused_at_start_leaves_nothing_that_blocks_the_corrected_rerun(t
     from helpers import cli_error, run
 
     out = tmp_path / "d"
-    common = ["distill", "--target", tiny_target_dir, "--output", out, "--max-steps", 1, "--no-progress",
-              "--val-examples", 2, "--val-max-new-tokens", 4, "--max-length", 64, "--preset", "tiny-llama"]
+    common = [
+        "distill",
+        "--target",
+        tiny_target_dir,
+        "--output",
+        out,
+        "--max-steps",
+        1,
+        "--no-progress",
+        "--val-examples",
+        2,
+        "--val-max-new-tokens",
+        4,
+        "--max-length",
+        64,
+        "--preset",
+        "tiny-llama",
+    ]
     err = cli_error(capsys, *common, "--limit", 2, "--batch-size", 8)
     assert "batch" in err or "examples" in err
     assert run(*common, "--limit", 16, "--batch-size", 8) == 0  # other settings, same folder: not refused

@@ -126,8 +126,9 @@ class SpecStats:
         for i in range(accepted):
             _bump(self.position_accepted, i)
 
-    def record_tree_step(self, depth_nodes: list[int], accepted: int, emitted: int, rejected: bool,
-                         draft_forwards: int) -> None:
+    def record_tree_step(
+        self, depth_nodes: list[int], accepted: int, emitted: int, rejected: bool, draft_forwards: int
+    ) -> None:
         """Count one tree step: depth_nodes[i] nodes at depth i+1, an accepted path of `accepted` nodes,
         `rejected` when its last node (or the root) had children, `draft_forwards` drafter forwards."""
         depth, drafted = len(depth_nodes), sum(depth_nodes)
@@ -149,16 +150,26 @@ class SpecStats:
             _bump(self.position_accepted, i)
 
     @classmethod
-    def from_vllm(cls, gamma: int, drafts: int, draft_tokens: int, accepted: int,
-                  accepted_per_position: list[int]) -> SpecStats:
+    def from_vllm(
+        cls, gamma: int, drafts: int, draft_tokens: int, accepted: int, accepted_per_position: list[int]
+    ) -> SpecStats:
         """The counters vLLM keeps (`vllm:spec_decode_num_drafts`, `_num_draft_tokens`, `_num_accepted_tokens`,
         `_num_accepted_tokens_per_pos`) as adaspec's, so its rates come from the same properties: a vLLM draft
         is one verification step emitting its accepted tokens plus one, and a step rejects unless its last
         drafted position was accepted (vLLM's mean acceptance length is then τ, its acceptance rate α drafted)."""
         full = accepted_per_position[gamma - 1] if len(accepted_per_position) >= gamma else 0
-        return cls(gamma=gamma, drafted=draft_tokens, accepted=accepted, emitted=accepted + drafts, steps=drafts,
-                   target_forwards=drafts, rejections=drafts - full, draft_depth=draft_tokens,
-                   position_drafted=[drafts] * gamma, position_accepted=list(accepted_per_position))
+        return cls(
+            gamma=gamma,
+            drafted=draft_tokens,
+            accepted=accepted,
+            emitted=accepted + drafts,
+            steps=drafts,
+            target_forwards=drafts,
+            rejections=drafts - full,
+            draft_depth=draft_tokens,
+            position_drafted=[drafts] * gamma,
+            position_accepted=list(accepted_per_position),
+        )
 
     def merge(self, other: SpecStats) -> SpecStats:
         """Counters of both runs added up (a new object; neither input changes)."""
@@ -224,14 +235,15 @@ class SpecStats:
     @property
     def position_acceptance(self) -> list[float]:
         """[i] = fraction of tokens drafted at position i that were accepted."""
-        return [_ratio(a, d) for a, d in zip(self.position_accepted + [0] * len(self.position_drafted),
-                                             self.position_drafted)]
+        return [
+            _ratio(a, d)
+            for a, d in zip(self.position_accepted + [0] * len(self.position_drafted), self.position_drafted)
+        ]
 
     @property
     def c(self) -> float:
         """Measured cost ratio: (draft time per draft forward) / (target time per verification forward)."""
-        return _ratio(_ratio(self.draft_time_s, self.draft_forwards),
-                      _ratio(self.target_time_s, self.target_forwards))
+        return _ratio(_ratio(self.draft_time_s, self.draft_forwards), _ratio(self.target_time_s, self.target_forwards))
 
     @property
     def tokens_per_s(self) -> float:
@@ -262,6 +274,7 @@ class SpecStats:
 
     def to_dict(self) -> dict[str, Any]:
         """Raw counters and derived rates, JSON-ready (undefined rates become None)."""
+
         def clean(x: Any) -> Any:
             if isinstance(x, float) and math.isnan(x):
                 return None
@@ -270,29 +283,49 @@ class SpecStats:
             return x
 
         out: dict[str, Any] = dataclasses.asdict(self)
-        for name in ("alpha", "alpha_drafted", "tau", "mean_gamma", "mean_depth", "mean_accepted", "c", "tokens_per_s",
-                     "decode_tokens_per_s", "theoretical_speedup", "speedup_from_tau", "position_acceptance"):
+        for name in (
+            "alpha",
+            "alpha_drafted",
+            "tau",
+            "mean_gamma",
+            "mean_depth",
+            "mean_accepted",
+            "c",
+            "tokens_per_s",
+            "decode_tokens_per_s",
+            "theoretical_speedup",
+            "speedup_from_tau",
+            "position_acceptance",
+        ):
             out[name] = clean(getattr(self, name))
         return out
 
     def format(self) -> str:
         """A few human-readable lines for the CLI."""
+
         def f(x: float, spec: str = ".3f") -> str:
             return "n/a" if math.isnan(x) else format(x, spec)
 
         pos = " ".join(f(a, ".2f") for a in self.position_acceptance)
-        return "\n".join([
-            f"tokens: {self.emitted} in {self.steps} steps, {self.target_forwards} target forwards, "
-            f"{self.draft_forwards} draft forwards",
-            f"alpha (accepted/(accepted+rejected)): {f(self.alpha)} ({self.accepted}/"
-            f"{self.accepted + self.rejections}); alpha drafted (accepted/drafted): {f(self.alpha_drafted)} "
-            f"({self.accepted}/{self.drafted})",
-            f"tau (tokens/verification): {f(self.tau)}; " + (
-                f"tree nodes per step: {f(self.mean_gamma, '.2f')}, depth {f(self.mean_depth, '.2f')}, accepted path "
-                f"{f(self.mean_accepted, '.2f')}" if self.tree_steps else f"mean gamma: {f(self.mean_gamma, '.2f')}"),
-            f"acceptance by draft {'depth' if self.tree_steps else 'position'}: {pos or 'n/a'}",
-            f"c (draft/target forward time): {f(self.c)}; theoretical speed-up S: {f(self.theoretical_speedup)}",
-            f"time: prefill {self.prefill_time_s:.3f}s, decode {self.decode_time_s:.3f}s "
-            f"(draft {self.draft_time_s:.3f}s, target {self.target_time_s:.3f}s); "
-            f"{f(self.tokens_per_s, '.1f')} tokens/s",
-        ])
+        return "\n".join(
+            [
+                f"tokens: {self.emitted} in {self.steps} steps, {self.target_forwards} target forwards, "
+                f"{self.draft_forwards} draft forwards",
+                f"alpha (accepted/(accepted+rejected)): {f(self.alpha)} ({self.accepted}/"
+                f"{self.accepted + self.rejections}); alpha drafted (accepted/drafted): {f(self.alpha_drafted)} "
+                f"({self.accepted}/{self.drafted})",
+                f"tau (tokens/verification): {f(self.tau)}; "
+                + (
+                    f"tree nodes per step: {f(self.mean_gamma, '.2f')}, depth {f(self.mean_depth, '.2f')}, "
+                    "accepted path "
+                    f"{f(self.mean_accepted, '.2f')}"
+                    if self.tree_steps
+                    else f"mean gamma: {f(self.mean_gamma, '.2f')}"
+                ),
+                f"acceptance by draft {'depth' if self.tree_steps else 'position'}: {pos or 'n/a'}",
+                f"c (draft/target forward time): {f(self.c)}; theoretical speed-up S: {f(self.theoretical_speedup)}",
+                f"time: prefill {self.prefill_time_s:.3f}s, decode {self.decode_time_s:.3f}s "
+                f"(draft {self.draft_time_s:.3f}s, target {self.target_time_s:.3f}s); "
+                f"{f(self.tokens_per_s, '.1f')} tokens/s",
+            ]
+        )

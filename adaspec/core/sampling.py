@@ -49,8 +49,7 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return torch.argmax(probs / race, dim=-1, keepdim=True)
 
 
-def make_generator(generator: torch.Generator | None, seed: int | None, device: torch.device
-                   ) -> torch.Generator | None:
+def make_generator(generator: torch.Generator | None, seed: int | None, device: torch.device) -> torch.Generator | None:
     """The generator to sample with: the one given, a fresh one seeded with `seed`, or None (global RNG)."""
     if generator is not None and seed is not None:
         raise AdaspecError("pass either generator or seed, not both")

@@ -24,8 +24,8 @@ Builders:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -48,19 +48,23 @@ class Tree:
     def __post_init__(self) -> None:
         n = self.tokens.shape[0]
         if self.tokens.dim() != 1 or self.parents.shape != (n,) or self.depths.shape != (n,):
-            raise AdaspecError(f"tree tensors must all be 1-D of one length, got tokens {tuple(self.tokens.shape)}"
-                               f", parents {tuple(self.parents.shape)}, depths {tuple(self.depths.shape)}")
+            raise AdaspecError(
+                f"tree tensors must all be 1-D of one length, got tokens {tuple(self.tokens.shape)}"
+                f", parents {tuple(self.parents.shape)}, depths {tuple(self.depths.shape)}"
+            )
         parents, depths = self.parents.tolist(), self.depths.tolist()
         for i, (p, d) in enumerate(zip(parents, depths)):
             if not -1 <= p < i:
                 raise AdaspecError(f"tree node {i} has parent {p}: nodes must come after their parent")
             if d != (1 if p < 0 else depths[p] + 1):
-                raise AdaspecError(f"tree node {i} has depth {d}, but its parent {p} is at depth "
-                                   f"{0 if p < 0 else depths[p]}")
+                raise AdaspecError(
+                    f"tree node {i} has depth {d}, but its parent {p} is at depth {0 if p < 0 else depths[p]}"
+                )
 
     @classmethod
-    def trusted(cls, tokens: torch.Tensor, parents: torch.Tensor, depths: torch.Tensor,
-                mask: torch.Tensor | None = None) -> Tree:
+    def trusted(
+        cls, tokens: torch.Tensor, parents: torch.Tensor, depths: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> Tree:
         """A tree from builders whose output is valid by construction: no checks (they cost Python loops
         over the nodes every step); `mask`, when known, is what attention_mask() returns."""
         tree = object.__new__(cls)
@@ -100,14 +104,19 @@ class Tree:
         index = {p: i for i, p in enumerate(paths)}
         for p in paths:
             if len(p) > candidates.shape[0] or max(p) >= candidates.shape[1]:
-                raise AdaspecError(f"tree path {list(p)} needs candidates beyond the "
-                                   f"{candidates.shape[0]} x {candidates.shape[1]} given")
+                raise AdaspecError(
+                    f"tree path {list(p)} needs candidates beyond the "
+                    f"{candidates.shape[0]} x {candidates.shape[1]} given"
+                )
         depths = [len(p) for p in paths]
         parents = [index[p[:-1]] if len(p) > 1 else -1 for p in paths]
         device = candidates.device
         tokens = candidates[torch.tensor(depths) - 1, torch.tensor([p[-1] for p in paths])].long()
-        return cls(tokens.to(device), torch.tensor(parents, dtype=torch.long, device=device),
-                   torch.tensor(depths, dtype=torch.long, device=device))
+        return cls(
+            tokens.to(device),
+            torch.tensor(parents, dtype=torch.long, device=device),
+            torch.tensor(depths, dtype=torch.long, device=device),
+        )
 
     def ancestors(self) -> list[list[int]]:
         """For each node, the node ids on its root-to-node path, itself last."""
@@ -154,8 +163,9 @@ class Tree:
         return depths + prefix_length
 
 
-def build_dynamic_tree(expand: Expand, top_k: int = EAGLE_TOP_K, depth: int = EAGLE_DEPTH,
-                       total_tokens: int = EAGLE_TOTAL_TOKENS) -> Tree:
+def build_dynamic_tree(
+    expand: Expand, top_k: int = EAGLE_TOP_K, depth: int = EAGLE_DEPTH, total_tokens: int = EAGLE_TOTAL_TOKENS
+) -> Tree:
     """EAGLE-2's dynamic tree: `depth` rounds of expansion of a top-k frontier, then the best nodes.
 
     Round 1 expands the root into its top_k children, which form the frontier. Each later round expands
@@ -182,12 +192,15 @@ def build_dynamic_tree(expand: Expand, top_k: int = EAGLE_TOP_K, depth: int = EA
         child_tokens, child_logp = expand(torch.tensor(frontier, dtype=torch.long), partial, top_k)
         k = child_tokens.shape[1]
         if child_tokens.shape != child_logp.shape or child_tokens.shape[0] != len(frontier) or k > top_k:
-            raise AdaspecError(f"tree expand returned tokens {tuple(child_tokens.shape)} and log-probs "
-                               f"{tuple(child_logp.shape)} for {len(frontier)} nodes (top_k {top_k})")
+            raise AdaspecError(
+                f"tree expand returned tokens {tuple(child_tokens.shape)} and log-probs "
+                f"{tuple(child_logp.shape)} for {len(frontier)} nodes (top_k {top_k})"
+            )
         device = child_tokens.device
         base = len(tokens)
-        for node, score, row_tokens, row_logp in zip(frontier, frontier_scores, child_tokens.tolist(),
-                                                     child_logp.float().tolist()):
+        for node, score, row_tokens, row_logp in zip(
+            frontier, frontier_scores, child_tokens.tolist(), child_logp.float().tolist()
+        ):
             for token, logp in zip(row_tokens, row_logp):
                 tokens.append(token)
                 parents.append(node)
@@ -201,13 +214,18 @@ def build_dynamic_tree(expand: Expand, top_k: int = EAGLE_TOP_K, depth: int = EA
     # (which are depth-major) gives exactly that, so ancestors precede descendants in the ranking.
     keep = sorted(sorted(range(len(tokens)), key=lambda i: -scores[i])[:total_tokens])
     new_index = {old: new for new, old in enumerate(keep)}
-    return _tree_of_lists([tokens[i] for i in keep], [new_index[parents[i]] if parents[i] >= 0 else -1 for i in keep],
-                          [depths[i] for i in keep], device)
+    return _tree_of_lists(
+        [tokens[i] for i in keep],
+        [new_index[parents[i]] if parents[i] >= 0 else -1 for i in keep],
+        [depths[i] for i in keep],
+        device,
+    )
 
 
 def _tree_of_lists(tokens: list[int], parents: list[int], depths: list[int], device: torch.device | None) -> Tree:
     def t(values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=device)
+
     return Tree.trusted(t(tokens), t(parents), t(depths))
 
 
@@ -237,18 +255,26 @@ def build_static_tree(expand: Expand, paths: Sequence[Sequence[int]]) -> Tree:
     tokens: list[int] = []
     device = None
     for owners, k, picks in skeleton.levels:
-        partial = Tree.trusted(torch.tensor(tokens, dtype=torch.long, device=device),
-                               skeleton.parents[: len(tokens)].to(device), skeleton.depths[: len(tokens)].to(device))
+        partial = Tree.trusted(
+            torch.tensor(tokens, dtype=torch.long, device=device),
+            skeleton.parents[: len(tokens)].to(device),
+            skeleton.depths[: len(tokens)].to(device),
+        )
         child_tokens, _ = expand(owners, partial, k)
         if child_tokens.shape[0] != owners.shape[0] or child_tokens.shape[1] < k:
-            raise AdaspecError(f"tree expand returned tokens {tuple(child_tokens.shape)} for {owners.shape[0]} "
-                               f"nodes (k {k})")
+            raise AdaspecError(
+                f"tree expand returned tokens {tuple(child_tokens.shape)} for {owners.shape[0]} nodes (k {k})"
+            )
         device = child_tokens.device
         table = child_tokens.tolist()
         tokens.extend(table[row][rank] for row, rank in picks)
     to = (lambda x: x) if device is None or device == skeleton.parents.device else (lambda x: x.to(device))
-    return Tree.trusted(torch.tensor(tokens, dtype=torch.long, device=device), to(skeleton.parents),
-                        to(skeleton.depths), to(skeleton.mask))
+    return Tree.trusted(
+        torch.tensor(tokens, dtype=torch.long, device=device),
+        to(skeleton.parents),
+        to(skeleton.depths),
+        to(skeleton.mask),
+    )
 
 
 @dataclass(frozen=True)
@@ -271,7 +297,9 @@ def _skeleton(paths: tuple[tuple[int, ...], ...]) -> _Skeleton:
         rows = {o: r for r, o in enumerate(owners)}
         nodes = torch.tensor([index[o] if o else -1 for o in owners], dtype=torch.long)
         levels.append((nodes, max(p[-1] for p in level) + 1, [(rows[p[:-1]], p[-1]) for p in level]))
-    tree = Tree(torch.zeros(len(ordered), dtype=torch.long),
-                torch.tensor([index[p[:-1]] if len(p) > 1 else -1 for p in ordered], dtype=torch.long),
-                torch.tensor([len(p) for p in ordered], dtype=torch.long))
+    tree = Tree(
+        torch.zeros(len(ordered), dtype=torch.long),
+        torch.tensor([index[p[:-1]] if len(p) > 1 else -1 for p in ordered], dtype=torch.long),
+        torch.tensor([len(p) for p in ordered], dtype=torch.long),
+    )
     return _Skeleton(tree.parents, tree.depths, tree.attention_mask(), levels)

@@ -31,7 +31,7 @@ re-plans every few steps; it is plain Python (a few list operations per step), n
 from __future__ import annotations
 
 import heapq
-from typing import Sequence
+from collections.abc import Sequence
 
 from adaspec.core.tree import Tree
 from adaspec.core.tree_shape import AdaptiveTree, TreeShape
@@ -40,8 +40,14 @@ from adaspec.errors import AdaspecError
 Paths = tuple[tuple[int, ...], ...]
 
 
-def best_tree(acceptance: Sequence[Sequence[float]], verify_cost: Sequence[float], draft_cost: float,
-              step: float = 0.0, max_nodes: int | None = None, allow_empty: bool = True) -> tuple[Paths, float]:
+def best_tree(
+    acceptance: Sequence[Sequence[float]],
+    verify_cost: Sequence[float],
+    draft_cost: float,
+    step: float = 0.0,
+    max_nodes: int | None = None,
+    allow_empty: bool = True,
+) -> tuple[Paths, float]:
     """(rank paths, expected tokens per unit cost) of the best tree (see the module docstring).
 
     acceptance[d][r]: probability in [0, 1] that the rank-r child of an accepted depth-d node (d = 0: the
@@ -60,7 +66,9 @@ def best_tree(acceptance: Sequence[Sequence[float]], verify_cost: Sequence[float
     limit = len(verify_cost) - 1 if max_nodes is None else min(max_nodes, len(verify_cost) - 1)
     best: tuple[Paths, float] = ((), 1.0 / (verify_cost[0] + step) if allow_empty else -1.0)
     for depth_bound in range(1, depth_max + 1):
-        heap: list[tuple[float, tuple[int, ...], float]] = [(-acceptance[0][0], (0,), 1.0)]  # (-probability of the path, path, its parent's probability)
+        heap: list[tuple[float, tuple[int, ...], float]] = [
+            (-acceptance[0][0], (0,), 1.0)
+        ]  # (-probability of the path, path, its parent's probability)
         chosen: list[tuple[int, ...]] = []
         owners: list[set[tuple[int, ...]]] = [set() for _ in range(depth_bound)]
         gain, draft_work = 1.0, 0.0
@@ -124,16 +132,26 @@ class TreeController:
     `prior_weight`. Every `explore_every`-th plan drafts a tree even when none is expected to pay.
     """
 
-    def __init__(self, options: AdaptiveTree, verify_cost: Sequence[float], target_1_s: float,
-                 draft_cost: float = 0.3, replan_every: int = 8, decay: float = 0.98, prior: float = 0.8,
-                 prior_weight: float = 2.0, max_depth: int | None = None, explore_every: int = 4):
+    def __init__(
+        self,
+        options: AdaptiveTree,
+        verify_cost: Sequence[float],
+        target_1_s: float,
+        draft_cost: float = 0.3,
+        replan_every: int = 8,
+        decay: float = 0.98,
+        prior: float = 0.8,
+        prior_weight: float = 2.0,
+        max_depth: int | None = None,
+        explore_every: int = 4,
+    ):
         depth = options.max_depth if max_depth is None else min(options.max_depth, max_depth)
         self.options, self.target_1_s = options, target_1_s
         self.verify_cost = list(verify_cost[: options.max_nodes + 1])
         self.draft_cost, self.step = draft_cost, 0.0
         self.replan_every, self.decay = replan_every, decay
         width = options.max_width
-        self.hits = [[prior * 0.5 ** r * prior_weight for r in range(width)] for _ in range(depth)]
+        self.hits = [[prior * 0.5**r * prior_weight for r in range(width)] for _ in range(depth)]
         self.trials = [[prior_weight] * width for _ in range(depth)]
         self._new_hits = [[0.0] * width for _ in range(depth)]
         self._new_trials = [[0.0] * width for _ in range(depth)]
@@ -147,13 +165,15 @@ class TreeController:
 
     @property
     def acceptance(self) -> list[list[float]]:
-        return [[min(max(h / t, 0.0), 1.0) if t > 0 else 0.0 for h, t in zip(hr, tr)]
-                for hr, tr in zip(self.hits, self.trials)]
+        return [
+            [min(max(h / t, 0.0), 1.0) if t > 0 else 0.0 for h, t in zip(hr, tr)]
+            for hr, tr in zip(self.hits, self.trials)
+        ]
 
     def shape(self) -> TreeShape | None:
         """The tree for the next step; None when drafting is expected not to pay (the target alone steps)."""
         if self.steps % self.replan_every == 0:
-            keep = self.decay ** self.replan_every if self.steps else 1.0
+            keep = self.decay**self.replan_every if self.steps else 1.0
             for total, new in ((self.hits, self._new_hits), (self.trials, self._new_trials)):
                 for row, add in zip(total, new):
                     for r in range(len(row)):

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from adaspec.core.tree import Expand, Tree, build_dynamic_tree, build_static_tree, check_paths
 from adaspec.errors import AdaspecError
-
 
 # Every tree node is a row of each verification forward, its mask and the drafter's cache: the sizes a user
 # types are bounded before anything is allocated (a `cartesian:1000,1000,1000` tree would hold 10^9 nodes).
@@ -33,8 +32,10 @@ MAX_TREE_WIDTH = 64
 
 def _check_bound(what: str, value: int, limit: int) -> None:
     if value > limit:
-        raise AdaspecError(f"{what} is {value:,}, above the limit of {limit:,} (every tree node is a row of each "
-                           f"verification forward and of the drafter's cache)")
+        raise AdaspecError(
+            f"{what} is {value:,}, above the limit of {limit:,} (every tree node is a row of each "
+            f"verification forward and of the drafter's cache)"
+        )
 
 
 def cartesian_paths(widths: Sequence[int]) -> list[tuple[int, ...]]:
@@ -96,7 +97,7 @@ class TreeShape:
         """The most nodes a tree of this shape has."""
         if self.paths is not None:
             return len(self.paths)
-        return min(self.total_tokens, self.top_k + (self.depth - 1) * self.top_k ** 2)
+        return min(self.total_tokens, self.top_k + (self.depth - 1) * self.top_k**2)
 
     def build(self, expand: Expand) -> Tree:
         if self.paths is not None:
@@ -172,19 +173,23 @@ def parse_tree_spec(text: str) -> TreeSpec:
         try:
             paths = json.loads(text)
         except ValueError:
-            raise AdaspecError(f"--tree paths must be a JSON list of rank lists like [[0],[0,0],[1]], got {text!r}") \
-                from None
+            raise AdaspecError(
+                f"--tree paths must be a JSON list of rank lists like [[0],[0,0],[1]], got {text!r}"
+            ) from None
         if not isinstance(paths, list) or not all(
-                isinstance(p, list) and all(isinstance(r, int) and not isinstance(r, bool) for r in p) for p in paths):
+            isinstance(p, list) and all(isinstance(r, int) and not isinstance(r, bool) for r in p) for p in paths
+        ):
             raise AdaspecError(f"--tree paths must be a JSON list of rank lists like [[0],[0,0],[1]], got {text!r}")
         return TreeShape.static(paths)
     if text.startswith("cartesian:"):
-        return TreeShape.static(cartesian_paths(_ints(text[len("cartesian:"):], "cartesian:W1,W2,..")))
+        return TreeShape.static(cartesian_paths(_ints(text[len("cartesian:") :], "cartesian:W1,W2,..")))
     if text == "adaptive":
         return AdaptiveTree()
     if text.startswith("adaptive:"):
-        return AdaptiveTree(*_ints(text[len("adaptive:"):], "adaptive:NODES,DEPTH,WIDTH", 3))
+        return AdaptiveTree(*_ints(text[len("adaptive:") :], "adaptive:NODES,DEPTH,WIDTH", 3))
     if "," in text:
         return TreeShape.dynamic(*_ints(text, "TOP_K,DEPTH,TOTAL", 3))
-    raise AdaspecError(f"--tree must be TOP_K,DEPTH,TOTAL, a JSON list of rank paths, cartesian:W1,W2,.. or "
-                       f"adaptive[:NODES,DEPTH,WIDTH]; got {text!r}")
+    raise AdaspecError(
+        f"--tree must be TOP_K,DEPTH,TOTAL, a JSON list of rank paths, cartesian:W1,W2,.. or "
+        f"adaptive[:NODES,DEPTH,WIDTH]; got {text!r}"
+    )

@@ -53,13 +53,18 @@ from adaspec.core.tree import Tree
 from adaspec.errors import AdaspecError
 
 
-def verify_tree(target_probs: torch.Tensor, tree: Tree, draft_probs: torch.Tensor | None = None,
-                uniforms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def verify_tree(
+    target_probs: torch.Tensor,
+    tree: Tree,
+    draft_probs: torch.Tensor | None = None,
+    uniforms: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(accepted node ids [k] long, distribution [V] of the correction/bonus token); see the module doc."""
     n = tree.size
     if target_probs.dim() != 2 or target_probs.shape[0] != n + 1:
-        raise AdaspecError(f"target_probs must be [N+1, V] = [{n + 1}, V] for a tree of {n} nodes, "
-                           f"got {tuple(target_probs.shape)}")
+        raise AdaspecError(
+            f"target_probs must be [N+1, V] = [{n + 1}, V] for a tree of {n} nodes, got {tuple(target_probs.shape)}"
+        )
     if uniforms is not None and uniforms.shape != (n,):
         raise AdaspecError(f"uniforms must be [{n}] (one per node), got {tuple(uniforms.shape)}")
     if draft_probs is not None and draft_probs.shape != (n, target_probs.shape[1]):
@@ -90,8 +95,9 @@ def _greedy(target_probs: torch.Tensor, children: list[list[int]], tokens: list[
         node = nxt
 
 
-def _deterministic(target_probs: torch.Tensor, tree: Tree, children: list[list[int]], tokens: list[int],
-                   uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _deterministic(
+    target_probs: torch.Tensor, tree: Tree, children: list[list[int]], tokens: list[int], uniforms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     # p(x_c) at c's parent for every node c, in one gather; the walk is then scalar work on the host.
     dev = target_probs.device
     own = target_probs[tree.parents.to(dev) + 1, tree.tokens.to(dev)].tolist()
@@ -121,8 +127,13 @@ def _deterministic(target_probs: torch.Tensor, tree: Tree, children: list[list[i
     return _ids(path, target_probs), _normalised(row, target_probs[node + 1])
 
 
-def _sampled(target_probs: torch.Tensor, children: list[list[int]], tokens: list[int],
-             draft_probs: torch.Tensor, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _sampled(
+    target_probs: torch.Tensor,
+    children: list[list[int]],
+    tokens: list[int],
+    draft_probs: torch.Tensor,
+    uniforms: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     path: list[int] = []
     node = -1
     while True:

@@ -7,7 +7,7 @@ the tree rule (adaspec.core.tree) generalises the walk to several children per n
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -23,8 +23,9 @@ def greedy_accepted(proposals: Sequence[int], target_argmax: Sequence[int]) -> i
     return len(proposals)
 
 
-def verify_chain(target_probs: Tensor, proposals: Tensor, draft_probs: Tensor | None = None,
-                 uniforms: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def verify_chain(
+    target_probs: Tensor, proposals: Tensor, draft_probs: Tensor | None = None, uniforms: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """(accepted, next_probs): how many proposals the target keeps and the distribution of the token after them.
 
     target_probs [γ+1, V]: row i is the target's distribution for the token after proposal i (row 0 after

@@ -20,15 +20,25 @@ import jinja2
 
 from adaspec.errors import AdaspecError, warn
 
-ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
-         "chatgpt": "assistant", "model": "assistant", "tool": "tool"}
+ROLES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "model": "assistant",
+    "tool": "tool",
+}
 CHAT_FIELDS = ("messages", "conversations")
 
 # templates a user names instead of giving a file (--chat-template NAME), for tokenizers saved without one
 BUILTIN_TEMPLATES = {
-    "chatml": ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-               "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-               "{% endif %}"),
+    "chatml": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+        "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+        "{% endif %}"
+    ),
 }
 # a chat template is a few kilobytes; a bigger file is almost surely the wrong one
 MAX_TEMPLATE_BYTES = 1 << 20
@@ -44,8 +54,9 @@ def resolve_template(value: str) -> str:
         raise AdaspecError(f"{where}: no such file, and not a built-in template ({', '.join(BUILTIN_TEMPLATES)})")
     try:
         if path.stat().st_size > MAX_TEMPLATE_BYTES:
-            raise AdaspecError(f"{where}: {path.stat().st_size:,} bytes; a chat template is at most "
-                               f"{MAX_TEMPLATE_BYTES:,}")
+            raise AdaspecError(
+                f"{where}: {path.stat().st_size:,} bytes; a chat template is at most {MAX_TEMPLATE_BYTES:,}"
+            )
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise AdaspecError(f"{where}: cannot read it as UTF-8 text ({str(exc).splitlines()[0]})") from None
@@ -77,11 +88,13 @@ def messages_of(record: dict, where: str) -> list[dict[str, str]] | None:
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
             raise AdaspecError(f"{where}: {key}[{i}] must be an object, got {type(turn).__name__}")
-        role, content = (turn.get("role"), turn.get("content")) if "role" in turn else (turn.get("from"),
-                                                                                       turn.get("value"))
+        role, content = (
+            (turn.get("role"), turn.get("content")) if "role" in turn else (turn.get("from"), turn.get("value"))
+        )
         if role not in ROLES or not isinstance(content, str):
-            raise AdaspecError(f"{where}: {key}[{i}] needs a role ({', '.join(ROLES)}) and a text content "
-                               "(role/content or from/value)")
+            raise AdaspecError(
+                f"{where}: {key}[{i}] needs a role ({', '.join(ROLES)}) and a text content (role/content or from/value)"
+            )
         messages.append({"role": ROLES[role], "content": content})
     return messages
 
@@ -105,8 +118,9 @@ def note_skipped(source: str, places: str, skipped: list[int], usable: int, repo
         return
     shown = f"{places} {', '.join(map(str, skipped[:5]))}{', ...' if len(skipped) > 5 else ''}"
     if not usable:
-        raise AdaspecError(f"no usable record in {source}: {len(skipped)} conversations, none with an assistant "
-                           f"turn ({shown})")
+        raise AdaspecError(
+            f"no usable record in {source}: {len(skipped)} conversations, none with an assistant turn ({shown})"
+        )
     _warn_once(f"{source}: skipped {len(skipped)} conversations with no assistant turn to train on ({shown})")
     if report is not None:
         report.skipped += len(skipped)
@@ -123,8 +137,10 @@ def plain_text(messages: list[dict[str, str]]) -> str:
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
     if not getattr(tokenizer, "chat_template", None):
-        raise AdaspecError("chat data (records with messages) needs a target tokenizer with a chat template; "
-                           f"pass --chat-template FILE or a built-in name ({', '.join(BUILTIN_TEMPLATES)})")
+        raise AdaspecError(
+            "chat data (records with messages) needs a target tokenizer with a chat template; "
+            f"pass --chat-template FILE or a built-in name ({', '.join(BUILTIN_TEMPLATES)})"
+        )
     if not messages:
         return ""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
@@ -132,13 +148,14 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: b
 
 def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """Everything before the last assistant turn, with the template's generation prompt."""
-    return _render(tokenizer, messages[:last_assistant(messages)], generation_prompt=True)
+    return _render(tokenizer, messages[: last_assistant(messages)], generation_prompt=True)
 
 
 def prompt_ids(tokenizer: Any, messages: list[dict[str, str]], max_length: int | None = None) -> list[int]:
     """The ids of `prompt_text` (the final assistant turn held out). Past `max_length` the earliest turns
     are dropped whole as `encode_chat` drops them; only when the last turns alone do not fit is it cut from
     the left inside a message."""
+
     def ids(conversation: list[dict[str, str]]) -> list[int]:
         text = prompt_text(tokenizer, conversation)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
@@ -147,7 +164,7 @@ def prompt_ids(tokenizer: Any, messages: list[dict[str, str]], max_length: int |
     if max_length is None or len(full) <= max_length:
         return full
     tail = _fitting_tail(messages, max_length, lambda m: len(ids(m)))
-    return ids(tail) if tail is not None else full[len(full) - max_length:]
+    return ids(tail) if tail is not None else full[len(full) - max_length :]
 
 
 def spans(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
@@ -158,11 +175,13 @@ def spans(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, boo
         if message["role"] != "assistant":
             continue
         before = _render(tokenizer, messages[:i], generation_prompt=True)
-        through = _render(tokenizer, messages[:i + 1], generation_prompt=False)
+        through = _render(tokenizer, messages[: i + 1], generation_prompt=False)
         if not (through.startswith(before) and full.startswith(through) and len(before) >= done):
-            raise AdaspecError("the chat template renders earlier turns differently once later ones are added; "
-                               "adaspec cannot tell which tokens belong to the assistant")
-        pieces += [(full[done:len(before)], False), (full[len(before):len(through)], True)]
+            raise AdaspecError(
+                "the chat template renders earlier turns differently once later ones are added; "
+                "adaspec cannot tell which tokens belong to the assistant"
+            )
+        pieces += [(full[done : len(before)], False), (full[len(before) : len(through)], True)]
         done = len(through)
     pieces.append((full[done:], False))
     return [(text, trained) for text, trained in pieces if text]
@@ -170,8 +189,10 @@ def spans(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, boo
 
 def token_spans(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[list[int], bool]]:
     """`spans`, each piece tokenised on its own (so no token straddles an assistant turn's edge)."""
-    return [(list(tokenizer(text, add_special_tokens=False)["input_ids"]), trained)
-            for text, trained in spans(tokenizer, messages)]
+    return [
+        (list(tokenizer(text, add_special_tokens=False)["input_ids"]), trained)
+        for text, trained in spans(tokenizer, messages)
+    ]
 
 
 @dataclass
@@ -185,23 +206,28 @@ class ChatReport:
     skipped: int = 0  # records left out when read: no assistant turn
 
     def summary(self) -> dict[str, Any]:
-        return {"truncated": {"conversations": self.cut, "mid_message": self.mid_message, "of": self.conversations},
-                "skipped_records": self.skipped}
+        return {
+            "truncated": {"conversations": self.cut, "mid_message": self.mid_message, "of": self.conversations},
+            "skipped_records": self.skipped,
+        }
 
     def line(self, max_length: int) -> str | None:
         """One line for the run's log, or None when no conversation was cut."""
         if not self.cut:
             return None
-        return (f"{self.cut} of {self.conversations} conversations cut to fit --max-length {max_length}: "
-                f"{self.cut - self.mid_message} by dropping their earliest turns, {self.mid_message} inside a message")
+        return (
+            f"{self.cut} of {self.conversations} conversations cut to fit --max-length {max_length}: "
+            f"{self.cut - self.mid_message} by dropping their earliest turns, {self.mid_message} inside a message"
+        )
 
 
 def _length(pieces: list[tuple[list[int], bool]]) -> int:
     return sum(len(ids) for ids, _ in pieces)
 
 
-def _fitting_tail(messages: list[dict[str, str]], max_length: int,
-                  length: Callable[[list[dict[str, str]]], int]) -> list[dict[str, str]] | None:
+def _fitting_tail(
+    messages: list[dict[str, str]], max_length: int, length: Callable[[list[dict[str, str]]], int]
+) -> list[dict[str, str]] | None:
     """The longest conversation left by dropping whole earliest turns whose `length` fits in `max_length`
     (a leading system turn kept while that can fit), or None when the last turns alone do not. Each
     candidate starts at a non-assistant turn and keeps the last assistant turn."""
@@ -224,8 +250,9 @@ def _fitting_tail(messages: list[dict[str, str]], max_length: int,
     return None
 
 
-def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: int, ignore_index: int,
-                report: ChatReport | None = None) -> dict[str, list[int]]:
+def encode_chat(
+    tokenizer: Any, messages: list[dict[str, str]], max_length: int, ignore_index: int, report: ChatReport | None = None
+) -> dict[str, list[int]]:
     """The rendering's ids, labels on the assistant turns only (the template places BOS/EOS).
 
     Past `max_length` the earliest turns are dropped whole, keeping a leading system turn while it fits,

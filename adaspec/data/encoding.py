@@ -48,6 +48,7 @@ class Batch(TypedDict):
 
 # -------------------------------------------------------------------------------------------- tokenising
 
+
 def _eos_id(tokenizer: Any) -> int:
     if tokenizer.eos_token_id is None:
         raise AdaspecError("the tokenizer has no EOS token; responses must end with one")
@@ -70,8 +71,8 @@ def _cut_left(ids: list[int], n: int, keep_head: int) -> list[int]:
     if len(ids) <= n:
         return ids
     if 0 < keep_head < n:
-        return ids[:keep_head] + ids[len(ids) - (n - keep_head):]
-    return ids[len(ids) - n:]
+        return ids[:keep_head] + ids[len(ids) - (n - keep_head) :]
+    return ids[len(ids) - n :]
 
 
 def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -80,13 +81,14 @@ def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [list(next(encoded)) if t else [] for t in texts]
 
 
-def _assemble(prompt: list[int], response: list[int], max_length: int, head: int,
-              min_response_tokens: int | None) -> Item:
+def _assemble(
+    prompt: list[int], response: list[int], max_length: int, head: int, min_response_tokens: int | None
+) -> Item:
     if len(prompt) + len(response) > max_length:
         wanted = max(1, max_length // 4) if min_response_tokens is None else min_response_tokens
         keep = min(len(response), wanted)
         prompt = _cut_left(prompt, max(1, max_length - keep), head)
-        response = response[:max(0, max_length - len(prompt))]
+        response = response[: max(0, max_length - len(prompt))]
     return {"input_ids": prompt + response, "labels": [IGNORE_INDEX] * len(prompt) + response}
 
 
@@ -106,8 +108,7 @@ def encode_prompt(example: Example, tokenizer: Any, max_length: int | None = Non
     return _cut_left(ids, max_length, len(_prefix(tokenizer))) if max_length is not None else ids
 
 
-def encode_example(example: Example, tokenizer: Any, max_length: int,
-                   min_response_tokens: int | None = None) -> Item:
+def encode_example(example: Example, tokenizer: Any, max_length: int, min_response_tokens: int | None = None) -> Item:
     """input_ids = prompt + response + EOS; labels = -100 on the prompt, the ids on the response.
 
     Past `max_length`: the prompt is kept whole while it leaves room for `min_response_tokens` of the
@@ -119,22 +120,34 @@ def encode_example(example: Example, tokenizer: Any, max_length: int,
     return _encode_all([example], tokenizer, max_length, min_response_tokens)[0]
 
 
-def _encode_all(examples: list[Example], tokenizer: Any, max_length: int, min_response_tokens: int | None,
-                report: chat.ChatReport | None = None) -> list[Item]:
+def _encode_all(
+    examples: list[Example],
+    tokenizer: Any,
+    max_length: int,
+    min_response_tokens: int | None,
+    report: chat.ChatReport | None = None,
+) -> list[Item]:
     eos, head = _eos_id(tokenizer), len(_prefix(tokenizer))
     plain = [ex for ex in examples if "messages" not in ex.meta]
     prompts = iter(_tokenize(tokenizer, [ex.prompt for ex in plain]))
     responses = iter(_tokenize(tokenizer, [ex.response for ex in plain]))
-    return [chat.encode_chat(tokenizer, ex.meta["messages"], max_length, IGNORE_INDEX, report)
-            if "messages" in ex.meta else
-            _assemble(_prompt_ids(tokenizer, next(prompts)), next(responses) + [eos], max_length, head,
-                      min_response_tokens)
-            for ex in examples]
+    return [
+        chat.encode_chat(tokenizer, ex.meta["messages"], max_length, IGNORE_INDEX, report)
+        if "messages" in ex.meta
+        else _assemble(
+            _prompt_ids(tokenizer, next(prompts)), next(responses) + [eos], max_length, head, min_response_tokens
+        )
+        for ex in examples
+    ]
 
 
-def encode_examples(examples: Iterable[Example], tokenizer: Any, max_length: int,
-                    min_response_tokens: int | None = None,
-                    report: chat.ChatReport | None = None) -> list[Item]:
+def encode_examples(
+    examples: Iterable[Example],
+    tokenizer: Any,
+    max_length: int,
+    min_response_tokens: int | None = None,
+    report: chat.ChatReport | None = None,
+) -> list[Item]:
     """`encode_example` over many examples (batched), dropping those left with no response tokens;
     `report` counts the conversations cut to fit."""
     _check_max_length(max_length)
@@ -142,13 +155,17 @@ def encode_examples(examples: Iterable[Example], tokenizer: Any, max_length: int
     encoded = _encode_all(examples, tokenizer, max_length, min_response_tokens, report)
     kept = [e for e in encoded if any(label != IGNORE_INDEX for label in e["labels"])]
     if len(kept) < len(encoded):
-        warnings.warn(f"dropped {len(encoded) - len(kept)} of {len(encoded)} examples with no response "
-                      f"tokens left at max_length={max_length}", stacklevel=2)
+        warnings.warn(
+            f"dropped {len(encoded) - len(kept)} of {len(encoded)} examples with no response "
+            f"tokens left at max_length={max_length}",
+            stacklevel=2,
+        )
     return kept
 
 
-def encode(examples: list[Example], tokenizer: Any, max_length: int,
-           report: chat.ChatReport | None = None) -> list[Item]:
+def encode(
+    examples: list[Example], tokenizer: Any, max_length: int, report: chat.ChatReport | None = None
+) -> list[Item]:
     """`encode_examples`, each item numbered (`index`) with its `prompt_length`; an error if none is left."""
     items = encode_examples(examples, tokenizer, max_length, report=report)
     if not items:
@@ -204,6 +221,7 @@ def collate(batch: list[Item], pad_token_id: int) -> Batch:
 
 # ------------------------------------------------------------------------------------ tokenizer training
 
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, chat_template: str | None = None) -> Any:
     """A byte-level BPE tokenizer trained on `texts`: every string round-trips through encode/decode.
 
@@ -220,9 +238,21 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, chat_template:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
-    return chat.set_template(PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, unk_token=EOS_TOKEN,
-        clean_up_tokenization_spaces=False), chat_template)
+    return chat.set_template(
+        PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token=EOS_TOKEN,
+            eos_token=EOS_TOKEN,
+            pad_token=EOS_TOKEN,
+            unk_token=EOS_TOKEN,
+            clean_up_tokenization_spaces=False,
+        ),
+        chat_template,
+    )

@@ -59,6 +59,7 @@ class Example:
 
 # ---------------------------------------------------------------------------------------------- reading
 
+
 def default_data_dir() -> Path:
     """The data folder: $ADASPEC_DATA if set, else the package's own `taskdata/`."""
     env = os.environ.get("ADASPEC_DATA")
@@ -74,8 +75,10 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise AdaspecError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
-                                   f"{exc.start + 1}); save the file as UTF-8") from None
+                raise AdaspecError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                    f"{exc.start + 1}); save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -92,8 +95,9 @@ def _get(record: dict, name: str, where: str, kind: type | tuple = str) -> Any:
         raise AdaspecError(f"{where}: record has no field {name!r} (fields: {', '.join(map(str, record))})")
     value = record[name]
     if not isinstance(value, kind):
-        raise AdaspecError(f"{where}: field {name!r} must be a {getattr(kind, '__name__', kind)}, "
-                           f"got {type(value).__name__}")
+        raise AdaspecError(
+            f"{where}: field {name!r} must be a {getattr(kind, '__name__', kind)}, got {type(value).__name__}"
+        )
     if isinstance(value, str):
         check_text(value, f"{where}: field {name!r}")
     return value
@@ -115,8 +119,13 @@ def _check_limit(limit: int | None) -> None:
         raise AdaspecError(f"limit must be a positive number of examples, got {limit}")
 
 
-def load_jsonl(path: str | os.PathLike, prompt_field: str = "prompt", response_field: str = "response",
-               limit: int | None = None, report: chat.ChatReport | None = None) -> list[Example]:
+def load_jsonl(
+    path: str | os.PathLike,
+    prompt_field: str = "prompt",
+    response_field: str = "response",
+    limit: int | None = None,
+    report: chat.ChatReport | None = None,
+) -> list[Example]:
     """A user's own JSON Lines data: one object a line with a prompt and a response field.
 
     The record's other fields go to `Example.meta`. A record without the prompt field but with a chat
@@ -154,16 +163,21 @@ def chat_example(messages: list[dict[str, str]]) -> Example:
     return Example(chat.plain_text(messages[:last]), messages[last]["content"], {"messages": messages})
 
 
-def load_hub(name: str, split: str, prompt_field: str = "prompt", response_field: str = "response",
-             config: str | None = None, limit: int | None = None,
-             report: chat.ChatReport | None = None) -> list[Example]:
+def load_hub(
+    name: str,
+    split: str,
+    prompt_field: str = "prompt",
+    response_field: str = "response",
+    config: str | None = None,
+    limit: int | None = None,
+    report: chat.ChatReport | None = None,
+) -> list[Example]:
     """A Hugging Face hub dataset through `datasets` (optional: pip install 'adaspec[hub]'; needs network)."""
     _check_limit(limit)
     try:
         import datasets
     except ImportError:
-        raise AdaspecError("loading hub datasets needs the `datasets` package: "
-                           "pip install 'adaspec[hub]'") from None
+        raise AdaspecError("loading hub datasets needs the `datasets` package: pip install 'adaspec[hub]'") from None
     try:
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # offline, unknown name, bad split: all mean the same to the user
@@ -172,8 +186,7 @@ def load_hub(name: str, split: str, prompt_field: str = "prompt", response_field
     conversations = prompt_field not in ds.column_names and any(c in ds.column_names for c in chat.CHAT_FIELDS)
     for needed in () if conversations else (prompt_field, response_field):
         if needed not in ds.column_names:
-            raise AdaspecError(f"hub dataset {name!r} has no column {needed!r} "
-                               f"(columns: {', '.join(ds.column_names)})")
+            raise AdaspecError(f"hub dataset {name!r} has no column {needed!r} (columns: {', '.join(ds.column_names)})")
     examples, skipped = [], []
     for i, record in enumerate(ds):
         if limit is not None and len(examples) >= limit:
@@ -196,6 +209,7 @@ def load_hub(name: str, split: str, prompt_field: str = "prompt", response_field
 
 # ---------------------------------------------------------------------------------------- task formats
 
+
 def truncate_article(text: str, max_chars: int | None) -> str:
     """Cut a long article to about `max_chars` characters at a word boundary, marked with " ..."."""
     if max_chars is None or len(text) <= max_chars:
@@ -211,8 +225,7 @@ def gsm8k_example(record: dict, where: str = "gsm8k") -> Example:
     """The paper's format: question + instruction; answer with "####" -> "The final answer is: "."""
     question, answer = _get(record, "question", where), _get(record, "answer", where)
     final = answer.rsplit("####", 1)[-1].strip() if "####" in answer else ""
-    return Example(question + GSM8K_QUESTION_PROMPT, answer.replace("####", GSM8K_ANSWER_PROMPT),
-                   {"answer": final})
+    return Example(question + GSM8K_QUESTION_PROMPT, answer.replace("####", GSM8K_ANSWER_PROMPT), {"answer": final})
 
 
 def alpaca_example(record: dict, where: str = "alpaca") -> Example:
@@ -222,8 +235,7 @@ def alpaca_example(record: dict, where: str = "alpaca") -> Example:
     if extra.strip():
         prompt += f"### Input:\n{extra}\n\n"
     output = _get(record, "output", where)
-    return Example(prompt + "### Response:\n", output,
-                   {"reference": output, "sources": record.get("sources", [])})
+    return Example(prompt + "### Response:\n", output, {"reference": output, "sources": record.get("sources", [])})
 
 
 def mbpp_example(record: dict, where: str = "mbpp") -> Example:
@@ -234,14 +246,26 @@ def mbpp_example(record: dict, where: str = "mbpp") -> Example:
     code = _get(record, "code", where).replace("\r\n", "\n").rstrip()
     setup = str(record.get("test_setup_code") or "").replace("\r\n", "\n")
     prompt = f"{_get(record, 'text', where)}\nYour code should pass this test:\n{tests[0]}\nCode:\n"
-    return Example(prompt, code, {"task_id": int(record.get("task_id", -1)), "test_list": list(tests),
-                                  "test_setup_code": setup,
-                                  "challenge_test_list": list(record.get("challenge_test_list") or [])})
+    return Example(
+        prompt,
+        code,
+        {
+            "task_id": int(record.get("task_id", -1)),
+            "test_list": list(tests),
+            "test_setup_code": setup,
+            "challenge_test_list": list(record.get("challenge_test_list") or []),
+        },
+    )
 
 
-def summary_example(article: str, summary: str, one_sentence: bool = False,
-                    article_chars: int | None = DEFAULT_ARTICLE_CHARS, meta: dict | None = None) -> Example:
-    """"Summarize the following article" prompt around the (truncated) article."""
+def summary_example(
+    article: str,
+    summary: str,
+    one_sentence: bool = False,
+    article_chars: int | None = DEFAULT_ARTICLE_CHARS,
+    meta: dict | None = None,
+) -> Example:
+    """ "Summarize the following article" prompt around the (truncated) article."""
     what = "in one sentence" if one_sentence else ""
     instruction = f"Summarize the following article{' ' + what if what else ''}."
     prompt = f"{instruction}\n\nArticle:\n{truncate_article(article, article_chars)}\n\nSummary:\n"
@@ -250,6 +274,7 @@ def summary_example(article: str, summary: str, one_sentence: bool = False,
 
 def _task_records(data_dir: Path, task: str, split: str) -> list[tuple[str, dict]]:
     """(where, raw record) pairs of one split, before formatting."""
+
     def read(name: str) -> list[tuple[str, dict]]:
         path = data_dir / task / name
         return [(f"{path}:{lineno}", rec) for lineno, rec in _read_jsonl(path)]
@@ -275,13 +300,17 @@ def _task_records(data_dir: Path, task: str, split: str) -> list[tuple[str, dict
         rows = read("train_llm_summaries.jsonl")
         return rows[:-CNN_DM_VALIDATION] if split == "train" else rows[-CNN_DM_VALIDATION:]
     rows = read("xsum_1000.jsonl")
-    bounds = {"train": (0, XSUM_TRAIN), "validation": (XSUM_TRAIN, XSUM_TRAIN + XSUM_VALIDATION),
-              "test": (XSUM_TRAIN + XSUM_VALIDATION, None)}[split]
-    return rows[bounds[0]:bounds[1]]
+    bounds = {
+        "train": (0, XSUM_TRAIN),
+        "validation": (XSUM_TRAIN, XSUM_TRAIN + XSUM_VALIDATION),
+        "test": (XSUM_TRAIN + XSUM_VALIDATION, None),
+    }[split]
+    return rows[bounds[0] : bounds[1]]
 
 
-def format_record(task: str, record: dict, article_chars: int | None = DEFAULT_ARTICLE_CHARS,
-                  where: str | None = None) -> Example:
+def format_record(
+    task: str, record: dict, article_chars: int | None = DEFAULT_ARTICLE_CHARS, where: str | None = None
+) -> Example:
     """One raw record of a task's data file as an Example in the task's prompt format."""
     where = where or task
     if task == "gsm8k":
@@ -293,17 +322,30 @@ def format_record(task: str, record: dict, article_chars: int | None = DEFAULT_A
     if task == "cnn_dailymail":
         # training summaries were written by GPT-4; the test split scores against the real highlights
         key = "highlights" if "highlights" in record and "llm_summary" not in record else "llm_summary"
-        return summary_example(_get(record, "article", where), _get(record, key, where),
-                               article_chars=article_chars,
-                               meta={"id": record.get("id"), "summary_source": key})
+        return summary_example(
+            _get(record, "article", where),
+            _get(record, key, where),
+            article_chars=article_chars,
+            meta={"id": record.get("id"), "summary_source": key},
+        )
     if task == "xsum":
-        return summary_example(_get(record, "document", where), _get(record, "summary", where),
-                               one_sentence=True, article_chars=article_chars, meta={"id": record.get("id")})
+        return summary_example(
+            _get(record, "document", where),
+            _get(record, "summary", where),
+            one_sentence=True,
+            article_chars=article_chars,
+            meta={"id": record.get("id")},
+        )
     raise AdaspecError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
 
 
-def load_task(task: str, split: str, data_dir: str | os.PathLike | None = None, limit: int | None = None,
-              article_chars: int | None = DEFAULT_ARTICLE_CHARS) -> list[Example]:
+def load_task(
+    task: str,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    article_chars: int | None = DEFAULT_ARTICLE_CHARS,
+) -> list[Example]:
     """A split of one of the built-in tasks, in its prompt format; the first `limit` examples if given.
 
     `article_chars` caps the article length of the summarisation tasks (None: no cap).
@@ -320,8 +362,12 @@ def load_task(task: str, split: str, data_dir: str | os.PathLike | None = None, 
     return [format_record(task, rec, article_chars, where) for where, rec in rows]
 
 
-def load_corpus(split: str, data_dir: str | os.PathLike | None = None, limit: int | None = None,
-                article_chars: int | None = DEFAULT_ARTICLE_CHARS) -> list[Example]:
+def load_corpus(
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    article_chars: int | None = DEFAULT_ARTICLE_CHARS,
+) -> list[Example]:
     """The mixture of every task's `split`, interleaved round-robin so that the first `limit` mix the tasks
     (GSM8K, the largest, fills the tail alone)."""
     _check_limit(limit)
@@ -330,10 +376,17 @@ def load_corpus(split: str, data_dir: str | os.PathLike | None = None, limit: in
     return mixed[:limit] if limit is not None else mixed
 
 
-def load_examples(task: str | None = None, data_path: str | os.PathLike | None = None, split: str = "train",
-                  prompt_field: str = "prompt", response_field: str = "response", limit: int | None = None,
-                  data_dir: str | os.PathLike | None = None, article_chars: int | None = DEFAULT_ARTICLE_CHARS,
-                  report: chat.ChatReport | None = None) -> list[Example]:
+def load_examples(
+    task: str | None = None,
+    data_path: str | os.PathLike | None = None,
+    split: str = "train",
+    prompt_field: str = "prompt",
+    response_field: str = "response",
+    limit: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    article_chars: int | None = DEFAULT_ARTICLE_CHARS,
+    report: chat.ChatReport | None = None,
+) -> list[Example]:
     """Examples from wherever the user points: `data_path` wins over `task` when both are given.
 
     A source is a built-in task name, a .jsonl file (split ignored), a folder holding `<split>.jsonl`,

@@ -8,8 +8,8 @@ decoder, so many drafts can be compared at the cost of one parallel forward each
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from transformers import PreTrainedModel
@@ -33,7 +33,7 @@ class Continuations:
         return {"sequences": self.sequences, "prompt_lengths": self.prompt_lengths}
 
     @classmethod
-    def from_json(cls, obj: dict) -> "Continuations":
+    def from_json(cls, obj: dict) -> Continuations:
         return cls(obj["sequences"], obj["prompt_lengths"])
 
 
@@ -42,49 +42,73 @@ def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
     return ids, mask
 
 
 @torch.inference_mode()
-def generate_continuations(model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int,
-                           eos_token_id: int | None, pad_token_id: int = 0, batch_size: int = 16,
-                           temperature: float = 0.0) -> Continuations:
+def generate_continuations(
+    model: PreTrainedModel,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    pad_token_id: int = 0,
+    batch_size: int = 16,
+    temperature: float = 0.0,
+) -> Continuations:
     """The model's continuations (batched, left-padded, greedy at temperature 0), cut after the first EOS."""
     device = next(model.parameters()).device
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        if temperature > 0
         else {"do_sample": False}
+    )
     sequences: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
+        chunk = prompts[start : start + batch_size]
         ids, mask = _left_pad(chunk, pad_token_id)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-                             pad_token_id=pad_token_id, **sampling)
-        for prompt, row in zip(chunk, out[:, ids.shape[1]:].tolist()):
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            **sampling,
+        )
+        for prompt, row in zip(chunk, out[:, ids.shape[1] :].tolist()):
             if eos_token_id is not None and eos_token_id in row:
                 row = row[: row.index(eos_token_id) + 1]
             sequences.append(list(prompt) + row)
     return Continuations(sequences, [len(p) for p in prompts])
 
 
-def greedy_continuations(target: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int,
-                         eos_token_id: int | None, pad_token_id: int = 0,
-                         batch_size: int = 16) -> Continuations:
+def greedy_continuations(
+    target: PreTrainedModel,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    pad_token_id: int = 0,
+    batch_size: int = 16,
+) -> Continuations:
     """The target's greedy continuations: what greedy speculative decoding must reproduce."""
     return generate_continuations(target, prompts, max_new_tokens, eos_token_id, pad_token_id, batch_size)
 
 
-def _scored_batches(data: Continuations, batch_size: int, device: torch.device
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _scored_batches(
+    data: Continuations, batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Right-padded (ids, attention mask, scored positions [B, T]) batches of the continuations.
 
     The scored positions are `data.response_mask` of the continuation tokens (logits at t predict token
     t+1: positions plen-1 .. len-2, so every continuation token is predicted once)."""
     for start in range(0, len(data.sequences), batch_size):
-        items = [{"input_ids": seq, "prompt_length": p} for seq, p in
-                 zip(data.sequences[start:start + batch_size], data.prompt_lengths[start:start + batch_size])]
+        items = [
+            {"input_ids": seq, "prompt_length": p}
+            for seq, p in zip(
+                data.sequences[start : start + batch_size], data.prompt_lengths[start : start + batch_size]
+            )
+        ]
         batch = data_lib.collate([data_lib.with_response(it, it["input_ids"]) for it in items], 0)
         score = torch.nn.functional.pad(data_lib.response_mask(batch["labels"]), (0, 1), value=False)
         if score.any():
@@ -101,8 +125,9 @@ def agreement_and_overlap(p_logits: torch.Tensor, q_logits: torch.Tensor, temper
 
 
 @torch.inference_mode()
-def analytic_alpha(target: PreTrainedModel, draft: PreTrainedModel, data: Continuations,
-                   batch_size: int = 16, temperature: float = 1.0) -> dict[str, float]:
+def analytic_alpha(
+    target: PreTrainedModel, draft: PreTrainedModel, data: Continuations, batch_size: int = 16, temperature: float = 1.0
+) -> dict[str, float]:
     """Mean greedy and sampling acceptance over the continuation positions of `data`.
 
     Returns alpha_greedy (top-1 agreement), alpha_sampling (mean Σ min(p, q) at `temperature`) and

@@ -34,7 +34,7 @@ class Drafter(Protocol):
         """Start a sequence: `prompt` [n]; `hidden` the target's features of prompt[:n-1], [layers, n-1, H]
         (None when no layers were asked for or n == 1)."""
 
-    def propose(self, seq: Tensor, n: int, gamma: int, sampling: "Sampling") -> tuple[Tensor, Tensor | None]:
+    def propose(self, seq: Tensor, n: int, gamma: int, sampling: Sampling) -> tuple[Tensor, Tensor | None]:
         """Up to γ proposals continuing seq[:n], as target token ids [g] (g <= γ), and, unless sampling is
         greedy, the distributions they were sampled from [g, V] (zero outside a reduced draft vocabulary)."""
 
@@ -43,11 +43,9 @@ class Drafter(Protocol):
         m positions this step verified and kept, n-1-m .. n-2, as [layers, m, H] (None without layers)."""
 
 
-
 @runtime_checkable
 class TreeDrafter(Drafter, Protocol):
-    def propose_tree(self, seq: Tensor, n: int, shape: "TreeShape", sampling: "Sampling"
-                     ) -> tuple["Tree", Tensor | None]:
+    def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, sampling: Sampling) -> tuple[Tree, Tensor | None]:
         """A tree below seq[n-1] of the given shape (its depth <= max_gamma) in target ids, and the
         distributions its nodes were sampled from [N, V], or None when its children are the drafter's
         top-k (deterministic candidates; adaspec.core.tree_verify)."""

@@ -15,8 +15,9 @@ state over a prefix of seq[:n] (adaspec.drafters).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol, Sequence, TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -33,8 +34,9 @@ from adaspec.models.target import Clock, context_length
 OnTokens = Callable[[list[int]], None]
 
 
-def check_prompt(input_ids: torch.Tensor | Iterable[int], max_new_tokens: int,
-                 models: dict[str, PreTrainedModel]) -> torch.Tensor:
+def check_prompt(
+    input_ids: torch.Tensor | Iterable[int], max_new_tokens: int, models: dict[str, PreTrainedModel]
+) -> torch.Tensor:
     """The prompt as a 1-D long tensor, after checking batch size, emptiness and context length."""
     ids = input_ids if isinstance(input_ids, torch.Tensor) else torch.tensor(list(input_ids))
     if ids.dim() == 2:
@@ -52,8 +54,10 @@ def check_prompt(input_ids: torch.Tensor | Iterable[int], max_new_tokens: int,
     for name, model in models.items():
         ctx = context_length(model)
         if ctx is not None and ids.numel() + max_new_tokens > ctx:
-            raise AdaspecError(f"prompt ({ids.numel()} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                               f"{name} model's context of {ctx} positions")
+            raise AdaspecError(
+                f"prompt ({ids.numel()} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                f"{name} model's context of {ctx} positions"
+            )
     return ids.long()
 
 
@@ -73,22 +77,28 @@ def truncate(values: list[int], eos: frozenset[int]) -> tuple[list[int], bool]:
     return values, False
 
 
-def as_drafter(draft: PreTrainedModel | Drafter, target: PreTrainedModel,
-               tokenizer: PreTrainedTokenizerBase | None, lean: bool | None,
-               confidence: float | None) -> tuple[Drafter, dict[str, PreTrainedModel]]:
+def as_drafter(
+    draft: PreTrainedModel | Drafter,
+    target: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    lean: bool | None,
+    confidence: float | None,
+) -> tuple[Drafter, dict[str, PreTrainedModel]]:
     """A drafter for `draft` and the models whose context bounds the prompt."""
     if isinstance(draft, PreTrainedModel):
         check_vocab_compatible(target, draft, tokenizer, tokenizer, quiet=tokenizer is None)
-        drafter = LMDrafter(draft, output_vocab_size(target), lean,
-                            confidence=DRAFT_CONFIDENCE if confidence is None else confidence)
+        drafter = LMDrafter(
+            draft, output_vocab_size(target), lean, confidence=DRAFT_CONFIDENCE if confidence is None else confidence
+        )
         return drafter, {"target": target, "draft": draft}
     if not isinstance(draft, Drafter):
         raise AdaspecError(f"draft must be a causal LM or a Drafter, got {type(draft).__name__}")
     return draft, {"target": target}
 
 
-def sampling_for(target: PreTrainedModel, temperature: float, top_p: float, generator: torch.Generator | None,
-                 seed: int | None) -> Sampling:
+def sampling_for(
+    target: PreTrainedModel, temperature: float, top_p: float, generator: torch.Generator | None, seed: int | None
+) -> Sampling:
     """The generate functions' sampling arguments as the call's one Sampling (checked); a `seed` gets a fresh
     generator on the target's device."""
     return Sampling(temperature, top_p, make_generator(generator, seed, next(target.parameters()).device))
@@ -138,9 +148,19 @@ class Steps(Protocol[S]):
 class Engine:
     """One generate call, set up (module docstring); `speculate` or the caller's own loop then decodes."""
 
-    def __init__(self, target: PreTrainedModel, input_ids: torch.Tensor | Iterable[int], max_new_tokens: int,
-                 sampling: Sampling, *, models: dict[str, PreTrainedModel], layers: Sequence[int] = (),
-                 lean: bool | None, eos_token_id: int | Iterable[int] | None, on_tokens: OnTokens | None):
+    def __init__(
+        self,
+        target: PreTrainedModel,
+        input_ids: torch.Tensor | Iterable[int],
+        max_new_tokens: int,
+        sampling: Sampling,
+        *,
+        models: dict[str, PreTrainedModel],
+        layers: Sequence[int] = (),
+        lean: bool | None,
+        eos_token_id: int | Iterable[int] | None,
+        on_tokens: OnTokens | None,
+    ):
         """`models`: those whose context bounds the prompt; `layers`: the target layers the drafter reads."""
         prompt = check_prompt(input_ids, max_new_tokens, models)
         self.tgt = cached_lm(target, output_vocab_size(target), "target", layers, lean=lean)
@@ -169,7 +189,7 @@ class Engine:
             # The last step keeps only the tokens still wanted (all accepted: the bonus token is dropped).
             new, stop = truncate(step.values[: total - n], eos)
             m = len(new)
-            seq[n:n + m] = step.tokens[:m]
+            seq[n : n + m] = step.tokens[:m]
             stats.draft_time_s += step.draft_s
             stats.target_time_s += step.target_s
             steps.record(step, m, stats)

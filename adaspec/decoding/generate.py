@@ -18,8 +18,8 @@ draws one exponential per vocabulary entry.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -40,8 +40,9 @@ class ChainStep(Step):
     verify_s: float  # the acceptance rule and the step's one host sync
 
 
-def speculative_decode(target: CachedLM | LeanLM, drafter: Drafter, seq: torch.Tensor, n: int, gamma: int,
-                       sampling: Sampling, clock: Clock) -> ChainStep:
+def speculative_decode(
+    target: CachedLM | LeanLM, drafter: Drafter, seq: torch.Tensor, n: int, gamma: int, sampling: Sampling, clock: Clock
+) -> ChainStep:
     """Propose up to `gamma` tokens after seq[:n] and verify them in one target forward (no rollback here)."""
     t0 = clock()
     proposals, draft_probs = drafter.propose(seq, n, gamma, sampling)
@@ -49,14 +50,14 @@ def speculative_decode(target: CachedLM | LeanLM, drafter: Drafter, seq: torch.T
     g = proposals.shape[0]
     t1 = clock()
     # Row i of the target's logits is its prediction for proposal i (row g: the position after the last).
-    logits, hidden = target.forward(torch.cat([seq[n - 1:n], proposals]), keep=g + 1)
+    logits, hidden = target.forward(torch.cat([seq[n - 1 : n], proposals]), keep=g + 1)
     t2 = clock()
     if sampling.greedy:
         # greedy needs no distributions: the target's argmax rows, read with the proposals in one sync
         best = logits.argmax(-1)
         host = torch.cat([proposals, best]).tolist()
         k = greedy_accepted(host[:g], host[g:])
-        tokens, values = torch.cat([proposals[:k], best[k:k + 1]]), host[:k] + [host[g + k]]
+        tokens, values = torch.cat([proposals[:k], best[k : k + 1]]), host[:k] + [host[g + k]]
     else:
         p = sampling.probs(logits)
         u = torch.rand(g, generator=sampling.generator, device=p.device)
@@ -96,7 +97,7 @@ class ChainSteps:
         self.gamma = controller.gamma_max if controller else gamma  # proposals per step, at most
 
     def prefill(self, engine: Engine, hidden: torch.Tensor | None) -> None:
-        self.drafter.prefill(engine.seq[:engine.n], hidden)
+        self.drafter.prefill(engine.seq[: engine.n], hidden)
 
     def step(self, engine: Engine, n: int) -> ChainStep:
         g = min(self.controller.gamma if self.controller else self.gamma, engine.total - n)
@@ -116,15 +117,24 @@ class ChainSteps:
 
 
 @torch.inference_mode()
-def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Drafter,
-                         input_ids: torch.Tensor, max_new_tokens: int = 128, gamma: int = 5,
-                         temperature: float = 0.0, top_p: float = 1.0,
-                         eos_token_id: int | Iterable[int] | None = None,
-                         generator: torch.Generator | None = None, seed: int | None = None,
-                         adaptive_gamma: bool = False, gamma_max: int | None = None,
-                         tokenizer: PreTrainedTokenizerBase | None = None,
-                         on_tokens: OnTokens | None = None, lean: bool | None = None,
-                         draft_confidence: float | None = None) -> tuple[torch.Tensor, SpecStats]:
+def speculative_generate(
+    target: PreTrainedModel,
+    draft: PreTrainedModel | Drafter,
+    input_ids: torch.Tensor,
+    max_new_tokens: int = 128,
+    gamma: int = 5,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    eos_token_id: int | Iterable[int] | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    adaptive_gamma: bool = False,
+    gamma_max: int | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    on_tokens: OnTokens | None = None,
+    lean: bool | None = None,
+    draft_confidence: float | None = None,
+) -> tuple[torch.Tensor, SpecStats]:
     """Generate up to `max_new_tokens` after one prompt with speculative decoding.
 
     `draft` is a draft causal LM (sharing the target's token ids) or any `Drafter` (adaspec.drafters).
@@ -150,23 +160,47 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Draft
     limit, most = drafter.max_gamma, max(gamma, gamma_max if adaptive_gamma else 0)
     if limit is not None and most > limit:
         raise AdaspecError(f"this drafter proposes at most {limit} tokens per step; got gamma {most}")
-    engine = Engine(target, input_ids, max_new_tokens, sampling, models=bounded, layers=drafter.hidden_layers,
-                    lean=lean, eos_token_id=eos_token_id, on_tokens=on_tokens)
+    engine = Engine(
+        target,
+        input_ids,
+        max_new_tokens,
+        sampling,
+        models=bounded,
+        layers=drafter.hidden_layers,
+        lean=lean,
+        eos_token_id=eos_token_id,
+        on_tokens=on_tokens,
+    )
     return engine.speculate(ChainSteps(drafter, gamma, AdaptiveGamma(gamma, gamma_max) if adaptive_gamma else None))
 
 
 @torch.inference_mode()
-def target_only_generate(target: PreTrainedModel, input_ids: torch.Tensor, max_new_tokens: int = 128,
-                         eos_token_id: int | Iterable[int] | None = None, temperature: float = 0.0,
-                         top_p: float = 1.0, generator: torch.Generator | None = None, seed: int | None = None,
-                         on_tokens: OnTokens | None = None, lean: bool | None = None
-                         ) -> tuple[torch.Tensor, SpecStats]:
+def target_only_generate(
+    target: PreTrainedModel,
+    input_ids: torch.Tensor,
+    max_new_tokens: int = 128,
+    eos_token_id: int | Iterable[int] | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    on_tokens: OnTokens | None = None,
+    lean: bool | None = None,
+) -> tuple[torch.Tensor, SpecStats]:
     """Plain KV-cached autoregressive decoding with the same structure, clock and decode path (`lean` as in
     speculative_generate) as speculative_generate: the baseline of benchmarks, one target forward per
     token; stats count steps and forwards."""
     sampling = sampling_for(target, temperature, top_p, generator, seed)
-    engine = Engine(target, input_ids, max_new_tokens, sampling, models={"target": target}, lean=lean,
-                    eos_token_id=eos_token_id, on_tokens=on_tokens)
+    engine = Engine(
+        target,
+        input_ids,
+        max_new_tokens,
+        sampling,
+        models={"target": target},
+        lean=lean,
+        eos_token_id=eos_token_id,
+        on_tokens=on_tokens,
+    )
     tgt, seq, n, total, clock, stats = engine.tgt, engine.seq, engine.n, engine.total, engine.clock, engine.stats
     eos, greedy = engine.eos, sampling.greedy
     sync_each_token = bool(eos) or on_tokens is not None
@@ -175,9 +209,9 @@ def target_only_generate(target: PreTrainedModel, input_ids: torch.Tensor, max_n
     t1 = clock()
     stats.prefill_time_s = t1 - t0
     while n < total:
-        logits = tgt.forward(seq[n - 1:n])[0][0]
+        logits = tgt.forward(seq[n - 1 : n])[0][0]
         token = logits.argmax(-1, keepdim=True) if greedy else sampling.draw(sampling.probs(logits))
-        seq[n:n + 1] = token
+        seq[n : n + 1] = token
         n += 1
         stats.record_step(0, 0, 1)
         if sync_each_token:  # the only host sync per token, and only when someone needs the token

@@ -6,13 +6,12 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from adaspec.models.lean import cached_lm
-from adaspec.models.lean import DraftLeanLM
 from adaspec.core.sampling import Sampling
 from adaspec.core.tree import Tree
-from adaspec.core.tree_shape import TreeShape
 from adaspec.core.tree_drafting import TreeRows, top_children
+from adaspec.core.tree_shape import TreeShape
 from adaspec.errors import AdaspecError
+from adaspec.models.lean import DraftLeanLM, cached_lm
 
 # The default stop threshold of speculative_generate's draft models (see LMDrafter): off. On the `make demo` pair
 # the distilled drafts' top probability is mostly 0.1-0.3 and barely separates the proposals the target keeps
@@ -48,8 +47,14 @@ class LMDrafter:
     hidden_layers: tuple[int, ...] = ()
     max_gamma: int | None = None
 
-    def __init__(self, model: PreTrainedModel, vocab: int, lean: bool | None = None, keep_tree_rows: bool = False,
-                 confidence: float = 0.0):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        vocab: int,
+        lean: bool | None = None,
+        keep_tree_rows: bool = False,
+        confidence: float = 0.0,
+    ):
         if not 0.0 <= confidence <= 1.0:
             raise AdaspecError(f"the draft confidence threshold must be in [0, 1], got {confidence}")
         self.model, self.vocab, self.confidence = model, vocab, confidence
@@ -58,14 +63,15 @@ class LMDrafter:
         self._rows: tuple[TreeRows, Tree] | None = None  # with keep_tree_rows, the last tree's
 
     @classmethod
-    def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> "LMDrafter":
+    def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> LMDrafter:
         """A draft model directory, checked against the target's tokenizer and sizes (models.check_vocab_compatible)."""
         from adaspec.models import check_vocab_compatible, load_model, output_vocab_size, saved_tokenizer
 
         draft = load_model(path, device=next(target.parameters()).device)
         target_dir = getattr(target, "name_or_path", None)
-        check_vocab_compatible(target, draft, saved_tokenizer(target_dir) if target_dir else None,
-                               saved_tokenizer(path))
+        check_vocab_compatible(
+            target, draft, saved_tokenizer(target_dir) if target_dir else None, saved_tokenizer(path)
+        )
         return cls(draft, vocab or output_vocab_size(target))
 
     def prefill(self, prompt: Tensor, hidden: Tensor | None) -> None:
@@ -74,7 +80,7 @@ class LMDrafter:
             self.lm.forward(prompt[:-1])
 
     def propose(self, seq: Tensor, n: int, gamma: int, sampling: Sampling) -> tuple[Tensor, Tensor | None]:
-        feed = seq[self.lm.seen:n]
+        feed = seq[self.lm.seen : n]
         proposals, draft_probs = [], []
         for i in range(gamma):
             logits = self.lm.forward(feed)[0]  # [1, V]
@@ -105,13 +111,14 @@ class LMDrafter:
         def expand(nodes: Tensor, tree: Tree, k: int) -> tuple[Tensor, Tensor]:
             ids = nodes.tolist()
             if ids == [-1]:  # the chain's first forward: catch up to seq[:n]
-                logits = lm.forward(seq[lm.seen:n])[0]
+                logits = lm.forward(seq[lm.seen : n])[0]
             elif rows.continues_chain(tree, ids, lm.seen):  # a chain step: the drafter's cheapest forward
                 logits = lm.forward(tree.tokens[nodes])[0]
             else:
                 visible = rows.visibility(tree, ids, lm.seen)
-                logits = lm.forward(tree.tokens[nodes], keep=len(ids), positions=tree.depths[nodes] + base,
-                                    tree_mask=visible)[0]
+                logits = lm.forward(
+                    tree.tokens[nodes], keep=len(ids), positions=tree.depths[nodes] + base, tree_mask=visible
+                )[0]
             return top_children(logits, k, sampling)
 
         tree = shape.build(expand)

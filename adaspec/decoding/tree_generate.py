@@ -27,8 +27,8 @@ each step's static tree from those costs, the run's measured draft and loop time
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -56,8 +56,9 @@ class TreeCosts:
     target_1_s: float
 
 
-def measure_verify_costs(tgt: LeanLM | CachedLM, root: torch.Tensor, sizes: Iterable[int] = COST_SIZES,
-                         reps: int = 5) -> TreeCosts:
+def measure_verify_costs(
+    tgt: LeanLM | CachedLM, root: torch.Tensor, sizes: Iterable[int] = COST_SIZES, reps: int = 5
+) -> TreeCosts:
     """Time target forwards over a root and t-1 children (a star tree) after the cached prefix, which is
     left as it was: every size once per repeat (so load drifts hit all sizes alike), each timed right
     after an untimed forward of the same size (so no size pays for the caches the previous one left),
@@ -66,8 +67,11 @@ def measure_verify_costs(tgt: LeanLM | CachedLM, root: torch.Tensor, sizes: Iter
     inputs = {}
     for t in sorted(set(sizes) | {1}):
         tree = Tree(root.new_zeros(t - 1).long(), torch.full((t - 1,), -1), torch.ones(t - 1, dtype=torch.long))
-        inputs[t] = (torch.cat([root.reshape(1), tree.tokens]).to(tgt.device), tree.position_ids(seen),
-                     tree.attention_mask())
+        inputs[t] = (
+            torch.cat([root.reshape(1), tree.tokens]).to(tgt.device),
+            tree.position_ids(seen),
+            tree.attention_mask(),
+        )
     samples: dict[int, list[float]] = {t: [] for t in inputs}
     for _ in range(reps):
         for t, (tokens, positions, mask) in inputs.items():
@@ -105,13 +109,17 @@ class TreeSteps:
         self.controller = tree if isinstance(tree, TreeController) else None
 
     def prefill(self, engine: Engine, hidden: torch.Tensor | None) -> None:
-        self.drafter.prefill(engine.seq[:engine.n], hidden)  # the first tree's root is the prompt's last token
+        self.drafter.prefill(engine.seq[: engine.n], hidden)  # the first tree's root is the prompt's last token
         if isinstance(self.tree, AdaptiveTree):  # costs measured after the prompt, in the prefill time
             tree = self.tree
             sizes = [t for t in COST_SIZES if t <= tree.max_nodes] + [tree.max_nodes + 1]
             costs = self.costs or measure_verify_costs(engine.tgt, engine.seq[engine.n - 1], sizes)
-            self.controller = TreeController(tree, interpolate_costs(costs.verify, tree.max_nodes), costs.target_1_s,
-                                             max_depth=self.drafter.max_gamma)
+            self.controller = TreeController(
+                tree,
+                interpolate_costs(costs.verify, tree.max_nodes),
+                costs.target_1_s,
+                max_depth=self.drafter.max_gamma,
+            )
 
     def step(self, engine: Engine, n: int) -> TreeStep:
         """Hang a tree below seq[n-1] (none: the target alone takes the step) and verify it in one forward."""
@@ -125,12 +133,13 @@ class TreeSteps:
             nodes, rows = self.drafter.propose_tree(seq, n, shape, sampling)
         s1 = clock()
         size = nodes.size
-        fed = torch.cat([seq[n - 1:n], nodes.tokens.to(seq.device)])
+        fed = torch.cat([seq[n - 1 : n], nodes.tokens.to(seq.device)])
         if nodes.is_chain:  # causal attention is its tree attention: the chain's own forward
             logits, hidden = tgt.forward(fed, keep=size + 1)
         else:
-            logits, hidden = tgt.forward(fed, keep=size + 1, positions=nodes.position_ids(n - 1),
-                                         tree_mask=nodes.attention_mask())
+            logits, hidden = tgt.forward(
+                fed, keep=size + 1, positions=nodes.position_ids(n - 1), tree_mask=nodes.attention_mask()
+            )
         s2 = clock()
         # greedy: verify_tree and the next token need only the argmax, which the logits have already
         probs = logits if sampling.greedy else sampling.probs(logits)
@@ -139,8 +148,18 @@ class TreeSteps:
         token = nxt.argmax(-1, keepdim=True) if sampling.greedy else sampling.draw(nxt)
         values = nodes.tokens[path].tolist() + token.tolist()
         forwards = shape.depth if shape is not None and size else 0
-        return TreeStep(torch.tensor(values, dtype=torch.long, device=seq.device), values, hidden, s1 - s0, s2 - s1,
-                        nodes, path, path.tolist(), forwards, s2)
+        return TreeStep(
+            torch.tensor(values, dtype=torch.long, device=seq.device),
+            values,
+            hidden,
+            s1 - s0,
+            s2 - s1,
+            nodes,
+            path,
+            path.tolist(),
+            forwards,
+            s2,
+        )
 
     def record(self, step: TreeStep, emitted: int, stats: SpecStats) -> None:
         depths, parents = step.nodes.depths.tolist(), step.nodes.parents.tolist()
@@ -162,14 +181,22 @@ class TreeSteps:
 
 
 @torch.inference_mode()
-def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | Drafter, input_ids: torch.Tensor,
-                              max_new_tokens: int = 128, tree: TreeSpec | TreeController = CPU_DEFAULT,
-                              temperature: float = 0.0, top_p: float = 1.0,
-                              eos_token_id: int | Iterable[int] | None = None,
-                              generator: torch.Generator | None = None, seed: int | None = None,
-                              tokenizer: PreTrainedTokenizerBase | None = None, on_tokens: OnTokens | None = None,
-                              lean: bool | None = None, costs: TreeCosts | None = None
-                              ) -> tuple[torch.Tensor, SpecStats]:
+def tree_speculative_generate(
+    target: PreTrainedModel,
+    draft: PreTrainedModel | Drafter,
+    input_ids: torch.Tensor,
+    max_new_tokens: int = 128,
+    tree: TreeSpec | TreeController = CPU_DEFAULT,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    eos_token_id: int | Iterable[int] | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    on_tokens: OnTokens | None = None,
+    lean: bool | None = None,
+    costs: TreeCosts | None = None,
+) -> tuple[torch.Tensor, SpecStats]:
     """Generate after one prompt with tree verification; returns (sequence [1, n], stats).
 
     `draft` is a draft causal LM or any tree drafter (adaspec.drafters); `tree` a TreeShape (static paths
@@ -197,8 +224,17 @@ def tree_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel | 
             raise AdaspecError(f"this drafter drafts at most {limit} tokens deep; the controller plans {asked}")
     else:
         asked = tree.max_depth if limit is None else min(tree.max_depth, limit)
-    engine = Engine(target, input_ids, max_new_tokens, sampling, models=bounded, layers=drafter.hidden_layers,
-                    lean=lean, eos_token_id=eos_token_id, on_tokens=on_tokens)
+    engine = Engine(
+        target,
+        input_ids,
+        max_new_tokens,
+        sampling,
+        models=bounded,
+        layers=drafter.hidden_layers,
+        lean=lean,
+        eos_token_id=eos_token_id,
+        on_tokens=on_tokens,
+    )
     if isinstance(engine.tgt, CachedLM):
         check_tree_attention(target)
     return engine.speculate(TreeSteps(drafter, tree, asked, costs))

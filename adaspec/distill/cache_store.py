@@ -21,9 +21,10 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -58,8 +59,13 @@ ROW_ARRAYS: dict[str, RowArray] = {
     "topk_logprobs": RowArray(np.float32, torch.float32, lambda m: (int(m["top_k"]),)),
     "ref_div": RowArray(np.float32, torch.float32, lambda m: (), lambda m: m["ref"] is not None),
     # the target's hidden states [layers, H] of every token (adaspec.distill.hidden_states)
-    "hidden": RowArray(np.float16, torch.float32, lambda m: (len(m["hidden"]["layers"]), int(m["hidden"]["size"])),
-                       _has_hidden, per="position"),
+    "hidden": RowArray(
+        np.float16,
+        torch.float32,
+        lambda m: (len(m["hidden"]["layers"]), int(m["hidden"]["size"])),
+        _has_hidden,
+        per="position",
+    ),
 }
 INDEX_ARRAYS = {"response": ("positions", "row_offsets"), "position": ("position_offsets",)}
 OFFSETS = {"response": "row_offsets", "position": "position_offsets"}  # item i's rows: offsets[i]:offsets[i+1]
@@ -71,6 +77,7 @@ def row_arrays(settings: dict, per: str = "response") -> dict[str, RowArray]:
 
 
 # ------------------------------------------------------------------------------------------ fingerprints
+
 
 def items_fingerprint(items: list[data_lib.Item]) -> str:
     """Hash of every encoded item's input_ids and labels, in order: the exact token data a cache covers."""
@@ -105,6 +112,7 @@ def sha256_file(path: Path) -> str:
 
 # ------------------------------------------------------------------------------------------ shard files
 
+
 def read_shard(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Memory-mapped arrays and metadata of a safetensors shard; AdaspecError if it is not a whole one."""
     try:
@@ -126,7 +134,7 @@ def read_shard(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             shape = tuple(info["shape"])
             if stop - start != int(np.prod(shape)) * dtype.itemsize or 8 + n + stop > size:
                 raise ValueError(f"tensor {name} is truncated")
-            arrays[name] = raw[8 + n + start: 8 + n + stop].view(dtype).reshape(shape)
+            arrays[name] = raw[8 + n + start : 8 + n + stop].view(dtype).reshape(shape)
             end = max(end, stop)
         if 8 + n + end != size:
             raise ValueError(f"file has {size} bytes, its header describes {8 + n + end}")
@@ -135,9 +143,18 @@ def read_shard(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     return arrays, meta
 
 
-def check_shard(arrays: dict[str, np.ndarray], meta: dict[str, str], path: Path, settings: dict, first: int,
-                count: int, rows: int | None = None, positions: int | None = None) -> None:
+def check_shard(
+    arrays: dict[str, np.ndarray],
+    meta: dict[str, str],
+    path: Path,
+    settings: dict,
+    first: int,
+    count: int,
+    rows: int | None = None,
+    positions: int | None = None,
+) -> None:
     """Raise AdaspecError unless the shard is the one expected at this place of a cache with `settings`."""
+
     def bad(why: str) -> AdaspecError:
         return AdaspecError(f"corrupt cache shard {path}: {why}; delete it and rerun `adaspec cache` to redo it")
 
@@ -149,8 +166,14 @@ def check_shard(arrays: dict[str, np.ndarray], meta: dict[str, str], path: Path,
     _check_rows(bad, arrays, settings, "position", count, positions)
 
 
-def _check_rows(bad: Callable[[str], AdaspecError], arrays: dict[str, np.ndarray], settings: dict, per: str,
-                count: int, expected: int | None) -> None:
+def _check_rows(
+    bad: Callable[[str], AdaspecError],
+    arrays: dict[str, np.ndarray],
+    settings: dict,
+    per: str,
+    count: int,
+    expected: int | None,
+) -> None:
     specs = row_arrays(settings, per)
     if not specs and per == "position":
         return
@@ -166,7 +189,9 @@ def _check_rows(bad: Callable[[str], AdaspecError], arrays: dict[str, np.ndarray
         raise bad(f"{offsets_name} are inconsistent")
     for name, spec in specs.items():
         if arrays[name].shape != (n_rows, *spec.width(settings)):
-            raise bad(f"{name} is {list(arrays[name].shape)}, not [{n_rows}, {', '.join(map(str, spec.width(settings)))}]")
+            raise bad(
+                f"{name} is {list(arrays[name].shape)}, not [{n_rows}, {', '.join(map(str, spec.width(settings)))}]"
+            )
     if expected is not None and expected != n_rows:
         raise bad(f"it has {n_rows} {'rows' if per == 'response' else 'positions'}, expected {expected}")
 
@@ -184,6 +209,7 @@ def write_shard(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, str]
 
 
 # ------------------------------------------------------------------------------------------ reading
+
 
 class TeacherCache:
     """A finished cache, memory-mapped; `batch` lays its rows out like the training batch's logits, `hidden`
@@ -203,10 +229,22 @@ class TeacherCache:
         self._where = {per: _item_rows(shards, OFFSETS[per]) for per in ("response", "position")[: 1 + bool(hidden)]}
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, target_path: str | os.PathLike, ref_path: str | os.PathLike | None,
-             items: list[data_lib.Item], divergence: str | None, temperature: float | None, beta: float | None = None,
-             vocab: int | None = None, top_k: int | None = None, hidden_layers: tuple[int, ...] | None = None,
-             hidden_size: int | None = None, verify: bool = True) -> "TeacherCache":
+    def open(
+        cls,
+        path: str | os.PathLike,
+        *,
+        target_path: str | os.PathLike,
+        ref_path: str | os.PathLike | None,
+        items: list[data_lib.Item],
+        divergence: str | None,
+        temperature: float | None,
+        beta: float | None = None,
+        vocab: int | None = None,
+        top_k: int | None = None,
+        hidden_layers: tuple[int, ...] | None = None,
+        hidden_size: int | None = None,
+        verify: bool = True,
+    ) -> TeacherCache:
         """Open the cache at `path` for a run on `items` with this target (and reference), or refuse.
 
         Refuses, with one line naming the difference, a cache made for another target, tokenizer,
@@ -229,48 +267,88 @@ class TeacherCache:
             found = manifest.get("format") if isinstance(manifest, dict) else None
             raise AdaspecError(f"{root} has cache format {found}, this adaspec reads {FORMAT_VERSION}")
         try:
-            return cls._checked(root, manifest, target_path, ref_path, items, divergence, temperature, beta,
-                                vocab, top_k, hidden_layers, hidden_size, verify)
+            return cls._checked(
+                root,
+                manifest,
+                target_path,
+                ref_path,
+                items,
+                divergence,
+                temperature,
+                beta,
+                vocab,
+                top_k,
+                hidden_layers,
+                hidden_size,
+                verify,
+            )
         except (KeyError, TypeError) as exc:
             raise AdaspecError(f"{root / MANIFEST} is malformed (bad or missing field {exc})") from None
 
     @classmethod
-    def _checked(cls, root: Path, manifest: dict, target_path: str | os.PathLike,
-                 ref_path: str | os.PathLike | None, items: list[data_lib.Item], divergence: str | None,
-                 temperature: float | None, beta: float | None, vocab: int | None, top_k: int | None,
-                 hidden_layers: tuple[int, ...] | None, hidden_size: int | None, verify: bool) -> "TeacherCache":
+    def _checked(
+        cls,
+        root: Path,
+        manifest: dict,
+        target_path: str | os.PathLike,
+        ref_path: str | os.PathLike | None,
+        items: list[data_lib.Item],
+        divergence: str | None,
+        temperature: float | None,
+        beta: float | None,
+        vocab: int | None,
+        top_k: int | None,
+        hidden_layers: tuple[int, ...] | None,
+        hidden_size: int | None,
+        verify: bool,
+    ) -> TeacherCache:
         n_shards = len(shard_ranges(manifest["data"]["n_items"], manifest["shard_size"]))
         if not manifest.get("complete"):
-            raise AdaspecError(f"teacher cache {root} is incomplete ({len(manifest.get('shards', []))} of "
-                               f"{n_shards} shards); rerun `adaspec cache` with --output {root} to finish it")
+            raise AdaspecError(
+                f"teacher cache {root} is incomplete ({len(manifest.get('shards', []))} of "
+                f"{n_shards} shards); rerun `adaspec cache` with --output {root} to finish it"
+            )
 
         def refuse(what: str, cached: Any, wanted: Any) -> AdaspecError:
-            return AdaspecError(f"teacher cache {root} was built for another {what} "
-                                f"(cache: {cached}, this run: {wanted}); rebuild it with `adaspec cache`")
+            return AdaspecError(
+                f"teacher cache {root} was built for another {what} "
+                f"(cache: {cached}, this run: {wanted}); rebuild it with `adaspec cache`"
+            )
 
         fp = model_fingerprint(target_path)
         if manifest["target"]["fingerprint"] != fp:
-            raise refuse("target", f"{manifest['target']['path']} {manifest['target']['fingerprint']}",
-                         f"{target_path} {fp}")
+            raise refuse(
+                "target", f"{manifest['target']['path']} {manifest['target']['fingerprint']}", f"{target_path} {fp}"
+            )
         tok_hash = vocab_fingerprint(load_tokenizer(target_path))
         if manifest["tokenizer_vocab_hash"] != tok_hash:
             raise refuse("tokenizer", manifest["tokenizer_vocab_hash"], tok_hash)
         if ref_path is not None and manifest["ref"] is not None:
             rfp = model_fingerprint(ref_path)
             if manifest["ref"]["fingerprint"] != rfp:
-                raise refuse("reference model", f"{manifest['ref']['path']} {manifest['ref']['fingerprint']}",
-                             f"{ref_path} {rfp}")
+                raise refuse(
+                    "reference model",
+                    f"{manifest['ref']['path']} {manifest['ref']['fingerprint']}",
+                    f"{ref_path} {rfp}",
+                )
         d = manifest["data"]
         ifp = items_fingerprint(items)
         if d["items_fingerprint"] != ifp:
-            raise refuse("training data", f"{d['n_items']} examples {d['items_fingerprint']}",
-                         f"{len(items)} examples {ifp}; use the same --task/--data/--limit/--max-length")
+            raise refuse(
+                "training data",
+                f"{d['n_items']} examples {d['items_fingerprint']}",
+                f"{len(items)} examples {ifp}; use the same --task/--data/--limit/--max-length",
+            )
         if divergence is not None and manifest["ref"] is not None and manifest["divergence"] != divergence:
             raise refuse("divergence of L_ref", manifest["divergence"], divergence)
         if temperature is not None and float(manifest["temperature"]) != float(temperature):
             raise refuse("temperature", manifest["temperature"], temperature)
-        if beta is not None and divergence == "jsd" and manifest["ref"] is not None \
-                and float(manifest["beta"]) != float(beta):
+        if (
+            beta is not None
+            and divergence == "jsd"
+            and manifest["ref"] is not None
+            and float(manifest["beta"]) != float(beta)
+        ):
             raise refuse("jsd beta", manifest["beta"], beta)
         if vocab is not None and int(manifest["vocab_size"]) != int(vocab):
             raise refuse("output vocabulary size", manifest["vocab_size"], vocab)
@@ -279,13 +357,17 @@ class TeacherCache:
         if hidden_layers is not None:
             cached = manifest.get("hidden")
             if cached is None:
-                raise AdaspecError(f"teacher cache {root} holds no target hidden states; rebuild it with "
-                                   f"`adaspec cache --hidden-layers ...` (e.g. {','.join(map(str, hidden_layers))})")
+                raise AdaspecError(
+                    f"teacher cache {root} holds no target hidden states; rebuild it with "
+                    f"`adaspec cache --hidden-layers ...` (e.g. {','.join(map(str, hidden_layers))})"
+                )
             absent = [i for i in dict.fromkeys(hidden_layers) if i not in cached["layers"]]
             if absent:
                 wanted = ",".join(map(str, dict.fromkeys(hidden_layers)))
-                raise AdaspecError(f"teacher cache {root} holds the hidden states of layers {cached['layers']}, "
-                                   f"not {absent}; rebuild it with `adaspec cache --hidden-layers {wanted}`")
+                raise AdaspecError(
+                    f"teacher cache {root} holds the hidden states of layers {cached['layers']}, "
+                    f"not {absent}; rebuild it with `adaspec cache --hidden-layers {wanted}`"
+                )
             if hidden_size is not None and int(cached["size"]) != int(hidden_size):
                 raise refuse("hidden size", cached["size"], hidden_size)
 
@@ -296,11 +378,15 @@ class TeacherCache:
         for (first, count), rec in zip(ranges, manifest["shards"]):
             shard = root / rec["file"]
             if not shard.is_file():
-                raise AdaspecError(f"teacher cache {root} lacks shard {rec['file']}; rerun `adaspec cache` "
-                                   f"with --output {root} to redo it")
+                raise AdaspecError(
+                    f"teacher cache {root} lacks shard {rec['file']}; rerun `adaspec cache` "
+                    f"with --output {root} to redo it"
+                )
             if verify and sha256_file(shard) != rec["sha256"]:
-                raise AdaspecError(f"corrupt cache shard {shard}: checksum differs from the manifest; rerun "
-                                   f"`adaspec cache` with --output {root} to redo it")
+                raise AdaspecError(
+                    f"corrupt cache shard {shard}: checksum differs from the manifest; rerun "
+                    f"`adaspec cache` with --output {root} to redo it"
+                )
             arrays, meta = read_shard(shard)
             check_shard(arrays, meta, shard, manifest, first, count, rec["rows"], rec.get("positions"))
             shards.append(arrays)
@@ -311,13 +397,16 @@ class TeacherCache:
 
         Aligned with the shifted training positions (`logits[:, :-1]`, `labels[:, 1:]`): one tensor per
         array of `ROW_ARRAYS` ("topk_ids" int64 [B, width-1, K], "topk_logprobs" float32 [B, width-1, K]
-        and, with a reference, "ref_div" float32 [B, width-1]). Positions that are not response tokens hold id 0 with log-probability 0 (and
+        and, with a reference, "ref_div" float32 [B, width-1]). Positions that are not response tokens hold id 0 with
+        log-probability 0 (and
         L_ref 0): the divergences stay finite there and the training mask drops them.
         """
         cols = max(width - 1, 0)
         specs = row_arrays(self.manifest)
-        out = {name: np.zeros((len(indices), cols, *spec.width(self.manifest)), dtype=spec.dtype)
-               for name, spec in specs.items()}
+        out = {
+            name: np.zeros((len(indices), cols, *spec.width(self.manifest)), dtype=spec.dtype)
+            for name, spec in specs.items()
+        }
         for row, index in enumerate(indices):
             s, lo, hi = self._rows_of(index, "response")
             arrays = self._shards[s]
@@ -328,8 +417,9 @@ class TeacherCache:
                 out[name][row, pos] = arrays[name][lo:hi]
         return {name: torch.from_numpy(a).to(specs[name].batch_dtype).to(device) for name, a in out.items()}
 
-    def hidden(self, indices: list[int], width: int, layers: tuple[int, ...],
-               device: torch.device | str = "cpu") -> torch.Tensor:
+    def hidden(
+        self, indices: list[int], width: int, layers: tuple[int, ...], device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
         """The target's hidden states of `layers` (in that order; each one the cache holds) for items
         `indices` of a right-padded batch `width` tokens wide: float32 [len(layers), B, width, H], laid out
         as `decoding.target.features` returns them; padding positions hold 0."""

@@ -41,8 +41,10 @@ def resolve(requested: str, applies: bool, has_ref: bool = True, ramped: bool = 
     if not applies:
         return "off"
     if requested == "ref" and not has_ref:
-        warn(f"--cold-start ref starts from the reference model, and this run has only a teacher cache's "
-             f"reference divergences (no --ref directory): cold start {FALLBACK} instead")
+        warn(
+            f"--cold-start ref starts from the reference model, and this run has only a teacher cache's "
+            f"reference divergences (no --ref directory): cold start {FALLBACK} instead"
+        )
         requested = FALLBACK
     if ramped and requested in ("warmup", "linear"):
         return "linear"
@@ -56,11 +58,14 @@ def k_schedule(cold_start: str, schedule: str) -> str:
 
 def announcement(cold_start: str, what: str, k: float) -> str | None:
     """The line a run prints when a cold start applies (None for "off"); `what` is "draft" or "head"."""
-    how = {"ref": "training starts from the reference's weights",
-           "warmup": f"every response token for the first {WARMUP_FRACTION:.0%} of the steps, then the top {k:g}",
-           "linear": f"the kept fraction falls linearly from every token to {k:g} over the steps"}.get(cold_start)
+    how = {
+        "ref": "training starts from the reference's weights",
+        "warmup": f"every response token for the first {WARMUP_FRACTION:.0%} of the steps, then the top {k:g}",
+        "linear": f"the kept fraction falls linearly from every token to {k:g} over the steps",
+    }.get(cold_start)
     if how is None:
         return None
-    return (f"AdaSPEC from an untrained {what}: --cold-start {cold_start}, {how} (--cold-start off trains on the "
-            f"top {k:g} from the first step, which an untrained {what} may never recover from)")
-
+    return (
+        f"AdaSPEC from an untrained {what}: --cold-start {cold_start}, {how} (--cold-start off trains on the "
+        f"top {k:g} from the first step, which an untrained {what} may never recover from)"
+    )

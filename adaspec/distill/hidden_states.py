@@ -16,9 +16,8 @@ from __future__ import annotations
 import os
 
 from adaspec.data import Item
-from adaspec.models.target import FINAL, check_layer_ids, config_dims
-from adaspec.models.target import default_aux_layers
 from adaspec.errors import AdaspecError
+from adaspec.models.target import FINAL, check_layer_ids, config_dims, default_aux_layers
 
 NAMED = {"eagle3": default_aux_layers, "final": lambda num_layers: (FINAL,)}
 BYTES = 2  # fp16
@@ -34,8 +33,9 @@ def hidden_layer_ids(spec: str, num_layers: int) -> tuple[int, ...]:
             try:
                 ids = (int(word),)
             except ValueError:
-                raise AdaspecError(f"--hidden-layers takes {', '.join(NAMED)} or layer ids, comma-separated; "
-                                   f"got {word!r}") from None
+                raise AdaspecError(
+                    f"--hidden-layers takes {', '.join(NAMED)} or layer ids, comma-separated; got {word!r}"
+                ) from None
         out += [i for i in dict.fromkeys(ids) if i not in out]
     check_layer_ids(tuple(out), num_layers)
     return tuple(out)
@@ -60,8 +60,10 @@ def hidden_settings(spec: str, target: str | os.PathLike, items: list[Item], max
     positions = sum(len(it["input_ids"]) for it in items)
     total = hidden_bytes(items, len(layers), size)
     if total > max_gb * 1e9:
-        raise AdaspecError(f"--hidden-layers {spec}: {len(items):,} examples ({positions:,} token positions) x "
-                           f"{len(layers)} layers x {size} hidden x {BYTES} bytes = {total / 1e9:.2f} GB, over "
-                           f"--max-hidden-gb {max_gb:g}; cache fewer layers or examples (--limit, --max-length), "
-                           f"or raise --max-hidden-gb")
+        raise AdaspecError(
+            f"--hidden-layers {spec}: {len(items):,} examples ({positions:,} token positions) x "
+            f"{len(layers)} layers x {size} hidden x {BYTES} bytes = {total / 1e9:.2f} GB, over "
+            f"--max-hidden-gb {max_gb:g}; cache fewer layers or examples (--limit, --max-length), "
+            f"or raise --max-hidden-gb"
+        )
     return {"layers": list(layers), "size": size, "dtype": "float16", "positions": positions}

@@ -112,6 +112,7 @@ def _logp(logits: Tensor, temperature: float, dtype: torch.dtype = torch.float32
 # The helpers below overwrite their log-probability arguments (every caller passes fresh chunk
 # tensors it no longer needs): this keeps a chunk at ~3 fp32 [rows x V] buffers instead of ~5.
 
+
 def _plogratio_(la: Tensor, lb: Tensor) -> Tensor:
     """Elementwise a * (log a - log b) written into `la`; 0 where a == 0 (also when log b is -inf)."""
     a = la.exp()
@@ -197,13 +198,12 @@ def _row_chunks(n: int, chunk: int, device: torch.device):
 def _nonzero_row_chunks(grad_out: Tensor, chunk: int):
     rows = torch.nonzero(grad_out.reshape(-1), as_tuple=True)[0]
     for start in range(0, rows.numel(), chunk):
-        yield rows[start:start + chunk]
+        yield rows[start : start + chunk]
 
 
 class _DenseDivergence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, target: Tensor, draft: Tensor, kind: str, beta: float, temperature: float,
-                chunk: int) -> Tensor:
+    def forward(ctx, target: Tensor, draft: Tensor, kind: str, beta: float, temperature: float, chunk: int) -> Tensor:
         n = target.numel() // target.shape[-1]
         dt = _dtype(draft)
         out = torch.empty(n, dtype=dt, device=draft.device)
@@ -232,22 +232,36 @@ class _DenseDivergence(torch.autograd.Function):
         return None, grad, None, None, None, None
 
 
-def per_token_divergence(kind: str, target_logits: Tensor, draft_logits: Tensor, temperature: float = 1.0,
-                         beta: float = 0.5, chunk_tokens: int | None = None) -> Tensor:
+def per_token_divergence(
+    kind: str,
+    target_logits: Tensor,
+    draft_logits: Tensor,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    chunk_tokens: int | None = None,
+) -> Tensor:
     """Divergence `kind` between target and draft next-token distributions at every position.
 
-    Inputs [..., V] of any float dtype; returns float32 [...] (float64 for float64 draft logits), differentiable w.r.t. `draft_logits`
+    Inputs [..., V] of any float dtype; returns float32 [...] (float64 for float64 draft logits), differentiable
+    w.r.t. `draft_logits`
     only. Rows are processed `chunk_tokens` at a time (default: CHUNK_ELEMENTS // V), so only a few fp32
     [chunk x V] buffers exist at once, in the backward too.
     """
     kind = _check(kind, beta, temperature, chunk_tokens)
     if target_logits.shape != draft_logits.shape:
-        raise AdaspecError(f"target and draft logits differ in shape: {tuple(target_logits.shape)} vs "
-                           f"{tuple(draft_logits.shape)}")
+        raise AdaspecError(
+            f"target and draft logits differ in shape: {tuple(target_logits.shape)} vs {tuple(draft_logits.shape)}"
+        )
     if draft_logits.dim() == 0 or draft_logits.shape[-1] == 0:
         raise AdaspecError("logits need a non-empty vocabulary dimension")
-    return _DenseDivergence.apply(target_logits.detach(), draft_logits, kind, float(beta),
-                                  float(temperature), _chunk_rows(chunk_tokens, draft_logits.shape[-1]))
+    return _DenseDivergence.apply(
+        target_logits.detach(),
+        draft_logits,
+        kind,
+        float(beta),
+        float(temperature),
+        _chunk_rows(chunk_tokens, draft_logits.shape[-1]),
+    )
 
 
 def forward_kl(target_logits: Tensor, draft_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -293,8 +307,10 @@ DIVERGENCES: dict[str, Callable[..., Tensor]] = {
 
 # ---- sparse (top-K + tail) versions for cached teachers ----
 
-def topk_teacher(target_logits: Tensor, k: int, temperature: float = 1.0,
-                 chunk_tokens: int | None = None) -> tuple[Tensor, Tensor]:
+
+def topk_teacher(
+    target_logits: Tensor, k: int, temperature: float = 1.0, chunk_tokens: int | None = None
+) -> tuple[Tensor, Tensor]:
     """The target's top-k token ids (int64) and their log-probabilities (float32) at `temperature`, per
     position: what a teacher cache stores for `sparse_divergence`."""
     vocab = target_logits.shape[-1]
@@ -326,8 +342,7 @@ def _buckets(ids: Tensor, lp_top: Tensor, lq: Tensor) -> tuple[Tensor, Tensor, T
     return lp_hat, lq_hat, lq_tail, q_live
 
 
-def _sparse_grad(kind: str, ids: Tensor, lp_top: Tensor, lq: Tensor, beta: float,
-                 temperature: float) -> Tensor:
+def _sparse_grad(kind: str, ids: Tensor, lp_top: Tensor, lq: Tensor, beta: float, temperature: float) -> Tensor:
     """dL/dz for bucketed L: j in the top-K gets (qG_k - q_j S)/T, j in the tail (q_j/q_tail qG_tail -
     q_j S)/T, S = sum_b qG_b; the tail bucket drops out while the draft's tail is below the floor (where
     the clamp has zero derivative)."""
@@ -346,8 +361,9 @@ def _sparse_grad(kind: str, ids: Tensor, lp_top: Tensor, lq: Tensor, beta: float
 
 class _SparseDivergence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, ids: Tensor, lp_top: Tensor, draft: Tensor, kind: str, beta: float,
-                temperature: float, chunk: int) -> Tensor:
+    def forward(
+        ctx, ids: Tensor, lp_top: Tensor, draft: Tensor, kind: str, beta: float, temperature: float, chunk: int
+    ) -> Tensor:
         n = draft.numel() // draft.shape[-1]
         dt = _dtype(draft)
         out = torch.empty(n, dtype=dt, device=draft.device)
@@ -377,22 +393,39 @@ class _SparseDivergence(torch.autograd.Function):
         return None, None, grad, None, None, None, None
 
 
-def sparse_divergence(kind: str, topk_ids: Tensor, topk_logprobs: Tensor, draft_logits: Tensor,
-                      temperature: float = 1.0, beta: float = 0.5, chunk_tokens: int | None = None) -> Tensor:
+def sparse_divergence(
+    kind: str,
+    topk_ids: Tensor,
+    topk_logprobs: Tensor,
+    draft_logits: Tensor,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    chunk_tokens: int | None = None,
+) -> Tensor:
     """Divergence `kind` between the target's cached top-K (+ tail) distribution and the draft's.
 
     `topk_ids` [..., K] int64 and `topk_logprobs` [..., K] are the target's top-K token ids and
     log-probabilities, already at the wanted temperature (as `topk_teacher` builds them); `draft_logits`
     [..., V] are divided by `temperature` here. The draft's distribution is collapsed onto the same K+1
     buckets: q at the K ids, and the draft's remaining mass. Tails are floored at TAIL_EPS. K = V gives
-    the exact divergence. Returns float32 [...] (float64 for float64 draft logits), differentiable w.r.t. `draft_logits`.
+    the exact divergence. Returns float32 [...] (float64 for float64 draft logits), differentiable w.r.t.
+    `draft_logits`.
     """
     kind = _check(kind, beta, temperature, chunk_tokens)
     lead, vocab = draft_logits.shape[:-1], draft_logits.shape[-1]
     if topk_ids.shape != topk_logprobs.shape or topk_ids.shape[:-1] != lead:
-        raise AdaspecError(f"cached top-k ids {tuple(topk_ids.shape)} / log-probs "
-                           f"{tuple(topk_logprobs.shape)} do not match draft logits {tuple(draft_logits.shape)}")
+        raise AdaspecError(
+            f"cached top-k ids {tuple(topk_ids.shape)} / log-probs "
+            f"{tuple(topk_logprobs.shape)} do not match draft logits {tuple(draft_logits.shape)}"
+        )
     if not 1 <= topk_ids.shape[-1] <= vocab:
         raise AdaspecError(f"cached top-k width {topk_ids.shape[-1]} must be in [1, vocab size {vocab}]")
-    return _SparseDivergence.apply(topk_ids.detach().long(), topk_logprobs.detach(), draft_logits, kind,
-                                   float(beta), float(temperature), _chunk_rows(chunk_tokens, vocab))
+    return _SparseDivergence.apply(
+        topk_ids.detach().long(),
+        topk_logprobs.detach(),
+        draft_logits,
+        kind,
+        float(beta),
+        float(temperature),
+        _chunk_rows(chunk_tokens, vocab),
+    )

@@ -116,12 +116,19 @@ def _pick(values: Tensor, k: float, mode: str, generator: torch.Generator | None
     values = torch.nan_to_num(values.float(), nan=float("-inf"))
     # one total order (Delta descending, ties by position) for both ends, so top and bottom complement
     order = torch.sort(values, descending=True, stable=True).indices
-    return order[:m] if mode == "top" else order[n - m:]
+    return order[:m] if mode == "top" else order[n - m :]
 
 
-def select_tokens(delta: Tensor, mask: Tensor, k: float, mode: str = "top", per_sequence: bool = False,
-                  generator: torch.Generator | None = None, group: int | None = None,
-                  soft_temperature: float = SOFT_TEMPERATURE) -> Tensor:
+def select_tokens(
+    delta: Tensor,
+    mask: Tensor,
+    k: float,
+    mode: str = "top",
+    per_sequence: bool = False,
+    generator: torch.Generator | None = None,
+    group: int | None = None,
+    soft_temperature: float = SOFT_TEMPERATURE,
+) -> Tensor:
     """Boolean tensor shaped like `mask`, True on the response tokens kept for the loss; for mode "soft"
     float32 weights instead (`soft_weights` per group, 0 off the response).
 
@@ -159,8 +166,14 @@ def select_tokens(delta: Tensor, mask: Tensor, k: float, mode: str = "top", per_
     return selected.view(mask.shape)
 
 
-def reduce_loss(per_token: Tensor, mask: Tensor, selected: Tensor, normalize: str = "response",
-                num_items: float | Tensor | None = None, num_selected: float | Tensor | None = None) -> Tensor:
+def reduce_loss(
+    per_token: Tensor,
+    mask: Tensor,
+    selected: Tensor,
+    normalize: str = "response",
+    num_items: float | Tensor | None = None,
+    num_selected: float | Tensor | None = None,
+) -> Tensor:
     """Scalar loss from per-token values: sum over selected tokens divided by the number of response
     tokens ("response", the official AdaSPEC normalisation) or by the number kept ("kept"). With no
     response tokens it is 0, still connected to the graph. Values at unselected positions never reach the
@@ -175,8 +188,10 @@ def reduce_loss(per_token: Tensor, mask: Tensor, selected: Tensor, normalize: st
     if normalize not in NORMALIZE:
         raise AdaspecError(f"unknown normalisation {normalize!r}; choose one of: {', '.join(NORMALIZE)}")
     if not per_token.shape == mask.shape == selected.shape:
-        raise AdaspecError(f"per-token values {tuple(per_token.shape)}, mask {tuple(mask.shape)} and "
-                           f"selection {tuple(selected.shape)} differ in shape")
+        raise AdaspecError(
+            f"per-token values {tuple(per_token.shape)}, mask {tuple(mask.shape)} and "
+            f"selection {tuple(selected.shape)} differ in shape"
+        )
     mask = mask.bool()
     zero = torch.zeros((), dtype=per_token.dtype, device=per_token.device)
     if selected.is_floating_point():
@@ -195,9 +210,17 @@ def reduce_loss(per_token: Tensor, mask: Tensor, selected: Tensor, normalize: st
     return total.sum() / count
 
 
-def delta_selection(draft_div: Tensor, ref_div: Tensor | None, mask: Tensor, k: float, mode: str = "top",
-                    per_sequence: bool = False, generator: torch.Generator | None = None,
-                    group: int | None = None, soft_temperature: float = SOFT_TEMPERATURE) -> Tensor:
+def delta_selection(
+    draft_div: Tensor,
+    ref_div: Tensor | None,
+    mask: Tensor,
+    k: float,
+    mode: str = "top",
+    per_sequence: bool = False,
+    generator: torch.Generator | None = None,
+    group: int | None = None,
+    soft_temperature: float = SOFT_TEMPERATURE,
+) -> Tensor:
     """The response tokens AdaSPEC trains on: `select_tokens` by Delta = draft_div - ref_div (no gradient),
     `group` and the soft mode's weights as there. The two divergences must be the same quantity (the Delta
     divergence, which may differ from the trained loss). `ref_div` may be None only for mode "all" (plain
@@ -210,8 +233,9 @@ def delta_selection(draft_div: Tensor, ref_div: Tensor | None, mask: Tensor, k: 
         if ref_div is None:
             raise AdaspecError(f"selection mode {mode!r} needs the reference model's per-token divergence")
         if ref_div.shape != draft_div.shape:
-            raise AdaspecError(f"draft {tuple(draft_div.shape)} and reference {tuple(ref_div.shape)} "
-                               f"divergences differ in shape")
+            raise AdaspecError(
+                f"draft {tuple(draft_div.shape)} and reference {tuple(ref_div.shape)} divergences differ in shape"
+            )
         with torch.no_grad():
             delta = draft_div.detach().float() - ref_div.detach().float()
     return select_tokens(delta, mask, k, mode, per_sequence, generator, group, soft_temperature)

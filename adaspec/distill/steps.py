@@ -16,8 +16,9 @@ from adaspec.distill.selection import delta_selection
 from adaspec.distill.teacher import TopK, divergence
 
 
-def step_divergences(kind: str, target_logits: Tensor | TopK, step_logits: list[Tensor], temperature: float = 1.0,
-                     beta: float = 0.5) -> list[Tensor]:
+def step_divergences(
+    kind: str, target_logits: Tensor | TopK, step_logits: list[Tensor], temperature: float = 1.0, beta: float = 0.5
+) -> list[Tensor]:
     """Per step j: the divergence [B, T-1-j] of step j's predictions from the target's (see the module doc).
 
     target_logits [B, T, V] are the target's logits at every position (or its cached top-K there,
@@ -28,7 +29,7 @@ def step_divergences(kind: str, target_logits: Tensor | TopK, step_logits: list[
         width = t - 1 - j
         if width <= 0:
             break
-        out.append(divergence(kind, target_logits[:, j:j + width], q[:, :width], temperature=temperature, beta=beta))
+        out.append(divergence(kind, target_logits[:, j : j + width], q[:, :width], temperature=temperature, beta=beta))
     return out
 
 
@@ -48,13 +49,20 @@ def place_by_predicted_token(values: list[Tensor], weights: list[float], width: 
         shift = first + j
         n = min(v.shape[1], width - shift)
         if n > 0:
-            out[:, shift:shift + n] = out[:, shift:shift + n] + w * v[:, :n]
+            out[:, shift : shift + n] = out[:, shift : shift + n] + w * v[:, :n]
     return out
 
 
-def multi_step_loss(divs: list[Tensor], response: Tensor, weights: list[float], k: float = 1.0,
-                    mode: str = "all", ref_divs: list[Tensor] | None = None, per_sequence: bool = False,
-                    generator: torch.Generator | None = None) -> tuple[Tensor, list[Tensor]]:
+def multi_step_loss(
+    divs: list[Tensor],
+    response: Tensor,
+    weights: list[float],
+    k: float = 1.0,
+    mode: str = "all",
+    ref_divs: list[Tensor] | None = None,
+    per_sequence: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, list[Tensor]]:
     """(per-token loss [B, T-1], kept mask per step): Σ_j w_j · L_j over step j's kept tokens, each placed at
     the shifted position of the token it predicts (t + j: where `response` marks that token), so the
     training loop's `reduce_loss` over the response mask keeps every scored prediction and divides the

@@ -27,7 +27,7 @@ class TopK:
     logprobs: Tensor
     sink: bool = False
 
-    def __getitem__(self, key: Any) -> "TopK":
+    def __getitem__(self, key: Any) -> TopK:
         return TopK(self.ids[key], self.logprobs[key], self.sink)
 
     @property
@@ -35,8 +35,9 @@ class TopK:
         return self.ids.shape
 
 
-def divergence(kind: str, teacher: Tensor | TopK, q_logits: Tensor, temperature: float = 1.0,
-               beta: float = 0.5) -> Tensor:
+def divergence(
+    kind: str, teacher: Tensor | TopK, q_logits: Tensor, temperature: float = 1.0, beta: float = 0.5
+) -> Tensor:
     """Per-token divergence `kind` of the drafter's logits from a teacher given as logits (exact,
     `losses.per_token_divergence`) or as a cached `TopK` (`losses.sparse_divergence`)."""
     if isinstance(teacher, Tensor):
@@ -57,17 +58,26 @@ class Teacher:
     `delta_divergence` (default: `divergence`) is the quantity AdaSPEC's Δ is measured in, for the draft and
     the reference alike; the draft trains on `divergence`."""
 
-    def __init__(self, divergence: str, temperature: float, beta: float, vocab: int,
-                 target: torch.nn.Module | None = None, ref: torch.nn.Module | None = None,
-                 cache: TeacherCache | None = None, delta_divergence: str | None = None):
+    def __init__(
+        self,
+        divergence: str,
+        temperature: float,
+        beta: float,
+        vocab: int,
+        target: torch.nn.Module | None = None,
+        ref: torch.nn.Module | None = None,
+        cache: TeacherCache | None = None,
+        delta_divergence: str | None = None,
+    ):
         if (target is None) == (cache is None):
             raise ValueError("a teacher needs exactly one of a live target and a cache")
         self.divergence, self.temperature, self.beta, self.vocab = divergence, temperature, beta, vocab
         self.delta_divergence = delta_divergence or divergence
         self.target, self.ref, self.cache = target, ref, cache
 
-    def divergences(self, q_logits: Tensor, batch: Batch, with_ref: bool
-                    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def divergences(
+        self, q_logits: Tensor, batch: Batch, with_ref: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """(the training loss L(p‖q) [B, T-1] with gradient to q_logits, and with `with_ref` the draft's and
         the reference's divergence in the Δ quantity, without gradient; else None, None)."""
         same = self.delta_divergence == self.divergence
@@ -75,8 +85,9 @@ class Teacher:
             c = self.cache.batch(batch["index"].tolist(), batch["input_ids"].shape[1], q_logits.device)
 
             def sparse(kind: str, logits: Tensor) -> Tensor:
-                return losses.sparse_divergence(kind, c["topk_ids"], c["topk_logprobs"], logits,
-                                                temperature=self.temperature, beta=self.beta)
+                return losses.sparse_divergence(
+                    kind, c["topk_ids"], c["topk_logprobs"], logits, temperature=self.temperature, beta=self.beta
+                )
 
             div = sparse(self.divergence, q_logits)
             if not with_ref:

@@ -13,13 +13,16 @@ from adaspec.drafters.medusa import MedusaDrafter
 from adaspec.drafters.mtp import MTPDrafter
 
 # every drafter family, one line each, in the order `adaspec build` trains them
-FAMILIES: dict[str, Family] = {f.name: f for f in (
-    lm.FAMILY,
-    eagle.FAMILY,
-    medusa.FAMILY,
-    mtp.FAMILY,
-    dflash.FAMILY,
-)}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        lm.FAMILY,
+        eagle.FAMILY,
+        medusa.FAMILY,
+        mtp.FAMILY,
+        dflash.FAMILY,
+    )
+}
 DRAFTERS: dict[str, type] = {name: family.drafter for name, family in FAMILIES.items()}
 HEADS = tuple(name for name, family in FAMILIES.items() if not family.is_draft_model)  # heads on the target
 
@@ -29,5 +32,16 @@ def drafter_family(drafter: Any) -> Family | None:
     return next((f for f in FAMILIES.values() if type(drafter) is f.drafter), None)
 
 
-__all__ = ["DFlashDrafter", "DRAFTERS", "Drafter", "EagleDrafter", "FAMILIES", "Family", "HEADS", "LMDrafter",
-           "MTPDrafter", "MedusaDrafter", "drafter_family"]
+__all__ = [
+    "DFlashDrafter",
+    "DRAFTERS",
+    "Drafter",
+    "EagleDrafter",
+    "FAMILIES",
+    "Family",
+    "HEADS",
+    "LMDrafter",
+    "MTPDrafter",
+    "MedusaDrafter",
+    "drafter_family",
+]

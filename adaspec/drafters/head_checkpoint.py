@@ -46,11 +46,15 @@ def config_from_entry(cls: type[C], entry: dict[str, Any], path: str | os.PathLi
     """`cls(**entry)` for a head config dataclass, with a missing or unknown field named in one line."""
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(entry) - set(fields))
-    missing = sorted(n for n, f in fields.items() if n not in entry and f.default is dataclasses.MISSING
-                     and f.default_factory is dataclasses.MISSING)
+    missing = sorted(
+        n
+        for n, f in fields.items()
+        if n not in entry and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
     if unknown or missing:
         parts = ([f"lacks {', '.join(missing)}"] if missing else []) + (
-            [f"has unknown fields {', '.join(unknown)}"] if unknown else [])
+            [f"has unknown fields {', '.join(unknown)}"] if unknown else []
+        )
         raise AdaspecError(f"{path}: the head config {' and '.join(parts)}")
     return cls(**entry)
 
@@ -80,14 +84,15 @@ def load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], path: str |
     missing = sorted(set(state) - set(tensors))
     unexpected = sorted(set(tensors) - set(state))
     if missing or unexpected:
-        parts = ([f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"] if missing else []) + \
-                ([f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}"]
-                 if unexpected else [])
+        parts = ([f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"] if missing else []) + (
+            [f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}"] if unexpected else []
+        )
         raise AdaspecError(f"{path} does not match its config: {'; '.join(parts)}")
     for name, value in tensors.items():
         if value.shape != state[name].shape:
-            raise AdaspecError(f"{path}: {name} has shape {tuple(value.shape)}, its config implies "
-                               f"{tuple(state[name].shape)}")
+            raise AdaspecError(
+                f"{path}: {name} has shape {tuple(value.shape)}, its config implies {tuple(state[name].shape)}"
+            )
     module.load_state_dict(tensors)
 
 
@@ -101,15 +106,21 @@ class SavedHead:
     CHECKPOINT_CONFIG: Any
     config: Any
 
-    def save_pretrained(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None,
-                        safe_serialization: bool = True) -> None:
+    def save_pretrained(
+        self,
+        path: str | os.PathLike,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        safe_serialization: bool = True,
+    ) -> None:
         from safetensors.torch import save_file
+
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({self.CHECKPOINT_KEY: self.config.to_dict()}, indent=1) + "\n")
         state = state_dict if state_dict is not None else self.state_dict()  # type: ignore[attr-defined]
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / WEIGHTS),
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / WEIGHTS), metadata={"format": "pt"}
+        )
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Any:

@@ -47,9 +47,18 @@ class LeanLayer:
     rows: `run(x, residual)` returns residual + attn(x), then + mlp(norm(.)), as the modules do.
     `qk_norms` (Qwen3's per-head q_norm and k_norm, applied before the rotation) when the attention has them."""
 
-    def __init__(self, attn: nn.Module, post_norm: nn.Module, mlp: nn.Module, heads: int, kv_heads: int,
-                 head_dim: int, theta: float, capacity: int = 256,
-                 qk_norms: tuple[nn.Module, nn.Module] | None = None):
+    def __init__(
+        self,
+        attn: nn.Module,
+        post_norm: nn.Module,
+        mlp: nn.Module,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        theta: float,
+        capacity: int = 256,
+        qk_norms: tuple[nn.Module, nn.Module] | None = None,
+    ):
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.qk_norms = qk_norms
         self.w_qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach().t().contiguous()
@@ -71,8 +80,9 @@ class LeanLayer:
         new = max(rows, 2 * cap)
         self.cache.grow(new, self.length)
         self.k, self.v = self.cache.keys[0], self.cache.values[0]  # [kv_heads, capacity, hd]
-        self.cos, self.sin, self.perm = rotary_tables(self.inv_freq, 1.0, new, self.head_dim, self.k.dtype,
-                                                      self.k.device)
+        self.cos, self.sin, self.perm = rotary_tables(
+            self.inv_freq, 1.0, new, self.head_dim, self.k.dtype, self.k.device
+        )
 
     def crop(self, length: int) -> None:
         self.length = min(self.length, length)
@@ -96,11 +106,17 @@ class LeanLayer:
         which its layers attend as keys and values only."""
         s, e = self.length, self.length + x.shape[0]
         self._reserve(e)
-        self._store(x @ self.w_qkv[:, self.heads * self.head_dim:], s, e, self.cos[s:e, None], self.sin[s:e, None])
+        self._store(x @ self.w_qkv[:, self.heads * self.head_dim :], s, e, self.cos[s:e, None], self.sin[s:e, None])
         self.length = e
 
-    def run(self, x: Tensor, residual: Tensor, positions: Tensor | None = None,
-            visible: Tensor | None = None, causal: bool = True) -> Tensor:
+    def run(
+        self,
+        x: Tensor,
+        residual: Tensor,
+        positions: Tensor | None = None,
+        visible: Tensor | None = None,
+        causal: bool = True,
+    ) -> Tensor:
         """x [T, in] (the attention input, normed), residual [T, H], appended after the cached rows.
 
         positions [T]: rotary positions (default: the rows' own, length..length+T-1); visible
@@ -119,7 +135,7 @@ class LeanLayer:
         if self.qk_norms is not None:
             q = rms_norm(q, self.qk_norms[0])
         q = rotate(q, self.perm, cos, sin)
-        self._store(qkv[:, h * d:], s, e, cos, sin)
+        self._store(qkv[:, h * d :], s, e, cos, sin)
         if visible is not None:
             mask = visible.to(x.device)
         elif t > 1 and causal:

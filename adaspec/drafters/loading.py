@@ -23,13 +23,21 @@ def saved_family(path: str | os.PathLike) -> Family:
         raise AdaspecError(f"{path} is not a head checkpoint (no readable config.json)") from exc
     found = [f for f in FAMILIES.values() if f.recognizes and isinstance(config, dict) and f.recognizes(config)]
     if not found:
-        raise AdaspecError(f"{path} holds no adaspec heads (its config.json names none of "
-                           f"{', '.join(f.name for f in FAMILIES.values() if f.recognizes)})")
+        raise AdaspecError(
+            f"{path} holds no adaspec heads (its config.json names none of "
+            f"{', '.join(f.name for f in FAMILIES.values() if f.recognizes)})"
+        )
     return found[0]
 
 
-def load_drafter(kind: str, path: str | os.PathLike, target: PreTrainedModel, vocab: int | None = None,
-                 strict: bool = False, tokenizer: PreTrainedTokenizerBase | None = None):
+def load_drafter(
+    kind: str,
+    path: str | os.PathLike,
+    target: PreTrainedModel,
+    vocab: int | None = None,
+    strict: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+):
     """The drafter of family `kind` (a name in FAMILIES) saved in `path`, fitted to `target`; a head is first
     checked to be of that family and against the target it was trained on (adaspec.drafters.target_record)."""
     if kind not in FAMILIES:

@@ -22,8 +22,14 @@ from adaspec.drafters.family import HeadForward
 from adaspec.errors import AdaspecError
 
 
-def depth_token_losses(depth_logits: list[Tensor], target_logits: Tensor | TopK, labels: Tensor, kind: str = "fkl",
-                       temperature: float = 1.0, beta: float = 0.5) -> list[tuple[Tensor, Tensor]]:
+def depth_token_losses(
+    depth_logits: list[Tensor],
+    target_logits: Tensor | TopK,
+    labels: Tensor,
+    kind: str = "fkl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+) -> list[tuple[Tensor, Tensor]]:
     """Per-token loss and mask of every depth, [B, T-k-1] each.
 
     Depth k at position i is judged on token i+k+1, which must be a training token (labels != -100, the
@@ -39,8 +45,9 @@ def depth_token_losses(depth_logits: list[Tensor], target_logits: Tensor | TopK,
     t = labels.shape[1]
     out = []
     for k, (logits, mask) in enumerate(zip(depth_logits, masks), start=1):
-        loss = nn.functional.cross_entropy(logits[:, : t - k - 1].float().transpose(1, 2),
-                                           labels[:, k + 1:].clamp_min(0), reduction="none")
+        loss = nn.functional.cross_entropy(
+            logits[:, : t - k - 1].float().transpose(1, 2), labels[:, k + 1 :].clamp_min(0), reduction="none"
+        )
         out.append((loss, mask))
     return out
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from adaspec.models.target import final_norm, fit_vocab
 from adaspec.models import output_vocab_size
+from adaspec.models.target import final_norm, fit_vocab
 
 
 @dataclass(frozen=True)
@@ -32,4 +32,3 @@ class TargetParts:
 def target_parts(model: PreTrainedModel, vocab: int | None = None) -> TargetParts:
     vocab = output_vocab_size(model) if vocab is None else vocab
     return TargetParts(model.get_input_embeddings(), final_norm(model), model.get_output_embeddings(), vocab)
-

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adaspec.models.target import config_dims
 from adaspec.errors import AdaspecError, warn
 from adaspec.io import atomic_write_json
+from adaspec.models.target import config_dims
 
 RECORD = "target.json"
 SHAPE_KEYS = ("architecture", "hidden_size", "num_layers", "vocab_size")
@@ -47,9 +47,13 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 def describe(target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, Any]:
     layers, hidden = config_dims(target.config)
-    out = {"architecture": type(target).__name__, "hidden_size": int(hidden), "num_layers": int(layers),
-           "vocab_size": int(target.get_output_embeddings().weight.shape[0]),
-           "weights": weights_sample_fingerprint(target)}
+    out = {
+        "architecture": type(target).__name__,
+        "hidden_size": int(hidden),
+        "num_layers": int(layers),
+        "vocab_size": int(target.get_output_embeddings().weight.shape[0]),
+        "weights": weights_sample_fingerprint(target),
+    }
     if tokenizer is not None:
         out["tokenizer"] = tokenizer_fingerprint(tokenizer)
     return out
@@ -59,8 +63,12 @@ def write_record(path: str | os.PathLike, target: PreTrainedModel, tokenizer: Pr
     atomic_write_json(Path(path) / RECORD, describe(target, tokenizer))
 
 
-def check_record(path: str | os.PathLike, target: PreTrainedModel, strict: bool = False,
-                 tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+def check_record(
+    path: str | os.PathLike,
+    target: PreTrainedModel,
+    strict: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> None:
     """Refuse a head trained for another target shape or tokenizer; warn (strict: refuse) on other weights."""
     file = Path(path) / RECORD
     if not file.is_file():
@@ -72,15 +80,20 @@ def check_record(path: str | os.PathLike, target: PreTrainedModel, strict: bool 
         raise AdaspecError(f"{file} is not readable JSON: {exc}") from exc
     here = describe(target, tokenizer)
     if tokenizer is not None and trained.get("tokenizer") not in (None, here["tokenizer"]):
-        raise AdaspecError(f"{path} was trained with another tokenizer than this target's (same vocabulary size, "
-                           f"other tokens)")
+        raise AdaspecError(
+            f"{path} was trained with another tokenizer than this target's (same vocabulary size, other tokens)"
+        )
     for key in SHAPE_KEYS:
         if trained.get(key) != here[key]:
-            raise AdaspecError(f"{path} was trained for a target with {key.replace('_', ' ')} {trained.get(key)}; "
-                               f"this target has {here[key]}")
+            raise AdaspecError(
+                f"{path} was trained for a target with {key.replace('_', ' ')} {trained.get(key)}; "
+                f"this target has {here[key]}"
+            )
     if trained.get("weights") != here["weights"]:
-        message = (f"{path} was trained on other weights of this target's shape (a fine-tuned copy can still use "
-                   f"it, at a lower acceptance)")
+        message = (
+            f"{path} was trained on other weights of this target's shape (a fine-tuned copy can still use "
+            f"it, at a lower acceptance)"
+        )
         if strict:
             raise AdaspecError(message + "; refused by --strict")
         warn(message + "; --strict refuses this")

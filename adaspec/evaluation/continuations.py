@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -27,17 +28,28 @@ def weights_fingerprint(model: PreTrainedModel) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_continuations(target: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int,
-                         eos_token_id: int | None, pad_token_id: int, cache_dir: str | os.PathLike | None,
-                         key_fields: dict[str, Any], log: Log | None = None
-                         ) -> tuple[acceptance.Continuations, dict[str, Any]]:
+def cached_continuations(
+    target: PreTrainedModel,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    pad_token_id: int,
+    cache_dir: str | os.PathLike | None,
+    key_fields: dict[str, Any],
+    log: Log | None = None,
+) -> tuple[acceptance.Continuations, dict[str, Any]]:
     """The target's greedy continuations of `prompts`, read from `cache_dir` when an entry matches.
 
     The key hashes `key_fields` (target fingerprint, task, split, n_prompts, max_new_tokens, max prompt
     length) and the prompt ids themselves, so a changed tokenizer or data file never reuses stale text.
     """
-    fields = dict(key_fields, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, format=CACHE_FORMAT,
-                  prompts_sha=hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16])
+    fields = dict(
+        key_fields,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_token_id,
+        format=CACHE_FORMAT,
+        prompts_sha=hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16],
+    )
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
     path = Path(cache_dir) / f"continuations-{key}.json" if cache_dir is not None else None
     if path is not None and path.is_file():

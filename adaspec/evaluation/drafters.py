@@ -22,37 +22,56 @@ import transformers
 from transformers import PreTrainedModel
 
 from adaspec import data
-from adaspec.decoding.generate import speculative_generate, target_only_generate
-from adaspec.models.lean import LeanLM, lean_supported
-from adaspec.models.target import Clock
+from adaspec.core.metrics import SpecStats
 from adaspec.decoding.drafter import Drafter
+from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.drafters.loading import load_drafter
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.speed import Run, forward_ms, timed_rounds
-from adaspec.core.metrics import SpecStats
 from adaspec.models import check_vocab_compatible, count_params, load_model, saved_tokenizer
+from adaspec.models.lean import LeanLM, lean_supported
+from adaspec.models.target import Clock
 
 BASELINE = "target"
 
 
-def build_runs(target: PreTrainedModel, drafters: dict[str, PreTrainedModel | Drafter], gamma: int,
-               temperature: float, max_new_tokens: int, eos: int | None, seed: int = 0) -> dict[str, Run]:
+def build_runs(
+    target: PreTrainedModel,
+    drafters: dict[str, PreTrainedModel | Drafter],
+    gamma: int,
+    temperature: float,
+    max_new_tokens: int,
+    eos: int | None,
+    seed: int = 0,
+) -> dict[str, Run]:
     """name -> function(ids) returning (output ids [1, n], SpecStats or None)."""
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        if temperature > 0
         else {"do_sample": False}
+    )
 
     def hf(ids: torch.Tensor, **kw: Any) -> tuple[torch.Tensor, None]:
-        out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                              eos_token_id=eos, pad_token_id=eos or 0, **sampling, **kw)
+        out = target.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=eos or 0,
+            **sampling,
+            **kw,
+        )
         return out, None
 
     def sd(drafter: PreTrainedModel | Drafter) -> Run:
-        return lambda ids: speculative_generate(target, drafter, ids, max_new_tokens, gamma=gamma,
-                                                temperature=temperature, eos_token_id=eos, seed=seed)
+        return lambda ids: speculative_generate(
+            target, drafter, ids, max_new_tokens, gamma=gamma, temperature=temperature, eos_token_id=eos, seed=seed
+        )
 
     runs: dict[str, Run] = {
-        BASELINE: lambda ids: target_only_generate(target, ids, max_new_tokens, eos_token_id=eos,
-                                                   temperature=temperature, seed=seed),
+        BASELINE: lambda ids: target_only_generate(
+            target, ids, max_new_tokens, eos_token_id=eos, temperature=temperature, seed=seed
+        ),
         "hf_generate": hf,
     }
     runs.update({f"sd_{name}": sd(d) for name, d in drafters.items()})
@@ -82,26 +101,41 @@ def rows(rounds: Any, names: list[str], verify_ratio: float) -> list[dict[str, A
     for name in names:
         tps = [n / t for n, t in zip(rounds.tokens[name], rounds.times[name])]
         row: dict[str, Any] = {
-            "method": name, "tokens_per_s": statistics.median(tps),
+            "method": name,
+            "tokens_per_s": statistics.median(tps),
             "vs_target": statistics.median(a / b for a, b in zip(tps, base_tps)),
-            "alpha": None, "alpha_drafted": None, "tau": None, "c": None, "verify_cost_ratio": None,
-            "predicted_speedup": None, "measured_over_predicted": None, "position_acceptance": None,
-            "outputs_differing": sum(a != b for a, b in zip(rounds.outputs[name], reference))}
+            "alpha": None,
+            "alpha_drafted": None,
+            "tau": None,
+            "c": None,
+            "verify_cost_ratio": None,
+            "predicted_speedup": None,
+            "measured_over_predicted": None,
+            "position_acceptance": None,
+            "outputs_differing": sum(a != b for a, b in zip(rounds.outputs[name], reference)),
+        }
         s: SpecStats = rounds.stats[name]
         if name.startswith("sd_") and s.steps:
             step_s = (s.draft_time_s + s.target_time_s) / s.steps
             predicted = s.tau * t1 / step_s if step_s > 0 else float("nan")
-            row.update(alpha=_rate(s.alpha), alpha_drafted=_rate(s.alpha_drafted), tau=_rate(s.tau), c=_rate(s.c),
-                       position_acceptance=[_rate(a) for a in s.position_acceptance],
-                       verify_cost_ratio=verify_ratio, predicted_speedup=_rate(predicted),
-                       measured_over_predicted=_rate(row["vs_target"] / predicted))
+            row.update(
+                alpha=_rate(s.alpha),
+                alpha_drafted=_rate(s.alpha_drafted),
+                tau=_rate(s.tau),
+                c=_rate(s.c),
+                position_acceptance=[_rate(a) for a in s.position_acceptance],
+                verify_cost_ratio=verify_ratio,
+                predicted_speedup=_rate(predicted),
+                measured_over_predicted=_rate(row["vs_target"] / predicted),
+            )
         out.append(row)
     return out
 
 
 @torch.inference_mode()
-def decode_forward_ms(model: PreTrainedModel, ids: torch.Tensor, sizes: tuple[int, ...], reps: int = 30
-                      ) -> dict[int, float]:
+def decode_forward_ms(
+    model: PreTrainedModel, ids: torch.Tensor, sizes: tuple[int, ...], reps: int = 30
+) -> dict[int, float]:
     """Median milliseconds of one cached forward of n tokens after the prompt `ids` [1, T], for each n in
     `sizes`, on the decode path the runs use (lean where supported, else transformers')."""
     if lean_supported(model) is not None:
@@ -130,9 +164,19 @@ def task_prompts(task: str, tokenizer: Any, n: int, room: int, device: torch.dev
     return [torch.tensor([data.encode_prompt(ex, tokenizer, room)], device=device) for ex in examples]
 
 
-def benchmark(target: PreTrainedModel, tokenizer: Any, drafters: dict[str, PreTrainedModel | Drafter],
-              tasks: list[str], n_prompts: int, max_new_tokens: int, gamma: int, temperatures: list[float],
-              repeats: int, context: int, seed: int = 0) -> dict[str, Any]:
+def benchmark(
+    target: PreTrainedModel,
+    tokenizer: Any,
+    drafters: dict[str, PreTrainedModel | Drafter],
+    tasks: list[str],
+    n_prompts: int,
+    max_new_tokens: int,
+    gamma: int,
+    temperatures: list[float],
+    repeats: int,
+    context: int,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Every method on every task's test prompts at every temperature; a JSON-ready result."""
     device = next(target.parameters()).device
     eos = tokenizer.eos_token_id
@@ -153,26 +197,42 @@ def benchmark(target: PreTrainedModel, tokenizer: Any, drafters: dict[str, PreTr
             rounds = timed_rounds(runs, names, prompts, repeats, device)
             for row in rows(rounds, names, verify_ratio):
                 all_rows.append({"prompts": f"{task}:test", "temperature": temperature, **row})
-    return {"target_params": count_params(target), "gamma": gamma, "n_prompts": n_prompts,
-            "max_new_tokens": max_new_tokens, "repeats": repeats, "context": context,
-            "verify_cost_ratio": verify_ratio, "decode_path": lean_supported(target) or "lean",
-            "threads": torch.get_num_threads(),
-            "device": str(device), "dtype": str(next(target.parameters()).dtype), "torch": torch.__version__, "transformers": transformers.__version__,
-            "machine": platform.processor() or platform.machine(),
-            "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)], "rows": all_rows}
+    return {
+        "target_params": count_params(target),
+        "gamma": gamma,
+        "n_prompts": n_prompts,
+        "max_new_tokens": max_new_tokens,
+        "repeats": repeats,
+        "context": context,
+        "verify_cost_ratio": verify_ratio,
+        "decode_path": lean_supported(target) or "lean",
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "dtype": str(next(target.parameters()).dtype),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "rows": all_rows,
+    }
 
 
 def format_rows(result: dict[str, Any]) -> str:
     """The terminal / README table of a result."""
+
     def f(x: Any, spec: str = ".2f") -> str:
         return "-" if x is None else format(x, spec)
 
-    lines = ["| prompts | T | method | tokens/s | vs target | α | τ | c | predicted | measured / predicted |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| prompts | T | method | tokens/s | vs target | α | τ | c | predicted | measured / predicted |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['prompts']} | {r['temperature']:g} | {r['method']} | {r['tokens_per_s']:.1f} | "
-                     f"{r['vs_target']:.2f}× | {f(r['alpha'])} | {f(r['tau'])} | {f(r['c'], '.3f')} | "
-                     f"{f(r['predicted_speedup'])} | {f(r['measured_over_predicted'])} |")
+        lines.append(
+            f"| {r['prompts']} | {r['temperature']:g} | {r['method']} | {r['tokens_per_s']:.1f} | "
+            f"{r['vs_target']:.2f}× | {f(r['alpha'])} | {f(r['tau'])} | {f(r['c'], '.3f')} | "
+            f"{f(r['predicted_speedup'])} | {f(r['measured_over_predicted'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -196,9 +256,14 @@ def named_sources(drafts: list[str], heads: list[str]) -> dict[str, tuple[str, s
     return sources
 
 
-def load_named_drafters(drafts: list[str], heads: list[str], target: PreTrainedModel, tokenizer: Any,
-                        device: torch.device, dtype: torch.dtype | None = None
-                        ) -> dict[str, PreTrainedModel | Drafter]:
+def load_named_drafters(
+    drafts: list[str],
+    heads: list[str],
+    target: PreTrainedModel,
+    tokenizer: Any,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+) -> dict[str, PreTrainedModel | Drafter]:
     """--draft NAME=DIR models (vocabulary checked against the target) and --head KIND[:NAME]=DIR drafters."""
     drafters: dict[str, PreTrainedModel | Drafter] = {}
     for name, (kind, path) in named_sources(drafts, heads).items():

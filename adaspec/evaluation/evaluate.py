@@ -32,24 +32,25 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import transformers
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
-from adaspec.decoding.generate import speculative_generate, target_only_generate
+from adaspec.core.metrics import SpecStats, theoretical_speedup
 from adaspec.core.sampling import check_sampling
-from adaspec.models.target import context_length
-from adaspec.decoding.drafter import Drafter
-from adaspec.errors import AdaspecError
 from adaspec.decoding import acceptance
+from adaspec.decoding.drafter import Drafter
+from adaspec.decoding.generate import speculative_generate, target_only_generate
+from adaspec.errors import AdaspecError
 from adaspec.evaluation import head_acceptance, quality, sandbox
 from adaspec.evaluation.continuations import cached_continuations, weights_fingerprint
-from adaspec.core.metrics import SpecStats, theoretical_speedup
 from adaspec.models import check_vocab_compatible, count_params
+from adaspec.models.target import context_length
 from adaspec.training.setup import validation_loss
 
 # context assumed for models whose config names none (the response-loss encoding needs a length)
@@ -104,9 +105,15 @@ class EvalSettings:
 
     def examples(self, limit: int) -> list[data_lib.Example]:
         """The first `limit` examples of the split of the task or of the user's data."""
-        return data_lib.load_examples(task=None if self.data else self.task, data_path=self.data,
-                                      split=self.split, prompt_field=self.prompt_field,
-                                      response_field=self.response_field, limit=limit, data_dir=self.data_dir)
+        return data_lib.load_examples(
+            task=None if self.data else self.task,
+            data_path=self.data,
+            split=self.split,
+            prompt_field=self.prompt_field,
+            response_field=self.response_field,
+            limit=limit,
+            data_dir=self.data_dir,
+        )
 
     def score(self, text: str, example: data_lib.Example) -> float:
         return math.nan if self.data is not None else quality.score(self.task, text, example)
@@ -129,13 +136,24 @@ class DraftResult:
 
     def to_json(self) -> dict[str, Any]:
         s = self.stats
-        return {"params": self.params, "response_loss": self.response_loss, "alpha": s.alpha,
-                "alpha_drafted": s.alpha_drafted, "tau": s.tau, "mean_gamma": s.mean_gamma,
-                "position_acceptance": s.position_acceptance, "c": s.c,
-                "measured_speedup": self.measured_speedup, "measured_speedup_pooled": self.measured_speedup_pooled,
-                "theoretical_speedup": self.theoretical_speedup, "tokens_per_s": self.tokens_per_s,
-                "same_as_target": self.same_as_target, "analytic": self.analytic, "stats": s.to_dict(),
-                "per_prompt": self.per_prompt}
+        return {
+            "params": self.params,
+            "response_loss": self.response_loss,
+            "alpha": s.alpha,
+            "alpha_drafted": s.alpha_drafted,
+            "tau": s.tau,
+            "mean_gamma": s.mean_gamma,
+            "position_acceptance": s.position_acceptance,
+            "c": s.c,
+            "measured_speedup": self.measured_speedup,
+            "measured_speedup_pooled": self.measured_speedup_pooled,
+            "theoretical_speedup": self.theoretical_speedup,
+            "tokens_per_s": self.tokens_per_s,
+            "same_as_target": self.same_as_target,
+            "analytic": self.analytic,
+            "stats": s.to_dict(),
+            "per_prompt": self.per_prompt,
+        }
 
 
 @dataclass
@@ -165,12 +183,26 @@ class EvalResult:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (undefined values become None): config, target, drafts."""
         s = self.settings
-        config = {"task": s.task, "data": s.data, "split": s.split, "n_prompts_requested": s.n_prompts,
-                  "gamma": s.gamma,
-                  "adaptive_gamma": s.adaptive_gamma, "temperature": s.temperature, "top_p": s.top_p,
-                  "max_new_tokens": s.max_new_tokens, "seed": s.seed, **self.facts}
-        return _clean({"config": config, "target": self.target.to_json(),
-                       "drafts": {n: d.to_json() for n, d in self.drafts.items()}})
+        config = {
+            "task": s.task,
+            "data": s.data,
+            "split": s.split,
+            "n_prompts_requested": s.n_prompts,
+            "gamma": s.gamma,
+            "adaptive_gamma": s.adaptive_gamma,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_new_tokens": s.max_new_tokens,
+            "seed": s.seed,
+            **self.facts,
+        }
+        return _clean(
+            {
+                "config": config,
+                "target": self.target.to_json(),
+                "drafts": {n: d.to_json() for n, d in self.drafts.items()},
+            }
+        )
 
 
 def _median(xs: list[float]) -> float:
@@ -194,8 +226,9 @@ def _context(settings: EvalSettings, models: list[PreTrainedModel]) -> int | Non
     contexts += [settings.context] if settings.context is not None else []
     context = min(contexts) if contexts else None
     if context is not None and context <= settings.max_new_tokens:
-        raise AdaspecError(f"max_new_tokens ({settings.max_new_tokens}) leaves no room for a prompt in the "
-                           f"{context}-position context")
+        raise AdaspecError(
+            f"max_new_tokens ({settings.max_new_tokens}) leaves no room for a prompt in the {context}-position context"
+        )
     return context
 
 
@@ -205,25 +238,51 @@ class _Decoder:
     def __init__(self, target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, s: EvalSettings):
         self.target, self.tokenizer, self.s = target, tokenizer, s
 
-    def spec(self, draft: PreTrainedModel | Drafter, ids: list[int], i: int, n_new: int) -> tuple[list[int], SpecStats, float]:
+    def spec(
+        self, draft: PreTrainedModel | Drafter, ids: list[int], i: int, n_new: int
+    ) -> tuple[list[int], SpecStats, float]:
         s, t0 = self.s, time.perf_counter()
-        seq, stats = speculative_generate(self.target, draft, torch.tensor([ids]), max_new_tokens=n_new,
-                                          gamma=s.gamma, temperature=s.temperature, top_p=s.top_p,
-                                          eos_token_id=self.tokenizer.eos_token_id, seed=s.seed + i,
-                                          adaptive_gamma=s.adaptive_gamma, gamma_max=s.gamma,
-                                          tokenizer=self.tokenizer, lean=s.lean)
-        return seq[0, len(ids):].tolist(), stats, time.perf_counter() - t0
+        seq, stats = speculative_generate(
+            self.target,
+            draft,
+            torch.tensor([ids]),
+            max_new_tokens=n_new,
+            gamma=s.gamma,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            eos_token_id=self.tokenizer.eos_token_id,
+            seed=s.seed + i,
+            adaptive_gamma=s.adaptive_gamma,
+            gamma_max=s.gamma,
+            tokenizer=self.tokenizer,
+            lean=s.lean,
+        )
+        return seq[0, len(ids) :].tolist(), stats, time.perf_counter() - t0
 
     def alone(self, ids: list[int], i: int, n_new: int) -> tuple[list[int], SpecStats, float]:
         s, t0 = self.s, time.perf_counter()
-        seq, stats = target_only_generate(self.target, torch.tensor([ids]), max_new_tokens=n_new,
-                                          eos_token_id=self.tokenizer.eos_token_id, temperature=s.temperature,
-                                          top_p=s.top_p, seed=s.seed + i, lean=s.lean)
-        return seq[0, len(ids):].tolist(), stats, time.perf_counter() - t0
+        seq, stats = target_only_generate(
+            self.target,
+            torch.tensor([ids]),
+            max_new_tokens=n_new,
+            eos_token_id=self.tokenizer.eos_token_id,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            seed=s.seed + i,
+            lean=s.lean,
+        )
+        return seq[0, len(ids) :].tolist(), stats, time.perf_counter() - t0
 
 
-def _draft_result(draft: PreTrainedModel | Drafter, stats: SpecStats, rows: list[dict], base_rows: list[dict],
-                  loss: float, analytic: dict, s: EvalSettings) -> DraftResult:
+def _draft_result(
+    draft: PreTrainedModel | Drafter,
+    stats: SpecStats,
+    rows: list[dict],
+    base_rows: list[dict],
+    loss: float,
+    analytic: dict,
+    s: EvalSettings,
+) -> DraftResult:
     base_time = sum(r["time_s"] for r in base_rows)
     base_tokens = sum(r["generated_tokens"] for r in base_rows)
     sd_time = sum(r["time_s"] for r in rows)
@@ -234,13 +293,19 @@ def _draft_result(draft: PreTrainedModel | Drafter, stats: SpecStats, rows: list
     if not any(math.isnan(x) for x in (stats.alpha, stats.c, s_gamma)):
         s_theory = theoretical_speedup(stats.alpha, s_gamma, stats.c)
     return DraftResult(
-        params=drafter_params(draft), response_loss=loss, stats=stats,
+        params=drafter_params(draft),
+        response_loss=loss,
+        stats=stats,
         measured_speedup=_median([r["speedup"] for r in rows]),
-        measured_speedup_pooled=((base_time / max(base_tokens, 1)) / (sd_time / max(sd_tokens, 1))
-                                 if sd_time > 0 else math.nan),
-        theoretical_speedup=s_theory, tokens_per_s=sd_tokens / sd_time if sd_time > 0 else math.nan,
-        same_as_target=sum(r["same_as_target"] for r in rows), analytic=analytic, per_prompt=rows)
-
+        measured_speedup_pooled=(
+            (base_time / max(base_tokens, 1)) / (sd_time / max(sd_tokens, 1)) if sd_time > 0 else math.nan
+        ),
+        theoretical_speedup=s_theory,
+        tokens_per_s=sd_tokens / sd_time if sd_time > 0 else math.nan,
+        same_as_target=sum(r["same_as_target"] for r in rows),
+        analytic=analytic,
+        per_prompt=rows,
+    )
 
 
 def _models(drafts: dict[str, PreTrainedModel | Drafter]) -> dict[str, PreTrainedModel]:
@@ -256,8 +321,9 @@ def drafter_params(draft: PreTrainedModel | Drafter) -> int:
     return sum(count_params(m) for m in modules)
 
 
-def _prompts(s: EvalSettings, tokenizer: PreTrainedTokenizerBase, models: list[PreTrainedModel]
-             ) -> tuple[int | None, int | None, list[data_lib.Example], list[list[int]], list[list[int]]]:
+def _prompts(
+    s: EvalSettings, tokenizer: PreTrainedTokenizerBase, models: list[PreTrainedModel]
+) -> tuple[int | None, int | None, list[data_lib.Example], list[list[int]], list[list[int]]]:
     """(context, longest prompt, examples, their full prompt ids, the ids cut to the longest prompt)."""
     context = _context(s, models)
     max_prompt = context - s.max_new_tokens if context is not None else None
@@ -266,17 +332,25 @@ def _prompts(s: EvalSettings, tokenizer: PreTrainedTokenizerBase, models: list[P
     return context, max_prompt, examples, full, [data_lib.encode_prompt(ex, tokenizer, max_prompt) for ex in examples]
 
 
-def prompt_ids(settings: EvalSettings, tokenizer: PreTrainedTokenizerBase, models: list[PreTrainedModel]
-               ) -> tuple[list[list[int]], int]:
+def prompt_ids(
+    settings: EvalSettings, tokenizer: PreTrainedTokenizerBase, models: list[PreTrainedModel]
+) -> tuple[list[list[int]], int]:
     """The prompts `evaluate` decodes (same examples, same cut) and the context they were cut to, so another
     engine measures exactly the same work."""
     context, _, _, _, prompts = _prompts(settings, tokenizer, models)
     return prompts, context or FALLBACK_CONTEXT
 
 
-def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel | Drafter], tokenizer: PreTrainedTokenizerBase,
-             settings: EvalSettings, *, cache_dir: str | os.PathLike | None = None,
-             target_fingerprint: str | None = None, log: Log | None = None) -> EvalResult:
+def evaluate(
+    target: PreTrainedModel,
+    drafts: dict[str, PreTrainedModel | Drafter],
+    tokenizer: PreTrainedTokenizerBase,
+    settings: EvalSettings,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    target_fingerprint: str | None = None,
+    log: Log | None = None,
+) -> EvalResult:
     """Evaluate each draft against `target` (see the module docstring); models already on one device,
     sharing `tokenizer`'s ids. A draft is a causal LM or any Drafter: a head (EAGLE, MTP, Medusa) gets its
     analytic α from its first proposal (adaspec.evaluation.head_acceptance) and no response loss (it is no
@@ -299,8 +373,10 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel | Drafte
 
     # ---- empirical: target-only and speculative runs, interleaved per prompt so drift hits both alike
     if log:
-        log(f"decoding {len(prompts)} prompts: target alone and with {len(drafts)} draft(s), gamma={s.gamma}, "
-            f"temperature={s.temperature}")
+        log(
+            f"decoding {len(prompts)} prompts: target alone and with {len(drafts)} draft(s), gamma={s.gamma}, "
+            f"temperature={s.temperature}"
+        )
     base_stats, base_rows = SpecStats(), []
     draft_stats = {n: SpecStats() for n in drafts}
     draft_rows: dict[str, list[dict[str, Any]]] = {n: [] for n in drafts}
@@ -308,26 +384,53 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel | Drafte
         out, stats, seconds = decoder.alone(ids, i, s.max_new_tokens)
         base_stats += stats
         text = tokenizer.decode(out, skip_special_tokens=True)
-        base_rows.append({"index": i, "prompt_tokens": len(ids), "prompt_truncated": len(full[i]) > len(ids),
-                          "generated_tokens": len(out), "time_s": seconds,
-                          "quality": s.score(text, ex), "text": text})
+        base_rows.append(
+            {
+                "index": i,
+                "prompt_tokens": len(ids),
+                "prompt_truncated": len(full[i]) > len(ids),
+                "generated_tokens": len(out),
+                "time_s": seconds,
+                "quality": s.score(text, ex),
+                "text": text,
+            }
+        )
         for name, draft in drafts.items():
             d_out, d_stats, d_seconds = decoder.spec(draft, ids, i, s.max_new_tokens)
             draft_stats[name] += d_stats
             per_token = d_seconds / max(len(d_out), 1)
-            draft_rows[name].append({
-                "index": i, "generated_tokens": len(d_out), "time_s": d_seconds,
-                "drafted": d_stats.drafted, "accepted": d_stats.accepted,
-                "speedup": (seconds / max(len(out), 1)) / per_token if per_token > 0 else math.nan,
-                "same_as_target": d_out == out})
+            draft_rows[name].append(
+                {
+                    "index": i,
+                    "generated_tokens": len(d_out),
+                    "time_s": d_seconds,
+                    "drafted": d_stats.drafted,
+                    "accepted": d_stats.accepted,
+                    "speedup": (seconds / max(len(out), 1)) / per_token if per_token > 0 else math.nan,
+                    "same_as_target": d_out == out,
+                }
+            )
 
     # ---- analytic α on the target's cached greedy continuations
     eos, pad = tokenizer.eos_token_id, data_lib.pad_id(tokenizer)
     fingerprint = target_fingerprint or (weights_fingerprint(target) if cache_dir is not None else None)
     conts, cache_info = cached_continuations(
-        target, prompts, s.max_new_tokens, eos, pad, cache_dir,
-        {"target": fingerprint, "task": s.task, "data": s.data, "split": s.split, "n_prompts": len(prompts),
-         "max_prompt_length": max_prompt}, log)
+        target,
+        prompts,
+        s.max_new_tokens,
+        eos,
+        pad,
+        cache_dir,
+        {
+            "target": fingerprint,
+            "task": s.task,
+            "data": s.data,
+            "split": s.split,
+            "n_prompts": len(prompts),
+            "max_prompt_length": max_prompt,
+        },
+        log,
+    )
     analytic_temperature = s.temperature if s.temperature > 0 else 1.0
     undefined = {"alpha_greedy": math.nan, "alpha_sampling": math.nan, "n_tokens": 0}
     analytic = {}
@@ -344,21 +447,40 @@ def evaluate(target: PreTrainedModel, drafts: dict[str, PreTrainedModel | Drafte
     base_time = sum(r["time_s"] for r in base_rows)
     base_tokens = sum(r["generated_tokens"] for r in base_rows)
     target_result = TargetResult(
-        fingerprint=fingerprint, params=count_params(target), response_loss=validation_loss(target, loss_items, pad),
-        quality_metric=s.quality_metric, quality=statistics.fmean(r["quality"] for r in base_rows),
+        fingerprint=fingerprint,
+        params=count_params(target),
+        response_loss=validation_loss(target, loss_items, pad),
+        quality_metric=s.quality_metric,
+        quality=statistics.fmean(r["quality"] for r in base_rows),
         tokens_per_s=base_tokens / base_time if base_time > 0 else math.nan,
         median_s_per_token=_median([r["time_s"] / max(r["generated_tokens"], 1) for r in base_rows]),
         continuations={**cache_info, "n_tokens": sum(len(q) for q in conts.sequences) - sum(conts.prompt_lengths)},
-        stats=base_stats, per_prompt=base_rows)
-    results = {name: _draft_result(draft, draft_stats[name], draft_rows[name], base_rows,
-                                   validation_loss(draft, loss_items, pad) if name in lms else math.nan,
-                                   analytic[name], s)
-               for name, draft in drafts.items()}
-    facts = {"n_prompts": len(prompts), "context": context, "max_prompt_length": max_prompt,
-             "prompts_truncated": sum(r["prompt_truncated"] for r in base_rows),
-             "loss_examples": len(loss_items), "loss_tokens": loss_tokens,
-             "device": str(next(target.parameters()).device), "torch": torch.__version__,
-             "transformers": transformers.__version__}
+        stats=base_stats,
+        per_prompt=base_rows,
+    )
+    results = {
+        name: _draft_result(
+            draft,
+            draft_stats[name],
+            draft_rows[name],
+            base_rows,
+            validation_loss(draft, loss_items, pad) if name in lms else math.nan,
+            analytic[name],
+            s,
+        )
+        for name, draft in drafts.items()
+    }
+    facts = {
+        "n_prompts": len(prompts),
+        "context": context,
+        "max_prompt_length": max_prompt,
+        "prompts_truncated": sum(r["prompt_truncated"] for r in base_rows),
+        "loss_examples": len(loss_items),
+        "loss_tokens": loss_tokens,
+        "device": str(next(target.parameters()).device),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
     if s.data is None and s.task == "mbpp":  # which protections the generated code ran under
         facts["sandbox"] = sandbox.isolation().as_dict()
     return EvalResult(s, target_result, results, facts)

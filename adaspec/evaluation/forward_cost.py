@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from adaspec.errors import AdaspecError
+from adaspec.models import build_model, count_params
 from adaspec.models.lean import LeanLM
 from adaspec.models.lean.ops import rotate
 from adaspec.models.target import CachedLM
-from adaspec.errors import AdaspecError
-from adaspec.models import build_model, count_params
 
 
 class CompiledNeoxStep:
@@ -44,14 +44,16 @@ class CompiledNeoxStep:
         H = x.shape[1]
         cos, sin = lm._cos.index_select(0, rows)[:, None], lm._sin.index_select(0, rows)[:, None]
         for i, w in enumerate(lm._layers):
-            qkv = F.linear(F.layer_norm(x, (H,), w.input_norm, w.input_norm_bias, w.input_eps), w.qkv,
-                           w.qkv_bias).view(T, lm.heads, 3, hd)
+            qkv = F.linear(F.layer_norm(x, (H,), w.input_norm, w.input_norm_bias, w.input_eps), w.qkv, w.qkv_bias).view(
+                T, lm.heads, 3, hd
+            )
             qk = rotate(qkv[:, :, :2].reshape(T, 2 * lm.heads, hd), lm._perm, cos, sin).view(T, lm.heads, 2, hd)
             keys, values = lm.cache.keys[i], lm.cache.values[i]
             keys.index_copy_(1, rows, qk[:, :, 1].transpose(0, 1))
             values.index_copy_(1, rows, qkv[:, :, 2].transpose(0, 1))
-            a = F.scaled_dot_product_attention(qk[:, :, 0].transpose(0, 1)[None], keys[None], values[None],
-                                               attn_mask=mask, scale=w.scale)
+            a = F.scaled_dot_product_attention(
+                qk[:, :, 0].transpose(0, 1)[None], keys[None], values[None], attn_mask=mask, scale=w.scale
+            )
             a = F.linear(a[0].transpose(0, 1).reshape(T, H), w.dense, w.dense_bias)
             if w.parallel:
                 x = w.mlp(F.layer_norm(x, (H,), w.post_norm, w.post_norm_bias, w.post_eps)) + a + x
@@ -78,17 +80,27 @@ class CompiledNeoxStep:
 
 def _clock(device: torch.device) -> Callable[[], float]:
     if device.type == "cuda":
+
         def now() -> float:
             torch.cuda.synchronize()
             return time.perf_counter()
+
         return now
     return time.perf_counter
 
 
 @torch.inference_mode()
-def measure_forward_cost(presets: Sequence[str], vocab: int = 2048, prefix: int = 128,
-                         sizes: Sequence[int] = (1, 4, 16), repeats: int = 60, warmup: int = 5,
-                         compiled: bool = False, device: str = "cpu", seed: int = 0) -> dict:
+def measure_forward_cost(
+    presets: Sequence[str],
+    vocab: int = 2048,
+    prefix: int = 128,
+    sizes: Sequence[int] = (1, 4, 16),
+    repeats: int = 60,
+    warmup: int = 5,
+    compiled: bool = False,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict:
     """Median ms of one cached forward of each size in `sizes` after `prefix` cached tokens, per preset
     and method (wall clock, and on CPU also this thread's CPU time); each method's ratio to HF and, for
     `compiled`, the compile time per size."""
@@ -98,8 +110,7 @@ def measure_forward_cost(presets: Sequence[str], vocab: int = 2048, prefix: int 
     for preset in presets:
         model = build_model(preset, vocab, seed=seed).to(dev)
         capacity = prefix + max(sizes)
-        methods = {"hf": CachedLM(model, vocab, preset),
-                   "lean": LeanLM(model, vocab, preset)}
+        methods = {"hf": CachedLM(model, vocab, preset), "lean": LeanLM(model, vocab, preset)}
         if compiled:
             torch._dynamo.reset()  # each preset compiles from scratch (and stays under the recompile limit)
             methods["compiled"] = CompiledNeoxStep(LeanLM(model, vocab, preset, max_length=capacity))
@@ -112,7 +123,7 @@ def measure_forward_cost(presets: Sequence[str], vocab: int = 2048, prefix: int 
             for n in sizes:  # the first call per shape compiles; timed on its own, not hidden in warm-up
                 methods["compiled"].crop(prefix)
                 t0 = now()
-                methods["compiled"].forward(ids[prefix:prefix + n], keep=n)
+                methods["compiled"].forward(ids[prefix : prefix + n], keep=n)
                 compile_s[str(n)] = now() - t0
         times: dict[str, dict[int, list[float]]] = {m: {n: [] for n in sizes} for m in methods}
         cpu: dict[str, dict[int, list[float]]] = {m: {n: [] for n in sizes} for m in methods}
@@ -124,7 +135,7 @@ def measure_forward_cost(presets: Sequence[str], vocab: int = 2048, prefix: int 
                     lm = methods[name]
                     lm.crop(prefix)
                     t0, c0 = now(), time.thread_time()
-                    lm.forward(ids[prefix:prefix + n], keep=n)
+                    lm.forward(ids[prefix : prefix + n], keep=n)
                     if r >= warmup:
                         times[name][n].append(now() - t0)
                         cpu[name][n].append(time.thread_time() - c0)
@@ -142,7 +153,7 @@ def measure_forward_cost(presets: Sequence[str], vocab: int = 2048, prefix: int 
             out[preset]["compile_s"] = compile_s
             ref, _ = LeanLM(model, vocab, preset).forward(ids[: prefix + 4], keep=4)
             methods["compiled"].crop(prefix)
-            got, _ = methods["compiled"].forward(ids[prefix:prefix + 4], keep=4)
+            got, _ = methods["compiled"].forward(ids[prefix : prefix + 4], keep=4)
             out[preset]["compiled_max_abs_diff"] = float((got - ref).abs().max())
     return out
 
@@ -166,7 +177,9 @@ def format_table(results: dict) -> str:
                 ratio = "   vs hf " + " ".join(f"{x:.2f}x" for x in ratios.values()) if ratios else ""
                 lines.append(f"{preset:18s} {r['params'] / 1e6:5.2f}M {clock:4s} {method:9s} {cells}{ratio}")
         if "compile_s" in r:
-            lines.append(f"{preset:18s} compile s per size: "
-                         + ", ".join(f"{n}: {s:.1f}" for n, s in r["compile_s"].items())
-                         + f"; max |logit diff| vs lean {r['compiled_max_abs_diff']:.2e}")
+            lines.append(
+                f"{preset:18s} compile s per size: "
+                + ", ".join(f"{n}: {s:.1f}" for n, s in r["compile_s"].items())
+                + f"; max |logit diff| vs lean {r['compiled_max_abs_diff']:.2e}"
+            )
     return "\n".join(lines)

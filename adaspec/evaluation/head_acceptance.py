@@ -17,16 +17,16 @@ and all it drafts at γ = 1) against the target's distribution for the same toke
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from adaspec.models.target import FINAL, features
+from adaspec.decoding.acceptance import Continuations, agreement_and_overlap
 from adaspec.drafters import drafter_family
 from adaspec.drafters.family import HeadForward
-from adaspec.decoding.acceptance import Continuations, agreement_and_overlap
+from adaspec.models.target import FINAL, features
 
 
 def _right_pad(seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
@@ -39,8 +39,7 @@ def _right_pad(seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
-def leading_correct(depth_logits: list[Tensor], ids: Tensor, lengths: list[int], prompt_lengths: list[int]
-                    ) -> Tensor:
+def leading_correct(depth_logits: list[Tensor], ids: Tensor, lengths: list[int], prompt_lengths: list[int]) -> Tensor:
     """Accepted length (0..D) of a step at every judged position, 1-D over the batch's step starts: positions
     i >= prompt_length - 2 whose D depths all predict tokens inside the sequence (i + D + 1 < length)."""
     d = len(depth_logits)
@@ -50,27 +49,35 @@ def leading_correct(depth_logits: list[Tensor], ids: Tensor, lengths: list[int],
         if last < first:
             continue
         positions = torch.arange(first, last + 1, device=ids.device)
-        ok = torch.stack([depth_logits[k - 1][b, positions].argmax(-1) == ids[b, positions + k + 1]
-                          for k in range(1, d + 1)])
+        ok = torch.stack(
+            [depth_logits[k - 1][b, positions].argmax(-1) == ids[b, positions + k + 1] for k in range(1, d + 1)]
+        )
         out.append(ok.long().cumprod(0).sum(0))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
-def _batches(target: PreTrainedModel, data: Continuations, layers: tuple[int, ...], batch_size: int
-             ) -> Iterator[tuple[Tensor, Tensor, Tensor, list[int], list[int]]]:
+def _batches(
+    target: PreTrainedModel, data: Continuations, layers: tuple[int, ...], batch_size: int
+) -> Iterator[tuple[Tensor, Tensor, Tensor, list[int], list[int]]]:
     """(target logits [B, T, V], the layers concatenated [B, T, layers * H], ids, lengths, prompt lengths) of
     right-padded batches of the continuations, one target forward each."""
     device = next(target.parameters()).device
     for s in range(0, len(data.sequences), batch_size):
-        seqs, plens = data.sequences[s:s + batch_size], data.prompt_lengths[s:s + batch_size]
+        seqs, plens = data.sequences[s : s + batch_size], data.prompt_lengths[s : s + batch_size]
         ids, mask = (x.to(device) for x in _right_pad(seqs))
         logits, hidden = features(target, {"input_ids": ids, "attention_mask": mask}, layers)
         yield logits, torch.cat(list(hidden), dim=-1), ids, [len(x) for x in seqs], list(plens)
 
 
 @torch.inference_mode()
-def head_acceptance(forward: HeadForward, target: PreTrainedModel, data: Continuations, depth: int,
-                    batch_size: int = 16, layers: tuple[int, ...] = (FINAL,)) -> dict[str, float]:
+def head_acceptance(
+    forward: HeadForward,
+    target: PreTrainedModel,
+    data: Continuations,
+    depth: int,
+    batch_size: int = 16,
+    layers: tuple[int, ...] = (FINAL,),
+) -> dict[str, float]:
     """accept_length: mean tokens a greedy step at γ = D accepts; alpha_depth{k}: acceptance of depth k
     given depths < k accepted (the per-position acceptance of SpecStats); n_steps judged."""
     lengths_all: list[Tensor] = []
@@ -95,8 +102,9 @@ def drafter_forward(drafter: object, depth: int = 1) -> tuple[tuple[int, ...], H
 
 
 @torch.inference_mode()
-def analytic_alpha(drafter: object, target: PreTrainedModel, data: Continuations, batch_size: int = 16,
-                   temperature: float = 1.0) -> dict[str, float] | None:
+def analytic_alpha(
+    drafter: object, target: PreTrainedModel, data: Continuations, batch_size: int = 16, temperature: float = 1.0
+) -> dict[str, float] | None:
     """A head's analytic α over the continuation positions of `data` (None when `drafter` is no head).
 
     Token j of a continuation is scored by the head's depth-1 proposal at position j-2 against the target's
@@ -114,12 +122,13 @@ def analytic_alpha(drafter: object, target: PreTrainedModel, data: Continuations
         q_all = forward(hidden, ids)[0]
         width = min(q_all.shape[1], logits.shape[1] - 1)
         i = torch.arange(width, device=ids.device)
-        score = (i[None] >= torch.tensor([p - 2 for p in plens], device=ids.device)[:, None]) & \
-                (i[None] <= torch.tensor([n_ - 3 for n_ in lengths], device=ids.device)[:, None])
+        score = (i[None] >= torch.tensor([p - 2 for p in plens], device=ids.device)[:, None]) & (
+            i[None] <= torch.tensor([n_ - 3 for n_ in lengths], device=ids.device)[:, None]
+        )
         if not score.any():
             continue
         q_logits = q_all[:, :width][score].float()
-        p_logits = logits[:, 1:width + 1, : q_logits.shape[-1]][score].float()
+        p_logits = logits[:, 1 : width + 1, : q_logits.shape[-1]][score].float()
         a, o = agreement_and_overlap(p_logits, q_logits, temperature)
         agree, overlap, n = agree + a, overlap + o, n + int(score.sum())
     if n == 0:

@@ -95,8 +95,9 @@ def overlap_f1(prediction: str, reference: str) -> float:
     return _f1(common, len(pred), len(ref))
 
 
-def mbpp_pass(code: str, test_list: list[str], test_setup_code: str = "", timeout: float = 5.0,
-              memory_mb: int = 1024) -> bool:
+def mbpp_pass(
+    code: str, test_list: list[str], test_setup_code: str = "", timeout: float = 5.0, memory_mb: int = 1024
+) -> bool:
     """Whether `code` passes every assert of `test_list`; never raises on bad code.
 
     The code runs in adaspec.evaluation.sandbox (its own namespaces, uid, limits and empty folder where the
@@ -104,8 +105,9 @@ def mbpp_pass(code: str, test_list: list[str], test_setup_code: str = "", timeou
     """
     if not test_list:
         raise AdaspecError("mbpp_pass needs at least one test")
-    return sandbox.run_candidate(code, test_list, setup=test_setup_code or "", timeout=timeout,
-                                 memory_mb=memory_mb).passed
+    return sandbox.run_candidate(
+        code, test_list, setup=test_setup_code or "", timeout=timeout, memory_mb=memory_mb
+    ).passed
 
 
 def score(task: str, generated_text: str, example: Any) -> float:

@@ -46,8 +46,7 @@ from adaspec.errors import AdaspecError
 
 _SUPERVISOR = Path(__file__).with_name("sandbox_supervisor.py")
 # --ipc: System V shared memory, semaphores and queues a candidate makes die with its namespace
-_UNSHARE = ["--net", "--pid", "--ipc", "--fork", "--kill-child", "--mount", "--mount-proc", "--propagation",
-            "private"]
+_UNSHARE = ["--net", "--pid", "--ipc", "--fork", "--kill-child", "--mount", "--mount-proc", "--propagation", "private"]
 _ALWAYS_HIDDEN = ["/etc", "/run", "/var/tmp", "/dev/shm", "/home", "/root", "/mnt", "/media", "/srv"]
 
 
@@ -77,9 +76,31 @@ class SandboxRefused(AdaspecError):
 
 
 _TRUE = object()  # the expected "value" of a bare `assert X`: X must be exactly True
-_EXPECTED_NAMES = {"sys": sys, "math": math, "__builtins__": {n: getattr(builtins, n) for n in (
-    "set", "frozenset", "tuple", "list", "dict", "abs", "round", "sorted", "len", "float", "int", "str", "range",
-    "min", "max", "sum")}}
+_EXPECTED_NAMES = {
+    "sys": sys,
+    "math": math,
+    "__builtins__": {
+        n: getattr(builtins, n)
+        for n in (
+            "set",
+            "frozenset",
+            "tuple",
+            "list",
+            "dict",
+            "abs",
+            "round",
+            "sorted",
+            "len",
+            "float",
+            "int",
+            "str",
+            "range",
+            "min",
+            "max",
+            "sum",
+        )
+    },
+}
 
 
 def split_tests(tests: list[str]) -> tuple[list[str], list[object]] | None:
@@ -98,8 +119,10 @@ def split_tests(tests: list[str]) -> tuple[list[str], list[object]] | None:
             e = node.test
             if isinstance(e, ast.Compare) and len(e.ops) == 1 and isinstance(e.ops[0], ast.Eq):
                 try:  # the dataset's expected value, evaluated here (trusted text, a restricted namespace)
-                    value = eval(compile(ast.Expression(e.comparators[0]), "<expected>", "eval"),  # noqa: S307
-                                 dict(_EXPECTED_NAMES))
+                    value = eval(
+                        compile(ast.Expression(e.comparators[0]), "<expected>", "eval"),  # noqa: S307
+                        dict(_EXPECTED_NAMES),
+                    )
                 except Exception:  # noqa: BLE001 -- it needs the candidate's names: judged as a bare assert
                     calls.append(ast.unparse(e))
                     expected.append(_TRUE)
@@ -119,7 +142,7 @@ def decode(value: object, depth: int = 0) -> object:
     if value is None or type(value) in (bool, int, str):
         return value
     if type(value) is dict and len(value) == 1:
-        (tag, body), = value.items()
+        ((tag, body),) = value.items()
         if tag == "f" and type(body) is str:
             return float(body)
         if tag == "c" and type(body) is list and len(body) == 2:
@@ -155,8 +178,16 @@ def _unshare_prefix() -> tuple[str, ...] | None:
     attempts.append([unshare, "--map-root-user", *_UNSHARE])
     for prefix in attempts:
         try:
-            ok = subprocess.run([*prefix, "true"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, timeout=10).returncode == 0
+            ok = (
+                subprocess.run(
+                    [*prefix, "true"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=10,
+                ).returncode
+                == 0
+            )
         except (OSError, subprocess.TimeoutExpired):
             ok = False
         if ok:
@@ -168,16 +199,27 @@ def isolation() -> Isolation:
     """The layers a candidate gets on this machine."""
     in_namespaces = _unshare_prefix() is not None
     root = os.geteuid() == 0
-    return Isolation(network_isolated=in_namespaces, processes_contained=in_namespaces,
-                     filesystem_isolated=in_namespaces, separate_uid=root)
+    return Isolation(
+        network_isolated=in_namespaces,
+        processes_contained=in_namespaces,
+        filesystem_isolated=in_namespaces,
+        separate_uid=root,
+    )
 
 
 def _hidden_folders() -> list[str]:
     return [*_ALWAYS_HIDDEN, os.path.expanduser("~"), os.getcwd(), tempfile.gettempdir()]
 
 
-def run_candidate(code: str, tests: list[str], setup: str = "", timeout: float = 5.0, memory_mb: int = 1024,
-                  file_mb: int = 16, forbid_processes: bool = True) -> RunResult:
+def run_candidate(
+    code: str,
+    tests: list[str],
+    setup: str = "",
+    timeout: float = 5.0,
+    memory_mb: int = 1024,
+    file_mb: int = 16,
+    forbid_processes: bool = True,
+) -> RunResult:
     """Run `code`, then `setup`, then each of `tests` in the sandbox; never raises on bad code.
 
     `forbid_processes=False` exists only to test that leftover processes are killed.
@@ -190,17 +232,32 @@ def run_candidate(code: str, tests: list[str], setup: str = "", timeout: float =
     prefix = list(_unshare_prefix() or ())
     token = secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="adaspec_sandbox_") as workdir:
-        request = {"code": code, "setup": setup, "calls": calls, "workdir": workdir,
-                   "hide": _hidden_folders(), "timeout": timeout, "cpu_seconds": max(1, int(timeout) + 1),
-                   "memory_bytes": memory_mb * 2**20, "file_bytes": file_mb * 2**20,
-                   "forbid_processes": forbid_processes, "drop_uid": iso.separate_uid,
-                   "namespaces": iso.network_isolated}
+        request = {
+            "code": code,
+            "setup": setup,
+            "calls": calls,
+            "workdir": workdir,
+            "hide": _hidden_folders(),
+            "timeout": timeout,
+            "cpu_seconds": max(1, int(timeout) + 1),
+            "memory_bytes": memory_mb * 2**20,
+            "file_bytes": file_mb * 2**20,
+            "forbid_processes": forbid_processes,
+            "drop_uid": iso.separate_uid,
+            "namespaces": iso.network_isolated,
+        }
         payload = json.dumps(request).encode()
         message = len(payload).to_bytes(8, "big") + payload + token.encode() + b"\n"
         try:
-            proc = subprocess.Popen([*prefix, sys.executable, "-I", "-S", str(_SUPERVISOR)], cwd=workdir,
-                                    env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                [*prefix, sys.executable, "-I", "-S", str(_SUPERVISOR)],
+                cwd=workdir,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except OSError:
             return RunResult(False, None, False, iso)
         try:
@@ -222,8 +279,12 @@ def _verdict(out: bytes, token: str, expected: list[object], iso: Isolation) -> 
         raise SandboxRefused(f"an MBPP candidate was not run: {report['refused']}")
     exit_code = report.get("exit")
     finished = type(sent) is list and len(sent) == len(expected)
-    passed = (secrets.compare_digest(str(report.get("token", "")), token) and exit_code == 0 and finished
-              and all(_matches(s, e) for s, e in zip(sent, expected)))
+    passed = (
+        secrets.compare_digest(str(report.get("token", "")), token)
+        and exit_code == 0
+        and finished
+        and all(_matches(s, e) for s, e in zip(sent, expected))
+    )
     return RunResult(passed, exit_code, finished, iso)
 
 

@@ -23,19 +23,56 @@ import sys
 import time
 
 # Imported before the privileges are dropped: the interpreter's library may not be readable by `nobody`.
-PRELOAD = ("array", "bisect", "cmath", "collections", "copy", "datetime", "decimal", "fractions", "functools",
-           "encodings.idna", "heapq", "importlib", "itertools", "json", "math", "operator", "random", "re", "socket",
-           "statistics", "string", "struct", "subprocess", "typing")
+PRELOAD = (
+    "array",
+    "bisect",
+    "cmath",
+    "collections",
+    "copy",
+    "datetime",
+    "decimal",
+    "fractions",
+    "functools",
+    "encodings.idna",
+    "heapq",
+    "importlib",
+    "itertools",
+    "json",
+    "math",
+    "operator",
+    "random",
+    "re",
+    "socket",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "typing",
+)
 NOBODY = 65534
 _KEYCTL = {"x86_64": 250, "aarch64": 219}.get(platform.machine())  # the keyctl syscall's number
 _JOIN_SESSION_KEYRING, _CLEAR = 1, 7
 _USER_KEYRING, _USER_SESSION_KEYRING = -4, -5
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_NOATIME, _MS_NODIRATIME, _MS_BIND = \
-    1, 2, 4, 8, 32, 1024, 2048, 4096
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_NOATIME, _MS_NODIRATIME, _MS_BIND = (
+    1,
+    2,
+    4,
+    8,
+    32,
+    1024,
+    2048,
+    4096,
+)
 _MS_RELATIME = 1 << 21
 # per-mount options that a read-only bind remount must repeat (dropping a locked one is refused)
-_KEEP = {"nosuid": _MS_NOSUID, "nodev": _MS_NODEV, "noexec": _MS_NOEXEC, "noatime": _MS_NOATIME,
-         "nodiratime": _MS_NODIRATIME, "relatime": _MS_RELATIME}
+_KEEP = {
+    "nosuid": _MS_NOSUID,
+    "nodev": _MS_NODEV,
+    "noexec": _MS_NOEXEC,
+    "noatime": _MS_NOATIME,
+    "nodiratime": _MS_NODIRATIME,
+    "relatime": _MS_RELATIME,
+}
 _WRITABLE = ("/tmp", "/dev", "/proc")  # the candidate's own tmpfs; device nodes and procfs keep their own rules
 _CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
 
@@ -131,9 +168,12 @@ def _clear_keyrings_of(uid: int) -> None:
 
 def _limit(request: dict) -> None:
     cpu = request["cpu_seconds"]
-    for limit, soft, hard in ((resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_CORE, 0, 0),
-                              (resource.RLIMIT_AS, request["memory_bytes"], request["memory_bytes"]),
-                              (resource.RLIMIT_FSIZE, request["file_bytes"], request["file_bytes"])):
+    for limit, soft, hard in (
+        (resource.RLIMIT_CPU, cpu, cpu + 1),
+        (resource.RLIMIT_CORE, 0, 0),
+        (resource.RLIMIT_AS, request["memory_bytes"], request["memory_bytes"]),
+        (resource.RLIMIT_FSIZE, request["file_bytes"], request["file_bytes"]),
+    ):
         resource.setrlimit(limit, (soft, hard))
     if request["forbid_processes"]:
         # set after setuid, so exec still works; 0 means any fork or thread of this uid fails
@@ -193,7 +233,7 @@ def _candidate(request: dict, workdir: str, done_w: int) -> None:
                 values.append({"error": 1})
         data = dumps(values).encode()
         while data:
-            data = data[write(done_w, data):]
+            data = data[write(done_w, data) :]
         status = 0
     except BaseException:  # noqa: BLE001 -- any failure of untrusted code is a fail, never a crash here
         status = 1

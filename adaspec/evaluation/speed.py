@@ -16,19 +16,19 @@ import io
 import platform
 import pstats
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import transformers
 from transformers import DynamicCache
 
 from adaspec import data
-from adaspec.decoding.generate import speculative_generate, target_only_generate
-from adaspec.models.target import Clock, cache_kwarg
-from adaspec.errors import AdaspecError
 from adaspec.core.metrics import SpecStats
+from adaspec.decoding.generate import speculative_generate, target_only_generate
+from adaspec.errors import AdaspecError
 from adaspec.models import check_vocab_compatible, count_params, load_model, load_tokenizer, saved_tokenizer
+from adaspec.models.target import Clock, cache_kwarg
 
 
 def load_prompts(tokenizer, room: int, task: str, prompts_file: str | None, n_prompts: int) -> list[torch.Tensor]:
@@ -54,18 +54,24 @@ def method_runs(target, draft, gamma: int, gamma_max: int, max_new_tokens: int, 
     draft.generation_config.assistant_confidence_threshold = 0.0
 
     def hf(ids, **kw):
-        out = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                              max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos or 0, **kw)
+        out = target.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=eos or 0,
+            **kw,
+        )
         return out, None
 
     return {
         "target_only": lambda ids: target_only_generate(target, ids, max_new_tokens, eos_token_id=eos),
         "hf_target": lambda ids: hf(ids),
-        "sd": lambda ids: speculative_generate(target, draft, ids, max_new_tokens, gamma=gamma,
-                                               eos_token_id=eos),
-        "sd_adaptive": lambda ids: speculative_generate(target, draft, ids, max_new_tokens, gamma=gamma,
-                                                        eos_token_id=eos, adaptive_gamma=True,
-                                                        gamma_max=gamma_max),
+        "sd": lambda ids: speculative_generate(target, draft, ids, max_new_tokens, gamma=gamma, eos_token_id=eos),
+        "sd_adaptive": lambda ids: speculative_generate(
+            target, draft, ids, max_new_tokens, gamma=gamma, eos_token_id=eos, adaptive_gamma=True, gamma_max=gamma_max
+        ),
         "hf_assisted": lambda ids: hf(ids, assistant_model=draft),
     }
 
@@ -89,9 +95,11 @@ def forward_ms(model: torch.nn.Module, ids: torch.Tensor, n: int, reps: int = 30
 
 def forward_costs(target, draft, ids: torch.Tensor, gamma: int, reps: int = 30) -> dict[str, float]:
     """Milliseconds of one cached forward: target on 1 and on γ+1 tokens, draft on 1 token."""
-    return {"target_1_ms": forward_ms(target, ids, 1, reps),
-            f"target_{gamma + 1}_ms": forward_ms(target, ids, gamma + 1, reps),
-            "draft_1_ms": forward_ms(draft, ids, 1, reps)}
+    return {
+        "target_1_ms": forward_ms(target, ids, 1, reps),
+        f"target_{gamma + 1}_ms": forward_ms(target, ids, gamma + 1, reps),
+        "draft_1_ms": forward_ms(draft, ids, 1, reps),
+    }
 
 
 @dataclass
@@ -107,24 +115,31 @@ class Rounds:
 Run = Callable[[torch.Tensor], tuple[torch.Tensor, "SpecStats | None"]]
 
 
-def timed_rounds(runs: dict[str, Run], names: list[str], prompts: list[torch.Tensor], repeats: int,
-                 device: torch.device, log: Callable[[str], None] | None = None) -> Rounds:
+def timed_rounds(
+    runs: dict[str, Run],
+    names: list[str],
+    prompts: list[torch.Tensor],
+    repeats: int,
+    device: torch.device,
+    log: Callable[[str], None] | None = None,
+) -> Rounds:
     """Every method on every prompt, `repeats` times, the methods in a rotating order each repeat so drift
     and cache effects hit all alike; one untimed warm-up call each first (allocator, lazy init)."""
     for name in names:
         runs[name](prompts[0][:, :8])
     clock = Clock(device)
-    rounds = Rounds({n: [] for n in names}, {n: [] for n in names}, {n: SpecStats() for n in names},
-                    {n: [] for n in names})
+    rounds = Rounds(
+        {n: [] for n in names}, {n: [] for n in names}, {n: SpecStats() for n in names}, {n: [] for n in names}
+    )
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         total_t, total_n = {n: 0.0 for n in names}, {n: 0 for n in names}
         for ids in prompts:
             for name in order:
                 t0 = clock()
                 out, st = runs[name](ids)
                 total_t[name] += clock() - t0
-                generated = out[0, ids.shape[1]:].tolist()
+                generated = out[0, ids.shape[1] :].tolist()
                 total_n[name] += len(generated)
                 if st is not None:
                     rounds.stats[name] = rounds.stats[name] + st
@@ -133,8 +148,9 @@ def timed_rounds(runs: dict[str, Run], names: list[str], prompts: list[torch.Ten
         for name in names:
             rounds.times[name].append(total_t[name])
             rounds.tokens[name].append(total_n[name])
-        (log or (lambda m: print(m, flush=True)))(f"repeat {r + 1}/{repeats}: " + ", ".join(
-            f"{n} {total_n[n] / total_t[n]:.1f} tok/s" for n in names))
+        (log or (lambda m: print(m, flush=True)))(
+            f"repeat {r + 1}/{repeats}: " + ", ".join(f"{n} {total_n[n] / total_t[n]:.1f} tok/s" for n in names)
+        )
     return rounds
 
 
@@ -158,29 +174,63 @@ def method_results(rounds: Rounds, names: list[str]) -> dict[str, dict]:
     results = {}
     for name in names:
         tps = [n / t for n, t in zip(tokens[name], times[name])]
-        ratios = [tp / base for tp, base in zip(tps, (n / t for n, t in zip(tokens["target_only"],
-                                                                          times["target_only"])))]
+        ratios = [
+            tp / base for tp, base in zip(tps, (n / t for n, t in zip(tokens["target_only"], times["target_only"])))
+        ]
         mismatches = [i for i, (a, b) in enumerate(zip(outputs[name], reference)) if a != b]
-        entry = {"tokens_per_s": statistics.median(tps), "tokens_per_s_repeats": tps,
-                 "speedup_vs_target_only": statistics.median(ratios), "tokens": tokens[name][0],
-                 "mismatched_prompts": mismatches}
+        entry = {
+            "tokens_per_s": statistics.median(tps),
+            "tokens_per_s_repeats": tps,
+            "speedup_vs_target_only": statistics.median(ratios),
+            "tokens": tokens[name][0],
+            "mismatched_prompts": mismatches,
+        }
         s = stats[name]
         if name.startswith("sd"):
-            entry.update({k: s.to_dict()[k] for k in (
-                "alpha", "alpha_drafted", "tau", "mean_gamma", "c", "theoretical_speedup", "speedup_from_tau",
-                "accept_hist", "gamma_hist", "position_acceptance")})
-            split = {"draft": s.draft_time_s, "target": s.target_time_s,
-                     "other": s.decode_time_s - s.draft_time_s - s.target_time_s}
+            entry.update(
+                {
+                    k: s.to_dict()[k]
+                    for k in (
+                        "alpha",
+                        "alpha_drafted",
+                        "tau",
+                        "mean_gamma",
+                        "c",
+                        "theoretical_speedup",
+                        "speedup_from_tau",
+                        "accept_hist",
+                        "gamma_hist",
+                        "position_acceptance",
+                    )
+                }
+            )
+            split = {
+                "draft": s.draft_time_s,
+                "target": s.target_time_s,
+                "other": s.decode_time_s - s.draft_time_s - s.target_time_s,
+            }
             entry["time_split"] = {k: round(v / s.decode_time_s, 3) for k, v in split.items()}
             entry["measured_over_S"] = entry["speedup_vs_target_only"] / s.theoretical_speedup
         results[name] = entry
     return results
 
 
-def decode_benchmark(target_dir: str, draft_dir: str, prompts_task: str = "gsm8k", prompts_file: str | None = None,
-                     n_prompts: int = 20, max_new_tokens: int = 128, context: int | None = None, gamma: int = 3,
-                     gamma_max: int = 8, repeats: int = 3, ignore_eos: bool = False,
-                     methods: list[str] | None = None, device: str | None = None, profile: bool = False) -> dict:
+def decode_benchmark(
+    target_dir: str,
+    draft_dir: str,
+    prompts_task: str = "gsm8k",
+    prompts_file: str | None = None,
+    n_prompts: int = 20,
+    max_new_tokens: int = 128,
+    context: int | None = None,
+    gamma: int = 3,
+    gamma_max: int = 8,
+    repeats: int = 3,
+    ignore_eos: bool = False,
+    methods: list[str] | None = None,
+    device: str | None = None,
+    profile: bool = False,
+) -> dict:
     """Every method (`methods`, default all; target_only always) on the same prompts; the JSON-ready report:
     per method tokens/s, its ratio to target_only and the prompts whose output differs from target_only's,
     for the speculative ones α, τ, c, S and where the decode time went; the measured forward costs and the
@@ -198,8 +248,9 @@ def decode_benchmark(target_dir: str, draft_dir: str, prompts_task: str = "gsm8k
     context = min(limit, context or limit)
     if context <= max_new_tokens:
         raise AdaspecError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in {context} positions")
-    prompts = [ids.to(dev) for ids in load_prompts(tokenizer, context - max_new_tokens, prompts_task, prompts_file,
-                                                   n_prompts)]
+    prompts = [
+        ids.to(dev) for ids in load_prompts(tokenizer, context - max_new_tokens, prompts_task, prompts_file, n_prompts)
+    ]
     runs = method_runs(target, draft, gamma, gamma_max, max_new_tokens, eos)
     names = list(methods or runs)
     if "target_only" not in names:
@@ -215,14 +266,25 @@ def decode_benchmark(target_dir: str, draft_dir: str, prompts_task: str = "gsm8k
         step_ms = s.mean_gamma * costs["draft_1_ms"] + costs[f"target_{gamma + 1}_ms"]
         results["sd"]["predicted_from_forward_ms"] = s.tau * costs["target_1_ms"] / step_ms
     report = {
-        "config": {"target": target_dir, "draft": draft_dir, "target_params": count_params(target),
-                   "draft_params": count_params(draft), "device": str(dev), "threads": torch.get_num_threads(),
-                   "n_prompts": len(prompts), "max_new_tokens": max_new_tokens, "context": context,
-                   "gamma": gamma,
-                   "gamma_max": gamma_max, "repeats": repeats, "stop_at_eos": eos is not None,
-                   "prompts": prompts_file or f"{prompts_task}:test",
-                   "torch": torch.__version__, "transformers": transformers.__version__,
-                   "machine": platform.processor() or platform.machine()},
+        "config": {
+            "target": target_dir,
+            "draft": draft_dir,
+            "target_params": count_params(target),
+            "draft_params": count_params(draft),
+            "device": str(dev),
+            "threads": torch.get_num_threads(),
+            "n_prompts": len(prompts),
+            "max_new_tokens": max_new_tokens,
+            "context": context,
+            "gamma": gamma,
+            "gamma_max": gamma_max,
+            "repeats": repeats,
+            "stop_at_eos": eos is not None,
+            "prompts": prompts_file or f"{prompts_task}:test",
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "machine": platform.processor() or platform.machine(),
+        },
         "forward_ms": costs,
         "methods": results,
     }
@@ -237,13 +299,17 @@ def format_report(report: dict) -> str:
     lines = [f"\n{'method':<13}{'tok/s':>8}{'vs target':>11}{'alpha':>7}{'tau':>6}{'c':>7}{'S':>6}{'mismatch':>10}"]
     for name, e in results.items():
         f = lambda k, spec=".2f": format(e[k], spec) if e.get(k) is not None else "-"  # noqa: E731
-        lines.append(f"{name:<13}{e['tokens_per_s']:>8.1f}{e['speedup_vs_target_only']:>10.2f}x{f('alpha'):>7}"
-                     f"{f('tau'):>6}{f('c', '.3f'):>7}{f('theoretical_speedup'):>6}{len(e['mismatched_prompts']):>10}")
+        lines.append(
+            f"{name:<13}{e['tokens_per_s']:>8.1f}{e['speedup_vs_target_only']:>10.2f}x{f('alpha'):>7}"
+            f"{f('tau'):>6}{f('c', '.3f'):>7}{f('theoretical_speedup'):>6}{len(e['mismatched_prompts']):>10}"
+        )
     lines.append("forward ms: " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
     if "sd" in results:
         sd = results["sd"]
-        lines.append(f"sd: measured/S = {sd['measured_over_S']:.2f}; predicted from forward costs "
-                     f"{sd['predicted_from_forward_ms']:.2f}x; time split {sd['time_split']}")
+        lines.append(
+            f"sd: measured/S = {sd['measured_over_S']:.2f}; predicted from forward costs "
+            f"{sd['predicted_from_forward_ms']:.2f}x; time split {sd['time_split']}"
+        )
         if "speedup_vs_hf_assisted" in sd:
             lines.append(f"sd vs hf_assisted: {sd['speedup_vs_hf_assisted']:.2f}x")
     return "\n".join(lines)

@@ -21,10 +21,22 @@ from adaspec.errors import warn
 VLLM_VERSION = "0.32.0"
 SERVABLE_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 # model_type of the target families whose vLLM model exposes auxiliary hidden states (SupportsEagle3)
-AUX_HIDDEN_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "granite", "minicpm", "gpt_oss",
-                       "deepseek_v2", "deepseek_v3")
-MTP_REASON = ("vLLM serves MTP drafters only for targets trained with their own MTP layers (DeepSeek-V3, MiMo, "
-              "Qwen3-Next, ...); adaspec's MTP modules have no vLLM model")
+AUX_HIDDEN_FAMILIES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "granite",
+    "minicpm",
+    "gpt_oss",
+    "deepseek_v2",
+    "deepseek_v3",
+)
+MTP_REASON = (
+    "vLLM serves MTP drafters only for targets trained with their own MTP layers (DeepSeek-V3, MiMo, "
+    "Qwen3-Next, ...); adaspec's MTP modules have no vLLM model"
+)
 
 
 def _get(config: Any, *names: str) -> Any:
@@ -49,8 +61,10 @@ def head_size_problem(config: Any) -> str | None:
     size = head_size(config)
     if size is None or size in SERVABLE_HEAD_SIZES:
         return None
-    return (f"head size {size} is not one vLLM's attention takes ({', '.join(map(str, SERVABLE_HEAD_SIZES))}); "
-            f"choose hidden size / heads from that set")
+    return (
+        f"head size {size} is not one vLLM's attention takes ({', '.join(map(str, SERVABLE_HEAD_SIZES))}); "
+        f"choose hidden size / heads from that set"
+    )
 
 
 def aux_hidden_problem(target_config: Any, method: str) -> str | None:
@@ -58,8 +72,10 @@ def aux_hidden_problem(target_config: Any, method: str) -> str | None:
     family = _get(target_config, "model_type")
     if family in AUX_HIDDEN_FAMILIES:
         return None
-    return (f"vLLM's {method} reads auxiliary hidden states, which its {family} models do not expose "
-            f"(targets: {', '.join(AUX_HIDDEN_FAMILIES)})")
+    return (
+        f"vLLM's {method} reads auxiliary hidden states, which its {family} models do not expose "
+        f"(targets: {', '.join(AUX_HIDDEN_FAMILIES)})"
+    )
 
 
 def eagle3_target_problem(target_config: Any) -> str | None:

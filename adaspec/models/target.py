@@ -4,7 +4,8 @@ states of chosen layers from the same forward), roll back.
 The target of speculative decoding and a separate draft LM both run through `CachedLM`. Drafters that
 read the target's features (EAGLE, MTP, Medusa heads) ask for layers by index: i in [0, L) is the output
 of decoder layer i (transformers' `hidden_states[i + 1]` for i < L − 1; of the last layer transformers only
-reports the normed state), `FINAL` (-1) the final normed state that the output head sees. Only those modules are hooked, so no copy of the other layers is ever kept.
+reports the normed state), `FINAL` (-1) the final normed state that the output head sees. Only those modules are
+hooked, so no copy of the other layers is ever kept.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import inspect
 import math
 import time
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -38,8 +39,10 @@ def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
         layers = getattr(_base(model), name, None)
         if isinstance(layers, nn.ModuleList):
             return layers
-    raise AdaspecError(f"cannot find the decoder layers of {type(model).__name__}, so its hidden states are "
-                       "not accessible to a feature drafter")
+    raise AdaspecError(
+        f"cannot find the decoder layers of {type(model).__name__}, so its hidden states are "
+        "not accessible to a feature drafter"
+    )
 
 
 def final_norm(model: PreTrainedModel) -> nn.Module:
@@ -71,8 +74,10 @@ def check_layer_ids(layers: tuple[int, ...], num_layers: int) -> None:
     """Refuse a hidden-layer id that is neither a decoder layer of an L-layer model nor FINAL."""
     for i in layers:
         if i != FINAL and not 0 <= i < num_layers:
-            raise AdaspecError(f"hidden layer {i} is out of range for a {num_layers}-layer target "
-                               f"(use 0..{num_layers - 1}, or {FINAL} for the final normed state)")
+            raise AdaspecError(
+                f"hidden layer {i} is out of range for a {num_layers}-layer target "
+                f"(use 0..{num_layers - 1}, or {FINAL} for the final normed state)"
+            )
 
 
 def context_length(model: PreTrainedModel) -> int | None:
@@ -111,6 +116,7 @@ def capture(modules: list[nn.Module]) -> Iterator[list[Tensor]]:
     def keeper(j: int):
         def hook(_module: nn.Module, _inputs: tuple, out: Tensor | tuple) -> None:
             slots[j] = out[0] if isinstance(out, tuple) else out
+
         return hook
 
     handles = [m.register_forward_hook(keeper(j)) for j, m in enumerate(modules)]
@@ -137,8 +143,10 @@ class CachedLM:
         self.model, self.vocab, self.seen = model, vocab, 0
         self.cache = DynamicCache(config=model.config)
         if not getattr(self.cache, "is_croppable", True):
-            raise AdaspecError(f"the {name} model's KV cache cannot be rolled back (sliding-window or "
-                               "recurrent layers), so it cannot be used for speculative decoding")
+            raise AdaspecError(
+                f"the {name} model's KV cache cannot be rolled back (sliding-window or "
+                "recurrent layers), so it cannot be used for speculative decoding"
+            )
         self.device = next(model.parameters()).device
         self.own_vocab = output_vocab_size(model)
         self.hidden_layers = tuple(hidden_layers)
@@ -146,8 +154,9 @@ class CachedLM:
         self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._cache_arg = cache_kwarg(model)
 
-    def forward(self, tokens: Tensor, keep: int = 1, positions: Tensor | None = None,
-                tree_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, tokens: Tensor, keep: int = 1, positions: Tensor | None = None, tree_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """Feed 1-D `tokens` after the cached ones. Returns float32 logits of the last `keep` positions
         [keep, vocab] and the requested hidden states of every fed position [layers, len(tokens), H]
         (None when no layers were requested). `positions` and `tree_mask` as LeanLM.forward takes them
@@ -157,8 +166,7 @@ class CachedLM:
         tokens = tokens.to(self.device).unsqueeze(0)
         kwargs = {"logits_to_keep": keep} if self._keep_arg else {}
         with capture(self._hooked) as captured:
-            logits = self.model(input_ids=tokens, use_cache=True, **{self._cache_arg: self.cache},
-                                **kwargs).logits
+            logits = self.model(input_ids=tokens, use_cache=True, **{self._cache_arg: self.cache}, **kwargs).logits
         self.seen += tokens.shape[1]
         logits = fit_vocab(logits[0, -keep:].float(), self.vocab)
         hidden = torch.stack([h[0] for h in captured]) if captured else None
@@ -170,8 +178,9 @@ class CachedLM:
             self.cache.crop(length - self.seen)
             self.seen = length
 
-    def _masked(self, tokens: Tensor, keep: int, positions: Tensor | None,
-                tree_mask: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _masked(
+        self, tokens: Tensor, keep: int, positions: Tensor | None, tree_mask: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
         from adaspec.models.tree_target import masked_forward  # it builds on this module
 
         t = tokens.shape[0]

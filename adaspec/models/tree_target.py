@@ -17,15 +17,16 @@ BlockMask, and families with their own mask code (or no attention) may ignore it
 from __future__ import annotations
 
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, masking_utils
 
+from adaspec.errors import AdaspecError
 from adaspec.models.target import cache_kwarg, fit_vocab
 from adaspec.models.target import capture as hooked
-from adaspec.errors import AdaspecError
 
 _MASKABLE_ATTENTION = ("eager", "sdpa")
 
@@ -35,12 +36,16 @@ def check_tree_attention(model: PreTrainedModel) -> None:
     kind = getattr(model.config, "model_type", type(model).__name__)
     module = sys.modules.get(type(model).__module__)
     if getattr(module, "create_causal_mask", None) is not masking_utils.create_causal_mask:
-        raise AdaspecError(f"{kind} models cannot verify token trees: the model does not take a custom 4-D "
-                           "attention mask (use chains instead)")
+        raise AdaspecError(
+            f"{kind} models cannot verify token trees: the model does not take a custom 4-D "
+            "attention mask (use chains instead)"
+        )
     impl = getattr(model.config, "_attn_implementation", None)
     if impl not in _MASKABLE_ATTENTION:
-        raise AdaspecError(f"the {kind} model uses attention implementation {impl!r}, which takes no tree mask: "
-                           "load it with attn_implementation='sdpa' or 'eager' to verify token trees")
+        raise AdaspecError(
+            f"the {kind} model uses attention implementation {impl!r}, which takes no tree mask: "
+            "load it with attn_implementation='sdpa' or 'eager' to verify token trees"
+        )
 
 
 def additive_mask(visible: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -61,9 +66,15 @@ def _cache_arg(model: PreTrainedModel) -> str:
     return name
 
 
-def masked_forward(model: PreTrainedModel, cache: Any, tokens: torch.Tensor, positions: torch.Tensor,
-                   visible: torch.Tensor, vocab: int | None = None, capture: Sequence[nn.Module] = ()
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def masked_forward(
+    model: PreTrainedModel,
+    cache: Any,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    visible: torch.Tensor,
+    vocab: int | None = None,
+    capture: Sequence[nn.Module] = (),
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Feed `tokens` [T] at `positions` [T] after the cached ones, token t seeing the cache slots and fed
     tokens where visible[t] ([T, cached + T] bool) is True. The cache grows by T.
 
@@ -73,19 +84,26 @@ def masked_forward(model: PreTrainedModel, cache: Any, tokens: torch.Tensor, pos
     """
     check_tree_attention(model)
     if any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", ())):
-        raise AdaspecError(f"the {model.config.model_type} model has sliding-window attention layers, which a "
-                           "tree mask over the whole prefix would overrule: use chains instead")
+        raise AdaspecError(
+            f"the {model.config.model_type} model has sliding-window attention layers, which a "
+            "tree mask over the whole prefix would overrule: use chains instead"
+        )
     cached = cache.get_seq_length()
     if visible.shape != (tokens.shape[0], cached + tokens.shape[0]):
-        raise AdaspecError(f"visibility must be [{tokens.shape[0]}, {cached + tokens.shape[0]}] for "
-                           f"{tokens.shape[0]} tokens after {cached} cached, got {tuple(visible.shape)}")
+        raise AdaspecError(
+            f"visibility must be [{tokens.shape[0]}, {cached + tokens.shape[0]}] for "
+            f"{tokens.shape[0]} tokens after {cached} cached, got {tuple(visible.shape)}"
+        )
     param = next(model.parameters())
     dtype = param.dtype if param.dtype.is_floating_point else torch.float32
     with hooked(list(capture)) as captured:
-        out = model(input_ids=tokens.to(param.device).unsqueeze(0),
-                    position_ids=positions.to(param.device).unsqueeze(0),
-                    attention_mask=additive_mask(visible, dtype, param.device), use_cache=True,
-                    **{_cache_arg(model): cache})
+        out = model(
+            input_ids=tokens.to(param.device).unsqueeze(0),
+            position_ids=positions.to(param.device).unsqueeze(0),
+            attention_mask=additive_mask(visible, dtype, param.device),
+            use_cache=True,
+            **{_cache_arg(model): cache},
+        )
     logits = out.logits[0].float()
     hidden = torch.stack([h[0] for h in captured]) if captured else None
     return (logits if vocab is None else fit_vocab(logits, vocab)), hidden
@@ -101,8 +119,10 @@ def keep_rows(cache: Any, start: int, offsets: torch.Tensor) -> int:
     length = cache.get_seq_length()
     layers = getattr(cache, "layers", None)
     if layers is None or any(getattr(layer, "is_sliding", False) or not hasattr(layer, "keys") for layer in layers):
-        raise AdaspecError(f"cannot compact a {type(cache).__name__} after a token tree: only full-attention "
-                           "DynamicCache layers (keys / values per layer) are supported")
+        raise AdaspecError(
+            f"cannot compact a {type(cache).__name__} after a token tree: only full-attention "
+            "DynamicCache layers (keys / values per layer) are supported"
+        )
     k = offsets.shape[0]
     if k and not 0 <= int(offsets.min()) <= int(offsets.max()) < length - start:
         raise AdaspecError(f"cache rows {offsets.tolist()} after {start} are outside the {length - start} there")
@@ -112,8 +132,8 @@ def keep_rows(cache: Any, start: int, offsets: torch.Tensor) -> int:
             if layer.keys is None:  # an unused layer (KV sharing) holds nothing to move
                 continue
             idx = rows.to(layer.keys.device)
-            layer.keys[..., start:start + k, :] = layer.keys.index_select(-2, idx)
-            layer.values[..., start:start + k, :] = layer.values.index_select(-2, idx)
+            layer.keys[..., start : start + k, :] = layer.keys.index_select(-2, idx)
+            layer.values[..., start : start + k, :] = layer.values.index_select(-2, idx)
     new_length = start + k
     if new_length < length:
         cache.crop(new_length - length)  # negative: tokens to remove (4.x and 5.x)

@@ -20,25 +20,45 @@ class CacheOptions(DataOptions):
     """
 
     target: str = field(metadata=helptext("target model directory (its tokenizer encodes the data)"))
-    ref: str | None = field(default=None, metadata=helptext(
-        "reference model directory: also store its per-token divergence L_ref (needed by --method adaspec)"))
+    ref: str | None = field(
+        default=None,
+        metadata=helptext(
+            "reference model directory: also store its per-token divergence L_ref (needed by --method adaspec)"
+        ),
+    )
     output: str = field(metadata=helptext("cache directory (an interrupted build there is resumed)"))
     batch_size: int = field(default=16, metadata=helptext("examples per target/reference forward"))
     top_k: int = field(default=64, metadata=helptext("target token ids and log-probabilities kept per token"))
-    divergence: Literal["fkl", "rkl", "tvd", "jsd", "lk", "lk_kl"] = field(default="fkl", metadata=helptext(
-        "divergence L_ref is measured in; must match distill's Δ divergence (--delta-divergence, default its "
-        "--divergence)"))
-    temperature: float = field(default=1.0, metadata=helptext(
-        "distillation temperature of the stored log-probabilities; must match distill's --temperature"))
+    divergence: Literal["fkl", "rkl", "tvd", "jsd", "lk", "lk_kl"] = field(
+        default="fkl",
+        metadata=helptext(
+            "divergence L_ref is measured in; must match distill's Δ divergence (--delta-divergence, default its "
+            "--divergence)"
+        ),
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata=helptext(
+            "distillation temperature of the stored log-probabilities; must match distill's --temperature"
+        ),
+    )
     beta: float = field(default=0.5, metadata=helptext("JSD mixture weight of L_ref (with --divergence jsd)"))
     shard_size: int = field(default=512, metadata=helptext("examples per shard file (the unit of resume)"))
-    hidden_layers: str | None = field(default=None, metadata=helptext(
-        "also store the target's hidden states of these layers at every token, for train-head --teacher-cache: "
-        "eagle3 (the EAGLE-3 default layers), final (final normed state: eagle1, mtp, medusa) or layer ids, "
-        "comma-separated (e.g. eagle3,final or 1,2,-1)"))
-    max_hidden_gb: float = field(default=8.0, metadata=helptext(
-        "refuse --hidden-layers when the hidden states would exceed this many GB (estimated first: token "
-        "positions x layers x hidden size x 2 bytes)"))
+    hidden_layers: str | None = field(
+        default=None,
+        metadata=helptext(
+            "also store the target's hidden states of these layers at every token, for train-head --teacher-cache: "
+            "eagle3 (the EAGLE-3 default layers), final (final normed state: eagle1, mtp, medusa) or layer ids, "
+            "comma-separated (e.g. eagle3,final or 1,2,-1)"
+        ),
+    )
+    max_hidden_gb: float = field(
+        default=8.0,
+        metadata=helptext(
+            "refuse --hidden-layers when the hidden states would exceed this many GB (estimated first: token "
+            "positions x layers x hidden size x 2 bytes)"
+        ),
+    )
     progress: bool = field(default=True, metadata=helptext("show a progress bar"))
 
     def __post_init__(self) -> None:

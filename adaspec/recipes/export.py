@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import torch
 
 from adaspec.drafters.family import ExportRequest
@@ -14,8 +13,6 @@ from adaspec.safety import guarded_output
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-
-
 def run_export(opts: ExportOptions) -> int:
     with guarded_output(opts.output, {"--head": opts.head, "--target": opts.target}):
         return _export(opts)
@@ -24,6 +21,7 @@ def run_export(opts: ExportOptions) -> int:
 def _export(opts: ExportOptions) -> int:
     family = saved_family(opts.head)  # every family train-head writes has an export_command (tests/drafters)
     check_finite(read_weights(opts.head), opts.head)
-    family.export_command(ExportRequest(opts.head, opts.output, opts.format, opts.server, DTYPES[opts.dtype],
-                                        opts.target))
+    family.export_command(
+        ExportRequest(opts.head, opts.output, opts.format, opts.server, DTYPES[opts.dtype], opts.target)
+    )
     return 0

@@ -9,13 +9,13 @@ import sys
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from adaspec.decoding.generate import speculative_generate
-from adaspec.models.lean import LEAN
-from adaspec.decoding.tree_generate import tree_speculative_generate
 from adaspec.core.tree_shape import parse_tree_spec
+from adaspec.decoding.generate import speculative_generate
+from adaspec.decoding.tree_generate import tree_speculative_generate
 from adaspec.drafters import FAMILIES
 from adaspec.drafters.loading import load_drafter
 from adaspec.models import check_vocab_compatible, load_model, load_tokenizer, saved_tokenizer
+from adaspec.models.lean import LEAN
 from adaspec.recipes.generate_options import GenerateOptions
 
 
@@ -40,13 +40,13 @@ class _TextStream:
         self.ids.extend(tokens)
         text = self._decode()
         if not text.endswith("\ufffd") and text.startswith(self.printed):
-            self._write(text[len(self.printed):])
+            self._write(text[len(self.printed) :])
             self.printed = text
 
     def close(self) -> None:
         """Print what is still held back (a prompt with no new tokens, a final incomplete character)."""
         text = self._decode()
-        self._write(text[len(self.printed):] if text.startswith(self.printed) else "")
+        self._write(text[len(self.printed) :] if text.startswith(self.printed) else "")
         self.printed = text
 
 
@@ -63,19 +63,41 @@ def run_generate(opts: GenerateOptions) -> int:
     if input_ids.numel() == 0 and tokenizer.bos_token_id is not None:
         input_ids = torch.tensor([[tokenizer.bos_token_id]])
     stream = None if opts.json else _TextStream(tokenizer, input_ids[0].tolist())
-    common = dict(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
-                  eos_token_id=tokenizer.eos_token_id if opts.stop_at_eos else None, seed=opts.seed,
-                  tokenizer=tokenizer, on_tokens=stream, lean=LEAN[opts.decode_path])
+    common = dict(
+        max_new_tokens=opts.max_new_tokens,
+        temperature=opts.temperature,
+        top_p=opts.top_p,
+        eos_token_id=tokenizer.eos_token_id if opts.stop_at_eos else None,
+        seed=opts.seed,
+        tokenizer=tokenizer,
+        on_tokens=stream,
+        lean=LEAN[opts.decode_path],
+    )
     if opts.tree is not None:
         seq, stats = tree_speculative_generate(target, draft, input_ids, tree=parse_tree_spec(opts.tree), **common)
     else:
-        seq, stats = speculative_generate(target, draft, input_ids, gamma=opts.gamma,
-                                          adaptive_gamma=opts.adaptive_gamma, gamma_max=opts.gamma_max,
-                                          draft_confidence=opts.draft_confidence, **common)
-    generated = seq[0, input_ids.shape[1]:].tolist()
+        seq, stats = speculative_generate(
+            target,
+            draft,
+            input_ids,
+            gamma=opts.gamma,
+            adaptive_gamma=opts.adaptive_gamma,
+            gamma_max=opts.gamma_max,
+            draft_confidence=opts.draft_confidence,
+            **common,
+        )
+    generated = seq[0, input_ids.shape[1] :].tolist()
     if opts.json:
-        print(json.dumps({"prompt": opts.prompt, "text": tokenizer.decode(generated, skip_special_tokens=True),
-                          "tokens": generated, "stats": stats.to_dict()}))
+        print(
+            json.dumps(
+                {
+                    "prompt": opts.prompt,
+                    "text": tokenizer.decode(generated, skip_special_tokens=True),
+                    "tokens": generated,
+                    "stats": stats.to_dict(),
+                }
+            )
+        )
     else:
         stream.close()
         print("\n")

@@ -10,9 +10,9 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
+from adaspec.data.options import load_split, train_items
 from adaspec.io import atomic_write_json
 from adaspec.models import build_model, count_params, load_tokenizer
-from adaspec.data.options import load_split, train_items
 from adaspec.recipes.train_target_options import TrainTargetOptions
 from adaspec.training.checkpoint import load_checkpoint
 from adaspec.training.loop import OnStep, make_accelerator, train_loop
@@ -35,8 +35,7 @@ RUN_INPUTS = {"model": path_fingerprint, "tokenizer": path_fingerprint}
 
 def run_train_target(opts: TrainTargetOptions, on_step: OnStep | None = None) -> None:
     accelerator = make_accelerator(opts)
-    roles = {"--model": opts.model, "--tokenizer": opts.tokenizer, "--data": opts.data,
-             "--data-dir": opts.data_dir}
+    roles = {"--model": opts.model, "--tokenizer": opts.tokenizer, "--data": opts.data, "--data-dir": opts.data_dir}
     with open_run(opts, RUN_INPUTS, roles, accelerator.is_main_process, accelerator.wait_for_everyone):
         _train_target(opts, accelerator, on_step)
 
@@ -49,8 +48,13 @@ def _train_target(opts: TrainTargetOptions, accelerator: Accelerator, on_step: O
     items, report = train_items(opts, tokenizer, accelerator.print)
     val_items = data_lib.encode(load_split(opts, "validation", opts.val_examples), tokenizer, opts.max_length)
     if model is None:
-        model = build_model(opts.preset, len(tokenizer), seed=opts.init_seed,
-                            bos_token_id=tokenizer.bos_token_id or 0, eos_token_id=tokenizer.eos_token_id or 0)
+        model = build_model(
+            opts.preset,
+            len(tokenizer),
+            seed=opts.init_seed,
+            bos_token_id=tokenizer.bos_token_id or 0,
+            eos_token_id=tokenizer.eos_token_id or 0,
+        )
     model.to(accelerator.device)
     if opts.train_on_prompt:
         for item in items:
@@ -61,11 +65,25 @@ def _train_target(opts: TrainTargetOptions, accelerator: Accelerator, on_step: O
     def validate(m: PreTrainedModel) -> dict[str, float]:
         return {"val_loss": validation_loss(m, val_items, pad_id)}
 
-    result = train_loop(opts, accelerator, model, tokenizer, items, cross_entropy_loss, validate,
-                        best_key="val_loss", higher_is_better=False, on_step=on_step)
+    result = train_loop(
+        opts,
+        accelerator,
+        model,
+        tokenizer,
+        items,
+        cross_entropy_loss,
+        validate,
+        best_key="val_loss",
+        higher_is_better=False,
+        on_step=on_step,
+    )
     if accelerator.is_main_process:
         tokenizer.save_pretrained(opts.output)
-        summary = {"params": count_params(model), "steps": result.steps, "best_val_loss": result.best_metric,
-                   **report.summary()}
+        summary = {
+            "params": count_params(model),
+            "steps": result.steps,
+            "best_val_loss": result.best_metric,
+            **report.summary(),
+        }
         atomic_write_json(Path(opts.output, "train_summary.json"), summary)
         accelerator.print(json.dumps(summary))

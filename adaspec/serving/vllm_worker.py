@@ -35,16 +35,16 @@ def snapshot(llm: Any) -> dict[str, Any]:
         elif metric.name == PER_POSITION:
             values = [int(v) for v in metric.values]
             old = out["accepted_per_position"]
-            out["accepted_per_position"] = [a + b for a, b in
-                                            zip(values, old + [0] * (len(values) - len(old)))]
+            out["accepted_per_position"] = [a + b for a, b in zip(values, old + [0] * (len(values) - len(old)))]
     return out
 
 
 def difference(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     out = {k: after[k] - before[k] for k in SPEC_COUNTERS.values()}
     old = before["accepted_per_position"]
-    out["accepted_per_position"] = [a - (old[i] if i < len(old) else 0)
-                                    for i, a in enumerate(after["accepted_per_position"])]
+    out["accepted_per_position"] = [
+        a - (old[i] if i < len(old) else 0) for i, a in enumerate(after["accepted_per_position"])
+    ]
     return out
 
 
@@ -58,17 +58,30 @@ def main(job_path: str, out_path: str) -> int:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    llm = LLM(model=job["target"], tokenizer=job["target"], skip_tokenizer_init=True,
-              speculative_config=job.get("speculative_config"), max_model_len=job["max_model_len"],
-              max_num_seqs=max(job["batch_sizes"]), enforce_eager=job.get("eager", False),
-              disable_log_stats=False, seed=job.get("seed", 0), dtype=job.get("dtype", "float32"))
+    llm = LLM(
+        model=job["target"],
+        tokenizer=job["target"],
+        skip_tokenizer_init=True,
+        speculative_config=job.get("speculative_config"),
+        max_model_len=job["max_model_len"],
+        max_num_seqs=max(job["batch_sizes"]),
+        enforce_eager=job.get("eager", False),
+        disable_log_stats=False,
+        seed=job.get("seed", 0),
+        dtype=job.get("dtype", "float32"),
+    )
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in job["prompts"]]
     stop = job.get("eos_token_id")
 
     def params(i: int, temperature: float) -> Any:
-        return SamplingParams(max_tokens=job["max_tokens"], temperature=temperature,
-                              seed=job.get("seed", 0) + i, ignore_eos=stop is None,
-                              stop_token_ids=[stop] if stop is not None else None, detokenize=False)
+        return SamplingParams(
+            max_tokens=job["max_tokens"],
+            temperature=temperature,
+            seed=job.get("seed", 0) + i,
+            ignore_eos=stop is None,
+            stop_token_ids=[stop] if stop is not None else None,
+            detokenize=False,
+        )
 
     llm.generate(prompts[:1], params(0, 0.0), use_tqdm=False)  # warm-up: allocation and first-call costs
     runs = []
@@ -80,14 +93,23 @@ def main(job_path: str, out_path: str) -> int:
                 outputs = []
                 start = time.perf_counter()
                 for lo in range(0, len(prompts), batch):
-                    chunk = prompts[lo: lo + batch]
-                    results = llm.generate(chunk, [params(lo + j, temperature) for j in range(len(chunk))],
-                                           use_tqdm=False)
+                    chunk = prompts[lo : lo + batch]
+                    results = llm.generate(
+                        chunk, [params(lo + j, temperature) for j in range(len(chunk))], use_tqdm=False
+                    )
                     outputs += [list(r.outputs[0].token_ids) for r in results]
                 times.append(time.perf_counter() - start)
-            runs.append({"temperature": temperature, "batch": batch, "seconds": statistics.median(times),
-                         "seconds_each": times, "tokens": sum(map(len, outputs)), "outputs": outputs,
-                         "counters": difference(snapshot(llm), before)})
+            runs.append(
+                {
+                    "temperature": temperature,
+                    "batch": batch,
+                    "seconds": statistics.median(times),
+                    "seconds_each": times,
+                    "tokens": sum(map(len, outputs)),
+                    "outputs": outputs,
+                    "counters": difference(snapshot(llm), before),
+                }
+            )
     result = {"vllm_version": vllm.__version__, "runs": runs}
     with open(out_path + ".tmp", "w") as fh:
         json.dump(result, fh)

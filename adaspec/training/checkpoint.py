@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -20,8 +21,13 @@ from adaspec.errors import AdaspecError
 from adaspec.models import load_model, save_model
 
 
-def atomic_save(accelerator: Accelerator, model: torch.nn.Module, path: Path,
-                extra: dict[str, Any] | None = None, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+def atomic_save(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    path: Path,
+    extra: dict[str, Any] | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> None:
     """Save `model` (and `extra` files: .json as JSON, others with torch.save) to `path`, atomically."""
     state_dict = accelerator.get_state_dict(model)
     if not accelerator.is_main_process:
@@ -73,10 +79,12 @@ def publish(src: Path, dst: Path) -> None:
             shutil.copy2(f, dst / f.name)
 
 
-def load_checkpoint(path: str, trust_remote_code: bool = False,
-                    load: Callable[..., PreTrainedModel] = load_model) -> PreTrainedModel:
+def load_checkpoint(
+    path: str, trust_remote_code: bool = False, load: Callable[..., PreTrainedModel] = load_model
+) -> PreTrainedModel:
     """`load` (models.load_model), with a corrupt weights file reported as one line, not a traceback."""
     from safetensors import SafetensorError
+
     try:
         return load(path, trust_remote_code=trust_remote_code)
     except SafetensorError as exc:

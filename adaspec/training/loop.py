@@ -16,14 +16,19 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 import torch
 from accelerate import Accelerator
-from transformers import (PreTrainedModel, PreTrainedTokenizerBase, get_constant_schedule_with_warmup,
-                          get_cosine_schedule_with_warmup)
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+)
 from transformers.utils import logging as hf_logging
 
 from adaspec import data as data_lib
@@ -55,8 +60,9 @@ class TokenLoss(Protocol):
     where kept holds the selection, so for drafts).
     """
 
-    def __call__(self, model: torch.nn.Module, batch: data_lib.Batch, step: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]: ...
+    def __call__(
+        self, model: torch.nn.Module, batch: data_lib.Batch, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]: ...
 
 
 PrepareItems = Callable[[list[data_lib.Item], int, PreTrainedModel], list[data_lib.Item]]
@@ -69,7 +75,7 @@ TIMED_STEPS = 3
 def micro_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """The epoch's global micro-batches (incomplete last one dropped), the same on every process."""
     order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
-    return [order[i:i + batch_size] for i in range(0, n_items - batch_size + 1, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, n_items - batch_size + 1, batch_size)]
 
 
 def planned_steps(n_items: int, batch_size: int, grad_accum: int, epochs: float) -> int:
@@ -127,11 +133,13 @@ class _Log:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
+
             self.writer = SummaryWriter(str(out / "logs"))
         except ImportError:
             pass
         if opts.progress:
             from tqdm.auto import tqdm
+
             self.bar = tqdm(total=total, initial=step, desc=out.name, dynamic_ncols=True)
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
@@ -157,8 +165,18 @@ class _Log:
             self.writer.close()
 
 
-def _global_batch(items: list[data_lib.Item], opts: TrainOptions, batch_size: int, step: int, per_epoch: int, rank: int,
-                  world: int, prepare_items: PrepareItems | None, model: PreTrainedModel, pad_id: int) -> list[data_lib.Batch]:
+def _global_batch(
+    items: list[data_lib.Item],
+    opts: TrainOptions,
+    batch_size: int,
+    step: int,
+    per_epoch: int,
+    rank: int,
+    world: int,
+    prepare_items: PrepareItems | None,
+    model: PreTrainedModel,
+    pad_id: int,
+) -> list[data_lib.Batch]:
     """This process's share of the micro-batches (of `batch_size` in all) of optimizer step `step`."""
     batches = []
     for m in range(step * opts.grad_accum, (step + 1) * opts.grad_accum):
@@ -173,14 +191,21 @@ def _global_batch(items: list[data_lib.Item], opts: TrainOptions, batch_size: in
     return batches
 
 
-def _accumulate(accelerator: Accelerator, model: torch.nn.Module, batches: list[data_lib.Batch], token_loss: TokenLoss,
-                step: int, normalize: Literal["response", "kept"]) -> tuple[dict[str, float], int]:
+def _accumulate(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    batches: list[data_lib.Batch],
+    token_loss: TokenLoss,
+    step: int,
+    normalize: Literal["response", "kept"],
+) -> tuple[dict[str, float], int]:
     """Forward and backward of every micro-batch of one optimizer step; (logs, tokens seen)."""
     world = accelerator.num_processes
     # the loss is normalised by the response tokens of the whole global batch, so the gradient does not
     # depend on how the batch is split over processes and micro-batches (DDP averages over processes)
-    local = torch.tensor(float(sum(int(data_lib.response_mask(b["labels"]).sum()) for b in batches)),
-                         device=accelerator.device)
+    local = torch.tensor(
+        float(sum(int(data_lib.response_mask(b["labels"]).sum()) for b in batches)), device=accelerator.device
+    )
     n_global = accelerator.reduce(local, reduction="sum").item()
     logs: dict[str, float] = {"loss": 0.0}
     tokens = 0
@@ -204,17 +229,28 @@ def _accumulate(accelerator: Accelerator, model: torch.nn.Module, batches: list[
     if world > 1:
         # log the global batch, not the main process's shard: loss shares add up, the rest is averaged
         keys = sorted(logs)
-        vals = accelerator.reduce(torch.tensor([logs[k] for k in keys], device=accelerator.device),
-                                  reduction="sum").tolist()
+        vals = accelerator.reduce(
+            torch.tensor([logs[k] for k in keys], device=accelerator.device), reduction="sum"
+        ).tolist()
         logs = {k: v if k == "loss" else v / world for k, v in zip(keys, vals)}
     return logs, tokens
 
 
-def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedModel,
-               tokenizer: PreTrainedTokenizerBase, items: list[data_lib.Item], token_loss: TokenLoss,
-               validate: Validate, best_key: str, higher_is_better: bool, budget: Budget | None = None,
-               normalize: Literal["response", "kept"] = "response",
-               prepare_items: PrepareItems | None = None, on_step: OnStep | None = None) -> LoopResult:
+def train_loop(
+    opts: TrainOptions,
+    accelerator: Accelerator,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[data_lib.Item],
+    token_loss: TokenLoss,
+    validate: Validate,
+    best_key: str,
+    higher_is_better: bool,
+    budget: Budget | None = None,
+    normalize: Literal["response", "kept"] = "response",
+    prepare_items: PrepareItems | None = None,
+    on_step: OnStep | None = None,
+) -> LoopResult:
     """Train `model` on `items` with the recipe's per-token loss for `budget` (default: the options' own);
     returns the step count and best metric.
 
@@ -258,18 +294,30 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
 
     def check_finite_weights(where: str) -> None:
         # a non-finite model must never replace a good checkpoint
-        bad = next((n for n, p in accelerator.unwrap_model(model).named_parameters()
-                    if not torch.isfinite(p).all()), None)
+        bad = next(
+            (n for n, p in accelerator.unwrap_model(model).named_parameters() if not torch.isfinite(p).all()), None
+        )
         if bad is not None:
-            raise AdaspecError(f"step {state.step}: weight {bad} is not finite; {where} kept as it was "
-                               f"(lower --lr or set --grad-clip)")
+            raise AdaspecError(
+                f"step {state.step}: weight {bad} is not finite; {where} kept as it was (lower --lr or set --grad-clip)"
+            )
 
     def save_last() -> None:
         check_finite_weights(f"{out / 'last'}")
-        atomic_save(accelerator, model, out / "last", {
-            "trainer_state.pt": {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-            "trainer_state.json": {"step": state.step, "best": state.best, "history": state.history,
-                                   "total": total}})
+        atomic_save(
+            accelerator,
+            model,
+            out / "last",
+            {
+                "trainer_state.pt": {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                "trainer_state.json": {
+                    "step": state.step,
+                    "best": state.best,
+                    "history": state.history,
+                    "total": total,
+                },
+            },
+        )
 
     def validate_and_keep() -> None:
         model.eval()
@@ -284,15 +332,28 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
             state.best = value
             check_finite_weights(f"{out / 'best'}")
             atomic_save(accelerator, model, out / "best", {"metrics.json": metrics}, tokenizer)
-        accelerator.print(f"step {state.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                                                            if k != "step") + (" (best)" if improved else ""))
+        accelerator.print(
+            f"step {state.step}: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "step")
+            + (" (best)" if improved else "")
+        )
 
     model.train()
     t0, tokens_seen = time.perf_counter(), 0
     first_step = state.step
     while state.step < total:
-        batches = _global_batch(items, opts, budget.batch_size, state.step, per_epoch, rank, world, prepare_items,
-                                accelerator.unwrap_model(model), pad_id)
+        batches = _global_batch(
+            items,
+            opts,
+            budget.batch_size,
+            state.step,
+            per_epoch,
+            rank,
+            world,
+            prepare_items,
+            accelerator.unwrap_model(model),
+            pad_id,
+        )
         if on_step is not None:
             on_step(state.step, batches)
         logs, tokens = _accumulate(accelerator, model, batches, token_loss, state.step, normalize)
@@ -303,8 +364,10 @@ def train_loop(opts: TrainOptions, accelerator: Accelerator, model: PreTrainedMo
         norm = float(norm) if norm is not None and opts.precision != "fp16" else 0.0
         if not (math.isfinite(logs["loss"]) and math.isfinite(norm)):
             what = f"loss {logs['loss']}" if not math.isfinite(logs["loss"]) else f"gradient norm {norm}"
-            raise AdaspecError(f"step {state.step + 1}: the {what} is not finite; stopped before applying it, "
-                               f"checkpoints in {out} kept as they were (lower --lr or set --grad-clip)")
+            raise AdaspecError(
+                f"step {state.step + 1}: the {what} is not finite; stopped before applying it, "
+                f"checkpoints in {out} kept as they were (lower --lr or set --grad-clip)"
+            )
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

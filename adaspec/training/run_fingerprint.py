@@ -34,13 +34,34 @@ FORMAT = 1
 # options that never change what a run computes
 LOGISTICS = frozenset({"output", "progress", "save_every", "resume", "overwrite", "trust_remote_code", "strict"})
 # what a previous run leaves in its output folder (removed by --overwrite; nothing else is touched)
-RUN_STATE = ("last", "last.old", "last.tmp", "best", "best.old", "best.tmp", "logs", FINGERPRINT,
-             "run_config.json", "train_summary.json", "target.json", "model.safetensors", "config.json",
-             "generation_config.json", *TOKENIZER_FILES, "special_tokens_map.json", "merges.txt",
-             "added_tokens.json", "chat_template.jinja")
+RUN_STATE = (
+    "last",
+    "last.old",
+    "last.tmp",
+    "best",
+    "best.old",
+    "best.tmp",
+    "logs",
+    FINGERPRINT,
+    "run_config.json",
+    "train_summary.json",
+    "target.json",
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    *TOKENIZER_FILES,
+    "special_tokens_map.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
 CHECKPOINTS = ("last", "best", "model.safetensors")  # a run that wrote one of these has work to keep
-RUN_STATE_GLOBS = ("val_continuations*.json", "target_responses*.json", "model-*.safetensors",
-                   "model.safetensors.index.json")
+RUN_STATE_GLOBS = (
+    "val_continuations*.json",
+    "target_responses*.json",
+    "model-*.safetensors",
+    "model.safetensors.index.json",
+)
 
 
 def _hash_files(files: list[Path], root: Path) -> str:
@@ -124,8 +145,9 @@ def clear_run(out: Path) -> None:
 def _has_run(out: Path) -> bool:
     """Whether `out` holds anything a run would resume or reuse (a run that failed before its first
     checkpoint or cached artefact leaves nothing to protect)."""
-    return (any((out / n).exists() for n in RUN_STATE if n not in (FINGERPRINT, "run_config.json"))
-            or any(any(out.glob(p)) for p in RUN_STATE_GLOBS))
+    return any((out / n).exists() for n in RUN_STATE if n not in (FINGERPRINT, "run_config.json")) or any(
+        any(out.glob(p)) for p in RUN_STATE_GLOBS
+    )
 
 
 def check_fingerprint(out: Path, fingerprint: dict, overwrite: bool, names: dict[str, str] | None = None) -> None:
@@ -149,11 +171,15 @@ def check_fingerprint(out: Path, fingerprint: dict, overwrite: bool, names: dict
     if old is not None:
         diff = differences(old, fingerprint)
         shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
-        raise AdaspecError(f"--output {out} holds a run with other settings or inputs: {shown}; "
-                           f"use another --output, or --overwrite to start over")
+        raise AdaspecError(
+            f"--output {out} holds a run with other settings or inputs: {shown}; "
+            f"use another --output, or --overwrite to start over"
+        )
     if _has_run(out):
-        raise AdaspecError(f"--output {out} holds a model or run without {FINGERPRINT}; "
-                           f"use another --output, or --overwrite to start over")
+        raise AdaspecError(
+            f"--output {out} holds a model or run without {FINGERPRINT}; "
+            f"use another --output, or --overwrite to start over"
+        )
 
 
 @dataclasses.dataclass
@@ -170,8 +196,13 @@ class Run:
 
 
 @contextlib.contextmanager
-def open_run(opts: Any, inputs: dict[str, Callable[[Any], str | None]], roles: dict[str, str | None],
-             main: bool = True, barrier: Callable[[], None] = lambda: None) -> Iterator[Run]:
+def open_run(
+    opts: Any,
+    inputs: dict[str, Callable[[Any], str | None]],
+    roles: dict[str, str | None],
+    main: bool = True,
+    barrier: Callable[[], None] = lambda: None,
+) -> Iterator[Run]:
     """Check the output against the run's inputs (`roles`: role -> path), lock it, and compare or store
     the fingerprint; the block runs the training. On a distributed run only the main process writes."""
     with guarded_output(opts.output, roles, lock=main) as out:

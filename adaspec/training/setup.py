@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,18 +26,31 @@ from adaspec.distill.cache_store import TeacherCache, items_fingerprint
 from adaspec.io import atomic_write_json
 from adaspec.models import load_model, load_tokenizer
 from adaspec.training.checkpoint import load_checkpoint
-from adaspec.training.loop import (Budget, OnStep, PrepareItems, TokenLoss, Validate, make_accelerator,
-                                   planned_steps, train_loop)
+from adaspec.training.loop import (
+    Budget,
+    OnStep,
+    PrepareItems,
+    TokenLoss,
+    Validate,
+    make_accelerator,
+    planned_steps,
+    train_loop,
+)
 from adaspec.training.options import KDOptions
 from adaspec.training.run_fingerprint import Run, cache_fingerprint, open_run, path_fingerprint
 
 # options naming an input of a distilling run: their fingerprint (not their path) defines the run
-RUN_INPUTS = {"target": path_fingerprint, "ref": path_fingerprint, "draft_init": path_fingerprint,
-              "teacher_cache": cache_fingerprint}
+RUN_INPUTS = {
+    "target": path_fingerprint,
+    "ref": path_fingerprint,
+    "draft_init": path_fingerprint,
+    "teacher_cache": cache_fingerprint,
+}
 
 
-def matched_budget(n_items: int, batch_size: int, grad_accum: int, epochs: float, k: float,
-                   by: Literal["batch", "epochs"]) -> tuple[int, float, int | None]:
+def matched_budget(
+    n_items: int, batch_size: int, grad_accum: int, epochs: float, k: float, by: Literal["batch", "epochs"]
+) -> tuple[int, float, int | None]:
     """(global batch, epochs, optimizer steps or None) of a run at fraction k that trains on as many tokens
     as KD on every token at `batch_size` and `epochs`.
 
@@ -57,14 +70,22 @@ def run_budget(opts: KDOptions, n_items: int) -> Budget:
     `matched_budget`'s batch, epochs and steps (an explicit --max-steps stays)."""
     if not opts.match_token_budget:
         return Budget.of(opts)
-    batch_size, epochs, steps = matched_budget(n_items, opts.batch_size, opts.grad_accum, opts.epochs, opts.k,
-                                               opts.budget_by)
+    batch_size, epochs, steps = matched_budget(
+        n_items, opts.batch_size, opts.grad_accum, opts.epochs, opts.k, opts.budget_by
+    )
     return Budget(batch_size, epochs, opts.max_steps or steps)
 
 
 @torch.no_grad()
-def generate_items(model: PreTrainedModel, items: list[dict], max_new_tokens: int, max_length: int,
-                   temperature: float, eos_token_id: int | None, seed: int) -> list[dict]:
+def generate_items(
+    model: PreTrainedModel,
+    items: list[dict],
+    max_new_tokens: int,
+    max_length: int,
+    temperature: float,
+    eos_token_id: int | None,
+    seed: int,
+) -> list[dict]:
     """Replace the responses of `items` by the model's own continuations of their prompts."""
     was_training = model.training
     model.eval()
@@ -72,8 +93,9 @@ def generate_items(model: PreTrainedModel, items: list[dict], max_new_tokens: in
     room = max(1, min(max_new_tokens, max_length - max(len(p) for p in prompts)))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        gen = generate_continuations(model, prompts, room, eos_token_id, batch_size=len(prompts),
-                                     temperature=temperature)
+        gen = generate_continuations(
+            model, prompts, room, eos_token_id, batch_size=len(prompts), temperature=temperature
+        )
     model.train(was_training)
     return [data_lib.with_response(it, seq) for it, seq in zip(items, gen.sequences)]
 
@@ -86,40 +108,68 @@ def json_cached(path: Path, make: Callable[[], Continuations]) -> Continuations:
     return value
 
 
-def target_response_items(target: PreTrainedModel, items: list[dict], opts: KDOptions, run: Run,
-                          accelerator: Accelerator, eos: int | None) -> list[dict]:
+def target_response_items(
+    target: PreTrainedModel, items: list[dict], opts: KDOptions, run: Run, accelerator: Accelerator, eos: int | None
+) -> list[dict]:
     """`items` with the target's own continuations of their prompts as responses (generated once, kept in
     <output>/target_responses-<key>.json, named by the target and settings that made them). `opts` carries
     gen_max_new_tokens, gen_temperature, max_length, seed."""
+
     def target_responses() -> Continuations:
         seqs: list[list[int]] = []
         for s in range(0, len(items), opts.batch_size):
-            made = generate_items(target, items[s:s + opts.batch_size], opts.gen_max_new_tokens,
-                                  opts.max_length, opts.gen_temperature, eos, opts.seed + s)
+            made = generate_items(
+                target,
+                items[s : s + opts.batch_size],
+                opts.gen_max_new_tokens,
+                opts.max_length,
+                opts.gen_temperature,
+                eos,
+                opts.seed + s,
+            )
             seqs += [it["input_ids"] for it in made]
         return Continuations(seqs, [it["prompt_length"] for it in items])
 
-    path = run.cache_name("target_responses", target=run.fingerprint["target"], items=items_fingerprint(items),
-                          batch_size=opts.batch_size, seed=opts.seed, max_new_tokens=opts.gen_max_new_tokens,
-                          max_length=opts.max_length, temperature=opts.gen_temperature)
+    path = run.cache_name(
+        "target_responses",
+        target=run.fingerprint["target"],
+        items=items_fingerprint(items),
+        batch_size=opts.batch_size,
+        seed=opts.seed,
+        max_new_tokens=opts.gen_max_new_tokens,
+        max_length=opts.max_length,
+        temperature=opts.gen_temperature,
+    )
     # the main process writes the file, the others then read it (no two writers, no half-read file)
     with accelerator.main_process_first():
         made = json_cached(path, target_responses)
     return [data_lib.with_response(it, seq) for it, seq in zip(items, made.sequences)]
 
 
-def val_continuations(target: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int, eos: int | None,
-                      run: Run, accelerator: Accelerator) -> Continuations:
+def val_continuations(
+    target: PreTrainedModel,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos: int | None,
+    run: Run,
+    accelerator: Accelerator,
+) -> Continuations:
     """The target's greedy continuations of the validation prompts, cached in the output folder under a
     name keyed by the target's fingerprint and the prompts (a different target never reuses them)."""
-    path = run.cache_name("val_continuations", target=run.fingerprint["target"], max_new_tokens=max_new_tokens,
-                          eos=eos, prompts=hashlib.sha256(json.dumps(prompts).encode()).hexdigest())
+    path = run.cache_name(
+        "val_continuations",
+        target=run.fingerprint["target"],
+        max_new_tokens=max_new_tokens,
+        eos=eos,
+        prompts=hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
+    )
     with accelerator.main_process_first():
         return json_cached(path, lambda: greedy_continuations(target, prompts, max_new_tokens, eos))
 
 
-def cross_entropy_loss(model: torch.nn.Module, batch: dict, step: int
-                       ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+def cross_entropy_loss(
+    model: torch.nn.Module, batch: dict, step: int
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Per-token cross-entropy on the response positions (a TokenLoss for the training loop)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     labels = batch["labels"][:, 1:]
@@ -133,7 +183,7 @@ def validation_loss(model: PreTrainedModel, items: list[dict], pad_id: int, batc
     device = next(model.parameters()).device
     total, n = 0.0, 0
     for start in range(0, len(items), batch_size):
-        batch = {k: v.to(device) for k, v in data_lib.collate(items[start:start + batch_size], pad_id).items()}
+        batch = {k: v.to(device) for k, v in data_lib.collate(items[start : start + batch_size], pad_id).items()}
         per_token, mask, _ = cross_entropy_loss(model, batch, 0)
         total += float((per_token * mask).sum())
         n += int(mask.sum())
@@ -182,8 +232,14 @@ class RecipeSetup:
         """The run (`run_fingerprint.open_run`: the output checked against the inputs, locked, fingerprinted)
         and its set-up, made inside it."""
         accelerator = make_accelerator(opts)
-        roles = {"target": opts.target, "reference": opts.ref, "draft initialisation": opts.draft_init,
-                 "teacher cache": opts.teacher_cache, "--data": opts.data, "--data-dir": opts.data_dir}
+        roles = {
+            "target": opts.target,
+            "reference": opts.ref,
+            "draft initialisation": opts.draft_init,
+            "teacher cache": opts.teacher_cache,
+            "--data": opts.data,
+            "--data-dir": opts.data_dir,
+        }
         with open_run(opts, RUN_INPUTS, roles, accelerator.is_main_process, accelerator.wait_for_everyone) as run:
             yield cls(opts, accelerator, run)
 
@@ -202,10 +258,13 @@ class RecipeSetup:
         """The target's greedy continuations of the validation prompts, which validation scores (made once,
         cached in the output folder; before `release_target`)."""
         examples = load_split(self.opts, "validation", self.opts.val_examples)
-        prompts = [it["input_ids"][: it["prompt_length"]]
-                   for it in data_lib.encode(examples, self.tokenizer, self.opts.max_length)]
-        return val_continuations(self.target, prompts, self.opts.val_max_new_tokens, self.eos, self.run,
-                                 self.accelerator)
+        prompts = [
+            it["input_ids"][: it["prompt_length"]]
+            for it in data_lib.encode(examples, self.tokenizer, self.opts.max_length)
+        ]
+        return val_continuations(
+            self.target, prompts, self.opts.val_max_new_tokens, self.eos, self.run, self.accelerator
+        )
 
     def release_target(self) -> None:
         """Give the target's memory back, once a teacher cache stands in for it."""
@@ -226,16 +285,27 @@ class RecipeSetup:
         where one applies (`noun`: "draft" or "head")."""
         o, budget = self.opts, self.budget
         self.accelerator.print(
-            f"{model}; {o.method}" + (f" k={o.k} {o.selection}" if o.method == "adaspec" else "") + method_extra
+            f"{model}; {o.method}"
+            + (f" k={o.k} {o.selection}" if o.method == "adaspec" else "")
+            + method_extra
             + f"; {len(self.items)} examples, {budget.epochs:g} epochs, global batch {budget.batch_size}"
-            + (f"; target signal from {o.teacher_cache} (top-{cache.top_k})" if cache else ""))
+            + (f"; target signal from {o.teacher_cache} (top-{cache.top_k})" if cache else "")
+        )
         if line := cold_start.announcement(o.cold_start, noun, o.k):
             self.accelerator.print(line)
 
-    def train(self, model: torch.nn.Module, loss: TokenLoss, validate: Validate, best_key: str,
-              summary: dict[str, Any], save: Callable[[], None] = lambda: None,
-              normalize: Literal["response", "kept"] = "response", prepare_items: PrepareItems | None = None,
-              on_step: OnStep | None = None) -> None:
+    def train(
+        self,
+        model: torch.nn.Module,
+        loss: TokenLoss,
+        validate: Validate,
+        best_key: str,
+        summary: dict[str, Any],
+        save: Callable[[], None] = lambda: None,
+        normalize: Literal["response", "kept"] = "response",
+        prepare_items: PrepareItems | None = None,
+        on_step: OnStep | None = None,
+    ) -> None:
         """Train `model` with the shared loop on the run's budget, keeping the best by `best_key` (higher is
         better), on the target's own responses with --data-source target. Then, on the main process, `save()`
         the recipe's files and write train_summary.json, last since it marks the run done: `summary`, the
@@ -244,12 +314,33 @@ class RecipeSetup:
         o = self.opts
         if o.data_source == "target":
             self.items = target_response_items(self.target, self.items, o, self.run, self.accelerator, self.eos)
-        result = train_loop(o, self.accelerator, model, self.tokenizer, self.items, loss, validate, best_key=best_key,
-                            higher_is_better=True, budget=self.budget, normalize=normalize,
-                            prepare_items=prepare_items, on_step=on_step)
+        result = train_loop(
+            o,
+            self.accelerator,
+            model,
+            self.tokenizer,
+            self.items,
+            loss,
+            validate,
+            best_key=best_key,
+            higher_is_better=True,
+            budget=self.budget,
+            normalize=normalize,
+            prepare_items=prepare_items,
+            on_step=on_step,
+        )
         if self.accelerator.is_main_process:
             save()
-            atomic_write_json(Path(o.output) / "train_summary.json", {
-                **summary, "steps": result.steps, f"best_{best_key}": result.best_metric,
-                "epochs": self.budget.epochs, "batch_size": self.budget.batch_size, "cold_start": o.cold_start,
-                "history": result.history, **self.report.summary()})
+            atomic_write_json(
+                Path(o.output) / "train_summary.json",
+                {
+                    **summary,
+                    "steps": result.steps,
+                    f"best_{best_key}": result.best_metric,
+                    "epochs": self.budget.epochs,
+                    "batch_size": self.budget.batch_size,
+                    "cold_start": o.cold_start,
+                    "history": result.history,
+                    **self.report.summary(),
+                },
+            )

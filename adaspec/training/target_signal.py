@@ -16,9 +16,9 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from adaspec.data import Batch, Item
-from adaspec.models.target import config_dims, features
 from adaspec.distill.cache_store import TeacherCache
 from adaspec.distill.teacher import TopK
+from adaspec.models.target import config_dims, features
 
 
 class TargetSignal:
@@ -41,11 +41,26 @@ class TargetSignal:
         return TopK(ids, lps), self.cache.hidden(index, width, layers, device)
 
 
-def open_head_cache(path: str, target_path: str, target: PreTrainedModel, items: list[Item],
-                    layers: tuple[int, ...], temperature: float | None, vocab: int) -> TeacherCache:
+def open_head_cache(
+    path: str,
+    target_path: str,
+    target: PreTrainedModel,
+    items: list[Item],
+    layers: tuple[int, ...],
+    temperature: float | None,
+    vocab: int,
+) -> TeacherCache:
     """The teacher cache at `path` for a head reading `layers` of this target over `items`, or a one-line
     refusal (another target, tokenizer or data; no hidden states, a missing layer, another hidden size or
     vocabulary; another temperature, unless `temperature` is None: a loss that reads no distribution)."""
-    return TeacherCache.open(path, target_path=target_path, ref_path=None, items=items, divergence=None,
-                             temperature=temperature, vocab=vocab, hidden_layers=layers,
-                             hidden_size=config_dims(target.config)[1])
+    return TeacherCache.open(
+        path,
+        target_path=target_path,
+        ref_path=None,
+        items=items,
+        divergence=None,
+        temperature=temperature,
+        vocab=vocab,
+        hidden_layers=layers,
+        hidden_size=config_dims(target.config)[1],
+    )

@@ -9,9 +9,34 @@ from helpers import cli_error, run, write_chats
 
 
 def _args(target: Path, chats: Path, out: Path, *more) -> list:
-    return ["build", "--target", target, "--data", chats, "--output", out, "--max-steps", "3", "--batch-size", "8",
-            "--max-length", "128", "--gammas", "1", "2", "--test-examples", "6", "--val-examples", "4",
-            "--max-new-tokens", "12", "--engine", "adaspec", "--no-progress", *more]
+    return [
+        "build",
+        "--target",
+        target,
+        "--data",
+        chats,
+        "--output",
+        out,
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "128",
+        "--gammas",
+        "1",
+        "2",
+        "--test-examples",
+        "6",
+        "--val-examples",
+        "4",
+        "--max-new-tokens",
+        "12",
+        "--engine",
+        "adaspec",
+        "--no-progress",
+        *more,
+    ]
 
 
 def _mtimes(out: Path) -> dict[str, float]:
@@ -26,10 +51,13 @@ def test_build_trains_measures_exports_and_reports(tmp_path, chat_target, capsys
     # every servable family on a 2-layer Llama target (EAGLE-1: too shallow for three EAGLE-3 layers), KD
     # and AdaSPEC each, measured in adaspec's engine; MTP left out with vLLM's reason
     assert {(r["drafter"], r["method"]) for r in result["rows"]} == {
-        (f, m) for f in ("lm", "eagle", "medusa") for m in ("kd", "adaspec")}
+        (f, m) for f in ("lm", "eagle", "medusa") for m in ("kd", "adaspec")
+    }
     assert "mtp" in result["left_out"]
     assert all(r["engine"] == "adaspec" and r["steps"] == 3 and r["init"] == "fresh" for r in result["rows"])
-    assert json.loads((out / "runs" / "eagle_kd" / "config.json").read_text())["adaspec_eagle_head"]["variant"] == "eagle1"
+    assert (
+        json.loads((out / "runs" / "eagle_kd" / "config.json").read_text())["adaspec_eagle_head"]["variant"] == "eagle1"
+    )
     assert {r["name"] for r in result["rows"]} <= set(result["speed_by_gamma"])
     assert all(set(by_gamma) == {"1", "2"} for by_gamma in result["speed_by_gamma"].values())
     assert (out / "speed_vs_gamma.png").stat().st_size > 0
@@ -50,8 +78,9 @@ def test_build_trains_measures_exports_and_reports(tmp_path, chat_target, capsys
     report = (out / "report.md").read_text()
     assert report.index("## Serve it") > report.index("| drafter |")
     assert result["serve"]["vllm"].startswith(f"vllm serve {chat_target} --speculative-config")
-    assert f"--speculative-draft-model-path {out / 'export'}" in (result["serve"]["sglang"] or
-                                                                  f"--speculative-draft-model-path {out / 'export'}")
+    assert f"--speculative-draft-model-path {out / 'export'}" in (
+        result["serve"]["sglang"] or f"--speculative-draft-model-path {out / 'export'}"
+    )
     # resumed with the same options: nothing is trained or measured again
     before = _mtimes(out)
     assert run(*_args(chat_target, chats, out)) == 0
@@ -74,8 +103,9 @@ def test_build_trains_the_parallel_dflash_drafter_when_named(tmp_path, chat_targ
     result = json.loads((out / "results.json").read_text())
     assert {(r["drafter"], r["method"]) for r in result["rows"]} == {("dflash", "kd"), ("dflash", "adaspec")}
     # a block of the largest γ + 1, exported in vLLM's DFlash layout
-    assert json.loads((out / "runs" / "dflash_kd" / "config.json").read_text())["adaspec_dflash_head"][
-        "block_size"] == 3
+    assert (
+        json.loads((out / "runs" / "dflash_kd" / "config.json").read_text())["adaspec_dflash_head"]["block_size"] == 3
+    )
     assert json.loads((out / "export" / "vllm" / "config.json").read_text())["architectures"] == ["DFlashDraftModel"]
     assert '"method": "dflash"' in result["serve"]["vllm"] and result["serve"]["sglang"] is None
 
@@ -89,8 +119,9 @@ def test_build_refuses_bad_input_before_training(tmp_path, chat_target, tiny_tar
     err = cli_error(capsys, *_args(tiny_target_dir, chats, tmp_path / "b"))
     assert "--chat-template" in err
     # no usable record: chats without an assistant turn
-    err = cli_error(capsys, *_args(chat_target, write_chats(tmp_path / "none.jsonl", 5, assistant=False),
-                                   tmp_path / "c"))
+    err = cli_error(
+        capsys, *_args(chat_target, write_chats(tmp_path / "none.jsonl", 5, assistant=False), tmp_path / "c")
+    )
     assert "no usable record" in err
     # too few records for one training batch after the held-out splits
     err = cli_error(capsys, *_args(chat_target, write_chats(tmp_path / "few.jsonl", 12), tmp_path / "d"))
@@ -112,10 +143,37 @@ def test_build_refuses_bad_input_before_training(tmp_path, chat_target, tiny_tar
 
 def test_max_minutes_cuts_the_run_to_the_steps_that_fit(tmp_path, tiny_target_dir, tiny_draft_dir):
     out = tmp_path / "kd"
-    assert run("distill", "--target", tiny_target_dir, "--draft-init", tiny_draft_dir, "--task", "gsm8k",
-               "--limit", "64", "--batch-size", "4", "--max-length", "64", "--max-steps", "500",
-               "--max-minutes", "0.0005", "--val-every", "0", "--val-examples", "2", "--val-max-new-tokens", "2",
-               "--no-progress", "--output", out) == 0
+    assert (
+        run(
+            "distill",
+            "--target",
+            tiny_target_dir,
+            "--draft-init",
+            tiny_draft_dir,
+            "--task",
+            "gsm8k",
+            "--limit",
+            "64",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "64",
+            "--max-steps",
+            "500",
+            "--max-minutes",
+            "0.0005",
+            "--val-every",
+            "0",
+            "--val-examples",
+            "2",
+            "--val-max-new-tokens",
+            "2",
+            "--no-progress",
+            "--output",
+            out,
+        )
+        == 0
+    )
     steps = json.loads((out / "train_summary.json").read_text())["steps"]
     assert 3 <= steps < 500
     state = json.loads((out / "last" / "trainer_state.json").read_text())
@@ -126,7 +184,16 @@ def test_build_help_explains_every_flag(capsys):
     with pytest.raises(SystemExit):
         run("build", "--help")
     text = capsys.readouterr().out
-    for flag in ("--target", "--data", "--drafters", "--draft-init", "--max-minutes", "--gammas", "--engine",
-                 "--chat-template", "--test-examples"):
+    for flag in (
+        "--target",
+        "--data",
+        "--drafters",
+        "--draft-init",
+        "--max-minutes",
+        "--gammas",
+        "--engine",
+        "--chat-template",
+        "--test-examples",
+    ):
         assert flag in text
     assert "--task" not in text

@@ -24,10 +24,41 @@ def test_build_measures_in_vllm_and_picks_the_winner_there(tmp_path, chat_target
             raise
         pytest.skip(str(exc))
     out = tmp_path / "build"
-    assert run("build", "--target", chat_target, "--data", write_chats(tmp_path / "chats.jsonl", 60),
-               "--output", out, "--drafters", "lm", "--max-steps", "3", "--batch-size", "8", "--max-length", "128",
-               "--gammas", "1", "2", "--test-examples", "6", "--val-examples", "4", "--max-new-tokens", "12",
-               "--engine", "vllm", "--vllm-python", python, "--vllm-eager", "--no-progress") == 0
+    assert (
+        run(
+            "build",
+            "--target",
+            chat_target,
+            "--data",
+            write_chats(tmp_path / "chats.jsonl", 60),
+            "--output",
+            out,
+            "--drafters",
+            "lm",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--max-length",
+            "128",
+            "--gammas",
+            "1",
+            "2",
+            "--test-examples",
+            "6",
+            "--val-examples",
+            "4",
+            "--max-new-tokens",
+            "12",
+            "--engine",
+            "vllm",
+            "--vllm-python",
+            python,
+            "--vllm-eager",
+            "--no-progress",
+        )
+        == 0
+    )
     result = json.loads((out / "results.json").read_text())
     served = [r for r in result["rows"] if r["engine"] == "vllm"]
     assert {r["method"] for r in served} == {"kd", "adaspec"}

@@ -2,11 +2,11 @@
 
 import pytest
 
-from adaspec.drafters import FAMILIES
-from adaspec.recipes.build import plan
 from adaspec.data import Example
+from adaspec.drafters import FAMILIES
 from adaspec.errors import AdaspecError
 from adaspec.models.servable import SERVABLE_HEAD_SIZES
+from adaspec.recipes.build import plan
 
 
 def test_families_are_what_vllm_serves_and_a_requested_unservable_one_is_refused():
@@ -28,8 +28,13 @@ def test_families_are_what_vllm_serves_and_a_requested_unservable_one_is_refused
 
 def test_draft_preset_is_servable_and_at_most_a_quarter_of_the_target_width():
     from adaspec.models import PRESETS
-    for width, preset in [(32, "llama-draft-xxs"), (192, "llama-draft-xxs"), (256, "llama-draft-xs"),
-                          (4096, "llama-draft-s")]:
+
+    for width, preset in [
+        (32, "llama-draft-xxs"),
+        (192, "llama-draft-xxs"),
+        (256, "llama-draft-xs"),
+        (4096, "llama-draft-s"),
+    ]:
         assert plan.draft_preset_for({"hidden_size": width}) == preset
         _, hidden, _, heads, _ = PRESETS[preset]
         assert hidden // heads in SERVABLE_HEAD_SIZES
@@ -53,8 +58,12 @@ def test_split_is_seeded_disjoint_and_needs_one_training_batch():
 
 
 def test_winner_is_measured_in_vllm_when_it_was():
-    rows = [{"engine": "adaspec", "speedup": 1.5, "alpha": 0.5}, {"engine": "vllm", "speedup": 1.1, "alpha": 0.4},
-            {"engine": "vllm", "speedup": 1.1, "alpha": 0.6}, {"engine": "vllm", "speedup": None, "alpha": 0.9}]
+    rows = [
+        {"engine": "adaspec", "speedup": 1.5, "alpha": 0.5},
+        {"engine": "vllm", "speedup": 1.1, "alpha": 0.4},
+        {"engine": "vllm", "speedup": 1.1, "alpha": 0.6},
+        {"engine": "vllm", "speedup": None, "alpha": 0.9},
+    ]
     assert plan.best_row(rows) is rows[2]
     assert plan.best_row(rows[:1]) is rows[0]
     with pytest.raises(AdaspecError):

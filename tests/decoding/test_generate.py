@@ -12,9 +12,9 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 
 import adaspec.decoding.generate as spec
 from adaspec import AdaspecError
-from adaspec.models import build_model
-from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.core.sampling import logits_to_probs, sample
+from adaspec.decoding.generate import speculative_generate, target_only_generate
+from adaspec.models import build_model
 
 # Tiny models are dominated by per-op overhead; one thread avoids oversubscribing a shared CPU.
 torch.set_num_threads(1)
@@ -42,8 +42,14 @@ def random_prompt(seed: int, low: int = 1, high: int = 30) -> torch.Tensor:
 
 def hf_greedy(target, ids, max_new_tokens: int, eos: int | None = 0) -> torch.Tensor:
     # an explicit mask: otherwise generate masks prompt tokens equal to the pad id
-    return target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                           max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=0)
+    return target.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=0,
+    )
 
 
 @pytest.fixture(scope="module", params=PRESETS)
@@ -55,6 +61,7 @@ def trio(request):
 
 # ---- greedy ----
 
+
 def test_greedy_matches_target_generate(trio):
     preset, target, unrelated, close = trio
     alphas = {}
@@ -64,8 +71,7 @@ def test_greedy_matches_target_generate(trio):
             ids = random_prompt(100 + i)
             expected = hf_greedy(target, ids, 24)
             for gamma in (1, 3, 8):
-                out, stats = speculative_generate(target, draft, ids, max_new_tokens=24, gamma=gamma,
-                                                  eos_token_id=0)
+                out, stats = speculative_generate(target, draft, ids, max_new_tokens=24, gamma=gamma, eos_token_id=0)
                 assert torch.equal(out, expected), (preset, name, i, gamma)
                 assert stats.emitted == out.shape[1] - ids.shape[1]
                 assert stats.target_forwards == stats.steps
@@ -97,8 +103,10 @@ def test_target_only_matches_generate(trio):
 
 # ---- no-cache reference: recompute everything each step, same rule, same random draws ----
 
-def reference_generate(target, draft, ids, max_new_tokens, gamma, temperature=0.0, top_p=1.0,
-                       generator=None, eos=None, confidence=0.0):
+
+def reference_generate(
+    target, draft, ids, max_new_tokens, gamma, temperature=0.0, top_p=1.0, generator=None, eos=None, confidence=0.0
+):
     """Returns (sequence, per-step emitted chunks, per-step accepted counts). A step's chain stops after a
     proposal the draft gives a probability below `confidence` (its top one when greedy)."""
     seq = ids[0].tolist()
@@ -107,7 +115,7 @@ def reference_generate(target, draft, ids, max_new_tokens, gamma, temperature=0.
     while len(seq) < total:
         g = min(gamma, total - len(seq))
         proposals, qs = [], []
-        for i in range(g):
+        for _ in range(g):
             logits = draft(torch.tensor([seq + proposals])).logits[0, -1].float()
             if temperature == 0:
                 proposals.append(int(logits.argmax()))
@@ -120,7 +128,7 @@ def reference_generate(target, draft, ids, max_new_tokens, gamma, temperature=0.
             if conf < confidence:
                 break
         g = len(proposals)
-        logits = target(torch.tensor([seq + proposals])).logits[0, -(g + 1):].float()
+        logits = target(torch.tensor([seq + proposals])).logits[0, -(g + 1) :].float()
         n = 0
         if temperature == 0:
             best = logits.argmax(-1).tolist()
@@ -145,8 +153,9 @@ def reference_generate(target, draft, ids, max_new_tokens, gamma, temperature=0.
     return torch.tensor([seq]), chunks, accepted
 
 
-@pytest.mark.parametrize("preset,confidence", [("tiny-llama", 0.0), ("tiny-gpt2", 0.0), ("tiny-neox", 0.3),
-                                               ("tiny-llama", 0.3)])
+@pytest.mark.parametrize(
+    "preset,confidence", [("tiny-llama", 0.0), ("tiny-gpt2", 0.0), ("tiny-neox", 0.3), ("tiny-llama", 0.3)]
+)
 def test_kv_rollback_matches_no_cache_reference_greedy(preset, confidence):
     target = build_model(preset, V, seed=1)
     draft = noisy_copy(target, 0.12, seed=4)
@@ -154,8 +163,9 @@ def test_kv_rollback_matches_no_cache_reference_greedy(preset, confidence):
     for i, gamma in enumerate((1, 3, 5)):
         ids = random_prompt(200 + i)
         chunks = []
-        out, stats = speculative_generate(target, draft, ids, max_new_tokens=30, gamma=gamma,
-                                          on_tokens=chunks.append, draft_confidence=confidence)
+        out, stats = speculative_generate(
+            target, draft, ids, max_new_tokens=30, gamma=gamma, on_tokens=chunks.append, draft_confidence=confidence
+        )
         ref, ref_chunks, ref_accepted = reference_generate(target, draft, ids, 30, gamma, confidence=confidence)
         assert torch.equal(out, ref)
         assert chunks == ref_chunks
@@ -176,10 +186,21 @@ def test_kv_rollback_matches_no_cache_reference_sampling(confidence):
     for i, (gamma, top_p) in enumerate(((2, 1.0), (4, 0.9))):
         ids = random_prompt(300 + i)
         chunks = []
-        out, stats = speculative_generate(target, draft, ids, max_new_tokens=30, gamma=gamma, temperature=0.8,
-                                          top_p=top_p, seed=11, on_tokens=chunks.append, draft_confidence=confidence)
+        out, stats = speculative_generate(
+            target,
+            draft,
+            ids,
+            max_new_tokens=30,
+            gamma=gamma,
+            temperature=0.8,
+            top_p=top_p,
+            seed=11,
+            on_tokens=chunks.append,
+            draft_confidence=confidence,
+        )
         ref, ref_chunks, ref_accepted = reference_generate(
-            target, draft, ids, 30, gamma, 0.8, top_p, torch.Generator().manual_seed(11), confidence=confidence)
+            target, draft, ids, 30, gamma, 0.8, top_p, torch.Generator().manual_seed(11), confidence=confidence
+        )
         assert torch.equal(out, ref)
         assert chunks == ref_chunks
         assert stats.accepted == sum(ref_accepted)
@@ -189,6 +210,7 @@ def test_kv_rollback_matches_no_cache_reference_sampling(confidence):
 
 
 # ---- sampling is lossless ----
+
 
 @pytest.mark.parametrize("temperature,top_p,confidence", [(1.0, 1.0, 0.0), (0.8, 0.8, 0.0), (1.0, 1.0, 0.6)])
 def test_sampling_matches_target_distribution(temperature, top_p, confidence):
@@ -208,8 +230,17 @@ def test_sampling_matches_target_distribution(temperature, top_p, confidence):
     ids = torch.tensor([prompt])
     totals = None
     for _ in range(samples):
-        out, stats = speculative_generate(target, draft, ids, max_new_tokens=3, gamma=2, temperature=temperature,
-                                          top_p=top_p, generator=gen, draft_confidence=confidence)
+        out, stats = speculative_generate(
+            target,
+            draft,
+            ids,
+            max_new_tokens=3,
+            gamma=2,
+            temperature=temperature,
+            top_p=top_p,
+            generator=gen,
+            draft_confidence=confidence,
+        )
         x1, x2, x3 = out[0, 1:].tolist()
         counts[x1, x2, x3] += 1
         totals = stats if totals is None else totals + stats
@@ -244,6 +275,7 @@ def test_sample_follows_probs():
 
 # ---- stopping and edge cases ----
 
+
 def test_max_new_tokens_exact_even_when_gamma_exceeds_what_is_left():
     target = build_model("tiny-llama", V, seed=1)
     for draft in (copy.deepcopy(target), build_model("tiny-llama", V, seed=2)):
@@ -261,24 +293,25 @@ def test_eos_stops_generation_greedy_and_sampling():
     target = build_model("tiny-gpt2", V, seed=1)
     draft = noisy_copy(target, 0.12, seed=5)
     ids = random_prompt(17)
-    free = hf_greedy(target, ids, 40, eos=None)[0, ids.shape[1]:].tolist()
+    free = hf_greedy(target, ids, 40, eos=None)[0, ids.shape[1] :].tolist()
     eos = free[6]
     cut = free.index(eos) + 1
     for gamma in (1, 4, 8):
         out, stats = speculative_generate(target, draft, ids, max_new_tokens=40, gamma=gamma, eos_token_id=eos)
-        assert out[0, ids.shape[1]:].tolist() == free[:cut]
+        assert out[0, ids.shape[1] :].tolist() == free[:cut]
         assert stats.emitted == cut
     out, _ = speculative_generate(target, draft, ids, max_new_tokens=40, gamma=3, eos_token_id=[V + 5, eos])
-    assert out[0, ids.shape[1]:].tolist() == free[:cut]
+    assert out[0, ids.shape[1] :].tolist() == free[:cut]
     with torch.no_grad():
         hot = copy.deepcopy(target)
         hot.get_output_embeddings().weight.mul_(10)
         hot_draft = noisy_copy(hot, 0.12, seed=6)
     stopped = 0
     for seed in range(10):
-        out, _ = speculative_generate(hot, hot_draft, ids, max_new_tokens=60, gamma=4, temperature=1.0,
-                                      eos_token_id=[1, 2, 3], seed=seed)
-        gen = out[0, ids.shape[1]:].tolist()
+        out, _ = speculative_generate(
+            hot, hot_draft, ids, max_new_tokens=60, gamma=4, temperature=1.0, eos_token_id=[1, 2, 3], seed=seed
+        )
+        gen = out[0, ids.shape[1] :].tolist()
         early = [t for t in gen[:-1] if t in (1, 2, 3)]
         assert not early  # nothing is emitted after an EOS
         stopped += gen[-1] in (1, 2, 3)
@@ -307,16 +340,18 @@ def test_adaptive_gamma_is_lossless_and_uses_the_chosen_gamma(monkeypatch):
         return [2, 6, 1][len(calls) % 3]
 
     monkeypatch.setattr(spec, "optimal_gamma", scripted)
-    out, stats = speculative_generate(target, copy.deepcopy(target), ids, max_new_tokens=40, gamma=4,
-                                      adaptive_gamma=True, gamma_max=6)
+    out, stats = speculative_generate(
+        target, copy.deepcopy(target), ids, max_new_tokens=40, gamma=4, adaptive_gamma=True, gamma_max=6
+    )
     assert torch.equal(out, hf_greedy(target, ids, 40, eos=None))
     assert all(alpha == 1.0 and c > 0 and gmax == 6 for alpha, c, gmax in calls)  # identical draft: α = 1
     assert stats.gamma_hist[4] >= 1 and stats.gamma_hist[1] and stats.gamma_hist[2] and stats.gamma_hist[6]
     assert stats.gamma == 6 and stats.c > 0
     monkeypatch.undo()
     for draft in (build_model("tiny-neox", V, seed=2), noisy_copy(target, 0.12, seed=7)):
-        out, stats = speculative_generate(target, draft, ids, max_new_tokens=40, gamma=3, adaptive_gamma=True,
-                                          gamma_max=5, eos_token_id=0)
+        out, stats = speculative_generate(
+            target, draft, ids, max_new_tokens=40, gamma=3, adaptive_gamma=True, gamma_max=5, eos_token_id=0
+        )
         assert torch.equal(out, hf_greedy(target, ids, 40))
         assert sum(stats.gamma_hist[6:]) == 0 and stats.gamma_hist[0] == 0
 
@@ -339,17 +374,20 @@ def test_draft_with_padded_vocabulary_is_lossless():
     assert torch.equal(out, hf_greedy(target, ids, 20, eos=None))
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(gamma=0), "gamma must be an integer >= 1"),
-    (dict(gamma=2.5), "gamma must be an integer >= 1"),
-    (dict(temperature=-0.5), "temperature must be"),
-    (dict(temperature=float("nan")), "temperature must be"),
-    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
-    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
-    (dict(max_new_tokens=-1), "max_new_tokens must be >= 0"),
-    (dict(seed=1, generator=torch.Generator()), "either generator or seed"),
-    (dict(adaptive_gamma=True, gamma=6, gamma_max=4), r"gamma_max \(4\) must be >= gamma \(6\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(gamma=0), "gamma must be an integer >= 1"),
+        (dict(gamma=2.5), "gamma must be an integer >= 1"),
+        (dict(temperature=-0.5), "temperature must be"),
+        (dict(temperature=float("nan")), "temperature must be"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(max_new_tokens=-1), "max_new_tokens must be >= 0"),
+        (dict(seed=1, generator=torch.Generator()), "either generator or seed"),
+        (dict(adaptive_gamma=True, gamma=6, gamma_max=4), r"gamma_max \(4\) must be >= gamma \(6\)"),
+    ],
+)
 def test_bad_arguments(kwargs, message):
     target = build_model("tiny-neox", V, seed=1)
     with pytest.raises(AdaspecError, match=message):

@@ -15,8 +15,8 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaC
 import adaspec.decoding.lm as lm_drafter
 from adaspec import AdaspecError
 from adaspec.decoding.generate import speculative_generate, target_only_generate
-from adaspec.models.lean import LeanLM, cached_lm, lean_supported
 from adaspec.models import build_model
+from adaspec.models.lean import LeanLM, cached_lm, lean_supported
 
 V = 96
 TOL = 1e-4
@@ -55,8 +55,8 @@ def test_cache_reuse_over_incremental_forwards(model):
     ref = hf_logits(model, ids)
     lm, start = LeanLM(model, V, "t"), 0
     for chunk in [7, 1, 1, 4, 16, 1, 10]:
-        logits, _ = lm.forward(ids[start:start + chunk], keep=chunk)
-        assert close(logits, ref[start:start + chunk])
+        logits, _ = lm.forward(ids[start : start + chunk], keep=chunk)
+        assert close(logits, ref[start : start + chunk])
         start += chunk
     assert lm.seen == 40
 
@@ -77,8 +77,9 @@ def test_hidden_states_match_hf(model):
     ids = tokens(19, seed=5)
     layers = model.base_model.layers if hasattr(model.base_model, "layers") else model.base_model.h
     captured = []
-    hook = layers[-1].register_forward_hook(lambda mod, args, out: captured.append(out[0] if isinstance(
-        out, tuple) else out))
+    hook = layers[-1].register_forward_hook(
+        lambda mod, args, out: captured.append(out[0] if isinstance(out, tuple) else out)
+    )
     try:
         with torch.no_grad():
             ref = model(ids[None], output_hidden_states=True)
@@ -123,15 +124,26 @@ def test_output_vocab_is_sliced_or_padded(model):
 
 # ---- Llama variants: grouped-query attention, biases, static rope scaling, growth past the context ----
 
-@pytest.mark.parametrize("extra", [
-    dict(num_key_value_heads=2),
-    dict(num_key_value_heads=1, attention_bias=True, mlp_bias=True),
-    dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}),
-    dict(head_dim=16),
-])
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(num_key_value_heads=2),
+        dict(num_key_value_heads=1, attention_bias=True, mlp_bias=True),
+        dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}),
+        dict(head_dim=16),
+    ],
+)
 def test_llama_variants_match_hf(extra):
-    config = LlamaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=64, **extra)
+    config = LlamaConfig(
+        vocab_size=V,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        **extra,
+    )
     torch.manual_seed(0)
     m = AutoModelForCausalLM.from_config(config).eval()
     assert lean_supported(m) is None
@@ -142,14 +154,40 @@ def test_llama_variants_match_hf(extra):
     assert close(torch.cat([a, b]), hf_logits(m, ids))
 
 
-@pytest.mark.parametrize("config", [
-    GPTNeoXConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                  use_parallel_residual=False, rotary_pct=1.0, attention_bias=False),
-    GPTNeoXConfig(vocab_size=V, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                  rotary_pct=0.5, hidden_act="gelu_new"),
-    GPT2Config(vocab_size=V, n_embd=32, n_layer=3, n_head=4, n_inner=48, scale_attn_by_inverse_layer_idx=True,
-               activation_function="relu"),
-], ids=["neox-sequential-full-rotary", "neox-half-rotary-gelu-new", "gpt2-layer-scaled-relu"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        GPTNeoXConfig(
+            vocab_size=V,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            use_parallel_residual=False,
+            rotary_pct=1.0,
+            attention_bias=False,
+        ),
+        GPTNeoXConfig(
+            vocab_size=V,
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            rotary_pct=0.5,
+            hidden_act="gelu_new",
+        ),
+        GPT2Config(
+            vocab_size=V,
+            n_embd=32,
+            n_layer=3,
+            n_head=4,
+            n_inner=48,
+            scale_attn_by_inverse_layer_idx=True,
+            activation_function="relu",
+        ),
+    ],
+    ids=["neox-sequential-full-rotary", "neox-half-rotary-gelu-new", "gpt2-layer-scaled-relu"],
+)
 def test_neox_and_gpt2_variants_match_hf(config):
     torch.manual_seed(0)
     m = AutoModelForCausalLM.from_config(config).eval()
@@ -245,13 +283,23 @@ def test_keep_path_leaves_the_cache_of_a_fresh_forward_on_the_path(model):
 
 # ---- fallback ----
 
+
 def test_unsupported_models_fall_back_to_hf_with_one_notice(capsys):
-    dynamic = AutoModelForCausalLM.from_config(LlamaConfig(
-        vocab_size=V, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-        rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})).eval()
-    opt = AutoModelForCausalLM.from_config(OPTConfig(
-        vocab_size=V, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, ffn_dim=64,
-        word_embed_proj_dim=32)).eval()
+    dynamic = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            vocab_size=V,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+            rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0},
+        )
+    ).eval()
+    opt = AutoModelForCausalLM.from_config(
+        OPTConfig(
+            vocab_size=V, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=32
+        )
+    ).eval()
     for m, reason in [(dynamic, "rope type 'dynamic'"), (opt, "OPTForCausalLM is not one of")]:
         assert reason in lean_supported(m)
         lm = cached_lm(m, V, "draft")
@@ -269,6 +317,7 @@ def test_unsupported_models_fall_back_to_hf_with_one_notice(capsys):
 
 
 # ---- decoding ----
+
 
 @torch.inference_mode()
 def lean_greedy(lm: LeanLM, prompt: torch.Tensor, new: int) -> list[int]:
@@ -295,7 +344,7 @@ def greedy_speculative(target: LeanLM, draft: LeanLM, prompt: torch.Tensor, new:
     target.forward(prompt[:-1])
     draft.forward(prompt[:-1])
     while len(seq) < len(prompt) + new:
-        n, feed, proposals = len(seq), torch.tensor(seq[draft.seen:]), []
+        n, feed, proposals = len(seq), torch.tensor(seq[draft.seen :]), []
         for _ in range(gamma):
             logits, _ = draft.forward(feed)
             feed = logits[0].argmax().view(1)
@@ -323,8 +372,9 @@ def test_greedy_speculative_decoding_on_lean_models_equals_target_greedy(target_
     other = build_model(draft_preset, V, seed=6)
     prompt = tokens(8, seed=18)
     with torch.no_grad():
-        ref = target.generate(prompt[None], do_sample=False, max_new_tokens=40, min_new_tokens=40,
-                              pad_token_id=0)[0].tolist()
+        ref = target.generate(prompt[None], do_sample=False, max_new_tokens=40, min_new_tokens=40, pad_token_id=0)[
+            0
+        ].tolist()
     for d in (draft, other):
         ours = greedy_speculative(LeanLM(target, V, "target"), LeanLM(d, V, "draft"), prompt, 40, gamma=3)
         assert ours == ref
@@ -361,15 +411,23 @@ def test_tree_step_matches_mains_hf_tree_forward_and_compaction(model):
     hf = CachedLM(model, V, "t")
     with torch.no_grad():
         hf.forward(prefix[:-1])
-        ref, _ = hf.forward(torch.cat([root, tree.tokens]), keep=tree.size + 1, positions=tree.position_ids(8),
-                            tree_mask=tree.attention_mask())
+        ref, _ = hf.forward(
+            torch.cat([root, tree.tokens]),
+            keep=tree.size + 1,
+            positions=tree.position_ids(8),
+            tree_mask=tree.attention_mask(),
+        )
         hf.keep_path(9, path)
         length = hf.seen
         ref_next = hf.forward(nxt, keep=2)[0]
     lm = LeanLM(model, V, "t")
     lm.forward(prefix[:-1])
-    logits, _ = lm.forward(torch.cat([root, tree.tokens]), keep=tree.size + 1, positions=tree.position_ids(8),
-                           tree_mask=tree.attention_mask())
+    logits, _ = lm.forward(
+        torch.cat([root, tree.tokens]),
+        keep=tree.size + 1,
+        positions=tree.position_ids(8),
+        tree_mask=tree.attention_mask(),
+    )
     assert close(logits, ref)
     lm.keep_path(9, path)
     assert lm.seen == length

@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
-from adaspec.models.lean import DraftLeanLM
 from adaspec.decoding.lm import LMDrafter
 from adaspec.models import build_model
+from adaspec.models.lean import DraftLeanLM
 
 V = 96
 TOL = 1e-4
@@ -30,12 +30,12 @@ def test_steps_match_hf_over_crops_and_mixed_widths():
     assert lm._folded is not None
     ids, other = tokens(40, seed=1), tokens(40, seed=2)
     lm.forward(ids[:9])
-    steps = [lm.forward(ids[i:i + 1])[0] for i in range(9, 20)]
+    steps = [lm.forward(ids[i : i + 1])[0] for i in range(9, 20)]
     assert float((torch.cat(steps) - hf_logits(model, ids[:20])[9:]).abs().max()) < TOL
     lm.crop(14)  # roll back, then a two-token catch-up (the exact path) and one-token steps on the same cache
     mixed = torch.cat([ids[:14], other[14:30]])
     first, _ = lm.forward(mixed[14:16], keep=2)
-    steps = [lm.forward(mixed[i:i + 1])[0] for i in range(16, 30)]
+    steps = [lm.forward(mixed[i : i + 1])[0] for i in range(16, 30)]
     ref = hf_logits(model, mixed)
     assert float((torch.cat([first, *steps]) - ref[14:30]).abs().max()) < TOL
 
@@ -44,24 +44,32 @@ def test_tree_form_of_a_chain_matches_hf():
     model = build_model("tiny-neox", V, seed=8)
     lm, ids = DraftLeanLM(model, V, "draft"), tokens(15, seed=9)
     lm.forward(ids[:10])
-    logits, _ = lm.forward(ids[10:], keep=5, positions=torch.arange(10, 15),
-                           tree_mask=torch.ones(5, 5, dtype=torch.bool).tril())
+    logits, _ = lm.forward(
+        ids[10:], keep=5, positions=torch.arange(10, 15), tree_mask=torch.ones(5, 5, dtype=torch.bool).tril()
+    )
     assert float((logits - hf_logits(model, ids)[10:]).abs().max()) < TOL
 
 
 @pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2", "sequential-neox"])
 def test_other_layers_take_the_lean_path(preset):
     if preset == "sequential-neox":
-        model = AutoModelForCausalLM.from_config(GPTNeoXConfig(
-            vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            use_parallel_residual=False)).eval()
+        model = AutoModelForCausalLM.from_config(
+            GPTNeoXConfig(
+                vocab_size=V,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                use_parallel_residual=False,
+            )
+        ).eval()
     else:
         model = build_model(preset, V, seed=4)
     lm = DraftLeanLM(model, V, "draft")
     assert lm._folded is None
     ids = tokens(12, seed=5)
     lm.forward(ids[:6])
-    steps = [lm.forward(ids[i:i + 1])[0] for i in range(6, 12)]
+    steps = [lm.forward(ids[i : i + 1])[0] for i in range(6, 12)]
     assert float((torch.cat(steps) - hf_logits(model, ids)[6:]).abs().max()) < TOL
 
 

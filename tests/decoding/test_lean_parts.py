@@ -39,16 +39,18 @@ def test_rms_norm_is_transformers_llama_norm_and_the_heads_module_keeps_float64(
 
 
 def test_inv_freq_is_transformers_default_rope():
-    config = LlamaConfig(hidden_size=64, num_attention_heads=4, rope_parameters={"rope_type": "default",
-                                                                                  "rope_theta": 5000.0})
+    config = LlamaConfig(
+        hidden_size=64, num_attention_heads=4, rope_parameters={"rope_type": "default", "rope_theta": 5000.0}
+    )
     assert torch.equal(inv_freq(5000.0, 16), LlamaRotaryEmbedding(config).inv_freq)
 
 
 @pytest.mark.parametrize("rotary_dims", [16, 8])
 def test_table_rotation_is_rotate_half_and_leaves_the_dims_past_the_rotary_ones(rotary_dims):
     head_dim, positions = 16, torch.tensor([0, 3, 7, 50])
-    cos, sin, perm = rotary_tables(inv_freq(10000.0, rotary_dims), 1.0, 64, head_dim, torch.float32,
-                                   torch.device("cpu"))
+    cos, sin, perm = rotary_tables(
+        inv_freq(10000.0, rotary_dims), 1.0, 64, head_dim, torch.float32, torch.device("cpu")
+    )
     x = _randn(4, 2, head_dim)  # [T, heads, head_dim]
     got = rotate(x, perm, cos[positions][:, None], sin[positions][:, None])
     part = x[..., :rotary_dims].permute(1, 0, 2)[None]  # apply_rope's [B, heads, T, rotary dims]
@@ -86,5 +88,6 @@ def test_attend_one_query_shortcut_equals_the_general_path_and_masks_are_applied
     hidden[0, 2] = False  # a hidden row is as if it were not cached
     rows = torch.tensor([0, 1, 3, 4, 5, 6])
     want = F.scaled_dot_product_attention(q, keys[:, :, rows], values[:, :, rows], enable_gqa=gqa)
-    torch.testing.assert_close(attend(q, keys, values, 7, hidden, False, None, gqa), want.reshape(1, -1),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        attend(q, keys, values, 7, hidden, False, None, gqa), want.reshape(1, -1), rtol=0, atol=1e-6
+    )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaspec.models.target import FINAL, CachedLM, cache_kwarg, decoder_layers, final_norm, fit_vocab
 from adaspec.errors import AdaspecError
 from adaspec.models import build_model
+from adaspec.models.target import FINAL, CachedLM, cache_kwarg, decoder_layers, final_norm, fit_vocab
 
 VOCAB = 50
 

@@ -48,11 +48,14 @@ def test_chain_is_a_tree_of_width_one():
     assert chain.position_ids(2).tolist() == [2, 3, 4, 5]
 
 
-@pytest.mark.parametrize("paths, message", [
-    ([[0, 0]], "no parent path"),
-    ([[0], [3]], "beyond"),
-    ([[]], "empty"),
-])
+@pytest.mark.parametrize(
+    "paths, message",
+    [
+        ([[0, 0]], "no parent path"),
+        ([[0], [3]], "beyond"),
+        ([[]], "empty"),
+    ],
+)
 def test_from_paths_rejects_bad_paths(paths, message):
     with pytest.raises(AdaspecError, match=message):
         Tree.from_paths(paths, CANDIDATES)
@@ -66,7 +69,7 @@ def test_tree_rejects_nodes_before_their_parent():
 
 
 def _draft_logp(path: tuple[int, ...], vocab: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(hash(path) % (2 ** 31))
+    g = torch.Generator().manual_seed(hash(path) % (2**31))
     return torch.log_softmax(2 * torch.randn(vocab, generator=g), -1)
 
 
@@ -77,6 +80,7 @@ def _expand_from(vocab: int, top_k: int, calls: list):
         logp, tokens = torch.stack(rows).topk(top_k, dim=-1)
         calls.append(nodes.numel())
         return tokens, logp
+
     return expand
 
 

@@ -10,22 +10,25 @@ import torch
 from sampling_check import chi2_pvalue, exact_joint, tiny_neox
 
 from adaspec import AdaspecError
-from adaspec.decoding.generate import speculative_generate, target_only_generate
-from adaspec.models.lean import LeanLM
-from adaspec.models.target import CachedLM
-from adaspec.decoding.tree_generate import TreeCosts, measure_verify_costs, tree_speculative_generate
 from adaspec.core.tree_shape import AdaptiveTree, TreeShape
-from adaspec.drafters.eagle.model import EagleConfig, EagleHead
-from adaspec.drafters.eagle.drafter import EagleDrafter
+from adaspec.decoding.generate import speculative_generate, target_only_generate
 from adaspec.decoding.lm import LMDrafter
+from adaspec.decoding.tree_generate import TreeCosts, measure_verify_costs, tree_speculative_generate
+from adaspec.drafters.eagle.drafter import EagleDrafter
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead
 from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
 from adaspec.drafters.mtp.model import MTPDrafter, build_mtp
 from adaspec.models import build_model
+from adaspec.models.lean import LeanLM
+from adaspec.models.target import CachedLM
 
 VOCAB = 40
 FAMILIES = ["tiny-llama", "tiny-neox", "tiny-gpt2"]
-SHAPES = [TreeShape.dynamic(3, 3, 8), TreeShape.static([[0], [1], [2], [0, 0], [1, 0], [0, 1], [0, 0, 0]]),
-          AdaptiveTree(10, 3, 3)]
+SHAPES = [
+    TreeShape.dynamic(3, 3, 8),
+    TreeShape.static([[0], [1], [2], [0, 0], [1, 0], [0, 1], [0, 0, 0]]),
+    AdaptiveTree(10, 3, 3),
+]
 
 
 def _target(family: str, seed: int = 0):
@@ -51,11 +54,14 @@ def _noisy_copy(model, scale: float, seed: int):
 
 def _drafters(target):
     eagle = EagleHead.from_target(target, EagleConfig.for_target(target), seed=2).eval()
-    return {"lm": LMDrafter(_noisy_copy(target, 0.1, seed=1), VOCAB),
-            "lm-keep": LMDrafter(_noisy_copy(target, 0.1, seed=1), VOCAB, keep_tree_rows=True),
-            "eagle": EagleDrafter(eagle), "eagle-keep": EagleDrafter(eagle, keep_tree_rows=True),
-            "mtp": MTPDrafter(build_mtp(target, depth=3, seed=4), target),
-            "medusa": MedusaDrafter(build_medusa(target, heads=3), target)}
+    return {
+        "lm": LMDrafter(_noisy_copy(target, 0.1, seed=1), VOCAB),
+        "lm-keep": LMDrafter(_noisy_copy(target, 0.1, seed=1), VOCAB, keep_tree_rows=True),
+        "eagle": EagleDrafter(eagle),
+        "eagle-keep": EagleDrafter(eagle, keep_tree_rows=True),
+        "mtp": MTPDrafter(build_mtp(target, depth=3, seed=4), target),
+        "medusa": MedusaDrafter(build_medusa(target, heads=3), target),
+    }
 
 
 COSTS = TreeCosts({1: 1.0, 4: 1.2, 16: 2.0}, 1e-3)  # passed in, so the adaptive runs measure nothing
@@ -79,8 +85,9 @@ def test_a_good_draft_accepts_long_paths(family):
     target = _target(family)
     prompt = torch.tensor([[1, 5, 9, 2]])
     expected, _ = target_only_generate(target, prompt, max_new_tokens=24)
-    seq, stats = tree_speculative_generate(target, _noisy_copy(target, 0.1, seed=1), prompt, 24,
-                                           tree=TreeShape.dynamic(3, 4, 12))
+    seq, stats = tree_speculative_generate(
+        target, _noisy_copy(target, 0.1, seed=1), prompt, 24, tree=TreeShape.dynamic(3, 4, 12)
+    )
     assert seq.tolist() == expected.tolist()
     assert stats.steps < 24 and sum(1 for c in stats.accept_hist if c) >= 2  # paths of several lengths
 
@@ -93,6 +100,7 @@ def test_the_tree_loop_runs_on_the_chain_engines_decode_path(monkeypatch):
         def spy(self, *args, _original=original, **kwargs):
             calls.append("LeanLM" if isinstance(self, LeanLM) else type(self).__name__)  # DraftLeanLM is one
             return _original(self, *args, **kwargs)
+
         monkeypatch.setattr(cls, "forward", spy)
     target = _target("tiny-llama")
     for lean, name in ((None, "LeanLM"), (False, "CachedLM")):
@@ -109,8 +117,9 @@ def test_eos_stops_and_stats_count_trees():
     expected, _ = target_only_generate(target, torch.tensor([[3]]), max_new_tokens=12)
     eos = expected[0, 5].item()
     drafter = LMDrafter(_noisy_copy(target, 0.3, seed=2), VOCAB)
-    seq, stats = tree_speculative_generate(target, drafter, torch.tensor([[3]]), 12, tree=TreeShape.dynamic(2, 3, 6),
-                                           eos_token_id=eos)
+    seq, stats = tree_speculative_generate(
+        target, drafter, torch.tensor([[3]]), 12, tree=TreeShape.dynamic(2, 3, 6), eos_token_id=eos
+    )
     first = expected[0, 1:].tolist().index(eos) + 1
     assert seq.tolist() == expected[:, : first + 1].tolist()
     assert stats.drafted == sum(stats.depth_nodes) and stats.draft_forwards == stats.draft_depth
@@ -120,8 +129,13 @@ def test_eos_stops_and_stats_count_trees():
 def test_depth_beyond_a_heads_bound_and_drafters_without_trees_are_refused():
     target = _target("tiny-gpt2")
     with pytest.raises(AdaspecError, match="at most 3 tokens deep; got a tree of depth 4") as err:
-        tree_speculative_generate(target, MedusaDrafter(build_medusa(target, heads=3), target), torch.tensor([[1, 2]]),
-                                  4, tree=TreeShape.dynamic(2, 4, 6))
+        tree_speculative_generate(
+            target,
+            MedusaDrafter(build_medusa(target, heads=3), target),
+            torch.tensor([[1, 2]]),
+            4,
+            tree=TreeShape.dynamic(2, 4, 6),
+        )
     assert len(str(err.value).splitlines()) == 1
 
     class ChainOnly:
@@ -139,8 +153,9 @@ def test_depth_beyond_a_heads_bound_and_drafters_without_trees_are_refused():
 
 def test_adaptive_measures_costs_when_none_are_given():
     target = _target("tiny-neox")
-    seq, stats = tree_speculative_generate(target, _noisy_copy(target, 0.1, seed=1), torch.tensor([[1, 2, 3]]), 16,
-                                           tree=AdaptiveTree(8, 3, 2))
+    seq, stats = tree_speculative_generate(
+        target, _noisy_copy(target, 0.1, seed=1), torch.tensor([[1, 2, 3]]), 16, tree=AdaptiveTree(8, 3, 2)
+    )
     assert seq.tolist() == target_only_generate(target, torch.tensor([[1, 2, 3]]), 16)[0].tolist()
     from adaspec.models.lean import cached_lm
 
@@ -153,10 +168,23 @@ def test_adaptive_measures_costs_when_none_are_given():
 
 def test_sampling_repeats_with_a_seed():
     target = _target("tiny-neox")
-    for drafter in (LMDrafter(_noisy_copy(target, 0.3, seed=3), VOCAB),
-                    MedusaDrafter(build_medusa(target, heads=2), target)):
-        runs = [tree_speculative_generate(target, drafter, torch.tensor([[1, 2]]), 16, tree=TreeShape.dynamic(3, 2, 6),
-                                          temperature=0.8, top_p=0.9, seed=0) for _ in range(2)]
+    for drafter in (
+        LMDrafter(_noisy_copy(target, 0.3, seed=3), VOCAB),
+        MedusaDrafter(build_medusa(target, heads=2), target),
+    ):
+        runs = [
+            tree_speculative_generate(
+                target,
+                drafter,
+                torch.tensor([[1, 2]]),
+                16,
+                tree=TreeShape.dynamic(3, 2, 6),
+                temperature=0.8,
+                top_p=0.9,
+                seed=0,
+            )
+            for _ in range(2)
+        ]
         assert runs[0][0].shape == (1, 18) and runs[0][1].emitted == 16
         assert torch.equal(runs[0][0], runs[1][0])
 
@@ -174,9 +202,10 @@ def _first_tokens(target, drafter, prompt, samples, temperature, top_p, seed):
     totals = None
     shape = TreeShape.static([[0], [1], [2], [0, 0], [0, 1], [0, 2], [1, 0], [2, 0]])  # width 3, depth 2
     for _ in range(samples):
-        out, stats = tree_speculative_generate(target, drafter, torch.tensor([prompt]), 3, tree=shape,
-                                               temperature=temperature, top_p=top_p, generator=gen)
-        x1, x2, x3 = out[0, len(prompt):].tolist()
+        out, stats = tree_speculative_generate(
+            target, drafter, torch.tensor([prompt]), 3, tree=shape, temperature=temperature, top_p=top_p, generator=gen
+        )
+        x1, x2, x3 = out[0, len(prompt) :].tolist()
         counts[x1, x2, x3] += 1
         totals = stats if totals is None else totals + stats
     return counts, totals
@@ -214,8 +243,16 @@ def test_sampled_trees_of_a_draft_lm_follow_the_target_at_10k_samples():
     counts = torch.zeros(vocab, vocab, vocab)
     gen = torch.Generator().manual_seed(1)
     for _ in range(10_000):
-        out, _ = tree_speculative_generate(target, drafter, torch.tensor([prompt]), 3, tree=TreeShape.dynamic(3, 2, 6),
-                                           temperature=0.9, top_p=0.9, generator=gen)
+        out, _ = tree_speculative_generate(
+            target,
+            drafter,
+            torch.tensor([prompt]),
+            3,
+            tree=TreeShape.dynamic(3, 2, 6),
+            temperature=0.9,
+            top_p=0.9,
+            generator=gen,
+        )
         x1, x2, x3 = out[0, 2:].tolist()
         counts[x1, x2, x3] += 1
     assert chi2_pvalue(counts, exact_joint(target, prompt, vocab, 0.9, 0.9)) > 1e-3
@@ -234,5 +271,6 @@ def test_a_controller_passed_in_keeps_learning_across_calls():
     tree_speculative_generate(target, drafter, torch.tensor([[6]]), 12, tree=controller)
     assert controller.steps > first > 0
     with pytest.raises(AdaspecError, match="the controller plans 3"):
-        tree_speculative_generate(target, MedusaDrafter(build_medusa(target, heads=2), target), torch.tensor([[1, 2]]),
-                                  4, tree=controller)
+        tree_speculative_generate(
+            target, MedusaDrafter(build_medusa(target, heads=2), target), torch.tensor([[1, 2]]), 4, tree=controller
+        )

@@ -14,7 +14,6 @@ from adaspec.core.tree_policy import TreeController, best_tree, interpolate_cost
 from adaspec.core.tree_shape import AdaptiveTree
 from adaspec.errors import AdaspecError
 
-
 # The policy's model (adaspec.core.tree_policy's docstring) written out directly, path by path: the reference
 # best_tree's incremental sums are checked against.
 
@@ -63,7 +62,8 @@ def test_expected_tokens_sums_path_products():
     a = [[0.5, 0.25], [0.8, 0.1]]
     assert expected_tokens([], a) == 1.0
     assert expected_tokens([(0,), (1,), (0, 0), (0, 1), (1, 0)], a) == pytest.approx(
-        1 + 0.5 + 0.25 + 0.5 * 0.8 + 0.5 * 0.1 + 0.25 * 0.8)
+        1 + 0.5 + 0.25 + 0.5 * 0.8 + 0.5 * 0.1 + 0.25 * 0.8
+    )
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -88,7 +88,7 @@ def test_width_one_chooses_the_best_chain_length():
     paths, _ = best_tree([[alpha]] * 8, verify, draft_cost=0.2)
     gamma = len(paths)
     assert paths == tuple((0,) * d for d in range(1, gamma + 1))
-    rate = [sum(alpha ** i for i in range(g + 1)) / (g * 0.2 + verify[g]) for g in range(9)]
+    rate = [sum(alpha**i for i in range(g + 1)) / (g * 0.2 + verify[g]) for g in range(9)]
     assert gamma == max(range(9), key=lambda g: rate[g])
 
 
@@ -108,7 +108,8 @@ def test_interpolated_costs_are_linear_between_measured_sizes_and_flat_after():
     assert costs == pytest.approx([1.0, 1.5, 2.0, 3.0, 4.0, 4.0, 4.0])
     # a noisy dip is pooled with the spike before it: more tokens never cost less
     assert interpolate_costs({1: 1.0, 2: 2.7, 3: 1.1, 4: 0.9, 6: 3.0}, 5) == pytest.approx(
-        [1.0, 1.5666667, 1.5666667, 1.5666667, 2.2833333, 3.0], abs=1e-6)
+        [1.0, 1.5666667, 1.5666667, 1.5666667, 2.2833333, 3.0], abs=1e-6
+    )
 
 
 def test_frontier_sizes_and_step_cost():
@@ -135,8 +136,9 @@ def test_controller_counts_judged_children_by_depth_and_rank():
 
 
 def test_a_controller_that_stops_drafting_still_explores():
-    ctl = TreeController(AdaptiveTree(8, 3, 2), [1.0] * 9, target_1_s=0.01, draft_cost=50.0, replan_every=1,
-                         explore_every=4)
+    ctl = TreeController(
+        AdaptiveTree(8, 3, 2), [1.0] * 9, target_1_s=0.01, draft_cost=50.0, replan_every=1, explore_every=4
+    )
     shapes = []
     for _ in range(8):
         shapes.append(ctl.shape())

@@ -8,10 +8,10 @@ import torch
 from transformers import DynamicCache
 
 from adaspec.core.tree import Tree
-from adaspec.models.target import CachedLM
-from adaspec.models.tree_target import check_tree_attention, masked_forward
 from adaspec.errors import AdaspecError
 from adaspec.models import build_model
+from adaspec.models.target import CachedLM
+from adaspec.models.tree_target import check_tree_attention, masked_forward
 
 VOCAB = 50
 FAMILIES = ["tiny-llama", "tiny-neox", "tiny-gpt2"]
@@ -39,8 +39,12 @@ def _setup(model, prefix_len: int = 6, seed: int = 0, layers: tuple[int, ...] = 
 
 def _tree_step(lm: CachedLM, root: torch.Tensor, tree: Tree):
     """Root and nodes in one forward, as the tree engine feeds them: rows 0 (after the root) and i + 1 (node i)."""
-    return lm.forward(torch.cat([root.view(1), tree.tokens]), keep=tree.size + 1,
-                      positions=tree.position_ids(lm.seen), tree_mask=tree.attention_mask())
+    return lm.forward(
+        torch.cat([root.view(1), tree.tokens]),
+        keep=tree.size + 1,
+        positions=tree.position_ids(lm.seen),
+        tree_mask=tree.attention_mask(),
+    )
 
 
 @torch.inference_mode()
@@ -51,7 +55,7 @@ def test_tree_logits_equal_chain_forwards_on_every_path(model):
     assert lm.seen == lm.cache.get_seq_length() == prefix.numel() + 1 + tree.size
     for leaf in tree.leaves():
         path = tree.ancestors()[leaf]
-        chain = _forward(model, torch.cat([prefix, root.view(1), tree.tokens[path]]))[prefix.numel():]
+        chain = _forward(model, torch.cat([prefix, root.view(1), tree.tokens[path]]))[prefix.numel() :]
         torch.testing.assert_close(logits[[0] + [i + 1 for i in path]], chain, atol=1e-5, rtol=1e-5)
 
 
@@ -69,12 +73,14 @@ def test_captured_hidden_states_equal_a_chain_forwards(model):
     path = tree.ancestors()[tree.leaves()[-1]]
     rows = [0] + [i + 1 for i in path]
     kept: list[torch.Tensor] = []
-    handles = [m.register_forward_hook(lambda _m, _i, out: kept.append(out[0] if isinstance(out, tuple) else out))
-               for m in (_layers(model)[0], _layers(model)[last])]
+    handles = [
+        m.register_forward_hook(lambda _m, _i, out: kept.append(out[0] if isinstance(out, tuple) else out))
+        for m in (_layers(model)[0], _layers(model)[last])
+    ]
     _forward(model, torch.cat([prefix, root.view(1), tree.tokens[path]]))
     for h in handles:
         h.remove()
-    chain = torch.stack([k[0, prefix.numel():] for k in kept])
+    chain = torch.stack([k[0, prefix.numel() :] for k in kept])
     torch.testing.assert_close(hidden[:, rows], chain, atol=1e-5, rtol=1e-5)
     _, none = _tree_step(CachedLM(model, VOCAB, "target"), root, tree)
     assert none is None
@@ -105,7 +111,7 @@ def test_eager_attention_takes_the_tree_mask_too():
     prefix, root, tree, lm = _setup(model, seed=2)
     logits, _ = _tree_step(lm, root, tree)
     path = tree.ancestors()[tree.leaves()[-1]]
-    chain = _forward(model, torch.cat([prefix, root.view(1), tree.tokens[path]]))[prefix.numel():]
+    chain = _forward(model, torch.cat([prefix, root.view(1), tree.tokens[path]]))[prefix.numel() :]
     torch.testing.assert_close(logits[[0] + [i + 1 for i in path]], chain, atol=1e-5, rtol=1e-5)
 
 
@@ -120,8 +126,9 @@ def test_attention_without_custom_masks_is_refused_in_one_line():
 def test_a_family_without_mask_support_is_refused_in_one_line():
     from transformers import AutoModelForCausalLM, MambaConfig
 
-    model = AutoModelForCausalLM.from_config(MambaConfig(vocab_size=VOCAB, hidden_size=8, num_hidden_layers=1,
-                                                         state_size=2))
+    model = AutoModelForCausalLM.from_config(
+        MambaConfig(vocab_size=VOCAB, hidden_size=8, num_hidden_layers=1, state_size=2)
+    )
     with pytest.raises(AdaspecError, match="mamba models cannot verify token trees") as err:
         check_tree_attention(model)
     assert "\n" not in str(err.value)
@@ -141,9 +148,17 @@ def test_visibility_and_kept_rows_are_checked(model):
 def test_sliding_window_layers_are_refused():
     from transformers import AutoModelForCausalLM, MistralConfig
 
-    model = AutoModelForCausalLM.from_config(MistralConfig(
-        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, sliding_window=4))
+    model = AutoModelForCausalLM.from_config(
+        MistralConfig(
+            vocab_size=VOCAB,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            sliding_window=4,
+        )
+    )
     cache = DynamicCache(config=model.config)
     model(input_ids=torch.tensor([[1, 2, 3]]), cache=cache, use_cache=True)
     with pytest.raises(AdaspecError, match="sliding-window"):

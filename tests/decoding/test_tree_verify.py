@@ -55,8 +55,7 @@ def test_a_chain_gives_exactly_verify_chain(top_p):
 
 def _longest_matching_path(tree: Tree, best: list[int]) -> list[int]:
     """Brute force: the deepest node whose every token equals the target's argmax at its parent."""
-    good = [path for path in tree.ancestors()
-            if all(tree.tokens[c] == best[(tree.parents[c] + 1)] for c in path)]
+    good = [path for path in tree.ancestors() if all(tree.tokens[c] == best[(tree.parents[c] + 1)] for c in path)]
     return max(good, key=len, default=[])
 
 
@@ -68,8 +67,11 @@ def test_greedy_accepts_the_longest_matching_path():
         candidates = torch.stack([torch.randperm(V, generator=g)[:3] for _ in range(3)])
         tree = Tree.from_paths(paths, candidates)
         # a target that often agrees with the draft's candidates, so that long paths occur
-        best = torch.where(torch.rand(tree.size + 1, generator=g) < 0.6, candidates[0, 0],
-                           torch.randint(0, V, (tree.size + 1,), generator=g))
+        best = torch.where(
+            torch.rand(tree.size + 1, generator=g) < 0.6,
+            candidates[0, 0],
+            torch.randint(0, V, (tree.size + 1,), generator=g),
+        )
         target = torch.nn.functional.one_hot(best, V).float()
         path, nxt = verify_tree(target, tree)
         assert path.tolist() == _longest_matching_path(tree, best.tolist())
@@ -90,6 +92,7 @@ def test_shapes_are_checked():
 
 
 # ---- losslessness ----
+
 
 class ToyLanguage:
     """A target p and a draft q after every prefix of up to `depth` tokens, over V tokens."""
@@ -117,6 +120,7 @@ def _top_k_tree(lang: ToyLanguage, top_k: int = 3, depth: int = 3, total: int = 
         rows = lang.rows(lang.q, tree)[nodes + 1]
         logp, tokens = rows.log().topk(top_k, dim=-1)
         return tokens, logp
+
     return build_dynamic_tree(expand, top_k=top_k, depth=depth, total_tokens=total)
 
 
@@ -205,9 +209,11 @@ def test_tree_sampling_follows_the_target(case):
         rows = lang.rows(lang.p, fixed)
         draw = lambda: (fixed, rows, None)  # noqa: E731
     else:
+
         def draw():
             tree, drawn_from = _sampled_tree(lang, [3, 2], kind == "iid", g)
             return tree, lang.rows(lang.p, tree), drawn_from
+
     tree = draw()[0]
     assert max(len(k) for k in tree.children()) >= 3 and tree.depth >= 2
     counts, seen = _first_two_counts(lang, draw, SAMPLES, g)

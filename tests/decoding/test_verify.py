@@ -47,8 +47,9 @@ def test_greedy_rule_is_longest_argmax_prefix(gamma, vocab):
     for _ in range(40):
         logits = torch.randn(gamma + 1, vocab, generator=g)
         p = torch.nn.functional.one_hot(logits.argmax(-1), vocab).float()
-        x = torch.where(torch.rand(gamma, generator=g) < 0.7, logits[:gamma].argmax(-1),
-                        torch.randint(vocab, (gamma,), generator=g))
+        x = torch.where(
+            torch.rand(gamma, generator=g) < 0.7, logits[:gamma].argmax(-1), torch.randint(vocab, (gamma,), generator=g)
+        )
         k, dist = verify_chain(p, x)
         k_ref, dist_ref = naive(p, x, None, None)
         assert int(k) == k_ref and torch.equal(dist, dist_ref)

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from adaspec import cli, data
+from adaspec.data import encode
+from adaspec.data.options import load_split
 from adaspec.distill import losses
-from adaspec.recipes.cache import CacheOptions, run_cache
 from adaspec.distill.cache_store import TeacherCache, items_fingerprint
 from adaspec.errors import AdaspecError
 from adaspec.models import build_model, load_model, save_model
-from adaspec.data import encode
-from adaspec.data.options import load_split
+from adaspec.recipes.cache import CacheOptions, run_cache
 from adaspec.training import setup
 from adaspec.training.options import TrainOptions
 
@@ -51,8 +51,19 @@ def env(tmp_path_factory) -> dict:
 
 
 def _opts(env: dict, output: Path, **kw) -> CacheOptions:
-    base = dict(target=env["target"], ref=env["ref"], output=str(output), task=None, data=env["data"],
-                limit=N_ITEMS, max_length=MAX_LEN, batch_size=5, top_k=16, shard_size=5, progress=False)
+    base = dict(
+        target=env["target"],
+        ref=env["ref"],
+        output=str(output),
+        task=None,
+        data=env["data"],
+        limit=N_ITEMS,
+        max_length=MAX_LEN,
+        batch_size=5,
+        top_k=16,
+        shard_size=5,
+        progress=False,
+    )
     return CacheOptions(**{**base, **kw})
 
 
@@ -64,20 +75,41 @@ def _items(env: dict, limit: int = N_ITEMS) -> list[dict]:
 @pytest.fixture(scope="module")
 def built(env) -> Path:
     out = env["root"] / "c16"
-    rc = cli.main(["cache", "--target", env["target"], "--ref", env["ref"], "--data", env["data"],
-                   "--limit", str(N_ITEMS), "--max-length", str(MAX_LEN), "--top-k", "16", "--batch-size", "5",
-                   "--shard-size", "5", "--output", str(out), "--no-progress"])
+    rc = cli.main(
+        [
+            "cache",
+            "--target",
+            env["target"],
+            "--ref",
+            env["ref"],
+            "--data",
+            env["data"],
+            "--limit",
+            str(N_ITEMS),
+            "--max-length",
+            str(MAX_LEN),
+            "--top-k",
+            "16",
+            "--batch-size",
+            "5",
+            "--shard-size",
+            "5",
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return out
 
 
 def _open(env: dict, path: Path, **kw) -> TeacherCache:
-    args = dict(target_path=env["target"], ref_path=env["ref"], items=_items(env), divergence="fkl",
-                temperature=1.0)
+    args = dict(target_path=env["target"], ref_path=env["ref"], items=_items(env), divergence="fkl", temperature=1.0)
     return TeacherCache.open(path, **{**args, **kw})
 
 
 # ---------------------------------------------------------------------------------------------- options
+
 
 def test_data_flags_match_train_options():
     train = {f.name: f for f in dataclasses.fields(TrainOptions)}
@@ -88,15 +120,27 @@ def test_data_flags_match_train_options():
         assert f.metadata.get("help"), f.name
 
 
-@pytest.mark.parametrize("bad", [dict(top_k=0), dict(batch_size=0), dict(temperature=0.0), dict(beta=1.5),
-                                 dict(shard_size=0), dict(limit=0), dict(max_length=1), dict(task="nope", data=None),
-                                 dict(task=None, data=None)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(top_k=0),
+        dict(batch_size=0),
+        dict(temperature=0.0),
+        dict(beta=1.5),
+        dict(shard_size=0),
+        dict(limit=0),
+        dict(max_length=1),
+        dict(task="nope", data=None),
+        dict(task=None, data=None),
+    ],
+)
 def test_option_ranges(env, bad):
     with pytest.raises(AdaspecError):
         _opts(env, env["root"] / "x", **bad)
 
 
 # ---------------------------------------------------------------------------------------------- contents
+
 
 def test_manifest_and_layout(env, built):
     m = json.loads((built / "manifest.json").read_text())
@@ -136,6 +180,7 @@ def test_batch_alignment_and_padding(env, built):
 
 # ---------------------------------------------------------------------------------------------- refusals
 
+
 def test_refuses_other_target(env, built):
     with pytest.raises(AdaspecError, match="another target"):
         _open(env, built, target_path=env["other_target"])
@@ -155,8 +200,15 @@ def test_refuses_other_data(env, built):
         _open(env, built, items=items)
 
 
-@pytest.mark.parametrize("kw, what", [(dict(divergence="rkl"), "divergence"), (dict(temperature=2.0), "temperature"),
-                                      (dict(top_k=32), "top-k"), (dict(vocab=10), "output vocabulary")])
+@pytest.mark.parametrize(
+    "kw, what",
+    [
+        (dict(divergence="rkl"), "divergence"),
+        (dict(temperature=2.0), "temperature"),
+        (dict(top_k=32), "top-k"),
+        (dict(vocab=10), "output vocabulary"),
+    ],
+)
 def test_refuses_other_settings(env, built, kw, what):
     with pytest.raises(AdaspecError, match=f"another {what}"):
         _open(env, built, **kw)
@@ -192,6 +244,7 @@ def test_missing_cache_errors(env, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- resume
+
 
 def test_resume_partial_build(env, built, tmp_path):
     out = tmp_path / "c"
@@ -234,19 +287,23 @@ def test_corrupt_shard(env, built, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- exactness
 
+
 def _cached_vs_exact(env: dict, cache_dir: Path, kind: str, draft: torch.nn.Module) -> tuple[float, float]:
     """Mean |sparse - exact| draft divergence and |cached L_ref - exact L_ref| over all response tokens."""
     items = _items(env)
-    c = TeacherCache.open(cache_dir, target_path=env["target"], ref_path=env["ref"], items=items,
-                          divergence=kind, temperature=1.0)
+    c = TeacherCache.open(
+        cache_dir, target_path=env["target"], ref_path=env["ref"], items=items, divergence=kind, temperature=1.0
+    )
     target, ref = load_model(env["target"]), load_model(env["ref"])
     idx = list(range(N_ITEMS))
     batch = data.collate([items[i] for i in idx], 0)
     mask = data.response_mask(batch["labels"])
     got = c.batch(idx, batch["input_ids"].shape[1], "cpu")
     with torch.no_grad():
-        p, q, r = (m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-                   for m in (target, draft, ref))
+        p, q, r = (
+            m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            for m in (target, draft, ref)
+        )
     exact = losses.per_token_divergence(kind, p, q)[mask]
     sparse = losses.sparse_divergence(kind, got["topk_ids"], got["topk_logprobs"], q)[mask]
     ref_exact = losses.per_token_divergence(kind, p, r)[mask]
@@ -280,14 +337,32 @@ def test_error_decreases_with_k(env, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- distill
 
+
 def _distill_opts(env: dict, out: Path, **kw):
     from adaspec.recipes.distill import DistillOptions
-    base = dict(output=str(out), target=env["target"], task=None, data=env["data"], limit=N_ITEMS,
-                max_length=MAX_LEN, batch_size=4, max_steps=3, val_every=0, val_examples=4,
-                val_max_new_tokens=6, preset="tiny-neox", init_seed=7, warmup_steps=1, progress=False, method="adaspec",
-                ref=env["ref"], k=0.5,
-                # the draft built from the preset, never loaded from the reference's path (whose forwards are counted)
-                cold_start="off")
+
+    base = dict(
+        output=str(out),
+        target=env["target"],
+        task=None,
+        data=env["data"],
+        limit=N_ITEMS,
+        max_length=MAX_LEN,
+        batch_size=4,
+        max_steps=3,
+        val_every=0,
+        val_examples=4,
+        val_max_new_tokens=6,
+        preset="tiny-neox",
+        init_seed=7,
+        warmup_steps=1,
+        progress=False,
+        method="adaspec",
+        ref=env["ref"],
+        k=0.5,
+        # the draft built from the preset, never loaded from the reference's path (whose forwards are counted)
+        cold_start="off",
+    )
     return DistillOptions(**{**base, **kw})
 
 
@@ -317,6 +392,7 @@ def test_distill_from_cache_runs_no_teacher_forward(env, tmp_path, monkeypatch):
                 calls[name] += 1
                 forwards_in_training[name] += in_training["on"]
                 return inner(*fa, **fk)
+
             model.forward = forward
         return model
 
@@ -342,6 +418,7 @@ def test_distill_from_cache_runs_no_teacher_forward(env, tmp_path, monkeypatch):
 
 def test_distill_refuses_cache_without_reference(env, tmp_path):
     from adaspec.recipes import distill
+
     out = tmp_path / "noref"
     run_cache(_opts(env, out, ref=None))
     with pytest.raises(AdaspecError, match="no reference divergence"):
@@ -350,6 +427,7 @@ def test_distill_refuses_cache_without_reference(env, tmp_path):
 
 def test_distill_prints_the_cache_k_and_refuses_fewer_than_top_k(env, built, tmp_path, capsys):
     from adaspec.recipes import distill
+
     with pytest.raises(AdaspecError, match="holds the target's top-16 per token, fewer than --top-k 32"):
         distill.run_distill(_distill_opts(env, tmp_path / "d", teacher_cache=str(built), top_k=32))
     distill.run_distill(_distill_opts(env, tmp_path / "ok", teacher_cache=str(built), top_k=16, max_steps=1))

@@ -10,7 +10,6 @@ import typing
 from pathlib import Path
 
 import pytest
-
 from helpers import max_diff, options_from, run, scalars, summary
 
 from adaspec import AdaspecError, config, data
@@ -20,8 +19,7 @@ from adaspec.recipes.train_head.options import TrainHeadOptions
 from adaspec.training.run_fingerprint import run_fingerprint
 from adaspec.training.setup import RUN_INPUTS
 
-FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
-        "--no-progress"]
+FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0", "--no-progress"]
 BASE = ["--limit", "32", "--batch-size", "8", "--max-steps", "4", "--lr", "1e-3", "--warmup-steps", "0", *FAST]
 
 
@@ -52,29 +50,45 @@ def test_bad_values_are_refused(capsys, tmp_path):
 ADASPEC = ["--method", "adaspec", "--ref", "r"]
 
 
-@pytest.mark.parametrize("argv, want", [
-    (["distill"], "off"),  # KD trains every token
-    (["distill", "--cold-start", "warmup"], "off"),
-    (["distill", *ADASPEC], cold_start.DEFAULT),
-    (["distill", *ADASPEC, "--draft-init", "d"], "off"),  # a draft the user trained
-    (["distill", *ADASPEC, "--selection", "all"], "off"),  # keeps every token
-    (["distill", *ADASPEC, "--cold-start", "off"], "off"),
-    (["distill", *ADASPEC, "--cold-start", "warmup", "--k-schedule", "linear"], "linear"),  # already a ramp
-    (["distill", *ADASPEC, "--cold-start", "ref", "--k-schedule", "linear"], "ref"),
-    (["train-head", "--kind", "eagle"], "off"),
-    (["train-head", "--kind", "eagle", *ADASPEC], cold_start.DEFAULT),
-    (["train-head", "--kind", "eagle", *ADASPEC, "--draft-init", "i"], cold_start.DEFAULT),  # eagle reads none
-    (["train-head", "--kind", "mtp", *ADASPEC, "--cold-start", "linear"], "linear"),
-    (["train-head", "--kind", "mtp", *ADASPEC, "--draft-init", "i"], "off"),
-    (["train-head", "--kind", "medusa", *ADASPEC, "--selection", "all"], "off"),
-])
+@pytest.mark.parametrize(
+    "argv, want",
+    [
+        (["distill"], "off"),  # KD trains every token
+        (["distill", "--cold-start", "warmup"], "off"),
+        (["distill", *ADASPEC], cold_start.DEFAULT),
+        (["distill", *ADASPEC, "--draft-init", "d"], "off"),  # a draft the user trained
+        (["distill", *ADASPEC, "--selection", "all"], "off"),  # keeps every token
+        (["distill", *ADASPEC, "--cold-start", "off"], "off"),
+        (["distill", *ADASPEC, "--cold-start", "warmup", "--k-schedule", "linear"], "linear"),  # already a ramp
+        (["distill", *ADASPEC, "--cold-start", "ref", "--k-schedule", "linear"], "ref"),
+        (["train-head", "--kind", "eagle"], "off"),
+        (["train-head", "--kind", "eagle", *ADASPEC], cold_start.DEFAULT),
+        (["train-head", "--kind", "eagle", *ADASPEC, "--draft-init", "i"], cold_start.DEFAULT),  # eagle reads none
+        (["train-head", "--kind", "mtp", *ADASPEC, "--cold-start", "linear"], "linear"),
+        (["train-head", "--kind", "mtp", *ADASPEC, "--draft-init", "i"], "off"),
+        (["train-head", "--kind", "medusa", *ADASPEC, "--selection", "all"], "off"),
+    ],
+)
 def test_applies_only_to_adaspec_from_an_untrained_start(argv, want):
     assert options_from([argv[0], "--target", "t", "--output", "o", *argv[1:]]).cold_start == want
 
 
 def test_ref_without_a_reference_model_falls_back(capsys):
-    opts = options_from(["distill", "--target", "t", "--output", "o", "--method", "adaspec", "--teacher-cache", "c",
-                         "--cold-start", "ref"])
+    opts = options_from(
+        [
+            "distill",
+            "--target",
+            "t",
+            "--output",
+            "o",
+            "--method",
+            "adaspec",
+            "--teacher-cache",
+            "c",
+            "--cold-start",
+            "ref",
+        ]
+    )
     assert opts.cold_start == cold_start.FALLBACK
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"cold start {cold_start.FALLBACK} instead" in err, err
@@ -99,18 +113,38 @@ def test_warmup_schedule():
 @pytest.fixture(scope="module")
 def kd_draft(tmp_path_factory, tiny_target_dir) -> Path:
     out = tmp_path_factory.mktemp("cold_start") / "kd"
-    assert run("distill", "--target", tiny_target_dir, "--preset", "tiny-llama", "--method", "kd", *BASE,
-               "--output", out) == 0
+    assert (
+        run("distill", "--target", tiny_target_dir, "--preset", "tiny-llama", "--method", "kd", *BASE, "--output", out)
+        == 0
+    )
     return out
 
 
-@pytest.mark.parametrize("remedy, kept", [("off", [0.4] * 4), ("warmup", [1.0, 1.0, 0.4, 0.4]),
-                                          ("linear", [1.0, 0.8, 0.6, 0.4])])
+@pytest.mark.parametrize(
+    "remedy, kept", [("off", [0.4] * 4), ("warmup", [1.0, 1.0, 0.4, 0.4]), ("linear", [1.0, 0.8, 0.6, 0.4])]
+)
 def test_the_remedy_is_printed_trained_and_recorded(remedy, kept, capsys, tmp_path, tiny_target_dir, kd_draft):
     out = tmp_path / remedy
     capsys.readouterr()
-    assert run("distill", "--target", tiny_target_dir, "--preset", "tiny-llama", "--method", "adaspec", "--ref",
-               kd_draft, "--cold-start", remedy, *BASE, "--output", out) == 0
+    assert (
+        run(
+            "distill",
+            "--target",
+            tiny_target_dir,
+            "--preset",
+            "tiny-llama",
+            "--method",
+            "adaspec",
+            "--ref",
+            kd_draft,
+            "--cold-start",
+            remedy,
+            *BASE,
+            "--output",
+            out,
+        )
+        == 0
+    )
     printed = [line for line in capsys.readouterr().out.splitlines() if "--cold-start" in line]
     if remedy == "off":  # the behaviour before the option: the top k from the first step, nothing printed
         assert printed == []
@@ -125,8 +159,27 @@ def test_the_remedy_is_printed_trained_and_recorded(remedy, kept, capsys, tmp_pa
 def test_ref_starts_from_the_reference(tmp_path, tiny_target_dir, kd_draft):
     out = tmp_path / "ref"
     # a learning rate too small to move a weight: the trained draft is its starting point
-    assert run("distill", "--target", tiny_target_dir, "--preset", "tiny-llama", "--method", "adaspec", "--ref",
-               kd_draft, "--cold-start", "ref", *BASE, "--lr", "1e-12", "--output", out) == 0
+    assert (
+        run(
+            "distill",
+            "--target",
+            tiny_target_dir,
+            "--preset",
+            "tiny-llama",
+            "--method",
+            "adaspec",
+            "--ref",
+            kd_draft,
+            "--cold-start",
+            "ref",
+            *BASE,
+            "--lr",
+            "1e-12",
+            "--output",
+            out,
+        )
+        == 0
+    )
     assert max_diff(out, kd_draft) < 1e-6
     assert summary(out)["cold_start"] == "ref"
 
@@ -141,8 +194,9 @@ def test_a_head_starts_from_its_reference(tmp_path, tiny_target_dir):
     ref = tmp_path / "mtp_kd"
     assert run(*common, "--output", ref) == 0
     out = tmp_path / "mtp_ref"
-    assert run(*common, "--method", "adaspec", "--ref", ref, "--cold-start", "ref", "--lr", "1e-12",
-               "--output", out) == 0
+    assert (
+        run(*common, "--method", "adaspec", "--ref", ref, "--cold-start", "ref", "--lr", "1e-12", "--output", out) == 0
+    )
     assert max_diff(out, ref) < 1e-6 and summary(out)["cold_start"] == "ref"
     warm = tmp_path / "mtp_warmup"
     assert run(*common, "--method", "adaspec", "--ref", ref, "--cold-start", "warmup", "--output", warm) == 0
@@ -159,10 +213,15 @@ def _sums(rng: random.Random, n: int) -> str:
     rows = []
     for _ in range(n):
         a, b = rng.randrange(10), rng.randrange(10)
-        rows.append({"messages": [
-            {"role": "system", "content": "You are a patient tutor."},
-            {"role": "user", "content": f"What is {WORDS[a]} plus {WORDS[b]}?"},
-            {"role": "assistant", "content": f"{WORDS[a]} plus {WORDS[b]} is {a + b}. Well done for asking!"}]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "system", "content": "You are a patient tutor."},
+                    {"role": "user", "content": f"What is {WORDS[a]} plus {WORDS[b]}?"},
+                    {"role": "assistant", "content": f"{WORDS[a]} plus {WORDS[b]} is {a + b}. Well done for asking!"},
+                ]
+            }
+        )
     return "".join(json.dumps(r) + "\n" for r in rows)
 
 
@@ -178,19 +237,58 @@ def test_adaspec_from_a_fresh_draft_reaches_kd_by_default(tmp_path):
     tok = tmp_path / "tokenizer"
     texts = (chats / "train.jsonl").read_text().splitlines()
     data.train_tokenizer(texts, 320, "chatml").save_pretrained(tok)
-    common = ["--data", chats, "--batch-size", "8", "--max-length", "128", "--val-examples", "64", "--val-every", "0",
-              "--no-progress"]
+    common = [
+        "--data",
+        chats,
+        "--batch-size",
+        "8",
+        "--max-length",
+        "128",
+        "--val-examples",
+        "64",
+        "--val-every",
+        "0",
+        "--no-progress",
+    ]
     target = tmp_path / "target"
-    assert run("train-target", *common, "--tokenizer", tok, "--preset", "tiny-llama", "--max-steps", "100",
-               "--lr", "1e-2", "--output", target) == 0
-    draft = ["distill", *common, "--target", target, "--preset", "tiny-llama", "--max-steps", "40", "--lr", "3e-4",
-             "--val-max-new-tokens", "24"]
+    assert (
+        run(
+            "train-target",
+            *common,
+            "--tokenizer",
+            tok,
+            "--preset",
+            "tiny-llama",
+            "--max-steps",
+            "100",
+            "--lr",
+            "1e-2",
+            "--output",
+            target,
+        )
+        == 0
+    )
+    draft = [
+        "distill",
+        *common,
+        "--target",
+        target,
+        "--preset",
+        "tiny-llama",
+        "--max-steps",
+        "40",
+        "--lr",
+        "3e-4",
+        "--val-max-new-tokens",
+        "24",
+    ]
     kd, default, off = tmp_path / "kd", tmp_path / "adaspec", tmp_path / "adaspec_off"
     assert run(*draft, "--method", "kd", "--output", kd) == 0
     assert run(*draft, "--method", "adaspec", "--ref", kd, "--output", default) == 0
     assert run(*draft, "--method", "adaspec", "--ref", kd, "--cold-start", "off", "--output", off) == 0
-    alpha = {name: summary(out)["best_greedy_agreement"] for name, out in
-             (("kd", kd), ("default", default), ("off", off))}
+    alpha = {
+        name: summary(out)["best_greedy_agreement"] for name, out in (("kd", kd), ("default", default), ("off", off))
+    }
     assert summary(default)["cold_start"] == cold_start.DEFAULT
     assert alpha["default"] >= 0.9 * alpha["kd"], alpha
     assert alpha["off"] < 0.9 * alpha["kd"], alpha  # the old behaviour fails this test

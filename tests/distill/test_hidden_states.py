@@ -9,27 +9,34 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import cli_error, run
 
 from adaspec import data
-from adaspec.models.target import FINAL, features
-from adaspec.recipes import cache as cache_lib
-from adaspec.recipes.cache import CacheOptions, run_cache
+from adaspec.data.options import load_split
 from adaspec.distill.cache_store import TeacherCache
 from adaspec.distill.hidden_states import hidden_bytes, hidden_layer_ids
-from adaspec.models.target import default_aux_layers
 from adaspec.errors import AdaspecError
 from adaspec.models import load_model, load_tokenizer, model_fingerprint
-from adaspec.data.options import load_split
+from adaspec.models.target import FINAL, default_aux_layers, features
+from adaspec.recipes import cache as cache_lib
+from adaspec.recipes.cache import CacheOptions, run_cache
 
 LIMIT, MAX_LEN = 12, 64
 H = 32  # tiny-neox's hidden size (2 layers)
 
 
 def _opts(target: Path, output: Path, **kw) -> CacheOptions:
-    base = dict(target=str(target), output=str(output), limit=LIMIT, max_length=MAX_LEN, batch_size=5, top_k=16,
-                shard_size=5, progress=False, hidden_layers="0,-1")
+    base = dict(
+        target=str(target),
+        output=str(output),
+        limit=LIMIT,
+        max_length=MAX_LEN,
+        batch_size=5,
+        top_k=16,
+        shard_size=5,
+        progress=False,
+        hidden_layers="0,-1",
+    )
     return CacheOptions(**{**base, **kw})
 
 
@@ -39,8 +46,14 @@ def _items(target: Path) -> list[dict]:
 
 
 def _open(target: Path, path: Path, **kw) -> TeacherCache:
-    args = dict(target_path=target, ref_path=None, items=_items(target), divergence=None, temperature=1.0,
-                hidden_layers=(0, FINAL))
+    args = dict(
+        target_path=target,
+        ref_path=None,
+        items=_items(target),
+        divergence=None,
+        temperature=1.0,
+        hidden_layers=(0, FINAL),
+    )
     return TeacherCache.open(path, **{**args, **kw})
 
 
@@ -103,16 +116,40 @@ def test_size_estimate_refused_before_any_model_loads(tiny_target_dir, tmp_path,
     assert f"{LIMIT} examples ({positions:,} token positions) x 2 layers x {H} hidden x 2 bytes" in msg
     assert f"= {want / 1e9:.2f} GB" in msg and "--max-hidden-gb" in msg
     assert not (tmp_path / "c" / "manifest.json").exists()
-    err = cli_error(capsys, "cache", "--target", tiny_target_dir, "--limit", LIMIT, "--hidden-layers", "eagle3,final",
-                    "--max-hidden-gb", "1e-6", "--output", tmp_path / "c", "--no-progress")
+    err = cli_error(
+        capsys,
+        "cache",
+        "--target",
+        tiny_target_dir,
+        "--limit",
+        LIMIT,
+        "--hidden-layers",
+        "eagle3,final",
+        "--max-hidden-gb",
+        "1e-6",
+        "--output",
+        tmp_path / "c",
+        "--no-progress",
+    )
     assert "GB, over --max-hidden-gb 1e-06" in err
 
 
 def test_bad_hidden_options(tiny_target_dir, tmp_path, capsys):
     with pytest.raises(AdaspecError, match="--max-hidden-gb must be > 0"):
         _opts(tiny_target_dir, tmp_path / "c", max_hidden_gb=0.0)
-    assert "out of range" in cli_error(capsys, "cache", "--target", tiny_target_dir, "--limit", LIMIT,
-                                       "--hidden-layers", "2", "--output", tmp_path / "c", "--no-progress")
+    assert "out of range" in cli_error(
+        capsys,
+        "cache",
+        "--target",
+        tiny_target_dir,
+        "--limit",
+        LIMIT,
+        "--hidden-layers",
+        "2",
+        "--output",
+        tmp_path / "c",
+        "--no-progress",
+    )
 
 
 def test_opening_refuses_mismatched_caches(built, tiny_target_dir, tiny_draft_dir, tmp_path):
@@ -132,8 +169,9 @@ def test_opening_refuses_mismatched_caches(built, tiny_target_dir, tiny_draft_di
     plain = tmp_path / "plain"
     run_cache(_opts(tiny_target_dir, plain, hidden_layers=None))
     assert "hidden" not in json.loads((plain / "manifest.json").read_text())  # old caches keep their key
-    with pytest.raises(AdaspecError, match="holds no target hidden states; rebuild it with `adaspec cache "
-                                           "--hidden-layers"):
+    with pytest.raises(
+        AdaspecError, match="holds no target hidden states; rebuild it with `adaspec cache --hidden-layers"
+    ):
         _open(tiny_target_dir, plain)
     _open(tiny_target_dir, plain, hidden_layers=None)  # a draft-LM run reads it as before
 
@@ -170,7 +208,22 @@ def test_resume_interrupted_build_with_hidden_states(built, tiny_target_dir, tmp
 
 def test_cli_builds_hidden_states(tiny_target_dir, tmp_path, capsys):
     out = tmp_path / "c"
-    assert run("cache", "--target", tiny_target_dir, "--limit", 4, "--max-length", MAX_LEN,
-               "--hidden-layers", "eagle3,final", "--output", out, "--no-progress") == 0
+    assert (
+        run(
+            "cache",
+            "--target",
+            tiny_target_dir,
+            "--limit",
+            4,
+            "--max-length",
+            MAX_LEN,
+            "--hidden-layers",
+            "eagle3,final",
+            "--output",
+            out,
+            "--no-progress",
+        )
+        == 0
+    )
     assert "+ hidden states of layers [0, -1]" in capsys.readouterr().out
     assert json.loads((out / "manifest.json").read_text())["hidden"]["layers"] == [0, FINAL]

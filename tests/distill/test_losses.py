@@ -3,12 +3,11 @@ import math
 import pytest
 import torch
 
-from adaspec.errors import AdaspecError
 from adaspec.distill.losses import (
     DIVERGENCES,
-    forward_kl,
     LK_EPS,
     LK_ETA,
+    forward_kl,
     jsd,
     lk,
     lk_kl,
@@ -18,6 +17,7 @@ from adaspec.distill.losses import (
     topk_teacher,
     total_variation,
 )
+from adaspec.errors import AdaspecError
 
 KINDS = ["fkl", "rkl", "tvd", "jsd", "lk", "lk_kl"]
 SHAPES = [(3, 7, 11), (1, 1, 5), (13, 97), (2, 5, 4099)]
@@ -120,8 +120,7 @@ def test_public_functions_and_dict():
     torch.testing.assert_close(forward_kl(t, d).double(), ref("fkl", t, d), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(reverse_kl(t, d).double(), ref("rkl", t, d), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(total_variation(t, d).double(), ref("tvd", t, d), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(jsd(t, d, beta=0.3).double(), ref("jsd", t, d, beta=0.3), rtol=1e-4,
-                               atol=1e-5)
+    torch.testing.assert_close(jsd(t, d, beta=0.3).double(), ref("jsd", t, d, beta=0.3), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(forward_kl(t, d, 2.0), DIVERGENCES["fkl"](t, d, temperature=2.0))
 
 
@@ -136,8 +135,7 @@ def test_jsd_convention_matches_trl():
     torch.testing.assert_close(sym, jsd(d, t, beta=0.5), rtol=1e-5, atol=1e-6)
     assert (sym <= math.log(2) + 1e-6).all()
     for beta in (0.1, 0.5, 0.9):
-        torch.testing.assert_close(jsd(t, d, beta=beta).double(), ref("jsd", t, d, beta=beta), rtol=1e-4,
-                                   atol=1e-6)
+        torch.testing.assert_close(jsd(t, d, beta=beta).double(), ref("jsd", t, d, beta=beta), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -232,6 +230,7 @@ def test_empty_and_bad_arguments():
 
 # ---- sparse (cached teacher) ----
 
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("temperature", [1.0, 1.5])
 def test_sparse_full_k_equals_exact(kind, temperature):
@@ -304,6 +303,7 @@ def test_topk_teacher_and_sparse_arguments():
 
 # ---- acceptance-aligned losses (LK) and gradcheck ----
 
+
 def test_lk_losses_in_terms_of_acceptance():
     t, d = logits_pair((4, 7, 53), seed=16)
     tvd, fkl = total_variation(t, d).double(), forward_kl(t, d).double()
@@ -326,8 +326,9 @@ def test_lk_disjoint_supports_are_floored_and_finite():
     torch.testing.assert_close(out, torch.full((2,), -math.log(LK_EPS)))
     out.sum().backward()
     assert torch.isfinite(d.grad).all() and (d.grad == 0).all()  # the floor is flat
-    torch.testing.assert_close(per_token_divergence("lk_kl", t, d.detach()),
-                               per_token_divergence("fkl", t, d.detach()))  # alpha = 0: all KL
+    torch.testing.assert_close(
+        per_token_divergence("lk_kl", t, d.detach()), per_token_divergence("fkl", t, d.detach())
+    )  # alpha = 0: all KL
 
 
 # lk_kl's blend weight is a stop-gradient, which finite differences cannot see: its gradient is checked as the
@@ -340,7 +341,8 @@ def test_gradcheck_dense_float64(kind):
     t, d = logits_pair((2, 3, 7), seed=18, scale=1.0)
     d = d.double().requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda x: per_token_divergence(kind, t.double(), x, temperature=1.3, beta=0.3, chunk_tokens=2), (d,))
+        lambda x: per_token_divergence(kind, t.double(), x, temperature=1.3, beta=0.3, chunk_tokens=2), (d,)
+    )
 
 
 @pytest.mark.parametrize("kind", GRADCHECKED)
@@ -350,7 +352,8 @@ def test_gradcheck_sparse_float64(kind):
     assert lp.dtype == torch.float32  # the cache's dtype; the sparse path computes in the draft's
     d = d.double().requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda x: sparse_divergence(kind, ids, lp.double(), x, temperature=1.3, beta=0.3, chunk_tokens=2), (d,))
+        lambda x: sparse_divergence(kind, ids, lp.double(), x, temperature=1.3, beta=0.3, chunk_tokens=2), (d,)
+    )
 
 
 @pytest.mark.parametrize("sparse", [False, True])

@@ -10,17 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import cli_error, max_diff, options_from, run, scalars, summary, torchrun
 
 from adaspec import models
-from adaspec.recipes import distill
 from adaspec.decoding.acceptance import greedy_continuations
+from adaspec.recipes import distill
 from adaspec.training import loop as train
 from adaspec.training.setup import matched_budget
 
-FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
-        "--no-progress"]
+FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0", "--no-progress"]
 # 32 examples in global micro-batches of 8; Adam moves each weight by ~lr a step, so 3 steps move them by
 # ~3e-3, far above the 1e-5 tolerance of the comparisons and far above round-off amplified by Adam (~lr * 1e-3)
 BASE = ["--limit", "32", "--batch-size", "8", "--max-steps", "3", "--lr", "1e-3", "--warmup-steps", "0", *FAST]
@@ -49,8 +47,10 @@ def target_dir(root, tiny_target_dir, tiny_tokenizer) -> Path:
 def kd_run(root, target_dir, tiny_draft_dir) -> Path:
     """Plain KD from --draft-init, dataset responses: the baseline several tests compare against."""
     out = root / "kd"
-    assert run("distill", "--target", target_dir, "--draft-init", tiny_draft_dir, "--method", "kd",
-               *BASE, "--output", out) == 0
+    assert (
+        run("distill", "--target", target_dir, "--draft-init", tiny_draft_dir, "--method", "kd", *BASE, "--output", out)
+        == 0
+    )
     return out
 
 
@@ -62,8 +62,10 @@ def varied_data(root) -> Path:
     from adaspec import data
 
     path = root / "varied.jsonl"
-    rows = [{"prompt": ex.prompt.split("\n")[0][:30] + "\n", "response": ex.response[: 12 + 7 * (i % 6)]}
-            for i, ex in enumerate(data.load_task("gsm8k", "train", limit=32))]
+    rows = [
+        {"prompt": ex.prompt.split("\n")[0][:30] + "\n", "response": ex.response[: 12 + 7 * (i % 6)]}
+        for i, ex in enumerate(data.load_task("gsm8k", "train", limit=32))
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -74,12 +76,29 @@ ADASPEC_SEQ = ["--method", "adaspec", "--k", "0.4", "--per-sequence", "--normali
 @pytest.fixture(scope="module")
 def adaspec_per_sequence_run(root, target_dir, tiny_draft_dir, varied_data) -> Path:
     out = root / "adaspec_seq"
-    assert run("distill", "--target", target_dir, "--draft-init", tiny_draft_dir, "--ref", tiny_draft_dir,
-               *ADASPEC_SEQ, "--data", varied_data, *BASE, "--output", out) == 0
+    assert (
+        run(
+            "distill",
+            "--target",
+            target_dir,
+            "--draft-init",
+            tiny_draft_dir,
+            "--ref",
+            tiny_draft_dir,
+            *ADASPEC_SEQ,
+            "--data",
+            varied_data,
+            *BASE,
+            "--output",
+            out,
+        )
+        == 0
+    )
     return out
 
 
 # ------------------------------------------------------------------------------------------ smoke tests
+
 
 def test_kd_outputs(kd_run, tiny_draft_dir):
     from transformers import AutoModelForCausalLM
@@ -102,8 +121,25 @@ def test_kd_outputs(kd_run, tiny_draft_dir):
 def test_kd_divergences(divergence, tmp_path, target_dir):
     out = tmp_path / divergence
     # a draft built from a preset (the default path when there is no --draft-init)
-    assert run("distill", "--target", target_dir, "--preset", "tiny-gpt2", "--init-seed", "3",
-               "--divergence", divergence, *BASE, "--max-steps", "2", "--output", out) == 0
+    assert (
+        run(
+            "distill",
+            "--target",
+            target_dir,
+            "--preset",
+            "tiny-gpt2",
+            "--init-seed",
+            "3",
+            "--divergence",
+            divergence,
+            *BASE,
+            "--max-steps",
+            "2",
+            "--output",
+            out,
+        )
+        == 0
+    )
     loss, div = dict(scalars(out, "train/loss")), dict(scalars(out, "train/divergence"))
     assert sorted(loss) == [1, 2]
     for step in loss:
@@ -119,8 +155,25 @@ def test_kd_divergences(divergence, tmp_path, target_dir):
 
 def test_adaspec_keeps_fraction_k(root, target_dir, tiny_draft_dir, adaspec_per_sequence_run):
     out = root / "adaspec"
-    assert run("distill", "--target", target_dir, "--draft-init", tiny_draft_dir, "--method", "adaspec",
-               "--ref", tiny_draft_dir, "--k", "0.4", *BASE, "--output", out) == 0
+    assert (
+        run(
+            "distill",
+            "--target",
+            target_dir,
+            "--draft-init",
+            tiny_draft_dir,
+            "--method",
+            "adaspec",
+            "--ref",
+            tiny_draft_dir,
+            "--k",
+            "0.4",
+            *BASE,
+            "--output",
+            out,
+        )
+        == 0
+    )
     # round(k * n) of the n >= 8 * 16 response tokens of a micro-batch; per sequence of each one's n >= 7
     for run_dir, tol in ((out, 0.5 / 128), (adaspec_per_sequence_run, 0.5 / 7)):
         kept = [v for _, v in scalars(run_dir, "train/kept_fraction")]
@@ -134,24 +187,61 @@ def test_adaspec_keeps_fraction_k(root, target_dir, tiny_draft_dir, adaspec_per_
 
 def test_adaspec_selection_all_is_plain_kd(root, kd_run, target_dir, tiny_draft_dir):
     out = root / "adaspec_all"
-    assert run("distill", "--target", target_dir, "--draft-init", tiny_draft_dir, "--method", "adaspec",
-               "--ref", target_dir, "--selection", "all", "--k", "0.3", *BASE, "--output", out) == 0
+    assert (
+        run(
+            "distill",
+            "--target",
+            target_dir,
+            "--draft-init",
+            tiny_draft_dir,
+            "--method",
+            "adaspec",
+            "--ref",
+            target_dir,
+            "--selection",
+            "all",
+            "--k",
+            "0.3",
+            *BASE,
+            "--output",
+            out,
+        )
+        == 0
+    )
     assert max_diff(out, kd_run) < 1e-6
     assert max_diff(out / "last", kd_run / "last") < 1e-6
 
 
-def test_data_source_target_trains_on_target_continuations(tmp_path, target_dir, tiny_draft_dir,
-                                                           tiny_tokenizer):
+def test_data_source_target_trains_on_target_continuations(tmp_path, target_dir, tiny_draft_dir, tiny_tokenizer):
     out = tmp_path / "target_src"
-    assert run("distill", "--target", target_dir, "--draft-init", tiny_draft_dir, "--data-source", "target",
-               "--gen-temperature", "0", "--gen-max-new-tokens", "6", *BASE, "--max-steps", "2",
-               "--output", out) == 0
+    assert (
+        run(
+            "distill",
+            "--target",
+            target_dir,
+            "--draft-init",
+            tiny_draft_dir,
+            "--data-source",
+            "target",
+            "--gen-temperature",
+            "0",
+            "--gen-max-new-tokens",
+            "6",
+            *BASE,
+            "--max-steps",
+            "2",
+            "--output",
+            out,
+        )
+        == 0
+    )
     (cached,) = out.glob("target_responses-*.json")  # named by the target and settings that made it
     made = json.loads(cached.read_text())
     assert len(made["sequences"]) == 32
     from adaspec.data import encode
     from adaspec.data.options import load_split
     from adaspec.training.options import TrainOptions
+
     opts = TrainOptions(output=str(out), limit=32, max_length=64)
     items = encode(load_split(opts, "train", 32), tiny_tokenizer, 64)
     prompts = [it["input_ids"][: it["prompt_length"]] for it in items[:8]]
@@ -163,8 +253,7 @@ def test_data_source_target_trains_on_target_continuations(tmp_path, target_dir,
 
 
 def test_data_source_draft_and_mix(tmp_path, kd_run, target_dir, tiny_draft_dir):
-    common = ["distill", "--target", target_dir, "--draft-init", tiny_draft_dir, "--gen-max-new-tokens", "6",
-              *BASE]
+    common = ["distill", "--target", target_dir, "--draft-init", tiny_draft_dir, "--gen-max-new-tokens", "6", *BASE]
     outs = {name: tmp_path / name for name in ("draft", "mix0", "mix1")}
     assert run(*common, "--data-source", "draft", "--output", outs["draft"]) == 0
     # mix with ratio 0 never goes on-policy (= dataset), with ratio 1 always (= draft)
@@ -188,12 +277,28 @@ def test_matched_budget_arithmetic():
 
 
 def test_match_token_budget(tmp_path, target_dir, tiny_draft_dir):
-    common = ["distill", "--target", target_dir, "--draft-init", tiny_draft_dir, "--limit", "40",
-              "--batch-size", "8", "--epochs", "1", "--k", "0.5", *FAST]
-    runs = {"kd": ["--method", "kd"],
-            "by_batch": ["--method", "adaspec", "--match-token-budget", "--selection-group", "3"],
-            "kd_big": ["--method", "kd", "--match-token-budget"],
-            "by_epochs": ["--method", "adaspec", "--match-token-budget", "--budget-by", "epochs"]}
+    common = [
+        "distill",
+        "--target",
+        target_dir,
+        "--draft-init",
+        tiny_draft_dir,
+        "--limit",
+        "40",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--k",
+        "0.5",
+        *FAST,
+    ]
+    runs = {
+        "kd": ["--method", "kd"],
+        "by_batch": ["--method", "adaspec", "--match-token-budget", "--selection-group", "3"],
+        "kd_big": ["--method", "kd", "--match-token-budget"],
+        "by_epochs": ["--method", "adaspec", "--match-token-budget", "--budget-by", "epochs"],
+    }
     for name, extra in runs.items():
         ref = ["--ref", target_dir] if "adaspec" in extra else []
         assert run(*common, *extra, *ref, "--output", tmp_path / name) == 0
@@ -213,9 +318,26 @@ def test_match_token_budget(tmp_path, target_dir, tiny_draft_dir):
 def test_resume_adaspec_random_selection(tmp_path, target_dir, tiny_draft_dir, capsys):
     """Random selection draws per step from the seed, so a resumed run trains on what an uninterrupted one did."""
 
-    args = ["distill", "--target", target_dir, "--draft-init", tiny_draft_dir, "--method", "adaspec",
-            "--ref", target_dir, "--selection", "random", "--k", "0.5", *BASE, "--max-steps", "4",
-            "--save-every", "2"]
+    args = [
+        "distill",
+        "--target",
+        target_dir,
+        "--draft-init",
+        tiny_draft_dir,
+        "--method",
+        "adaspec",
+        "--ref",
+        target_dir,
+        "--selection",
+        "random",
+        "--k",
+        "0.5",
+        *BASE,
+        "--max-steps",
+        "4",
+        "--save-every",
+        "2",
+    ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run(*args, "--output", straight) == 0
 
@@ -235,6 +357,7 @@ def test_resume_adaspec_random_selection(tmp_path, target_dir, tiny_draft_dir, c
 
 # ---------------------------------------------------------------------------------------- multi-process
 
+
 def _check_same_as_single_process(multi: Path, single: Path, proc: subprocess.CompletedProcess) -> None:
     # one process group, not two independent runs: only the main process prints
     assert proc.stdout.count("draft: ") == 1, proc.stdout
@@ -253,20 +376,34 @@ def test_two_processes_kd_match_one(root, kd_run, target_dir, tiny_draft_dir):
     _check_same_as_single_process(out, kd_run, proc)
 
 
-def test_two_processes_adaspec_per_sequence_match_one(root, adaspec_per_sequence_run, target_dir,
-                                                       tiny_draft_dir, varied_data):
+def test_two_processes_adaspec_per_sequence_match_one(
+    root, adaspec_per_sequence_run, target_dir, tiny_draft_dir, varied_data
+):
     # Per-sequence selection depends only on each sequence, so it is independent of how the global batch is
     # split. Micro-batch-wide selection (the default) ranks the tokens of each process's share separately
     # under DDP, so its kept set (and the weights) can differ slightly from a single-process run.
     out = root / "adaspec_seq_ddp"
     # --normalize kept on responses of varied length: the processes keep different numbers of tokens, and
     # the loss must still be divided by the kept tokens of the whole global micro-batch
-    proc = torchrun("distill", out, "--target", target_dir, "--draft-init", tiny_draft_dir, "--ref", tiny_draft_dir,
-                     *ADASPEC_SEQ, "--data", varied_data, *BASE)
+    proc = torchrun(
+        "distill",
+        out,
+        "--target",
+        target_dir,
+        "--draft-init",
+        tiny_draft_dir,
+        "--ref",
+        tiny_draft_dir,
+        *ADASPEC_SEQ,
+        "--data",
+        varied_data,
+        *BASE,
+    )
     _check_same_as_single_process(out, adaspec_per_sequence_run, proc)
 
 
 # ------------------------------------------------------------------------------------------------ errors
+
 
 @pytest.fixture(scope="module")
 def bad_models(root, tiny_tokenizer) -> dict[str, Path]:
@@ -274,8 +411,9 @@ def bad_models(root, tiny_tokenizer) -> dict[str, Path]:
 
     small = root / "small_vocab"  # fewer output rows than the tokenizer has tokens, saved without a tokenizer
     models.save_model(models.build_model("tiny-neox", len(tiny_tokenizer) - 20, seed=0), small)
-    other_tok = data.train_tokenizer([e.prompt + e.response for e in data.load_task("gsm8k", "train", limit=50)],
-                                     vocab_size=len(tiny_tokenizer))
+    other_tok = data.train_tokenizer(
+        [e.prompt + e.response for e in data.load_task("gsm8k", "train", limit=50)], vocab_size=len(tiny_tokenizer)
+    )
     other = root / "other_tokenizer"
     models.save_model(models.build_model("tiny-neox", len(other_tok), seed=0), other, other_tok)
     return {"small": small, "other": other}
@@ -287,26 +425,44 @@ def test_vocab_mismatch_is_refused(capsys, tmp_path, target_dir, tiny_draft_dir,
     assert "vocabulary sizes" in err and "target and draft" in err
     err = cli_error(capsys, *common, "--draft-init", bad_models["other"])
     assert "tokenizers have different vocabularies" in err
-    err = cli_error(capsys, *common, "--draft-init", tiny_draft_dir, "--method", "adaspec", "--ref", bad_models["small"])
+    err = cli_error(
+        capsys, *common, "--draft-init", tiny_draft_dir, "--method", "adaspec", "--ref", bad_models["small"]
+    )
     assert "target and reference" in err
 
 
 def test_draft_saved_without_tokenizer_is_accepted(tmp_path, target_dir, tiny_tokenizer):
     bare = tmp_path / "bare"
     models.save_model(models.build_model("tiny-neox", len(tiny_tokenizer), seed=5), bare)  # weights only
-    assert run("distill", "--target", target_dir, "--draft-init", bare, *BASE, "--max-steps", "1",
-               "--output", tmp_path / "o") == 0
+    assert (
+        run(
+            "distill",
+            "--target",
+            target_dir,
+            "--draft-init",
+            bare,
+            *BASE,
+            "--max-steps",
+            "1",
+            "--output",
+            tmp_path / "o",
+        )
+        == 0
+    )
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--method", "adaspec"], "--ref"),
-    (["--method", "adaspec", "--ref", "REF", "--k", "0"], "k must be in (0, 1], got 0"),
-    (["--method", "adaspec", "--ref", "REF", "--k", "1.5"], "k must be in (0, 1], got 1.5"),
-    (["--data-source", "draft", "--teacher-cache", "CACHE"], "--teacher-cache"),
-    (["--data-source", "mix", "--teacher-cache", "CACHE"], "--teacher-cache"),
-    # the target's responses are not the dataset's the cache was made on
-    (["--data-source", "target", "--teacher-cache", "CACHE"], "--teacher-cache"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--method", "adaspec"], "--ref"),
+        (["--method", "adaspec", "--ref", "REF", "--k", "0"], "k must be in (0, 1], got 0"),
+        (["--method", "adaspec", "--ref", "REF", "--k", "1.5"], "k must be in (0, 1], got 1.5"),
+        (["--data-source", "draft", "--teacher-cache", "CACHE"], "--teacher-cache"),
+        (["--data-source", "mix", "--teacher-cache", "CACHE"], "--teacher-cache"),
+        # the target's responses are not the dataset's the cache was made on
+        (["--data-source", "target", "--teacher-cache", "CACHE"], "--teacher-cache"),
+    ],
+)
 def test_bad_options_are_refused(capsys, tmp_path, target_dir, extra, needle):
     extra = [str(target_dir) if a == "REF" else str(tmp_path) if a == "CACHE" else a for a in extra]
     err = cli_error(capsys, "distill", "--target", target_dir, "--output", tmp_path / "o", *extra)
@@ -321,8 +477,9 @@ def test_empty_data_is_refused(capsys, tmp_path, target_dir):
     assert "empty.jsonl" in err and "no examples" in err
     (tmp_path / "data" / "gsm8k").mkdir(parents=True)
     (tmp_path / "data" / "gsm8k" / "train.jsonl").write_text("")
-    err = cli_error(capsys, "distill", "--target", target_dir, "--data-dir", tmp_path / "data", "--output",
-                 tmp_path / "o", *BASE)
+    err = cli_error(
+        capsys, "distill", "--target", target_dir, "--data-dir", tmp_path / "data", "--output", tmp_path / "o", *BASE
+    )
     assert "gsm8k" in err and "no examples" in err
 
 
@@ -330,8 +487,19 @@ def test_bad_paths_are_refused(capsys, tmp_path, target_dir, tiny_draft_dir):
     missing = tmp_path / "no_such_target"
     err = cli_error(capsys, "distill", "--target", missing, "--output", tmp_path / "o", *BASE)
     assert str(missing) in err and "not found" in err
-    err = cli_error(capsys, "distill", "--target", target_dir, "--method", "adaspec", "--ref",
-                 tmp_path / "no_such_ref", "--output", tmp_path / "o", *BASE)
+    err = cli_error(
+        capsys,
+        "distill",
+        "--target",
+        target_dir,
+        "--method",
+        "adaspec",
+        "--ref",
+        tmp_path / "no_such_ref",
+        "--output",
+        tmp_path / "o",
+        *BASE,
+    )
     assert "no_such_ref" in err
 
 
@@ -342,16 +510,16 @@ def test_corrupt_checkpoint_is_refused(capsys, tmp_path, target_dir, tiny_draft_
         blob = (corrupt / "model.safetensors").read_bytes()
         (corrupt / "model.safetensors").write_bytes(blob[: len(blob) // 3])
         target, draft = (corrupt, tiny_draft_dir) if name == "target" else (target_dir, corrupt)
-        err = cli_error(capsys, "distill", "--target", target, "--draft-init", draft, "--output", tmp_path / "o",
-                     *BASE)
+        err = cli_error(capsys, "distill", "--target", target, "--draft-init", draft, "--output", tmp_path / "o", *BASE)
         assert str(corrupt) in err and "corrupt" in err
 
 
 def test_distill_warns_when_vllm_cannot_serve_the_draft(tmp_path, tiny_target_dir, capsys):
-    assert run("distill", "--target", tiny_target_dir, "--preset", "neox-draft-xxs", "--output", tmp_path / "d",
-               *BASE) == 0  # a legacy preset: 16-wide heads
+    assert (
+        run("distill", "--target", tiny_target_dir, "--preset", "neox-draft-xxs", "--output", tmp_path / "d", *BASE)
+        == 0
+    )  # a legacy preset: 16-wide heads
     err = capsys.readouterr().err
     assert "adaspec: warning: the draft written to" in err and "head size 16 is not one vLLM's attention takes" in err
-    assert run("distill", "--target", tiny_target_dir, "--preset", "tiny-llama", "--output", tmp_path / "e",
-               *BASE) == 0
+    assert run("distill", "--target", tiny_target_dir, "--preset", "tiny-llama", "--output", tmp_path / "e", *BASE) == 0
     assert "cannot be served by vLLM" not in capsys.readouterr().err

@@ -3,9 +3,16 @@ import math
 import pytest
 import torch
 
+from adaspec.distill.selection import (
+    check_k,
+    delta_selection,
+    num_kept,
+    reduce_loss,
+    scheduled_k,
+    select_tokens,
+    soft_weights,
+)
 from adaspec.errors import AdaspecError
-from adaspec.distill.selection import (check_k, delta_selection, num_kept, reduce_loss, scheduled_k, select_tokens,
-                                      soft_weights)
 
 
 def selective_loss(draft_div, ref_div, mask, k, mode="top", normalize="response", group=None):
@@ -249,6 +256,7 @@ def test_group_defaults_and_limits():
 
 # ---- soft selection and the k schedule ----
 
+
 def naive_soft_weights(values, k, tau):
     """Soft weights written out token by token: rank by value descending, ties by position."""
     n = len(values)
@@ -309,8 +317,12 @@ def test_reduce_loss_with_weights_matches_naive_sum():
     weights = torch.rand(3, 8, generator=g)
     weights[0, :3] = 0.0
     per_token = torch.where(mask & (weights > 0), per_token, float("nan"))  # garbage where unused
-    naive = sum(float(weights[i, j]) * float(per_token[i, j].detach()) for i in range(3) for j in range(8)
-                if mask[i, j] and weights[i, j] > 0)
+    naive = sum(
+        float(weights[i, j]) * float(per_token[i, j].detach())
+        for i in range(3)
+        for j in range(8)
+        if mask[i, j] and weights[i, j] > 0
+    )
     n_resp, w_sum = int(mask.sum()), float((weights * mask).sum())
     assert reduce_loss(per_token, mask, weights, "response").item() == pytest.approx(naive / n_resp, rel=1e-5)
     assert reduce_loss(per_token, mask, weights, "kept").item() == pytest.approx(naive / w_sum, rel=1e-5)
@@ -321,8 +333,10 @@ def test_reduce_loss_with_weights_matches_naive_sum():
     torch.testing.assert_close(x.grad, torch.where(mask, 2 * weights, 0.0) / n_resp)
     # 0/1 weights are the hard selection
     hard = weights > 0.5
-    torch.testing.assert_close(reduce_loss(per_token.nan_to_num(), mask, hard.float(), "kept"),
-                               reduce_loss(per_token.nan_to_num(), mask, hard, "kept"))
+    torch.testing.assert_close(
+        reduce_loss(per_token.nan_to_num(), mask, hard.float(), "kept"),
+        reduce_loss(per_token.nan_to_num(), mask, hard, "kept"),
+    )
 
 
 def test_scheduled_k():

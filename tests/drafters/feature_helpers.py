@@ -8,9 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from adaspec.drafters.common import repeat_kv
-
 from adaspec.core.sampling import Sampling
+from adaspec.drafters.common import repeat_kv
 
 V = 64
 PRESETS = ["tiny-llama", "tiny-neox", "tiny-gpt2"]
@@ -23,9 +22,17 @@ def final_hidden(target, ids: list[int]) -> Tensor:
     return out.hidden_states[-1][0]
 
 
-def drive(drafter, target, prompt: list[int], steps: int, gamma: int, seed: int,
-          check: Callable[[list[int], list[int], Tensor], None], temperature: float = 1.0,
-          top_p: float = 1.0) -> None:
+def drive(
+    drafter,
+    target,
+    prompt: list[int],
+    steps: int,
+    gamma: int,
+    seed: int,
+    check: Callable[[list[int], list[int], Tensor], None],
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> None:
     """Run `steps` propose/accept rounds as the engine would, accepting a random prefix of the proposals
     and a random correction token, with exact target features; `check(seq, proposals, q)` sees every
     round's proposals and draft distributions q [g, V] (at `temperature`, `top_p`)."""
@@ -40,7 +47,7 @@ def drive(drafter, target, prompt: list[int], steps: int, gamma: int, seed: int,
         k = int(torch.randint(0, gamma + 1, (1,), generator=gen))
         seq = seq + proposals[:k].tolist() + [int(torch.randint(0, V, (1,), generator=gen))]
         h = final_hidden(target, seq)
-        drafter.accept(len(seq), h[None, n - 1: len(seq) - 1])
+        drafter.accept(len(seq), h[None, n - 1 : len(seq) - 1])
 
 
 def causal_attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

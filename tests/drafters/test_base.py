@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from adaspec.decoding.generate import speculative_generate
-from adaspec.models.target import FINAL
 from adaspec.drafters import DRAFTERS, Drafter, LMDrafter
 from adaspec.errors import AdaspecError
 from adaspec.models import build_model
+from adaspec.models.target import FINAL
 
 VOCAB = 40
 
@@ -57,8 +57,9 @@ def test_feature_drafter_gets_the_accepted_positions_hidden_states(preset, gamma
     drafter = RecordingDrafter(target)
     assert isinstance(drafter, Drafter)
     out, stats = speculative_generate(target, drafter, ids, max_new_tokens=20, gamma=gamma)
-    expected = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20,
-                               eos_token_id=None, pad_token_id=0)
+    expected = target.generate(
+        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20, eos_token_id=None, pad_token_id=0
+    )
     assert torch.equal(out, expected)
     drafter.check(out[0], out.shape[1] - 1)  # after the last step: every position but the newest token
 
@@ -66,8 +67,9 @@ def test_feature_drafter_gets_the_accepted_positions_hidden_states(preset, gamma
 def test_sampling_with_a_drafter_runs_and_gamma_limit_is_enforced():
     target = build_model("tiny-neox", VOCAB, seed=2)
     drafter = RecordingDrafter(target)
-    out, stats = speculative_generate(target, drafter, torch.tensor([[3, 4]]), max_new_tokens=10, gamma=2,
-                                      temperature=1.0, seed=0)
+    out, stats = speculative_generate(
+        target, drafter, torch.tensor([[3, 4]]), max_new_tokens=10, gamma=2, temperature=1.0, seed=0
+    )
     assert out.shape[1] == 12 and stats.drafted > 0
     drafter.max_gamma = 2
     with pytest.raises(AdaspecError, match="at most 2 tokens per step"):

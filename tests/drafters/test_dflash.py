@@ -10,15 +10,15 @@ from sampling_check import chi2_pvalue, exact_joint
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from adaspec import AdaspecError
-from adaspec.decoding.generate import speculative_generate
-from adaspec.models.target import CachedLM
-from adaspec.decoding.tree_generate import tree_speculative_generate
 from adaspec.core.tree_shape import TreeShape
+from adaspec.decoding.generate import speculative_generate
+from adaspec.decoding.tree_generate import tree_speculative_generate
 from adaspec.drafters import DRAFTERS, Drafter
 from adaspec.drafters.dflash import DFlashConfig, DFlashDrafter, DFlashHead
 from adaspec.drafters.dflash.model import default_target_layers
 from adaspec.drafters.target_parts import target_parts
 from adaspec.models import build_model
+from adaspec.models.target import CachedLM
 
 from .feature_helpers import PRESETS, V
 
@@ -36,8 +36,14 @@ def make_drafter(target, block: int = BLOCK, seed: int = 3, **overrides) -> DFla
 
 
 def hf_greedy(target, ids, max_new_tokens: int) -> torch.Tensor:
-    return target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                           max_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=0)
+    return target.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -52,7 +58,7 @@ def test_one_block_forward_equals_the_training_forward(preset):
     drafter.prefill(seq[:5], hidden[:, :4])
     for n in (5, 7, 8, 11):
         if n > 5:
-            drafter.accept(n, hidden[:, drafter.lean.length: n - 1])
+            drafter.accept(n, hidden[:, drafter.lean.length : n - 1])
         got = drafter.block_logits(seq, n, BLOCK - 1)
         feats = hidden.permute(1, 0, 2).reshape(1, len(seq), -1)
         want = head(target_parts(target), feats, seq[None], torch.tensor([[n - 1]]))[0, 0]
@@ -91,9 +97,16 @@ def test_gamma_above_the_block_is_refused():
 
 def _tiny_llama(vocab: int):
     torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=32, max_position_embeddings=16,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        tie_word_embeddings=False,
+    )
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(20)  # peaky, so distributions are told apart
@@ -111,8 +124,16 @@ def test_sampling_matches_target_distribution(top_p):
     gen = torch.Generator().manual_seed(7)
     totals = None
     for _ in range(samples):
-        out, stats = speculative_generate(target, drafter, torch.tensor([prompt]), max_new_tokens=3, gamma=2,
-                                          temperature=temperature, top_p=top_p, generator=gen)
+        out, stats = speculative_generate(
+            target,
+            drafter,
+            torch.tensor([prompt]),
+            max_new_tokens=3,
+            gamma=2,
+            temperature=temperature,
+            top_p=top_p,
+            generator=gen,
+        )
         x1, x2, x3 = out[0, 2:].tolist()
         counts[x1, x2, x3] += 1
         totals = stats if totals is None else totals + stats
@@ -139,14 +160,17 @@ def test_default_target_layers_follow_the_reference():
     assert default_target_layers(2, 3) == (0, 1)  # a shallow target: clamped, each layer once
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"block_size": 1}, "block size must be in 2.."),
-    ({"block_size": 10_000}, "block size must be in 2.."),
-    ({"num_layers": 0}, "1..32 layers"),
-    ({"target_layers": (1, 0)}, "strictly increasing"),
-    ({"target_layers": (5,)}, "out of range"),
-    ({"mask_token_id": V}, "mask token id"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"block_size": 1}, "block size must be in 2.."),
+        ({"block_size": 10_000}, "block size must be in 2.."),
+        ({"num_layers": 0}, "1..32 layers"),
+        ({"target_layers": (1, 0)}, "strictly increasing"),
+        ({"target_layers": (5,)}, "out of range"),
+        ({"mask_token_id": V}, "mask token id"),
+    ],
+)
 def test_config_refuses_bad_sizes_in_one_line(overrides, message):
     target = build_model("tiny-llama", V, seed=1)
     with pytest.raises(AdaspecError, match=message) as err:
@@ -169,10 +193,21 @@ def test_export_writes_the_names_vllm_loads(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["architectures"] == ["DFlashDraftModel"] and config["num_hidden_layers"] == 2
     assert config["dflash_config"] == {"mask_token_id": V - 1, "target_layer_ids": [0, 1], "block_size": BLOCK}
-    layer = {"input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
-             "self_attn.v_proj", "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "mlp.gate_proj",
-             "mlp.up_proj", "mlp.down_proj"}
+    layer = {
+        "input_layernorm",
+        "post_attention_layernorm",
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "self_attn.q_norm",
+        "self_attn.k_norm",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    }
     assert set(load_file(str(tmp_path / "model.safetensors"))) == {"fc.weight", "hidden_norm.weight", "norm.weight"} | {
-        f"layers.{i}.{n}.weight" for i in range(2) for n in layer}
+        f"layers.{i}.{n}.weight" for i in range(2) for n in layer
+    }
     mask = torch.load(tmp_path / MASK_EMBEDDING, weights_only=True)
     assert mask["mask_token_id"] == V - 1 and torch.equal(mask["embedding"], head.mask_embedding.detach())

@@ -29,8 +29,9 @@ def _naive(ids: list[int], lps: list[float], t2d: torch.Tensor) -> tuple[list[in
     return [d for d, _ in rows], [lp for _, lp in rows]
 
 
-@pytest.mark.parametrize("shape, vocab, size, k", [((3, 5), 37, 11, 7), ((2, 1, 4), 37, 5, 20), ((6,), 19, 19, 19),
-                                                   ((4, 3), 23, 1, 4)])
+@pytest.mark.parametrize(
+    "shape, vocab, size, k", [((3, 5), 37, 11, 7), ((2, 1, 4), 37, 5, 20), ((6,), 19, 19, 19), ((4, 3), 23, 1, 4)]
+)
 def test_restrict_topk_matches_naive_reference(shape, vocab, size, k):
     g = torch.Generator().manual_seed(size)
     logits = torch.randn(*shape, vocab, generator=g) * 3
@@ -41,7 +42,9 @@ def test_restrict_topk_matches_naive_reference(shape, vocab, size, k):
     for row in range(ids.numel() // k):
         want_ids, want_lps = _naive(ids.view(-1, k)[row].tolist(), lps.view(-1, k)[row].tolist(), t2d)
         assert got_ids.view(-1, got_ids.shape[-1])[row].tolist() == want_ids
-        torch.testing.assert_close(got_lps.view(-1, got_lps.shape[-1])[row], torch.tensor(want_lps, dtype=torch.float64))
+        torch.testing.assert_close(
+            got_lps.view(-1, got_lps.shape[-1])[row], torch.tensor(want_lps, dtype=torch.float64)
+        )
 
 
 @pytest.mark.parametrize("kind", losses.KINDS)

@@ -8,19 +8,37 @@ import torch
 
 from adaspec import AdaspecError
 from adaspec.drafters.eagle.draft_vocab import frequent_tokens, restrict_to_draft, to_target_space, vocab_maps
-from adaspec.drafters.eagle.model import EagleConfig, EagleHead
-from .feature_helpers import causal_attend
-from adaspec.models.target import default_aux_layers
 from adaspec.drafters.eagle.drafter import LeanEagle
-from adaspec.drafters.eagle.training import feature_regression_loss, shift_steps, step_weights, unroll, unrolled_logits, unrolled_mask, unrolled_targets
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead
+from adaspec.drafters.eagle.training import (
+    feature_regression_loss,
+    shift_steps,
+    step_weights,
+    unroll,
+    unrolled_logits,
+    unrolled_mask,
+    unrolled_targets,
+)
 from adaspec.models import build_model
+from adaspec.models.target import default_aux_layers
+
+from .feature_helpers import causal_attend
 
 V = 64
 
 
 def small_config(variant: str = "eagle3", draft_vocab: int = V, **kw) -> EagleConfig:
-    base = dict(hidden_size=16, target_hidden_size=16, vocab_size=V, draft_vocab_size=draft_vocab, num_heads=4,
-                num_kv_heads=2, intermediate_size=24, target_num_layers=6, variant=variant)
+    base = dict(
+        hidden_size=16,
+        target_hidden_size=16,
+        vocab_size=V,
+        draft_vocab_size=draft_vocab,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=24,
+        target_num_layers=6,
+        variant=variant,
+    )
     base.update(kw)
     return EagleConfig(**base)
 
@@ -45,15 +63,16 @@ def chained_logits(head: EagleHead, feats: torch.Tensor, ids: torch.Tensor, p: i
     """Inference as the drafter runs it (LeanEagle, with its KV cache): real pairs 0..p, then `steps - 1`
     draft pairs fed the head's own output and the true next tokens. Entry j predicts token x_{p+2+j}."""
     lean = LeanEagle(head)
-    hidden = lean.step(ids[1:p + 2], head.project(feats[: p + 1]))[-1:]
+    hidden = lean.step(ids[1 : p + 2], head.project(feats[: p + 1]))[-1:]
     out = [lean.logits(hidden)[-1]]
     for j in range(1, steps):
-        hidden = lean.step(ids[p + 1 + j:p + 2 + j], hidden)
+        hidden = lean.step(ids[p + 1 + j : p + 2 + j], hidden)
         out.append(lean.logits(hidden)[-1])
     return out
 
 
 # ---- config ----
+
 
 def test_default_aux_layers_follow_the_reference_and_clamp_for_shallow_targets():
     for layers in (8, 32, 80):  # reference capture ids (2, L//2, L-3) are inputs of those layers
@@ -114,6 +133,7 @@ def test_reduced_width_head_trains_its_own_embedding():
 
 # ---- training-time test == chained inference ----
 
+
 @pytest.mark.parametrize("variant,draft_vocab", [("eagle3", V), ("eagle3", 40), ("eagle1", V)])
 def test_unroll_equals_chained_inference_at_every_step(variant, draft_vocab):
     cfg = small_config(variant, draft_vocab)
@@ -152,12 +172,13 @@ def test_unroll_with_right_padding_matches_each_sequence_alone():
         batched = unroll(head, feats, ids, steps, mask)
         valid = unrolled_mask(mask, steps)
         for i, n in enumerate(lengths):
-            alone = unroll(head, feats[i:i + 1, :n], ids[i:i + 1, :n], steps)
+            alone = unroll(head, feats[i : i + 1, :n], ids[i : i + 1, :n], steps)
             for j in range(steps):
                 rows = valid[j, i, :n]
                 assert rows.sum() == n - 1 - j  # indices 1 .. n-1-j
-                torch.testing.assert_close(batched.logits[j, i, :n][rows], alone.logits[j, 0][rows],
-                                           rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(
+                    batched.logits[j, i, :n][rows], alone.logits[j, 0][rows], rtol=1e-5, atol=1e-5
+                )
 
 
 def test_alignment_helpers():
@@ -195,6 +216,7 @@ def test_unroll_bad_inputs():
 
 
 # ---- draft vocabulary ----
+
 
 def test_frequent_tokens_and_maps():
     data = [[5, 5, 9, 3], [9, 5, 60], [3]]

@@ -7,14 +7,15 @@ import pytest
 import torch
 from sampling_check import chi2_pvalue, exact_joint, tiny_neox
 
-from adaspec.decoding.generate import speculative_generate
 from adaspec.core.sampling import logits_to_probs, sample
+from adaspec.decoding.generate import speculative_generate
 from adaspec.drafters import DRAFTERS
 from adaspec.drafters.eagle.draft_vocab import to_target_space
-from adaspec.drafters.eagle.model import EagleConfig, EagleHead
-from .feature_helpers import causal_attend
 from adaspec.drafters.eagle.drafter import EagleDrafter
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead
 from adaspec.models import build_model
+
+from .feature_helpers import causal_attend
 
 V = 64
 PRESETS = ["tiny-llama", "tiny-neox", "tiny-gpt2"]
@@ -27,19 +28,27 @@ def random_prompt(seed: int, low: int = 1, high: int = 30) -> torch.Tensor:
 
 
 def hf_greedy(target, ids, max_new_tokens: int) -> torch.Tensor:
-    return target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                           max_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=0)
+    return target.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
 
 
-def make_head(target, variant: str = "eagle3", draft_vocab: int | None = None, seed: int = 0,
-              scale: float = 1.0) -> EagleHead:
+def make_head(
+    target, variant: str = "eagle3", draft_vocab: int | None = None, seed: int = 0, scale: float = 1.0
+) -> EagleHead:
     vocab = target.get_output_embeddings().weight.shape[0]
     overrides = {} if draft_vocab is None else {"draft_vocab_size": draft_vocab}
     tokens = None
     if draft_vocab is not None:
         tokens = torch.randperm(vocab, generator=torch.Generator().manual_seed(seed))[:draft_vocab].sort().values
-    head = EagleHead.from_target(target, EagleConfig.for_target(target, variant, **overrides), seed=seed,
-                                 draft_tokens=tokens)
+    head = EagleHead.from_target(
+        target, EagleConfig.for_target(target, variant, **overrides), seed=seed, draft_tokens=tokens
+    )
     with torch.no_grad():
         head.lm_head.weight.mul_(scale)
     return head.eval()
@@ -71,12 +80,14 @@ def test_prompt_of_one_token_drafts_nothing_first():
     assert stats.gamma_hist[0] == 1  # the first step had no target feature to draft from
     with torch.no_grad():
         ref, _ = reference_generate(target, make_head(target), ids, 12, 3, 1.0, 1.0, torch.Generator().manual_seed(2))
-    out, stats = speculative_generate(target, EagleDrafter(make_head(target)), ids, max_new_tokens=12, gamma=3,
-                                      temperature=1.0, seed=2)
+    out, stats = speculative_generate(
+        target, EagleDrafter(make_head(target)), ids, max_new_tokens=12, gamma=3, temperature=1.0, seed=2
+    )
     assert torch.equal(out, ref) and stats.gamma_hist[0] == 1
 
 
 # ---- no-cache reference: recompute the target and the head from scratch, same rule, same draws ----
+
 
 def target_features(target, seq: list[int], layers: tuple[int, ...]) -> torch.Tensor:
     """[len(seq), layers * H]: adaspec layer i = transformers hidden_states[i + 1]; -1 = the final normed state."""
@@ -109,7 +120,7 @@ def reference_generate(target, head, ids, max_new_tokens, gamma, temperature=0.0
                     qs.append(q)
                 proposals.append(token)
                 hidden = torch.cat([hidden, out[:, -1:]], dim=1)  # the draft pair reads the head's own output
-        logits = target(torch.tensor([seq + proposals])).logits[0, -(g + 1):].float()
+        logits = target(torch.tensor([seq + proposals])).logits[0, -(g + 1) :].float()
         k = 0
         if temperature == 0:
             best = logits.argmax(-1).tolist()
@@ -130,8 +141,10 @@ def reference_generate(target, head, ids, max_new_tokens, gamma, temperature=0.0
     return torch.tensor([seq]), chunks
 
 
-@pytest.mark.parametrize("preset,variant,draft_vocab", [("tiny-llama", "eagle3", None), ("tiny-gpt2", "eagle3", 48),
-                                                        ("tiny-neox", "eagle1", None)])
+@pytest.mark.parametrize(
+    "preset,variant,draft_vocab",
+    [("tiny-llama", "eagle3", None), ("tiny-gpt2", "eagle3", 48), ("tiny-neox", "eagle1", None)],
+)
 def test_head_cache_matches_no_cache_reference_greedy(preset, variant, draft_vocab):
     target = build_model(preset, V, seed=1)
     head = make_head(target, variant, draft_vocab, seed=3)
@@ -140,8 +153,9 @@ def test_head_cache_matches_no_cache_reference_greedy(preset, variant, draft_voc
         chunks = []
         with torch.no_grad():
             ref, ref_chunks = reference_generate(target, head, ids, 24, gamma)
-        out, _ = speculative_generate(target, EagleDrafter(head), ids, max_new_tokens=24, gamma=gamma,
-                                      on_tokens=chunks.append)
+        out, _ = speculative_generate(
+            target, EagleDrafter(head), ids, max_new_tokens=24, gamma=gamma, on_tokens=chunks.append
+        )
         assert torch.equal(out, ref) and chunks == ref_chunks
 
 
@@ -154,15 +168,26 @@ def test_head_cache_matches_no_cache_reference_sampling():
         ids = random_prompt(300 + i, low=2)
         chunks = []
         with torch.no_grad():
-            ref, ref_chunks = reference_generate(target, head, ids, 24, gamma, 0.8, top_p,
-                                                 torch.Generator().manual_seed(11))
-        out, stats = speculative_generate(target, EagleDrafter(head), ids, max_new_tokens=24, gamma=gamma,
-                                          temperature=0.8, top_p=top_p, seed=11, on_tokens=chunks.append)
+            ref, ref_chunks = reference_generate(
+                target, head, ids, 24, gamma, 0.8, top_p, torch.Generator().manual_seed(11)
+            )
+        out, stats = speculative_generate(
+            target,
+            EagleDrafter(head),
+            ids,
+            max_new_tokens=24,
+            gamma=gamma,
+            temperature=0.8,
+            top_p=top_p,
+            seed=11,
+            on_tokens=chunks.append,
+        )
         assert torch.equal(out, ref) and chunks == ref_chunks
         assert stats.drafted > 0
 
 
 # ---- sampling is lossless ----
+
 
 @pytest.mark.parametrize("temperature,top_p,draft_vocab", [(1.0, 1.0, None), (0.8, 0.8, 6)])
 def test_sampling_matches_target_distribution(temperature, top_p, draft_vocab):
@@ -176,8 +201,9 @@ def test_sampling_matches_target_distribution(temperature, top_p, draft_vocab):
     ids = torch.tensor([prompt])
     totals = None
     for _ in range(samples):
-        out, stats = speculative_generate(target, drafter, ids, max_new_tokens=3, gamma=2,
-                                          temperature=temperature, top_p=top_p, generator=gen)
+        out, stats = speculative_generate(
+            target, drafter, ids, max_new_tokens=3, gamma=2, temperature=temperature, top_p=top_p, generator=gen
+        )
         x1, x2, x3 = out[0, 2:].tolist()
         counts[x1, x2, x3] += 1
         totals = stats if totals is None else totals + stats

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "adaspec"
 # code that still names families, each with why; remove an entry once its code dispatches on FAMILIES
 PENDING = {
     "recipes/train_head": "train-head's recipes are being factored (they will dispatch on FAMILIES: head, "
-                          "train_options, recipe)",
+    "train_options, recipe)",
     "recipes/reproduce": "the paper pipeline's run table names the kind of each head it trains",
 }
 
@@ -46,8 +46,13 @@ def _heads(target):
     from adaspec.drafters.eagle.model import EagleHead
     from adaspec.drafters.medusa.model import build_medusa
     from adaspec.drafters.mtp.model import build_mtp
-    return {"eagle": EagleHead.from_target(target), "medusa": build_medusa(target, heads=2),
-            "mtp": build_mtp(target, depth=2), "dflash": DFlashHead.from_target(target)}
+
+    return {
+        "eagle": EagleHead.from_target(target),
+        "medusa": build_medusa(target, heads=2),
+        "mtp": build_mtp(target, depth=2),
+        "dflash": DFlashHead.from_target(target),
+    }
 
 
 def test_a_saved_head_is_recognized_as_its_family_alone(tmp_path):

@@ -6,27 +6,36 @@ from __future__ import annotations
 import pytest
 import torch
 from sampling_check import chi2_pvalue, exact_joint
-from .feature_helpers import PRESETS, V, final_hidden
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from adaspec import AdaspecError
 from adaspec.decoding.generate import speculative_generate
-from adaspec.models.target import FINAL, CachedLM
 from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
 from adaspec.drafters.mtp.model import MTPDrafter, build_mtp
 from adaspec.models import build_model
+from adaspec.models.target import FINAL, CachedLM
+
+from .feature_helpers import PRESETS, V, final_hidden
 
 D = 3
 
 
 def drafters(target):
-    return {"mtp": MTPDrafter(build_mtp(target, depth=D, seed=4), target),
-            "medusa": MedusaDrafter(build_medusa(target, heads=D), target)}
+    return {
+        "mtp": MTPDrafter(build_mtp(target, depth=D, seed=4), target),
+        "medusa": MedusaDrafter(build_medusa(target, heads=D), target),
+    }
 
 
 def hf_greedy(target, ids, max_new_tokens: int) -> torch.Tensor:
-    return target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                           max_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=0)
+    return target.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -63,9 +72,16 @@ def test_gamma_above_bound_is_refused():
 
 def _tiny_llama(vocab: int):
     torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=32, max_position_embeddings=16,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        tie_word_embeddings=False,
+    )
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(20)  # peaky, so distributions are told apart
@@ -84,8 +100,9 @@ def test_sampling_matches_target_distribution(name):
     ids = torch.tensor([prompt])
     totals = None
     for _ in range(samples):
-        out, stats = speculative_generate(target, drafter, ids, max_new_tokens=3, gamma=2,
-                                          temperature=temperature, generator=gen)
+        out, stats = speculative_generate(
+            target, drafter, ids, max_new_tokens=3, gamma=2, temperature=temperature, generator=gen
+        )
         x1, x2, x3 = out[0, 2:].tolist()
         counts[x1, x2, x3] += 1
         totals = stats if totals is None else totals + stats

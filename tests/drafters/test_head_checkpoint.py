@@ -8,10 +8,10 @@ from safetensors.torch import load_file, save_file
 
 from adaspec import AdaspecError
 from adaspec.drafters.eagle.model import EagleConfig, EagleHead
-from adaspec.drafters.medusa.model import build_medusa
-from adaspec.drafters.mtp.model import build_mtp
 from adaspec.drafters.medusa.export import load_medusa, save_medusa
+from adaspec.drafters.medusa.model import build_medusa
 from adaspec.drafters.mtp.export import load_mtp, save_mtp
+from adaspec.drafters.mtp.model import build_mtp
 from adaspec.models import build_model
 
 V = 64

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from adaspec.drafters.dflash import DFlashConfig, DFlashDrafter, DFlashHead
-from adaspec.drafters.eagle.model import EagleConfig, EagleHead
-from .feature_helpers import causal_attend
 from adaspec.drafters.eagle.drafter import LeanEagle
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead
 from adaspec.drafters.mtp.model import LeanMTPModule, MTPConfig, MTPHeads
 from adaspec.drafters.target_parts import target_parts
 from adaspec.models import build_model
+
+from .feature_helpers import causal_attend
 
 V = 48
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -29,8 +30,17 @@ def _perturbed(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def _head(variant: str, kv_heads: int) -> EagleHead:
-    cfg = EagleConfig(hidden_size=16, target_hidden_size=16, vocab_size=V, draft_vocab_size=V, num_heads=4,
-                      num_kv_heads=kv_heads, intermediate_size=24, target_num_layers=6, variant=variant)
+    cfg = EagleConfig(
+        hidden_size=16,
+        target_hidden_size=16,
+        vocab_size=V,
+        draft_vocab_size=V,
+        num_heads=4,
+        num_kv_heads=kv_heads,
+        intermediate_size=24,
+        target_num_layers=6,
+        variant=variant,
+    )
     return _perturbed(EagleHead(cfg), seed=1)
 
 
@@ -63,8 +73,10 @@ def test_lean_eagle_grows_its_cache_past_the_initial_capacity():
     with torch.no_grad():
         ref = _reference(head, tokens, hidden, torch.arange(t))
         lean = LeanEagle(head)
-        out = torch.cat([lean.step(tokens[:250], hidden[:250])] + [lean.step(tokens[i:i + 1], hidden[i:i + 1])
-                                                                  for i in range(250, t)])
+        out = torch.cat(
+            [lean.step(tokens[:250], hidden[:250])]
+            + [lean.step(tokens[i : i + 1], hidden[i : i + 1]) for i in range(250, t)]
+        )
     torch.testing.assert_close(out, ref, **TOL)
 
 
@@ -81,11 +93,11 @@ def test_lean_eagle_tree_rows_see_their_ancestors_at_their_depth_positions():
         visible = torch.zeros(2, p + 2, dtype=torch.bool)
         visible[:, :p] = True
         visible[0, p] = visible[1, p + 1] = True
-        siblings = lean.step(tokens[p:p + 2], hidden[p:p + 2], torch.tensor([p, p]), visible)
+        siblings = lean.step(tokens[p : p + 2], hidden[p : p + 2], torch.tensor([p, p]), visible)
         child_visible = torch.zeros(1, p + 3, dtype=torch.bool)
         child_visible[0, :p] = True
-        child_visible[0, p + 1:] = True
-        child = lean.step(tokens[p + 2:], hidden[p + 2:], torch.tensor([p + 1]), child_visible)
+        child_visible[0, p + 1 :] = True
+        child = lean.step(tokens[p + 2 :], hidden[p + 2 :], torch.tensor([p + 1]), child_visible)
         for row, path in ((siblings[0], [p]), (siblings[1], [p + 1]), (child[0], [p + 1, p + 2])):
             idx = torch.tensor(list(range(p)) + path)
             ref = _reference(head, tokens[idx], hidden[idx], torch.arange(len(idx)))
@@ -116,6 +128,7 @@ def test_lean_mtp_module_equals_the_module():
 
 def test_drafters_rebuild_their_lean_view_after_the_weights_change():
     from adaspec.drafters.eagle.drafter import EagleDrafter
+
     head = _head("eagle3", 2)
     drafter = EagleDrafter(head)
     with torch.no_grad():
@@ -130,8 +143,9 @@ def test_lean_dflash_block_logits_equal_the_training_forward():
     wide at the same anchor (grouped-query attention, two layers, every norm and the mask embedding
     perturbed so each weight matters)."""
     target = build_model("tiny-llama", V, seed=1)
-    cfg = DFlashConfig.for_target(target, block_size=4, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
-                                  target_layers=(0, 1))
+    cfg = DFlashConfig.for_target(
+        target, block_size=4, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, target_layers=(0, 1)
+    )
     head = _perturbed(DFlashHead.from_target(target, cfg), seed=7)
     drafter, parts = DFlashDrafter(head, target), target_parts(target)
     gen = torch.Generator().manual_seed(8)
@@ -142,7 +156,7 @@ def test_lean_dflash_block_logits_equal_the_training_forward():
     with torch.no_grad():
         drafter.prefill(seq[:9], hidden[:, :8])
         for n in (9, 10, 200, 270, 290):
-            drafter.accept(n, hidden[:, drafter.lean.length: n - 1])
+            drafter.accept(n, hidden[:, drafter.lean.length : n - 1])
             for gamma in range(1, cfg.block_size):
                 narrow = DFlashHead(DFlashConfig.from_dict({**cfg.to_dict(), "block_size": gamma + 1}))
                 narrow.load_state_dict(head.state_dict())

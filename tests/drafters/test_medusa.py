@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from .feature_helpers import PRESETS, V, drive, final_hidden
 
 from adaspec import AdaspecError
 from adaspec.core.sampling import Sampling
-from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
+from adaspec.drafters.target_parts import target_parts
 from adaspec.models import build_model
+
+from .feature_helpers import PRESETS, V, drive, final_hidden
 
 
 @pytest.fixture(scope="module", params=PRESETS)
@@ -74,8 +75,15 @@ def test_chain_matches_direct_recomputation(target, gamma):
     parts = target_parts(target)
     rounds = []
     with torch.no_grad():
-        drive(MedusaDrafter(heads, target), target, [3, 9, 1], steps=6, gamma=gamma, seed=gamma,
-              check=lambda seq, proposals, q: rounds.append((seq, q)))
+        drive(
+            MedusaDrafter(heads, target),
+            target,
+            [3, 9, 1],
+            steps=6,
+            gamma=gamma,
+            seed=gamma,
+            check=lambda seq, proposals, q: rounds.append((seq, q)),
+        )
         for seq, q in rounds:
             h = final_hidden(target, seq)[len(seq) - 2]  # the state that produced seq[n-1]
             want = torch.stack([torch.softmax(x.float(), -1) for x in heads(parts, h, None)[:gamma]])

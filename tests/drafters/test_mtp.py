@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from .feature_helpers import PRESETS, V, drive, final_hidden
 
 from adaspec import AdaspecError
-from adaspec.drafters.target_parts import target_parts
-from adaspec.drafters.mtp.model import MTPDrafter, build_mtp
-from adaspec.data import response_mask
 from adaspec.core.sampling import Sampling, logits_to_probs
+from adaspec.data import response_mask
 from adaspec.distill.steps import place_by_predicted_token
+from adaspec.drafters.mtp.model import MTPDrafter, build_mtp
 from adaspec.drafters.multi_token_loss import depth_token_losses, depth_weights
+from adaspec.drafters.target_parts import target_parts
 from adaspec.models import build_model
+
+from .feature_helpers import PRESETS, V, drive, final_hidden
 
 
 @pytest.fixture(scope="module", params=PRESETS)
@@ -58,8 +59,9 @@ def test_module_k_reads_the_token_at_offset_k():
             assert torch.equal(heads(parts, hidden, later)[k - 1][:, : i + 1], base[k - 1][:, : i + 1])
 
 
-def reference_q(heads, target, seq: list[int], gamma: int, proposals: list[int], temperature: float = 1.0,
-                top_p: float = 1.0) -> torch.Tensor:
+def reference_q(
+    heads, target, seq: list[int], gamma: int, proposals: list[int], temperature: float = 1.0, top_p: float = 1.0
+) -> torch.Tensor:
     """No-cache recomputation of the chain at the last featured position n-2 (full causal attention over
     every depth's positions, tokens from seq + the proposals), each depth's sampling distribution."""
     parts = target_parts(target)
@@ -69,7 +71,7 @@ def reference_q(heads, target, seq: list[int], gamma: int, proposals: list[int],
     out = []
     with torch.no_grad():
         for k in range(1, gamma + 1):
-            prev = heads.mtp[k - 1](prev, parts.embed(ext[:, k: n - 1 + k]))
+            prev = heads.mtp[k - 1](prev, parts.embed(ext[:, k : n - 1 + k]))
             out.append(logits_to_probs(parts.logits(prev[0, -1]).float(), temperature, top_p))
     return torch.stack(out)
 
@@ -79,8 +81,15 @@ def test_cached_drafting_matches_no_cache_reference(target, gamma):
     heads = build_mtp(target, depth=3, seed=2)
     rounds = []
     with torch.no_grad():
-        drive(MTPDrafter(heads, target), target, [3, 9, 1, 4], steps=8, gamma=gamma, seed=gamma,
-              check=lambda seq, proposals, q: rounds.append((seq, proposals, q)))
+        drive(
+            MTPDrafter(heads, target),
+            target,
+            [3, 9, 1, 4],
+            steps=8,
+            gamma=gamma,
+            seed=gamma,
+            check=lambda seq, proposals, q: rounds.append((seq, proposals, q)),
+        )
     assert len(rounds) == 8
     for seq, proposals, q in rounds:
         assert q.shape == (gamma, V) and len(proposals) == gamma
@@ -92,8 +101,17 @@ def test_cached_drafting_with_temperature_and_top_p():
     heads = build_mtp(target, depth=3, seed=7)
     rounds = []
     with torch.no_grad():
-        drive(MTPDrafter(heads, target), target, [3, 9, 1, 4], steps=6, gamma=3, seed=9, temperature=0.7,
-              top_p=0.9, check=lambda seq, proposals, q: rounds.append((seq, proposals, q)))
+        drive(
+            MTPDrafter(heads, target),
+            target,
+            [3, 9, 1, 4],
+            steps=6,
+            gamma=3,
+            seed=9,
+            temperature=0.7,
+            top_p=0.9,
+            check=lambda seq, proposals, q: rounds.append((seq, proposals, q)),
+        )
     for seq, proposals, q in rounds:
         assert all(float(q[i, x]) > 0 for i, x in enumerate(proposals))  # drawn inside the nucleus
         want = reference_q(heads, target, seq, 3, proposals, 0.7, 0.9)
@@ -111,10 +129,11 @@ def test_varying_gamma_and_lagging_modules(target):
         for gamma in (1, 1, 3, 2, 1, 3, 3):
             n = len(seq)
             proposals, q = drafter.propose(torch.tensor(seq), n, gamma, Sampling(1.0, 1.0, gen))
-            torch.testing.assert_close(q, reference_q(heads, target, seq, gamma, proposals.tolist()),
-                                       atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                q, reference_q(heads, target, seq, gamma, proposals.tolist()), atol=1e-5, rtol=1e-4
+            )
             seq = seq + proposals[:1].tolist() + [int(torch.randint(0, V, (1,), generator=gen))]
-            drafter.accept(len(seq), final_hidden(target, seq)[None, n - 1: len(seq) - 1])
+            drafter.accept(len(seq), final_hidden(target, seq)[None, n - 1 : len(seq) - 1])
 
 
 def test_gamma_above_depth_is_refused():

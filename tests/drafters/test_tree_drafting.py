@@ -10,18 +10,19 @@ import pytest
 import torch
 
 from adaspec import AdaspecError
-from adaspec.core.tree import Tree
 from adaspec.core.sampling import Sampling
+from adaspec.core.tree import Tree
+from adaspec.core.tree_drafting import TreeRows, per_depth_expand, top_children
 from adaspec.core.tree_shape import TreeShape
-from adaspec.drafters.eagle.model import EagleConfig, EagleHead
-from .feature_helpers import causal_attend
-from adaspec.drafters.eagle.drafter import EagleDrafter
 from adaspec.decoding.lm import LMDrafter
+from adaspec.drafters.eagle.drafter import EagleDrafter
+from adaspec.drafters.eagle.model import EagleConfig, EagleHead
 from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
 from adaspec.drafters.mtp.model import MTPDrafter, build_mtp
 from adaspec.drafters.target_parts import target_parts
-from adaspec.core.tree_drafting import TreeRows, per_depth_expand, top_children
 from adaspec.models import build_model
+
+from .feature_helpers import causal_attend
 
 V = 48
 PRESETS = ["tiny-llama", "tiny-neox", "tiny-gpt2"]
@@ -64,7 +65,7 @@ def _drive(drafter, target, shape: TreeShape, reference, steps: int = 6, seed: i
             fed.append(int(tree.tokens[i]))
         state["kept"] = fed
         seq = seq + tree.tokens[path].tolist() + [int(torch.randint(0, V, (1,), generator=gen))]
-        hidden = _features(target, seq, layers)[:, n - 1: len(seq) - 1] if layers else None
+        hidden = _features(target, seq, layers)[:, n - 1 : len(seq) - 1] if layers else None
         drafter.accept_tree(len(seq), torch.tensor(path, dtype=torch.long), hidden)
     assert len(lengths) >= 2
 
@@ -73,10 +74,14 @@ def _lm_reference(draft):
     def reference(seq, state):
         def expand(nodes, tree, k):
             paths = tree.ancestors()
-            rows = [draft(input_ids=torch.tensor([seq + (tree.tokens[paths[i]].tolist() if i >= 0 else [])]))
-                    .logits[0, -1] for i in nodes.tolist()]
+            rows = [
+                draft(input_ids=torch.tensor([seq + (tree.tokens[paths[i]].tolist() if i >= 0 else [])])).logits[0, -1]
+                for i in nodes.tolist()
+            ]
             return top_children(torch.stack(rows), k, Sampling())
+
         return expand
+
     return reference
 
 
@@ -113,10 +118,10 @@ def _eagle_reference(head: EagleHead, target, keep: bool):
         feats = head.project(_features(target, seq, head.config.hidden_layers).permute(1, 0, 2).reshape(n, -1))
         if keep and last:
             kept = outputs_along(last["seq"], state["kept"])[: len(state["kept"])]
-            del inputs[len(last["seq"]) - 1:]
+            del inputs[len(last["seq"]) - 1 :]
             inputs.extend(kept)
-        del inputs[len(inputs) if keep else 0:]
-        inputs.extend(feats[len(inputs): n - 1])
+        del inputs[len(inputs) if keep else 0 :]
+        inputs.extend(feats[len(inputs) : n - 1])
         last["seq"] = list(seq)
 
         def expand(nodes, tree, k):
@@ -124,21 +129,28 @@ def _eagle_reference(head: EagleHead, target, keep: bool):
             rows = [outputs_along(seq, tree.tokens[paths[i]].tolist() if i >= 0 else [])[-1] for i in nodes.tolist()]
             ids, logp = top_children(head.logits(torch.stack(rows)), k, Sampling())
             return head.draft_to_target(ids), logp
+
         return expand
 
     return reference
 
 
-@pytest.mark.parametrize("preset,variant,draft_vocab", [("tiny-llama", "eagle3", None), ("tiny-gpt2", "eagle3", 40),
-                                                        ("tiny-neox", "eagle1", None)])
+@pytest.mark.parametrize(
+    "preset,variant,draft_vocab",
+    [("tiny-llama", "eagle3", None), ("tiny-gpt2", "eagle3", 40), ("tiny-neox", "eagle1", None)],
+)
 @pytest.mark.parametrize("keep", [False, True])
 def test_eagle_trees_match_the_head_run_from_scratch(preset, variant, draft_vocab, keep):
     target = build_model(preset, V, seed=1)
     overrides = {} if draft_vocab is None else {"draft_vocab_size": draft_vocab}
-    tokens = None if draft_vocab is None else torch.randperm(V, generator=torch.Generator().manual_seed(0))[
-        :draft_vocab].sort().values
-    head = EagleHead.from_target(target, EagleConfig.for_target(target, variant, **overrides), seed=3,
-                                 draft_tokens=tokens).eval()
+    tokens = (
+        None
+        if draft_vocab is None
+        else torch.randperm(V, generator=torch.Generator().manual_seed(0))[:draft_vocab].sort().values
+    )
+    head = EagleHead.from_target(
+        target, EagleConfig.for_target(target, variant, **overrides), seed=3, draft_tokens=tokens
+    ).eval()
     # kept rows are those of fed nodes, which a static tree names (its nodes with children)
     for shape in (STATIC,) if keep else (STATIC, DYNAMIC):
         _drive(EagleDrafter(head, keep_tree_rows=keep), target, shape, _eagle_reference(head, target, keep), seed=2)
@@ -153,17 +165,19 @@ def _mtp_reference(heads, target):
         chain, logits = [], []
         for k in range(1, heads.cfg.depth + 1):
             ext = torch.tensor([seq + chain])
-            prev = heads.mtp[k - 1](prev, parts.embed(ext[:, k: n - 1 + k]))
+            prev = heads.mtp[k - 1](prev, parts.embed(ext[:, k : n - 1 + k]))
             logits.append(parts.logits(prev[0, -1]).float())
             chain.append(int(logits[-1].argmax()))
         return per_depth_expand(logits, Sampling())
+
     return reference
 
 
 def _medusa_reference(heads, target):
     parts = target_parts(target)
     return lambda seq, state: per_depth_expand(
-        [x.float() for x in heads(parts, _features(target, seq, (-1,))[0][len(seq) - 2], None)], Sampling())
+        [x.float() for x in heads(parts, _features(target, seq, (-1,))[0][len(seq) - 2], None)], Sampling()
+    )
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -203,7 +217,10 @@ def test_tree_rows_show_each_node_only_its_ancestors():
 def test_heads_refuse_trees_deeper_than_their_depth():
     target = build_model("tiny-llama", V, seed=1)
     deep = TreeShape.dynamic(2, 4, 6)
-    for drafter in (MTPDrafter(build_mtp(target, depth=3), target), MedusaDrafter(build_medusa(target, heads=3), target)):
+    for drafter in (
+        MTPDrafter(build_mtp(target, depth=3), target),
+        MedusaDrafter(build_medusa(target, heads=3), target),
+    ):
         drafter.prefill(torch.tensor([1, 2]), _features(target, [1, 2], (-1,))[:, :1])
         with pytest.raises(AdaspecError, match="at most 3 tokens per step") as err:
             drafter.propose_tree(torch.tensor([1, 2]), 2, deep, Sampling())
@@ -213,8 +230,11 @@ def test_heads_refuse_trees_deeper_than_their_depth():
 def test_one_token_prompts_give_empty_trees_for_feature_drafters():
     target = build_model("tiny-gpt2", V, seed=1)
     head = EagleHead.from_target(copy.deepcopy(target), EagleConfig.for_target(target)).eval()
-    for drafter in (EagleDrafter(head), MTPDrafter(build_mtp(target), target),
-                    MedusaDrafter(build_medusa(target, heads=2), target)):
+    for drafter in (
+        EagleDrafter(head),
+        MTPDrafter(build_mtp(target), target),
+        MedusaDrafter(build_medusa(target, heads=2), target),
+    ):
         drafter.prefill(torch.tensor([4]), None)
         tree, rows = drafter.propose_tree(torch.tensor([4]), 1, TreeShape.dynamic(2, 2, 3), Sampling())
         assert tree.size == 0 and rows is None

@@ -20,17 +20,26 @@ def test_json_replacing_a_file_says_so(capsys, tmp_path, tiny_target_dir, tiny_d
 
 def test_json_into_a_model_folder_or_onto_a_folder_is_refused(capsys, tmp_path, tiny_target_dir, tiny_draft_dir):
     before = sorted(p.name for p in tiny_target_dir.iterdir())
-    err = cli_error(capsys, "eval", "--target", tiny_target_dir, "--draft", tiny_draft_dir, *FAST,
-                    "--json", tiny_target_dir / "eval.json")
+    err = cli_error(
+        capsys,
+        "eval",
+        "--target",
+        tiny_target_dir,
+        "--draft",
+        tiny_draft_dir,
+        *FAST,
+        "--json",
+        tiny_target_dir / "eval.json",
+    )
     assert "lies inside the target" in err
-    err = cli_error(capsys, "eval", "--target", tiny_target_dir, "--draft", tiny_draft_dir, *FAST,
-                    "--json", tmp_path)
+    err = cli_error(capsys, "eval", "--target", tiny_target_dir, "--draft", tiny_draft_dir, *FAST, "--json", tmp_path)
     assert "is a directory, not a file" in err
     assert sorted(p.name for p in tiny_target_dir.iterdir()) == before
 
 
-def test_default_continuation_cache_is_the_users_not_the_models(capsys, tmp_path, monkeypatch, tiny_target_dir,
-                                                                tiny_draft_dir):
+def test_default_continuation_cache_is_the_users_not_the_models(
+    capsys, tmp_path, monkeypatch, tiny_target_dir, tiny_draft_dir
+):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     before = sorted(p.name for p in tiny_target_dir.iterdir())
     assert run("eval", "--target", tiny_target_dir, "--draft", tiny_draft_dir, *FAST) == 0

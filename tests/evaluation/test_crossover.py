@@ -7,8 +7,14 @@ import math
 import pytest
 
 from adaspec import AdaspecError
-from adaspec.evaluation.crossover import (calibration, crossover_params, format_sweep, predicted_speedup,
-                                         step_overhead, sweep)
+from adaspec.evaluation.crossover import (
+    calibration,
+    crossover_params,
+    format_sweep,
+    predicted_speedup,
+    step_overhead,
+    sweep,
+)
 
 
 def test_predicted_speedup_is_tau_times_t1_over_step_cost():
@@ -36,10 +42,31 @@ def test_crossover_interpolates_in_log_size():
 
 def test_the_table_says_where_the_crossover_is_when_no_pair_of_sizes_brackets_it():
     def line(speedups: list[float], crossing: float | None) -> str:
-        rows = [{"target": f"t{i}", "params": 10 ** (6 + i), "t1_ms": 1.0, "verify_ms": 1.2, "verify_cost_vs_one": 1.2,
-                 "c": 0.1, "forwards_only_speedup": s, "predicted_speedup": s} for i, s in enumerate(speedups)]
-        result = {"draft": "d", "draft_params": 1e5, "draft_ms": 0.1, "tau": 2.0, "gamma": 3, "pair_target": "t0",
-                  "measured_speedup": 1.0, "step_overhead_ms": 0.0, "rows": rows, "crossover_params": crossing}
+        rows = [
+            {
+                "target": f"t{i}",
+                "params": 10 ** (6 + i),
+                "t1_ms": 1.0,
+                "verify_ms": 1.2,
+                "verify_cost_vs_one": 1.2,
+                "c": 0.1,
+                "forwards_only_speedup": s,
+                "predicted_speedup": s,
+            }
+            for i, s in enumerate(speedups)
+        ]
+        result = {
+            "draft": "d",
+            "draft_params": 1e5,
+            "draft_ms": 0.1,
+            "tau": 2.0,
+            "gamma": 3,
+            "pair_target": "t0",
+            "measured_speedup": 1.0,
+            "step_overhead_ms": 0.0,
+            "rows": rows,
+            "crossover_params": crossing,
+        }
         return format_sweep(result).splitlines()[-1]
 
     assert line([0.8, 1.2], 3e6) == "crossover: 3.0M parameters"
@@ -48,13 +75,23 @@ def test_the_table_says_where_the_crossover_is_when_no_pair_of_sizes_brackets_it
 
 
 def test_sweep_measures_every_target_and_the_draft():
-    out = sweep(["tiny-neox", "tiny-llama"], "tiny-gpt2", tau=2.0, gamma=2, pair_target="tiny-neox",
-                measured_speedup=0.01, vocab=64, prefix=8, repeats=2)
+    out = sweep(
+        ["tiny-neox", "tiny-llama"],
+        "tiny-gpt2",
+        tau=2.0,
+        gamma=2,
+        pair_target="tiny-neox",
+        measured_speedup=0.01,
+        vocab=64,
+        prefix=8,
+        repeats=2,
+    )
     assert [r["target"] for r in out["rows"]] == ["tiny-neox", "tiny-llama"]
     for r in out["rows"]:
         assert r["t1_ms"] > 0 and r["verify_ms"] > 0
-        assert r["predicted_speedup"] == pytest.approx(predicted_speedup(
-            2.0, 2, r["t1_ms"], r["verify_ms"], out["draft_ms"], out["step_overhead_ms"]))
+        assert r["predicted_speedup"] == pytest.approx(
+            predicted_speedup(2.0, 2, r["t1_ms"], r["verify_ms"], out["draft_ms"], out["step_overhead_ms"])
+        )
     # slow enough that the solved per-step work is positive: the pair's own prediction is its measurement
     assert out["rows"][0]["predicted_speedup"] == pytest.approx(0.01)
     with pytest.raises(AdaspecError, match="must be one of the swept"):
@@ -62,9 +99,15 @@ def test_sweep_measures_every_target_and_the_draft():
 
 
 def test_calibration_uses_the_c_of_a_verification_forward():
-    measured = {"pair": "p", "target_params": 10, "gamma": 3, "verify_cost_ratio": 1.5,
-                "rows": [{"method": "sd_x", "prompts": "gsm8k:test", "temperature": 0.0, "tau": 2.5, "c": 0.2,
-                          "vs_target": 0.9}]}
+    measured = {
+        "pair": "p",
+        "target_params": 10,
+        "gamma": 3,
+        "verify_cost_ratio": 1.5,
+        "rows": [
+            {"method": "sd_x", "prompts": "gsm8k:test", "temperature": 0.0, "tau": 2.5, "c": 0.2, "vs_target": 0.9}
+        ],
+    }
     c = calibration(measured, "sd_x")
     assert c["formula_speedup"] == pytest.approx(2.5 / (1.5 * (3 * 0.2 + 1)))
     assert math.isclose(c["measured_over_formula"], 0.9 / c["formula_speedup"])

@@ -54,12 +54,32 @@ def test_measure_covers_every_example_once(models):
 
 def test_command_writes_json_and_plot(tiny_target_dir, tiny_draft_dir, tmp_path, capsys):
     out = tmp_path / "delta.json"
-    assert main(["--target", str(tiny_target_dir), "--ref", str(tiny_target_dir), "--draft",
-                 f"init={tiny_draft_dir}", "--examples", "6", "--max-length", "64", "--batch-size", "3",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--target",
+                str(tiny_target_dir),
+                "--ref",
+                str(tiny_target_dir),
+                "--draft",
+                f"init={tiny_draft_dir}",
+                "--examples",
+                "6",
+                "--max-length",
+                "64",
+                "--batch-size",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert set(result["drafts"]) == {"init"} and result["examples"] == 6 and "delta_distribution" in result["command"]
     assert out.with_suffix(".png").exists()
-    assert main(["--target", str(tiny_target_dir), "--ref", str(tiny_target_dir), "--draft", "nodir",
-                 "--out", str(out)]) == 2
+    assert (
+        main(["--target", str(tiny_target_dir), "--ref", str(tiny_target_dir), "--draft", "nodir", "--out", str(out)])
+        == 2
+    )
     assert "must be NAME=DIR" in capsys.readouterr().err

@@ -11,11 +11,27 @@ from adaspec.models import load_model, load_tokenizer
 def test_benchmark_rows_schema_and_lossless_greedy(tiny_target_dir, tiny_draft_dir):
     target, draft = load_model(tiny_target_dir), load_model(tiny_draft_dir)
     tok = load_tokenizer(tiny_target_dir)
-    result = benchmark(target, tok, {"draft": draft}, ["gsm8k"], n_prompts=1, max_new_tokens=6, gamma=2,
-                       temperatures=[0.0, 1.0], repeats=1, context=128)
+    result = benchmark(
+        target,
+        tok,
+        {"draft": draft},
+        ["gsm8k"],
+        n_prompts=1,
+        max_new_tokens=6,
+        gamma=2,
+        temperatures=[0.0, 1.0],
+        repeats=1,
+        context=128,
+    )
     methods = {(r["temperature"], r["method"]) for r in result["rows"]}
-    assert {(0.0, BASELINE), (0.0, "hf_generate"), (0.0, "sd_draft"), (0.0, "hf_assisted"),
-            (0.0, "hf_prompt_lookup"), (1.0, "sd_draft")} <= methods
+    assert {
+        (0.0, BASELINE),
+        (0.0, "hf_generate"),
+        (0.0, "sd_draft"),
+        (0.0, "hf_assisted"),
+        (0.0, "hf_prompt_lookup"),
+        (1.0, "sd_draft"),
+    } <= methods
     for r in result["rows"]:
         assert {"method", "tokens_per_s", "vs_target", "alpha", "tau"} <= set(r)
         assert r["tokens_per_s"] > 0

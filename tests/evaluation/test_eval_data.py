@@ -14,8 +14,10 @@ def setup(tmp_path_factory):
     path = root / "mine.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     tok = data.train_tokenizer([r["question"] + r["answer"] for r in records] * 5, 300)
-    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|endoftext|>\n{% endfor %}"
-                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|endoftext|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
     models.save_model(models.build_model("tiny-neox", len(tok), seed=0), root / "target", tok)
     models.save_model(models.build_model("tiny-neox", len(tok), seed=1), root / "draft", tok)
     return root, path
@@ -24,10 +26,33 @@ def setup(tmp_path_factory):
 def test_eval_reads_the_users_jsonl(setup, tmp_path, capsys):
     root, path = setup
     out = tmp_path / "eval.json"
-    rc = cli.main(["eval", "--target", str(root / "target"), "--draft", str(root / "draft"), "--data", str(path),
-                   "--prompt-field", "question", "--response-field", "answer", "--n-prompts", "3",
-                   "--max-new-tokens", "6", "--gamma", "2", "--loss-examples", "4", "--json", str(out),
-                   "--cache-dir", str(tmp_path / "cache")])
+    rc = cli.main(
+        [
+            "eval",
+            "--target",
+            str(root / "target"),
+            "--draft",
+            str(root / "draft"),
+            "--data",
+            str(path),
+            "--prompt-field",
+            "question",
+            "--response-field",
+            "answer",
+            "--n-prompts",
+            "3",
+            "--max-new-tokens",
+            "6",
+            "--gamma",
+            "2",
+            "--loss-examples",
+            "4",
+            "--json",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert f"data {path}" in table and "none n/a" in table
@@ -43,20 +68,67 @@ def test_eval_reads_the_users_jsonl(setup, tmp_path, capsys):
 
 def test_eval_data_names_a_missing_field(setup, tmp_path, capsys):
     root, path = setup
-    rc = cli.main(["eval", "--target", str(root / "target"), "--draft", str(root / "draft"), "--data", str(path),
-                   "--n-prompts", "2", "--max-new-tokens", "4", "--no-cache"])
+    rc = cli.main(
+        [
+            "eval",
+            "--target",
+            str(root / "target"),
+            "--draft",
+            str(root / "draft"),
+            "--data",
+            str(path),
+            "--n-prompts",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--no-cache",
+        ]
+    )
     assert rc == 2 and "no field 'prompt'" in capsys.readouterr().err
 
 
 def test_eval_reads_chat_records_with_the_targets_template(setup, tmp_path):
     root, _ = setup
     path = tmp_path / "chat.jsonl"
-    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                                                     {"role": "assistant", "content": f"It is {2 * i}."}]}) + "\n"
-                            for i in range(4)))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"What is {i} plus {i}?"},
+                        {"role": "assistant", "content": f"It is {2 * i}."},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(4)
+        )
+    )
     out = tmp_path / "eval.json"
-    assert cli.main(["eval", "--target", str(root / "target"), "--draft", str(root / "draft"), "--data", str(path),
-                     "--n-prompts", "2", "--max-new-tokens", "4", "--gamma", "2", "--loss-examples", "2",
-                     "--no-cache", "--json", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--target",
+                str(root / "target"),
+                "--draft",
+                str(root / "draft"),
+                "--data",
+                str(path),
+                "--n-prompts",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--gamma",
+                "2",
+                "--loss-examples",
+                "2",
+                "--no-cache",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["config"]["loss_tokens"] > 0 and result["target"]["per_prompt"][0]["prompt_tokens"] > 5

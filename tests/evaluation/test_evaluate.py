@@ -9,11 +9,11 @@ from adaspec import cli, data, models
 from adaspec.core import metrics
 from adaspec.decoding import acceptance
 from adaspec.errors import AdaspecError
-from adaspec.recipes.eval import EvalOptions, run_eval, unique_names
-from adaspec.options import command_line
 from adaspec.evaluation.evaluate import EvalSettings
 from adaspec.evaluation.evaluate import evaluate as evaluate_typed
 from adaspec.evaluation.table import format_table
+from adaspec.options import command_line
+from adaspec.recipes.eval import EvalOptions, run_eval, unique_names
 
 
 def evaluate(target, drafts, tokenizer, task, **kw):
@@ -59,13 +59,40 @@ def dirs(tmp_path_factory, tok, pair):
 def test_cli_end_to_end_writes_json(dirs, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     out = tmp_path / "eval.json"
-    rc = cli.main(["eval", "--target", str(dirs / "target"), "--draft", str(dirs / "noisy"), str(dirs / "random"),
-                   "--task", "gsm8k", "--n-prompts", "3", "--max-new-tokens", "16", "--gamma", "3",
-                   "--loss-examples", "4", "--json", str(out)])
+    rc = cli.main(
+        [
+            "eval",
+            "--target",
+            str(dirs / "target"),
+            "--draft",
+            str(dirs / "noisy"),
+            str(dirs / "random"),
+            "--task",
+            "gsm8k",
+            "--n-prompts",
+            "3",
+            "--max-new-tokens",
+            "16",
+            "--gamma",
+            "3",
+            "--loss-examples",
+            "4",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     table = capsys.readouterr().out
-    for row in ("alpha drafted = accepted/drafted", "alpha = accepted/(accepted+rejected)", "tau", "speed-up measured", "analytic alpha, greedy",
-                "accuracy", "noisy", "random"):
+    for row in (
+        "alpha drafted = accepted/drafted",
+        "alpha = accepted/(accepted+rejected)",
+        "tau",
+        "speed-up measured",
+        "analytic alpha, greedy",
+        "accuracy",
+        "noisy",
+        "random",
+    ):
         assert row in table
     result = json.loads(out.read_text())
     assert set(result) >= {"command", "argv", "config", "target", "drafts"}
@@ -80,9 +107,25 @@ def test_cli_end_to_end_writes_json(dirs, tmp_path, capsys, monkeypatch):
     assert tgt["stats"]["emitted"] == sum(r["generated_tokens"] for r in tgt["per_prompt"])
     assert math.isfinite(tgt["response_loss"]) and tgt["fingerprint"] == models.model_fingerprint(dirs / "target")
     assert list(result["drafts"]) == ["noisy", "random"]
-    keys = {"path", "params", "response_loss", "alpha_drafted", "alpha", "tau", "mean_gamma", "position_acceptance",
-            "c", "measured_speedup", "measured_speedup_pooled", "theoretical_speedup", "tokens_per_s",
-            "same_as_target", "analytic", "stats", "per_prompt"}
+    keys = {
+        "path",
+        "params",
+        "response_loss",
+        "alpha_drafted",
+        "alpha",
+        "tau",
+        "mean_gamma",
+        "position_acceptance",
+        "c",
+        "measured_speedup",
+        "measured_speedup_pooled",
+        "theoretical_speedup",
+        "tokens_per_s",
+        "same_as_target",
+        "analytic",
+        "stats",
+        "per_prompt",
+    }
     for name, d in result["drafts"].items():
         assert set(d) >= keys, name
         s = d["stats"]
@@ -105,8 +148,17 @@ def test_cli_end_to_end_writes_json(dirs, tmp_path, capsys, monkeypatch):
 def test_empirical_alpha_tested_matches_analytic_greedy_alpha(tok, pair, tmp_path):
     target, draft = pair
     n, max_new, gamma = 12, 48, 4
-    r = evaluate(target, {"noisy": draft}, tok, "gsm8k", n_prompts=n, gamma=gamma, max_new_tokens=max_new,
-                 loss_examples=2, cache_dir=tmp_path)
+    r = evaluate(
+        target,
+        {"noisy": draft},
+        tok,
+        "gsm8k",
+        n_prompts=n,
+        gamma=gamma,
+        max_new_tokens=max_new,
+        loss_examples=2,
+        cache_dir=tmp_path,
+    )
     d = r["drafts"]["noisy"]
     a_emp, a_ana = d["alpha"], d["analytic"]["alpha_greedy"]
     assert d["analytic"]["n_tokens"] == n * max_new
@@ -117,23 +169,26 @@ def test_empirical_alpha_tested_matches_analytic_greedy_alpha(tok, pair, tmp_pat
 
     # The residual difference is exactly the positions greedy SD never tests (bonus tokens after gamma
     # agreements): replaying the SD schedule on the per-position agreements reproduces its counters.
-    conts = acceptance.Continuations.from_json(json.loads(open(r["target"]["continuations"]["cache_file"]).read())
-                                               ["continuations"])
+    conts = acceptance.Continuations.from_json(
+        json.loads(open(r["target"]["continuations"]["cache_file"]).read())["continuations"]
+    )
     totals = [0, 0, 0]
     with torch.inference_mode():
         for seq, plen in zip(conts.sequences, conts.prompt_lengths):
             assert len(seq) - plen == max_new  # no early EOS, so the schedule below is the whole story
             ids = torch.tensor([seq])
-            pred_t = target(ids).logits[0, plen - 1:-1].argmax(-1)
-            pred_d = draft(ids).logits[0, plen - 1:-1].argmax(-1)
+            pred_t = target(ids).logits[0, plen - 1 : -1].argmax(-1)
+            pred_d = draft(ids).logits[0, plen - 1 : -1].argmax(-1)
             assert torch.equal(pred_t, ids[0, plen:])
             agree = (pred_t == pred_d).tolist()
             for i, x in enumerate(replay_greedy_sd(lambda r, k: agree[r + k - 1], gamma, max_new)):
                 totals[i] += x
     s = d["stats"]
     assert (s["drafted"], s["accepted"], s["rejections"]) == tuple(totals)
-    print(f"alpha_tested {a_emp:.4f} vs analytic greedy {a_ana:.4f} on {n * max_new} tokens "
-          f"(alpha accepted/drafted {d['alpha']:.4f})")
+    print(
+        f"alpha_tested {a_emp:.4f} vs analytic greedy {a_ana:.4f} on {n * max_new} tokens "
+        f"(alpha accepted/drafted {d['alpha']:.4f})"
+    )
 
 
 def test_continuation_cache_is_reused(tok, pair, tmp_path):
@@ -147,8 +202,15 @@ def test_continuation_cache_is_reused(tok, pair, tmp_path):
 
     target.generate = counting
     try:
-        kw = dict(n_prompts=2, gamma=2, max_new_tokens=8, loss_examples=2, cache_dir=tmp_path / "c",
-                  target_fingerprint="abc", warmup=False)
+        kw = dict(
+            n_prompts=2,
+            gamma=2,
+            max_new_tokens=8,
+            loss_examples=2,
+            cache_dir=tmp_path / "c",
+            target_fingerprint="abc",
+            warmup=False,
+        )
         first = evaluate(target, {"d": draft}, tok, "gsm8k", **kw)
         assert len(calls) == 1 and first["target"]["continuations"]["from_cache"] is False
         second = evaluate(target, {"d": draft, "e": draft}, tok, "gsm8k", **kw)
@@ -165,8 +227,20 @@ def test_continuation_cache_is_reused(tok, pair, tmp_path):
 
 def test_sampling_and_left_truncated_prompts(tok, pair):
     target, draft = pair
-    r = evaluate(target, {"d": draft}, tok, "gsm8k", n_prompts=2, gamma=3, temperature=1.0,
-                 max_new_tokens=236, loss_examples=2, top_p=0.9, seed=3, warmup=False)
+    r = evaluate(
+        target,
+        {"d": draft},
+        tok,
+        "gsm8k",
+        n_prompts=2,
+        gamma=3,
+        temperature=1.0,
+        max_new_tokens=236,
+        loss_examples=2,
+        top_p=0.9,
+        seed=3,
+        warmup=False,
+    )
     cfg, d = r["config"], r["drafts"]["d"]
     assert cfg["max_prompt_length"] == 20 and cfg["prompts_truncated"] == 2
     assert all(row["prompt_tokens"] == 20 for row in r["target"]["per_prompt"])
@@ -180,14 +254,25 @@ def test_sampling_and_left_truncated_prompts(tok, pair):
 def test_context_caps_prompts_below_the_model_context(tok, pair):
     # a training length below the models' context: prompts are cut to it, not to the config's 256
     target, draft = pair
-    r = evaluate(target, {"d": draft}, tok, "gsm8k", n_prompts=2, gamma=3, max_new_tokens=8, loss_examples=2,
-                 context=24, warmup=False)
+    r = evaluate(
+        target,
+        {"d": draft},
+        tok,
+        "gsm8k",
+        n_prompts=2,
+        gamma=3,
+        max_new_tokens=8,
+        loss_examples=2,
+        context=24,
+        warmup=False,
+    )
     cfg = r["config"]
     assert cfg["context"] == 24 and cfg["max_prompt_length"] == 16 and cfg["prompts_truncated"] == 2
     assert all(row["prompt_tokens"] == 16 for row in r["target"]["per_prompt"])
     assert all(row["prompt_tokens"] + row["generated_tokens"] <= 24 for row in r["target"]["per_prompt"])
-    wide = evaluate(target, {"d": draft}, tok, "gsm8k", n_prompts=1, max_new_tokens=8, loss_examples=1,
-                    context=10_000, warmup=False)
+    wide = evaluate(
+        target, {"d": draft}, tok, "gsm8k", n_prompts=1, max_new_tokens=8, loss_examples=1, context=10_000, warmup=False
+    )
     assert wide["config"]["context"] == 256  # never beyond what the models hold
     for bad in (0, -3, 2.5, True):
         with pytest.raises(AdaspecError, match="context must be an integer >= 1"):
@@ -197,8 +282,9 @@ def test_context_caps_prompts_below_the_model_context(tok, pair):
 
 
 def _opts(dirs, **kw):
-    base = dict(target=str(dirs / "target"), draft=[str(dirs / "noisy")], n_prompts=1, max_new_tokens=4,
-                loss_examples=1)
+    base = dict(
+        target=str(dirs / "target"), draft=[str(dirs / "noisy")], n_prompts=1, max_new_tokens=4, loss_examples=1
+    )
     return EvalOptions(**{**base, **kw})
 
 
@@ -213,17 +299,26 @@ def test_clear_errors(dirs, tok, tmp_path, capsys):
     models.save_model(models.build_model("tiny-neox", len(other_tok), seed=0), tmp_path / "other", other_tok)
     with pytest.raises(AdaspecError, match="tokenizers have different vocabularies"):
         run_eval(_opts(dirs, draft=[str(tmp_path / "other")]))
-    for bad, match in (({"n_prompts": 0}, "--n-prompts must be >= 1"), ({"gamma": 0}, "--gamma"),
-                       ({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"),
-                       ({"draft": []}, "at least one --draft"), ({"task": "nope"}, "unknown task"),
-                       ({"context": 4}, r"--context \(4\) must exceed --max-new-tokens \(4\)")):
+    for bad, match in (
+        ({"n_prompts": 0}, "--n-prompts must be >= 1"),
+        ({"gamma": 0}, "--gamma"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"draft": []}, "at least one --draft"),
+        ({"task": "nope"}, "unknown task"),
+        ({"context": 4}, r"--context \(4\) must exceed --max-new-tokens \(4\)"),
+    ):
         with pytest.raises(AdaspecError, match=match):
             _opts(dirs, **bad)
     with pytest.raises(AdaspecError, match="n_prompts must be an integer >= 1"):
-        evaluate(models.build_model("tiny-neox", len(tok)), {"d": models.build_model("tiny-neox", len(tok))},
-                 tok, "gsm8k", n_prompts=0)
-    assert cli.main(["eval", "--target", str(dirs / "target"), "--draft", str(dirs / "noisy"),
-                     "--n-prompts", "0"]) == 2
+        evaluate(
+            models.build_model("tiny-neox", len(tok)),
+            {"d": models.build_model("tiny-neox", len(tok))},
+            tok,
+            "gsm8k",
+            n_prompts=0,
+        )
+    assert cli.main(["eval", "--target", str(dirs / "target"), "--draft", str(dirs / "noisy"), "--n-prompts", "0"]) == 2
     assert "--n-prompts must be >= 1" in capsys.readouterr().err
 
 
@@ -238,15 +333,34 @@ def test_names_and_command_line(dirs):
 
 
 def test_eval_measures_a_head_beside_a_draft(dirs, tmp_path, capsys):
-    from adaspec.drafters.medusa.model import build_medusa
     from adaspec.drafters.medusa.export import save_medusa
+    from adaspec.drafters.medusa.model import build_medusa
 
     target = models.load_model(dirs / "target")
     save_medusa(build_medusa(target, 2, 1), tmp_path / "medusa", target)
     out = tmp_path / "eval.json"
-    rc = cli.main(["eval", "--target", str(dirs / "target"), "--draft", str(dirs / "noisy"), "--head",
-                   f"medusa={tmp_path / 'medusa'}", "--n-prompts", "2", "--max-new-tokens", "8", "--gamma", "2",
-                   "--loss-examples", "2", "--no-cache", "--json", str(out)])
+    rc = cli.main(
+        [
+            "eval",
+            "--target",
+            str(dirs / "target"),
+            "--draft",
+            str(dirs / "noisy"),
+            "--head",
+            f"medusa={tmp_path / 'medusa'}",
+            "--n-prompts",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--gamma",
+            "2",
+            "--loss-examples",
+            "2",
+            "--no-cache",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     result = json.loads(out.read_text())
     head = result["drafts"]["medusa:medusa"]

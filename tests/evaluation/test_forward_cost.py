@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaspec.models.lean import LeanLM
 from adaspec.evaluation.forward_cost import CompiledNeoxStep, format_table, measure_forward_cost
 from adaspec.models import build_model
+from adaspec.models.lean import LeanLM
 
 
 def test_measure_forward_cost_reports_every_method_and_size():

@@ -9,15 +9,15 @@ from functools import partial
 import pytest
 import torch
 
+from adaspec.decoding.acceptance import Continuations
 from adaspec.decoding.generate import speculative_generate
-from adaspec.models.target import FINAL, features
 from adaspec.drafters.eagle.drafter import EagleDrafter
-from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
 from adaspec.drafters.mtp.model import MTPDrafter
-from adaspec.decoding.acceptance import Continuations
+from adaspec.drafters.target_parts import target_parts
 from adaspec.evaluation.head_acceptance import analytic_alpha, drafter_forward, head_acceptance, leading_correct
 from adaspec.models import build_model
+from adaspec.models.target import FINAL, features
 
 V = 64
 
@@ -44,8 +44,14 @@ def test_teacher_forced_counts_are_what_decoding_accepts():
     parts = target_parts(target)
     prompt = [7, 3, 9, 1]
     chunks: list[list[int]] = []
-    out, stats = speculative_generate(target, MedusaDrafter(heads, target), torch.tensor([prompt]),
-                                      max_new_tokens=30, gamma=3, on_tokens=chunks.append)
+    out, stats = speculative_generate(
+        target,
+        MedusaDrafter(heads, target),
+        torch.tensor([prompt]),
+        max_new_tokens=30,
+        gamma=3,
+        on_tokens=chunks.append,
+    )
     seq = out[0].tolist()
     assert 0 < stats.accepted < stats.drafted
     with torch.no_grad():
@@ -101,19 +107,22 @@ def _fit(drafter, target, data: Continuations, depth: int, steps: int, lr: float
 @pytest.fixture(scope="module")
 def fitted(tiny_tokenizer):
     from adaspec import data as data_lib
+    from adaspec.decoding.acceptance import greedy_continuations
     from adaspec.drafters.eagle.model import EagleConfig, EagleHead
     from adaspec.drafters.mtp.model import build_mtp
-    from adaspec.decoding.acceptance import greedy_continuations
 
     tok = tiny_tokenizer
     target = build_model("tiny-neox", len(tok), seed=0).eval()
     target.requires_grad_(False)
-    prompts = [data_lib.encode_prompt(ex, tok, 256 - MAX_NEW)
-               for ex in data_lib.load_task("gsm8k", "test", limit=N_PROMPTS)]
+    prompts = [
+        data_lib.encode_prompt(ex, tok, 256 - MAX_NEW) for ex in data_lib.load_task("gsm8k", "test", limit=N_PROMPTS)
+    ]
     conts = greedy_continuations(target, prompts, MAX_NEW, tok.eos_token_id, data_lib.pad_id(tok))
-    drafters = {"eagle": EagleDrafter(EagleHead.from_target(target, EagleConfig.for_target(target), seed=0)),
-                "mtp": MTPDrafter(build_mtp(target, 2), target),
-                "medusa": MedusaDrafter(build_medusa(target, 2), target)}
+    drafters = {
+        "eagle": EagleDrafter(EagleHead.from_target(target, EagleConfig.for_target(target), seed=0)),
+        "mtp": MTPDrafter(build_mtp(target, 2), target),
+        "medusa": MedusaDrafter(build_medusa(target, 2), target),
+    }
     with torch.enable_grad():
         for name, d in drafters.items():
             _fit(d, target, conts, 2, steps=STEPS[name], lr=1e-2)
@@ -127,15 +136,21 @@ def test_greedy_sd_replays_the_heads_teacher_forced_agreement(fitted, tmp_path, 
     γ = 1 the two score the same positions (up to the bonus tokens SD never tests)."""
     import json
 
-    from adaspec.evaluation.evaluate import EvalSettings, evaluate
     from helpers import replay_greedy_sd
 
+    from adaspec.evaluation.evaluate import EvalSettings, evaluate
+
     tok, target, drafters = fitted
-    r = evaluate(target, drafters, tok, EvalSettings("gsm8k", n_prompts=N_PROMPTS, gamma=gamma,
-                                                     max_new_tokens=MAX_NEW, loss_examples=2, warmup=False),
-                 cache_dir=tmp_path).to_json()
-    conts = Continuations.from_json(json.loads(open(r["target"]["continuations"]["cache_file"]).read())
-                                    ["continuations"])
+    r = evaluate(
+        target,
+        drafters,
+        tok,
+        EvalSettings("gsm8k", n_prompts=N_PROMPTS, gamma=gamma, max_new_tokens=MAX_NEW, loss_examples=2, warmup=False),
+        cache_dir=tmp_path,
+    ).to_json()
+    conts = Continuations.from_json(
+        json.loads(open(r["target"]["continuations"]["cache_file"]).read())["continuations"]
+    )
     for name, drafter in drafters.items():
         layers, forward = drafter_forward(drafter, gamma)
         totals, agree, overlap = [0, 0, 0], [], []
@@ -144,7 +159,7 @@ def test_greedy_sd_replays_the_heads_teacher_forced_agreement(fitted, tmp_path, 
                 assert len(seq) - plen == MAX_NEW and plen >= 2  # no early EOS: the schedule is the whole story
                 ids = torch.tensor([seq])
                 logits, hidden = features(target, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, layers)
-                assert torch.equal(logits[0, plen - 1:-1].argmax(-1), ids[0, plen:])
+                assert torch.equal(logits[0, plen - 1 : -1].argmax(-1), ids[0, plen:])
                 depth = forward(torch.cat(list(hidden), -1), ids)
 
                 def ok(r_: int, k: int) -> bool:  # depth k at position plen + r - 2 proposes token plen + r + k - 1

@@ -4,8 +4,15 @@ import pytest
 
 from adaspec.data import TASKS, Example, load_task
 from adaspec.errors import AdaspecError
-from adaspec.evaluation.quality import (QUALITY_METRIC, gsm8k_correct, gsm8k_extract_answer, mbpp_pass, overlap_f1,
-                             rouge_l, score)
+from adaspec.evaluation.quality import (
+    QUALITY_METRIC,
+    gsm8k_correct,
+    gsm8k_extract_answer,
+    mbpp_pass,
+    overlap_f1,
+    rouge_l,
+    score,
+)
 
 
 def test_gsm8k_extract_answer():

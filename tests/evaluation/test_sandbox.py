@@ -30,15 +30,18 @@ def test_correct_code_passes_and_wrong_fails():
 def test_cannot_write_outside_its_folder(tmp_path):
     os.chmod(tmp_path, 0o777)  # even a folder anyone may write into
     targets = [tmp_path / "by_open", tmp_path / "by_system", Path.cwd() / f"pwned_{uuid.uuid4().hex}"]
-    attempts = [f"open({str(targets[0])!r}, 'w').write('x')",
-                f"import os\nassert os.system('echo x > {targets[1]}') == 0",
-                f"open({str(targets[2])!r}, 'w').write('x')"]
+    attempts = [
+        f"open({str(targets[0])!r}, 'w').write('x')",
+        f"import os\nassert os.system('echo x > {targets[1]}') == 0",
+        f"open({str(targets[2])!r}, 'w').write('x')",
+    ]
     for code in attempts:
         assert not passes(code)
     assert not any(t.exists() for t in targets)
     # writing inside its own folder works and the folder starts empty
-    assert passes("import os\nassert os.listdir('.') == []\nopen('ok', 'w').write('x')",
-                  ["assert open('ok').read() == 'x'"])
+    assert passes(
+        "import os\nassert os.listdir('.') == []\nopen('ok', 'w').write('x')", ["assert open('ok').read() == 'x'"]
+    )
 
 
 @needs_uid
@@ -57,10 +60,14 @@ def test_cannot_reach_a_local_listener(how):
     server.settimeout(0.2)
     port = server.getsockname()[1]
     connect = f"s = S.socket(); s.connect(('127.0.0.1', {port}))"
-    code = {"_socket": f"import _socket as S\n{connect}",
-            "reload": f"import importlib, socket as S\nS = importlib.reload(S)\n{connect}",
-            "child": ("import subprocess, sys\n"
-                      f"subprocess.run([sys.executable, '-c', \"import socket as S; {connect}\"], check=True)")}[how]
+    code = {
+        "_socket": f"import _socket as S\n{connect}",
+        "reload": f"import importlib, socket as S\nS = importlib.reload(S)\n{connect}",
+        "child": (
+            "import subprocess, sys\n"
+            f"subprocess.run([sys.executable, '-c', \"import socket as S; {connect}\"], check=True)"
+        ),
+    }[how]
     try:
         assert not passes(code)
         with pytest.raises(TimeoutError):
@@ -82,8 +89,7 @@ def _processes_with(marker: str) -> list[str]:
 
 def test_cannot_start_a_process():
     marker = uuid.uuid4().hex
-    code = ("import subprocess\n"
-            f"subprocess.Popen(['/bin/sh', '-c', 'sleep 30; : {marker}'], start_new_session=True)")
+    code = f"import subprocess\nsubprocess.Popen(['/bin/sh', '-c', 'sleep 30; : {marker}'], start_new_session=True)"
     assert not passes(code)  # the fork itself fails: no new processes or threads
     assert not passes("import threading\nthreading.Thread(target=print).start()")
     assert not _processes_with(marker)
@@ -92,8 +98,7 @@ def test_cannot_start_a_process():
 @needs_namespaces
 def test_leftover_processes_are_killed_even_when_forks_are_allowed():
     marker = uuid.uuid4().hex
-    code = ("import subprocess\n"
-            f"subprocess.Popen(['/bin/sh', '-c', 'sleep 30; : {marker}'], start_new_session=True)")
+    code = f"import subprocess\nsubprocess.Popen(['/bin/sh', '-c', 'sleep 30; : {marker}'], start_new_session=True)"
     assert passes(code, forbid_processes=False)
     time.sleep(0.1)
     assert not _processes_with(marker)
@@ -153,17 +158,37 @@ def test_fallback_without_namespaces_is_recorded(monkeypatch):
     assert not passes("import subprocess\nsubprocess.run(['/bin/true'])")
 
 
-
 def test_eval_table_names_missing_layers():
     from adaspec.evaluation.table import format_table
 
-    drafts = {"d": {"params": 1, "response_loss": 1.0, "alpha": 0.5, "alpha_drafted": 0.4, "tau": 1.5,
-                    "position_acceptance": [], "c": 0.1, "measured_speedup": 1.0, "measured_speedup_pooled": 1.0,
-                    "theoretical_speedup": 1.0, "analytic": {"alpha_greedy": 0.5, "alpha_sampling": 0.5,
-                                                             "sampling_temperature": 1.0}, "same_as_target": 1}}
-    cfg = {"task": "mbpp", "split": "test", "n_prompts": 1, "max_new_tokens": 4, "gamma": 2, "adaptive_gamma": False,
-           "temperature": 0.0, "top_p": 1.0, "prompts_truncated": 0,
-           "sandbox": {"network_isolated": False, "processes_contained": True}}
+    drafts = {
+        "d": {
+            "params": 1,
+            "response_loss": 1.0,
+            "alpha": 0.5,
+            "alpha_drafted": 0.4,
+            "tau": 1.5,
+            "position_acceptance": [],
+            "c": 0.1,
+            "measured_speedup": 1.0,
+            "measured_speedup_pooled": 1.0,
+            "theoretical_speedup": 1.0,
+            "analytic": {"alpha_greedy": 0.5, "alpha_sampling": 0.5, "sampling_temperature": 1.0},
+            "same_as_target": 1,
+        }
+    }
+    cfg = {
+        "task": "mbpp",
+        "split": "test",
+        "n_prompts": 1,
+        "max_new_tokens": 4,
+        "gamma": 2,
+        "adaptive_gamma": False,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "prompts_truncated": 0,
+        "sandbox": {"network_isolated": False, "processes_contained": True},
+    }
     target = {"params": 1, "quality_metric": "pass@1", "quality": 0.0, "response_loss": 1.0, "tokens_per_s": 1.0}
     table = format_table({"config": cfg, "target": target, "drafts": drafts})
     assert "MBPP code ran without: network_isolated" in table
@@ -179,8 +204,10 @@ def _shm_segments() -> int:
 @needs_namespaces
 def test_system_v_shared_memory_dies_with_the_candidate():
     before = _shm_segments()
-    grab = ("import ctypes\nlibc = ctypes.CDLL(None)\n"
-            "ids = [libc.shmget(0, 1 << 20, 0o1000 | 0o600) for _ in range(4)]\nassert all(i >= 0 for i in ids)")
+    grab = (
+        "import ctypes\nlibc = ctypes.CDLL(None)\n"
+        "ids = [libc.shmget(0, 1 << 20, 0o1000 | 0o600) for _ in range(4)]\nassert all(i >= 0 for i in ids)"
+    )
     assert passes(grab)  # it may make segments inside its namespace ...
     assert _shm_segments() == before  # ... but none outlives it on the host
 
@@ -195,11 +222,13 @@ ADD_KEY, KEYCTL = (248, 250) if __import__('platform').machine() == 'x86_64' els
 
 @needs_uid
 def test_the_kernel_keyring_keeps_nothing_for_the_next_candidate():
-    store = KEYS + ("key = libc.syscall(ADD_KEY, b'user', b'adaspec_secret', b'hunter2', 7, ctypes.c_long(-4))\n"
-                    "assert key > 0")
+    store = KEYS + (
+        "key = libc.syscall(ADD_KEY, b'user', b'adaspec_secret', b'hunter2', 7, ctypes.c_long(-4))\nassert key > 0"
+    )
     assert passes(store)  # stored in the user keyring of its uid ...
-    find = KEYS + ("found = libc.syscall(KEYCTL, 10, ctypes.c_long(-4), b'user', b'adaspec_secret', 0)\n"
-                   "assert found > 0")
+    find = KEYS + (
+        "found = libc.syscall(KEYCTL, 10, ctypes.c_long(-4), b'user', b'adaspec_secret', 0)\nassert found > 0"
+    )
     assert not passes(find)  # ... which the next candidate finds empty
 
 
@@ -240,9 +269,11 @@ def test_an_object_equal_to_everything_fakes_nothing():
 
 
 def test_patching_compile_fakes_nothing():
-    patch = ("import builtins\nreal = builtins.compile\n"
-             "builtins.compile = lambda src, *a, **k: real('True' if 'add' in str(src) else src, *a, **k)\n"
-             "def add(a, b):\n    return None")
+    patch = (
+        "import builtins\nreal = builtins.compile\n"
+        "builtins.compile = lambda src, *a, **k: real('True' if 'add' in str(src) else src, *a, **k)\n"
+        "def add(a, b):\n    return None"
+    )
     assert not passes(patch, ADD_TESTS)
 
 

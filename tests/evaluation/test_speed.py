@@ -9,8 +9,16 @@ from benchmarks.decode import main
 
 
 def test_decode_benchmark_is_lossless_and_reports_every_method(tiny_target_dir, tiny_draft_dir):
-    report = decode_benchmark(str(tiny_target_dir), str(tiny_draft_dir), n_prompts=1, max_new_tokens=6,
-                              context=128, gamma=2, repeats=1, methods=["sd", "hf_assisted"])
+    report = decode_benchmark(
+        str(tiny_target_dir),
+        str(tiny_draft_dir),
+        n_prompts=1,
+        max_new_tokens=6,
+        context=128,
+        gamma=2,
+        repeats=1,
+        methods=["sd", "hf_assisted"],
+    )
     assert list(report["methods"]) == ["target_only", "sd", "hf_assisted"]  # the baseline always runs first
     assert differing(report) == []  # greedy: every method reproduces the target alone
     sd = report["methods"]["sd"]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from adaspec.evaluation.step_profile import BASELINE, PARTS, step_parts
 from adaspec.core.metrics import SpecStats
+from adaspec.evaluation.step_profile import BASELINE, PARTS, step_parts
 from benchmarks.step_profile import main
 
 
@@ -21,9 +21,32 @@ def test_parts_are_the_loop_time_per_step():
 
 def test_command_writes_the_split(tiny_target_dir, tiny_draft_dir, tmp_path, capsys):
     out = tmp_path / "profile.json"
-    assert main(["--target", str(tiny_target_dir), "--draft", f"d={tiny_draft_dir}", "--n-prompts", "1",
-                 "--max-new-tokens", "6", "--gamma", "2", "--repeats", "1", "--context", "128",
-                 "--confidences", "0", "0.5", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--target",
+                str(tiny_target_dir),
+                "--draft",
+                f"d={tiny_draft_dir}",
+                "--n-prompts",
+                "1",
+                "--max-new-tokens",
+                "6",
+                "--gamma",
+                "2",
+                "--repeats",
+                "1",
+                "--context",
+                "128",
+                "--confidences",
+                "0",
+                "0.5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     d = result["methods"]["d"]
     assert sum(d[f"{k}_ms"] for k in PARTS) == pytest.approx(d["step_ms"], rel=1e-6)

@@ -34,19 +34,31 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from adaspec import AdaspecError
+from adaspec.drafters.eagle.export import export_eagle1, export_eagle3, load_exported
 from adaspec.drafters.eagle.model import EagleConfig, EagleHead
 from adaspec.drafters.eagle.training import unroll
-from adaspec.drafters.eagle.export import export_eagle1, export_eagle3, load_exported
 
 V = 96
-STACKED = ((".q_proj", ".qkv_proj"), (".k_proj", ".qkv_proj"), (".v_proj", ".qkv_proj"),
-           (".gate_proj", ".gate_up_proj"), (".up_proj", ".gate_up_proj"))
+STACKED = (
+    (".q_proj", ".qkv_proj"),
+    (".k_proj", ".qkv_proj"),
+    (".v_proj", ".qkv_proj"),
+    (".gate_proj", ".gate_up_proj"),
+    (".up_proj", ".gate_up_proj"),
+)
 
 
 def llama_target(layers: int, hidden: int = 32, seed: int = 0):
-    config = LlamaConfig(vocab_size=V, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=48, max_position_embeddings=128,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=V,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config).eval()
 
@@ -61,6 +73,7 @@ def trained_like(head: EagleHead, seed: int = 1) -> EagleHead:
 
 
 # ---- specs from the loaders' source ----
+
 
 def eagle3_spec(c: EagleConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
     """Checkpoint names -> (shape, dtype; None = the float dtype of the export) that both loaders read."""
@@ -88,13 +101,20 @@ def eagle3_spec(c: EagleConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype 
 def vllm_eagle3_params(c: EagleConfig) -> dict[str, tuple[int, ...]]:
     h, ht, hd, i = c.hidden_size, c.target_hidden_size, c.head_dim, c.intermediate_size
     mapping = {"draft_id_to_target_id": (c.draft_vocab_size,)} if c.draft_vocab_size < c.vocab_size else {}
-    return {**mapping, "model.embed_tokens.weight": (c.vocab_size, h),
-            "model.layers.0.self_attn.qkv_proj.weight": ((c.num_heads + 2 * c.num_kv_heads) * hd, 2 * h),
-            "model.layers.0.self_attn.o_proj.weight": (h, c.num_heads * hd),
-            "model.layers.0.mlp.gate_up_proj.weight": (2 * i, h), "model.layers.0.mlp.down_proj.weight": (h, i),
-            "model.layers.0.input_layernorm.weight": (h,), "model.layers.0.post_attention_layernorm.weight": (h,),
-            "model.layers.0.hidden_norm.weight": (h,), "model.fc.weight": (h, 3 * ht), "model.norm.weight": (h,),
-            "lm_head.weight": (c.draft_vocab_size, h)}
+    return {
+        **mapping,
+        "model.embed_tokens.weight": (c.vocab_size, h),
+        "model.layers.0.self_attn.qkv_proj.weight": ((c.num_heads + 2 * c.num_kv_heads) * hd, 2 * h),
+        "model.layers.0.self_attn.o_proj.weight": (h, c.num_heads * hd),
+        "model.layers.0.mlp.gate_up_proj.weight": (2 * i, h),
+        "model.layers.0.mlp.down_proj.weight": (h, i),
+        "model.layers.0.input_layernorm.weight": (h,),
+        "model.layers.0.post_attention_layernorm.weight": (h,),
+        "model.layers.0.hidden_norm.weight": (h,),
+        "model.fc.weight": (h, 3 * ht),
+        "model.norm.weight": (h,),
+        "lm_head.weight": (c.draft_vocab_size, h),
+    }
 
 
 def vllm_eagle3_name(name: str) -> str | None:
@@ -113,8 +133,9 @@ def vllm_eagle3_name(name: str) -> str | None:
 
 
 def sglang_eagle3_params(c: EagleConfig) -> dict[str, tuple[int, ...]]:
-    return {k.replace("layers.0.", "midlayer."): v for k, v in vllm_eagle3_params(c).items()
-            if k != "draft_id_to_target_id"}
+    return {
+        k.replace("layers.0.", "midlayer."): v for k, v in vllm_eagle3_params(c).items() if k != "draft_id_to_target_id"
+    }
 
 
 def sglang_eagle3_name(name: str, params: dict) -> str | None:
@@ -131,11 +152,14 @@ def sglang_eagle3_name(name: str, params: dict) -> str | None:
 
 def eagle1_params(c: EagleConfig, server: str) -> dict[str, tuple[int, ...]]:
     h, hd, i = c.hidden_size, c.head_dim, c.intermediate_size
-    out = {"model.layers.0.self_attn.qkv_proj.weight": ((c.num_heads + 2 * c.num_kv_heads) * hd, h),
-           "model.layers.0.self_attn.o_proj.weight": (h, c.num_heads * hd),
-           "model.layers.0.mlp.gate_up_proj.weight": (2 * i, h), "model.layers.0.mlp.down_proj.weight": (h, i),
-           "model.layers.0.post_attention_layernorm.weight": (h,),  # layer 0 has no input_layernorm
-           "model.fc.weight": (h, 2 * h)}
+    out = {
+        "model.layers.0.self_attn.qkv_proj.weight": ((c.num_heads + 2 * c.num_kv_heads) * hd, h),
+        "model.layers.0.self_attn.o_proj.weight": (h, c.num_heads * hd),
+        "model.layers.0.mlp.gate_up_proj.weight": (2 * i, h),
+        "model.layers.0.mlp.down_proj.weight": (h, i),
+        "model.layers.0.post_attention_layernorm.weight": (h,),  # layer 0 has no input_layernorm
+        "model.fc.weight": (h, 2 * h),
+    }
     if server == "sglang":  # nn.Linear(hidden * 2, hidden): bias always; embed loaded, then the target's set
         out.update({"model.fc.bias": (h,), "model.embed_tokens.weight": (c.vocab_size, h)})
     return out
@@ -178,11 +202,13 @@ def check_loads(weights: dict[str, torch.Tensor], params: dict[str, tuple[int, .
 
 # ---- EAGLE-3 ----
 
+
 @pytest.mark.parametrize("hidden,draft_vocab", [(32, V), (16, 40)])
 def test_eagle3_export_matches_both_loaders(tmp_path, hidden, draft_vocab):
     target = llama_target(6)
-    cfg = EagleConfig.for_target(target, hidden_size=hidden, num_heads=4, num_kv_heads=2, intermediate_size=40,
-                                 draft_vocab_size=draft_vocab)
+    cfg = EagleConfig.for_target(
+        target, hidden_size=hidden, num_heads=4, num_kv_heads=2, intermediate_size=40, draft_vocab_size=draft_vocab
+    )
     tokens = torch.randperm(V, generator=torch.Generator().manual_seed(0))[:draft_vocab].sort().values
     head = trained_like(EagleHead.from_target(target, cfg, draft_tokens=tokens if draft_vocab < V else None))
     for server in ("vllm", "sglang"):
@@ -196,8 +222,9 @@ def test_eagle3_export_matches_both_loaders(tmp_path, hidden, draft_vocab):
             assert tuple(weights[name].shape) == shape, name
             assert weights[name].dtype == (dtype or torch.bfloat16), name
         if "d2t" in weights:
-            assert torch.equal(torch.arange(draft_vocab) + weights["d2t"],
-                               tokens if draft_vocab < V else torch.arange(V))
+            assert torch.equal(
+                torch.arange(draft_vocab) + weights["d2t"], tokens if draft_vocab < V else torch.arange(V)
+            )
             assert weights["t2d"].sum() == draft_vocab
         if server == "vllm":
             vparams = vllm_eagle3_params(cfg)
@@ -256,8 +283,10 @@ def test_eagle3_reimport_gives_identical_logits(tmp_path):
 def test_eagle3_export_refuses_what_the_servers_cannot_capture(tmp_path):
     shallow = llama_target(2)
     with pytest.raises(AdaspecError, match="last decoder layer"):
-        export_eagle3(EagleHead.from_target(llama_target(6), EagleConfig.for_target(llama_target(6),
-                                                                                   aux_layers=(0, 2, 5))), tmp_path)
+        export_eagle3(
+            EagleHead.from_target(llama_target(6), EagleConfig.for_target(llama_target(6), aux_layers=(0, 2, 5))),
+            tmp_path,
+        )
     with pytest.raises(AdaspecError, match="too shallow"):
         export_eagle3(EagleHead.from_target(shallow), tmp_path)  # default (0, 0, 0)
     with pytest.raises(AdaspecError, match="EAGLE-3 head"):
@@ -267,6 +296,7 @@ def test_eagle3_export_refuses_what_the_servers_cannot_capture(tmp_path):
 
 
 # ---- EAGLE-1 ----
+
 
 @pytest.mark.parametrize("fc_bias", [True, False])
 def test_eagle1_export_matches_both_loaders_and_reimports(tmp_path, fc_bias):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adaspec.drafters.target_parts import target_parts
-from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
 from adaspec.drafters.medusa.export import load_medusa, save_medusa
+from adaspec.drafters.medusa.model import MedusaDrafter, build_medusa
+from adaspec.drafters.target_parts import target_parts
 from adaspec.models import build_model
 
 V = 64
@@ -22,8 +22,15 @@ V = 64
 #   vllm/transformers_utils/configs/medusa.py at 0531c2226a6a25cd96ccc856f3bda3f0bb4efb5f
 # (commits of the stored file versions that were read; the repository itself, 1.1 GB, could not be
 # fetched for `git log -1 -- <file>`).
-CONFIG_FIELDS = ("hidden_size", "vocab_size", "num_heads", "num_hidden_layers", "max_paths", "topk",
-                 "truncated_vocab_size")
+CONFIG_FIELDS = (
+    "hidden_size",
+    "vocab_size",
+    "num_heads",
+    "num_hidden_layers",
+    "max_paths",
+    "topk",
+    "truncated_vocab_size",
+)
 
 
 def medusa_config_from_pretrained(d: dict) -> dict:
@@ -65,8 +72,9 @@ def vllm_forward(tensors: dict, config: dict, hidden: torch.Tensor) -> list[torc
         x = hidden
         for layer in range(c["num_hidden_layers"]):
             bias = tensors.get(f"blocks.{head}.layers.{layer}.bias")
-            x = x + torch.nn.functional.silu(torch.nn.functional.linear(
-                x, tensors[f"blocks.{head}.layers.{layer}.weight"], bias))
+            x = x + torch.nn.functional.silu(
+                torch.nn.functional.linear(x, tensors[f"blocks.{head}.layers.{layer}.weight"], bias)
+            )
         w = tensors["lm_heads.0.weight" if c.get("original_lm_head") else f"lm_heads.{head}.weight"]
         out.append(x @ w.T)
     return out

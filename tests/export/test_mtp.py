@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 
 from adaspec import AdaspecError
 from adaspec.drafters.block import DecoderBlock
-from adaspec.drafters.target_parts import target_parts
-from adaspec.drafters.mtp.model import MTPDrafter, build_mtp
 from adaspec.drafters.mtp.export import export_mtp_deepseek, load_mtp, save_mtp
+from adaspec.drafters.mtp.model import MTPDrafter, build_mtp
+from adaspec.drafters.target_parts import target_parts
 from adaspec.models import build_model
 
 V = 64
@@ -56,12 +56,22 @@ def deepseek_mtp_spec(config: dict) -> dict[str, tuple[int, ...]]:
     base = config["num_hidden_layers"]
     for idx in range(base, base + config["num_nextn_predict_layers"]):
         p = f"model.layers.{idx}."
-        spec.update({p + "embed_tokens.weight": (v, h), p + "enorm.weight": (h,), p + "hnorm.weight": (h,),
-                     p + "eh_proj.weight": (h, 2 * h), p + "shared_head.norm.weight": (h,),
-                     p + "shared_head.head.weight": (v, h),
-                     p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-                     p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
-                     p + "mlp.down_proj.weight": (h, i), p + "self_attn.o_proj.weight": (h, h)})
+        spec.update(
+            {
+                p + "embed_tokens.weight": (v, h),
+                p + "enorm.weight": (h,),
+                p + "hnorm.weight": (h,),
+                p + "eh_proj.weight": (h, 2 * h),
+                p + "shared_head.norm.weight": (h,),
+                p + "shared_head.head.weight": (v, h),
+                p + "input_layernorm.weight": (h,),
+                p + "post_attention_layernorm.weight": (h,),
+                p + "mlp.gate_proj.weight": (i, h),
+                p + "mlp.up_proj.weight": (i, h),
+                p + "mlp.down_proj.weight": (h, i),
+                p + "self_attn.o_proj.weight": (h, h),
+            }
+        )
         spec.update({p + f"self_attn.{x}_proj.weight": (h, h) for x in "qkv"})
     return spec
 
@@ -99,8 +109,13 @@ def test_deepseek_naming_matches_vllm_spec(tmp_path):
         h = rms(hidden[:, :-1], tensors[p + "hnorm.weight"])
         x = torch.cat([rms(e, tensors[p + "enorm.weight"]), h], -1) @ tensors[p + "eh_proj.weight"].T
         block = DecoderBlock(heads.cfg.block)  # vLLM's mtp_block: a fresh layer from the remaining tensors
-        block.load_state_dict({k.removeprefix(p): t for k, t in tensors.items()
-                               if k.startswith(p) and not any(n in k for n in MTP_LAYER_NAMES)})
+        block.load_state_dict(
+            {
+                k.removeprefix(p): t
+                for k, t in tensors.items()
+                if k.startswith(p) and not any(n in k for n in MTP_LAYER_NAMES)
+            }
+        )
         y = rms(block(x), tensors[p + "shared_head.norm.weight"], target.config.rms_norm_eps)
         torch.testing.assert_close(y @ tensors[p + "shared_head.head.weight"].T, ours, atol=1e-5, rtol=1e-5)
 

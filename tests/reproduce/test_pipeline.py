@@ -6,24 +6,51 @@ import json
 from pathlib import Path
 
 import pytest
-
-from adaspec.recipes.reproduce import pipeline as reproduce
-from adaspec.recipes.reproduce import protocols
-from adaspec.cli import main
-from adaspec.errors import AdaspecError
 from readme import readme_table, replace_block
 
-TINY = protocols.Preset(vocab_size=300, target="tiny-neox", draft="tiny-gpt2", max_length=64, train_limit=32,
-                        target_epochs=1.0, target_lr=1e-3, draft_init_epochs=0.5, distill_epochs=0.5,
-                        distill_lr=1e-3, batch_size=8, eval_prompts=2, eval_max_new_tokens=6, gamma=2, top_k=16,
-                        seeds=(0, 1))
+from adaspec.cli import main
+from adaspec.errors import AdaspecError
+from adaspec.recipes.reproduce import pipeline as reproduce
+from adaspec.recipes.reproduce import protocols
+
+TINY = protocols.Preset(
+    vocab_size=300,
+    target="tiny-neox",
+    draft="tiny-gpt2",
+    max_length=64,
+    train_limit=32,
+    target_epochs=1.0,
+    target_lr=1e-3,
+    draft_init_epochs=0.5,
+    distill_epochs=0.5,
+    distill_lr=1e-3,
+    batch_size=8,
+    eval_prompts=2,
+    eval_max_new_tokens=6,
+    gamma=2,
+    top_k=16,
+    seeds=(0, 1),
+)
 
 
 def test_pipeline_runs_resumes_and_writes_results(tmp_path, monkeypatch):
     monkeypatch.setitem(protocols.PRESETS, "tiny", TINY)
     runs, results = tmp_path / "runs", tmp_path / "results"
-    argv = ["reproduce", "--task", "gsm8k", "--preset", "tiny", "--runs-dir", str(runs), "--results-dir",
-            str(results), "--no-speed-benchmark", "--no-progress", "--ablations", "--long-ablations"]
+    argv = [
+        "reproduce",
+        "--task",
+        "gsm8k",
+        "--preset",
+        "tiny",
+        "--runs-dir",
+        str(runs),
+        "--results-dir",
+        str(results),
+        "--no-speed-benchmark",
+        "--no-progress",
+        "--ablations",
+        "--long-ablations",
+    ]
     assert main(argv) == 0
     out = results / "gsm8k"
     res = json.loads((out / "results.json").read_text())
@@ -34,16 +61,24 @@ def test_pipeline_runs_resumes_and_writes_results(tmp_path, monkeypatch):
         assert 0.0 <= res["alpha_greedy"][name] <= 1.0
     assert "target" in res["val_loss"] and "draft_init" in res["alpha_greedy"]
     # the capacity gap is judged on the validation split (the training distribution), for every model
-    assert set(res["validation_ce"]) == {"target", "draft_init", "distillspec", "adaspec", *protocols.ABLATIONS,
-                                         *protocols.LONG_ABLATIONS}
+    assert set(res["validation_ce"]) == {
+        "target",
+        "draft_init",
+        "distillspec",
+        "adaspec",
+        *protocols.ABLATIONS,
+        *protocols.LONG_ABLATIONS,
+    }
     assert "response CE, validation" in (out / "report.md").read_text()
     assert "Target response cross-entropy on the validation split" in (out / "report.md").read_text()
     assert set(res["ablations"]) == set(protocols.ABLATIONS) | set(protocols.LONG_ABLATIONS)
     long_cfg = json.loads((runs / "gsm8k" / "tiny" / "seed0" / "distillspec_long" / "run_config.json").read_text())
     assert long_cfg["method"] == "kd" and long_cfg["epochs"] == pytest.approx(TINY.distill_epochs / 0.4)
     seed0 = runs / "gsm8k" / "tiny" / "seed0"
-    steps = {n: json.loads((seed0 / n / "train_summary.json").read_text())["steps"]
-             for n in ("distillspec", "adaspec", "distillspec_long", "distillspec_long4", "adaspec_long4")}
+    steps = {
+        n: json.loads((seed0 / n / "train_summary.json").read_text())["steps"]
+        for n in ("distillspec", "adaspec", "distillspec_long", "distillspec_long4", "adaspec_long4")
+    }
     # the equal-steps controls: KD as long as AdaSPEC, and both at 4x that
     assert steps["distillspec_long"] == steps["adaspec"] > steps["distillspec"]
     assert steps["distillspec_long4"] == steps["adaspec_long4"] >= 3 * steps["adaspec"]
@@ -88,6 +123,7 @@ def test_options_are_checked():
 
 def test_presets_keep_the_capacity_gap():
     from adaspec.models import build_model, count_params
+
     for name, p in protocols.PRESETS.items():
         ratio = count_params(build_model(p.target, p.vocab_size)) / count_params(build_model(p.draft, p.vocab_size))
         assert ratio >= 10, f"preset {name}: target only {ratio:.1f}x the draft"
@@ -97,6 +133,7 @@ def test_pretrained_preset_pretrains_once_then_fine_tunes_the_target(tmp_path, m
     """Both models train on the corpus first (shared by the tasks); the target is then fine-tuned on the
     task's responses and the draft starts from its pretrained weights as they are."""
     from adaspec.recipes import train_target
+
     made: dict = {}
 
     def fake_train(opts):
@@ -106,17 +143,31 @@ def test_pretrained_preset_pretrains_once_then_fine_tunes_the_target(tmp_path, m
 
     monkeypatch.setattr(train_target, "run_train_target", fake_train)
     for task in ("gsm8k", "mbpp"):
-        pipe = reproduce.Pipeline(reproduce.ReproduceOptions(task=task, preset="pretrained",
-                                                             runs_dir=str(tmp_path / "runs")))
+        pipe = reproduce.Pipeline(
+            reproduce.ReproduceOptions(task=task, preset="pretrained", runs_dir=str(tmp_path / "runs"))
+        )
         assert pipe.draft_init(pipe.target()) == tmp_path / "runs" / "corpus" / "pretrained" / "draft"
-    assert set(made) == {"corpus/pretrained/target", "corpus/pretrained/draft", "gsm8k/pretrained/target",
-                         "mbpp/pretrained/target"}
+    assert set(made) == {
+        "corpus/pretrained/target",
+        "corpus/pretrained/draft",
+        "gsm8k/pretrained/target",
+        "mbpp/pretrained/target",
+    }
     p = protocols.PRESETS["pretrained"]
     target, draft = made["corpus/pretrained/target"], made["corpus/pretrained/draft"]
     assert (target.task, target.preset, target.epochs, target.tokenizer, target.train_on_prompt) == (
-        "corpus", p.target, p.pretrain_epochs, None, True)
-    assert (draft.task, draft.preset, draft.epochs, draft.train_on_prompt) == ("corpus", p.draft,
-                                                                               p.draft_pretrain_epochs, True)
+        "corpus",
+        p.target,
+        p.pretrain_epochs,
+        None,
+        True,
+    )
+    assert (draft.task, draft.preset, draft.epochs, draft.train_on_prompt) == (
+        "corpus",
+        p.draft,
+        p.draft_pretrain_epochs,
+        True,
+    )
     assert draft.tokenizer == target.output  # one vocabulary for both, trained on the corpus
     sft = made["gsm8k/pretrained/target"]
     assert (sft.task, sft.model, sft.epochs, sft.train_on_prompt) == ("gsm8k", target.output, 3.0, False)
@@ -140,6 +191,7 @@ def test_runs_dir_that_is_a_file_or_in_use_is_refused(tmp_path, capsys):
     import socket
 
     from helpers import cli_error
+
     from adaspec.safety import LOCK_NAME
 
     f = tmp_path / "runs"
@@ -150,8 +202,9 @@ def test_runs_dir_that_is_a_file_or_in_use_is_refused(tmp_path, capsys):
     root.mkdir(parents=True)
     # this test's own process is alive: a second pipeline on the same runs folder is refused
     (root / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    err = cli_error(capsys, "reproduce", "--runs-dir", tmp_path / "runs2", "--results-dir", tmp_path / "r",
-                    "--no-progress")
+    err = cli_error(
+        capsys, "reproduce", "--runs-dir", tmp_path / "runs2", "--results-dir", tmp_path / "r", "--no-progress"
+    )
     assert "in use by process" in err
 
 
@@ -163,8 +216,19 @@ def test_official_protocol_at_equal_steps_merges_into_results(tmp_path, monkeypa
 
     monkeypatch.setitem(protocols.PRESETS, "tiny", replace(TINY, train_limit=48, seeds=(0,)))
     runs, results = tmp_path / "runs", tmp_path / "results"
-    argv = ["reproduce", "--task", "gsm8k", "--preset", "tiny", "--runs-dir", str(runs), "--results-dir",
-            str(results), "--no-speed-benchmark", "--no-progress"]
+    argv = [
+        "reproduce",
+        "--task",
+        "gsm8k",
+        "--preset",
+        "tiny",
+        "--runs-dir",
+        str(runs),
+        "--results-dir",
+        str(results),
+        "--no-speed-benchmark",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     path = results / "gsm8k" / "results.json"
     before = json.loads(path.read_text())
@@ -173,13 +237,27 @@ def test_official_protocol_at_equal_steps_merges_into_results(tmp_path, monkeypa
     block = after.pop("official_protocol")
     assert after == before  # every key of the adaspec protocol kept as it was
     assert block["command"].endswith("--ablations --protocol official")
-    names = {"distillspec", "adaspec", "kd_big_batch", "random_big_batch", "adaspec_bottom",
-             *(f"adaspec_k{k}" for k in (0.2, 0.6, 0.8, 1.0))}
+    names = {
+        "distillspec",
+        "adaspec",
+        "kd_big_batch",
+        "random_big_batch",
+        "adaspec_bottom",
+        *(f"adaspec_k{k}" for k in (0.2, 0.6, 0.8, 1.0)),
+    }
     assert set(block["alpha_greedy"]) == names | {"draft_init"}
     assert set(block["optimizer_steps"]) == names and len(set(block["optimizer_steps"].values())) == 1
-    assert block["global_batch"] == {"distillspec": 8, "adaspec": 20, "kd_big_batch": 20, "random_big_batch": 20,
-                                     "adaspec_bottom": 20, "adaspec_k0.2": 40, "adaspec_k0.6": 13,
-                                     "adaspec_k0.8": 10, "adaspec_k1.0": 8}
+    assert block["global_batch"] == {
+        "distillspec": 8,
+        "adaspec": 20,
+        "kd_big_batch": 20,
+        "random_big_batch": 20,
+        "adaspec_bottom": 20,
+        "adaspec_k0.2": 40,
+        "adaspec_k0.6": 13,
+        "adaspec_k0.8": 10,
+        "adaspec_k1.0": 8,
+    }
     official = runs / "gsm8k" / "tiny" / "official" / "seed0"
     cfg = json.loads((official / "adaspec" / "run_config.json").read_text())
     assert (cfg["lr"], cfg["weight_decay"], cfg["schedule"], cfg["warmup_steps"]) == (3e-4, 0.1, "constant", 0)
@@ -205,8 +283,27 @@ def test_official_variants_train_and_report(tmp_path, monkeypatch):
 
     monkeypatch.setitem(protocols.PRESETS, "tiny", replace(TINY, train_limit=48, seeds=(0,)))
     runs, results = tmp_path / "runs", tmp_path / "results"
-    assert main(["reproduce", "--task", "gsm8k", "--preset", "tiny", "--runs-dir", str(runs), "--results-dir",
-                 str(results), "--no-speed-benchmark", "--no-progress", "--protocol", "official", "--variants"]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "--task",
+                "gsm8k",
+                "--preset",
+                "tiny",
+                "--runs-dir",
+                str(runs),
+                "--results-dir",
+                str(results),
+                "--no-speed-benchmark",
+                "--no-progress",
+                "--protocol",
+                "official",
+                "--variants",
+            ]
+        )
+        == 0
+    )
     block = json.loads((results / "gsm8k" / "results.json").read_text())["official_protocol"]
     assert set(block["variants_vs_kd"]) == set(protocols.OFFICIAL_VARIANTS)
     assert len(set(block["optimizer_steps"].values())) == 1
@@ -219,8 +316,9 @@ def test_official_variants_train_and_report(tmp_path, monkeypatch):
     assert "| task | seeds | LK: -log α" in table and "| gsm8k | 1 |" in table
 
 
-def _planned_runs(tmp_path, monkeypatch, *flags: str, protocol: str = "adaspec", heads: list[str] | None = None
-                  ) -> dict:
+def _planned_runs(
+    tmp_path, monkeypatch, *flags: str, protocol: str = "adaspec", heads: list[str] | None = None
+) -> dict:
     """The DistillOptions (and TrainHeadOptions) each distillation (head) stage of `reproduce` would run,
     by run folder (nothing trained or evaluated)."""
     from adaspec.recipes import distill
@@ -240,11 +338,19 @@ def _planned_runs(tmp_path, monkeypatch, *flags: str, protocol: str = "adaspec",
     monkeypatch.setattr(reproduce.Pipeline, "draft_init", lambda self, target: self.root / "draft_init")
     monkeypatch.setattr(reproduce.Pipeline, "cache", lambda self, target, ref, out, divergence="fkl": out)
     monkeypatch.setattr(reproduce.Pipeline, "evaluate", lambda self, target, init, drafts: drafts)
-    drafts = reproduce.Pipeline(reproduce.ReproduceOptions(
-        task="gsm8k", preset="small", runs_dir=str(tmp_path / "runs"), protocol=protocol, heads=heads,
-        **{f: True for f in flags})).run()
-    assert {str(p.relative_to(tmp_path / "runs" / "gsm8k" / "small")) for by in drafts.values()
-            for p in by.values()} == set(made)
+    drafts = reproduce.Pipeline(
+        reproduce.ReproduceOptions(
+            task="gsm8k",
+            preset="small",
+            runs_dir=str(tmp_path / "runs"),
+            protocol=protocol,
+            heads=heads,
+            **{f: True for f in flags},
+        )
+    ).run()
+    assert {
+        str(p.relative_to(tmp_path / "runs" / "gsm8k" / "small")) for by in drafts.values() for p in by.values()
+    } == set(made)
     return made
 
 
@@ -252,7 +358,8 @@ def test_adaspec_protocol_runs_as_before(tmp_path, monkeypatch):
     """The committed results' command still trains exactly what it trained: epochs / k at KD's batch."""
     made = _planned_runs(tmp_path, monkeypatch, "ablations", "long_ablations")
     assert set(made) == {f"seed{s}/{n}" for s in (0, 1, 2) for n in ("distillspec", "adaspec")} | {
-        f"seed0/{n}" for n in (*protocols.ABLATIONS, *protocols.LONG_ABLATIONS)}
+        f"seed0/{n}" for n in (*protocols.ABLATIONS, *protocols.LONG_ABLATIONS)
+    }
     for name, o in made.items():
         assert (o.lr, o.weight_decay, o.schedule, o.warmup_steps, o.batch_size) == (2e-3, 0.0, "cosine", 20, 16)
         assert o.selection_group is None and o.max_steps is None
@@ -268,7 +375,8 @@ def test_official_protocol_runs(tmp_path, monkeypatch):
     made = _planned_runs(tmp_path, monkeypatch, "ablations", protocol="official")
     per_seed = ("distillspec", "adaspec", "kd_big_batch", "random_big_batch")
     assert set(made) == {f"official/seed{s}/{n}" for s in (0, 1, 2) for n in per_seed} | {
-        f"official/seed0/{n}" for n in protocols.OFFICIAL_ABLATIONS}
+        f"official/seed0/{n}" for n in protocols.OFFICIAL_ABLATIONS
+    }
     for name, o in made.items():
         assert (o.lr, o.weight_decay, o.schedule, o.warmup_steps, o.batch_size) == (3e-4, 0.1, "constant", 0, 16)
         assert o.epochs == 1.0 and o.budget_by == "batch" and o.draft_init.endswith("small/draft_init")
@@ -292,8 +400,11 @@ def test_official_variants_run_every_seed_at_equal_steps(tmp_path, monkeypatch):
             assert (o.method, o.divergence, o.ref, o.teacher_cache) == ("kd", name, None, control.teacher_cache)
             assert (o.k, o.match_token_budget, o.budget_by, o.selection_group) == (0.4, True, "batch", None)
         adaspec = runs["adaspec"]
-        for name, field, value in (("adaspec_tvd", "delta_divergence", "tvd"), ("adaspec_soft", "selection", "soft"),
-                                   ("adaspec_ksched", "k_schedule", "linear")):
+        for name, field, value in (
+            ("adaspec_tvd", "delta_divergence", "tvd"),
+            ("adaspec_soft", "selection", "soft"),
+            ("adaspec_ksched", "k_schedule", "linear"),
+        ):
             o = runs[name]
             assert getattr(o, field) == value and o.ref == adaspec.ref and o.selection_group == 5
             assert (o.k, o.match_token_budget, o.lr, o.schedule) == (0.4, True, 3e-4, "constant")
@@ -303,15 +414,29 @@ def test_official_variants_run_every_seed_at_equal_steps(tmp_path, monkeypatch):
     with pytest.raises(AdaspecError, match="--variants belongs to --protocol official"):
         reproduce.ReproduceOptions(variants=True)
     assert reproduce.command_line(reproduce.ReproduceOptions(protocol="official", variants=True)).endswith(
-        "--protocol official --variants")
+        "--protocol official --variants"
+    )
 
 
 def _evals(names: list[str], alpha: float) -> dict:
-    draft = {"alpha_tested": alpha, "alpha": alpha / 2, "analytic": {"alpha_greedy": alpha, "alpha_sampling": alpha},
-             "tau": 2.0, "c": 0.1, "measured_speedup": 1.5, "theoretical_speedup": 1.6, "params": 10,
-             "response_loss": 3.0, "position_acceptance": [alpha]}
-    return {0: {"target": {"params": 100, "response_loss": 2.0, "quality_metric": "accuracy", "quality": 0.1},
-                "drafts": {n: draft for n in names}}}
+    draft = {
+        "alpha_tested": alpha,
+        "alpha": alpha / 2,
+        "analytic": {"alpha_greedy": alpha, "alpha_sampling": alpha},
+        "tau": 2.0,
+        "c": 0.1,
+        "measured_speedup": 1.5,
+        "theoretical_speedup": 1.6,
+        "params": 10,
+        "response_loss": 3.0,
+        "position_acceptance": [alpha],
+    }
+    return {
+        0: {
+            "target": {"params": 100, "response_loss": 2.0, "quality_metric": "accuracy", "quality": 0.1},
+            "drafts": {n: draft for n in names},
+        }
+    }
 
 
 def test_official_block_merges_and_survives_the_other_protocol(tmp_path):
@@ -320,18 +445,44 @@ def test_official_block_merges_and_survives_the_other_protocol(tmp_path):
     out = tmp_path / "gsm8k"
     names = ["distillspec", "adaspec"]
     summaries = {n: {0: {"steps": 5, "epochs": 1.0, "batch_size": 16, "history": []}} for n in names}
-    main_res = write_results("adaspec reproduce x", "gsm8k", "small", TINY, _evals(names, 0.5), summaries, None,
-                             out, {"target": [2.0], **{n: [3.0] for n in names}})
+    main_res = write_results(
+        "adaspec reproduce x",
+        "gsm8k",
+        "small",
+        TINY,
+        _evals(names, 0.5),
+        summaries,
+        None,
+        out,
+        {"target": [2.0], **{n: [3.0] for n in names}},
+    )
     (out / "notes.md").write_text("hand-written reading\n")
     before = json.loads((out / "results.json").read_text())
     before["unknown_key"] = 1
     (out / "results.json").write_text(json.dumps(before))
     official = [*names, "kd_big_batch", "random_big_batch"]
-    summaries = {n: {0: {"steps": 7, "epochs": 1.0 if n == "distillspec" else 2.5,
-                         "batch_size": 16 if n == "distillspec" else 40, "history": []}} for n in official}
-    block = write_official("adaspec reproduce y --protocol official", "gsm8k", "small", TINY,
-                           _evals(official, 0.6), summaries, out, {n: [3.0] for n in official}, {
-                               "lr": 3e-4, "weight_decay": 0.1, "schedule": "constant", "selection_group": 5})
+    summaries = {
+        n: {
+            0: {
+                "steps": 7,
+                "epochs": 1.0 if n == "distillspec" else 2.5,
+                "batch_size": 16 if n == "distillspec" else 40,
+                "history": [],
+            }
+        }
+        for n in official
+    }
+    block = write_official(
+        "adaspec reproduce y --protocol official",
+        "gsm8k",
+        "small",
+        TINY,
+        _evals(official, 0.6),
+        summaries,
+        out,
+        {n: [3.0] for n in official},
+        {"lr": 3e-4, "weight_decay": 0.1, "schedule": "constant", "selection_group": 5},
+    )
     merged = json.loads((out / "results.json").read_text())
     assert merged.pop("official_protocol") == block and merged == before
     assert block["alpha_greedy"]["kd_big_batch"] == 0.6 and block["alpha_greedy_seeds"]["adaspec"] == [0.6]
@@ -341,8 +492,17 @@ def test_official_block_merges_and_survives_the_other_protocol(tmp_path):
     assert "The authors' protocol" in report and "| 40 | 2.5 | 7 | 60.0 |" in report
     assert report.endswith("hand-written reading\n") and "official_training_curves.png" in report
     # the adaspec protocol rewritten (its own command rerun) keeps the official block
-    write_results("adaspec reproduce x", "gsm8k", "small", TINY, _evals(names, 0.5), summaries, None, out,
-                  {"target": [2.0], **{n: [3.0] for n in names}})
+    write_results(
+        "adaspec reproduce x",
+        "gsm8k",
+        "small",
+        TINY,
+        _evals(names, 0.5),
+        summaries,
+        None,
+        out,
+        {"target": [2.0], **{n: [3.0] for n in names}},
+    )
     assert json.loads((out / "results.json").read_text())["official_protocol"] == block
     assert main_res["alpha_greedy"]["adaspec"] == 0.5
     table = readme_table(tmp_path)
@@ -353,35 +513,68 @@ def test_official_block_merges_and_survives_the_other_protocol(tmp_path):
     alphas = {"draft_init": 0.4, "distillspec": 0.5, "adaspec": 0.55, "kd_big_batch": 0.52, "random_big_batch": 0.45}
     evals = _evals(official, 0.0)
     evals[0]["drafts"] = {n: {**evals[0]["drafts"]["adaspec"], "alpha_tested": a} for n, a in alphas.items()}
-    write_official("adaspec reproduce --preset pretrained", "gsm8k", "pretrained", TINY, evals, summaries,
-                   tmp_path / "pretrained" / "gsm8k", {"target": [1.5], "draft_init": [2.5], "distillspec": [2.25]},
-                   {"lr": 3e-4, "weight_decay": 0.1, "schedule": "constant", "selection_group": 5})
+    write_official(
+        "adaspec reproduce --preset pretrained",
+        "gsm8k",
+        "pretrained",
+        TINY,
+        evals,
+        summaries,
+        tmp_path / "pretrained" / "gsm8k",
+        {"target": [1.5], "draft_init": [2.5], "distillspec": [2.25]},
+        {"lr": 3e-4, "weight_decay": 0.1, "schedule": "constant", "selection_group": 5},
+    )
     row = next(r for r in readme_table(tmp_path).splitlines() if "`adaspec reproduce --preset pretrained`" in r)
-    assert row.startswith("| gsm8k | 0.00M / 0.00M | 1.50 / 2.50 / 2.25 | accuracy 0.100 | 40.0 | 50.0 | 55.0 | "
-                          "+5.0 | 52.0 | 45.0 | +3.0 | 60.0 / 60.0 | 1 |")
+    assert row.startswith(
+        "| gsm8k | 0.00M / 0.00M | 1.50 / 2.50 / 2.25 | accuracy 0.100 | 40.0 | 50.0 | 55.0 | "
+        "+5.0 | 52.0 | 45.0 | +3.0 | 60.0 / 60.0 | 1 |"
+    )
 
 
 def test_variants_are_judged_against_the_better_kd_and_tabled(tmp_path):
     from adaspec.recipes.reproduce.report import variant_verdicts, write_official
 
     names = ["distillspec", "adaspec", "kd_big_batch", "random_big_batch", *protocols.OFFICIAL_VARIANTS]
-    alphas = {"distillspec": [0.50, 0.52, 0.51], "kd_big_batch": [0.55, 0.56, 0.54], "adaspec": [0.5, 0.5, 0.5],
-              "random_big_batch": [0.5, 0.5, 0.5], "lk": [0.575, 0.58, 0.57], "lk_kl": [0.56, 0.57, 0.55],
-              "adaspec_tvd": [0.60, 0.50, 0.55], "adaspec_soft": [0.54, 0.55, 0.53], "adaspec_ksched": [0.5, 0.5, 0.5]}
-    evals = {s: {**_evals(names, 0.5)[0], "drafts": {n: {**_evals([n], alphas[n][s])[0]["drafts"][n]} for n in names}}
-             for s in range(3)}
+    alphas = {
+        "distillspec": [0.50, 0.52, 0.51],
+        "kd_big_batch": [0.55, 0.56, 0.54],
+        "adaspec": [0.5, 0.5, 0.5],
+        "random_big_batch": [0.5, 0.5, 0.5],
+        "lk": [0.575, 0.58, 0.57],
+        "lk_kl": [0.56, 0.57, 0.55],
+        "adaspec_tvd": [0.60, 0.50, 0.55],
+        "adaspec_soft": [0.54, 0.55, 0.53],
+        "adaspec_ksched": [0.5, 0.5, 0.5],
+    }
+    evals = {
+        s: {**_evals(names, 0.5)[0], "drafts": {n: {**_evals([n], alphas[n][s])[0]["drafts"][n]} for n in names}}
+        for s in range(3)
+    }
     summaries = {n: {s: {"steps": 7, "epochs": 2.5, "batch_size": 40, "history": []} for s in range(3)} for n in names}
     for task in ("gsm8k", "xsum"):
-        block = write_official("adaspec reproduce y --protocol official --variants", task, "small", TINY, evals,
-                               summaries, tmp_path / task, {n: [3.0] for n in names},
-                               {"lr": 3e-4, "weight_decay": 0.1, "schedule": "constant", "selection_group": 5})
+        block = write_official(
+            "adaspec reproduce y --protocol official --variants",
+            task,
+            "small",
+            TINY,
+            evals,
+            summaries,
+            tmp_path / task,
+            {n: [3.0] for n in names},
+            {"lr": 3e-4, "weight_decay": 0.1, "schedule": "constant", "selection_group": 5},
+        )
     v = block["variants_vs_kd"]
     assert v == variant_verdicts(block) and set(v) == set(protocols.OFFICIAL_VARIANTS)
     assert {x["kd"] for x in v.values()} == {"kd_big_batch"}  # the better KD run by mean α
     assert v["lk"]["gain"] == pytest.approx(0.025) and v["lk"]["spread"] == pytest.approx(0.015)
     # lk: +2.5 > 1.5 spread; lk_kl +1.0 < spread 2.0; tvd +0.5 in a wide spread; soft and ksched lose
-    assert {n: x["beats"] for n, x in v.items()} == {"lk": True, "lk_kl": False, "adaspec_tvd": False,
-                                                    "adaspec_soft": False, "adaspec_ksched": False}
+    assert {n: x["beats"] for n, x in v.items()} == {
+        "lk": True,
+        "lk_kl": False,
+        "adaspec_tvd": False,
+        "adaspec_soft": False,
+        "adaspec_ksched": False,
+    }
     report = (tmp_path / "xsum" / "report.md").read_text()
     assert "| LK: -log α, every token at AdaSPEC's batch | +2.5 | 1.5 | yes |" in report
     table = readme_table(tmp_path)
@@ -399,8 +592,19 @@ def test_heads_train_resume_and_join_the_results(tmp_path, monkeypatch):
 
     monkeypatch.setitem(protocols.PRESETS, "tiny", replace(TINY, train_limit=16, head_epochs=1.0, head_ttt_steps=2))
     runs, results = tmp_path / "runs", tmp_path / "results"
-    argv = ["reproduce", "--task", "gsm8k", "--preset", "tiny", "--runs-dir", str(runs), "--results-dir",
-            str(results), "--no-speed-benchmark", "--no-progress"]
+    argv = [
+        "reproduce",
+        "--task",
+        "gsm8k",
+        "--preset",
+        "tiny",
+        "--runs-dir",
+        str(runs),
+        "--results-dir",
+        str(results),
+        "--no-speed-benchmark",
+        "--no-progress",
+    ]
     assert main([*argv, "--heads", "eagle"]) == 0
     root = runs / "gsm8k" / "tiny"
     assert sorted(p.name for p in (root / "seed0" / "heads").iterdir()) == ["eagle", "eagle1", "eagle_adaspec"]
@@ -412,19 +616,31 @@ def test_heads_train_resume_and_join_the_results(tmp_path, monkeypatch):
     # nothing trained before is trained again; the new heads are measured alone, the old entries kept
     assert all(p.stat().st_mtime == t for p, t in stamps.items())
     assert sorted(p.name for p in (root / "seed1" / "heads").iterdir()) == [
-        "eagle", "eagle_adaspec", "medusa", "mtp", "mtp_adaspec"]
+        "eagle",
+        "eagle_adaspec",
+        "medusa",
+        "mtp",
+        "mtp_adaspec",
+    ]
     after = json.loads((root / "seed0" / "eval_gsm8k.json").read_text())
     assert after["drafts"]["eagle"] == eval0["drafts"]["eagle"]
     assert after["drafts"]["adaspec"] == eval0["drafts"]["adaspec"]
 
     cfg = json.loads((root / "seed1" / "heads" / "mtp_adaspec" / "run_config.json").read_text())
     assert (cfg["kind"], cfg["method"], cfg["k"], cfg["match_token_budget"], cfg["budget_by"]) == (
-        "mtp", "adaspec", 0.4, True, "epochs")
+        "mtp",
+        "adaspec",
+        0.4,
+        True,
+        "epochs",
+    )
     assert cfg["ref"] == str(root / "seed1" / "heads" / "mtp") and cfg["depth"] == TINY.gamma
     cfg = json.loads((root / "seed0" / "heads" / "eagle1" / "run_config.json").read_text())
     assert (cfg["variant"], cfg["method"], cfg["ttt_steps"], cfg["init_seed"]) == ("eagle1", "kd", 2, 0)
-    steps = {n: json.loads((root / "seed0" / "heads" / n / "train_summary.json").read_text())["steps"]
-             for n in ("eagle", "eagle_adaspec", "mtp", "mtp_adaspec", "medusa")}
+    steps = {
+        n: json.loads((root / "seed0" / "heads" / n / "train_summary.json").read_text())["steps"]
+        for n in ("eagle", "eagle_adaspec", "mtp", "mtp_adaspec", "medusa")
+    }
     # epochs / k at the KD head's batch: 2.5x its steps, as the AdaSPEC draft
     assert steps["eagle"] == steps["mtp"] == steps["medusa"] == 2
     assert steps["eagle_adaspec"] == steps["mtp_adaspec"] == 5
@@ -464,7 +680,8 @@ def test_head_options_are_checked(capsys):
     opts = reproduce.ReproduceOptions(heads=["mtp"], seeds=[1])
     assert reproduce.command_line(opts).endswith("--seeds 1 --heads mtp")
     assert reproduce.command_line(reproduce.ReproduceOptions(results_dir="results/heads")) == (
-        "adaspec reproduce --task gsm8k --preset demo --results-dir results/heads")
+        "adaspec reproduce --task gsm8k --preset demo --results-dir results/heads"
+    )
 
 
 @pytest.mark.parametrize("protocol", ["adaspec", "official"])
@@ -475,7 +692,8 @@ def test_head_runs_follow_the_drafts_protocol(tmp_path, monkeypatch, protocol):
     base = "official/" if protocol == "official" else ""
     per_seed = ("eagle", "eagle_adaspec", "mtp", "mtp_adaspec", "medusa")
     assert set(made) == {f"{base}seed{s}/heads/{n}" for s in (0, 1, 2) for n in per_seed} | {
-        f"{base}seed0/heads/eagle1"}
+        f"{base}seed0/heads/eagle1"
+    }
     for name, o in made.items():
         seed = int(name.split("seed")[1][0])
         head = name.rsplit("/", 1)[1]

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import cli_error
 
 from adaspec import models
-from adaspec.errors import AdaspecError
 from adaspec.core.metrics import SpecStats
+from adaspec.errors import AdaspecError
 from adaspec.models import servable as constraints
 from adaspec.serving import vllm_engine
 from adaspec.serving.vllm_engine import VllmRun, find_vllm_python, measure
-from helpers import cli_error
 
 
 def test_every_shipped_preset_has_a_head_size_vllm_takes_and_legacy_ones_are_named():
@@ -36,8 +36,9 @@ def test_warn_unservable_says_each_problem_in_one_line(capsys):
     assert constraints.warn_unservable("x", [None]) is True
     assert constraints.warn_unservable("this draft", [constraints.head_size_problem({"head_dim": 16})]) is False
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("adaspec: warning: this draft cannot be served by vLLM 0.32.0: "
-                                               "head size 16")
+    assert len(err) == 1 and err[0].startswith(
+        "adaspec: warning: this draft cannot be served by vLLM 0.32.0: head size 16"
+    )
 
 
 def test_vllm_counters_become_adaspecs_rates():
@@ -90,8 +91,16 @@ json.dump({{"vllm_version": "0.32.0", "runs": runs}}, open(sys.argv[3], "w"))
 
 def test_measure_reports_rows_per_drafter_and_batch_and_refusals(tmp_path, tiny_target_dir):
     target = models.load_model(tiny_target_dir)
-    run = VllmRun(target=str(tiny_target_dir), prompts=[[5, 6], [7, 8]], max_tokens=4, temperatures=(0.0,), gamma=3,
-                  max_model_len=64, batch_sizes=(1, 2), eos_token_id=None)
+    run = VllmRun(
+        target=str(tiny_target_dir),
+        prompts=[[5, 6], [7, 8]],
+        max_tokens=4,
+        temperatures=(0.0,),
+        gamma=3,
+        max_model_len=64,
+        batch_sizes=(1, 2),
+        eos_token_id=None,
+    )
     drafters = {"d": ("lm", str(tiny_target_dir), target), "m": ("mtp", "unused", target)}
     out = measure(_fake_python(tmp_path, [2, 1, 0]), run, drafters, target, tmp_path / "work", log=lambda m: None)
     rows = {(r["drafter"], r["batch"]): r for r in out["rows"]}
@@ -107,18 +116,32 @@ def test_measure_reports_rows_per_drafter_and_batch_and_refusals(tmp_path, tiny_
 
 def test_a_load_vllm_refuses_is_a_row_with_vllms_reason(tmp_path, tiny_target_dir):
     target = models.load_model(tiny_target_dir)
-    run = VllmRun(target=str(tiny_target_dir), prompts=[[5, 6]], max_tokens=4, temperatures=(0.0,), gamma=3,
-                  max_model_len=64, batch_sizes=(1,))
-    out = measure(_fake_python(tmp_path, [1, 0, 0], fail_on="draft_model"), run,
-                  {"d": ("lm", str(tiny_target_dir), target)}, target, tmp_path / "work", log=lambda m: None)
+    run = VllmRun(
+        target=str(tiny_target_dir),
+        prompts=[[5, 6]],
+        max_tokens=4,
+        temperatures=(0.0,),
+        gamma=3,
+        max_model_len=64,
+        batch_sizes=(1,),
+    )
+    out = measure(
+        _fake_python(tmp_path, [1, 0, 0], fail_on="draft_model"),
+        run,
+        {"d": ("lm", str(tiny_target_dir), target)},
+        target,
+        tmp_path / "work",
+        log=lambda m: None,
+    )
     row = out["rows"][-1]
     assert not row["loaded"] and "vLLM failed: ValueError: vLLM refused this checkpoint" in row["reason"]
 
 
 def test_a_failing_target_run_is_one_error_naming_the_log(tmp_path, tiny_target_dir):
     target = models.load_model(tiny_target_dir)
-    run = VllmRun(target=str(tiny_target_dir), prompts=[[5, 6]], max_tokens=4, temperatures=(0.0,), gamma=3,
-                  max_model_len=64)
+    run = VllmRun(
+        target=str(tiny_target_dir), prompts=[[5, 6]], max_tokens=4, temperatures=(0.0,), gamma=3, max_model_len=64
+    )
     with pytest.raises(AdaspecError, match=r"vLLM failed: .*\(log: .*vllm.log\)"):
         measure(sys.executable, run, {}, target, tmp_path / "work", log=lambda m: None)  # no vllm module here
 

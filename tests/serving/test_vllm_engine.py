@@ -47,18 +47,63 @@ def trained(tmp_path_factory) -> dict:
     block 4, the eval's γ + 1, as vLLM runs it)."""
     root = tmp_path_factory.mktemp("served")
     run = ["--max-length", "128", "--val-every", "0", "--val-examples", "8", "--no-progress", "--lr", "3e-3"]
-    _cli("train-target", "--preset", "llama-demo-target", "--vocab-size", "320", "--max-steps", "60",
-         "--limit", "960", "--train-on-prompt", "--output", root / "target", *run)
-    _cli("train-target", "--preset", "llama-demo-draft", "--tokenizer", root / "target", "--max-steps", "60",
-         "--limit", "960", "--train-on-prompt", "--output", root / "draft", *run)
-    heads = {"eagle": ["--kind", "eagle", "--ttt-steps", "2"],
-             "eagle_small_vocab": ["--kind", "eagle", "--ttt-steps", "2", "--draft-vocab", "160"],
-             "eagle1": ["--kind", "eagle", "--variant", "eagle1", "--ttt-steps", "2"],
-             "medusa": ["--kind", "medusa", "--depth", "3"],
-             "dflash": ["--kind", "dflash", "--block-size", "4"]}
+    _cli(
+        "train-target",
+        "--preset",
+        "llama-demo-target",
+        "--vocab-size",
+        "320",
+        "--max-steps",
+        "60",
+        "--limit",
+        "960",
+        "--train-on-prompt",
+        "--output",
+        root / "target",
+        *run,
+    )
+    _cli(
+        "train-target",
+        "--preset",
+        "llama-demo-draft",
+        "--tokenizer",
+        root / "target",
+        "--max-steps",
+        "60",
+        "--limit",
+        "960",
+        "--train-on-prompt",
+        "--output",
+        root / "draft",
+        *run,
+    )
+    heads = {
+        "eagle": ["--kind", "eagle", "--ttt-steps", "2"],
+        "eagle_small_vocab": ["--kind", "eagle", "--ttt-steps", "2", "--draft-vocab", "160"],
+        "eagle1": ["--kind", "eagle", "--variant", "eagle1", "--ttt-steps", "2"],
+        "medusa": ["--kind", "medusa", "--depth", "3"],
+        "dflash": ["--kind", "dflash", "--block-size", "4"],
+    }
     for name, kind in heads.items():
-        _cli("train-head", *kind, "--target", root / "target", "--task", "gsm8k", "--batch-size", "8",
-             "--max-steps", "30", "--limit", "480", "--val-max-new-tokens", "16", "--output", root / name, *run)
+        _cli(
+            "train-head",
+            *kind,
+            "--target",
+            root / "target",
+            "--task",
+            "gsm8k",
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "30",
+            "--limit",
+            "480",
+            "--val-max-new-tokens",
+            "16",
+            "--output",
+            root / name,
+            *run,
+        )
     return {"root": root, "heads": list(heads)}
 
 
@@ -66,19 +111,51 @@ def trained(tmp_path_factory) -> dict:
 def served(trained, vllm_python, tmp_path_factory) -> dict:
     root = trained["root"]
     out = tmp_path_factory.mktemp("eval") / "eval.json"
-    _cli("eval", "--target", root / "target", "--draft", root / "draft", "--head",
-         *[f"{n if n in ('medusa', 'dflash') else 'eagle'}={root / n}" for n in trained["heads"]],
-         "--task", "gsm8k", "--n-prompts", N_PROMPTS, "--max-new-tokens", "48", "--gamma", "3", "--context", "128",
-         "--loss-examples", "8", "--batch-sizes", "1", "4", "--engine", "vllm", "--vllm-python", vllm_python,
-         "--vllm-eager", "--json", out)  # eager: ~45 s less per vLLM process; the counters are the same
+    _cli(
+        "eval",
+        "--target",
+        root / "target",
+        "--draft",
+        root / "draft",
+        "--head",
+        *[f"{n if n in ('medusa', 'dflash') else 'eagle'}={root / n}" for n in trained["heads"]],
+        "--task",
+        "gsm8k",
+        "--n-prompts",
+        N_PROMPTS,
+        "--max-new-tokens",
+        "48",
+        "--gamma",
+        "3",
+        "--context",
+        "128",
+        "--loss-examples",
+        "8",
+        "--batch-sizes",
+        "1",
+        "4",
+        "--engine",
+        "vllm",
+        "--vllm-python",
+        vllm_python,
+        "--vllm-eager",
+        "--json",
+        out,
+    )  # eager: ~45 s less per vLLM process; the counters are the same
     return json.loads(out.read_text())
 
 
 def test_every_family_loads_in_vllm_and_decodes_the_targets_greedy_output(served):
     rows = [r for r in served["vllm"]["rows"] if r["drafter"] != "target"]
     methods = {r["drafter"]: r["method"] for r in rows}
-    assert methods == {"draft": "draft_model", "eagle:eagle": "eagle3", "eagle:eagle_small_vocab": "eagle3",
-                       "eagle:eagle1": "eagle", "medusa:medusa": "medusa", "dflash:dflash": "dflash"}
+    assert methods == {
+        "draft": "draft_model",
+        "eagle:eagle": "eagle3",
+        "eagle:eagle_small_vocab": "eagle3",
+        "eagle:eagle1": "eagle",
+        "medusa:medusa": "medusa",
+        "dflash:dflash": "dflash",
+    }
     assert served["vllm"]["vllm_version"] == "0.32.0"
     for r in rows:
         assert r["loaded"], r

@@ -7,30 +7,58 @@ import json
 
 import pytest
 import torch
+from helpers import cli_error, options_from, run, scalars, summary
 from safetensors.torch import load_file
 
-from helpers import cli_error, options_from, run, scalars, summary
-
 from adaspec import data
+from adaspec.data.options import load_split
 from adaspec.drafters.dflash import DFlashDrafter, DFlashHead
 from adaspec.drafters.dflash.export import MASK_EMBEDDING
-from adaspec.recipes.train_head.dflash import BlockLoss, sample_anchors
 from adaspec.drafters.target_parts import target_parts
 from adaspec.models import load_model, load_tokenizer
-from adaspec.data.options import load_split
+from adaspec.recipes.train_head.dflash import BlockLoss, sample_anchors
 from adaspec.recipes.train_head.options import TrainHeadOptions
 from adaspec.training.target_signal import open_head_cache
 
-FAST = ["--kind", "dflash", "--block-size", 3, "--anchors", 8, "--max-length", 64, "--val-examples", 4,
-        "--val-max-new-tokens", 12, "--no-progress", "--limit", 32, "--batch-size", 8]
+FAST = [
+    "--kind",
+    "dflash",
+    "--block-size",
+    3,
+    "--anchors",
+    8,
+    "--max-length",
+    64,
+    "--val-examples",
+    4,
+    "--val-max-new-tokens",
+    12,
+    "--no-progress",
+    "--limit",
+    32,
+    "--batch-size",
+    8,
+]
 
 
 def test_train_dflash_kd_learns_and_resumes(tmp_path, tiny_target_dir):
     from adaspec.recipes.train_head.options import run_train_head
 
     out = tmp_path / "head"
-    args = ["train-head", "--target", tiny_target_dir, "--max-steps", 20, "--lr", 3e-3, "--warmup-steps", 0,
-            "--save-every", 3, *FAST]
+    args = [
+        "train-head",
+        "--target",
+        tiny_target_dir,
+        "--max-steps",
+        20,
+        "--lr",
+        3e-3,
+        "--warmup-steps",
+        0,
+        "--save-every",
+        3,
+        *FAST,
+    ]
 
     def stop_at_step_3(step: int, batches: list) -> None:
         if step == 3:
@@ -63,23 +91,69 @@ def test_adaspec_keeps_k_per_slot_and_refuses_another_block(tmp_path, tiny_targe
     common = ["--target", tiny_target_dir, "--max-steps", 2, *FAST]
     assert run("train-head", *common, "--output", ref) == 0
     out = tmp_path / "adaspec"
-    assert run("train-head", *common, "--method", "adaspec", "--ref", ref, "--k", 0.5, "--cold-start", "off",
-               "--output", out) == 0
+    assert (
+        run(
+            "train-head",
+            *common,
+            "--method",
+            "adaspec",
+            "--ref",
+            ref,
+            "--k",
+            0.5,
+            "--cold-start",
+            "off",
+            "--output",
+            out,
+        )
+        == 0
+    )
     kept = [v for _, v in scalars(out, "train/kept_fraction")]
     assert all(0.4 < v < 0.6 for v in kept), kept
     capsys.readouterr()
-    error = cli_error(capsys, "train-head", *common, "--block-size", 4, "--method", "adaspec", "--ref", ref,
-                      "--output", tmp_path / "other")
+    error = cli_error(
+        capsys,
+        "train-head",
+        *common,
+        "--block-size",
+        4,
+        "--method",
+        "adaspec",
+        "--ref",
+        ref,
+        "--output",
+        tmp_path / "other",
+    )
     assert "block_size 3" in error and "same DFlash options" in error
 
 
 def test_cached_loss_matches_live(tmp_path, tiny_target_dir):
     cache_dir = tmp_path / "cache"
-    assert run("cache", "--target", tiny_target_dir, "--limit", 32, "--max-length", 64, "--top-k", 320,
-               "--shard-size", 10, "--output", cache_dir, "--no-progress", "--hidden-layers", "1") == 0
+    assert (
+        run(
+            "cache",
+            "--target",
+            tiny_target_dir,
+            "--limit",
+            32,
+            "--max-length",
+            64,
+            "--top-k",
+            320,
+            "--shard-size",
+            10,
+            "--output",
+            cache_dir,
+            "--no-progress",
+            "--hidden-layers",
+            "1",
+        )
+        == 0
+    )
     target = load_model(tiny_target_dir)
-    opts = TrainHeadOptions(target=str(tiny_target_dir), output="unused", kind="dflash", block_size=3, anchors=8,
-                            limit=32, max_length=64)
+    opts = TrainHeadOptions(
+        target=str(tiny_target_dir), output="unused", kind="dflash", block_size=3, anchors=8, limit=32, max_length=64
+    )
     items = data.encode(load_split(opts, "train", 32), load_tokenizer(tiny_target_dir), 64)
     head = DFlashHead.from_target(target, seed=2)
     cache = open_head_cache(str(cache_dir), str(tiny_target_dir), target, items, head.config.hidden_layers, 1.0, 320)
@@ -93,15 +167,20 @@ def test_cached_loss_matches_live(tmp_path, tiny_target_dir):
 
 def test_export_command_writes_vllms_dflash_layout(tmp_path, tiny_target_dir, tiny_draft_dir, capsys):
     out = tmp_path / "head"
-    assert run("train-head", "--target", tiny_draft_dir, "--max-steps", 1, "--draft-layers", 2, "--output", out,
-               *FAST) == 0
+    assert (
+        run("train-head", "--target", tiny_draft_dir, "--max-steps", 1, "--draft-layers", 2, "--output", out, *FAST)
+        == 0
+    )
     exported = tmp_path / "vllm"
     assert run("export", "--head", out, "--target", tiny_draft_dir, "--dtype", "float32", "--output", exported) == 0
     assert "cannot be served" not in capsys.readouterr().err  # a Llama target: vLLM can
     config = json.loads((exported / "config.json").read_text())
     assert config["architectures"] == ["DFlashDraftModel"] and config["model_type"] == "qwen3"
     assert config["num_hidden_layers"] == 2 and config["dflash_config"] == {
-        "mask_token_id": 319, "target_layer_ids": [0, 1], "block_size": 3}
+        "mask_token_id": 319,
+        "target_layer_ids": [0, 1],
+        "block_size": 3,
+    }
     assert set(load_file(str(exported / "model.safetensors"))) >= {"fc.weight", "layers.1.self_attn.k_norm.weight"}
     mask = torch.load(exported / MASK_EMBEDDING, weights_only=True)
     assert mask["mask_token_id"] == 319

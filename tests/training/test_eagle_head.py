@@ -6,25 +6,49 @@ import json
 
 import pytest
 import torch
+from helpers import cli_error, options_from, run, scalars, summary, torchrun, weights
 from safetensors.torch import load_file, save_file
 
-from helpers import cli_error, options_from, run, scalars, summary, torchrun, weights
-
+from adaspec.drafters.eagle.export import load_exported
 from adaspec.drafters.eagle.model import EagleHead
 from adaspec.drafters.eagle.training import unroll
-from adaspec.drafters.eagle.export import load_exported
 from adaspec.models import load_model
 
-FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "12", "--no-progress",
-        "--limit", "32", "--batch-size", "8", "--ttt-steps", "3"]
+FAST = [
+    "--max-length",
+    "64",
+    "--val-examples",
+    "4",
+    "--val-max-new-tokens",
+    "12",
+    "--no-progress",
+    "--limit",
+    "32",
+    "--batch-size",
+    "8",
+    "--ttt-steps",
+    "3",
+]
 
 
 def test_train_head_kd_learns_and_resumes(tmp_path, tiny_target_dir):
     from adaspec.recipes.train_head.options import run_train_head
 
     out = tmp_path / "head"
-    args = ["train-head", "--target", tiny_target_dir, "--max-steps", 24, "--lr", 3e-3, "--warmup-steps", 0,
-            "--save-every", 3, *FAST]
+    args = [
+        "train-head",
+        "--target",
+        tiny_target_dir,
+        "--max-steps",
+        24,
+        "--lr",
+        3e-3,
+        "--warmup-steps",
+        0,
+        "--save-every",
+        3,
+        *FAST,
+    ]
 
     def stop_at_step_3(step: int, batches: list) -> None:
         if step == 3:
@@ -60,8 +84,23 @@ def test_train_head_adaspec_selection_and_reduced_vocabulary(tmp_path, tiny_targ
 
 def test_train_head_eagle1_then_export(tmp_path, tiny_target_dir, capsys):
     out = tmp_path / "head"
-    assert run("train-head", "--target", tiny_target_dir, "--variant", "eagle1", "--feature-weight", 1.0,
-               "--max-steps", 2, "--output", out, *FAST) == 0
+    assert (
+        run(
+            "train-head",
+            "--target",
+            tiny_target_dir,
+            "--variant",
+            "eagle1",
+            "--feature-weight",
+            1.0,
+            "--max-steps",
+            2,
+            "--output",
+            out,
+            *FAST,
+        )
+        == 0
+    )
     assert scalars(out, "train/feature_loss")
     exported = tmp_path / "served"
     assert run("export", "--head", out, "--output", exported, "--dtype", "float32", "--target", tiny_target_dir) == 0
@@ -79,18 +118,22 @@ def test_train_head_eagle1_then_export(tmp_path, tiny_target_dir, capsys):
 
 
 def test_train_head_errors(tmp_path, tiny_target_dir, capsys):
-    assert "needs --ref" in cli_error(capsys, "train-head", "--target", tiny_target_dir, "--method", "adaspec",
-                                      "--output", tmp_path / "x")
-    assert "eagle1 only" in cli_error(capsys, "train-head", "--target", tiny_target_dir, "--feature-weight", 1,
-                                      "--output", tmp_path / "x")
-    assert "out of range" in cli_error(capsys, "train-head", "--target", tiny_target_dir, "--aux-layers", "0,1,2",
-                                       "--output", tmp_path / "x", *FAST)
+    assert "needs --ref" in cli_error(
+        capsys, "train-head", "--target", tiny_target_dir, "--method", "adaspec", "--output", tmp_path / "x"
+    )
+    assert "eagle1 only" in cli_error(
+        capsys, "train-head", "--target", tiny_target_dir, "--feature-weight", 1, "--output", tmp_path / "x"
+    )
+    assert "out of range" in cli_error(
+        capsys, "train-head", "--target", tiny_target_dir, "--aux-layers", "0,1,2", "--output", tmp_path / "x", *FAST
+    )
     out = tmp_path / "head"
     assert run("train-head", "--target", tiny_target_dir, "--max-steps", 1, "--output", out, *FAST) == 0
     assert "too shallow" in capsys.readouterr().err  # warned when trained, refused when exported
     assert "too shallow" in cli_error(capsys, "export", "--head", out, "--output", tmp_path / "e")
-    assert "is not a head checkpoint" in cli_error(capsys, "export", "--head", tmp_path / "none",
-                                                   "--output", tmp_path / "e")
+    assert "is not a head checkpoint" in cli_error(
+        capsys, "export", "--head", tmp_path / "none", "--output", tmp_path / "e"
+    )
 
 
 def test_export_medusa_and_mtp_heads_and_warn_what_vllm_cannot_serve(tmp_path, tiny_draft_dir, capsys):
@@ -99,15 +142,28 @@ def test_export_medusa_and_mtp_heads_and_warn_what_vllm_cannot_serve(tmp_path, t
     assert run("train-head", "--kind", "medusa", *common, "--output", tmp_path / "medusa") == 0
     assert run("train-head", "--kind", "mtp", *common, "--output", tmp_path / "mtp") == 0
     assert "mtp heads written to" in capsys.readouterr().err  # vLLM has no model for adaspec's MTP modules
-    assert run("export", "--head", tmp_path / "medusa", "--output", tmp_path / "m", "--target", target,
-               "--dtype", "float32") == 0
+    assert (
+        run(
+            "export",
+            "--head",
+            tmp_path / "medusa",
+            "--output",
+            tmp_path / "m",
+            "--target",
+            target,
+            "--dtype",
+            "float32",
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "m" / "config.json").read_text())["architectures"] == ["MedusaModel"]
     assert run("export", "--head", tmp_path / "mtp", "--output", tmp_path / "x", "--target", target) == 0
     err = capsys.readouterr().err
     assert "these MTP modules cannot be served by vLLM 0.32.0: vLLM serves MTP drafters only" in err
     assert "pass --target" in cli_error(capsys, "export", "--head", tmp_path / "mtp", "--output", tmp_path / "y")
-    assert "--format is for EAGLE heads" in cli_error(capsys, "export", "--head", tmp_path / "medusa", "--format",
-                                                      "eagle1", "--output", tmp_path / "z")
+    assert "--format is for EAGLE heads" in cli_error(
+        capsys, "export", "--head", tmp_path / "medusa", "--format", "eagle1", "--output", tmp_path / "z"
+    )
 
 
 @pytest.mark.slow
@@ -160,8 +216,10 @@ def test_head_loss_agrees_with_the_shared_multi_step_loss(tiny_target_dir):
 
 def test_export_refuses_non_finite_weights_and_configs_missing_fields(tmp_path, tiny_target_dir, capsys):
     out = tmp_path / "head"
-    assert run("train-head", "--target", tiny_target_dir, "--variant", "eagle1", "--max-steps", 1, "--output", out,
-               *FAST) == 0
+    assert (
+        run("train-head", "--target", tiny_target_dir, "--variant", "eagle1", "--max-steps", 1, "--output", out, *FAST)
+        == 0
+    )
     good = load_file(str(out / "model.safetensors"))
     bad = {k: v.clone() for k, v in good.items()}
     bad["fc.weight"][0, 0] = float("nan")
@@ -173,28 +231,44 @@ def test_export_refuses_non_finite_weights_and_configs_missing_fields(tmp_path, 
     for key in ("hidden_size", "vocab_size"):
         del config["adaspec_eagle_head"][key]
     (out / "config.json").write_text(json.dumps(config))
-    assert "the head config lacks hidden_size, vocab_size" in cli_error(capsys, "export", "--head", out,
-                                                                        "--output", tmp_path / "f")
+    assert "the head config lacks hidden_size, vocab_size" in cli_error(
+        capsys, "export", "--head", out, "--output", tmp_path / "f"
+    )
 
 
 def test_a_head_knows_its_target(tmp_path, tiny_target_dir, tiny_draft_dir, tiny_tokenizer, capsys):
     from adaspec import models
 
     out = tmp_path / "head"
-    assert run("train-head", "--target", tiny_target_dir, "--kind", "medusa", "--depth", 2, "--max-steps", 1,
-               "--output", out, *FAST) == 0
+    assert (
+        run(
+            "train-head",
+            "--target",
+            tiny_target_dir,
+            "--kind",
+            "medusa",
+            "--depth",
+            2,
+            "--max-steps",
+            1,
+            "--output",
+            out,
+            *FAST,
+        )
+        == 0
+    )
     record = json.loads((out / "target.json").read_text())
     assert record["architecture"] == "GPTNeoXForCausalLM" and record["vocab_size"] == 320
     other = tmp_path / "other"  # the same shape, other weights: a fine-tuned target can still use its head
     models.save_model(models.build_model("tiny-neox", len(tiny_tokenizer), seed=5), other, tiny_tokenizer)
-    gen = ["generate", "--drafter", "medusa", "--head", out, "--prompt", "Tom has", "--gamma", 2,
-           "--max-new-tokens", 4]
+    gen = ["generate", "--drafter", "medusa", "--head", out, "--prompt", "Tom has", "--gamma", 2, "--max-new-tokens", 4]
     capsys.readouterr()
     assert run(*gen, "--target", other) == 0
     assert "was trained on other weights of this target's shape" in capsys.readouterr().err
     assert "refused by --strict" in cli_error(capsys, *gen, "--target", other, "--strict")
-    assert "trained for a target with architecture GPTNeoXForCausalLM; this target has LlamaForCausalLM" in \
-        cli_error(capsys, *gen, "--target", tiny_draft_dir)
+    assert "trained for a target with architecture GPTNeoXForCausalLM; this target has LlamaForCausalLM" in cli_error(
+        capsys, *gen, "--target", tiny_draft_dir
+    )
     assert run(*gen, "--target", tiny_target_dir) == 0
     assert "warning" not in capsys.readouterr().err
     (out / "target.json").unlink()  # a head trained before targets were recorded: said, not refused
@@ -206,8 +280,23 @@ def test_a_head_refuses_a_target_with_another_tokenizer(tmp_path, tiny_target_di
     from adaspec import data, models
 
     out = tmp_path / "head"
-    assert run("train-head", "--target", tiny_target_dir, "--kind", "medusa", "--depth", 2, "--max-steps", 1,
-               "--output", out, *FAST) == 0
+    assert (
+        run(
+            "train-head",
+            "--target",
+            tiny_target_dir,
+            "--kind",
+            "medusa",
+            "--depth",
+            2,
+            "--max-steps",
+            1,
+            "--output",
+            out,
+            *FAST,
+        )
+        == 0
+    )
     texts = [ex.prompt for ex in data.load_task("alpaca", "train", limit=200)]
     other_tok = data.train_tokenizer(texts, vocab_size=320)  # the same size, other tokens
     retok = tmp_path / "retok"

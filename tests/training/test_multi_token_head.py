@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from helpers import cli_error, options_from, run, scalars, summary, torchrun
+from safetensors.torch import load_file
 
 from adaspec import AdaspecError, models
 from adaspec.decoding.generate import speculative_generate
@@ -18,10 +17,8 @@ from adaspec.drafters.medusa.model import MedusaDrafter
 from adaspec.drafters.mtp.model import MTPDrafter
 from adaspec.recipes.train_head import options as recipe
 
-FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
-        "--no-progress"]
-BASE = ["--limit", "32", "--batch-size", "8", "--max-steps", "3", "--lr", "1e-3", "--warmup-steps", "0",
-        *FAST]
+FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0", "--no-progress"]
+BASE = ["--limit", "32", "--batch-size", "8", "--max-steps", "3", "--lr", "1e-3", "--warmup-steps", "0", *FAST]
 
 
 def max_diff(a: Path, b: Path) -> float:
@@ -49,8 +46,7 @@ def target_dir(root, tiny_target_dir, tiny_tokenizer) -> Path:
 @pytest.fixture(scope="module")
 def mtp_kd(root, target_dir) -> Path:
     out = root / "mtp_kd"
-    assert run("train-head", "--target", target_dir, "--kind", "mtp", "--depth", "2", *BASE,
-               "--output", out) == 0
+    assert run("train-head", "--target", target_dir, "--kind", "mtp", "--depth", "2", *BASE, "--output", out) == 0
     return out
 
 
@@ -63,8 +59,9 @@ def test_mtp_run_outputs_and_decodes_losslessly(mtp_kd, target_dir):
     target = models.load_model(target_dir)
     drafter = MTPDrafter.load(str(mtp_kd), target)
     ids = torch.tensor([[5, 17, 33, 2]])
-    expected = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
-                               eos_token_id=None, pad_token_id=0)
+    expected = target.generate(
+        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12, eos_token_id=None, pad_token_id=0
+    )
     out, _ = speculative_generate(target, drafter, ids, max_new_tokens=12, gamma=2)
     assert torch.equal(out, expected)
 
@@ -72,8 +69,22 @@ def test_mtp_run_outputs_and_decodes_losslessly(mtp_kd, target_dir):
 @pytest.fixture(scope="module")
 def medusa_shared(root, target_dir) -> Path:
     out = root / "medusa_shared"
-    assert run("train-head", "--target", target_dir, "--kind", "medusa", "--depth", "2", "--shared-head",
-               *BASE, "--output", out) == 0
+    assert (
+        run(
+            "train-head",
+            "--target",
+            target_dir,
+            "--kind",
+            "medusa",
+            "--depth",
+            "2",
+            "--shared-head",
+            *BASE,
+            "--output",
+            out,
+        )
+        == 0
+    )
     return out
 
 
@@ -89,21 +100,79 @@ def test_medusa_shared_head_export_is_complete(medusa_shared, target_dir):
 
 def test_adaspec_keeps_fraction_k_per_depth_and_all_is_kd(root, mtp_kd, target_dir):
     out = root / "mtp_adaspec"
-    assert run("train-head", "--target", target_dir, "--kind", "mtp", "--depth", "2", "--method", "adaspec", "--ref", mtp_kd,
-               "--k", "0.4", *BASE, "--output", out) == 0
+    assert (
+        run(
+            "train-head",
+            "--target",
+            target_dir,
+            "--kind",
+            "mtp",
+            "--depth",
+            "2",
+            "--method",
+            "adaspec",
+            "--ref",
+            mtp_kd,
+            "--k",
+            "0.4",
+            *BASE,
+            "--output",
+            out,
+        )
+        == 0
+    )
     for depth in (1, 2):
         kept = [v for _, v in scalars(out, f"train/kept_depth{depth}")]
         assert all(0.3 < v < 0.5 for v in kept), kept
     everything = root / "mtp_adaspec_all"
-    assert run("train-head", "--target", target_dir, "--kind", "mtp", "--depth", "2", "--method", "adaspec", "--ref", mtp_kd,
-               "--selection", "all", *BASE, "--output", everything) == 0
+    assert (
+        run(
+            "train-head",
+            "--target",
+            target_dir,
+            "--kind",
+            "mtp",
+            "--depth",
+            "2",
+            "--method",
+            "adaspec",
+            "--ref",
+            mtp_kd,
+            "--selection",
+            "all",
+            *BASE,
+            "--output",
+            everything,
+        )
+        == 0
+    )
     assert max_diff(everything, mtp_kd) == 0.0
     assert max_diff(out, mtp_kd) > 1e-5
 
 
 def test_resume_random_selection(tmp_path, mtp_kd, target_dir, capsys):
-    args = ["train-head", "--target", target_dir, "--kind", "mtp", "--depth", "2", "--method", "adaspec", "--ref", mtp_kd,
-            "--selection", "random", "--k", "0.5", *BASE, "--max-steps", "4", "--save-every", "2"]
+    args = [
+        "train-head",
+        "--target",
+        target_dir,
+        "--kind",
+        "mtp",
+        "--depth",
+        "2",
+        "--method",
+        "adaspec",
+        "--ref",
+        mtp_kd,
+        "--selection",
+        "random",
+        "--k",
+        "0.5",
+        *BASE,
+        "--max-steps",
+        "4",
+        "--save-every",
+        "2",
+    ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run(*args, "--output", straight) == 0
 
@@ -131,23 +200,68 @@ def test_two_processes_match_one(root, mtp_kd, target_dir):
         assert s1 == s2 and a == pytest.approx(b, rel=1e-4)
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (["--method", "adaspec"], "--method adaspec needs --ref"),
-    (["--depth-weights", "1", "2", "3"], "3 depth weights for 2 depths"),
-    (["--depth", "0"], "--depth must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--method", "adaspec"], "--method adaspec needs --ref"),
+        (["--depth-weights", "1", "2", "3"], "3 depth weights for 2 depths"),
+        (["--depth", "0"], "--depth must be >= 1"),
+    ],
+)
 def test_bad_options_are_refused(capsys, tmp_path, target_dir, extra, needle):
-    err = cli_error(capsys, "train-head", "--target", target_dir, "--kind", "mtp", "--depth", "2", *BASE, *extra,
-                    "--output", tmp_path / "x")
+    err = cli_error(
+        capsys,
+        "train-head",
+        "--target",
+        target_dir,
+        "--kind",
+        "mtp",
+        "--depth",
+        "2",
+        *BASE,
+        *extra,
+        "--output",
+        tmp_path / "x",
+    )
     assert needle in err
 
 
 def test_reference_of_another_kind_or_depth_is_refused(capsys, tmp_path, mtp_kd, target_dir):
-    err = cli_error(capsys, "train-head", "--target", target_dir, "--kind", "medusa", "--depth", "2",
-                    "--method", "adaspec", "--ref", mtp_kd, *BASE, "--output", tmp_path / "x")
+    err = cli_error(
+        capsys,
+        "train-head",
+        "--target",
+        target_dir,
+        "--kind",
+        "medusa",
+        "--depth",
+        "2",
+        "--method",
+        "adaspec",
+        "--ref",
+        mtp_kd,
+        *BASE,
+        "--output",
+        tmp_path / "x",
+    )
     assert "holds no Medusa heads" in err
-    err = cli_error(capsys, "train-head", "--target", target_dir, "--kind", "mtp", "--depth", "3", "--method", "adaspec",
-                    "--ref", mtp_kd, *BASE, "--output", tmp_path / "y")
+    err = cli_error(
+        capsys,
+        "train-head",
+        "--target",
+        target_dir,
+        "--kind",
+        "mtp",
+        "--depth",
+        "3",
+        "--method",
+        "adaspec",
+        "--ref",
+        mtp_kd,
+        *BASE,
+        "--output",
+        tmp_path / "y",
+    )
     assert "has 2 depths, --depth is 3" in err
 
 
@@ -162,11 +276,22 @@ def test_head_drafter_loads_by_its_saved_kind(mtp_kd, medusa_shared, target_dir)
 
 
 def test_head_depth_beyond_the_sequence_is_refused_before_any_work(tmp_path, tiny_target_dir, capsys):
-    err = cli_error(capsys, "train-head", "--kind", "medusa", "--depth", "10000", "--target", tiny_target_dir,
-                    "--output", tmp_path / "x")
+    err = cli_error(
+        capsys,
+        "train-head",
+        "--kind",
+        "medusa",
+        "--depth",
+        "10000",
+        "--target",
+        tiny_target_dir,
+        "--output",
+        tmp_path / "x",
+    )
     assert "--depth (10000) must be below --max-length (256)" in err and not (tmp_path / "x").exists()
     err = cli_error(capsys, "train-head", "--ttt-steps", "300", "--target", tiny_target_dir, "--output", tmp_path / "y")
     assert "--ttt-steps must be in 1..255" in err
-    err = cli_error(capsys, "generate", "--target", tiny_target_dir, "--draft", tiny_target_dir, "--prompt", "a",
-                    "--gamma", "1000")
+    err = cli_error(
+        capsys, "generate", "--target", tiny_target_dir, "--draft", tiny_target_dir, "--prompt", "a", "--gamma", "1000"
+    )
     assert "--gamma must be in 1..64" in err

@@ -5,55 +5,74 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import cli_error, options_from
 from safetensors.torch import load_file
 
-from helpers import cli_error, options_from
-
+from adaspec.errors import AdaspecError
 from adaspec.recipes import distill
 from adaspec.training import setup
-from adaspec.errors import AdaspecError
 
-FAST = ["--max-length", "64", "--val-examples", "4", "--val-max-new-tokens", "8", "--val-every", "0",
-        "--no-progress", "--limit", "16", "--batch-size", "8", "--warmup-steps", "0"]
+FAST = [
+    "--max-length",
+    "64",
+    "--val-examples",
+    "4",
+    "--val-max-new-tokens",
+    "8",
+    "--val-every",
+    "0",
+    "--no-progress",
+    "--limit",
+    "16",
+    "--batch-size",
+    "8",
+    "--warmup-steps",
+    "0",
+]
 
 
-@pytest.mark.parametrize("command,flag,value,message", [
-    ("distill", "--lr", "inf", "--lr must be a finite number"),
-    ("distill", "--lr", "nan", "--lr must be a finite number"),
-    ("distill", "--lr", "-1", "--lr must be > 0"),
-    ("distill", "--weight-decay", "nan", "--weight-decay must be a finite number"),
-    ("distill", "--weight-decay", "-0.1", "--weight-decay must be >= 0"),
-    ("distill", "--warmup-steps", "-5", "--warmup-steps must be >= 0"),
-    ("distill", "--grad-clip", "nan", "--grad-clip must be a finite number"),
-    ("distill", "--grad-clip", "-1", "--grad-clip must be >= 0"),
-    ("distill", "--epochs", "inf", "--epochs must be a finite number"),
-    ("distill", "--epochs", "0", "--epochs must be > 0"),
-    ("distill", "--temperature", "inf", "--temperature must be a finite number"),
-    ("distill", "--gen-temperature", "-1", "--gen-temperature must be >= 0"),
-    ("distill", "--beta", "nan", "--beta must be a finite number"),
-    ("distill", "--mix-ratio", "1.5", "--mix-ratio must be in [0, 1]"),
-    ("distill", "--k", "nan", "--k must be a finite number"),
-    ("distill", "--val-max-new-tokens", "0", "--val-max-new-tokens must be >= 1"),
-    ("train-target", "--lr", "inf", "--lr must be a finite number"),
-    ("train-head", "--step-decay", "nan", "--step-decay must be a finite number"),
-    ("train-head", "--lam", "inf", "--lam must be a finite number"),
-    ("cache", "--temperature", "inf", "--temperature must be a finite number"),
-    ("eval", "--temperature", "nan", "--temperature must be a finite number"),
-    ("eval", "--top-p", "nan", "--top-p must be a finite number"),
-    ("generate", "--temperature", "inf", "--temperature must be a finite number"),
-    # sizes bounded before anything is allocated
-    ("train-target", "--max-length", "1000000", "--max-length must be in 2..131072"),
-    ("distill", "--batch-size", "100000", "--batch-size x --max-length is 25,600,000 tokens per micro-batch"),
-])
+@pytest.mark.parametrize(
+    "command,flag,value,message",
+    [
+        ("distill", "--lr", "inf", "--lr must be a finite number"),
+        ("distill", "--lr", "nan", "--lr must be a finite number"),
+        ("distill", "--lr", "-1", "--lr must be > 0"),
+        ("distill", "--weight-decay", "nan", "--weight-decay must be a finite number"),
+        ("distill", "--weight-decay", "-0.1", "--weight-decay must be >= 0"),
+        ("distill", "--warmup-steps", "-5", "--warmup-steps must be >= 0"),
+        ("distill", "--grad-clip", "nan", "--grad-clip must be a finite number"),
+        ("distill", "--grad-clip", "-1", "--grad-clip must be >= 0"),
+        ("distill", "--epochs", "inf", "--epochs must be a finite number"),
+        ("distill", "--epochs", "0", "--epochs must be > 0"),
+        ("distill", "--temperature", "inf", "--temperature must be a finite number"),
+        ("distill", "--gen-temperature", "-1", "--gen-temperature must be >= 0"),
+        ("distill", "--beta", "nan", "--beta must be a finite number"),
+        ("distill", "--mix-ratio", "1.5", "--mix-ratio must be in [0, 1]"),
+        ("distill", "--k", "nan", "--k must be a finite number"),
+        ("distill", "--val-max-new-tokens", "0", "--val-max-new-tokens must be >= 1"),
+        ("train-target", "--lr", "inf", "--lr must be a finite number"),
+        ("train-head", "--step-decay", "nan", "--step-decay must be a finite number"),
+        ("train-head", "--lam", "inf", "--lam must be a finite number"),
+        ("cache", "--temperature", "inf", "--temperature must be a finite number"),
+        ("eval", "--temperature", "nan", "--temperature must be a finite number"),
+        ("eval", "--top-p", "nan", "--top-p must be a finite number"),
+        ("generate", "--temperature", "inf", "--temperature must be a finite number"),
+        # sizes bounded before anything is allocated
+        ("train-target", "--max-length", "1000000", "--max-length must be in 2..131072"),
+        ("distill", "--batch-size", "100000", "--batch-size x --max-length is 25,600,000 tokens per micro-batch"),
+    ],
+)
 def test_bad_numbers_are_refused_in_one_line(capsys, tmp_path, command, flag, value, message):
     # missing local folders, not hub ids: without the range check the command fails fast, offline
     t, d = tmp_path / "no_target", tmp_path / "no_draft"
-    needs = {"distill": ["--target", t, "--output", tmp_path / "o"],
-             "train-target": ["--output", tmp_path / "o", "--data", tmp_path / "no.jsonl"],
-             "train-head": ["--target", t, "--output", tmp_path / "o"],
-             "cache": ["--target", t, "--output", tmp_path / "o"],
-             "eval": ["--target", t, "--draft", d],
-             "generate": ["--target", t, "--draft", d, "--prompt", "p"]}[command]
+    needs = {
+        "distill": ["--target", t, "--output", tmp_path / "o"],
+        "train-target": ["--output", tmp_path / "o", "--data", tmp_path / "no.jsonl"],
+        "train-head": ["--target", t, "--output", tmp_path / "o"],
+        "cache": ["--target", t, "--output", tmp_path / "o"],
+        "eval": ["--target", t, "--draft", d],
+        "generate": ["--target", t, "--draft", d, "--prompt", "p"],
+    }[command]
     err = cli_error(capsys, command, *needs, f"{flag}={value}")
     assert message in err
 
@@ -65,8 +84,9 @@ def test_top_k_needs_a_teacher_cache(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_target_dir, monkeypatch):
     out = tmp_path / "o"
-    opts = options_from(["distill", "--target", tiny_target_dir, *FAST, "--max-steps", "4", "--save-every", "1",
-                         "--output", out])
+    opts = options_from(
+        ["distill", "--target", tiny_target_dir, *FAST, "--max-steps", "4", "--save-every", "1", "--output", out]
+    )
     draft_params: list[torch.nn.Parameter] = []
     real_train_loop = setup.train_loop
 
@@ -106,7 +126,8 @@ def test_head_token_budget_is_distills():
 
 
 def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_good_checkpoint(
-        tmp_path, tiny_target_dir, monkeypatch, capsys):
+    tmp_path, tiny_target_dir, monkeypatch, capsys
+):
     import errno
 
     from adaspec.training import checkpoint
@@ -121,8 +142,9 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_good_che
         return real_save(obj, path, *a, **k)
 
     monkeypatch.setattr(checkpoint.torch, "save", save)
-    err = cli_error(capsys, "distill", "--target", tiny_target_dir, *FAST, "--max-steps", "3", "--save-every", "1",
-                    "--output", out)
+    err = cli_error(
+        capsys, "distill", "--target", tiny_target_dir, *FAST, "--max-steps", "3", "--save-every", "1", "--output", out
+    )
     assert "No space left on device" in err
     assert not list(out.glob("*.tmp*")) and (out / "last" / "model.safetensors").exists()
     assert '"step": 1' in (out / "last" / "trainer_state.json").read_text()

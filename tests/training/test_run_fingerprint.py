@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import cli_error, run, summary
 
 from adaspec import models
@@ -19,8 +18,21 @@ from adaspec.decoding.acceptance import Continuations, greedy_continuations
 from adaspec.safety import LOCK_NAME
 from adaspec.training.run_fingerprint import FINGERPRINT
 
-TRAIN_FAST = ["--max-length", "64", "--val-examples", "4", "--val-every", "0", "--no-progress", "--limit", "16",
-              "--batch-size", "8", "--warmup-steps", "0"]
+TRAIN_FAST = [
+    "--max-length",
+    "64",
+    "--val-examples",
+    "4",
+    "--val-every",
+    "0",
+    "--no-progress",
+    "--limit",
+    "16",
+    "--batch-size",
+    "8",
+    "--warmup-steps",
+    "0",
+]
 FAST = [*TRAIN_FAST, "--val-max-new-tokens", "8"]
 
 
@@ -42,8 +54,9 @@ def test_output_over_an_input_is_refused_and_the_input_kept(capsys, tmp_path, co
     before = _digest(target), _digest(draft)
     err = cli_error(capsys, "distill", "--target", target, "--max-steps", 1, *FAST, "--output", target)
     assert "is the target" in err
-    err = cli_error(capsys, "distill", "--target", target, "--draft-init", draft, "--max-steps", 1, *FAST,
-                    "--output", draft)
+    err = cli_error(
+        capsys, "distill", "--target", target, "--draft-init", draft, "--max-steps", 1, *FAST, "--output", draft
+    )
     assert "is the draft initialisation" in err
     err = cli_error(capsys, "distill", "--target", target, "--max-steps", 1, *FAST, "--output", tmp_path)
     assert "contains the target" in err
@@ -62,8 +75,11 @@ def test_output_that_is_a_file_is_refused_before_any_work(capsys, tmp_path):
     f = tmp_path / "out"
     f.write_text("precious")
     # the target does not exist: the output is checked first, before anything is loaded
-    for cmd in (["distill", "--target", tmp_path / "nope"], ["train-target", "--model", tmp_path / "nope"],
-                ["cache", "--target", tmp_path / "nope"]):
+    for cmd in (
+        ["distill", "--target", tmp_path / "nope"],
+        ["train-target", "--model", tmp_path / "nope"],
+        ["cache", "--target", tmp_path / "nope"],
+    ):
         err = cli_error(capsys, *cmd, "--output", f)
         assert "is an existing file" in err
     assert f.read_text() == "precious"
@@ -88,8 +104,9 @@ def _val_continuations(out: Path) -> Continuations:
     return Continuations.from_json(json.loads(path.read_text()))
 
 
-def test_rerun_with_other_settings_is_refused_until_overwrite(capsys, tmp_path, tiny_target_dir,
-                                                             tiny_draft_dir, tiny_tokenizer):
+def test_rerun_with_other_settings_is_refused_until_overwrite(
+    capsys, tmp_path, tiny_target_dir, tiny_draft_dir, tiny_tokenizer
+):
     out = tmp_path / "run"
     base = ["distill", "--target", tiny_target_dir, "--max-steps", 2, "--lr", "1e-3", *FAST]
     assert run(*base, "--output", out) == 0
@@ -97,8 +114,11 @@ def test_rerun_with_other_settings_is_refused_until_overwrite(capsys, tmp_path, 
     assert fingerprint["target"].startswith(models.model_fingerprint(tiny_target_dir))
     assert "progress" not in fingerprint and "save_every" not in fingerprint
     capsys.readouterr()
-    for flags, field in ((["--lr", "2e-3"], "lr (0.001 vs 0.002)"), (["--max-steps", 3], "max_steps (2 vs 3)"),
-                         (["--method", "adaspec", "--ref", tiny_draft_dir], "method (kd vs adaspec)")):
+    for flags, field in (
+        (["--lr", "2e-3"], "lr (0.001 vs 0.002)"),
+        (["--max-steps", 3], "max_steps (2 vs 3)"),
+        (["--method", "adaspec", "--ref", tiny_draft_dir], "method (kd vs adaspec)"),
+    ):
         err = cli_error(capsys, *base, *flags, "--output", out)
         assert field in err and "--overwrite" in err
     # the same run again resumes (nothing left to do) and so does --no-resume (it retrains in place)
@@ -114,8 +134,10 @@ def test_rerun_with_other_settings_is_refused_until_overwrite(capsys, tmp_path, 
     assert run(*other_base, "--overwrite", "--output", out) == 0
     val = _val_continuations(out)
     prompts = [s[:n] for s, n in zip(old_val.sequences, old_val.prompt_lengths)]
-    assert val.sequences == greedy_continuations(models.load_model(other), prompts, 8,
-                                                 tiny_tokenizer.eos_token_id).sequences
+    assert (
+        val.sequences
+        == greedy_continuations(models.load_model(other), prompts, 8, tiny_tokenizer.eos_token_id).sequences
+    )
     assert json.loads((out / FINGERPRINT).read_text())["target"].startswith(models.model_fingerprint(other))
     assert summary(out)["steps"] == 2
     # --overwrite with the same settings starts over too: the run is trained again from step 0

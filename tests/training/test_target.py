@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import cli_error, run, scalars, summary, weights
 
 from adaspec.training import loop as train
@@ -25,13 +24,31 @@ def assert_same_weights(a: Path, b: Path, atol: float = 1e-6) -> None:
 
 # ------------------------------------------------------------------------------------------ smoke tests
 
+
 def test_train_target_from_preset_with_trained_tokenizer(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     min_vocab = 300  # TrainTargetOptions' floor
     out = tmp_path / "target"
-    assert run("train-target", "--preset", "tiny-neox", "--vocab-size", min_vocab, "--limit", 32,
-               "--batch-size", 8, "--max-steps", 2, "--output", out, *FAST) == 0
+    assert (
+        run(
+            "train-target",
+            "--preset",
+            "tiny-neox",
+            "--vocab-size",
+            min_vocab,
+            "--limit",
+            32,
+            "--batch-size",
+            8,
+            "--max-steps",
+            2,
+            "--output",
+            out,
+            *FAST,
+        )
+        == 0
+    )
     tok = AutoTokenizer.from_pretrained(str(out))
     assert len(tok) == min_vocab
     model = AutoModelForCausalLM.from_pretrained(str(out))
@@ -53,21 +70,75 @@ def test_pretraining_on_the_corpus_then_fine_tuning_on_a_task(tmp_path):
     """reproduce --preset pretrained's first stages: a model built and trained on every task's text with the
     prompts, then fine-tuned on one task's responses with the corpus tokenizer."""
     pre, sft = tmp_path / "pre", tmp_path / "sft"
-    assert run("train-target", "--task", "corpus", "--train-on-prompt", "--preset", "tiny-neox", "--vocab-size", 300,
-               "--limit", 10, "--batch-size", 5, "--max-steps", 2, "--output", pre, *FAST) == 0
-    assert run("train-target", "--task", "mbpp", "--model", pre, "--limit", 8, "--batch-size", 4, "--max-steps", 1,
-               "--output", sft, *FAST) == 0
+    assert (
+        run(
+            "train-target",
+            "--task",
+            "corpus",
+            "--train-on-prompt",
+            "--preset",
+            "tiny-neox",
+            "--vocab-size",
+            300,
+            "--limit",
+            10,
+            "--batch-size",
+            5,
+            "--max-steps",
+            2,
+            "--output",
+            pre,
+            *FAST,
+        )
+        == 0
+    )
+    assert (
+        run(
+            "train-target",
+            "--task",
+            "mbpp",
+            "--model",
+            pre,
+            "--limit",
+            8,
+            "--batch-size",
+            4,
+            "--max-steps",
+            1,
+            "--output",
+            sft,
+            *FAST,
+        )
+        == 0
+    )
     assert summary(pre)["steps"] == 2 and summary(sft)["steps"] == 1
     from transformers import AutoTokenizer
+
     assert AutoTokenizer.from_pretrained(str(sft)).get_vocab() == AutoTokenizer.from_pretrained(str(pre)).get_vocab()
 
 
 def test_train_target_from_model_dir(tmp_path, tiny_target_dir, tiny_tokenizer):
     out = tmp_path / "ft"
-    assert run("train-target", "--model", tiny_target_dir, "--limit", 32, "--batch-size", 8, "--max-steps", 3,
-               "--output", out, *FAST) == 0
+    assert (
+        run(
+            "train-target",
+            "--model",
+            tiny_target_dir,
+            "--limit",
+            32,
+            "--batch-size",
+            8,
+            "--max-steps",
+            3,
+            "--output",
+            out,
+            *FAST,
+        )
+        == 0
+    )
     assert summary(out)["steps"] == 3
     from transformers import AutoTokenizer
+
     assert AutoTokenizer.from_pretrained(str(out)).get_vocab() == tiny_tokenizer.get_vocab()
     before, after = weights(tiny_target_dir), weights(out)
     assert before.keys() == after.keys()
@@ -77,8 +148,29 @@ def test_train_target_from_model_dir(tmp_path, tiny_target_dir, tiny_tokenizer):
 def test_train_target_loss_decreases(tmp_path, tiny_target_dir):
     out = tmp_path / "fit"
     # 16 examples, batch 8: two fixed batches seen 10 times each
-    assert run("train-target", "--model", tiny_target_dir, "--limit", 16, "--batch-size", 8, "--max-steps", 20,
-               "--lr", "1e-2", "--warmup-steps", 2, "--val-every", 0, "--output", out, *FAST) == 0
+    assert (
+        run(
+            "train-target",
+            "--model",
+            tiny_target_dir,
+            "--limit",
+            16,
+            "--batch-size",
+            8,
+            "--max-steps",
+            20,
+            "--lr",
+            "1e-2",
+            "--warmup-steps",
+            2,
+            "--val-every",
+            0,
+            "--output",
+            out,
+            *FAST,
+        )
+        == 0
+    )
     losses = [v for _, v in scalars(out, "train/loss")]
     assert len(losses) == 20
     first, last = sum(losses[:2]) / 2, sum(losses[-2:]) / 2
@@ -90,17 +182,53 @@ def test_train_target_loss_decreases(tmp_path, tiny_target_dir):
 def test_constant_schedule(tmp_path, tiny_target_dir):
     """--schedule constant (the AdaSPEC authors'): linear warm-up, then the peak lr to the last step."""
     out = tmp_path / "constant"
-    assert run("train-target", "--model", tiny_target_dir, "--limit", 8, "--batch-size", 4, "--max-steps", 6,
-               "--lr", "3e-4", "--warmup-steps", 2, "--schedule", "constant", "--val-every", 0, "--output", out,
-               *FAST) == 0
+    assert (
+        run(
+            "train-target",
+            "--model",
+            tiny_target_dir,
+            "--limit",
+            8,
+            "--batch-size",
+            4,
+            "--max-steps",
+            6,
+            "--lr",
+            "3e-4",
+            "--warmup-steps",
+            2,
+            "--schedule",
+            "constant",
+            "--val-every",
+            0,
+            "--output",
+            out,
+            *FAST,
+        )
+        == 0
+    )
     lrs = [v for _, v in scalars(out, "train/lr")]
     assert lrs[0] == pytest.approx(1.5e-4) and lrs[1:] == pytest.approx([3e-4] * 5)
 
 
 # ------------------------------------------------------------------------------------------------ resume
 
-RESUME_ARGS = ["--limit", 16, "--batch-size", 8, "--max-steps", 6, "--save-every", 2, "--val-every", 0,
-               "--lr", "5e-3", "--warmup-steps", 2]
+RESUME_ARGS = [
+    "--limit",
+    16,
+    "--batch-size",
+    8,
+    "--max-steps",
+    6,
+    "--save-every",
+    2,
+    "--val-every",
+    0,
+    "--lr",
+    "5e-3",
+    "--warmup-steps",
+    2,
+]
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +259,9 @@ def _interrupt_at_step(monkeypatch, k: int) -> None:
     monkeypatch.setattr(train, "get_cosine_schedule_with_warmup", patched)
 
 
-def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, tiny_target_dir, uninterrupted, monkeypatch,
-                                                         capsys):
+def test_resume_after_interrupt_matches_uninterrupted_run(
+    tmp_path, tiny_target_dir, uninterrupted, monkeypatch, capsys
+):
     out = tmp_path / "resumed"
     args = ["train-target", "--model", tiny_target_dir, *RESUME_ARGS, "--output", out, *FAST]
     with monkeypatch.context() as m:
@@ -151,8 +280,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, tiny_target_
     assert again[6] == pytest.approx(straight[6], rel=1e-5)
 
 
-def test_kill_while_saving_never_loses_the_finished_save(tmp_path, tiny_target_dir, uninterrupted, monkeypatch,
-                                                         capsys):
+def test_kill_while_saving_never_loses_the_finished_save(tmp_path, tiny_target_dir, uninterrupted, monkeypatch, capsys):
     """A kill between the two renames of an atomic save leaves the previous save as last.old; resume uses it."""
     out = tmp_path / "killed"
     args = ["train-target", "--model", tiny_target_dir, *RESUME_ARGS, "--output", out, *FAST]
@@ -197,6 +325,7 @@ def test_kill_while_writing_a_save_keeps_the_previous_one(tmp_path, tiny_target_
 
 # ------------------------------------------------------------------------------------------------ errors
 
+
 def test_vocab_size_below_minimum_is_refused(capsys, tmp_path):
     err = cli_error(capsys, "train-target", "--preset", "tiny-neox", "--vocab-size", 299, "--output", tmp_path / "o")
     assert "--vocab-size" in err and "300" in err
@@ -205,16 +334,36 @@ def test_vocab_size_below_minimum_is_refused(capsys, tmp_path):
 def test_empty_data_is_refused(capsys, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    err = cli_error(capsys, "train-target", "--preset", "tiny-neox", "--vocab-size", 300, "--data", empty,
-                 "--output", tmp_path / "o", *FAST)
+    err = cli_error(
+        capsys,
+        "train-target",
+        "--preset",
+        "tiny-neox",
+        "--vocab-size",
+        300,
+        "--data",
+        empty,
+        "--output",
+        tmp_path / "o",
+        *FAST,
+    )
     assert "empty" in err and "empty.jsonl" in err
 
 
 def test_empty_task_split_is_refused(capsys, tmp_path, tiny_target_dir):
     (tmp_path / "data" / "gsm8k").mkdir(parents=True)
     (tmp_path / "data" / "gsm8k" / "train.jsonl").write_text("")
-    err = cli_error(capsys, "train-target", "--model", tiny_target_dir, "--data-dir", tmp_path / "data",
-                 "--output", tmp_path / "o", *FAST)
+    err = cli_error(
+        capsys,
+        "train-target",
+        "--model",
+        tiny_target_dir,
+        "--data-dir",
+        tmp_path / "data",
+        "--output",
+        tmp_path / "o",
+        *FAST,
+    )
     assert "no examples" in err
 
 
@@ -225,12 +374,24 @@ def test_missing_and_corrupt_model_are_refused(capsys, tmp_path, tiny_target_dir
     shutil.copytree(tiny_target_dir, corrupt)
     blob = (corrupt / "model.safetensors").read_bytes()
     (corrupt / "model.safetensors").write_bytes(blob[: len(blob) // 2])
-    err = cli_error(capsys, "train-target", "--model", corrupt, "--output", tmp_path / "o", "--limit", 16,
-                 "--batch-size", 8, *FAST)
+    err = cli_error(
+        capsys, "train-target", "--model", corrupt, "--output", tmp_path / "o", "--limit", 16, "--batch-size", 8, *FAST
+    )
     assert "corrupt" in err and str(corrupt) in err
 
 
 def test_batch_larger_than_data_is_refused(capsys, tmp_path, tiny_target_dir):
-    err = cli_error(capsys, "train-target", "--model", tiny_target_dir, "--limit", 4, "--batch-size", 8,
-                 "--output", tmp_path / "o", *FAST)
+    err = cli_error(
+        capsys,
+        "train-target",
+        "--model",
+        tiny_target_dir,
+        "--limit",
+        4,
+        "--batch-size",
+        8,
+        "--output",
+        tmp_path / "o",
+        *FAST,
+    )
     assert "fewer than one batch" in err

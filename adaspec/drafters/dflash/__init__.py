@@ -6,14 +6,20 @@ from adaspec.drafters.dflash.model import CHECKPOINT_KEY, DFlashConfig, DFlashHe
 from adaspec.drafters.family import Family
 
 FAMILY = Family(
-    name="dflash", drafter=DFlashDrafter, head=DFlashHead, signal="layers", recipe="dflash",
+    name="dflash",
+    drafter=DFlashDrafter,
+    head=DFlashHead,
+    signal="layers",
+    recipe="dflash",
     recognizes=lambda config: CHECKPOINT_KEY in config,
-    exports={"vllm": serve_vllm}, unserved={"sglang": "adaspec writes DFlash heads in vLLM's layout only"},
-    target_problem=target_problem, export_command=export_command,
+    exports={"vllm": serve_vllm},
+    unserved={"sglang": "adaspec writes DFlash heads in vLLM's layout only"},
+    target_problem=target_problem,
+    export_command=export_command,
     train_options=lambda gamma, target: {"block_size": gamma + 1},
     max_gamma=lambda head: head.config.max_gamma,
     build_opt_in="trained only when --drafters names it: its heads learn slowly at this scale (greedy α about "
-                 "0.1 after 150 steps on the demo target, docs/dflash.md)",
+    "0.1 after 150 steps on the demo target, docs/dflash.md)",
 )
 
 __all__ = ["DFlashConfig", "DFlashDrafter", "DFlashHead", "FAMILY"]

@@ -21,11 +21,11 @@ from transformers import PreTrainedModel
 
 from adaspec.core.sampling import Sampling
 from adaspec.core.tree import Tree
+from adaspec.core.tree_drafting import per_depth_expand
 from adaspec.core.tree_shape import TreeShape
 from adaspec.drafters.dflash.model import DFlashHead
 from adaspec.drafters.lean_layer import LeanLayer, rms_norm, weight_versions
 from adaspec.drafters.target_parts import TargetParts, target_parts
-from adaspec.core.tree_drafting import per_depth_expand
 from adaspec.errors import AdaspecError
 from adaspec.models import output_vocab_size
 
@@ -40,10 +40,19 @@ class LeanDFlash:
         self.head, self.parts, self.mask_id = head, parts, cfg.mask_token_id
         self.w_fc = head.fc.weight.detach().t().contiguous()
         self.mask = head.mask_embedding.detach()[None]
-        self.layers = [LeanLayer(layer.self_attn, layer.post_attention_layernorm, layer.mlp, cfg.num_heads,
-                                 cfg.num_kv_heads, cfg.head_dim, cfg.rope_theta,
-                                 qk_norms=(layer.self_attn.q_norm, layer.self_attn.k_norm))
-                       for layer in head.layers]
+        self.layers = [
+            LeanLayer(
+                layer.self_attn,
+                layer.post_attention_layernorm,
+                layer.mlp,
+                cfg.num_heads,
+                cfg.num_kv_heads,
+                cfg.head_dim,
+                cfg.rope_theta,
+                qk_norms=(layer.self_attn.q_norm, layer.self_attn.k_norm),
+            )
+            for layer in head.layers
+        ]
         self.length = 0
 
     def crop(self, length: int) -> None:
@@ -74,8 +83,10 @@ class DFlashDrafter:
         self.head = head.eval()
         self.parts = target_parts(target, vocab)
         if self.parts.vocab != head.config.vocab_size:
-            raise AdaspecError(f"the DFlash head was trained for a {head.config.vocab_size}-token vocabulary, "
-                               f"the target has {self.parts.vocab}")
+            raise AdaspecError(
+                f"the DFlash head was trained for a {head.config.vocab_size}-token vocabulary, "
+                f"the target has {self.parts.vocab}"
+            )
         self.hidden_layers: tuple[int, ...] = head.config.hidden_layers
         self.max_gamma: int | None = head.config.max_gamma
         self.versions: tuple[int, ...] | None = None
@@ -110,23 +121,26 @@ class DFlashDrafter:
     def accept(self, n: int, hidden: Tensor | None) -> None:
         self._append(hidden)
         if self.lean.length != n - 1:
-            raise AdaspecError(f"DFlash drafter holds the context of {self.lean.length} positions, "
-                               f"expected {n - 1}")
+            raise AdaspecError(f"DFlash drafter holds the context of {self.lean.length} positions, expected {n - 1}")
 
     @torch.no_grad()
     def block_logits(self, seq: Tensor, n: int, gamma: int) -> Tensor:
         """The logits of block slots 1..γ after seq[:n], [γ, V] (float32): slot j's for the token at n-1+j."""
         if not 1 <= gamma <= self.head.config.max_gamma:
-            raise AdaspecError(f"this DFlash head drafts blocks of {self.head.config.block_size}: at most "
-                               f"{self.head.config.max_gamma} tokens per step, got gamma {gamma}")
+            raise AdaspecError(
+                f"this DFlash head drafts blocks of {self.head.config.block_size}: at most "
+                f"{self.head.config.max_gamma} tokens per step, got gamma {gamma}"
+            )
         hidden = self.lean.block(seq[n - 1].to(self.lean.w_fc.device), gamma)
         return self.parts.logits_of_normed(hidden).float()
 
     @torch.no_grad()
     def propose(self, seq: Tensor, n: int, gamma: int, sampling: Sampling) -> tuple[Tensor, Tensor | None]:
         if n == 1:  # no target feature exists before the first verification: the target takes the step
-            return (torch.empty(0, dtype=torch.long, device=seq.device),
-                    None if sampling.greedy else torch.zeros(0, self.parts.vocab, device=seq.device))
+            return (
+                torch.empty(0, dtype=torch.long, device=seq.device),
+                None if sampling.greedy else torch.zeros(0, self.parts.vocab, device=seq.device),
+            )
         logits = self.block_logits(seq, n, gamma)
         if sampling.greedy:
             return logits.argmax(-1).to(seq.device), None

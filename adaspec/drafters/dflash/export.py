@@ -50,17 +50,30 @@ def serving_problems(cfg: DFlashConfig, target_config: Any | None) -> list[str |
 
 def vllm_config(cfg: DFlashConfig, dtype: torch.dtype) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "architectures": [ARCH], "model_type": "qwen3", "hidden_act": "silu",
-        "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
-        "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
-        "num_hidden_layers": cfg.num_layers, "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
+        "architectures": [ARCH],
+        "model_type": "qwen3",
+        "hidden_act": "silu",
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "num_hidden_layers": cfg.num_layers,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
         # vLLM defaults a Qwen3 draft's rope theta to 1e6 unless the config names it (set_default_rope_theta)
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "max_position_embeddings": cfg.max_position_embeddings, "vocab_size": cfg.vocab_size,
-        "tie_word_embeddings": False, "attention_bias": False, "torch_dtype": str(dtype).removeprefix("torch."),
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "vocab_size": cfg.vocab_size,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "torch_dtype": str(dtype).removeprefix("torch."),
         "block_size": cfg.block_size,
-        "dflash_config": {"mask_token_id": cfg.mask_token_id, "target_layer_ids": list(cfg.hidden_layers),
-                          "block_size": cfg.block_size},
+        "dflash_config": {
+            "mask_token_id": cfg.mask_token_id,
+            "target_layer_ids": list(cfg.hidden_layers),
+            "block_size": cfg.block_size,
+        },
     }
     out.update({k: v for k, v in cfg.extra.items() if k in ("bos_token_id", "eos_token_id", "pad_token_id")})
     return out
@@ -71,8 +84,9 @@ def export_dflash(head: DFlashHead, out_dir: str | Path, dtype: torch.dtype | No
     from safetensors.torch import save_file
 
     cfg = head.config
-    state = {k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous()
-             for k, v in head.state_dict().items()}
+    state = {
+        k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous() for k, v in head.state_dict().items()
+    }
     mask = state.pop("mask_embedding")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

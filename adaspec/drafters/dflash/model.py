@@ -27,11 +27,11 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from adaspec.models.target import config_dims
 from adaspec.drafters.common import GatedMLP, RMSNorm, apply_rope, repeat_kv
 from adaspec.drafters.head_checkpoint import SavedHead, config_from_entry
 from adaspec.drafters.target_parts import TargetParts
 from adaspec.errors import AdaspecError
+from adaspec.models.target import config_dims
 
 CHECKPOINT_KEY = "adaspec_dflash_head"
 # bounds on sizes a user types, checked before anything is allocated
@@ -78,12 +78,17 @@ class DFlashConfig:
             raise AdaspecError(f"a DFlash head has 1..{MAX_DRAFT_LAYERS} layers, got {self.num_layers}")
         if self.num_heads % self.num_kv_heads:
             raise AdaspecError(f"{self.num_heads} attention heads are not a multiple of {self.num_kv_heads} KV heads")
-        layers = (default_target_layers(self.target_num_layers, self.num_layers) if self.target_layers is None
-                  else tuple(int(i) for i in self.target_layers))
+        layers = (
+            default_target_layers(self.target_num_layers, self.num_layers)
+            if self.target_layers is None
+            else tuple(int(i) for i in self.target_layers)
+        )
         bad = [i for i in layers if not 0 <= i < self.target_num_layers]
         if not layers or bad:
-            raise AdaspecError(f"target layers {list(layers)} are out of range for a {self.target_num_layers}-layer "
-                               f"target (use 0..{self.target_num_layers - 1})")
+            raise AdaspecError(
+                f"target layers {list(layers)} are out of range for a {self.target_num_layers}-layer "
+                f"target (use 0..{self.target_num_layers - 1})"
+            )
         if list(layers) != sorted(set(layers)):  # vLLM captures them in layer order, each once
             raise AdaspecError(f"target layers must be strictly increasing, got {list(layers)}")
         self.target_layers = layers
@@ -119,13 +124,22 @@ class DFlashConfig:
         theta = rope.get("rope_theta") if isinstance(rope, dict) else None
         ctx = getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None) or 2048
         values: dict[str, Any] = dict(
-            hidden_size=hidden, vocab_size=int(target.get_output_embeddings().weight.shape[0]), num_heads=heads,
-            num_kv_heads=int(getattr(c, "num_key_value_heads", None) or heads), head_dim=hidden // heads,
-            intermediate_size=int(inter), target_num_layers=layers,
+            hidden_size=hidden,
+            vocab_size=int(target.get_output_embeddings().weight.shape[0]),
+            num_heads=heads,
+            num_kv_heads=int(getattr(c, "num_key_value_heads", None) or heads),
+            head_dim=hidden // heads,
+            intermediate_size=int(inter),
+            target_num_layers=layers,
             rms_norm_eps=float(getattr(c, "rms_norm_eps", None) or 1e-6),
-            rope_theta=float(theta or getattr(c, "rope_theta", None) or 10000.0), max_position_embeddings=int(ctx),
-            extra={k: getattr(c, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-                   if isinstance(getattr(c, k, None), int)})
+            rope_theta=float(theta or getattr(c, "rope_theta", None) or 10000.0),
+            max_position_embeddings=int(ctx),
+            extra={
+                k: getattr(c, k)
+                for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                if isinstance(getattr(c, k, None), int)
+            },
+        )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -220,8 +234,14 @@ class DFlashHead(SavedHead, nn.Module):
         ids[..., 1:] = self.config.mask_token_id
         return ids
 
-    def forward(self, parts: TargetParts, features: Tensor, input_ids: Tensor, anchors: Tensor,
-                attention_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        parts: TargetParts,
+        features: Tensor,
+        input_ids: Tensor,
+        anchors: Tensor,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
         """The training forward: for every anchor a (anchors [B, K], 1 <= a < T) the block
         [x_a, MASK, ...] at positions a..a+B-1 sees the context rows of positions < a (real tokens only)
         and its own block. features [B, T, layers * H], input_ids [B, T]. Returns the logits of slots
@@ -234,8 +254,11 @@ class DFlashHead(SavedHead, nn.Module):
         seen = torch.arange(t, device=anchors.device) < anchors[:, :, None]  # [B, K, T]
         if attention_mask is not None:
             seen = seen & attention_mask.bool()[:, None, :]
-        own = torch.eye(k, dtype=torch.bool, device=anchors.device).repeat_interleave(width, 0) \
+        own = (
+            torch.eye(k, dtype=torch.bool, device=anchors.device)
+            .repeat_interleave(width, 0)
             .repeat_interleave(width, 1)
+        )
         mask = torch.cat([seen.repeat_interleave(width, 1), own.expand(b, -1, -1)], dim=-1)[:, None]
         ctx_positions = torch.arange(t, device=anchors.device)
         for layer in self.layers:
@@ -243,4 +266,3 @@ class DFlashHead(SavedHead, nn.Module):
             x = layer(x, positions, ctx_k, ctx_v, mask)
         logits = parts.logits_of_normed(self.norm(x))
         return logits.view(b, k, width, -1)[:, :, 1:]
-

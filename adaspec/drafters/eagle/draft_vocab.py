@@ -9,7 +9,7 @@ vocabulary. Proposals are always target ids; a draft distribution has q = 0 outs
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -72,8 +72,7 @@ def restrict_to_draft(target_values: Tensor, d2t: Tensor) -> Tensor:
     return target_values.index_select(-1, draft_ids(d2t))
 
 
-def restrict_topk_to_draft(ids: Tensor, logprobs: Tensor, t2d: Tensor,
-                           floor: float = 1e-8) -> tuple[Tensor, Tensor]:
+def restrict_topk_to_draft(ids: Tensor, logprobs: Tensor, t2d: Tensor, floor: float = 1e-8) -> tuple[Tensor, Tensor]:
     """A cached top-K teacher (target ids [..., K], log-probabilities [..., K]) as a distribution over the
     draft vocabulary `t2d` (bool mask over target ids, N of them set): the sparse counterpart of
     `restrict_to_draft` followed by a softmax.

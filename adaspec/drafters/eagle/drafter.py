@@ -11,7 +11,8 @@ not the target's (as the EAGLE reference re-runs them).
 Trees (EAGLE-2): the pending pairs run first as for a chain; their last output gives the root's
 children. Each later round feeds the frontier nodes together, each with its parent's output as the hidden
 and its own token, at position n-2+depth, attending to the real pairs, its ancestors' rows and itself
-(tree attention in the head's own layer): one head forward per depth, as a chain. After verification the draft rows are dropped and the accepted path re-run with the target's
+(tree attention in the head's own layer): one head forward per depth, as a chain. After verification the draft rows
+are dropped and the accepted path re-run with the target's
 features (`keep_tree_rows` False, the reference's choice: what the head is run on at every other position);
 with True the fed rows of the accepted path are kept (`LeanLayer.keep`) and only the positions after
 them run on target features. benchmarks/tree.py measures both (README).
@@ -29,19 +30,20 @@ from transformers import PreTrainedModel
 
 from adaspec.core.sampling import Sampling
 from adaspec.core.tree import Tree
+from adaspec.core.tree_drafting import TreeRows, top_children
 from adaspec.core.tree_shape import TreeShape
 from adaspec.drafters.eagle.draft_vocab import to_target_space
 from adaspec.drafters.eagle.model import EagleHead
 from adaspec.drafters.lean_layer import LeanLayer, rms_norm, weight_versions
-from adaspec.core.tree_drafting import TreeRows, top_children
 from adaspec.errors import AdaspecError
 from adaspec.models import output_vocab_size
 
 
 def load_target_check(head_vocab: int, target_vocab: int, path: str) -> None:
     if head_vocab != target_vocab:
-        raise AdaspecError(f"the head in {path} was trained for a {head_vocab}-token vocabulary, the target "
-                           f"has {target_vocab}")
+        raise AdaspecError(
+            f"the head in {path} was trained for a {head_vocab}-token vocabulary, the target has {target_vocab}"
+        )
 
 
 class LeanEagle:
@@ -51,19 +53,30 @@ class LeanEagle:
         cfg, layer = head.config, head.layer
         self.head, self.fused, self.eagle3 = head, layer.fused, cfg.variant == "eagle3"
         self.embed = head.embed_tokens.weight.detach()
-        self.layer = LeanLayer(layer.self_attn, layer.post_attention_layernorm, layer.mlp, cfg.num_heads,
-                               cfg.num_kv_heads, cfg.head_dim, cfg.rope_theta)
+        self.layer = LeanLayer(
+            layer.self_attn,
+            layer.post_attention_layernorm,
+            layer.mlp,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.rope_theta,
+        )
 
-    def step(self, tokens: Tensor, hidden: Tensor, positions: Tensor | None = None,
-             visible: Tensor | None = None) -> Tensor:
+    def step(
+        self, tokens: Tensor, hidden: Tensor, positions: Tensor | None = None, visible: Tensor | None = None
+    ) -> Tensor:
         """`EagleHead.step` for tokens [T] and hidden [T, H] after the cached rows (positions and visible
         as `LeanLayer.run`): the output hidden [T, H]."""
         emb = F.embedding(tokens, self.embed).to(hidden.dtype)
         if not self.eagle3:
             hidden = self.head.fc(torch.cat([emb, hidden], dim=-1))
         layer = self.head.layer
-        x = torch.cat([rms_norm(emb, layer.input_layernorm), rms_norm(hidden, layer.hidden_norm)], dim=-1) \
-            if self.fused else hidden
+        x = (
+            torch.cat([rms_norm(emb, layer.input_layernorm), rms_norm(hidden, layer.hidden_norm)], dim=-1)
+            if self.fused
+            else hidden
+        )
         return self.layer.run(x, hidden, positions, visible)
 
     def logits(self, hidden: Tensor) -> Tensor:
@@ -83,7 +96,7 @@ class EagleDrafter:
         self._reset()
 
     @classmethod
-    def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> "EagleDrafter":
+    def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> EagleDrafter:
         """The drafter of a head saved by `train-head --kind eagle`, on the target's device and dtype."""
         p = next(target.parameters())
         head = EagleHead.from_pretrained(path).to(device=p.device, dtype=p.dtype)
@@ -117,8 +130,10 @@ class EagleDrafter:
     def propose(self, seq: Tensor, n: int, gamma: int, sampling: Sampling) -> tuple[Tensor, Tensor | None]:
         vocab = self.head.config.vocab_size
         if n == 1:  # no target feature exists before the first verification: nothing to draft from
-            return (torch.empty(0, dtype=torch.long, device=self.device),
-                    None if sampling.greedy else torch.zeros(0, vocab, device=self.device))
+            return (
+                torch.empty(0, dtype=torch.long, device=self.device),
+                None if sampling.greedy else torch.zeros(0, vocab, device=self.device),
+            )
         hidden = self._run_pending(seq, n)
         proposals, draft_probs = [], []
         for i in range(gamma):
@@ -138,9 +153,10 @@ class EagleDrafter:
         """Run the pairs of real target features not in the cache yet; the last output [1, H]."""
         m = 0 if self.pending is None else self.pending.shape[0]
         if self.real + m != n - 1 or m == 0:
-            raise RuntimeError(f"EAGLE drafter out of step: {self.real} cached + {m} pending features for "
-                               f"{n} accepted tokens")
-        hidden = self.lean.step(seq[self.real + 1:n].to(self.device), self.pending)[-1:]
+            raise RuntimeError(
+                f"EAGLE drafter out of step: {self.real} cached + {m} pending features for {n} accepted tokens"
+            )
+        hidden = self.lean.step(seq[self.real + 1 : n].to(self.device), self.pending)[-1:]
         self.real, self.pending = n - 1, None
         return hidden
 
@@ -170,7 +186,7 @@ class EagleDrafter:
                 positions = (tree.depths[nodes] + (n - 2)).to(self.device)
                 out = lean.step(tree.tokens[nodes].to(self.device), prev, positions, visible)
                 for r, i in enumerate(ids):
-                    outputs[i] = out[r:r + 1]
+                    outputs[i] = out[r : r + 1]
             draft_ids, logp = top_children(lean.logits(out), k, sampling)
             return self.head.draft_to_target(draft_ids), logp
 
@@ -191,4 +207,4 @@ class EagleDrafter:
         kept = rows.fed_prefix(tree, path.tolist())
         self.lean.layer.keep(self.real, kept)
         self.real += len(kept)
-        self._take(None if hidden is None else hidden[:, len(kept):])
+        self._take(None if hidden is None else hidden[:, len(kept) :])

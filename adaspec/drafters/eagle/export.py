@@ -65,12 +65,23 @@ def server_default_aux_ids(num_layers: int) -> list[int]:
 
 def _llama_config(cfg: EagleConfig, arch: str, dtype: torch.dtype) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "architectures": [arch], "model_type": "llama", "hidden_act": "silu",
-        "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
-        "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
-        "num_hidden_layers": 1, "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
-        "rope_scaling": None, "max_position_embeddings": cfg.max_position_embeddings,
-        "vocab_size": cfg.vocab_size, "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
+        "architectures": [arch],
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "num_hidden_layers": 1,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": None,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "vocab_size": cfg.vocab_size,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "mlp_bias": False,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
     out.update({k: v for k, v in cfg.extra.items() if k in ("bos_token_id", "eos_token_id", "pad_token_id")})
@@ -78,13 +89,17 @@ def _llama_config(cfg: EagleConfig, arch: str, dtype: torch.dtype) -> dict[str, 
 
 
 def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-            for k, v in state.items()}
+    return {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in state.items()
+    }
 
 
 def _write(out_dir: str | Path, config: dict[str, Any], weights: dict[str, torch.Tensor], server: str) -> Path:
-    config["adaspec_export"] = {"server": server, "checked_with": f"vllm {VLLM_VERSION}" if server == "vllm"
-                                else "sglang loader source (not run here)"}
+    config["adaspec_export"] = {
+        "server": server,
+        "checked_with": f"vllm {VLLM_VERSION}" if server == "vllm" else "sglang loader source (not run here)",
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -103,8 +118,7 @@ def _check_server(server: str) -> None:
         raise AdaspecError(f"unknown server {server!r}; choose one of: {', '.join(SERVERS)}")
 
 
-def export_eagle3(head: EagleHead, out_dir: str | Path, dtype: torch.dtype | None = None,
-                  server: str = "vllm") -> Path:
+def export_eagle3(head: EagleHead, out_dir: str | Path, dtype: torch.dtype | None = None, server: str = "vllm") -> Path:
     """Write `head` (EAGLE-3) as a `LlamaForCausalLMEagle3` directory for `server` (vllm or sglang); weights
     in `dtype` (default: as trained)."""
     cfg = head.config
@@ -122,14 +136,15 @@ def export_eagle3(head: EagleHead, out_dir: str | Path, dtype: torch.dtype | Non
         config["target_hidden_size"] = cfg.target_hidden_size
     if server_aux_ids(cfg) != server_default_aux_ids(cfg.target_num_layers):
         config["eagle_aux_hidden_state_layer_ids"] = server_aux_ids(cfg)  # vLLM
-        config["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": list(cfg.hidden_layers),  # SGLang
-                                  "use_aux_hidden_state": True}
+        config["eagle_config"] = {
+            "eagle_aux_hidden_state_layer_ids": list(cfg.hidden_layers),  # SGLang
+            "use_aux_hidden_state": True,
+        }
     config["adaspec"] = cfg.to_dict()
     return _write(out_dir, config, weights, server)
 
 
-def export_eagle1(head: EagleHead, out_dir: str | Path, dtype: torch.dtype | None = None,
-                  server: str = "vllm") -> Path:
+def export_eagle1(head: EagleHead, out_dir: str | Path, dtype: torch.dtype | None = None, server: str = "vllm") -> Path:
     """Write `head` (EAGLE-1/2) as `server` loads it: vLLM's `EagleLlamaForCausalLM` (no fc bias) or SGLang's
     `LlamaForCausalLMEagle` (fc bias, zeros when the head has none); the target's lm_head is not written."""
     cfg = head.config
@@ -141,8 +156,10 @@ def export_eagle1(head: EagleHead, out_dir: str | Path, dtype: torch.dtype | Non
         state.setdefault("fc.bias", torch.zeros(cfg.hidden_size, dtype=head.fc.weight.dtype))
     elif "fc.bias" in state:
         if float(state["fc.bias"].abs().max()) > 0:
-            raise AdaspecError("this EAGLE-1 head was trained with an fc bias, which vLLM's EagleLlamaForCausalLM "
-                               "lacks: export it for SGLang (--server sglang), or train it without (the default)")
+            raise AdaspecError(
+                "this EAGLE-1 head was trained with an fc bias, which vLLM's EagleLlamaForCausalLM "
+                "lacks: export it for SGLang (--server sglang), or train it without (the default)"
+            )
         del state["fc.bias"]
     weights = _cast(state, dtype)
     config = _llama_config(cfg, EAGLE1_VLLM_ARCH if server == "vllm" else EAGLE1_ARCH, weights["fc.weight"].dtype)
@@ -151,6 +168,7 @@ def export_eagle1(head: EagleHead, out_dir: str | Path, dtype: torch.dtype | Non
 
 
 # ---- the family's exports (adaspec.drafters.family) ----
+
 
 def servable_variant(target: dict[str, Any]) -> str:
     """EAGLE-3 where vLLM can read three distinct auxiliary hidden states of the target (a family exposing
@@ -187,6 +205,7 @@ def export_command(request: ExportRequest) -> None:
 
 # ---- re-import ----
 
+
 def _num_layers(target: PreTrainedModel) -> int:
     return int(getattr(target.config, "num_hidden_layers", None) or target.config.n_layer)
 
@@ -202,14 +221,21 @@ def _config_from_llama(config: dict[str, Any], target: PreTrainedModel) -> Eagle
             aux = tuple(config["eagle_config"]["eagle_aux_hidden_state_layer_ids"])
     hidden = config["hidden_size"]
     return EagleConfig(
-        hidden_size=hidden, target_hidden_size=config.get("target_hidden_size", hidden),
-        vocab_size=config["vocab_size"], draft_vocab_size=config.get("draft_vocab_size") or config["vocab_size"],
+        hidden_size=hidden,
+        target_hidden_size=config.get("target_hidden_size", hidden),
+        vocab_size=config["vocab_size"],
+        draft_vocab_size=config.get("draft_vocab_size") or config["vocab_size"],
         num_heads=config["num_attention_heads"],
         num_kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
-        intermediate_size=config["intermediate_size"], target_num_layers=_num_layers(target),
-        rms_norm_eps=config.get("rms_norm_eps", 1e-6), rope_theta=config.get("rope_theta", 10000.0),
-        max_position_embeddings=config.get("max_position_embeddings", 2048), aux_layers=aux, variant=variant,
-        head_dim=config.get("head_dim"))
+        intermediate_size=config["intermediate_size"],
+        target_num_layers=_num_layers(target),
+        rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+        rope_theta=config.get("rope_theta", 10000.0),
+        max_position_embeddings=config.get("max_position_embeddings", 2048),
+        aux_layers=aux,
+        variant=variant,
+        head_dim=config.get("head_dim"),
+    )
 
 
 def load_exported(path: str | Path, target: PreTrainedModel | None = None) -> EagleHead:
@@ -221,8 +247,9 @@ def load_exported(path: str | Path, target: PreTrainedModel | None = None) -> Ea
     config = json.loads((root / "config.json").read_text())
     arch = config.get("architectures", [])
     if EAGLE3_ARCH not in arch and not set(EAGLE1_ARCHS) & set(arch):
-        raise AdaspecError(f"{path} holds a {arch} model, not an EAGLE head ({EAGLE3_ARCH} or "
-                           f"{' / '.join(EAGLE1_ARCHS)})")
+        raise AdaspecError(
+            f"{path} holds a {arch} model, not an EAGLE head ({EAGLE3_ARCH} or {' / '.join(EAGLE1_ARCHS)})"
+        )
     if "adaspec" in config:
         cfg = EagleConfig.from_dict(config["adaspec"])
     elif target is None:
@@ -251,7 +278,8 @@ def load_exported(path: str | Path, target: PreTrainedModel | None = None) -> Ea
         raise AdaspecError(f"{path} does not match its config: missing {missing}, unexpected {unexpected}")
     for name, value in weights.items():
         if tuple(value.shape) != tuple(state[name].shape):
-            raise AdaspecError(f"{path}: {name} has shape {tuple(value.shape)}, the config implies "
-                               f"{tuple(state[name].shape)}")
+            raise AdaspecError(
+                f"{path}: {name} has shape {tuple(value.shape)}, the config implies {tuple(state[name].shape)}"
+            )
     head.load_state_dict({k: v.to(state[k].dtype) for k, v in weights.items()})
     return head.eval()

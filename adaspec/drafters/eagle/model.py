@@ -23,18 +23,19 @@ Layer ids follow adaspec.models.target: i = output of decoder layer i, -1 = fina
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from adaspec.models.target import FINAL, config_dims, default_aux_layers
 from adaspec.drafters.common import GatedMLP, RMSNorm, apply_rope
 from adaspec.drafters.eagle.draft_vocab import vocab_maps
 from adaspec.drafters.head_checkpoint import SavedHead, config_from_entry
 from adaspec.errors import AdaspecError
+from adaspec.models.target import FINAL, config_dims, default_aux_layers
 
 VARIANTS = ("eagle3", "eagle1")
 CHECKPOINT_KEY = "adaspec_eagle_head"  # config.json of a head checkpoint (the export formats are adaspec.export)
@@ -46,11 +47,15 @@ def aux_layers_problem(cfg: EagleConfig) -> str | None:
     """Why vLLM and SGLang cannot capture an EAGLE-3 head's aux layers, or None."""
     layers, last = cfg.hidden_layers, cfg.target_num_layers - 1
     if last in layers:
-        return (f"aux layer {last} is the target's last decoder layer, whose output vLLM and SGLang cannot "
-                f"capture: use layers 0..{last - 1}")
+        return (
+            f"aux layer {last} is the target's last decoder layer, whose output vLLM and SGLang cannot "
+            f"capture: use layers 0..{last - 1}"
+        )
     if len(set(layers)) != len(layers):
-        return (f"aux layers {list(layers)} repeat a layer, which vLLM and SGLang capture only once: a "
-                f"{cfg.target_num_layers}-layer target is too shallow to export an EAGLE-3 head")
+        return (
+            f"aux layers {list(layers)} repeat a layer, which vLLM and SGLang capture only once: a "
+            f"{cfg.target_num_layers}-layer target is too shallow to export an EAGLE-3 head"
+        )
     return None
 
 
@@ -85,15 +90,19 @@ class EagleConfig:
         if self.num_heads % self.num_kv_heads:
             raise AdaspecError(f"{self.num_heads} attention heads are not a multiple of {self.num_kv_heads} KV heads")
         if not 0 < self.draft_vocab_size <= self.vocab_size:
-            raise AdaspecError(f"draft vocabulary size {self.draft_vocab_size} must be in 1..{self.vocab_size} "
-                               "(the target's vocabulary)")
+            raise AdaspecError(
+                f"draft vocabulary size {self.draft_vocab_size} must be in 1..{self.vocab_size} "
+                "(the target's vocabulary)"
+            )
         if self.variant == "eagle1":
             if self.aux_layers not in (None, (FINAL,), [FINAL]):
                 raise AdaspecError("the EAGLE-1 head reads only the target's final normed state (layer -1)")
             self.aux_layers = (FINAL,)
             if self.hidden_size != self.target_hidden_size:
-                raise AdaspecError(f"an EAGLE-1 head regresses the target's features, so its hidden size "
-                                   f"({self.hidden_size}) must equal the target's ({self.target_hidden_size})")
+                raise AdaspecError(
+                    f"an EAGLE-1 head regresses the target's features, so its hidden size "
+                    f"({self.hidden_size}) must equal the target's ({self.target_hidden_size})"
+                )
             if self.draft_vocab_size != self.vocab_size:
                 raise AdaspecError("an EAGLE-1 head uses the target's lm_head: it cannot have a reduced vocabulary")
             return
@@ -102,8 +111,10 @@ class EagleConfig:
             raise AdaspecError(f"an EAGLE-3 head fuses exactly 3 target layers, got {list(layers)}")
         bad = [i for i in layers if not 0 <= i < self.target_num_layers]
         if bad:
-            raise AdaspecError(f"aux layers {bad} are out of range for a {self.target_num_layers}-layer target "
-                               f"(use 0..{self.target_num_layers - 1})")
+            raise AdaspecError(
+                f"aux layers {bad} are out of range for a {self.target_num_layers}-layer target "
+                f"(use 0..{self.target_num_layers - 1})"
+            )
         self.aux_layers = tuple(int(i) for i in layers)
 
     @property
@@ -133,25 +144,37 @@ class EagleConfig:
         rope = getattr(c, "rope_parameters", None) or {}
         theta = rope.get("rope_theta") if isinstance(rope, dict) else None
         ctx = getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None) or 2048
-        extra = {k: getattr(c, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-                 if isinstance(getattr(c, k, None), int)}
+        extra = {
+            k: getattr(c, k)
+            for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+            if isinstance(getattr(c, k, None), int)
+        }
         values: dict[str, Any] = dict(
-            hidden_size=hidden, target_hidden_size=hidden,
+            hidden_size=hidden,
+            target_hidden_size=hidden,
             vocab_size=int(target.get_output_embeddings().weight.shape[0]),
-            num_heads=heads, num_kv_heads=int(getattr(c, "num_key_value_heads", None) or heads),
-            intermediate_size=int(inter), target_num_layers=layers,
+            num_heads=heads,
+            num_kv_heads=int(getattr(c, "num_key_value_heads", None) or heads),
+            intermediate_size=int(inter),
+            target_num_layers=layers,
             rms_norm_eps=float(getattr(c, "rms_norm_eps", 1e-6)),
             rope_theta=float(theta or getattr(c, "rope_theta", None) or 10000.0),
-            max_position_embeddings=int(ctx), variant=variant, extra=extra)
+            max_position_embeddings=int(ctx),
+            variant=variant,
+            extra=extra,
+        )
         values.update(overrides)
         values.setdefault("draft_vocab_size", values["vocab_size"])
         if "hidden_size" in overrides and "num_heads" not in overrides and values["hidden_size"] % heads:
-            raise AdaspecError(f"head hidden size {values['hidden_size']} is not divisible by the target's "
-                               f"{heads} heads: pass num_heads")
+            raise AdaspecError(
+                f"head hidden size {values['hidden_size']} is not divisible by the target's "
+                f"{heads} heads: pass num_heads"
+            )
         return cls(**values)
 
 
 # ---- the layer ----
+
 
 class EagleAttention(nn.Module):
     def __init__(self, in_size: int, cfg: EagleConfig):
@@ -195,6 +218,7 @@ class EagleLayer(nn.Module):
 
 # ---- the head ----
 
+
 class EagleHead(SavedHead, nn.Module):
     """The EAGLE head's weights and its pure forward pieces (the drafter and the TTT unroll drive them)."""
 
@@ -225,8 +249,9 @@ class EagleHead(SavedHead, nn.Module):
         self.register_buffer("t2d", torch.ones(cfg.vocab_size, dtype=torch.bool))
 
     @classmethod
-    def from_target(cls, target: PreTrainedModel, cfg: EagleConfig | None = None, seed: int = 0,
-                    draft_tokens: Tensor | None = None) -> EagleHead:
+    def from_target(
+        cls, target: PreTrainedModel, cfg: EagleConfig | None = None, seed: int = 0, draft_tokens: Tensor | None = None
+    ) -> EagleHead:
         """A fresh head for `target`: random layer weights (seeded), the target's embeddings copied in (and,
         for EAGLE-1, its lm_head); `draft_tokens` (sorted target ids) sets a reduced draft vocabulary."""
         cfg = cfg or EagleConfig.for_target(target)
@@ -235,8 +260,10 @@ class EagleHead(SavedHead, nn.Module):
             head = cls(cfg)
         emb = target.get_input_embeddings().weight
         if emb.shape[0] < cfg.vocab_size:
-            raise AdaspecError(f"the target's embedding has {emb.shape[0]} rows, fewer than its "
-                               f"{cfg.vocab_size}-token output vocabulary")
+            raise AdaspecError(
+                f"the target's embedding has {emb.shape[0]} rows, fewer than its "
+                f"{cfg.vocab_size}-token output vocabulary"
+            )
         with torch.no_grad():
             if emb.shape[1] == cfg.hidden_size:
                 head.embed_tokens.weight.copy_(emb[: cfg.vocab_size])
@@ -254,8 +281,10 @@ class EagleHead(SavedHead, nn.Module):
         """Use the given target ids (strictly increasing) as the draft vocabulary, in that order."""
         d2t, t2d = vocab_maps(token_ids, self.config.vocab_size)
         if d2t.numel() != self.config.draft_vocab_size:
-            raise AdaspecError(f"{d2t.numel()} draft tokens given for a head with a {self.config.draft_vocab_size}-"
-                               "token draft vocabulary")
+            raise AdaspecError(
+                f"{d2t.numel()} draft tokens given for a head with a {self.config.draft_vocab_size}-"
+                "token draft vocabulary"
+            )
         self.d2t.copy_(d2t)
         self.t2d.copy_(t2d)
 
@@ -280,10 +309,8 @@ class EagleHead(SavedHead, nn.Module):
         """Logits over the draft vocabulary from the layer's output."""
         return self.lm_head(self.norm(hidden) if self.config.variant == "eagle3" else hidden)
 
-    def forward(self, target_hidden: Tensor, input_ids: Tensor, steps: int,
-                attention_mask: Tensor | None = None):
+    def forward(self, target_hidden: Tensor, input_ids: Tensor, steps: int, attention_mask: Tensor | None = None):
         """The training forward: adaspec.drafters.eagle.training.unroll (a module call, so DDP wraps it)."""
         from adaspec.drafters.eagle.training import unroll  # eagle_ttt builds on this module
 
         return unroll(self, target_hidden, input_ids, steps, attention_mask)
-

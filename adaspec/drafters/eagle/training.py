@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from adaspec.drafters.common import repeat_kv
 from adaspec.distill.teacher import TopK
+from adaspec.drafters.common import repeat_kv
 from adaspec.drafters.eagle.draft_vocab import draft_ids, restrict_to_draft, restrict_topk_to_draft
 from adaspec.drafters.eagle.model import EagleHead
 from adaspec.drafters.family import HeadForward
@@ -63,7 +63,7 @@ class _UnrollAttention:
         weights = torch.softmax(torch.cat(scores, dim=-1), dim=-1, dtype=torch.float32).to(q.dtype)
         out = weights[..., :t] @ self.values[0]
         for i, vi in enumerate(self.values[1:]):
-            out = out + weights[..., t + i: t + i + 1] * vi
+            out = out + weights[..., t + i : t + i + 1] * vi
         return out
 
 
@@ -76,8 +76,9 @@ def shift_steps(x: Tensor, steps: int, fill: float | bool = 0) -> Tensor:
     return out
 
 
-def unroll(head: EagleHead, target_hidden: Tensor, input_ids: Tensor, steps: int,
-           attention_mask: Tensor | None = None) -> Unrolled:
+def unroll(
+    head: EagleHead, target_hidden: Tensor, input_ids: Tensor, steps: int, attention_mask: Tensor | None = None
+) -> Unrolled:
     """Run `steps` TTT steps. target_hidden [B, T, layers * H_target] (EAGLE-3: the aux layers concatenated in
     the head's order; EAGLE-1: the final normed state), input_ids [B, T], attention_mask [B, T] (1 = real
     token, right padding). Returns logits and hidden aligned as the module docstring says."""
@@ -110,11 +111,13 @@ def eagle_forward(head: EagleHead, depth: int) -> HeadForward:
     depth j+1: index t of step j predicts token t+1+j from the features of t-1, so depth j+1 at position i is
     unroll index i+1), its draft-vocabulary logits scattered over the target's vocabulary (-inf elsewhere, so
     argmax and softmax are the drafter's)."""
+
     def forward(hidden: Tensor, ids: Tensor) -> list[Tensor]:
         logits = unroll(head, hidden, ids, depth).logits.float()
         full = logits.new_full((*logits.shape[:-1], head.config.vocab_size), float("-inf"))
         full = full.index_copy_(-1, draft_ids(head.d2t), logits)
         return [full[j][:, 1:] for j in range(depth)]
+
     return forward
 
 
@@ -123,8 +126,9 @@ def _from_index_1(per_step: list[Tensor]) -> Tensor:
     return torch.nn.functional.pad(torch.stack(per_step), (0, 0, 1, 0))
 
 
-def unrolled_logits(head: EagleHead, target_hidden: Tensor, input_ids: Tensor, steps: int,
-                    attention_mask: Tensor | None = None) -> Tensor:
+def unrolled_logits(
+    head: EagleHead, target_hidden: Tensor, input_ids: Tensor, steps: int, attention_mask: Tensor | None = None
+) -> Tensor:
     """[steps, B, T, V_draft] draft logits; see `unroll`."""
     return unroll(head, target_hidden, input_ids, steps, attention_mask).logits
 

@@ -16,7 +16,5 @@ def serve(server: str, path: str, out: Path) -> Served:
     """The draft model in `path` for `server`: a folder copied to `out`, a hub id as it is (the server fetches it)."""
     if not Path(path).is_dir():
         return Served(METHODS[server], path)
-    shutil.copytree(path, out, ignore=shutil.ignore_patterns("last*", "best", "logs", "*.json.tmp"),
-                    dirs_exist_ok=True)
+    shutil.copytree(path, out, ignore=shutil.ignore_patterns("last*", "best", "logs", "*.json.tmp"), dirs_exist_ok=True)
     return Served(METHODS[server], str(out))
-

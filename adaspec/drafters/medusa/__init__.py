@@ -8,9 +8,14 @@ from adaspec.drafters.medusa.model import MedusaDrafter, MedusaHeads
 from adaspec.drafters.multi_token_loss import teacher_forced
 
 FAMILY = Family(
-    name="medusa", drafter=MedusaDrafter, head=MedusaHeads, signal="final", recipe="multi_token",
+    name="medusa",
+    drafter=MedusaDrafter,
+    head=MedusaHeads,
+    signal="final",
+    recipe="multi_token",
     recognizes=lambda config: adaspec_kind(config) == "medusa",
-    exports={"vllm": serve_vllm}, unserved={"sglang": "SGLang serves no Medusa heads"},
+    exports={"vllm": serve_vllm},
+    unserved={"sglang": "SGLang serves no Medusa heads"},
     export_command=export_command,
     train_options=lambda gamma, target: {"depth": gamma},
     max_gamma=lambda heads: heads.cfg.heads,

@@ -29,17 +29,25 @@ from adaspec.models.servable import VLLM_VERSION
 
 def vllm_config(cfg: MedusaConfig) -> dict:
     return {
-        "architectures": ["MedusaModel"], "model_type": "medusa",
-        "hidden_size": cfg.hidden, "vocab_size": cfg.vocab, "truncated_vocab_size": cfg.vocab,
-        "num_heads": cfg.heads, "num_hidden_layers": cfg.layers, "max_paths": 64, "topk": 10,
-        "medusa_fc_bias": cfg.bias, "original_lm_head": cfg.shared_head,
+        "architectures": ["MedusaModel"],
+        "model_type": "medusa",
+        "hidden_size": cfg.hidden,
+        "vocab_size": cfg.vocab,
+        "truncated_vocab_size": cfg.vocab,
+        "num_heads": cfg.heads,
+        "num_hidden_layers": cfg.layers,
+        "max_paths": 64,
+        "topk": 10,
+        "medusa_fc_bias": cfg.bias,
+        "original_lm_head": cfg.shared_head,
         "adaspec": {"kind": "medusa", **cfg.to_dict()},
         "adaspec_export": {"server": "vllm", "checked_with": f"vllm {VLLM_VERSION}"},
     }
 
 
-def save_medusa(heads: MedusaHeads, path: str | os.PathLike, target: PreTrainedModel | None = None,
-                state_dict: dict | None = None) -> None:
+def save_medusa(
+    heads: MedusaHeads, path: str | os.PathLike, target: PreTrainedModel | None = None, state_dict: dict | None = None
+) -> None:
     """Write config.json and model.safetensors (`state_dict`: the weights to write, default the heads').
     vLLM loads a shared head from the draft checkpoint (`lm_heads.0.weight`): heads sharing the target's
     head get it from `target`; without one (training checkpoints) adaspec still loads them, vLLM not."""
@@ -79,7 +87,8 @@ def export_command(request: ExportRequest) -> None:
     target = request.target_model()
     heads = load_medusa(request.head).to(request.dtype)
     if heads.cfg.shared_head and target is None:
-        raise AdaspecError("these Medusa heads share the target's lm_head, which vLLM reads from the export: "
-                           "pass --target")
+        raise AdaspecError(
+            "these Medusa heads share the target's lm_head, which vLLM reads from the export: pass --target"
+        )
     save_medusa(heads, request.output, target.to(request.dtype) if target is not None else None)
     print(f"wrote Medusa heads (vLLM's MedusaModel) to {request.output}")

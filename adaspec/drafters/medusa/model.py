@@ -18,7 +18,8 @@ head shared by all heads.
 Decoding: a top-1 chain x_1..x_γ with x_i from head i on h_{n-2}, the state that produced the last
 accepted token seq[n-1]; γ <= K. Trees: Medusa's static sparse trees, the children of every depth-(i-1)
 node being head i's top-k (rank paths as the reference's `medusa_choices`), or EAGLE-2 dynamic trees
-scored by the heads' log-probabilities; depth <= K. Under sampling x_i is drawn from head i's own distribution, which is the
+scored by the heads' log-probabilities; depth <= K. Under sampling x_i is drawn from head i's own distribution, which
+is the
 q the acceptance rule divides by, so the chain stays lossless. Medusa's "typical acceptance" is not
 lossless and is not offered.
 """
@@ -32,13 +33,13 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from adaspec.core.sampling import Sampling
-from adaspec.models.target import FINAL, fit_vocab
 from adaspec.core.tree import Tree
+from adaspec.core.tree_drafting import per_depth_expand
 from adaspec.core.tree_shape import TreeShape
 from adaspec.drafters.target_parts import TargetParts, target_parts
-from adaspec.core.tree_drafting import per_depth_expand
 from adaspec.errors import AdaspecError
 from adaspec.models import output_vocab_size
+from adaspec.models.target import FINAL, fit_vocab
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,14 @@ class MedusaHeads(nn.Module):
     def __init__(self, cfg: MedusaConfig):
         super().__init__()
         if cfg.heads < 1 or cfg.layers < 0:
-            raise AdaspecError(f"Medusa needs >= 1 heads and >= 0 layers per head, got {cfg.heads} and "
-                               f"{cfg.layers}")
+            raise AdaspecError(f"Medusa needs >= 1 heads and >= 0 layers per head, got {cfg.heads} and {cfg.layers}")
         self.cfg = cfg
         self.blocks = nn.ModuleList(ResidualBlock(cfg.hidden, cfg.layers, cfg.bias) for _ in range(cfg.heads))
-        self.lm_heads = None if cfg.shared_head else nn.ModuleList(
-            nn.Linear(cfg.hidden, cfg.vocab, bias=False) for _ in range(cfg.heads))
+        self.lm_heads = (
+            None
+            if cfg.shared_head
+            else nn.ModuleList(nn.Linear(cfg.hidden, cfg.vocab, bias=False) for _ in range(cfg.heads))
+        )
 
     # the training loop's checkpoint calls (adaspec.training.checkpoint), as for a transformers model;
     # heads sharing the target's head are saved without it (adaspec.drafters.medusa.export.save_medusa adds it)
@@ -90,7 +93,7 @@ class MedusaHeads(nn.Module):
         save_medusa(self, path, state_dict=state_dict)
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype: torch.dtype | None = None) -> "MedusaHeads":
+    def from_pretrained(cls, path: str, dtype: torch.dtype | None = None) -> MedusaHeads:
         from adaspec.drafters.medusa.export import load_medusa
 
         heads = load_medusa(path)
@@ -111,13 +114,13 @@ class MedusaHeads(nn.Module):
         return [self.head_logits(parts, hidden, i) for i in range(self.cfg.heads)]
 
 
-def build_medusa(target: PreTrainedModel, heads: int = 4, layers: int = 1, bias: bool = True,
-                 shared_head: bool = False) -> MedusaHeads:
+def build_medusa(
+    target: PreTrainedModel, heads: int = 4, layers: int = 1, bias: bool = True, shared_head: bool = False
+) -> MedusaHeads:
     """Medusa heads for `target`: identity blocks, and output layers copied from the target's head (unless
     `shared_head`), so training starts from the target's own next-token distribution."""
     head = target.get_output_embeddings()
-    cfg = MedusaConfig(heads, layers, int(target.config.hidden_size), output_vocab_size(target), bias,
-                       shared_head)
+    cfg = MedusaConfig(heads, layers, int(target.config.hidden_size), output_vocab_size(target), bias, shared_head)
     model = MedusaHeads(cfg)
     if model.lm_heads is not None:
         with torch.no_grad():
@@ -138,7 +141,7 @@ class MedusaDrafter:
         self.last: Tensor | None = None  # the target's features of position n-2, [H]
 
     @classmethod
-    def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> "MedusaDrafter":
+    def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> MedusaDrafter:
         """The drafter of heads saved by adaspec.drafters.medusa.export.save_medusa, on the target's device."""
         from adaspec.drafters.medusa.export import load_medusa
 
@@ -155,8 +158,10 @@ class MedusaDrafter:
 
     def propose(self, seq: Tensor, n: int, gamma: int, sampling: Sampling) -> tuple[Tensor, Tensor | None]:
         if gamma > self.heads.cfg.heads:
-            raise AdaspecError(f"Medusa with {self.heads.cfg.heads} heads proposes at most "
-                               f"{self.heads.cfg.heads} tokens per step; got gamma {gamma}")
+            raise AdaspecError(
+                f"Medusa with {self.heads.cfg.heads} heads proposes at most "
+                f"{self.heads.cfg.heads} tokens per step; got gamma {gamma}"
+            )
         device = seq.device
         if self.last is None:  # a one-token prompt: no target features yet, the target alone takes the step
             empty = torch.zeros(0, dtype=torch.long, device=device)
@@ -174,8 +179,10 @@ class MedusaDrafter:
 
     def propose_tree(self, seq: Tensor, n: int, shape: TreeShape, sampling: Sampling) -> tuple[Tree, None]:
         if shape.depth > self.heads.cfg.heads:
-            raise AdaspecError(f"Medusa with {self.heads.cfg.heads} heads proposes at most "
-                               f"{self.heads.cfg.heads} tokens per step; got a tree of depth {shape.depth}")
+            raise AdaspecError(
+                f"Medusa with {self.heads.cfg.heads} heads proposes at most "
+                f"{self.heads.cfg.heads} tokens per step; got a tree of depth {shape.depth}"
+            )
         if self.last is None:
             empty = torch.zeros(0, dtype=torch.long, device=seq.device)
             return Tree(empty, empty, empty), None

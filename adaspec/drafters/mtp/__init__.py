@@ -9,7 +9,11 @@ from adaspec.drafters.multi_token_loss import teacher_forced
 from adaspec.models.servable import MTP_REASON
 
 FAMILY = Family(
-    name="mtp", drafter=MTPDrafter, head=MTPHeads, signal="final", recipe="multi_token",
+    name="mtp",
+    drafter=MTPDrafter,
+    head=MTPHeads,
+    signal="final",
+    recipe="multi_token",
     recognizes=lambda config: adaspec_kind(config) == "mtp",
     unserved={"vllm": MTP_REASON, "sglang": "no server runs adaspec's MTP modules"},
     export_command=export_command,

@@ -32,12 +32,12 @@ import torch
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
-from adaspec.models.servable import MTP_REASON, warn_unservable
-from adaspec.models.target import decoder_layers, final_norm
 from adaspec.drafters.family import ExportRequest
 from adaspec.drafters.head_checkpoint import WEIGHTS, config_from_entry, load_strict, read_config_entry, read_weights
 from adaspec.drafters.mtp.model import MTPConfig, MTPHeads
 from adaspec.errors import AdaspecError
+from adaspec.models.servable import MTP_REASON, warn_unservable
+from adaspec.models.target import decoder_layers, final_norm
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:
@@ -69,12 +69,16 @@ def deepseek_tensors(heads: MTPHeads, target: PreTrainedModel) -> dict[str, torc
     """The modules (and the target's shared parts) under DeepSeek-V3's MTP-layer names."""
     norm = final_norm(target)
     if getattr(norm, "bias", None) is not None or "RMSNorm" not in type(norm).__name__:
-        raise AdaspecError(f"DeepSeek MTP naming needs an RMSNorm final norm (Llama-family target); "
-                           f"{type(target).__name__} has {type(norm).__name__}")
+        raise AdaspecError(
+            f"DeepSeek MTP naming needs an RMSNorm final norm (Llama-family target); "
+            f"{type(target).__name__} has {type(norm).__name__}"
+        )
     base = len(decoder_layers(target))
-    shared = {"embed_tokens.weight": target.get_input_embeddings().weight,
-              "shared_head.norm.weight": norm.weight,
-              "shared_head.head.weight": target.get_output_embeddings().weight}
+    shared = {
+        "embed_tokens.weight": target.get_input_embeddings().weight,
+        "shared_head.norm.weight": norm.weight,
+        "shared_head.head.weight": target.get_output_embeddings().weight,
+    }
     out = {}
     for k, module in enumerate(heads.mtp):
         prefix = f"model.layers.{base + k}."
@@ -87,11 +91,18 @@ def deepseek_tensors(heads: MTPHeads, target: PreTrainedModel) -> dict[str, torc
 
 def deepseek_config(heads: MTPHeads, target: PreTrainedModel) -> dict:
     c = heads.cfg
-    return {"num_hidden_layers": len(decoder_layers(target)), "num_nextn_predict_layers": c.depth,
-            "hidden_size": c.hidden, "intermediate_size": c.intermediate, "num_attention_heads": c.heads,
-            "num_key_value_heads": c.heads, "rms_norm_eps": c.eps, "rope_theta": c.rope_theta,
-            "vocab_size": int(target.get_output_embeddings().weight.shape[0]),
-            "adaspec": {"kind": "mtp", **c.to_dict()}}
+    return {
+        "num_hidden_layers": len(decoder_layers(target)),
+        "num_nextn_predict_layers": c.depth,
+        "hidden_size": c.hidden,
+        "intermediate_size": c.intermediate,
+        "num_attention_heads": c.heads,
+        "num_key_value_heads": c.heads,
+        "rms_norm_eps": c.eps,
+        "rope_theta": c.rope_theta,
+        "vocab_size": int(target.get_output_embeddings().weight.shape[0]),
+        "adaspec": {"kind": "mtp", **c.to_dict()},
+    }
 
 
 def export_mtp_deepseek(heads: MTPHeads, target: PreTrainedModel, path: str | os.PathLike) -> None:
@@ -106,8 +117,9 @@ def export_command(request: ExportRequest) -> None:
     request.refuse_format("mtp")
     target = request.target_model()
     if target is None:
-        raise AdaspecError("MTP modules are exported with their target's shared embedding, norm and head: "
-                           "pass --target")
+        raise AdaspecError(
+            "MTP modules are exported with their target's shared embedding, norm and head: pass --target"
+        )
     export_mtp_deepseek(load_mtp(request.head), target, request.output)
     warn_unservable("these MTP modules", [MTP_REASON])
     print(f"wrote MTP modules under DeepSeek-V3's MTP-layer names to {request.output}")

@@ -29,23 +29,23 @@ step, and each module's cache is cropped back to its final positions after every
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from adaspec.core.sampling import Sampling
-from adaspec.models.target import FINAL
 from adaspec.core.tree import Tree
+from adaspec.core.tree_drafting import per_depth_expand
 from adaspec.core.tree_shape import TreeShape
 from adaspec.drafters.block import BlockConfig, DecoderBlock, block_config
 from adaspec.drafters.common import RMSNorm
 from adaspec.drafters.lean_layer import LeanLayer, rms_norm, weight_versions
 from adaspec.drafters.target_parts import TargetParts, target_parts
-from adaspec.core.tree_drafting import per_depth_expand
 from adaspec.errors import AdaspecError
+from adaspec.models.target import FINAL
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class MTPConfig:
         return asdict(self)
 
     @classmethod
-    def for_target(cls, target: PreTrainedModel, depth: int = 3) -> "MTPConfig":
+    def for_target(cls, target: PreTrainedModel, depth: int = 3) -> MTPConfig:
         if depth < 1:
             raise AdaspecError(f"MTP depth must be >= 1, got {depth}")
         b = block_config(target)
@@ -95,8 +95,9 @@ class LeanMTPModule:
         self.module = module
         self.w_eh = module.eh_proj.weight.detach().t().contiguous()
         b = module.block
-        self.layer = LeanLayer(b.self_attn, b.post_attention_layernorm, b.mlp, cfg.heads, cfg.heads,
-                               cfg.block.head_dim, cfg.rope_theta)
+        self.layer = LeanLayer(
+            b.self_attn, b.post_attention_layernorm, b.mlp, cfg.heads, cfg.heads, cfg.block.head_dim, cfg.rope_theta
+        )
 
     def run(self, prev: Tensor, embedded: Tensor) -> Tensor:
         """MTPModule.forward for positions length..length+T-1 after the cached ones, [T, H] each."""
@@ -120,7 +121,7 @@ class MTPHeads(nn.Module):
         save_mtp(self, path, state_dict)
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype: torch.dtype | None = None) -> "MTPHeads":
+    def from_pretrained(cls, path: str, dtype: torch.dtype | None = None) -> MTPHeads:
         from adaspec.drafters.mtp.export import load_mtp
 
         heads = load_mtp(path)
@@ -135,8 +136,7 @@ class MTPHeads(nn.Module):
         """
         t = input_ids.shape[1]
         if hidden.shape[:2] != input_ids.shape:
-            raise AdaspecError(f"hidden states {tuple(hidden.shape)} do not match input ids "
-                               f"{tuple(input_ids.shape)}")
+            raise AdaspecError(f"hidden states {tuple(hidden.shape)} do not match input ids {tuple(input_ids.shape)}")
         if t <= self.cfg.depth:
             raise AdaspecError(f"sequences of {t} tokens are too short for {self.cfg.depth} MTP depths")
         embedded = parts.embed(input_ids).to(hidden.dtype)
@@ -164,11 +164,11 @@ class _Rows:
     def since(self, position: int) -> Tensor | None:
         if position < self.start:
             raise ValueError(f"rows before position {self.start} were dropped; asked from {position}")
-        return None if self.rows is None else self.rows[position - self.start:]
+        return None if self.rows is None else self.rows[position - self.start :]
 
     def drop_before(self, position: int) -> None:
         if self.rows is not None and position > self.start:
-            self.rows = self.rows[position - self.start:]
+            self.rows = self.rows[position - self.start :]
             self.start = position
 
 
@@ -190,7 +190,7 @@ class MTPDrafter:
         self._reset()
 
     @classmethod
-    def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> "MTPDrafter":
+    def load(cls, path: str, target: PreTrainedModel, vocab: int | None = None) -> MTPDrafter:
         """The drafter of modules saved by adaspec.drafters.mtp.export.save_mtp, on the target's device."""
         from adaspec.drafters.mtp.export import load_mtp
 
@@ -216,8 +216,7 @@ class MTPDrafter:
     def accept(self, n: int, hidden: Tensor | None) -> None:
         self._append_hidden(hidden)
         if self.inputs[0].end != n - 1:
-            raise AdaspecError(f"MTP drafter holds target features of {self.inputs[0].end} positions, "
-                               f"expected {n - 1}")
+            raise AdaspecError(f"MTP drafter holds target features of {self.inputs[0].end} positions, expected {n - 1}")
 
     def propose(self, seq: Tensor, n: int, gamma: int, sampling: Sampling) -> tuple[Tensor, Tensor | None]:
         probs: list[Tensor] = []
@@ -251,11 +250,14 @@ class MTPDrafter:
 
     def _check_depth(self, gamma: int) -> None:
         if gamma > self.heads.cfg.depth:
-            raise AdaspecError(f"MTP with {self.heads.cfg.depth} modules proposes at most "
-                               f"{self.heads.cfg.depth} tokens per step; got gamma {gamma}")
+            raise AdaspecError(
+                f"MTP with {self.heads.cfg.depth} modules proposes at most "
+                f"{self.heads.cfg.depth} tokens per step; got gamma {gamma}"
+            )
 
-    def _chain(self, seq: Tensor, n: int, gamma: int, pick: Callable[[Tensor], Tensor]
-               ) -> tuple[Tensor | None, list[Tensor] | None]:
+    def _chain(
+        self, seq: Tensor, n: int, gamma: int, pick: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor | None, list[Tensor] | None]:
         """Run modules 1..γ at the last position, module k fed the token `pick` chose from module k-1's
         logits; (proposals [γ], per-module logits [V] each), or (None, None) before any target feature."""
         self._check_depth(gamma)
@@ -271,7 +273,7 @@ class MTPDrafter:
             start = module.layer.length
             done = self.inputs[j].since(start)
             prev = torch.cat([x for x in (done, fresh) if x is not None])
-            toks = tokens[start + j + 1: last + j + 2]
+            toks = tokens[start + j + 1 : last + j + 2]
             embedded = self.parts.embed(toks.to(self.parts.embed.weight.device)).to(prev.dtype)
             out = module.run(prev, embedded)
             logits = self.parts.logits(out[-1:]).float()[0]
@@ -284,7 +286,7 @@ class MTPDrafter:
             self.inputs[j].drop_before(final)
             if j + 1 < len(self.inputs):
                 self.inputs[j + 1].extend(out[: final - start])
-            fresh = out[final - start:]
+            fresh = out[final - start :]
         return torch.cat(proposals), rows
 
 

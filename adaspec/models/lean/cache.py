@@ -12,8 +12,20 @@ from torch import Tensor
 class KVCache:
     """Keys and values of `layers` layers; the owner keeps the count of rows in use (`filled` below)."""
 
-    __slots__ = ("layers", "kv_heads", "head_dim", "dtype", "device", "capacity", "data", "kv", "keys", "values",
-                 "keys4", "values4")
+    __slots__ = (
+        "layers",
+        "kv_heads",
+        "head_dim",
+        "dtype",
+        "device",
+        "capacity",
+        "data",
+        "kv",
+        "keys",
+        "values",
+        "keys4",
+        "values4",
+    )
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device):
         self.layers, self.kv_heads, self.head_dim, self.dtype, self.device = layers, kv_heads, head_dim, dtype, device
@@ -22,8 +34,7 @@ class KVCache:
     def grow(self, capacity: int, filled: int) -> None:
         """Reallocate at `capacity` rows, keeping the first `filled`."""
         # uninitialised: attention reads rows :e only, all written by then (zeroing cost a memset per sequence)
-        data = torch.empty(self.layers, 2, self.kv_heads, capacity, self.head_dim, dtype=self.dtype,
-                           device=self.device)
+        data = torch.empty(self.layers, 2, self.kv_heads, capacity, self.head_dim, dtype=self.dtype, device=self.device)
         if self.capacity and filled:
             data[:, :, :, :filled] = self.data[:, :, :, :filled]
         self.data, self.capacity = data, capacity
@@ -35,4 +46,4 @@ class KVCache:
 
     def keep(self, start: int, rows: Tensor) -> None:
         """Move cache rows `rows` (absolute, in order) to start, start+1, ... in every layer."""
-        self.data[:, :, :, start:start + rows.shape[0]] = self.data.index_select(3, rows)
+        self.data[:, :, :, start : start + rows.shape[0]] = self.data.index_select(3, rows)

@@ -10,8 +10,8 @@ cache rows are taken with `narrow` (cheaper than multi-axis slicing, per call).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -15,8 +15,8 @@ own layers; everything around the layers (cache, masks, trees, head) is `LeanLM`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,32 +51,47 @@ class FoldedNeoxLayer:
         n1, n2, wqkv, wi = layer.input_norm, layer.post_norm, layer.qkv, layer.mlp_in
         h = n1.shape[0]
         w_in = torch.cat([wqkv * n1, wi * n2])  # LN(x) @ W.T == norm(x) @ (W * n).T + W @ b
-        b_in = torch.cat([_or_zeros(layer.qkv_bias, wqkv.shape[0], n1) + wqkv @ _or_zeros(layer.input_norm_bias, h, n1),
-                          _or_zeros(layer.mlp_in_bias, wi.shape[0], n1) + wi @ _or_zeros(layer.post_norm_bias, h, n1)])
+        b_in = torch.cat(
+            [
+                _or_zeros(layer.qkv_bias, wqkv.shape[0], n1) + wqkv @ _or_zeros(layer.input_norm_bias, h, n1),
+                _or_zeros(layer.mlp_in_bias, wi.shape[0], n1) + wi @ _or_zeros(layer.post_norm_bias, h, n1),
+            ]
+        )
         w_out = torch.cat([layer.dense, layer.mlp_out], dim=1)  # dense(a) + mlp_out(m) == [a | m] @ [Wo | Wd].T
         b_out = _or_zeros(layer.dense_bias, h, n1) + _or_zeros(layer.mlp_out_bias, h, n1)
-        return cls(w_in.t().contiguous(), b_in, w_out.t().contiguous(), b_out, layer.input_eps, layer.scale,
-                   wqkv.shape[0], layer.act)
+        return cls(
+            w_in.t().contiguous(),
+            b_in,
+            w_out.t().contiguous(),
+            b_out,
+            layer.input_eps,
+            layer.scale,
+            wqkv.shape[0],
+            layer.act,
+        )
 
-    def forward(self, lm: LeanLM, i: int, x: Tensor, cos: Tensor, sin: Tensor, s: int, e: int,
-                mask: Tensor | None, causal: bool) -> Tensor:
+    def forward(
+        self, lm: LeanLM, i: int, x: Tensor, cos: Tensor, sin: Tensor, s: int, e: int, mask: Tensor | None, causal: bool
+    ) -> Tensor:
         T, width = x.shape
         y = torch.addmm(self.b_in, F.layer_norm(x, (width,), None, None, self.eps), self.w_in)
-        qkv = rotate(y[:, :self.split].view(T, lm.heads, 3, lm.head_dim), lm._perm, cos, sin)
+        qkv = rotate(y[:, : self.split].view(T, lm.heads, 3, lm.head_dim), lm._perm, cos, sin)
         cache = lm.cache
         cache.kv[i].narrow(2, s, e - s).copy_(qkv[:, :, 1:].permute(2, 1, 0, 3))
         a = attend(qkv[:, :, 0:1], cache.keys4[i], cache.values4[i], e, mask, causal, self.scale, lm._gqa)
-        return torch.addmm(self.b_out, torch.cat([a, self.act(y[:, self.split:])], dim=1), self.w_out) + x
+        return torch.addmm(self.b_out, torch.cat([a, self.act(y[:, self.split :])], dim=1), self.w_out) + x
 
 
 class DraftLeanLM(LeanLM):
     """`LeanLM` running `FoldedNeoxLayer`s where the model's layers allow it (parallel residual, one eps)."""
 
-    def __init__(self, model, vocab: int, name: str = "draft", hidden_layers: Sequence[int] = (),
-                 max_length: int | None = None):
+    def __init__(
+        self, model, vocab: int, name: str = "draft", hidden_layers: Sequence[int] = (), max_length: int | None = None
+    ):
         super().__init__(model, vocab, name, hidden_layers, max_length)
         foldable = self.family == "gpt_neox" and all(
-            layer.parallel and layer.input_eps == layer.post_eps for layer in self._layers)
+            layer.parallel and layer.input_eps == layer.post_eps for layer in self._layers
+        )
         self._folded = [FoldedNeoxLayer.fold(layer) for layer in self._layers] if foldable else None
         if self._folded is not None:
             self._layers = self._folded

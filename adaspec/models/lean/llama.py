@@ -3,8 +3,9 @@ optional biases), q and k rotated by one op on their concatenation, SiLU-gated M
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +44,9 @@ class LlamaLayer:
     down_bias: Tensor | None
     act: Callable[[Tensor], Tensor]
 
-    def forward(self, lm: LeanLM, i: int, x: Tensor, cos: Tensor, sin: Tensor, s: int, e: int,
-                mask: Tensor | None, causal: bool) -> Tensor:
+    def forward(
+        self, lm: LeanLM, i: int, x: Tensor, cos: Tensor, sin: Tensor, s: int, e: int, mask: Tensor | None, causal: bool
+    ) -> Tensor:
         T, heads = x.shape[0], lm.heads
         h = rms_norm(x, self.input_norm, self.input_eps)
         q = F.linear(h, self.q, self.q_bias).view(T, heads, lm.head_dim)
@@ -58,8 +60,11 @@ class LlamaLayer:
         a = attend(qk[:, :heads, None], cache.keys4[i], cache.values4[i], e, mask, causal, self.scale, lm._gqa)
         x = x + F.linear(a, self.o, self.o_bias)
         h = rms_norm(x, self.post_norm, self.post_eps)
-        return x + F.linear(self.act(F.linear(h, self.gate, self.gate_bias)) * F.linear(h, self.up, self.up_bias),
-                            self.down, self.down_bias)
+        return x + F.linear(
+            self.act(F.linear(h, self.gate, self.gate_bias)) * F.linear(h, self.up, self.up_bias),
+            self.down,
+            self.down_bias,
+        )
 
 
 def decoder(model: LlamaForCausalLM) -> Decoder:
@@ -68,15 +73,36 @@ def decoder(model: LlamaForCausalLM) -> Decoder:
     layers = []
     for layer in inner.layers[: config.num_hidden_layers]:
         attn, mlp = layer.self_attn, layer.mlp
-        layers.append(LlamaLayer(
-            input_norm=layer.input_layernorm.weight, input_eps=layer.input_layernorm.variance_epsilon,
-            q=attn.q_proj.weight, q_bias=attn.q_proj.bias, k=attn.k_proj.weight, k_bias=attn.k_proj.bias,
-            v=attn.v_proj.weight, v_bias=attn.v_proj.bias, o=attn.o_proj.weight, o_bias=attn.o_proj.bias,
-            scale=attn.scaling, post_norm=layer.post_attention_layernorm.weight,
-            post_eps=layer.post_attention_layernorm.variance_epsilon, gate=mlp.gate_proj.weight,
-            gate_bias=mlp.gate_proj.bias, up=mlp.up_proj.weight, up_bias=mlp.up_proj.bias, down=mlp.down_proj.weight,
-            down_bias=mlp.down_proj.bias, act=hf_activation(mlp.act_fn)))
-    return Decoder(heads=heads, kv_heads=config.num_key_value_heads,
-                   head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-                   embed=inner.embed_tokens.weight, layers=layers,
-                   final_norm=RMSNormWeights(inner.norm.weight, inner.norm.variance_epsilon), rotary=inner.rotary_emb)
+        layers.append(
+            LlamaLayer(
+                input_norm=layer.input_layernorm.weight,
+                input_eps=layer.input_layernorm.variance_epsilon,
+                q=attn.q_proj.weight,
+                q_bias=attn.q_proj.bias,
+                k=attn.k_proj.weight,
+                k_bias=attn.k_proj.bias,
+                v=attn.v_proj.weight,
+                v_bias=attn.v_proj.bias,
+                o=attn.o_proj.weight,
+                o_bias=attn.o_proj.bias,
+                scale=attn.scaling,
+                post_norm=layer.post_attention_layernorm.weight,
+                post_eps=layer.post_attention_layernorm.variance_epsilon,
+                gate=mlp.gate_proj.weight,
+                gate_bias=mlp.gate_proj.bias,
+                up=mlp.up_proj.weight,
+                up_bias=mlp.up_proj.bias,
+                down=mlp.down_proj.weight,
+                down_bias=mlp.down_proj.bias,
+                act=hf_activation(mlp.act_fn),
+            )
+        )
+    return Decoder(
+        heads=heads,
+        kv_heads=config.num_key_value_heads,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+        embed=inner.embed_tokens.weight,
+        layers=layers,
+        final_norm=RMSNormWeights(inner.norm.weight, inner.norm.variance_epsilon),
+        rotary=inner.rotary_emb,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import weakref
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +22,10 @@ from adaspec.models.target import FINAL, CachedLM, fit_vocab
 
 # the supported classes: their family name and the family file's weights reader
 _FAMILIES: dict[type, tuple[str, Callable[[PreTrainedModel], Decoder]]] = {
-    LlamaForCausalLM: ("llama", llama.decoder), GPTNeoXForCausalLM: ("gpt_neox", gpt_neox.decoder),
-    GPT2LMHeadModel: ("gpt2", gpt2.decoder)}
+    LlamaForCausalLM: ("llama", llama.decoder),
+    GPTNeoXForCausalLM: ("gpt_neox", gpt_neox.decoder),
+    GPT2LMHeadModel: ("gpt2", gpt2.decoder),
+}
 # rope types whose inv_freq is fixed at init; "dynamic" and "longrope" change it with the sequence length
 _STATIC_ROPE = ("default", "linear", "yarn", "llama3")
 _FIRST_CAPACITY = 2048  # cache rows allocated up front when the context is longer; grown by doubling
@@ -37,7 +39,8 @@ def lean_supported(model: PreTrainedModel) -> str | None:
     family = _FAMILIES[type(model)][0]
     config = model.config
     if getattr(config, "sliding_window", None) or any(
-            "sliding" in str(t) for t in (getattr(config, "layer_types", None) or ())):
+        "sliding" in str(t) for t in (getattr(config, "layer_types", None) or ())
+    ):
         return "sliding-window attention"
     if getattr(model, "hf_quantizer", None) is not None or getattr(config, "quantization_config", None):
         return "quantized weights"
@@ -66,8 +69,7 @@ class LeanUnsupported(AdaspecError):
 
 
 # built once, read-only, shared by every LeanLM: rotary tables per rotary module, chain-mask bands per size
-_TABLES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, tuple[Tensor, ...]]]" = (
-    weakref.WeakKeyDictionary())
+_TABLES: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, tuple[Tensor, ...]]] = weakref.WeakKeyDictionary()
 _BANDS: dict[tuple, Tensor] = {}
 
 
@@ -79,7 +81,8 @@ def _band(capacity: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         columns = torch.arange(2 * capacity, device=device)
         rows = torch.arange(_BAND_ROWS, device=device)[:, None] + capacity
         _BANDS[key] = torch.zeros(_BAND_ROWS, 2 * capacity, dtype=dtype, device=device).masked_fill_(
-            columns > rows, float("-inf"))
+            columns > rows, float("-inf")
+        )
     return _BANDS[key]
 
 
@@ -91,8 +94,14 @@ class LeanLM:
     model's context for learned positions, unbounded growth for rotary models).
     """
 
-    def __init__(self, model: PreTrainedModel, vocab: int, name: str, hidden_layers: Sequence[int] = (),
-                 max_length: int | None = None):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        vocab: int,
+        name: str,
+        hidden_layers: Sequence[int] = (),
+        max_length: int | None = None,
+    ):
         reason = lean_supported(model)
         if reason is not None:
             raise LeanUnsupported(name, reason)
@@ -113,8 +122,10 @@ class LeanLM:
         self.hidden_layers = tuple(int(i) for i in hidden_layers)
         for i in self.hidden_layers:
             if not (i == FINAL or 0 <= i < self.num_layers):
-                raise AdaspecError(f"hidden layer {i} is out of range for a {self.num_layers}-layer {name} model "
-                                   f"(use 0..{self.num_layers - 1}, or {FINAL} for the final normed state)")
+                raise AdaspecError(
+                    f"hidden layer {i} is out of range for a {self.num_layers}-layer {name} model "
+                    f"(use 0..{self.num_layers - 1}, or {FINAL} for the final normed state)"
+                )
         self._capture = tuple(i in self.hidden_layers for i in range(self.num_layers))
         self._final_hidden = FINAL in self.hidden_layers
         # stack() order: forward captures depth order (layers ascending, then FINAL)
@@ -133,8 +144,9 @@ class LeanLM:
         if length <= self.cache.capacity:
             return
         if self._limit is not None and length > self._limit:
-            raise AdaspecError(f"the {self.name} model's sequence would reach {length} tokens, beyond its "
-                               f"{self._limit}-token limit")
+            raise AdaspecError(
+                f"the {self.name} model's sequence would reach {length} tokens, beyond its {self._limit}-token limit"
+            )
         capacity = max(length, 2 * self.cache.capacity)
         if self._limit is not None:
             capacity = min(capacity, self._limit)
@@ -153,13 +165,15 @@ class LeanLM:
         key = (capacity, self.dtype, self.device, self.head_dim, self.family, id(inv_freq), inv_freq.data_ptr())
         tables = _TABLES.setdefault(self._rotary, {})
         if key not in tables:
-            cos, sin, perm = rotary_tables(inv_freq, self._rotary.attention_scaling, capacity, self.head_dim,
-                                           self.dtype, self.device)
+            cos, sin, perm = rotary_tables(
+                inv_freq, self._rotary.attention_scaling, capacity, self.head_dim, self.dtype, self.device
+            )
             tables[key] = (cos, sin, perm, *self._rotary_rows(cos, sin))
         self._cos, self._sin, self._perm, self._cos_rows, self._sin_rows = tables[key]
 
-    def _run_layers(self, x: Tensor, cos: Tensor | None, sin: Tensor | None, s: int, e: int,
-                    mask: Tensor | None, causal: bool) -> tuple[Tensor, list[Tensor]]:
+    def _run_layers(
+        self, x: Tensor, cos: Tensor | None, sin: Tensor | None, s: int, e: int, mask: Tensor | None, causal: bool
+    ) -> tuple[Tensor, list[Tensor]]:
         """All decoder layers; also the outputs of the layers in `hidden_layers`, in depth order."""
         hidden = []
         for i, layer in enumerate(self._layers):
@@ -170,8 +184,9 @@ class LeanLM:
 
     # ---- the CachedLM surface ----
 
-    def forward(self, tokens: Tensor, keep: int = 1, positions: Tensor | None = None,
-                tree_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, tokens: Tensor, keep: int = 1, positions: Tensor | None = None, tree_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """Feed 1-D `tokens` after the `seen` cached ones (cache rows seen..seen+T-1).
 
         Returns float32 logits of the last `keep` positions [keep, vocab] and the hidden states of
@@ -196,8 +211,9 @@ class LeanLM:
         finally:
             torch._C._set_mkldnn_enabled(onednn)
 
-    def _forward(self, tokens: Tensor, keep: int, positions: Tensor | None, tree_mask: Tensor | None
-                 ) -> tuple[Tensor, Tensor | None]:
+    def _forward(
+        self, tokens: Tensor, keep: int, positions: Tensor | None, tree_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
         if tokens.device != self.device:
             tokens = tokens.to(self.device)
         s, T = self.seen, tokens.shape[0]
@@ -215,8 +231,10 @@ class LeanLM:
                 cos, sin = self._cos_rows[positions], self._sin_rows[positions]
             if self._positions is not None:
                 if int(positions.max()) >= self._position_limit:
-                    raise AdaspecError(f"position {int(positions.max())} is beyond the {self.name} model's "
-                                       f"{self._position_limit} learned positions")
+                    raise AdaspecError(
+                        f"position {int(positions.max())} is beyond the {self.name} model's "
+                        f"{self._position_limit} learned positions"
+                    )
                 x = x + F.embedding(positions, self._positions)
         # one additive mask per forward, shared by the layers (a boolean one is converted in every SDPA call)
         causal, mask = False, None
@@ -232,10 +250,11 @@ class LeanLM:
                 causal = True
             elif T <= _BAND_ROWS:  # new token i sees the prefix and new tokens 0..i: a view of the band
                 capacity = self.cache.capacity
-                mask = self._band[:T, capacity - s: capacity - s + e]
+                mask = self._band[:T, capacity - s : capacity - s + e]
             else:
                 mask = torch.zeros(T, e, dtype=self.dtype, device=self.device).masked_fill_(
-                    self._arange[:e] > self._arange[s:e, None], float("-inf"))
+                    self._arange[:e] > self._arange[s:e, None], float("-inf")
+                )
         x, hidden = self._run_layers(x, cos, sin, s, e, mask, causal)
         self.seen = e
         if self._final_hidden:
@@ -279,8 +298,14 @@ _NOTICED: set[tuple[str, str]] = set()
 LEAN: dict[str, bool | None] = {"auto": None, "lean": True, "hf": False}  # --decode-path -> cached_lm(lean=)
 
 
-def cached_lm(model: PreTrainedModel, vocab: int, name: str, hidden_layers: Sequence[int] = (),
-              lean: bool | None = None, lean_type: type[LeanLM] = LeanLM) -> LeanLM | CachedLM:
+def cached_lm(
+    model: PreTrainedModel,
+    vocab: int,
+    name: str,
+    hidden_layers: Sequence[int] = (),
+    lean: bool | None = None,
+    lean_type: type[LeanLM] = LeanLM,
+) -> LeanLM | CachedLM:
     """The model with its KV cache: `lean_type` (LeanLM or a subclass) when supported (lean=None:
     automatically; True: required, AdaspecError otherwise), else the HF path with a one-line notice on
     stderr naming the reason."""

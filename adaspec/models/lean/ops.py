@@ -27,8 +27,9 @@ def rotate(x: Tensor, perm: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.addcmul(x * cos, x.index_select(-1, perm), sin)
 
 
-def attend(q: Tensor, keys: Tensor, values: Tensor, e: int, mask: Tensor | None, causal: bool,
-           scale: float | None, gqa: bool) -> Tensor:
+def attend(
+    q: Tensor, keys: Tensor, values: Tensor, e: int, mask: Tensor | None, causal: bool, scale: float | None, gqa: bool
+) -> Tensor:
     """SDPA of q [T, heads, 1, hd] over cache rows :e of keys/values [1, kv_heads, capacity, hd] -> [T, heads * hd].
 
     4-D inputs: with 3-D ones SDPA takes its slower math path on the CPU instead of the flash kernel. q comes
@@ -38,6 +39,7 @@ def attend(q: Tensor, keys: Tensor, values: Tensor, e: int, mask: Tensor | None,
     keys, values = keys.narrow(2, 0, e), values.narrow(2, 0, e)  # narrow: ~0.6 µs less than [:, :, :e] per call
     if T == 1 and mask is None:
         return F.scaled_dot_product_attention(q, keys, values, scale=scale, enable_gqa=gqa).reshape(1, -1)
-    out = F.scaled_dot_product_attention(q.transpose(0, 2), keys, values, attn_mask=mask, is_causal=causal,
-                                         scale=scale, enable_gqa=gqa)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 2), keys, values, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa
+    )
     return out.transpose(1, 2).reshape(T, -1)

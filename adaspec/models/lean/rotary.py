@@ -18,14 +18,16 @@ def rope_angles(positions: Tensor, inv_freq: Tensor) -> Tensor:
     return torch.cat([angles, angles], dim=-1)
 
 
-def rotary_tables(inv_freq: Tensor, scaling: float, capacity: int, head_dim: int, dtype: torch.dtype,
-                  device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+def rotary_tables(
+    inv_freq: Tensor, scaling: float, capacity: int, head_dim: int, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
     """cos, sin [capacity, head_dim] and perm [head_dim] for `adaspec.models.lean.ops.rotate` at positions
     0..capacity-1: cos/sin as transformers computes them (float32 times `scaling`, cast to `dtype`), widened to
     the head dim so partial rotary needs no split: rotate_half becomes the gather `perm` with its sign folded
     into sin, and dims past the rotary ones get cos 1, sin 0 (x*1 + y*0 == x exactly)."""
-    emb = rope_angles(torch.arange(capacity, device=device, dtype=torch.float32), inv_freq.to(device=device,
-                                                                                              dtype=torch.float32))
+    emb = rope_angles(
+        torch.arange(capacity, device=device, dtype=torch.float32), inv_freq.to(device=device, dtype=torch.float32)
+    )
     cos, sin = (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
     rot, half = emb.shape[-1], emb.shape[-1] // 2
     wide_cos = torch.ones(capacity, head_dim, dtype=dtype, device=device)

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from adaspec.recipes.build import plan
 from adaspec.errors import AdaspecError
 from adaspec.io import atomic_write_json
 from adaspec.options import check_range, helptext
+from adaspec.recipes.build import plan
 from adaspec.safety import guarded_output
 from adaspec.training.options import TrainOptions
 
@@ -47,44 +47,76 @@ class BuildOptions(TrainOptions):
 
     # build reads only --data: the built-in tasks are `adaspec reproduce`'s
     task: str | None = field(default=None, metadata={"cli": False, "help": "unused: build trains on --data"})
-    data: str | None = field(default=None, metadata=helptext(
-        "your data: a JSONL file of prompt/response records or chat `messages`/`conversations`, split here; or "
-        "a folder of train/validation/test.jsonl, whose splits are kept (or hub:<name>)"))
+    data: str | None = field(
+        default=None,
+        metadata=helptext(
+            "your data: a JSONL file of prompt/response records or chat `messages`/`conversations`, split here; or "
+            "a folder of train/validation/test.jsonl, whose splits are kept (or hub:<name>)"
+        ),
+    )
     target: str = field(metadata=helptext("your target: a model directory or hub id (its tokenizer is used)"))
-    drafters: list[str] | None = field(default=None, metadata=helptext(
-        "drafter families to train (lm = a small draft model, or a head family: the README's drafter table); "
-        "default: every family vLLM can serve on this target, but the opt-in ones (DFlash) only when named"))
-    draft_init: str | None = field(default=None, metadata=helptext(
-        "a small draft model (directory or hub id) sharing the target's tokenizer to start the lm drafters "
-        "from; default: one built for the target (--preset)"))
-    preset: str | None = field(default=None, metadata=helptext(
-        "architecture of the draft built when there is no --draft-init (default: the largest servable Llama "
-        "draft preset at most a quarter of the target's width)"))
-    test_examples: int = field(default=32, metadata=helptext(
-        "records held out as test prompts (--val-examples more are held out for validation)"))
-    gammas: list[int] = field(default_factory=lambda: [1, 2, 3, 4], metadata=helptext(
-        "draft lengths γ each drafter is measured at (heads are trained for the largest)"))
+    drafters: list[str] | None = field(
+        default=None,
+        metadata=helptext(
+            "drafter families to train (lm = a small draft model, or a head family: the README's drafter table); "
+            "default: every family vLLM can serve on this target, but the opt-in ones (DFlash) only when named"
+        ),
+    )
+    draft_init: str | None = field(
+        default=None,
+        metadata=helptext(
+            "a small draft model (directory or hub id) sharing the target's tokenizer to start the lm drafters "
+            "from; default: one built for the target (--preset)"
+        ),
+    )
+    preset: str | None = field(
+        default=None,
+        metadata=helptext(
+            "architecture of the draft built when there is no --draft-init (default: the largest servable Llama "
+            "draft preset at most a quarter of the target's width)"
+        ),
+    )
+    test_examples: int = field(
+        default=32,
+        metadata=helptext("records held out as test prompts (--val-examples more are held out for validation)"),
+    )
+    gammas: list[int] = field(
+        default_factory=lambda: [1, 2, 3, 4],
+        metadata=helptext("draft lengths γ each drafter is measured at (heads are trained for the largest)"),
+    )
     max_new_tokens: int = field(default=64, metadata=helptext("tokens generated per test prompt"))
     top_k: int = field(default=64, metadata=helptext("target probabilities cached per response token"))
-    engine: Literal["auto", "adaspec", "vllm"] = field(default="auto", metadata=helptext(
-        "where speed is measured: adaspec's engine always; vllm also in vLLM (auto: when `make vllm` was run)"))
-    vllm_python: str | None = field(default=None, metadata=helptext(
-        "python of vLLM's environment (unset: $ADASPEC_VLLM_PYTHON, else .venv-vllm)"))
-    vllm_eager: bool = field(default=False, metadata=helptext(
-        "vLLM without model compilation (starts ~45 s sooner per drafter, decodes slower than a server does)"))
+    engine: Literal["auto", "adaspec", "vllm"] = field(
+        default="auto",
+        metadata=helptext(
+            "where speed is measured: adaspec's engine always; vllm also in vLLM (auto: when `make vllm` was run)"
+        ),
+    )
+    vllm_python: str | None = field(
+        default=None, metadata=helptext("python of vLLM's environment (unset: $ADASPEC_VLLM_PYTHON, else .venv-vllm)")
+    )
+    vllm_eager: bool = field(
+        default=False,
+        metadata=helptext(
+            "vLLM without model compilation (starts ~45 s sooner per drafter, decodes slower than a server does)"
+        ),
+    )
     trust_remote_code: bool = field(default=False, metadata=helptext("allow a hub model's own code to run"))
 
     def __post_init__(self) -> None:
         if self.data is None:
-            raise AdaspecError("adaspec build needs --data: your JSONL file (the built-in tasks are for "
-                               "`adaspec reproduce`)")
+            raise AdaspecError(
+                "adaspec build needs --data: your JSONL file (the built-in tasks are for `adaspec reproduce`)"
+            )
         super().__post_init__()
         if self.drafters is not None:
             from adaspec.drafters import FAMILIES  # torch: here, not at import (--help)
+
             unknown = [d for d in self.drafters if d not in FAMILIES]
             if unknown or not self.drafters:
-                raise AdaspecError(f"--drafters takes {', '.join(FAMILIES)}; got "
-                                   f"{' '.join(self.drafters) or 'nothing'}")
+                raise AdaspecError(
+                    f"--drafters takes {', '.join(FAMILIES)}; got {' '.join(self.drafters) or 'nothing'}"
+                )
             self.drafters = [f for f in FAMILIES if f in self.drafters]
         if not self.gammas or any(not 1 <= g <= plan.MAX_GAMMA for g in self.gammas):
             raise AdaspecError(f"--gammas must be in 1..{plan.MAX_GAMMA}, got {self.gammas}")
@@ -95,6 +127,7 @@ class BuildOptions(TrainOptions):
         check_range(self, "top_k", 1, 1 << 16)
         if self.preset is not None:
             from adaspec.models import check_preset  # transformers only once a preset is named
+
             check_preset(self.preset)
 
 
@@ -109,8 +142,17 @@ def _done(path: Path) -> bool:
 # the options whose change makes another build; the rest (progress, engine, resume, ...) only change how
 # this one runs or is measured, and --drafters only which of its runs are trained and reported: a family
 # added later trains beside the ones already done, with the same settings
-_NOT_FINGERPRINTED = ("progress", "resume", "overwrite", "engine", "vllm_python", "vllm_eager", "save_every",
-                      "output", "drafters")
+_NOT_FINGERPRINTED = (
+    "progress",
+    "resume",
+    "overwrite",
+    "engine",
+    "vllm_python",
+    "vllm_eager",
+    "save_every",
+    "output",
+    "drafters",
+)
 
 
 class Build:
@@ -129,8 +171,12 @@ class Build:
 
     def fingerprint(self) -> dict[str, Any]:
         from adaspec.training.run_fingerprint import path_fingerprint
-        options = {f.name: getattr(self.opts, f.name) for f in dataclasses.fields(self.opts)
-                   if f.name not in _NOT_FINGERPRINTED}
+
+        options = {
+            f.name: getattr(self.opts, f.name)
+            for f in dataclasses.fields(self.opts)
+            if f.name not in _NOT_FINGERPRINTED
+        }
         options["target"] = path_fingerprint(self.opts.target)
         options["data"] = path_fingerprint(self.opts.data)
         options["draft_init"] = path_fingerprint(self.opts.draft_init) if self.opts.draft_init else None
@@ -148,8 +194,10 @@ class Build:
             theirs = json.loads(record.read_text())
             differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             if differ:
-                raise AdaspecError(f"--output {self.out} holds another build (it differs in {', '.join(differ)}); "
-                                   f"give another --output, or --overwrite to replace it")
+                raise AdaspecError(
+                    f"--output {self.out} holds another build (it differs in {', '.join(differ)}); "
+                    f"give another --output, or --overwrite to replace it"
+                )
             _log(f"resuming the build in {self.out}")
         elif self.out.exists() and any(not p.name.startswith(".") for p in self.out.iterdir()):
             raise AdaspecError(f"--output {self.out} is not empty and holds no build; give an empty or new folder")
@@ -166,39 +214,62 @@ class Build:
         from adaspec import data as data_lib
 
         def read(split: str, limit: int | None) -> list:
-            return data_lib.load_examples(data_path=self.opts.data, split=split, limit=limit,
-                                          prompt_field=self.opts.prompt_field, response_field=self.opts.response_field)
+            return data_lib.load_examples(
+                data_path=self.opts.data,
+                split=split,
+                limit=limit,
+                prompt_field=self.opts.prompt_field,
+                response_field=self.opts.response_field,
+            )
 
         if Path(self.opts.data).is_dir():  # the user's own splits (train/validation/test.jsonl), kept as given
-            splits = {"train": read("train", self.opts.limit), "validation": read("validation", self.opts.val_examples),
-                      "test": read("test", self.opts.test_examples)}
+            splits = {
+                "train": read("train", self.opts.limit),
+                "validation": read("validation", self.opts.val_examples),
+                "test": read("test", self.opts.test_examples),
+            }
             plan.check_train_batch(len(splits["train"]), self.opts.batch_size)
         else:
-            splits = plan.split_examples(read("train", self.opts.limit), self.opts.test_examples,
-                                         self.opts.val_examples, self.opts.batch_size, self.opts.seed)
+            splits = plan.split_examples(
+                read("train", self.opts.limit),
+                self.opts.test_examples,
+                self.opts.val_examples,
+                self.opts.batch_size,
+                self.opts.seed,
+            )
         examples = [ex for part in splits.values() for ex in part]
         for name, part in splits.items():
             rows = [json.dumps(plan.example_record(ex), ensure_ascii=False) for ex in part]
             (self.data_dir / f"{name}.jsonl").parent.mkdir(parents=True, exist_ok=True)
             (self.data_dir / f"{name}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
-        info = {"source": self.opts.data, **{name: len(part) for name, part in splits.items()},
-                "chat": sum("messages" in ex.meta for ex in examples)}
+        info = {
+            "source": self.opts.data,
+            **{name: len(part) for name, part in splits.items()},
+            "chat": sum("messages" in ex.meta for ex in examples),
+        }
         atomic_write_json(path, info)
-        _log(f"data: {info['train']} train, {info['validation']} validation, {info['test']} test records "
-             f"({info['chat']} chats) -> {self.data_dir}")
+        _log(
+            f"data: {info['train']} train, {info['validation']} validation, {info['test']} test records "
+            f"({info['chat']} chats) -> {self.data_dir}"
+        )
         return info
 
     def check_inputs(self, split: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
         """(families to train, why each other family is left out); every refusal happens here, before training."""
         from adaspec.models import load_tokenizer
+
         config = self.target_config
-        tokenizer = load_tokenizer(self.opts.target, trust_remote_code=self.opts.trust_remote_code,
-                                   chat_template=self.opts.chat_template)
+        tokenizer = load_tokenizer(
+            self.opts.target, trust_remote_code=self.opts.trust_remote_code, chat_template=self.opts.chat_template
+        )
         if split["chat"] and not getattr(tokenizer, "chat_template", None):
-            raise AdaspecError(f"{self.opts.data} holds chats but the target's tokenizer has no chat template; "
-                               f"pass --chat-template FILE or a built-in name (e.g. chatml)")
-        draft_config = plan.read_config(self.opts.draft_init, self.opts.trust_remote_code) if self.opts.draft_init \
-            else None
+            raise AdaspecError(
+                f"{self.opts.data} holds chats but the target's tokenizer has no chat template; "
+                f"pass --chat-template FILE or a built-in name (e.g. chatml)"
+            )
+        draft_config = (
+            plan.read_config(self.opts.draft_init, self.opts.trust_remote_code) if self.opts.draft_init else None
+        )
         problems = plan.serve_problems(config, draft_config)
         families, left_out = plan.choose_families(self.opts.drafters, problems)
         return families, left_out
@@ -206,47 +277,85 @@ class Build:
     # ---- stages 2-3: teacher cache and training ----
 
     def _shared(self, output: Path) -> dict[str, Any]:
-        shared = {f.name: getattr(self.opts, f.name) for f in dataclasses.fields(TrainOptions)
-                  if f.name not in ("output", "task", "data", "prompt_field", "response_field", "limit",
-                                    "data_dir", "overwrite")}
+        shared = {
+            f.name: getattr(self.opts, f.name)
+            for f in dataclasses.fields(TrainOptions)
+            if f.name
+            not in ("output", "task", "data", "prompt_field", "response_field", "limit", "data_dir", "overwrite")
+        }
         return {**shared, "output": str(output), "data": str(self.data_dir), "max_minutes": self.run_minutes}
 
     def cache(self, name: str, ref: Path | None, reader: Path) -> Path:
         """The teacher cache `reader` trains from, built unless that run is already done."""
         from adaspec.recipes.cache import CacheOptions, run_cache
+
         out = self.out / "cache" / name
         if _done(reader):
             return out
-        _log(f"caching the target's top-{self.opts.top_k}" + (" and the reference's L_ref" if ref else "")
-             + f" -> {out}")
-        run_cache(CacheOptions(target=self.opts.target, ref=str(ref) if ref else None, data=str(self.data_dir),
-                               max_length=self.opts.max_length, top_k=self.opts.top_k, output=str(out),
-                               progress=self.opts.progress, chat_template=self.opts.chat_template))
+        _log(
+            f"caching the target's top-{self.opts.top_k}" + (" and the reference's L_ref" if ref else "") + f" -> {out}"
+        )
+        run_cache(
+            CacheOptions(
+                target=self.opts.target,
+                ref=str(ref) if ref else None,
+                data=str(self.data_dir),
+                max_length=self.opts.max_length,
+                top_k=self.opts.top_k,
+                output=str(out),
+                progress=self.opts.progress,
+                chat_template=self.opts.chat_template,
+            )
+        )
         return out
 
     def train_lm(self, method: str, ref: Path | None, cache: Path) -> Path:
         from adaspec.recipes.distill import DistillOptions, run_distill
+
         out = self.out / "runs" / f"lm_{method}"
         if not _done(out):
             _log(f"training the draft model with {method} -> {out}")
-            start = {"draft_init": self.opts.draft_init} if self.opts.draft_init else {
-                "preset": self.draft_preset(), "init_seed": self.opts.seed}
-            run_distill(DistillOptions(**self._shared(out), target=self.opts.target, method=method,
-                                       ref=str(ref) if ref else None, teacher_cache=str(cache),
-                                       top_k=self.opts.top_k, val_max_new_tokens=self.opts.max_new_tokens, **start))
+            start = (
+                {"draft_init": self.opts.draft_init}
+                if self.opts.draft_init
+                else {"preset": self.draft_preset(), "init_seed": self.opts.seed}
+            )
+            run_distill(
+                DistillOptions(
+                    **self._shared(out),
+                    target=self.opts.target,
+                    method=method,
+                    ref=str(ref) if ref else None,
+                    teacher_cache=str(cache),
+                    top_k=self.opts.top_k,
+                    val_max_new_tokens=self.opts.max_new_tokens,
+                    **start,
+                )
+            )
         return out
 
     def train_head(self, family: str, method: str, ref: Path | None) -> Path:
         from adaspec.recipes.train_head.options import TrainHeadOptions, run_train_head
+
         out = self.out / "runs" / f"{family}_{method}"
         if not _done(out):
             _log(f"training {family} heads with {method} -> {out}")
             # heads shaped for the largest γ measured
             from adaspec.drafters import FAMILIES
+
             shape = FAMILIES[family].train_options(max(self.opts.gammas), self.target_config)  # type: ignore[misc]
-            run_train_head(TrainHeadOptions(**self._shared(out), target=self.opts.target, kind=family,
-                                            method=method, ref=str(ref) if ref else None, init_seed=self.opts.seed,
-                                            val_max_new_tokens=self.opts.max_new_tokens, **shape))
+            run_train_head(
+                TrainHeadOptions(
+                    **self._shared(out),
+                    target=self.opts.target,
+                    kind=family,
+                    method=method,
+                    ref=str(ref) if ref else None,
+                    init_seed=self.opts.seed,
+                    val_max_new_tokens=self.opts.max_new_tokens,
+                    **shape,
+                )
+            )
         return out
 
     def draft_preset(self) -> str:
@@ -255,6 +364,7 @@ class Build:
     def train(self, families: list[str]) -> dict[str, Path]:
         """name ("<family>_<method>") -> trained drafter folder."""
         from adaspec.drafters import FAMILIES
+
         runs: dict[str, Path] = {}
         for family in families:
             if FAMILIES[family].is_draft_model:
@@ -270,6 +380,7 @@ class Build:
 
     def run(self) -> dict[str, Any]:
         from adaspec.recipes.build import measure, report
+
         self.claim_output()
         split = self.split()
         families, left_out = self.check_inputs(split)
@@ -278,8 +389,10 @@ class Build:
         runs = 2 * len(families)  # a KD and an AdaSPEC run per family
         if self.opts.max_minutes is not None:
             self.run_minutes = self.opts.max_minutes / runs
-            _log(f"{runs} training runs of about {self.run_minutes:.2f} minutes each (--max-minutes "
-                 f"{self.opts.max_minutes:g} in all)")
+            _log(
+                f"{runs} training runs of about {self.run_minutes:.2f} minutes each (--max-minutes "
+                f"{self.opts.max_minutes:g} in all)"
+            )
         python = measure.vllm_python(self)  # before training: a vLLM asked for and missing is refused now
         measure.check_budget(self)
         runs = self.train(families)
@@ -297,8 +410,10 @@ def run_build(opts: BuildOptions) -> int:
     with guarded_output(opts.output, {"--target": opts.target, "--data": opts.data, "--draft-init": opts.draft_init}):
         result = Build(opts).run()
     best = result["best"]
-    _log(f"done in {(time.perf_counter() - t0) / 60:.1f} min: best {best['name']} at γ = {best['gamma']}, "
-         f"{best['speedup']:.2f}x the target alone in {best['engine']}'s engine; report in "
-         f"{Path(opts.output) / 'report.md'}")
+    _log(
+        f"done in {(time.perf_counter() - t0) / 60:.1f} min: best {best['name']} at γ = {best['gamma']}, "
+        f"{best['speedup']:.2f}x the target alone in {best['engine']}'s engine; report in "
+        f"{Path(opts.output) / 'report.md'}"
+    )
     sys.stdout.flush()
     return 0

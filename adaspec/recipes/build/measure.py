@@ -26,54 +26,89 @@ def _log(msg: str) -> None:
 
 
 def family_of(name: str) -> str:
-    """"lm_kd" -> "lm": a build's run names are <family>_<method>."""
+    """ "lm_kd" -> "lm": a build's run names are <family>_<method>."""
     return name.rsplit("_", 1)[0]
 
 
-def settings(build: "Build", gamma: int) -> Any:
+def settings(build: Build, gamma: int) -> Any:
     from adaspec.evaluation.evaluate import EvalSettings
+
     split = json.loads((build.data_dir / "split.json").read_text())
-    return EvalSettings(None, "test", split["test"], gamma, 0.0, build.opts.max_new_tokens, build.opts.seed,
-                        context=build.opts.max_length, loss_examples=split["test"], data=str(build.data_dir))
+    return EvalSettings(
+        None,
+        "test",
+        split["test"],
+        gamma,
+        0.0,
+        build.opts.max_new_tokens,
+        build.opts.seed,
+        context=build.opts.max_length,
+        loss_examples=split["test"],
+        data=str(build.data_dir),
+    )
 
 
-def eval_command(build: "Build", name: str, path: Path, gamma: int) -> str:
+def eval_command(build: Build, name: str, path: Path, gamma: int) -> str:
     """The `adaspec eval` command that measures the same drafter on the same prompts."""
     import shlex
+
     s = settings(build, gamma)
     family = family_of(name)
     source = ["--draft", str(path)] if FAMILIES[family].is_draft_model else ["--head", f"{family}={path}"]
-    words = ["adaspec", "eval", "--target", build.opts.target, *source, "--data", str(build.data_dir),
-             "--split", "test", "--n-prompts", str(s.n_prompts), "--gamma", str(gamma), "--max-new-tokens",
-             str(s.max_new_tokens), "--context", str(s.context), "--seed", str(s.seed)]
+    words = [
+        "adaspec",
+        "eval",
+        "--target",
+        build.opts.target,
+        *source,
+        "--data",
+        str(build.data_dir),
+        "--split",
+        "test",
+        "--n-prompts",
+        str(s.n_prompts),
+        "--gamma",
+        str(gamma),
+        "--max-new-tokens",
+        str(s.max_new_tokens),
+        "--context",
+        str(s.context),
+        "--seed",
+        str(s.seed),
+    ]
     if build.opts.chat_template:
         words += ["--chat-template", build.opts.chat_template]
     return shlex.join(words)
 
 
-def _target_and_tokenizer(build: "Build") -> tuple[Any, Any]:
+def _target_and_tokenizer(build: Build) -> tuple[Any, Any]:
     from adaspec.models import load_model, load_tokenizer
+
     o = build.opts
-    return (load_model(o.target, trust_remote_code=o.trust_remote_code),
-            load_tokenizer(o.target, trust_remote_code=o.trust_remote_code, chat_template=o.chat_template))
+    return (
+        load_model(o.target, trust_remote_code=o.trust_remote_code),
+        load_tokenizer(o.target, trust_remote_code=o.trust_remote_code, chat_template=o.chat_template),
+    )
 
 
 def _load(name: str, path: Path, target: Any, tokenizer: Any) -> Any:
     from adaspec.drafters.loading import load_drafter
     from adaspec.models import load_model
+
     family = family_of(name)
     if FAMILIES[family].is_draft_model:
         return load_model(path)
     return load_drafter(family, path, target, tokenizer=tokenizer)
 
 
-def check_budget(build: "Build") -> None:
+def check_budget(build: Build) -> None:
     """Refuse a --max-minutes whose share per training run cannot hold one training step: one target forward
     over a batch, a step's least cost, timed here before anything is trained."""
     minutes = build.run_minutes
     if minutes is None:
         return
     import torch
+
     target, _ = _target_and_tokenizer(build)
     ids = torch.zeros(build.opts.batch_size, build.opts.max_length, dtype=torch.long)
     t0 = time.perf_counter()
@@ -81,15 +116,18 @@ def check_budget(build: "Build") -> None:
         target(input_ids=ids)
     seconds = time.perf_counter() - t0
     if minutes * 60 < seconds:
-        raise AdaspecError(f"--max-minutes {build.opts.max_minutes:g} ({minutes * 60:.2f} s per training run) "
-                           f"cannot fit one training step: one target forward over a batch of {build.opts.batch_size} x "
-                           f"{build.opts.max_length} tokens takes {seconds:.2f} s here")
+        raise AdaspecError(
+            f"--max-minutes {build.opts.max_minutes:g} ({minutes * 60:.2f} s per training run) "
+            f"cannot fit one training step: one target forward over a batch of {build.opts.batch_size} x "
+            f"{build.opts.max_length} tokens takes {seconds:.2f} s here"
+        )
 
 
-def adaspec_sweep(build: "Build", runs: dict[str, Path]) -> dict[int, dict[str, Any]]:
+def adaspec_sweep(build: Build, runs: dict[str, Path]) -> dict[int, dict[str, Any]]:
     """γ -> evaluate()'s JSON over every drafter of `runs` (its "drafts" keyed by run name)."""
     from adaspec.evaluation.evaluate import evaluate
     from adaspec.models import model_fingerprint
+
     out: dict[int, dict[str, Any]] = {}
     target = tokenizer = None
     for gamma in build.opts.gammas:
@@ -102,10 +140,15 @@ def adaspec_sweep(build: "Build", runs: dict[str, Path]) -> dict[int, dict[str, 
             _log(f"measuring {', '.join(missing)} at γ = {gamma} in adaspec's engine")
             drafts = {n: _load(n, runs[n], target, tokenizer) for n in missing}
             local = Path(build.opts.target).is_dir()
-            new = evaluate(target, drafts, tokenizer, settings(build, gamma),
-                           cache_dir=str(build.out / "eval" / "continuations"),
-                           target_fingerprint=model_fingerprint(build.opts.target) if local else None,
-                           log=_log).to_json()
+            new = evaluate(
+                target,
+                drafts,
+                tokenizer,
+                settings(build, gamma),
+                cache_dir=str(build.out / "eval" / "continuations"),
+                target_fingerprint=model_fingerprint(build.opts.target) if local else None,
+                log=_log,
+            ).to_json()
             old = {**new, "drafts": {**old["drafts"], **new["drafts"]}}
             atomic_write_json(path, old)
         out[gamma] = {**old, "drafts": {n: old["drafts"][n] for n in runs}}
@@ -116,9 +159,10 @@ def best_gamma(sweep: dict[int, dict[str, Any]], name: str) -> int:
     return max(sweep, key=lambda g: (sweep[g]["drafts"][name]["measured_speedup"] or 0.0, -g))
 
 
-def vllm_python(build: "Build") -> str | None:
+def vllm_python(build: Build) -> str | None:
     """vLLM's python when this build measures in vLLM (None: adaspec's engine only, said in one line)."""
     from adaspec.serving.vllm_engine import find_vllm_python
+
     if build.opts.engine == "adaspec":
         return None
     try:
@@ -130,13 +174,15 @@ def vllm_python(build: "Build") -> str | None:
         return None
 
 
-def vllm_rows(build: "Build", runs: dict[str, Path], sweep: dict[int, dict[str, Any]],
-              python: str | None) -> dict[str, dict[str, Any]]:
+def vllm_rows(
+    build: Build, runs: dict[str, Path], sweep: dict[int, dict[str, Any]], python: str | None
+) -> dict[str, dict[str, Any]]:
     """name -> vLLM's row for that drafter at its best γ (batch 1, greedy); {} without vLLM."""
     if python is None:
         return {}
     from adaspec.evaluation.evaluate import prompt_ids
     from adaspec.serving.vllm_engine import VllmRun, measure
+
     by_gamma: dict[int, list[str]] = {}
     for name in runs:
         by_gamma.setdefault(best_gamma(sweep, name), []).append(name)
@@ -151,9 +197,18 @@ def vllm_rows(build: "Build", runs: dict[str, Path], sweep: dict[int, dict[str, 
                 target, tokenizer = _target_and_tokenizer(build)
             _log(f"measuring {', '.join(names)} at γ = {gamma} in vLLM")
             prompts, context = prompt_ids(settings(build, gamma), tokenizer, [target])
-            run = VllmRun(target=build.opts.target, prompts=prompts, max_tokens=build.opts.max_new_tokens,
-                          temperatures=(0.0,), gamma=gamma, max_model_len=context, batch_sizes=(1,),
-                          eos_token_id=tokenizer.eos_token_id, seed=build.opts.seed, eager=build.opts.vllm_eager)
+            run = VllmRun(
+                target=build.opts.target,
+                prompts=prompts,
+                max_tokens=build.opts.max_new_tokens,
+                temperatures=(0.0,),
+                gamma=gamma,
+                max_model_len=context,
+                batch_sizes=(1,),
+                eos_token_id=tokenizer.eos_token_id,
+                seed=build.opts.seed,
+                eager=build.opts.vllm_eager,
+            )
             served = {n: (family_of(n), str(runs[n]), _load(n, runs[n], target, tokenizer)) for n in names}
             stored = measure(python, run, served, target, log=_log)
             atomic_write_json(path, stored)

@@ -21,6 +21,7 @@ DRAFT_PRESETS = (("llama-draft-xxs", 32), ("llama-draft-xs", 64), ("llama-draft-
 def read_config(path: str, trust_remote_code: bool = False) -> dict[str, Any]:
     """A model's config as a dict (folder or hub id), one line when there is none."""
     from transformers import AutoConfig
+
     try:
         return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code).to_dict()
     except (OSError, ValueError) as exc:
@@ -31,6 +32,7 @@ def serve_problems(target: dict[str, Any], draft: dict[str, Any] | None) -> dict
     """Per family, why vLLM cannot serve it on this target (None: it can; `Family.vllm_problem`). `draft`: the
     config of a given --draft-init, whose head size vLLM may not take (a built draft always has a servable one)."""
     from adaspec.drafters import FAMILIES
+
     return {name: f.vllm_problem(target, draft) for name, f in FAMILIES.items()}
 
 
@@ -38,6 +40,7 @@ def choose_families(requested: list[str] | None, problems: dict[str, str | None]
     """(families to train, why each family not trained is left out). A requested family vLLM cannot serve
     is refused in one line naming the families that can be."""
     from adaspec.drafters import FAMILIES
+
     opt_in = {name: f.build_opt_in for name, f in FAMILIES.items() if f.build_opt_in}
     servable = [f for f in FAMILIES if problems[f] is None]
     if requested is None:
@@ -46,8 +49,10 @@ def choose_families(requested: list[str] | None, problems: dict[str, str | None]
         return [f for f in servable if f not in opt_in], left_out
     for family in requested:
         if problems[family]:
-            raise AdaspecError(f"vLLM cannot serve {family} drafters on this target: {problems[family]}; "
-                               f"families it can serve here: {', '.join(servable) or 'none'}")
+            raise AdaspecError(
+                f"vLLM cannot serve {family} drafters on this target: {problems[family]}; "
+                f"families it can serve here: {', '.join(servable) or 'none'}"
+            )
     return list(requested), {f: "not asked for (--drafters)" for f in FAMILIES if f not in requested}
 
 
@@ -64,17 +69,26 @@ def split_examples(examples: list, n_test: int, n_val: int, batch_size: int, see
     left."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
-    check_train_batch(len(train), batch_size, f"{len(examples)} usable records leave {len(train)} for training "
-                      f"after {n_test} test and {n_val} validation records")
-    return {"train": [examples[i] for i in train], "validation": [examples[i] for i in val],
-            "test": [examples[i] for i in test]}
+    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+    check_train_batch(
+        len(train),
+        batch_size,
+        f"{len(examples)} usable records leave {len(train)} for training "
+        f"after {n_test} test and {n_val} validation records",
+    )
+    return {
+        "train": [examples[i] for i in train],
+        "validation": [examples[i] for i in val],
+        "test": [examples[i] for i in test],
+    }
 
 
 def check_train_batch(n_train: int, batch_size: int, what: str | None = None) -> None:
     if n_train < batch_size:
-        raise AdaspecError(f"{what or f'{n_train} training records'}, fewer than one batch of {batch_size}; lower "
-                           f"--test-examples / --val-examples / --batch-size or bring more data")
+        raise AdaspecError(
+            f"{what or f'{n_train} training records'}, fewer than one batch of {batch_size}; lower "
+            f"--test-examples / --val-examples / --batch-size or bring more data"
+        )
 
 
 def example_record(example: Any) -> dict[str, Any]:

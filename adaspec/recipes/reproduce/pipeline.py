@@ -47,9 +47,18 @@ from adaspec import data as data_lib
 from adaspec.errors import AdaspecError
 from adaspec.io import atomic_write_json
 from adaspec.options import helptext
-from adaspec.recipes.reproduce.protocols import (ABLATIONS, HEAD_KINDS, HEADS, LONG_ABLATIONS, OFFICIAL_ABLATIONS,
-                                                  OFFICIAL_CONTROLS, OFFICIAL_GROUP, OFFICIAL_SETTINGS,
-                                                  OFFICIAL_VARIANTS, PRESETS)
+from adaspec.recipes.reproduce.protocols import (
+    ABLATIONS,
+    HEAD_KINDS,
+    HEADS,
+    LONG_ABLATIONS,
+    OFFICIAL_ABLATIONS,
+    OFFICIAL_CONTROLS,
+    OFFICIAL_GROUP,
+    OFFICIAL_SETTINGS,
+    OFFICIAL_VARIANTS,
+    PRESETS,
+)
 from adaspec.safety import check_output, guarded_output
 
 if TYPE_CHECKING:
@@ -63,25 +72,44 @@ class ReproduceOptions:
     task: str = field(default="gsm8k", metadata=helptext(f"task ({', '.join(data_lib.TASKS)})"))
     preset: str = field(default="demo", metadata=helptext(f"scale ({', '.join(PRESETS)})"))
     seeds: list[int] | None = field(default=None, metadata=helptext("distillation seeds (default: the preset's)"))
-    ablations: bool = field(default=False, metadata=helptext(
-        "also train the selection (bottom/random) and k ablations on the first seed"))
-    long_ablations: bool = field(default=False, metadata=helptext(
-        "also train DistillSpec and AdaSPEC at 4x AdaSPEC's steps on the first seed (equal steps, near convergence)"))
-    protocol: Literal["adaspec", "official"] = field(default="adaspec", metadata=helptext(
-        "adaspec: cosine lr, AdaSPEC for epochs/k at DistillSpec's batch (2.5x its steps; the committed main "
-        "table); official: the authors' scripts, AdaSPEC at batch/k and epochs/k (equal steps), constant lr "
-        "3e-4, weight decay 0.1, with the equal-steps controls (--ablations adds bottom and k)"))
-    variants: bool = field(default=False, metadata=helptext(
-        "with --protocol official: also train the acceptance-aligned variants (LK losses, Δ in TVD, soft "
-        "selection, k schedule) on every seed"))
-    heads: list[str] | None = field(default=None, metadata=helptext(
-        "also train drafter heads per seed on the frozen target and evaluate them beside the drafts: eagle "
-        "(EAGLE-3 with KD and with AdaSPEC against it; EAGLE-1 with KD on the first seed), mtp (KD, AdaSPEC), "
-        "medusa (KD)"))
+    ablations: bool = field(
+        default=False, metadata=helptext("also train the selection (bottom/random) and k ablations on the first seed")
+    )
+    long_ablations: bool = field(
+        default=False,
+        metadata=helptext(
+            "also train DistillSpec and AdaSPEC at 4x AdaSPEC's steps on the first seed (equal steps, near convergence)"
+        ),
+    )
+    protocol: Literal["adaspec", "official"] = field(
+        default="adaspec",
+        metadata=helptext(
+            "adaspec: cosine lr, AdaSPEC for epochs/k at DistillSpec's batch (2.5x its steps; the committed main "
+            "table); official: the authors' scripts, AdaSPEC at batch/k and epochs/k (equal steps), constant lr "
+            "3e-4, weight decay 0.1, with the equal-steps controls (--ablations adds bottom and k)"
+        ),
+    )
+    variants: bool = field(
+        default=False,
+        metadata=helptext(
+            "with --protocol official: also train the acceptance-aligned variants (LK losses, Δ in TVD, soft "
+            "selection, k schedule) on every seed"
+        ),
+    )
+    heads: list[str] | None = field(
+        default=None,
+        metadata=helptext(
+            "also train drafter heads per seed on the frozen target and evaluate them beside the drafts: eagle "
+            "(EAGLE-3 with KD and with AdaSPEC against it; EAGLE-1 with KD on the first seed), mtp (KD, AdaSPEC), "
+            "medusa (KD)"
+        ),
+    )
     runs_dir: str = field(default="runs", metadata=helptext("where models and caches go (resumable)"))
     results_dir: str = field(default="results", metadata=helptext("where report.md/results.json/plots go"))
-    use_cache: bool = field(default=True, metadata=helptext(
-        "distil from offline target/reference caches (no target forward during draft training)"))
+    use_cache: bool = field(
+        default=True,
+        metadata=helptext("distil from offline target/reference caches (no target forward during draft training)"),
+    )
     speed_benchmark: bool = field(default=True, metadata=helptext("time target-only vs speculative decoding"))
     progress: bool = field(default=True, metadata=helptext("show progress bars"))
 
@@ -93,8 +121,9 @@ class ReproduceOptions:
         if self.variants and self.protocol != "official":
             raise AdaspecError("--variants belongs to --protocol official (they are compared at equal steps)")
         if self.protocol == "official" and self.long_ablations:
-            raise AdaspecError("--long-ablations belongs to --protocol adaspec (the official runs are all at "
-                               "equal steps already)")
+            raise AdaspecError(
+                "--long-ablations belongs to --protocol adaspec (the official runs are all at equal steps already)"
+            )
         if self.heads is not None:
             unknown = [h for h in self.heads if h not in HEAD_KINDS]
             if unknown or not self.heads:
@@ -122,14 +151,23 @@ class Pipeline:
         self.seeds = list(opts.seeds) if opts.seeds else list(self.p.seeds)
 
     def _common(self, output: Path, seed: int = 0) -> dict:
-        return dict(output=str(output), task=self.opts.task, limit=self.p.train_limit,
-                    max_length=self.p.max_length, batch_size=self.p.batch_size, seed=seed,
-                    progress=self.opts.progress, val_every=0, save_every=100)
+        return dict(
+            output=str(output),
+            task=self.opts.task,
+            limit=self.p.train_limit,
+            max_length=self.p.max_length,
+            batch_size=self.p.batch_size,
+            seed=seed,
+            progress=self.opts.progress,
+            val_every=0,
+            save_every=100,
+        )
 
     def pretrained(self, role: Literal["target", "draft"]) -> Path:
         """The preset's target or draft trained on the corpus, shared by every task (the draft reads the
         target's tokenizer, trained on the corpus)."""
         from adaspec.recipes.train_target import TrainTargetOptions, run_train_target
+
         out = Path(self.opts.runs_dir) / data_lib.CORPUS / self.opts.preset / role
         if not _done(out):
             tokenizer = str(self.pretrained("target")) if role == "draft" else None
@@ -138,36 +176,60 @@ class Pipeline:
             _log(f"pretraining the {role} ({preset}) on the corpus -> {out}")
             n = len(data_lib.load_corpus("train", limit=self.p.train_limit))
             total = max(1, n // self.p.batch_size) * epochs
-            run_train_target(TrainTargetOptions(**{**self._common(out), "task": data_lib.CORPUS,
-                                                   "val_every": max(1, int(total) // 8)},
-                                                preset=preset, tokenizer=tokenizer, vocab_size=self.p.vocab_size,
-                                                epochs=epochs, lr=self.p.target_lr if role == "target"
-                                                else self.p.distill_lr, train_on_prompt=True))
+            run_train_target(
+                TrainTargetOptions(
+                    **{**self._common(out), "task": data_lib.CORPUS, "val_every": max(1, int(total) // 8)},
+                    preset=preset,
+                    tokenizer=tokenizer,
+                    vocab_size=self.p.vocab_size,
+                    epochs=epochs,
+                    lr=self.p.target_lr if role == "target" else self.p.distill_lr,
+                    train_on_prompt=True,
+                )
+            )
         return out
 
     def target(self) -> Path:
         from adaspec.recipes.train_target import TrainTargetOptions, run_train_target
+
         out = self.root / "target"
         if not _done(out):
             # from scratch the prompts are extra text to learn the language from; a pretrained target has it
-            model = ({"model": str(self.pretrained("target")), "train_on_prompt": False} if self.p.pretrain_epochs
-                     else {"preset": self.p.target, "vocab_size": self.p.vocab_size, "train_on_prompt": True})
+            model = (
+                {"model": str(self.pretrained("target")), "train_on_prompt": False}
+                if self.p.pretrain_epochs
+                else {"preset": self.p.target, "vocab_size": self.p.vocab_size, "train_on_prompt": True}
+            )
             _log(f"training the target ({self.p.target}) -> {out}")
             total = self._steps_per_epoch() * self.p.target_epochs
-            run_train_target(TrainTargetOptions(**{**self._common(out), "val_every": max(1, int(total) // 8)},
-                                                epochs=self.p.target_epochs, lr=self.p.target_lr, **model))
+            run_train_target(
+                TrainTargetOptions(
+                    **{**self._common(out), "val_every": max(1, int(total) // 8)},
+                    epochs=self.p.target_epochs,
+                    lr=self.p.target_lr,
+                    **model,
+                )
+            )
         return out
 
     def draft_init(self, target: Path) -> Path:
         from adaspec.recipes.train_target import TrainTargetOptions, run_train_target
+
         if self.p.draft_pretrain_epochs:
             return self.pretrained("draft")
         out = self.root / "draft_init"
         if not _done(out):
             _log(f"training the initial draft ({self.p.draft}) -> {out}")
-            run_train_target(TrainTargetOptions(**self._common(out), preset=self.p.draft, tokenizer=str(target),
-                                                epochs=self.p.draft_init_epochs, lr=self.p.distill_lr,
-                                                train_on_prompt=True))
+            run_train_target(
+                TrainTargetOptions(
+                    **self._common(out),
+                    preset=self.p.draft,
+                    tokenizer=str(target),
+                    epochs=self.p.draft_init_epochs,
+                    lr=self.p.distill_lr,
+                    train_on_prompt=True,
+                )
+            )
         return out
 
     def cache(self, target: Path, ref: Path | None, out: Path, divergence: str = "fkl") -> Path | None:
@@ -175,17 +237,33 @@ class Pipeline:
         if not self.opts.use_cache:
             return None
         from adaspec.recipes.cache import CacheOptions, run_cache
+
         if not (out / "manifest.json").exists() or not json.loads((out / "manifest.json").read_text()).get(
-                "complete", True):
-            _log(f"caching the target's top-{self.p.top_k}" + (f" and L_ref ({divergence})" if ref else "")
-                 + f" -> {out}")
-        run_cache(CacheOptions(target=str(target), ref=str(ref) if ref else None, task=self.opts.task,
-                               limit=self.p.train_limit, max_length=self.p.max_length, top_k=self.p.top_k,
-                               divergence=divergence, output=str(out), progress=self.opts.progress))
+            "complete", True
+        ):
+            _log(
+                f"caching the target's top-{self.p.top_k}"
+                + (f" and L_ref ({divergence})" if ref else "")
+                + f" -> {out}"
+            )
+        run_cache(
+            CacheOptions(
+                target=str(target),
+                ref=str(ref) if ref else None,
+                task=self.opts.task,
+                limit=self.p.train_limit,
+                max_length=self.p.max_length,
+                top_k=self.p.top_k,
+                divergence=divergence,
+                output=str(out),
+                progress=self.opts.progress,
+            )
+        )
         return out
 
-    def _run_cache(self, overrides: dict, seed: int, target: Path, ref: Path, cache: Path | None,
-                   ref_cache: Path | None) -> Path | None:
+    def _run_cache(
+        self, overrides: dict, seed: int, target: Path, ref: Path, cache: Path | None, ref_cache: Path | None
+    ) -> Path | None:
         """The cache a run reads: the target's alone for KD, else one whose L_ref is in the run's Δ divergence
         (a variant measuring Δ in another divergence gets its own, cache_ref_<divergence>)."""
         if overrides.get("method") == "kd":
@@ -195,18 +273,34 @@ class Pipeline:
             return ref_cache
         return self.cache(target, ref, self.runs / f"seed{seed}" / f"cache_ref_{kind}", divergence=kind)
 
-    def distill(self, name: str, target: Path, init: Path, seed: int, cache: Path | None,
-                ref: Path | None = None, **overrides: object) -> Path:
+    def distill(
+        self,
+        name: str,
+        target: Path,
+        init: Path,
+        seed: int,
+        cache: Path | None,
+        ref: Path | None = None,
+        **overrides: object,
+    ) -> Path:
         from adaspec.recipes.distill import DistillOptions, run_distill
+
         out = self.runs / f"seed{seed}" / name
         if not _done(out):
             _log(f"distilling {name} (seed {seed}) -> {out}")
             method = "adaspec" if ref is not None else "kd"
-            kwargs = dict(self._common(out, seed), target=str(target), draft_init=str(init), method=method,
-                          epochs=self.p.distill_epochs, lr=self.p.distill_lr,
-                          teacher_cache=str(cache) if cache else None, top_k=self.p.top_k if cache else None,
-                          val_every=max(1, int(self._steps_per_epoch() * self.p.distill_epochs) // 4),
-                          val_examples=48)
+            kwargs = dict(
+                self._common(out, seed),
+                target=str(target),
+                draft_init=str(init),
+                method=method,
+                epochs=self.p.distill_epochs,
+                lr=self.p.distill_lr,
+                teacher_cache=str(cache) if cache else None,
+                top_k=self.p.top_k if cache else None,
+                val_every=max(1, int(self._steps_per_epoch() * self.p.distill_epochs) // 4),
+                val_examples=48,
+            )
             if self.official:
                 kwargs.update(OFFICIAL_SETTINGS, budget_by="batch")
             else:
@@ -223,16 +317,25 @@ class Pipeline:
             run_distill(DistillOptions(**kwargs))
         return out
 
-    def head_options(self, name: str, target: Path, seed: int, ref: Path | None) -> "TrainHeadOptions":
+    def head_options(self, name: str, target: Path, seed: int, ref: Path | None) -> TrainHeadOptions:
         """The train-head run `name` of HEADS on the frozen target, with the drafts' protocol and token budget."""
         from adaspec.recipes.train_head.options import TrainHeadOptions
+
         out = self.runs / f"seed{seed}" / "heads" / name
         spec = {k: v for k, v in HEADS[name].items() if k not in ("ref", "first_seed", "label")}
         shape = {"ttt_steps": self.p.head_ttt_steps} if spec["kind"] == "eagle" else {"depth": self.p.gamma}
-        kwargs = dict(self._common(out, seed), target=str(target), **spec, **shape, init_seed=seed,
-                      epochs=self.p.head_epochs, lr=self.p.distill_lr, val_examples=48,
-                      val_max_new_tokens=self.p.eval_max_new_tokens,
-                      val_every=max(1, int(self._steps_per_epoch() * self.p.head_epochs) // 4))
+        kwargs = dict(
+            self._common(out, seed),
+            target=str(target),
+            **spec,
+            **shape,
+            init_seed=seed,
+            epochs=self.p.head_epochs,
+            lr=self.p.distill_lr,
+            val_examples=48,
+            val_max_new_tokens=self.p.eval_max_new_tokens,
+            val_every=max(1, int(self._steps_per_epoch() * self.p.head_epochs) // 4),
+        )
         if self.official:
             kwargs.update(OFFICIAL_SETTINGS, budget_by="batch")
         else:
@@ -244,6 +347,7 @@ class Pipeline:
 
     def head(self, name: str, target: Path, seed: int, ref: Path | None) -> Path:
         from adaspec.recipes.train_head.options import run_train_head
+
         opts = self.head_options(name, target, seed, ref)
         if not _done(Path(opts.output)):
             _log(f"training head {name} (seed {seed}) -> {opts.output}")
@@ -252,8 +356,11 @@ class Pipeline:
 
     def _heads_of_seed(self, seed: int) -> list[str]:
         kinds = self.opts.heads or []
-        return [n for n, spec in HEADS.items() if spec["kind"] in kinds
-                and (not spec.get("first_seed") or seed == self.seeds[0])]
+        return [
+            n
+            for n, spec in HEADS.items()
+            if spec["kind"] in kinds and (not spec.get("first_seed") or seed == self.seeds[0])
+        ]
 
     def _steps_per_epoch(self) -> int:
         return max(1, self.n_train // self.p.batch_size)
@@ -263,8 +370,7 @@ class Pipeline:
         init = self.draft_init(target)
         cache = self.cache(target, None, self.root / "cache")
         drafts: dict[str, dict[int, Path]] = {"distillspec": {}, "adaspec": {}}
-        extra = {**(ABLATIONS if self.opts.ablations else {}),
-                 **(LONG_ABLATIONS if self.opts.long_ablations else {})}
+        extra = {**(ABLATIONS if self.opts.ablations else {}), **(LONG_ABLATIONS if self.opts.long_ablations else {})}
         if self.official:
             extra = OFFICIAL_ABLATIONS if self.opts.ablations else {}
         for seed in self.seeds:
@@ -272,13 +378,22 @@ class Pipeline:
             ref_cache = self.cache(target, ds, self.runs / f"seed{seed}" / "cache_ref")
             drafts["distillspec"][seed] = ds
             drafts["adaspec"][seed] = self.distill("adaspec", target, init, seed, ref_cache, ref=ds)
-            runs = {**(OFFICIAL_CONTROLS if self.official else {}),
-                    **(OFFICIAL_VARIANTS if self.opts.variants else {}), **(extra if seed == self.seeds[0] else {})}
+            runs = {
+                **(OFFICIAL_CONTROLS if self.official else {}),
+                **(OFFICIAL_VARIANTS if self.opts.variants else {}),
+                **(extra if seed == self.seeds[0] else {}),
+            }
             for name, overrides in runs.items():
                 kd = overrides.get("method") == "kd"
                 drafts.setdefault(name, {})[seed] = self.distill(
-                    name, target, init, seed, self._run_cache(overrides, seed, target, ds, cache, ref_cache),
-                    ref=None if kd else ds, **overrides)
+                    name,
+                    target,
+                    init,
+                    seed,
+                    self._run_cache(overrides, seed, target, ds, cache, ref_cache),
+                    ref=None if kd else ds,
+                    **overrides,
+                )
             for name in self._heads_of_seed(seed):
                 ref = HEADS[name].get("ref")
                 drafts.setdefault(name, {})[seed] = self.head(name, target, seed, drafts[ref][seed] if ref else None)
@@ -290,6 +405,7 @@ class Pipeline:
         from adaspec.evaluation.evaluate import EvalSettings, evaluate
         from adaspec.models import load_model, load_tokenizer, model_fingerprint
         from adaspec.recipes.reproduce.report import write_official, write_results
+
         tokenizer = load_tokenizer(target_dir)
         target = load_model(target_dir)
         evals: dict[int, dict] = {}
@@ -305,37 +421,76 @@ class Pipeline:
             if missing:
                 # only the drafts not yet measured; each is timed against the target alone in its own call
                 _log(f"evaluating seed {seed}: {', '.join(missing)}")
-                settings = EvalSettings(self.opts.task, "test", self.p.eval_prompts, self.p.gamma, 0.0,
-                                        self.p.eval_max_new_tokens, seed, context=self.p.max_length)
-                loaded = {n: load_drafter(HEADS[n]["kind"], p, target) if n in HEADS else load_model(p)
-                          for n, p in missing.items()}
-                new = evaluate(target, loaded, tokenizer, settings, cache_dir=str(self.root / "eval_cache"),
-                               target_fingerprint=model_fingerprint(target_dir), log=_log).to_json()
+                settings = EvalSettings(
+                    self.opts.task,
+                    "test",
+                    self.p.eval_prompts,
+                    self.p.gamma,
+                    0.0,
+                    self.p.eval_max_new_tokens,
+                    seed,
+                    context=self.p.max_length,
+                )
+                loaded = {
+                    n: load_drafter(HEADS[n]["kind"], p, target) if n in HEADS else load_model(p)
+                    for n, p in missing.items()
+                }
+                new = evaluate(
+                    target,
+                    loaded,
+                    tokenizer,
+                    settings,
+                    cache_dir=str(self.root / "eval_cache"),
+                    target_fingerprint=model_fingerprint(target_dir),
+                    log=_log,
+                ).to_json()
                 old = {**new, "drafts": {**old["drafts"], **new["drafts"]}}
                 atomic_write_json(cached, old)
             evals[seed] = {**old, "drafts": {n: old["drafts"][n] for n in paths}}
-        summaries = {name: {s: json.loads((p / "train_summary.json").read_text()) for s, p in by_seed.items()}
-                     for name, by_seed in drafts.items()}
+        summaries = {
+            name: {s: json.loads((p / "train_summary.json").read_text()) for s, p in by_seed.items()}
+            for name, by_seed in drafts.items()
+        }
         summaries["target"] = {0: json.loads((target_dir / "train_summary.json").read_text())}
         summaries["draft_init"] = {0: json.loads((init / "train_summary.json").read_text())}
         # heads are no language models: no response cross-entropy
         val_ce = self.validation_ce(target_dir, init, {n: d for n, d in drafts.items() if n not in HEADS}, tokenizer)
         heads = {n: {k: v for k, v in HEADS[n].items() if k != "first_seed"} for n in drafts if n in HEADS}
         if self.official:
-            return write_official(command_line(self.opts), self.opts.task, self.opts.preset, self.p, evals,
-                                  summaries, Path(self.opts.results_dir) / self.opts.task, val_ce,
-                                  {**OFFICIAL_SETTINGS, "selection_group": OFFICIAL_GROUP}, heads)
+            return write_official(
+                command_line(self.opts),
+                self.opts.task,
+                self.opts.preset,
+                self.p,
+                evals,
+                summaries,
+                Path(self.opts.results_dir) / self.opts.task,
+                val_ce,
+                {**OFFICIAL_SETTINGS, "selection_group": OFFICIAL_GROUP},
+                heads,
+            )
         speed = self.speed_benchmark(target_dir, drafts)
-        return write_results(command_line(self.opts), self.opts.task, self.opts.preset, self.p, evals,
-                             summaries, speed, Path(self.opts.results_dir) / self.opts.task, val_ce, heads)
+        return write_results(
+            command_line(self.opts),
+            self.opts.task,
+            self.opts.preset,
+            self.p,
+            evals,
+            summaries,
+            speed,
+            Path(self.opts.results_dir) / self.opts.task,
+            val_ce,
+            heads,
+        )
 
     def _within_training_length(self, measured: dict) -> bool:
         """Whether a stored evaluation kept prompt + continuation within the training length."""
         context = measured.get("config", {}).get("context")
         return context is not None and context <= self.p.max_length
 
-    def validation_ce(self, target_dir: Path, init: Path, drafts: dict[str, dict[int, Path]],
-                      tokenizer: object) -> dict[str, list[float]]:
+    def validation_ce(
+        self, target_dir: Path, init: Path, drafts: dict[str, dict[int, Path]], tokenizer: object
+    ) -> dict[str, list[float]]:
         """Response cross-entropy on the validation split, per model and seed.
 
         The validation split comes from the training distribution, so it shows the capacity gap even where
@@ -344,10 +499,14 @@ class Pipeline:
         """
         from adaspec.models import load_model
         from adaspec.training.setup import validation_loss
+
         path = self.runs / "validation_ce.json"
         done = json.loads(path.read_text()) if path.exists() else {}
-        models = {"target": target_dir, "draft_init": init,
-                  **{f"{name}/seed{s}": p for name, by_seed in drafts.items() for s, p in by_seed.items()}}
+        models = {
+            "target": target_dir,
+            "draft_init": init,
+            **{f"{name}/seed{s}": p for name, by_seed in drafts.items() for s, p in by_seed.items()},
+        }
         missing = [k for k in models if k not in done]
         if missing:
             _log(f"validation cross-entropy: {len(missing)} model(s)")
@@ -368,21 +527,30 @@ class Pipeline:
         if not self.opts.speed_benchmark:
             return None
         from adaspec.evaluation.speed import decode_benchmark, differing, format_report
+
         seed = self.seeds[0]
         out: dict[str, dict] = {}
         for name in ("distillspec", "adaspec"):
             path = self.root / f"seed{seed}" / f"speed_{name}.json"
             if not path.exists() or not self._within_training_length(json.loads(path.read_text())):
                 _log(f"speed benchmark: {name}")
-                report = decode_benchmark(str(target_dir), str(drafts[name][seed]), prompts_task=self.opts.task,
-                                          n_prompts=min(self.p.eval_prompts, 10),
-                                          max_new_tokens=self.p.eval_max_new_tokens, gamma=self.p.gamma,
-                                          context=self.p.max_length, repeats=3)
+                report = decode_benchmark(
+                    str(target_dir),
+                    str(drafts[name][seed]),
+                    prompts_task=self.opts.task,
+                    n_prompts=min(self.p.eval_prompts, 10),
+                    max_new_tokens=self.p.eval_max_new_tokens,
+                    gamma=self.p.gamma,
+                    context=self.p.max_length,
+                    repeats=3,
+                )
                 print(format_report(report), flush=True)
                 atomic_write_json(path, report, indent=2)
                 if bad := differing(report):
-                    raise AdaspecError(f"speed benchmark of {name}: {', '.join(bad)} decoded differently from the "
-                                       f"target alone (see {path})")
+                    raise AdaspecError(
+                        f"speed benchmark of {name}: {', '.join(bad)} decoded differently from the "
+                        f"target alone (see {path})"
+                    )
             out[name] = json.loads(path.read_text())
         return out
 
@@ -415,5 +583,7 @@ def run_reproduce(opts: ReproduceOptions) -> None:
     pipeline = Pipeline(opts)
     with guarded_output(pipeline.root, {}, flag="--runs-dir"):
         results = pipeline.run()
-    _log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; "
-         f"greedy α: " + ", ".join(f"{k} {v:.3f}" for k, v in results["alpha_greedy"].items()))
+    _log(
+        f"done in {(time.perf_counter() - t0) / 60:.1f} min; "
+        f"greedy α: " + ", ".join(f"{k} {v:.3f}" for k, v in results["alpha_greedy"].items())
+    )

@@ -56,29 +56,55 @@ class Preset:
         if self.draft_pretrain_epochs and not self.pretrain_epochs:  # the draft reads the pretrained tokenizer
             raise AdaspecError("a preset that pretrains the draft must pretrain the target too")
 
-    def for_task(self, n_train: int) -> "Preset":
+    def for_task(self, n_train: int) -> Preset:
         """This preset with its epochs scaled for a training split of `n_train` examples."""
         scale = max(1.0, self.min_train_examples / max(1, n_train))
         # a pretrained target is fine-tuned as many epochs as the paper's, whatever the task's size
-        return replace(self, target_epochs=self.target_epochs * (1.0 if self.pretrain_epochs else scale),
-                       draft_init_epochs=self.draft_init_epochs * scale, distill_epochs=self.distill_epochs * scale,
-                       head_epochs=self.head_epochs * scale)
+        return replace(
+            self,
+            target_epochs=self.target_epochs * (1.0 if self.pretrain_epochs else scale),
+            draft_init_epochs=self.draft_init_epochs * scale,
+            distill_epochs=self.distill_epochs * scale,
+            head_epochs=self.head_epochs * scale,
+        )
 
 
 # the committed science tables (results/<task>/, results/pretrained/): ~16x parameter gap, full training
 # split, on the GPT-NeoX pair they were measured on (a 16-wide draft head no server takes; kept so they
 # reproduce)
-_SMALL_NEOX = Preset(vocab_size=2048, target="neox-target-s", draft="neox-draft-xxs", max_length=256,
-                     train_limit=None, target_epochs=1.0, target_lr=2e-3, draft_init_epochs=0.25,
-                     distill_epochs=1.0, distill_lr=2e-3, batch_size=16, eval_prompts=50,
-                     eval_max_new_tokens=96, gamma=3, top_k=64, seeds=(0, 1, 2), min_train_examples=7000)
+_SMALL_NEOX = Preset(
+    vocab_size=2048,
+    target="neox-target-s",
+    draft="neox-draft-xxs",
+    max_length=256,
+    train_limit=None,
+    target_epochs=1.0,
+    target_lr=2e-3,
+    draft_init_epochs=0.25,
+    distill_epochs=1.0,
+    distill_lr=2e-3,
+    batch_size=16,
+    eval_prompts=50,
+    eval_max_new_tokens=96,
+    gamma=3,
+    top_k=64,
+    seeds=(0, 1, 2),
+    min_train_examples=7000,
+)
 
 PRESETS: dict[str, Preset] = {
     # `make demo`: the whole pipeline on a Llama pair every vLLM drafter method serves (head size 32). Smaller
     # models than `small` on the same data and epochs: a demo that also cut the data (1,200 examples) left
     # both drafts at their first checkpoint with identical alpha, which demonstrates nothing
-    "demo": replace(_SMALL_NEOX, vocab_size=1024, target="llama-demo-target", draft="llama-demo-draft",
-                    eval_prompts=30, eval_max_new_tokens=64, seeds=(0,)),
+    "demo": replace(
+        _SMALL_NEOX,
+        vocab_size=1024,
+        target="llama-demo-target",
+        draft="llama-demo-draft",
+        eval_prompts=30,
+        eval_max_new_tokens=64,
+        seeds=(0,),
+    ),
     # the same scale as the science tables on a servable Llama pair
     "small": replace(_SMALL_NEOX, target="llama-target-s", draft="llama-draft-xxs"),
     "small-neox": _SMALL_NEOX,

@@ -67,12 +67,19 @@ def _per_seed(evals: dict[int, dict], name: str, *path: str) -> list[float]:
     return out
 
 
-def collect(command: str, task: str, preset_name: str, preset: Any, evals: dict[int, dict],
-            summaries: dict[str, dict], speed: dict | None, heads: dict[str, dict] | None = None) -> dict:
+def collect(
+    command: str,
+    task: str,
+    preset_name: str,
+    preset: Any,
+    evals: dict[int, dict],
+    summaries: dict[str, dict],
+    speed: dict | None,
+    heads: dict[str, dict] | None = None,
+) -> dict:
     """`heads`: the names among the evaluated drafts that are drafter heads, with what they are (kind, label,
     the KD head an AdaSPEC head selected against); they get every measurement but a response loss."""
-    evals = {seed: {**e, "drafts": {n: current_names(d) for n, d in e["drafts"].items()}}
-             for seed, e in evals.items()}
+    evals = {seed: {**e, "drafts": {n: current_names(d) for n, d in e["drafts"].items()}} for seed, e in evals.items()}
     seeds = sorted(evals)
     first = evals[seeds[0]]
     names = [n for n in first["drafts"]]
@@ -84,25 +91,35 @@ def collect(command: str, task: str, preset_name: str, preset: Any, evals: dict[
         "preset_settings": dict(preset.__dict__),
         "seeds": seeds,
         "params": {"target": first["target"]["params"], "draft": first["drafts"]["distillspec"]["params"]},
-        "val_loss": {"target": first["target"]["response_loss"],
-                     **{n: _mean_std(_per_seed(evals, n, "response_loss"))[0] for n in names if n not in heads}},
+        "val_loss": {
+            "target": first["target"]["response_loss"],
+            **{n: _mean_std(_per_seed(evals, n, "response_loss"))[0] for n in names if n not in heads},
+        },
         "target_quality": {"metric": first["target"]["quality_metric"], "value": first["target"]["quality"]},
     }
-    for key, path in (("alpha_greedy", ("alpha",)), ("alpha_drafted", ("alpha_drafted",)),
-                      ("alpha_analytic_greedy", ("analytic", "alpha_greedy")),
-                      ("alpha_analytic_sampling", ("analytic", "alpha_sampling")), ("tau", ("tau",)),
-                      ("c", ("c",)), ("measured_speedup", ("measured_speedup",)),
-                      ("theoretical_speedup", ("theoretical_speedup",))):
+    for key, path in (
+        ("alpha_greedy", ("alpha",)),
+        ("alpha_drafted", ("alpha_drafted",)),
+        ("alpha_analytic_greedy", ("analytic", "alpha_greedy")),
+        ("alpha_analytic_sampling", ("analytic", "alpha_sampling")),
+        ("tau", ("tau",)),
+        ("c", ("c",)),
+        ("measured_speedup", ("measured_speedup",)),
+        ("theoretical_speedup", ("theoretical_speedup",)),
+    ):
         per = {n: _per_seed(evals, n, *path) for n in names}
         res[key] = {n: _mean_std(v)[0] for n, v in per.items()}
         res[key + "_seeds"] = per
         res[key + "_std"] = {n: _mean_std(v)[1] for n, v in per.items()}
     res["position_acceptance"] = {n: first["drafts"][n]["position_acceptance"] for n in names}
-    res["training"] = {n: {str(s): v.get("history", []) for s, v in by_seed.items()}
-                       for n, by_seed in summaries.items()}
-    res["ablations"] = {n: {"alpha_greedy": res["alpha_greedy"][n],
-                            "alpha_analytic_greedy": res["alpha_analytic_greedy"][n]}
-                        for n in names if n.startswith(("adaspec_", "distillspec_"))}
+    res["training"] = {
+        n: {str(s): v.get("history", []) for s, v in by_seed.items()} for n, by_seed in summaries.items()
+    }
+    res["ablations"] = {
+        n: {"alpha_greedy": res["alpha_greedy"][n], "alpha_analytic_greedy": res["alpha_analytic_greedy"][n]}
+        for n in names
+        if n.startswith(("adaspec_", "distillspec_"))
+    }
     if heads:
         res["heads"] = {n: {**spec, "params": first["drafts"][n]["params"]} for n, spec in heads.items()}
     if speed:
@@ -113,6 +130,7 @@ def collect(command: str, task: str, preset_name: str, preset: Any, evals: dict[
 def _plots(res: dict, outdir: Path) -> list[str]:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -122,8 +140,9 @@ def _plots(res: dict, outdir: Path) -> list[str]:
     for name in MAIN:
         for seed, hist in res["training"].get(name, {}).items():
             if hist:
-                ax.plot([h["step"] for h in hist], [agreement(h) for h in hist], marker="o",
-                        label=f"{name} seed {seed}")
+                ax.plot(
+                    [h["step"] for h in hist], [agreement(h) for h in hist], marker="o", label=f"{name} seed {seed}"
+                )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("validation greedy α (top-1 agreement)")
     ax.set_title(f"{res['task']}: training curves")
@@ -135,8 +154,12 @@ def _plots(res: dict, outdir: Path) -> list[str]:
 
     names = list(res["alpha_greedy"])
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 4))
-    ax.bar(range(len(names)), [res["alpha_greedy"][n] for n in names],
-           yerr=[res["alpha_greedy_std"][n] for n in names], capsize=4)
+    ax.bar(
+        range(len(names)),
+        [res["alpha_greedy"][n] for n in names],
+        yerr=[res["alpha_greedy_std"][n] for n in names],
+        capsize=4,
+    )
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("empirical greedy α")
     ax.set_title(f"{res['task']}: acceptance per draft")
@@ -166,79 +189,129 @@ def _fmt(x: Any, spec: str = ".3f") -> str:
 
 def render(res: dict, plots: list[str]) -> str:
     seeds, ps = res["alpha_greedy_seeds"], res.get("preset_settings", {})
-    lines = [f"# AdaSPEC reproduction at CPU scale: {res['task']}", "",
-             "Produced by:", "", "```", res["command"], "```", "",
-             f"Preset `{res['preset']}`: target {res['params']['target']:,} parameters, draft "
-             f"{res['params']['draft']:,} ({res['params']['target'] / res['params']['draft']:.1f}×), "
-             f"seeds {res['seeds']}. Target quality on the test prompts: "
-             f"{res['target_quality']['metric']} = {_fmt(res['target_quality']['value'])}.", "",
-             f"Epochs on this task's training split: target {ps.get('target_epochs', 0):.3g}, initial draft "
-             f"{ps.get('draft_init_epochs', 0):.3g}, DistillSpec {ps.get('distill_epochs', 0):.3g} (AdaSPEC: that / k). "
-             "A task with fewer training examples than the preset's minimum gets proportionally more epochs.", "",
-             "## Acceptance (greedy speculative decoding on the test split)", "",
-             "| draft | α (%) | α drafted (%) | analytic greedy α (%) | analytic sampling α (%) | τ | "
-             "response CE, test | response CE, validation |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# AdaSPEC reproduction at CPU scale: {res['task']}",
+        "",
+        "Produced by:",
+        "",
+        "```",
+        res["command"],
+        "```",
+        "",
+        f"Preset `{res['preset']}`: target {res['params']['target']:,} parameters, draft "
+        f"{res['params']['draft']:,} ({res['params']['target'] / res['params']['draft']:.1f}×), "
+        f"seeds {res['seeds']}. Target quality on the test prompts: "
+        f"{res['target_quality']['metric']} = {_fmt(res['target_quality']['value'])}.",
+        "",
+        f"Epochs on this task's training split: target {ps.get('target_epochs', 0):.3g}, initial draft "
+        f"{ps.get('draft_init_epochs', 0):.3g}, DistillSpec {ps.get('distill_epochs', 0):.3g} (AdaSPEC: that / k). "
+        "A task with fewer training examples than the preset's minimum gets proportionally more epochs.",
+        "",
+        "## Acceptance (greedy speculative decoding on the test split)",
+        "",
+        "| draft | α (%) | α drafted (%) | analytic greedy α (%) | analytic sampling α (%) | τ | "
+        "response CE, test | response CE, validation |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     val = res.get("validation_ce") or {}
     for n in res["alpha_greedy"]:
-        lines.append(f"| {n} | {_pm(seeds[n])} | {_pm(res['alpha_drafted_seeds'][n])} | "
-                     f"{_pm(res['alpha_analytic_greedy_seeds'][n])} | {_pm(res['alpha_analytic_sampling_seeds'][n])} "
-                     f"| {_fmt(res['tau'][n], '.2f')} | {_fmt(res['val_loss'].get(n))} | {_fmt(val.get(n))} |")
-    lines += ["", _capacity_gap(res), "",
-              "α = accepted / (accepted + rejected) over the tokens the target checked; α drafted = "
-              "accepted / drafted (γ-dependent); analytic α from parallel forwards on the target's greedy "
-              "continuations (top-1 agreement and Σ min(p, q)); mean ± std over seeds.", ""]
+        lines.append(
+            f"| {n} | {_pm(seeds[n])} | {_pm(res['alpha_drafted_seeds'][n])} | "
+            f"{_pm(res['alpha_analytic_greedy_seeds'][n])} | {_pm(res['alpha_analytic_sampling_seeds'][n])} "
+            f"| {_fmt(res['tau'][n], '.2f')} | {_fmt(res['val_loss'].get(n))} | {_fmt(val.get(n))} |"
+        )
+    lines += [
+        "",
+        _capacity_gap(res),
+        "",
+        "α = accepted / (accepted + rejected) over the tokens the target checked; α drafted = "
+        "accepted / drafted (γ-dependent); analytic α from parallel forwards on the target's greedy "
+        "continuations (top-1 agreement and Σ min(p, q)); mean ± std over seeds.",
+        "",
+    ]
     d, a = res["alpha_greedy"].get("distillspec"), res["alpha_greedy"].get("adaspec")
     if d is not None and a is not None and not math.isnan(d) and not math.isnan(a):
         lines += [f"AdaSPEC − DistillSpec: {100 * (a - d):+.1f} points of greedy α.", ""]
-    lines += ["## Speed (measured on this machine, greedy)", "",
-              "| draft | c | measured speed-up | theoretical S |", "|---|---|---|---|"]
+    lines += [
+        "## Speed (measured on this machine, greedy)",
+        "",
+        "| draft | c | measured speed-up | theoretical S |",
+        "|---|---|---|---|",
+    ]
     for n in res["alpha_greedy"]:
-        lines.append(f"| {n} | {_fmt(res['c'][n])} | {_fmt(res['measured_speedup'][n], '.2f')}× | "
-                     f"{_fmt(res['theoretical_speedup'][n], '.2f')}× |")
+        lines.append(
+            f"| {n} | {_fmt(res['c'][n])} | {_fmt(res['measured_speedup'][n], '.2f')}× | "
+            f"{_fmt(res['theoretical_speedup'][n], '.2f')}× |"
+        )
     if res.get("speed"):
         cfg = next(iter(res["speed"].values()))["config"]
-        lines += ["", "`benchmarks/decode.py` on the first seed's drafts, run by the command above as "
-                  f"`python benchmarks/decode.py --target <target> --draft <draft> --prompts-task {res['task']} "
-                  f"--n-prompts {cfg['n_prompts']} --max-new-tokens {cfg['max_new_tokens']} --gamma {cfg['gamma']} "
-                  f"--repeats {cfg['repeats']}` (greedy, same prompts, medians over repeats, "
-                  f"{cfg['threads']} thread(s)):", "",
-                  "| draft | method | tokens/s | vs target alone | α drafted | α | τ | c | S | measured / S | "
-                  "outputs ≠ target |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "`benchmarks/decode.py` on the first seed's drafts, run by the command above as "
+            f"`python benchmarks/decode.py --target <target> --draft <draft> --prompts-task {res['task']} "
+            f"--n-prompts {cfg['n_prompts']} --max-new-tokens {cfg['max_new_tokens']} --gamma {cfg['gamma']} "
+            f"--repeats {cfg['repeats']}` (greedy, same prompts, medians over repeats, "
+            f"{cfg['threads']} thread(s)):",
+            "",
+            "| draft | method | tokens/s | vs target alone | α drafted | α | τ | c | S | measured / S | "
+            "outputs ≠ target |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for draft, bench in res["speed"].items():
             for method, e in bench["methods"].items():
                 e = current_names(e)
-                lines.append(f"| {draft} | {method} | {e['tokens_per_s']:.1f} | {e['speedup_vs_target_only']:.2f}× | "
-                             f"{_fmt(e.get('alpha_drafted'))} | {_fmt(e.get('alpha'))} | {_fmt(e.get('tau'), '.2f')} | "
-                             f"{_fmt(e.get('c'))} | {_fmt(e.get('theoretical_speedup'), '.2f')} | "
-                             f"{_fmt(e.get('measured_over_S'), '.2f')} | {len(e['mismatched_prompts'])} |")
+                lines.append(
+                    f"| {draft} | {method} | {e['tokens_per_s']:.1f} | {e['speedup_vs_target_only']:.2f}× | "
+                    f"{_fmt(e.get('alpha_drafted'))} | {_fmt(e.get('alpha'))} | {_fmt(e.get('tau'), '.2f')} | "
+                    f"{_fmt(e.get('c'))} | {_fmt(e.get('theoretical_speedup'), '.2f')} | "
+                    f"{_fmt(e.get('measured_over_S'), '.2f')} | {len(e['mismatched_prompts'])} |"
+                )
             sd = bench["methods"].get("sd", {})
             if sd.get("speedup_vs_hf_assisted") is not None:
                 lines.append(f"| {draft} | sd / hf_assisted | {sd['speedup_vs_hf_assisted']:.2f}× | | | | | | | | |")
     if res.get("heads"):
         from adaspec.recipes.reproduce.report_heads import render_heads
+
         lines += render_heads(res)
     if res["ablations"]:
-        lines += ["", "## Ablations (first seed)", "",
-                  "The validation α is the training-time metric: top-1 agreement with the target on its greedy "
-                  "continuations of validation prompts (the training distribution), best over the run; the other "
-                  "columns are measured on the test prompts.", "",
-                  "| run | optimizer steps | α (%) | analytic greedy α (%) | best validation α (%) |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Ablations (first seed)",
+            "",
+            "The validation α is the training-time metric: top-1 agreement with the target on its greedy "
+            "continuations of validation prompts (the training distribution), best over the run; the other "
+            "columns are measured on the test prompts.",
+            "",
+            "| run | optimizer steps | α (%) | analytic greedy α (%) | best validation α (%) |",
+            "|---|---|---|---|---|",
+        ]
         for n in ("distillspec", "adaspec", *res["ablations"]):  # the first seed's value for every run
             hist = res["training"].get(n, {}).get(str(res["seeds"][0]), [])
             best = 100 * max(agreement(h) for h in hist) if hist else None
-            lines.append(f"| {n} | {hist[-1]['step'] if hist else 'n/a'} | "
-                         f"{_fmt(100 * res['alpha_greedy_seeds'][n][0], '.1f')} | "
-                         f"{_fmt(100 * res['alpha_analytic_greedy_seeds'][n][0], '.1f')} | {_fmt(best, '.1f')} |")
+            lines.append(
+                f"| {n} | {hist[-1]['step'] if hist else 'n/a'} | "
+                f"{_fmt(100 * res['alpha_greedy_seeds'][n][0], '.1f')} | "
+                f"{_fmt(100 * res['alpha_analytic_greedy_seeds'][n][0], '.1f')} | {_fmt(best, '.1f')} |"
+            )
     for name, extra in res.get("extra_evaluations", {}).items():
-        lines += ["", f"## Extra evaluation: {name}", "", "```", extra["command"], "```", "",
-                  "| draft | α (%) | α drafted (%) | analytic greedy α (%) | response CE | measured speed-up |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Extra evaluation: {name}",
+            "",
+            "```",
+            extra["command"],
+            "```",
+            "",
+            "| draft | α (%) | α drafted (%) | analytic greedy α (%) | response CE | measured speed-up |",
+            "|---|---|---|---|---|---|",
+        ]
         for d, e in extra["drafts"].items():
             e = current_names(e)
-            lines.append(f"| {d} | {_fmt(100 * e['alpha'], '.1f')} | {_fmt(100 * e['alpha_drafted'], '.1f')} | "
-                         f"{_fmt(100 * e['analytic']['alpha_greedy'], '.1f')} | {_fmt(e['response_loss'])} | "
-                         f"{_fmt(e['measured_speedup'], '.2f')}× |")
+            lines.append(
+                f"| {d} | {_fmt(100 * e['alpha'], '.1f')} | {_fmt(100 * e['alpha_drafted'], '.1f')} | "
+                f"{_fmt(100 * e['analytic']['alpha_greedy'], '.1f')} | {_fmt(e['response_loss'])} | "
+                f"{_fmt(e['measured_speedup'], '.2f')}× |"
+            )
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -252,14 +325,22 @@ def _capacity_gap(res: dict) -> str:
     """Whether the target's response cross-entropy is below every draft's, on the training distribution."""
     split, ce = _gap_ce(res)
     worse = [n for n, v in ce.items() if n != "target" and not ce["target"] < v]
-    verdict = ("below every draft's: the capacity gap is real" if not worse else
-               f"not below that of {', '.join(worse)}")
+    verdict = "below every draft's: the capacity gap is real" if not worse else f"not below that of {', '.join(worse)}"
     return f"Target response cross-entropy on the {split} split: {_fmt(ce['target'])}, {verdict}."
 
 
-def write_results(command: str, task: str, preset_name: str, preset: Any, evals: dict[int, dict],
-                  summaries: dict[str, dict], speed: dict | None, outdir: Path,
-                  validation_ce: dict[str, list[float]] | None = None, heads: dict[str, dict] | None = None) -> dict:
+def write_results(
+    command: str,
+    task: str,
+    preset_name: str,
+    preset: Any,
+    evals: dict[int, dict],
+    summaries: dict[str, dict],
+    speed: dict | None,
+    outdir: Path,
+    validation_ce: dict[str, list[float]] | None = None,
+    heads: dict[str, dict] | None = None,
+) -> dict:
     outdir.mkdir(parents=True, exist_ok=True)
     res = collect(command, task, preset_name, preset, evals, summaries, speed, heads)
     if validation_ce is not None:
@@ -272,7 +353,8 @@ def write_results(command: str, task: str, preset_name: str, preset: Any, evals:
         extra = json.loads(path.read_text())
         res["extra_evaluations"][path.stem] = {
             "command": extra["command"],
-            "drafts": {d: {k: current_names(e)[k] for k in keep} for d, e in extra["drafts"].items()}}
+            "drafts": {d: {k: current_names(e)[k] for k in keep} for d, e in extra["drafts"].items()},
+        }
     previous = outdir / "results.json"
     if previous.exists():  # the other protocol's results, written by their own command, stay
         official = json.loads(previous.read_text()).get(OFFICIAL)
@@ -297,9 +379,18 @@ def _write(res: dict, plots: list[str], outdir: Path) -> None:
 OFFICIAL = "official_protocol"
 
 
-def write_official(command: str, task: str, preset_name: str, preset: Any, evals: dict[int, dict],
-                   summaries: dict[str, dict], outdir: Path, validation_ce: dict[str, list[float]],
-                   settings: dict, heads: dict[str, dict] | None = None) -> dict:
+def write_official(
+    command: str,
+    task: str,
+    preset_name: str,
+    preset: Any,
+    evals: dict[int, dict],
+    summaries: dict[str, dict],
+    outdir: Path,
+    validation_ce: dict[str, list[float]],
+    settings: dict,
+    heads: dict[str, dict] | None = None,
+) -> dict:
     """Merge the official-protocol runs into results/<task>/results.json under "official_protocol" (every
     other key of the file is kept) and re-render report.md; returns the block."""
     outdir.mkdir(parents=True, exist_ok=True)
@@ -334,6 +425,7 @@ def _official_plot(block: dict, task: str, outdir: Path) -> None:
     """Validation α against optimizer steps, every official-protocol run (first seed)."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -343,8 +435,13 @@ def _official_plot(block: dict, task: str, outdir: Path) -> None:
     for name, by_seed in block["training"].items():
         hist = by_seed.get(seed) or []
         if hist:
-            ax.plot([h["step"] for h in hist], [agreement(h) for h in hist], marker="o",
-                    label=OFFICIAL_LABELS.get(name, name), lw=2 if name in OFFICIAL_LABELS else 1)
+            ax.plot(
+                [h["step"] for h in hist],
+                [agreement(h) for h in hist],
+                marker="o",
+                label=OFFICIAL_LABELS.get(name, name),
+                lw=2 if name in OFFICIAL_LABELS else 1,
+            )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("validation greedy α (top-1 agreement)")
     ax.set_title(f"{task}: the authors' protocol, equal steps (seed {seed})")
@@ -354,31 +451,50 @@ def _official_plot(block: dict, task: str, outdir: Path) -> None:
     plt.close(fig)
 
 
-OFFICIAL_LABELS = {"distillspec": "DistillSpec (KD, every token)", "adaspec": "AdaSPEC (top 40% by Δ)",
-                   "kd_big_batch": "KD at AdaSPEC's batch (every token)",
-                   "random_big_batch": "random 40% at AdaSPEC's batch"}
+OFFICIAL_LABELS = {
+    "distillspec": "DistillSpec (KD, every token)",
+    "adaspec": "AdaSPEC (top 40% by Δ)",
+    "kd_big_batch": "KD at AdaSPEC's batch (every token)",
+    "random_big_batch": "random 40% at AdaSPEC's batch",
+}
 
 
 def render_official(block: dict) -> str:
     s = block["settings"]
-    lines = ["", "## The authors' protocol (equal optimizer steps)", "", "Produced by:", "", "```",
-             block["command"], "```", "",
-             f"As the authors' scripts: constant lr {s['lr']:g} (no warm-up), weight decay {s['weight_decay']:g}; "
-             "AdaSPEC and its variants at k train at global batch / k for epochs / k, so at DistillSpec's "
-             f"optimizer steps, with the Δ-quantile taken within each group of {s['selection_group']} sequences "
-             "(their per-device micro-batch on 8 processes). Same target, initial draft and teacher cache as above. "
-             "Greedy α on the test split, mean ± std over seeds (first seed only where one value).", "",
-             "| run | global batch | epochs | optimizer steps | α (%) | α drafted (%) | analytic greedy α (%) | "
-             "response CE, validation |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## The authors' protocol (equal optimizer steps)",
+        "",
+        "Produced by:",
+        "",
+        "```",
+        block["command"],
+        "```",
+        "",
+        f"As the authors' scripts: constant lr {s['lr']:g} (no warm-up), weight decay {s['weight_decay']:g}; "
+        "AdaSPEC and its variants at k train at global batch / k for epochs / k, so at DistillSpec's "
+        f"optimizer steps, with the Δ-quantile taken within each group of {s['selection_group']} sequences "
+        "(their per-device micro-batch on 8 processes). Same target, initial draft and teacher cache as above. "
+        "Greedy α on the test split, mean ± std over seeds (first seed only where one value).",
+        "",
+        "| run | global batch | epochs | optimizer steps | α (%) | α drafted (%) | analytic greedy α (%) | "
+        "response CE, validation |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     labels = {**OFFICIAL_LABELS, **{n: h["label"] for n, h in block.get("heads", {}).items()}}
     for n, values in block["alpha_greedy_seeds"].items():
-        lines.append(f"| {labels.get(n, n)} | {_fmt(block['global_batch'].get(n), 'd')} | "
-                     f"{_fmt(block['epochs'].get(n), '.3g')} | {_fmt(block['optimizer_steps'].get(n), 'd')} | "
-                     f"{_pm(values)} | {_pm(block['alpha_drafted_seeds'][n])} | "
-                     f"{_pm(block['alpha_analytic_greedy_seeds'][n])} | {_fmt(block['validation_ce'].get(n))} |")
+        lines.append(
+            f"| {labels.get(n, n)} | {_fmt(block['global_batch'].get(n), 'd')} | "
+            f"{_fmt(block['epochs'].get(n), '.3g')} | {_fmt(block['optimizer_steps'].get(n), 'd')} | "
+            f"{_pm(values)} | {_pm(block['alpha_drafted_seeds'][n])} | "
+            f"{_pm(block['alpha_analytic_greedy_seeds'][n])} | {_fmt(block['validation_ce'].get(n))} |"
+        )
     a = block["alpha_greedy"]
-    diffs = [f"AdaSPEC − {OFFICIAL_LABELS[n].split(' (')[0]}: {100 * (a['adaspec'] - a[n]):+.1f}"
-             for n in ("distillspec", "kd_big_batch", "random_big_batch") if n in a and "adaspec" in a]
+    diffs = [
+        f"AdaSPEC − {OFFICIAL_LABELS[n].split(' (')[0]}: {100 * (a['adaspec'] - a[n]):+.1f}"
+        for n in ("distillspec", "kd_big_batch", "random_big_batch")
+        if n in a and "adaspec" in a
+    ]
     if diffs:
         lines += ["", "; ".join(diffs) + " points of greedy α (means over seeds)."]
     lines += render_variants(block)
@@ -386,10 +502,13 @@ def render_official(block: dict) -> str:
 
 
 # the acceptance-aligned variants (`reproduce --variants`, docs/variants.md)
-VARIANT_LABELS = {"lk": "LK: -log α, every token at AdaSPEC's batch",
-                  "lk_kl": "LK-KL: λ·KL + (1 - λ)·TVD, every token at AdaSPEC's batch",
-                  "adaspec_tvd": "AdaSPEC, Δ in TVD", "adaspec_soft": "AdaSPEC, soft selection by Δ's rank",
-                  "adaspec_ksched": "AdaSPEC, k from 1 down to 0.4"}
+VARIANT_LABELS = {
+    "lk": "LK: -log α, every token at AdaSPEC's batch",
+    "lk_kl": "LK-KL: λ·KL + (1 - λ)·TVD, every token at AdaSPEC's batch",
+    "adaspec_tvd": "AdaSPEC, Δ in TVD",
+    "adaspec_soft": "AdaSPEC, soft selection by Δ's rank",
+    "adaspec_ksched": "AdaSPEC, k from 1 down to 0.4",
+}
 OFFICIAL_LABELS.update(VARIANT_LABELS)
 # the goal: beat plain KD at equal optimizer steps by this much greedy α, beyond the seed spread
 VARIANT_MARGIN = 0.01
@@ -411,8 +530,13 @@ def variant_verdicts(block: dict) -> dict[str, dict]:
             continue
         mean, std = _mean_std(seeds[name])
         gain, spread = mean - kd_mean, std + kd_std
-        out[name] = {"kd": kd, "gain": gain, "spread": spread, "seeds": len(seeds[name]),
-                     "beats": bool(gain >= VARIANT_MARGIN and gain > spread)}
+        out[name] = {
+            "kd": kd,
+            "gain": gain,
+            "spread": spread,
+            "seeds": len(seeds[name]),
+            "beats": bool(gain >= VARIANT_MARGIN and gain > spread),
+        }
     return out
 
 
@@ -422,10 +546,18 @@ def render_variants(block: dict) -> list[str]:
     if not verdicts:
         return []
     kd = OFFICIAL_LABELS[next(iter(verdicts.values()))["kd"]].split(" (")[0]
-    lines = ["", f"Acceptance-aligned variants against plain KD at equal steps ({kd}, the better KD run): gain in "
-             f"points of greedy α, seed spread = sum of the two standard deviations; beats = gain ≥ "
-             f"{100 * VARIANT_MARGIN:g} and > spread.", "", "| variant | gain | spread | beats KD |", "|---|---|---|---|"]
+    lines = [
+        "",
+        f"Acceptance-aligned variants against plain KD at equal steps ({kd}, the better KD run): gain in "
+        f"points of greedy α, seed spread = sum of the two standard deviations; beats = gain ≥ "
+        f"{100 * VARIANT_MARGIN:g} and > spread.",
+        "",
+        "| variant | gain | spread | beats KD |",
+        "|---|---|---|---|",
+    ]
     for name, v in verdicts.items():
-        lines.append(f"| {VARIANT_LABELS[name]} | {100 * v['gain']:+.1f} | {100 * v['spread']:.1f} | "
-                     f"{'yes' if v['beats'] else 'no'} |")
+        lines.append(
+            f"| {VARIANT_LABELS[name]} | {100 * v['gain']:+.1f} | {100 * v['spread']:.1f} | "
+            f"{'yes' if v['beats'] else 'no'} |"
+        )
     return lines

@@ -14,39 +14,58 @@ def _head_steps(res: dict, name: str) -> str:
 def render_heads(res: dict) -> list[str]:
     """The drafter heads beside the draft LMs: what each is, its acceptance per position, AdaSPEC − KD."""
     heads, ps, first = res["heads"], res.get("preset_settings", {}), res["seeds"][0]
-    lines = ["", "## Drafter heads on the frozen target", "",
-             "`adaspec train-head` on the frozen target (one for every seed; each seed its own head "
-             f"initialisation and batches): {ps.get('head_epochs', 0):.3g} epochs for a KD head; "
-             "an AdaSPEC head keeps k = 0.4 of the tokens per unroll step (MTP: per depth) by Δ against that "
-             "seed's KD head of its kind, at the drafts' matched token budget. EAGLE heads unroll "
-             f"{ps.get('head_ttt_steps', 'n/a')} training-time-test steps, MTP and Medusa have γ = "
-             f"{ps.get('gamma', 'n/a')} depths. Measured in the same evaluation as the drafts; the analytic α "
-             "is that of the head's first proposal, teacher-forced on the target's features. Optimizer steps "
-             f"and per-position acceptance: seed {first}.", "",
-             "| head | what | parameters | optimizer steps | α (%) | α drafted (%) | analytic greedy α (%) | "
-             "analytic sampling α (%) | τ | acceptance per position | c | measured speed-up |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Drafter heads on the frozen target",
+        "",
+        "`adaspec train-head` on the frozen target (one for every seed; each seed its own head "
+        f"initialisation and batches): {ps.get('head_epochs', 0):.3g} epochs for a KD head; "
+        "an AdaSPEC head keeps k = 0.4 of the tokens per unroll step (MTP: per depth) by Δ against that "
+        "seed's KD head of its kind, at the drafts' matched token budget. EAGLE heads unroll "
+        f"{ps.get('head_ttt_steps', 'n/a')} training-time-test steps, MTP and Medusa have γ = "
+        f"{ps.get('gamma', 'n/a')} depths. Measured in the same evaluation as the drafts; the analytic α "
+        "is that of the head's first proposal, teacher-forced on the target's features. Optimizer steps "
+        f"and per-position acceptance: seed {first}.",
+        "",
+        "| head | what | parameters | optimizer steps | α (%) | α drafted (%) | analytic greedy α (%) | "
+        "analytic sampling α (%) | τ | acceptance per position | c | measured speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for n, spec in heads.items():
         pa = res["position_acceptance"].get(n) or []
-        lines.append(f"| {n} | {spec['label']} | {spec['params']:,} | {_head_steps(res, n)} | "
-                     f"{_pm(res['alpha_greedy_seeds'][n])} | {_pm(res['alpha_drafted_seeds'][n])} | "
-                     f"{_pm(res['alpha_analytic_greedy_seeds'][n])} | {_pm(res['alpha_analytic_sampling_seeds'][n])} | "
-                     f"{_fmt(res['tau'][n], '.2f')} | {' / '.join(_fmt(x, '.2f') for x in pa) or 'n/a'} | "
-                     f"{_fmt(res['c'][n])} | {_fmt(res['measured_speedup'][n], '.2f')}× |")
+        lines.append(
+            f"| {n} | {spec['label']} | {spec['params']:,} | {_head_steps(res, n)} | "
+            f"{_pm(res['alpha_greedy_seeds'][n])} | {_pm(res['alpha_drafted_seeds'][n])} | "
+            f"{_pm(res['alpha_analytic_greedy_seeds'][n])} | {_pm(res['alpha_analytic_sampling_seeds'][n])} | "
+            f"{_fmt(res['tau'][n], '.2f')} | {' / '.join(_fmt(x, '.2f') for x in pa) or 'n/a'} | "
+            f"{_fmt(res['c'][n])} | {_fmt(res['measured_speedup'][n], '.2f')}× |"
+        )
     a = res["alpha_greedy"]
-    diffs = [f"{heads[n]['label'].split(',')[0]}: {100 * (a[n] - a[spec['ref']]):+.1f}"
-             for n, spec in heads.items() if spec.get("ref") in a]
+    diffs = [
+        f"{heads[n]['label'].split(',')[0]}: {100 * (a[n] - a[spec['ref']]):+.1f}"
+        for n, spec in heads.items()
+        if spec.get("ref") in a
+    ]
     if diffs:
         lines += ["", "AdaSPEC − KD, greedy α points (means over seeds): " + "; ".join(diffs) + "."]
     if "eagle" in a and "eagle1" in a:
-        lines += ["", f"EAGLE-3 − EAGLE-1 (seed {first}): "
-                  f"{100 * (res['alpha_greedy_seeds']['eagle'][0] - a['eagle1']):+.1f} points of greedy α."]
+        lines += [
+            "",
+            f"EAGLE-3 − EAGLE-1 (seed {first}): "
+            f"{100 * (res['alpha_greedy_seeds']['eagle'][0] - a['eagle1']):+.1f} points of greedy α.",
+        ]
     return lines
 
 
 # the README's head columns, in the order of reproduce.pipeline.HEADS
-HEAD_COLUMNS = {"eagle": "EAGLE-3 KD", "eagle_adaspec": "EAGLE-3 AdaSPEC", "eagle1": "EAGLE-1 KD",
-                "mtp": "MTP KD", "mtp_adaspec": "MTP AdaSPEC", "medusa": "Medusa KD"}
+HEAD_COLUMNS = {
+    "eagle": "EAGLE-3 KD",
+    "eagle_adaspec": "EAGLE-3 AdaSPEC",
+    "eagle1": "EAGLE-1 KD",
+    "mtp": "MTP KD",
+    "mtp_adaspec": "MTP AdaSPEC",
+    "medusa": "Medusa KD",
+}
 
 
 def heads_row(r: dict) -> str:
@@ -58,7 +77,11 @@ def heads_row(r: dict) -> str:
 
 def heads_table(rows: list[str]) -> list[str]:
     """The README's heads table around its rows (one per task with heads)."""
-    return ["Drafter heads on the same frozen targets (`--heads`), greedy α (%), mean ± std over seeds "
-            "(EAGLE-1: first seed), beside the DistillSpec and AdaSPEC drafts:", "",
-            "| task | preset | DistillSpec | AdaSPEC | " + " | ".join(HEAD_COLUMNS.values()) + " | seeds | command |",
-            "|---|---|---|---|" + "---|" * len(HEAD_COLUMNS) + "---|---|", *rows]
+    return [
+        "Drafter heads on the same frozen targets (`--heads`), greedy α (%), mean ± std over seeds "
+        "(EAGLE-1: first seed), beside the DistillSpec and AdaSPEC drafts:",
+        "",
+        "| task | preset | DistillSpec | AdaSPEC | " + " | ".join(HEAD_COLUMNS.values()) + " | seeds | command |",
+        "|---|---|---|---|" + "---|" * len(HEAD_COLUMNS) + "---|---|",
+        *rows,
+    ]

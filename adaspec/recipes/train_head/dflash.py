@@ -28,7 +28,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaspec import data as data_lib
-from adaspec.models.target import features
+from adaspec.decoding.acceptance import Continuations
 from adaspec.distill import selection
 from adaspec.distill.cache_store import TeacherCache
 from adaspec.distill.teacher import divergence
@@ -39,22 +39,23 @@ from adaspec.drafters.head_checkpoint import load_strict
 from adaspec.drafters.target_parts import TargetParts, target_parts
 from adaspec.drafters.target_record import check_record, write_record
 from adaspec.errors import AdaspecError
-from adaspec.decoding.acceptance import Continuations
 from adaspec.models import count_params
 from adaspec.models.servable import warn_unservable
+from adaspec.models.target import features
 from adaspec.recipes.train_head.options import TrainHeadOptions
 from adaspec.training.loop import OnStep
 from adaspec.training.setup import RecipeSetup, StepGenerator
 from adaspec.training.target_signal import TargetSignal, open_head_cache
 
 
-def sample_anchors(response: Tensor, attention_mask: Tensor, count: int, generator: torch.Generator
-                   ) -> tuple[Tensor, Tensor]:
+def sample_anchors(
+    response: Tensor, attention_mask: Tensor, count: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """(anchors [B, K], which are real [B, K]): up to `count` distinct block starts a >= 1 per sequence whose
     next token is a real response token (response [B, T-1]: position t scores token t+1)."""
     b, t = attention_mask.shape
     ok = torch.zeros(b, t, dtype=torch.bool, device=response.device)
-    ok[:, 1: t - 1] = response[:, 1:].bool() & attention_mask[:, 2:].bool()
+    ok[:, 1 : t - 1] = response[:, 1:].bool() & attention_mask[:, 2:].bool()
     k = min(count, t)
     scores = torch.rand(b, t, generator=generator).to(response.device).masked_fill(~ok, -1.0)
     top, anchors = scores.topk(k, dim=1)
@@ -66,8 +67,15 @@ class BlockLoss:
     """The recipe's per-token loss (module docstring): block divergences, AdaSPEC selection per slot, folded
     into the per-token values (a training.loop.TokenLoss whose kept is the response mask)."""
 
-    def __init__(self, opts: TrainHeadOptions, parts: TargetParts, target: PreTrainedModel, ref: DFlashHead | None,
-                 cache: TeacherCache | None = None, kept_at: Callable[[int], float] | None = None):
+    def __init__(
+        self,
+        opts: TrainHeadOptions,
+        parts: TargetParts,
+        target: PreTrainedModel,
+        ref: DFlashHead | None,
+        cache: TeacherCache | None = None,
+        kept_at: Callable[[int], float] | None = None,
+    ):
         self.opts, self.parts, self.ref = opts, parts, ref
         self.kept_at = kept_at or (lambda step: opts.k)
         self.signal = TargetSignal(target, parts.vocab, cache)
@@ -79,7 +87,8 @@ class BlockLoss:
         o = self.opts
         logits = head(self.parts, feats, batch["input_ids"], anchors, batch["attention_mask"])
         rows = (anchors[:, :, None] + torch.arange(logits.shape[2], device=anchors.device)).clamp(
-            max=batch["input_ids"].shape[1] - 1)  # slot j + 1 predicts token a + j + 1: the target's row a + j
+            max=batch["input_ids"].shape[1] - 1
+        )  # slot j + 1 predicts token a + j + 1: the target's row a + j
         p = teacher[torch.arange(rows.shape[0], device=rows.device)[:, None, None], rows]
         return divergence(o.divergence, p, logits, temperature=o.temperature, beta=o.beta)
 
@@ -104,23 +113,37 @@ class BlockLoss:
             with torch.no_grad():
                 ref_div = self.divergences(self.ref, teacher, feats, batch, anchors)
         k = self.kept_at(step)
-        kept = torch.stack([selection.delta_selection(div[..., j], None if ref_div is None else ref_div[..., j],
-                                                      valid[..., j], k, self.mode, generator=generator)
-                            for j in range(slots)], dim=-1)
+        kept = torch.stack(
+            [
+                selection.delta_selection(
+                    div[..., j],
+                    None if ref_div is None else ref_div[..., j],
+                    valid[..., j],
+                    k,
+                    self.mode,
+                    generator=generator,
+                )
+                for j in range(slots)
+            ],
+            dim=-1,
+        )
         weights = step_weights(slots, o.step_decay, div.device)
         terms = torch.where(kept & valid, div * weights, torch.zeros((), device=div.device))
         per_token = torch.zeros(response.shape, dtype=terms.dtype, device=terms.device)
         per_token = per_token.scatter_add(1, scored_at.flatten(1), terms.flatten(1))
-        logs = {f"div_slot{j + 1}": float((div[..., j].detach() * valid[..., j]).sum())
-                / max(int(valid[..., j].sum()), 1) for j in range(min(slots, 3))}
+        logs = {
+            f"div_slot{j + 1}": float((div[..., j].detach() * valid[..., j]).sum()) / max(int(valid[..., j].sum()), 1)
+            for j in range(min(slots, 3))
+        }
         logs["kept_fraction"] = float((kept & valid).sum()) / max(int(valid.sum()), 1)
         logs["anchors"] = float(real.sum()) / real.shape[0]
         return per_token, response, logs
 
 
 @torch.no_grad()
-def block_acceptance(head: DFlashHead, parts: TargetParts, target: PreTrainedModel, data: Continuations,
-                     batch_size: int = 8) -> dict[str, float]:
+def block_acceptance(
+    head: DFlashHead, parts: TargetParts, target: PreTrainedModel, data: Continuations, batch_size: int = 8
+) -> dict[str, float]:
     """Teacher-forced greedy acceptance of blocks started at every continuation position (module docstring):
     `accept_length` (mean accepted proposals per block) and `agreement_slot{j}` (slot j's argmax equals the
     continuation's token)."""
@@ -128,8 +151,8 @@ def block_acceptance(head: DFlashHead, parts: TargetParts, target: PreTrainedMod
     device = head.fc.weight.device
     accepted, agree, blocks = 0.0, torch.zeros(slots), 0
     for start in range(0, len(data.sequences), batch_size):
-        seqs = data.sequences[start:start + batch_size]
-        plens = data.prompt_lengths[start:start + batch_size]
+        seqs = data.sequences[start : start + batch_size]
+        plens = data.prompt_lengths[start : start + batch_size]
         width = max(len(s) for s in seqs)
         ids = torch.zeros(len(seqs), width, dtype=torch.long)
         mask = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -156,15 +179,18 @@ def block_acceptance(head: DFlashHead, parts: TargetParts, target: PreTrainedMod
     return out
 
 
-def _reference(opts: TrainHeadOptions, target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-               cfg: DFlashConfig) -> DFlashHead:
+def _reference(
+    opts: TrainHeadOptions, target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: DFlashConfig
+) -> DFlashHead:
     check_record(str(opts.ref), target, opts.strict, tokenizer)
     ref = DFlashHead.from_pretrained(str(opts.ref))
     theirs, ours = ref.config, cfg
     for name in ("block_size", "target_layers", "mask_token_id", "vocab_size"):
         if getattr(theirs, name) != getattr(ours, name):
-            raise AdaspecError(f"the reference head {opts.ref} has {name} {getattr(theirs, name)}, this head "
-                               f"{getattr(ours, name)}: train both with the same DFlash options")
+            raise AdaspecError(
+                f"the reference head {opts.ref} has {name} {getattr(theirs, name)}, this head "
+                f"{getattr(ours, name)}: train both with the same DFlash options"
+            )
     return ref
 
 
@@ -176,12 +202,18 @@ def run_dflash_head(opts: TrainHeadOptions, on_step: OnStep | None = None) -> No
 def _dflash_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnStep | None) -> None:
     target, tokenizer, items = setup.target, setup.tokenizer, setup.items
     parts = target_parts(target)
-    cfg = DFlashConfig.for_target(target, block_size=opts.block_size, num_layers=opts.draft_layers,
-                                  target_layers=opts.aux_layer_ids(), mask_token_id=opts.mask_token_id)
+    cfg = DFlashConfig.for_target(
+        target,
+        block_size=opts.block_size,
+        num_layers=opts.draft_layers,
+        target_layers=opts.aux_layer_ids(),
+        mask_token_id=opts.mask_token_id,
+    )
     cache = None  # opened first: a mismatched cache is refused before any work
     if opts.teacher_cache:
-        cache = open_head_cache(opts.teacher_cache, opts.target, target, items, cfg.hidden_layers,
-                                opts.temperature, parts.vocab)
+        cache = open_head_cache(
+            opts.teacher_cache, opts.target, target, items, cfg.hidden_layers, opts.temperature, parts.vocab
+        )
     head = DFlashHead.from_target(target, cfg, seed=opts.init_seed).float()
     ref = None
     if opts.method == "adaspec":
@@ -194,12 +226,23 @@ def _dflash_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnStep | N
     def validate(model: DFlashHead) -> dict[str, float]:
         return block_acceptance(model, parts, target, val)
 
-    setup.announce(f"dflash head: {count_params(head):,} parameters, {cfg.num_layers} layers, block "
-                   f"{cfg.block_size}, target layers {list(cfg.hidden_layers)}, mask id {cfg.mask_token_id}", "head",
-                   f"; {opts.anchors} anchors per sequence", cache=cache)
+    setup.announce(
+        f"dflash head: {count_params(head):,} parameters, {cfg.num_layers} layers, block "
+        f"{cfg.block_size}, target layers {list(cfg.hidden_layers)}, mask id {cfg.mask_token_id}",
+        "head",
+        f"; {opts.anchors} anchors per sequence",
+        cache=cache,
+    )
     if setup.accelerator.is_main_process:
         warn_unservable(f"the dflash head written to {opts.output}", serving_problems(cfg, target.config))
     loss = BlockLoss(opts, parts, target, ref, cache, setup.kept_fraction())
     summary = {"kind": "dflash", "params": count_params(head)}
-    setup.train(head, loss, validate, "accept_length", summary,  # type: ignore[arg-type]
-                save=lambda: write_record(Path(opts.output), target, tokenizer), on_step=on_step)
+    setup.train(
+        head,
+        loss,
+        validate,
+        "accept_length",
+        summary,  # type: ignore[arg-type]
+        save=lambda: write_record(Path(opts.output), target, tokenizer),
+        on_step=on_step,
+    )

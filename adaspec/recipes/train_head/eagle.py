@@ -23,20 +23,27 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from adaspec import data as data_lib
-from adaspec.models.target import features
+from adaspec.decoding.acceptance import Continuations
 from adaspec.distill import selection
 from adaspec.distill.cache_store import TeacherCache
 from adaspec.distill.steps import place_by_predicted_token
 from adaspec.distill.teacher import TopK, divergence
 from adaspec.drafters.eagle.draft_vocab import frequent_tokens
 from adaspec.drafters.eagle.model import EagleConfig, EagleHead, aux_layers_problem
-from adaspec.drafters.eagle.training import feature_regression_loss, shift_steps, step_weights, unroll, unrolled_mask, unrolled_targets
+from adaspec.drafters.eagle.training import (
+    feature_regression_loss,
+    shift_steps,
+    step_weights,
+    unroll,
+    unrolled_mask,
+    unrolled_targets,
+)
 from adaspec.drafters.head_checkpoint import load_strict
 from adaspec.drafters.target_record import check_record, write_record
 from adaspec.errors import AdaspecError
-from adaspec.decoding.acceptance import Continuations
 from adaspec.models import count_params
 from adaspec.models.servable import eagle3_target_problem, head_size_problem, warn_unservable
+from adaspec.models.target import features
 from adaspec.recipes.train_head.options import TrainHeadOptions
 from adaspec.training.loop import OnStep
 from adaspec.training.setup import RecipeSetup, StepGenerator
@@ -44,8 +51,9 @@ from adaspec.training.target_signal import TargetSignal, open_head_cache
 
 
 @torch.no_grad()
-def target_signal(target: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor,
-                  layers: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+def target_signal(
+    target: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, layers: tuple[int, ...]
+) -> tuple[Tensor, Tensor]:
     """The frozen target's logits [B, T, V] and the head's layers concatenated [B, T, layers * H], from one
     forward (adaspec.models.target.features: hooks on those modules only)."""
     logits, hidden = features(target, {"input_ids": input_ids, "attention_mask": attention_mask}, layers)
@@ -64,8 +72,15 @@ class HeadLoss:
     tests/training/test_head.py checks the two hold the same weighted terms.
     """
 
-    def __init__(self, opts: TrainHeadOptions, target: PreTrainedModel, ref: EagleHead | None, vocab: int,
-                 cache: TeacherCache | None = None, kept_at: Callable[[int], float] | None = None):
+    def __init__(
+        self,
+        opts: TrainHeadOptions,
+        target: PreTrainedModel,
+        ref: EagleHead | None,
+        vocab: int,
+        cache: TeacherCache | None = None,
+        kept_at: Callable[[int], float] | None = None,
+    ):
         self.opts, self.ref = opts, ref
         # the fraction kept at an optimizer step (head_options.kept_fraction): --k unless a cold start ramps it
         self.kept_at = kept_at or (lambda step: opts.k)
@@ -73,8 +88,9 @@ class HeadLoss:
         self.mode = opts.selection if opts.method == "adaspec" else "all"
         self.generator = StepGenerator(opts.seed)
 
-    def step_divergences(self, head: torch.nn.Module, d2t_head: EagleHead, teacher: Tensor | TopK, feats: Tensor,
-                         batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+    def step_divergences(
+        self, head: torch.nn.Module, d2t_head: EagleHead, teacher: Tensor | TopK, feats: Tensor, batch: dict
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """(divergence [S, B, T], valid response positions [S, B, T], unrolled hidden [S, B, T, H]);
         `head` may be wrapped (DDP), `d2t_head` is the module itself."""
         o, s = self.opts, self.opts.ttt_steps
@@ -92,8 +108,9 @@ class HeadLoss:
         core: EagleHead = getattr(head, "module", head)  # DDP wraps the head under accelerate
         layers = core.config.hidden_layers
         if self.ref is not None and self.ref.config.hidden_layers != layers:
-            raise AdaspecError(f"the reference head reads layers {list(self.ref.config.hidden_layers)}, "
-                               f"this head {list(layers)}")
+            raise AdaspecError(
+                f"the reference head reads layers {list(self.ref.config.hidden_layers)}, this head {list(layers)}"
+            )
         teacher, states = self.signal(batch, layers)
         feats = torch.cat(list(states), dim=-1)
         div, valid, hidden = self.step_divergences(head, core, teacher, feats, batch)
@@ -102,13 +119,20 @@ class HeadLoss:
             with torch.no_grad():
                 ref_div = self.step_divergences(self.ref, self.ref, teacher, feats, batch)[0]
         k = self.kept_at(step)
-        kept = torch.stack([selection.delta_selection(div[j], None if ref_div is None else ref_div[j], valid[j],
-                                                      k, self.mode, generator=generator)
-                            for j in range(o.ttt_steps)])
+        kept = torch.stack(
+            [
+                selection.delta_selection(
+                    div[j], None if ref_div is None else ref_div[j], valid[j], k, self.mode, generator=generator
+                )
+                for j in range(o.ttt_steps)
+            ]
+        )
         weights = step_weights(o.ttt_steps, o.step_decay, div.device)[:, None, None]
         per_step = torch.where(kept, div, torch.zeros((), device=div.device)) * weights
-        logs = {f"div_step{j}": float((div[j].detach() * valid[j]).sum() / valid[j].sum().clamp(min=1))
-                for j in range(min(o.ttt_steps, 3))}
+        logs = {
+            f"div_step{j}": float((div[j].detach() * valid[j]).sum() / valid[j].sum().clamp(min=1))
+            for j in range(min(o.ttt_steps, 3))
+        }
         if o.feature_weight > 0:
             goal = shift_steps(feats.to(hidden.dtype), o.ttt_steps)
             reg = torch.nn.functional.smooth_l1_loss(hidden, goal, reduction="none").mean(-1)
@@ -131,18 +155,19 @@ def _right_pad(seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def head_agreement(head: EagleHead, target: PreTrainedModel, data: Continuations, steps: int,
-                   batch_size: int = 16) -> dict[str, float]:
+def head_agreement(
+    head: EagleHead, target: PreTrainedModel, data: Continuations, steps: int, batch_size: int = 16
+) -> dict[str, float]:
     """Greedy agreement of unroll step j with the target's greedy continuation tokens (step 0: the head's
     first proposal; later steps: chained proposals with teacher-forced tokens), over continuation tokens."""
     device = head.fc.weight.device
     agree, counts = torch.zeros(steps), torch.zeros(steps)
     for start in range(0, len(data.sequences), batch_size):
-        seqs = data.sequences[start:start + batch_size]
+        seqs = data.sequences[start : start + batch_size]
         ids, mask = (x.to(device) for x in _right_pad(seqs))
         score = torch.zeros_like(mask, dtype=torch.bool)
-        for i, (s, p) in enumerate(zip(seqs, data.prompt_lengths[start:start + batch_size])):
-            score[i, p - 1: len(s) - 1] = True  # target position t scores token t + 1
+        for i, (s, p) in enumerate(zip(seqs, data.prompt_lengths[start : start + batch_size])):
+            score[i, p - 1 : len(s) - 1] = True  # target position t scores token t + 1
         _, feats = target_signal(target, ids, mask, head.config.hidden_layers)
         pred = head.draft_to_target(unroll(head, feats, ids, steps, mask).logits.argmax(-1))
         truth = shift_steps(torch.nn.functional.pad(ids[:, 1:], (0, 1)), steps)
@@ -165,11 +190,12 @@ def _eagle_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnStep | No
     cfg = EagleConfig.for_target(target, opts.variant, aux_layers=opts.aux_layer_ids(), **overrides)
     cache = None  # opened first: a mismatched cache is refused before any work
     if opts.teacher_cache:
-        cache = open_head_cache(opts.teacher_cache, opts.target, target, items, cfg.hidden_layers, opts.temperature,
-                                vocab)
+        cache = open_head_cache(
+            opts.teacher_cache, opts.target, target, items, cfg.hidden_layers, opts.temperature, vocab
+        )
     tokens = None
     if opts.draft_vocab:
-        tokens = frequent_tokens((it["input_ids"][it["prompt_length"]:] for it in items), opts.draft_vocab, vocab)
+        tokens = frequent_tokens((it["input_ids"][it["prompt_length"] :] for it in items), opts.draft_vocab, vocab)
     head = EagleHead.from_target(target, cfg, seed=opts.init_seed, draft_tokens=tokens)
     ref = None
     if opts.method == "adaspec":
@@ -177,8 +203,10 @@ def _eagle_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnStep | No
         ref = EagleHead.from_pretrained(opts.ref).to(setup.accelerator.device)
         ref.requires_grad_(False)
         if ref.config.vocab_size != vocab or not torch.equal(ref.d2t.cpu(), head.d2t.cpu()):
-            raise AdaspecError(f"the reference head {opts.ref} has another (draft) vocabulary than this head: "
-                               "train both with the same --draft-vocab on the same data")
+            raise AdaspecError(
+                f"the reference head {opts.ref} has another (draft) vocabulary than this head: "
+                "train both with the same --draft-vocab on the same data"
+            )
         if opts.cold_start == "ref":
             load_strict(head, ref.state_dict(), opts.ref)
     val = setup.val_continuations()
@@ -187,13 +215,29 @@ def _eagle_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnStep | No
         return head_agreement(model, target, val, opts.ttt_steps)
 
     trained = sum(p.numel() for p in head.parameters() if p.requires_grad)
-    setup.announce(f"{cfg.variant} head: {trained:,} trained parameters (of {count_params(head):,}); layers "
-                   f"{list(cfg.hidden_layers)}, draft vocabulary {cfg.draft_vocab_size}", "head", cache=cache)
+    setup.announce(
+        f"{cfg.variant} head: {trained:,} trained parameters (of {count_params(head):,}); layers "
+        f"{list(cfg.hidden_layers)}, draft vocabulary {cfg.draft_vocab_size}",
+        "head",
+        cache=cache,
+    )
     if setup.accelerator.is_main_process:
-        warn_unservable(f"the {cfg.variant} head written to {opts.output}", [
-            head_size_problem({"head_dim": cfg.head_dim}), head_size_problem(target.config),
-            eagle3_target_problem(target.config) if cfg.variant == "eagle3" else None,
-            aux_layers_problem(cfg) if cfg.variant == "eagle3" else None])
+        warn_unservable(
+            f"the {cfg.variant} head written to {opts.output}",
+            [
+                head_size_problem({"head_dim": cfg.head_dim}),
+                head_size_problem(target.config),
+                eagle3_target_problem(target.config) if cfg.variant == "eagle3" else None,
+                aux_layers_problem(cfg) if cfg.variant == "eagle3" else None,
+            ],
+        )
     loss = HeadLoss(opts, target, ref, vocab, cache, setup.kept_fraction())
-    setup.train(head, loss, validate, "agreement", {"trained_params": trained},
-                save=lambda: write_record(Path(opts.output), target, tokenizer), on_step=on_step)
+    setup.train(
+        head,
+        loss,
+        validate,
+        "agreement",
+        {"trained_params": trained},
+        save=lambda: write_record(Path(opts.output), target, tokenizer),
+        on_step=on_step,
+    )

@@ -28,28 +28,29 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from adaspec import data as data_lib
-from adaspec.models.target import FINAL
 from adaspec.distill import selection
 from adaspec.distill.steps import place_by_predicted_token
-from adaspec.drafters.target_parts import target_parts
+from adaspec.drafters.medusa.export import load_medusa, save_medusa
 from adaspec.drafters.medusa.model import MedusaHeads, build_medusa
+from adaspec.drafters.mtp.export import load_mtp
 from adaspec.drafters.mtp.model import MTPHeads, build_mtp
 from adaspec.drafters.multi_token_loss import depth_token_losses, depth_weights
+from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.target_record import check_record, write_record
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.head_acceptance import head_acceptance
-from adaspec.drafters.medusa.export import load_medusa, save_medusa
-from adaspec.drafters.mtp.export import load_mtp
 from adaspec.models import count_params, output_vocab_size
 from adaspec.models.servable import MTP_REASON, head_size_problem, warn_unservable
-from adaspec.training.loop import OnStep
+from adaspec.models.target import FINAL
 from adaspec.recipes.train_head.options import TrainHeadOptions
+from adaspec.training.loop import OnStep
 from adaspec.training.setup import RecipeSetup, StepGenerator
 from adaspec.training.target_signal import TargetSignal, open_head_cache
 
 
-def _load_heads(kind: str, path: str, depth: int, target: PreTrainedModel, what: str, strict: bool
-                ) -> MTPHeads | MedusaHeads:
+def _load_heads(
+    kind: str, path: str, depth: int, target: PreTrainedModel, what: str, strict: bool
+) -> MTPHeads | MedusaHeads:
     """A saved checkpoint of `kind` and `depth` that fits the target (its loader refuses another kind)."""
     check_record(path, target, strict)  # the tokenizer is checked by the vocabulary rule of the command
     heads = load_mtp(path) if kind == "mtp" else load_medusa(path)
@@ -67,8 +68,9 @@ def _load_heads(kind: str, path: str, depth: int, target: PreTrainedModel, what:
 
 def _build(opts: TrainHeadOptions, target: PreTrainedModel) -> nn.Module:
     if opts.draft_init:
-        return _load_heads(opts.kind, opts.draft_init, int(opts.depth), target, f"--draft-init {opts.draft_init}",
-                           opts.strict)
+        return _load_heads(
+            opts.kind, opts.draft_init, int(opts.depth), target, f"--draft-init {opts.draft_init}", opts.strict
+        )
     if opts.cold_start == "ref":
         return _load_heads(opts.kind, str(opts.ref), int(opts.depth), target, f"--ref {opts.ref}", opts.strict)
     if opts.kind == "mtp":
@@ -97,8 +99,15 @@ def _multi_token_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnSte
 
     cache = None  # opened first: a mismatched cache is refused before any work
     if opts.teacher_cache:
-        cache = open_head_cache(opts.teacher_cache, opts.target, target, items, (FINAL,),
-                                None if opts.divergence == "ce" else opts.temperature, parts.vocab)
+        cache = open_head_cache(
+            opts.teacher_cache,
+            opts.target,
+            target,
+            items,
+            (FINAL,),
+            None if opts.divergence == "ce" else opts.temperature,
+            parts.vocab,
+        )
     val = setup.val_continuations()
     signal = TargetSignal(target, parts.vocab, cache)
     weights = depth_weights(opts.depth, opts.depth_weights, opts.lam)  # type: ignore[arg-type]
@@ -112,13 +121,18 @@ def _multi_token_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnSte
         ids, labels = batch["input_ids"], batch["labels"]
         teacher, hidden = signal(batch, (FINAL,))
         hidden = hidden[0].float()
-        per_depth = depth_token_losses(model(parts, hidden, ids), teacher, labels, opts.divergence,
-                                       opts.temperature, opts.beta)
+        per_depth = depth_token_losses(
+            model(parts, hidden, ids), teacher, labels, opts.divergence, opts.temperature, opts.beta
+        )
         ref_depth = [None] * len(per_depth)
         if mode != "all":
             with torch.no_grad():
-                ref_depth = [r for r, _ in depth_token_losses(ref(parts, hidden, ids), teacher, labels,
-                                                              opts.divergence, opts.temperature, opts.beta)]
+                ref_depth = [
+                    r
+                    for r, _ in depth_token_losses(
+                        ref(parts, hidden, ids), teacher, labels, opts.divergence, opts.temperature, opts.beta
+                    )
+                ]
         selected, logs = [], {}
         fraction, sel_gen = kept_at(step), generator.at(step)  # the step's draws: a resumed run draws the same
         for k, ((loss, mask), ref_loss) in enumerate(zip(per_depth, ref_depth), start=1):
@@ -136,8 +150,10 @@ def _multi_token_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnSte
 
     setup.announce(f"{opts.kind} heads: {count_params(heads):,} parameters, {opts.depth} depths", "head", cache=cache)
     if setup.accelerator.is_main_process:
-        warn_unservable(f"the {opts.kind} heads written to {opts.output}",
-                        [MTP_REASON if opts.kind == "mtp" else None, head_size_problem(target.config)])
+        warn_unservable(
+            f"the {opts.kind} heads written to {opts.output}",
+            [MTP_REASON if opts.kind == "mtp" else None, head_size_problem(target.config)],
+        )
 
     def save() -> None:
         out = Path(opts.output)
@@ -147,5 +163,12 @@ def _multi_token_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnSte
         write_record(out, target, tokenizer)
 
     # the loop saves and restores through save_pretrained / from_pretrained, which the heads provide
-    setup.train(heads, token_loss, validate, "accept_length",  # type: ignore[arg-type]
-                {"kind": opts.kind, "params": count_params(heads)}, save=save, on_step=on_step)
+    setup.train(
+        heads,
+        token_loss,
+        validate,
+        "accept_length",  # type: ignore[arg-type]
+        {"kind": opts.kind, "params": count_params(heads)},
+        save=save,
+        on_step=on_step,
+    )

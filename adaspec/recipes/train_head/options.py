@@ -33,9 +33,13 @@ class TrainHeadOptions(KDOptions):
     # the options it shares with `distill` had their own names here until they were declared once
     RENAMED: ClassVar[dict[str, str]] = {"loss": "divergence", "init": "draft_init"}
 
-    kind: Literal["eagle", "mtp", "medusa", "dflash"] = field(default="eagle", metadata=helptext(
-        "eagle: one layer on fused target features; mtp: sequential modules; medusa: parallel heads; "
-        "dflash: a block of mask slots drafted in one forward (adaspec.drafters.dflash)"))
+    kind: Literal["eagle", "mtp", "medusa", "dflash"] = field(
+        default="eagle",
+        metadata=helptext(
+            "eagle: one layer on fused target features; mtp: sequential modules; medusa: parallel heads; "
+            "dflash: a block of mask slots drafted in one forward (adaspec.drafters.dflash)"
+        ),
+    )
     strict: bool = strict_field()
     selection: Literal["top", "bottom", "random", "all"] = narrowed("selection")
     divergence: Literal["fkl", "rkl", "tvd", "jsd", "ce"] = narrowed("divergence")
@@ -44,30 +48,58 @@ class TrainHeadOptions(KDOptions):
     # continuations (what greedy verification accepts), and a run with default flags must train as before
     gen_temperature: float = narrowed("gen_temperature", default=0.0)
     # --kind eagle
-    variant: Literal["eagle3", "eagle1"] = field(default="eagle3", metadata=helptext(
-        "eagle: eagle3 fuses three target layers; eagle1 reads the final normed state only"))
-    aux_layers: str | None = field(default=None, metadata=helptext(
-        "eagle3/dflash: target layers, e.g. 1,5,9 (default: the reference's; eagle3: low/middle/high)"))
-    draft_vocab: int = field(default=0, metadata=helptext(
-        "eagle: draft vocabulary of the N most frequent response tokens (0: the full vocabulary)"))
+    variant: Literal["eagle3", "eagle1"] = field(
+        default="eagle3",
+        metadata=helptext("eagle: eagle3 fuses three target layers; eagle1 reads the final normed state only"),
+    )
+    aux_layers: str | None = field(
+        default=None,
+        metadata=helptext(
+            "eagle3/dflash: target layers, e.g. 1,5,9 (default: the reference's; eagle3: low/middle/high)"
+        ),
+    )
+    draft_vocab: int = field(
+        default=0,
+        metadata=helptext("eagle: draft vocabulary of the N most frequent response tokens (0: the full vocabulary)"),
+    )
     ttt_steps: int = field(default=7, metadata=helptext("eagle: training-time-test unroll steps per position"))
-    step_decay: float = field(default=0.8, metadata=helptext(
-        "eagle: weight of unroll step j is decay**j; dflash: of block slot j, decay**(j-1)"))
-    feature_weight: float = field(default=0.0, metadata=helptext(
-        "eagle1: feature-regression (smooth-L1) weight; the reference uses 10x the token loss's weight"))
+    step_decay: float = field(
+        default=0.8,
+        metadata=helptext("eagle: weight of unroll step j is decay**j; dflash: of block slot j, decay**(j-1)"),
+    )
+    feature_weight: float = field(
+        default=0.0,
+        metadata=helptext(
+            "eagle1: feature-regression (smooth-L1) weight; the reference uses 10x the token loss's weight"
+        ),
+    )
     # --kind dflash
-    block_size: int = field(default=4, metadata=helptext(
-        "dflash: block size B = the last token and B-1 mask slots, so at most B-1 proposals per step"))
+    block_size: int = field(
+        default=4,
+        metadata=helptext(
+            "dflash: block size B = the last token and B-1 mask slots, so at most B-1 proposals per step"
+        ),
+    )
     draft_layers: int = field(default=1, metadata=helptext("dflash: decoder layers of the head"))
     anchors: int = field(default=16, metadata=helptext("dflash: blocks trained per sequence per micro-batch"))
-    mask_token_id: int | None = field(default=None, metadata=helptext(
-        "dflash: the id standing for a masked slot, whose embedding is trained (default: the last id)"))
+    mask_token_id: int | None = field(
+        default=None,
+        metadata=helptext(
+            "dflash: the id standing for a masked slot, whose embedding is trained (default: the last id)"
+        ),
+    )
     # --kind mtp / medusa
-    depth: int | None = field(default=None, metadata=helptext(
-        "mtp/medusa: modules or heads = most tokens proposed per step (default: 3 for mtp, 4 for medusa)"))
+    depth: int | None = field(
+        default=None,
+        metadata=helptext(
+            "mtp/medusa: modules or heads = most tokens proposed per step (default: 3 for mtp, 4 for medusa)"
+        ),
+    )
     medusa_layers: int = field(default=1, metadata=helptext("medusa: residual blocks per head"))
-    shared_head: bool = field(default=False, metadata=helptext(
-        "medusa: use the target's frozen output head instead of one trained copy per head"))
+    shared_head: bool = field(
+        default=False,
+        metadata=helptext("medusa: use the target's frozen output head instead of one trained copy per head"),
+    )
     lam: float = field(default=1.0, metadata=helptext("mtp/medusa: every depth weighs λ / D unless --depth-weights"))
     depth_weights: list[float] | None = field(default=None, metadata=helptext("mtp/medusa: one weight per depth"))
 
@@ -77,11 +109,13 @@ class TrainHeadOptions(KDOptions):
             raise AdaspecError("--method adaspec needs --ref (a head trained with --method kd)")
         # EAGLE and DFlash heads always start untrained (--draft-init is for mtp/medusa)
         untrained = self.kind not in ("mtp", "medusa") or self.draft_init is None
-        self.cold_start = cold_start.resolve(self.cold_start,
-                                             self.method == "adaspec" and self.selection != "all" and untrained)
+        self.cold_start = cold_start.resolve(
+            self.cold_start, self.method == "adaspec" and self.selection != "all" and untrained
+        )
         if self.data_source == "target" and self.kind not in ("mtp", "medusa"):
-            raise AdaspecError(f"--data-source target is for --kind mtp/medusa; a {self.kind} head trains on the "
-                               "dataset's responses")
+            raise AdaspecError(
+                f"--data-source target is for --kind mtp/medusa; a {self.kind} head trains on the dataset's responses"
+            )
         if self.kind == "eagle":
             self._check_eagle()
         elif self.kind == "dflash":
@@ -93,8 +127,9 @@ class TrainHeadOptions(KDOptions):
         if self.divergence == "ce":
             raise AdaspecError("--divergence ce is for --kind mtp/medusa; an EAGLE head distils a divergence")
         if not 1 <= self.ttt_steps < self.max_length:
-            raise AdaspecError(f"--ttt-steps must be in 1..{self.max_length - 1} (below --max-length), got "
-                               f"{self.ttt_steps}")
+            raise AdaspecError(
+                f"--ttt-steps must be in 1..{self.max_length - 1} (below --max-length), got {self.ttt_steps}"
+            )
         if not 0 < self.step_decay <= 1:
             raise AdaspecError(f"--step-decay must be in (0, 1], got {self.step_decay}")
         if self.draft_vocab < 0:
@@ -106,19 +141,23 @@ class TrainHeadOptions(KDOptions):
         from adaspec.drafters.dflash.model import MAX_BLOCK_SIZE, MAX_DRAFT_LAYERS
 
         if self.divergence == "ce" or self.draft_init is not None:
-            raise AdaspecError("a DFlash head distils a divergence (not --divergence ce) and starts untrained (no "
-                               "--draft-init)")
+            raise AdaspecError(
+                "a DFlash head distils a divergence (not --divergence ce) and starts untrained (no --draft-init)"
+            )
         if not 2 <= self.block_size <= min(MAX_BLOCK_SIZE, self.max_length):
-            raise AdaspecError(f"--block-size must be in 2..{min(MAX_BLOCK_SIZE, self.max_length)} (at most "
-                               f"--max-length), got {self.block_size}")
+            raise AdaspecError(
+                f"--block-size must be in 2..{min(MAX_BLOCK_SIZE, self.max_length)} (at most "
+                f"--max-length), got {self.block_size}"
+            )
         if not 1 <= self.draft_layers <= MAX_DRAFT_LAYERS:
             raise AdaspecError(f"--draft-layers must be in 1..{MAX_DRAFT_LAYERS}, got {self.draft_layers}")
         if not 1 <= self.anchors <= self.max_length:
             raise AdaspecError(f"--anchors must be in 1..{self.max_length} (--max-length), got {self.anchors}")
         rows = self.batch_size * self.anchors * self.block_size  # the block logits' rows of a micro-batch
         if rows > MAX_BATCH_TOKENS:
-            raise AdaspecError(f"--batch-size x --anchors x --block-size is {rows:,}, above the limit of "
-                               f"{MAX_BATCH_TOKENS:,}")
+            raise AdaspecError(
+                f"--batch-size x --anchors x --block-size is {rows:,}, above the limit of {MAX_BATCH_TOKENS:,}"
+            )
         if not 0 < self.step_decay <= 1:
             raise AdaspecError(f"--step-decay must be in (0, 1], got {self.step_decay}")
 
@@ -128,11 +167,14 @@ class TrainHeadOptions(KDOptions):
         if self.depth is None:
             self.depth = DEFAULT_DEPTH[self.kind]
         if self.depth < 1 or self.medusa_layers < 0:
-            raise AdaspecError(f"--depth must be >= 1 and --medusa-layers >= 0, got {self.depth} and "
-                               f"{self.medusa_layers}")
+            raise AdaspecError(
+                f"--depth must be >= 1 and --medusa-layers >= 0, got {self.depth} and {self.medusa_layers}"
+            )
         if self.depth >= self.max_length:  # depth d is trained on tokens d+1 ahead: none beyond the sequence
-            raise AdaspecError(f"--depth ({self.depth}) must be below --max-length ({self.max_length}): a depth "
-                               f"beyond the sequence has no token to learn")
+            raise AdaspecError(
+                f"--depth ({self.depth}) must be below --max-length ({self.max_length}): a depth "
+                f"beyond the sequence has no token to learn"
+            )
         depth_weights(self.depth, self.depth_weights, self.lam)
 
     def aux_layer_ids(self) -> tuple[int, ...] | None:
@@ -148,9 +190,12 @@ def run_train_head(opts: TrainHeadOptions, on_step: OnStep | None = None) -> Non
     """The recipe of the head family."""
     if opts.kind == "dflash":
         from adaspec.recipes.train_head.dflash import run_dflash_head
+
         return run_dflash_head(opts, on_step)
     if opts.kind == "eagle":
         from adaspec.recipes.train_head.eagle import run_eagle_head
+
         return run_eagle_head(opts, on_step)
     from adaspec.recipes.train_head.multi_token import run_multi_token_head
+
     return run_multi_token_head(opts, on_step)
