@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup vllm demo test clean
+.PHONY: setup vllm demo lint test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,13 @@ demo: $(STAMP)
 	# results go under runs/ so the demo never overwrites the committed results/ of the larger preset
 	$(BIN)/adaspec reproduce --task gsm8k --preset demo --results-dir runs/results
 
-test: $(STAMP) $(VLLM_STAMP)
+# lint, format and types first (seconds); the layer contract is a test (tests/test_layers.py)
+lint: $(STAMP)
+	$(BIN)/ruff check adaspec tests benchmarks experiments
+	$(BIN)/ruff format --check adaspec tests benchmarks experiments
+	$(BIN)/mypy
+
+test: lint $(STAMP) $(VLLM_STAMP)
 	ADASPEC_REQUIRE_VLLM=1 $(BIN)/python -m pytest -q -x
 
 clean:

@@ -456,6 +456,8 @@ def benchmark_tables(bench_dir: Path) -> str:
             "",
             tree_rows(b),
         ]
+    out += dflash_tables(bench_dir)
+    out += side_by_side_table(bench_dir)
     path = bench_dir / "crossover.json"
     if path.exists():
         b = json.loads(path.read_text())
@@ -474,6 +476,89 @@ def benchmark_tables(bench_dir: Path) -> str:
             for c in b["calibration"]
         ]
     return "\n".join(out)
+
+
+def dflash_tables(bench_dir: Path) -> list[str]:
+    """benchmarks/dflash.py: KD against AdaSPEC DFlash heads over seeds, then its step profile where one exists."""
+    out: list[str] = []
+    for path in sorted(bench_dir.glob("dflash_*.json")):
+        b = json.loads(path.read_text())
+        s = b["settings"]
+        out += [
+            "",
+            f"DFlash heads, pair `{b['pair']}` (block {s['block_size']}, {s['steps']} steps each, KD and AdaSPEC "
+            f"against it at equal optimizer steps, {len(b['measurements'])} seeds, mean ± sd; {s['n_prompts']} "
+            f"prompts × {s['max_new_tokens']} tokens, {s['repeats']} repeats; load average at start "
+            f"{b['load_average_at_start'][0]:.1f}): `{b['command']}`",
+            "",
+            "| T | head | vs target | α | τ | c | acceptance by block slot |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in b["summary"]:
+            out.append(
+                f"| {r['temperature']:g} | {r['method'].removeprefix('sd_')} | {r['vs_target']:.2f} ± "
+                f"{r['vs_target_sd']:.2f} | {r['alpha']:.3f} ± {r['alpha_sd']:.3f} | {r['tau']:.2f} ± "
+                f"{r['tau_sd']:.2f} | {r['c']:.3f} | {' '.join(f'{x:.2f}' for x in r['position_acceptance'])} |"
+            )
+        first = next(iter(b["measurements"].values()))
+        others = [r for r in first["rows"] if r["alpha"] is not None and "dflash" not in r["method"]]
+        if others:
+            out += [
+                "",
+                "Beside the pair's other drafters, first seed, same run:",
+                "",
+                "| T | drafter | vs target | α | τ | c |",
+                "|---|---|---|---|---|---|",
+            ]
+            out += [
+                f"| {r['temperature']:g} | {r['method'].removeprefix('sd_')} | {r['vs_target']:.2f} | "
+                f"{r['alpha']:.3f} | {r['tau']:.2f} | {r['c']:.3f} |"
+                for r in first["rows"]
+                if r["alpha"] is not None
+            ]
+        if path.with_suffix(".png").exists():
+            out += ["", f"![dflash {b['pair']}]({path.with_suffix('.png').name})"]
+    for path in sorted(bench_dir.glob("step_profile_*dflash*.json")):
+        b = json.loads(path.read_text())
+        out += [
+            "",
+            f"Where a step's time goes (`{b['command']}`; γ = {b['gamma']}, greedy, ms per step, medians; load "
+            f"average {b['load_average_1m_before_after'][0]:.1f} → {b['load_average_1m_before_after'][1]:.1f}):",
+            "",
+            "| drafter | draft | verify forward | accept | other | step | τ | vs target |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, r in b["methods"].items():
+            if "step_ms" in r:  # the target alone has no step
+                out.append(
+                    f"| {name} | {r['draft_ms']:.2f} | {r['verify_forward_ms']:.2f} | {r['accept_ms']:.2f} | "
+                    f"{r['other_ms']:.2f} | {r['step_ms']:.2f} | {r['tau']:.2f} | {r['vs_target']:.2f} |"
+                )
+    return out
+
+
+def side_by_side_table(bench_dir: Path) -> list[str]:
+    """benchmarks/side_by_side.py: two checkouts' drafters on the same prompts, alternated in one run."""
+    path = bench_dir / "side_by_side_demo.json"
+    if not path.exists():
+        return []
+    b = json.loads(path.read_text())
+    out = [
+        "",
+        f"Before and after a change, side by side (`{b['command']}`; before = `{b['before']}`, after = the working "
+        f"tree; {b['repeats']} alternated repeats, medians; load average {b['load_average_before_after'][0][0]:.1f}"
+        f" → {b['load_average_before_after'][1][0]:.1f}):",
+        "",
+        "| benchmark | method | vs target before | vs target after | after / before | α and τ |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, rows in b["rows"].items():
+        out += [
+            f"| {kind} | {r['method']} | {r['before_vs_target']:.3f} | {r['after_vs_target']:.3f} | "
+            f"{r['after_over_before_vs_target']:.3f} | {'same' if r['same_alpha_and_tau'] else 'differ'} |"
+            for r in rows
+        ]
+    return out
 
 
 def vllm_rows(result: dict[str, Any]) -> str:
@@ -535,7 +620,7 @@ Conventions (α, τ, c, "vs target") are the README's. What these tables say, re
 Decoding speed (`benchmarks/decode.py`: the target alone, adaspec SD with fixed and
 adaptive γ, HF assisted generation, on the same prompts) is run by `adaspec reproduce` on each trained pair;
 its figures are in `results/<task>/report.md` (those committed before the lean decode path ran on the
-transformers path). Other JSON here (`dflash_demo.json`, `step_profile_demo.json`,
+transformers path). Other JSON here (`step_profile_demo.json`,
 `forward_cost.json`, ...) is read in the docs that cite it.
 """
 
