@@ -285,6 +285,8 @@ class TeacherCache:
         except (KeyError, TypeError) as exc:
             raise AdaspecError(f"{root / MANIFEST} is malformed (bad or missing field {exc})") from None
 
+    # Every refusal of a cache that does not match the run, in the order a user would fix them: one list of
+    # one-line checks, kept together so none is skipped.
     @classmethod
     def _checked(
         cls,

@@ -341,6 +341,8 @@ def prompt_ids(
     return prompts, context or FALLBACK_CONTEXT
 
 
+# One pass over the prompts per model on purpose: the target-alone runs, every drafter's decode and the
+# quality scores share one loop so each draft is measured on the same prompts, seeds and context.
 def evaluate(
     target: PreTrainedModel,
     drafts: dict[str, PreTrainedModel | Drafter],

@@ -212,6 +212,8 @@ def run_cache(opts: CacheOptions) -> dict:
         return _run_cache(opts)
 
 
+# The cache command top to bottom (settings, refusal of a stale cache, the shards, the manifest last):
+# the order is what makes it resumable, so it reads as one function.
 def _run_cache(opts: CacheOptions) -> dict:
     t0 = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -61,6 +61,8 @@ def _draft(opts: DistillOptions, setup: RecipeSetup) -> PreTrainedModel:
     return draft.to(setup.accelerator.device)
 
 
+# The distill recipe's own part, after RecipeSetup: the reference and teacher, the token loss (a closure
+# over both, as train_loop calls it) and what is saved; split further it would pass a dozen locals around.
 def _distill(opts: DistillOptions, setup: RecipeSetup, on_step: OnStep | None) -> None:
     target, tokenizer, items = setup.target, setup.tokenizer, setup.items
     draft = _draft(opts, setup)

@@ -44,6 +44,7 @@ def _is_local(path: str) -> bool:
     return Path(path).exists() or path.startswith((".", "/", "~"))
 
 
+# The eval command top to bottom: load, measure with `evaluate`, print, write JSON, optionally vLLM.
 def run_eval(opts: EvalOptions) -> int:
     paths = opts.draft_paths
     for path in [opts.target, *paths]:  # fail before loading anything large

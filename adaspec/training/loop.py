@@ -236,6 +236,8 @@ def _accumulate(
     return logs, tokens
 
 
+# One function on purpose (as nanoGPT's loop): set-up, resume, the step, validation and saving read top to
+# bottom; its pieces that stand alone (_global_batch, _reduce_logs, checkpointing) live beside it.
 def train_loop(
     opts: TrainOptions,
     accelerator: Accelerator,

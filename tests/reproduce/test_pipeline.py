@@ -440,7 +440,8 @@ def _evals(names: list[str], alpha: float) -> dict:
 
 
 def test_official_block_merges_and_survives_the_other_protocol(tmp_path):
-    from adaspec.recipes.reproduce.report import write_official, write_results
+    from adaspec.recipes.reproduce.report import write_results
+    from adaspec.recipes.reproduce.report_official import write_official
 
     out = tmp_path / "gsm8k"
     names = ["distillspec", "adaspec"]
@@ -532,7 +533,7 @@ def test_official_block_merges_and_survives_the_other_protocol(tmp_path):
 
 
 def test_variants_are_judged_against_the_better_kd_and_tabled(tmp_path):
-    from adaspec.recipes.reproduce.report import variant_verdicts, write_official
+    from adaspec.recipes.reproduce.report_official import variant_verdicts, write_official
 
     names = ["distillspec", "adaspec", "kd_big_batch", "random_big_batch", *protocols.OFFICIAL_VARIANTS]
     alphas = {

@@ -404,7 +404,8 @@ class Pipeline:
         from adaspec.drafters.loading import load_drafter
         from adaspec.evaluation.evaluate import EvalSettings, evaluate
         from adaspec.models import load_model, load_tokenizer, model_fingerprint
-        from adaspec.recipes.reproduce.report import write_official, write_results
+        from adaspec.recipes.reproduce.report import write_results
+        from adaspec.recipes.reproduce.report_official import write_official
 
         tokenizer = load_tokenizer(target_dir)
         target = load_model(target_dir)
