@@ -80,7 +80,8 @@ class TreeRows:
 
 
 def _token_paths(tree: Tree) -> list[tuple[int, ...]]:
-    tokens, out = tree.tokens.tolist(), []
+    tokens: list[int] = tree.tokens.tolist()
+    out: list[tuple[int, ...]] = []
     for i, p in enumerate(tree.parents.tolist()):
         out.append((out[p] if p >= 0 else ()) + (tokens[i],))
     return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from adaspec.data import chat
 from adaspec.data.tasks import Example
@@ -21,6 +21,7 @@ from adaspec.errors import AdaspecError
 
 if TYPE_CHECKING:
     import torch
+    from typing_extensions import NotRequired  # typing's is Python 3.11+; annotations are never evaluated here
 
 IGNORE_INDEX = -100
 EOS_TOKEN = "<|endoftext|>"

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from transformers import PreTrainedModel
 
 from adaspec import data as data_lib
 from adaspec.models import shared_vocab
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin
 
 
 @dataclass
@@ -68,7 +72,8 @@ def generate_continuations(
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         ids, mask = _left_pad(chunk, pad_token_id)
-        out = model.generate(
+        # a causal LM: transformers' PreTrainedModel itself has no `generate` (GenerationMixin adds it)
+        out = cast("GenerationMixin", model).generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
@@ -103,8 +108,8 @@ def _scored_batches(
     The scored positions are `data.response_mask` of the continuation tokens (logits at t predict token
     t+1: positions plen-1 .. len-2, so every continuation token is predicted once)."""
     for start in range(0, len(data.sequences), batch_size):
-        items = [
-            {"input_ids": seq, "prompt_length": p}
+        items: list[data_lib.Item] = [
+            {"input_ids": seq, "labels": [], "prompt_length": p}  # with_response sets the labels
             for seq, p in zip(
                 data.sequences[start : start + batch_size], data.prompt_lengths[start : start + batch_size]
             )

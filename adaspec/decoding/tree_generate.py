@@ -125,7 +125,11 @@ class TreeSteps:
         """Hang a tree below seq[n-1] (none: the target alone takes the step) and verify it in one forward."""
         tgt, seq, sampling, clock = engine.tgt, engine.seq, engine.sampling, engine.clock
         s0 = clock()
-        shape = self.controller.shape() if self.controller else self.tree
+        if self.controller:
+            shape = self.controller.shape()
+        else:
+            assert isinstance(self.tree, TreeShape)  # an AdaptiveTree or a TreeController gives a controller
+            shape = self.tree
         shape = shape.clipped(engine.total - n) if shape is not None else None
         if shape is None:
             nodes, rows = Tree(*(seq.new_zeros(0) for _ in range(3))), None

@@ -17,6 +17,8 @@ weights have changed since (`weight_versions`), so a head trained further is dec
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,6 +28,19 @@ from adaspec.models.lean.ops import attend, rotate
 from adaspec.models.lean.ops import rms_norm as _rms_norm
 from adaspec.models.lean.rotary import inv_freq, rotary_tables
 
+if TYPE_CHECKING:
+    from adaspec.drafters.common import GatedMLP, RMSNorm
+
+
+class Projections(Protocol):
+    """What a layer's attention module gives the view: its q/k/v/o projections (adaspec.drafters.block.Attention,
+    EagleAttention, DFlashAttention)."""
+
+    q_proj: nn.Linear
+    k_proj: nn.Linear
+    v_proj: nn.Linear
+    o_proj: nn.Linear
+
 
 def weight_versions(module: nn.Module) -> tuple[int, ...]:
     """Every in-place update of a weight (an optimizer step, load_state_dict) bumps its version counter:
@@ -33,7 +48,7 @@ def weight_versions(module: nn.Module) -> tuple[int, ...]:
     return tuple(p._version for p in module.parameters())
 
 
-def rms_norm(x: Tensor, norm: nn.Module) -> Tensor:
+def rms_norm(x: Tensor, norm: RMSNorm) -> Tensor:
     """adaspec.drafters.common.RMSNorm `norm` applied to x, on the lean maths (float32 for half inputs)."""
     return _rms_norm(x, norm.weight, norm.eps)
 
@@ -49,15 +64,15 @@ class LeanLayer:
 
     def __init__(
         self,
-        attn: nn.Module,
-        post_norm: nn.Module,
-        mlp: nn.Module,
+        attn: Projections,
+        post_norm: RMSNorm,
+        mlp: GatedMLP,
         heads: int,
         kv_heads: int,
         head_dim: int,
         theta: float,
         capacity: int = 256,
-        qk_norms: tuple[nn.Module, nn.Module] | None = None,
+        qk_norms: tuple[RMSNorm, RMSNorm] | None = None,
     ):
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.qk_norms = qk_norms

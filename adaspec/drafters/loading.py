@@ -6,13 +6,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Protocol, cast
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from adaspec.decoding.drafter import Drafter
 from adaspec.drafters import FAMILIES
 from adaspec.drafters.family import Family
 from adaspec.drafters.target_record import check_record
 from adaspec.errors import AdaspecError
+
+
+class DrafterClass(Protocol):
+    """What `Family.drafter` (typed `type` there) is: a drafter class with its `load`."""
+
+    def load(self, path: str, target: PreTrainedModel, vocab: int | None) -> Drafter: ...
 
 
 def saved_family(path: str | os.PathLike) -> Family:
@@ -37,7 +45,7 @@ def load_drafter(
     vocab: int | None = None,
     strict: bool = False,
     tokenizer: PreTrainedTokenizerBase | None = None,
-):
+) -> Drafter:
     """The drafter of family `kind` (a name in FAMILIES) saved in `path`, fitted to `target`; a head is first
     checked to be of that family and against the target it was trained on (adaspec.drafters.target_record)."""
     if kind not in FAMILIES:
@@ -50,4 +58,4 @@ def load_drafter(
         if saved is not family:
             raise AdaspecError(f"{path} holds {saved.name} heads, not {kind}")
         check_record(path, target, strict, tokenizer)
-    return family.drafter.load(str(path), target, vocab)
+    return cast(DrafterClass, family.drafter).load(str(path), target, vocab)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from torch import Tensor, nn
 from transformers import PreTrainedModel
@@ -15,7 +16,7 @@ from adaspec.models.target import final_norm, fit_vocab
 class TargetParts:
     """The target's token embedding, final norm and output head (shared views, never copied)."""
 
-    embed: nn.Module
+    embed: nn.Embedding
     norm: nn.Module
     head: nn.Module
     vocab: int
@@ -31,4 +32,5 @@ class TargetParts:
 
 def target_parts(model: PreTrainedModel, vocab: int | None = None) -> TargetParts:
     vocab = output_vocab_size(model) if vocab is None else vocab
-    return TargetParts(model.get_input_embeddings(), final_norm(model), model.get_output_embeddings(), vocab)
+    embed = cast(nn.Embedding, model.get_input_embeddings())  # transformers types it as any nn.Module
+    return TargetParts(embed, final_norm(model), model.get_output_embeddings(), vocab)

@@ -15,6 +15,9 @@ unfused projections, recomputed rotary angles and per-layer `torch.cat` of the w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
@@ -23,7 +26,7 @@ from adaspec.core.sampling import Sampling
 from adaspec.core.tree import Tree
 from adaspec.core.tree_drafting import per_depth_expand
 from adaspec.core.tree_shape import TreeShape
-from adaspec.drafters.dflash.model import DFlashHead
+from adaspec.drafters.dflash.model import DFlashHead, DFlashLayer
 from adaspec.drafters.lean_layer import LeanLayer, rms_norm, weight_versions
 from adaspec.drafters.target_parts import TargetParts, target_parts
 from adaspec.errors import AdaspecError
@@ -51,7 +54,7 @@ class LeanDFlash:
                 cfg.rope_theta,
                 qk_norms=(layer.self_attn.q_norm, layer.self_attn.k_norm),
             )
-            for layer in head.layers
+            for layer in cast("Sequence[DFlashLayer]", head.layers)
         ]
         self.length = 0
 
@@ -72,7 +75,7 @@ class LeanDFlash:
         # `DFlashHead.embed`: the mask embedding stands for the mask id wherever it occurs, the last token too
         first = self.mask if int(last) == self.mask_id else self.parts.embed(last[None]).to(self.mask.dtype)
         x = torch.cat([first, self.mask.expand(gamma, -1)])
-        for layer, module in zip(self.layers, self.head.layers):
+        for layer, module in zip(self.layers, cast("Sequence[DFlashLayer]", self.head.layers)):
             x = layer.run(rms_norm(x, module.input_layernorm), x, causal=False)
             layer.crop(self.length)
         return rms_norm(x[1:], self.head.norm)

@@ -20,8 +20,9 @@ Layer ids follow adaspec.models.target: i = the output of decoder layer i (vLLM'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -212,7 +213,7 @@ class DFlashHead(SavedHead, nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             head = cls(cfg)
-        emb = target.get_input_embeddings().weight
+        emb = cast(Tensor, target.get_input_embeddings().weight)
         if emb.shape[1] != cfg.hidden_size:
             raise AdaspecError(f"the target's embedding is {emb.shape[1]} wide, the DFlash head {cfg.hidden_size}")
         with torch.no_grad():
@@ -261,7 +262,7 @@ class DFlashHead(SavedHead, nn.Module):
         )
         mask = torch.cat([seen.repeat_interleave(width, 1), own.expand(b, -1, -1)], dim=-1)[:, None]
         ctx_positions = torch.arange(t, device=anchors.device)
-        for layer in self.layers:
+        for layer in cast("Sequence[DFlashLayer]", self.layers):
             ctx_k, ctx_v = layer.self_attn.keys_values(ctx, ctx_positions)
             x = layer(x, positions, ctx_k, ctx_v, mask)
         logits = parts.logits_of_normed(self.norm(x))

@@ -85,6 +85,9 @@ class LeanEagle:
 
 class EagleDrafter:
     max_gamma: int | None = None
+    lean: LeanEagle  # set by `_reset`, as are `real` and `pending` (the module docstring)
+    real: int
+    pending: Tensor | None
 
     def __init__(self, head: EagleHead, keep_tree_rows: bool = False):
         self.head = head.eval()
@@ -156,6 +159,7 @@ class EagleDrafter:
             raise RuntimeError(
                 f"EAGLE drafter out of step: {self.real} cached + {m} pending features for {n} accepted tokens"
             )
+        assert self.pending is not None  # m > 0
         hidden = self.lean.step(seq[self.real + 1 : n].to(self.device), self.pending)[-1:]
         self.real, self.pending = n - 1, None
         return hidden

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -270,7 +270,7 @@ def load_exported(path: str | Path, target: PreTrainedModel | None = None) -> Ea
     if "embed_tokens.weight" not in weights:
         if target is None:
             raise AdaspecError("this head has no embed_tokens.weight: pass its target to load it")
-        weights["embed_tokens.weight"] = target.get_input_embeddings().weight[: cfg.vocab_size]
+        weights["embed_tokens.weight"] = cast(torch.Tensor, target.get_input_embeddings().weight)[: cfg.vocab_size]
     for name in ("d2t", "t2d"):
         weights.setdefault(name, state[name])
     missing, unexpected = sorted(set(state) - set(weights)), sorted(set(weights) - set(state))

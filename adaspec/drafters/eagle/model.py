@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -180,6 +180,7 @@ class EagleAttention(nn.Module):
     def __init__(self, in_size: int, cfg: EagleConfig):
         super().__init__()
         hd = cfg.head_dim
+        assert hd is not None  # EagleConfig.__post_init__ sets it
         self.heads, self.kv_heads, self.head_dim, self.theta = cfg.num_heads, cfg.num_kv_heads, hd, cfg.rope_theta
         self.q_proj = nn.Linear(in_size, cfg.num_heads * hd, bias=False)
         self.k_proj = nn.Linear(in_size, cfg.num_kv_heads * hd, bias=False)
@@ -225,6 +226,8 @@ class EagleHead(SavedHead, nn.Module):
     CHECKPOINT_KEY = CHECKPOINT_KEY
     CHECKPOINT_WHAT = "an adaspec EAGLE head checkpoint"
     CHECKPOINT_CONFIG = EagleConfig
+    d2t: Tensor  # buffers (registered in __init__)
+    t2d: Tensor
 
     def __init__(self, cfg: EagleConfig):
         super().__init__()
@@ -258,7 +261,7 @@ class EagleHead(SavedHead, nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             head = cls(cfg)
-        emb = target.get_input_embeddings().weight
+        emb = cast(Tensor, target.get_input_embeddings().weight)
         if emb.shape[0] < cfg.vocab_size:
             raise AdaspecError(
                 f"the target's embedding has {emb.shape[0]} rows, fewer than its "
@@ -275,7 +278,7 @@ class EagleHead(SavedHead, nn.Module):
 
     @property
     def layer(self) -> EagleLayer:
-        return self.midlayer if self.config.variant == "eagle3" else self.layers[0]
+        return self.midlayer if self.config.variant == "eagle3" else cast(EagleLayer, self.layers[0])
 
     def set_draft_vocab(self, token_ids: Tensor) -> None:
         """Use the given target ids (strictly increasing) as the draft vocabulary, in that order."""

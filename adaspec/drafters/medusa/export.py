@@ -90,5 +90,6 @@ def export_command(request: ExportRequest) -> None:
         raise AdaspecError(
             "these Medusa heads share the target's lm_head, which vLLM reads from the export: pass --target"
         )
-    save_medusa(heads, request.output, target.to(request.dtype) if target is not None else None)
+    # transformers wraps PreTrainedModel.to in functools.wraps(nn.Module.to), which mypy reads as unbound (self first)
+    save_medusa(heads, request.output, target.to(request.dtype) if target is not None else None)  # type: ignore[arg-type]
     print(f"wrote Medusa heads (vLLM's MedusaModel) to {request.output}")

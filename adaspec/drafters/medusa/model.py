@@ -26,7 +26,9 @@ lossless and is not offered.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -60,11 +62,12 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, hidden: int, layers: int, bias: bool):
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(hidden, hidden, bias=bias) for _ in range(layers))
-        for layer in self.layers:
+        linears = [nn.Linear(hidden, hidden, bias=bias) for _ in range(layers)]
+        for layer in linears:
             nn.init.zeros_(layer.weight)
             if bias:
                 nn.init.zeros_(layer.bias)
+        self.layers = nn.ModuleList(linears)
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:
@@ -124,7 +127,7 @@ def build_medusa(
     model = MedusaHeads(cfg)
     if model.lm_heads is not None:
         with torch.no_grad():
-            for lm in model.lm_heads:
+            for lm in cast("Sequence[nn.Linear]", model.lm_heads):
                 lm.weight.copy_(head.weight)
     p = next(target.parameters())
     return model.to(dtype=p.dtype, device=p.device).eval()

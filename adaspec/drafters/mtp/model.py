@@ -29,8 +29,9 @@ step, and each module's cache is cropped back to its final positions after every
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -200,7 +201,7 @@ class MTPDrafter:
     def _reset(self) -> None:
         if self.versions != weight_versions(self.heads):  # built at first, and again after training
             self.versions = weight_versions(self.heads)
-            self.modules = [LeanMTPModule(m, self.heads.cfg) for m in self.heads.mtp]
+            self.modules = [LeanMTPModule(m, self.heads.cfg) for m in cast("Sequence[MTPModule]", self.heads.mtp)]
         for module in self.modules:
             module.layer.crop(0)
         self.inputs = [_Rows() for _ in range(self.heads.cfg.depth)]  # inputs[0]: the target's features, ends at n-1
