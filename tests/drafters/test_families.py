@@ -35,9 +35,11 @@ def test_every_family_has_what_its_callers_look_up():
             assert family.recognizes and family.export_command and family.train_options and family.train_shape, name
             assert callable(family.head.from_pretrained) and callable(family.head.save_pretrained), name
             assert importlib.util.find_spec(f"adaspec.recipes.train_head.{family.recipe}"), name
-            # the multi-token recipe's families: a default depth, a fresh head, a saved one to start from
+            # the multi-token recipe's families: a default depth, a fresh head, a saved one or the target's
+            # responses to start from
             multi_token = family.default_depth is not None
             assert multi_token == (family.new_head is not None) == family.takes_draft_init, name
+            assert multi_token == family.takes_target_data, name
         else:
             assert family.recognizes is None and family.export_command is None and family.signal == "none"
 
