@@ -18,6 +18,14 @@ only call what the spec holds:
   a trained head drafts per step (None: unbounded), which its drafter's `max_gamma` is; `signal` what it
   reads of the target: nothing, the final normed state (FINAL), or the layers its config names (EAGLE-3 /
   DFlash auxiliary layers; EAGLE-1 the final state).
+- train-head (adaspec.recipes.train_head): `train_shape(γ, unroll)` the options sizing a head for γ tokens per
+  step whose training unrolls `unroll` steps where the family unrolls (EAGLE's training-time test), as the
+  paper pipeline budgets its heads; `default_depth` its --depth when none is given; `takes_draft_init` /
+  `takes_target_data` whether it starts from a saved head (--draft-init) / trains on the target's responses
+  (--data-source target); for the multi-token recipe, `new_head(target, options)` an untrained head (the
+  caller seeds torch's generator), `misfit(head, target)` why a saved head does not fit the target beyond its
+  hidden size, and `store_target_head(path, target)` writes the target's output head into a saved head that
+  shares it (vLLM reads it from the checkpoint). `target_layers(named)` the layers its `signal` reads.
 - measuring: `teacher_forced(drafter, depth)` its depths teacher-forced on the target's features
   (adaspec.evaluation.head_acceptance), where it has such a forward; `keep_tree_rows(drafter)` the same
   drafter keeping the accepted path's tree rows instead of re-running them, where it can.
@@ -36,6 +44,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from adaspec.errors import AdaspecError, NotServable
+from adaspec.models.target import FINAL
 
 SERVERS = ("vllm", "sglang")
 Signal = Literal["none", "final", "layers"]
@@ -109,11 +118,25 @@ class Family:
     build_opt_in: str | None = None  # why `adaspec build` trains it only when --drafters names it
     teacher_forced: Callable[[Any, int], HeadForward] | None = None
     keep_tree_rows: Callable[[Any], Any] | None = None
+    train_shape: Callable[[int, int], dict[str, Any]] | None = None
+    default_depth: int | None = None
+    takes_draft_init: bool = False
+    takes_target_data: bool = False
+    new_head: Callable[[PreTrainedModel, Any], Any] | None = None
+    misfit: Callable[[Any, PreTrainedModel], str | None] = lambda head, target: None
+    store_target_head: Callable[[str, PreTrainedModel], None] | None = None
 
     @property
     def is_draft_model(self) -> bool:
         """A separate causal LM (a transformers model: eval's --draft), not a head on the target (--head)."""
         return self.head is None
+
+    def target_layers(self, named: tuple[int, ...] = ()) -> tuple[int, ...]:
+        """The target layers a head of the family reads (its `signal`): the final normed state, or the layers
+        its config names (`named`); none for a draft model."""
+        if self.signal == "final":
+            return (FINAL,)
+        return named if self.signal == "layers" else ()
 
     def why_not_served(self, server: str) -> str:
         return self.unserved.get(server, f"no {server} layout for {self.name} drafters")

@@ -17,6 +17,7 @@ FAMILY = Family(
     target_problem=target_problem,
     export_command=export_command,
     train_options=lambda gamma, target: {"block_size": gamma + 1},
+    train_shape=lambda gamma, unroll: {"block_size": gamma + 1},
     max_gamma=lambda head: head.config.max_gamma,
     build_opt_in="trained only when --drafters names it: its heads learn slowly at this scale (greedy α about "
     "0.1 after 150 steps on the demo target, docs/dflash.md)",

@@ -23,6 +23,7 @@ FAMILY = Family(
     export_command=export_command,
     # unbounded at decoding; trained for γ unroll steps, in the variant vLLM can serve on the target
     train_options=lambda gamma, target: {"variant": servable_variant(target), "ttt_steps": gamma},
+    train_shape=lambda gamma, unroll: {"ttt_steps": unroll},
     teacher_forced=lambda drafter, depth: eagle_forward(drafter.head, depth),
     keep_tree_rows=lambda drafter: EagleDrafter(drafter.head, keep_tree_rows=True),
 )

@@ -319,11 +319,13 @@ class Pipeline:
 
     def head_options(self, name: str, target: Path, seed: int, ref: Path | None) -> TrainHeadOptions:
         """The train-head run `name` of HEADS on the frozen target, with the drafts' protocol and token budget."""
+        from adaspec.drafters import FAMILIES
         from adaspec.recipes.train_head.options import TrainHeadOptions
 
         out = self.runs / f"seed{seed}" / "heads" / name
         spec = {k: v for k, v in HEADS[name].items() if k not in ("ref", "first_seed", "label")}
-        shape = {"ttt_steps": self.p.head_ttt_steps} if spec["kind"] == "eagle" else {"depth": self.p.gamma}
+        # sized to draft γ per step (MTP and Medusa depths); EAGLE's training-time test unrolls head_ttt_steps
+        shape = FAMILIES[spec["kind"]].train_shape(self.p.gamma, self.p.head_ttt_steps)  # type: ignore[misc]
         kwargs = dict(
             self._common(out, seed),
             target=str(target),

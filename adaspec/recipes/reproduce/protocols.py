@@ -171,3 +171,5 @@ HEADS: dict[str, dict] = {
     "medusa": {"kind": "medusa", "label": "Medusa heads, KD"},
 }
 HEAD_KINDS = ("eagle", "mtp", "medusa")
+# report.md's EAGLE-3 − EAGLE-1 line: the runs of HEADS that differ in the variant alone (EAGLE-1: first seed)
+VARIANT_RUNS = ("eagle", "eagle1")

@@ -3,6 +3,7 @@ the DistillSpec and AdaSPEC drafts, from results.json's "heads" (files without i
 
 from __future__ import annotations
 
+from adaspec.recipes.reproduce.protocols import VARIANT_RUNS
 from adaspec.recipes.reproduce.report import _fmt, _pm
 
 
@@ -48,11 +49,12 @@ def render_heads(res: dict) -> list[str]:
     ]
     if diffs:
         lines += ["", "AdaSPEC − KD, greedy α points (means over seeds): " + "; ".join(diffs) + "."]
-    if "eagle" in a and "eagle1" in a:
+    three, one = VARIANT_RUNS
+    if three in a and one in a:
         lines += [
             "",
             f"EAGLE-3 − EAGLE-1 (seed {first}): "
-            f"{100 * (res['alpha_greedy_seeds']['eagle'][0] - a['eagle1']):+.1f} points of greedy α.",
+            f"{100 * (res['alpha_greedy_seeds'][three][0] - a[one]):+.1f} points of greedy α.",
         ]
     return lines
 

@@ -194,7 +194,7 @@ def _reference(
     return ref
 
 
-def run_dflash_head(opts: TrainHeadOptions, on_step: OnStep | None = None) -> None:
+def run(opts: TrainHeadOptions, on_step: OnStep | None = None) -> None:
     with RecipeSetup.open(opts) as setup:
         _dflash_head(opts, setup, on_step)
 
@@ -211,9 +211,8 @@ def _dflash_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnStep | N
     )
     cache = None  # opened first: a mismatched cache is refused before any work
     if opts.teacher_cache:
-        cache = open_head_cache(
-            opts.teacher_cache, opts.target, target, items, cfg.hidden_layers, opts.temperature, parts.vocab
-        )
+        layers = opts.family.target_layers(cfg.hidden_layers)  # those the head's config names
+        cache = open_head_cache(opts.teacher_cache, opts.target, target, items, layers, opts.temperature, parts.vocab)
     head = DFlashHead.from_target(target, cfg, seed=opts.init_seed).float()
     ref = None
     if opts.method == "adaspec":

@@ -178,7 +178,7 @@ def head_agreement(
     return {"agreement": rates[0], **{f"agreement_step{j}": r for j, r in enumerate(rates) if j}}
 
 
-def run_eagle_head(opts: TrainHeadOptions, on_step: OnStep | None = None) -> None:
+def run(opts: TrainHeadOptions, on_step: OnStep | None = None) -> None:
     with RecipeSetup.open(opts) as setup:
         _eagle_head(opts, setup, on_step)
 
@@ -190,9 +190,8 @@ def _eagle_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnStep | No
     cfg = EagleConfig.for_target(target, opts.variant, aux_layers=opts.aux_layer_ids(), **overrides)
     cache = None  # opened first: a mismatched cache is refused before any work
     if opts.teacher_cache:
-        cache = open_head_cache(
-            opts.teacher_cache, opts.target, target, items, cfg.hidden_layers, opts.temperature, vocab
-        )
+        layers = opts.family.target_layers(cfg.hidden_layers)  # those the head's config names
+        cache = open_head_cache(opts.teacher_cache, opts.target, target, items, layers, opts.temperature, vocab)
     tokens = None
     if opts.draft_vocab:
         tokens = frequent_tokens((it["input_ids"][it["prompt_length"] :] for it in items), opts.draft_vocab, vocab)

@@ -30,57 +30,49 @@ from transformers import PreTrainedModel
 from adaspec import data as data_lib
 from adaspec.distill import selection
 from adaspec.distill.steps import place_by_predicted_token
-from adaspec.drafters.medusa.export import load_medusa, save_medusa
-from adaspec.drafters.medusa.model import MedusaHeads, build_medusa
-from adaspec.drafters.mtp.export import load_mtp
-from adaspec.drafters.mtp.model import MTPHeads, build_mtp
+from adaspec.drafters.family import Family
 from adaspec.drafters.multi_token_loss import depth_token_losses, depth_weights
 from adaspec.drafters.target_parts import target_parts
 from adaspec.drafters.target_record import check_record, write_record
 from adaspec.errors import AdaspecError
 from adaspec.evaluation.head_acceptance import head_acceptance
-from adaspec.models import count_params, output_vocab_size
-from adaspec.models.servable import MTP_REASON, head_size_problem, warn_unservable
-from adaspec.models.target import FINAL
+from adaspec.models import count_params
+from adaspec.models.servable import head_size_problem, warn_unservable
 from adaspec.recipes.train_head.options import TrainHeadOptions
 from adaspec.training.loop import OnStep
 from adaspec.training.setup import RecipeSetup, StepGenerator
 from adaspec.training.target_signal import TargetSignal, open_head_cache
 
 
-def _load_heads(
-    kind: str, path: str, depth: int, target: PreTrainedModel, what: str, strict: bool
-) -> MTPHeads | MedusaHeads:
-    """A saved checkpoint of `kind` and `depth` that fits the target (its loader refuses another kind)."""
+def _load_heads(family: Family, path: str, depth: int, target: PreTrainedModel, what: str, strict: bool) -> nn.Module:
+    """A saved checkpoint of `family` and `depth` that fits the target (its loader refuses another kind)."""
     check_record(path, target, strict)  # the tokenizer is checked by the vocabulary rule of the command
-    heads = load_mtp(path) if kind == "mtp" else load_medusa(path)
-    saved = heads.cfg.depth if isinstance(heads, MTPHeads) else heads.cfg.heads
+    heads = family.head.from_pretrained(path)  # type: ignore[union-attr]
+    saved = family.max_gamma(heads)  # MTP modules and Medusa heads draft one token per depth
     if saved != depth:
         raise AdaspecError(f"{what} has {saved} depths, --depth is {depth}")
     hidden = int(target.config.hidden_size)
     if heads.cfg.hidden != hidden:
         raise AdaspecError(f"{what} was built for hidden size {heads.cfg.hidden}, the target has {hidden}")
-    if isinstance(heads, MedusaHeads) and heads.cfg.vocab != output_vocab_size(target):
-        rows = output_vocab_size(target)
-        raise AdaspecError(f"{what} has {heads.cfg.vocab} output rows, the target has {rows}")
+    problem = family.misfit(heads, target)
+    if problem:
+        raise AdaspecError(f"{what} {problem}")
     return heads
 
 
-def _build(opts: TrainHeadOptions, target: PreTrainedModel) -> nn.Module:
+def _build(opts: TrainHeadOptions, family: Family, target: PreTrainedModel) -> nn.Module:
     if opts.draft_init:
         return _load_heads(
-            opts.kind, opts.draft_init, int(opts.depth), target, f"--draft-init {opts.draft_init}", opts.strict
+            family, opts.draft_init, int(opts.depth), target, f"--draft-init {opts.draft_init}", opts.strict
         )
     if opts.cold_start == "ref":
-        return _load_heads(opts.kind, str(opts.ref), int(opts.depth), target, f"--ref {opts.ref}", opts.strict)
-    if opts.kind == "mtp":
-        return build_mtp(target, opts.depth, seed=opts.init_seed)
-    with torch.random.fork_rng(devices=[]):
+        return _load_heads(family, str(opts.ref), int(opts.depth), target, f"--ref {opts.ref}", opts.strict)
+    with torch.random.fork_rng(devices=[]):  # the same --init-seed gives the same heads
         torch.manual_seed(opts.init_seed)
-        return build_medusa(target, opts.depth, opts.medusa_layers, shared_head=opts.shared_head)
+        return family.new_head(target, opts)  # type: ignore[misc]
 
 
-def run_multi_token_head(opts: TrainHeadOptions, on_step: OnStep | None = None) -> None:
+def run(opts: TrainHeadOptions, on_step: OnStep | None = None) -> None:
     with RecipeSetup.open(opts) as setup:
         _multi_token_head(opts, setup, on_step)
 
@@ -88,14 +80,15 @@ def run_multi_token_head(opts: TrainHeadOptions, on_step: OnStep | None = None) 
 def _multi_token_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnStep | None) -> None:
     target, tokenizer, items = setup.target, setup.tokenizer, setup.items
     device = setup.accelerator.device
-    heads = _build(opts, target).float().train().to(device)
+    family = opts.family
+    heads = _build(opts, family, target).float().train().to(device)
     ref = None
     if opts.method == "adaspec":
-        ref = _load_heads(opts.kind, str(opts.ref), int(opts.depth), target, f"--ref {opts.ref}", opts.strict)
+        ref = _load_heads(family, str(opts.ref), int(opts.depth), target, f"--ref {opts.ref}", opts.strict)
         ref = ref.float().to(device).eval()
         ref.requires_grad_(False)
     parts = target_parts(target)
-    mtp = opts.kind == "mtp"
+    layers = family.target_layers()  # the final normed state
 
     cache = None  # opened first: a mismatched cache is refused before any work
     if opts.teacher_cache:
@@ -104,7 +97,7 @@ def _multi_token_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnSte
             opts.target,
             target,
             items,
-            (FINAL,),
+            layers,
             None if opts.divergence == "ce" else opts.temperature,
             parts.vocab,
         )
@@ -119,7 +112,7 @@ def _multi_token_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnSte
         """Per-depth losses, each depth's AdaSPEC selection folded in, at the position scoring the token it
         predicts (a training.loop.TokenLoss whose kept is the response mask)."""
         ids, labels = batch["input_ids"], batch["labels"]
-        teacher, hidden = signal(batch, (FINAL,))
+        teacher, hidden = signal(batch, layers)
         hidden = hidden[0].float()
         per_depth = depth_token_losses(
             model(parts, hidden, ids), teacher, labels, opts.divergence, opts.temperature, opts.beta
@@ -152,13 +145,13 @@ def _multi_token_head(opts: TrainHeadOptions, setup: RecipeSetup, on_step: OnSte
     if setup.accelerator.is_main_process:
         warn_unservable(
             f"the {opts.kind} heads written to {opts.output}",
-            [MTP_REASON if opts.kind == "mtp" else None, head_size_problem(target.config)],
+            [family.vllm_problem(target.config.to_dict()), head_size_problem(target.config)],
         )
 
     def save() -> None:
         out = Path(opts.output)
-        if not mtp and opts.shared_head:  # vLLM reads the shared head from the draft checkpoint
-            save_medusa(load_medusa(out), out, target)
+        if opts.shared_head and family.store_target_head:  # vLLM reads the shared head from the draft checkpoint
+            family.store_target_head(str(out), target)
         tokenizer.save_pretrained(opts.output)
         write_record(out, target, tokenizer)
 

@@ -13,6 +13,7 @@ live forward per batch or, with --teacher-cache, from `adaspec cache --hidden-la
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from adaspec.distill import cold_start
@@ -21,9 +22,8 @@ from adaspec.options import MAX_BATCH_TOKENS, helptext, strict_field
 from adaspec.training.options import KDOptions, narrowed
 
 if TYPE_CHECKING:
+    from adaspec.drafters.family import Family
     from adaspec.training.loop import OnStep
-
-DEFAULT_DEPTH = {"mtp": 3, "medusa": 4}
 
 
 @dataclass(kw_only=True)
@@ -107,21 +107,23 @@ class TrainHeadOptions(KDOptions):
         super().__post_init__()
         if self.method == "adaspec" and self.ref is None:
             raise AdaspecError("--method adaspec needs --ref (a head trained with --method kd)")
-        # EAGLE and DFlash heads always start untrained (--draft-init is for mtp/medusa)
-        untrained = self.kind not in ("mtp", "medusa") or self.draft_init is None
+        family = self.family
+        # a head starts untrained unless its family starts from a saved one (--draft-init: mtp/medusa)
+        untrained = not family.takes_draft_init or self.draft_init is None
         self.cold_start = cold_start.resolve(
             self.cold_start, self.method == "adaspec" and self.selection != "all" and untrained
         )
-        if self.data_source == "target" and self.kind not in ("mtp", "medusa"):
+        if self.data_source == "target" and not family.takes_target_data:
             raise AdaspecError(
                 f"--data-source target is for --kind mtp/medusa; a {self.kind} head trains on the dataset's responses"
             )
-        if self.kind == "eagle":
-            self._check_eagle()
-        elif self.kind == "dflash":
-            self._check_dflash()
-        else:
-            self._check_multi_token()
+        getattr(self, f"_check_{family.recipe}")()  # the options of the family's recipe module
+
+    @property
+    def family(self) -> Family:
+        from adaspec.drafters import FAMILIES  # the registry loads torch: not when --help builds the parser
+
+        return FAMILIES[self.kind]
 
     def _check_eagle(self) -> None:
         if self.divergence == "ce":
@@ -165,7 +167,7 @@ class TrainHeadOptions(KDOptions):
         from adaspec.drafters.multi_token_loss import depth_weights
 
         if self.depth is None:
-            self.depth = DEFAULT_DEPTH[self.kind]
+            self.depth = self.family.default_depth
         if self.depth < 1 or self.medusa_layers < 0:
             raise AdaspecError(
                 f"--depth must be >= 1 and --medusa-layers >= 0, got {self.depth} and {self.medusa_layers}"
@@ -187,15 +189,5 @@ class TrainHeadOptions(KDOptions):
 
 
 def run_train_head(opts: TrainHeadOptions, on_step: OnStep | None = None) -> None:
-    """The recipe of the head family."""
-    if opts.kind == "dflash":
-        from adaspec.recipes.train_head.dflash import run_dflash_head
-
-        return run_dflash_head(opts, on_step)
-    if opts.kind == "eagle":
-        from adaspec.recipes.train_head.eagle import run_eagle_head
-
-        return run_eagle_head(opts, on_step)
-    from adaspec.recipes.train_head.multi_token import run_multi_token_head
-
-    return run_multi_token_head(opts, on_step)
+    """The recipe of the head family: its module of adaspec.recipes.train_head, whose entry point is `run`."""
+    import_module(f"adaspec.recipes.train_head.{opts.family.recipe}").run(opts, on_step)
