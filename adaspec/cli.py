@@ -75,7 +75,7 @@ COMMANDS: dict[str, Command] = {
         "them on held-out prompts, export the fastest for vLLM/SGLang, write a report",
     ),
     "reproduce": Command(
-        "adaspec.recipes.reproduce.pipeline:ReproduceOptions",
+        "adaspec.recipes.reproduce.options:ReproduceOptions",
         "adaspec.recipes.reproduce.pipeline:run_reproduce",
         "run the whole paper pipeline at CPU scale and write results/<task>/",
     ),
