@@ -30,6 +30,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's adaspec, run as a script
+
+# the tables the benchmarks print are the tables written here
+from adaspec.evaluation.crossover import format_sweep  # noqa: E402
+from adaspec.evaluation.trees import format_rows as format_tree_rows  # noqa: E402
+from adaspec.serving.vllm_benchmark import format_vllm_rows  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: experiments/readme.py
 COMMAND = "python experiments/readme.py"
 
@@ -315,82 +322,6 @@ def drafter_rows(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def tree_rows(result: dict[str, Any]) -> str:
-    """benchmarks/tree.py's tables: every method, then the per-drafter summary."""
-    lines = [
-        "| drafter | method | tokens/s | vs target | τ | α | nodes | depth | draft / verify / other ms per step "
-        "| outputs differing |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["rows"]:
-        split = (
-            "-"
-            if r["kind"] == "target"
-            else (
-                f"{_dash(r['draft_ms_per_step'])} / {_dash(r['target_ms_per_step'])} / {_dash(r['other_ms_per_step'])}"
-            )
-        )
-        lines.append(
-            f"| {r['drafter']} | {r['kind']} {r['spec']} | {r['tokens_per_s']:.1f} | {r['vs_target']:.2f}× | "
-            f"{_dash(r.get('tau'))} | {_dash(r.get('alpha'))} | {_dash(r.get('mean_gamma'), '.1f')} | "
-            f"{_dash(r.get('mean_depth'), '.1f')} | {split} | {r['outputs_differing']} |"
-        )
-    pub = result["eagle2_published"]
-    lines += [
-        "",
-        f"| drafter | best chain | best fixed tree | tree / chain tokens/s (goal ≥ {result['goal']:.2f}) | "
-        f"τ tree / τ chain (EAGLE-2 published: {pub['tau_eagle2']} / {pub['tau_eagle']} = {pub['ratio']:.2f}) | "
-        "highest-τ tree / τ chain | adaptive / chain tokens/s (nodes per step) | kept rows / re-run | "
-        "bound: tree overheads removed (tree) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for drafter, s in result["summary"].items():
-        adaptive = (
-            f"{s['adaptive_over_chain_tokens_per_s']:.2f}× ({s['adaptive_nodes_per_step']:.1f})"
-            if "adaptive" in s
-            else "-"
-        )
-        keep = f"{s['keep_over_rerun_tokens_per_s']:.2f}×" if "keep_over_rerun_tokens_per_s" in s else "-"
-        lines.append(
-            f"| {drafter} | {s['best_chain'].split(':', 1)[1]} | {s['best_tree'].split(':', 1)[1]} | "
-            f"{s['tree_over_chain_tokens_per_s']:.2f}× | {s['tau_best_tree_over_best_chain']:.2f} | "
-            f"{s['tau_highest_tree_over_best_chain']:.2f} ({s['highest_tau_tree'].split(':', 1)[1]}) | "
-            f"{adaptive} | {keep} | {s['ideal_tree_over_chain_tokens_per_s']:.2f}× "
-            f"({s['ideal_tree'].split(':', 1)[1]}) |"
-        )
-    costs = ", ".join(f"{t}: {c:.2f}" for t, c in sorted((int(t), c) for t, c in result["verify_cost_vs_1"].items()))
-    lines += ["", f"Target forward over n tokens / over 1 token ({result['target_forward_ms']:.2f} ms): {costs}."]
-    return "\n".join(lines)
-
-
-def crossover_sweep(result: dict) -> str:
-    """benchmarks/crossover.py's table (predicted speed-up against target size)."""
-    lines = [
-        f"draft {result['draft']} ({result['draft_params'] / 1e6:.2f}M, {result['draft_ms']:.3f} ms), "
-        f"τ {result['tau']:.2f} at γ {result['gamma']}; per-step work {result['step_overhead_ms']:.3f} ms "
-        f"(solved at {result['pair_target']}, measured {result['measured_speedup']:.2f}×)",
-        "",
-        "| target | params | t1 (ms) | verify γ+1 (ms) | verify / one | c = d / t1 | forwards only | predicted S |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['target']} | {r['params'] / 1e6:.1f}M | {r['t1_ms']:.3f} | {r['verify_ms']:.3f} | "
-            f"{r['verify_cost_vs_one']:.2f} | {r['c']:.3f} | {r['forwards_only_speedup']:.2f}× | "
-            f"{r['predicted_speedup']:.2f}× |"
-        )
-    crossing = result["crossover_params"]
-    lines.append("")
-    if crossing:
-        where = f"{crossing / 1e6:.1f}M parameters"
-    elif all(r["predicted_speedup"] >= 1 for r in result["rows"]):
-        where = "at or below the smallest target swept (every size is predicted to pay)"
-    else:
-        where = "none in the sweep (no size where the prediction rises through 1×)"
-    lines.append("crossover: " + where)
-    return "\n".join(lines)
-
-
 def benchmark_tables(bench_dir: Path) -> str:
     """The benchmark tables, from results/benchmarks/*.json (image links relative to bench_dir)."""
     out = []
@@ -454,7 +385,7 @@ def benchmark_tables(bench_dir: Path) -> str:
             f"parameters, decode path {b['decode_path']}, greedy, {b['n_prompts']} {b['task']} prompts × "
             f"{b['max_new_tokens']} tokens, {b['repeats']} repeats, {b['threads']} thread(s)): `{b['command']}`",
             "",
-            tree_rows(b),
+            format_tree_rows(b),
         ]
     out += dflash_tables(bench_dir)
     out += side_by_side_table(bench_dir)
@@ -467,7 +398,7 @@ def benchmark_tables(bench_dir: Path) -> str:
             f"{b['threads']} thread(s); τ and the per-step work from the first trained pair; a prediction, "
             "not a trained pair per size):",
             "",
-            crossover_sweep(b["sweep"]),
+            format_sweep(b["sweep"]),
             "",
         ]
         out += [
@@ -561,33 +492,6 @@ def side_by_side_table(bench_dir: Path) -> list[str]:
     return out
 
 
-def vllm_rows(result: dict[str, Any]) -> str:
-    """A vLLM benchmark's table: vLLM's rows with adaspec's engine beside them."""
-    lines = [
-        "| drafter | vLLM method | T | batch | vLLM tokens/s | vLLM vs its target | vLLM α | vLLM mean acc. "
-        "length | identical | adaspec α (vLLM's schedule) | adaspec engine vs its target | adaspec α, τ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["rows"]:
-        if not r["loaded"]:
-            lines.append(
-                f"| {r['drafter']} | {r['method'] or '-'} | {r['temperature']:g} | {r['batch']} | "
-                f"not loaded: {r['reason']} ||||||||"
-            )
-            continue
-        mine, aligned = r.get("adaspec_engine") or {}, r.get("adaspec") or {}
-        lines.append(
-            f"| {r['drafter']} | {r['method']} | {r['temperature']:g} | {r['batch']} | "
-            f"{_dash(r['tokens_per_s'], '.1f')} | "
-            f"{_dash(r['vs_target'], '.2f', '×')} | {_dash(r['alpha'], '.3f')} | "
-            f"{_dash(r['mean_acceptance_length'])} | "
-            f"{_dash(r['identical_to_target'], 'd')} | {_dash(aligned.get('alpha'), '.3f')} | "
-            f"{_dash(mine.get('vs_target'), '.2f', '×')} | {_dash(mine.get('alpha'), '.3f')}, "
-            f"{_dash(mine.get('tau'))} |"
-        )
-    return "\n".join(lines)
-
-
 def vllm_tables(bench_dir: Path) -> str:
     """The vLLM tables, from results/benchmarks/vllm_*.json."""
     out = []
@@ -599,7 +503,7 @@ def vllm_tables(bench_dir: Path) -> str:
             f"{b['prompts']} prompts × {b['max_new_tokens']} tokens, median of {b.get('repeats', 1)} timed "
             f"passes, load average {load[0]:.1f} → {load[1]:.1f}: `{b['command']}`",
             "",
-            vllm_rows(b),
+            format_vllm_rows(b),
             "",
         ]
     return "\n".join(out)

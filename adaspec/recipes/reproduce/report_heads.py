@@ -57,33 +57,3 @@ def render_heads(res: dict) -> list[str]:
             f"{100 * (res['alpha_greedy_seeds'][three][0] - a[one]):+.1f} points of greedy α.",
         ]
     return lines
-
-
-# the README's head columns, in the order of reproduce.pipeline.HEADS
-HEAD_COLUMNS = {
-    "eagle": "EAGLE-3 KD",
-    "eagle_adaspec": "EAGLE-3 AdaSPEC",
-    "eagle1": "EAGLE-1 KD",
-    "mtp": "MTP KD",
-    "mtp_adaspec": "MTP AdaSPEC",
-    "medusa": "Medusa KD",
-}
-
-
-def heads_row(r: dict) -> str:
-    """A task's row of the README's heads table."""
-    seeds = r["alpha_greedy_seeds"]
-    cells = [_pm(seeds.get(n, [])) for n in ("distillspec", "adaspec", *HEAD_COLUMNS)]
-    return f"| {r['task']} | {r['preset']} | {' | '.join(cells)} | {len(r['seeds'])} | `{r['command']}` |"
-
-
-def heads_table(rows: list[str]) -> list[str]:
-    """The README's heads table around its rows (one per task with heads)."""
-    return [
-        "Drafter heads on the same frozen targets (`--heads`), greedy α (%), mean ± std over seeds "
-        "(EAGLE-1: first seed), beside the DistillSpec and AdaSPEC drafts:",
-        "",
-        "| task | preset | DistillSpec | AdaSPEC | " + " | ".join(HEAD_COLUMNS.values()) + " | seeds | command |",
-        "|---|---|---|---|" + "---|" * len(HEAD_COLUMNS) + "---|---|",
-        *rows,
-    ]
