@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -34,43 +32,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's a
 
 # the tables the benchmarks print are the tables written here
 from adaspec.evaluation.crossover import format_sweep  # noqa: E402
+from adaspec.evaluation.drafters import format_rows as format_drafter_rows  # noqa: E402
 from adaspec.evaluation.trees import format_rows as format_tree_rows  # noqa: E402
+from adaspec.recipes.reproduce.report import OFFICIAL, fmt, gap_ce, mean_std, pm  # noqa: E402
+from adaspec.recipes.reproduce.report_official import VARIANT_LABELS, VARIANT_MARGIN  # noqa: E402
 from adaspec.serving.vllm_benchmark import format_vllm_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: experiments/readme.py
 COMMAND = "python experiments/readme.py"
 
-OFFICIAL = "official_protocol"
-
 
 # ---------------------------------------------------------------- small formatting helpers
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    xs = [x for x in xs if x is not None and not math.isnan(x)]
-    if not xs:
-        return math.nan, math.nan
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
-
-def _pm(xs: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    mean, std = _mean_std(xs)
-    if math.isnan(mean):
-        return "n/a"
-    return f"{mean * scale:.{digits}f}" + (f" ± {std * scale:.{digits}f}" if len(xs) > 1 else "")
-
-
-def _fmt(x: Any, spec: str = ".3f") -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
 def _dash(x: Any, spec: str = ".2f", unit: str = "") -> str:
     return "-" if x is None else format(x, spec) + unit
-
-
-def _gap_ce(res: dict) -> tuple[str, dict[str, float]]:
-    """The response cross-entropies that show the capacity gap: the validation split's where recorded."""
-    return ("validation", res["validation_ce"]) if res.get("validation_ce") else ("test", res["val_loss"])
 
 
 # ---------------------------------------------------------------- the main results block
@@ -85,15 +61,6 @@ PAPER_ALPHA: dict[str, tuple[float, float]] = {
     "xsum": (47.24, 49.11),
 }
 
-VARIANT_LABELS = {
-    "lk": "LK: -log α, every token at AdaSPEC's batch",
-    "lk_kl": "LK-KL: λ·KL + (1 - λ)·TVD, every token at AdaSPEC's batch",
-    "adaspec_tvd": "AdaSPEC, Δ in TVD",
-    "adaspec_soft": "AdaSPEC, soft selection by Δ's rank",
-    "adaspec_ksched": "AdaSPEC, k from 1 down to 0.4",
-}
-# the goal: beat plain KD at equal optimizer steps by this much greedy α, beyond the seed spread
-VARIANT_MARGIN = 0.01
 
 # the heads table's columns, in the order `adaspec reproduce --heads` trains them
 HEAD_COLUMNS = {
@@ -136,8 +103,8 @@ def _official_row(r: dict) -> str:
         }
     )
     return (
-        f"| {r['task']} | {_pm(d)} | {_pm(a)} | {100 * (_mean_std(a)[0] - _mean_std(d)[0]):+.1f} | "
-        f"{_paper(r['task'])} | {_pm(seeds.get('kd_big_batch', []))} | {_pm(seeds.get('random_big_batch', []))} | "
+        f"| {r['task']} | {pm(d)} | {pm(a)} | {100 * (mean_std(a)[0] - mean_std(d)[0]):+.1f} | "
+        f"{_paper(r['task'])} | {pm(seeds.get('kd_big_batch', []))} | {pm(seeds.get('random_big_batch', []))} | "
         f"{' / '.join(map(str, steps))} | {o['global_batch']['distillspec']} / {o['global_batch']['adaspec']} | "
         f"{len(o['seeds'])} | `{o['command']}` |"
     )
@@ -146,7 +113,7 @@ def _official_row(r: dict) -> str:
 def heads_row(r: dict) -> str:
     """A task's row of the heads table."""
     seeds = r["alpha_greedy_seeds"]
-    cells = [_pm(seeds.get(n, [])) for n in ("distillspec", "adaspec", *HEAD_COLUMNS)]
+    cells = [pm(seeds.get(n, [])) for n in ("distillspec", "adaspec", *HEAD_COLUMNS)]
     return f"| {r['task']} | {r['preset']} | {' | '.join(cells)} | {len(r['seeds'])} | `{r['command']}` |"
 
 
@@ -202,7 +169,7 @@ def variants_table(results_dir: Path) -> list[str]:
 def _diff(seeds: dict, a: str, b: str) -> str:
     if not seeds.get(a) or not seeds.get(b):
         return "n/a"
-    return f"{100 * (_mean_std(seeds[a])[0] - _mean_std(seeds[b])[0]):+.1f}"
+    return f"{100 * (mean_std(seeds[a])[0] - mean_std(seeds[b])[0]):+.1f}"
 
 
 def pretrained_row(block: dict, task: str, scratch: dict | None) -> str:
@@ -210,16 +177,16 @@ def pretrained_row(block: dict, task: str, scratch: dict | None) -> str:
     params, quality = block.get("params") or {}, block.get("target_quality") or {}
     sizes = f"{params['target'] / 1e6:.2f}M / {params['draft'] / 1e6:.2f}M" if params else "n/a"
     before = (
-        f"{_pm(scratch['alpha_greedy_seeds']['distillspec'])} / {_pm(scratch['alpha_greedy_seeds']['adaspec'])}"
+        f"{pm(scratch['alpha_greedy_seeds']['distillspec'])} / {pm(scratch['alpha_greedy_seeds']['adaspec'])}"
         if scratch
         else "n/a"
     )
     return (
-        f"| {task} | {sizes} | {_fmt(ce.get('target'), '.2f')} / {_fmt(ce.get('draft_init'), '.2f')} / "
-        f"{_fmt(ce.get('distillspec'), '.2f')} | {quality.get('metric', 'n/a')} {_fmt(quality.get('value'))} | "
-        f"{_pm(seeds.get('draft_init', []))} | {_pm(seeds['distillspec'])} | {_pm(seeds['adaspec'])} | "
-        f"{_diff(seeds, 'adaspec', 'distillspec')} | {_pm(seeds.get('kd_big_batch', []))} | "
-        f"{_pm(seeds.get('random_big_batch', []))} | {_diff(seeds, 'adaspec', 'kd_big_batch')} | {before} | "
+        f"| {task} | {sizes} | {fmt(ce.get('target'), '.2f')} / {fmt(ce.get('draft_init'), '.2f')} / "
+        f"{fmt(ce.get('distillspec'), '.2f')} | {quality.get('metric', 'n/a')} {fmt(quality.get('value'))} | "
+        f"{pm(seeds.get('draft_init', []))} | {pm(seeds['distillspec'])} | {pm(seeds['adaspec'])} | "
+        f"{_diff(seeds, 'adaspec', 'distillspec')} | {pm(seeds.get('kd_big_batch', []))} | "
+        f"{pm(seeds.get('random_big_batch', []))} | {_diff(seeds, 'adaspec', 'kd_big_batch')} | {before} | "
         f"{len(block['seeds'])} | `{block['command']}` |"
     )
 
@@ -272,13 +239,13 @@ def readme_table(results_dir: Path) -> str:
         if r.get("heads"):
             heads.append(heads_row(r))
         d, a = r["alpha_greedy_seeds"]["distillspec"], r["alpha_greedy_seeds"]["adaspec"]
-        delta = 100 * (_mean_std(a)[0] - _mean_std(d)[0])
+        delta = 100 * (mean_std(a)[0] - mean_std(d)[0])
         q = r["target_quality"]
-        split, ce = _gap_ce(r)
+        split, ce = gap_ce(r)
         rows.append(
             f"| {r['task']} | {r['preset']} | {r['params']['target'] / 1e6:.2f}M / "
             f"{r['params']['draft'] / 1e6:.2f}M | {ce['target']:.2f} / {ce['distillspec']:.2f} ({split}) | "
-            f"{q['metric']} {_fmt(q['value'])} | {_pm(d)} | {_pm(a)} | {delta:+.1f} | {_paper(r['task'])} | "
+            f"{q['metric']} {fmt(q['value'])} | {pm(d)} | {pm(a)} | {delta:+.1f} | {_paper(r['task'])} | "
             f"{_controls(r)} | {_controls(r, ('distillspec_long4', 'adaspec_long4'), first=False)} | "
             f"{len(r['seeds'])} | `{r['command']}` |"
         )
@@ -305,21 +272,6 @@ def readme_table(results_dir: Path) -> str:
 
 
 # ---------------------------------------------------------------- the benchmark tables
-
-
-def drafter_rows(result: dict[str, Any]) -> str:
-    """benchmarks/drafters.py's table (every drafter side by side)."""
-    lines = [
-        "| prompts | T | method | tokens/s | vs target | α | τ | c | predicted | measured / predicted |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['prompts']} | {r['temperature']:g} | {r['method']} | {r['tokens_per_s']:.1f} | "
-            f"{r['vs_target']:.2f}× | {_dash(r['alpha'])} | {_dash(r['tau'])} | {_dash(r['c'], '.3f')} | "
-            f"{_dash(r['predicted_speedup'])} | {_dash(r['measured_over_predicted'])} |"
-        )
-    return "\n".join(lines)
 
 
 def benchmark_tables(bench_dir: Path) -> str:
@@ -373,7 +325,7 @@ def benchmark_tables(bench_dir: Path) -> str:
             f"{b['repeats']} repeats, {b['threads']} thread(s); verifying γ+1 tokens costs "
             f"{b['verify_cost_ratio']:.2f}× one target forward): `{b['command']}`",
             "",
-            drafter_rows(b),
+            format_drafter_rows(b),
         ]
         if path.with_suffix(".png").exists():
             out += ["", f"![drafters {b['pair']}]({path.with_suffix('.png').name})"]

@@ -41,15 +41,15 @@ def agreement(record: dict) -> float:
     raise KeyError("greedy_agreement")
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
+def mean_std(xs: list[float]) -> tuple[float, float]:
     xs = [x for x in xs if x is not None and not math.isnan(x)]
     if not xs:
         return math.nan, math.nan
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def _pm(xs: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    mean, std = _mean_std(xs)
+def pm(xs: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    mean, std = mean_std(xs)
     if math.isnan(mean):
         return "n/a"
     return f"{mean * scale:.{digits}f}" + (f" ± {std * scale:.{digits}f}" if len(xs) > 1 else "")
@@ -94,7 +94,7 @@ def collect(
         "params": {"target": first["target"]["params"], "draft": first["drafts"]["distillspec"]["params"]},
         "val_loss": {
             "target": first["target"]["response_loss"],
-            **{n: _mean_std(_per_seed(evals, n, "response_loss"))[0] for n in names if n not in heads},
+            **{n: mean_std(_per_seed(evals, n, "response_loss"))[0] for n in names if n not in heads},
         },
         "target_quality": {"metric": first["target"]["quality_metric"], "value": first["target"]["quality"]},
     }
@@ -109,9 +109,9 @@ def collect(
         ("theoretical_speedup", ("theoretical_speedup",)),
     ):
         per = {n: _per_seed(evals, n, *path) for n in names}
-        res[key] = {n: _mean_std(v)[0] for n, v in per.items()}
+        res[key] = {n: mean_std(v)[0] for n, v in per.items()}
         res[key + "_seeds"] = per
-        res[key + "_std"] = {n: _mean_std(v)[1] for n, v in per.items()}
+        res[key + "_std"] = {n: mean_std(v)[1] for n, v in per.items()}
     res["position_acceptance"] = {n: first["drafts"][n]["position_acceptance"] for n in names}
     res["training"] = {
         n: {str(s): v.get("history", []) for s, v in by_seed.items()} for n, by_seed in summaries.items()
@@ -184,7 +184,7 @@ def _plots(res: dict, outdir: Path) -> list[str]:
     return files
 
 
-def _fmt(x: Any, spec: str = ".3f") -> str:
+def fmt(x: Any, spec: str = ".3f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
@@ -203,7 +203,7 @@ def render(res: dict, plots: list[str]) -> str:
         f"Preset `{res['preset']}`: target {res['params']['target']:,} parameters, draft "
         f"{res['params']['draft']:,} ({res['params']['target'] / res['params']['draft']:.1f}×), "
         f"seeds {res['seeds']}. Target quality on the test prompts: "
-        f"{res['target_quality']['metric']} = {_fmt(res['target_quality']['value'])}.",
+        f"{res['target_quality']['metric']} = {fmt(res['target_quality']['value'])}.",
         "",
         f"Epochs on this task's training split: target {ps.get('target_epochs', 0):.3g}, initial draft "
         f"{ps.get('draft_init_epochs', 0):.3g}, DistillSpec {ps.get('distill_epochs', 0):.3g} (AdaSPEC: that / k). "
@@ -218,9 +218,9 @@ def render(res: dict, plots: list[str]) -> str:
     val = res.get("validation_ce") or {}
     for n in res["alpha_greedy"]:
         lines.append(
-            f"| {n} | {_pm(seeds[n])} | {_pm(res['alpha_drafted_seeds'][n])} | "
-            f"{_pm(res['alpha_analytic_greedy_seeds'][n])} | {_pm(res['alpha_analytic_sampling_seeds'][n])} "
-            f"| {_fmt(res['tau'][n], '.2f')} | {_fmt(res['val_loss'].get(n))} | {_fmt(val.get(n))} |"
+            f"| {n} | {pm(seeds[n])} | {pm(res['alpha_drafted_seeds'][n])} | "
+            f"{pm(res['alpha_analytic_greedy_seeds'][n])} | {pm(res['alpha_analytic_sampling_seeds'][n])} "
+            f"| {fmt(res['tau'][n], '.2f')} | {fmt(res['val_loss'].get(n))} | {fmt(val.get(n))} |"
         )
     lines += [
         "",
@@ -242,8 +242,8 @@ def render(res: dict, plots: list[str]) -> str:
     ]
     for n in res["alpha_greedy"]:
         lines.append(
-            f"| {n} | {_fmt(res['c'][n])} | {_fmt(res['measured_speedup'][n], '.2f')}× | "
-            f"{_fmt(res['theoretical_speedup'][n], '.2f')}× |"
+            f"| {n} | {fmt(res['c'][n])} | {fmt(res['measured_speedup'][n], '.2f')}× | "
+            f"{fmt(res['theoretical_speedup'][n], '.2f')}× |"
         )
     if res.get("speed"):
         cfg = next(iter(res["speed"].values()))["config"]
@@ -264,9 +264,9 @@ def render(res: dict, plots: list[str]) -> str:
                 e = current_names(e)
                 lines.append(
                     f"| {draft} | {method} | {e['tokens_per_s']:.1f} | {e['speedup_vs_target_only']:.2f}× | "
-                    f"{_fmt(e.get('alpha_drafted'))} | {_fmt(e.get('alpha'))} | {_fmt(e.get('tau'), '.2f')} | "
-                    f"{_fmt(e.get('c'))} | {_fmt(e.get('theoretical_speedup'), '.2f')} | "
-                    f"{_fmt(e.get('measured_over_S'), '.2f')} | {len(e['mismatched_prompts'])} |"
+                    f"{fmt(e.get('alpha_drafted'))} | {fmt(e.get('alpha'))} | {fmt(e.get('tau'), '.2f')} | "
+                    f"{fmt(e.get('c'))} | {fmt(e.get('theoretical_speedup'), '.2f')} | "
+                    f"{fmt(e.get('measured_over_S'), '.2f')} | {len(e['mismatched_prompts'])} |"
                 )
             sd = bench["methods"].get("sd", {})
             if sd.get("speedup_vs_hf_assisted") is not None:
@@ -292,8 +292,8 @@ def render(res: dict, plots: list[str]) -> str:
             best = 100 * max(agreement(h) for h in hist) if hist else None
             lines.append(
                 f"| {n} | {hist[-1]['step'] if hist else 'n/a'} | "
-                f"{_fmt(100 * res['alpha_greedy_seeds'][n][0], '.1f')} | "
-                f"{_fmt(100 * res['alpha_analytic_greedy_seeds'][n][0], '.1f')} | {_fmt(best, '.1f')} |"
+                f"{fmt(100 * res['alpha_greedy_seeds'][n][0], '.1f')} | "
+                f"{fmt(100 * res['alpha_analytic_greedy_seeds'][n][0], '.1f')} | {fmt(best, '.1f')} |"
             )
     for name, extra in res.get("extra_evaluations", {}).items():
         lines += [
@@ -310,25 +310,25 @@ def render(res: dict, plots: list[str]) -> str:
         for d, e in extra["drafts"].items():
             e = current_names(e)
             lines.append(
-                f"| {d} | {_fmt(100 * e['alpha'], '.1f')} | {_fmt(100 * e['alpha_drafted'], '.1f')} | "
-                f"{_fmt(100 * e['analytic']['alpha_greedy'], '.1f')} | {_fmt(e['response_loss'])} | "
-                f"{_fmt(e['measured_speedup'], '.2f')}× |"
+                f"| {d} | {fmt(100 * e['alpha'], '.1f')} | {fmt(100 * e['alpha_drafted'], '.1f')} | "
+                f"{fmt(100 * e['analytic']['alpha_greedy'], '.1f')} | {fmt(e['response_loss'])} | "
+                f"{fmt(e['measured_speedup'], '.2f')}× |"
             )
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
 
-def _gap_ce(res: dict) -> tuple[str, dict[str, float]]:
+def gap_ce(res: dict) -> tuple[str, dict[str, float]]:
     """The response cross-entropies that show the capacity gap: the validation split's where recorded."""
     return ("validation", res["validation_ce"]) if res.get("validation_ce") else ("test", res["val_loss"])
 
 
 def _capacity_gap(res: dict) -> str:
     """Whether the target's response cross-entropy is below every draft's, on the training distribution."""
-    split, ce = _gap_ce(res)
+    split, ce = gap_ce(res)
     worse = [n for n, v in ce.items() if n != "target" and not ce["target"] < v]
     verdict = "below every draft's: the capacity gap is real" if not worse else f"not below that of {', '.join(worse)}"
-    return f"Target response cross-entropy on the {split} split: {_fmt(ce['target'])}, {verdict}."
+    return f"Target response cross-entropy on the {split} split: {fmt(ce['target'])}, {verdict}."
 
 
 def write_results(
@@ -347,7 +347,7 @@ def write_results(
     res = collect(command, task, preset_name, preset, evals, summaries, speed, heads)
     if validation_ce is not None:
         # mean over seeds, as val_loss (which is measured on the test split's reference responses)
-        res["validation_ce"] = {n: _mean_std(v)[0] for n, v in validation_ce.items()}
+        res["validation_ce"] = {n: mean_std(v)[0] for n, v in validation_ce.items()}
     # `adaspec eval --json results/<task>/ablation_<name>.json ...` runs beside the pipeline
     keep = ("alpha", "alpha_drafted", "analytic", "response_loss", "measured_speedup", "theoretical_speedup", "tau")
     res["extra_evaluations"] = {}

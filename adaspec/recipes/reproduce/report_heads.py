@@ -4,7 +4,7 @@ the DistillSpec and AdaSPEC drafts, from results.json's "heads" (files without i
 from __future__ import annotations
 
 from adaspec.recipes.reproduce.protocols import VARIANT_RUNS
-from adaspec.recipes.reproduce.report import _fmt, _pm
+from adaspec.recipes.reproduce.report import fmt, pm
 
 
 def _head_steps(res: dict, name: str) -> str:
@@ -36,10 +36,10 @@ def render_heads(res: dict) -> list[str]:
         pa = res["position_acceptance"].get(n) or []
         lines.append(
             f"| {n} | {spec['label']} | {spec['params']:,} | {_head_steps(res, n)} | "
-            f"{_pm(res['alpha_greedy_seeds'][n])} | {_pm(res['alpha_drafted_seeds'][n])} | "
-            f"{_pm(res['alpha_analytic_greedy_seeds'][n])} | {_pm(res['alpha_analytic_sampling_seeds'][n])} | "
-            f"{_fmt(res['tau'][n], '.2f')} | {' / '.join(_fmt(x, '.2f') for x in pa) or 'n/a'} | "
-            f"{_fmt(res['c'][n])} | {_fmt(res['measured_speedup'][n], '.2f')}× |"
+            f"{pm(res['alpha_greedy_seeds'][n])} | {pm(res['alpha_drafted_seeds'][n])} | "
+            f"{pm(res['alpha_analytic_greedy_seeds'][n])} | {pm(res['alpha_analytic_sampling_seeds'][n])} | "
+            f"{fmt(res['tau'][n], '.2f')} | {' / '.join(fmt(x, '.2f') for x in pa) or 'n/a'} | "
+            f"{fmt(res['c'][n])} | {fmt(res['measured_speedup'][n], '.2f')}× |"
         )
     a = res["alpha_greedy"]
     diffs = [

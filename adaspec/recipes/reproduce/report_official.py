@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from adaspec.recipes.reproduce.report import OFFICIAL, _fmt, _mean_std, _pm, _write, agreement, collect
+from adaspec.recipes.reproduce.report import OFFICIAL, _write, agreement, collect, fmt, mean_std, pm
 
 
 def write_official(
@@ -32,7 +32,7 @@ def write_official(
     for key in ("alpha_greedy", "alpha_drafted", "alpha_analytic_greedy"):
         for suffix in ("", "_seeds", "_std"):
             block[key + suffix] = full[key + suffix]
-    block["validation_ce"] = {n: _mean_std(v)[0] for n, v in validation_ce.items()}
+    block["validation_ce"] = {n: mean_std(v)[0] for n, v in validation_ce.items()}
     block["params"], block["target_quality"] = full["params"], full["target_quality"]
     shape = {n: summaries[n].get(int(first), next(iter(summaries[n].values()))) for n in runs}
     block["optimizer_steps"] = {n: s["steps"] for n, s in shape.items()}
@@ -115,10 +115,10 @@ def render_official(block: dict) -> str:
     labels = {**OFFICIAL_LABELS, **{n: h["label"] for n, h in block.get("heads", {}).items()}}
     for n, values in block["alpha_greedy_seeds"].items():
         lines.append(
-            f"| {labels.get(n, n)} | {_fmt(block['global_batch'].get(n), 'd')} | "
-            f"{_fmt(block['epochs'].get(n), '.3g')} | {_fmt(block['optimizer_steps'].get(n), 'd')} | "
-            f"{_pm(values)} | {_pm(block['alpha_drafted_seeds'][n])} | "
-            f"{_pm(block['alpha_analytic_greedy_seeds'][n])} | {_fmt(block['validation_ce'].get(n))} |"
+            f"| {labels.get(n, n)} | {fmt(block['global_batch'].get(n), 'd')} | "
+            f"{fmt(block['epochs'].get(n), '.3g')} | {fmt(block['optimizer_steps'].get(n), 'd')} | "
+            f"{pm(values)} | {pm(block['alpha_drafted_seeds'][n])} | "
+            f"{pm(block['alpha_analytic_greedy_seeds'][n])} | {fmt(block['validation_ce'].get(n))} |"
         )
     a = block["alpha_greedy"]
     diffs = [
@@ -153,13 +153,13 @@ def variant_verdicts(block: dict) -> dict[str, dict]:
     kds = [n for n in ("distillspec", "kd_big_batch") if seeds.get(n)]
     if not kds:
         return {}
-    kd = max(kds, key=lambda n: _mean_std(seeds[n])[0])
-    kd_mean, kd_std = _mean_std(seeds[kd])
+    kd = max(kds, key=lambda n: mean_std(seeds[n])[0])
+    kd_mean, kd_std = mean_std(seeds[kd])
     out = {}
     for name in VARIANT_LABELS:
         if not seeds.get(name):
             continue
-        mean, std = _mean_std(seeds[name])
+        mean, std = mean_std(seeds[name])
         gain, spread = mean - kd_mean, std + kd_std
         out[name] = {
             "kd": kd,
